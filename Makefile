@@ -1,0 +1,44 @@
+# Every target does its own set-up on a fresh machine: a .venv with the CPU build of torch
+# from local disk first (an unpinned torch would pull a multi-GB CUDA build), then the project.
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+TORCH    ?= torch==2.13.0
+OUT      ?= out
+N        ?= 600
+SEED     ?= 0
+
+.PHONY: install test demo bench bench-pipeline scaling train clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m pipelines.vqa --input pipelines/samples/vqa/manifest.jsonl --output $(OUT)/demo
+	@echo "results: $(OUT)/demo (Parquet), report: $(OUT)/demo/_runs/*/report.html"
+
+bench: $(STAMP)
+	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --out results/bench-test-seed$(SEED).json
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m pipelines.bench --n 48 --out results/bench-pipeline.json
+
+scaling: $(STAMP)
+	$(BIN)/python -m cluster.scaling --out results/scaling.json
+
+train: $(STAMP)
+	$(BIN)/spote train --out spote/models/spote-tiny --steps 4000 --seed 0
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

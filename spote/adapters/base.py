@@ -1,0 +1,208 @@
+"""The adapter interface between SPOT-E and a frozen image-text-to-text model.
+
+SPOT-E needs only four things from a VLM: (1) a distribution over given choices for a
+batch of views, (2) open-ended generation with per-token entropies, (3) teacher-forced
+entropies of a fixed answer on other views, and, optionally, (4) a question-to-image
+relevance map from its attention. ``HFAdapter`` does (1)-(3) for any transformers model
+with a chat template (black-box mode); family adapters add (4) with their grid layout.
+
+Every model call counts in ``forward_passes``: one per sequence run through the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..prompt import format_question
+
+GENERIC_QUESTION = "what is in the image ?"
+
+
+class ViewBatchTooLarge(RuntimeError):
+    """A single view set does not fit in accelerator memory, even at batch size 1."""
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    entropies: list[float]  # nats, one per generated token
+    logprobs: list[float]   # log p of each generated token
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = -sum p log p over the last axis, in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class HFAdapter:
+    """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template."""
+
+    family = "generic"
+    supports_relevance = False
+    default_input_size = 384
+
+    def __init__(self, model, processor, batch_size: int = 16, input_size: int | None = None, max_images: int = 2):
+        self.model, self.processor = model.eval(), processor
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
+        self.input_size = input_size or self._guess_input_size()
+        self.max_images = max_images
+        self.forward_passes = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _guess_input_size(self) -> int:
+        ip = getattr(self.processor, "image_processor", None)
+        size = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
+        for key in ("height", "shortest_edge", "longest_edge"):
+            if isinstance(size, dict) and size.get(key):
+                return int(size[key])
+        return self.default_input_size
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_text(self, n_images: int, question: str, choices=None) -> str:
+        content = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": format_question(question, choices)})
+        return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def encode(self, views_batch: list[list[Image.Image]], texts: list[str]) -> dict:
+        images = [im for views in views_batch for im in views]
+        batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
+        full = self.tokenizer(prompt + answer, add_special_tokens=False).input_ids
+        base = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        ids = full[len(base):] if full[: len(base)] == base else self.tokenizer(answer, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"choice {answer!r} tokenises to nothing")
+        return ids
+
+    # ------------------------------------------------------------------ batching
+    def _chunked(self, n: int, fn):
+        """Run ``fn(start, stop)`` over chunks of ``batch_size``, halving it on out-of-memory."""
+        outs, start = [], 0
+        while start < n:
+            stop = min(n, start + self.batch_size)
+            try:
+                outs.append(fn(start, stop))
+                start = stop
+            except torch.OutOfMemoryError as err:
+                if self.batch_size == 1:
+                    raise ViewBatchTooLarge(
+                        "one view set does not fit in accelerator memory; lower input_size or use a smaller model") from err
+                self.batch_size = max(1, self.batch_size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return outs
+
+    @torch.inference_mode()
+    def _forward(self, batch: dict, **kwargs):
+        self.forward_passes += int(batch["input_ids"].shape[0])
+        return self.model(**batch, **kwargs)
+
+    # ------------------------------------------------------------------ closed set
+    @torch.inference_mode()
+    def choice_logprobs(self, views_batch: list[list[Image.Image]], question: str, choices) -> torch.Tensor:
+        """log p(choice | views, question), normalised over the choices: [B, C].
+
+        Single-token choices: one pass, the next-token logits restricted to the choices.
+        Multi-token choices: teacher-forced, length-normalised log-likelihood of each choice.
+        """
+        choices = list(choices)
+        n_img = len(views_batch[0])
+        prompt = self.prompt_text(n_img, question, choices)
+        cont = [self._continuation_ids(prompt, c) for c in choices]
+        first = [ids[0] for ids in cont]
+        if all(len(ids) == 1 for ids in cont) and len(set(first)) == len(first):
+            idx = torch.tensor(first)
+
+            def run(a, b):
+                batch = self.encode(views_batch[a:b], [prompt] * (b - a))
+                logits = self._forward(batch).logits[:, -1].float().cpu()
+                return torch.log_softmax(logits[:, idx], dim=-1)
+
+            return torch.cat(self._chunked(len(views_batch), run))
+        scores = torch.stack([self._sequence_logprob(views_batch, prompt, ids) / len(ids) for ids in cont], dim=1)
+        return torch.log_softmax(scores, dim=-1)
+
+    def _sequence_logprob(self, views_batch, prompt: str, ids: list[int]) -> torch.Tensor:
+        lp, _ = self.teacher_forced(views_batch, prompt, ids)
+        return lp.sum(-1)
+
+    # ------------------------------------------------------------------ open ended
+    @torch.inference_mode()
+    def teacher_forced(self, views_batch, prompt: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log p and entropy of the fixed continuation ``ids`` on each view set: [B, L] each."""
+        text = prompt + self.tokenizer.decode(ids)
+        target = torch.tensor(ids)
+        L = len(ids)
+
+        def run(a, b):
+            batch = self.encode(views_batch[a:b], [text] * (b - a))
+            logits = self._forward(batch).logits[:, -L - 1:-1].float().cpu()
+            logp = torch.log_softmax(logits, dim=-1)
+            tok_lp = logp.gather(-1, target.view(1, L, 1).expand(logp.shape[0], L, 1)).squeeze(-1)
+            return tok_lp, -(logp.exp() * logp).sum(-1)
+
+        parts = self._chunked(len(views_batch), run)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @torch.inference_mode()
+    def generate(self, views: list[Image.Image], question: str, max_new_tokens: int = 32) -> Generation:
+        prompt = self.prompt_text(len(views), question)
+        batch = self.encode([views], [prompt])
+        self.forward_passes += 1
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                  output_scores=True, return_dict_in_generate=True)
+        ids, ents, lps = [], [], []
+        for step, scores in enumerate(out.scores):
+            tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])
+            if tok == self.tokenizer.eos_token_id:
+                break
+            logp = torch.log_softmax(scores[0].float(), -1)
+            ids.append(tok)
+            ents.append(float(-(logp.exp() * logp).sum()))
+            lps.append(float(logp[tok]))
+        return Generation(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, ents, lps)
+
+    # ------------------------------------------------------------------ relevance
+    def image_grid(self, batch: dict) -> list[tuple[int, int]]:
+        """(rows, cols) of the first image's token grid; family adapters override this."""
+        raise NotImplementedError(f"{self.family} adapter runs in black-box mode (no relevance map)")
+
+    def image_token_positions(self, batch: dict) -> torch.Tensor:
+        image_token_id = getattr(self.model.config, "image_token_id", None) or getattr(self.model.config, "image_token_index")
+        return (batch["input_ids"][0] == image_token_id).nonzero().flatten()
+
+    @torch.inference_mode()
+    def attention_map(self, views: list[Image.Image], question: str, choices=None) -> np.ndarray:
+        """Answer-position attention to the first image's tokens, mean over heads and the later layers."""
+        batch = self.encode([views], [self.prompt_text(len(views), question, choices)])
+        out = self._forward(batch, output_attentions=True)
+        rows, cols = self.image_grid(batch)[0]
+        pos = self.image_token_positions(batch)[: rows * cols]
+        layers = out.attentions[len(out.attentions) // 2:]
+        att = torch.stack([a[0, :, -1, :].float() for a in layers]).mean((0, 1))[pos.to(layers[0].device)]
+        return att.cpu().numpy().reshape(rows, cols)
+
+    def relevance(self, views: list[Image.Image], question: str, choices=None) -> np.ndarray | None:
+        """Relative attention (ViCrop): the question's map over a generic question's, so sinks cancel."""
+        if not self.supports_relevance:
+            return None
+        a_q = self.attention_map(views, question, choices)
+        a_g = self.attention_map(views, GENERIC_QUESTION)
+        rel = a_q / (a_g + 1e-6)
+        return rel / rel.sum()

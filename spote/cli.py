@@ -1,0 +1,91 @@
+"""``spote`` command line: ask one question of one image, or run SpotBench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPOT-E: test-time visual spotlights for frozen VLMs.")
+
+
+@app.command()
+def ask(
+    image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
+    question: str = typer.Argument(..., help="the question"),
+    choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no"),
+    model: Optional[str] = typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)"),
+    mode: str = typer.Option("zoom", help="highlight | zoom | zoom+context"),
+    method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
+    budget: int = typer.Option(64, help="forward passes at most"),
+    seed: int = typer.Option(0),
+    black_box: bool = typer.Option(False, help="ignore attention: uniform initial policy"),
+    trace: Optional[Path] = typer.Option(None, help="write a PNG of the spotlights and the entropy/reward per step"),
+    as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
+):
+    """Answer QUESTION about IMAGE with a per-instance spotlight."""
+    from .core import PolicyConfig
+    from .images import BadImage, check_choices, check_question, load_image
+    from .models import load_adapter
+    from .peers import run_method
+
+    try:
+        q = check_question(question)
+        ch = check_choices(choices)
+        img = load_image(image)
+        cfg = PolicyConfig(mode=mode, budget=budget, seed=seed, use_relevance=not black_box)
+    except (BadImage, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    adapter = load_adapter(model, relevance=not black_box)
+    result = run_method(method, adapter, img, q, ch, cfg)
+    if trace:
+        from .trace import plot_trace
+
+        plot_trace(img, result, trace, q)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo(f"answer:      {result.answer}")
+    typer.echo(f"confidence:  {result.confidence:.3f}")
+    typer.echo("entropy:     " + " -> ".join(f"{h:.3f}" for h in result.entropy_trace) + "  (nats)")
+    typer.echo(f"passes:      {result.forward_passes}  ({result.seconds:.2f} s, mode {result.mode})")
+    if trace:
+        typer.echo(f"trace:       {trace}")
+
+
+@app.command()
+def bench(
+    split: str = typer.Option("test"),
+    n: int = typer.Option(600),
+    seed: int = typer.Option(0),
+    methods: str = typer.Option("baseline,oracle,grid,vicrop,api,naive_entropy,random,spote"),
+    out: Path = typer.Option(Path("results/bench.json")),
+    model: Optional[str] = typer.Option(None),
+    corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
+    mode: str = typer.Option("zoom"),
+    plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),
+):
+    """Run SpotBench and print a table; write the JSON (and a plot)."""
+    from .bench.run import run_bench
+
+    run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
+              mode=mode, plot=plot)
+
+
+@app.command()
+def train(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 4000, seed: int = 0):
+    """Train spote-tiny from scratch (CPU, seeded)."""
+    from .tiny.train import train as _train
+
+    _train(out, steps, seed=seed)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

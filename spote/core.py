@@ -1,0 +1,422 @@
+"""SPOT-E: test-time entropy shaping with visual spotlights, for one frozen VLM and one instance.
+
+Read top to bottom:
+
+1. ``answer`` on the whole image: a distribution over the choices (or a greedy answer span),
+   its entropy ``H_base`` and the low-entropy *anchors*.
+2. Early exit: ``H_base <= tau`` -> done after one forward pass.
+3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
+   the model's relative attention when it has one) is tuned *for this instance* with GRPO:
+   sample a group of G spotlights, render them from the full-resolution pixels, score the whole
+   group in one batched forward pass, reward = clarity + lambda * preservation, group-relative
+   advantages, a clipped policy-gradient step with a KL pull toward the initial policy.
+4. Stop when confident, on a reward plateau, after T steps, or when the forward-pass budget is
+   spent. Answer from the best spotlight by reward; the whole image competes with reward 0,
+   so a run whose every spotlight scores below zero keeps the baseline answer.
+
+Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
+a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
+are a single position, whose entropy *is* the clarity term, so there the anchor is the
+baseline's top choice when the baseline already gives it at least ``anchor_min_prob``; a
+spotlight is penalised for lowering that choice's log-probability. This is what stops a
+close-up of empty water from winning with a confident "no" when the whole image leaned "yes".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .spotlight import MODES, Box, ViewRenderer
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
+
+    group_size: int = 8            # G: spotlights per GRPO step, scored in one batched pass
+    steps: int = 6                 # T: GRPO steps at most
+    anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
+    anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
+    anchor_min_prob: float = 0.5   # closed-set anchor: the baseline's top choice, if at least this likely
+    exit_entropy: float = 0.2      # tau (nats): stop when the answer is at least this clear
+    clarity_c: float = 0.1         # c in gamma = H / (H + c)
+    learning_rate: float = 0.5     # Adam step size on the policy logits
+    kl_weight: float = 0.01        # beta: KL pull toward the initial policy
+    clip: float = 0.2              # PPO clip range
+    inner_epochs: int = 4          # gradient steps per GRPO step
+    mode: str = "zoom"             # highlight | zoom | zoom+context
+    budget: int = 64               # forward passes at most, everything included
+    seed: int = 0
+    grid: int = 16                 # resolution of the policy's position map
+    min_window: float = 1.0        # smallest window side, in model input sizes (no zoom past native pixels)
+    jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
+    zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
+    plateau_patience: int = 3      # steps without a better reward before stopping
+    use_relevance: bool = True     # False: black-box mode (uniform initial policy)
+    relevance_sharpness: float = 1.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        if self.budget < 1:
+            raise ValueError("budget must be >= 1 forward pass")
+
+
+# ============================================================================ answers & entropy
+@dataclass
+class Reading:
+    """What the model says on one view set: a distribution (closed set) or span entropies (open)."""
+
+    logp: torch.Tensor | None = None       # [C] log-probs over the choices
+    span_entropy: torch.Tensor | None = None  # [L] per-token entropy along the answer span
+    span_logp: torch.Tensor | None = None     # [L] log p of the baseline's span tokens
+
+    @property
+    def entropy(self) -> float:
+        """H_ans: the entropy of the choice distribution, or the mean over the answer span (nats)."""
+        if self.logp is not None:
+            return float(-(self.logp.exp() * self.logp).sum())
+        return float(self.span_entropy.mean()) if len(self.span_entropy) else 0.0
+
+
+def answer_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """H = -sum_c p_c log p_c (nats), over the last axis."""
+    return -(logp.exp() * logp).sum(-1)
+
+
+@dataclass
+class Anchors:
+    choice: int | None = None               # closed set: index of the anchored choice
+    positions: list[int] = field(default_factory=list)  # open ended: anchored span positions
+
+    def describe(self, choices, span_tokens) -> list:
+        if choices is not None:
+            return [] if self.choice is None else [choices[self.choice]]
+        return [{"position": i, "token": span_tokens[i]} for i in self.positions]
+
+
+def find_anchors(base: Reading, cfg: PolicyConfig) -> Anchors:
+    if base.logp is not None:
+        top = int(base.logp.argmax())
+        return Anchors(choice=top if base.logp[top].exp() >= cfg.anchor_min_prob else None)
+    return Anchors(positions=[i for i, h in enumerate(base.span_entropy.tolist()) if h < cfg.anchor_epsilon])
+
+
+def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) -> float:
+    """r = gamma * (H_base - H_cand) - lambda * preservation_penalty.
+
+    gamma = H_base / (H_base + c)   (dynamic: a confident baseline gets little push)
+    open ended:  penalty = mean_{t in anchors} max(0, H_cand[t] - H_base[t])
+    closed set:  penalty = max(0, log p_base[a*] - log p_cand[a*])   (a* the anchored choice)
+    """
+    h_base, h_cand = base.entropy, cand.entropy
+    gamma = h_base / (h_base + cfg.clarity_c)
+    clarity = gamma * (h_base - h_cand)
+    penalty = 0.0
+    if base.logp is not None and anchors.choice is not None:
+        penalty = max(0.0, float(base.logp[anchors.choice] - cand.logp[anchors.choice]))
+    elif base.logp is None and anchors.positions:
+        idx = torch.tensor(anchors.positions)
+        penalty = float((cand.span_entropy[idx] - base.span_entropy[idx]).clamp(min=0).mean())
+    return clarity - cfg.anchor_weight * penalty
+
+
+class Reader:
+    """Reads a question off batches of view sets with one adapter: closed set or teacher-forced span."""
+
+    def __init__(self, adapter, question: str, choices=None):
+        self.adapter, self.question, self.choices = adapter, question, choices
+        self.span_ids: list[int] | None = None
+        self.prompt_views = None
+
+    def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
+        if self.choices is not None:
+            logp = self.adapter.choice_logprobs([views], self.question, self.choices)[0]
+            return Reading(logp=logp), self.choices[int(logp.argmax())]
+        gen = self.adapter.generate(views, self.question)
+        self.span_ids = gen.token_ids
+        return Reading(span_entropy=torch.tensor(gen.entropies), span_logp=torch.tensor(gen.logprobs)), gen.text
+
+    def read(self, views_batch: list[list[Image.Image]]) -> list[Reading]:
+        """One batched forward pass over the whole group."""
+        if self.choices is not None:
+            logp = self.adapter.choice_logprobs(views_batch, self.question, self.choices)
+            return [Reading(logp=row) for row in logp]
+        if not self.span_ids:
+            return [Reading(span_entropy=torch.zeros(0), span_logp=torch.zeros(0)) for _ in views_batch]
+        prompt = self.adapter.prompt_text(len(views_batch[0]), self.question)
+        lp, ent = self.adapter.teacher_forced(views_batch, prompt, self.span_ids)
+        return [Reading(span_entropy=e, span_logp=l) for l, e in zip(lp, ent)]
+
+    def cost_per_view(self) -> int:
+        """Forward passes one candidate costs (multi-token choices cost one pass per choice)."""
+        if self.choices is None:
+            return 1
+        prompt = self.adapter.prompt_text(1, self.question, self.choices)
+        ids = [self.adapter._continuation_ids(prompt, c) for c in self.choices]
+        single = all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids)
+        return 1 if single else len(self.choices)
+
+
+# ============================================================================ the spotlight policy
+def window_grid(width: int, height: int, input_size: int, min_window: float = 1.0,
+                aspects=(1.0,)) -> tuple[list[Box], np.ndarray]:
+    """Multi-scale windows: sides short/2, short/4, ... down to ``min_window * input_size``, stride side/2."""
+    short = min(width, height)
+    sides, side = [], short / 2
+    floor = min_window * input_size
+    while side >= floor:
+        sides.append(side)
+        side /= 2
+    if not sides or sides[-1] > 1.5 * floor:
+        sides.append(min(floor, short))
+    boxes, scale_idx = [], []
+    for k, side in enumerate(sides):
+        for aspect in aspects:
+            bw, bh = min(width, side * math.sqrt(aspect)), min(height, side / math.sqrt(aspect))
+            nx = max(1, math.ceil((width - bw) / (bw / 2)) + 1)
+            ny = max(1, math.ceil((height - bh) / (bh / 2)) + 1)
+            for j in range(ny):
+                for i in range(nx):
+                    x0 = (width - bw) * (i / (nx - 1) if nx > 1 else 0.5)
+                    y0 = (height - bh) * (j / (ny - 1) if ny > 1 else 0.5)
+                    boxes.append(Box(x0, y0, x0 + bw, y0 + bh))
+                    scale_idx.append(k)
+    return boxes, np.asarray(scale_idx)
+
+
+class SpotlightPolicy:
+    """Per-instance policy over spotlight windows: pi(w) = softmax_w(mean_{cells in w} M + S[scale(w)]).
+
+    ``M`` (grid x grid position logits) and ``S`` (one logit per scale) are the only tuned
+    parameters. Because windows share position cells, rewarding a coarse window raises the finer
+    windows inside it, which is what lets a few steps go coarse to fine.
+    """
+
+    def __init__(self, width: int, height: int, input_size: int, cfg: PolicyConfig,
+                 relevance_cells: np.ndarray | None = None):
+        self.cfg, self.width, self.height = cfg, width, height
+        self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window)
+        g = cfg.grid
+        cx = (np.arange(g) + 0.5) * width / g
+        cy = (np.arange(g) + 0.5) * height / g
+        A = np.zeros((len(self.windows), g * g), np.float32)
+        for w, b in enumerate(self.windows):
+            inside = np.outer((cy >= b.y0) & (cy < b.y1), (cx >= b.x0) & (cx < b.x1)).ravel()
+            if not inside.any():  # a window smaller than a cell: the cell holding its centre
+                inside[min(g - 1, int(b.centre[1] / height * g)) * g + min(g - 1, int(b.centre[0] / width * g))] = True
+            A[w] = inside / inside.sum()
+        self.A = torch.from_numpy(A)
+        counts = np.bincount(self.scale_idx)
+        pos0 = torch.zeros(g * g)
+        if relevance_cells is not None:
+            rel = np.asarray(relevance_cells, np.float64).ravel()
+            pos0 = torch.tensor(cfg.relevance_sharpness * np.log(rel / rel.mean() + 1e-3), dtype=torch.float32)
+        self.pos = pos0.clone().requires_grad_(True)
+        # -log(count): every scale starts with the same total probability
+        self.scale = torch.tensor(-np.log(counts), dtype=torch.float32).requires_grad_(True)
+        self.bias = torch.zeros(len(self.windows))
+        self.scale_t = torch.from_numpy(self.scale_idx)
+        with torch.no_grad():
+            self.init_logits = self._raw_logits()
+        self.opt = torch.optim.Adam([self.pos, self.scale], lr=cfg.learning_rate)
+
+    def _raw_logits(self) -> torch.Tensor:
+        return self.A @ self.pos + self.scale[self.scale_t]
+
+    def log_probs(self) -> torch.Tensor:
+        return torch.log_softmax(self._raw_logits() + self.bias, -1)
+
+    def sample(self, k: int, rng: np.random.Generator, exclude: set[int]) -> list[int]:
+        """Gumbel-top-k: k distinct windows, none evaluated before."""
+        with torch.no_grad():
+            lp = self.log_probs().numpy().astype(np.float64)
+        keys = lp + rng.gumbel(size=lp.shape)
+        if exclude:
+            keys[list(exclude)] = -np.inf
+        order = np.argsort(-keys)
+        return [int(i) for i in order[:k] if np.isfinite(keys[i])]
+
+    def jittered(self, w: int, rng: np.random.Generator) -> Box:
+        b = self.windows[w]
+        dx, dy = rng.normal(0, self.cfg.jitter, 2) * np.array([b.width, b.height])
+        x0 = float(np.clip(b.x0 + dx, 0, self.width - b.width))
+        y0 = float(np.clip(b.y0 + dy, 0, self.height - b.height))
+        return Box(x0, y0, x0 + b.width, y0 + b.height)
+
+    def update(self, idx: list[int], advantages: np.ndarray) -> None:
+        """Clipped policy gradient with a KL pull toward the initial policy.
+
+        ratio_i = pi(a_i) / pi_old(a_i)
+        L = -mean_i min(ratio_i * A_i, clip(ratio_i, 1-eps, 1+eps) * A_i) + beta * KL(pi || pi_0)
+        """
+        cfg = self.cfg
+        a = torch.tensor(idx)
+        adv = torch.tensor(advantages, dtype=torch.float32)
+        with torch.no_grad():
+            old = self.log_probs()[a]
+            logp0 = torch.log_softmax(self.init_logits + self.bias, -1)
+        for _ in range(cfg.inner_epochs):
+            logp = self.log_probs()
+            ratio = (logp[a] - old).exp()
+            surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
+            kl = (logp.exp() * (logp - logp0)).sum()
+            loss = -surrogate.mean() + cfg.kl_weight * kl
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+
+    def focus(self, best: Box, best_scale: int) -> None:
+        """Adaptive zoom: favour finer windows centred inside the best spotlight so far."""
+        self.bias.zero_()
+        for w, b in enumerate(self.windows):
+            cx, cy = b.centre
+            if self.scale_idx[w] > best_scale and best.x0 <= cx <= best.x1 and best.y0 <= cy <= best.y1:
+                self.bias[w] = self.cfg.zoom_bonus
+
+
+def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
+    """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
+    rows, cols = relevance.shape
+    w, h = renderer.image.size
+    s = renderer.size / max(w, h)
+    ox, oy = (renderer.size - round(w * s)) // 2, (renderer.size - round(h * s)) // 2
+    cells = np.zeros((grid, grid))
+    for j in range(grid):
+        for i in range(grid):
+            vx, vy = ((i + 0.5) * w / grid) * s + ox, ((j + 0.5) * h / grid) * s + oy
+            r = min(rows - 1, int(vy / renderer.size * rows))
+            c = min(cols - 1, int(vx / renderer.size * cols))
+            cells[j, i] = relevance[r, c]
+    return cells + 1e-6
+
+
+# ============================================================================ the loop
+@dataclass
+class SpotResult:
+    answer: str
+    confidence: float
+    distribution: dict | None
+    entropy_trace: list[float]
+    reward_trace: list[float]
+    anchors: list
+    boxes: list[list[int]]
+    chosen_boxes: list[list[int]]
+    forward_passes: int
+    seconds: float
+    mode: str
+    policy: dict
+    # kept for pictures and the benchmark, not part of the JSON record
+    box_steps: list[int] = field(default_factory=list, repr=False)
+    box_rewards: list[float] = field(default_factory=list, repr=False)
+    box_entropies: list[float] = field(default_factory=list, repr=False)
+    method: str = "spote"
+    final_box: list[int] | None = None
+
+    RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
+                   "chosen_boxes", "forward_passes", "seconds", "mode", "policy")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.RECORD_KEYS}
+
+
+def _distribution(choices, logp: torch.Tensor) -> dict:
+    return {c: round(float(p), 6) for c, p in zip(choices, logp.exp())}
+
+
+def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyConfig = PolicyConfig(),
+          method: str = "spote") -> SpotResult:
+    """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight."""
+    t0 = time.perf_counter()
+    passes0 = adapter.forward_passes
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    renderer = ViewRenderer(image, adapter.input_size)
+    reader = Reader(adapter, question, choices)
+    mode = cfg.mode if cfg.mode != "zoom+context" or adapter.max_images >= 2 else "zoom"
+
+    # 1. the whole image: answer, entropy, anchors
+    base, base_answer = reader.baseline([renderer.global_view])
+    anchors = find_anchors(base, cfg)
+    entropy_trace, reward_trace = [base.entropy], []
+    boxes, chosen, box_steps, box_rewards, box_entropies = [], [], [], [], []
+    best = {"reward": 0.0, "reading": base, "box": None, "scale": -1}
+    used = lambda: adapter.forward_passes - passes0  # noqa: E731
+
+    # 2. early exit, 3. GRPO on the spotlight policy
+    if base.entropy > cfg.exit_entropy and cfg.budget > 1:
+        cost = reader.cost_per_view()
+        relevance_cells = None
+        if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
+            rel = adapter.relevance([renderer.global_view], question, choices)
+            relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
+        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells)
+        evaluated: set[int] = set()
+        stale = 0
+        reserve = 1 if choices is None else 0  # open ended: one generation on the best view
+        for step in range(cfg.steps):
+            g = min(cfg.group_size, (cfg.budget - used() - reserve) // cost)
+            if g < 2:
+                break
+            idx = policy.sample(g, rng, evaluated)
+            if len(idx) < 2:
+                break
+            evaluated.update(idx)
+            group = [policy.jittered(w, rng) for w in idx]
+            readings = reader.read([renderer.render(b, mode) for b in group])  # one batched pass
+            rewards = np.array([reward(base, r, anchors, cfg) for r in readings])
+            advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # A_i = (r_i - mean) / std
+            policy.update(idx, advantages)
+            k = int(rewards.argmax())
+            for b, r, rd in zip(group, rewards, readings):
+                boxes.append(b.as_list())
+                box_steps.append(step)
+                box_rewards.append(round(float(r), 5))
+                box_entropies.append(round(rd.entropy, 5))
+            chosen.append(group[k].as_list())
+            if rewards[k] > best["reward"] + 1e-6:
+                best = {"reward": float(rewards[k]), "reading": readings[k], "box": group[k], "scale": int(policy.scale_idx[idx[k]])}
+                stale = 0
+            else:
+                stale += 1
+            entropy_trace.append(round(best["reading"].entropy, 5))
+            reward_trace.append(round(best["reward"], 5))
+            if best["box"] is not None:
+                policy.focus(best["box"], best["scale"])
+            if best["box"] is not None and best["reading"].entropy <= cfg.exit_entropy:
+                break  # confident, and not by breaking an anchor
+            if stale >= cfg.plateau_patience:
+                break
+
+    # 4. answer from the best spotlight (the whole image if none beat it)
+    final = best["reading"]
+    if choices is not None:
+        answer = choices[int(final.logp.argmax())]
+        confidence = float(final.logp.exp().max())
+        distribution = _distribution(choices, final.logp)
+    elif best["box"] is None:
+        answer, confidence, distribution = base_answer, float(base.span_logp.sum().exp()) if len(base.span_logp) else 0.0, None
+    else:
+        gen = adapter.generate(renderer.render(best["box"], mode), question)
+        answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))), None
+    return SpotResult(
+        answer=answer, confidence=round(confidence, 6), distribution=distribution,
+        entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
+        anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
+        boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
+        mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
+        method=method, final_box=best["box"].as_list() if best["box"] is not None else None,
+    )
+
+
+def naive_entropy_config(cfg: PolicyConfig) -> PolicyConfig:
+    """The paper's ablation: the same loop with the clarity reward only."""
+    return replace(cfg, anchor_weight=0.0)

@@ -1,0 +1,220 @@
+"""Train ``spote-tiny`` on SpotBench's train split, on CPU, seeded.
+
+Each scene yields several views at many zoom levels (the whole image, close-ups around
+the evidence, random windows, global+zoom pairs, highlighted images), so that the model is
+*calibrated*: confident when the evidence is legible in the view, uncertain when it is not.
+Presence questions are labelled by what the view shows (a close-up of empty water says
+"no"), as real VLMs do; that is what makes shortcut collapse possible at test time.
+
+    python -m spote.tiny.train --out spote/models/spote-tiny --steps 3000
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+from PIL import Image, ImageFilter
+
+from ..bench.scenes import PRESENCE_KINDS, Item, make_item
+from ..prompt import format_question
+from ..spotlight import Box, ViewRenderer, soft_mask, apply_highlight
+from .build import IMAGE_SIZE, build_model, build_processor
+
+
+def _loguniform(rng, lo, hi):
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _random_box(rng, w, h, side):
+    side = min(side, w, h)
+    x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
+    return Box(x0, y0, x0 + side, y0 + side)
+
+
+def _evidence_box(rng, item: Item):
+    w, h = item.image.size
+    if item.evidence is None:
+        return _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.03, 0.5))
+    ev = Box(*item.evidence)
+    side = min(min(w, h), max(ev.width, ev.height) * _loguniform(rng, 1.2, 12.0))
+    def start(lo, hi, size):
+        lo, hi = max(0.0, lo), min(hi, size - side)
+        return rng.uniform(lo, hi) if hi > lo else max(0.0, min(size - side, (lo + hi) / 2))
+
+    x0, y0 = start(ev.x1 - side, ev.x0, w), start(ev.y1 - side, ev.y0, h)
+    return Box(x0, y0, x0 + side, y0 + side)
+
+
+def _corrupt_view(rng, view: Image.Image) -> Image.Image:
+    kind = rng.integers(3)
+    if kind == 0:
+        x = np.asarray(view, np.float32) + rng.normal(0, 10, (view.height, view.width, 3))
+        return Image.fromarray(x.clip(0, 255).astype(np.uint8))
+    if kind == 1:
+        return view.filter(ImageFilter.GaussianBlur(0.7))
+    import io
+
+    buf = io.BytesIO()
+    view.save(buf, "JPEG", quality=int(rng.integers(25, 60)))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
+    """One training example: the views the model sees and the label they support."""
+    renderer = ViewRenderer(item.image, IMAGE_SIZE)
+    w, h = item.image.size
+    u = rng.random()
+    if u < 0.22:
+        shown, views = Box.full(w, h), [renderer.global_view]
+    elif u < 0.57:
+        shown = _evidence_box(rng, item)
+        views = renderer.render(shown, "zoom")
+    elif u < 0.80:
+        shown = _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.03, 1.0))
+        views = renderer.render(shown, "zoom")
+    elif u < 0.92:
+        box = _evidence_box(rng, item) if rng.random() < 0.6 else _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.03, 0.6))
+        shown, views = Box.full(w, h), renderer.render(box, "zoom+context")
+    else:
+        shown = Box.full(w, h)
+        box = _evidence_box(rng, item)
+        views = [apply_highlight(renderer.global_view, soft_mask(w, h, IMAGE_SIZE, box), float(rng.uniform(0.5, 1.0)))]
+    if rng.random() < 0.2:
+        views = [_corrupt_view(rng, v) for v in views]
+    label = item.answer
+    if item.kind in PRESENCE_KINDS and item.evidence is not None:
+        label = "yes" if shown.contains_frac(Box(*item.evidence)) >= 0.5 else "no"
+    return views, label
+
+
+def encode(processor, examples, question_of):
+    """Tokenise a batch of (views, question, choices, label): left-padded, label + eos supervised."""
+    texts, images = [], []
+    for views, question, choices, label in examples:
+        content = [{"type": "image"} for _ in views] + [{"type": "text", "text": format_question(question, choices)}]
+        msgs = [{"role": "user", "content": content}, {"role": "assistant", "content": label}]
+        texts.append(processor.apply_chat_template(msgs, tokenize=False))
+        images.extend(views)
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, -2:] = batch["input_ids"][:, -2:]
+    batch["labels"] = labels
+    return batch
+
+
+class ViewStream(torch.utils.data.IterableDataset):
+    """Endless stream of encoded batches; scenes never repeat (index grows with the step)."""
+
+    def __init__(self, seed: int, batch_size: int, views_per_scene: int = 6, start: int = 0):
+        self.seed, self.batch_size, self.k, self.start = seed, batch_size, views_per_scene, start
+
+    def __iter__(self):
+        processor = build_processor()
+        rng = np.random.default_rng(self.seed + 7)
+        index = self.start
+        while True:
+            examples = []
+            while len(examples) < self.batch_size:
+                item = make_item(self.seed, "train", index)
+                index += 1
+                for _ in range(self.k):
+                    views, label = sample_views(rng, item)
+                    examples.append((views, item.question, item.choices, label))
+            yield encode(processor, examples[: self.batch_size], None)
+
+
+def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
+    """Accuracy and entropy on val scenes: close views vs the whole image."""
+    from ..adapters.llava import LlavaAdapter
+
+    adapter = LlavaAdapter(model, processor)
+    rng = np.random.default_rng(123)
+    close_ok, whole_ok, close_h, whole_h = [], [], [], []
+    for i in range(n):
+        item = make_item(seed, "val", i)
+        r = ViewRenderer(item.image, IMAGE_SIZE)
+        w, h = item.image.size
+        if item.evidence is not None:
+            ev = Box(*item.evidence)
+            side = min(min(w, h), max(ev.width, ev.height) * 2.5)
+            cx, cy = ev.centre
+            close = Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+        else:
+            close = _random_box(rng, w, h, min(w, h) * 0.1)
+        logp = adapter.choice_logprobs([r.render(close, "zoom"), [r.global_view]], item.question, item.choices)
+        p = logp.exp()
+        ent = -(p * logp).sum(-1)
+        gold = item.choices.index(item.answer if item.kind not in PRESENCE_KINDS or item.evidence else "no")
+        close_ok.append(int(p[0].argmax()) == gold)
+        whole_ok.append(int(p[1].argmax()) == item.choices.index(item.answer))
+        close_h.append(float(ent[0]))
+        whole_h.append(float(ent[1]))
+    return {"val_close_accuracy": float(np.mean(close_ok)), "val_whole_accuracy": float(np.mean(whole_ok)),
+            "val_close_entropy": float(np.mean(close_h)), "val_whole_entropy": float(np.mean(whole_h))}
+
+
+def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, warmup: int = 150,
+          seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240) -> dict:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    processor = build_processor()
+    model = build_model(processor, seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    loader = torch.utils.data.DataLoader(ViewStream(seed, batch_size), batch_size=None, num_workers=1, prefetch_factor=4)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "train_log.jsonl").open("w")
+    t0, ema_loss, ema_acc = time.time(), None, None
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        outputs = model(**batch)
+        loss = outputs.loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        acc = (outputs.logits[:, -3].argmax(-1) == batch["input_ids"][:, -2]).float().mean().item()
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        if step % log_every == 0 or step == steps - 1:
+            rec = {"step": step, "loss": round(ema_loss, 4), "accuracy": round(ema_acc, 4),
+                   "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step > 0 and step % 500 == 0:
+            _save(model, processor, out)
+    model.eval()
+    with torch.inference_mode():
+        report = {"steps": steps, "batch_size": batch_size, "seed": seed, "final_loss_ema": ema_loss,
+                  "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
+                  **evaluate(model, processor, eval_items)}
+    print(json.dumps(report), flush=True)
+    _save(model, processor, out)
+    (out / "training_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _save(model, processor, out: Path):
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 3000, batch_size: int = 64,
+         lr: float = 2e-3, seed: int = 0, threads: int = 2, eval_items: int = 240):
+    """Train spote-tiny from scratch and save it (safetensors) to OUT."""
+    train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spote.core import PolicyConfig, Reading, SpotlightPolicy, find_anchors, reward, spote, window_grid
+from spote.models import weights_checksum
+from spote.spotlight import Box
+
+
+def _image(w=640, h=480, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+Q, CHOICES = "what digit is in the red box ?", tuple("0123456789")
+
+
+def test_window_grid_covers_scales_within_image():
+    boxes, scale_idx = window_grid(1000, 600, 64)
+    assert len(set(scale_idx.tolist())) >= 3
+    for b in boxes:
+        assert 0 <= b.x0 and b.x1 <= 1000 + 1e-6 and 0 <= b.y0 and b.y1 <= 600 + 1e-6
+    smallest = min(b.width for b in boxes)
+    assert 64 <= smallest <= 1.5 * 64  # never zoom past native pixels
+
+
+def test_batched_and_one_by_one_give_the_same_distributions(random_adapter):
+    img = _image()
+    from spote.spotlight import ViewRenderer
+
+    r = ViewRenderer(img, random_adapter.input_size)
+    views = [r.render(Box(i * 50, i * 30, i * 50 + 200, i * 30 + 200), "zoom") for i in range(5)]
+    batched = random_adapter.choice_logprobs(views, Q, CHOICES)
+    single = torch.cat([random_adapter.choice_logprobs([v], Q, CHOICES) for v in views])
+    assert batched.shape == (5, 10)
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched.exp().sum(-1), torch.ones(5), atol=1e-5, rtol=0)
+
+
+def test_early_exit_after_one_pass(random_adapter):
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy=10.0))
+    assert res.forward_passes == 1 and res.boxes == [] and len(res.entropy_trace) == 1
+
+
+@pytest.mark.parametrize("budget", [1, 5, 13, 30])
+def test_budget_is_never_exceeded(random_adapter, budget):
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=budget, exit_entropy=0.0, plateau_patience=99))
+    assert 1 <= res.forward_passes <= budget
+
+
+def test_result_record_is_json_and_complete(random_adapter):
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0))
+    rec = json.loads(json.dumps(res.to_dict()))
+    assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
+                        "chosen_boxes", "forward_passes", "seconds", "mode", "policy"}
+    assert rec["answer"] in CHOICES and abs(sum(rec["distribution"].values()) - 1) < 1e-4
+    assert len(rec["entropy_trace"]) == len(rec["reward_trace"]) + 1 == len(rec["chosen_boxes"]) + 1
+    assert all(len(b) == 4 for b in rec["boxes"])
+
+
+def test_same_seed_same_result(random_adapter):
+    cfg = PolicyConfig(budget=25, exit_entropy=0.0, seed=3)
+    a = spote(random_adapter, _image(), Q, CHOICES, cfg).to_dict()
+    b = spote(random_adapter, _image(), Q, CHOICES, cfg).to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+
+
+def test_model_stays_frozen(random_adapter):
+    before = weights_checksum(random_adapter.model)
+    spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0))
+    assert weights_checksum(random_adapter.model) == before
+    assert not any(p.requires_grad for p in random_adapter.model.parameters())
+
+
+def test_black_box_mode_runs_without_attention(random_adapter):
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0, use_relevance=False))
+    assert res.forward_passes <= 20 and len(res.boxes) > 0
+
+
+def test_open_ended_generation_path(random_adapter):
+    res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, PolicyConfig(budget=12, exit_entropy=0.0))
+    assert res.distribution is None and res.forward_passes <= 12
+    assert isinstance(res.answer, str)
+
+
+def test_grpo_update_moves_probability_to_the_high_reward_spotlight():
+    policy = SpotlightPolicy(800, 600, 64, PolicyConfig(learning_rate=0.5))
+    target = next(w for w in range(len(policy.windows)) if policy.scale_idx[w] == 1 and policy.windows[w].x0 > 300)
+    tbox = policy.windows[target]
+    with torch.no_grad():
+        p0 = float(policy.log_probs()[target].exp())
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        idx = policy.sample(8, rng, set())
+        rewards = np.array([policy.windows[i].iou(tbox) for i in idx])  # a test-made reward: overlap with target
+        if rewards.std() > 0:
+            policy.update(idx, (rewards - rewards.mean()) / rewards.std())
+    with torch.no_grad():
+        p1 = float(policy.log_probs()[target].exp())
+    assert p1 > 3 * p0
+
+
+def test_anchor_penalises_confident_flip_of_the_baseline():
+    cfg = PolicyConfig()
+    base = Reading(logp=torch.log(torch.tensor([0.7, 0.3])))       # leans "yes"
+    flip = Reading(logp=torch.log(torch.tensor([0.02, 0.98])))     # empty close-up: confident "no"
+    keep = Reading(logp=torch.log(torch.tensor([0.98, 0.02])))     # close-up on the object
+    anchors = find_anchors(base, cfg)
+    assert anchors.choice == 0
+    assert reward(base, keep, anchors, cfg) > 0 > reward(base, flip, anchors, cfg)
+    naive = PolicyConfig(anchor_weight=0.0)
+    assert reward(base, flip, anchors, naive) == pytest.approx(reward(base, keep, anchors, naive))
+
+
+def test_no_closed_set_anchor_when_baseline_is_unsure():
+    base = Reading(logp=torch.log(torch.full((10,), 0.1)))
+    assert find_anchors(base, PolicyConfig()).choice is None
+
+
+def test_open_ended_anchors_are_low_entropy_positions():
+    base = Reading(span_entropy=torch.tensor([0.01, 1.5, 0.05]), span_logp=torch.zeros(3))
+    anchors = find_anchors(base, PolicyConfig(anchor_epsilon=0.1))
+    assert anchors.positions == [0, 2]
+    worse = Reading(span_entropy=torch.tensor([0.9, 0.2, 0.05]), span_logp=torch.zeros(3))
+    r = reward(base, worse, anchors, PolicyConfig(anchor_weight=0.5))
+    gamma = base.entropy / (base.entropy + 0.1)
+    assert r == pytest.approx(gamma * (base.entropy - worse.entropy) - 0.5 * (0.89 / 2), rel=1e-4)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        PolicyConfig(mode="x")
+    with pytest.raises(ValueError):
+        PolicyConfig(group_size=1)

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from spote.spotlight import Box, Spotlight, ViewRenderer, letterbox, soft_mask
+
+
+def test_box_stays_inside_non_square_image():
+    sp = Spotlight(cx=5, cy=590, scale=0.5)  # near the bottom-left corner of 800 x 600
+    b = sp.box(800, 600)
+    assert (b.x0, b.y0) == (0, 300) and (b.width, b.height) == (300, 300)
+    assert b.x1 <= 800 and b.y1 <= 600
+
+
+def test_box_aspect_and_clamp_to_image():
+    b = Spotlight(400, 300, scale=0.5, aspect=4.0).box(800, 600)
+    assert b.width == pytest.approx(600) and b.height == pytest.approx(150)
+    huge = Spotlight(400, 300, scale=5.0).box(800, 600)
+    assert (huge.width, huge.height) == (800, 600)
+
+
+def test_around_round_trips_a_box():
+    target = Box(100, 50, 180, 130)
+    b = Spotlight.around(target, 800, 600).box(800, 600)
+    assert b.iou(target) > 0.99
+
+
+def test_box_geometry():
+    a, b = Box(0, 0, 10, 10), Box(5, 5, 15, 15)
+    assert a.intersection(b) == 25 and a.iou(b) == pytest.approx(25 / 175)
+    assert Box(0, 0, 100, 100).contains_frac(b) == 1.0
+    assert a.as_list() == [0, 0, 10, 10]
+
+
+def test_zoom_reads_source_pixels_not_the_downscaled_view():
+    img = Image.new("RGB", (1000, 500), (0, 0, 0))
+    img.paste((255, 0, 0), (700, 200, 720, 220))  # a 20 px red square
+    r = ViewRenderer(img, 64)
+    zoom = np.asarray(r.render(Box(690, 190, 730, 230), "zoom")[0])
+    assert zoom.shape == (64, 64, 3)
+    assert (zoom[..., 0] > 200).mean() > 0.2   # the square fills the zoom
+    whole = np.asarray(r.global_view)
+    assert (whole[..., 0] > 200).sum() <= 4    # and is a speck in the whole view
+
+
+def test_letterbox_keeps_aspect_and_pads():
+    img = Image.new("RGB", (200, 100), (255, 255, 255))
+    v = np.asarray(letterbox(img, 64))
+    assert v.shape == (64, 64, 3)
+    assert (v[0, :, 0] == 128).all() and (v[32, :, 0] == 255).all()  # pad rows top, image in the middle
+
+
+def test_modes_render_expected_image_counts():
+    img = Image.new("RGB", (300, 200), (10, 200, 10))
+    r = ViewRenderer(img, 32)
+    box = Box(10, 10, 60, 60)
+    assert len(r.render(box, "zoom")) == 1
+    assert len(r.render(box, "zoom+context")) == 2
+    hl = np.asarray(r.render(box, "highlight")[0], np.float32)
+    assert hl[5, 5, 1] > hl[28, 28, 1]  # inside kept, outside dimmed
+    with pytest.raises(ValueError):
+        r.render(box, "sideways")
+
+
+def test_soft_mask_is_one_inside():
+    m = soft_mask(100, 100, 50, Box(0, 0, 50, 50))
+    assert m[5, 5] == pytest.approx(1.0) and m[45, 45] < 0.1
+
+
+def test_grid_to_source_covers_image():
+    r = ViewRenderer(Image.new("RGB", (400, 200)), 64)
+    cells = r.grid_to_source(8, 8)
+    assert len(cells) == 64
+    assert max(c.x1 for c in cells) == 400 and max(c.y1 for c in cells) == 200

@@ -80,7 +80,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             im.load()
             return to_rgb(im)
     except UnidentifiedImageError as err:
-        raise BadImage(f"not a readable image: {err}") from err
+        raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):
             raise

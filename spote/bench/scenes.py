@@ -131,8 +131,9 @@ def _document(rng, kind, easy, w, h):
             d.line([x0 + p, y1 - p, x1 - p, y0 + p], fill=(10, 10, 10), width=lw)
     else:
         answer = str(rng.choice(DIGITS if kind == "digit" else LETTERS))
-        font = _font(int(side * 0.8))
-        d.text(((x0 + x1) / 2, (y0 + y1) / 2), answer, fill=(10, 10, 10), font=font, anchor="mm")
+        font = _font(int(side * 0.75))
+        d.text(((x0 + x1) / 2, (y0 + y1) / 2), answer, fill=(10, 10, 10), font=font, anchor="mm",
+               stroke_width=max(1, side // 16), stroke_fill=(10, 10, 10))
     return page, answer, box
 
 

@@ -129,6 +129,72 @@ class ViewStream(torch.utils.data.IterableDataset):
             yield encode(processor, examples[: self.batch_size], None)
 
 
+class CloseViewStream(torch.utils.data.IterableDataset):
+    """Stage 1 data: close views (evidence legible) and empty windows, as (pixel_values, answer ids)."""
+
+    def __init__(self, seed: int, batch_size: int, views_per_scene: int = 8):
+        self.seed, self.batch_size, self.k = seed, batch_size, views_per_scene
+
+    def __iter__(self):
+        processor = build_processor()
+        tok = processor.tokenizer
+        rng = np.random.default_rng(self.seed + 11)
+        index = 10_000_000  # scenes disjoint from stage 2's
+        while True:
+            images, labels = [], []
+            while len(images) < self.batch_size:
+                item = make_item(self.seed, "train", index)
+                index += 1
+                renderer = ViewRenderer(item.image, IMAGE_SIZE)
+                for _ in range(self.k):
+                    if item.evidence is not None:
+                        ev = Box(*item.evidence)
+                        side = min(min(item.image.size), max(ev.width, ev.height) * _loguniform(rng, 1.15, 3.5))
+                        cx, cy = ev.centre
+                        jx, jy = rng.uniform(-0.2, 0.2, 2) * side
+                        box = Box(cx + jx - side / 2, cy + jy - side / 2, cx + jx + side / 2, cy + jy + side / 2)
+                    else:
+                        box = _evidence_box(rng, item)
+                    view = renderer.render(box, "zoom")[0]
+                    if rng.random() < 0.15:
+                        view = _corrupt_view(rng, view)
+                    images.append(view)
+                    labels.append(tok.convert_tokens_to_ids(item.answer))
+            pv = processor.image_processor(images[: self.batch_size], return_tensors="pt")["pixel_values"]
+            yield pv, torch.tensor(labels[: self.batch_size])
+
+
+def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log) -> None:
+    """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
+    token embeddings from the mean of the image tokens (what a uniform LM attention would see)."""
+    vision, proj = model.model.vision_tower, model.model.multi_modal_projector
+    emb = model.model.language_model.embed_tokens
+    params = [*vision.parameters(), *proj.parameters(), *emb.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    loader = torch.utils.data.DataLoader(CloseViewStream(seed, batch_size), batch_size=None, num_workers=1, prefetch_factor=4)
+    t0, ema = time.time(), None
+    for step, (pv, y) in enumerate(loader):
+        if step >= steps:
+            break
+        feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
+        logits = proj(feats).mean(1) @ emb.weight.T
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(-1) == y).float().mean().item()
+        ema = acc if ema is None else 0.95 * ema + 0.05 * acc
+        if step % 25 == 0 or step == steps - 1:
+            rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema, 4),
+                   "seconds": round(time.time() - t0, 1)}
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+
 def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
     """Accuracy and entropy on val scenes: close views vs the whole image."""
     from ..adapters.llava import LlavaAdapter
@@ -159,19 +225,23 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
             "val_close_entropy": float(np.mean(close_h)), "val_whole_entropy": float(np.mean(whole_h))}
 
 
-def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, warmup: int = 150,
-          seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240) -> dict:
+def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
+          seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
+          vision_steps: int = 1500, vision_lr: float = 2e-3) -> dict:
+    """Stage 1 (vision tower on close views), then stage 2 (the whole LLaVA on every kind of view)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     processor = build_processor()
     model = build_model(processor, seed)
     model.train()
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "train_log.jsonl").open("w")
+    if vision_steps:
+        pretrain_vision(model, vision_steps, 128, vision_lr, seed, log)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     loader = torch.utils.data.DataLoader(ViewStream(seed, batch_size), batch_size=None, num_workers=1, prefetch_factor=4)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "train_log.jsonl").open("w")
     t0, ema_loss, ema_acc = time.time(), None, None
     for step, batch in enumerate(loader):
         if step >= steps:
@@ -187,7 +257,7 @@ def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, 
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
         if step % log_every == 0 or step == steps - 1:
-            rec = {"step": step, "loss": round(ema_loss, 4), "accuracy": round(ema_acc, 4),
+            rec = {"stage": 2, "step": step, "loss": round(ema_loss, 4), "accuracy": round(ema_acc, 4),
                    "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
@@ -211,9 +281,11 @@ def _save(model, processor, out: Path):
 
 
 def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 3000, batch_size: int = 64,
-         lr: float = 2e-3, seed: int = 0, threads: int = 2, eval_items: int = 240):
+         lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = 1500,
+         vision_lr: float = 2e-3):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
-    train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items)
+    train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,
+          vision_steps=vision_steps, vision_lr=vision_lr)
 
 
 if __name__ == "__main__":

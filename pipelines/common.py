@@ -379,7 +379,8 @@ class JobOptions:
         return overrides
 
 
-def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, post_commit=None) -> dict:
+def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, post_commit=None, loader=None,
+            after_commit=None) -> dict:
     """Rows (metadata only) -> load on CPU -> SPOT-E actors -> staged Parquet -> summary -> commit."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -405,7 +406,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
     if items_in:
         init_ray(opts.num_actors)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
-        ds = ds.map_batches(ImageLoader, fn_constructor_kwargs={"storage_options": so}, batch_size=opts.batch_size,
+        loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
+        ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
         ds = ds.map_batches(
             SpotePredictor,
@@ -429,6 +431,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
         fs, staging = filesystem(paths.staging, so)
         fs.makedirs(staging, exist_ok=True)
     commit(paths, summary, so)
+    if after_commit is not None:
+        after_commit(table, paths, so)
     print(f"[{job}] run {run_id}: {summary['items_in']} in, {summary['items_ok']} ok, {summary['items_error']} errors, "
           f"{summary['items_per_second']} items/s, early exit {summary['early_exit_rate']} -> {paths.results}")
     return summary

@@ -53,7 +53,7 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> list[dict]:
 
 
 def _choices_json(value) -> str:
-    if value is None or (isinstance(value, float) and value != value) or value == "":
+    if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
         return ""
     if isinstance(value, str):
         value = value.strip()

@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.transform import from_origin
+
+from pipelines.common import JobOptions, RunPaths
+from pipelines.satellite import load_questions, run, tile_windows, to_rgb, window_bounds
+
+
+def test_tile_windows_cover_the_scene_with_overlap():
+    wins = tile_windows(1000, 700, 400, 50)
+    assert all(w == 400 and h == 400 for _, _, w, h in wins)
+    covered = np.zeros((700, 1000), bool)
+    for c, r, w, h in wins:
+        covered[r:r + h, c:c + w] = True
+    assert covered.all()
+    assert {c for c, *_ in wins} == {0, 350, 600} and {r for _, r, *_ in wins} == {0, 300}
+    with pytest.raises(ValueError):
+        tile_windows(100, 100, 50, 50)
+
+
+def test_window_bounds_follow_the_geotransform():
+    t = list(from_origin(500000, 4600000, 0.5, 0.5))[:6]
+    assert window_bounds(t, 100, 200, 50, 40) == [500050.0, 4599880.0, 500075.0, 4599900.0]
+
+
+def test_to_rgb_stretches_16_bit_multiband():
+    bands = np.stack([np.full((4, 4), v, np.uint16) for v in (100, 2000, 40000, 7)])
+    bands[:, 0, 0] = 0
+    rgb = to_rgb(bands, [2, 1, 0])
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3) and rgb[1, 1].tolist() == [255, 255, 255]
+
+
+def test_yaml_questions_keep_yes_no_as_text(tmp_path):
+    (tmp_path / "q.yaml").write_text("- question: is there a boat ?\n  choices: [yes, no]\n- {question: 'count ?', choices: '1,2'}\n")
+    qs = load_questions(str(tmp_path / "q.yaml"))
+    assert json.loads(qs[0]["choices"]) == ["yes", "no"] and json.loads(qs[1]["choices"]) == ["1", "2"]
+
+
+def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, (4, 600, 900), dtype=np.uint16)      # 4-band, 16-bit
+    with rasterio.open(scenes / "s1.tif", "w", driver="GTiff", width=900, height=600, count=4, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5)) as ds:
+        ds.write(data)
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(scenes / "s2.png")
+    (scenes / "s3.tif").write_bytes(b"II*\x00 not a tiff")
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]},
+                                                 {"question": "what colour is the vehicle ?", "choices": "red,yellow,blue,white"}]))
+    opts = JobOptions(str(scenes), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy, run_id="sat")
+    summary = run(opts, str(tmp_path / "q.json"), tile_size=400, overlap=100, bands="3,2,1")
+    n_tiles = len(tile_windows(900, 600, 400, 100)) + len(tile_windows(500, 300, 400, 100))
+    assert summary["items_in"] == 2 * n_tiles + 2 and summary["items_error"] == 2   # s3.tif: one error row per question
+    df = pq.read_table(RunPaths(str(tmp_path / "out"), "sat").results).to_pandas()
+    assert df["id"].is_unique and len(df) == summary["items_in"]
+    s1 = df[(df.scene == "s1") & (df.status == "ok")]
+    assert (s1.crs == "EPSG:32633").all()
+    first = s1[(s1.tile_col_off == 0) & (s1.tile_row_off == 0)].iloc[0]
+    assert list(first.bounds) == [500000.0, 4599800.0, 500200.0, 4600000.0]
+    meta = Path(RunPaths(str(tmp_path / "out"), "sat").meta)
+    gj = json.loads((meta / "scenes" / "s1.q0.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and gj["properties"]["crs"] == "EPSG:32633"
+    yes = s1[(s1.question_index == 0) & (s1.answer == "yes")]
+    assert len(gj["features"]) == len(yes)
+    assert json.loads((meta / "rollup.json").read_text())["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))

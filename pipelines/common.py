@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, fields
@@ -27,7 +28,7 @@ import numpy as np
 
 RESULT_COLUMNS = (
     "id", "source", "question", "choices", "answer", "confidence", "entropy_initial", "entropy_final",
-    "entropy_trace", "boxes", "forward_passes", "latency_ms", "status", "error", "model", "policy", "run_id",
+    "entropy_trace", "boxes", "forward_passes", "latency_ms", "status", "error", "model", "policy", "run_id", "actor",
 )
 
 
@@ -204,6 +205,7 @@ class SpotePredictor:
         self.adapter = load_adapter(model, device=device, storage_options=storage_options)
         self.cfg = PolicyConfig(**(policy or {}))
         self.model_name = str(model or "spote-tiny")
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
 
     def predict(self, row: dict) -> dict:
@@ -215,7 +217,7 @@ class SpotePredictor:
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
-                    forward_passes=0, latency_ms=0.0)
+                    forward_passes=0, latency_ms=0.0, actor=self.actor)
         if row.get("status") == "error":
             return base
         t0 = time.perf_counter()

@@ -1,0 +1,78 @@
+"""Throughput of ``pipelines.vqa`` with one actor against a plain loop over the same items and model.
+
+    python -m pipelines.bench --n 48 --out results/bench-pipeline.json
+
+Both sides run the same SPOT-E policy on the same SpotBench images written to a local folder. The
+plain loop loads the model once and answers the items one after another in this process; the
+pipeline starts a local Ray, reads, decodes on CPU tasks and answers on one actor. The pipeline's
+items/s counts its whole wall time after Ray is up (actor start and model load included).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spote.bench.scenes import spotbench
+
+
+def make_corpus(folder: Path, n: int, seed: int) -> Path:
+    rows = []
+    for item in spotbench("test", n, seed):
+        name = f"{item.id}.png"
+        item.image.save(folder / name)
+        rows.append({"id": item.id, "image_uri": name, "question": item.question, "choices": list(item.choices)})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    return manifest
+
+
+def plain_loop(manifest: Path, model: str | None, policy: dict) -> float:
+    from spote.core import PolicyConfig, spote
+    from spote.images import load_image
+    from spote.models import load_adapter
+
+    from .vqa import read_manifest
+
+    adapter = load_adapter(model, device="cpu")
+    cfg = PolicyConfig(**policy)
+    rows = read_manifest(str(manifest))
+    t0 = time.perf_counter()
+    for r in rows:
+        spote(adapter, load_image(r["source"]), r["question"], json.loads(r["choices"]), cfg)
+    return len(rows) / (time.perf_counter() - t0)
+
+
+def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = Path("results/bench-pipeline.json"),
+         batch_size: int = 4, policy: str = "{}"):
+    from pipelines.common import JobOptions, init_ray, run_job
+
+    from .vqa import read_manifest
+
+    overrides = json.loads(policy)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_corpus(Path(tmp), n, seed)
+        loop_ips = plain_loop(manifest, model, overrides)
+        init_ray(num_actors=1)
+        opts = JobOptions(str(manifest), str(Path(tmp) / "out"), model, num_actors=1, batch_size=batch_size,
+                          policy=policy if overrides else None, run_id="bench")
+        t0 = time.perf_counter()
+        summary = run_job("vqa", opts, read_manifest(str(manifest)))
+        pipe_ips = n / (time.perf_counter() - t0)
+    report = {"n_items": n, "seed": seed, "model": str(model or "spote-tiny"), "policy": overrides,
+              "plain_loop_items_per_s": round(loop_ips, 3), "pipeline_items_per_s": round(pipe_ips, 3),
+              "ratio": round(pipe_ips / loop_ips, 3), "target_ratio": 0.8, "pipeline_summary": summary}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"plain loop {loop_ips:.3f} items/s | pipeline (1 actor) {pipe_ips:.3f} items/s | ratio {pipe_ips / loop_ips:.2f} "
+          f"(target >= 0.8) -> {out}")
+    return report
+
+
+if __name__ == "__main__":
+    typer.run(main)

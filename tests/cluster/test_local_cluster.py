@@ -1,0 +1,122 @@
+"""A real multi-node Ray cluster on this machine, driven through the real `ray job submit` client.
+
+Runs before tests/pipelines (alphabetical order): ``ray stop`` at teardown ends every Ray
+process of this machine, and the pipelines' session Ray starts only after it.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.local import LocalCluster
+
+REPO = Path(__file__).parents[2]
+SAMPLES = REPO / "pipelines" / "samples" / "vqa"
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(gcs_port=_port(), dashboard_port=_port(), head_cpus=2, workers=2, cpus_per_worker=1, gpus_per_worker=1)
+    c.start()
+    c.wait_for_job_server()
+    yield c
+    c.stop()
+
+
+def _ray(*args, cluster, timeout=600):
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray_bin, *args], env=cluster.env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _submit(cluster, sid, argv, wait=True):
+    cmd = ["job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--submission-id", sid]
+    if not wait:
+        cmd.append("--no-wait")
+    return _ray(*cmd, "--", sys.executable, *argv, cluster=cluster)
+
+
+def _status(cluster, sid) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    return str(JobSubmissionClient(cluster.dashboard).get_job_status(sid).value)
+
+
+def test_nodes_have_fake_gpus(cluster):
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        total = ray.cluster_resources()
+        assert total.get("GPU") == 2 and total.get("fake_accel") == 2 and len(ray.nodes()) == 3
+    finally:
+        ray.shutdown()
+
+
+def test_job_submit_end_to_end_on_gpu_actors(cluster, random_tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _submit(cluster, "spote-e2e", ["-m", "pipelines.vqa", "--input", str(SAMPLES / "manifest.jsonl"),
+                                          "--output", str(out), "--model", str(random_tiny_dir), "--num-actors", "2",
+                                          "--num-gpus-per-actor", "1", "--policy", '{"budget": 4, "group_size": 2}',
+                                          "--run-id", "e2e"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _status(cluster, "spote-e2e") == "SUCCEEDED"
+    df = pq.read_table(out / "results" / "run_id=e2e").to_pandas()
+    n_in = len((SAMPLES / "manifest.jsonl").read_text().splitlines())
+    assert len(df) == n_in and df["id"].is_unique
+    assert json.loads((out / "_runs" / "e2e" / "summary.json").read_text())["items_in"] == n_in
+
+
+def test_killed_actor_mid_job_loses_nothing(cluster, random_tiny_dir, tmp_path):
+    from pipelines.bench import make_corpus
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    manifest = make_corpus(corpus, 16, seed=5)
+    out = tmp_path / "out"
+    proc = _submit(cluster, "spote-fault", ["-m", "pipelines.vqa", "--input", str(manifest), "--output", str(out),
+                                            "--model", str(random_tiny_dir), "--num-actors", "2", "--num-gpus-per-actor",
+                                            "1", "--batch-size", "1", "--policy", '{"budget": 12, "exit_entropy": 0.0}',
+                                            "--run-id", "fault"], wait=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import ray
+    from ray.util.state import list_actors
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=cluster.address, log_to_driver=False)
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and killed is None:
+            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "SpotePredictor" in a.class_name]
+            if alive and _status(cluster, "spote-fault") == "RUNNING":
+                time.sleep(8)  # let it get some items done
+                killed = alive[0].pid
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+    assert killed, "no predictor actor to kill"
+    deadline = time.time() + 600
+    while _status(cluster, "spote-fault") in ("RUNNING", "PENDING") and time.time() < deadline:
+        time.sleep(3)
+    logs = _ray("job", "logs", "--address", cluster.dashboard, "spote-fault", cluster=cluster).stdout
+    print(logs[-4000:])
+    assert _status(cluster, "spote-fault") == "SUCCEEDED", logs[-3000:]
+    df = pq.read_table(out / "results" / "run_id=fault").to_pandas()
+    assert len(df) == 16 and df["id"].is_unique and (df.status == "ok").all()

@@ -1,0 +1,78 @@
+"""Every cluster manifest parses and names what matters: entrypoint module, resources, pinned images."""
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+CLUSTER = Path(__file__).parents[2] / "cluster"
+
+
+def _load(name):
+    return list(yaml.safe_load_all((CLUSTER / name).read_text()))
+
+
+def _images(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "image":
+                yield v
+            else:
+                yield from _images(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _images(v)
+
+
+def _pinned(image: str) -> bool:
+    return bool(re.fullmatch(r"[\w./-]+:(?!latest$)[\w.-]+", image))
+
+
+def _check_cluster_spec(spec):
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"]["limits"]["cpu"]
+    gpu = spec["workerGroupSpecs"][0]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    assert spec["rayVersion"] == "2.60.0"
+
+
+def test_raycluster():
+    (doc,) = _load("kuberay/raycluster.yaml")
+    assert doc["kind"] == "RayCluster" and doc["apiVersion"] == "ray.io/v1"
+    _check_cluster_spec(doc["spec"])
+    assert all(_pinned(i) for i in _images(doc))
+
+
+def test_rayjobs_entrypoints_exist_and_are_complete():
+    for name, module in (("kuberay/rayjob-satellite.yaml", "pipelines.satellite"),
+                         ("kuberay/rayjob-documents.yaml", "pipelines.documents")):
+        (doc,) = _load(name)
+        assert doc["kind"] == "RayJob"
+        argv = shlex.split(doc["spec"]["entrypoint"])
+        assert argv[:3] == ["python", "-m", module]
+        assert importlib.util.find_spec(module) is not None
+        assert "--input" in argv and "--output" in argv and "--num-gpus-per-actor" in argv
+        _check_cluster_spec(doc["spec"]["rayClusterSpec"])
+        assert all(_pinned(i) for i in _images(doc))
+        assert doc["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def test_nightly_cronjob_creates_the_documents_rayjob():
+    (doc,) = _load("kuberay/cronjob-documents.yaml")
+    assert doc["kind"] == "CronJob" and doc["spec"]["schedule"] == "0 2 * * *"
+    assert doc["spec"]["concurrencyPolicy"] == "Forbid"
+    assert "rayjob-documents.yaml" in " ".join(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert all(_pinned(i) for i in _images(doc))
+
+
+def test_launcher_and_runtime_env():
+    (doc,) = _load("launcher/aws-gpu.yaml")
+    assert doc["head_node_type"] in doc["available_node_types"]
+    assert _pinned(doc["docker"]["image"])
+    assert doc["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
+    (env,) = _load("runtime_env.yaml")
+    assert "pip" in env and "env_vars" in env

@@ -54,7 +54,7 @@ class PolicyConfig:
     budget: int = 64               # forward passes at most, everything included
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
-    min_window: float = 1.0        # smallest window side, in model input sizes (no zoom past native pixels)
+    min_window: float = 1.5        # smallest window side, in model input sizes (never zoom past native pixels)
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
     plateau_patience: int = 3      # steps without a better reward before stopping

@@ -1,0 +1,44 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from spote.bench.scenes import make_item
+from spote.spotlight import Box, ViewRenderer
+from spote.tiny.train import train
+
+
+def test_training_smoke_saves_a_loadable_checkpoint(tmp_path):
+    report = train(tmp_path / "m", steps=3, batch_size=8, vision_steps=2, eval_items=3, log_every=1)
+    assert np.isfinite(report["final_loss_ema"])
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"model.safetensors", "config.json", "processor_config.json", "train_log.jsonl"} <= files
+    assert not any(f.endswith((".bin", ".pt")) for f in files)
+    log = [json.loads(x) for x in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {1, 2}
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", use_safetensors=True)
+    proc = AutoProcessor.from_pretrained(tmp_path / "m")
+    assert model.config.model_type == "llava" and proc.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shipped_adapter):
+    """The committed weights really learned: close views answered well, whole images uncertain."""
+    close_ok, h_close, h_whole = [], [], []
+    for i in range(60):
+        item = make_item(0, "val", i)
+        if item.evidence is None or item.easy:
+            continue
+        r = ViewRenderer(item.image, shipped_adapter.input_size)
+        ev = Box(*item.evidence)
+        side = max(ev.width, ev.height) * 2.0
+        cx, cy = ev.centre
+        lp = shipped_adapter.choice_logprobs([r.render(Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), "zoom"),
+                                              [r.global_view]], item.question, item.choices)
+        ent = -(lp.exp() * lp).sum(-1)
+        close_ok.append(item.choices[int(lp[0].argmax())] == item.answer)
+        h_close.append(float(ent[0]))
+        h_whole.append(float(ent[1]))
+    assert np.mean(close_ok) >= 0.6
+    assert np.mean(h_whole) > np.mean(h_close) + 0.2

@@ -11,6 +11,7 @@ Every model call counts in ``forward_passes``: one per sequence run through the 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,34 @@ class Generation:
     logprobs: list[float]   # log p of each generated token
 
 
+def size_field(size, key: str):
+    """``size[key]`` for a processor size given as a dict or as a ``SizeDict`` (transformers 5)."""
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def uses_eager_attention(model) -> bool:
+    """True when the language model runs eager attention, the only kind that returns attention weights."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None) or config
+    impl = getattr(text_config, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    return impl == "eager"
+
+
+def attention_to_grid(attn_row: torch.Tensor, positions: torch.Tensor, rows: int, cols: int) -> np.ndarray:
+    """Lay the attention one query pays to the image tokens at ``positions`` out on their token grid.
+
+    ``attn_row`` is over the whole sequence; ``positions`` are the image's token positions in
+    row-major order, so the k-th image token lands in cell ``(k // cols, k % cols)``.
+    """
+    positions = torch.as_tensor(positions).flatten()[: rows * cols]
+    if positions.numel() != rows * cols:
+        raise ValueError(f"expected {rows * cols} image tokens for a {rows} x {cols} grid, found {positions.numel()}")
+    att = attn_row.float()[positions.to(attn_row.device)]
+    return att.cpu().numpy().reshape(rows, cols)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H = -sum p log p over the last axis, in nats."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -41,14 +70,34 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 class HFAdapter:
-    """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template."""
+    """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template.
+
+    ``supports_relevance`` is a class default; an instance whose model was not loaded with eager
+    attention (``attn_implementation="eager"``) is switched to black-box mode, since other
+    attention kernels return no attention weights.
+    """
 
     family = "generic"
     supports_relevance = False
     default_input_size = 384
 
     def __init__(self, model, processor, batch_size: int = 16, input_size: int | None = None, max_images: int = 2):
+        if getattr(processor, "image_processor", None) is None:
+            raise TypeError(
+                f"{type(processor).__name__} is not an image-text processor (no image_processor). AutoProcessor falls "
+                "back to the bare tokenizer when the family's processor cannot be built, e.g. Qwen2-VL or SmolVLM "
+                "without torchvision (their video processor needs it) or SmolVLM without num2words.")
         self.model, self.processor = model.eval(), processor
+        if self.supports_relevance and not uses_eager_attention(self.model):
+            self.supports_relevance = False  # black-box mode: no attention weights to read
+        # Loaded eager for the relevance passes; every other pass runs the faster SDPA kernel.
+        self._switch_attention = False
+        if self.supports_relevance and hasattr(self.model, "set_attn_implementation"):
+            try:
+                self.model.set_attn_implementation("sdpa")
+                self._switch_attention = True
+            except (ValueError, ImportError, NotImplementedError):
+                pass
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -66,8 +115,9 @@ class HFAdapter:
         ip = getattr(self.processor, "image_processor", None)
         size = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
         for key in ("height", "shortest_edge", "longest_edge"):
-            if isinstance(size, dict) and size.get(key):
-                return int(size[key])
+            value = size_field(size, key)
+            if value and 16 <= int(value) <= 2048:  # a side in pixels (Qwen-style processors give pixel counts)
+                return int(value)
         return self.default_input_size
 
     # ------------------------------------------------------------------ prompts
@@ -184,19 +234,35 @@ class HFAdapter:
         raise NotImplementedError(f"{self.family} adapter runs in black-box mode (no relevance map)")
 
     def image_token_positions(self, batch: dict) -> torch.Tensor:
-        image_token_id = getattr(self.model.config, "image_token_id", None) or getattr(self.model.config, "image_token_index")
+        image_token_id = getattr(self.model.config, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = self.model.config.image_token_index
         return (batch["input_ids"][0] == image_token_id).nonzero().flatten()
+
+    @contextmanager
+    def _attention_weights(self):
+        """Eager attention for the duration of a relevance pass (only eager returns the weights)."""
+        if not self._switch_attention:
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation("sdpa")
 
     @torch.inference_mode()
     def attention_map(self, views: list[Image.Image], question: str, choices=None) -> np.ndarray:
         """Answer-position attention to the first image's tokens, mean over heads and the later layers."""
         batch = self.encode([views], [self.prompt_text(len(views), question, choices)])
-        out = self._forward(batch, output_attentions=True)
+        with self._attention_weights():
+            out = self._forward(batch, output_attentions=True)
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attention weights; load it with attn_implementation='eager'")
         rows, cols = self.image_grid(batch)[0]
-        pos = self.image_token_positions(batch)[: rows * cols]
         layers = out.attentions[len(out.attentions) // 2:]
-        att = torch.stack([a[0, :, -1, :].float() for a in layers]).mean((0, 1))[pos.to(layers[0].device)]
-        return att.cpu().numpy().reshape(rows, cols)
+        attn_row = torch.stack([a[0, :, -1, :].float() for a in layers]).mean((0, 1))
+        return attention_to_grid(attn_row, self.image_token_positions(batch), rows, cols)
 
     def relevance(self, views: list[Image.Image], question: str, choices=None) -> np.ndarray | None:
         """Relative attention (ViCrop): the question's map over a generic question's, so sinks cancel."""

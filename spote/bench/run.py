@@ -39,9 +39,10 @@ def evidence_hit(final_box, evidence, image_size) -> bool:
 
 
 def summarise(rows: list[dict]) -> dict:
-    by_size = defaultdict(list)
+    by_size, by_kind = defaultdict(list), defaultdict(list)
     for r in rows:
         by_size[r["size_bucket"]].append(r["correct"])
+        by_kind[r["kind"]].append(r["correct"])
     collapse = [r["correct"] for r in rows if r["collapse"]]
     easy = [r["forward_passes"] for r in rows if r["easy"]]
     with_ev = [r["hit"] for r in rows if r["has_evidence"]]
@@ -52,6 +53,7 @@ def summarise(rows: list[dict]) -> dict:
         "evidence_hit_rate": float(np.mean(with_ev)) if with_ev else None,
         "accuracy_by_evidence_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
         "n_by_evidence_size": {k: len(v) for k, v in sorted(by_size.items())},
+        "accuracy_by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
         "accuracy_collapse_items": float(np.mean(collapse)) if collapse else None,
         "n_collapse_items": len(collapse),
         "forward_passes_mean_easy": float(np.mean(easy)) if easy else None,

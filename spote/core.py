@@ -6,7 +6,7 @@ Read top to bottom:
    its entropy ``H_base`` and the low-entropy *anchors*.
 2. Early exit: ``H_base <= tau`` -> done after one forward pass.
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
-   the model's relative attention when it has one) is tuned *for this instance* with GRPO:
+   the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole
    group in one batched forward pass, reward = clarity + lambda * preservation, group-relative
    advantages, a clipped policy-gradient step with a KL pull toward the initial policy.
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .saliency import saliency_cells
 from .spotlight import MODES, Box, ViewRenderer
 
 
@@ -58,8 +59,9 @@ class PolicyConfig:
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
     plateau_patience: int = 3      # steps without a better reward before stopping
-    use_relevance: bool = True     # False: black-box mode (uniform initial policy)
+    use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 1.0
+    saliency_weight: float = 1.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -202,7 +204,7 @@ class SpotlightPolicy:
     """
 
     def __init__(self, width: int, height: int, input_size: int, cfg: PolicyConfig,
-                 relevance_cells: np.ndarray | None = None):
+                 relevance_cells: np.ndarray | None = None, saliency: np.ndarray | None = None):
         self.cfg, self.width, self.height = cfg, width, height
         self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window)
         g = cfg.grid
@@ -216,10 +218,15 @@ class SpotlightPolicy:
             A[w] = inside / inside.sum()
         self.A = torch.from_numpy(A)
         counts = np.bincount(self.scale_idx)
-        pos0 = torch.zeros(g * g)
+        # initial position logits: M0 = s_rel * log(rel / mean rel) + w_sal * log(sal / mean sal)
+        pos0 = np.zeros(g * g)
         if relevance_cells is not None:
             rel = np.asarray(relevance_cells, np.float64).ravel()
-            pos0 = torch.tensor(cfg.relevance_sharpness * np.log(rel / rel.mean() + 1e-3), dtype=torch.float32)
+            pos0 += cfg.relevance_sharpness * np.log(rel / rel.mean() + 1e-3)
+        if saliency is not None:
+            sal = np.asarray(saliency, np.float64).ravel()
+            pos0 += cfg.saliency_weight * np.log(sal / sal.mean() + 1e-3)
+        pos0 = torch.tensor(pos0, dtype=torch.float32)
         self.pos = pos0.clone().requires_grad_(True)
         # -log(count): every scale starts with the same total probability
         self.scale = torch.tensor(-np.log(counts), dtype=torch.float32).requires_grad_(True)
@@ -358,7 +365,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
             rel = adapter.relevance([renderer.global_view], question, choices)
             relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
-        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells)
+        saliency = saliency_cells(image, cfg.grid) if cfg.saliency_weight > 0 else None
+        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency)
         evaluated: set[int] = set()
         stale = 0
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view

@@ -60,8 +60,9 @@ class PolicyConfig:
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
     plateau_patience: int = 3      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
-    relevance_sharpness: float = 1.0
-    saliency_weight: float = 1.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
+    relevance_sharpness: float = 0.5
+    saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
+    fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -228,8 +229,9 @@ class SpotlightPolicy:
             pos0 += cfg.saliency_weight * np.log(sal / sal.mean() + 1e-3)
         pos0 = torch.tensor(pos0, dtype=torch.float32)
         self.pos = pos0.clone().requires_grad_(True)
-        # -log(count): every scale starts with the same total probability
-        self.scale = torch.tensor(-np.log(counts), dtype=torch.float32).requires_grad_(True)
+        # S0[k] = -log(count_k) + bias * k: scale k holds mass ~ exp(bias * k), spread over its windows
+        scale0 = -np.log(counts) + cfg.fine_scale_bias * np.arange(len(counts))
+        self.scale = torch.tensor(scale0, dtype=torch.float32).requires_grad_(True)
         self.bias = torch.zeros(len(self.windows))
         self.scale_t = torch.from_numpy(self.scale_idx)
         with torch.no_grad():

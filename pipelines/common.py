@@ -26,6 +26,10 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
+# connection-level messages of s3fs/botocore/aiohttp that Ray Data should retry when writing files
+TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot connect to host", "Connection reset",
+                            "Connection refused", "EndpointConnectionError", "ServerDisconnectedError", "Read timeout")
+
 RESULT_COLUMNS = (
     "id", "source", "question", "choices", "answer", "confidence", "entropy_initial", "entropy_final",
     "entropy_trace", "boxes", "forward_passes", "latency_ms", "status", "error", "model", "policy", "run_id", "actor",
@@ -75,6 +79,26 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def retrying(fn, *args, attempts: int = 6, first_wait: float = 0.5, **kwargs):
+    """Call ``fn``, retrying connection-level storage errors with exponential back-off.
+
+    Object stores blip (a restarted endpoint, a throttled request); a run must ride that out
+    rather than fail or, worse, commit half its rows.
+    """
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as err:
+            if attempt == attempts - 1:
+                raise
+            print(f"[storage] {type(err).__name__}: {err}; retrying in {wait:.1f}s")
+            time.sleep(wait)
+            wait *= 2
+
+
 # ============================================================================ the run
 @dataclass
 class RunPaths:
@@ -117,6 +141,10 @@ def prepare_staging(paths: RunPaths, storage_options=None) -> None:
 
 
 def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
+    retrying(_commit, paths, summary, storage_options)
+
+
+def _commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
     """Move staged files into the results partition, then write the summary and the marker."""
     fs, staging = filesystem(paths.staging, storage_options)
     _, results = filesystem(paths.results, storage_options)
@@ -138,6 +166,10 @@ def write_text(uri: str, text: str, storage_options=None) -> None:
 
 
 def write_bytes(uri: str, data: bytes, storage_options=None) -> None:
+    retrying(_write_bytes, uri, data, storage_options)
+
+
+def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
     fs, p = filesystem(uri, storage_options)
     parent = p.rsplit("/", 1)[0]
     if getattr(fs, "auto_mkdir", None) is not None or "file" in str(fs.protocol):
@@ -398,7 +430,7 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
         summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
         print(f"[{job}] run {run_id} is already committed; nothing to do ({paths.results})")
         return summary
-    prepare_staging(paths, so)
+    retrying(prepare_staging, paths, so)
     t0 = time.time()
     items_in = len(rows)
     for r in rows:
@@ -407,6 +439,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
         r["run_id"] = run_id
     if items_in:
         init_ray(opts.num_actors)
+        ctx = ray.data.DataContext.get_current()
+        ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
         loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
         ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
@@ -419,7 +453,7 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
             num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
         fs, staging = filesystem(paths.staging, so)
         ds.write_parquet(staging, filesystem=_arrow_fs(fs))
-        table = pq.read_table(staging, filesystem=_arrow_fs(fs))
+        table = retrying(pq.read_table, staging, filesystem=_arrow_fs(fs))
     else:
         table = pa.table({c: pa.array([], pa.string()) for c in ("id", "source", "status", "error")})
     check_accounting(rows, table)

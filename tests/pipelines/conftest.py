@@ -15,17 +15,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
+def moto_server():
+    """The S3 endpoint itself, so a test can take it down and bring it back (state stays in-process)."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(moto_server):
+    endpoint = f"http://127.0.0.1:{moto_server._port}"
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                       AWS_DEFAULT_REGION="us-east-1")
     yield endpoint
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-pipeline scaling train clean
+.PHONY: install test demo bench bench-robust bench-pipeline scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --out results/bench-test-seed$(SEED).json
+
+# robustness (--corrupt) and a fresh seed, on the methods the targets compare
+bench-robust: $(STAMP)
+	for c in noise blur jpeg; do \
+	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --corrupt $$c --methods baseline,oracle,spote \
+	    --out results/bench-test-seed$(SEED)-$$c.json || exit 1; done
+	$(BIN)/spote bench --split test --n $(N) --seed 1 --methods baseline,oracle,vicrop,naive_entropy,spote \
+	  --out results/bench-test-seed1.json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m pipelines.bench --n 48 --out results/bench-pipeline.json

@@ -1,0 +1,20 @@
+import numpy as np
+from PIL import Image, ImageDraw
+
+from spote.saliency import saliency_cells, saliency_map
+
+
+def test_small_coloured_object_on_texture_is_the_most_salient_cell():
+    rng = np.random.default_rng(0)
+    base = (rng.normal(128, 12, (600, 900, 1)) * np.ones((1, 1, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base)
+    ImageDraw.Draw(img).rectangle([700, 420, 712, 440], fill=(220, 30, 30))
+    cells = saliency_cells(img, 16)
+    j, i = np.unravel_index(cells.argmax(), cells.shape)
+    assert (j, i) == (int(430 / 600 * 16), int(706 / 900 * 16))
+    assert cells.max() > 3 * np.median(cells)
+
+
+def test_flat_image_has_no_peak():
+    sal = saliency_map(Image.new("RGB", (300, 200), (90, 90, 90)))
+    assert sal.shape == (171, 256) and float(sal.max()) < 1e-6

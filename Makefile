@@ -40,7 +40,7 @@ bench-robust: $(STAMP)
 	  --out results/bench-test-seed1.json
 
 bench-pipeline: $(STAMP)
-	$(BIN)/python -m pipelines.bench --n 48 --out results/bench-pipeline.json
+	$(BIN)/python -m pipelines.bench --n 200 --out results/bench-pipeline.json
 
 scaling: $(STAMP)
 	$(BIN)/python -m cluster.scaling --out results/scaling.json

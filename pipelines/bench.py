@@ -3,7 +3,8 @@
     python -m pipelines.bench --n 48 --out results/bench-pipeline.json
 
 Both sides run the same SPOT-E policy on the same SpotBench images written to a local folder. The
-plain loop loads the model once and answers the items one after another in this process; the
+plain loop loads the model once and answers the items one after another in this process (torch
+uses every core); the actor gets ``--cpus-per-actor`` torch threads (default 2, the same on a 2-core box). The
 pipeline starts a local Ray, reads, decodes on CPU tasks and answers on one actor. The pipeline's
 items/s counts its whole wall time after Ray is up (actor start and model load included).
 """
@@ -49,7 +50,7 @@ def plain_loop(manifest: Path, model: str | None, policy: dict) -> float:
 
 
 def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = Path("results/bench-pipeline.json"),
-         batch_size: int = 4, policy: str = "{}"):
+         batch_size: int = 4, policy: str = "{}", cpus_per_actor: float = 2.0):
     from pipelines.common import JobOptions, init_ray, run_job
 
     from .vqa import read_manifest
@@ -60,11 +61,12 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
         loop_ips = plain_loop(manifest, model, overrides)
         init_ray(num_actors=1)
         opts = JobOptions(str(manifest), str(Path(tmp) / "out"), model, num_actors=1, batch_size=batch_size,
+                          cpus_per_actor=cpus_per_actor,
                           policy=policy if overrides else None, run_id="bench")
         t0 = time.perf_counter()
         summary = run_job("vqa", opts, read_manifest(str(manifest)))
         pipe_ips = n / (time.perf_counter() - t0)
-    report = {"n_items": n, "seed": seed, "model": str(model or "spote-tiny"), "policy": overrides,
+    report = {"n_items": n, "cpus_per_actor": cpus_per_actor, "torch_threads_plain_loop": __import__("torch").get_num_threads(), "seed": seed, "model": str(model or "spote-tiny"), "policy": overrides,
               "plain_loop_items_per_s": round(loop_ips, 3), "pipeline_items_per_s": round(pipe_ips, 3),
               "ratio": round(pipe_ips / loop_ips, 3), "target_ratio": 0.8, "pipeline_summary": summary}
     out.parent.mkdir(parents=True, exist_ok=True)

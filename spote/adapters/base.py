@@ -231,7 +231,7 @@ class HFAdapter:
     # ------------------------------------------------------------------ relevance
     def image_grid(self, batch: dict) -> list[tuple[int, int]]:
         """(rows, cols) of the first image's token grid; family adapters override this."""
-        raise NotImplementedError(f"{self.family} adapter runs in black-box mode (no relevance map)")
+        raise RuntimeError(f"{self.family} adapter runs in black-box mode (no relevance map)")
 
     def image_token_positions(self, batch: dict) -> torch.Tensor:
         image_token_id = getattr(self.model.config, "image_token_id", None)

@@ -14,7 +14,9 @@ afresh in staging, so rows are never duplicated.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import inspect
 import json
 import os
 import socket
@@ -22,9 +24,11 @@ import time
 import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Optional
 
 import fsspec
 import numpy as np
+import typer
 
 # connection-level messages of s3fs/botocore/aiohttp that Ray Data should retry when writing files
 TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot connect to host", "Connection reset",
@@ -411,6 +415,40 @@ class JobOptions:
             raise ValueError(f"unknown policy fields {sorted(unknown)}; known: {sorted(names)}")
         PolicyConfig(**overrides)  # validate now, not inside an actor
         return overrides
+
+
+# (name, type, typer option) of the flags every job takes, in the order --help shows them
+COMMON_FLAGS = (
+    ("model", Optional[str], typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)")),
+    ("num_actors", int, typer.Option(1, help="VLM actors, one frozen model each")),
+    ("num_gpus_per_actor", float, typer.Option(0.0, help="0 runs on CPU")),
+    ("cpus_per_actor", float, typer.Option(1.0, help="CPUs (and torch threads) per actor")),
+    ("batch_size", int, typer.Option(4, help="rows per actor call")),
+    ("storage_options", Optional[str], typer.Option(None, help='fsspec/s3fs options as JSON, e.g. {"endpoint_url": "..."}')),
+    ("policy", Optional[str], typer.Option(None, help='PolicyConfig overrides as JSON, e.g. {"budget": 32}')),
+    ("run_id", Optional[str], typer.Option(None, help="default: derived from the inputs and the date")),
+    ("force", bool, typer.Option(False, help="re-run a committed run id")),
+)
+
+
+def job_command(fn):
+    """Give a job's typer command the common flags; ``fn`` receives them as ``opts: JobOptions``.
+
+    ``fn`` declares ``input``, ``output`` and its own flags, plus a keyword ``opts``.
+    """
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.name != "opts"]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, t, o in COMMON_FLAGS]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
+        return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
+
+    command.__signature__ = sig.replace(parameters=own + shared)
+    command.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in COMMON_FLAGS}}
+    del command.__wrapped__
+    return command
 
 
 def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, post_commit=None, loader=None,

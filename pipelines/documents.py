@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 
 from .common import (
-    JobOptions, _columns, _rows, content_hash, error_row, filesystem, join, parse_storage_options, read_bytes,
+    JobOptions, _columns, _rows, job_command, content_hash, error_row, filesystem, join, parse_storage_options, read_bytes,
     run_job, write_text,
 )
 from .satellite import load_questions
@@ -153,25 +153,16 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
 
 
 @app.command()
+@job_command
 def main(
     input: str = typer.Option(..., help="folder/prefix of PDFs and page images"),
     output: str = typer.Option(...),
     questions: Optional[str] = typer.Option(None, help="JSON/YAML list of {question, choices} (default: field questions)"),
     dpi: int = typer.Option(100),
     run_date: Optional[str] = typer.Option(None, help="the night this run stands for (default: today, UTC)"),
-    model: Optional[str] = typer.Option(None),
-    num_actors: int = typer.Option(1),
-    num_gpus_per_actor: float = typer.Option(0.0),
-    cpus_per_actor: float = typer.Option(1.0),
-    batch_size: int = typer.Option(4),
-    storage_options: Optional[str] = typer.Option(None),
-    policy: Optional[str] = typer.Option(None),
-    run_id: Optional[str] = typer.Option(None),
-    force: bool = typer.Option(False),
+    *, opts: JobOptions,
 ):
     """Process new or changed documents; results under run_id=documents-<date>."""
-    opts = JobOptions(input, output, model, num_actors, num_gpus_per_actor, cpus_per_actor, batch_size,
-                      storage_options, policy, run_id, force)
     run(opts, questions, dpi, run_date)
 
 

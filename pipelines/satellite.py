@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePosixPath
-from typing import Optional
 
 import numpy as np
 import typer
 
 from .common import (
-    JobOptions, error_row, filesystem, join, parse_storage_options, read_bytes, run_job, write_text,
+    JobOptions, error_row, job_command, filesystem, join, parse_storage_options, read_bytes, run_job, write_text,
 )
 
 app = typer.Typer(add_completion=False)
@@ -67,8 +66,6 @@ def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple
 def scene_header(uri: str, storage_options=None) -> dict:
     """Size, band count, CRS and affine transform, from the header only."""
     if uri.lower().endswith((".tif", ".tiff")):
-        import rasterio
-
         with _open_raster(uri, storage_options) as ds:
             return {"width": ds.width, "height": ds.height, "bands": ds.count,
                     "crs": ds.crs.to_string() if ds.crs else "", "transform": list(ds.transform)[:6]}
@@ -219,7 +216,6 @@ def scene_rollup(table, paths, storage_options) -> None:
 
 
 def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int = 64, bands: str = "1,2,3") -> dict:
-    import ray
 
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri, so)
@@ -233,6 +229,7 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
 
 
 @app.command()
+@job_command
 def main(
     input: str = typer.Option(..., help="a scene, or a folder/prefix of scenes (GeoTIFF, PNG, JPEG)"),
     output: str = typer.Option(...),
@@ -240,19 +237,9 @@ def main(
     tile_size: int = typer.Option(512),
     overlap: int = typer.Option(64),
     bands: str = typer.Option("1,2,3", help="1-based band indices mapped to R,G,B"),
-    model: Optional[str] = typer.Option(None),
-    num_actors: int = typer.Option(1),
-    num_gpus_per_actor: float = typer.Option(0.0),
-    cpus_per_actor: float = typer.Option(1.0),
-    batch_size: int = typer.Option(4),
-    storage_options: Optional[str] = typer.Option(None),
-    policy: Optional[str] = typer.Option(None),
-    run_id: Optional[str] = typer.Option(None),
-    force: bool = typer.Option(False),
+    *, opts: JobOptions,
 ):
     """Tile every scene, ask every question of every tile, roll results up per scene."""
-    opts = JobOptions(input, output, model, num_actors, num_gpus_per_actor, cpus_per_actor, batch_size,
-                      storage_options, policy, run_id, force)
     run(opts, questions, tile_size, overlap, bands)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Optional
 
 import typer
 
-from .common import JobOptions, check_ids_unique, filesystem, join, parse_storage_options, read_bytes, run_job
+from .common import JobOptions, check_ids_unique, job_command, join, parse_storage_options, read_bytes, run_job
 
 app = typer.Typer(add_completion=False)
 
@@ -65,24 +64,14 @@ def _choices_json(value) -> str:
 
 
 @app.command()
+@job_command
 def main(
     input: str = typer.Option(..., help="manifest: Parquet, JSONL or CSV (local or s3://)"),
     output: str = typer.Option(..., help="output folder or prefix (local or s3://)"),
-    model: Optional[str] = typer.Option(None, help="model folder or URI (default: shipped spote-tiny)"),
-    num_actors: int = typer.Option(1),
-    num_gpus_per_actor: float = typer.Option(0.0, help="0 runs on CPU"),
-    cpus_per_actor: float = typer.Option(1.0),
-    batch_size: int = typer.Option(4),
-    storage_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"key": "...", "secret": "...", "endpoint_url": "..."}'),
-    policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. {"budget": 32}'),
-    run_id: Optional[str] = typer.Option(None, help="default: derived from the inputs and the date"),
-    force: bool = typer.Option(False, help="re-run a committed run id"),
+    *, opts: JobOptions,
 ):
     """Answer every manifest row; write results, summary and report under OUTPUT."""
-    opts = JobOptions(input, output, model, num_actors, num_gpus_per_actor, cpus_per_actor, batch_size,
-                      storage_options, policy, run_id, force)
-    rows = read_manifest(input, parse_storage_options(storage_options))
-    run_job("vqa", opts, rows)
+    run_job("vqa", opts, read_manifest(input, parse_storage_options(opts.storage_options)))
 
 
 if __name__ == "__main__":

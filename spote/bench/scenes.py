@@ -188,7 +188,7 @@ def _defect(d, rng, kind, box):
     x0, y0, x1, y1 = box
     s = x1 - x0
     if kind == "crack":
-        pts, x, y = [], x0, y0 + s // 2
+        pts = []
         for i in range(7):
             pts.append((x0 + i * s / 6, y0 + s / 2 + rng.uniform(-s / 3, s / 3)))
         d.line(pts, fill=(25, 20, 20), width=max(2, s // 12))

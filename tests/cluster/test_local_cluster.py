@@ -31,6 +31,7 @@ def _port():
 @pytest.fixture(scope="module")
 def cluster():
     c = LocalCluster(gcs_port=_port(), dashboard_port=_port(), head_cpus=2, workers=2, cpus_per_worker=1, gpus_per_worker=1)
+    c.stop()  # a clean slate: no Ray left over from an earlier run on this machine
     c.start()
     c.wait_for_job_server()
     yield c
@@ -74,8 +75,9 @@ def test_job_submit_end_to_end_on_gpu_actors(cluster, random_tiny_dir, tmp_path)
                                           "--output", str(out), "--model", str(random_tiny_dir), "--num-actors", "2",
                                           "--num-gpus-per-actor", "1", "--policy", '{"budget": 4, "group_size": 2}',
                                           "--run-id", "e2e"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert _status(cluster, "spote-e2e") == "SUCCEEDED"
+    logs = _ray("job", "logs", "--address", cluster.dashboard, "spote-e2e", cluster=cluster).stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-3000:]
+    assert _status(cluster, "spote-e2e") == "SUCCEEDED", logs[-3000:]
     df = pq.read_table(out / "results" / "run_id=e2e").to_pandas()
     n_in = len((SAMPLES / "manifest.jsonl").read_text().splitlines())
     assert len(df) == n_in and df["id"].is_unique

@@ -187,16 +187,24 @@ def error_row(row: dict, reason: str) -> dict:
     return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
 
 
-class ImageLoader:
-    """CPU stage: fetch bytes (or take them from the row), decode with the bomb guard, pass pixels on."""
+class RowLoader:
+    """CPU stage skeleton: pass upstream errors on, check the question, ``read`` the pixels, turn every
+    failure into an error row with a reason. Subclasses implement ``read(row) -> RGB image or array``."""
 
-    def __init__(self, storage_options: dict | None = None, max_pixels: int | None = None):
-        from spote.images import DEFAULT_MAX_PIXELS
+    failure = "could not read"   # prefix for unexpected errors
+    image_errors_as_image = True  # BadImage -> "unreadable image: ..." (else it counts as a ``failure``)
 
-        self.storage_options, self.max_pixels = storage_options, max_pixels or DEFAULT_MAX_PIXELS
+    def read(self, row: dict):
+        raise RuntimeError(f"{type(self).__name__} must implement read()")
+
+    def forget(self) -> None:
+        """Drop any cached source after a failure."""
+
+    def describe(self, row: dict, err: Exception) -> str:
+        return f"{self.failure}: {type(err).__name__}: {err}"
 
     def load(self, row: dict) -> dict:
-        from spote.images import BadImage, check_question, load_image
+        from spote.images import BadImage, check_question
 
         if row.get("status") == "error":
             return error_row(row, row.get("error") or "failed upstream")
@@ -205,24 +213,43 @@ class ImageLoader:
         except ValueError as err:
             return error_row(row, str(err))
         try:
-            data = row.get("image_bytes")
-            if data is None or len(data) == 0:
-                data = read_bytes(row["source"], self.storage_options)
-            img = load_image(data, self.max_pixels)
+            pixels = np.ascontiguousarray(np.asarray(self.read(row)))
         except FileNotFoundError:
+            self.forget()
             return error_row(row, f"missing object: {row['source']}")
-        except BadImage as err:
-            return error_row(row, f"unreadable image: {err}")
-        except Exception as err:  # storage errors, permissions, ...
-            return error_row(row, f"could not read {row['source']}: {type(err).__name__}: {err}")
-        return {**row, "status": "ok", "error": "", "pixels": img.tobytes(), "height": img.height, "width": img.width}
+        except Exception as err:
+            self.forget()
+            if isinstance(err, BadImage) and self.image_errors_as_image:
+                return error_row(row, f"unreadable image: {err}")
+            return error_row(row, self.describe(row, err))
+        return {**row, "status": "ok", "error": "", "pixels": pixels.tobytes(), "height": pixels.shape[0],
+                "width": pixels.shape[1]}
 
     def __call__(self, batch: dict) -> dict:
-        rows = _rows(batch)
-        out = [self.load(r) for r in rows]
+        out = [self.load(r) for r in _rows(batch)]
         for r in out:
             r.pop("image_bytes", None)
         return _columns(out)
+
+
+class ImageLoader(RowLoader):
+    """CPU stage: fetch bytes (or take them from the row), decode with the bomb guard, pass pixels on."""
+
+    def __init__(self, storage_options: dict | None = None, max_pixels: int | None = None):
+        from spote.images import DEFAULT_MAX_PIXELS
+
+        self.storage_options, self.max_pixels = storage_options, max_pixels or DEFAULT_MAX_PIXELS
+
+    def read(self, row: dict):
+        from spote.images import load_image
+
+        data = row.get("image_bytes")
+        if data is None or len(data) == 0:
+            data = read_bytes(row["source"], self.storage_options)
+        return load_image(data, self.max_pixels)
+
+    def describe(self, row: dict, err: Exception) -> str:  # storage errors, permissions, ...
+        return f"could not read {row['source']}: {type(err).__name__}: {err}"
 
 
 class SpotePredictor:

@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 
 from .common import (
-    JobOptions, _columns, _rows, job_command, content_hash, error_row, filesystem, join, parse_storage_options, read_bytes,
+    JobOptions, RowLoader, job_command, content_hash, filesystem, join, parse_storage_options, read_bytes,
     run_job, write_text,
 )
 from .satellite import load_questions
@@ -81,52 +81,36 @@ def plan_pages(docs: list[tuple[str, str]], questions: list[dict], so=None) -> l
     return rows
 
 
-class PageLoader:
+class PageLoader(RowLoader):
     """CPU stage: render one PDF page at ``dpi`` (or decode a page image); keeps the last document open."""
+
+    failure = "unreadable PDF"
 
     def __init__(self, storage_options=None, dpi: int = 100, max_pixels: int = 40_000_000):
         self.so, self.dpi, self.max_pixels = storage_options, dpi, max_pixels
         self._uri, self._pdf, self._data = None, None, None
 
-    def load(self, row: dict) -> dict:
+    def forget(self) -> None:
+        self._uri = None
+
+    def read(self, row: dict):
         import pypdfium2 as pdfium
 
-        from spote.images import BadImage, check_question, load_image
+        from spote.images import BadImage, load_image
 
-        if row.get("status") == "error":
-            return error_row(row, row.get("error") or "failed upstream")
-        try:
-            check_question(row["question"])
-        except ValueError as err:
-            return error_row(row, str(err))
-        try:
-            if row["source"] != self._uri:
-                if self._pdf is not None:
-                    self._pdf.close()
-                self._uri, self._data = row["source"], read_bytes(row["source"], self.so)
-                self._pdf = pdfium.PdfDocument(self._data) if row["source"].lower().endswith(".pdf") else None
-            if self._pdf is None:
-                img = load_image(self._data, self.max_pixels)
-            else:
-                page = self._pdf[row["page"]]
-                w, h = page.get_size()
-                scale = self.dpi / 72
-                if w * h * scale * scale > self.max_pixels:
-                    raise BadImage(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
-                img = page.render(scale=scale).to_pil().convert("RGB")
-        except FileNotFoundError:
-            self._uri = None
-            return error_row(row, f"missing object: {row['source']}")
-        except BadImage as err:
-            self._uri = None
-            return error_row(row, f"unreadable image: {err}")
-        except Exception as err:
-            self._uri = None
-            return error_row(row, f"unreadable PDF: {type(err).__name__}: {err}")
-        return {**row, "status": "ok", "error": "", "pixels": img.tobytes(), "height": img.height, "width": img.width}
-
-    def __call__(self, batch: dict) -> dict:
-        return _columns([self.load(r) for r in _rows(batch)])
+        if row["source"] != self._uri:
+            if self._pdf is not None:
+                self._pdf.close()
+            self._uri, self._data = row["source"], read_bytes(row["source"], self.so)
+            self._pdf = pdfium.PdfDocument(self._data) if row["source"].lower().endswith(".pdf") else None
+        if self._pdf is None:
+            return load_image(self._data, self.max_pixels)
+        page = self._pdf[row["page"]]
+        w, h = page.get_size()
+        scale = self.dpi / 72
+        if w * h * scale * scale > self.max_pixels:
+            raise BadImage(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
+        return page.render(scale=scale).to_pil().convert("RGB")
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import typer
 
 from .common import (
-    JobOptions, error_row, job_command, filesystem, join, parse_storage_options, read_bytes, run_job, write_text,
+    JobOptions, RowLoader, job_command, filesystem, join, parse_storage_options, read_bytes, run_job, write_text,
 )
 
 app = typer.Typer(add_completion=False)
@@ -108,8 +108,11 @@ def to_rgb(bands: np.ndarray, band_idx: list[int]) -> np.ndarray:
     return np.stack(out, -1).astype(np.uint8)
 
 
-class SceneTileLoader:
+class SceneTileLoader(RowLoader):
     """CPU stage: read one tile window per row; the last scene stays open (tiles arrive in scene order)."""
+
+    failure = "unreadable scene"
+    image_errors_as_image = False
 
     def __init__(self, storage_options=None, bands: list[int] | None = None, max_pixels: int = 40_000_000):
         self.so, self.bands, self.max_pixels = storage_options, bands or [0, 1, 2], max_pixels
@@ -129,36 +132,17 @@ class SceneTileLoader:
             self._uri = uri
         return self._ds, self._pil
 
-    def load(self, row: dict) -> dict:
+    def forget(self) -> None:
+        self._uri = None
+
+    def read(self, row: dict):
         from rasterio.windows import Window
 
-        from spote.images import check_question
-
-        if row.get("status") == "error":
-            return error_row(row, row.get("error") or "failed upstream")
-        try:
-            check_question(row["question"])
-        except ValueError as err:
-            return error_row(row, str(err))
-        try:
-            ds, pil = self._scene(row["source"])
-            c, r, w, h = row["tile_col_off"], row["tile_row_off"], row["tile_width"], row["tile_height"]
-            if ds is not None:
-                rgb = to_rgb(ds.read(window=Window(c, r, w, h)), self.bands)
-            else:
-                rgb = np.ascontiguousarray(pil[r:r + h, c:c + w, :3])
-        except FileNotFoundError:
-            self._uri = None
-            return error_row(row, f"missing object: {row['source']}")
-        except Exception as err:
-            self._uri = None
-            return error_row(row, f"unreadable scene: {type(err).__name__}: {err}")
-        return {**row, "status": "ok", "error": "", "pixels": rgb.tobytes(), "height": rgb.shape[0], "width": rgb.shape[1]}
-
-    def __call__(self, batch: dict) -> dict:
-        from .common import _columns, _rows
-
-        return _columns([self.load(r) for r in _rows(batch)])
+        ds, pil = self._scene(row["source"])
+        c, r, w, h = row["tile_col_off"], row["tile_row_off"], row["tile_width"], row["tile_height"]
+        if ds is not None:
+            return to_rgb(ds.read(window=Window(c, r, w, h)), self.bands)
+        return pil[r:r + h, c:c + w, :3]
 
 
 def list_scenes(input_uri: str, storage_options=None) -> list[str]:

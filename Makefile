@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-robust bench-pipeline scaling train clean
+.PHONY: install test demo bench bench-robust bench-ablation bench-pipeline scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,25 +28,35 @@ demo: $(STAMP)
 	$(BIN)/python -m pipelines.vqa --input pipelines/samples/vqa/manifest.jsonl --output $(OUT)/demo
 	@echo "results: $(OUT)/demo (Parquet), report: $(OUT)/demo/_runs/*/report.html"
 
+# grid evaluates every window (~1000 per item at the default min_window): on the first 200 items only
 bench: $(STAMP)
-	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --out results/bench-test-seed$(SEED).json
+	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,oracle,vicrop,api,naive_entropy,random,spote \
+	  --out results/bench-test-seed$(SEED).json
+	$(BIN)/spote bench --split test --n 200 --seed $(SEED) --methods grid,spote --out results/bench-test-seed$(SEED)-grid200.json
 
 # robustness (--corrupt) and a fresh seed, on the methods the targets compare
 bench-robust: $(STAMP)
 	for c in noise blur jpeg; do \
-	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --corrupt $$c --methods baseline,oracle,spote \
+	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --corrupt $$c --methods baseline,spote \
 	    --out results/bench-test-seed$(SEED)-$$c.json || exit 1; done
-	$(BIN)/spote bench --split test --n $(N) --seed 1 --methods baseline,oracle,vicrop,naive_entropy,spote \
+	$(BIN)/spote bench --split test --n $(N) --seed 1 --methods baseline,oracle,naive_entropy,spote \
 	  --out results/bench-test-seed1.json
 
+# the choices behind PolicyConfig's defaults, on the val split (not test): each changes one setting
+bench-ablation: $(STAMP)
+	$(BIN)/spote bench --split val --n 140 --methods baseline,oracle,naive_entropy,spote --out results/ablation-val-default.json
+	$(BIN)/spote bench --split val --n 140 --methods spote --mode zoom --out results/ablation-val-mode-zoom.json
+	$(BIN)/spote bench --split val --n 140 --methods spote --policy '{"anchor_min_prob": 0.5}' --out results/ablation-val-anchor-0.5.json
+	$(BIN)/spote bench --split val --n 140 --methods spote --policy '{"min_window": 1.5}' --out results/ablation-val-min-window-1.5.json
+
 bench-pipeline: $(STAMP)
-	$(BIN)/python -m pipelines.bench --n 200 --out results/bench-pipeline.json
+	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json
 
 scaling: $(STAMP)
 	$(BIN)/python -m cluster.scaling --out results/scaling.json
 
 train: $(STAMP)
-	$(BIN)/spote train --out spote/models/spote-tiny --steps 4000 --seed 0
+	$(BIN)/spote train --out spote/models/spote-tiny --steps 2500 --vision-steps 2000 --seed 0
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

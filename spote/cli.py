@@ -17,7 +17,7 @@ def ask(
     question: str = typer.Argument(..., help="the question"),
     choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no"),
     model: Optional[str] = typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)"),
-    mode: str = typer.Option("zoom", help="highlight | zoom | zoom+context"),
+    mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
     budget: int = typer.Option(64, help="forward passes at most"),
     seed: int = typer.Option(0),
@@ -65,22 +65,32 @@ def bench(
     out: Path = typer.Option(Path("results/bench.json")),
     model: Optional[str] = typer.Option(None),
     corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
-    mode: str = typer.Option("zoom"),
+    mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),
+    policy: str = typer.Option("{}", help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
-    from .bench.run import run_bench
+    import json
 
+    from .bench.run import run_bench
+    from .core import PolicyConfig
+
+    try:
+        overrides = json.loads(policy)
+        cfg = PolicyConfig(**{"mode": mode, "seed": seed, **overrides})
+    except (TypeError, ValueError) as err:
+        raise typer.BadParameter(f"--policy: {err}") from err
     run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
-              mode=mode, plot=plot)
+              mode=cfg.mode, plot=plot, cfg=cfg)
 
 
 @app.command()
-def train(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 4000, seed: int = 0):
-    """Train spote-tiny from scratch (CPU, seeded)."""
+def train(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2500, vision_steps: int = 2000,
+          seed: int = 0):
+    """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
     from .tiny.train import train as _train
 
-    _train(out, steps, seed=seed)
+    _train(out, steps, seed=seed, vision_steps=vision_steps)
 
 
 def main():

@@ -44,18 +44,18 @@ class PolicyConfig:
     steps: int = 6                 # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
-    anchor_min_prob: float = 0.5   # closed-set anchor: the baseline's top choice, if at least this likely
-    exit_entropy: float = 0.2      # tau (nats): stop when the answer is at least this clear
+    anchor_min_prob: float = 0.9   # closed-set anchor: the baseline's top choice, if almost sure (p >= this)
+    exit_entropy: float = 0.35     # tau (nats): stop when the answer is at least this clear
     clarity_c: float = 0.1         # c in gamma = H / (H + c)
     learning_rate: float = 0.5     # Adam step size on the policy logits
     kl_weight: float = 0.01        # beta: KL pull toward the initial policy
     clip: float = 0.2              # PPO clip range
     inner_epochs: int = 4          # gradient steps per GRPO step
-    mode: str = "zoom"             # highlight | zoom | zoom+context
+    mode: str = "zoom+context"     # highlight | zoom | zoom+context (global view + zoom, two images)
     budget: int = 64               # forward passes at most, everything included
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
-    min_window: float = 1.5        # smallest window side, in model input sizes (never zoom past native pixels)
+    min_window: float = 1.0        # smallest window side, in model input sizes
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
     plateau_patience: int = 3      # steps without a better reward before stopping

@@ -106,7 +106,7 @@ def test_grpo_update_moves_probability_to_the_high_reward_spotlight():
 
 def test_anchor_penalises_confident_flip_of_the_baseline():
     cfg = PolicyConfig()
-    base = Reading(logp=torch.log(torch.tensor([0.7, 0.3])))       # leans "yes"
+    base = Reading(logp=torch.log(torch.tensor([0.93, 0.07])))     # almost sure of "yes"
     flip = Reading(logp=torch.log(torch.tensor([0.02, 0.98])))     # empty close-up: confident "no"
     keep = Reading(logp=torch.log(torch.tensor([0.98, 0.02])))     # close-up on the object
     anchors = find_anchors(base, cfg)
@@ -119,6 +119,9 @@ def test_anchor_penalises_confident_flip_of_the_baseline():
 def test_no_closed_set_anchor_when_baseline_is_unsure():
     base = Reading(logp=torch.log(torch.full((10,), 0.1)))
     assert find_anchors(base, PolicyConfig()).choice is None
+    lean = Reading(logp=torch.log(torch.tensor([0.7, 0.3])))  # a lean is not an anchor: it would veto the evidence
+    assert find_anchors(lean, PolicyConfig()).choice is None
+    assert find_anchors(lean, PolicyConfig(anchor_min_prob=0.6)).choice == 0
 
 
 def test_open_ended_anchors_are_low_entropy_positions():

@@ -62,7 +62,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("results/bench.json"), model=None,
-              corrupt="none", mode="zoom", plot=True, cfg: PolicyConfig | None = None, progress=True) -> dict:
+              corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True) -> dict:
     methods = [m.strip() for m in methods if m.strip()]
     for m in methods:
         if m not in METHODS:

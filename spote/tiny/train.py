@@ -6,7 +6,7 @@ the evidence, random windows, global+zoom pairs, highlighted images), so that th
 Presence questions are labelled by what the view shows (a close-up of empty water says
 "no"), as real VLMs do; that is what makes shortcut collapse possible at test time.
 
-    python -m spote.tiny.train --out spote/models/spote-tiny --steps 3000
+    python -m spote.tiny.train --out spote/models/spote-tiny --steps 2500 --vision-steps 2000
 """
 
 from __future__ import annotations
@@ -70,15 +70,15 @@ def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
     renderer = ViewRenderer(item.image, IMAGE_SIZE)
     w, h = item.image.size
     u = rng.random()
-    if u < 0.22:
+    if u < 0.2:
         shown, views = Box.full(w, h), [renderer.global_view]
-    elif u < 0.57:
+    elif u < 0.45:
         shown = _evidence_box(rng, item)
         views = renderer.render(shown, "zoom")
-    elif u < 0.80:
+    elif u < 0.6:
         shown = _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.03, 1.0))
         views = renderer.render(shown, "zoom")
-    elif u < 0.92:
+    elif u < 0.9:  # global + close-up: the label is the scene's, so an empty close-up leaves doubt
         box = _evidence_box(rng, item) if rng.random() < 0.6 else _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.03, 0.6))
         shown, views = Box.full(w, h), renderer.render(box, "zoom+context")
     else:
@@ -111,7 +111,7 @@ def encode(processor, examples, question_of):
 class ViewStream(torch.utils.data.IterableDataset):
     """Endless stream of encoded batches; scenes never repeat (index grows with the step)."""
 
-    def __init__(self, seed: int, batch_size: int, views_per_scene: int = 6, start: int = 0):
+    def __init__(self, seed: int, batch_size: int, views_per_scene: int = 10, start: int = 0):
         self.seed, self.batch_size, self.k, self.start = seed, batch_size, views_per_scene, start
 
     def __iter__(self):
@@ -129,56 +129,83 @@ class ViewStream(torch.utils.data.IterableDataset):
             yield encode(processor, examples[: self.batch_size], None)
 
 
-class CloseViewStream(torch.utils.data.IterableDataset):
-    """Stage 1 data: close views (evidence legible) and empty windows, as (pixel_values, answer ids)."""
+# Stage 1 draws glyph tasks more often: a ViT from scratch learns digit and letter shapes far more
+# slowly than colours or presence, and those are what the close views must make legible.
+STAGE1_KIND_WEIGHTS = {"digit": 0.34, "letter": 0.22, "ticked": 0.08, "colour": 0.09, "boat": 0.09,
+                       "defect": 0.09, "kind": 0.09}
 
-    def __init__(self, seed: int, batch_size: int, views_per_scene: int = 8):
-        self.seed, self.batch_size, self.k = seed, batch_size, views_per_scene
+
+class CloseViewStream(torch.utils.data.IterableDataset):
+    """Stage 1 data: close views (evidence legible) and empty windows, as (pixel_values, answer ids,
+    choice mask). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
+    and a few are replaced every batch."""
+
+    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6):
+        self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
 
     def __iter__(self):
         processor = build_processor()
         tok = processor.tokenizer
+        vocab = len(tok)
         rng = np.random.default_rng(self.seed + 11)
+        kinds, weights = zip(*STAGE1_KIND_WEIGHTS.items())
         index = 10_000_000  # scenes disjoint from stage 2's
+
+        def new_item():
+            nonlocal index
+            index += 1
+            return make_item(self.seed, "train", index, kind=str(rng.choice(kinds, p=weights)))
+
+        pool = [new_item() for _ in range(self.pool)]
         while True:
+            for _ in range(self.refresh):
+                pool[int(rng.integers(self.pool))] = new_item()
             images, labels = [], []
-            while len(images) < self.batch_size:
-                item = make_item(self.seed, "train", index)
-                index += 1
+            mask = torch.full((self.batch_size, vocab), float("-inf"))
+            for b in range(self.batch_size):
+                item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
-                for _ in range(self.k):
-                    if item.evidence is not None:
-                        ev = Box(*item.evidence)
-                        side = min(min(item.image.size), max(ev.width, ev.height) * _loguniform(rng, 1.15, 3.5))
-                        cx, cy = ev.centre
-                        jx, jy = rng.uniform(-0.2, 0.2, 2) * side
-                        box = Box(cx + jx - side / 2, cy + jy - side / 2, cx + jx + side / 2, cy + jy + side / 2)
-                    else:
-                        box = _evidence_box(rng, item)
-                    view = renderer.render(box, "zoom")[0]
-                    if rng.random() < 0.15:
-                        view = _corrupt_view(rng, view)
-                    images.append(view)
-                    labels.append(tok.convert_tokens_to_ids(item.answer))
-            pv = processor.image_processor(images[: self.batch_size], return_tensors="pt")["pixel_values"]
-            yield pv, torch.tensor(labels[: self.batch_size])
+                label = item.answer
+                if item.kind in PRESENCE_KINDS and (item.evidence is None or rng.random() < 0.3):
+                    box = _evidence_box(rng, item) if item.evidence is None else _random_box(
+                        rng, *item.image.size, min(item.image.size) * _loguniform(rng, 0.03, 0.3))
+                    if item.evidence is None or box.contains_frac(Box(*item.evidence)) < 0.5:
+                        label = "no"
+                else:  # a close view around the evidence, at a random zoom and offset
+                    ev = Box(*item.evidence)
+                    side = min(min(item.image.size), max(ev.width, ev.height) * _loguniform(rng, 1.15, 3.5))
+                    cx, cy = ev.centre
+                    jx, jy = rng.uniform(-0.2, 0.2, 2) * side
+                    box = Box(cx + jx - side / 2, cy + jy - side / 2, cx + jx + side / 2, cy + jy + side / 2)
+                view = renderer.render(box, "zoom")[0]
+                if rng.random() < 0.15:
+                    view = _corrupt_view(rng, view)
+                images.append(view)
+                labels.append(tok.convert_tokens_to_ids(label))
+                mask[b, tok.convert_tokens_to_ids(list(item.choices))] = 0.0
+            pv = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            yield pv, torch.tensor(labels), mask
 
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
-    token embeddings from the mean of the image tokens (what a uniform LM attention would see)."""
+    token embeddings from the mean of the image tokens (what a uniform LM attention would see).
+    The softmax runs over the item's own choices, as the question would restrict it: a crack is
+    "yes" to "is there a defect ?" and "crack" to "what kind ?", which only the question decides."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
     emb = model.model.language_model.embed_tokens
     params = [*vision.parameters(), *proj.parameters(), *emb.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    loader = torch.utils.data.DataLoader(CloseViewStream(seed, batch_size), batch_size=None, num_workers=1, prefetch_factor=4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema = time.time(), None
-    for step, (pv, y) in enumerate(loader):
+    for step, (pv, y, mask) in enumerate(loader):
         if step >= steps:
             break
         feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
-        logits = proj(feats).mean(1) @ emb.weight.T
+        logits = proj(feats).mean(1) @ emb.weight.T + mask
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
@@ -227,7 +254,7 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
 
 def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
-          vision_steps: int = 1500, vision_lr: float = 2e-3) -> dict:
+          vision_steps: int = 2000, vision_lr: float = 2e-3) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the whole LLaVA on every kind of view)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -237,7 +264,7 @@ def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, 
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
-        pretrain_vision(model, vision_steps, 128, vision_lr, seed, log)
+        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
@@ -280,8 +307,8 @@ def _save(model, processor, out: Path):
     processor.save_pretrained(out)
 
 
-def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 3000, batch_size: int = 64,
-         lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = 1500,
+def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2500, batch_size: int = 64,
+         lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = 2000,
          vision_lr: float = 2e-3):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
     train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,

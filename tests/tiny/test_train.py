@@ -40,5 +40,17 @@ def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shippe
         close_ok.append(item.choices[int(lp[0].argmax())] == item.answer)
         h_close.append(float(ent[0]))
         h_whole.append(float(ent[1]))
-    assert np.mean(close_ok) >= 0.6
-    assert np.mean(h_whole) > np.mean(h_close) + 0.2
+    assert np.mean(close_ok) >= 0.8  # measured 0.875 on these items
+    assert np.mean(h_whole) > np.mean(h_close) + 0.5  # measured 1.25 vs 0.40 nats
+
+
+def test_stage1_stream_labels_lie_in_each_items_choice_set():
+    """Stage 1 reads out over the item's own choices: every label is one of them, glyph kinds dominate."""
+    from spote.tiny.build import IMAGE_SIZE
+    from spote.tiny.train import CloseViewStream
+
+    pv, labels, mask = next(iter(CloseViewStream(seed=3, batch_size=24, pool=12)))
+    assert pv.shape == (24, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.isfinite(mask[torch.arange(24), labels]).all()  # the label is never masked out
+    allowed = torch.isfinite(mask).sum(1)
+    assert ((allowed >= 2) & (allowed <= 10)).all()  # a choice set, not the whole vocabulary

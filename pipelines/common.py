@@ -34,10 +34,18 @@ import typer
 TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot connect to host", "Connection reset",
                             "Connection refused", "EndpointConnectionError", "ServerDisconnectedError", "Read timeout")
 
-RESULT_COLUMNS = (
-    "id", "source", "question", "choices", "answer", "confidence", "entropy_initial", "entropy_final",
-    "entropy_trace", "boxes", "forward_passes", "latency_ms", "status", "error", "model", "policy", "run_id", "actor",
-)
+# The result schema's fixed part. Typed explicitly: a block of error rows only has empty traces and
+# no choices, which Arrow would infer as null types that later blocks (and readers) cannot cast.
+RESULT_TYPES = {
+    "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
+    "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
+    "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
+    "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
+    "run_id": "string", "actor": "string",
+}
+
+
+RESULT_COLUMNS = tuple(RESULT_TYPES)
 
 
 # ============================================================================ storage
@@ -296,11 +304,25 @@ class SpotePredictor:
                 "entropy_trace": res.entropy_trace, "boxes": res.boxes, "forward_passes": res.forward_passes,
                 "latency_ms": (time.perf_counter() - t0) * 1000}
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict):
         out = [self.predict(r) for r in _rows(batch)]
         for r in out:
             r.pop("traceback", None)
-        return _columns(out)
+        return typed_table(_columns(out))
+
+
+def _arrow_type(spec):
+    import pyarrow as pa
+
+    return pa.list_(_arrow_type(spec[1])) if isinstance(spec, tuple) else pa.type_for_alias(spec)
+
+
+def typed_table(columns: dict):
+    """A pyarrow Table with RESULT_TYPES for the known columns; the job's own fields are inferred."""
+    import pyarrow as pa
+
+    return pa.table({k: pa.array(v, type=_arrow_type(RESULT_TYPES[k]) if k in RESULT_TYPES else None)
+                     for k, v in columns.items()})
 
 
 def _rows(batch: dict) -> list[dict]:

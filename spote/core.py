@@ -17,9 +17,12 @@ Read top to bottom:
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
 a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
 are a single position, whose entropy *is* the clarity term, so there the anchor is the
-baseline's top choice when the baseline already gives it at least ``anchor_min_prob``; a
-spotlight is penalised for lowering that choice's log-probability. This is what stops a
-close-up of empty water from winning with a confident "no" when the whole image leaned "yes".
+baseline's top choice when the baseline is already almost sure of it (``anchor_min_prob``);
+a spotlight is penalised for lowering that choice's log-probability, so a confidently wrong
+spotlight cannot overturn what the whole image already showed. A mere lean is no anchor: it
+would veto the very close-up that holds the evidence. Against the other collapse, a close-up
+of empty water answering a confident "no", the default ``zoom+context`` rendering keeps the
+global view beside every zoom, so an empty close-up leaves the model unsure.
 """
 
 from __future__ import annotations

@@ -83,3 +83,21 @@ def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
     assert s3.exists("spote/out/_runs/s3run/_SUCCESS") and not s3.exists("spote/out/_staging/s3run")
     with s3.open(files[0], "rb") as f:
         assert "answer" in pq.read_table(f).column_names
+
+
+def test_error_only_batches_keep_the_result_schema(random_tiny_dir, tmp_path):
+    """A block of error rows alone (empty traces, no choices) must not infer null types that an ok
+    block cannot be cast to: the staged Parquet files have to read back as one table."""
+    from pipelines.common import SpotePredictor
+
+    predictor = SpotePredictor(model=str(random_tiny_dir), policy={"budget": 3, "group_size": 2})
+    image = Image.new("RGB", (96, 80), (40, 90, 160))
+    ok = predictor({"id": ["a"], "source": ["a.png"], "question": ["is there a boat ?"], "choices": ['["yes", "no"]'],
+                    "status": ["ok"], "error": [""], "pixels": [image.tobytes()], "height": [80], "width": [96]})
+    bad = predictor({"id": ["b"], "source": ["b.png"], "question": ["is there a boat ?"], "choices": [None],
+                     "status": ["error"], "error": ["missing object: b.png"], "pixels": [b""], "height": [0], "width": [0]})
+    pq.write_table(ok, tmp_path / "part-1.parquet")
+    pq.write_table(bad, tmp_path / "part-0.parquet")  # read first: its schema leads
+    table = pq.read_table(tmp_path)
+    assert table.num_rows == 2 and set(table.column("status").to_pylist()) == {"ok", "error"}
+    assert table.schema.field("entropy_trace").type == pa.list_(pa.float64())

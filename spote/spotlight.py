@@ -71,6 +71,11 @@ class Box:
     def full(width: int, height: int) -> "Box":
         return Box(0.0, 0.0, float(width), float(height))
 
+    @staticmethod
+    def square(cx: float, cy: float, side: float) -> "Box":
+        """The ``side`` x ``side`` box centred on (cx, cy), unclipped."""
+        return Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
 
 @dataclass(frozen=True)
 class Spotlight:

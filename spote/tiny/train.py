@@ -176,7 +176,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                     side = min(min(item.image.size), max(ev.width, ev.height) * _loguniform(rng, 1.15, 3.5))
                     cx, cy = ev.centre
                     jx, jy = rng.uniform(-0.2, 0.2, 2) * side
-                    box = Box(cx + jx - side / 2, cy + jy - side / 2, cx + jx + side / 2, cy + jy + side / 2)
+                    box = Box.square(cx + jx, cy + jy, side)
                 view = renderer.render(box, "zoom")[0]
                 if rng.random() < 0.15:
                     view = _corrupt_view(rng, view)
@@ -237,7 +237,7 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
             ev = Box(*item.evidence)
             side = min(min(w, h), max(ev.width, ev.height) * 2.5)
             cx, cy = ev.centre
-            close = Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            close = Box.square(cx, cy, side)
         else:
             close = _random_box(rng, w, h, min(w, h) * 0.1)
         logp = adapter.choice_logprobs([r.render(close, "zoom"), [r.global_view]], item.question, item.choices)

@@ -34,7 +34,7 @@ def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shippe
         ev = Box(*item.evidence)
         side = max(ev.width, ev.height) * 2.0
         cx, cy = ev.centre
-        lp = shipped_adapter.choice_logprobs([r.render(Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), "zoom"),
+        lp = shipped_adapter.choice_logprobs([r.render(Box.square(cx, cy, side), "zoom"),
                                               [r.global_view]], item.question, item.choices)
         ent = -(lp.exp() * lp).sum(-1)
         close_ok.append(item.choices[int(lp[0].argmax())] == item.answer)
@@ -45,7 +45,7 @@ def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shippe
 
 
 def test_stage1_stream_labels_lie_in_each_items_choice_set():
-    """Stage 1 reads out over the item's own choices: every label is one of them, glyph kinds dominate."""
+    """Stage 1 reads out over the item's own choices: every label is one of them, never the whole vocabulary."""
     from spote.tiny.build import IMAGE_SIZE
     from spote.tiny.train import CloseViewStream
 

@@ -38,7 +38,7 @@ def make_corpus(folder: Path, n: int, seed: int) -> Path:
     return manifest
 
 
-def plain_loop(manifest: Path, model: str | None, policy: dict) -> float:
+def plain_loop(manifest: Path, model: str | None, policy: dict, device: str = "cpu") -> float:
     from spote.core import PolicyConfig, spote
     from spote.images import load_image
     from spote.models import load_adapter
@@ -46,7 +46,7 @@ def plain_loop(manifest: Path, model: str | None, policy: dict) -> float:
     from .vqa import read_manifest
 
     t0 = time.perf_counter()
-    adapter = load_adapter(model, device="cpu")
+    adapter = load_adapter(model, device=device)
     cfg = PolicyConfig(**policy)
     rows = read_manifest(str(manifest))
     for r in rows:
@@ -55,32 +55,47 @@ def plain_loop(manifest: Path, model: str | None, policy: dict) -> float:
 
 
 def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = Path("results/bench-pipeline.json"),
-         batch_size: int = 4, policy: str = "{}", cpus_per_actor: float = 2.0):
+         batch_size: int = 4, policy: str = "{}", cpus_per_actor: float = 2.0,
+         device: str = typer.Option("cpu", help="cpu | cuda: the loop's device; cuda gives the actor one GPU")):
     from pipelines.common import JobOptions, init_ray, run_job
+    from spote.bench.gpu import GpuMemoryPeak, torch_peak_mb
 
     from .vqa import read_manifest
 
     overrides = json.loads(policy)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), n, seed)
-        loop_ips = plain_loop(manifest, model, overrides)
+        with GpuMemoryPeak() as loop_gpu:
+            loop_ips = plain_loop(manifest, model, overrides, device)
+        loop_torch_mb = torch_peak_mb() if device.startswith("cuda") else None
+        if device.startswith("cuda"):  # the loop's model and CUDA context out of the way of the actor's
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
         init_ray(num_actors=1)
         opts = JobOptions(str(manifest), str(Path(tmp) / "out"), model, num_actors=1, batch_size=batch_size,
-                          cpus_per_actor=cpus_per_actor,
+                          cpus_per_actor=cpus_per_actor, num_gpus_per_actor=1.0 if device.startswith("cuda") else 0.0,
                           policy=policy if overrides else None, run_id="bench")
         t0 = time.perf_counter()
-        summary = run_job("vqa", opts, read_manifest(str(manifest)))
+        with GpuMemoryPeak() as pipe_gpu:
+            summary = run_job("vqa", opts, read_manifest(str(manifest)))
         pipe_seconds = time.perf_counter() - t0
         pipe_ips = n / pipe_seconds
     per_item_loop_ms = 1000 / loop_ips
     per_item_actor_ms = summary["latency_ms_mean"]
     fixed_s = pipe_seconds - n * per_item_actor_ms / 1000
-    report = {"n_items": n, "cpus_per_actor": cpus_per_actor, "torch_threads_plain_loop": __import__("torch").get_num_threads(), "seed": seed, "model": str(model or "spote-tiny"), "policy": overrides,
+    report = {"n_items": n, "device": device, "cpus_per_actor": cpus_per_actor, "torch_threads_plain_loop": __import__("torch").get_num_threads(), "seed": seed, "model": str(model or "spote-tiny"), "policy": overrides,
               "plain_loop_items_per_s": round(loop_ips, 3), "pipeline_items_per_s": round(pipe_ips, 3),
               "ratio": round(pipe_ips / loop_ips, 3), "target_ratio": 0.8,
               "plain_loop_ms_per_item": round(per_item_loop_ms, 2), "actor_ms_per_item": round(per_item_actor_ms, 2),
               "per_item_ratio": round(per_item_loop_ms / per_item_actor_ms, 3),
-              "pipeline_fixed_seconds": round(fixed_s, 2), "pipeline_summary": summary}
+              "pipeline_fixed_seconds": round(fixed_s, 2),
+              "gpu_memory_plain_loop_torch_peak_mb": loop_torch_mb, "gpu_memory_plain_loop_smi_peak_mb": loop_gpu.peak_mb,
+              "gpu_memory_pipeline_smi_peak_mb": pipe_gpu.peak_mb, "gpu_memory_smi_idle_mb": loop_gpu.idle_mb,
+              "pipeline_summary": summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"plain loop {loop_ips:.3f} items/s | pipeline (1 actor) {pipe_ips:.3f} items/s | ratio {pipe_ips / loop_ips:.2f} "

@@ -68,6 +68,8 @@ def bench(
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),
     policy: str = typer.Option("{}", help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when there is one)"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda)"),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
     import json
@@ -81,7 +83,7 @@ def bench(
     except (TypeError, ValueError) as err:
         raise typer.BadParameter(f"--policy: {err}") from err
     run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
-              mode=cfg.mode, plot=plot, cfg=cfg)
+              mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype)
 
 
 @app.command()

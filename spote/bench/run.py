@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..images import corrupt as corrupt_image
 from ..models import load_adapter
 from ..peers import METHODS, run_method
 from ..spotlight import Box
+from .gpu import GpuMemoryPeak, torch_peak_mb
 from .scenes import spotbench
 
 
@@ -50,6 +52,7 @@ def summarise(rows: list[dict]) -> dict:
         "accuracy": float(np.mean([r["correct"] for r in rows])),
         "forward_passes_mean": float(np.mean([r["forward_passes"] for r in rows])),
         "seconds_per_item": float(np.mean([r["seconds"] for r in rows])),
+        "items_per_second": float(1 / max(np.mean([r["seconds"] for r in rows]), 1e-9)),
         "evidence_hit_rate": float(np.mean(with_ev)) if with_ev else None,
         "accuracy_by_evidence_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
         "n_by_evidence_size": {k: len(v) for k, v in sorted(by_size.items())},
@@ -62,17 +65,38 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("results/bench.json"), model=None,
-              corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True) -> dict:
+              corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True,
+              device: str | None = None, dtype: str | None = None) -> dict:
     methods = [m.strip() for m in methods if m.strip()]
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; expected some of {METHODS}")
     cfg = cfg or PolicyConfig(mode=mode, seed=seed)
-    adapter = load_adapter(model)
+    adapter = load_adapter(model, device=device, dtype=dtype)
     rows = {m: [] for m in methods}
     t_start = time.time()
+    with GpuMemoryPeak() as gpu:
+        _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress)
+    report = {
+        "n_items": n, "seed": seed, "split": split, "model": str(model or "spote-tiny"), "corrupt": corrupt,
+        "mode": mode, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
+        "device": str(adapter.device), "dtype": str(next(adapter.model.parameters()).dtype).removeprefix("torch."),
+        "gpu_memory_torch_peak_mb": torch_peak_mb(), "gpu_memory_smi_peak_mb": gpu.peak_mb,
+        "methods": {m: summarise(r) for m, r in rows.items()},
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    (out.with_suffix(".items.jsonl")).write_text("\n".join(json.dumps({"method": m, **r}) for m, rs in rows.items() for r in rs))
+    print_table(report)
+    if plot:
+        plot_bench(report, out.with_suffix(".png"))
+    return report
+
+
+def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress) -> None:
     for item in tqdm(spotbench(split, n, seed), total=n, desc=f"SpotBench {split} seed={seed}", disable=not progress):
-        image = corrupt_image(item.image, corrupt, seed=hash(item.id) % 2**32)
+        image = corrupt_image(item.image, corrupt, seed=zlib.crc32(item.id.encode()))  # str hash() is salted per process
         spote_passes = None
         for m in sorted(methods, key=lambda x: x != "spote"):  # spote first: random gets its budget
             kw = {"evidence": item.evidence}
@@ -87,19 +111,6 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
                 "easy": item.easy, "size_bucket": item.size_bucket, "has_evidence": item.evidence is not None,
                 "hit": evidence_hit(res.final_box, item.evidence, item.image.size), "answer": res.answer,
             })
-    report = {
-        "n_items": n, "seed": seed, "split": split, "model": str(model or "spote-tiny"), "corrupt": corrupt,
-        "mode": mode, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
-        "methods": {m: summarise(r) for m, r in rows.items()},
-    }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    (out.with_suffix(".items.jsonl")).write_text("\n".join(json.dumps({"method": m, **r}) for m, rs in rows.items() for r in rs))
-    print_table(report)
-    if plot:
-        plot_bench(report, out.with_suffix(".png"))
-    return report
 
 
 def print_table(report: dict) -> None:

@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-robust bench-ablation bench-pipeline scaling train clean
+.PHONY: install test demo bench bench-robust bench-ablation bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-ablation: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json
+
+# GPU rows of the README (SpotBench bf16 + fp32, pipeline bench on one GPU); install a CUDA torch: make bench-gpu TORCH=torch
+bench-gpu: $(STAMP)
+	PY=$(BIN)/python bash cluster/gpu_bench.sh results/gpu 600 300
 
 scaling: $(STAMP)
 	$(BIN)/python -m cluster.scaling --out results/scaling.json

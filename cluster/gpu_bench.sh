@@ -5,15 +5,15 @@
 # Each step has its own time limit, so one slow step cannot take the others' results with it.
 #   usage: bash cluster/gpu_bench.sh OUT_DIR [N_BENCH] [N_PIPELINE]     (PY=python to pick the interpreter)
 set -u
-out=${1:-results/gpu}; n=${2:-600}; np=${3:-600}; py=${PY:-python3}
+out=${1:-results/gpu}; n=${2:-600}; np=${3:-300}; py=${PY:-python3}
 mkdir -p "$out"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c "import torch, transformers, ray; print('torch', torch.__version__, 'transformers', transformers.__version__, 'ray', ray.__version__)"
 } > "$out/gpu-env.txt" 2>&1
 cat "$out/gpu-env.txt"
-timeout 200 $py -m spote.cli bench --split test --n "$n" --methods baseline,spote --device cuda --no-plot \
+timeout 900 $py -m spote.cli bench --split test --n "$n" --methods baseline,spote --device cuda --no-plot \
   --out "$out/bench-test-seed0-gpu.json" || echo "bench (bfloat16) failed or timed out: rc $?"
-timeout 100 $py -m spote.cli bench --split test --n $((n / 2)) --methods spote --device cuda --dtype float32 --no-plot \
+timeout 600 $py -m spote.cli bench --split test --n $((n / 2)) --methods spote --device cuda --dtype float32 --no-plot \
   --out "$out/bench-test-seed0-gpu-fp32.json" || echo "bench (float32) failed or timed out: rc $?"
-timeout 220 $py -m pipelines.bench --n "$np" --device cuda --out "$out/bench-pipeline-gpu.json" \
+timeout 900 $py -m pipelines.bench --n "$np" --device cuda --out "$out/bench-pipeline-gpu.json" \
   || echo "pipeline bench failed or timed out: rc $?"

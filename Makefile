@@ -44,10 +44,11 @@ bench-robust: $(STAMP)
 
 # the choices behind PolicyConfig's defaults, on the val split (not test): each changes one setting
 bench-ablation: $(STAMP)
-	$(BIN)/spote bench --split val --n 140 --methods baseline,oracle,naive_entropy,spote --no-plot --out results/ablation-val-default.json
-	$(BIN)/spote bench --split val --n 140 --methods spote --mode zoom --no-plot --out results/ablation-val-mode-zoom.json
-	$(BIN)/spote bench --split val --n 140 --methods spote --no-plot --policy '{"anchor_min_prob": 0.5}' --out results/ablation-val-anchor-0.5.json
-	$(BIN)/spote bench --split val --n 140 --methods spote --no-plot --policy '{"min_window": 1.5}' --out results/ablation-val-min-window-1.5.json
+	$(BIN)/spote bench --split val --n 280 --methods baseline,oracle,naive_entropy,spote --no-plot --out results/ablation-val-default.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --mode zoom --no-plot --out results/ablation-val-mode-zoom.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"anchor_min_prob": 0.5}' --out results/ablation-val-anchor-0.5.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"min_window": 1.5}' --out results/ablation-val-min-window-1.5.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"saliency_peaks": 0}' --out results/ablation-val-no-peak-windows.json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .saliency import saliency_cells
+from .saliency import saliency_cells, saliency_map, saliency_peaks
 from .spotlight import MODES, Box, ViewRenderer
 
 
@@ -66,6 +66,7 @@ class PolicyConfig:
     relevance_sharpness: float = 0.5
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
+    saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -205,12 +206,28 @@ class SpotlightPolicy:
     ``M`` (grid x grid position logits) and ``S`` (one logit per scale) are the only tuned
     parameters. Because windows share position cells, rewarding a coarse window raises the finer
     windows inside it, which is what lets a few steps go coarse to fine.
+
+    The windows: a multi-scale grid (stride half a side) plus, at the two finest sides, windows
+    centred on the strongest saliency peaks. A grid window holds a small thing anywhere, often at
+    its edge, and a small model reads a glyph only near the centre (on val, n=280: 0.768 with 8
+    peak windows, 0.729 without; see README "Tuned on val").
     """
 
     def __init__(self, width: int, height: int, input_size: int, cfg: PolicyConfig,
-                 relevance_cells: np.ndarray | None = None, saliency: np.ndarray | None = None):
+                 relevance_cells: np.ndarray | None = None, saliency: np.ndarray | None = None,
+                 peaks: list[tuple[float, float]] = ()):
         self.cfg, self.width, self.height = cfg, width, height
         self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window)
+        if peaks:  # windows of the two finest sides centred on saliency peaks, clamped inside the image
+            extra, extra_scale = [], []
+            for k in sorted(set(self.scale_idx.tolist()))[-2:]:
+                side = self.windows[int(np.argmax(self.scale_idx == k))].width
+                for px, py in peaks:
+                    x0, y0 = min(max(px - side / 2, 0), width - side), min(max(py - side / 2, 0), height - side)
+                    extra.append(Box(x0, y0, x0 + side, y0 + side))
+                    extra_scale.append(k)
+            self.windows = self.windows + extra
+            self.scale_idx = np.concatenate([self.scale_idx, extra_scale]).astype(int)
         g = cfg.grid
         cx = (np.arange(g) + 0.5) * width / g
         cy = (np.arange(g) + 0.5) * height / g
@@ -370,8 +387,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
             rel = adapter.relevance([renderer.global_view], question, choices)
             relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
-        saliency = saliency_cells(image, cfg.grid) if cfg.saliency_weight > 0 else None
-        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency)
+        sal_map = saliency_map(image) if cfg.saliency_weight > 0 or cfg.saliency_peaks else None
+        saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
+        peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
+        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)
         evaluated: set[int] = set()
         stale = 0
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, maximum_filter
 
 WORKING_SIZE = 256
 CENTRE_SIGMA, SURROUND_SIGMA = 0.7, 2.0
@@ -35,9 +35,9 @@ def saliency_map(image: Image.Image, size: int = WORKING_SIZE) -> np.ndarray:
     return sal / (sal.max() + 1e-8)
 
 
-def saliency_cells(image: Image.Image, grid: int) -> np.ndarray:
+def saliency_cells(image: Image.Image, grid: int, sal: np.ndarray | None = None) -> np.ndarray:
     """Peak (99th percentile) saliency inside each cell of a ``grid`` x ``grid`` partition of the image."""
-    sal = saliency_map(image)
+    sal = saliency_map(image) if sal is None else sal
     h, w = sal.shape
     ys = np.linspace(0, h, grid + 1).astype(int)
     xs = np.linspace(0, w, grid + 1).astype(int)
@@ -47,3 +47,19 @@ def saliency_cells(image: Image.Image, grid: int) -> np.ndarray:
             cell = sal[ys[j]:max(ys[j + 1], ys[j] + 1), xs[i]:max(xs[i + 1], xs[i] + 1)]
             out[j, i] = np.percentile(cell, 99) if cell.size else 0.0
     return out + 1e-3
+
+
+def saliency_peaks(sal: np.ndarray, image_size: tuple[int, int], k: int, min_separation: int = 6) -> list[tuple[float, float]]:
+    """The ``k`` strongest local maxima of the map, as (x, y) in source pixels, strongest first.
+
+    Window grids place a small thing anywhere in a window, often at its edge; a window centred on a
+    peak holds it in the middle, where a small model reads best.
+    """
+    if k <= 0:
+        return []
+    h, w = sal.shape
+    is_peak = (sal == maximum_filter(sal, size=2 * min_separation + 1)) & (sal > 0)
+    ys, xs = np.nonzero(is_peak)
+    order = np.argsort(-sal[ys, xs])[:k]
+    sx, sy = image_size[0] / w, image_size[1] / h
+    return [(float((xs[i] + 0.5) * sx), float((ys[i] + 0.5) * sy)) for i in order]

@@ -104,6 +104,18 @@ def test_grpo_update_moves_probability_to_the_high_reward_spotlight():
     assert p1 > 3 * p0
 
 
+def test_peak_windows_are_centred_on_the_peaks_at_the_two_finest_sides():
+    plain = SpotlightPolicy(900, 700, 64, PolicyConfig())
+    peaks = [(400.0, 300.0), (10.0, 690.0)]  # the second is at a corner: its windows are clamped inside
+    policy = SpotlightPolicy(900, 700, 64, PolicyConfig(), peaks=peaks)
+    extra = policy.windows[len(plain.windows):]
+    finest = sorted(set(plain.scale_idx.tolist()))[-2:]
+    assert len(extra) == 2 * len(peaks) and sorted(set(policy.scale_idx[len(plain.windows):].tolist())) == finest
+    assert extra[0].centre == (400.0, 300.0)
+    assert all(0 <= b.x0 and b.x1 <= 900 and 0 <= b.y0 and b.y1 <= 700 for b in extra)
+    assert policy.A.shape[0] == len(policy.windows) and len(policy.log_probs()) == len(policy.windows)
+
+
 def test_anchor_penalises_confident_flip_of_the_baseline():
     cfg = PolicyConfig()
     base = Reading(logp=torch.log(torch.tensor([0.93, 0.07])))     # almost sure of "yes"

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spote.saliency import saliency_cells, saliency_map
+from spote.saliency import saliency_cells, saliency_map, saliency_peaks
 
 
 def test_small_coloured_object_on_texture_is_the_most_salient_cell():
@@ -18,3 +18,15 @@ def test_small_coloured_object_on_texture_is_the_most_salient_cell():
 def test_flat_image_has_no_peak():
     sal = saliency_map(Image.new("RGB", (300, 200), (90, 90, 90)))
     assert sal.shape == (171, 256) and float(sal.max()) < 1e-6
+
+
+def test_strongest_peak_is_the_small_object_in_source_pixels():
+    rng = np.random.default_rng(1)
+    base = (rng.normal(128, 12, (700, 1000, 1)) * np.ones((1, 1, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base)
+    ImageDraw.Draw(img).rectangle([150, 520, 166, 536], fill=(30, 30, 220))
+    peaks = saliency_peaks(saliency_map(img), img.size, 4)
+    assert len(peaks) == 4
+    x, y = peaks[0]
+    assert abs(x - 158) < 12 and abs(y - 528) < 12  # map pixels are ~4 source pixels here
+    assert saliency_peaks(saliency_map(img), img.size, 0) == []

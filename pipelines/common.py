@@ -278,6 +278,12 @@ class SpotePredictor:
         self.model_name = str(model or "spote-tiny")
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
+        # Ray, Arrow and the model are here for the actor's life: move them out of the cyclic GC's
+        # reach, so the collections spote's many short-lived objects trigger stay short
+        import gc
+
+        gc.collect()
+        gc.freeze()
 
     def predict(self, row: dict) -> dict:
         from PIL import Image

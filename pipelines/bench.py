@@ -38,7 +38,7 @@ def make_corpus(folder: Path, n: int, seed: int) -> Path:
     return manifest
 
 
-def plain_loop(manifest: Path, model: str | None, policy: dict, device: str = "cpu") -> float:
+def plain_loop(manifest: Path, model: str | None, policy: dict, device: str = "cpu") -> tuple[float, list[float]]:
     from spote.core import PolicyConfig, spote
     from spote.images import load_image
     from spote.models import load_adapter
@@ -49,9 +49,18 @@ def plain_loop(manifest: Path, model: str | None, policy: dict, device: str = "c
     adapter = load_adapter(model, device=device)
     cfg = PolicyConfig(**policy)
     rows = read_manifest(str(manifest))
+    per_item = []
     for r in rows:
+        t1 = time.perf_counter()
         spote(adapter, load_image(r["source"]), r["question"], json.loads(r["choices"]), cfg)
-    return len(rows) / (time.perf_counter() - t0)
+        per_item.append((time.perf_counter() - t1) * 1000)
+    return len(rows) / (time.perf_counter() - t0), per_item
+
+
+def by_thirds(ms: list[float]) -> list[float]:
+    """Mean ms per item over the first, middle and last third: does either side slow down as it goes?"""
+    k = max(1, len(ms) // 3)
+    return [round(sum(p) / len(p), 1) for p in (ms[:k], ms[k:2 * k], ms[2 * k:]) if p]
 
 
 def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = Path("results/bench-pipeline.json"),
@@ -66,7 +75,7 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), n, seed)
         with GpuMemoryPeak() as loop_gpu:
-            loop_ips = plain_loop(manifest, model, overrides, device)
+            loop_ips, loop_ms = plain_loop(manifest, model, overrides, device)
         loop_torch_mb = torch_peak_mb() if device.startswith("cuda") else None
         if device.startswith("cuda"):  # the loop's model and CUDA context out of the way of the actor's
             import gc
@@ -84,6 +93,11 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
             summary = run_job("vqa", opts, read_manifest(str(manifest)))
         pipe_seconds = time.perf_counter() - t0
         pipe_ips = n / pipe_seconds
+        import pyarrow.parquet as pq
+
+        res = pq.read_table(str(Path(tmp) / "out" / "results" / "run_id=bench"), columns=["id", "latency_ms"],
+                            partitioning=None).to_pylist()
+        actor_ms = [r["latency_ms"] for r in sorted(res, key=lambda r: r["id"])]
     per_item_loop_ms = 1000 / loop_ips
     per_item_actor_ms = summary["latency_ms_mean"]
     fixed_s = pipe_seconds - n * per_item_actor_ms / 1000
@@ -93,6 +107,7 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
               "plain_loop_ms_per_item": round(per_item_loop_ms, 2), "actor_ms_per_item": round(per_item_actor_ms, 2),
               "per_item_ratio": round(per_item_loop_ms / per_item_actor_ms, 3),
               "pipeline_fixed_seconds": round(fixed_s, 2),
+              "plain_loop_ms_by_thirds": by_thirds(loop_ms), "actor_ms_by_thirds": by_thirds(actor_ms),
               "gpu_memory_plain_loop_torch_peak_mb": loop_torch_mb, "gpu_memory_plain_loop_smi_peak_mb": loop_gpu.peak_mb,
               "gpu_memory_pipeline_smi_peak_mb": pipe_gpu.peak_mb, "gpu_memory_smi_idle_mb": loop_gpu.idle_mb,
               "pipeline_summary": summary}
@@ -102,6 +117,8 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
           f"(target >= 0.8) -> {out}")
     print(f"  per item: loop {per_item_loop_ms:.0f} ms, actor {per_item_actor_ms:.0f} ms "
           f"(ratio {report['per_item_ratio']:.2f}); pipeline fixed cost {fixed_s:.1f} s")
+    print(f"  ms per item by thirds of the corpus: loop {report['plain_loop_ms_by_thirds']}, "
+          f"actor {report['actor_ms_by_thirds']}")
     return report
 
 

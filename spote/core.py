@@ -223,8 +223,7 @@ class SpotlightPolicy:
             for k in sorted(set(self.scale_idx.tolist()))[-2:]:
                 side = self.windows[int(np.argmax(self.scale_idx == k))].width
                 for px, py in peaks:
-                    x0, y0 = min(max(px - side / 2, 0), width - side), min(max(py - side / 2, 0), height - side)
-                    extra.append(Box(x0, y0, x0 + side, y0 + side))
+                    extra.append(Box.square(px, py, side).shifted_inside(width, height))
                     extra_scale.append(k)
             self.windows = self.windows + extra
             self.scale_idx = np.concatenate([self.scale_idx, extra_scale]).astype(int)

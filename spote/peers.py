@@ -81,10 +81,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
         return _lowest_entropy("oracle", adapter, image, question, choices, cfg, [])
     ev = Box(*evidence)
     side = min(min(image.size), max(2 * max(ev.width, ev.height), adapter.input_size))
-    cx, cy = ev.centre
-    w, h = image.size
-    x0, y0 = min(max(cx - side / 2, 0), w - side), min(max(cy - side / 2, 0), h - side)
-    box = Box(x0, y0, x0 + side, y0 + side)
+    box = Box.square(*ev.centre, side).shifted_inside(*image.size)
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)

@@ -76,6 +76,12 @@ class Box:
         """The ``side`` x ``side`` box centred on (cx, cy), unclipped."""
         return Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
+    def shifted_inside(self, width: float, height: float) -> "Box":
+        """The same box moved (not shrunk) to lie inside a ``width`` x ``height`` image, if it fits."""
+        x0 = min(max(self.x0, 0), width - self.width)
+        y0 = min(max(self.y0, 0), height - self.height)
+        return Box(x0, y0, x0 + self.width, y0 + self.height)
+
 
 @dataclass(frozen=True)
 class Spotlight:

@@ -72,3 +72,10 @@ def test_grid_to_source_covers_image():
     cells = r.grid_to_source(8, 8)
     assert len(cells) == 64
     assert max(c.x1 for c in cells) == 400 and max(c.y1 for c in cells) == 200
+
+
+def test_shifted_inside_moves_a_box_without_shrinking_it():
+    b = Box.square(5.0, 290.0, 64).shifted_inside(400, 300)   # past the left and bottom edges
+    assert (b.x0, b.y1) == (0.0, 300.0) and b.width == 64 and b.height == 64
+    inside = Box(100, 100, 164, 164)
+    assert inside.shifted_inside(400, 300) == inside

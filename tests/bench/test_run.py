@@ -1,3 +1,4 @@
+import pytest
 import json
 
 from spote.bench.run import auroc, evidence_hit, run_bench
@@ -28,3 +29,17 @@ def test_bench_writes_the_documented_json(random_tiny_dir, tmp_path):
     assert data["methods"]["baseline"]["forward_passes_mean"] == 1
     assert data["methods"]["spote"]["forward_passes_mean"] <= 10
     assert out.with_suffix(".png").exists()
+
+
+def test_gpu_memory_is_none_without_a_gpu():
+    import shutil
+
+    import torch
+
+    from spote.bench.gpu import GpuMemoryPeak, torch_peak_mb
+
+    if torch.cuda.is_available() or shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    with GpuMemoryPeak() as gpu:
+        pass
+    assert gpu.peak_mb is None and gpu.idle_mb is None and torch_peak_mb() is None

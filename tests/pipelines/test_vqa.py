@@ -101,3 +101,10 @@ def test_error_only_batches_keep_the_result_schema(random_tiny_dir, tmp_path):
     table = pq.read_table(tmp_path)
     assert table.num_rows == 2 and set(table.column("status").to_pylist()) == {"ok", "error"}
     assert table.schema.field("entropy_trace").type == pa.list_(pa.float64())
+
+
+def test_pipeline_bench_splits_latencies_in_thirds():
+    from pipelines.bench import by_thirds
+
+    assert by_thirds([1, 1, 2, 2, 3, 3, 4]) == [1.0, 2.0, 3.3]   # the remainder goes to the last third
+    assert by_thirds([5.0]) == [5.0]

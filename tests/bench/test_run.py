@@ -1,5 +1,6 @@
-import pytest
 import json
+
+import pytest
 
 from spote.bench.run import auroc, evidence_hit, run_bench
 

@@ -66,18 +66,19 @@ def by_thirds(ms: list[float]) -> list[float]:
 def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = Path("results/bench-pipeline.json"),
          batch_size: int = 4, policy: str = "{}", cpus_per_actor: float = 2.0,
          device: str = typer.Option("cpu", help="cpu | cuda: the loop's device; cuda gives the actor one GPU")):
-    from pipelines.common import JobOptions, init_ray, run_job
+    from pipelines.common import JobOptions, RunPaths, init_ray, run_job
     from spote.bench.gpu import GpuMemoryPeak, torch_peak_mb
 
     from .vqa import read_manifest
 
     overrides = json.loads(policy)
+    on_gpu = device.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), n, seed)
         with GpuMemoryPeak() as loop_gpu:
             loop_ips, loop_ms = plain_loop(manifest, model, overrides, device)
-        loop_torch_mb = torch_peak_mb() if device.startswith("cuda") else None
-        if device.startswith("cuda"):  # the loop's model and CUDA context out of the way of the actor's
+        loop_torch_mb = torch_peak_mb() if on_gpu else None
+        if on_gpu:  # the loop's model and CUDA context out of the way of the actor's
             import gc
 
             import torch
@@ -86,7 +87,7 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
             torch.cuda.empty_cache()
         init_ray(num_actors=1)
         opts = JobOptions(str(manifest), str(Path(tmp) / "out"), model, num_actors=1, batch_size=batch_size,
-                          cpus_per_actor=cpus_per_actor, num_gpus_per_actor=1.0 if device.startswith("cuda") else 0.0,
+                          cpus_per_actor=cpus_per_actor, num_gpus_per_actor=1.0 if on_gpu else 0.0,
                           policy=policy if overrides else None, run_id="bench")
         t0 = time.perf_counter()
         with GpuMemoryPeak() as pipe_gpu:
@@ -95,7 +96,7 @@ def main(n: int = 48, seed: int = 11, model: Optional[str] = None, out: Path = P
         pipe_ips = n / pipe_seconds
         import pyarrow.parquet as pq
 
-        res = pq.read_table(str(Path(tmp) / "out" / "results" / "run_id=bench"), columns=["id", "latency_ms"],
+        res = pq.read_table(RunPaths(opts.output, opts.run_id).results, columns=["id", "latency_ms"],
                             partitioning=None).to_pylist()
         actor_ms = [r["latency_ms"] for r in sorted(res, key=lambda r: r["id"])]
     per_item_loop_ms = 1000 / loop_ips

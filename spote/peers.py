@@ -115,9 +115,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     cell = renderer.grid_to_source(*rel.shape)[r * rel.shape[1] + c]
     w, h = image.size
     side = min(min(w, h), max(adapter.input_size, crop_fraction * min(w, h)))
-    cx, cy = cell.centre
-    x0, y0 = min(max(cx - side / 2, 0), w - side), min(max(cy - side / 2, 0), h - side)
-    box = Box(x0, y0, x0 + side, y0 + side)
+    box = Box.square(*cell.centre, side).shifted_inside(w, h)
     mode = "zoom+context" if adapter.max_images >= 2 else "zoom"
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))

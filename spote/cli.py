@@ -19,7 +19,7 @@ def ask(
     model: Optional[str] = typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)"),
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
-    budget: int = typer.Option(64, help="forward passes at most"),
+    budget: Optional[int] = typer.Option(None, help="forward passes at most (default: PolicyConfig.budget)"),
     seed: int = typer.Option(0),
     black_box: bool = typer.Option(False, help="ignore attention: uniform initial policy"),
     trace: Optional[Path] = typer.Option(None, help="write a PNG of the spotlights and the entropy/reward per step"),
@@ -35,7 +35,7 @@ def ask(
         q = check_question(question)
         ch = check_choices(choices)
         img = load_image(image)
-        cfg = PolicyConfig(mode=mode, budget=budget, seed=seed, use_relevance=not black_box)
+        cfg = PolicyConfig(mode=mode, seed=seed, use_relevance=not black_box, **({} if budget is None else {"budget": budget}))
     except (BadImage, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

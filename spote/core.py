@@ -43,8 +43,8 @@ from .spotlight import MODES, Box, ViewRenderer
 class PolicyConfig:
     """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
 
-    group_size: int = 8            # G: spotlights per GRPO step, scored in one batched pass
-    steps: int = 6                 # T: GRPO steps at most
+    group_size: int = 16           # G: spotlights per GRPO step, scored in one batched pass
+    steps: int = 12                # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
     anchor_min_prob: float = 0.9   # closed-set anchor: the baseline's top choice, if almost sure (p >= this)
@@ -55,13 +55,13 @@ class PolicyConfig:
     clip: float = 0.2              # PPO clip range
     inner_epochs: int = 4          # gradient steps per GRPO step
     mode: str = "zoom+context"     # highlight | zoom | zoom+context (global view + zoom, two images)
-    budget: int = 64               # forward passes at most, everything included
+    budget: int = 256              # forward passes at most, everything included
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
     min_window: float = 1.0        # smallest window side, in model input sizes
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
-    plateau_patience: int = 3      # steps without a better reward before stopping
+    plateau_patience: int = 5      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 0.5
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform

@@ -231,6 +231,8 @@ def make_item(seed: int, split: str, index: int, easy_rate: float = 0.15, kind: 
     if rng.random() < 0.25:  # a minority of square scenes
         h = w
     image, answer, box = _RENDER[domain](rng, kind, easy, w, h)
+    # "easy" means large evidence: an absent boat or defect has none, however the dice fell
+    easy = easy and box is not None
     return Item(f"{split}-{seed}-{index:05d}", domain, kind, image, question, choices, answer, box, easy)
 
 

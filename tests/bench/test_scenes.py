@@ -38,6 +38,7 @@ def test_evidence_is_mostly_tiny_with_an_easy_minority():
     easy = np.mean([i.easy for i in items])
     assert small > 0.7 and 0.05 < easy < 0.3
     assert all(i.evidence_frac >= 0.01 for i in with_ev if i.easy and i.kind != "colour")
+    assert not any(i.easy for i in items if i.evidence is None)  # easy = large evidence, so none when absent
 
 
 def test_collapse_tempting_items_are_presence_yes():

@@ -49,6 +49,9 @@ bench-ablation: $(STAMP)
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"anchor_min_prob": 0.5}' --out results/ablation-val-anchor-0.5.json
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"min_window": 1.5}' --out results/ablation-val-min-window-1.5.json
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"saliency_peaks": 0}' --out results/ablation-val-no-peak-windows.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 8, "steps": 6, "budget": 64, "plateau_patience": 3}' --out results/ablation-val-g8-t6-b64.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 16, "steps": 6, "budget": 128, "plateau_patience": 3}' --out results/ablation-val-g16-t6-b128.json
+	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 8, "steps": 24, "budget": 256, "plateau_patience": 6}' --out results/ablation-val-g8-t24-b256.json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json

@@ -234,29 +234,10 @@ class RowLoader:
                 "width": pixels.shape[1]}
 
     def __call__(self, batch: dict) -> dict:
-        _yield_cpu_to_predictors()
         out = [self.load(r) for r in _rows(batch)]
         for r in out:
             r.pop("image_bytes", None)
         return _columns(out)
-
-
-LOADER_NICE_INCREMENT = 4  # Ray starts workers at nice 15; loaders go to 19, VLM actors stay at 15
-_loader_reniced = False
-
-
-def _yield_cpu_to_predictors() -> None:
-    """Decoding is cheap next to SPOT-E's forward passes but runs ahead of them; where the two share
-    cores, the loader should take only what the VLM actor leaves idle. So a loader process lowers its
-    own priority once (raising niceness needs no privilege)."""
-    global _loader_reniced
-    if _loader_reniced or not LOADER_NICE_INCREMENT:
-        return
-    _loader_reniced = True
-    try:
-        os.nice(LOADER_NICE_INCREMENT)
-    except OSError:
-        pass
 
 
 class ImageLoader(RowLoader):

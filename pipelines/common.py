@@ -506,6 +506,22 @@ def job_command(fn):
     return command
 
 
+def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None):
+    """The job's Ray Data stages, unexecuted: rows -> CPU loader actors -> SPOT-E actors."""
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
+    loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
+    ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
+    return ds.map_batches(
+        SpotePredictor,
+        fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
+                               "threads": max(1, int(opts.cpus_per_actor))},
+        compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
+        num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
+
+
 def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, post_commit=None, loader=None,
             after_commit=None) -> dict:
     """Rows (metadata only) -> load on CPU -> SPOT-E actors -> staged Parquet -> summary -> commit."""
@@ -534,16 +550,7 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
         init_ray(opts.num_actors)
         ctx = ray.data.DataContext.get_current()
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
-        loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
-        ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
-        ds = ds.map_batches(
-            SpotePredictor,
-            fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
-                                   "threads": max(1, int(opts.cpus_per_actor))},
-            compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
-            num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
+        ds = answer_dataset(rows, opts, policy, so, loader)
         fs, staging = filesystem(paths.staging, so)
         ds.write_parquet(staging, filesystem=_arrow_fs(fs))
         table = retrying(pq.read_table, staging, filesystem=_arrow_fs(fs))

@@ -4,7 +4,7 @@
 
 1. ``loop``: ``pipelines.bench``'s plain loop in this process;
 2. ``ray-task``: the same plain loop inside one Ray worker holding the VLM actor's CPUs;
-3. ``ray-data``: Ray Data with the pipeline's loader and predictor, rows collected to pandas
+3. ``ray-data``: the pipeline's own Ray Data stages (``answer_dataset``), rows collected to pandas
    (no Parquet, no commit), so only the streaming path is timed.
 Each prints mean ms per item as timed around SPOT-E in the process that runs it. A benchmark aid,
 not a test: compare numbers from one run only (this machine's speed drifts between runs).
@@ -22,7 +22,7 @@ def main(n: int = 120, seed: int = 11, cpus: int = 2):
     import ray
 
     from .bench import make_corpus, plain_loop
-    from .common import ImageLoader, SpotePredictor, init_ray
+    from .common import JobOptions, answer_dataset, init_ray
     from .vqa import read_manifest
 
     def mean(ms):
@@ -37,11 +37,7 @@ def main(n: int = 120, seed: int = 11, cpus: int = 2):
         rows = read_manifest(str(manifest))
         for r in rows:
             r.update(status="", error="")
-        ds = ray.data.from_items(rows, override_num_blocks=16)
-        ds = ds.map_batches(ImageLoader, batch_size=4, num_cpus=0.5,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
-        ds = ds.map_batches(SpotePredictor, fn_constructor_kwargs={"threads": cpus}, batch_size=4,
-                            num_cpus=cpus, compute=ray.data.ActorPoolStrategy(size=1))
+        ds = answer_dataset(rows, JobOptions(str(manifest), "", cpus_per_actor=cpus), {}, {})
         print(f"ray-data   {ds.to_pandas()['latency_ms'].mean():7.1f} ms per item (SpotePredictor's latency_ms)")
         print(f"loop again {mean(plain_loop(manifest, None, {})[1]):7.1f} ms per item")
 

@@ -506,7 +506,7 @@ def job_command(fn):
     return command
 
 
-def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None):
+def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None):
     """The job's Ray Data stages, unexecuted: rows -> CPU loader actors -> SPOT-E actors."""
     import ray
 
@@ -515,7 +515,7 @@ def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, l
     ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
     return ds.map_batches(
-        SpotePredictor,
+        predictor or SpotePredictor,
         fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
                                "threads": max(1, int(opts.cpus_per_actor))},
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,

@@ -254,8 +254,11 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
 
 def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
-          vision_steps: int = 2000, vision_lr: float = 2e-3) -> dict:
-    """Stage 1 (vision tower on close views), then stage 2 (the whole LLaVA on every kind of view)."""
+          vision_steps: int = 2000, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 1.0) -> dict:
+    """Stage 1 (vision tower on close views), then stage 2 (the whole LLaVA on every kind of view).
+
+    ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2 (0 freezes it),
+    to test whether stage 2 wears off the glyph reading stage 1 taught."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     processor = build_processor()
@@ -265,7 +268,16 @@ def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, 
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = model.parameters()
+    if stage2_vision_lr_scale != 1.0:
+        vision = list(model.model.vision_tower.parameters())
+        for p in vision:
+            p.requires_grad_(stage2_vision_lr_scale > 0)
+        ids = {id(p) for p in vision}
+        params = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
+        if stage2_vision_lr_scale > 0:
+            params.append({"params": vision, "lr": lr * stage2_vision_lr_scale})
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     loader = torch.utils.data.DataLoader(ViewStream(seed, batch_size), batch_size=None, num_workers=1, prefetch_factor=4)
@@ -293,7 +305,9 @@ def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, 
             _save(model, processor, out)
     model.eval()
     with torch.inference_mode():
-        report = {"steps": steps, "batch_size": batch_size, "seed": seed, "final_loss_ema": ema_loss,
+        report = {"steps": steps, "batch_size": batch_size, "seed": seed,
+                  **({"stage2_vision_lr_scale": stage2_vision_lr_scale} if stage2_vision_lr_scale != 1.0 else {}),
+                  "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items)}
     print(json.dumps(report), flush=True)
@@ -309,10 +323,10 @@ def _save(model, processor, out: Path):
 
 def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2500, batch_size: int = 64,
          lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = 2000,
-         vision_lr: float = 2e-3):
+         vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 1.0):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
     train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,
-          vision_steps=vision_steps, vision_lr=vision_lr)
+          vision_steps=vision_steps, vision_lr=vision_lr, stage2_vision_lr_scale=stage2_vision_lr_scale)
 
 
 if __name__ == "__main__":

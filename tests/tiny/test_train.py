@@ -23,6 +23,24 @@ def test_training_smoke_saves_a_loadable_checkpoint(tmp_path):
     assert model.config.model_type == "llava" and proc.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
 
 
+def _tensors(path, prefix):
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(path / "model.safetensors").items() if prefix in k}
+
+
+def test_stage2_vision_lr_scale_zero_keeps_stage1_vision_weights(tmp_path):
+    kw = dict(batch_size=8, vision_steps=2, eval_items=2, seed=3)
+    train(tmp_path / "frozen1", steps=1, stage2_vision_lr_scale=0.0, **kw)  # same seed: same stage 1
+    train(tmp_path / "frozen3", steps=3, stage2_vision_lr_scale=0.0, **kw)
+    train(tmp_path / "free3", steps=3, **kw)
+    v1, v3, free = (_tensors(tmp_path / d, "vision_tower") for d in ("frozen1", "frozen3", "free3"))
+    assert v1 and all(torch.equal(v1[k], v3[k]) for k in v1)            # stage 2 left the tower as stage 1 made it
+    assert not all(torch.equal(v3[k], free[k]) for k in v3)            # without the scale, stage 2 moves it
+    lm1, lm3 = (_tensors(tmp_path / d, "language_model") for d in ("frozen1", "frozen3"))
+    assert not all(torch.equal(lm1[k], lm3[k]) for k in lm1)           # the rest still learns
+
+
 def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shipped_adapter):
     """The committed weights really learned: close views answered well, whole images uncertain."""
     close_ok, h_close, h_whole = [], [], []

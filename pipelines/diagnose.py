@@ -18,7 +18,6 @@ predictor's ``latency_ms``; in 4 it includes the decode). A benchmark aid, not a
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,29 +25,25 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from .bench import PlainLoop, make_corpus
 from .common import JobOptions, RowLoader, SpotePredictor, answer_dataset
 from .vqa import read_manifest
 
 
-class WarmLoop:
-    """The plain loop with its model kept between rounds (in this process or as a Ray actor)."""
+class WarmLoop(PlainLoop):
+    """``pipelines.bench``'s plain loop, its model kept between rounds (in this process or as a Ray actor)."""
 
     def __init__(self, manifest: str, threads: int):
         import torch
 
-        from spote.models import load_adapter
-
         torch.set_num_threads(threads)
-        self.adapter, self.rows = load_adapter(None), read_manifest(manifest)
+        super().__init__(None, {})
+        self.rows = read_manifest(manifest)
 
     def ms_per_item(self) -> float:
-        from spote.core import PolicyConfig, spote
-        from spote.images import load_image
-
-        t0 = time.perf_counter()
-        for r in self.rows:
-            spote(self.adapter, load_image(r["source"]), r["question"], json.loads(r["choices"]), PolicyConfig())
-        return (time.perf_counter() - t0) * 1000 / len(self.rows)
+        start = len(self.ms)
+        self.run(self.rows)
+        return float(np.mean(self.ms[start:]))
 
 
 class CheckOnlyLoader(RowLoader):
@@ -82,8 +77,6 @@ def ray_data_ms(manifest: str, cpus: int, fused: bool) -> float:
 
 def main(n: int = 30, reps: int = 3, seed: int = 11, cpus: int = 2):
     import ray
-
-    from .bench import make_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = str(make_corpus(Path(tmp), n, seed))

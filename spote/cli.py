@@ -87,7 +87,7 @@ def bench(
 
 
 @app.command()
-def train(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2500, vision_steps: int = 2000,
+def train(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2200, vision_steps: int = 3000,
           seed: int = 0):
     """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
     from .tiny.train import train as _train

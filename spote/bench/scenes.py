@@ -95,10 +95,15 @@ def _place(rng, w, h, bw, bh, margin=4):
     return x0, y0, x0 + bw, y0 + bh
 
 
+# An easy item's evidence spans this share of the scene's long side: letterboxed into a 64 px input
+# it is then 29-42 px across, as large as the close-ups that make it legible (spote.bench.reading_scale).
+EASY_SHARE = (0.45, 0.65)
+
+
 def _size(rng, easy: bool, w: int, h: int, lo: int, hi: int) -> int:
-    """Evidence side in pixels: tiny for most items, a large share of the image when easy."""
+    """Evidence side in pixels: tiny for most items, about half the scene when easy."""
     if easy:
-        return int(min(w, h) * rng.uniform(0.28, 0.42))
+        return int(max(w, h) * rng.uniform(*EASY_SHARE))
     return int(rng.integers(lo, hi + 1))
 
 
@@ -230,6 +235,8 @@ def make_item(seed: int, split: str, index: int, easy_rate: float = 0.15, kind: 
     w, h = (int(v) for v in rng.integers(480, 1280, 2))
     if rng.random() < 0.25:  # a minority of square scenes
         h = w
+    if easy:  # a close-up shot, near square, so the evidence can fill half of it along the long side
+        h = int(w * rng.uniform(0.8, 1.0))
     image, answer, box = _RENDER[domain](rng, kind, easy, w, h)
     # "easy" means large evidence: an absent boat or defect has none, however the dice fell
     easy = easy and box is not None

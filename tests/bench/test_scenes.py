@@ -41,6 +41,17 @@ def test_evidence_is_mostly_tiny_with_an_easy_minority():
     assert not any(i.easy for i in items if i.evidence is None)  # easy = large evidence, so none when absent
 
 
+def test_easy_evidence_is_large_in_the_whole_view():
+    """Early exit needs easy evidence legible at the model's input size: about half the long side,
+    i.e. 29-42 px of a 64 px letterboxed whole view, while the rest stays a few pixels across."""
+    items = list(spotbench("test", 200, seed=1))
+    share = lambda i: max(i.evidence[2] - i.evidence[0], i.evidence[3] - i.evidence[1]) / max(i.image.size)  # noqa: E731
+    easy = [share(i) for i in items if i.easy]
+    hard = [share(i) for i in items if i.evidence is not None and not i.easy]
+    assert easy and min(easy) * 64 >= 28 and max(easy) * 64 <= 43
+    assert max(hard) * 64 < 6
+
+
 def test_collapse_tempting_items_are_presence_yes():
     items = list(spotbench("test", 100, seed=2))
     tempting = [i for i in items if i.collapse_tempting]

@@ -33,7 +33,7 @@ def test_stage2_vision_lr_scale_zero_keeps_stage1_vision_weights(tmp_path):
     kw = dict(batch_size=8, vision_steps=2, eval_items=2, seed=3)
     train(tmp_path / "frozen1", steps=1, stage2_vision_lr_scale=0.0, **kw)  # same seed: same stage 1
     train(tmp_path / "frozen3", steps=3, stage2_vision_lr_scale=0.0, **kw)
-    train(tmp_path / "free3", steps=3, **kw)
+    train(tmp_path / "free3", steps=3, stage2_vision_lr_scale=1.0, **kw)
     v1, v3, free = (_tensors(tmp_path / d, "vision_tower") for d in ("frozen1", "frozen3", "free3"))
     assert v1 and all(torch.equal(v1[k], v3[k]) for k in v1)            # stage 2 left the tower as stage 1 made it
     assert not all(torch.equal(v3[k], free[k]) for k in v3)            # without the scale, stage 2 moves it

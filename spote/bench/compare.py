@@ -1,0 +1,52 @@
+"""Where does one method beat another? Read a ``spote bench`` run's per-item rows.
+
+    python -m spote.bench.compare results/bench-test-seed0-grid200.items.jsonl grid spote
+
+Prints, per question kind, the items only ``a`` got right and those only ``b`` got right, then
+every item ``b`` lost, with ``b``'s answer, confidence and forward passes beside ``a``'s. A lost
+item with many passes is a search that never found a clear view; one with few passes and high
+confidence is a view that convinced the model of the wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+
+def disagreements(rows: list[dict], a: str, b: str) -> tuple[Counter, Counter, list[tuple[dict, dict]]]:
+    """(kind -> items only a got right, kind -> items only b got right, [(a's row, b's row) b lost])."""
+    by = {m: {r["id"]: r for r in rows if r["method"] == m} for m in (a, b)}
+    if not by[a] or not by[b]:
+        raise SystemExit(f"rows need both methods {a!r} and {b!r}")
+    only_a, only_b, lost = Counter(), Counter(), []
+    for i, ra in by[a].items():
+        rb = by[b][i]
+        if ra["correct"] and not rb["correct"]:
+            only_a[ra["kind"]] += 1
+            lost.append((ra, rb))
+        elif rb["correct"] and not ra["correct"]:
+            only_b[ra["kind"]] += 1
+    return only_a, only_b, lost
+
+
+def main(path: str, a: str, b: str) -> None:
+    rows = [json.loads(line) for line in open(path)]
+    only_a, only_b, lost = disagreements(rows, a, b)
+    kinds = sorted(set(only_a) | set(only_b))
+    print(f"{path}: only {a} right {sum(only_a.values())}, only {b} right {sum(only_b.values())}\n")
+    print(f"| kind | only {a} right | only {b} right |\n|---|---|---|")
+    for k in kinds:
+        print(f"| {k} | {only_a[k]} | {only_b[k]} |")
+    print(f"\n| id | kind | evidence present | {b} answer | {b} confidence | {b} passes | {a} answer | {a} confidence |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ra, rb in sorted(lost, key=lambda p: (p[0]["kind"], p[0]["id"])):
+        print(f"| {ra['id']} | {ra['kind']} | {ra['has_evidence']} | {rb['answer']} | {rb['confidence']:.2f} | "
+              f"{rb['forward_passes']} | {ra['answer']} | {ra['confidence']:.2f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        raise SystemExit(__doc__)
+    main(*sys.argv[1:])

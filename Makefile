@@ -64,7 +64,7 @@ scaling: $(STAMP)
 	$(BIN)/python -m cluster.scaling --out results/scaling.json
 
 train: $(STAMP)
-	$(BIN)/spote train --out spote/models/spote-tiny --steps 2200 --vision-steps 3000 --seed 0
+	$(BIN)/spote train --out spote/models/spote-tiny --seed 0
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -6,7 +6,7 @@ the evidence, random windows, global+zoom pairs, highlighted images), so that th
 Presence questions are labelled by what the view shows (a close-up of empty water says
 "no"), as real VLMs do; that is what makes shortcut collapse possible at test time.
 
-    python -m spote.tiny.train --out spote/models/spote-tiny --steps 2200 --vision-steps 3000
+    python -m spote.tiny.train --out spote/models/spote-tiny        # the shipped recipe (STEPS, VISION_STEPS)
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ STAGE1_KIND_WEIGHTS = {"digit": 0.40, "letter": 0.20, "ticked": 0.06, "colour": 
 # Stage 1 close views show the evidence across 64/4.0 = 16 to 64/1.15 = 56 px of the input: down to
 # the size an easy item's evidence has in the whole view (29-42 px) and below.
 STAGE1_ZOOM = (1.15, 4.0)
+# The shipped model's recipe length (the one place for it: `spote train`, `make train` and `main` use these).
+STEPS, VISION_STEPS = 2200, 3000
 
 
 class CloseViewStream(torch.utils.data.IterableDataset):
@@ -255,9 +257,9 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
             "val_close_entropy": float(np.mean(close_h)), "val_whole_entropy": float(np.mean(whole_h))}
 
 
-def train(out: Path, steps: int = 2200, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
+def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
-          vision_steps: int = 3000, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0) -> dict:
+          vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
@@ -325,8 +327,8 @@ def _save(model, processor, out: Path):
     processor.save_pretrained(out)
 
 
-def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = 2200, batch_size: int = 64,
-         lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = 3000,
+def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = STEPS, batch_size: int = 64,
+         lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = VISION_STEPS,
          vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
     train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,

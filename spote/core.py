@@ -4,7 +4,8 @@ Read top to bottom:
 
 1. ``answer`` on the whole image: a distribution over the choices (or a greedy answer span),
    its entropy ``H_base`` and the low-entropy *anchors*.
-2. Early exit: ``H_base <= tau`` -> done after one forward pass.
+2. Early exit: ``H_base <= tau`` -> done after one forward pass. For K closed answers
+   tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit (0.92 nats).
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole
@@ -48,7 +49,8 @@ class PolicyConfig:
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
     anchor_min_prob: float = 0.9   # closed-set anchor: the baseline's top choice, if almost sure (p >= this)
-    exit_entropy: float = 0.35     # tau (nats): stop when the answer is at least this clear
+    exit_entropy_per_ln_k: float | None = 0.4  # closed set of K answers: stop when H <= this * ln K (None: exit_entropy)
+    exit_entropy: float = 0.35     # tau (nats) for open-ended answers: stop when the span is at least this clear
     clarity_c: float = 0.1         # c in gamma = H / (H + c)
     learning_rate: float = 0.5     # Adam step size on the policy logits
     kl_weight: float = 0.01        # beta: KL pull toward the initial policy
@@ -356,6 +358,14 @@ class SpotResult:
         return {k: getattr(self, k) for k in self.RECORD_KEYS}
 
 
+def exit_threshold(cfg: PolicyConfig, n_choices: int | None) -> float:
+    """tau in nats. 0.35 nats is half a yes/no's maximum entropy but 0.15 of a digit's (ln 10), so a
+    per-ln(K) threshold asks the same certainty of every closed answer set."""
+    if n_choices and n_choices > 1 and cfg.exit_entropy_per_ln_k is not None:
+        return cfg.exit_entropy_per_ln_k * math.log(n_choices)
+    return cfg.exit_entropy
+
+
 def _distribution(choices, logp: torch.Tensor) -> dict:
     return {c: round(float(p), 6) for c, p in zip(choices, logp.exp())}
 
@@ -380,7 +390,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     used = lambda: adapter.forward_passes - passes0  # noqa: E731
 
     # 2. early exit, 3. GRPO on the spotlight policy
-    if base.entropy > cfg.exit_entropy and cfg.budget > 1:
+    tau = exit_threshold(cfg, None if choices is None else len(choices))
+    if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
         relevance_cells = None
         if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
@@ -422,7 +433,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             reward_trace.append(round(best["reward"], 5))
             if best["box"] is not None:
                 policy.focus(best["box"], best["scale"])
-            if best["box"] is not None and best["reading"].entropy <= cfg.exit_entropy:
+            if best["box"] is not None and best["reading"].entropy <= tau:
                 break  # confident, and not by breaking an anchor
             if stale >= cfg.plateau_patience:
                 break

@@ -36,7 +36,10 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
     ax_curve.plot(xs, result.entropy_trace, "o-", color="tab:blue", label="answer entropy (nats)")
     ax_curve.set_xlabel("GRPO step (0 = whole image)")
     ax_curve.set_ylabel("entropy of the best spotlight (nats)", color="tab:blue")
-    ax_curve.axhline(result.policy.get("exit_entropy", 0), color="tab:blue", ls=":", lw=0.8)
+    from .core import PolicyConfig, exit_threshold
+
+    tau = exit_threshold(PolicyConfig(**result.policy), len(result.distribution) if result.distribution else None)
+    ax_curve.axhline(tau, color="tab:blue", ls=":", lw=0.8)
     if result.reward_trace:
         ax_r = ax_curve.twinx()
         ax_r.plot(range(1, len(result.reward_trace) + 1), result.reward_trace, "s--", color="tab:orange", label="best reward")

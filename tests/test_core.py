@@ -41,18 +41,29 @@ def test_batched_and_one_by_one_give_the_same_distributions(random_adapter):
 
 
 def test_early_exit_after_one_pass(random_adapter):
-    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy=10.0))
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy_per_ln_k=10.0))
     assert res.forward_passes == 1 and res.boxes == [] and len(res.entropy_trace) == 1
+
+
+def test_exit_threshold_per_ln_k_scales_with_the_answer_set(random_adapter):
+    base = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
+    ratio = base / np.log(len(CHOICES))  # the whole image's entropy as a share of ln 10
+    above = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy=0.0, exit_entropy_per_ln_k=ratio * 1.01))
+    below = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy=10.0, exit_entropy_per_ln_k=ratio * 0.99,
+                                                                      budget=40))
+    assert above.forward_passes == 1 and below.forward_passes > 1
+    raw = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(exit_entropy=base * 1.01, exit_entropy_per_ln_k=None))
+    assert raw.forward_passes == 1  # None: the threshold in nats, as for open-ended answers
 
 
 @pytest.mark.parametrize("budget", [1, 5, 13, 30])
 def test_budget_is_never_exceeded(random_adapter, budget):
-    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=budget, exit_entropy=0.0, plateau_patience=99))
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=budget, exit_entropy_per_ln_k=0.0, plateau_patience=99))
     assert 1 <= res.forward_passes <= budget
 
 
 def test_result_record_is_json_and_complete(random_adapter):
-    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0))
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0))
     rec = json.loads(json.dumps(res.to_dict()))
     assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                         "chosen_boxes", "forward_passes", "seconds", "mode", "policy"}
@@ -62,7 +73,7 @@ def test_result_record_is_json_and_complete(random_adapter):
 
 
 def test_same_seed_same_result(random_adapter):
-    cfg = PolicyConfig(budget=25, exit_entropy=0.0, seed=3)
+    cfg = PolicyConfig(budget=25, exit_entropy_per_ln_k=0.0, seed=3)
     a = spote(random_adapter, _image(), Q, CHOICES, cfg).to_dict()
     b = spote(random_adapter, _image(), Q, CHOICES, cfg).to_dict()
     a.pop("seconds"), b.pop("seconds")
@@ -71,13 +82,13 @@ def test_same_seed_same_result(random_adapter):
 
 def test_model_stays_frozen(random_adapter):
     before = weights_checksum(random_adapter.model)
-    spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0))
+    spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0))
     assert weights_checksum(random_adapter.model) == before
     assert not any(p.requires_grad for p in random_adapter.model.parameters())
 
 
 def test_black_box_mode_runs_without_attention(random_adapter):
-    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy=0.0, use_relevance=False))
+    res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0, use_relevance=False))
     assert res.forward_passes <= 20 and len(res.boxes) > 0
 
 

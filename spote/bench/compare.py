@@ -1,6 +1,6 @@
 """Where does one method beat another? Read a ``spote bench`` run's per-item rows.
 
-    python -m spote.bench.compare results/bench-test-seed0-grid200.items.jsonl grid spote
+    python -m spote.bench.compare results/bench-test-seed0.items.jsonl grid spote
 
 Prints, per question kind, the items only ``a`` got right and those only ``b`` got right, then
 every item ``b`` lost, with ``b``'s answer, confidence and forward passes beside ``a``'s. A lost

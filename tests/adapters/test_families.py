@@ -201,7 +201,7 @@ def test_choice_logprobs_and_spote_end_to_end(adapters, family):
     batch = adapter.encode([[view]], [adapter.prompt_text(1, Q, CHOICES)])
     assert rel.shape == adapter.image_grid(batch)[0] and np.isfinite(rel).all() and abs(rel.sum() - 1) < 1e-4
 
-    res = spote(adapter, _image(), Q, CHOICES, PolicyConfig(budget=8, exit_entropy=0.0))
+    res = spote(adapter, _image(), Q, CHOICES, PolicyConfig(budget=8, exit_entropy_per_ln_k=0.0))
     assert 1 <= res.forward_passes <= 8
     assert res.answer in CHOICES and abs(sum(res.distribution.values()) - 1) < 1e-4
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from .core import PolicyConfig, exit_threshold  # noqa: E402
+
 
 def plot_trace(image, result, out: str | Path, question: str = "", evidence=None) -> Path:
     fig, (ax_img, ax_curve) = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1.4, 1]})
@@ -36,8 +38,6 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
     ax_curve.plot(xs, result.entropy_trace, "o-", color="tab:blue", label="answer entropy (nats)")
     ax_curve.set_xlabel("GRPO step (0 = whole image)")
     ax_curve.set_ylabel("entropy of the best spotlight (nats)", color="tab:blue")
-    from .core import PolicyConfig, exit_threshold
-
     tau = exit_threshold(PolicyConfig(**result.policy), len(result.distribution) if result.distribution else None)
     ax_curve.axhline(tau, color="tab:blue", ls=":", lw=0.8)
     if result.reward_trace:

@@ -25,6 +25,7 @@ from spote.spotlight import Box, ViewRenderer
 
 SIZES = (16, 24, 32, 48)
 BOAT_PX = 19  # a middle-sized SpotBench boat, in scene pixels
+SHIFTS = (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45)  # window centre left/right of the target, in window sides
 
 
 def locate_bridge(image) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -44,9 +45,6 @@ def locate_bridge(image) -> tuple[tuple[float, float], tuple[float, float]] | No
     w = image.width
     far = w * 0.25 if x > w / 2 else w * 0.75  # the far side of the scene from the road
     return (x, y), (far, y)
-
-
-SHIFTS = (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45)  # window centre left/right of the target, in window sides
 
 
 def decoy_readings(adapter, items, sizes=SIZES, shifts=SHIFTS) -> dict:
@@ -85,7 +83,7 @@ def main(split: str = "val", n: int = 600, seed: int = 0, model: str = typer.Opt
 
     readings = decoy_readings(load_adapter(model), spotbench(split, n, seed))
     print(f"SpotBench {split}, first {n} items, seed {seed}: boat question, window centred on ..., sized so a "
-          f"{BOAT_PX} px boat spans px of the model input; highest P(yes) over 7 framings: mean / share of scenes >= 0.9\n")
+          f"{BOAT_PX} px boat spans px of the model input; highest P(yes) over {len(SHIFTS)} framings: mean / share of scenes >= 0.9\n")
     print("| window on | scenes | " + " | ".join(f"{px} px" for px in SIZES) + " |")
     print("|---|---|" + "---|" * len(SIZES))
     for where in ("boat", "bridge", "open water"):

@@ -92,8 +92,7 @@ def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
           vision_steps: Optional[int] = typer.Option(None, help="stage 1 steps (default: the shipped recipe's)"),
           seed: int = 0):
     """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
-    from .tiny.train import STEPS, VISION_STEPS
-    from .tiny.train import train as _train
+    from .tiny.train import STEPS, VISION_STEPS, train as _train
 
     _train(out, STEPS if steps is None else steps, seed=seed, vision_steps=VISION_STEPS if vision_steps is None else vision_steps)
 

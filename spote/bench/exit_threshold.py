@@ -4,21 +4,20 @@
 
 Answers every item from the whole image once (the first pass of every SPOT-E run) and, for a range
 of thresholds, counts the easy items that would stop there and the hard ones that would stop too
-(and how many of those wrongly). Two rules: the raw answer entropy in nats (``PolicyConfig.
-exit_entropy``), and the entropy divided by ln(number of choices), which asks the same certainty of
+(and how many of those wrongly). Two rules, both through ``spote.core.exit_threshold``: the raw
+answer entropy in nats (``PolicyConfig.exit_entropy``), and the entropy divided by ln(number of
+choices) (``exit_entropy_per_ln_k``, the default since session 7), which asks the same certainty of
 a ten-way digit as of a yes/no (0.35 nats is 0.50 of a yes/no's maximum but 0.15 of a digit's).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import typer
 
 from spote.bench.scenes import spotbench
-from spote.core import answer_entropy
+from spote.core import PolicyConfig, answer_entropy, exit_threshold
 from spote.spotlight import ViewRenderer
 
 RAW = (0.2, 0.35, 0.5, 0.6)
@@ -40,8 +39,8 @@ def whole_image_rows(adapter, items) -> list[tuple[bool, bool, float, int]]:
 def stops(rows, tau: float, normalised: bool) -> dict:
     easy = np.array([r[0] for r in rows])
     ok = np.array([r[1] for r in rows])
-    h = np.array([r[2] / math.log(r[3]) if normalised else r[2] for r in rows])
-    s = h <= tau
+    cfg = PolicyConfig(exit_entropy=tau, exit_entropy_per_ln_k=tau if normalised else None)
+    s = np.array([h <= exit_threshold(cfg, k) for _, _, h, k in rows])  # the loop's own stopping rule
     return {"easy_stop_rate": float(s[easy].mean()) if easy.any() else None,
             "hard_stopped": int((s & ~easy).sum()), "hard_stopped_wrong": int((s & ~easy & ~ok).sum())}
 

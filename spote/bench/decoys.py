@@ -4,7 +4,7 @@
 
 Test for a suspected false-positive source (README, "Why the misses"). For every aerial scene
 with the boat question, windows are centred on the bridge (where the road crosses the water band,
-found from the scene's colours), on open water away from the road, and, when there is one, on the
+as the generator drew it), on open water away from the road, and, when there is one, on the
 boat; each window is sized so that a boat-sized object (19 px, the middle of SpotBench's 14-24 px)
 spans ``px`` pixels of the model's input, and is shown as the default rendering shows it (global
 view beside the zoom), at 7 horizontal framings from -0.45 to +0.45 window sides off centre. Per
@@ -28,21 +28,12 @@ BOAT_PX = 19  # a middle-sized SpotBench boat, in scene pixels
 SHIFTS = (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45)  # window centre left/right of the target, in window sides
 
 
-def locate_bridge(image) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """(bridge centre, open-water centre) from the scene's colours, or None if not found.
-
-    The road is the grey column that runs the full height; the water is the blue band that runs
-    the full width (spote.bench.scenes._aerial draws both)."""
-    a = np.asarray(image.convert("RGB"), np.int16)
-    r, g, b = a[..., 0], a[..., 1], a[..., 2]
-    grey = (abs(r - g) < 14) & (abs(g - b) < 14) & (r > 95) & (r < 150)
-    water = (b > r + 50) & (b > g + 25)
-    road_cols = np.flatnonzero(grey.mean(0) > 0.6)
-    water_rows = np.flatnonzero(water.mean(1) > 0.5)
-    if not len(road_cols) or not len(water_rows):
+def locate_bridge(item) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(bridge centre, open-water centre) from the geometry the generator recorded, or None for a
+    scene without road and water (spote.bench.scenes._aerial draws both and keeps them in ``meta``)."""
+    if "bridge" not in item.meta:
         return None
-    x, y = float(road_cols.mean()), float(water_rows.mean())
-    w = image.width
+    (x, y), w = item.meta["bridge"], item.image.width
     far = w * 0.25 if x > w / 2 else w * 0.75  # the far side of the scene from the road
     return (x, y), (far, y)
 
@@ -54,7 +45,7 @@ def decoy_readings(adapter, items, sizes=SIZES, shifts=SHIFTS) -> dict:
     for item in items:
         if item.kind != "boat":
             continue
-        found = locate_bridge(item.image)
+        found = locate_bridge(item)
         if found is None:
             continue
         renderer = ViewRenderer(item.image, adapter.input_size)

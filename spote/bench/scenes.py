@@ -54,7 +54,7 @@ class Item:
     answer: str
     evidence: tuple[int, int, int, int] | None
     easy: bool = False
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # scene geometry the generator knows, e.g. aerial "bridge" (x, y)
 
     @property
     def evidence_frac(self) -> float:
@@ -139,7 +139,7 @@ def _document(rng, kind, easy, w, h):
         font = _font(int(side * 0.75))
         d.text(((x0 + x1) / 2, (y0 + y1) / 2), answer, fill=(10, 10, 10), font=font, anchor="mm",
                stroke_width=max(1, side // 16), stroke_fill=(10, 10, 10))
-    return page, answer, box
+    return page, answer, box, {}
 
 
 # ----------------------------------------------------------------------------- aerial
@@ -185,7 +185,9 @@ def _aerial(rng, kind, easy, w, h):
             d.polygon([(x0, y0), (x0 + bw - bh // 2, y0), (x0 + bw, y0 + bh // 2), (x0 + bw - bh // 2, y0 + bh), (x0, y0 + bh)],
                       fill=(250, 250, 250), outline=(90, 40, 20))
             d.rectangle([x0 + bw // 4, y0 + bh // 4, x0 + bw // 2, y0 + 3 * bh // 4], fill=(150, 60, 30))
-    return img, answer, box
+    # where the road crosses the water: a boat-like decoy at boat scale (spote.bench.decoys)
+    bridge = (road_x + road_w / 2, water_top + water_h / 2)
+    return img, answer, box, {"bridge": bridge, "water_rows": (water_top, water_top + water_h)}
 
 
 # ----------------------------------------------------------------------------- inspection
@@ -220,7 +222,7 @@ def _inspection(rng, kind, easy, w, h):
         side = _size(rng, easy, w, h, 18, 32)
         box = _place(rng, w, h, side, side)
         _defect(d, rng, defect, box)
-    return img, answer, box
+    return img, answer, box, {}
 
 
 _RENDER = {"documents": _document, "aerial": _aerial, "inspection": _inspection}
@@ -237,10 +239,10 @@ def make_item(seed: int, split: str, index: int, easy_rate: float = 0.15, kind: 
         h = w
     if easy:  # a close-up shot, near square, so the evidence can fill half of it along the long side
         h = int(w * rng.uniform(0.8, 1.0))
-    image, answer, box = _RENDER[domain](rng, kind, easy, w, h)
+    image, answer, box, meta = _RENDER[domain](rng, kind, easy, w, h)
     # "easy" means large evidence: an absent boat or defect has none, however the dice fell
     easy = easy and box is not None
-    return Item(f"{split}-{seed}-{index:05d}", domain, kind, image, question, choices, answer, box, easy)
+    return Item(f"{split}-{seed}-{index:05d}", domain, kind, image, question, choices, answer, box, easy, meta)
 
 
 def spotbench(split: str = "test", n: int = 600, seed: int = 0, easy_rate: float = 0.15):

@@ -11,7 +11,7 @@ def _boat_scenes(answer, n):
 
 def test_bridge_is_on_the_road_inside_the_water_and_open_water_is_not_road():
     for item in _boat_scenes("no", 4):
-        (bx, by), (wx, wy) = locate_bridge(item.image)
+        (bx, by), (wx, wy) = locate_bridge(item)
         a = np.asarray(item.image).astype(int)
         r, g, b = a[int(by), int(bx)]
         assert abs(r - g) < 14 and abs(g - b) < 14  # grey road
@@ -22,9 +22,7 @@ def test_bridge_is_on_the_road_inside_the_water_and_open_water_is_not_road():
 
 
 def test_no_bridge_in_a_scene_without_road_or_water():
-    from PIL import Image
-
-    assert locate_bridge(Image.new("RGB", (300, 200), (95, 130, 70))) is None
+    assert locate_bridge(make_item(0, "val", 0, kind="digit")) is None
 
 
 def test_one_reading_per_scene_and_size(random_adapter):

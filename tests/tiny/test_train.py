@@ -72,3 +72,20 @@ def test_stage1_stream_labels_lie_in_each_items_choice_set():
     assert torch.isfinite(mask[torch.arange(24), labels]).all()  # the label is never masked out
     allowed = torch.isfinite(mask).sum(1)
     assert ((allowed >= 2) & (allowed <= 10)).all()  # a choice set, not the whole vocabulary
+
+
+def test_bridge_windows_sit_on_the_crossing_at_boat_scale():
+    """Bridge negatives: centred near where the road crosses the water, a boat (14-24 px) spanning
+    12-48 px of the input, so the model learns the crossing is not a boat at the scales a search tries."""
+    from spote.tiny.build import IMAGE_SIZE
+    from spote.tiny.train import BRIDGE_SHIFT, _bridge_box
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        item = make_item(0, "train", i, kind="boat")
+        (bx, _), (top, bottom) = item.meta["bridge"], item.meta["water_rows"]
+        for _ in range(20):
+            box = _bridge_box(rng, item)
+            assert 14 * IMAGE_SIZE / 48 - 1e-6 <= box.width <= 24 * IMAGE_SIZE / 12 + 1e-6
+            assert abs(box.centre[0] - bx) <= BRIDGE_SHIFT * box.width + 1e-6
+            assert top <= box.centre[1] <= bottom

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import typer
 
-from spote.bench.scenes import spotbench
+from spote.bench.scenes import BOAT_SIDE, spotbench
 from spote.spotlight import Box, ViewRenderer
 
 SIZES = (16, 24, 32, 48)
-BOAT_PX = 19  # a middle-sized SpotBench boat, in scene pixels
+BOAT_PX = sum(BOAT_SIDE) // 2  # a middle-sized SpotBench boat, in scene pixels (19)
 SHIFTS = (-0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45)  # window centre left/right of the target, in window sides
 
 

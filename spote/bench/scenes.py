@@ -27,6 +27,7 @@ LETTERS = tuple("ABCDEF")
 COLOURS = {"red": (220, 30, 30), "yellow": (240, 210, 20), "blue": (30, 70, 230), "white": (245, 245, 245)}
 DEFECTS = ("crack", "scratch", "dent")
 YES_NO = ("yes", "no")
+BOAT_SIDE = (14, 24)  # a boat's length in scene pixels (not easy): training and decoy views are sized from it
 
 # (domain, kind, question, choices)
 TASKS = (
@@ -177,7 +178,7 @@ def _aerial(rng, kind, easy, w, h):
     else:  # boat presence
         answer = str(rng.choice(YES_NO))
         if answer == "yes":
-            side = _size(rng, easy, w, h, 14, 24)
+            side = _size(rng, easy, w, h, *BOAT_SIDE)
             bw, bh = side, max(5, side // 2)
             x0 = int(rng.integers(4, w - bw - 4))
             y0 = int(rng.integers(water_top + 2, max(water_top + 3, water_top + water_h - bh - 2)))

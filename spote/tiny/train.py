@@ -21,7 +21,7 @@ import torch
 import typer
 from PIL import Image, ImageFilter
 
-from ..bench.scenes import PRESENCE_KINDS, Item, make_item
+from ..bench.scenes import BOAT_SIDE, PRESENCE_KINDS, Item, make_item
 from ..prompt import format_question
 from ..spotlight import Box, ViewRenderer, soft_mask, apply_highlight
 from .build import IMAGE_SIZE, build_model, build_processor
@@ -51,17 +51,17 @@ def _evidence_box(rng, item: Item):
     return Box(x0, y0, x0 + side, y0 + side)
 
 
-# A boat spans 14-24 px of the scene; bridge windows show it at 12-48 px of the input, the scales a
-# search tries, framed up to 0.45 window sides off the crossing (where spote.bench.decoys found the
-# session-6 model saying a confident "yes" in empty scenes).
-BRIDGE_BOAT_PX, BRIDGE_INPUT_PX, BRIDGE_SHIFT = (14, 24), (12, 48), 0.45
+# Bridge windows show a boat-sized object (BOAT_SIDE, 14-24 px of the scene) at 12-48 px of the
+# input, the scales a search tries, framed up to 0.45 window sides off the crossing (where
+# spote.bench.decoys found the session-6 model saying a confident "yes" in empty scenes).
+BRIDGE_INPUT_PX, BRIDGE_SHIFT = (12, 48), 0.45
 
 
 def _bridge_box(rng, item: Item) -> Box:
     """A window on the road's crossing of the water, at boat scale and a random horizontal framing."""
     (bx, by), (top, bottom) = item.meta["bridge"], item.meta["water_rows"]
     w, h = item.image.size
-    side = min(w, h, rng.uniform(*BRIDGE_BOAT_PX) * IMAGE_SIZE / rng.uniform(*BRIDGE_INPUT_PX))
+    side = min(w, h, rng.uniform(*BOAT_SIDE) * IMAGE_SIZE / rng.uniform(*BRIDGE_INPUT_PX))
     cx = bx + rng.uniform(-BRIDGE_SHIFT, BRIDGE_SHIFT) * side
     cy = rng.uniform(top, bottom)
     return Box.square(cx, cy, side)

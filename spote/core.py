@@ -69,12 +69,16 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
+    probe_group: int = 0           # first group's size when the whole image is almost clear (0: group_size)
+    probe_below: float = 2.0       # "almost clear": baseline entropy <= probe_below * exit threshold
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        if self.probe_group and self.probe_group < 2:
+            raise ValueError("probe_group must be 0 (off) or >= 2")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
 
@@ -404,8 +408,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         evaluated: set[int] = set()
         stale = 0
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
+        # a whole image that is almost clear first gets a small group: one good view may be enough
+        probe = cfg.probe_group if cfg.probe_group and base.entropy <= cfg.probe_below * tau else 0
         for step in range(cfg.steps):
-            g = min(cfg.group_size, (cfg.budget - used() - reserve) // cost)
+            g = min(probe if step == 0 and probe else cfg.group_size, (cfg.budget - used() - reserve) // cost)
             if g < 2:
                 break
             idx = policy.sample(g, rng, evaluated)

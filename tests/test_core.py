@@ -56,6 +56,16 @@ def test_exit_threshold_per_ln_k_scales_with_the_answer_set(random_adapter):
     assert raw.forward_passes == 1  # None: the threshold in nats, as for open-ended answers
 
 
+def test_probe_group_only_when_the_whole_image_is_almost_clear(random_adapter):
+    base = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
+    per_ln_k = base / np.log(len(CHOICES)) / 1.5  # the whole image sits at 1.5 x the exit threshold
+    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, probe_group=3, plateau_patience=9)
+    near = spote(random_adapter, _image(), Q, CHOICES, cfg)
+    far = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(**{**cfg.__dict__, "probe_below": 1.4}))
+    assert near.box_steps.count(0) == 3 and far.box_steps.count(0) == 8  # later groups are full size
+    assert set(near.box_steps) == {0} or near.box_steps.count(1) == 8
+
+
 @pytest.mark.parametrize("budget", [1, 5, 13, 30])
 def test_budget_is_never_exceeded(random_adapter, budget):
     res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=budget, exit_entropy_per_ln_k=0.0, plateau_patience=99))
@@ -162,3 +172,5 @@ def test_config_rejects_bad_values():
         PolicyConfig(mode="x")
     with pytest.raises(ValueError):
         PolicyConfig(group_size=1)
+    with pytest.raises(ValueError):
+        PolicyConfig(probe_group=1)

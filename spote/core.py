@@ -69,7 +69,7 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
-    probe_group: int = 0           # first group's size when the whole image is almost clear (0: group_size)
+    probe_group: int = 4           # first group's size when the whole image is almost clear (0: group_size)
     probe_below: float = 2.0       # "almost clear": baseline entropy <= probe_below * exit threshold
 
     def __post_init__(self):
@@ -409,9 +409,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         stale = 0
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
         # a whole image that is almost clear first gets a small group: one good view may be enough
-        probe = cfg.probe_group if cfg.probe_group and base.entropy <= cfg.probe_below * tau else 0
+        first = cfg.probe_group if cfg.probe_group and base.entropy <= cfg.probe_below * tau else cfg.group_size
         for step in range(cfg.steps):
-            g = min(probe if step == 0 and probe else cfg.group_size, (cfg.budget - used() - reserve) // cost)
+            g = min(first if step == 0 else cfg.group_size, (cfg.budget - used() - reserve) // cost)
             if g < 2:
                 break
             idx = policy.sample(g, rng, evaluated)

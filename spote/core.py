@@ -6,6 +6,8 @@ Read top to bottom:
    its entropy ``H_base`` and the low-entropy *anchors*.
 2. Early exit: ``H_base <= tau`` -> done after one forward pass. For K closed answers
    tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit (0.92 nats).
+   Almost clear (``H_base <= 2 tau``): first four coarse corner views, since what the whole image
+   nearly shows is usually large; one of them clear -> done after five passes.
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole
@@ -69,16 +71,16 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
-    probe_group: int = 4           # first group's size when the whole image is almost clear (0: group_size)
-    probe_below: float = 2.0       # "almost clear": baseline entropy <= probe_below * exit threshold
+    probe_side: float = 0.65       # coarse probe: four corner windows, this share of the short side (0: none)
+    probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
-        if self.probe_group and self.probe_group < 2:
-            raise ValueError("probe_group must be 0 (off) or >= 2")
+        if not 0 <= self.probe_side < 1:
+            raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
 
@@ -317,6 +319,18 @@ class SpotlightPolicy:
                 self.bias[w] = self.cfg.zoom_bonus
 
 
+def coarse_windows(width: int, height: int, side_frac: float) -> list[Box]:
+    """Four overlapping corner squares of ``side_frac`` x the short side.
+
+    A whole image that is almost clear usually holds large evidence (a big glyph, a whole
+    defect), which the policy's fine windows cut into pieces; one of these 1.5x zooms usually
+    holds it whole. They cost 4 passes and need no policy (test-0-00280, a 576 px F read as E
+    on the whole image: 87 passes of fine windows before, clear after the probe).
+    """
+    side = side_frac * min(width, height)
+    return [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -393,56 +407,70 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     best = {"reward": 0.0, "reading": base, "box": None, "scale": -1}
     used = lambda: adapter.forward_passes - passes0  # noqa: E731
 
-    # 2. early exit, 3. GRPO on the spotlight policy
+    def record(group: list[Box], readings: list[Reading], step: int, scale_of) -> np.ndarray:
+        """Score one group against the baseline, log it, keep the best view; the group's rewards."""
+        rewards = np.array([reward(base, r, anchors, cfg) for r in readings])
+        for b, r, rd in zip(group, rewards, readings):
+            boxes.append(b.as_list())
+            box_steps.append(step)
+            box_rewards.append(round(float(r), 5))
+            box_entropies.append(round(rd.entropy, 5))
+        k = int(rewards.argmax())
+        chosen.append(group[k].as_list())
+        if rewards[k] > best["reward"] + 1e-6:
+            best.update(reward=float(rewards[k]), reading=readings[k], box=group[k], scale=scale_of(k))
+        entropy_trace.append(round(best["reading"].entropy, 5))
+        reward_trace.append(round(best["reward"], 5))
+        return rewards
+
+    # 2. early exit
     tau = exit_threshold(cfg, None if choices is None else len(choices))
+    # a spotlight is clear when confident, and not by breaking an anchor (that scores below the whole image)
+    clear = lambda: best["box"] is not None and best["reading"].entropy <= tau  # noqa: E731
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
-        relevance_cells = None
-        if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
-            rel = adapter.relevance([renderer.global_view], question, choices)
-            relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
-        sal_map = saliency_map(image) if cfg.saliency_weight > 0 or cfg.saliency_peaks else None
-        saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
-        peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
-        policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)
-        evaluated: set[int] = set()
-        stale = 0
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
-        # a whole image that is almost clear first gets a small group: one good view may be enough
-        first = cfg.probe_group if cfg.probe_group and base.entropy <= cfg.probe_below * tau else cfg.group_size
-        for step in range(cfg.steps):
-            g = min(first if step == 0 else cfg.group_size, (cfg.budget - used() - reserve) // cost)
-            if g < 2:
-                break
-            idx = policy.sample(g, rng, evaluated)
-            if len(idx) < 2:
-                break
-            evaluated.update(idx)
-            group = [policy.jittered(w, rng) for w in idx]
-            readings = reader.read([renderer.render(b, mode) for b in group])  # one batched pass
-            rewards = np.array([reward(base, r, anchors, cfg) for r in readings])
-            advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # A_i = (r_i - mean) / std
-            policy.update(idx, advantages)
-            k = int(rewards.argmax())
-            for b, r, rd in zip(group, rewards, readings):
-                boxes.append(b.as_list())
-                box_steps.append(step)
-                box_rewards.append(round(float(r), 5))
-                box_entropies.append(round(rd.entropy, 5))
-            chosen.append(group[k].as_list())
-            if rewards[k] > best["reward"] + 1e-6:
-                best = {"reward": float(rewards[k]), "reading": readings[k], "box": group[k], "scale": int(policy.scale_idx[idx[k]])}
-                stale = 0
-            else:
-                stale += 1
-            entropy_trace.append(round(best["reading"].entropy, 5))
-            reward_trace.append(round(best["reward"], 5))
-            if best["box"] is not None:
+        room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
+        step = 0
+        # 2b. almost clear: four coarse views first; large evidence often needs nothing more
+        if cfg.probe_side and base.entropy <= cfg.probe_below * tau and room() >= 4:
+            group = coarse_windows(*image.size, cfg.probe_side)
+            record(group, reader.read([renderer.render(b, mode) for b in group]), step, lambda k: -1)
+            step += 1
+        # 3. GRPO on the spotlight policy
+        if not clear():
+            relevance_cells = None
+            if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
+                rel = adapter.relevance([renderer.global_view], question, choices)
+                relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
+            sal_map = saliency_map(image) if cfg.saliency_weight > 0 or cfg.saliency_peaks else None
+            saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
+            peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
+            policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)
+            if best["box"] is not None:  # the probe found a clearer coarse view: look inside it
                 policy.focus(best["box"], best["scale"])
-            if best["box"] is not None and best["reading"].entropy <= tau:
-                break  # confident, and not by breaking an anchor
-            if stale >= cfg.plateau_patience:
-                break
+            evaluated: set[int] = set()
+            stale = 0
+            for _ in range(cfg.steps):
+                g = min(cfg.group_size, room())
+                if g < 2:
+                    break
+                idx = policy.sample(g, rng, evaluated)
+                if len(idx) < 2:
+                    break
+                evaluated.update(idx)
+                group = [policy.jittered(w, rng) for w in idx]
+                readings = reader.read([renderer.render(b, mode) for b in group])  # one batched pass
+                before = best["reward"]
+                rewards = record(group, readings, step, lambda k: int(policy.scale_idx[idx[k]]))
+                step += 1
+                advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # A_i = (r_i - mean) / std
+                policy.update(idx, advantages)
+                stale = 0 if best["reward"] > before else stale + 1
+                if best["box"] is not None:
+                    policy.focus(best["box"], best["scale"])
+                if clear() or stale >= cfg.plateau_patience:
+                    break
 
     # 4. answer from the best spotlight (the whole image if none beat it)
     final = best["reading"]

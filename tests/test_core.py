@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spote.core import PolicyConfig, Reading, SpotlightPolicy, find_anchors, reward, spote, window_grid
+from spote.core import PolicyConfig, Reading, SpotlightPolicy, coarse_windows, find_anchors, reward, spote, window_grid
 from spote.models import weights_checksum
 from spote.spotlight import Box
 
@@ -57,14 +57,23 @@ def test_exit_threshold_per_ln_k_scales_with_the_answer_set(random_adapter):
     assert raw.forward_passes == 1  # None: the threshold in nats, as for open-ended answers
 
 
-def test_probe_group_only_when_the_whole_image_is_almost_clear(random_adapter):
+def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     base = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
     per_ln_k = base / np.log(len(CHOICES)) / 1.5  # the whole image sits at 1.5 x the exit threshold
-    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, probe_group=3, plateau_patience=9)
+    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9)
     near = spote(random_adapter, _image(), Q, CHOICES, cfg)
     far = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, probe_below=1.4))
-    assert near.box_steps.count(0) == 3 and far.box_steps.count(0) == 8
-    assert set(near.box_steps) == {0} or near.box_steps.count(1) == 8  # later groups are full size
+    corners = [b.as_list() for b in coarse_windows(640, 480, cfg.probe_side)]
+    assert near.boxes[:4] == corners and near.box_steps[:4] == [0] * 4
+    assert set(near.box_steps) == {0} or near.box_steps[4:].count(1) == 8  # then the policy's full groups
+    assert far.box_steps.count(0) == 8 and not any(b in far.boxes for b in corners)
+
+
+def test_coarse_windows_are_corner_squares_inside_the_image():
+    wins = coarse_windows(1000, 600, 0.65)
+    assert len(wins) == 4 and all(b.width == b.height == pytest.approx(390) for b in wins)
+    assert {(round(b.x0), round(b.y0)) for b in wins} == {(0, 0), (610, 0), (0, 210), (610, 210)}
+    assert all(b.x1 <= 1000 + 1e-6 and b.y1 <= 600 + 1e-6 for b in wins)
 
 
 @pytest.mark.parametrize("budget", [1, 5, 13, 30])
@@ -174,4 +183,4 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError):
         PolicyConfig(group_size=1)
     with pytest.raises(ValueError):
-        PolicyConfig(probe_group=1)
+        PolicyConfig(probe_side=1.0)

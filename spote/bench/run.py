@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 import zlib
 from collections import defaultdict
@@ -82,6 +83,7 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
         "mode": mode, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
         "device": str(adapter.device), "dtype": str(next(adapter.model.parameters()).dtype).removeprefix("torch."),
         "gpu_memory_torch_peak_mb": torch_peak_mb(), "gpu_memory_smi_peak_mb": gpu.peak_mb,
+        "environment": environment(),
         "methods": {m: summarise(r) for m, r in rows.items()},
     }
     out = Path(out)
@@ -92,6 +94,25 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
     if plot:
         plot_bench(report, out.with_suffix(".png"))
     return report
+
+
+def environment() -> dict:
+    """What a re-run must match to give the same items: long searches amplify float rounding, so
+    the same code on another CPU or library version can end a few items differently."""
+    from importlib.metadata import version
+
+    libs = {name: version(name) for name in ("torch", "transformers", "numpy", "pillow", "scipy")}
+    return {"cpu": _cpu_model(), "machine": platform.machine(), "python": platform.python_version(), **libs}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress) -> None:

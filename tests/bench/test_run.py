@@ -22,6 +22,8 @@ def test_bench_writes_the_documented_json(random_tiny_dir, tmp_path):
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(report))
     assert {"n_items", "seed", "split", "model", "methods"} <= set(data) and data["n_items"] == 4
+    import torch
+    assert data["environment"]["torch"] == torch.__version__ and data["environment"]["cpu"]  # what a re-run must match
     for m in ("baseline", "oracle", "spote", "random", "api", "vicrop"):
         s = data["methods"][m]
         assert {"accuracy", "forward_passes_mean", "seconds_per_item", "evidence_hit_rate", "accuracy_by_evidence_size",

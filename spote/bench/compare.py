@@ -1,6 +1,7 @@
 """Where does one method beat another? Read a ``spote bench`` run's per-item rows.
 
     python -m spote.bench.compare results/bench-test-seed0.items.jsonl grid spote
+    python -m spote.bench.compare BEFORE.items.jsonl AFTER.items.jsonl spote   # one method, two runs
 
 Prints, per question kind, the items only ``a`` got right and those only ``b`` got right, then
 every item ``b`` lost, with ``b``'s answer, confidence and forward passes beside ``a``'s. A lost
@@ -31,8 +32,16 @@ def disagreements(rows: list[dict], a: str, b: str) -> tuple[Counter, Counter, l
     return only_a, only_b, lost
 
 
+def two_runs(before: list[dict], after: list[dict], method: str) -> list[dict]:
+    """One method's rows from two runs, relabelled ``before`` and ``after`` (a change, or another machine)."""
+    return ([{**r, "method": "before"} for r in before if r["method"] == method]
+            + [{**r, "method": "after"} for r in after if r["method"] == method])
+
+
 def main(path: str, a: str, b: str) -> None:
     rows = [json.loads(line) for line in open(path)]
+    if a.endswith(".jsonl"):  # two runs of method b
+        rows, a, b = two_runs(rows, [json.loads(line) for line in open(a)], b), "before", "after"
     only_a, only_b, lost = disagreements(rows, a, b)
     kinds = sorted(set(only_a) | set(only_b))
     print(f"{path}: only {a} right {sum(only_a.values())}, only {b} right {sum(only_b.values())}\n")

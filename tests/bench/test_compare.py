@@ -1,6 +1,6 @@
 import pytest
 
-from spote.bench.compare import disagreements
+from spote.bench.compare import disagreements, two_runs
 
 
 def _row(method, i, kind, correct):
@@ -19,3 +19,11 @@ def test_disagreements_count_each_side_by_kind():
 def test_disagreements_need_both_methods():
     with pytest.raises(SystemExit):
         disagreements([_row("grid", "a", "boat", True)], "grid", "spote")
+
+
+def test_two_runs_compare_one_method_across_files():
+    before = [_row("spote", "a", "letter", False), _row("grid", "a", "letter", True), _row("spote", "b", "boat", True)]
+    after = [_row("spote", "a", "letter", True), _row("spote", "b", "boat", False)]
+    only_before, only_after, lost = disagreements(two_runs(before, after, "spote"), "before", "after")
+    assert dict(only_before) == {"boat": 1} and dict(only_after) == {"letter": 1}
+    assert [ra["id"] for ra, _ in lost] == ["b"]

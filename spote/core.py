@@ -325,7 +325,7 @@ def coarse_windows(width: int, height: int, side_frac: float) -> list[Box]:
     A whole image that is almost clear usually holds large evidence (a big glyph, a whole
     defect), which the policy's fine windows cut into pieces; one of these 1.5x zooms usually
     holds it whole. They cost 4 passes and need no policy (test-0-00280, a 576 px F read as E
-    on the whole image: 87 passes of fine windows before, clear after the probe).
+    on the whole image: 87-119 passes of fine windows before, by machine; clear after the probe).
     """
     side = side_frac * min(width, height)
     return [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]

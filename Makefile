@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-robust bench-ablation bench-pipeline bench-gpu scaling train clean
+.PHONY: install test demo bench bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,19 @@ bench-ablation: $(STAMP)
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 8, "steps": 6, "budget": 64, "plateau_patience": 3}' --out results/ablation-val-g8-t6-b64.json
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 16, "steps": 6, "budget": 128, "plateau_patience": 3}' --out results/ablation-val-g16-t6-b128.json
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 8, "steps": 24, "budget": 256, "plateau_patience": 6}' --out results/ablation-val-g8-t24-b256.json
+
+# the anchor term where the loop cannot avoid collapse: the paper's scaffold loop (2 steps x 4 spotlights,
+# no early exit, no coarse probe) in each rendering; README "The anchor term"
+PAPER_LOOP = '{"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "group_size": 4, "steps": 2, "probe_side": 0.0, "plateau_patience": 99}'
+bench-anchor: $(STAMP)
+	for m in zoom zoom+context highlight; do \
+	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode $$m --methods baseline,naive_entropy,spote --no-plot \
+	    --policy $(PAPER_LOOP) --out results/anchor-paper-loop-$$m-seed$(SEED).json || exit 1; done
+	$(BIN)/spote bench --split test --n $(N) --seed 1 --mode zoom --methods baseline,naive_entropy,spote --no-plot \
+	  --policy $(PAPER_LOOP) --out results/anchor-paper-loop-zoom-seed1.json
+	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode zoom --methods naive_entropy,spote --no-plot \
+	  --policy '{"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "group_size": 8, "steps": 4, "probe_side": 0.0, "plateau_patience": 99}' \
+	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json

@@ -25,7 +25,9 @@ a spotlight is penalised for lowering that choice's log-probability, so a confid
 spotlight cannot overturn what the whole image already showed. A mere lean is no anchor: it
 would veto the very close-up that holds the evidence. Against the other collapse, a close-up
 of empty water answering a confident "no", the default ``zoom+context`` rendering keeps the
-global view beside every zoom, so an empty close-up leaves the model unsure.
+global view beside every zoom, so an empty close-up leaves the model unsure. With the early exit an
+anchored item rarely searches at all; in the paper's loop (every item searched, close-up alone) the
+anchor is what stops a close-up of a large boat's hull flipping a sure "yes" to "no" (README).
 """
 
 from __future__ import annotations

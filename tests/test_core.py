@@ -159,6 +159,33 @@ def test_anchor_penalises_confident_flip_of_the_baseline():
     assert reward(base, flip, anchors, naive) == pytest.approx(reward(base, keep, anchors, naive))
 
 
+def test_anchor_vetoes_the_close_up_that_flips_a_confident_baseline(shipped_adapter):
+    """The paper's collapse on a real item: a close-up of the middle of a large boat shows hull, no boat.
+
+    The whole image is almost sure of "yes"; the close-up alone says a confident "no", which the
+    clarity reward alone prefers (less entropy) and the anchor term vetoes. Beside the global view
+    (the default rendering) the same close-up keeps "yes".
+    """
+    from spote.bench.scenes import make_item
+    from spote.core import Reader, naive_entropy_config
+    from spote.spotlight import ViewRenderer
+
+    item = make_item(1, "test", 130, 0.15)
+    assert item.kind == "boat" and item.easy and item.answer == "yes"
+    cfg = PolicyConfig()
+    views, reader = ViewRenderer(item.image, shipped_adapter.input_size), Reader(shipped_adapter, item.question, item.choices)
+    base, answer = reader.baseline([views.global_view])
+    anchors = find_anchors(base, cfg)
+    assert answer == "yes" and anchors.choice == item.choices.index("yes")
+    x0, y0, x1, y1 = item.evidence
+    hull = Box.square((x0 + x1) / 2, (y0 + y1) / 2, 96)
+    alone = reader.read([views.render(hull, "zoom")])[0]
+    beside = reader.read([views.render(hull, "zoom+context")])[0]
+    assert item.choices[int(alone.logp.argmax())] == "no" and alone.entropy < base.entropy
+    assert reward(base, alone, anchors, naive_entropy_config(cfg)) > 0 > reward(base, alone, anchors, cfg)
+    assert item.choices[int(beside.logp.argmax())] == "yes"
+
+
 def test_no_closed_set_anchor_when_baseline_is_unsure():
     base = Reading(logp=torch.log(torch.full((10,), 0.1)))
     assert find_anchors(base, PolicyConfig()).choice is None

@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from spote.core import PolicyConfig, Reading, SpotlightPolicy, coarse_windows, find_anchors, reward, spote, window_grid
+from spote.bench.scenes import make_item
+from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, naive_entropy_config,
+                        reward, spote, window_grid)
 from spote.models import weights_checksum
-from spote.spotlight import Box
+from spote.spotlight import Box, ViewRenderer
 
 
 def _image(w=640, h=480, seed=0):
@@ -166,10 +168,6 @@ def test_anchor_vetoes_the_close_up_that_flips_a_confident_baseline(shipped_adap
     clarity reward alone prefers (less entropy) and the anchor term vetoes. Beside the global view
     (the default rendering) the same close-up keeps "yes".
     """
-    from spote.bench.scenes import make_item
-    from spote.core import Reader, naive_entropy_config
-    from spote.spotlight import ViewRenderer
-
     item = make_item(1, "test", 130, 0.15)
     assert item.kind == "boat" and item.easy and item.answer == "yes"
     cfg = PolicyConfig()

@@ -54,7 +54,8 @@ bench-ablation: $(STAMP)
 
 # the anchor term where the loop cannot avoid collapse: the paper's scaffold loop (2 steps x 4 spotlights,
 # no early exit, no coarse probe) in each rendering; README "The anchor term"
-PAPER_LOOP = '{"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "group_size": 4, "steps": 2, "probe_side": 0.0, "plateau_patience": 99}'
+NO_EXIT    = "exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "probe_side": 0.0, "plateau_patience": 99
+PAPER_LOOP = '{$(NO_EXIT), "group_size": 4, "steps": 2}'
 bench-anchor: $(STAMP)
 	for m in zoom zoom+context highlight; do \
 	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode $$m --methods baseline,naive_entropy,spote --no-plot \
@@ -62,7 +63,7 @@ bench-anchor: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed 1 --mode zoom --methods baseline,naive_entropy,spote --no-plot \
 	  --policy $(PAPER_LOOP) --out results/anchor-paper-loop-zoom-seed1.json
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode zoom --methods naive_entropy,spote --no-plot \
-	  --policy '{"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "group_size": 8, "steps": 4, "probe_side": 0.0, "plateau_patience": 99}' \
+	  --policy '{$(NO_EXIT), "group_size": 8, "steps": 4}' \
 	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json
 
 bench-pipeline: $(STAMP)

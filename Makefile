@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
+.PHONY: install test demo bench bench-policy bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,oracle,grid,vicrop,api,naive_entropy,random,spote \
 	  --out results/bench-test-seed$(SEED).json
+
+# every method a PolicyConfig change can move (spote, naive_entropy, random on spote's passes) and the
+# cheap peers, without grid (~65 min here; grid reads only mode and min_window): after a policy change
+bench-policy: $(STAMP)
+	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,oracle,vicrop,api,naive_entropy,random,spote \
+	  --out results/bench-policy-test-seed$(SEED).json
 
 # robustness (--corrupt) and a fresh seed, on the methods the targets compare
 bench-robust: $(STAMP)

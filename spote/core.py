@@ -73,7 +73,7 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
-    probe_side: float = 0.65       # coarse probe: four corner windows, this share of the short side (0: none)
+    probe_side: float = 0.65       # coarse probe: four corner windows and the centre one, this share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
 
     def __post_init__(self):
@@ -322,15 +322,19 @@ class SpotlightPolicy:
 
 
 def coarse_windows(width: int, height: int, side_frac: float) -> list[Box]:
-    """Four overlapping corner squares of ``side_frac`` x the short side.
+    """Five squares of ``side_frac`` x the short side: the four corners, then the centre (a five-crop).
 
     A whole image that is almost clear usually holds large evidence (a big glyph, a whole
     defect), which the policy's fine windows cut into pieces; one of these 1.5x zooms usually
-    holds it whole. They cost 4 passes and need no policy (test-0-00280, a 576 px F read as E
+    holds it whole. They cost 4-5 passes and need no policy (test-0-00280, a 576 px F read as E
     on the whole image: 87-119 passes of fine windows before, by machine; clear after the probe).
+    The centre square is for evidence across the corners' seams, read only when no corner is clear
+    (test-2-00032, a 687 px crack mid-scene: no corner clear, 39 passes; the centre reads H 0.28).
     """
     side = side_frac * min(width, height)
-    return [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]
+    corners = [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]
+    cx, cy = (width - side) / 2, (height - side) / 2
+    return corners + [Box(cx, cy, cx + side, cy + side)]
 
 
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
@@ -434,11 +438,15 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
-        # 2b. almost clear: four coarse views first; large evidence often needs nothing more
-        if cfg.probe_side and base.entropy <= cfg.probe_below * tau and room() >= 4:
-            group = coarse_windows(*image.size, cfg.probe_side)
-            record(group, reader.read([renderer.render(b, mode) for b in group]), step, lambda k: -1)
-            step += 1
+        # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
+        # large evidence often needs nothing more
+        if cfg.probe_side and base.entropy <= cfg.probe_below * tau:
+            windows = coarse_windows(*image.size, cfg.probe_side)
+            for group in (windows[:4], windows[4:]):
+                if clear() or room() < len(group):
+                    break
+                record(group, reader.read([renderer.render(b, mode) for b in group]), step, lambda k: -1)
+                step += 1
         # 3. GRPO on the spotlight policy
         if not clear():
             relevance_cells = None

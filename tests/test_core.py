@@ -65,16 +65,23 @@ def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9)
     near = spote(random_adapter, _image(), Q, CHOICES, cfg)
     far = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, probe_below=1.4))
-    corners = [b.as_list() for b in coarse_windows(640, 480, cfg.probe_side)]
-    assert near.boxes[:4] == corners and near.box_steps[:4] == [0] * 4
-    assert set(near.box_steps) == {0} or near.box_steps[4:].count(1) == 8  # then the policy's full groups
-    assert far.box_steps.count(0) == 8 and not any(b in far.boxes for b in corners)
+    coarse = [b.as_list() for b in coarse_windows(640, 480, cfg.probe_side)]
+    # a random model is clear nowhere: the four corners in one group, the centre alone, then the policy
+    assert near.boxes[:5] == coarse and near.box_steps[:5] == [0, 0, 0, 0, 1]
+    assert near.box_steps[5:].count(2) == 8
+    assert far.box_steps.count(0) == 8 and not any(b in far.boxes for b in coarse)
+    # a threshold the clearest corner meets: done after the corners, no centre, no policy
+    h_corner = min(near.box_entropies[:4])
+    assert h_corner < base
+    tau = (h_corner + base) / 2
+    corner = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, exit_entropy_per_ln_k=tau / np.log(len(CHOICES))))
+    assert corner.boxes == coarse[:4] and corner.forward_passes == 5
 
 
-def test_coarse_windows_are_corner_squares_inside_the_image():
+def test_coarse_windows_are_the_corner_and_centre_squares_inside_the_image():
     wins = coarse_windows(1000, 600, 0.65)
-    assert len(wins) == 4 and all(b.width == b.height == pytest.approx(390) for b in wins)
-    assert {(round(b.x0), round(b.y0)) for b in wins} == {(0, 0), (610, 0), (0, 210), (610, 210)}
+    assert len(wins) == 5 and all(b.width == b.height == pytest.approx(390) for b in wins)
+    assert [(round(b.x0), round(b.y0)) for b in wins] == [(0, 0), (610, 0), (0, 210), (610, 210), (305, 105)]
     assert all(b.x1 <= 1000 + 1e-6 and b.y1 <= 600 + 1e-6 for b in wins)
 
 

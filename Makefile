@@ -66,8 +66,9 @@ bench-anchor: $(STAMP)
 	for m in zoom zoom+context highlight; do \
 	  $(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode $$m --methods baseline,naive_entropy,spote --no-plot \
 	    --policy $(PAPER_LOOP) --out results/anchor-paper-loop-$$m-seed$(SEED).json || exit 1; done
-	$(BIN)/spote bench --split test --n $(N) --seed 1 --mode zoom --methods baseline,naive_entropy,spote --no-plot \
-	  --policy $(PAPER_LOOP) --out results/anchor-paper-loop-zoom-seed1.json
+	for s in 1 2; do \
+	  $(BIN)/spote bench --split test --n $(N) --seed $$s --mode zoom --methods baseline,naive_entropy,spote --no-plot \
+	    --policy $(PAPER_LOOP) --out results/anchor-paper-loop-zoom-seed$$s.json || exit 1; done
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode zoom --methods naive_entropy,spote --no-plot \
 	  --policy '{$(NO_EXIT), "group_size": 8, "steps": 4}' \
 	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json

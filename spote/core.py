@@ -7,7 +7,8 @@ Read top to bottom:
 2. Early exit: ``H_base <= tau`` -> done after one forward pass. For K closed answers
    tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit (0.92 nats).
    Almost clear (``H_base <= 2 tau``): first four coarse corner views, since what the whole image
-   nearly shows is usually large; one of them clear -> done after five passes.
+   nearly shows is usually large; one of them clear -> done after five passes; else the centre
+   view (large evidence across the corners' seams); clear -> done after six.
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole

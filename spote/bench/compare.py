@@ -2,6 +2,11 @@
 
     python -m spote.bench.compare results/bench-test-seed0.items.jsonl grid spote
     python -m spote.bench.compare BEFORE.items.jsonl AFTER.items.jsonl spote   # one method, two runs
+    python -m spote.bench.compare results/bench-test-seed0.items.jsonl baseline spote --collapse
+
+``--collapse`` keeps the collapse-tempting items only. ``baseline spote --collapse`` asks what an
+anchor could save there: it can only keep the whole image's answer, so it can only help where the
+baseline was right and spote lost it.
 
 Prints, per question kind, the items only ``a`` got right and those only ``b`` got right, then
 every item ``b`` lost, with ``b``'s answer, confidence and forward passes beside ``a``'s. A lost
@@ -38,10 +43,18 @@ def two_runs(before: list[dict], after: list[dict], method: str) -> list[dict]:
             + [{**r, "method": "after"} for r in after if r["method"] == method])
 
 
-def main(path: str, a: str, b: str) -> None:
+def collapse_items(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("collapse")]
+
+
+def main(path: str, a: str, b: str, *flags: str) -> None:
+    if set(flags) - {"--collapse"}:
+        raise SystemExit(__doc__)
     rows = [json.loads(line) for line in open(path)]
     if a.endswith(".jsonl"):  # two runs of method b
         rows, a, b = two_runs(rows, [json.loads(line) for line in open(a)], b), "before", "after"
+    if "--collapse" in flags:
+        rows = collapse_items(rows)
     only_a, only_b, lost = disagreements(rows, a, b)
     kinds = sorted(set(only_a) | set(only_b))
     print(f"{path}: only {a} right {sum(only_a.values())}, only {b} right {sum(only_b.values())}\n")
@@ -56,6 +69,6 @@ def main(path: str, a: str, b: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         raise SystemExit(__doc__)
     main(*sys.argv[1:])

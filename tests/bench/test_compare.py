@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from spote.bench.compare import disagreements, two_runs
+from spote.bench.compare import collapse_items, disagreements, main, two_runs
 
 
 def _row(method, i, kind, correct):
@@ -27,3 +29,19 @@ def test_two_runs_compare_one_method_across_files():
     only_before, only_after, lost = disagreements(two_runs(before, after, "spote"), "before", "after")
     assert dict(only_before) == {"boat": 1} and dict(only_after) == {"letter": 1}
     assert [ra["id"] for ra, _ in lost] == ["b"]
+
+
+def test_collapse_flag_keeps_only_collapse_tempting_items(tmp_path, capsys):
+    rows = [{**_row("baseline", "a", "boat", True), "collapse": True}, {**_row("spote", "a", "boat", False), "collapse": True},
+            {**_row("baseline", "b", "digit", True), "collapse": False}, {**_row("spote", "b", "digit", False), "collapse": False}]
+    assert [r["id"] for r in collapse_items(rows)] == ["a", "a"]
+    path = tmp_path / "run.items.jsonl"
+    path.write_text("\n".join(json.dumps({**r, "answer": "x", "confidence": 0.5, "forward_passes": 1, "has_evidence": True})
+                              for r in rows))
+    main(str(path), "baseline", "spote", "--collapse")
+    out = capsys.readouterr().out
+    assert "only baseline right 1" in out and "| a | boat |" in out and "| b |" not in out
+    main(str(path), "baseline", "spote")
+    assert "only baseline right 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(str(path), "baseline", "spote", "--colapse")

@@ -74,7 +74,7 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
-    probe_side: float = 0.65       # coarse probe: four corner windows and the centre one, this share of the short side (0: none)
+    probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
 
     def __post_init__(self):

@@ -322,8 +322,9 @@ class SpotlightPolicy:
                 self.bias[w] = self.cfg.zoom_bonus
 
 
-def coarse_windows(width: int, height: int, side_frac: float) -> list[Box]:
-    """Five squares of ``side_frac`` x the short side: the four corners, then the centre (a five-crop).
+def coarse_windows(width: int, height: int, side_frac: float) -> list[list[Box]]:
+    """The probe's groups, read in turn: the four corner squares of ``side_frac`` x the short side,
+    then the centre square alone (a five-crop).
 
     A whole image that is almost clear usually holds large evidence (a big glyph, a whole
     defect), which the policy's fine windows cut into pieces; one of these 1.5x zooms usually
@@ -335,7 +336,7 @@ def coarse_windows(width: int, height: int, side_frac: float) -> list[Box]:
     side = side_frac * min(width, height)
     corners = [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]
     cx, cy = (width - side) / 2, (height - side) / 2
-    return corners + [Box(cx, cy, cx + side, cy + side)]
+    return [corners, [Box(cx, cy, cx + side, cy + side)]]
 
 
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
@@ -442,8 +443,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
         if cfg.probe_side and base.entropy <= cfg.probe_below * tau:
-            windows = coarse_windows(*image.size, cfg.probe_side)
-            for group in (windows[:4], windows[4:]):
+            for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break
                 record(group, reader.read([renderer.render(b, mode) for b in group]), step, lambda k: -1)

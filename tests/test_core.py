@@ -65,7 +65,7 @@ def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9)
     near = spote(random_adapter, _image(), Q, CHOICES, cfg)
     far = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, probe_below=1.4))
-    coarse = [b.as_list() for b in coarse_windows(640, 480, cfg.probe_side)]
+    coarse = [b.as_list() for group in coarse_windows(640, 480, cfg.probe_side) for b in group]
     # a random model is clear nowhere: the four corners in one group, the centre alone, then the policy
     assert near.boxes[:5] == coarse and near.box_steps[:5] == [0, 0, 0, 0, 1]
     assert near.box_steps[5:].count(2) == 8
@@ -79,8 +79,9 @@ def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
 
 
 def test_coarse_windows_are_the_corner_and_centre_squares_inside_the_image():
-    wins = coarse_windows(1000, 600, 0.65)
-    assert len(wins) == 5 and all(b.width == b.height == pytest.approx(390) for b in wins)
+    corners, centre = coarse_windows(1000, 600, 0.65)
+    wins = corners + centre
+    assert len(corners) == 4 and len(centre) == 1 and all(b.width == b.height == pytest.approx(390) for b in wins)
     assert [(round(b.x0), round(b.y0)) for b in wins] == [(0, 0), (610, 0), (0, 210), (610, 210), (305, 105)]
     assert all(b.x1 <= 1000 + 1e-6 and b.y1 <= 600 + 1e-6 for b in wins)
 

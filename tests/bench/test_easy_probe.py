@@ -1,0 +1,44 @@
+import pytest
+
+from spote.bench.easy_probe import FIRST_INDEX, easy_row, probe_passes, summarise
+from spote.bench.scenes import make_item
+from spote.core import PolicyConfig
+
+
+def test_probe_passes_per_order():
+    # a corner clear: the whole image + four corners; read first, the centre costs one pass more if not clear
+    assert probe_passes([False, True, False, False, False], centre_first=False) == 5
+    assert probe_passes([False, True, False, False, False], centre_first=True) == 6
+    # only the centre clear: the corners first pay for all five squares
+    assert probe_passes([False, False, False, False, True], centre_first=False) == 6
+    assert probe_passes([False, False, False, False, True], centre_first=True) == 2
+
+
+def test_summarise_separates_the_search_tail():
+    rows = [{"path": "whole image", "passes": 1, "correct": True},
+            {"path": "whole image", "passes": 1, "correct": True},
+            {"path": "probe", "passes": 5, "correct": True, "probe_clear": [True, False, False, False, True]},
+            {"path": "search (probe band)", "passes": 61, "correct": False, "probe_clear": [False] * 5}]
+    s = summarise(rows)
+    assert s["mean_passes"] == pytest.approx(17.0)
+    assert s["searched_share"] == 0.25 and s["searched_passes_mean"] == 61
+    assert s["mean_passes_without_search"] == pytest.approx(7 / 3)
+    assert (s["probe_settled"], s["probe_passes_corners_first"], s["probe_passes_centre_first"]) == (1, 5, 2)
+    assert s["accuracy"] == 0.75
+
+
+def test_easy_row_path_matches_the_loop(shipped_adapter):
+    cfg = PolicyConfig()
+    # scenes 0-1 stop on the whole image, 6 is settled by the probe, 527 searched (results/easy-probe-val.json)
+    paths = []
+    for i in (0, 1, 6, 527):
+        item = make_item(0, "val", FIRST_INDEX + i, easy_rate=1.0)
+        row = easy_row(shipped_adapter, item, cfg)
+        if row["h_base"] <= row["tau"]:
+            assert row["path"] == "whole image" and row["passes"] == 1
+        elif row["path"] == "probe":
+            assert any(row["probe_clear"]) and row["passes"] in (5, 6)
+        else:
+            assert row["path"].startswith("search") and row["passes"] > 6
+        paths.append(row["path"].split(" ")[0])
+    assert {"whole", "probe", "search"} <= set(paths)  # every branch exercised with the shipped model

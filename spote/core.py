@@ -392,6 +392,16 @@ def exit_threshold(cfg: PolicyConfig, n_choices: int | None) -> float:
     return cfg.exit_entropy
 
 
+def in_probe_band(cfg: PolicyConfig, entropy: float, tau: float) -> bool:
+    """Almost clear: above the exit but within ``probe_below`` x of it, so the coarse probe reads first."""
+    return bool(cfg.probe_side) and tau < entropy <= cfg.probe_below * tau
+
+
+def view_mode(cfg: PolicyConfig, adapter) -> str:
+    """The rendering a run uses: ``zoom+context`` needs a model that takes two images, else ``zoom``."""
+    return cfg.mode if cfg.mode != "zoom+context" or adapter.max_images >= 2 else "zoom"
+
+
 def _distribution(choices, logp: torch.Tensor) -> dict:
     return {c: round(float(p), 6) for c, p in zip(choices, logp.exp())}
 
@@ -405,7 +415,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     torch.manual_seed(cfg.seed)
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
-    mode = cfg.mode if cfg.mode != "zoom+context" or adapter.max_images >= 2 else "zoom"
+    mode = view_mode(cfg, adapter)
 
     # 1. the whole image: answer, entropy, anchors
     base, base_answer = reader.baseline([renderer.global_view])
@@ -442,7 +452,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         step = 0
         # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
-        if cfg.probe_side and base.entropy <= cfg.probe_below * tau:
+        if in_probe_band(cfg, base.entropy, tau):
             for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break

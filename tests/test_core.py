@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, naive_entropy_config,
-                        reward, spote, window_grid)
+from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, in_probe_band,
+                        naive_entropy_config, reward, spote, window_grid)
 from spote.models import weights_checksum
 from spote.spotlight import Box, ViewRenderer
 
@@ -217,3 +217,11 @@ def test_config_rejects_bad_values():
         PolicyConfig(group_size=1)
     with pytest.raises(ValueError):
         PolicyConfig(probe_side=1.0)
+
+
+def test_probe_band_is_above_the_exit_and_within_probe_below_of_it():
+    cfg = PolicyConfig(probe_below=2.0)
+    assert not in_probe_band(cfg, 0.5, 0.5)  # at the exit: stops on the whole image
+    assert in_probe_band(cfg, 0.51, 0.5) and in_probe_band(cfg, 1.0, 0.5)
+    assert not in_probe_band(cfg, 1.01, 0.5)  # too unsure: straight to the search
+    assert not in_probe_band(PolicyConfig(probe_side=0.0), 0.8, 0.5)  # no probe configured

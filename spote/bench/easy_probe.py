@@ -23,7 +23,7 @@ import numpy as np
 import typer
 
 from spote.bench.scenes import make_item, spotbench
-from spote.core import PolicyConfig, Reader, coarse_windows, exit_threshold, spote
+from spote.core import PolicyConfig, Reader, coarse_windows, exit_threshold, in_probe_band, spote, view_mode
 from spote.spotlight import ViewRenderer
 
 FIRST_INDEX = 10_000
@@ -39,10 +39,9 @@ def probe_reading(adapter, item, cfg: PolicyConfig) -> dict:
     row = {"id": item.id, "kind": item.kind, "h_base": round(h_base, 5), "tau": round(tau, 5)}
     if h_base <= tau:
         row["band"] = "whole image"
-    elif cfg.probe_side and h_base <= cfg.probe_below * tau:
+    elif in_probe_band(cfg, h_base, tau):
         corners, centre = coarse_windows(*item.image.size, cfg.probe_side)
-        mode = cfg.mode if cfg.mode != "zoom+context" or adapter.max_images >= 2 else "zoom"
-        reads = reader.read([renderer.render(b, mode) for b in corners + centre])
+        reads = reader.read([renderer.render(b, view_mode(cfg, adapter)) for b in corners + centre])
         row["band"] = "probe band"
         row["probe_clear"] = [r.entropy <= tau for r in reads]  # four corners, then the centre
         clearest = min([base] + reads, key=lambda r: r.entropy)  # what a loop without the search would answer

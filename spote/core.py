@@ -6,9 +6,11 @@ Read top to bottom:
    its entropy ``H_base`` and the low-entropy *anchors*.
 2. Early exit: ``H_base <= tau`` -> done after one forward pass. For K closed answers
    tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit (0.92 nats).
-   Almost clear (``H_base <= 2 tau``): first four coarse corner views, since what the whole image
-   nearly shows is usually large; one of them clear -> done after five passes; else the centre
-   view (large evidence across the corners' seams); clear -> done after six.
+   Unsure: first a *glance*, one square of 0.8 x the short side on the saliency centroid (large
+   evidence the whole image leaves unsure is usually read 1.25x closer); clear -> done after two
+   passes. Almost clear (``H_base <= 2 tau``): then four coarse corner views, since what the whole
+   image nearly shows is usually large; one of them clear -> done; else the centre view (large
+   evidence across the corners' seams).
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .saliency import saliency_cells, saliency_map, saliency_peaks
+from .saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 from .spotlight import MODES, Box, ViewRenderer
 
 
@@ -74,6 +76,7 @@ class PolicyConfig:
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
+    glance_side: float = 0.8       # one close look first: a square of this share of the short side on the saliency centroid (0: none)
     probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
 
@@ -82,6 +85,8 @@ class PolicyConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        if not 0 <= self.glance_side < 1:
+            raise ValueError("glance_side must be in [0, 1): a share of the image's short side (0: no glance)")
         if not 0 <= self.probe_side < 1:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
         if self.budget < 1:
@@ -339,6 +344,19 @@ def coarse_windows(width: int, height: int, side_frac: float) -> list[list[Box]]
     return [corners, [Box(cx, cy, cx + side, cy + side)]]
 
 
+def glance_window(image: Image.Image, side_frac: float, sal: np.ndarray) -> Box:
+    """The glance: one square of ``side_frac`` x the short side on the saliency centroid, inside the image.
+
+    Large evidence the whole image leaves unsure is usually read at a 1.25x closer look at it: on the
+    56 val easy scenes (large evidence) the whole image does not settle, this one view settled 41,
+    none wrongly, and none of 529 unsure hard items (tiny evidence is not legible 1.25x closer). One
+    pass, where the probe's corners cost four and the search tens.
+    """
+    w, h = image.size
+    cx, cy = saliency_centroid(sal, image.size)
+    return Box.square(cx, cy, side_frac * min(w, h)).shifted_inside(w, h)
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -425,8 +443,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     best = {"reward": 0.0, "reading": base, "box": None, "scale": -1}
     used = lambda: adapter.forward_passes - passes0  # noqa: E731
 
-    def record(group: list[Box], readings: list[Reading], step: int, scale_of) -> np.ndarray:
-        """Score one group against the baseline, log it, keep the best view; the group's rewards."""
+    def record(group: list[Box], readings: list[Reading], step: int, scale_of, keep: bool = True) -> np.ndarray:
+        """Score one group against the baseline, log it, keep the best view (unless ``keep`` is off:
+        logged and paid for, but no candidate answer and no say in the search); the group's rewards."""
         rewards = np.array([reward(base, r, anchors, cfg) for r in readings])
         for b, r, rd in zip(group, rewards, readings):
             boxes.append(b.as_list())
@@ -435,7 +454,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             box_entropies.append(round(rd.entropy, 5))
         k = int(rewards.argmax())
         chosen.append(group[k].as_list())
-        if rewards[k] > best["reward"] + 1e-6:
+        if keep and rewards[k] > best["reward"] + 1e-6:
             best.update(reward=float(rewards[k]), reading=readings[k], box=group[k], scale=scale_of(k))
         entropy_trace.append(round(best["reading"].entropy, 5))
         reward_trace.append(round(best["reward"], 5))
@@ -450,9 +469,18 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
+        sal_map = saliency_map(image) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
+        # 2a. a glance: one closer look at the salient middle settles most large evidence. It counts
+        # only if clear: a square of most of the image says nothing about where small evidence is,
+        # so an unclear glance must not steer the search (which then runs as it would without it)
+        if cfg.glance_side and room() >= 1:
+            look = glance_window(image, cfg.glance_side, sal_map)
+            glance = reader.read([renderer.render(look, mode)])
+            record([look], glance, step, lambda k: -1, keep=glance[0].entropy <= tau)
+            step += 1
         # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
-        if in_probe_band(cfg, base.entropy, tau):
+        if in_probe_band(cfg, base.entropy, tau) and not clear():
             for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break
@@ -464,7 +492,6 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
                 rel = adapter.relevance([renderer.global_view], question, choices)
                 relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
-            sal_map = saliency_map(image) if cfg.saliency_weight > 0 or cfg.saliency_peaks else None
             saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
             peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
             policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)

@@ -63,3 +63,11 @@ def saliency_peaks(sal: np.ndarray, image_size: tuple[int, int], k: int, min_sep
     order = np.argsort(-sal[ys, xs])[:k]
     sx, sy = image_size[0] / w, image_size[1] / h
     return [(float((xs[i] + 0.5) * sx), float((ys[i] + 0.5) * sy)) for i in order]
+
+
+def saliency_centroid(sal: np.ndarray, image_size: tuple[int, int], top: float = 0.02) -> tuple[float, float]:
+    """Mean position (x, y, source pixels) of the ``top`` share of most salient pixels: where a large,
+    salient thing (a big glyph in its red box, a whole vehicle) sits, or the middle of several."""
+    h, w = sal.shape
+    ys, xs = np.nonzero(sal >= np.quantile(sal, 1 - top))
+    return float((xs.mean() + 0.5) * image_size[0] / w), float((ys.mean() + 0.5) * image_size[1] / h)

@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, in_probe_band,
-                        naive_entropy_config, reward, spote, window_grid)
+from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+                        in_probe_band, naive_entropy_config, reward, spote, window_grid)
+from spote.saliency import saliency_map
 from spote.models import weights_checksum
 from spote.spotlight import Box, ViewRenderer
 
@@ -62,7 +63,7 @@ def test_exit_threshold_per_ln_k_scales_with_the_answer_set(random_adapter):
 def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     base = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
     per_ln_k = base / np.log(len(CHOICES)) / 1.5  # the whole image sits at 1.5 x the exit threshold
-    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9)
+    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9, glance_side=0.0)
     near = spote(random_adapter, _image(), Q, CHOICES, cfg)
     far = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, probe_below=1.4))
     coarse = [b.as_list() for group in coarse_windows(640, 480, cfg.probe_side) for b in group]
@@ -76,6 +77,42 @@ def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     tau = (h_corner + base) / 2
     corner = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, exit_entropy_per_ln_k=tau / np.log(len(CHOICES))))
     assert corner.boxes == coarse[:4] and corner.forward_passes == 5
+
+
+def test_glance_comes_first_and_alone_settles_when_clear(random_adapter):
+    img = _image()
+    base = spote(random_adapter, img, Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
+    cfg = PolicyConfig(exit_entropy_per_ln_k=base / np.log(len(CHOICES)) / 1.5, group_size=8, steps=1, plateau_patience=9)
+    look = glance_window(img, cfg.glance_side, saliency_map(img)).as_list()
+    coarse = [b.as_list() for group in coarse_windows(*img.size, cfg.probe_side) for b in group]
+    # clear nowhere: the glance alone (step 0), the corners (1), the centre (2), then the policy (3)
+    run = spote(random_adapter, img, Q, CHOICES, cfg)
+    assert run.boxes[:6] == [look] + coarse and run.box_steps[:6] == [0, 1, 1, 1, 1, 2]
+    assert run.box_steps[6:].count(3) == 8
+    # above the probe band the glance still comes first, then straight to the policy
+    far = spote(random_adapter, img, Q, CHOICES, replace(cfg, probe_below=1.4))
+    assert far.boxes[0] == look and far.box_steps[1:].count(1) == 8 and not any(b in far.boxes for b in coarse)
+    # a threshold the glance meets (if it is clearer than the whole image): two passes, nothing else
+    h_look = run.box_entropies[0]
+    assert h_look < base  # true of this random model and image; what makes the next check meaningful
+    tau = (h_look + base) / 2
+    done = spote(random_adapter, img, Q, CHOICES, replace(cfg, exit_entropy_per_ln_k=tau / np.log(len(CHOICES))))
+    assert done.boxes == [look] and done.forward_passes == 2 and done.final_box == look
+    # an unclear glance is paid for but steers nothing: the rest of the run is the run without it
+    off = spote(random_adapter, img, Q, CHOICES, replace(cfg, glance_side=0.0))
+    assert run.boxes == [look] + off.boxes and run.forward_passes == off.forward_passes + 1
+    assert run.box_steps[1:] == [s + 1 for s in off.box_steps] and run.answer == off.answer
+
+
+def test_glance_window_is_a_square_of_the_short_side_inside_the_image():
+    img = Image.new("RGB", (900, 500), (230, 230, 230))
+    from PIL import ImageDraw
+    ImageDraw.Draw(img).rectangle([820, 400, 880, 480], fill=(200, 20, 20))  # salient thing in a corner
+    b = glance_window(img, 0.8, saliency_map(img))
+    assert b.width == pytest.approx(400) and b.height == pytest.approx(400)
+    assert b.x1 == pytest.approx(900) and b.y1 == pytest.approx(500)  # pushed inside, holding the thing
+    with pytest.raises(ValueError):
+        PolicyConfig(glance_side=1.0)
 
 
 def test_coarse_windows_are_the_corner_and_centre_squares_inside_the_image():

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spote.saliency import saliency_cells, saliency_map, saliency_peaks
+from spote.saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 
 
 def test_small_coloured_object_on_texture_is_the_most_salient_cell():
@@ -30,3 +30,15 @@ def test_strongest_peak_is_the_small_object_in_source_pixels():
     x, y = peaks[0]
     assert abs(x - 158) < 12 and abs(y - 528) < 12  # map pixels are ~4 source pixels here
     assert saliency_peaks(saliency_map(img), img.size, 0) == []
+
+
+def test_centroid_sits_on_a_large_salient_box_off_centre():
+    rng = np.random.default_rng(2)
+    base = (rng.normal(200, 10, (640, 720, 1)) * np.ones((1, 1, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base)
+    d = ImageDraw.Draw(img)
+    d.rectangle([80, 300, 400, 620], fill=(255, 255, 255), outline=(215, 25, 25), width=24)
+    d.rectangle([200, 380, 250, 540], fill=(10, 10, 10))  # a thick glyph stroke inside the box
+    x, y = saliency_centroid(saliency_map(img), img.size)
+    assert 80 < x < 400 and 300 < y < 620  # inside the box, not the image's middle (360, 320)
+    assert abs(x - 360) > 40 or abs(y - 320) > 40

@@ -4,12 +4,13 @@
 
 Draws ``n`` scenes of a split with large evidence only (``make_item(..., easy_rate=1.0)`` from
 index 10000 on, so not the benchmark's own items), answers each with SPOT-E's defaults and sorts
-them by what settled them: the whole image (1 pass), the probe (the four corner squares, then the
-centre square), or the GRPO search (tens of passes). The search is the right answer to an unsure
+them by what settled them: the whole image (1 pass), the glance (one closer square on the salient
+middle, 2 passes), the probe (the four corner squares, then the centre square), or the GRPO search
+(tens of passes). The search is the right answer to an unsure
 model, but it is what moves a seed's mean passes on easy items: a seed has ~80 easy items, so one
 searched item adds almost a pass to its mean. Prints the rate of each path, the measured mean, and
 what the probe would cost had it read the centre square first (from the same probe views). Then,
-for the benchmark's own hard items whose probe is not clear either, what a loop that stopped there
+for the benchmark's own hard items whose glance and probe are not clear either, what a loop that stopped there
 would lose: at test time an unsure easy scene and such a hard item look alike.
 """
 
@@ -23,31 +24,42 @@ import numpy as np
 import typer
 
 from spote.bench.scenes import make_item, spotbench
-from spote.core import PolicyConfig, Reader, coarse_windows, exit_threshold, in_probe_band, spote, view_mode
+from spote.core import (PolicyConfig, Reader, coarse_windows, exit_threshold, glance_window, in_probe_band, spote,
+                        view_mode)
+from spote.saliency import saliency_map
 from spote.spotlight import ViewRenderer
 
 FIRST_INDEX = 10_000
 
 
 def probe_reading(adapter, item, cfg: PolicyConfig) -> dict:
-    """The whole image and, in the probe band, the probe's five squares, read as SPOT-E's loop reads them."""
+    """The whole image, the glance and, in the probe band, the probe's five squares, read as SPOT-E's
+    loop reads them (every view read, whatever settled the loop, so the orders can be compared)."""
     renderer = ViewRenderer(item.image, adapter.input_size)
     reader = Reader(adapter, item.question, item.choices)
+    mode = view_mode(cfg, adapter)
     tau = exit_threshold(cfg, len(item.choices))
     base = reader.read([[renderer.global_view]])[0]
     h_base = base.entropy
     row = {"id": item.id, "kind": item.kind, "h_base": round(h_base, 5), "tau": round(tau, 5)}
     if h_base <= tau:
         row["band"] = "whole image"
-    elif in_probe_band(cfg, h_base, tau):
+        return row
+    reads = []
+    if cfg.glance_side:
+        look = glance_window(item.image, cfg.glance_side, saliency_map(item.image))
+        reads += reader.read([renderer.render(look, mode)])
+        row["glance_clear"] = reads[0].entropy <= tau
+    if in_probe_band(cfg, h_base, tau):
         corners, centre = coarse_windows(*item.image.size, cfg.probe_side)
-        reads = reader.read([renderer.render(b, view_mode(cfg, adapter)) for b in corners + centre])
+        probe = reader.read([renderer.render(b, mode) for b in corners + centre])
         row["band"] = "probe band"
-        row["probe_clear"] = [r.entropy <= tau for r in reads]  # four corners, then the centre
-        clearest = min([base] + reads, key=lambda r: r.entropy)  # what a loop without the search would answer
-        row["probe_answer_correct"] = item.choices[int(clearest.logp.argmax())] == item.answer
+        row["probe_clear"] = [r.entropy <= tau for r in probe]  # four corners, then the centre
+        reads += probe
     else:
         row["band"] = "above the probe band"
+    clearest = min([base] + reads, key=lambda r: r.entropy)  # what a loop without the search would answer
+    row["coarse_answer_correct"] = item.choices[int(clearest.logp.argmax())] == item.answer
     return row
 
 
@@ -58,7 +70,9 @@ def easy_row(adapter, item, cfg: PolicyConfig) -> dict:
     row.update(passes=res.forward_passes, correct=res.answer == item.answer)
     if row["band"] == "whole image":
         row["path"] = "whole image"
-    elif row["band"] == "probe band" and any(row["probe_clear"]):
+    elif row.get("glance_clear"):
+        row["path"] = "glance"
+    elif any(row.get("probe_clear", [])):
         row["path"] = "probe"
     else:
         row["path"] = f"search ({row['band']})"
@@ -66,31 +80,31 @@ def easy_row(adapter, item, cfg: PolicyConfig) -> dict:
 
 
 def hard_rows_the_search_settles(adapter, split: str, n: int, seed: int, cfg: PolicyConfig) -> list[dict]:
-    """The benchmark's hard items in the probe band with no clear probe view: what capping the search
-    would give up (the clearest of the whole image and the probe views, against SPOT-E's search)."""
+    """The benchmark's hard items in the probe band with no clear glance or probe view: what capping the
+    search would give up (the clearest of the whole image, glance and probe views, against the search)."""
     rows = []
     for item in spotbench(split, n, seed):
         if item.easy:
             continue
         row = probe_reading(adapter, item, cfg)
-        if row["band"] == "probe band" and not any(row["probe_clear"]):
+        if row["band"] == "probe band" and not row.get("glance_clear") and not any(row["probe_clear"]):
             res = spote(adapter, item.image, item.question, item.choices, cfg)
             rows.append({**row, "passes": res.forward_passes, "correct": res.answer == item.answer})
     return rows
 
 
-def probe_passes(clear: list[bool], centre_first: bool) -> int:
-    """Passes the whole image and the probe take (the search, if any, comes on top)."""
+def probe_passes(clear: list[bool], centre_first: bool, glance: int = 0) -> int:
+    """Passes the whole image, the glance (``glance`` views, not clear) and the probe take."""
     corners, centre = any(clear[:4]), clear[4]
     if centre_first:
-        return 2 if centre else 6
-    return 5 if corners else 6
+        return glance + (2 if centre else 6)
+    return glance + (5 if corners else 6)
 
 
 def summarise(rows: list[dict]) -> dict:
     paths = Counter(r["path"] for r in rows)
     searched = [r["passes"] for r in rows if r["path"].startswith("search")]
-    probed = [r for r in rows if "probe_clear" in r and any(r["probe_clear"])]
+    probed = [r for r in rows if r["path"] == "probe"]
     return {
         "n": len(rows),
         "paths": dict(paths),
@@ -100,8 +114,8 @@ def summarise(rows: list[dict]) -> dict:
         "searched_passes_mean": float(np.mean(searched)) if searched else None,
         "mean_passes_without_search": float(np.mean([r["passes"] for r in rows if not r["path"].startswith("search")])),
         "probe_settled": len(probed),
-        "probe_passes_corners_first": sum(probe_passes(r["probe_clear"], False) for r in probed),
-        "probe_passes_centre_first": sum(probe_passes(r["probe_clear"], True) for r in probed),
+        "probe_passes_corners_first": sum(probe_passes(r["probe_clear"], False, "glance_clear" in r) for r in probed),
+        "probe_passes_centre_first": sum(probe_passes(r["probe_clear"], True, "glance_clear" in r) for r in probed),
     }
 
 
@@ -132,10 +146,10 @@ def main(split: str = "val", n: int = 800, seed: int = 0, model: str = typer.Opt
           f"(defaults), {s['probe_passes_centre_first']} had it read the centre square first")
     hard = hard_rows_the_search_settles(adapter, split, hard_n, seed, cfg) if hard_n else []
     if hard:
-        print(f"hard items among the first {hard_n} of {split} in the probe band, probe not clear: {len(hard)}; "
+        print(f"hard items among the first {hard_n} of {split} in the probe band, glance and probe not clear: {len(hard)}; "
               f"the search gets {sum(r['correct'] for r in hard)} right ({np.mean([r['passes'] for r in hard]):.0f} "
-              f"passes each), the clearest of the whole image and the probe views "
-              f"{sum(r['probe_answer_correct'] for r in hard)}")
+              f"passes each), the clearest of the whole image, glance and probe views "
+              f"{sum(r['coarse_answer_correct'] for r in hard)}")
     if out:
         Path(out).write_text(json.dumps({"split": split, "n": n, "seed": seed, "summary": s, "rows": rows,
                                          "hard_rows": hard}, indent=1))

@@ -12,6 +12,8 @@ def test_probe_passes_per_order():
     # only the centre clear: the corners first pay for all five squares
     assert probe_passes([False, False, False, False, True], centre_first=False) == 6
     assert probe_passes([False, False, False, False, True], centre_first=True) == 2
+    # an unclear glance before the probe costs one pass more either way
+    assert probe_passes([False, False, False, False, True], centre_first=True, glance=1) == 3
 
 
 def test_summarise_separates_the_search_tail():
@@ -29,16 +31,19 @@ def test_summarise_separates_the_search_tail():
 
 def test_easy_row_path_matches_the_loop(shipped_adapter):
     cfg = PolicyConfig()
-    # scenes 0-1 stop on the whole image, 6 is settled by the probe, 527 searched (results/easy-probe-val.json)
+    # scene 0 stops on the whole image, 6 at the glance, 74 after the probe, 410 is searched
+    # (results/easy-probe-val.json)
     paths = []
-    for i in (0, 1, 6, 527):
+    for i in (0, 6, 74, 410):
         item = make_item(0, "val", FIRST_INDEX + i, easy_rate=1.0)
         row = easy_row(shipped_adapter, item, cfg)
         if row["h_base"] <= row["tau"]:
             assert row["path"] == "whole image" and row["passes"] == 1
+        elif row["path"] == "glance":
+            assert row["glance_clear"] and row["passes"] == 2
         elif row["path"] == "probe":
-            assert any(row["probe_clear"]) and row["passes"] in (5, 6)
+            assert not row["glance_clear"] and any(row["probe_clear"]) and row["passes"] in (6, 7)
         else:
-            assert row["path"].startswith("search") and row["passes"] > 6
+            assert row["path"].startswith("search") and row["passes"] > 7
         paths.append(row["path"].split(" ")[0])
-    assert {"whole", "probe", "search"} <= set(paths)  # every branch exercised with the shipped model
+    assert {"whole", "glance", "probe", "search"} <= set(paths)  # every branch exercised with the shipped model

@@ -36,7 +36,7 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
                      f"{result.forward_passes} passes)", fontsize=10)
     xs = list(range(len(result.entropy_trace)))
     ax_curve.plot(xs, result.entropy_trace, "o-", color="tab:blue", label="answer entropy (nats)")
-    ax_curve.set_xlabel("GRPO step (0 = whole image)")
+    ax_curve.set_xlabel("step (0 = whole image; glance, probe, then GRPO)")
     ax_curve.set_ylabel("entropy of the best spotlight (nats)", color="tab:blue")
     tau = exit_threshold(PolicyConfig(**result.policy), len(result.distribution) if result.distribution else None)
     ax_curve.axhline(tau, color="tab:blue", ls=":", lw=0.8)

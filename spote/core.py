@@ -481,7 +481,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             step += 1
         # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
-        if in_probe_band(cfg, base.entropy, tau) and not clear():
+        if in_probe_band(cfg, base.entropy, tau):
             for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break

@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
 from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
@@ -106,7 +106,6 @@ def test_glance_comes_first_and_alone_settles_when_clear(random_adapter):
 
 def test_glance_window_is_a_square_of_the_short_side_inside_the_image():
     img = Image.new("RGB", (900, 500), (230, 230, 230))
-    from PIL import ImageDraw
     ImageDraw.Draw(img).rectangle([820, 400, 880, 480], fill=(200, 20, 20))  # salient thing in a corner
     b = glance_window(img, 0.8, saliency_map(img))
     assert b.width == pytest.approx(400) and b.height == pytest.approx(400)

@@ -168,6 +168,13 @@ STAGE1_ZOOM = (1.15, 4.0)
 # The shipped model's recipe length (the one place for it: `spote train`, `make train` and `main` use these).
 # Stage 1 was still gaining at 3000 steps (glyphs) and stage 2 flat after ~800 of 2200 (session 7's log).
 STEPS, VISION_STEPS = 1300, 4200
+# Far views in stage 1: the whole image or a square of half the short side or more, the views the
+# loop reads first. The evidence is legible in one when it spans at least this many input pixels
+# (an easy item's: 29-42 px in the whole view; a small item's: under 8 px): then the answer is the
+# label, else the target is uniform over the choices, so the tower learns to say "I cannot see"
+# where it used to guess (stage 1 readout on a tiny white car's whole view: blue 0.96).
+FAR_LEGIBLE_PX = 16
+FAR_VIEWS = 0.0  # share of stage 1 examples that are far views
 
 
 class CloseViewStream(torch.utils.data.IterableDataset):
@@ -175,8 +182,9 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     choice mask). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
     and a few are replaced every batch."""
 
-    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6):
+    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = 0.0):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
+        self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
 
     def __iter__(self):
         processor = build_processor()
@@ -201,7 +209,9 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                 item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
                 label = item.answer
-                if item.kind in PRESENCE_KINDS and (item.evidence is None or rng.random() < 0.3):
+                if self.far_views and rng.random() < self.far_views:
+                    box, label = _far_view(rng, item)
+                elif item.kind in PRESENCE_KINDS and (item.evidence is None or rng.random() < 0.3):
                     if _is_boat(item) and rng.random() < 0.5:  # the bridge is not a boat
                         box = _bridge_box(rng, item)
                     elif item.evidence is None:
@@ -220,13 +230,41 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                 if rng.random() < 0.15:
                     view = _corrupt_view(rng, view)
                 images.append(view)
-                labels.append(tok.convert_tokens_to_ids(label))
+                labels.append(UNSURE if label is None else tok.convert_tokens_to_ids(label))
                 mask[b, tok.convert_tokens_to_ids(list(item.choices))] = 0.0
             pv = processor.image_processor(images, return_tensors="pt")["pixel_values"]
             yield pv, torch.tensor(labels), mask
 
 
-def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log) -> None:
+UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: uniform over the choices
+
+
+def _far_view(rng, item: Item) -> tuple[Box, str | None]:
+    """A far view (FAR_LEGIBLE_PX) and its label: the answer if the evidence is legible in it, else None."""
+    w, h = item.image.size
+    box = Box.full(w, h) if rng.random() < 0.4 else _random_box(rng, w, h, min(w, h) * rng.uniform(0.5, 1.0))
+    if item.evidence is None:
+        return box, None
+    ev = Box(*item.evidence)
+    px = max(ev.width, ev.height) * IMAGE_SIZE / max(box.width, box.height)
+    return box, (item.answer if px >= FAR_LEGIBLE_PX and box.contains_frac(ev) >= 0.5 else None)
+
+
+def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the item's choices; an UNSURE row's target is uniform over them:
+    -(1/K) sum_k log p_k, smallest when the tower spreads its readout evenly."""
+    if not (y == UNSURE).any():
+        return torch.nn.functional.cross_entropy(logits, y)
+    choice = torch.isfinite(mask)
+    logp = torch.log_softmax(logits, -1).masked_fill(~choice, 0.0)
+    sure = y != UNSURE
+    nll = torch.zeros(len(y))
+    nll[sure] = -logp[sure].gather(1, y[sure, None])[:, 0]
+    nll[~sure] = -logp[~sure].sum(-1) / choice[~sure].sum(-1)
+    return nll.mean()
+
+
+def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = 0.0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
@@ -237,7 +275,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size))
+    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema = time.time(), None
     for step, (pv, y, mask) in enumerate(loader):
@@ -245,13 +283,14 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
             break
         feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
         logits = proj(feats).mean(1) @ emb.weight.T + mask
-        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss = stage1_loss(logits, y, mask)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        acc = (logits.argmax(-1) == y).float().mean().item()
+        sure = y != UNSURE
+        acc = (logits.argmax(-1) == y)[sure].float().mean().item()
         ema = acc if ema is None else 0.95 * ema + 0.05 * acc
         if step % 25 == 0 or step == steps - 1:
             rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema, 4),
@@ -293,7 +332,8 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
 
 def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
-          vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0) -> dict:
+          vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
+          far_views: float = FAR_VIEWS) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
@@ -307,7 +347,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
-        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log)
+        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -346,7 +386,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     model.eval()
     with torch.inference_mode():
         report = {"steps": steps, "batch_size": batch_size, "seed": seed,
-                  "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale,
+                  "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale, "far_views": far_views,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items)}
@@ -363,10 +403,11 @@ def _save(model, processor, out: Path):
 
 def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = STEPS, batch_size: int = 64,
          lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = VISION_STEPS,
-         vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0):
+         vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0, far_views: float = FAR_VIEWS):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
     train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,
-          vision_steps=vision_steps, vision_lr=vision_lr, stage2_vision_lr_scale=stage2_vision_lr_scale)
+          vision_steps=vision_steps, vision_lr=vision_lr, stage2_vision_lr_scale=stage2_vision_lr_scale,
+          far_views=far_views)
 
 
 if __name__ == "__main__":

@@ -172,9 +172,10 @@ STEPS, VISION_STEPS = 1300, 4200
 # loop reads first. The evidence is legible in one when it spans at least this many input pixels
 # (an easy item's: 29-42 px in the whole view; a small item's: under 8 px): then the answer is the
 # label, else the target is uniform over the choices, so the tower learns to say "I cannot see"
-# where it used to guess (stage 1 readout on a tiny white car's whole view: blue 0.96).
+# where it used to guess. Tried in session 15 at 0.2 and not shipped (README: AUROC fell).
 FAR_LEGIBLE_PX = 16
 FAR_VIEWS = 0.0  # share of stage 1 examples that are far views
+UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: uniform over the choices
 
 
 class CloseViewStream(torch.utils.data.IterableDataset):
@@ -236,9 +237,6 @@ class CloseViewStream(torch.utils.data.IterableDataset):
             yield pv, torch.tensor(labels), mask
 
 
-UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: uniform over the choices
-
-
 def _far_view(rng, item: Item) -> tuple[Box, str | None]:
     """A far view (FAR_LEGIBLE_PX) and its label: the answer if the evidence is legible in it, else None."""
     w, h = item.image.size
@@ -253,7 +251,7 @@ def _far_view(rng, item: Item) -> tuple[Box, str | None]:
 def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on the item's choices; an UNSURE row's target is uniform over them:
     -(1/K) sum_k log p_k, smallest when the tower spreads its readout evenly."""
-    if not (y == UNSURE).any():
+    if not (y == UNSURE).any():  # the shipped recipe's loss, bit for bit
         return torch.nn.functional.cross_entropy(logits, y)
     choice = torch.isfinite(mask)
     logp = torch.log_softmax(logits, -1).masked_fill(~choice, 0.0)

@@ -183,7 +183,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     choice mask). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
     and a few are replaced every batch."""
 
-    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = 0.0):
+    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
 
@@ -262,7 +262,7 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
     return nll.mean()
 
 
-def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = 0.0) -> None:
+def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is

@@ -2,6 +2,7 @@
 
     python -m spote.bench.compare results/bench-test-seed0.items.jsonl grid spote
     python -m spote.bench.compare BEFORE.items.jsonl AFTER.items.jsonl spote   # one method, two runs
+    python -m spote.bench.compare results/bench-policy-test-seed0.items.jsonl results/gpu/bench-test-seed0-gpu.items.jsonl spote
     python -m spote.bench.compare results/bench-test-seed0.items.jsonl baseline spote --collapse
 
 ``--collapse`` keeps the collapse-tempting items only. ``baseline spote --collapse`` asks what an
@@ -12,6 +13,10 @@ Prints, per question kind, the items only ``a`` got right and those only ``b`` g
 every item ``b`` lost, with ``b``'s answer, confidence and forward passes beside ``a``'s. A lost
 item with many passes is a search that never found a clear view; one with few passes and high
 confidence is a view that convinced the model of the wrong answer.
+
+Only the items both sides answered are compared (a GPU run of the first 300 items against the
+CPU run of 600, say); the first line says how many, each side's accuracy on them and how many
+answers are the same.
 """
 
 from __future__ import annotations
@@ -27,14 +32,30 @@ def disagreements(rows: list[dict], a: str, b: str) -> tuple[Counter, Counter, l
     if not by[a] or not by[b]:
         raise SystemExit(f"rows need both methods {a!r} and {b!r}")
     only_a, only_b, lost = Counter(), Counter(), []
-    for i, ra in by[a].items():
-        rb = by[b][i]
+    for i in shared_ids(by[a], by[b]):
+        ra, rb = by[a][i], by[b][i]
         if ra["correct"] and not rb["correct"]:
             only_a[ra["kind"]] += 1
             lost.append((ra, rb))
         elif rb["correct"] and not ra["correct"]:
             only_b[ra["kind"]] += 1
     return only_a, only_b, lost
+
+
+def shared_ids(a: dict, b: dict) -> list[str]:
+    """The items both sides answered, in a's order."""
+    return [i for i in a if i in b]
+
+
+def agreement(rows: list[dict], a: str, b: str) -> dict:
+    """On the shared items: how many, each side's accuracy, and how many answers are the same."""
+    by = {m: {r["id"]: r for r in rows if r["method"] == m} for m in (a, b)}
+    ids = shared_ids(by[a], by[b])
+    n = max(len(ids), 1)
+    return {"n": len(ids),
+            a: sum(by[a][i]["correct"] for i in ids) / n,
+            b: sum(by[b][i]["correct"] for i in ids) / n,
+            "same_answer": sum(by[a][i]["answer"] == by[b][i]["answer"] for i in ids)}
 
 
 def two_runs(before: list[dict], after: list[dict], method: str) -> list[dict]:
@@ -57,7 +78,10 @@ def main(path: str, a: str, b: str, *flags: str) -> None:
         rows = collapse_items(rows)
     only_a, only_b, lost = disagreements(rows, a, b)
     kinds = sorted(set(only_a) | set(only_b))
-    print(f"{path}: only {a} right {sum(only_a.values())}, only {b} right {sum(only_b.values())}\n")
+    agree = agreement(rows, a, b)
+    print(f"{path}: {agree['n']} items answered by both: accuracy {a} {agree[a]:.3f}, {b} {agree[b]:.3f}; "
+          f"same answer on {agree['same_answer']}")
+    print(f"only {a} right {sum(only_a.values())}, only {b} right {sum(only_b.values())}\n")
     print(f"| kind | only {a} right | only {b} right |\n|---|---|---|")
     for k in kinds:
         print(f"| {k} | {only_a[k]} | {only_b[k]} |")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from spote.bench.compare import collapse_items, disagreements, main, two_runs
+from spote.bench.compare import agreement, collapse_items, disagreements, main, two_runs
 
 
 def _row(method, i, kind, correct):
@@ -29,6 +29,15 @@ def test_two_runs_compare_one_method_across_files():
     only_before, only_after, lost = disagreements(two_runs(before, after, "spote"), "before", "after")
     assert dict(only_before) == {"boat": 1} and dict(only_after) == {"letter": 1}
     assert [ra["id"] for ra, _ in lost] == ["b"]
+
+
+def test_runs_of_different_sizes_compare_on_the_items_both_answered():
+    cpu = [{**_row("spote", i, "boat", ok), "answer": ans} for i, ok, ans in [("a", True, "yes"), ("b", False, "no"), ("c", True, "3")]]
+    gpu = [{**_row("spote", i, "boat", ok), "answer": ans} for i, ok, ans in [("a", True, "yes"), ("b", True, "yes")]]
+    rows = two_runs(cpu, gpu, "spote")
+    only_cpu, only_gpu, lost = disagreements(rows, "before", "after")
+    assert sum(only_cpu.values()) == 0 and dict(only_gpu) == {"boat": 1} and lost == []
+    assert agreement(rows, "before", "after") == {"n": 2, "before": 0.5, "after": 1.0, "same_answer": 1}
 
 
 def test_collapse_flag_keeps_only_collapse_tempting_items(tmp_path, capsys):

@@ -91,12 +91,14 @@ def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
           steps: Optional[int] = typer.Option(None, help="stage 2 steps (default: the shipped recipe's)"),
           vision_steps: Optional[int] = typer.Option(None, help="stage 1 steps (default: the shipped recipe's)"),
           far_views: Optional[float] = typer.Option(None, help="stage 1 share of far views (default: the shipped recipe's)"),
+          far_unsure: bool = typer.Option(True, help="train illegible far views toward uniform over the choices; "
+                                                     "--no-far-unsure keeps only the legible ones"),
           seed: int = 0):
     """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
     from .tiny.train import FAR_VIEWS, STEPS, VISION_STEPS, train as _train
 
     _train(out, STEPS if steps is None else steps, seed=seed, vision_steps=VISION_STEPS if vision_steps is None else vision_steps,
-           far_views=FAR_VIEWS if far_views is None else far_views)
+           far_views=FAR_VIEWS if far_views is None else far_views, far_unsure=far_unsure)
 
 
 def main():

@@ -183,9 +183,11 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     choice mask). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
     and a few are replaced every batch."""
 
-    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS):
+    def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
+                 far_unsure: bool = True):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
+        self.far_unsure = far_unsure  # False: an illegible far view is dropped for the usual close view
 
     def __iter__(self):
         processor = build_processor()
@@ -210,8 +212,9 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                 item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
                 label = item.answer
-                if self.far_views and rng.random() < self.far_views:
-                    box, label = _far_view(rng, item)
+                far = _far_view(rng, item) if self.far_views and rng.random() < self.far_views else None
+                if far is not None and (far[1] is not None or self.far_unsure):
+                    box, label = far
                 elif item.kind in PRESENCE_KINDS and (item.evidence is None or rng.random() < 0.3):
                     if _is_boat(item) and rng.random() < 0.5:  # the bridge is not a boat
                         box = _bridge_box(rng, item)
@@ -262,7 +265,8 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
     return nll.mean()
 
 
-def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS) -> None:
+def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
+                    far_unsure: bool = True) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
@@ -273,7 +277,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views)
+    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema = time.time(), None
     for step, (pv, y, mask) in enumerate(loader):
@@ -331,7 +335,7 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
 def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
-          far_views: float = FAR_VIEWS) -> dict:
+          far_views: float = FAR_VIEWS, far_unsure: bool = True) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
@@ -345,7 +349,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
-        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views)
+        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -385,6 +389,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     with torch.inference_mode():
         report = {"steps": steps, "batch_size": batch_size, "seed": seed,
                   "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale, "far_views": far_views,
+                  "far_unsure": far_unsure,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items)}
@@ -401,11 +406,12 @@ def _save(model, processor, out: Path):
 
 def main(out: Path = typer.Option(Path("spote/models/spote-tiny")), steps: int = STEPS, batch_size: int = 64,
          lr: float = 1e-3, seed: int = 0, threads: int = 2, eval_items: int = 240, vision_steps: int = VISION_STEPS,
-         vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0, far_views: float = FAR_VIEWS):
+         vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0, far_views: float = FAR_VIEWS,
+         far_unsure: bool = True):
     """Train spote-tiny from scratch and save it (safetensors) to OUT."""
     train(out, steps, batch_size, lr, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, stage2_vision_lr_scale=stage2_vision_lr_scale,
-          far_views=far_views)
+          far_views=far_views, far_unsure=far_unsure)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,18 @@ def test_stage1_loss_pulls_unsure_rows_toward_uniform_over_the_choices():
     assert torch.isfinite(logits.grad).all() and logits.grad[:, [0, 4]].abs().sum() == 0
     lone = stage1_loss(flat[1:] + mask[1:], y[1:], mask[1:])
     assert math.isclose(lone.item(), math.log(3), rel_tol=1e-5)
+
+
+def test_legible_only_far_views_drop_the_unsure_ones_for_close_views():
+    """``far_unsure=False``: an illegible far view becomes the usual close view, so no row is UNSURE
+    and every row is labelled with one of its item's choices."""
+    from spote.tiny.train import UNSURE, CloseViewStream
+
+    def batch(far_unsure):
+        stream = CloseViewStream(0, batch_size=48, pool=48, far_views=1.0, far_unsure=far_unsure)
+        return next(iter(stream))
+
+    _, with_unsure, _ = batch(True)
+    _, legible_only, mask = batch(False)
+    assert (with_unsure == UNSURE).any() and not (legible_only == UNSURE).any()
+    assert torch.isfinite(mask[torch.arange(len(legible_only)), legible_only]).all()

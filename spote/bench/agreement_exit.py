@@ -65,7 +65,8 @@ def unsure_on_both(row: dict) -> bool:
 
 
 def answer_of(row: dict) -> str:
-    return row["choices"][int(np.argmax(row["p_glance"]))]
+    """The answer a stop after the glance gives: the product's top choice (the shared one when both agree)."""
+    return row["choices"][int(np.argmax(np.asarray(row["p_whole"]) * np.asarray(row["p_glance"])))]
 
 
 def tally(rows: list[dict], rule, searched: dict | None = None) -> dict:

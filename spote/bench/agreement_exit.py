@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 
 from spote.bench.scenes import make_item, spotbench
-from spote.core import PolicyConfig, Reader, exit_threshold, glance_window, view_mode
+from spote.core import PolicyConfig, Reader, answer_entropy, exit_threshold, glance_window, view_mode
 from spote.saliency import saliency_map
 from spote.spotlight import ViewRenderer
 
@@ -42,11 +43,6 @@ def two_views(adapter, item, cfg: PolicyConfig) -> dict:
             "p_whole": [float(p) for p in whole.logp.exp()], "p_glance": [float(p) for p in glance.logp.exp()]}
 
 
-def entropy(p) -> float:
-    p = np.clip(np.asarray(p, dtype=float), 1e-12, 1.0)
-    return float(-(p * np.log(p)).sum())
-
-
 def agree_exit(row: dict, q: float) -> bool:
     """Same answer on both views, each with top probability >= q."""
     return (int(np.argmax(row["p_whole"])) == int(np.argmax(row["p_glance"]))
@@ -55,8 +51,8 @@ def agree_exit(row: dict, q: float) -> bool:
 
 def product_exit(row: dict) -> bool:
     """The renormalised product of the two views' distributions is clear (H <= tau)."""
-    prod = np.asarray(row["p_whole"]) * np.asarray(row["p_glance"])
-    return entropy(prod / prod.sum()) <= row["tau"]
+    prod = torch.tensor(row["p_whole"], dtype=torch.float64) * torch.tensor(row["p_glance"], dtype=torch.float64)
+    return float(answer_entropy(torch.log(prod / prod.sum()).clamp_min(-1e4))) <= row["tau"]
 
 
 def unsure_on_both(row: dict) -> bool:

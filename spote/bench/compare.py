@@ -28,7 +28,7 @@ from collections import Counter
 
 def disagreements(rows: list[dict], a: str, b: str) -> tuple[Counter, Counter, list[tuple[dict, dict]]]:
     """(kind -> items only a got right, kind -> items only b got right, [(a's row, b's row) b lost])."""
-    by = {m: {r["id"]: r for r in rows if r["method"] == m} for m in (a, b)}
+    by = rows_by_method(rows, a, b)
     if not by[a] or not by[b]:
         raise SystemExit(f"rows need both methods {a!r} and {b!r}")
     only_a, only_b, lost = Counter(), Counter(), []
@@ -42,6 +42,11 @@ def disagreements(rows: list[dict], a: str, b: str) -> tuple[Counter, Counter, l
     return only_a, only_b, lost
 
 
+def rows_by_method(rows: list[dict], *methods: str) -> dict:
+    """method -> item id -> row."""
+    return {m: {r["id"]: r for r in rows if r["method"] == m} for m in methods}
+
+
 def shared_ids(a: dict, b: dict) -> list[str]:
     """The items both sides answered, in a's order."""
     return [i for i in a if i in b]
@@ -49,7 +54,7 @@ def shared_ids(a: dict, b: dict) -> list[str]:
 
 def agreement(rows: list[dict], a: str, b: str) -> dict:
     """On the shared items: how many, each side's accuracy, and how many answers are the same."""
-    by = {m: {r["id"]: r for r in rows if r["method"] == m} for m in (a, b)}
+    by = rows_by_method(rows, a, b)
     ids = shared_ids(by[a], by[b])
     n = max(len(ids), 1)
     return {"n": len(ids),

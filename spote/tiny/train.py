@@ -172,7 +172,9 @@ STEPS, VISION_STEPS = 1300, 4200
 # loop reads first. The evidence is legible in one when it spans at least this many input pixels
 # (an easy item's: 29-42 px in the whole view; a small item's: under 8 px): then the answer is the
 # label, else the target is uniform over the choices, so the tower learns to say "I cannot see"
-# where it used to guess. Tried in session 15 at 0.2 and not shipped (README: AUROC fell).
+# where it used to guess (``far_unsure=False``: such a draw becomes the usual close view instead).
+# Tried and not shipped (README): session 15 at 0.2 (AUROC fell), session 16 at 0.1 legible-only
+# (easy ticked boxes and colours no longer settled on the whole image).
 FAR_LEGIBLE_PX = 16
 FAR_VIEWS = 0.0  # share of stage 1 examples that are far views
 UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: uniform over the choices

@@ -93,12 +93,19 @@ def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
           far_views: Optional[float] = typer.Option(None, help="stage 1 share of far views (default: the shipped recipe's)"),
           far_unsure: bool = typer.Option(True, help="train illegible far views toward uniform over the choices; "
                                                      "--no-far-unsure keeps only the legible ones"),
+          init_from: Optional[Path] = typer.Option(None, help="continue from this saved spote-tiny: no stage 1, "
+                                                              "stage 2 on fresh scenes (a fine-tune)"),
+          easy_rate: Optional[float] = typer.Option(None, help="stage 2 share of easy scenes (default: SpotBench's 0.15)"),
+          lr: float = typer.Option(1e-3, help="stage 2 peak learning rate"),
+          warmup: int = typer.Option(150, help="stage 2 warm-up steps"),
           seed: int = 0):
     """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
-    from .tiny.train import FAR_VIEWS, STEPS, VISION_STEPS, train as _train
+    from .tiny.train import EASY_RATE, FAR_VIEWS, STEPS, VISION_STEPS, train as _train
 
-    _train(out, STEPS if steps is None else steps, seed=seed, vision_steps=VISION_STEPS if vision_steps is None else vision_steps,
-           far_views=FAR_VIEWS if far_views is None else far_views, far_unsure=far_unsure)
+    _train(out, STEPS if steps is None else steps, lr=lr, warmup=warmup, seed=seed,
+           vision_steps=VISION_STEPS if vision_steps is None else vision_steps,
+           far_views=FAR_VIEWS if far_views is None else far_views, far_unsure=far_unsure, init_from=init_from,
+           easy_rate=EASY_RATE if easy_rate is None else easy_rate)
 
 
 def main():

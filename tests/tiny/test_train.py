@@ -143,3 +143,27 @@ def test_legible_only_far_views_drop_the_unsure_ones_for_close_views():
     _, legible_only, mask = batch(False)
     assert (with_unsure == UNSURE).any() and not (legible_only == UNSURE).any()
     assert torch.isfinite(mask[torch.arange(len(legible_only)), legible_only]).all()
+
+
+def test_easy_rate_sets_stage2s_share_of_easy_scenes():
+    from itertools import islice
+
+    from spote.tiny.train import ViewStream
+
+    def easy_share(rate):
+        return np.mean([s.easy for s in islice(ViewStream(0, 8, easy_rate=rate).scenes(), 200)])
+
+    assert easy_share(0.15) < 0.25 < 0.4 < easy_share(0.6)
+
+
+def test_init_from_fine_tunes_a_saved_model_without_touching_its_vision_tower(tmp_path):
+    train(tmp_path / "base", steps=1, batch_size=8, vision_steps=2, eval_items=2, seed=3)
+    report = train(tmp_path / "ft", steps=2, batch_size=8, lr=2e-4, warmup=1, eval_items=2, seed=3,
+                   init_from=tmp_path / "base", easy_rate=0.5)
+    assert report["init_from"] == str(tmp_path / "base") and report["vision_steps"] == 0
+    log = [json.loads(x) for x in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {2}                                 # no stage 1 on a saved model
+    v0, v1 = (_tensors(tmp_path / d, "vision_tower") for d in ("base", "ft"))
+    assert v0 and all(torch.equal(v0[k], v1[k]) for k in v0)
+    lm0, lm1 = (_tensors(tmp_path / d, "language_model") for d in ("base", "ft"))
+    assert not all(torch.equal(lm0[k], lm1[k]) for k in lm0)                # the fine-tune moved the LM

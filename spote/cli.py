@@ -96,6 +96,9 @@ def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
           init_from: Optional[Path] = typer.Option(None, help="continue from this saved spote-tiny: no stage 1, "
                                                               "stage 2 on fresh scenes (a fine-tune)"),
           easy_rate: Optional[float] = typer.Option(None, help="stage 2 share of easy scenes (default: SpotBench's 0.15)"),
+          tower_from: Optional[Path] = typer.Option(None, help="continue stage 1 from this saved spote-tiny's vision tower, "
+                                                               "projector and embeddings (then stage 2 as usual)"),
+          vision_lr: float = typer.Option(2e-3, help="stage 1 peak learning rate"),
           lr: float = typer.Option(1e-3, help="stage 2 peak learning rate"),
           warmup: int = typer.Option(150, help="stage 2 warm-up steps"),
           seed: int = 0):
@@ -105,7 +108,7 @@ def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
     _train(out, STEPS if steps is None else steps, lr=lr, warmup=warmup, seed=seed,
            vision_steps=VISION_STEPS if vision_steps is None else vision_steps,
            far_views=FAR_VIEWS if far_views is None else far_views, far_unsure=far_unsure, init_from=init_from,
-           easy_rate=EASY_RATE if easy_rate is None else easy_rate)
+           easy_rate=EASY_RATE if easy_rate is None else easy_rate, tower_from=tower_from, vision_lr=vision_lr)
 
 
 def main():

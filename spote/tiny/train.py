@@ -137,6 +137,7 @@ def encode(processor, examples, question_of):
     return batch
 
 
+TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 draws scenes the recipe's (10_000_000 on) never did
 EASY_RATE = 0.15  # stage 2's share of easy scenes: SpotBench's own
 # A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
 # saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
@@ -199,8 +200,9 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
-                 far_unsure: bool = True):
+                 far_unsure: bool = True, start: int = 10_000_000):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
+        self.start = start  # first scene index: disjoint from stage 2's
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
         self.far_unsure = far_unsure  # False: an illegible far view is dropped for the usual close view
 
@@ -210,7 +212,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
         vocab = len(tok)
         rng = np.random.default_rng(self.seed + 11)
         kinds, weights = zip(*STAGE1_KIND_WEIGHTS.items())
-        index = 10_000_000  # scenes disjoint from stage 2's
+        index = self.start
 
         def new_item():
             nonlocal index
@@ -281,7 +283,7 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
-                    far_unsure: bool = True) -> None:
+                    far_unsure: bool = True, start: int = 10_000_000) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
@@ -292,7 +294,8 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure)
+    stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure,
+                             start=start)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema = time.time(), None
     for step, (pv, y, mask) in enumerate(loader):
@@ -351,12 +354,17 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
           far_views: float = FAR_VIEWS, far_unsure: bool = True, init_from: Path | None = None,
-          easy_rate: float = EASY_RATE) -> dict:
+          easy_rate: float = EASY_RATE, tower_from: Path | None = None) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
     ``lr``) on fresh scenes, e.g. a short, gentle fine-tune with more easy scenes (``easy_rate``),
     which costs minutes where the recipe from scratch costs hours.
+
+    ``tower_from`` continues *stage 1* instead: the vision tower, projector and token embeddings
+    start from a saved spote-tiny (the rest of the language model fresh, as in the recipe), stage 1
+    runs ``vision_steps`` more on scenes the recipe's stage 1 never drew, then stage 2 as usual:
+    a longer stage 1 without paying again for the first one.
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
@@ -372,11 +380,19 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     else:
         processor = build_processor()
         model = build_model(processor, seed)
+        if tower_from is not None:
+            from transformers import LlavaForConditionalGeneration
+
+            saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
+            for part in ("vision_tower", "multi_modal_projector"):
+                getattr(model.model, part).load_state_dict(getattr(saved, part).state_dict())
+            model.model.language_model.embed_tokens.load_state_dict(saved.language_model.embed_tokens.state_dict())
     model.train()
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
-        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure)
+        pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
+                        start=10_000_000 if tower_from is None else TOWER_CONTINUE_START)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -419,6 +435,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale, "far_views": far_views,
                   "far_unsure": far_unsure, "init_from": None if init_from is None else str(init_from),
                   "easy_rate": easy_rate, "lr": lr, "warmup": warmup,
+                  "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items)}

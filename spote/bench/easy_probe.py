@@ -1,6 +1,7 @@
 """Where do easy items spend their passes: the whole image, the coarse probe, or the search?
 
     python -m spote.bench.easy_probe --split val --n 800
+    python -m spote.bench.easy_probe --split test --seed 3 --n 600 --benchmark --hard-n 0   # a seed's own easy items
 
 Draws ``n`` scenes of a split with large evidence only (``make_item(..., easy_rate=1.0)`` from
 index 10000 on, so not the benchmark's own items), answers each with SPOT-E's defaults and sorts
@@ -121,19 +122,22 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(split: str = "val", n: int = 800, seed: int = 0, model: str = typer.Option(None, help="default: spote-tiny"),
          hard_n: int = typer.Option(600, help="also check the first N benchmark items' hard ones (0: skip)"),
-         out: Path = typer.Option(None, help="write per-scene rows and the summary as JSON")):
+         out: Path = typer.Option(None, help="write per-scene rows and the summary as JSON"),
+         benchmark: bool = typer.Option(False, help="the benchmark's own easy items among its first N instead "
+                                                    "(`spote bench`'s easy-items passes, without the other items)")):
     from tqdm import tqdm
 
     from spote.models import load_adapter
 
     adapter, cfg = load_adapter(model), PolicyConfig(seed=seed)
-    rows = []
-    for i in tqdm(range(FIRST_INDEX, FIRST_INDEX + n), desc=f"easy {split} scenes"):
-        item = make_item(seed, split, i, easy_rate=1.0)
-        if item.easy:  # an absent boat or defect has no evidence, so it is never easy
-            rows.append(easy_row(adapter, item, cfg))
+    if benchmark:
+        scenes, what = spotbench(split, n, seed), f"benchmark items (first {n})"
+    else:
+        scenes, what = (make_item(seed, split, i, easy_rate=1.0) for i in range(FIRST_INDEX, FIRST_INDEX + n)), "scenes"
+    # an absent boat or defect has no evidence, so it is never easy
+    rows = [easy_row(adapter, item, cfg) for item in tqdm(scenes, total=n, desc=f"easy {split} {what}") if item.easy]
     s = summarise(rows)
-    print(f"{s['n']} easy {split} scenes (seed {seed}): mean passes {s['mean_passes']:.2f}, accuracy {s['accuracy']:.3f}")
+    print(f"{s['n']} easy {split} {what} (seed {seed}): mean passes {s['mean_passes']:.2f}, accuracy {s['accuracy']:.3f}")
     print("| settled by | scenes | share |\n|---|---|---|")
     for path, k in sorted(s["paths"].items(), key=lambda kv: -kv[1]):
         print(f"| {path} | {k} | {k / s['n']:.3f} |")
@@ -150,8 +154,12 @@ def main(split: str = "val", n: int = 800, seed: int = 0, model: str = typer.Opt
               f"the search gets {sum(r['correct'] for r in hard)} right ({np.mean([r['passes'] for r in hard]):.0f} "
               f"passes each), the clearest of the whole image, glance and probe views "
               f"{sum(r['coarse_answer_correct'] for r in hard)}")
+    for r in rows:
+        if r["passes"] > 2:
+            print(f"  {r['id']} ({r['kind']}): {r['path']}, {r['passes']} passes, {'right' if r['correct'] else 'wrong'}")
     if out:
-        Path(out).write_text(json.dumps({"split": split, "n": n, "seed": seed, "summary": s, "rows": rows,
+        Path(out).write_text(json.dumps({"split": split, "n": n, "seed": seed, "benchmark": benchmark, "summary": s,
+                                         "rows": rows,
                                          "hard_rows": hard}, indent=1))
 
 

@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 
 from spote.bench.easy_probe import FIRST_INDEX, easy_row, probe_passes, summarise
@@ -47,3 +50,17 @@ def test_easy_row_path_matches_the_loop(shipped_adapter):
             assert row["path"].startswith("search") and row["passes"] > 7
         paths.append(row["path"].split(" ")[0])
     assert {"whole", "glance", "probe", "search"} <= set(paths)  # every branch exercised with the shipped model
+
+
+def test_benchmark_mode_gives_the_bench_s_easy_item_passes(tmp_path):
+    from spote.bench.easy_probe import main
+    from spote.bench.run import run_bench
+
+    report = run_bench(split="test", n=24, seed=1, methods=["spote"], out=tmp_path / "b.json", plot=False)
+    bench = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "b.items.jsonl").read_text().splitlines()}
+    main(split="test", n=24, seed=1, model=None, hard_n=0, out=tmp_path / "e.json", benchmark=True)
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert rows and all(bench[r["id"]]["easy"] for r in rows)
+    assert len(rows) == sum(r["easy"] for r in bench.values())
+    assert [r["passes"] for r in rows] == [bench[r["id"]]["forward_passes"] for r in rows]
+    assert report["methods"]["spote"]["forward_passes_mean_easy"] == np.mean([r["passes"] for r in rows])

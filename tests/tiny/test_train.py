@@ -167,3 +167,20 @@ def test_init_from_fine_tunes_a_saved_model_without_touching_its_vision_tower(tm
     assert v0 and all(torch.equal(v0[k], v1[k]) for k in v0)
     lm0, lm1 = (_tensors(tmp_path / d, "language_model") for d in ("base", "ft"))
     assert not all(torch.equal(lm0[k], lm1[k]) for k in lm0)                # the fine-tune moved the LM
+
+
+def test_tower_from_takes_stage1_parts_from_a_saved_model_and_starts_the_lm_fresh(tmp_path):
+    from spote.tiny.build import build_model, build_processor
+
+    train(tmp_path / "base", steps=2, batch_size=8, vision_steps=2, eval_items=2, seed=3)
+    # lr 0 and no stage 1 steps: what is saved is exactly what the continuation starts from
+    train(tmp_path / "cont", steps=1, batch_size=8, lr=0.0, vision_steps=0, eval_items=2, seed=3,
+          tower_from=tmp_path / "base")
+    base, cont = _tensors(tmp_path / "base", ""), _tensors(tmp_path / "cont", "")
+    parts = ("vision_tower", "multi_modal_projector", "embed_tokens")
+    taken = [k for k in base if any(p in k for p in parts)]
+    assert taken and all(torch.equal(base[k], cont[k]) for k in taken)
+    fresh = {f"language_model.model.{k}": v for k, v in build_model(build_processor(), 3).model.language_model.state_dict().items()}
+    layers = [k for k in cont if k.startswith("language_model.") and "embed_tokens" not in k]
+    assert layers and all(torch.equal(cont[k], fresh[k]) for k in layers)        # the LM layers start fresh
+    assert not all(torch.equal(base[k], cont[k]) for k in layers)                 # not the saved model's

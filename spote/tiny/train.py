@@ -137,7 +137,8 @@ def encode(processor, examples, question_of):
     return batch
 
 
-TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 draws scenes the recipe's (10_000_000 on) never did
+STAGE1_START = 10_000_000  # stage 1's first scene index: disjoint from stage 2's
+TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 (``tower_from``) draws scenes the recipe's never did
 EASY_RATE = 0.15  # stage 2's share of easy scenes: SpotBench's own
 # A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
 # saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
@@ -200,9 +201,9 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
-                 far_unsure: bool = True, start: int = 10_000_000):
+                 far_unsure: bool = True, start: int = STAGE1_START):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
-        self.start = start  # first scene index: disjoint from stage 2's
+        self.start = start
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
         self.far_unsure = far_unsure  # False: an illegible far view is dropped for the usual close view
 
@@ -283,7 +284,7 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
-                    far_unsure: bool = True, start: int = 10_000_000) -> None:
+                    far_unsure: bool = True, start: int = STAGE1_START) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
@@ -369,6 +370,9 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
     1.0, close-view digits 0.64 at 32 px vs 0.90 frozen; README, "reading scale")."""
+    if init_from is not None and tower_from is not None:
+        raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
+                         "continuations: give one")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     if init_from is not None:
@@ -392,7 +396,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
-                        start=10_000_000 if tower_from is None else TOWER_CONTINUE_START)
+                        start=STAGE1_START if tower_from is None else TOWER_CONTINUE_START)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())

@@ -184,3 +184,5 @@ def test_tower_from_takes_stage1_parts_from_a_saved_model_and_starts_the_lm_fres
     layers = [k for k in cont if k.startswith("language_model.") and "embed_tokens" not in k]
     assert layers and all(torch.equal(cont[k], fresh[k]) for k in layers)        # the LM layers start fresh
     assert not all(torch.equal(base[k], cont[k]) for k in layers)                 # not the saved model's
+    with pytest.raises(ValueError, match="give one"):
+        train(tmp_path / "both", steps=1, init_from=tmp_path / "base", tower_from=tmp_path / "base")

@@ -101,6 +101,9 @@ def _place(rng, w, h, bw, bh, margin=4):
 EASY_SHARE = (0.45, 0.65)
 
 
+EASY_RATE = 0.15  # share of items with large evidence (the early-exit ones)
+
+
 def _size(rng, easy: bool, w: int, h: int, lo: int, hi: int) -> int:
     """Evidence side in pixels: tiny for most items, about half the scene when easy."""
     if easy:
@@ -229,7 +232,7 @@ def _inspection(rng, kind, easy, w, h):
 _RENDER = {"documents": _document, "aerial": _aerial, "inspection": _inspection}
 
 
-def make_item(seed: int, split: str, index: int, easy_rate: float = 0.15, kind: str | None = None) -> Item:
+def make_item(seed: int, split: str, index: int, easy_rate: float = EASY_RATE, kind: str | None = None) -> Item:
     """Deterministic item ``index`` of ``split`` for ``seed``."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     tasks = [t for t in TASKS if kind is None or t[1] == kind]
@@ -246,7 +249,7 @@ def make_item(seed: int, split: str, index: int, easy_rate: float = 0.15, kind: 
     return Item(f"{split}-{seed}-{index:05d}", domain, kind, image, question, choices, answer, box, easy, meta)
 
 
-def spotbench(split: str = "test", n: int = 600, seed: int = 0, easy_rate: float = 0.15):
+def spotbench(split: str = "test", n: int = 600, seed: int = 0, easy_rate: float = EASY_RATE):
     """Yield ``n`` items of a split; ``seed`` selects a fresh set of scenes."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")

@@ -21,7 +21,7 @@ import torch
 import typer
 from PIL import Image, ImageFilter
 
-from ..bench.scenes import BOAT_SIDE, PRESENCE_KINDS, Item, make_item
+from ..bench.scenes import BOAT_SIDE, EASY_RATE, PRESENCE_KINDS, Item, make_item
 from ..prompt import format_question
 from ..spotlight import Box, ViewRenderer, soft_mask, apply_highlight
 from .build import IMAGE_SIZE, build_model, build_processor
@@ -139,7 +139,6 @@ def encode(processor, examples, question_of):
 
 STAGE1_START = 10_000_000  # stage 1's first scene index: disjoint from stage 2's
 TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 (``tower_from``) draws scenes the recipe's never did
-EASY_RATE = 0.15  # stage 2's share of easy scenes: SpotBench's own
 # A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
 # saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
 FINETUNE_START = 1_000_000
@@ -375,9 +374,9 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                          "continuations: give one")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    if init_from is not None:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    if init_from is not None:
         processor = AutoProcessor.from_pretrained(init_from)
         model = LlavaForConditionalGeneration.from_pretrained(init_from, use_safetensors=True)
         vision_steps = 0
@@ -385,8 +384,6 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         processor = build_processor()
         model = build_model(processor, seed)
         if tower_from is not None:
-            from transformers import LlavaForConditionalGeneration
-
             saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
             for part in ("vision_tower", "multi_modal_projector"):
                 getattr(model.model, part).load_state_dict(getattr(saved, part).state_dict())

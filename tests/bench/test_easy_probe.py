@@ -34,10 +34,10 @@ def test_summarise_separates_the_search_tail():
 
 def test_easy_row_path_matches_the_loop(shipped_adapter):
     cfg = PolicyConfig()
-    # scene 0 stops on the whole image, 6 at the glance, 74 after the probe, 410 is searched
-    # (results/easy-probe-val.json)
+    # scene 0 stops on the whole image, 11 at the glance, 449 after the probe, 410 is searched
+    # (results/candidate-longer-stage1/easy-probe-val.json, the shipped weights since session 18)
     paths = []
-    for i in (0, 6, 74, 410):
+    for i in (0, 11, 449, 410):
         item = make_item(0, "val", FIRST_INDEX + i, easy_rate=1.0)
         row = easy_row(shipped_adapter, item, cfg)
         if row["h_base"] <= row["tau"]:

@@ -84,7 +84,7 @@ scaling: $(STAMP)
 	$(BIN)/python -m cluster.scaling --out results/scaling.json
 
 # the shipped weights: the recipe (stage 1 4200 steps, stage 2 1300; ~65-105 min here), then stage 1
-# continued for 2000 steps on scenes the recipe never drew and stage 2 again (~61 min; README "The shipped model")
+# continued for 2000 steps on scenes the recipe never drew and stage 2 again (~61 min; README "SpotBench and the shipped model")
 train: $(STAMP)
 	$(BIN)/spote train --out $(OUT)/spote-tiny-recipe --seed 0
 	$(BIN)/spote train --tower-from $(OUT)/spote-tiny-recipe --vision-steps 2000 --vision-lr 1e-3 --seed 0 \

@@ -97,7 +97,7 @@ class HFAdapter:
                 self.model.set_attn_implementation("sdpa")
                 self._switch_attention = True
             except (ValueError, ImportError, NotImplementedError):
-                pass
+                pass  # this family has no SDPA kernel: every pass stays eager (slower, same answers)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = getattr(processor, "tokenizer", processor)

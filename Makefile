@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-policy bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
+.PHONY: install test demo bench bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 bench-policy: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,oracle,vicrop,api,naive_entropy,random,spote \
 	  --out results/bench-policy-test-seed$(SEED).json
+
+# grid alone on a seed (~85 min here, one core): with bench-policy, every method of make bench on that seed
+bench-grid: $(STAMP)
+	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,grid \
+	  --out results/bench-grid-test-seed$(SEED).json
 
 # robustness (--corrupt) and a fresh seed, on the methods the targets compare
 bench-robust: $(STAMP)

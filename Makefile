@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install test demo bench bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
+.PHONY: install lint test demo bench bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -79,22 +79,25 @@ bench-anchor: $(STAMP)
 	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json
 
 bench-pipeline: $(STAMP)
-	$(BIN)/python -m pipelines.bench --n 600 --out results/bench-pipeline.json
+	$(BIN)/python -m benchmarks.pipeline_throughput --n 600 --out results/bench-pipeline.json
 
-# GPU rows of the README (SpotBench bf16 + fp32, pipeline bench on one GPU); install a CUDA torch: make bench-gpu TORCH=torch
+# GPU rows of docs/benchmark.md (SpotBench bf16 + fp32, pipeline bench on one GPU); install a CUDA torch: make bench-gpu TORCH=torch
 bench-gpu: $(STAMP)
-	PY=$(BIN)/python bash cluster/gpu_bench.sh results/gpu 600 300
+	PY=$(BIN)/python bash benchmarks/gpu_bench.sh results/gpu 600 300
 
 scaling: $(STAMP)
-	$(BIN)/python -m cluster.scaling --out results/scaling.json
+	$(BIN)/python -m benchmarks.scaling --out results/scaling.json
 
-# the shipped weights: the recipe (stage 1 4200 steps, stage 2 1300; ~65-105 min here), then stage 1
-# continued for 2000 steps on scenes the recipe never drew and stage 2 again (~61 min; README "SpotBench and the shipped model")
+# the shipped weights (docs/models.md has the model card): the recipe (stage 1 4200 steps, stage 2 1300;
+# ~65-105 min on 2 cores), then stage 1 continued for 2000 steps on fresh scenes and stage 2 again (~61 min).
+# Writes to $(OUT)/; copy $(OUT)/spote-tiny into spote/weights/spote-tiny to ship it.
 train: $(STAMP)
-	$(BIN)/spote train --out $(OUT)/spote-tiny-recipe --seed 0
-	$(BIN)/spote train --tower-from $(OUT)/spote-tiny-recipe --vision-steps 2000 --vision-lr 1e-3 --seed 0 \
-	  --out spote/models/spote-tiny
-	for f in train_log.jsonl training_report.json; do cp $(OUT)/spote-tiny-recipe/$$f spote/models/spote-tiny/recipe_$$f; done
+	$(BIN)/python -m training.train --out $(OUT)/spote-tiny-recipe --seed 0
+	$(BIN)/python -m training.train --tower-from $(OUT)/spote-tiny-recipe --vision-steps 2000 --vision-lr 1e-3 --seed 0 \
+	  --out $(OUT)/spote-tiny
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check spote pipelines cluster benchmarks training research tests
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

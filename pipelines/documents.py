@@ -18,11 +18,10 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    JobOptions, RowLoader, job_command, content_hash, filesystem, join, parse_storage_options, read_bytes,
-    run_job, write_text,
-)
-from .satellite import load_questions
+from .job import JobOptions, job_command, run_job
+from .questions import load_questions
+from .stages import RowLoader
+from .storage import content_hash, filesystem, join, parse_storage_options, read_bytes, write_text
 
 app = typer.Typer(add_completion=False)
 DOC_EXTS = (".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff")

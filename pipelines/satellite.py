@@ -17,33 +17,13 @@ from pathlib import PurePosixPath
 import numpy as np
 import typer
 
-from .common import (
-    JobOptions, RowLoader, job_command, filesystem, join, parse_storage_options, read_bytes, run_job, write_text,
-)
+from .job import JobOptions, job_command, run_job
+from .questions import load_questions
+from .stages import RowLoader
+from .storage import filesystem, join, parse_storage_options, read_bytes, write_text
 
 app = typer.Typer(add_completion=False)
 SCENE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
-
-def load_questions(uri: str, storage_options=None) -> list[dict]:
-    """A JSON or YAML list of {question, choices}; choices may be a list or 'a,b,c'."""
-    import yaml
-
-    text = read_bytes(uri, storage_options).decode()
-    data = yaml.safe_load(text)  # YAML is a superset of JSON
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{uri}: expected a non-empty list of {{question, choices}}")
-    out = []
-    for i, q in enumerate(data):
-        if not isinstance(q, dict) or not str(q.get("question", "")).strip():
-            raise ValueError(f"{uri}: entry {i} has no question")
-        choices = q.get("choices")
-        if isinstance(choices, str):
-            choices = [c.strip() for c in choices.split(",") if c.strip()]
-        if choices:  # YAML 1.1 reads a bare yes/no as a boolean and digits as numbers
-            choices = [("yes" if c else "no") if isinstance(c, bool) else str(c) for c in choices]
-        out.append({"question": str(q["question"]).strip(), "choices": json.dumps(choices) if choices else ""})
-    return out
 
 
 def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -14,7 +14,9 @@ import json
 
 import typer
 
-from .common import JobOptions, check_ids_unique, job_command, join, parse_storage_options, read_bytes, run_job
+from .job import JobOptions, job_command, run_job
+from .runs import check_ids_unique
+from .storage import join, parse_storage_options, read_bytes
 
 app = typer.Typer(add_completion=False)
 

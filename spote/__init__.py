@@ -1,0 +1,110 @@
+"""SPOT-E: test-time visual spotlights for frozen vision-language models (arXiv 2606.20244).
+
+    import spote
+    result = spote.answer("harbour.jpg", "Is there a boat?", choices=["yes", "no"])
+    print(result.answer, result.confidence, result.evidence_box)
+
+The public API is what this module exports; everything else is an implementation detail.
+Heavy modules (torch, transformers) load on first use, so ``import spote`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+__all__ = ["answer", "load_adapter", "PolicyConfig", "SpotResult", "BadImage", "__version__"]
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_adapter": "spote.loading",
+    "PolicyConfig": "spote.core",
+    "SpotResult": "spote.core",
+    "BadImage": "spote.images",
+}
+
+if TYPE_CHECKING:
+    from .core import PolicyConfig, SpotResult
+    from .images import BadImage
+    from .loading import load_adapter
+
+_ADAPTERS: dict[tuple, Any] = {}  # models loaded by ``answer``, kept so that a second call does not reload
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'spote' has no attribute {name!r}")
+
+
+def _read_image(image, storage_options: dict | None):
+    """A path, fsspec URI (``s3://``, ``https://``, ...), bytes, PIL image or HxWxC array as an RGB image."""
+    from .images import BadImage, load_image
+
+    if isinstance(image, str) and "://" in image and not image.startswith("file://"):
+        import fsspec
+
+        try:
+            with fsspec.open(image, "rb", **(storage_options or {})) as f:
+                image = f.read()
+        except FileNotFoundError as err:
+            raise BadImage(f"no such object: {image}") from err
+    elif isinstance(image, str) and image.startswith("file://"):
+        image = image.removeprefix("file://")
+    return load_image(image)
+
+
+def answer(image, question: str, choices=None, *, model=None, method: str = "spote",
+           storage_options: dict | None = None, **policy_overrides) -> "SpotResult":
+    """Answer ``question`` about ``image`` with SPOT-E, the model frozen.
+
+    Args:
+        image: a file path, an fsspec URI (``s3://...``, ``https://...``), encoded bytes, a PIL image,
+            or an HxW / HxWxC (C = 1, 3, 4) numpy array. Any size: views are rendered from the full-resolution
+            pixels. High-bit-depth and float arrays are stretched to 8 bits.
+        question: the question, non-empty.
+        choices: a closed answer set (a list or ``"a,b,c"``, at least two, distinct), or None for an open answer.
+        model: whatever ``load_adapter`` takes (None for the shipped ``spote-tiny``, a model folder, an
+            ``s3://`` checkpoint), or an adapter already loaded by ``load_adapter`` (no reload).
+        method: ``"spote"`` or a peer for comparison: ``baseline``, ``naive_entropy``, ``grid``, ``random``,
+            ``vicrop``, ``api``.
+        storage_options: fsspec options for a remote image or checkpoint (e.g. ``{"endpoint_url": ...}``).
+        **policy_overrides: ``PolicyConfig`` fields, e.g. ``budget=32``, ``mode="zoom"``.
+
+    Returns:
+        SpotResult: ``answer``; ``confidence`` (probability of the answer, 0-1); ``entropy_trace`` (answer-span
+        entropy in nats, the whole image first, then after each step); ``evidence_box`` ([x0, y0, x1, y1] in
+        source pixels of the view the answer came from, None when the whole image answered);
+        ``forward_passes``; ``seconds``.
+
+    Raises:
+        BadImage: the image cannot be read (missing, empty, corrupt, over the pixel cap, bad array shape).
+        ValueError: empty question, fewer than two or duplicate choices, an unknown policy field or method.
+        FileNotFoundError: the model cannot be found.
+    """
+    from dataclasses import fields
+
+    from .baselines import METHODS, run_method
+    from .core import PolicyConfig
+    from .images import check_choices, check_question
+    from .loading import load_adapter
+
+    q = check_question(question)
+    ch = check_choices(choices)
+    known = {f.name for f in fields(PolicyConfig)}
+    unknown = sorted(set(policy_overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown policy fields {unknown}; known: {sorted(known)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    cfg = PolicyConfig(**policy_overrides)
+    img = _read_image(image, storage_options)
+    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
+        key = (str(model) if model is not None else None, cfg.use_relevance)
+        if key not in _ADAPTERS:
+            _ADAPTERS[key] = load_adapter(model, relevance=cfg.use_relevance, storage_options=storage_options)
+        adapter = _ADAPTERS[key]
+    else:
+        adapter = model
+    return run_method(method, adapter, img, q, ch, cfg)

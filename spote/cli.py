@@ -28,8 +28,8 @@ def ask(
     """Answer QUESTION about IMAGE with a per-instance spotlight."""
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
-    from .models import load_adapter
-    from .peers import run_method
+    from .loading import load_adapter
+    from .baselines import run_method
 
     try:
         q = check_question(question)
@@ -84,31 +84,6 @@ def bench(
         raise typer.BadParameter(f"--policy: {err}") from err
     run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
               mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype)
-
-
-@app.command()
-def train(out: Path = typer.Option(Path("spote/models/spote-tiny")),
-          steps: Optional[int] = typer.Option(None, help="stage 2 steps (default: the shipped recipe's)"),
-          vision_steps: Optional[int] = typer.Option(None, help="stage 1 steps (default: the shipped recipe's)"),
-          far_views: Optional[float] = typer.Option(None, help="stage 1 share of far views (default: the shipped recipe's)"),
-          far_unsure: bool = typer.Option(True, help="train illegible far views toward uniform over the choices; "
-                                                     "--no-far-unsure keeps only the legible ones"),
-          init_from: Optional[Path] = typer.Option(None, help="continue from this saved spote-tiny: no stage 1, "
-                                                              "stage 2 on fresh scenes (a fine-tune)"),
-          easy_rate: Optional[float] = typer.Option(None, help="stage 2 share of easy scenes (default: SpotBench's 0.15)"),
-          tower_from: Optional[Path] = typer.Option(None, help="continue stage 1 from this saved spote-tiny's vision tower, "
-                                                               "projector and embeddings (then stage 2 as usual)"),
-          vision_lr: float = typer.Option(2e-3, help="stage 1 peak learning rate"),
-          lr: float = typer.Option(1e-3, help="stage 2 peak learning rate"),
-          warmup: int = typer.Option(150, help="stage 2 warm-up steps"),
-          seed: int = 0):
-    """Train spote-tiny from scratch (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps."""
-    from .tiny.train import EASY_RATE, FAR_VIEWS, STEPS, VISION_STEPS, train as _train
-
-    _train(out, STEPS if steps is None else steps, lr=lr, warmup=warmup, seed=seed,
-           vision_steps=VISION_STEPS if vision_steps is None else vision_steps,
-           far_views=FAR_VIEWS if far_views is None else far_views, far_unsure=far_unsure, init_from=init_from,
-           easy_rate=EASY_RATE if easy_rate is None else easy_rate, tower_from=tower_from, vision_lr=vision_lr)
 
 
 def main():

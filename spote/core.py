@@ -394,10 +394,10 @@ class SpotResult:
     box_rewards: list[float] = field(default_factory=list, repr=False)
     box_entropies: list[float] = field(default_factory=list, repr=False)
     method: str = "spote"
-    final_box: list[int] | None = None
+    evidence_box: list[int] | None = None
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                   "chosen_boxes", "forward_passes", "seconds", "mode", "policy")
+                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD_KEYS}
@@ -538,7 +538,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
-        method=method, final_box=best["box"].as_list() if best["box"] is not None else None,
+        method=method, evidence_box=best["box"].as_list() if best["box"] is not None else None,
     )
 
 

@@ -26,8 +26,8 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
     for i, box in enumerate(result.chosen_boxes):
         x0, y0, x1, y1 = box
         ax_img.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.0, ec=cmap(i), ls="--"))
-    if result.final_box:
-        x0, y0, x1, y1 = result.final_box
+    if result.evidence_box:
+        x0, y0, x1, y1 = result.evidence_box
         ax_img.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.8, ec="red", label="answer view"))
     if evidence:
         x0, y0, x1, y1 = evidence

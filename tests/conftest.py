@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def random_tiny_dir(tmp_path_factory):
     """spote-tiny's architecture with random weights, saved like any checkpoint."""
-    from spote.tiny.build import build_model, build_processor
+    from training.build import build_model, build_processor
 
     d = tmp_path_factory.mktemp("random-tiny")
     processor = build_processor()
@@ -25,14 +25,14 @@ def random_tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def random_adapter(random_tiny_dir):
-    from spote.models import load_adapter
+    from spote.loading import load_adapter
 
     return load_adapter(random_tiny_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def shipped_adapter():
-    from spote.models import DEFAULT_MODEL, load_adapter
+    from spote.loading import DEFAULT_MODEL, load_adapter
 
     if not (DEFAULT_MODEL / "model.safetensors").exists():
         pytest.skip("shipped spote-tiny weights missing")

@@ -10,7 +10,7 @@ from spote.bench.scenes import make_item
 from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
-from spote.models import weights_checksum
+from spote.loading import weights_checksum
 from spote.spotlight import Box, ViewRenderer
 
 
@@ -97,7 +97,7 @@ def test_glance_comes_first_and_alone_settles_when_clear(random_adapter):
     assert h_look < base  # true of this random model and image; what makes the next check meaningful
     tau = (h_look + base) / 2
     done = spote(random_adapter, img, Q, CHOICES, replace(cfg, exit_entropy_per_ln_k=tau / np.log(len(CHOICES))))
-    assert done.boxes == [look] and done.forward_passes == 2 and done.final_box == look
+    assert done.boxes == [look] and done.forward_passes == 2 and done.evidence_box == look
     # an unclear glance is paid for but steers nothing: the rest of the run is the run without it
     off = spote(random_adapter, img, Q, CHOICES, replace(cfg, glance_side=0.0))
     assert run.boxes == [look] + off.boxes and run.forward_passes == off.forward_passes + 1

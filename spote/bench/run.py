@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from ..core import PolicyConfig
 from ..images import corrupt as corrupt_image
-from ..models import load_adapter
-from ..peers import METHODS, run_method
+from ..loading import load_adapter
+from ..baselines import METHODS, run_method
 from ..spotlight import Box
 from .gpu import GpuMemoryPeak, torch_peak_mb
 from .scenes import spotbench
@@ -33,11 +33,11 @@ def auroc(confidence: list[float], correct: list[bool]) -> float | None:
     return float(roc_auc_score(np.asarray(correct, int), np.asarray(confidence)))
 
 
-def evidence_hit(final_box, evidence, image_size) -> bool:
+def evidence_hit(evidence_box, evidence, image_size) -> bool:
     """The answer came from a spotlight (< 1/4 of the image) holding at least half of the evidence."""
-    if final_box is None or evidence is None:
+    if evidence_box is None or evidence is None:
         return False
-    b = Box(*final_box)
+    b = Box(*evidence_box)
     return b.contains_frac(Box(*evidence)) >= 0.5 and b.area <= 0.25 * image_size[0] * image_size[1]
 
 
@@ -130,7 +130,7 @@ def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress) -
                 "id": item.id, "kind": item.kind, "correct": res.answer == item.answer, "confidence": res.confidence,
                 "forward_passes": res.forward_passes, "seconds": res.seconds, "collapse": item.collapse_tempting,
                 "easy": item.easy, "size_bucket": item.size_bucket, "has_evidence": item.evidence is not None,
-                "hit": evidence_hit(res.final_box, item.evidence, item.image.size), "answer": res.answer,
+                "hit": evidence_hit(res.evidence_box, item.evidence, item.image.size), "answer": res.answer,
             })
 
 

@@ -55,7 +55,7 @@ def _tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, image_t
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from spote.tiny.build import _pretokenizer, build_vocab
+    from training.build import _pretokenizer, build_vocab
 
     words = list(dict.fromkeys(specials + ["<unk>"] + build_vocab() + ["user", "assistant", "User", "Assistant"]))
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -161,7 +161,7 @@ def family_dirs(tmp_path_factory, random_tiny_dir):
 
 
 def _load(family: str, path, **kwargs) -> HFAdapter:
-    from spote.models import load_adapter
+    from spote.loading import load_adapter
 
     if not family.startswith("qwen"):
         return load_adapter(path, device="cpu", **kwargs)
@@ -320,7 +320,7 @@ def test_black_box_mode_without_eager_attention(family_dirs, family):
 @pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision installed: the real Qwen2VLProcessor can be built")
 def test_processor_fallback_to_tokenizer_is_a_clear_error(family_dirs):
     """Without torchvision AutoProcessor returns the bare tokenizer for Qwen2-VL; the adapter says why."""
-    from spote.models import load_adapter
+    from spote.loading import load_adapter
 
     with pytest.raises(TypeError, match="not an image-text processor"):
         load_adapter(family_dirs["qwen2_vl"], device="cpu")

@@ -47,7 +47,7 @@ def ray_local(s3_server):
     """One local Ray for the whole session, started after the S3 env is set so workers inherit it."""
     import ray
 
-    from pipelines.common import init_ray
+    from pipelines.job import init_ray
 
     init_ray(num_actors=2)
     yield ray

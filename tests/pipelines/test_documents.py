@@ -5,7 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipelines.common import JobOptions, RunPaths
+from pipelines.job import JobOptions
+from pipelines.runs import RunPaths
 from pipelines.documents import LEDGER, run
 
 

@@ -8,7 +8,8 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from pipelines.common import JobOptions, RunPaths
+from pipelines.job import JobOptions
+from pipelines.runs import RunPaths
 from pipelines.satellite import load_questions, run, tile_windows, to_rgb, window_bounds
 
 

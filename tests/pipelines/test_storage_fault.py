@@ -6,12 +6,12 @@ import time
 
 import pyarrow.parquet as pq
 
-from pipelines.common import JobOptions, run_job
+from pipelines.job import JobOptions, run_job
 from pipelines.vqa import read_manifest
 
 
 def test_moto_restart_mid_write_loses_nothing(ray_local, s3, moto_server, random_tiny_dir, tmp_path, fast_policy):
-    from pipelines.bench import make_corpus
+    from benchmarks.pipeline_throughput import make_corpus
 
     manifest = make_corpus(tmp_path, 12, seed=9)
     opts = JobOptions(str(manifest), "s3://spote/fault-out", str(random_tiny_dir), batch_size=1, policy=fast_policy,

@@ -1,5 +1,4 @@
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -7,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.common import RESULT_COLUMNS, JobOptions, RunPaths, run_job
+from pipelines.job import JobOptions, run_job
+from pipelines.runs import RunPaths
+from pipelines.stages import RESULT_COLUMNS
 from pipelines.vqa import read_manifest
 
 SAMPLES = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa"
@@ -88,7 +89,7 @@ def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
 def test_error_only_batches_keep_the_result_schema(random_tiny_dir, tmp_path):
     """A block of error rows alone (empty traces, no choices) must not infer null types that an ok
     block cannot be cast to: the staged Parquet files have to read back as one table."""
-    from pipelines.common import SpotePredictor
+    from pipelines.stages import SpotePredictor
 
     predictor = SpotePredictor(model=str(random_tiny_dir), policy={"budget": 3, "group_size": 2})
     image = Image.new("RGB", (96, 80), (40, 90, 160))
@@ -104,7 +105,7 @@ def test_error_only_batches_keep_the_result_schema(random_tiny_dir, tmp_path):
 
 
 def test_pipeline_bench_splits_latencies_in_thirds():
-    from pipelines.bench import by_thirds
+    from benchmarks.pipeline_throughput import by_thirds
 
     assert by_thirds([1, 1, 2, 2, 3, 3, 4]) == [1.0, 2.0, 3.3]   # the remainder goes to the last third
     assert by_thirds([5.0]) == [5.0]

@@ -1,0 +1,191 @@
+"""The stages every job shares: a CPU loader that turns a row into pixels (or an error row), and
+the SPOT-E actor that holds one frozen VLM and answers row by row, never raising per item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+
+import numpy as np
+
+from .storage import read_bytes
+
+# The result schema's fixed part. Typed explicitly: a block of error rows only has empty traces and
+# no choices, which Arrow would infer as null types that later blocks (and readers) cannot cast.
+RESULT_TYPES = {
+    "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
+    "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
+    "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
+    "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
+    "run_id": "string", "actor": "string",
+}
+
+
+RESULT_COLUMNS = tuple(RESULT_TYPES)
+
+
+def error_row(row: dict, reason: str) -> dict:
+    return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
+
+
+class RowLoader:
+    """CPU stage skeleton: pass upstream errors on, check the question, ``read`` the pixels, turn every
+    failure into an error row with a reason. Subclasses implement ``read(row) -> RGB image or array``."""
+
+    failure = "could not read"   # prefix for unexpected errors
+    image_errors_as_image = True  # BadImage -> "unreadable image: ..." (else it counts as a ``failure``)
+
+    def read(self, row: dict):
+        raise RuntimeError(f"{type(self).__name__} must implement read()")
+
+    def forget(self) -> None:
+        """Drop any cached source after a failure."""
+
+    def describe(self, row: dict, err: Exception) -> str:
+        return f"{self.failure}: {type(err).__name__}: {err}"
+
+    def load(self, row: dict) -> dict:
+        from spote.images import BadImage, check_question
+
+        if row.get("status") == "error":
+            return error_row(row, row.get("error") or "failed upstream")
+        try:
+            check_question(row.get("question"))
+        except ValueError as err:
+            return error_row(row, str(err))
+        try:
+            pixels = np.ascontiguousarray(np.asarray(self.read(row)))
+        except FileNotFoundError:
+            self.forget()
+            return error_row(row, f"missing object: {row['source']}")
+        except Exception as err:
+            self.forget()
+            if isinstance(err, BadImage) and self.image_errors_as_image:
+                return error_row(row, f"unreadable image: {err}")
+            return error_row(row, self.describe(row, err))
+        return {**row, "status": "ok", "error": "", "pixels": pixels.tobytes(), "height": pixels.shape[0],
+                "width": pixels.shape[1]}
+
+    def __call__(self, batch: dict) -> dict:
+        out = [self.load(r) for r in _rows(batch)]
+        for r in out:
+            r.pop("image_bytes", None)
+        return _columns(out)
+
+
+class ImageLoader(RowLoader):
+    """CPU stage: fetch bytes (or take them from the row), decode with the bomb guard, pass pixels on."""
+
+    def __init__(self, storage_options: dict | None = None, max_pixels: int | None = None):
+        from spote.images import DEFAULT_MAX_PIXELS
+
+        self.storage_options, self.max_pixels = storage_options, max_pixels or DEFAULT_MAX_PIXELS
+
+    def read(self, row: dict):
+        from spote.images import load_image
+
+        data = row.get("image_bytes")
+        if data is None or len(data) == 0:
+            data = read_bytes(row["source"], self.storage_options)
+        return load_image(data, self.max_pixels)
+
+    def describe(self, row: dict, err: Exception) -> str:  # storage errors, permissions, ...
+        return f"could not read {row['source']}: {type(err).__name__}: {err}"
+
+
+class SpotePredictor:
+    """Ray Data actor: one frozen VLM per actor, loaded once; SPOT-E per row; never raises per item."""
+
+    def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
+                 device: str | None = None, threads: int = 1):
+        import torch
+
+        from spote.core import PolicyConfig
+        from spote.loading import load_adapter
+
+        torch.set_num_threads(max(1, threads))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.adapter = load_adapter(model, device=device, storage_options=storage_options)
+        self.cfg = PolicyConfig(**(policy or {}))
+        self.model_name = str(model or "spote-tiny")
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
+        self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
+        # Ray, Arrow and the model are here for the actor's life: move them out of the cyclic GC's
+        # reach, so the collections spote's many short-lived objects trigger stay short
+        import gc
+
+        gc.collect()
+        gc.freeze()
+
+    def predict(self, row: dict) -> dict:
+        from PIL import Image
+
+        from spote.core import spote
+        from spote.images import check_choices
+
+        base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
+        base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
+                    entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
+                    forward_passes=0, latency_ms=0.0, actor=self.actor)
+        if row.get("status") == "error":
+            return base
+        t0 = time.perf_counter()
+        try:
+            image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
+            choices = check_choices(json.loads(row["choices"]) if row.get("choices") else None)
+            res = spote(self.adapter, image, row["question"], choices, self.cfg)
+        except Exception as err:
+            return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
+                    "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
+        return {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
+                "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
+                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "forward_passes": res.forward_passes,
+                "latency_ms": (time.perf_counter() - t0) * 1000}
+
+    def __call__(self, batch: dict):
+        out = [self.predict(r) for r in _rows(batch)]
+        for r in out:
+            r.pop("traceback", None)
+        return typed_table(_columns(out))
+
+
+def _arrow_type(spec):
+    import pyarrow as pa
+
+    return pa.list_(_arrow_type(spec[1])) if isinstance(spec, tuple) else pa.type_for_alias(spec)
+
+
+def typed_table(columns: dict):
+    """A pyarrow Table with RESULT_TYPES for the known columns; the job's own fields are inferred."""
+    import pyarrow as pa
+
+    return pa.table({k: pa.array(v, type=_arrow_type(RESULT_TYPES[k]) if k in RESULT_TYPES else None)
+                     for k, v in columns.items()})
+
+
+def _rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    n = len(batch[keys[0]]) if keys else 0
+    return [{k: _py(batch[k][i]) for k in keys} for i in range(n)]
+
+
+def _py(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray) and v.dtype == object:
+        return [_py(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _columns(rows: list[dict]) -> dict:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    return {k: [r.get(k) for r in rows] for k in keys}

@@ -1,0 +1,107 @@
+"""Storage: one fsspec view of local folders and object stores (``s3://``), with retries.
+
+Object stores blip (a restarted endpoint, a throttled request); every read and write here either
+succeeds, retries a connection-level error with exponential back-off, or raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import fsspec
+
+# connection-level messages of s3fs/botocore/aiohttp that Ray Data should retry when writing files
+TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot connect to host", "Connection reset",
+                            "Connection refused", "EndpointConnectionError", "ServerDisconnectedError", "Read timeout")
+
+
+def parse_storage_options(text: str | None) -> dict:
+    """``--storage-options`` JSON, merged over the S3 endpoint/credentials found in the environment."""
+    opts: dict = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    if text:
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--storage-options is not valid JSON: {err}") from err
+        if "endpoint_url" in extra:
+            opts["endpoint_url"] = extra.pop("endpoint_url")
+        opts.update(extra)
+    if opts.get("endpoint_url"):
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
+    return opts
+
+
+def filesystem(uri: str, storage_options: dict | None = None):
+    """(fs, path) for a local path or any fsspec URI; s3 listings are never cached (they change under us)."""
+    opts = dict(storage_options or {})
+    if uri.startswith("s3://"):
+        opts.setdefault("use_listings_cache", False)
+        return fsspec.core.url_to_fs(uri, **opts)
+    return fsspec.core.url_to_fs(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def retrying(fn, *args, attempts: int = 6, first_wait: float = 0.5, **kwargs):
+    """Call ``fn``, retrying connection-level storage errors with exponential back-off.
+
+    Object stores blip (a restarted endpoint, a throttled request); a run must ride that out
+    rather than fail or, worse, commit half its rows.
+    """
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as err:
+            if attempt == attempts - 1:
+                raise
+            print(f"[storage] {type(err).__name__}: {err}; retrying in {wait:.1f}s")
+            time.sleep(wait)
+            wait *= 2
+
+
+
+def write_text(uri: str, text: str, storage_options=None) -> None:
+    write_bytes(uri, text.encode(), storage_options)
+
+
+def write_bytes(uri: str, data: bytes, storage_options=None) -> None:
+    retrying(_write_bytes, uri, data, storage_options)
+
+
+def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
+    fs, p = filesystem(uri, storage_options)
+    parent = p.rsplit("/", 1)[0]
+    if getattr(fs, "auto_mkdir", None) is not None or "file" in str(fs.protocol):
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(p, "wb") as f:
+        f.write(data)
+
+
+
+def arrow_fs(fs):
+    import pyarrow.fs as pafs
+
+    if "file" in str(fs.protocol) or "local" in str(fs.protocol):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))

@@ -1,0 +1,99 @@
+"""Build ``spote-tiny``: a real ``LlavaForConditionalGeneration`` with its own tokenizer and processor.
+
+A small CLIP vision tower (64 px input, 8 px patches: an 8 x 8 token grid) feeds a small
+Llama-style language model. The word-level tokenizer covers SpotBench's questions and
+answers. Everything is saved with ``save_pretrained`` (safetensors) and loads back through
+``AutoProcessor`` / ``AutoModelForImageTextToText`` like any Hugging Face VLM.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from spote.bench.scenes import TASKS
+from spote.prompt import format_question
+
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+TEMPLATE_WORDS = ["USER", "ASSISTANT", ":", "?", ",", ".", "Choices", "the", "is", "what", "a", "there", "in", "of"]
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}USER :"
+    "{%- for c in message['content'] -%}{%- if c['type'] == 'image' %} <image>{%- elif c['type'] == 'text' %} {{ c['text'] }}{%- endif -%}{%- endfor -%}"
+    "{%- elif message['role'] == 'assistant' %} ASSISTANT : "
+    "{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}</s>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %} ASSISTANT :{% endif -%}"
+)
+
+
+def _pretokenizer():
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+
+
+def build_vocab() -> list[str]:
+    words = list(SPECIALS) + list(TEMPLATE_WORDS)
+    pre = _pretokenizer()
+    for _, _, question, choices in TASKS:
+        for text in (format_question(question, choices), *choices):
+            for w, _ in pre.pre_tokenize_str(text):
+                if w not in words:
+                    words.append(w)
+    return words
+
+
+def build_processor() -> LlavaProcessor:
+    vocab = {w: i for i, w in enumerate(build_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = _pretokenizer()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="left", model_max_length=512,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(processor: LlavaProcessor, seed: int = 0) -> LlavaForConditionalGeneration:
+    import torch
+
+    torch.manual_seed(seed)
+    tok = processor.tokenizer
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=128,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tok), hidden_size=128, intermediate_size=320, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model

@@ -64,7 +64,7 @@ bench-ablation: $(STAMP)
 	$(BIN)/spote bench --split val --n 280 --methods spote --no-plot --policy '{"group_size": 8, "steps": 24, "budget": 256, "plateau_patience": 6}' --out results/ablation-val-g8-t24-b256.json
 
 # the anchor term where the loop cannot avoid collapse: the paper's scaffold loop (2 steps x 4 spotlights,
-# no early exit, no coarse probe) in each rendering; README "The anchor term"
+# no early exit, no coarse probe) in each rendering; docs/design.md, "The anchor term"
 NO_EXIT    = "exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "probe_side": 0.0, "plateau_patience": 99
 PAPER_LOOP = '{$(NO_EXIT), "group_size": 4, "steps": 2}'
 bench-anchor: $(STAMP)

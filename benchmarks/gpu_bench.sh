@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of the README's benchmark table, on one CUDA GPU:
+# The GPU rows of docs/benchmark.md, on one CUDA GPU:
 #   1. SpotBench test split (baseline, spote), default dtype on CUDA (bfloat16), then float32 on fewer items;
 #   2. the pipeline bench (pipelines.vqa, one actor holding the GPU) against a plain loop on the same GPU.
 # Each step has its own time limit, so one slow step cannot take the others' results with it.

@@ -2,7 +2,7 @@
 
     python -m research.decoys --split val --n 600
 
-Test for a suspected false-positive source (README, "Why the misses"). For every aerial scene
+Test for a suspected false-positive source (docs/benchmark.md, the misses). For every aerial scene
 with the boat question, windows are centred on the bridge (where the road crosses the water band,
 as the generator drew it), on open water away from the road, and, when there is one, on the
 boat; each window is sized so that a boat-sized object (19 px, the middle of SpotBench's 14-24 px)

@@ -6,7 +6,7 @@ Answers every item from the whole image once (the first pass of every SPOT-E run
 of thresholds, counts the easy items that would stop there and the hard ones that would stop too
 (and how many of those wrongly). Two rules, both through ``spote.core.exit_threshold``: the raw
 answer entropy in nats (``PolicyConfig.exit_entropy``), and the entropy divided by ln(number of
-choices) (``exit_entropy_per_ln_k``, the default since session 7), which asks the same certainty of
+choices) (``exit_entropy_per_ln_k``, the default), which asks the same certainty of
 a ten-way digit as of a yes/no (0.35 nats is 0.50 of a yes/no's maximum but 0.15 of a digit's).
 """
 

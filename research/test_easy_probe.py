@@ -35,7 +35,7 @@ def test_summarise_separates_the_search_tail():
 def test_easy_row_path_matches_the_loop(shipped_adapter):
     cfg = PolicyConfig()
     # scene 0 stops on the whole image, 11 at the glance, 449 after the probe, 410 is searched
-    # (results/candidate-longer-stage1/easy-probe-val.json, the shipped weights since session 18)
+    # (results/candidate-longer-stage1/easy-probe-val.json, made with the shipped weights)
     paths = []
     for i in (0, 11, 449, 410):
         item = make_item(0, "val", FIRST_INDEX + i, easy_rate=1.0)

@@ -30,7 +30,7 @@ would veto the very close-up that holds the evidence. Against the other collapse
 of empty water answering a confident "no", the default ``zoom+context`` rendering keeps the
 global view beside every zoom, so an empty close-up leaves the model unsure. With the early exit an
 anchored item rarely searches at all; in the paper's loop (every item searched, close-up alone) the
-anchor is what stops a close-up of a large boat's hull flipping a sure "yes" to "no" (README).
+anchor is what stops a close-up of a large boat's hull flipping a sure "yes" to "no" (docs/design.md).
 """
 
 from __future__ import annotations
@@ -225,8 +225,8 @@ class SpotlightPolicy:
 
     The windows: a multi-scale grid (stride half a side) plus, at the two finest sides, windows
     centred on the strongest saliency peaks. A grid window holds a small thing anywhere, often at
-    its edge, and a small model reads a glyph only near the centre (on val, n=280: 0.829 with 8
-    peak windows, 0.807 without; see README "Tuned on val").
+    its edge, and a small model reads a glyph only near the centre (the peak-window ablation in
+    docs/design.md).
     """
 
     def __init__(self, width: int, height: int, input_size: int, cfg: PolicyConfig,
@@ -333,10 +333,9 @@ def coarse_windows(width: int, height: int, side_frac: float) -> list[list[Box]]
 
     A whole image that is almost clear usually holds large evidence (a big glyph, a whole
     defect), which the policy's fine windows cut into pieces; one of these 1.5x zooms usually
-    holds it whole. They cost 4-5 passes and need no policy (test-0-00280, a 576 px F read as E
-    on the whole image: 87-119 passes of fine windows before, by machine; clear after the probe).
-    The centre square is for evidence across the corners' seams, read only when no corner is clear
-    (test-2-00032, a 687 px crack mid-scene: no corner clear, 39 passes; the centre reads H 0.28).
+    holds it whole. They cost 4-5 passes and need no policy, where fine windows can spend tens of
+    passes reading a large glyph piece by piece. The centre square is for evidence across the
+    corners' seams (a large crack mid-scene), read only when no corner is clear.
     """
     side = side_frac * min(width, height)
     corners = [Box(x, y, x + side, y + side) for y in (0, height - side) for x in (0, width - side)]
@@ -347,11 +346,9 @@ def coarse_windows(width: int, height: int, side_frac: float) -> list[list[Box]]
 def glance_window(image: Image.Image, side_frac: float, sal: np.ndarray) -> Box:
     """The glance: one square of ``side_frac`` x the short side on the saliency centroid, inside the image.
 
-    Large evidence the whole image leaves unsure is usually read at a 1.25x closer look at it: of
-    the 56 easy val scenes (large evidence) the whole image does not settle, it settles 41, all
-    right (4 of them the probe had answered wrongly; ``spote.bench.easy_probe``), in one pass where
-    the probe's corners cost four and the search tens. Tiny evidence is not legible 1.25x closer:
-    on val's first 600 items no answer changed (README, "The glance").
+    Large evidence the whole image leaves unsure is usually read at a 1.25x closer look at it, in
+    one pass where the probe's corners cost four and the search tens; tiny evidence is not legible
+    1.25x closer, so the glance changes no answer there (docs/experiments/).
     """
     w, h = image.size
     cx, cy = saliency_centroid(sal, image.size)

@@ -54,7 +54,7 @@ def _evidence_box(rng, item: Item):
 
 # Bridge windows show a boat-sized object (BOAT_SIDE, 14-24 px of the scene) at 12-48 px of the
 # input, the scales a search tries, framed up to 0.45 window sides off the crossing (where
-# spote.bench.decoys found the session-6 model saying a confident "yes" in empty scenes).
+# an earlier model said a confident "yes" in empty scenes: research/decoys.py measures it).
 BRIDGE_INPUT_PX, BRIDGE_SHIFT = (12, 48), 0.45
 
 
@@ -180,16 +180,16 @@ STAGE1_KIND_WEIGHTS = {"digit": 0.40, "letter": 0.20, "ticked": 0.06, "colour": 
 # Stage 1 close views show the evidence across 64/4.0 = 16 to 64/1.15 = 56 px of the input: down to
 # the size an easy item's evidence has in the whole view (29-42 px) and below.
 STAGE1_ZOOM = (1.15, 4.0)
-# The shipped model's recipe length (the one place for it: `spote train`, `make train` and `main` use these).
-# Stage 1 was still gaining at 3000 steps (glyphs) and stage 2 flat after ~800 of 2200 (session 7's log).
+# The shipped model's recipe length (the one place for it: `make train` and `main` use these).
+# Stage 1 still gains at 3000 steps (glyphs); stage 2 is flat after ~800 steps (model card's training log).
 STEPS, VISION_STEPS = 1300, 4200
 # Far views in stage 1: the whole image or a square of half the short side or more, the views the
 # loop reads first. The evidence is legible in one when it spans at least this many input pixels
 # (an easy item's: 29-42 px in the whole view; a small item's: under 8 px): then the answer is the
 # label, else the target is uniform over the choices, so the tower learns to say "I cannot see"
-# where it used to guess (``far_unsure=False``: such a draw becomes the usual close view instead).
-# Tried and not shipped (README): session 15 at 0.2 (AUROC fell), session 16 at 0.1 legible-only
-# (easy ticked boxes and colours no longer settled on the whole image).
+# where it would guess (``far_unsure=False``: such a draw becomes the usual close view instead).
+# The shipped recipe uses none (FAR_VIEWS = 0): 0.2 lowered AUROC and 0.1 legible-only left easy
+# ticked boxes and colours unsettled on the whole image (docs/experiments/).
 FAR_LEGIBLE_PX = 16
 FAR_VIEWS = 0.0  # share of stage 1 examples that are far views
 UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: uniform over the choices
@@ -369,7 +369,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
-    1.0, close-view digits 0.64 at 32 px vs 0.90 frozen; README, "reading scale")."""
+    1.0, close-view digits 0.64 at 32 px vs 0.90 frozen; research/reading_scale.py)."""
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")

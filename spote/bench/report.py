@@ -1,4 +1,4 @@
-"""Markdown tables from ``spote bench`` JSON files, for the README (so its numbers are re-derivable).
+"""Markdown tables from ``spote bench`` JSON files, for docs/benchmark.md (so its numbers are re-derivable).
 
     python -m spote.bench.report results/bench-test-seed0.json [more.json ...]
 """

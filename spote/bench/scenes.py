@@ -97,7 +97,7 @@ def _place(rng, w, h, bw, bh, margin=4):
 
 
 # An easy item's evidence spans this share of the scene's long side: letterboxed into a 64 px input
-# it is then 29-42 px across, as large as the close-ups that make it legible (spote.bench.reading_scale).
+# it is then 29-42 px across, as large as the close-ups that make it legible (research/reading_scale.py).
 EASY_SHARE = (0.45, 0.65)
 
 
@@ -189,7 +189,7 @@ def _aerial(rng, kind, easy, w, h):
             d.polygon([(x0, y0), (x0 + bw - bh // 2, y0), (x0 + bw, y0 + bh // 2), (x0 + bw - bh // 2, y0 + bh), (x0, y0 + bh)],
                       fill=(250, 250, 250), outline=(90, 40, 20))
             d.rectangle([x0 + bw // 4, y0 + bh // 4, x0 + bw // 2, y0 + 3 * bh // 4], fill=(150, 60, 30))
-    # where the road crosses the water: a boat-like decoy at boat scale (spote.bench.decoys)
+    # where the road crosses the water: a boat-like decoy at boat scale (research/decoys.py)
     bridge = (road_x + road_w / 2, water_top + water_h / 2)
     return img, answer, box, {"bridge": bridge, "water_rows": (water_top, water_top + water_h)}
 

@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install lint test demo bench bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
+.PHONY: install lint test demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check spote pipelines cluster benchmarks training research tests
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
@@ -65,7 +66,7 @@ bench-ablation: $(STAMP)
 
 # the anchor term where the loop cannot avoid collapse: the paper's scaffold loop (2 steps x 4 spotlights,
 # no early exit, no coarse probe) in each rendering; docs/design.md, "The anchor term"
-NO_EXIT    = "exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "probe_side": 0.0, "plateau_patience": 99
+NO_EXIT    = "exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "glance_side": 0.0, "probe_side": 0.0, "plateau_patience": 99
 PAPER_LOOP = '{$(NO_EXIT), "group_size": 4, "steps": 2}'
 bench-anchor: $(STAMP)
 	for m in zoom zoom+context highlight; do \
@@ -77,6 +78,13 @@ bench-anchor: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --mode zoom --methods naive_entropy,spote --no-plot \
 	  --policy '{$(NO_EXIT), "group_size": 8, "steps": 4}' \
 	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json
+
+# the cost frontier: every search method (spote, naive_entropy, random, grid coarse-to-fine, zoomeye, scaffold)
+# at forward-pass budgets 8/16/32/64 and at its defaults, same items; JSON + accuracy-vs-passes plot
+BUDGET_N ?= 300
+bench-budget: $(STAMP)
+	$(BIN)/python -m spote.bench.sweep --split test --n $(BUDGET_N) --seed $(SEED) --budgets 8,16,32,64 \
+	  --out results/bench-budget-test-seed$(SEED).json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m benchmarks.pipeline_throughput --n 600 --out results/bench-pipeline.json

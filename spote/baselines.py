@@ -6,21 +6,32 @@
 - ``grid``           every multi-scale window of the policy's grid, lowest entropy wins;
 - ``naive_entropy``  SPOT-E's loop with the clarity reward only (the paper's ablation);
 - ``random``         random windows on SPOT-E's budget, lowest entropy wins;
+- ``zoomeye``        a confidence-guided tree search over zoomed quadrants (ZoomEye, arXiv 2411.16044);
+- ``scaffold``       the SPOT-E authors' reference loop: 2 GRPO steps x 4 highlight spotlights, no early exit;
 - ``oracle``         a zoom on the ground-truth evidence box (benchmarks only);
 - ``spote``          the method.
+
+Every search method takes a forward-pass budget, so that methods can be compared at matched cost
+(``spote bench --budget B``): spote, naive_entropy and zoomeye stop when they reach it; grid reads
+its windows coarse to fine and random draws windows until it is spent; scaffold runs
+``(B - 1) // 4`` steps of 4.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
-from .core import PolicyConfig, Reader, SpotResult, _distribution, naive_entropy_config, spote, window_grid
+from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, spote, view_mode,
+                   window_grid)
 from .spotlight import Box, ViewRenderer
 
-METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "oracle", "spote")
+METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")
+# methods whose cost a forward-pass budget bounds (the budget sweep runs these)
+SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffold")
 
 
 def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode):
@@ -62,8 +73,13 @@ def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_
     return _lowest_entropy("baseline", adapter, image, question, choices, cfg, [])
 
 
-def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
-    windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window)
+def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
+    """Every window of the policy's grid, coarse to fine; with ``max_passes`` the first ``max_passes - 1``."""
+    windows, scale = window_grid(*image.size, adapter.input_size, cfg.min_window)
+    order = np.argsort(scale, kind="stable")  # coarse first: a cut-off grid still covers the whole image
+    windows = [windows[i] for i in order]
+    if max_passes is not None:
+        windows = windows[:max(0, max_passes - 1)]
     return _lowest_entropy("grid", adapter, image, question, choices, cfg, windows)
 
 
@@ -131,9 +147,77 @@ def run_naive_entropy(adapter, image, question, choices=None, cfg=PolicyConfig()
     return spote(adapter, image, question, choices, naive_entropy_config(cfg), method="naive_entropy")
 
 
+def quadrants(box: Box) -> list[Box]:
+    """The four quarters of ``box`` (2 x 2), ZoomEye's children of a node."""
+    xm, ym = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    return [Box(box.x0, box.y0, xm, ym), Box(xm, box.y0, box.x1, ym),
+            Box(box.x0, ym, xm, box.y1), Box(xm, ym, box.x1, box.y1)]
+
+
+def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
+    """ZoomEye-style tree search (Shen et al., arXiv 2411.16044), on SPOT-E's model and views.
+
+    The image is a tree: the root is the whole image, a node's children its four quadrants, down
+    to ``cfg.min_window`` model input sizes. A priority queue holds the nodes scored so far, best
+    first; the search pops the best node, scores its children in one batched pass, and stops when
+    a node's answer is clear (entropy <= the same exit threshold tau as spote's), the queue is
+    empty, or ``cfg.budget`` forward passes are spent. The answer comes from the clearest node.
+
+    Where it differs from the paper: a node's priority is the answer's own entropy on it (lower is
+    better), not ZoomEye's existence and latent-confidence prompts ("is <target> in this view?",
+    "could zooming in help?"), which need a model that answers arbitrary yes/no prompts; nodes are
+    rendered like spote's views (global view beside the zoom where the model takes two images).
+    """
+    t0, passes0 = time.perf_counter(), adapter.forward_passes
+    renderer = ViewRenderer(image, adapter.input_size)
+    reader = Reader(adapter, question, choices)
+    mode = view_mode(cfg, adapter)
+    base, text = reader.baseline([renderer.global_view])
+    tau = exit_threshold(cfg, len(choices) if choices is not None else None)
+    smallest = cfg.min_window * adapter.input_size
+    best, best_box, trace, seen = base, None, [base.entropy], []
+    queue = [(base.entropy, 0, Box.full(*image.size))]  # (entropy, tie-break, node)
+    pushed = 1
+    while queue and best.entropy > tau:
+        room = cfg.budget - (adapter.forward_passes - passes0)
+        _, _, node = heapq.heappop(queue)
+        kids = [k for k in quadrants(node) if min(k.width, k.height) >= smallest][:max(0, room)]
+        if not kids:
+            if room <= 0:
+                break
+            continue
+        for k, rd in zip(kids, reader.read([renderer.render(k, mode) for k in kids])):  # one batched pass
+            seen.append(k.as_list())
+            heapq.heappush(queue, (rd.entropy, pushed, k))
+            pushed += 1
+            if rd.entropy < best.entropy:
+                best, best_box = rd, k
+        trace.append(best.entropy)
+    if choices is None and best_box is not None:
+        text = adapter.generate(renderer.render(best_box, mode), question).text
+    return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
+                   best_box.as_list() if best_box else None, mode)
+
+
+def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:
+    """The SPOT-E authors' reference loop (../shared/PAPER.md): G = 4 highlight spotlights per step,
+    2 GRPO steps (or as many as ``budget`` allows), no early exit, no glance or probe, a uniform
+    14 x 14 map with Gaussian exploration (std 0.15), learning rate 0.05, best of all candidates."""
+    steps = 2 if budget is None else max(1, (budget - 1) // 4)
+    passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
+    return replace(cfg, group_size=4, steps=steps, budget=passes, mode="highlight", exit_entropy_per_ln_k=0.0,
+                   exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, use_relevance=False,
+                   saliency_weight=0.0, saliency_peaks=0, grid=14, jitter=0.15, learning_rate=0.05)
+
+
+def run_scaffold(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
+    return spote(adapter, image, question, choices, scaffold_config(cfg, max_passes), method="scaffold")
+
+
 RUNNERS = {
     "baseline": run_baseline, "api": run_api, "vicrop": run_vicrop, "grid": run_grid,
-    "naive_entropy": run_naive_entropy, "random": run_random, "oracle": run_oracle, "spote": run_spote,
+    "naive_entropy": run_naive_entropy, "random": run_random, "zoomeye": run_zoomeye, "scaffold": run_scaffold,
+    "oracle": run_oracle, "spote": run_spote,
 }
 
 

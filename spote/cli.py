@@ -70,6 +70,8 @@ def bench(
     policy: str = typer.Option("{}", help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when there is one)"),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda)"),
+    budget: Optional[int] = typer.Option(None, help="hold every search method to this many forward passes per item "
+                                                    "(matched cost); default: each method at its defaults"),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
     import json
@@ -83,7 +85,7 @@ def bench(
     except (TypeError, ValueError) as err:
         raise typer.BadParameter(f"--policy: {err}") from err
     run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
-              mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype)
+              mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget)
 
 
 def main():

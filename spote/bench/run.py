@@ -67,20 +67,25 @@ def summarise(rows: list[dict]) -> dict:
 
 def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("results/bench.json"), model=None,
               corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True,
-              device: str | None = None, dtype: str | None = None) -> dict:
+              device: str | None = None, dtype: str | None = None, budget: int | None = None, adapter=None) -> dict:
+    """Every method on the same SpotBench items; with ``budget`` every search method is held to that many
+    forward passes per item (matched cost), else each runs at its defaults. Writes ``out`` (JSON), the
+    per-item rows beside it (``.items.jsonl``) and, with ``plot``, accuracy against passes (``.png``)."""
     methods = [m.strip() for m in methods if m.strip()]
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; expected some of {METHODS}")
     cfg = cfg or PolicyConfig(mode=mode, seed=seed)
-    adapter = load_adapter(model, device=device, dtype=dtype)
+    if budget is not None:
+        cfg = replace(cfg, budget=budget)
+    adapter = adapter or load_adapter(model, device=device, dtype=dtype)
     rows = {m: [] for m in methods}
     t_start = time.time()
     with GpuMemoryPeak() as gpu:
-        _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress)
+        _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress, budget)
     report = {
         "n_items": n, "seed": seed, "split": split, "model": str(model or "spote-tiny"), "corrupt": corrupt,
-        "mode": mode, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
+        "mode": mode, "budget": budget, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
         "device": str(adapter.device), "dtype": str(next(adapter.model.parameters()).dtype).removeprefix("torch."),
         "gpu_memory_torch_peak_mb": torch_peak_mb(), "gpu_memory_smi_peak_mb": gpu.peak_mb,
         "environment": environment(),
@@ -115,14 +120,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress) -> None:
+def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress, budget=None) -> None:
     for item in tqdm(spotbench(split, n, seed), total=n, desc=f"SpotBench {split} seed={seed}", disable=not progress):
         image = corrupt_image(item.image, corrupt, seed=zlib.crc32(item.id.encode()))  # str hash() is salted per process
         spote_passes = None
         for m in sorted(methods, key=lambda x: x != "spote"):  # spote first: random gets its budget
-            kw = {"evidence": item.evidence}
-            if m == "random":
-                kw["n_windows"] = spote_passes if spote_passes is not None else cfg.budget
+            kw = {"evidence": item.evidence, "max_passes": budget}
+            if m == "random":  # at the defaults: spote's own passes on this item
+                kw["n_windows"] = budget or (spote_passes if spote_passes is not None else cfg.budget)
             res = run_method(m, adapter, image, item.question, item.choices, replace(cfg, seed=seed), **kw)
             if m == "spote":
                 spote_passes = res.forward_passes

@@ -1,0 +1,91 @@
+"""The cost frontier: every search method at matched forward-pass budgets, on the same items.
+
+    python -m spote.bench.sweep --split test --n 300 --seed 0 --budgets 8,16,32,64 \
+        --out results/bench-budget-test-seed0.json          # also writes the .png beside it
+
+For each budget B (and once at each method's defaults) ``run_bench`` holds every search method to B
+forward passes per item (see ``spote.baselines``); the JSON has one point per method and budget
+(accuracy, mean passes, seconds per item, AUROC, easy-item passes) and the plot draws accuracy
+against mean passes per item, a line per method. Methods that stop early (spote, zoomeye) spend less
+than B on average, so each point sits at the passes it really used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..baselines import SEARCH_METHODS
+
+POINT_KEYS = ("accuracy", "forward_passes_mean", "seconds_per_item", "auroc", "forward_passes_mean_easy",
+              "accuracy_collapse_items")
+
+
+def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METHODS, out: Path = Path("sweep.json"),
+          model=None, defaults: bool = True, progress: bool = True) -> dict:
+    """Run ``run_bench`` once per budget (and once at the defaults); return and write the frontier."""
+    from ..loading import load_adapter
+    from .run import run_bench
+
+    adapter = load_adapter(model)
+    points: dict[str, list[dict]] = {m: [] for m in methods}
+    runs = [*budgets, *([None] if defaults else [])]
+    out = Path(out)
+    for b in runs:
+        tag = "default" if b is None else f"b{b}"
+        report = run_bench(split=split, n=n, seed=seed, methods=list(methods), adapter=adapter, budget=b, plot=False,
+                           out=out.with_name(f"{out.stem}.{tag}.json"), progress=progress, model=model)
+        for m, s in report["methods"].items():
+            points[m].append({"budget": b, **{k: s.get(k) for k in POINT_KEYS}})
+    result = {"split": split, "n_items": n, "seed": seed, "model": str(model or "spote-tiny"), "budgets": budgets,
+              "methods": points}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot_frontier(result, out.with_suffix(".png"))
+    return result
+
+
+def plot_frontier(result: dict, path: Path) -> Path:
+    """Accuracy against mean forward passes per item (log scale), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, pts in result["methods"].items():
+        pts = sorted(pts, key=lambda p: p["forward_passes_mean"])
+        ax.plot([p["forward_passes_mean"] for p in pts], [p["accuracy"] for p in pts], marker="o", label=m)
+        for p in pts:
+            if p["budget"] is None:
+                ax.annotate("default", (p["forward_passes_mean"], p["accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, -9))
+    ax.set_xscale("log")
+    ax.set_xlabel("forward passes per item (mean)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"SpotBench {result['split']} n={result['n_items']} seed={result['seed']}: accuracy per forward pass")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,32,64",
+         methods: str = ",".join(SEARCH_METHODS), out: Path = Path("results/bench-budget.json"),
+         model: str = typer.Option(None), defaults: bool = typer.Option(True, help="also run each method at its defaults")):
+    """Run the budget sweep and write JSON + plot."""
+    try:
+        bs = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}")
+    if any(b < 2 for b in bs):
+        raise typer.BadParameter("every budget must be at least 2 forward passes (the whole image and one view)")
+    sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults)
+
+
+if __name__ == "__main__":
+    typer.run(main)

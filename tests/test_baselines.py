@@ -1,0 +1,66 @@
+"""The peers in the harness: each one's search follows its definition and respects a forward-pass budget."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spote.baselines import SEARCH_METHODS, quadrants, run_grid, run_method, run_zoomeye, scaffold_config
+from spote.core import PolicyConfig, window_grid
+from spote.spotlight import Box
+
+Q, CHOICES = "what digit is in the red box ?", tuple("0123456789")
+
+
+def _image(w=640, h=480, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_quadrants_tile_the_node_exactly():
+    node = Box(10, 20, 110, 80)
+    kids = quadrants(node)
+    assert len(kids) == 4 and sum(k.area for k in kids) == pytest.approx(node.area)
+    assert all(node.contains_frac(k) == pytest.approx(1.0) for k in kids)
+    assert sum(a.intersection(b) for i, a in enumerate(kids) for b in kids[i + 1:]) == 0
+
+
+@pytest.mark.parametrize("method", SEARCH_METHODS)
+@pytest.mark.parametrize("budget", [2, 9])
+def test_every_search_method_respects_a_matched_budget(random_adapter, method, budget):
+    cfg = PolicyConfig(budget=budget)
+    kw = {"max_passes": budget, "n_windows": budget}
+    res = run_method(method, random_adapter, _image(), Q, CHOICES, cfg, **kw)
+    assert 1 <= res.forward_passes <= budget
+
+
+def test_grid_under_a_budget_reads_coarse_windows_first(random_adapter):
+    img = _image()
+    windows, scale = window_grid(*img.size, random_adapter.input_size, PolicyConfig().min_window)
+    res = run_grid(random_adapter, img, Q, CHOICES, PolicyConfig(), max_passes=6)
+    coarsest = {tuple(w.as_list()) for w, s in zip(windows, scale) if s == scale.min()}
+    assert res.forward_passes == 6
+    assert {tuple(b) for b in res.boxes} <= coarsest  # 5 windows, all of the coarsest scale
+
+
+def test_zoomeye_descends_into_the_clearest_node(random_adapter):
+    img = _image(800, 800, seed=3)
+    res = run_zoomeye(random_adapter, img, Q, CHOICES, PolicyConfig(budget=12, exit_entropy_per_ln_k=0.0))
+    boxes = [Box(*b) for b in res.boxes]
+    first = boxes[:4]  # the root's quadrants
+    assert sum(b.area for b in first) == pytest.approx(800 * 800, rel=0.01)
+    # every later node lies inside one of the first level's quadrants: the search goes down the tree
+    assert all(any(q.contains_frac(b) > 0.99 for q in first) for b in boxes[4:])
+    assert res.forward_passes <= 12 and res.method == "zoomeye"
+    assert res.entropy_trace == sorted(res.entropy_trace, reverse=True)  # the best entropy only falls
+
+
+def test_scaffold_is_the_papers_loop():
+    cfg = scaffold_config(PolicyConfig())
+    assert (cfg.group_size, cfg.steps, cfg.mode) == (4, 2, "highlight")
+    assert cfg.budget == 9 and cfg.glance_side == 0 and cfg.probe_side == 0 and not cfg.use_relevance
+    assert scaffold_config(PolicyConfig(), budget=32).steps == 7
+
+
+def test_scaffold_never_exits_early(random_adapter):
+    res = run_method("scaffold", random_adapter, _image(), Q, CHOICES, PolicyConfig())
+    assert res.forward_passes == 9 and res.mode == "highlight"

@@ -1,13 +1,13 @@
 """A real multi-node Ray cluster on this machine, driven through the real `ray job submit` client.
 
-Runs before tests/pipelines (alphabetical order): ``ray stop`` at teardown ends every Ray
-process of this machine, and the pipelines' session Ray starts only after it.
+The cluster has its own temp dir and free ports, and its teardown ends only the processes it
+started (test_local_isolation.py proves an unrelated Ray head survives it), so these tests can
+run beside any other Ray on this machine, the pipelines' session Ray included.
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,20 +22,15 @@ REPO = Path(__file__).parents[2]
 SAMPLES = REPO / "pipelines" / "samples" / "vqa"
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster(gcs_port=_port(), dashboard_port=_port(), head_cpus=2, workers=2, cpus_per_worker=1, gpus_per_worker=1)
-    c.stop()  # a clean slate: no Ray left over from an earlier run on this machine
-    c.start()
-    c.wait_for_job_server()
-    yield c
-    c.stop()
+    c = LocalCluster(head_cpus=2, workers=2, cpus_per_worker=1, gpus_per_worker=1).start()  # free ports, own temp dir
+    try:
+        c.wait_for_job_server()
+        yield c
+    finally:
+        c.stop()
+    assert not c.processes(), "the local cluster left processes behind"
 
 
 def _ray(*args, cluster, timeout=600):
@@ -85,7 +80,7 @@ def test_job_submit_end_to_end_on_gpu_actors(cluster, random_tiny_dir, tmp_path)
 
 
 def test_killed_actor_mid_job_loses_nothing(cluster, random_tiny_dir, tmp_path):
-    from pipelines.bench import make_corpus
+    from benchmarks.pipeline_throughput import make_corpus
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -105,7 +100,8 @@ def test_killed_actor_mid_job_loses_nothing(cluster, random_tiny_dir, tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and killed is None:
-            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "SpotePredictor" in a.class_name]
+            actors = list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")])  # not any other Ray's
+            alive = [a for a in actors if "SpotePredictor" in a.class_name]
             if alive and _status(cluster, "spote-fault") == "RUNNING":
                 time.sleep(3)  # let it get some items done
                 try:

@@ -1,5 +1,6 @@
 """Scene archives: large scenes cut into overlapping tiles, a question set asked of every tile,
-per-tile results plus a per-scene roll-up of the tiles that answered "yes".
+per-tile results as GeoParquet (tile and evidence footprints, ``pipelines.geo``) plus a per-scene
+roll-up of the "yes" detections, merged across tile overlaps.
 
     python -m pipelines.satellite --input s3://archive/scenes/ --output s3://archive/spote \
         --questions questions.yaml --tile-size 1024 --overlap 128 --bands 3,2,1
@@ -27,6 +28,7 @@ import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
 
+from .geo import ResultGeometry, rewrite_staged_as_geoparquet, write_rollup
 from .job import JobOptions, job_command, run_job
 from .questions import load_questions
 from .rasters import (
@@ -180,29 +182,18 @@ def plan_tiles(scenes: list[str], questions: list[dict], tile: int, overlap: int
     return rows, headers
 
 
-def scene_rollup(table, paths, storage_options) -> None:
-    """Per scene and question: the tiles that answered "yes", as GeoJSON (pixel boxes where no CRS)."""
-    if not len(table) or "scene" not in table.column_names:
-        return
-    df = table.to_pandas()
-    rollup = {}
-    for (scene, qi), grp in df.groupby(["scene", "question_index"]):
-        yes = grp[(grp["status"] == "ok") & (grp["answer"].str.lower() == "yes")]
-        feats = []
-        for rec in yes.itertuples():
-            b = list(rec.bounds) if len(rec.bounds) else [rec.tile_col_off, rec.tile_row_off,
-                                                          rec.tile_col_off + rec.tile_width, rec.tile_row_off + rec.tile_height]
-            ring = [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]]
-            feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                          "properties": {"id": rec.id, "question": rec.question, "confidence": rec.confidence,
-                                         "pixel_window": [rec.tile_col_off, rec.tile_row_off, rec.tile_width, rec.tile_height]}})
-        crs = next((c for c in grp["crs"] if c), "")
-        fc = {"type": "FeatureCollection", "features": feats, "properties": {"scene": scene, "crs": crs or "pixel"}}
-        write_text(join(paths.meta, "scenes", f"{scene}.q{qi}.geojson"), json.dumps(fc), storage_options)
-        rollup[f"{scene}/q{qi}"] = {"tiles": int(len(grp)), "tiles_yes": len(feats),
-                                    "tiles_error": int((grp["status"] == "error").sum()),
-                                    "tiles_skipped": int((grp["status"] == "skipped").sum()), "crs": crs}
-    write_text(join(paths.meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
+def geo_outputs(headers: dict[str, SceneHeader]):
+    """The job's hook before the commit: staged results rewritten as GeoParquet, then the per-scene roll-up
+    (``rollup.json``, GeoJSON and GeoParquet detections under the run's ``scenes/``)."""
+
+    def write(table, paths, storage_options) -> None:
+        if not len(table) or "scene" not in table.column_names:
+            return
+        rewrite_staged_as_geoparquet(table, paths.staging, headers, storage_options)
+        rollup = write_rollup(table, paths.meta, headers, storage_options)
+        write_text(join(paths.meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
+
+    return write
 
 
 def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int = 64, bands: str | None = None,
@@ -231,12 +222,13 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     rows, headers = plan_tiles(scenes, questions, tile_size, overlap, so, band_sel)
     loader = (SceneTileLoader, {"storage_options": so, "bands": band_sel, "stretch": stretch,
                                 "max_tile_pixels": max_tile_pixels})
-    return run_job("satellite", opts, rows, post_commit=scene_rollup, loader=loader,
+    return run_job("satellite", opts, rows, post_commit=geo_outputs(headers), loader=loader,
                    extra_summary=lambda t: {"scenes": len(scenes), "scenes_unreadable": len(scenes) - len(headers),
                                             "questions": len(questions), "tile_size": tile_size, "overlap": overlap,
                                             "bands": list(band_sel) if band_sel else "auto",
                                             "stretch": {"mode": stretch, "percentiles": list(SCENE_PERCENTILES),
                                                         "8-bit": "as stored"},
+                                            "geometry_crs": ResultGeometry(headers).crs,
                                             **skipped_summary})
 
 

@@ -82,8 +82,28 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     gj = json.loads((meta / "scenes" / "s1.q0.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["properties"]["crs"] == "EPSG:32633"
     yes = s1[(s1.question_index == 0) & (s1.answer == "yes")]
-    assert len(gj["features"]) == len(yes)
-    assert json.loads((meta / "rollup.json").read_text())["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))
+    assert sum(f["properties"]["n_tiles"] for f in gj["features"]) == len(yes)  # every "yes" tile in one detection
+    rollup = json.loads((meta / "rollup.json").read_text())
+    assert rollup["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))
+    assert rollup["s1/q0"]["detections"] == len(gj["features"]) <= len(yes)
+    assert rollup["s4/q0"]["tiles_skipped"] == 1
+
+    # the committed results are GeoParquet: tile footprints in the scene CRS, evidence inside its tile
+    import geopandas
+    from pyproj import CRS
+
+    gdf = geopandas.read_parquet(RunPaths(str(tmp_path / "out"), "sat").results)
+    assert len(gdf) == summary["items_in"] and gdf.crs == CRS("EPSG:32633") and summary["geometry_crs"] == "EPSG:32633"
+    geo = gdf[gdf.geometry.notna()]
+    assert set(geo.scene) == {"s1", "s4"} and geo.geometry.is_valid.all()
+    first_geo = geo[(geo.scene == "s1") & (geo.tile_col_off == 0) & (geo.tile_row_off == 0)].geometry.iloc[0]
+    assert first_geo.bounds == (500000.0, 4599800.0, 500200.0, 4600000.0)
+    ev = gdf[gdf["evidence_geometry"].notna()]
+    assert (ev["evidence_geometry"].within(ev.geometry)).all()
+    assert ev["evidence_lon"].between(14, 16).all() and ev["evidence_lat"].between(41, 42).all()
+    assert gdf[gdf.scene == "s2"].geometry.isna().all()  # a PNG without georeferencing has no map footprint
+    dets = geopandas.read_parquet(meta / "scenes" / "s1.detections.parquet")
+    assert dets.crs == CRS("EPSG:32633") and len(dets) == sum(rollup[f"s1/q{i}"]["detections"] for i in (0, 1))
 
 
 # ------------------------------------------------------------------ what the loader reads: masks, stretch, bands

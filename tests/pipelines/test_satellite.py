@@ -315,3 +315,46 @@ def test_remote_scenes_are_tiled_through_fsspec(s3, tmp_path):
     assert scene_header("s3://spote/scenes/remote.tif", so).width == 256
     out = SceneTileLoader(storage_options=so).load(_row("s3://spote/scenes/remote.tif", 64, 64, 128, 128))
     assert out["status"] == "ok" and _pixels(out).shape == (128, 128, 3) and _pixels(out).std() > 10
+
+
+def _coast(rng, h=256, w=512):
+    """A 12-bit scene: dark water on the left half (~300), bright land on the right (~3000)."""
+    data = np.empty((3, h, w), np.uint16)
+    data[:, :, : w // 2] = rng.normal(300, 15, (3, h, w // 2)).clip(0, 4095)
+    data[:, :, w // 2:] = rng.normal(3000, 300, (3, h, w - w // 2)).clip(0, 4095)
+    return data
+
+
+def test_scene_stretch_is_one_range_for_every_tile_and_tile_stretch_is_kept_as_an_option(tmp_path):
+    path = _write(tmp_path / "coast.tif", _coast(np.random.default_rng(7)))
+    water, across = _row(path, 0, 0, 128, 128), _row(path, 192, 0, 128, 128)
+    scene = SceneTileLoader(stretch="scene")
+    w_scene, a_scene = scene.load(dict(water)), scene.load(dict(across))
+    assert w_scene["stretch_range"] == a_scene["stretch_range"] != ""
+    # the same pixels (columns 192-255, water) look the same whichever tile they are in
+    same_water = _row(path, 64, 0, 192, 128)
+    assert np.array_equal(_pixels(scene.load(dict(same_water)))[:, 128:192], _pixels(a_scene)[:, :64])
+    assert _pixels(w_scene).mean() < 40  # dark water stays dark ...
+    tile = SceneTileLoader(stretch="tile")
+    w_tile = tile.load(dict(water))
+    assert 90 < _pixels(w_tile).mean() < 165 and _pixels(w_tile).std() > 3 * _pixels(w_scene).std()  # ... not noise
+    assert w_tile["stretch_range"] != tile.load(dict(across))["stretch_range"]
+
+
+def test_scene_stretch_reads_an_overview_when_the_file_has_one(tmp_path):
+    from rasterio.enums import Resampling
+
+    from pipelines.rasters import scene_ranges
+
+    data = _coast(np.random.default_rng(8), 512, 1024)
+    plain = _write(tmp_path / "plain.tif", data)
+    with_ovr = _write(tmp_path / "ovr.tif", data)
+    with rasterio.open(with_ovr, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.nearest)
+    for path in (plain, with_ovr):
+        hdr = scene_header(path)
+        with rasterio.open(path) as ds:
+            ranges = scene_ranges(ds, hdr, (1, 2, 3))
+        assert hdr.has_overviews == (path == with_ovr)
+        for lo, hi in ranges:
+            assert 250 < lo < 330 and 3000 < hi < 3700, (path, lo, hi)

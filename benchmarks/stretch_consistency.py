@@ -151,9 +151,10 @@ def main(objects: int = typer.Option(24, help="boats; as many empty water probes
                   f"({differ / len(answers):.1%}); accuracy {correct / (2 * len(answers)):.1%}, "
                   f"'yes' {yes:.1%} of answers")
     report = {"command": f"python -m benchmarks.stretch_consistency --objects {objects} --seed {seed} --tile {tile} "
-                         f"--budget {budget} --method {method} --out {out}", "method": method, "scene": f"{size}x{size} uint16, 3 bands", "tile": tile,
+                         f"--budget {budget} --method {method} --out {out}",
+              "method": method, "scene_image": f"{size}x{size} uint16, 3 bands", "tile_size": tile,
               "grid_shift": tile // 2, "model": "spote-tiny (shipped), CPU", "seconds": round(time.time() - t0, 1),
-              **results}
+              "stretch": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {out}")

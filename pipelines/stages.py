@@ -22,9 +22,9 @@ RESULT_TYPES = {
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
     "run_id": "string", "actor": "string", "evidence_box": ("list", "int64"),
-    # job columns a block may hold only empty values of (e.g. a block of non-georeferenced tiles)
-    "bounds": ("list", "float64"), "stretch_range": "string",
 }
+# a job's own columns that a block may hold only empty values of (e.g. a block of non-georeferenced tiles)
+JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string"}
 
 
 RESULT_COLUMNS = tuple(RESULT_TYPES)
@@ -177,11 +177,12 @@ def _arrow_type(spec):
 
 
 def typed_table(columns: dict):
-    """A pyarrow Table with RESULT_TYPES for the known columns; the job's own fields are inferred."""
+    """A pyarrow Table with RESULT_TYPES (and JOB_COLUMN_TYPES) for the known columns; the job's other fields
+    are inferred."""
     import pyarrow as pa
 
-    return pa.table({k: pa.array(v, type=_arrow_type(RESULT_TYPES[k]) if k in RESULT_TYPES else None)
-                     for k, v in columns.items()})
+    types = {**RESULT_TYPES, **JOB_COLUMN_TYPES}
+    return pa.table({k: pa.array(v, type=_arrow_type(types[k]) if k in types else None) for k, v in columns.items()})
 
 
 def _rows(batch: dict) -> list[dict]:

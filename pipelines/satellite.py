@@ -243,7 +243,7 @@ def main(
     overlap: int = typer.Option(64, help="pixels shared by neighbouring tiles"),
     bands: Optional[str] = typer.Option(None, help="1-based band numbers mapped to R,G,B (or one band as grey); "
                                                    "default: the file's red/green/blue bands, else band 1"),
-    stretch: str = typer.Option("scene", help="scene: one 2-98%% stretch per scene (from an overview or a sample of "
+    stretch: str = typer.Option("scene", help="scene: one 2-98 percentile stretch per scene (from an overview or a sample of "
                                               "valid pixels); tile: each tile its own. 8-bit data is shown as stored"),
     max_tile_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="pixel cap per tile. Memory per loader: one tile "
                                         f"(pixels x bands x ~10 bytes) plus GDAL's block cache ({GDAL_CACHE_MB} MB)"),

@@ -19,6 +19,7 @@ def summarise(table, run_id: str, items_in: int, seconds: float, model: str, pol
         "items_out": int(len(df)),
         "items_ok": n_ok,
         "items_error": int((df["status"] == "error").sum()),
+        "items_skipped": int((df["status"] == "skipped").sum()),
         "duplicate_ids": int(len(ids) - len(set(ids))),
         "entropy_initial_mean": float(ok["entropy_initial"].mean()) if n_ok else None,
         "entropy_final_mean": float(ok["entropy_final"].mean()) if n_ok else None,
@@ -29,6 +30,7 @@ def summarise(table, run_id: str, items_in: int, seconds: float, model: str, pol
         "seconds": round(seconds, 2),
         "items_per_second": round(len(df) / seconds, 3) if seconds > 0 else None,
         "errors_by_reason": df[df["status"] == "error"]["error"].str.split(":").str[0].value_counts().to_dict(),
+        "skipped_by_reason": df[df["status"] == "skipped"]["error"].str.split(":").str[0].value_counts().to_dict(),
         "model": model,
         "policy": policy,
     }

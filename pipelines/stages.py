@@ -21,8 +21,10 @@ RESULT_TYPES = {
     "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
-    "run_id": "string", "actor": "string",
+    "run_id": "string", "actor": "string", "evidence_box": ("list", "int64"),
 }
+# a job's own columns that a block may hold only empty values of (e.g. a block of non-georeferenced tiles)
+JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string"}
 
 
 RESULT_COLUMNS = tuple(RESULT_TYPES)
@@ -30,6 +32,15 @@ RESULT_COLUMNS = tuple(RESULT_TYPES)
 
 def error_row(row: dict, reason: str) -> dict:
     return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
+
+
+class SkipItem(Exception):
+    """Raised by a loader's ``read`` for an item that must not reach the model (e.g. a tile without valid
+    pixels); the row is kept with status ``skipped`` and the message as its reason (in ``error``)."""
+
+
+def skipped_row(row: dict, reason: str) -> dict:
+    return {**row, "status": "skipped", "error": reason, "pixels": b"", "height": 0, "width": 0}
 
 
 class RowLoader:
@@ -53,12 +64,16 @@ class RowLoader:
 
         if row.get("status") == "error":
             return error_row(row, row.get("error") or "failed upstream")
+        if row.get("status") == "skipped":
+            return skipped_row(row, row.get("error") or "skipped upstream")
         try:
             check_question(row.get("question"))
         except ValueError as err:
             return error_row(row, str(err))
         try:
             pixels = np.ascontiguousarray(np.asarray(self.read(row)))
+        except SkipItem as skip:
+            return skipped_row(row, str(skip))
         except FileNotFoundError:
             self.forget()
             return error_row(row, f"missing object: {row['source']}")
@@ -131,8 +146,8 @@ class SpotePredictor:
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
-                    forward_passes=0, latency_ms=0.0, actor=self.actor)
-        if row.get("status") == "error":
+                    forward_passes=0, latency_ms=0.0, actor=self.actor, evidence_box=None)
+        if row.get("status") in ("error", "skipped"):
             return base
         t0 = time.perf_counter()
         try:
@@ -144,7 +159,8 @@ class SpotePredictor:
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         return {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                 "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
-                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "forward_passes": res.forward_passes,
+                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
+                "forward_passes": res.forward_passes,
                 "latency_ms": (time.perf_counter() - t0) * 1000}
 
     def __call__(self, batch: dict):
@@ -161,11 +177,12 @@ def _arrow_type(spec):
 
 
 def typed_table(columns: dict):
-    """A pyarrow Table with RESULT_TYPES for the known columns; the job's own fields are inferred."""
+    """A pyarrow Table with RESULT_TYPES (and JOB_COLUMN_TYPES) for the known columns; the job's other fields
+    are inferred."""
     import pyarrow as pa
 
-    return pa.table({k: pa.array(v, type=_arrow_type(RESULT_TYPES[k]) if k in RESULT_TYPES else None)
-                     for k, v in columns.items()})
+    types = {**RESULT_TYPES, **JOB_COLUMN_TYPES}
+    return pa.table({k: pa.array(v, type=_arrow_type(types[k]) if k in types else None) for k, v in columns.items()})
 
 
 def _rows(batch: dict) -> list[dict]:

@@ -1,7 +1,18 @@
 """Turning bytes, files and arrays into the RGB images SPOT-E works on, with clear errors.
 
+What the model sees is what an image viewer shows:
+
+- EXIF orientation (all eight values, JPEG, PNG ``eXIf``, TIFF tag 274) is applied, so the image is
+  upright and every box SPOT-E reports is in that upright frame (``ImageOps.exif_transpose`` semantics).
+- 8-bit images are shown as stored. High-bit-depth (16/32-bit integer) and float images are stretched
+  robustly to 8 bits: the 0.5th and 99.5th percentiles of the *finite* values (all channels together, so
+  colours keep their balance) map to 0 and 255; NaN and +-inf never set the range and are shown as a
+  neutral grey (``NEUTRAL_FILL``); one hot pixel cannot darken the image. 16-bit colour PNG/TIFF are
+  decoded at full depth (rasterio or tifffile when installed; otherwise Pillow's 8 most significant bits,
+  stretched the same way).
+
 Guards: decompression bombs (a pixel cap checked *before* decoding), zero-size images,
-16-bit and float images (rescaled by their range, not clipped), palette/alpha/CMYK/grey modes.
+palette/alpha/CMYK/grey modes.
 """
 
 from __future__ import annotations
@@ -13,6 +24,14 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 scene; larger ones are cut into tiles by the pipeline
+STRETCH_PERCENTILES = (0.5, 99.5)  # of the finite values; the range a high-bit-depth image is stretched over
+NEUTRAL_FILL = 128  # 8-bit value shown where a pixel has no valid data (NaN, inf, nodata)
+EXIF_ORIENTATION = 0x0112
+
+# EXIF orientation -> the PIL transpose that makes the stored image upright (as ImageOps.exif_transpose)
+_PIL_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
 
 
 class BadImage(ValueError):
@@ -27,15 +46,126 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
                        f"{max_pixels:,} (decompression-bomb guard); tile it or raise max_pixels")
 
 
+# ---------------------------------------------------------------------------------------------- orientation
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when absent or invalid."""
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) of the upright image; orientations 5-8 swap the axes."""
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def upright_array(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """An HxW[xC] array as stored -> upright (the same pixels ``ImageOps.exif_transpose`` gives)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def stored_point(x: float, y: float, width: int, height: int, orientation: int) -> tuple[float, float]:
+    """A point (pixel-edge coordinates) of the upright image -> the same point in the stored image.
+
+    ``width``, ``height`` are the *stored* size."""
+    if orientation == 2:
+        return width - x, y
+    if orientation == 3:
+        return width - x, height - y
+    if orientation == 4:
+        return x, height - y
+    if orientation == 5:
+        return y, x
+    if orientation == 6:
+        return y, height - x
+    if orientation == 7:
+        return width - y, height - x
+    if orientation == 8:
+        return width - y, x
+    return x, y
+
+
+def stored_window(col: int, row: int, w: int, h: int, width: int, height: int,
+                  orientation: int) -> tuple[int, int, int, int]:
+    """(col_off, row_off, w, h) of an upright-frame window -> the stored-frame window holding the same pixels.
+
+    Read that window, pass it through ``upright_array`` and it equals the upright crop."""
+    x0, y0 = stored_point(col, row, width, height, orientation)
+    x1, y1 = stored_point(col + w, row + h, width, height, orientation)
+    c0, r0 = int(round(min(x0, x1))), int(round(min(y0, y1)))
+    return c0, r0, int(round(max(x0, x1))) - c0, int(round(max(y0, y1))) - r0
+
+
+def _upright_image(image: Image.Image, orientation: int) -> Image.Image:
+    return image.transpose(_PIL_UPRIGHT[orientation]) if orientation in _PIL_UPRIGHT else image
+
+
+# ---------------------------------------------------------------------------------------------- stretch
+def robust_range(values: np.ndarray, valid: np.ndarray | None = None,
+                 percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> tuple[float, float] | None:
+    """(lo, hi) stretch range over the finite (and ``valid``) values: the given percentiles, or the
+    finite min/max where the percentiles coincide (a mostly-constant image with a few marks).
+
+    None when no value is usable."""
+    vals = np.asarray(values)
+    keep = np.isfinite(vals) if vals.dtype.kind == "f" else np.ones(vals.shape, bool)
+    if valid is not None:
+        keep &= np.broadcast_to(valid, vals.shape)
+    vals = vals[keep]
+    if vals.size == 0:
+        return None
+    lo, hi = (float(v) for v in np.percentile(vals, percentiles))
+    if hi <= lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    return lo, hi
+
+
+def apply_range(values: np.ndarray, lo_hi: tuple[float, float] | None, valid: np.ndarray | None = None,
+                fill: int = NEUTRAL_FILL) -> np.ndarray:
+    """Values -> uint8: ``lo`` -> 0, ``hi`` -> 255, clipped; non-finite or invalid pixels -> ``fill``.
+
+    A constant image (lo == hi) is shown as mid-grey."""
+    a = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(a)
+    if valid is not None:
+        bad |= ~np.broadcast_to(valid, a.shape)
+    if lo_hi is None:
+        return np.full(a.shape, fill, np.uint8)
+    lo, hi = lo_hi
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = (a - lo) / (hi - lo) * 255 if hi > lo else np.full(a.shape, 127.5)
+    out = np.where(bad, fill, np.clip(out, 0, 255))
+    return np.round(out).astype(np.uint8)
+
+
+def stretch_to_uint8(arr: np.ndarray, valid: np.ndarray | None = None,
+                     percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
+    """Any numeric array -> uint8 of the same shape, one robust range over all of it (``robust_range``)."""
+    return apply_range(arr, robust_range(arr, valid, percentiles), valid)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; 16-bit/32-bit/float images are stretched by their own range."""
+    """Any PIL mode to 8-bit RGB; 16-bit/32-bit/float images are stretched robustly (``stretch_to_uint8``)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(stretch_to_uint8(np.asarray(image))).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -45,25 +175,71 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
-    """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype to RGB (16-bit and float stretched)."""
+    """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
+
+    uint8 is shown as stored; every other dtype is stretched robustly (``stretch_to_uint8``; the alpha
+    channel of HxWx4 is dropped before the stretch and composited on white after it)."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise BadImage(f"unsupported array shape {arr.shape}; expected HxW or HxWx(1|3|4)")
     _check_size(arr.shape[1], arr.shape[0], DEFAULT_MAX_PIXELS)
-    if arr.dtype != np.uint8:
-        a = arr.astype(np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        arr = ((a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)).astype(np.uint8)
-    return to_rgb(Image.fromarray(arr))
+    if arr.dtype == np.uint8:
+        return to_rgb(Image.fromarray(arr))
+    if arr.dtype == bool:
+        return Image.fromarray(arr.astype(np.uint8) * 255).convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = stretch_to_uint8(arr[..., 3])
+        rgb = stretch_to_uint8(arr[..., :3])
+        return to_rgb(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    return Image.fromarray(stretch_to_uint8(arr)).convert("RGB")
+
+
+def _deep_colour(im: Image.Image) -> bool:
+    """True for 16-bit-per-channel colour files, which Pillow opens as 8-bit RGB(A) (keeping the top byte)."""
+    try:
+        rawmode = im.tile[0][3]
+        rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+    except (IndexError, TypeError):
+        return False
+    return im.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _read_deep_colour(data: bytes) -> np.ndarray | None:
+    """HxWxC array of a 16-bit colour file at full depth (rasterio, else tifffile), None if neither reads it."""
+    try:
+        import warnings
+
+        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.io import MemoryFile
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with MemoryFile(data) as mem, mem.open() as ds:
+                return np.moveaxis(ds.read(), 0, -1)
+    except Exception:
+        pass
+    try:
+        import tifffile
+
+        return np.asarray(tifffile.imread(io.BytesIO(data)))
+    except Exception:
+        return None
 
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open a path, bytes, file object, array or PIL image as RGB, refusing bombs and broken files."""
+    """Open a path, bytes, file object, array or PIL image as upright RGB, refusing bombs and broken files.
+
+    A PIL image with an EXIF orientation is turned upright too; arrays carry none and are taken as they are.
+
+    Raises:
+        BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``.
+    """
     if isinstance(source, Image.Image):
         _check_size(*source.size, max_pixels)
-        return to_rgb(source)
+        source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
+        return _upright_image(to_rgb(source), exif_orientation(source))
     if isinstance(source, np.ndarray):
         return array_to_image(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -77,8 +253,15 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         with Image.open(source) as im:
             _check_size(*im.size, max_pixels)
-            im.load()
-            return to_rgb(im)
+            deep = _read_deep_colour(_bytes_of(source)) if _deep_colour(im) else None
+            if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
+                return _upright_image(array_to_image(deep), exif_orientation(im))  # as stored: turn it
+            was_deep = _deep_colour(im)
+            im.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
+            rgb = to_rgb(im)
+            if was_deep:  # no full-depth reader: the top byte, stretched like the full value would be
+                rgb = Image.fromarray(stretch_to_uint8(np.asarray(rgb)))
+            return _upright_image(rgb, exif_orientation(im))
     except UnidentifiedImageError as err:
         raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
@@ -87,6 +270,17 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise BadImage(f"corrupt or truncated image: {err}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+def _bytes_of(source) -> bytes:
+    if isinstance(source, (str, Path)):
+        return Path(source).read_bytes()
+    pos = source.tell()
+    source.seek(0)
+    try:
+        return source.read()
+    finally:
+        source.seek(pos)
 
 
 def check_question(question: str) -> str:

@@ -39,11 +39,62 @@ def test_non_rgb_modes_become_rgb():
 
 
 def test_16_bit_image_is_stretched_not_clipped():
-    arr = np.zeros((4, 4), np.uint16)
-    arr[0, 0], arr[1, 1] = 1000, 3000
-    img = load_image(_png(Image.fromarray(arr)))
-    out = np.asarray(img)
-    assert img.mode == "RGB" and out[1, 1, 0] == 255 and out[0, 0, 0] == 85
+    arr = np.tile(np.linspace(0, 4000, 64, dtype=np.uint16), (64, 1))
+    out = np.asarray(load_image(_png(Image.fromarray(arr))))
+    assert out.dtype == np.uint8 and out[..., 0].min() == 0 and out[..., 0].max() == 255
+    assert abs(out[..., 0].mean() - 127.5) < 3
+
+
+def _twelve_bit_scene(rng, channels=None):
+    """A mid-grey 12-bit scene (values ~1500-2500 of 0-4095) with one saturated 16-bit pixel."""
+    shape = (96, 128) if channels is None else (96, 128, channels)
+    arr = rng.normal(2000, 250, shape).clip(0, 4095).astype(np.uint16)
+    arr[5, 7] = 65535
+    return arr
+
+
+def test_one_hot_pixel_cannot_darken_a_12_bit_grey_png():
+    arr = _twelve_bit_scene(np.random.default_rng(0))
+    out = np.asarray(load_image(_png(Image.fromarray(arr))))[..., 0]
+    assert 100 < out.mean() < 155, out.mean()  # min-max over 0-65535 gave ~8
+    assert out[5, 7] == 255  # the hot pixel is clipped, not the range
+
+
+def test_one_hot_pixel_cannot_darken_a_12_bit_colour_png(tmp_path):
+    import rasterio
+
+    arr = _twelve_bit_scene(np.random.default_rng(1), channels=3)
+    with rasterio.Env(), rasterio.open(tmp_path / "rgb16.png", "w", driver="PNG", width=128, height=96, count=3,
+                                       dtype="uint16") as ds:
+        ds.write(np.moveaxis(arr, -1, 0))
+    out = np.asarray(load_image(tmp_path / "rgb16.png"))
+    assert 100 < out.mean() < 155, out.mean()  # Pillow alone keeps the top byte: mean ~7 of 255
+
+
+def test_float_images_ignore_nan_and_inf():
+    rng = np.random.default_rng(2)
+    arr = rng.normal(0.2, 0.05, (64, 64)).astype(np.float32)
+    arr[0, :8] = np.nan
+    arr[1, :8] = np.inf
+    arr[2, :8] = -np.inf
+    arr[3, 0] = 1e30
+    out = np.asarray(load_image(arr))[..., 0]
+    assert 100 < out[4:].mean() < 155
+    assert (out[0, :8] == NEUTRAL_FILL).all() and (out[1, :8] == NEUTRAL_FILL).all()
+    tif = io.BytesIO()
+    Image.fromarray(arr, "F").save(tif, "TIFF")
+    assert np.array_equal(np.asarray(load_image(tif.getvalue()))[..., 0], out)
+
+
+def test_stretch_percentiles_and_degenerate_images():
+    lo, hi = STRETCH_PERCENTILES
+    assert 0 < lo < 5 and 95 < hi < 100
+    sparse = np.zeros((50, 50), np.uint16)
+    sparse[10, 10] = 900  # a mostly-empty mask keeps its marks (percentiles coincide -> min/max)
+    out = np.asarray(load_image(sparse))[..., 0]
+    assert out[10, 10] == 255 and out[0, 0] == 0
+    assert (np.asarray(load_image(np.full((8, 8), 7.0)))[..., 0] == 128).all()  # constant -> mid grey
+    assert (np.asarray(load_image(np.full((8, 8), np.nan)))[..., 0] == NEUTRAL_FILL).all()
 
 
 def test_decompression_bomb_refused_before_decoding():
@@ -69,3 +120,86 @@ def test_corruptions_change_pixels():
     for kind in ("noise", "blur", "jpeg"):
         assert np.abs(np.asarray(corrupt(img, kind), int) - np.asarray(img, int)).mean() > 1
     assert corrupt(img, "none") is img
+
+
+# ------------------------------------------------------------------ EXIF orientation: what a viewer shows
+from PIL import ImageOps  # noqa: E402
+
+from spote.images import (  # noqa: E402
+    NEUTRAL_FILL, STRETCH_PERCENTILES, exif_orientation, stored_window, upright_array, upright_size,
+)
+
+# the transpose that turns an upright picture into what a camera stores under each orientation
+_STORE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_270}
+
+
+def _upright_picture(w=48, h=30):
+    """Asymmetric content, so any wrong flip or rotation shows."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 // w, yy * 255 // h, (xx + 2 * yy) * 255 // (w + 2 * h)], -1).astype(np.uint8)
+    arr[:8, :12] = (255, 0, 0)  # a red corner top-left
+    return Image.fromarray(arr)
+
+
+def _stored_with_orientation(upright, orientation, fmt):
+    stored = upright.transpose(_STORE[orientation]) if orientation in _STORE else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_lossless_files_with_any_exif_orientation_load_upright(orientation, fmt):
+    upright = _upright_picture()
+    data = _stored_with_orientation(upright, orientation, fmt)
+    assert exif_orientation(Image.open(io.BytesIO(data))) == orientation
+    got = load_image(data)
+    assert got.size == upright.size
+    assert np.array_equal(np.asarray(got), np.asarray(upright))
+    # an opened (not yet transposed) PIL image is turned upright too; a transposed one is left alone
+    assert np.array_equal(np.asarray(load_image(Image.open(io.BytesIO(data)))), np.asarray(upright))
+    assert np.array_equal(np.asarray(load_image(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))),
+                          np.asarray(upright))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_phone_jpeg_with_any_orientation_is_what_a_viewer_shows(orientation, tmp_path):
+    upright = _upright_picture(64, 40)
+    data = _stored_with_orientation(upright, orientation, "JPEG")
+    (tmp_path / "photo.jpg").write_bytes(data)
+    got = load_image(tmp_path / "photo.jpg")
+    viewer = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(got), np.asarray(viewer))
+    assert got.size == upright.size
+    diff = np.abs(np.asarray(got, int) - np.asarray(upright, int)).mean()
+    assert diff < 12  # JPEG loss only; a wrong rotation would be ~80
+    assert np.asarray(got)[:6, :10, 0].mean() > 200  # the red corner is top-left, where the viewer shows it
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_windows_map_to_stored_windows(orientation):
+    """The tiler's arithmetic: the stored window of an upright window, made upright, is the upright crop."""
+    upright = _upright_picture(50, 31)
+    stored = upright.transpose(_STORE[orientation]) if orientation in _STORE else upright
+    sw, sh = stored.size
+    assert upright_size(sw, sh, orientation) == upright.size
+    assert np.array_equal(upright_array(np.asarray(stored), orientation), np.asarray(upright))
+    for (c, r, w, h) in [(0, 0, 20, 12), (30, 19, 20, 12), (7, 3, 11, 25), (0, 0, 50, 31)]:
+        sc, sr, sww, shh = stored_window(c, r, w, h, sw, sh, orientation)
+        tile = upright_array(np.asarray(stored)[sr:sr + shh, sc:sc + sww], orientation)
+        assert np.array_equal(tile, np.asarray(upright)[r:r + h, c:c + w])
+
+
+def test_exif_orientation_defaults_to_upright_when_absent_or_invalid():
+    assert exif_orientation(Image.open(io.BytesIO(_png(Image.new("RGB", (4, 4)))))) == 1
+    img = Image.new("RGB", (4, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 17
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif.tobytes())
+    assert exif_orientation(Image.open(io.BytesIO(buf.getvalue()))) == 1

@@ -1,5 +1,5 @@
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -53,14 +53,27 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
         ds.write(data)
     Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(scenes / "s2.png")
     (scenes / "s3.tif").write_bytes(b"II*\x00 not a tiff")
+    refl = rng.uniform(0.02, 0.3, (3, 400, 700)).astype(np.float32)
+    refl[:, :, :400] = -9999                                          # tile c=0 all nodata, tile c=300 partly
+    with rasterio.open(scenes / "s4.tif", "w", driver="GTiff", width=700, height=400, count=3, dtype="float32",
+                       nodata=-9999, crs="EPSG:32633", transform=from_origin(510000, 4600000, 10, 10)) as ds:
+        ds.write(refl)
+    (scenes / "notes.txt").write_text("not a scene")
     (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]},
                                                  {"question": "what colour is the vehicle ?", "choices": "red,yellow,blue,white"}]))
     opts = JobOptions(str(scenes), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy, run_id="sat")
     summary = run(opts, str(tmp_path / "q.json"), tile_size=400, overlap=100, bands="3,2,1")
-    n_tiles = len(tile_windows(900, 600, 400, 100)) + len(tile_windows(500, 300, 400, 100))
+    n_tiles = len(tile_windows(900, 600, 400, 100)) + len(tile_windows(500, 300, 400, 100)) + 2
     assert summary["items_in"] == 2 * n_tiles + 2 and summary["items_error"] == 2   # s3.tif: one error row per question
+    assert summary["items_skipped"] == 2 and summary["skipped_by_reason"] == {"no valid pixels": 2}  # s4's first tile
+    assert summary["items_ok"] == summary["items_in"] - 4
+    assert summary["files_skipped"] == 1 and summary["files_skipped_named"][0]["path"].endswith("notes.txt")
+    assert summary["stretch"]["mode"] == "scene"
     df = pq.read_table(RunPaths(str(tmp_path / "out"), "sat").results).to_pandas()
     assert df["id"].is_unique and len(df) == summary["items_in"]
+    skipped = df[df.status == "skipped"]
+    assert set(skipped.scene) == {"s4"} and (skipped.tile_col_off == 0).all() and (skipped.forward_passes == 0).all()
+    assert df[df.status == "ok"].evidence_box.map(lambda b: b is None or len(b) == 4).all()
     s1 = df[(df.scene == "s1") & (df.status == "ok")]
     assert (s1.crs == "EPSG:32633").all()
     first = s1[(s1.tile_col_off == 0) & (s1.tile_row_off == 0)].iloc[0]
@@ -69,5 +82,279 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     gj = json.loads((meta / "scenes" / "s1.q0.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["properties"]["crs"] == "EPSG:32633"
     yes = s1[(s1.question_index == 0) & (s1.answer == "yes")]
-    assert len(gj["features"]) == len(yes)
-    assert json.loads((meta / "rollup.json").read_text())["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))
+    assert sum(f["properties"]["n_tiles"] for f in gj["features"]) == len(yes)  # every "yes" tile in one detection
+    rollup = json.loads((meta / "rollup.json").read_text())
+    assert rollup["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))
+    assert rollup["s1/q0"]["detections"] == len(gj["features"]) <= len(yes)
+    assert rollup["s4/q0"]["tiles_skipped"] == 1
+
+    # the committed results are GeoParquet: tile footprints in the scene CRS, evidence inside its tile
+    import geopandas
+    from pyproj import CRS
+
+    gdf = geopandas.read_parquet(RunPaths(str(tmp_path / "out"), "sat").results)
+    assert len(gdf) == summary["items_in"] and gdf.crs == CRS("EPSG:32633") and summary["geometry_crs"] == "EPSG:32633"
+    geo = gdf[gdf.geometry.notna()]
+    assert set(geo.scene) == {"s1", "s4"} and geo.geometry.is_valid.all()
+    first_geo = geo[(geo.scene == "s1") & (geo.tile_col_off == 0) & (geo.tile_row_off == 0)].geometry.iloc[0]
+    assert first_geo.bounds == (500000.0, 4599800.0, 500200.0, 4600000.0)
+    ev = gdf[gdf["evidence_geometry"].notna()]
+    assert (ev["evidence_geometry"].within(ev.geometry)).all()
+    assert ev["evidence_lon"].between(14, 16).all() and ev["evidence_lat"].between(41, 42).all()
+    assert gdf[gdf.scene == "s2"].geometry.isna().all()  # a PNG without georeferencing has no map footprint
+    dets = geopandas.read_parquet(meta / "scenes" / "s1.detections.parquet")
+    assert dets.crs == CRS("EPSG:32633") and len(dets) == sum(rollup[f"s1/q{i}"]["detections"] for i in (0, 1))
+
+
+# ------------------------------------------------------------------ what the loader reads: masks, stretch, bands
+import warnings  # noqa: E402
+
+from PIL import ImageOps  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from pipelines.rasters import (  # noqa: E402
+    GDAL_CACHE_MB, SceneError, read_tile, scene_header, tile_ranges, to_rgb8,
+)
+from pipelines.satellite import SceneTileLoader, app, list_scenes  # noqa: E402
+from spote.images import NEUTRAL_FILL  # noqa: E402
+
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+
+
+def _write(path, data, **kw):
+    count, h, w = data.shape
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": count, "dtype": str(data.dtype),
+               "crs": "EPSG:32633", "transform": from_origin(500000, 4600000, 10, 10), **kw}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return str(path)
+
+
+def _row(path, c, r, w, h):
+    return {"id": "t", "source": str(path), "question": "is there a boat ?", "choices": '["yes", "no"]',
+            "tile_col_off": c, "tile_row_off": r, "tile_width": w, "tile_height": h, "stretch_range": ""}
+
+
+def _pixels(out):
+    return np.frombuffer(out["pixels"], np.uint8).reshape(out["height"], out["width"], 3)
+
+
+def _reflectance(rng, h=200, w=300):
+    """float32 reflectance (0.02-0.3) with a bright boat, the left third nodata (-9999)."""
+    data = rng.uniform(0.02, 0.3, (3, h, w)).astype(np.float32)
+    data[:, 90:100, 200:220] = 0.9
+    data[:, :, :100] = -9999
+    return data
+
+
+@pytest.mark.parametrize("stretch", ["scene", "tile"])
+def test_nodata_is_left_out_of_the_stretch_and_shown_grey(tmp_path, stretch):
+    path = _write(tmp_path / "refl.tif", _reflectance(np.random.default_rng(0)), nodata=-9999)
+    out = SceneTileLoader(stretch=stretch).load(_row(path, 0, 0, 300, 200))
+    assert out["status"] == "ok"
+    rgb = _pixels(out)
+    assert (rgb[:, :100] == NEUTRAL_FILL).all()
+    valid = rgb[:, 100:]
+    assert 90 < valid.mean() < 160, valid.mean()  # with nodata in the percentiles the tile went ~92% white
+    assert rgb[95, 210].min() == 255 and json.loads(out["stretch_range"])[0][0] > 0
+
+
+def test_internal_masks_alpha_and_nan_are_invalid(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1000, 3000, (3, 64, 64)).astype(np.uint16)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(tmp_path / "masked.tif", "w", driver="GTiff", width=64, height=64, count=3,
+                           dtype="uint16") as ds:
+            ds.write(data)
+            mask = np.full((64, 64), 255, np.uint8)
+            mask[:16] = 0
+            ds.write_mask(mask)
+    rgba = np.concatenate([data, np.full((1, 64, 64), 65535, np.uint16)])
+    rgba[3, :, :20] = 0
+    with rasterio.open(tmp_path / "alpha.tif", "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16",
+                       photometric="RGB", alpha="YES") as ds:
+        ds.write(rgba)
+    nan = data.astype(np.float32)
+    nan[:, 40:, :] = np.nan
+    _write(tmp_path / "nan.tif", nan)
+    for name, invalid in (("masked.tif", np.s_[:16, :]), ("alpha.tif", np.s_[:, :20]), ("nan.tif", np.s_[40:, :])):
+        hdr = scene_header(str(tmp_path / name))
+        with rasterio.open(tmp_path / name) as ds:
+            px = read_tile(ds, hdr, hdr.default_bands, 0, 0, 64, 64)
+        assert not px.valid[invalid].any() and px.valid.sum() > 64 * 20, name
+        rgb = to_rgb8(px, tile_ranges(px))
+        assert (rgb[invalid] == NEUTRAL_FILL).all() and 80 < rgb[px.valid].mean() < 175, name
+    assert scene_header(str(tmp_path / "alpha.tif")).default_bands == (1, 2, 3)
+
+
+def test_a_tile_without_valid_pixels_is_skipped_not_answered(tmp_path):
+    path = _write(tmp_path / "refl.tif", _reflectance(np.random.default_rng(2)), nodata=-9999)
+    out = SceneTileLoader().load(_row(path, 0, 0, 100, 100))
+    assert out["status"] == "skipped" and "no valid pixels" in out["error"] and out["pixels"] == b""
+
+
+def test_one_hot_pixel_cannot_darken_a_12_bit_scene(tmp_path):
+    rng = np.random.default_rng(3)
+    data = rng.normal(2000, 250, (3, 128, 128)).clip(0, 4095).astype(np.uint16)
+    data[:, 7, 9] = 65535
+    path = _write(tmp_path / "s.tif", data)
+    for stretch in ("scene", "tile"):
+        rgb = _pixels(SceneTileLoader(stretch=stretch).load(_row(path, 0, 0, 128, 128)))
+        assert 100 < rgb.mean() < 155, (stretch, rgb.mean())
+    png = tmp_path / "s16.png"
+    with rasterio.open(png, "w", driver="PNG", width=128, height=128, count=3, dtype="uint16") as ds:
+        ds.write(data)
+    assert 100 < _pixels(SceneTileLoader().load(_row(png, 0, 0, 128, 128))).mean() < 155
+
+
+@pytest.mark.parametrize("bands", ["4,3,2", "0,1,2", "9,9,9", "-1,2,3", "2"])
+def test_bands_out_of_range_is_one_clear_error_before_any_work(tmp_path, bands):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    _write(scenes / "rgb.tif", np.ones((3, 32, 32), np.uint16))
+    if bands == "2":  # a valid selection on a 3-band file, out of range on a 1-band one
+        _write(scenes / "grey.tif", np.ones((1, 32, 32), np.uint16))
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]}]))
+    args = ["--input", str(scenes), "--output", str(tmp_path / "out"), "--questions", str(tmp_path / "q.json"),
+            "--bands", bands]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --bands") and "Traceback" not in res.output
+    assert ("has 1 band " if bands == "2" else "has 3 bands") in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_scene_formats_rasterio_reads_are_accepted_and_the_rest_named(tmp_path):
+    from rasterio.shutil import copy as rio_copy
+
+    scenes = tmp_path / "scenes"
+    (scenes / "S2" / "GRANULE").mkdir(parents=True)
+    data = np.random.default_rng(4).integers(0, 4000, (1, 64, 64)).astype(np.uint16)
+    tif = _write(tmp_path / "band.tif", data)
+    rio_copy(tif, scenes / "S2" / "GRANULE" / "T33UUP_B04.jp2", driver="JP2OpenJPEG")
+    rio_copy(tif, scenes / "scene.img", driver="HFA")
+    _write(scenes / "base.tif", data)
+    (scenes / "mosaic.vrt").write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><VRTRasterBand dataType="UInt16" band="1">'
+        '<SimpleSource><SourceFilename relativeToVRT="1">base.tif</SourceFilename><SourceBand>1</SourceBand>'
+        '</SimpleSource></VRTRasterBand></VRTDataset>')
+    (scenes / "notes.txt").write_text("field notes")
+    (scenes / "base.tif.aux.xml").write_text("<PAMDataset/>")
+    found, skipped = list_scenes(str(scenes))
+    assert sorted(PurePosixPath(p).name for p in found) == ["T33UUP_B04.jp2", "base.tif", "mosaic.vrt", "scene.img"]
+    reasons = {PurePosixPath(s["path"]).name: s["reason"].split(":")[0] for s in skipped}
+    assert reasons["notes.txt"] == "not a raster format the installed GDAL reads"
+    assert reasons["base.tif.aux.xml"] == "sidecar file (read with its scene)"
+    assert len(found) + len(skipped) == sum(1 for p in scenes.rglob("*") if p.is_file())  # every file accounted for
+    for p in found:  # each is read tile by tile like a GeoTIFF
+        out = SceneTileLoader().load(_row(p, 0, 0, 64, 64))
+        assert out["status"] == "ok" and _pixels(out).std() > 10, p
+
+
+def test_an_input_with_nothing_to_do_ends_cleanly(tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "readme.txt").write_text("x")
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]}]))
+    summary = run(JobOptions(str(scenes), str(tmp_path / "out")), str(tmp_path / "q.json"))
+    assert summary["items_in"] == 0 and summary["files_skipped"] == 1 and "nothing to do" in summary["message"]
+    assert summary["files_skipped_named"][0]["path"].endswith("readme.txt")
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"),
+                                   "--questions", str(tmp_path / "q.json")])
+    assert res.exit_code == 2 and "no such file or folder" in res.output and "Traceback" not in res.output
+
+
+def test_large_png_and_jpeg_scenes_are_tiled_within_the_pixel_cap(tmp_path):
+    from rasterio.env import get_gdal_config
+
+    from spote.images import BadImage, load_image
+
+    rng = np.random.default_rng(5)
+    big = np.kron(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), np.ones((30, 30, 1), np.uint8))  # 1800x2400
+    Image.fromarray(big).save(tmp_path / "ortho.png")
+    Image.fromarray(big).save(tmp_path / "ortho.jpg", quality=95)
+    cap = 1_000_000
+    with pytest.raises(BadImage, match="too large"):
+        load_image(tmp_path / "ortho.png", max_pixels=cap)  # the whole scene is over the cap ...
+    loader = SceneTileLoader(max_tile_pixels=cap)
+    assert get_gdal_config("GDAL_CACHEMAX") == GDAL_CACHE_MB * 2 ** 20
+    for c, r in ((0, 0), (1400, 800), (700, 1300)):  # ... its tiles are not
+        out = loader.load(_row(tmp_path / "ortho.png", c, r, 1000, 500))
+        assert out["status"] == "ok" and np.array_equal(_pixels(out), big[r:r + 500, c:c + 1000])
+        jpg = _pixels(loader.load(_row(tmp_path / "ortho.jpg", c, r, 1000, 500)))
+        assert np.abs(jpg.astype(int) - big[r:r + 500, c:c + 1000]).mean() < 8
+    with pytest.raises(SceneError, match="over the cap of 1,000,000 pixels per tile"):
+        run(JobOptions(str(tmp_path / "ortho.png"), str(tmp_path / "out")), "unused.json", tile_size=1200,
+            overlap=0, max_tile_pixels=cap)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_phone_jpeg_scenes_are_tiled_upright(tmp_path, orientation):
+    store = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+    yy, xx = np.mgrid[0:300, 0:200]
+    upright = np.stack([xx * 255 // 200, yy * 255 // 300, np.zeros_like(xx)], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(upright).transpose(store[orientation]).save(tmp_path / "drone.jpg", quality=95, exif=exif.tobytes())
+    viewer = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "drone.jpg")).convert("RGB"))
+    hdr = scene_header(str(tmp_path / "drone.jpg"))
+    assert (hdr.width, hdr.height, hdr.orientation) == (200, 300, orientation)
+    out = SceneTileLoader().load(_row(tmp_path / "drone.jpg", 50, 120, 100, 150))
+    assert np.abs(_pixels(out).astype(int) - viewer[120:270, 50:150]).mean() < 3
+
+
+def test_remote_scenes_are_tiled_through_fsspec(s3, tmp_path):
+    from pipelines.storage import parse_storage_options
+
+    data = np.random.default_rng(6).integers(0, 4000, (3, 256, 256)).astype(np.uint16)
+    path = _write(tmp_path / "remote.tif", data, tiled=True, blockxsize=64, blockysize=64)
+    s3.put(path, "spote/scenes/remote.tif")
+    so = parse_storage_options(None)
+    assert scene_header("s3://spote/scenes/remote.tif", so).width == 256
+    out = SceneTileLoader(storage_options=so).load(_row("s3://spote/scenes/remote.tif", 64, 64, 128, 128))
+    assert out["status"] == "ok" and _pixels(out).shape == (128, 128, 3) and _pixels(out).std() > 10
+
+
+def _coast(rng, h=256, w=512):
+    """A 12-bit scene: dark water on the left half (~300), bright land on the right (~3000)."""
+    data = np.empty((3, h, w), np.uint16)
+    data[:, :, : w // 2] = rng.normal(300, 15, (3, h, w // 2)).clip(0, 4095)
+    data[:, :, w // 2:] = rng.normal(3000, 300, (3, h, w - w // 2)).clip(0, 4095)
+    return data
+
+
+def test_scene_stretch_is_one_range_for_every_tile_and_tile_stretch_is_kept_as_an_option(tmp_path):
+    path = _write(tmp_path / "coast.tif", _coast(np.random.default_rng(7)))
+    water, across = _row(path, 0, 0, 128, 128), _row(path, 192, 0, 128, 128)
+    scene = SceneTileLoader(stretch="scene")
+    w_scene, a_scene = scene.load(dict(water)), scene.load(dict(across))
+    assert w_scene["stretch_range"] == a_scene["stretch_range"] != ""
+    # the same pixels (columns 192-255, water) look the same whichever tile they are in
+    same_water = _row(path, 64, 0, 192, 128)
+    assert np.array_equal(_pixels(scene.load(dict(same_water)))[:, 128:192], _pixels(a_scene)[:, :64])
+    assert _pixels(w_scene).mean() < 40  # dark water stays dark ...
+    tile = SceneTileLoader(stretch="tile")
+    w_tile = tile.load(dict(water))
+    assert 90 < _pixels(w_tile).mean() < 165 and _pixels(w_tile).std() > 3 * _pixels(w_scene).std()  # ... not noise
+    assert w_tile["stretch_range"] != tile.load(dict(across))["stretch_range"]
+
+
+def test_scene_stretch_reads_an_overview_when_the_file_has_one(tmp_path):
+    from rasterio.enums import Resampling
+
+    from pipelines.rasters import scene_ranges
+
+    data = _coast(np.random.default_rng(8), 512, 1024)
+    plain = _write(tmp_path / "plain.tif", data)
+    with_ovr = _write(tmp_path / "ovr.tif", data)
+    with rasterio.open(with_ovr, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.nearest)
+    for path in (plain, with_ovr):
+        hdr = scene_header(path)
+        with rasterio.open(path) as ds:
+            ranges = scene_ranges(ds, hdr, (1, 2, 3))
+        assert hdr.has_overviews == (path == with_ovr)
+        for lo, hi in ranges:
+            assert 250 < lo < 330 and 3000 < hi < 3700, (path, lo, hi)

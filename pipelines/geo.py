@@ -1,0 +1,302 @@
+"""Satellite results on the map: tile and evidence footprints, GeoParquet 1.1, and the per-scene roll-up.
+
+Footprints are polygons through the scene's affine transform (its four corners, so rotated or sheared
+transforms stay exact), in the scene's CRS. A tile's evidence is the answer's ``evidence_box`` (pixels
+of the tile image, upright) moved to scene pixels and through the same transform. Non-georeferenced
+scenes have no map footprint (null geometry); their roll-up is in upright scene pixels.
+
+GeoParquet (https://geoparquet.org, version ``GEOPARQUET_VERSION``): WKB columns written by shapely,
+CRS as PROJJSON from pyproj, one ``geo`` metadata key naming ``geometry`` (primary) and
+``evidence_geometry``. A run whose scenes share one CRS is written in it; a run with several CRSs is
+written in OGC:CRS84 (lon/lat), the ``crs`` column still naming each scene's own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from spote.images import stored_point
+
+from .rasters import SceneHeader
+from .storage import filesystem, join, write_text
+
+GEOPARQUET_VERSION = "1.1.0"
+ROWS_PER_FILE = 1_000_000
+WGS84 = "EPSG:4326"
+CRS84 = "OGC:CRS84"
+
+
+def _affine(header: SceneHeader, x: float, y: float) -> tuple[float, float]:
+    a, b, c, d, e, f = header.transform
+    return a * x + b * y + c, d * x + e * y + f
+
+
+def scene_polygon(header: SceneHeader, x0: float, y0: float, x1: float, y1: float, *, map_coords: bool = True):
+    """The upright-scene pixel box [x0, y0, x1, y1] as a shapely Polygon: map coordinates in the scene CRS
+    (through the stored frame and the affine), or upright pixels when ``map_coords`` is False or the scene
+    is not georeferenced (then None if ``map_coords``)."""
+    from shapely.geometry import Polygon
+
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if not map_coords:
+        return Polygon(corners)
+    if not header.georeferenced:
+        return None
+    stored = [stored_point(x, y, header.stored_width, header.stored_height, header.orientation) for x, y in corners]
+    return Polygon([_affine(header, x, y) for x, y in stored])
+
+
+def tile_and_evidence(header: SceneHeader, row, map_coords: bool = True):
+    """(tile footprint, evidence footprint or None) of one result row (a mapping or a namedtuple)."""
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    c, r, w, h = get("tile_col_off"), get("tile_row_off"), get("tile_width"), get("tile_height")
+    tile = scene_polygon(header, c, r, c + w, r + h, map_coords=map_coords)
+    box = get("evidence_box")
+    if box is None or len(box) != 4:
+        return tile, None
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return tile, scene_polygon(header, c + x0, r + y0, c + x1, r + y1, map_coords=map_coords)
+
+
+def _projjson(crs: str | None):
+    if not crs:
+        return None
+    from pyproj import CRS
+
+    return CRS.from_user_input(crs).to_json_dict()
+
+
+def _column_meta(geoms: np.ndarray, crs: str | None) -> dict:
+    import shapely
+
+    present = [g for g in geoms if g is not None]
+    types = sorted({g.geom_type for g in present})
+    meta = {"encoding": "WKB", "geometry_types": types, "crs": _projjson(crs)}  # explicit null: CRS unknown
+    if present:
+        meta["bbox"] = [float(v) for v in shapely.total_bounds(np.array(present, dtype=object))]
+    return meta
+
+
+def with_geometry(table, columns: dict[str, np.ndarray], primary: str, crs: str | None):
+    """``table`` plus WKB columns (shapely geometries or None per row) and the GeoParquet ``geo`` metadata."""
+    import pyarrow as pa
+    import shapely
+
+    for name, geoms in columns.items():
+        wkb = shapely.to_wkb(np.array(geoms, dtype=object))
+        table = table.append_column(name, pa.array(list(wkb), type=pa.binary()))
+    geo = {"version": GEOPARQUET_VERSION, "primary_column": primary,
+           "columns": {name: _column_meta(geoms, crs) for name, geoms in columns.items()}}
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = json.dumps(geo).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def write_parquet_file(table, uri: str, storage_options=None) -> None:
+    """One Parquet file, the table's schema metadata (``geo``) kept."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def write_parquet(table, folder_uri: str, storage_options=None) -> list[str]:
+    """``table`` as ``part-00000.parquet``, ... (``ROWS_PER_FILE`` rows each) under a folder; returns the URIs."""
+    uris = []
+    for i, start in enumerate(range(0, max(1, len(table)), ROWS_PER_FILE)):
+        uris.append(join(folder_uri, f"part-{i:05d}.parquet"))
+        write_parquet_file(table.slice(start, ROWS_PER_FILE), uris[-1], storage_options)
+    return uris
+
+
+class ResultGeometry:
+    """Tile and evidence footprints and evidence lon/lat for a result table, one CRS for the run."""
+
+    def __init__(self, headers: dict[str, SceneHeader]):
+        self.headers = headers
+        crss = sorted({h.crs for h in headers.values() if h.crs})
+        self.crs = crss[0] if len(crss) == 1 else (CRS84 if crss else None)
+        self._transformers: dict[tuple[str, str], object] = {}
+
+    def _transformer(self, src: str, dst: str):
+        from pyproj import Transformer
+
+        key = (src, dst)
+        if key not in self._transformers:
+            self._transformers[key] = Transformer.from_crs(src, dst, always_xy=True)
+        return self._transformers[key]
+
+    def _to(self, geom, src: str, dst: str):
+        import shapely
+
+        if geom is None or src == dst:
+            return geom
+        t = self._transformer(src, dst)
+        return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+    def columns(self, table) -> dict[str, list]:
+        """geometry, evidence_geometry (shapely or None) and evidence_lon, evidence_lat (degrees or None)."""
+        names = ("source", "tile_col_off", "tile_row_off", "tile_width", "tile_height", "evidence_box")
+        data = {n: table.column(n).to_pylist() if n in table.column_names else [None] * len(table) for n in names}
+        out = {"geometry": [], "evidence_geometry": [], "evidence_lon": [], "evidence_lat": []}
+        for i in range(len(table)):
+            row = {n: data[n][i] for n in names}
+            header = self.headers.get(row["source"])
+            tile, evidence = (None, None)
+            if header is not None and header.crs and row["tile_width"]:
+                tile, evidence = tile_and_evidence(header, row)
+            lon = lat = None
+            if evidence is not None:
+                c = evidence.centroid
+                lon, lat = self._transformer(header.crs, WGS84).transform(c.x, c.y)
+            src = header.crs if header is not None else None
+            out["geometry"].append(self._to(tile, src, self.crs))
+            out["evidence_geometry"].append(self._to(evidence, src, self.crs))
+            out["evidence_lon"].append(lon)
+            out["evidence_lat"].append(lat)
+        return out
+
+    def geoparquet_table(self, table):
+        """``table`` with geometry (primary), evidence_geometry, evidence_lon/lat and GeoParquet metadata."""
+        import pyarrow as pa
+
+        cols = self.columns(table)
+        for name in ("evidence_lon", "evidence_lat"):
+            table = table.append_column(name, pa.array(cols[name], type=pa.float64()))
+        return with_geometry(table, {"geometry": cols["geometry"], "evidence_geometry": cols["evidence_geometry"]},
+                             "geometry", self.crs)
+
+
+def rewrite_staged_as_geoparquet(table, staging_uri: str, headers: dict[str, SceneHeader], storage_options=None):
+    """Replace a run's staged Parquet files by GeoParquet ones holding the same rows plus the geometry columns
+    (before the commit, so the committed results are GeoParquet or nothing). Returns the geometry CRS."""
+    geometry = ResultGeometry(headers)
+    geo_table = geometry.geoparquet_table(table)
+    fs, staging = filesystem(staging_uri, storage_options)
+    for path in fs.find(staging):
+        fs.rm(path)
+    write_parquet(geo_table, staging_uri, storage_options)
+    return geometry.crs
+
+
+# ------------------------------------------------------------------------------------------------ roll-up
+@dataclass
+class Detection:
+    """One object seen by one or more tiles: the merged footprint and the tiles that answered "yes" for it."""
+
+    geometry: object
+    ids: list[str]
+    tiles: list[list[int]]
+    confidence_max: float
+    localised: bool
+
+
+def merge_detections(footprints: list, localised: list[bool], ids: list[str], tiles: list[list[int]],
+                     confidences: list[float]) -> list[Detection]:
+    """Merge "yes" footprints that overlap (positive intersection area) into one detection each.
+
+    Two whole-tile footprints (no evidence box on either) are not merged with each other: neighbouring tiles
+    overlap by construction, and neither says where its object is. A localised evidence footprint merges
+    with every footprint it overlaps, so the same object seen from two tiles of an overlap counts once.
+    The merged geometry is the union of the localised footprints where there is one, else of the tiles.
+    """
+    import shapely
+    from shapely.strtree import STRtree
+
+    n = len(footprints)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if n:
+        tree = STRtree(footprints)
+        for i, geom in enumerate(footprints):
+            for j in tree.query(geom):
+                j = int(j)
+                if j <= i or not (localised[i] or localised[j]):
+                    continue
+                if shapely.intersection(geom, footprints[j]).area > 0:
+                    parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    out = []
+    for members in groups.values():
+        loc = [i for i in members if localised[i]]
+        geom = shapely.union_all([footprints[i] for i in (loc or members)])
+        out.append(Detection(geom, [ids[i] for i in members], [tiles[i] for i in members],
+                             float(max(confidences[i] for i in members)), bool(loc)))
+    return sorted(out, key=lambda d: d.ids[0])
+
+
+def _geojson(geom) -> dict:
+    import shapely
+
+    return json.loads(shapely.to_geojson(geom))
+
+
+def scene_detections(df, header: SceneHeader | None) -> list[Detection]:
+    """The merged "yes" detections of one scene and question (a pandas frame of its result rows)."""
+    yes = df[(df["status"] == "ok") & (df["answer"].astype(str).str.lower() == "yes")]
+    map_coords = header is not None and header.georeferenced
+    footprints, localised, ids, tiles, conf = [], [], [], [], []
+    for rec in yes.itertuples():
+        if header is None:
+            continue
+        tile, evidence = tile_and_evidence(header, rec, map_coords=map_coords)
+        footprints.append(evidence if evidence is not None else tile)
+        localised.append(evidence is not None)
+        ids.append(rec.id)
+        tiles.append([int(rec.tile_col_off), int(rec.tile_row_off), int(rec.tile_width), int(rec.tile_height)])
+        conf.append(float(rec.confidence))
+    return merge_detections(footprints, localised, ids, tiles, conf)
+
+
+def write_rollup(table, meta_uri: str, headers: dict[str, SceneHeader], storage_options=None) -> dict:
+    """Per scene and question: merged detections as GeoJSON (``scenes/<scene>.q<i>.geojson``) and per scene as
+    GeoParquet (``scenes/<scene>.detections.parquet``); returns the counts written to ``rollup.json``."""
+    import pyarrow as pa
+
+    if not len(table) or "scene" not in table.column_names:
+        return {}
+    df = table.to_pandas()
+    rollup = {}
+    for scene, scene_df in df.groupby("scene"):
+        source = scene_df["source"].iloc[0]
+        header = headers.get(source)
+        crs = header.crs if header is not None and header.georeferenced else ""
+        records = []
+        for qi, grp in scene_df.groupby("question_index"):
+            detections = scene_detections(grp, header)
+            question = str(grp["question"].iloc[0])
+            feats = [{"type": "Feature", "geometry": _geojson(d.geometry),
+                      "properties": {"question": question, "ids": d.ids, "tiles": d.tiles, "n_tiles": len(d.ids),
+                                     "confidence_max": d.confidence_max, "localised": d.localised}}
+                     for d in detections]
+            fc = {"type": "FeatureCollection", "features": feats,
+                  "properties": {"scene": scene, "question": question, "crs": crs or "pixel"}}
+            if crs:  # the pre-RFC 7946 member GDAL/QGIS read, since the coordinates are not WGS84
+                fc["crs"] = {"type": "name", "properties": {"name": crs}}
+            write_text(join(meta_uri, "scenes", f"{scene}.q{qi}.geojson"), json.dumps(fc), storage_options)
+            yes = grp[(grp["status"] == "ok") & (grp["answer"].astype(str).str.lower() == "yes")]
+            rollup[f"{scene}/q{qi}"] = {"tiles": int(len(grp)), "tiles_yes": int(len(yes)), "detections": len(feats),
+                                        "tiles_error": int((grp["status"] == "error").sum()),
+                                        "tiles_skipped": int((grp["status"] == "skipped").sum()), "crs": crs}
+            records += [(int(qi), question, d) for d in detections]
+        t = pa.table({"scene": [scene] * len(records), "question_index": [r[0] for r in records],
+                      "question": [r[1] for r in records], "ids": [r[2].ids for r in records],
+                      "n_tiles": [len(r[2].ids) for r in records],
+                      "confidence_max": pa.array([r[2].confidence_max for r in records], pa.float64()),
+                      "localised": pa.array([r[2].localised for r in records], pa.bool_())})
+        t = with_geometry(t, {"geometry": [r[2].geometry for r in records]}, "geometry", crs or None)
+        write_parquet_file(t, join(meta_uri, "scenes", f"{scene}.detections.parquet"), storage_options)
+    return rollup

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 
 from .storage import join, write_bytes, write_text
@@ -62,9 +64,16 @@ def write_report(table, summary: dict, meta_uri: str, storage_options=None) -> N
     plt.close(fig)
     write_bytes(join(meta_uri, "entropy.png"), buf.getvalue(), storage_options)
     errors = df[df["status"] == "error"][["id", "source", "error"]].head(200)
-    rows = "".join(f"<tr><td>{r.id}</td><td>{r.source}</td><td>{r.error}</td></tr>" for r in errors.itertuples())
-    stats = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary.items() if k != "policy")
-    html = (f"<html><head><meta charset='utf-8'><title>SPOT-E run {summary['run_id']}</title></head><body>"
-            f"<h1>SPOT-E run {summary['run_id']}</h1><img src='entropy.png'><h2>Summary</h2><table>{stats}</table>"
+    rows = "".join(f"<tr><td>{esc(r.id)}</td><td>{esc(r.source)}</td><td>{esc(r.error)}</td></tr>"
+                   for r in errors.itertuples())
+    stats = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary.items() if k != "policy")
+    run_id = esc(summary["run_id"])
+    page = (f"<html><head><meta charset='utf-8'><title>SPOT-E run {run_id}</title></head><body>"
+            f"<h1>SPOT-E run {run_id}</h1><img src='entropy.png'><h2>Summary</h2><table>{stats}</table>"
             f"<h2>Errors</h2><table><tr><th>id</th><th>source</th><th>error</th></tr>{rows}</table></body></html>")
-    write_text(join(meta_uri, "report.html"), html, storage_options)
+    write_text(join(meta_uri, "report.html"), page, storage_options)
+
+
+def esc(value) -> str:
+    """Text from a user or a file (names, ids, questions, answers, error texts) as HTML text or attribute value."""
+    return html.escape("" if value is None else str(value), quote=True)

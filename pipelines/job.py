@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -105,6 +106,31 @@ def job_command(fn):
     return command
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a folder name (``results/run_id=<id>``) that every hive reader must read back as the
+    same text: a letter first, then letters, digits, ``.``, ``_``, ``-`` (no ``%``, ``/`` or ``=``, which
+    readers decode), and not a word DuckDB's partition-type inference turns into a number or a date.
+
+    Raises:
+        ValueError: naming the run id and the rule.
+    """
+    rule = "a letter first, then letters, digits, '.', '_' or '-' (at most 128)"
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r} cannot be a partition folder name: use {rule}")
+    try:
+        float(run_id)  # inf, nan, infinity
+        numeric = True
+    except ValueError:
+        numeric = run_id.lower() == "epoch"
+    if numeric:
+        raise ValueError(f"run id {run_id!r} reads back as a number or a date in hive readers: add a word, "
+                         f"e.g. 'run-{run_id}'")
+    return run_id
+
+
 def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None):
     """The job's Ray Data stages, unexecuted: rows -> CPU loader actors -> SPOT-E actors."""
     import ray
@@ -132,7 +158,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
 
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
-    run_id = opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), str(opts.model))
+    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True),
+                                                        str(opts.model)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))

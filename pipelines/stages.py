@@ -16,12 +16,15 @@ from .storage import read_bytes
 
 # The result schema's fixed part. Typed explicitly: a block of error rows only has empty traces and
 # no choices, which Arrow would infer as null types that later blocks (and readers) cannot cast.
+# ``run_id`` is also the hive partition key (results/run_id=<id>/); pyarrow's and pandas' default
+# readers discover a partition key as dictionary<int32, string>, so the column is stored with that
+# very type: the file keeps its run id when read alone, and the two never clash on merge.
 RESULT_TYPES = {
     "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
     "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
-    "run_id": "string", "actor": "string",
+    "run_id": ("dictionary", "string"), "actor": "string",
 }
 
 
@@ -155,8 +158,11 @@ class SpotePredictor:
 
 
 def _arrow_type(spec):
+    """A RESULT_TYPES entry as a pyarrow type: an alias, ("list", item) or ("dictionary", value)."""
     import pyarrow as pa
 
+    if isinstance(spec, tuple) and spec[0] == "dictionary":
+        return pa.dictionary(pa.int32(), _arrow_type(spec[1]))
     return pa.list_(_arrow_type(spec[1])) if isinstance(spec, tuple) else pa.type_for_alias(spec)
 
 

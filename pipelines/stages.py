@@ -104,7 +104,7 @@ class SpotePredictor:
     """Ray Data actor: one frozen VLM per actor, loaded once; SPOT-E per row; never raises per item."""
 
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
-                 device: str | None = None, threads: int = 1):
+                 device: str | None = None, threads: int = 1, timeout_s: float | None = None):
         import torch
 
         from spote.core import PolicyConfig
@@ -118,6 +118,7 @@ class SpotePredictor:
         self.model_name = str(model or "spote-tiny")
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None  # seconds per item; None: no limit
         # Ray, Arrow and the model are here for the actor's life: move them out of the cyclic GC's
         # reach, so the collections spote's many short-lived objects trigger stay short
         import gc
@@ -131,6 +132,8 @@ class SpotePredictor:
         from spote.core import spote
         from spote.images import check_choices
 
+        from .timelimit import DeadlineAdapter, ItemTimeout
+
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
@@ -138,10 +141,16 @@ class SpotePredictor:
         if row.get("status") == "error":
             return base
         t0 = time.perf_counter()
+        adapter = self.adapter
+        if self.timeout_s:  # checked before every model call: the loop stops between forward passes
+            adapter = DeadlineAdapter(self.adapter, time.monotonic() + self.timeout_s, self.timeout_s)
         try:
             image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             choices = check_choices(json.loads(row["choices"]) if row.get("choices") else None)
-            res = spote(self.adapter, image, row["question"], choices, self.cfg)
+            res = spote(adapter, image, row["question"], choices, self.cfg)
+        except ItemTimeout as err:
+            return {**base, "status": "error", "error": f"timeout: {err}",
+                    "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:
             return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}

@@ -324,7 +324,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
     summary = summarise(table, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
                         PolicyConfig(**policy).__dict__, extra_summary(table) if extra_summary else None)
     if len(table):
-        write_report(table, summary, paths.meta, so)
+        write_report(table, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
+                     timeout_s=opts.item_timeout_seconds)
     if post_commit is not None:
         post_commit(table, paths, so)
     if items_in == 0:

@@ -19,12 +19,14 @@ from .storage import read_bytes
 # ``run_id`` is also the hive partition key (results/run_id=<id>/); pyarrow's and pandas' default
 # readers discover a partition key as dictionary<int32, string>, so the column is stored with that
 # very type: the file keeps its run id when read alone, and the two never clash on merge.
+# ``evidence_box``: [x0, y0, x1, y1] in pixels of the image the loader made for the row (the image, the
+# rendered page, the upright tile), the view the answer came from; null when the whole image answered.
 RESULT_TYPES = {
     "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
     "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
-    "run_id": ("dictionary", "string"), "actor": "string",
+    "run_id": ("dictionary", "string"), "actor": "string", "evidence_box": ("list", "int64"),
 }
 
 
@@ -137,7 +139,7 @@ class SpotePredictor:
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
-                    forward_passes=0, latency_ms=0.0, actor=self.actor)
+                    forward_passes=0, latency_ms=0.0, actor=self.actor, evidence_box=None)
         if row.get("status") == "error":
             return base
         t0 = time.perf_counter()
@@ -156,7 +158,8 @@ class SpotePredictor:
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         return {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                 "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
-                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "forward_passes": res.forward_passes,
+                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
+                "forward_passes": res.forward_passes,
                 "latency_ms": (time.perf_counter() - t0) * 1000}
 
     def __call__(self, batch: dict):

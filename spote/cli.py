@@ -107,7 +107,7 @@ def ask(
         from .trace import plot_trace
 
         try:
-            plot_trace(img, result, trace, q)
+            plot_trace(img, result, trace, q, input_size=adapter.input_size)
         except OSError as err:
             _fail(f"cannot write the trace {trace}: {err.strerror or err}")
     if as_json:

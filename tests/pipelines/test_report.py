@@ -150,3 +150,31 @@ def test_thumbnail_and_scene_overview_draw_the_boxes():
     px = _decode(scene.uri)
     assert abs(px[80, 1] - [255, 200, 0]).max() < 60              # yellow tile edge
     assert abs(px[75, 51] - [0, 200, 255]).max() < 60 and abs(px[40, 40] - 128).max() < 10
+
+
+def test_hostile_names_through_a_whole_run(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    """A vqa run over files and a manifest that carry markup: the committed report is still inert text."""
+    import json
+
+    from pipelines.job import JobOptions, run_job
+    from pipelines.runs import RunPaths
+    from pipelines.vqa import read_manifest
+
+    good = Path(_image(tmp_path / HOSTILE["source"], (40, 90, 200)))
+    (tmp_path / HOSTILE["other"]).write_bytes(b"not an image <at all>")
+    lines = [{"id": HOSTILE["id"], "image_uri": good.name, "question": HOSTILE["question"], "choices": ["<yes>", "no&"]},
+             {"id": "<b>2</b>", "image_uri": HOSTILE["other"], "question": "is it <ok> ?", "choices": ["yes", "no"]}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    opts = JobOptions(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy,
+                      run_id="hostile")
+    run_job("vqa", opts, read_manifest(opts.input))
+    page = parse(Path(RunPaths(opts.output, "hostile").meta) / "report.html")
+    assert {t for t, _ in page.elements} <= {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2",
+                                            "h3", "p", "span", "section", "div", "img", "table", "tr", "th", "td",
+                                            "a", "code", "br"}
+    assert not [(t, a) for t, a in page.elements for name in a if name.lower().startswith("on")]
+    assert_self_contained(page)
+    text = "".join(page.text)
+    for value in (HOSTILE["id"], HOSTILE["question"], str(good), str(tmp_path / HOSTILE["other"]), "<b>2</b>"):
+        assert value in text, value
+    assert any(a in text for a in ("<yes>", "no&"))

@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 
 from .job import JobOptions, job_command, run_job
+from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .questions import load_questions
 from .stages import RowLoader
 from .storage import content_hash, filesystem, join, parse_storage_options, read_bytes, write_text
@@ -54,9 +55,7 @@ def list_documents(input_uri: str, so=None) -> list[tuple[str, str]]:
 def page_count(uri: str, so=None) -> int:
     if not uri.lower().endswith(".pdf"):
         return 1
-    import pypdfium2 as pdfium
-
-    pdf = pdfium.PdfDocument(read_bytes(uri, so))
+    pdf = open_pdf(read_bytes(uri, so))
     try:
         return len(pdf)
     finally:
@@ -72,7 +71,7 @@ def plan_pages(docs: list[tuple[str, str]], questions: list[dict], so=None) -> l
             if n_pages == 0:
                 n_pages, err = 1, "unreadable PDF: it has no pages"
         except Exception as e:
-            n_pages, err = 1, f"unreadable PDF: {type(e).__name__}: {e}"
+            n_pages, err = 1, f"unreadable PDF: {e}" if isinstance(e, UnreadablePDF) else f"unreadable PDF: {type(e).__name__}: {e}"
         for page in range(n_pages):
             for qi, q in enumerate(questions):
                 rows.append({"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "document": name, "page": page,
@@ -92,24 +91,27 @@ class PageLoader(RowLoader):
     def forget(self) -> None:
         self._uri = None
 
-    def read(self, row: dict):
-        import pypdfium2 as pdfium
+    def describe(self, row: dict, err: Exception) -> str:
+        if isinstance(err, UnreadablePDF):
+            return f"{self.failure}: {err}"
+        return super().describe(row, err)
 
+    def read(self, row: dict):
         from spote.images import BadImage, load_image
 
         if row["source"] != self._uri:
             if self._pdf is not None:
                 self._pdf.close()
-            self._uri, self._data = row["source"], read_bytes(row["source"], self.so)
-            self._pdf = pdfium.PdfDocument(self._data) if row["source"].lower().endswith(".pdf") else None
+            self._uri, self._pdf, self._data = None, None, read_bytes(row["source"], self.so)
+            self._pdf = open_pdf(self._data) if row["source"].lower().endswith(".pdf") else None
+            self._uri = row["source"]
         if self._pdf is None:
             return load_image(self._data, self.max_pixels)
-        page = self._pdf[row["page"]]
-        w, h = page.get_size()
+        w, h = page_size(self._pdf, row["page"])
         scale = self.dpi / 72
         if w * h * scale * scale > self.max_pixels:
             raise BadImage(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
-        return page.render(scale=scale).to_pil().convert("RGB")
+        return render_page(self._pdf, row["page"], scale)
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:

@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -15,7 +16,11 @@ import typer
 from .report import summarise, write_report
 from .runs import RunPaths, check_accounting, commit, default_run_id, is_committed, prepare_staging
 from .stages import ImageLoader, SpotePredictor
+from .timelimit import TimedLoader
 from .storage import TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes, retrying
+
+
+_STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
 
 
 def init_ray(num_actors: int, address: str | None = None):
@@ -30,6 +35,119 @@ def init_ray(num_actors: int, address: str | None = None):
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 2), include_dashboard=False,
                  log_to_driver=True, runtime_env={"env_vars": _forwarded_env()})
+        _STARTED_HERE["local"] = True
+
+
+def cluster_is_fixed() -> bool:
+    """True for the local cluster init_ray started here (its resources never change); a cluster we
+    joined may have an autoscaler, so a shortfall there is waited for (boundedly)."""
+    return _STARTED_HERE["local"]
+
+
+class JobRefused(ValueError):
+    """The job cannot start as asked (flags, run id, cluster resources); the message says what to change."""
+
+
+class InsufficientResources(JobRefused):
+    """The cluster lacks the CPUs/GPUs the actors ask for."""
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What a job's actors ask of the cluster: ``actors`` SPOT-E actors of ``cpus``/``gpus`` each, and the
+    CPU loader (``loader_cpus``, on any node)."""
+
+    actors: int
+    cpus: float
+    gpus: float
+    loader_cpus: float
+
+    def describe(self) -> str:
+        each = f"{_amount(self.cpus, 'CPU')}" + (f" + {_amount(self.gpus, 'GPU')}" if self.gpus else "")
+        return (f"{self.actors} actor(s) x ({each}) = {_amount(self.actors * self.cpus, 'CPU')}"
+                + (f" + {_amount(self.actors * self.gpus, 'GPU')}" if self.gpus else "")
+                + f", plus {_amount(self.loader_cpus, 'CPU')} for the loader")
+
+    def shortfall(self, nodes: list[dict]) -> str | None:
+        """Why ``nodes`` (each a {resource: amount} of one alive node) cannot hold the request, or None.
+
+        Each actor must fit on one node, so the per-node fit is counted, not only the totals.
+        """
+        fits = 0
+        for res in nodes:
+            n = []
+            if self.cpus > 0:
+                n.append(int(res.get("CPU", 0) / self.cpus + 1e-9))
+            if self.gpus > 0:
+                n.append(int(res.get("GPU", 0) / self.gpus + 1e-9))
+            fits += min(n) if n else self.actors
+        cpus = sum(r.get("CPU", 0) for r in nodes)
+        gpus = sum(r.get("GPU", 0) for r in nodes)
+        have = (f"the cluster has {_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} on {len(nodes)} node(s) ("
+                + ", ".join(f"{_amount(r.get('CPU', 0), 'CPU')}/{_amount(r.get('GPU', 0), 'GPU')}" for r in nodes)
+                + f"), room for {fits} such actor(s)")
+        if fits < self.actors or cpus + 1e-9 < self.actors * self.cpus + self.loader_cpus:
+            return have
+        return None
+
+
+def _amount(x: float, unit: str) -> str:
+    return f"{x:g} {unit}" + ("" if x == 1 else "s")
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(opts: JobOptions, fixed: bool | None = None, poll_seconds: float = 5.0) -> ResourceRequest:
+    """Check the actors' request against the cluster before any work (Ray would wait for it forever).
+
+    A fixed cluster (the local one init_ray started) that cannot hold it fails at once; a cluster we
+    joined may autoscale, so the request is put to its autoscaler and waited for at most
+    ``opts.resource_wait_seconds``, saying what it waits for, then fails.
+
+    Raises:
+        InsufficientResources: naming what was asked and what exists.
+    """
+    req = ResourceRequest(opts.num_actors, opts.cpus_per_actor, opts.num_gpus_per_actor, LOADER_CPUS)
+    if opts.num_actors < 1 or opts.cpus_per_actor < 0 or opts.num_gpus_per_actor < 0:
+        raise InsufficientResources(f"asked for {req.describe()}: need at least one actor and no negative amounts")
+    fixed = cluster_is_fixed() if fixed is None else fixed
+    short = req.shortfall(_alive_nodes())
+    if short is None:
+        return req
+    hint = "lower --num-actors, --cpus-per-actor or --num-gpus-per-actor"
+    if fixed or opts.resource_wait_seconds <= 0:
+        raise InsufficientResources(f"not enough resources: asked for {req.describe()}; {short}. {hint}, "
+                                    f"or run on a cluster that has them")
+    _ask_autoscaler(req)
+    wait = opts.resource_wait_seconds
+    print(f"[resources] waiting up to {wait:g} s for the cluster to grow: asked for {req.describe()}; {short}")
+    deadline = time.monotonic() + wait
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+            short = req.shortfall(_alive_nodes())
+            if short is None:
+                print("[resources] the cluster now holds the request")
+                return req
+    finally:
+        _ask_autoscaler(None)  # the actors' own demand keeps the nodes from here on
+    raise InsufficientResources(f"not enough resources after waiting {wait:g} s (--resource-wait-seconds): asked for "
+                                f"{req.describe()}; {short}. {hint}, or give the cluster's autoscaler room for them")
+
+
+def _ask_autoscaler(req: ResourceRequest | None) -> None:
+    """Put the request to the cluster's autoscaler (a no-op without one); None withdraws it."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        bundle = {k: v for k, v in (("CPU", req.cpus), ("GPU", req.gpus)) if v} if req else {}
+        request_resources(bundles=[bundle] * req.actors if req and bundle else [])
+    except Exception as err:  # an old or absent autoscaler: waiting still shows whether nodes appear
+        print(f"[resources] could not ask the autoscaler: {type(err).__name__}: {err}")
 
 
 def _forwarded_env() -> dict:
@@ -53,6 +171,8 @@ class JobOptions:
     policy: str | None = None
     run_id: str | None = None
     force: bool = False
+    item_timeout_seconds: float = 600.0
+    resource_wait_seconds: float = 300.0
 
     def policy_overrides(self) -> dict:
         from spote.core import PolicyConfig
@@ -62,12 +182,17 @@ class JobOptions:
         try:
             overrides = json.loads(self.policy)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--policy is not valid JSON: {err}") from err
+            raise JobRefused(f"--policy is not valid JSON: {err}") from err
+        if not isinstance(overrides, dict):
+            raise JobRefused(f"--policy must be a JSON object of PolicyConfig fields, got {self.policy!r}")
         names = {f.name for f in fields(PolicyConfig)}
         unknown = set(overrides) - names
         if unknown:
-            raise ValueError(f"unknown policy fields {sorted(unknown)}; known: {sorted(names)}")
-        PolicyConfig(**overrides)  # validate now, not inside an actor
+            raise JobRefused(f"unknown policy fields {sorted(unknown)}; known: {sorted(names)}")
+        try:
+            PolicyConfig(**overrides)  # validate now, not inside an actor
+        except (TypeError, ValueError) as err:
+            raise JobRefused(f"--policy: {err}") from err
         return overrides
 
 
@@ -82,6 +207,10 @@ COMMON_FLAGS = (
     ("policy", Optional[str], typer.Option(None, help='PolicyConfig overrides as JSON, e.g. {"budget": 32}')),
     ("run_id", Optional[str], typer.Option(None, help="default: derived from the inputs and the date")),
     ("force", bool, typer.Option(False, help="re-run a committed run id")),
+    ("item_timeout_seconds", float, typer.Option(600.0, help="reading, and answering, each at most this long per item; "
+                                                 "over it the item is an error row 'timeout: ...' (0: no limit)")),
+    ("resource_wait_seconds", float, typer.Option(300.0, help="on a cluster we joined (it may autoscale): wait at most "
+                                                  "this long for the actors' CPUs/GPUs to exist, then fail")),
 )
 
 
@@ -97,12 +226,43 @@ def job_command(fn):
     @functools.wraps(fn)
     def command(**kwargs):
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
-        return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
+        try:
+            return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
+        except JobRefused as err:  # a job that cannot start as asked: one line, not a traceback
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)
     command.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in COMMON_FLAGS}}
     del command.__wrapped__
     return command
+
+
+LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a folder name (``results/run_id=<id>``) that every hive reader must read back as the
+    same text: a letter first, then letters, digits, ``.``, ``_``, ``-`` (no ``%``, ``/`` or ``=``, which
+    readers decode), and not a word DuckDB's partition-type inference turns into a number or a date.
+
+    Raises:
+        JobRefused: naming the run id and the rule.
+    """
+    rule = "a letter first, then letters, digits, '.', '_' or '-' (at most 128)"
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise JobRefused(f"run id {run_id!r} cannot be a partition folder name: use {rule}")
+    try:
+        float(run_id)  # inf, nan, infinity
+        numeric = True
+    except ValueError:
+        numeric = run_id.lower() == "epoch"
+    if numeric:
+        raise JobRefused(f"run id {run_id!r} reads back as a number or a date in hive readers: add a word, "
+                         f"e.g. 'run-{run_id}'")
+    return run_id
 
 
 def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None):
@@ -111,12 +271,14 @@ def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, l
 
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
     loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
-    ds = ds.map_batches(loader_cls, fn_constructor_kwargs=loader_kwargs, batch_size=opts.batch_size,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5)
+    ds = ds.map_batches(TimedLoader, fn_constructor_kwargs={"loader": loader_cls, "loader_kwargs": loader_kwargs,
+                                                            "timeout_s": opts.item_timeout_seconds},
+                        batch_size=opts.batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                        num_cpus=LOADER_CPUS)
     return ds.map_batches(
         predictor or SpotePredictor,
         fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
-                               "threads": max(1, int(opts.cpus_per_actor))},
+                               "threads": max(1, int(opts.cpus_per_actor)), "timeout_s": opts.item_timeout_seconds},
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
         num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
 
@@ -132,12 +294,16 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
 
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
-    run_id = opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), str(opts.model))
+    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True),
+                                                        str(opts.model)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
         print(f"[{job}] run {run_id} is already committed; nothing to do ({paths.results})")
         return summary
+    if rows:
+        init_ray(opts.num_actors)
+        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
     retrying(prepare_staging, paths, so)
     t0 = time.time()
     items_in = len(rows)
@@ -146,7 +312,6 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
         r.setdefault("error", "")
         r["run_id"] = run_id
     if items_in:
-        init_ray(opts.num_actors)
         ctx = ray.data.DataContext.get_current()
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
         ds = answer_dataset(rows, opts, policy, so, loader)
@@ -159,7 +324,8 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
     summary = summarise(table, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
                         PolicyConfig(**policy).__dict__, extra_summary(table) if extra_summary else None)
     if len(table):
-        write_report(table, summary, paths.meta, so)
+        write_report(table, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
+                     timeout_s=opts.item_timeout_seconds)
     if post_commit is not None:
         post_commit(table, paths, so)
     if items_in == 0:

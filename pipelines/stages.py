@@ -16,12 +16,17 @@ from .storage import read_bytes
 
 # The result schema's fixed part. Typed explicitly: a block of error rows only has empty traces and
 # no choices, which Arrow would infer as null types that later blocks (and readers) cannot cast.
+# ``run_id`` is also the hive partition key (results/run_id=<id>/); pyarrow's and pandas' default
+# readers discover a partition key as dictionary<int32, string>, so the column is stored with that
+# very type: the file keeps its run id when read alone, and the two never clash on merge.
+# ``evidence_box``: [x0, y0, x1, y1] in pixels of the image the loader made for the row (the image, the
+# rendered page, the upright tile), the view the answer came from; null when the whole image answered.
 RESULT_TYPES = {
     "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
     "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
-    "run_id": "string", "actor": "string", "evidence_box": ("list", "int64"),
+    "run_id": ("dictionary", "string"), "actor": "string", "evidence_box": ("list", "int64"),
 }
 # a job's own columns that a block may hold only empty values of (e.g. a block of non-georeferenced tiles)
 JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string"}
@@ -116,7 +121,7 @@ class SpotePredictor:
     """Ray Data actor: one frozen VLM per actor, loaded once; SPOT-E per row; never raises per item."""
 
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
-                 device: str | None = None, threads: int = 1):
+                 device: str | None = None, threads: int = 1, timeout_s: float | None = None):
         import torch
 
         from spote.core import PolicyConfig
@@ -130,6 +135,7 @@ class SpotePredictor:
         self.model_name = str(model or "spote-tiny")
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None  # seconds per item; None: no limit
         # Ray, Arrow and the model are here for the actor's life: move them out of the cyclic GC's
         # reach, so the collections spote's many short-lived objects trigger stay short
         import gc
@@ -143,6 +149,8 @@ class SpotePredictor:
         from spote.core import spote
         from spote.images import check_choices
 
+        from .timelimit import DeadlineAdapter, ItemTimeout
+
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
@@ -150,10 +158,16 @@ class SpotePredictor:
         if row.get("status") in ("error", "skipped"):
             return base
         t0 = time.perf_counter()
+        adapter = self.adapter
+        if self.timeout_s:  # checked before every model call: the loop stops between forward passes
+            adapter = DeadlineAdapter(self.adapter, time.monotonic() + self.timeout_s, self.timeout_s)
         try:
             image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             choices = check_choices(json.loads(row["choices"]) if row.get("choices") else None)
-            res = spote(self.adapter, image, row["question"], choices, self.cfg)
+            res = spote(adapter, image, row["question"], choices, self.cfg)
+        except ItemTimeout as err:
+            return {**base, "status": "error", "error": f"timeout: {err}",
+                    "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:
             return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
@@ -171,8 +185,11 @@ class SpotePredictor:
 
 
 def _arrow_type(spec):
+    """A RESULT_TYPES entry as a pyarrow type: an alias, ("list", item) or ("dictionary", value)."""
     import pyarrow as pa
 
+    if isinstance(spec, tuple) and spec[0] == "dictionary":
+        return pa.dictionary(pa.int32(), _arrow_type(spec[1]))
     return pa.list_(_arrow_type(spec[1])) if isinstance(spec, tuple) else pa.type_for_alias(spec)
 
 

@@ -11,6 +11,50 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPOT-E: test-time visual spotlights for frozen VLMs.")
 
 
+class AskError(Exception):
+    """A malformed ``spote ask`` input; printed as one line ``error: ...``, exit code 2."""
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_policy(text: str | None) -> dict:
+    """``--policy`` JSON: an object of PolicyConfig fields. Raises AskError naming the problem."""
+    from dataclasses import fields
+
+    from .core import PolicyConfig
+
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AskError(f"--policy is not valid JSON ({err}): {text!r}") from err
+    if not isinstance(overrides, dict):
+        raise AskError(f"--policy must be a JSON object of PolicyConfig fields, e.g. '{{\"budget\": 32}}'; got {text!r}")
+    known = {f.name for f in fields(PolicyConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise AskError(f"--policy: unknown fields {unknown}; known: {sorted(known)}")
+    return overrides
+
+
+def _check_image_path(image: Path) -> None:
+    if not image.exists():
+        raise AskError(f"no such file: {image}")
+    if image.is_dir():
+        raise AskError(f"{image} is a directory; give an image file")
+    try:
+        with open(image, "rb") as f:
+            first = f.read(1)
+    except OSError as err:
+        raise AskError(f"cannot read {image}: {err.strerror or err}") from err
+    if not first:
+        raise AskError(f"empty file (0 bytes): {image}")
+
+
 @app.command()
 def ask(
     image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
@@ -20,31 +64,52 @@ def ask(
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most (default: PolicyConfig.budget)"),
+    policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     seed: int = typer.Option(0),
     black_box: bool = typer.Option(False, help="ignore attention: uniform initial policy"),
-    trace: Optional[Path] = typer.Option(None, help="write a PNG of the spotlights and the entropy/reward per step"),
+    trace: Optional[Path] = typer.Option(None, help="write a PNG: the spotlights, what the model saw, entropy per step"),
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
 ):
-    """Answer QUESTION about IMAGE with a per-instance spotlight."""
+    """Answer QUESTION about IMAGE with a per-instance spotlight.
+
+    A malformed input (unreadable image, bad choices, bad --policy, missing model) prints one line
+    ``error: ...`` and exits with code 2.
+    """
+    from .baselines import METHODS, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
     from .loading import load_adapter
-    from .baselines import run_method
 
     try:
         q = check_question(question)
         ch = check_choices(choices)
+        if method not in METHODS or method == "oracle":
+            raise AskError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
+        overrides = {**parse_policy(policy), "mode": mode, "seed": seed, "use_relevance": not black_box,
+                     **({} if budget is None else {"budget": budget})}
+        try:
+            cfg = PolicyConfig(**overrides)
+        except TypeError as err:
+            raise AskError(f"--policy: {err}") from err
+        if trace is not None and trace.is_dir():
+            raise AskError(f"--trace {trace} is a directory; give a .png file name")
+        _check_image_path(image)
         img = load_image(image)
-        cfg = PolicyConfig(mode=mode, seed=seed, use_relevance=not black_box, **({} if budget is None else {"budget": budget}))
-    except (BadImage, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
-    adapter = load_adapter(model, relevance=not black_box)
+    except (AskError, BadImage, ValueError) as err:
+        _fail(str(err))
+    try:
+        adapter = load_adapter(model, relevance=not black_box)
+    except Exception as err:  # missing folder, no config or weights, a broken checkpoint: the model the user named
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _fail(f"cannot load the model {model or 'spote-tiny'}: {first}")
     result = run_method(method, adapter, img, q, ch, cfg)
     if trace:
         from .trace import plot_trace
 
-        plot_trace(img, result, trace, q)
+        try:
+            plot_trace(img, result, trace, q, input_size=adapter.input_size)
+        except OSError as err:
+            _fail(f"cannot write the trace {trace}: {err.strerror or err}")
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

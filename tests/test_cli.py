@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -37,3 +38,68 @@ def test_ask_bad_inputs_exit_2_with_a_reason(random_tiny_dir, tmp_path):
     bad.write_bytes(b"nope")
     res = runner.invoke(app, ["ask", str(bad), "is there a boat ?", "--model", str(random_tiny_dir)])
     assert res.exit_code == 2 and "not a readable image" in res.output
+
+
+def _malformed_cases(tmp: Path) -> dict:
+    """name -> (argv after 'ask', what the one error line must say)."""
+    (tmp / "garbage.png").write_bytes(b"this is not a png")
+    (tmp / "truncated.png").write_bytes(SAMPLE.read_bytes()[:200])
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "a-folder").mkdir()
+    (tmp / "not-a-model").mkdir()
+    (tmp / "dangling.png").symlink_to(tmp / "gone.png")
+    q = "is there a boat ?"
+    cases = {}
+    if os.geteuid() != 0:  # root reads any file: a permission-less file is unreadable only to others
+        (tmp / "locked.png").write_bytes(SAMPLE.read_bytes())
+        (tmp / "locked.png").chmod(0)
+        cases["no read permission"] = ([str(tmp / "locked.png"), q], "cannot read")
+    return cases | {
+        "garbage image": ([str(tmp / "garbage.png"), q], "not a readable image"),
+        "truncated image": ([str(tmp / "truncated.png"), q], "corrupt or truncated image"),
+        "empty file": ([str(tmp / "empty.png"), q], "empty"),
+        "missing file": ([str(tmp / "nope.png"), q], "no such file"),
+        "dangling link": ([str(tmp / "dangling.png"), q], "no such file"),
+        "directory": ([str(tmp / "a-folder"), q], "is a directory"),
+        "one choice": ([str(SAMPLE), q, "--choices", "yes"], "need at least two choices"),
+        "duplicate choices": ([str(SAMPLE), q, "--choices", "yes,no,yes"], "duplicate choices"),
+        "empty question": ([str(SAMPLE), " "], "empty question"),
+        "policy not JSON": ([str(SAMPLE), q, "--policy", "{budget: 3"], "--policy is not valid JSON"),
+        "policy not an object": ([str(SAMPLE), q, "--policy", "[3]"], "--policy must be a JSON object"),
+        "policy unknown field": ([str(SAMPLE), q, "--policy", '{"budgett": 3}'], "unknown fields ['budgett']"),
+        "policy bad value": ([str(SAMPLE), q, "--policy", '{"budget": 0}'], "budget must be >= 1"),
+        "policy bad type": ([str(SAMPLE), q, "--policy", '{"budget": "many"}'], "--policy"),
+        "bad mode": ([str(SAMPLE), q, "--mode", "closeup"], "mode must be one of"),
+        "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
+        "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
+        "missing model": ([str(SAMPLE), q, "--model", str(tmp / "no-such-model")], "cannot load the model"),
+        "folder without a model": ([str(SAMPLE), q, "--model", str(tmp / "not-a-model")], "cannot load the model"),
+    }
+
+
+def _one_error_line(stderr: str, says: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+def test_ask_malformed_inputs_print_one_line_and_exit_2(tmp_path):
+    for name, (argv, says) in _malformed_cases(tmp_path).items():
+        res = runner.invoke(app, ["ask", *argv])
+        assert res.exit_code == 2, (name, res.output)
+        _one_error_line(res.stderr, says)
+        assert res.stdout == "", name
+
+
+def test_ask_malformed_inputs_as_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cases = _malformed_cases(tmp_path)
+    for name in ("garbage image", "directory", "policy not JSON", "missing model"):
+        argv, says = cases[name]
+        proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", *argv], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        _one_error_line(proc.stderr, says)

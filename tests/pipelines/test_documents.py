@@ -39,7 +39,7 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     df = pq.read_table(RunPaths(str(out), "documents-2026-11-24").results).to_pandas()
     assert df["id"].is_unique and len(df) == 5
     broken = df[df.document == "broken.pdf"].iloc[0]
-    assert broken.status == "error" and broken.error.startswith("unreadable PDF")
+    assert broken.status == "error" and broken.error.startswith("unreadable PDF: truncated")
     assert sorted(df[df.document == "a.pdf"].page) == [0, 1]
 
     same_night = run(opts, str(qs), dpi=50, run_date="2026-11-24")          # idempotent

@@ -1,0 +1,51 @@
+"""spote ask --trace: the spotlights, what the model saw (rendered views), and the entropy per step."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spote.baselines import run_method
+from spote.core import PolicyConfig
+from spote.spotlight import Box, ViewRenderer
+from spote.trace import plot_trace, trace_figure
+
+SAMPLE = Path(__file__).parents[1] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
+SEARCH = {"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "glance_side": 0.0, "probe_side": 0.0, "budget": 12,
+          "group_size": 4, "steps": 3}
+
+
+def _run(adapter, mode: str):
+    img = Image.open(SAMPLE).convert("RGB")
+    res = run_method("spote", adapter, img, "what letter is in the red box ?", list("ABCDEF"),
+                     PolicyConfig(mode=mode, **SEARCH))
+    return img, res
+
+
+def test_trace_shows_the_views_the_model_saw_and_integer_steps(random_adapter, tmp_path):
+    for mode in ("zoom+context", "zoom", "highlight"):
+        img, res = _run(random_adapter, mode)
+        assert res.evidence_box is not None, "a run that never exits must answer from a spotlight"
+        fig = trace_figure(img, res, "what letter ?", input_size=random_adapter.input_size)
+        views = [ax for ax in fig.axes if ax.get_title().startswith("model input")]
+        assert len(views) == 2                                        # the whole view, then the answer's view
+        rendered = ViewRenderer(img, random_adapter.input_size)
+        want = [rendered.global_view, rendered.render(Box(*res.evidence_box), res.mode)[-1]]
+        for ax, view in zip(views, want):
+            shown = ax.get_images()[0].get_array()
+            assert shown.shape[:2] == (random_adapter.input_size,) * 2 and np.array_equal(np.asarray(shown), np.asarray(view))
+        curve = next(ax for ax in fig.axes if ax.get_xlabel().startswith("step"))
+        fig.canvas.draw()
+        ticks = [t for t in curve.get_xticks() if curve.get_xlim()[0] <= t <= curve.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert max(ticks) <= len(res.entropy_trace) - 1
+    png = plot_trace(img, res, tmp_path / "t" / "trace.png", "what letter ?", input_size=random_adapter.input_size)
+    assert Image.open(png).size == (1760, 616)
+
+
+def test_trace_of_a_whole_image_answer_says_so(random_adapter):
+    img = Image.open(SAMPLE).convert("RGB")
+    res = run_method("baseline", random_adapter, img, "what letter is in the red box ?", list("ABCDEF"), PolicyConfig())
+    fig = trace_figure(img, res, input_size=random_adapter.input_size)
+    views = [ax for ax in fig.axes if ax.get_title().startswith("model input")]
+    assert len(views) == 1 and "the whole image answered" in views[0].get_xlabel()

@@ -246,7 +246,8 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None) 
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)
-    return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True), len(docs)
+    return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
+                empty_reason="no document is new or changed since the last committed run"), len(docs)
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:

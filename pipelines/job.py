@@ -348,5 +348,5 @@ def _nothing_reason(plan: Plan) -> str:
         reasons = "; ".join(f"{n} x {r}" for r, n in skipped["by_reason"].items())
         return f"no input it can read; skipped {skipped['count']}: {reasons}"
     if not plan.sources:
-        return "the input has no items"
+        return plan.empty_reason or "the input has no items"
     return "every source expanded to no items"

@@ -46,6 +46,7 @@ class Plan:
     ids_from_sources: bool = True
     skipped: list[dict] = field(default_factory=list)
     count_sources: bool = False   # count distinct ``source`` values in the plan (documents_processed)
+    empty_reason: str = ""        # what to say when there are no sources although the input was read
 
     @staticmethod
     def of_rows(rows: list[dict], schema: pa.Schema | None = None) -> "Plan":

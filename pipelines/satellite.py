@@ -176,9 +176,17 @@ def plan_scenes(input_uri: str, questions: list[dict], tile: int, overlap: int, 
     return Plan([{"uri": s["uri"], "rel": s["rel"]} for s in scenes], expand, TILE_SCHEMA, skipped=skipped)
 
 
+def _is_yes(table: pa.Table):
+    answer = pc.utf8_lower(pc.fill_null(table.column("answer"), ""))
+    return pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(answer, "yes"))
+
+
+def _yes_tiles(table: pa.Table) -> pa.Table:
+    return table.filter(_is_yes(table))
+
+
 def _rollup_flags(table: pa.Table) -> pa.Table:
-    status = table.column("status")
-    yes = pc.and_(pc.equal(status, "ok"), pc.equal(pc.utf8_lower(pc.fill_null(table.column("answer"), "")), "yes"))
+    status, yes = table.column("status"), _is_yes(table)
     return pa.table({"scene": table.column("scene"), "question_index": table.column("question_index"),
                      "crs": pc.fill_null(table.column("crs"), ""), "tile": pa.array([1] * table.num_rows, pa.int64()),
                      "error": pc.cast(pc.equal(status, "error"), pa.int64()), "yes": pc.cast(yes, pa.int64())})
@@ -229,7 +237,7 @@ def scene_rollup(results, paths, storage_options) -> None:
     if any(e["tiles_yes"] for e in rollup.values()):
         yes = results.dataset(["id", "question", "confidence", "tile_col_off", "tile_row_off", "tile_width",
                                "tile_height", "bounds", *cols])
-        yes = yes.filter(lambda r: r["status"] == "ok" and str(r["answer"] or "").lower() == "yes")
+        yes = yes.map_batches(_yes_tiles, batch_format="pyarrow", batch_size=None)
         udf = functools.partial(_write_yes_geojson, meta=paths.meta, storage_options=storage_options)
         yes.groupby(["scene", "question_index"]).map_groups(udf, batch_format="pyarrow").materialize()
     for key, e in rollup.items():

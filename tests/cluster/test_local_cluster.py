@@ -85,7 +85,7 @@ def test_job_submit_end_to_end_on_gpu_actors(cluster, random_tiny_dir, tmp_path)
 
 
 def test_killed_actor_mid_job_loses_nothing(cluster, random_tiny_dir, tmp_path):
-    from pipelines.bench import make_corpus
+    from benchmarks.pipeline_throughput import make_corpus
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -113,7 +113,7 @@ def write_ledger(output: str, table: pa.Table, so=None) -> None:
         write_bytes(uri, buf.getvalue(), so)
 
 
-def count_pages(uri: str, data: bytes | None = None, so=None) -> int:
+def page_count(uri: str, so=None, data: bytes | None = None) -> int:
     """Pages of a PDF, frames of a (multi-page) image; raises for an unreadable PDF."""
     if uri.lower().endswith(".pdf"):
         import pypdfium2 as pdfium
@@ -146,7 +146,7 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
         if fp == doc.get("previous"):
             return
     try:
-        n_pages, err = count_pages(uri, so=so), ""
+        n_pages, err = page_count(uri, so), ""
         if n_pages == 0:
             n_pages, err = 1, "unreadable PDF: it has no pages"
     except Exception as e:

@@ -143,3 +143,27 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
     assert "nothing to do (no input it can read; skipped 1: 1 x not a document format this job reads: .txt)" in proc.stdout
     assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
+
+
+def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3, tmp_path):
+    import pyarrow as pa
+
+    from pipelines.documents import LEDGER_SCHEMA, write_ledger
+    from pipelines.storage import parse_storage_options
+
+    so = parse_storage_options(None)
+    s3.pipe("spote/docs/2024-01/scan.png", b"a")
+    s3.pipe("spote/docs/2024-02/scan.png", b"bb")
+    s3.pipe("spote/docs/readme.txt", b"x")
+    docs, skipped = list_documents("s3://spote/docs/", so)
+    assert [d["rel"] for d in docs] == ["2024-01/scan.png", "2024-02/scan.png"]
+    assert [d["uri"] for d in docs] == ["s3://spote/docs/2024-01/scan.png", "s3://spote/docs/2024-02/scan.png"]
+    assert all(d["fingerprint"].startswith("etag:") for d in docs) and docs[0]["fingerprint"] != docs[1]["fingerprint"]
+    assert skipped == [{"source": "readme.txt", "reason": "not a document format this job reads: .txt"}]
+    table = pa.table({"source": [d["uri"] for d in docs], "document": [d["rel"] for d in docs],
+                      "fingerprint": [d["fingerprint"] for d in docs], "run_id": ["r1", "r1"], "pages": [1, 1],
+                      "items": [2, 2]}, schema=LEDGER_SCHEMA)
+    write_ledger("s3://spote/ledger-out", table, so)
+    write_ledger("s3://spote/ledger-out", table.slice(0, 1), so)
+    assert read_ledger("s3://spote/ledger-out", so).to_pylist() == table.slice(0, 1).to_pylist()
+    assert s3.find("spote/ledger-out/_ledger") == ["spote/ledger-out/_ledger/documents.parquet"]

@@ -137,6 +137,34 @@ def test_rerun_after_crash_does_not_duplicate(ray_local, random_tiny_dir, tmp_pa
     assert sorted(df["id"]) == sorted(r["id"] for r in rows)
     assert summary["items_resumed"] == 0
 
+    forced = run_job("vqa", JobOptions(**{**opts.__dict__, "force": True}), [dict(r) for r in rows])
+    assert forced["items_resumed"] == 0 and sorted(_results(out, "crashed")["id"]) == sorted(r["id"] for r in rows)
+
+
+def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_local, random_tiny_dir, tmp_path,
+                                                                        fast_policy, monkeypatch):
+    import pipelines.job as job
+    from pipelines.runs import _move_tree
+
+    out = tmp_path / "out"
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:4]
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                      run_id="halfway", rows_per_part=2)
+
+    def killed_after_the_move(paths, summary, so=None):
+        _move_tree(paths.staged, paths.results, so)
+        raise KeyboardInterrupt("driver gone before the marker")
+
+    monkeypatch.setattr(job, "commit", killed_after_the_move)
+    with pytest.raises(KeyboardInterrupt):
+        run_job("vqa", opts, [dict(r) for r in rows])
+    paths = RunPaths(str(out), "halfway")
+    assert Path(paths.results).exists() and not Path(paths.marker).exists()
+    monkeypatch.undo()
+    summary = run_job("vqa", opts, [dict(r) for r in rows])
+    assert summary["items_resumed"] == len(rows)                          # nothing answered twice
+    assert sorted(_results(out, "halfway")["id"]) == sorted(r["id"] for r in rows)
+
 
 def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
     for name in ("test-7-00000.png", "test-7-00002.jpg"):

@@ -3,84 +3,193 @@ DPI -> field questions per page -> results, incrementally.
 
     python -m pipelines.documents --input s3://docs/inbox/ --output s3://docs/spote --dpi 100
 
-Incremental: a ledger (``_ledger/documents.json`` in the output) keeps each document's content
-fingerprint (ETag where the store has one, else SHA-256). A run processes only documents that
-are new or changed since the last *committed* run, writes under ``run_id=documents-<date>``, and
-a re-run of the same night is a no-op (``--force`` redoes it, still without duplicates).
+The driver lists the documents (with what the store's listing gives: ETag, size, modification
+time); Ray Data tasks count each document's pages (every page of a PDF, every frame of a
+multi-page TIFF, GIF or WebP) and plan a row per page and question. A document's id is its path
+under the input (``2024-01/scan.png`` and ``2024-02/scan.png`` are two documents).
+
+Incremental: a ledger (``_ledger/documents.parquet`` in the output, one row per document) keeps
+each document's fingerprint: ``etag:...`` where the store has ETags, else ``size-mtime:...``, and a
+SHA-256 of the content (computed in the planning task) only where the store gives neither. A run
+processes only documents that are new or changed since the last *committed* run, writes under
+``run_id=documents-<date>``, and a re-run of the same night is a no-op (``--force`` redoes it, still
+without duplicates). The ledger is rewritten whole at commit (one object put, or a rename), and a
+document enters it only when every one of its pages is committed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
-from pathlib import Path, PurePosixPath
+import os
+import uuid
+from pathlib import Path
 from typing import Optional
 
+import pyarrow as pa
 import typer
 
 from .job import JobOptions, job_command, run_job
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
+from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import load_questions
 from .stages import RowLoader
-from .storage import content_hash, filesystem, join, parse_storage_options, read_bytes, write_text
+from .storage import filesystem, join, parse_storage_options, read_bytes, write_bytes
 
 app = typer.Typer(add_completion=False)
-DOC_EXTS = (".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".bmp", ".dib", ".gif",
+              ".pbm", ".pgm", ".ppm", ".pnm")
+DOC_EXTS = (".pdf", *IMAGE_EXTS)
 DEFAULT_QUESTIONS = Path(__file__).parent / "samples" / "document_questions.yaml"
-LEDGER = "_ledger/documents.json"
+LEDGER = "_ledger/documents.parquet"
+LEDGER_JSON = "_ledger/documents.json"   # the ledger's earlier form, read when no Parquet ledger exists
+LEDGER_SCHEMA = pa.schema([("source", pa.string()), ("document", pa.string()), ("fingerprint", pa.string()),
+                           ("run_id", pa.string()), ("pages", pa.int64()), ("items", pa.int64())])
+PAGE_SCHEMA = plan_schema(("document", pa.string()), ("page", pa.int64()), ("pages", pa.int64()),
+                          ("question_index", pa.int64()), ("fingerprint", pa.string()))
 
 
-def fingerprint(fs, path: str) -> str:
-    info = fs.info(path)
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return f"etag:{str(etag).strip(chr(34))}"
+def listed_fingerprint(entry: dict) -> str:
+    """A document's fingerprint from its listing entry: ETag, else size + mtime, else "" (hash it)."""
+    if entry.get("etag"):
+        return f"etag:{entry['etag']}"
+    if entry.get("mtime") and entry.get("size") is not None:
+        return f"size-mtime:{entry['size']}:{entry['mtime']}"
+    return ""
+
+
+def content_fingerprint(uri: str, so=None) -> str:
+    """SHA-256 of the content, streamed (for stores whose listing gives neither ETag nor mtime)."""
+    fs, path = filesystem(uri, so)
+    h = hashlib.sha256()
     with fs.open(path, "rb") as f:
-        return f"sha256:{content_hash(f.read())}"
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
 
 
-def read_ledger(output: str, so=None) -> dict:
+def list_documents(input_uri: str, so=None) -> tuple[list[dict], list[dict]]:
+    """(documents, skipped): documents as {"uri", "rel", "fingerprint"} from the listing alone."""
+    docs, skipped = list_sources(input_uri, so, skip_by_extension(DOC_EXTS, "document"))
+    check_source_ids_unique(docs)
+    return [{"uri": d["uri"], "rel": d["rel"], "fingerprint": listed_fingerprint(d)} for d in docs], skipped
+
+
+def read_ledger(output: str, so=None) -> pa.Table:
+    """The ledger as a table (LEDGER_SCHEMA); empty when there is none yet."""
     fs, p = filesystem(join(output, LEDGER), so)
-    return json.loads(fs.cat_file(p)) if fs.exists(p) else {}
+    if fs.exists(p):
+        import pyarrow.parquet as pq
+
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+    fs, old = filesystem(join(output, LEDGER_JSON), so)
+    if fs.exists(old):
+        entries = json.loads(fs.cat_file(old))
+        return pa.table({"source": list(entries), "document": [Path(u).name for u in entries],
+                         "fingerprint": [e["fingerprint"] for e in entries.values()],
+                         "run_id": [e.get("run_id", "") for e in entries.values()],
+                         "pages": [None] * len(entries), "items": [None] * len(entries)}, schema=LEDGER_SCHEMA)
+    return LEDGER_SCHEMA.empty_table()
 
 
-def list_documents(input_uri: str, so=None) -> list[tuple[str, str]]:
-    """(uri, fingerprint) of every document under the input."""
-    fs, path = filesystem(input_uri, so)
-    files = [path] if fs.isfile(path) else sorted(p for p in fs.find(path) if p.lower().endswith(DOC_EXTS))
-    proto = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
-    return [((proto + p) if proto and not p.startswith(proto) else p, fingerprint(fs, p)) for p in files]
+def write_ledger(output: str, table: pa.Table, so=None) -> None:
+    """Replace the ledger in one step: a rename on a local disk, one object put on a store."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table.cast(LEDGER_SCHEMA), buf)
+    uri = join(output, LEDGER)
+    fs, path = filesystem(uri, so)
+    if "file" in str(fs.protocol) or "local" in str(fs.protocol):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        Path(tmp).write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    else:
+        write_bytes(uri, buf.getvalue(), so)
 
 
-def page_count(uri: str, so=None) -> int:
-    if not uri.lower().endswith(".pdf"):
-        return 1
-    pdf = open_pdf(read_bytes(uri, so))
-    try:
-        return len(pdf)
-    finally:
-        pdf.close()
-
-
-def plan_pages(docs: list[tuple[str, str]], questions: list[dict], so=None) -> list[dict]:
-    rows = []
-    for uri, fp in docs:
-        name = PurePosixPath(uri.split("://")[-1]).name
+def page_count(uri: str, so=None, data: bytes | None = None) -> int:
+    """Pages of a PDF, frames of a (multi-page) image; raises for an unreadable PDF."""
+    if uri.lower().endswith(".pdf"):
+        pdf = open_pdf(data if data is not None else read_bytes(uri, so))
         try:
-            n_pages, err = page_count(uri, so), ""
-            if n_pages == 0:
-                n_pages, err = 1, "unreadable PDF: it has no pages"
-        except Exception as e:
-            n_pages, err = 1, f"unreadable PDF: {e}" if isinstance(e, UnreadablePDF) else f"unreadable PDF: {type(e).__name__}: {e}"
-        for page in range(n_pages):
-            for qi, q in enumerate(questions):
-                rows.append({"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "document": name, "page": page,
-                             "question_index": qi, "fingerprint": fp, "status": "error" if err else "", "error": err})
-    return rows
+            return len(pdf)
+        finally:
+            pdf.close()
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data if data is not None else read_bytes(uri, so))) as im:
+            return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # an unreadable image is one page; its loader says what is wrong with it
+        return 1
+
+
+def plan_pages(doc: dict, questions: list[dict], so=None):
+    """Item rows of one document (runs in a Ray task): every page x every question.
+
+    ``doc``: {"uri", "rel", "fingerprint", "previous"}. Without a listed fingerprint the content is
+    hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows.
+    """
+    uri, name, fp = doc["uri"], doc["rel"], doc.get("fingerprint") or ""
+    if not fp:
+        fp = content_fingerprint(uri, so)
+        if fp == doc.get("previous"):
+            return
+    try:
+        n_pages, err = page_count(uri, so), ""
+        if n_pages == 0:
+            n_pages, err = 1, "unreadable PDF: it has no pages"
+    except Exception as e:
+        n_pages, err = 1, f"unreadable PDF: {e}" if isinstance(e, UnreadablePDF) else f"unreadable PDF: {type(e).__name__}: {e}"
+    for page in range(n_pages):
+        for qi, q in enumerate(questions):
+            yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "document": name, "page": page,
+                   "pages": n_pages, "question_index": qi, "fingerprint": fp,
+                   "status": "error" if err else "", "error": err}
+
+
+def documents_done(results) -> pa.Table:
+    """Ledger rows (LEDGER_SCHEMA, without run_id) of the documents all of whose pages are among
+    ``results`` (a RunResults), counted with Ray Data group-bys."""
+    from ray.data.aggregate import Count, CountDistinct, Max
+
+    ds = results.dataset(["source", "document", "fingerprint", "page", "pages"])
+    rows = ds.groupby(["source", "document", "fingerprint"]).aggregate(
+        Count(), CountDistinct("page"), Max("pages")).take_all()
+    done = [r for r in rows if r["count_distinct(page)"] >= (r["max(pages)"] or 1)]
+    if len(done) < len(rows):
+        print(f"[documents] {len(rows) - len(done)} document(s) with pages missing are left out of the ledger")
+    return pa.table({"source": [r["source"] for r in done], "document": [r["document"] for r in done],
+                     "fingerprint": [r["fingerprint"] for r in done], "pages": [r["max(pages)"] for r in done],
+                     "items": [r["count()"] for r in done]})
+
+
+def update_ledger(output: str, results, run_id: str, so=None) -> int:
+    """Merge this run's completed documents into the ledger (replaced in one step); returns their number."""
+    import pyarrow.compute as pc
+
+    if not results.has_rows():
+        return 0
+    done = documents_done(results)
+    done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
+    old = read_ledger(output, so)
+    kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
+    write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
+    return done.num_rows
 
 
 class PageLoader(RowLoader):
-    """CPU stage: render one PDF page at ``dpi`` (or decode a page image); keeps the last document open."""
+    """CPU stage: render one PDF page at ``dpi`` (or decode one frame of a page image); keeps the
+    last document open."""
 
     failure = "unreadable PDF"
 
@@ -97,7 +206,7 @@ class PageLoader(RowLoader):
         return super().describe(row, err)
 
     def read(self, row: dict):
-        from spote.images import BadImage, load_image
+        from spote.images import BadImage
 
         if row["source"] != self._uri:
             if self._pdf is not None:
@@ -106,12 +215,41 @@ class PageLoader(RowLoader):
             self._pdf = open_pdf(self._data) if row["source"].lower().endswith(".pdf") else None
             self._uri = row["source"]
         if self._pdf is None:
-            return load_image(self._data, self.max_pixels)
+            return self._frame(int(row.get("page") or 0))
         w, h = page_size(self._pdf, row["page"])
         scale = self.dpi / 72
         if w * h * scale * scale > self.max_pixels:
             raise BadImage(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
         return render_page(self._pdf, row["page"], scale)
+
+    def _frame(self, page: int):
+        """Frame ``page`` of a (multi-page) image; page 0 is the image itself."""
+        import io
+
+        from PIL import Image
+
+        from spote.images import BadImage, load_image
+
+        if page == 0:
+            return load_image(self._data, self.max_pixels)
+        with Image.open(io.BytesIO(self._data)) as im:
+            if page >= getattr(im, "n_frames", 1):
+                raise BadImage(f"page {page} of {getattr(im, 'n_frames', 1)}: no such frame")
+            im.seek(page)
+            return load_image(im.copy(), self.max_pixels)
+
+
+def plan_documents(input_uri: str, output: str, questions: list[dict], so=None) -> tuple[Plan, int]:
+    """(plan of the new or changed documents, documents seen): the driver lists and compares with
+    the ledger; tasks count pages and hash documents the listing gave no fingerprint for."""
+    docs, skipped = list_documents(input_uri, so)
+    ledger = read_ledger(output, so)
+    known = dict(zip(ledger.column("source").to_pylist(), ledger.column("fingerprint").to_pylist()))
+    todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
+            if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
+    expand = functools.partial(plan_pages, questions=questions, so=so)
+    return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
+                empty_reason="no document is new or changed since the last committed run"), len(docs)
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:
@@ -119,22 +257,19 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
-    ledger = read_ledger(opts.output, so)
-    docs = list_documents(opts.input, so)
-    todo = [(u, fp) for u, fp in docs if ledger.get(u, {}).get("fingerprint") != fp]
-    print(f"[documents] {len(docs)} documents, {len(todo)} new or changed since the last committed run")
-    rows = plan_pages(todo, questions, so)
+    plan, seen = plan_documents(opts.input, opts.output, questions, so)
+    print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
+          + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
 
-    def update_ledger(table, paths, so_):
-        new = dict(ledger)
-        for u, fp in todo:
-            new[u] = {"fingerprint": fp, "run_id": paths.run_id}
-        write_text(join(opts.output, LEDGER), json.dumps(new, indent=1, sort_keys=True), so_)
+    def after_commit(results, paths, so_):
+        n = update_ledger(opts.output, results, paths.run_id, so_)
+        print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
-    return run_job("documents", opts, rows, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
-                   after_commit=update_ledger,
-                   extra_summary=lambda t: {"documents_seen": len(docs), "documents_processed": len(todo),
-                                            "run_date": run_date, "dpi": dpi})
+    return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
+                   after_commit=after_commit,
+                   extra_summary=lambda stats, planned: {"documents_seen": seen,
+                                                         "documents_processed": planned.get("sources_planned") or 0,
+                                                         "run_date": run_date, "dpi": dpi})
 
 
 @app.command()

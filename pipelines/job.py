@@ -1,4 +1,4 @@
-"""Job assembly: the flags every job takes, Ray start-up, and ``run_job`` (rows -> stages -> commit)."""
+"""Job assembly: the flags every job takes, Ray start-up, and ``run_job`` (plan -> stages -> commit)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from typing import Optional
 
 import typer
 
+from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
-from .runs import RunPaths, check_accounting, commit, default_run_id, is_committed, prepare_staging
+from .runs import (AccountingError, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id, forget_run,
+                   is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan,
+                   write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
+from .stats import RunStats, collect_stats
 from .storage import TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes, retrying
 
 
@@ -173,6 +177,7 @@ class JobOptions:
     force: bool = False
     item_timeout_seconds: float = 600.0
     resource_wait_seconds: float = 300.0
+    rows_per_part: int = 256
 
     def policy_overrides(self) -> dict:
         from spote.core import PolicyConfig
@@ -211,6 +216,7 @@ COMMON_FLAGS = (
                                                  "over it the item is an error row 'timeout: ...' (0: no limit)")),
     ("resource_wait_seconds", float, typer.Option(300.0, help="on a cluster we joined (it may autoscale): wait at most "
                                                   "this long for the actors' CPUs/GPUs to exist, then fail")),
+    ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part: the unit a killed run keeps and resumes from")),
 )
 
 
@@ -228,8 +234,10 @@ def job_command(fn):
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
             return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
-        except JobRefused as err:  # a job that cannot start as asked: one line, not a traceback
-            typer.echo(f"error: {err}", err=True)
+        except (JobRefused, ValueError, FileNotFoundError, AccountingError) as err:
+            if _is_ray_error(err):  # a task's failure: Ray's own report says where
+                raise
+            typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
             raise typer.Exit(2) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)
@@ -265,75 +273,241 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None):
-    """The job's Ray Data stages, unexecuted: rows -> CPU loader actors -> SPOT-E actors."""
+def _is_ray_error(err: Exception) -> bool:
+    return type(err).__module__.startswith("ray.")
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A run's result rows where they are now (staged before the commit, committed after), with
+    their merged statistics. ``dataset()`` reads them lazily as a Ray dataset; never whole."""
+
+    uri: str
+    storage_options: dict
+    stats: RunStats | None  # None where the run was committed earlier and not re-read
+
+    def has_rows(self) -> bool:
+        fs, path = filesystem(self.uri, self.storage_options)
+        return _has_parquet(fs, path)
+
+    def dataset(self, columns: list[str] | None = None):
+        """The rows as a lazy Ray dataset (Ray must be up: see ``has_rows`` first)."""
+        return _read(self.uri, self.storage_options, columns)
+
+
+def _has_parquet(fs, path: str) -> bool:
+    return fs.exists(path) and any(f.endswith(".parquet") for f in fs.find(path))
+
+
+def _read(uri: str, so: dict, columns: list[str] | None = None):
     import ray
 
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * opts.num_actors * 4)))
+    fs, path = filesystem(uri, so)
+    return ray.data.read_parquet(path, filesystem=arrow_fs(fs), columns=columns, partitioning=None)
+
+
+def conform(table, *, schema):
+    """Ray Data UDF: cast the columns a result schema names (a block of error rows alone would
+    otherwise carry null-typed lists that other blocks, and readers, cannot merge with)."""
+    import pyarrow as pa
+
+    for name in table.column_names:
+        idx = schema.get_field_index(name)
+        if idx >= 0 and table.schema.field(name).type != schema.field(idx).type:
+            col = table.column(name)
+            target = schema.field(idx).type
+            if pa.types.is_null(col.type) or (pa.types.is_list(col.type) and pa.types.is_null(col.type.value_type)):
+                col = pa.array(col.to_pylist(), type=target)
+            else:
+                col = col.cast(target)
+            table = table.set_column(table.column_names.index(name), name, col)
+    return table
+
+
+def result_schema(plan_schema):
+    """The plan's columns and the predictor's RESULT_TYPES, as one Arrow schema."""
+    import pyarrow as pa
+
+    from .stages import RESULT_TYPES, _arrow_type
+
+    fields = {f.name: f.type for f in plan_schema}
+    fields.update({k: _arrow_type(v) for k, v in RESULT_TYPES.items()})
+    return pa.schema(list(fields.items()))
+
+
+def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, loader=None, predictor=None):
+    """The job's Ray Data stages over planned item rows, unexecuted: parts of ``rows_per_part``
+    rows -> CPU loader actors -> SPOT-E actors -> the result schema."""
+    import ray
+
+    ds = ds.repartition(target_num_rows_per_block=max(1, opts.rows_per_part))
     loader_cls, loader_kwargs = loader or (ImageLoader, {"storage_options": so})
     ds = ds.map_batches(TimedLoader, fn_constructor_kwargs={"loader": loader_cls, "loader_kwargs": loader_kwargs,
                                                             "timeout_s": opts.item_timeout_seconds},
                         batch_size=opts.batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
                         num_cpus=LOADER_CPUS)
-    return ds.map_batches(
+    ds = ds.map_batches(
         predictor or SpotePredictor,
         fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
                                "threads": max(1, int(opts.cpus_per_actor)), "timeout_s": opts.item_timeout_seconds},
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
         num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
+    if schema is not None:
+        ds = ds.map_batches(functools.partial(conform, schema=schema), batch_format="pyarrow", batch_size=None,
+                            num_cpus=0.25)
+    return ds
 
 
-def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, post_commit=None, loader=None,
-            after_commit=None) -> dict:
-    """Rows (metadata only) -> load on CPU -> SPOT-E actors -> staged Parquet -> summary -> commit."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str) -> dict:
+    """Expand the sources into item rows in Ray Data tasks, write them under the run's staging
+    folder, check the ids, and record the plan's statistics (written last: a plan is reused only
+    when complete). Raises ValueError on an id clash, before any item is answered."""
+    import ray
+
+    from .planning import expand_sources
+
+    fs, plan_path = filesystem(paths.plan, so)
+    stats = RunStats(sources=set() if plan.count_sources else None)
+    if plan.sources:
+        sources = ray.data.from_items(plan.sources, override_num_blocks=max(1, min(len(plan.sources), 64)))
+        udf = functools.partial(expand_sources, expand=plan.expand, schema=plan.schema, run_id=run_id)
+        sources.map_batches(udf, batch_size=1, batch_format="pyarrow").write_parquet(plan_path, filesystem=arrow_fs(fs))
+    if _has_parquet(fs, plan_path):
+        cols = ["id", "status"] + (["source"] if plan.count_sources else [])
+        stats = collect_stats(_read(paths.plan, so, cols), with_samples=False, with_sources=plan.count_sources)
+        if not plan.ids_from_sources:
+            check_plan_ids_unique(paths, so)
+    result = {"items": stats.items, "id_digest": str(stats.id_digest), "planned_errors": stats.by_status.get("error", 0),
+              "sources_planned": len(stats.sources) if stats.sources is not None else None}
+    write_plan_stats(paths, result, so)
+    return result
+
+
+def check_plan_ids_unique(paths: RunPaths, so: dict, examples: int = 5) -> None:
+    """A Ray Data group-by count over the plan's ids; ValueError naming some clashing ids."""
+    from ray.data.expressions import col
+
+    groups = _read(paths.plan, so, ["id"]).groupby("id").count()
+    clashes = groups.filter(expr=col("count()") > 1)
+    found = clashes.take(examples)
+    if found:
+        n = clashes.count()
+        named = ", ".join(f"{r['id']!r} x{r['count()']}" for r in found)
+        raise ValueError(f"duplicate ids in the input: {n} ids appear more than once ({named}{', ...' if n > len(found) else ''}); "
+                         "every row needs its own id")
+
+
+def _count_duplicates(uri: str, so: dict) -> int:
+    ds = _read(uri, so, ["id"])
+    return ds.count() - ds.groupby("id").count().count()
+
+
+def _checkpoint_config(paths: RunPaths, so: dict):
+    from ray.data.checkpoint import CheckpointConfig
+
+    fs, ckpt = filesystem(paths.checkpoint, so)
+    cfg = CheckpointConfig(id_column="id", checkpoint_path=ckpt, delete_checkpoint_on_success=False,
+                           override_filesystem=arrow_fs(fs))
+    cfg.checkpoint_actor_pool_max_size = 1  # the ids of one run fit one filter actor; leave CPUs to the model
+    return cfg
+
+
+def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
+            after_commit=None, predictor=None) -> dict:
+    """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
+    (resumable) -> statistics from per-block partials -> exactly-once check -> commit.
+
+    ``plan``: a ``Plan``, or a list of item-row dicts for small inputs. ``extra_summary``: a dict or
+    ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
+    outputs are part of the run), ``after_commit(RunResults, paths, so)`` after it, also when the run
+    id was already committed (so it must be idempotent). Returns the summary.
+    Raises ValueError for an id clash (before any work) and AccountingError when the staged rows are
+    not every planned item exactly once (nothing is committed then).
+    """
     import ray
 
     from spote.core import PolicyConfig
 
+    if isinstance(plan, list):
+        plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
     run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True),
                                                         str(opts.model)))
     paths = RunPaths(opts.output, run_id)
-    if is_committed(paths, so) and not opts.force:
-        summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
-        print(f"[{job}] run {run_id} is already committed; nothing to do ({paths.results})")
-        return summary
-    if rows:
+    if is_committed(paths, so):
+        if not opts.force:
+            summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
+            print(f"[{job}] run {run_id} is already committed; nothing to do ({paths.results})")
+            if after_commit is not None:
+                results = RunResults(paths.results, so, None)
+                if results.has_rows():
+                    init_ray(opts.num_actors)
+                after_commit(results, paths, so)
+            return summary
+        retrying(forget_run, paths, so)
+    t0 = time.time()
+    recover_interrupted_commit(paths, so)
+    if plan.sources or read_plan_stats(paths, so) is not None:
         init_ray(opts.num_actors)
         check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
-    retrying(prepare_staging, paths, so)
-    t0 = time.time()
-    items_in = len(rows)
-    for r in rows:
-        r.setdefault("status", "")
-        r.setdefault("error", "")
-        r["run_id"] = run_id
-    if items_in:
         ctx = ray.data.DataContext.get_current()
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
-        ds = answer_dataset(rows, opts, policy, so, loader)
-        fs, staging = filesystem(paths.staging, so)
-        ds.write_parquet(staging, filesystem=arrow_fs(fs))
-        table = retrying(pq.read_table, staging, filesystem=arrow_fs(fs))
-    else:
-        table = pa.table({c: pa.array([], pa.string()) for c in ("id", "source", "status", "error")})
-    check_accounting(rows, table)
-    summary = summarise(table, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
-                        PolicyConfig(**policy).__dict__, extra_summary(table) if extra_summary else None)
-    if len(table):
-        write_report(table, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
-                     timeout_s=opts.item_timeout_seconds)
+    t_plan = time.time()
+    planned = read_plan_stats(paths, so)
+    if planned is None:
+        retrying(reset_plan, paths, so)
+        planned = make_plan(plan, paths, so, run_id)
+    plan_seconds = time.time() - t_plan
+    items_in = int(planned["items"])
+    stray = prune_uncommitted(paths, so)
+    if stray:
+        print(f"[{job}] run {run_id}: removed {stray} staged part(s) no checkpoint vouches for")
+    items_resumed = committed_checkpoint_rows(paths, so)
+    if items_resumed:
+        print(f"[{job}] run {run_id}: resuming; {items_resumed} of {items_in} items already staged")
+    if items_in > items_resumed:
+        ctx = ray.data.DataContext.get_current()
+        previous = ctx.checkpoint_config
+        ctx.checkpoint_config = _checkpoint_config(paths, so)
+        try:
+            schema = result_schema(plan.schema)
+            ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor)
+            fs, staged = filesystem(paths.staged, so)
+            ds.write_parquet(staged, filesystem=arrow_fs(fs))
+        finally:
+            ctx.checkpoint_config = previous
+    fs, staged = filesystem(paths.staged, so)
+    stats = collect_stats(_read(paths.staged, so)) if _has_parquet(fs, staged) else RunStats()
+    check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,
+                     count_duplicates=lambda: _count_duplicates(paths.staged, so))
+    extra = extra_summary(stats, planned) if callable(extra_summary) else (extra_summary or {})
+    summary = summarise(stats, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
+                        PolicyConfig(**policy).__dict__, extra)
+    summary.update(items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
+                   skipped_sources=summarise_skipped(plan.skipped))
+    if stats.items:
+        write_report(stats, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
+                     timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
     if post_commit is not None:
-        post_commit(table, paths, so)
-    if items_in == 0:
-        fs, staging = filesystem(paths.staging, so)
-        fs.makedirs(staging, exist_ok=True)
+        post_commit(RunResults(paths.staged, so, stats), paths, so)
     commit(paths, summary, so)
     if after_commit is not None:
-        after_commit(table, paths, so)
-    print(f"[{job}] run {run_id}: {summary['items_in']} in, {summary['items_ok']} ok, {summary['items_error']} errors, "
-          f"{summary['items_per_second']} items/s, early exit {summary['early_exit_rate']} -> {paths.results}")
+        after_commit(RunResults(paths.results, so, stats), paths, so)
+    if items_in == 0:
+        print(f"[{job}] run {run_id}: nothing to do ({_nothing_reason(plan)}); committed an empty run -> {paths.results}")
+    else:
+        print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
+              f"{summary['items_error']} errors, {summary['items_per_second']} items/s, "
+              f"early exit {summary['early_exit_rate']} -> {paths.results}")
     return summary
+
+
+def _nothing_reason(plan: Plan) -> str:
+    skipped = summarise_skipped(plan.skipped)
+    if not plan.sources and skipped["count"]:
+        reasons = "; ".join(f"{n} x {r}" for r, n in skipped["by_reason"].items())
+        return f"no input it can read; skipped {skipped['count']}: {reasons}"
+    if not plan.sources:
+        return plan.empty_reason or "the input has no items"
+    return "every source expanded to no items"

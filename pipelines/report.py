@@ -9,30 +9,33 @@ import numpy as np
 from .storage import join, write_bytes, write_text
 
 
-def summarise(table, run_id: str, items_in: int, seconds: float, model: str, policy: dict, extra: dict | None = None) -> dict:
-    """Statistics of one run's result table (a pyarrow Table)."""
-    df = table.to_pandas()
-    ok = df[df["status"] == "ok"]
-    n_ok = int(len(ok))
-    ids = df["id"].tolist()
+def summarise(stats, run_id: str, items_in: int, seconds: float, model: str, policy: dict, extra: dict | None = None) -> dict:
+    """``summary.json`` from a run's merged ``RunStats`` (pipelines.stats), never from its rows.
+
+    Means are over ``ok`` rows; ``latency_ms_p95`` comes from a fixed log-spaced histogram (within 5 %).
+    ``duplicate_ids`` is 0 for a committed run: the commit is refused otherwise.
+    """
+    n_ok = stats.ok
+    by_status = dict(sorted(stats.by_status.items()))
     summary = {
         "run_id": run_id,
         "items_in": int(items_in),
-        "items_out": int(len(df)),
-        "items_ok": n_ok,
-        "items_error": int((df["status"] == "error").sum()),
-        "items_skipped": int((df["status"] == "skipped").sum()),
-        "duplicate_ids": int(len(ids) - len(set(ids))),
-        "entropy_initial_mean": float(ok["entropy_initial"].mean()) if n_ok else None,
-        "entropy_final_mean": float(ok["entropy_final"].mean()) if n_ok else None,
-        "forward_passes_mean": float(ok["forward_passes"].mean()) if n_ok else None,
-        "early_exit_rate": float((ok["forward_passes"] <= 1).mean()) if n_ok else None,
-        "latency_ms_mean": float(ok["latency_ms"].mean()) if n_ok else None,
-        "latency_ms_p95": float(np.percentile(ok["latency_ms"], 95)) if n_ok else None,
+        "items_out": int(stats.items),
+        "items_ok": int(by_status.get("ok", 0)),
+        "items_error": int(by_status.get("error", 0)),
+        "items_skipped": int(by_status.get("skipped", 0)),
+        "items_by_status": by_status,
+        "duplicate_ids": 0,
+        "entropy_initial_mean": stats.mean("entropy_initial"),
+        "entropy_final_mean": stats.mean("entropy_final"),
+        "forward_passes_mean": stats.mean("forward_passes"),
+        "early_exit_rate": stats.early_exit / n_ok if n_ok else None,
+        "latency_ms_mean": stats.mean("latency_ms"),
+        "latency_ms_p95": stats.latency_ms_quantile(0.95),
         "seconds": round(seconds, 2),
-        "items_per_second": round(len(df) / seconds, 3) if seconds > 0 else None,
-        "errors_by_reason": df[df["status"] == "error"]["error"].str.split(":").str[0].value_counts().to_dict(),
-        "skipped_by_reason": df[df["status"] == "skipped"]["error"].str.split(":").str[0].value_counts().to_dict(),
+        "items_per_second": round(stats.items / seconds, 3) if seconds > 0 else None,
+        "errors_by_reason": dict(sorted(stats.errors_by_reason.items(), key=lambda kv: -kv[1])),
+        "skipped_by_reason": dict(sorted(stats.skipped_by_reason.items(), key=lambda kv: -kv[1])),
         "model": model,
         "policy": policy,
     }
@@ -48,8 +51,8 @@ MAX_SCENES = 12
 PROBLEM_ROWS_SHOWN = 25  # rows listed per reason
 
 
-def write_report(table, summary: dict, meta_uri: str, storage_options=None, loader=None,
-                 timeout_s: float | None = 600.0) -> None:
+def write_report(stats, summary: dict, meta_uri: str, storage_options=None, loader=None,
+                 timeout_s: float | None = 600.0, results=None) -> None:
     """``entropy.png`` (histograms) and ``report.html``, a self-contained page a reviewer works from.
 
     The page (no network fetches: pictures are ``data:`` URIs, the style is inline): the run's figures
@@ -59,18 +62,25 @@ def write_report(table, summary: dict, meta_uri: str, storage_options=None, load
     job's loader) for those rows only; error and skipped rows grouped by reason; for tiled scenes an
     overview per scene and question with the "yes" tiles and their evidence. Every value that comes from
     a user or a file is escaped.
+
+    ``stats`` is the run's ``RunStats`` (counts, histograms and capped samples, never the whole table);
+    ``results`` (a ``RunResults``), where given, is queried for the "yes" tiles of at most ``MAX_SCENES``
+    scenes.
     """
     from .gallery import png_uri
 
-    df = table.to_pandas()
-    plots = _histograms(df, summary)
+    import pandas as pd
+
+    sample = stats.sample_rows()
+    df = pd.DataFrame(sample)
+    plots = _histograms(stats, summary)
     write_bytes(join(meta_uri, "entropy.png"), plots, storage_options)
     sections = [_figures_section(df, summary), f"<section><h2>Entropy and passes</h2><img class='plot' src='{png_uri(plots)}' "
                 f"alt='histograms of answer entropy before and after SPOT-E, and of forward passes per item'></section>",
-                _answers_section(df), _gallery_section(table, df, loader, timeout_s, summary),
-                _problems_section(df)]
-    if {"scene", "tile_col_off", "tile_row_off", "tile_width", "tile_height"} <= set(df.columns):
-        sections.append(_scenes_section(df, storage_options, (loader or (None, {}))[1].get("bands")))
+                _answers_section(stats), _gallery_section(sample, df, loader, timeout_s, summary),
+                _problems_section(stats)]
+    if results is not None and {"scene", "tile_col_off", "tile_row_off", "tile_width", "tile_height"} <= set(df.columns):
+        sections.append(_scenes_section(_scene_rows(results), storage_options, (loader or (None, {}))[1].get("bands")))
     run_id = esc(summary.get("run_id"))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>SPOT-E run {run_id}</title>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head><body>"
@@ -146,7 +156,7 @@ def _lede(summary: dict) -> str:
 
 
 def _figures_section(df, summary: dict) -> str:
-    skipped = int((df["status"] == "skipped").sum()) if "status" in df else 0
+    skipped = int(summary.get("items_skipped") or 0)
     figures = [
         ("items in", fmt_count(summary.get("items_in"))), ("answered", fmt_count(summary.get("items_ok"))),
         ("errors", fmt_count(summary.get("items_error"))), ("skipped", fmt_count(skipped)),
@@ -194,8 +204,9 @@ def _fmt_any(v) -> str:
     return str(v)
 
 
-def _histograms(df, summary: dict) -> bytes:
-    """PNG: answer entropy before/after SPOT-E, and forward passes per item, over the answered rows."""
+def _histograms(stats, summary: dict) -> bytes:
+    """PNG: answer entropy before/after SPOT-E, and forward passes per item, over the answered rows
+    (from the run's fixed-bin histograms, so every row counts and none is held in memory)."""
     import io
 
     import matplotlib
@@ -203,20 +214,21 @@ def _histograms(df, summary: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = df[df["status"] == "ok"]
+    from .stats import ENTROPY_EDGES
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    top = max(0.1, float(np.nanmax(ok["entropy_initial"]))) if len(ok) else 1.0
-    bins = np.linspace(0, top, 25)
-    axes[0].hist(ok["entropy_initial"], bins=bins, alpha=0.6, label="whole image")
-    axes[0].hist(ok["entropy_final"], bins=bins, alpha=0.6, label="after SPOT-E")
+    used = np.flatnonzero(stats.entropy_initial_hist + stats.entropy_final_hist)
+    top = int(used.max()) + 2 if len(used) else 10
+    edges = ENTROPY_EDGES[:top + 1]
+    axes[0].stairs(stats.entropy_initial_hist[:top], edges, fill=True, alpha=0.6, label="whole image")
+    axes[0].stairs(stats.entropy_final_hist[:top], edges, fill=True, alpha=0.6, label="after SPOT-E")
     axes[0].set_xlabel("answer entropy (nats)")
     axes[0].set_ylabel("items")
     axes[0].legend()
-    passes = ok["forward_passes"].to_numpy() if len(ok) else np.zeros(0)
-    edges = np.arange(0, (passes.max() if len(passes) else 1) + 2) - 0.5
-    if len(edges) > 41:
-        edges = np.linspace(edges[0], edges[-1], 41)
-    axes[1].hist(passes, bins=edges, color="tab:green")
+    counts = stats.forward_passes_counts
+    if counts:
+        xs = sorted(counts)
+        axes[1].bar(xs, [counts[x] for x in xs], width=0.9 if len(xs) < 60 else 1.0, color="tab:green")
     axes[1].set_xlabel("forward passes per item")
     axes[1].set_ylabel("items")
     axes[1].xaxis.get_major_locator().set_params(integer=True)
@@ -228,18 +240,18 @@ def _histograms(df, summary: dict) -> bytes:
     return buf.getvalue()
 
 
-def _answers_section(df) -> str:
-    ok = df[df["status"] == "ok"]
-    if not len(ok):
+def _answers_section(stats) -> str:
+    answers = stats.answers
+    if not answers:
         return "<section><h2>Answers per question</h2><p class='muted'>no answered items</p></section>"
     blocks = []
-    for question, grp in ok.groupby("question", sort=True):
-        counts = grp["answer"].value_counts()
-        top = int(counts.iloc[0])
+    for question in sorted(answers):
+        counts = sorted(answers[question].items(), key=lambda kv: -kv[1])
+        total, top = sum(n for _, n in counts), counts[0][1]
         rows = "".join(
-            f"<tr><td>{esc(ans)}</td><td class='num'>{fmt_count(n)}</td><td class='num'>{fmt_percent(n / len(grp))}</td>"
+            f"<tr><td>{esc(ans)}</td><td class='num'>{fmt_count(n)}</td><td class='num'>{fmt_percent(n / total)}</td>"
             f"<td><span class='bar' style='width:{max(2, round(160 * n / top))}px'></span></td></tr>"
-            for ans, n in counts.head(20).items())
+            for ans, n in counts[:20])
         more = f"<p class='muted'>{len(counts) - 20} more answers</p>" if len(counts) > 20 else ""
         blocks.append(f"<h3>{esc(question)}</h3><table><tr><th>answer</th><th>items</th><th>share</th><th></th></tr>"
                       f"{rows}</table>{more}")
@@ -258,12 +270,13 @@ def pick_gallery(df, run_id: str, unsure: int = GALLERY_UNSURE, sure: int = GALL
     return low, high
 
 
-def _gallery_section(table, df, loader, timeout_s, summary) -> str:
+def _gallery_section(sample: list[dict], df, loader, timeout_s, summary) -> str:
     from .gallery import row_thumbnails
 
+    if not len(df) or "confidence" not in df:
+        return "<section><h2>Gallery</h2><p class='muted'>no answered items</p></section>"
     low, high = pick_gallery(df, summary.get("run_id", ""))
-    positions = [df.index.get_loc(i) for i in low + high]
-    rows = table.take(positions).to_pylist() if positions else []
+    rows = [sample[df.index.get_loc(i)] for i in low + high]
     pictures = {}
     if loader is not None and rows:
         try:
@@ -319,25 +332,39 @@ def _where(row: dict) -> str:
     return ""
 
 
-def _problems_section(df) -> str:
-    bad = df[df["status"].isin(["error", "skipped"])]
-    if not len(bad):
-        return "<section><h2>Errors and skipped items</h2><p class='muted'>none</p></section>"
+def _problems_section(stats) -> str:
+    """Error and skipped rows grouped by reason: every row counted, up to a few examples listed per reason."""
     blocks = []
-    for status in ("error", "skipped"):
-        part = bad[bad["status"] == status]
-        if not len(part):
-            continue
-        reasons = part["error"].fillna("").str.split(":").str[0].replace("", "no reason given")
-        for reason, grp in part.groupby(reasons, sort=False):
-            shown = grp.head(PROBLEM_ROWS_SHOWN)
-            rows = "".join(f"<tr><td><code>{esc(r.id)}</code></td><td>{esc(r.source)}</td><td>{esc(r.error)}</td></tr>"
-                           for r in shown.itertuples())
-            more = (f"<p class='muted'>{fmt_count(len(grp) - len(shown))} more</p>" if len(grp) > len(shown) else "")
-            blocks.append((len(grp), f"<h3>{esc(status)}: {esc(reason)} ({fmt_count(len(grp))})</h3><table><tr><th>id</th>"
-                                     f"<th>source</th><th>reason</th></tr>{rows}</table>{more}"))
+    for status, counts, examples in (("error", stats.errors_by_reason, stats.error_examples),
+                                     ("skipped", stats.skipped_by_reason, stats.skipped_examples)):
+        for reason, n in counts.items():
+            shown = examples.get(reason, [])[:PROBLEM_ROWS_SHOWN]
+            rows = "".join(f"<tr><td><code>{esc(r.get('id'))}</code></td><td>{esc(r.get('source'))}</td>"
+                           f"<td>{esc(r.get('error'))}</td></tr>" for r in shown)
+            more = f"<p class='muted'>{fmt_count(n - len(shown))} more</p>" if n > len(shown) else ""
+            blocks.append((n, f"<h3>{esc(status)}: {esc(reason)} ({fmt_count(n)})</h3><table><tr><th>id</th>"
+                              f"<th>source</th><th>reason</th></tr>{rows}</table>{more}"))
+    if not blocks:
+        return "<section><h2>Errors and skipped items</h2><p class='muted'>none</p></section>"
     blocks.sort(key=lambda b: -b[0])
     return f"<section><h2>Errors and skipped items</h2>{''.join(b for _, b in blocks)}</section>"
+
+
+SCENE_COLUMNS = ["source", "question", "status", "answer", "evidence_box", "tile_col_off", "tile_row_off",
+                 "tile_width", "tile_height"]
+
+
+def _scene_rows(results):
+    """The rows the scene overviews draw, for the first ``MAX_SCENES`` scenes only (a Ray Data query)."""
+    import pandas as pd
+
+    ds = results.dataset(SCENE_COLUMNS)
+    scenes = sorted(ds.unique("source"))  # scenes are sources: few, next to tiles
+    first = set(scenes[:MAX_SCENES])
+    rows = ds.filter(lambda r: r["source"] in first).take_all()
+    df = pd.DataFrame(rows, columns=SCENE_COLUMNS)
+    df.attrs["scenes_total"] = len(scenes)
+    return df
 
 
 def _box_or_none(box):
@@ -349,10 +376,7 @@ def _scenes_section(df, storage_options, bands) -> str:
 
     blocks = []
     scenes = df.groupby("source", sort=True)
-    for n, (source, grp) in enumerate(scenes):
-        if n == MAX_SCENES:
-            blocks.append(f"<p class='muted'>{fmt_count(scenes.ngroups - MAX_SCENES)} more scenes not shown</p>")
-            break
+    for source, grp in scenes:
         try:
             overview, scale = scene_overview(str(source), storage_options, bands)
         except Exception as err:  # an unreadable scene has its error rows; the report goes on
@@ -367,4 +391,7 @@ def _scenes_section(df, storage_options, bands) -> str:
                           f"width='{pic.width}' height='{pic.height}' alt='{esc(source)}'>"
                           f"<p class='muted'>{fmt_count(len(yes))} of {fmt_count(len(q))} tiles answered yes; "
                           f"{esc(pic.note)}</p></div>")
+    hidden = df.attrs.get("scenes_total", scenes.ngroups) - scenes.ngroups
+    if hidden > 0:
+        blocks.append(f"<p class='muted'>{fmt_count(hidden)} more scenes not shown</p>")
     return f"<section><h2>Scenes</h2>{''.join(blocks)}</section>"

@@ -6,30 +6,41 @@ roll-up of the "yes" detections, merged across tile overlaps.
         --questions questions.yaml --tile-size 1024 --overlap 128 --bands 3,2,1
 
 Inputs: every raster the installed GDAL reads among ``rasters.SCENE_FORMATS`` (GeoTIFF, PNG, JPEG,
-JPEG 2000, VRT, ERDAS .img, WebP, BMP, NITF); every other file under the input is counted and named
-in the summary (``files_skipped``). An input with no scene ends with a message and commits nothing.
+JPEG 2000, VRT, ERDAS .img, WebP, BMP, NITF); every other file under the input (sidecars, hidden
+files, other formats) is counted and named in the summary's ``skipped_sources``. An input with no
+scene commits an empty run with a one-line message.
 
-The driver reads only headers (size, bands, CRS, transform) to plan tiles and to check ``--bands``;
-pixels are read per tile window in CPU loader actors, within the memory bound stated in
+The driver lists the scenes and reads each one's header (size, bands, CRS, transform) to check
+``--bands`` before any work; Ray Data tasks cut each scene into tile rows (``plan_tiles``), so the
+driver's memory grows with scenes, not tiles. Item ids are ``<path under the input>/r<row>_c<col>/q<i>``.
+Pixels are read per tile window in CPU loader actors, within the memory bound stated in
 ``pipelines.rasters``. Non-georeferenced images are tiled upright (their EXIF orientation applied).
 Bands become RGB by selection (``--bands``, default: the file's red/green/blue, else band 1 as grey);
 8-bit data is shown as stored, other data stretched per band over the 2-98 percentiles of its valid
 pixels, once per scene (``--stretch scene``, from an overview or a pixel sample) or per tile. Invalid
 pixels (nodata, masks, alpha, NaN) are grey; a tile with no valid pixel is a ``skipped`` row.
+
+Before the commit, each staged Parquet part is rewritten as GeoParquet by its own Ray task, and the
+roll-up is computed with Ray Data group-bys: no result table passes through the driver.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import PurePosixPath
 from typing import Optional
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
 
-from .geo import ResultGeometry, rewrite_staged_as_geoparquet, write_rollup
+from .geo import ResultGeometry, scene_detections, with_geometry, write_parquet_file
 from .job import JobOptions, job_command, run_job
+from .planning import Plan, check_source_ids_unique, list_sources, plan_schema
 from .questions import load_questions
 from .rasters import (
     GDAL_CACHE_MB, SCENE_PERCENTILES, SIDECAR_SUFFIXES, SceneError, SceneHeader, check_bands, open_scene, parse_bands,
@@ -41,7 +52,11 @@ from .storage import filesystem, join, parse_storage_options, write_text
 
 app = typer.Typer(add_completion=False)
 STRETCH_MODES = ("scene", "tile")
-NAMED_SKIPS = 200  # the summary names this many skipped files at most (all are counted)
+SHUFFLE_PARTITIONS = 64  # most hash partitions of a roll-up group-by
+TILE_FIELDS = (("scene", pa.string()), ("question_index", pa.int64()), ("tile_col_off", pa.int64()),
+               ("tile_row_off", pa.int64()), ("tile_width", pa.int64()), ("tile_height", pa.int64()),
+               ("crs", pa.string()), ("bounds", pa.list_(pa.float64())), ("stretch_range", pa.string()))
+TILE_SCHEMA = plan_schema(*TILE_FIELDS)
 
 
 def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -124,8 +139,24 @@ class SceneTileLoader(RowLoader):
         return to_rgb8(px, ranges)
 
 
-def list_scenes(input_uri: str, storage_options=None) -> tuple[list[str], list[dict]]:
-    """(scene URIs, skipped files as {"path", "reason"}) under a scene file or a folder/prefix.
+# ------------------------------------------------------------------------------------------------ planning
+def _reason_to_skip(exts: dict[str, str]):
+    def reason(rel: str) -> str | None:
+        lower = rel.lower()
+        if lower.endswith(SIDECAR_SUFFIXES):
+            return "sidecar file (read with its scene)"
+        suffix = PurePosixPath(lower).suffix
+        if suffix in exts:
+            return None
+        return f"not a raster format the installed GDAL reads: {suffix or '(no extension)'}"
+
+    return reason
+
+
+def list_scenes(input_uri: str, storage_options=None) -> tuple[list[dict], list[dict]]:
+    """(scenes, skipped) under a scene file or a folder/prefix: scenes as {"uri", "rel", "size", "mtime",
+    "etag"} (``rel``: the path under the input, the scene's id); skipped as {"source", "reason"} (hidden
+    files, sidecars, formats the installed GDAL does not read), every file accounted for.
 
     Raises:
         SceneError: the input does not exist.
@@ -133,64 +164,241 @@ def list_scenes(input_uri: str, storage_options=None) -> tuple[list[str], list[d
     fs, path = filesystem(input_uri, storage_options)
     if not fs.exists(path):
         raise SceneError(f"--input {input_uri}: no such file or folder")
-    exts = readable_extensions()
-    files = [path] if fs.isfile(path) else sorted(fs.find(path))
-    proto = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
-    scenes, skipped = [], []
-    for p in files:
-        uri = proto + p if proto and not p.startswith(proto) else p
-        lower = p.lower()
-        if lower.endswith(SIDECAR_SUFFIXES):
-            skipped.append({"path": uri, "reason": "sidecar file (read with its scene)"})
-        elif PurePosixPath(lower).suffix in exts:
-            scenes.append(uri)
-        else:
-            suffix = PurePosixPath(lower).suffix or "(no extension)"
-            skipped.append({"path": uri, "reason": f"not a raster format the installed GDAL reads: {suffix}"})
-    return scenes, skipped
+    return list_sources(input_uri, storage_options, _reason_to_skip(readable_extensions()))
 
 
-def plan_tiles(scenes: list[str], questions: list[dict], tile: int, overlap: int, storage_options=None,
-               bands: tuple[int, ...] | None = None) -> tuple[list[dict], dict[str, SceneHeader]]:
-    """Rows (one per tile and question) and the headers of the readable scenes, by URI.
+def _header_json(header: SceneHeader) -> str:
+    return json.dumps(dataclasses.asdict(header))
 
-    An unreadable scene is one error row per question.
+
+def _header_from_json(text: str) -> SceneHeader:
+    d = json.loads(text)
+    return SceneHeader(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def plan_tiles(scene: dict, questions: list[dict], tile: int, overlap: int, storage_options=None):
+    """Item rows of one scene (runs in a Ray task): every upright tile window x every question.
+
+    ``scene``: {"uri", "rel"} and, when the driver read it, "header" (``SceneHeader`` as JSON) or "error"
+    (why the header could not be read). Ids are ``<rel>/r<row>_c<col>/q<i>``, unique because ``rel`` (the
+    path under the input) is. An unreadable scene gives one error row per question.
+    """
+    uri, name = scene["uri"], scene["rel"]
+    error, hdr = scene.get("error") or "", None
+    if not error:
+        try:
+            hdr = _header_from_json(scene["header"]) if scene.get("header") else scene_header(uri, storage_options)
+        except Exception as err:  # an unreadable scene is one error row per question, not a failed job
+            error = f"{type(err).__name__}: {err}"
+    if hdr is None:
+        for qi, q in enumerate(questions):
+            yield {"id": f"{name}/unreadable/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
+                   "tile_col_off": 0, "tile_row_off": 0, "tile_width": 0, "tile_height": 0, "crs": "",
+                   "bounds": [], "stretch_range": "", "status": "error", "error": f"unreadable scene: {error}"}
+        return
+    for (c, r, w, h) in tile_windows(hdr.width, hdr.height, tile, overlap):
+        bounds = window_bounds(hdr.transform, c, r, w, h)  # georeferenced scenes are never re-oriented
+        for qi, q in enumerate(questions):
+            yield {"id": f"{name}/r{r}_c{c}/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
+                   "tile_col_off": c, "tile_row_off": r, "tile_width": w, "tile_height": h,
+                   "crs": hdr.crs, "bounds": bounds, "stretch_range": ""}
+
+
+def read_headers(scenes: list[dict], storage_options=None, bands: tuple[int, ...] | None = None,
+                 ) -> dict[str, SceneHeader]:
+    """The driver's header pass (headers only, no pixels): each readable scene's ``SceneHeader`` by URI;
+    each scene dict gains "header" (JSON) or "error" for ``plan_tiles``.
 
     Raises:
         SceneError: ``bands`` names a band a scene does not have (before any work).
     """
-    rows, headers = [], {}
-    for uri in scenes:
-        name = PurePosixPath(uri.split("://")[-1]).stem
+    headers = {}
+    for s in scenes:
         try:
-            hdr = scene_header(uri, storage_options)
-        except Exception as err:  # an unreadable scene is one error row per question, not a failed job
-            for qi, q in enumerate(questions):
-                rows.append({"id": f"{name}/unreadable/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
-                             "tile_col_off": 0, "tile_row_off": 0, "tile_width": 0, "tile_height": 0, "crs": "",
-                             "bounds": [], "stretch_range": "", "status": "error",
-                             "error": f"unreadable scene: {type(err).__name__}: {err}"})
+            hdr = scene_header(s["uri"], storage_options)
+        except Exception as err:  # an unreadable scene becomes error rows, not a failed job
+            s["header"], s["error"] = "", f"{type(err).__name__}: {err}"
             continue
-        check_bands(bands, hdr, PurePosixPath(uri).name)
-        headers[uri] = hdr
-        for (c, r, w, h) in tile_windows(hdr.width, hdr.height, tile, overlap):
-            bounds = window_bounds(hdr.transform, c, r, w, h)  # georeferenced scenes are never re-oriented
-            for qi, q in enumerate(questions):
-                rows.append({"id": f"{name}/r{r}_c{c}/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
-                             "tile_col_off": c, "tile_row_off": r, "tile_width": w, "tile_height": h,
-                             "crs": hdr.crs, "bounds": bounds, "stretch_range": "", "status": "", "error": ""})
-    return rows, headers
+        check_bands(bands, hdr, PurePosixPath(s["rel"]).name)
+        headers[s["uri"]] = hdr
+        s["header"], s["error"] = _header_json(hdr), ""
+    return headers
 
 
-def geo_outputs(headers: dict[str, SceneHeader]):
-    """The job's hook before the commit: staged results rewritten as GeoParquet, then the per-scene roll-up
+def plan_scenes(input_uri: str, questions: list[dict], tile: int, overlap: int, storage_options=None,
+                scenes: list[dict] | None = None, skipped: list[dict] | None = None) -> Plan:
+    """The driver's part of planning: the listed scenes (listed here unless given); tasks cut each into
+    tiles (``plan_tiles``). Raises ValueError for a bad tile/overlap pair or two scenes with one id."""
+    tile_windows(tile, tile, tile, overlap)  # a bad tile/overlap pair is refused before any work
+    if scenes is None:
+        scenes, skipped = list_scenes(input_uri, storage_options)
+    check_source_ids_unique(scenes)
+    expand = functools.partial(plan_tiles, questions=questions, tile=tile, overlap=overlap,
+                               storage_options=storage_options)
+    keys = ("uri", "rel", "header", "error")
+    return Plan([{k: s.get(k, "") for k in keys} for s in scenes], expand, TILE_SCHEMA, skipped=skipped or [])
+
+
+# ------------------------------------------------------------------------------------------------ GeoParquet
+def _geoparquet_part(uri: str, tmp_uri: str, geometry: ResultGeometry, storage_options=None) -> bool:
+    """Rewrite one staged Parquet part as GeoParquet (same rows, plus the geometry columns and ``geo``
+    metadata): written beside, then moved over the part. A part that already is GeoParquet (a resumed
+    run) is left as it is. Returns whether it was rewritten."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        part = pq.ParquetFile(f)
+        if b"geo" in (part.schema_arrow.metadata or {}):
+            return False
+        table = part.read()
+    write_parquet_file(geometry.geoparquet_table(table), tmp_uri, storage_options)
+    _, tmp = filesystem(tmp_uri, storage_options)
+    fs.mv(tmp, path)
+    return True
+
+
+def rewrite_parts_as_geoparquet(staged_uri: str, tmp_uri: str, headers: dict[str, SceneHeader],
+                                storage_options=None) -> int:
+    """Every staged Parquet part rewritten as GeoParquet, one Ray task per part (the driver reads no rows).
+    The run's geometry CRS comes from ``headers`` (one CRS, else OGC:CRS84). Returns the parts rewritten."""
+    import ray
+
+    fs, staged = filesystem(staged_uri, storage_options)
+    proto = staged_uri.split("://", 1)[0] + "://" if "://" in staged_uri else ""
+    parts = [p for p in fs.find(staged) if p.endswith(".parquet")]
+    if not parts:
+        return 0
+    geometry = ray.put(ResultGeometry(headers))
+    task = ray.remote(num_cpus=0.5)(_geoparquet_part)
+    refs = [task.remote(proto + p if proto and not p.startswith(proto) else p,
+                        join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"), geometry, storage_options)
+            for i, p in enumerate(parts)]
+    return sum(ray.get(refs))
+
+
+# ------------------------------------------------------------------------------------------------ roll-up
+def _is_yes(table: pa.Table):
+    answer = pc.utf8_lower(pc.cast(pc.fill_null(table.column("answer"), ""), pa.string()))
+    return pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(answer, "yes"))
+
+
+def _yes_tiles(table: pa.Table) -> pa.Table:
+    return table.filter(_is_yes(table))
+
+
+def _rollup_flags(table: pa.Table) -> pa.Table:
+    status, n = table.column("status"), table.num_rows
+    return pa.table({"scene": table.column("scene"), "question_index": table.column("question_index"),
+                     "tile": pa.array([1] * n, pa.int64()), "yes": pc.cast(_is_yes(table), pa.int64()),
+                     "error": pc.cast(pc.equal(status, "error"), pa.int64()),
+                     "skipped": pc.cast(pc.equal(status, "skipped"), pa.int64())})
+
+
+def _geojson_path(meta: str, scene: str, qi: int) -> str:
+    return join(meta, "scenes", f"{scene}.q{qi}.geojson")
+
+
+def _scene_crs(header: SceneHeader | None) -> str:
+    return header.crs if header is not None and header.georeferenced else ""
+
+
+def write_scene_detections(scene: str, header: SceneHeader | None, by_question: dict[int, tuple[str, list]],
+                           meta: str, storage_options=None) -> dict[int, int]:
+    """One scene's merged detections: ``scenes/<scene>.q<i>.geojson`` per question in ``by_question``
+    ({question_index: (question, [Detection])}) and ``scenes/<scene>.detections.parquet`` (GeoParquet) for
+    all of them; returns {question_index: detections}."""
+    import shapely
+
+    crs = _scene_crs(header)
+    records = []
+    for qi, (question, detections) in sorted(by_question.items()):
+        feats = [{"type": "Feature", "geometry": json.loads(shapely.to_geojson(d.geometry)),
+                  "properties": {"question": question, "ids": d.ids, "tiles": d.tiles, "n_tiles": len(d.ids),
+                                 "confidence_max": d.confidence_max, "localised": d.localised}}
+                 for d in detections]
+        fc = {"type": "FeatureCollection", "features": feats,
+              "properties": {"scene": scene, "question": question, "crs": crs or "pixel"}}
+        if crs:  # the pre-RFC 7946 member GDAL/QGIS read, since the coordinates are not WGS84
+            fc["crs"] = {"type": "name", "properties": {"name": crs}}
+        write_text(_geojson_path(meta, scene, qi), json.dumps(fc), storage_options)
+        records += [(int(qi), question, d) for d in detections]
+    t = pa.table({"scene": pa.array([scene] * len(records), pa.string()),
+                  "question_index": pa.array([r[0] for r in records], pa.int64()),
+                  "question": pa.array([r[1] for r in records], pa.string()),
+                  "ids": pa.array([r[2].ids for r in records], pa.list_(pa.string())),
+                  "n_tiles": pa.array([len(r[2].ids) for r in records], pa.int64()),
+                  "confidence_max": pa.array([r[2].confidence_max for r in records], pa.float64()),
+                  "localised": pa.array([r[2].localised for r in records], pa.bool_())})
+    t = with_geometry(t, {"geometry": [r[2].geometry for r in records]}, "geometry", crs or None)
+    write_parquet_file(t, join(meta, "scenes", f"{scene}.detections.parquet"), storage_options)
+    return {qi: len(dets) for qi, (_, dets) in by_question.items()}
+
+
+def _detect_scene(group: pa.Table, *, headers: dict[str, SceneHeader], questions: list[str], meta: str,
+                  storage_options) -> pa.Table:
+    """Ray Data UDF: one scene's "yes" rows -> its merged detections written per question and as GeoParquet;
+    returns (scene, question_index, detections) per question the scene has."""
+    df = group.to_pandas()
+    scene, source = str(df["scene"].iloc[0]), str(df["source"].iloc[0])
+    header = headers.get(source)
+    by_question = {qi: (questions[qi] if qi < len(questions) else "", []) for qi in range(len(questions))}
+    for qi, grp in df.groupby("question_index"):
+        by_question[int(qi)] = (str(grp["question"].iloc[0]), scene_detections(grp, header))
+    counts = write_scene_detections(scene, header, by_question, meta, storage_options)
+    return pa.table({"scene": pa.array([scene] * len(counts), pa.string()),
+                     "question_index": pa.array(list(counts), pa.int64()),
+                     "detections": pa.array(list(counts.values()), pa.int64())})
+
+
+def scene_rollup(results, meta: str, headers: dict[str, SceneHeader], scene_sources: dict[str, str],
+                 questions: list[str], storage_options=None) -> dict:
+    """Per scene and question: tile counts (Ray Data group-by sums) and the "yes" tiles merged into
+    detections where their footprints overlap (``geo.merge_detections``), each scene's detections in the
+    task that holds its "yes" rows. Writes GeoJSON per (scene, question) and GeoParquet per scene under
+    ``<meta>/scenes/``; returns ``rollup.json``'s content:
+    {"<scene>/q<i>": {tiles, tiles_yes, tiles_error, tiles_skipped, detections, crs}}."""
+    cols = ["scene", "question_index", "status", "answer"]
+    shards = max(1, min(len(scene_sources), SHUFFLE_PARTITIONS))  # a group-by's hash partitions: no more than scenes
+    counts = (results.dataset(cols).map_batches(_rollup_flags, batch_format="pyarrow", batch_size=None)
+              .groupby(["scene", "question_index"], num_partitions=shards)
+              .sum(["tile", "yes", "error", "skipped"]).take_all())
+    detections: dict[tuple[str, int], int] = {}
+    if any(int(r["sum(yes)"]) for r in counts):
+        yes = results.dataset(["id", "source", "question", "confidence", "tile_col_off", "tile_row_off", "tile_width",
+                               "tile_height", "evidence_box", *cols])
+        udf = functools.partial(_detect_scene, headers=headers, questions=questions, meta=meta,
+                                storage_options=storage_options)
+        found = (yes.map_batches(_yes_tiles, batch_format="pyarrow", batch_size=None)
+                 .groupby("scene", num_partitions=shards).map_groups(udf, batch_format="pyarrow").take_all())
+        detections = {(r["scene"], int(r["question_index"])): int(r["detections"]) for r in found}
+    scenes_done = {s for s, _ in detections}
+    empty: dict[str, dict[int, tuple[str, list]]] = {}
+    rollup: dict = {}
+    for r in counts:
+        scene, qi = r["scene"], int(r["question_index"])
+        header = headers.get(scene_sources.get(scene, ""))
+        rollup[f"{scene}/q{qi}"] = {"tiles": int(r["sum(tile)"]), "tiles_yes": int(r["sum(yes)"]),
+                                    "tiles_error": int(r["sum(error)"]), "tiles_skipped": int(r["sum(skipped)"]),
+                                    "detections": detections.get((scene, qi), 0), "crs": _scene_crs(header)}
+        if scene not in scenes_done:  # no "yes" anywhere in the scene: its files say so, empty
+            question = questions[qi] if qi < len(questions) else ""
+            empty.setdefault(scene, {})[qi] = (question, [])
+    for scene, by_question in empty.items():
+        write_scene_detections(scene, headers.get(scene_sources.get(scene, "")), by_question, meta, storage_options)
+    return dict(sorted(rollup.items()))
+
+
+def geo_outputs(headers: dict[str, SceneHeader], scene_sources: dict[str, str], questions: list[str]):
+    """The job's hook before the commit: staged parts rewritten as GeoParquet, then the per-scene roll-up
     (``rollup.json``, GeoJSON and GeoParquet detections under the run's ``scenes/``)."""
 
-    def write(table, paths, storage_options) -> None:
-        if not len(table) or "scene" not in table.column_names:
+    def write(results, paths, storage_options) -> None:
+        if not results.has_rows():
+            write_text(join(paths.meta, "rollup.json"), "{}", storage_options)
             return
-        rewrite_staged_as_geoparquet(table, paths.staging, headers, storage_options)
-        rollup = write_rollup(table, paths.meta, headers, storage_options)
+        rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options)
+        rollup = scene_rollup(results, paths.meta, headers, scene_sources, questions, storage_options)
         write_text(join(paths.meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
 
     return write
@@ -198,11 +406,11 @@ def geo_outputs(headers: dict[str, SceneHeader]):
 
 def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int = 64, bands: str | None = None,
         stretch: str = "scene", max_tile_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Plan, check and run the job; returns the summary.
+    """List the scenes, read and check their headers, plan and run the job; returns the summary.
 
     Raises:
         SceneError: a request that cannot be served, found before any work (missing input, ``--bands`` out
-            of a scene's range, a tile over the pixel cap, an unknown stretch).
+            of a scene's range, a tile over the pixel cap, an unknown stretch, a bad overlap).
     """
     if stretch not in STRETCH_MODES:
         raise SceneError(f"--stretch {stretch!r}: expected one of {', '.join(STRETCH_MODES)}")
@@ -212,24 +420,21 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     band_sel = parse_bands(bands)
     so = parse_storage_options(opts.storage_options)
     scenes, skipped = list_scenes(opts.input, so)
-    skipped_summary = {"files_skipped": len(skipped), "files_skipped_named": skipped[:NAMED_SKIPS]}
-    if not scenes:
-        message = (f"nothing to do: no scene under {opts.input} that the installed GDAL reads "
-                   f"({len(skipped)} other file(s) skipped); readable: {', '.join(sorted(readable_extensions()))}")
-        print(f"[satellite] {message}")
-        return {"run_id": None, "items_in": 0, "scenes": 0, "message": message, **skipped_summary}
+    headers = read_headers(scenes, so, band_sel)
     questions = load_questions(questions_uri, so)
-    rows, headers = plan_tiles(scenes, questions, tile_size, overlap, so, band_sel)
+    plan = plan_scenes(opts.input, questions, tile_size, overlap, so, scenes=scenes, skipped=skipped)
+    print(f"[satellite] {len(scenes)} scenes under {opts.input}"
+          + (f"; skipped {len(skipped)} files that are not scenes" if skipped else ""))
     loader = (SceneTileLoader, {"storage_options": so, "bands": band_sel, "stretch": stretch,
                                 "max_tile_pixels": max_tile_pixels})
-    return run_job("satellite", opts, rows, post_commit=geo_outputs(headers), loader=loader,
-                   extra_summary=lambda t: {"scenes": len(scenes), "scenes_unreadable": len(scenes) - len(headers),
-                                            "questions": len(questions), "tile_size": tile_size, "overlap": overlap,
-                                            "bands": list(band_sel) if band_sel else "auto",
-                                            "stretch": {"mode": stretch, "percentiles": list(SCENE_PERCENTILES),
-                                                        "8-bit": "as stored"},
-                                            "geometry_crs": ResultGeometry(headers).crs,
-                                            **skipped_summary})
+    hook = geo_outputs(headers, {s["rel"]: s["uri"] for s in scenes}, [q["question"] for q in questions])
+    return run_job("satellite", opts, plan, post_commit=hook, loader=loader,
+                   extra_summary={"scenes": len(scenes), "scenes_unreadable": len(scenes) - len(headers),
+                                  "questions": len(questions), "tile_size": tile_size, "overlap": overlap,
+                                  "bands": list(band_sel) if band_sel else "auto",
+                                  "stretch": {"mode": stretch, "percentiles": list(SCENE_PERCENTILES),
+                                              "8-bit": "as stored"},
+                                  "geometry_crs": ResultGeometry(headers).crs})
 
 
 @app.command()

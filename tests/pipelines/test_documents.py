@@ -1,26 +1,38 @@
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from pipelines.documents import LEDGER, list_documents, listed_fingerprint, plan_pages, read_ledger, run
 from pipelines.job import JobOptions
 from pipelines.runs import RunPaths
-from pipelines.documents import LEDGER, run
+
+REPO = Path(__file__).parents[2]
+ONE_QUESTION = "- question: is the red box ticked ?\n  choices: [yes, no]\n"
+
+
+def _page(seed: int, size=(600, 800)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    x, y = rng.integers(20, min(size) - 60, 2)
+    d.rectangle([x, y, x + 30, y + 30], outline=(215, 25, 25), width=3)
+    d.text((x + 10, y + 8), str(rng.integers(10)), fill="black")
+    return im
 
 
 def _pdf(path: Path, pages: int, seed: int):
-    rng = np.random.default_rng(seed)
-    imgs = []
-    for p in range(pages):
-        im = Image.new("RGB", (600, 800), "white")
-        d = ImageDraw.Draw(im)
-        x, y = rng.integers(50, 500, 2)
-        d.rectangle([x, y, x + 30, y + 30], outline=(215, 25, 25), width=3)
-        d.text((x + 10, y + 8), str(rng.integers(10)), fill="black")
-        imgs.append(im)
+    imgs = [_page(seed * 10 + p) for p in range(pages)]
     imgs[0].save(path, save_all=True, append_images=imgs[1:])
+
+
+def _ledger(out: Path) -> dict:
+    t = pq.read_table(out / LEDGER)
+    return {r["source"]: r for r in t.to_pylist()}
 
 
 def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_path, fast_policy):
@@ -31,7 +43,7 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     Image.new("RGB", (400, 300), "white").save(inbox / "scan.png")
     (inbox / "broken.pdf").write_bytes(b"%PDF-1.4 truncated nonsense")
     qs = tmp_path / "q.yaml"
-    qs.write_text("- question: is the red box ticked ?\n  choices: [yes, no]\n")
+    qs.write_text(ONE_QUESTION)
     opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy)
 
     night1 = run(opts, str(qs), dpi=50, run_date="2026-11-24")
@@ -41,6 +53,10 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     broken = df[df.document == "broken.pdf"].iloc[0]
     assert broken.status == "error" and broken.error.startswith("unreadable PDF: truncated")
     assert sorted(df[df.document == "a.pdf"].page) == [0, 1]
+    ledger = _ledger(out)
+    assert set(ledger) == {str(inbox / n) for n in ("a.pdf", "b.pdf", "scan.png", "broken.pdf")}
+    assert ledger[str(inbox / "a.pdf")]["pages"] == 2 and ledger[str(inbox / "a.pdf")]["items"] == 2
+    assert ledger[str(inbox / "a.pdf")]["fingerprint"].startswith("size-mtime:")
 
     same_night = run(opts, str(qs), dpi=50, run_date="2026-11-24")          # idempotent
     assert same_night["run_id"] == "documents-2026-11-24"
@@ -52,6 +68,102 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     assert night2["documents_seen"] == 5 and night2["documents_processed"] == 2
     df2 = pq.read_table(RunPaths(str(out), "documents-2026-11-25").results).to_pandas()
     assert sorted(set(df2.document)) == ["b.pdf", "c.pdf"] and len(df2) == 4
-    ledger = json.loads((out / LEDGER).read_text())
+    ledger = _ledger(out)
     assert ledger[str(inbox / "b.pdf")]["run_id"] == "documents-2026-11-25"
+    assert ledger[str(inbox / "b.pdf")]["pages"] == 3
     assert ledger[str(inbox / "a.pdf")]["run_id"] == "documents-2026-11-24"
+
+    night3 = run(opts, str(qs), dpi=50, run_date="2026-11-26")               # nothing new: a clean, empty run
+    assert night3["items_in"] == 0 and night3["documents_processed"] == 0
+    assert Path(RunPaths(str(out), "documents-2026-11-26").marker).exists()
+
+
+def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,
+                                                                             fast_policy):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    for month in ("2024-01", "2024-02"):
+        (inbox / month).mkdir(parents=True)
+        _page(int(month[-1]), (300, 400)).save(inbox / month / "scan.png")
+    fax = [_page(20 + i, (300, 400)).convert("1") for i in range(3)]           # a 3-page fax TIFF
+    fax[0].save(inbox / "fax.tif", save_all=True, append_images=fax[1:], compression="group4")
+    frames = [_page(30 + i, (200, 200)) for i in range(2)]
+    frames[0].save(inbox / "anim.gif", save_all=True, append_images=frames[1:])
+    _page(40, (300, 400)).save(inbox / "photo.webp")
+    _page(41, (300, 400)).save(inbox / "scan.bmp")
+    _page(42, (300, 400)).save(inbox / "phone.jfif", "JPEG")
+    (inbox / "notes.txt").write_text("not a document")
+    (inbox / "letter.docx").write_bytes(b"PK\x03\x04")
+    qs = tmp_path / "q.yaml"
+    qs.write_text(ONE_QUESTION)
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy)
+
+    summary = run(opts, str(qs), dpi=50, run_date="2026-12-01")
+    df = pq.read_table(RunPaths(str(out), "documents-2026-12-01").results).to_pandas()
+    assert df["id"].is_unique and len(df) == summary["items_in"] == 2 + 3 + 2 + 1 + 1 + 1
+    assert sorted(df[df.document.str.endswith("scan.png")].document) == ["2024-01/scan.png", "2024-02/scan.png"]
+    assert sorted(df[df.document == "fax.tif"].page) == [0, 1, 2]
+    assert (df[df.document == "fax.tif"].status == "ok").all()
+    assert sorted(df[df.document == "anim.gif"].page) == [0, 1]
+    assert set(df.document) >= {"photo.webp", "scan.bmp", "phone.jfif"}
+    assert (df.status == "ok").all(), df[df.status != "ok"][["id", "error"]]
+    skipped = summary["skipped_sources"]
+    assert skipped["count"] == 2 and {s["source"] for s in skipped["named"]} == {"notes.txt", "letter.docx"}
+    assert skipped["by_reason"] == {"not a document format this job reads: .txt": 1,
+                                    "not a document format this job reads: .docx": 1}
+    ledger = _ledger(out)
+    assert ledger[str(inbox / "fax.tif")]["pages"] == 3 and ledger[str(inbox / "fax.tif")]["items"] == 3
+    assert {ledger[str(inbox / m / "scan.png")]["document"] for m in ("2024-01", "2024-02")} == {"2024-01/scan.png",
+                                                                                              "2024-02/scan.png"}
+
+
+def test_fingerprints_from_the_listing_and_hash_only_where_it_gives_none(tmp_path):
+    assert listed_fingerprint({"etag": "abc", "size": 3, "mtime": "1"}) == "etag:abc"
+    assert listed_fingerprint({"etag": "", "size": 3, "mtime": "17.5"}) == "size-mtime:3:17.5"
+    assert listed_fingerprint({"etag": "", "size": 3, "mtime": ""}) == ""
+    Image.new("RGB", (50, 40), "white").save(tmp_path / "a.png")
+    docs, skipped = list_documents(str(tmp_path))
+    assert [d["rel"] for d in docs] == ["a.png"] and docs[0]["fingerprint"].startswith("size-mtime:") and not skipped
+    q = [{"question": "q ?", "choices": ""}]
+    hashed = list(plan_pages({"uri": str(tmp_path / "a.png"), "rel": "a.png", "fingerprint": "", "previous": ""}, q))
+    assert len(hashed) == 1 and hashed[0]["fingerprint"].startswith("sha256:")
+    unchanged = {"uri": str(tmp_path / "a.png"), "rel": "a.png", "fingerprint": "", "previous": hashed[0]["fingerprint"]}
+    assert list(plan_pages(unchanged, q)) == []                                 # same content: nothing to do
+    assert read_ledger(str(tmp_path / "nowhere")).num_rows == 0
+
+
+def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "notes.txt").write_text("nothing to read")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.documents", "--input", str(inbox), "--output",
+                           str(tmp_path / "out"), "--run-date", "2026-12-02"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
+    assert "nothing to do (no input it can read; skipped 1: 1 x not a document format this job reads: .txt)" in proc.stdout
+    assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
+
+
+def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3, tmp_path):
+    import pyarrow as pa
+
+    from pipelines.documents import LEDGER_SCHEMA, write_ledger
+    from pipelines.storage import parse_storage_options
+
+    so = parse_storage_options(None)
+    s3.pipe("spote/docs/2024-01/scan.png", b"a")
+    s3.pipe("spote/docs/2024-02/scan.png", b"bb")
+    s3.pipe("spote/docs/readme.txt", b"x")
+    docs, skipped = list_documents("s3://spote/docs/", so)
+    assert [d["rel"] for d in docs] == ["2024-01/scan.png", "2024-02/scan.png"]
+    assert [d["uri"] for d in docs] == ["s3://spote/docs/2024-01/scan.png", "s3://spote/docs/2024-02/scan.png"]
+    assert all(d["fingerprint"].startswith("etag:") for d in docs) and docs[0]["fingerprint"] != docs[1]["fingerprint"]
+    assert skipped == [{"source": "readme.txt", "reason": "not a document format this job reads: .txt"}]
+    table = pa.table({"source": [d["uri"] for d in docs], "document": [d["rel"] for d in docs],
+                      "fingerprint": [d["fingerprint"] for d in docs], "run_id": ["r1", "r1"], "pages": [1, 1],
+                      "items": [2, 2]}, schema=LEDGER_SCHEMA)
+    write_ledger("s3://spote/ledger-out", table, so)
+    write_ledger("s3://spote/ledger-out", table.slice(0, 1), so)
+    assert read_ledger("s3://spote/ledger-out", so).to_pylist() == table.slice(0, 1).to_pylist()
+    assert s3.find("spote/ledger-out/_ledger") == ["spote/ledger-out/_ledger/documents.parquet"]

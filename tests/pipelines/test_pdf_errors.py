@@ -67,8 +67,9 @@ def test_error_rows_of_the_documents_job(tmp_path):
     for i, (kind, (data, _, _)) in enumerate(KINDS.items()):
         (tmp_path / f"{i}-{kind}.pdf").write_bytes(data)
     (tmp_path / "9-good.pdf").write_bytes(_pdf_bytes(3))
-    docs = [(str(p), "fp") for p in sorted(tmp_path.iterdir())]
-    rows = plan_pages(docs, [{"question": "is it signed ?", "choices": '["yes", "no"]'}])
+    docs = [{"uri": str(p), "rel": p.name, "fingerprint": "fp"} for p in sorted(tmp_path.iterdir())]
+    question = [{"question": "is it signed ?", "choices": '["yes", "no"]'}]
+    rows = [r for d in docs for r in plan_pages(d, question)]  # one planning task per document
     by_doc = {r["document"]: r for r in rows}
     for i, (kind, (_, says, not_says)) in enumerate(KINDS.items()):
         row = by_doc[f"{i}-{kind}.pdf"]

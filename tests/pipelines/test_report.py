@@ -11,6 +11,7 @@ from PIL import Image
 from pipelines.gallery import draw_scene, thumbnail
 from pipelines.report import fmt_number, fmt_seconds, pick_gallery, source_href, summarise, write_report
 from pipelines.stages import ImageLoader, typed_table
+from pipelines.stats import RunStats
 
 HOSTILE = {
     "source": "<img src=x onerror=alert(1)>.png",
@@ -94,6 +95,7 @@ def hostile_table(folder: Path):
 
 def test_report_escapes_everything_a_user_or_file_supplies(tmp_path):
     table, src, other = hostile_table(tmp_path)
+    table = RunStats.of_table(table)
     summary = summarise(table, HOSTILE["run_id"], 4, 1.0, "m<odel>", {})
     write_report(table, summary, str(tmp_path / "meta"), loader=(ImageLoader, {}), timeout_s=120)
     page = parse(tmp_path / "meta" / "report.html")
@@ -117,6 +119,7 @@ def test_figures_are_for_people(tmp_path):
     assert fmt_number(0.9672000000000001) == "0.967" and fmt_number(1523.7) == "1,524" and fmt_number(12.34) == "12.3"
     assert fmt_seconds(125.4) == "2 min 05 s" and fmt_seconds(4.25) == "4.2 s"
     table, _, _ = hostile_table(tmp_path)
+    table = RunStats.of_table(table)
     summary = summarise(table, "r1", 4, 83.123456, "m", {"anchor_weight": 0.30000000000000004},
                         {"odd_extra": 0.9672000000000001})
     write_report(table, summary, str(tmp_path / "meta"))

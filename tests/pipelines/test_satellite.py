@@ -9,8 +9,10 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from pipelines.job import JobOptions
-from pipelines.runs import RunPaths
-from pipelines.satellite import load_questions, run, tile_windows, to_rgb, window_bounds
+from pipelines.runs import RunPaths, is_committed
+from pipelines.satellite import list_scenes, load_questions, plan_scenes, plan_tiles, run, tile_windows, to_rgb, window_bounds
+
+QUESTIONS = [{"question": "is there a boat ?", "choices": '["yes", "no"]'}]
 
 
 def test_tile_windows_cover_the_scene_with_overlap():
@@ -67,26 +69,31 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     assert summary["items_in"] == 2 * n_tiles + 2 and summary["items_error"] == 2   # s3.tif: one error row per question
     assert summary["items_skipped"] == 2 and summary["skipped_by_reason"] == {"no valid pixels": 2}  # s4's first tile
     assert summary["items_ok"] == summary["items_in"] - 4
-    assert summary["files_skipped"] == 1 and summary["files_skipped_named"][0]["path"].endswith("notes.txt")
+    assert summary["skipped_sources"]["count"] == 1 and summary["skipped_sources"]["named"][0]["source"] == "notes.txt"
+    assert summary["scenes"] == 4 and summary["scenes_unreadable"] == 1
     assert summary["stretch"]["mode"] == "scene"
     df = pq.read_table(RunPaths(str(tmp_path / "out"), "sat").results).to_pandas()
     assert df["id"].is_unique and len(df) == summary["items_in"]
     skipped = df[df.status == "skipped"]
-    assert set(skipped.scene) == {"s4"} and (skipped.tile_col_off == 0).all() and (skipped.forward_passes == 0).all()
+    assert set(skipped.scene) == {"s4.tif"} and (skipped.tile_col_off == 0).all() and (skipped.forward_passes == 0).all()
     assert df[df.status == "ok"].evidence_box.map(lambda b: b is None or len(b) == 4).all()
-    s1 = df[(df.scene == "s1") & (df.status == "ok")]
+    s1 = df[(df.scene == "s1.tif") & (df.status == "ok")]
     assert (s1.crs == "EPSG:32633").all()
     first = s1[(s1.tile_col_off == 0) & (s1.tile_row_off == 0)].iloc[0]
-    assert list(first.bounds) == [500000.0, 4599800.0, 500200.0, 4600000.0]
+    assert list(first.bounds) == [500000.0, 4599800.0, 500200.0, 4600000.0] and first.id == "s1.tif/r0_c0/q0"
     meta = Path(RunPaths(str(tmp_path / "out"), "sat").meta)
-    gj = json.loads((meta / "scenes" / "s1.q0.geojson").read_text())
+    gj = json.loads((meta / "scenes" / "s1.tif.q0.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["properties"]["crs"] == "EPSG:32633"
     yes = s1[(s1.question_index == 0) & (s1.answer == "yes")]
     assert sum(f["properties"]["n_tiles"] for f in gj["features"]) == len(yes)  # every "yes" tile in one detection
     rollup = json.loads((meta / "rollup.json").read_text())
-    assert rollup["s1/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100))
-    assert rollup["s1/q0"]["detections"] == len(gj["features"]) <= len(yes)
-    assert rollup["s4/q0"]["tiles_skipped"] == 1
+    assert rollup["s1.tif/q0"]["tiles"] == len(tile_windows(900, 600, 400, 100)) and rollup["s1.tif/q0"]["crs"] == "EPSG:32633"
+    assert rollup["s1.tif/q0"]["tiles_yes"] == len(yes)
+    assert rollup["s1.tif/q0"]["detections"] == len(gj["features"]) <= len(yes)
+    assert rollup["s4.tif/q0"]["tiles_skipped"] == 1
+    assert rollup["s3.tif/q1"] == {"tiles": 1, "tiles_yes": 0, "tiles_error": 1, "tiles_skipped": 0, "detections": 0,
+                                   "crs": ""}
+    assert json.loads((meta / "scenes" / "s3.tif.q1.geojson").read_text())["features"] == []
 
     # the committed results are GeoParquet: tile footprints in the scene CRS, evidence inside its tile
     import geopandas
@@ -95,15 +102,16 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     gdf = geopandas.read_parquet(RunPaths(str(tmp_path / "out"), "sat").results)
     assert len(gdf) == summary["items_in"] and gdf.crs == CRS("EPSG:32633") and summary["geometry_crs"] == "EPSG:32633"
     geo = gdf[gdf.geometry.notna()]
-    assert set(geo.scene) == {"s1", "s4"} and geo.geometry.is_valid.all()
-    first_geo = geo[(geo.scene == "s1") & (geo.tile_col_off == 0) & (geo.tile_row_off == 0)].geometry.iloc[0]
+    assert set(geo.scene) == {"s1.tif", "s4.tif"} and geo.geometry.is_valid.all()
+    first_geo = geo[(geo.scene == "s1.tif") & (geo.tile_col_off == 0) & (geo.tile_row_off == 0)].geometry.iloc[0]
     assert first_geo.bounds == (500000.0, 4599800.0, 500200.0, 4600000.0)
     ev = gdf[gdf["evidence_geometry"].notna()]
     assert (ev["evidence_geometry"].within(ev.geometry)).all()
     assert ev["evidence_lon"].between(14, 16).all() and ev["evidence_lat"].between(41, 42).all()
-    assert gdf[gdf.scene == "s2"].geometry.isna().all()  # a PNG without georeferencing has no map footprint
-    dets = geopandas.read_parquet(meta / "scenes" / "s1.detections.parquet")
-    assert dets.crs == CRS("EPSG:32633") and len(dets) == sum(rollup[f"s1/q{i}"]["detections"] for i in (0, 1))
+    assert gdf[gdf.scene == "s2.png"].geometry.isna().all()  # a PNG without georeferencing has no map footprint
+    dets = geopandas.read_parquet(meta / "scenes" / "s1.tif.detections.parquet")
+    assert dets.crs == CRS("EPSG:32633") and len(dets) == sum(rollup[f"s1.tif/q{i}"]["detections"] for i in (0, 1))
+    assert geopandas.read_parquet(meta / "scenes" / "s2.png.detections.parquet").crs is None
 
 
 # ------------------------------------------------------------------ what the loader reads: masks, stretch, bands
@@ -115,7 +123,7 @@ from typer.testing import CliRunner  # noqa: E402
 from pipelines.rasters import (  # noqa: E402
     GDAL_CACHE_MB, SceneError, read_tile, scene_header, tile_ranges, to_rgb8,
 )
-from pipelines.satellite import SceneTileLoader, app, list_scenes  # noqa: E402
+from pipelines.satellite import SceneTileLoader, app  # noqa: E402
 from spote.images import NEUTRAL_FILL  # noqa: E402
 
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
@@ -241,9 +249,10 @@ def test_scene_formats_rasterio_reads_are_accepted_and_the_rest_named(tmp_path):
         '</SimpleSource></VRTRasterBand></VRTDataset>')
     (scenes / "notes.txt").write_text("field notes")
     (scenes / "base.tif.aux.xml").write_text("<PAMDataset/>")
-    found, skipped = list_scenes(str(scenes))
-    assert sorted(PurePosixPath(p).name for p in found) == ["T33UUP_B04.jp2", "base.tif", "mosaic.vrt", "scene.img"]
-    reasons = {PurePosixPath(s["path"]).name: s["reason"].split(":")[0] for s in skipped}
+    scenes_found, skipped = list_scenes(str(scenes))
+    found = [s["uri"] for s in scenes_found]
+    assert [s["rel"] for s in scenes_found] == ["S2/GRANULE/T33UUP_B04.jp2", "base.tif", "mosaic.vrt", "scene.img"]
+    reasons = {PurePosixPath(s["source"]).name: s["reason"].split(":")[0] for s in skipped}
     assert reasons["notes.txt"] == "not a raster format the installed GDAL reads"
     assert reasons["base.tif.aux.xml"] == "sidecar file (read with its scene)"
     assert len(found) + len(skipped) == sum(1 for p in scenes.rglob("*") if p.is_file())  # every file accounted for
@@ -257,10 +266,11 @@ def test_an_input_with_nothing_to_do_ends_cleanly(tmp_path):
     scenes.mkdir()
     (scenes / "readme.txt").write_text("x")
     (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]}]))
-    summary = run(JobOptions(str(scenes), str(tmp_path / "out")), str(tmp_path / "q.json"))
-    assert summary["items_in"] == 0 and summary["files_skipped"] == 1 and "nothing to do" in summary["message"]
-    assert summary["files_skipped_named"][0]["path"].endswith("readme.txt")
-    assert not (tmp_path / "out").exists()
+    summary = run(JobOptions(str(scenes), str(tmp_path / "out"), run_id="empty"), str(tmp_path / "q.json"))
+    assert summary["items_in"] == 0 and summary["skipped_sources"]["count"] == 1
+    assert summary["skipped_sources"]["named"] == [{"source": "readme.txt",
+                                                    "reason": "not a raster format the installed GDAL reads: .txt"}]
+    assert is_committed(RunPaths(str(tmp_path / "out"), "empty"))  # an empty run, committed
     res = CliRunner().invoke(app, ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"),
                                    "--questions", str(tmp_path / "q.json")])
     assert res.exit_code == 2 and "no such file or folder" in res.output and "Traceback" not in res.output
@@ -358,3 +368,136 @@ def test_scene_stretch_reads_an_overview_when_the_file_has_one(tmp_path):
         assert hdr.has_overviews == (path == with_ovr)
         for lo, hi in ranges:
             assert 250 < lo < 330 and 3000 < hi < 3700, (path, lo, hi)
+
+
+# ------------------------------------------------------------------ planning: the driver lists scenes, tasks cut tiles
+def _geotiff(path: Path, w: int, h: int, driver: str = "GTiff"):
+    with rasterio.open(path, "w", driver=driver, width=w, height=h, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 4600000, 10, 10)) as ds:
+        ds.write(np.full((3, h, w), 90, np.uint8))
+
+
+def test_listing_accepts_readable_formats_and_names_what_it_skips(tmp_path):
+    for month in ("2024-01", "2024-02"):
+        (tmp_path / month).mkdir()
+        _geotiff(tmp_path / month / "scene.tif", 64, 64)
+    Image.new("RGB", (50, 40)).save(tmp_path / "ortho.webp")
+    Image.new("RGB", (50, 40)).save(tmp_path / "ortho.bmp")
+    (tmp_path / "B04.jp2").write_bytes(b"")
+    (tmp_path / "2024-01" / "scene.tif.aux.xml").write_text("<PAMDataset/>")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    scenes, skipped = list_scenes(str(tmp_path))
+    assert [s["rel"] for s in scenes] == ["2024-01/scene.tif", "2024-02/scene.tif", "B04.jp2", "ortho.bmp", "ortho.webp"]
+    assert {s["source"]: s["reason"] for s in skipped} == {
+        ".DS_Store": "hidden file", "2024-01/scene.tif.aux.xml": "sidecar file (read with its scene)",
+        "notes.txt": "not a raster format the installed GDAL reads: .txt"}
+
+
+def test_tiles_are_planned_per_scene_with_ids_from_the_relative_path(tmp_path):
+    for month in ("2024-01", "2024-02"):
+        (tmp_path / month).mkdir()
+        _geotiff(tmp_path / month / "scene.tif", 300, 200)
+    plan = plan_scenes(str(tmp_path), QUESTIONS, 128, 0, None)
+    assert [s["rel"] for s in plan.sources] == ["2024-01/scene.tif", "2024-02/scene.tif"]
+    rows = [r for s in plan.sources for r in plan.expand(s)]
+    assert len(rows) == 2 * len(tile_windows(300, 200, 128, 0)) and len({r["id"] for r in rows}) == len(rows)
+    assert rows[0]["id"] == "2024-01/scene.tif/r0_c0/q0" and rows[0]["bounds"] == [500000.0, 4598720.0, 501280.0, 4600000.0]
+    broken = list(plan_tiles({"uri": str(tmp_path / "nope.tif"), "rel": "nope.tif"}, QUESTIONS, 128, 0))
+    assert len(broken) == 1 and broken[0]["status"] == "error" and broken[0]["error"].startswith("unreadable scene")
+    with pytest.raises(ValueError, match="overlap"):
+        plan_scenes(str(tmp_path), QUESTIONS, 128, 128, None)
+
+
+def test_headers_read_by_the_driver_travel_with_the_plan(tmp_path):
+    from pipelines.satellite import read_headers
+
+    _geotiff(tmp_path / "a.tif", 300, 200)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    scenes, skipped = list_scenes(str(tmp_path))
+    headers = read_headers(scenes, None, (3, 2, 1))
+    assert list(headers) == [str(tmp_path / "a.tif")] and scenes[1]["error"]
+    plan = plan_scenes(str(tmp_path), QUESTIONS, 128, 0, None, scenes=scenes, skipped=skipped)
+    (tmp_path / "a.tif").unlink()  # the task plans from the header the driver read, not from the file
+    rows = [r for s in plan.sources for r in plan.expand(s)]
+    assert len(rows) == len(tile_windows(300, 200, 128, 0)) + 1 and rows[0]["crs"] == "EPSG:32633"
+    assert rows[-1]["id"] == "broken.tif/unreadable/q0" and rows[-1]["error"].startswith("unreadable scene: ")
+
+
+def test_jpeg2000_scene_is_planned_from_its_header(tmp_path):
+    pytest.importorskip("rasterio")
+    from rasterio.drivers import raster_driver_extensions
+
+    if raster_driver_extensions().get("jp2") is None:
+        pytest.skip("GDAL without a JPEG 2000 driver")
+    src = tmp_path / "src.tif"
+    _geotiff(src, 200, 100)
+    with rasterio.open(src) as ds:
+        profile = {**ds.profile, "driver": "JP2OpenJPEG"}
+        profile.pop("tiled", None), profile.pop("interleave", None), profile.pop("blockxsize", None)
+        profile.pop("blockysize", None), profile.pop("compress", None)
+        with rasterio.open(tmp_path / "B04.jp2", "w", **profile) as out:
+            out.write(ds.read())
+    src.unlink()
+    plan = plan_scenes(str(tmp_path), QUESTIONS, 100, 0, None)
+    rows = [r for s in plan.sources for r in plan.expand(s)]
+    assert [r["id"] for r in rows] == ["B04.jp2/r0_c0/q0", "B04.jp2/r0_c100/q0"] and rows[0]["crs"] == "EPSG:32633"
+
+
+def test_no_scenes_ends_cleanly_with_a_clear_message(tmp_path, capsys):
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "readme.md").write_text("x")
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]}]))
+    opts = JobOptions(str(tmp_path / "scenes"), str(tmp_path / "out"), run_id="none")
+    summary = run(opts, str(tmp_path / "q.json"))
+    assert summary["items_in"] == 0 and summary["scenes"] == 0 and summary["skipped_sources"]["count"] == 1
+    assert ("nothing to do (no input it can read; skipped 1: 1 x not a raster format the installed GDAL reads: .md)"
+            in capsys.readouterr().out)
+    assert json.loads((Path(RunPaths(str(tmp_path / "out"), "none").meta) / "rollup.json").read_text()) == {}
+
+
+# ------------------------------------------------------------------ GeoParquet and roll-up in Ray tasks, per part
+def test_staged_parts_become_geoparquet_in_tasks_and_the_rollup_matches_the_in_memory_one(ray_local, tmp_path):
+    import geopandas
+    import pyarrow as pa
+
+    from pipelines.geo import write_rollup
+    from pipelines.job import RunResults
+    from pipelines.rasters import SceneHeader
+    from pipelines.satellite import rewrite_parts_as_geoparquet, scene_rollup
+
+    header = SceneHeader(width=1000, height=1000, stored_width=1000, stored_height=1000, bands=3, dtype="uint16",
+                         crs="EPSG:32633", transform=tuple(from_origin(500000, 4600000, 10, 10))[:6], orientation=1,
+                         palette=False, default_bands=(1, 2, 3), has_overviews=False)
+    tiles = [(0, 0, 400, 400), (300, 0, 400, 400), (600, 0, 400, 400), (0, 300, 400, 400)]
+    boxes = [[350, 10, 390, 50], [50, 10, 90, 50], None, None]  # one object seen from two tiles; a whole tile apart
+    answers = ["yes", "yes", "yes", "no"]
+    n = len(tiles)
+    table = pa.table({"id": [f"s1.tif/r{t[1]}_c{t[0]}/q0" for t in tiles], "source": ["/x/s1.tif"] * n,
+                      "scene": ["s1.tif"] * n, "question": ["is there a boat ?"] * n, "question_index": [0] * n,
+                      "tile_col_off": [t[0] for t in tiles], "tile_row_off": [t[1] for t in tiles],
+                      "tile_width": [t[2] for t in tiles], "tile_height": [t[3] for t in tiles],
+                      "status": ["ok"] * n, "answer": answers, "confidence": [0.9] * n,
+                      "evidence_box": pa.array(boxes, pa.list_(pa.int64()))})
+    staged = tmp_path / "staging" / "results"
+    staged.mkdir(parents=True)
+    pq.write_table(table.slice(0, 2), staged / "a.parquet")
+    pq.write_table(table.slice(2), staged / "b.parquet")
+    headers = {"/x/s1.tif": header}
+    assert rewrite_parts_as_geoparquet(str(staged), str(tmp_path / "staging" / "tmp"), headers) == 2
+    assert rewrite_parts_as_geoparquet(str(staged), str(tmp_path / "staging" / "tmp"), headers) == 0  # idempotent
+    assert sorted(p.name for p in staged.iterdir()) == ["a.parquet", "b.parquet"]
+    for part in staged.iterdir():
+        assert b"geo" in pq.read_schema(part).metadata
+    gdf = geopandas.read_parquet(staged)
+    assert len(gdf) == n and gdf.geometry.notna().all() and gdf["evidence_geometry"].notna().sum() == 2
+
+    meta = tmp_path / "meta"
+    rollup = scene_rollup(RunResults(str(staged), None, None), str(meta), headers, {"s1.tif": "/x/s1.tif"},
+                          ["is there a boat ?"])
+    expected = write_rollup(table, str(tmp_path / "in-memory"), headers)
+    assert rollup == expected and rollup["s1.tif/q0"]["detections"] == 2 and rollup["s1.tif/q0"]["tiles_yes"] == 3
+    got = json.loads((meta / "scenes" / "s1.tif.q0.geojson").read_text())
+    want = json.loads((tmp_path / "in-memory" / "scenes" / "s1.tif.q0.geojson").read_text())
+    assert got == want
+    assert len(geopandas.read_parquet(meta / "scenes" / "s1.tif.detections.parquet")) == 2

@@ -9,9 +9,10 @@ from PIL import Image
 from pipelines.job import JobOptions, run_job
 from pipelines.runs import RunPaths
 from pipelines.stages import RESULT_COLUMNS
-from pipelines.vqa import read_manifest
+from pipelines.vqa import ManifestError, plan_manifest, read_manifest
 
 SAMPLES = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa"
+AS_WRITTEN = ["007", "0070", "1e3", "7", "0.50", "-0", "NaN", "true"]
 
 
 def _results(output, run_id):
@@ -31,11 +32,72 @@ def test_manifest_formats(tmp_path):
         read_manifest(str(tmp_path / "bad.jsonl"))
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "json"])
+def test_manifest_ids_and_fields_kept_exactly_as_written(tmp_path, fmt):
+    recs = [{"id": i, "image_uri": f"{i}.png", "question": f"is {i} there ?", "choices": ["01", "1", "1e3"]}
+            for i in AS_WRITTEN]
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in recs))
+    elif fmt == "json":
+        path.write_text(json.dumps(recs))
+    elif fmt == "csv":
+        path.write_text("id,image_uri,question,choices\n" + "".join(
+            f'{r["id"]},{r["image_uri"]},{r["question"]},"01,1,1e3"\n' for r in recs))
+    else:
+        pq.write_table(pa.table({"id": AS_WRITTEN, "image_uri": [r["image_uri"] for r in recs],
+                                 "question": [r["question"] for r in recs], "choices": [r["choices"] for r in recs]}), path)
+    rows = read_manifest(str(path))
+    assert [r["id"] for r in rows] == AS_WRITTEN                       # "007" and "7" are two ids
+    assert [r["question"] for r in rows] == [f"is {i} there ?" for i in AS_WRITTEN]
+    assert [Path(r["source"]).name for r in rows] == [f"{i}.png" for i in AS_WRITTEN]
+    assert {r["choices"] for r in rows} == {'["01", "1", "1e3"]'}
+
+
+def test_jsonl_numbers_keep_their_literal_text(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"id": 7.50, "image_uri": "a.png", "question": 1e3, "choices": [0.10, 2]}\n'
+                                      '{"id": 1e3, "image_uri": "b.png", "question": "q ?"}\n'
+                                      'not json at all\n')
+    rows = read_manifest(str(tmp_path / "m.jsonl"))
+    assert rows[0]["id"] == "7.50" and rows[0]["question"] == "1e3" and rows[0]["choices"] == '["0.10", "2"]'
+    assert rows[1]["id"] == "1e3"
+    assert rows[2]["id"] == "row-00000002" and rows[2]["status"] == "error" and "line 3 is not JSON" in rows[2]["error"]
+
+
+def test_manifest_parts_in_a_folder_and_skipped_files(tmp_path):
+    parts = tmp_path / "manifest"
+    (parts / "2024-01").mkdir(parents=True)
+    (parts / "2024-02").mkdir()
+    for month in ("2024-01", "2024-02"):
+        (parts / month / "part.jsonl").write_text(json.dumps({"image_uri": "x.png", "question": "q ?"}))
+    (parts / "README.txt").write_text("not a manifest")
+    plan = plan_manifest(str(parts))
+    assert [s["rel"] for s in plan.sources] == ["2024-01/part.jsonl", "2024-02/part.jsonl"]
+    assert plan.skipped == [{"source": "README.txt", "reason": "not a manifest format this job reads: .txt"}]
+    rows = read_manifest(str(parts))
+    assert [r["id"] for r in rows] == ["2024-01/part.jsonl/row-00000000", "2024-02/part.jsonl/row-00000000"]
+    assert rows[0]["source"] == f"{parts}/2024-01/x.png"
+
+
+def test_duplicate_ids_refused_before_any_work(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"id": i, "image_uri": "a.png", "question": "q ?"})
+                                                for i in ["a", "007", "b", "7", "a"]))
+    with pytest.raises(ManifestError, match="duplicate ids"):
+        read_manifest(str(tmp_path / "m.jsonl"))
+    opts = JobOptions(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy,
+                      run_id="dupes")
+    with pytest.raises(ValueError, match=r"duplicate ids in the input: 1 ids appear more than once \('a' x2\)"):
+        run_job("vqa", opts, plan_manifest(opts.input))
+    paths = RunPaths(str(tmp_path / "out"), "dupes")
+    assert not Path(paths.staged).exists() and not Path(paths.marker).exists()   # nothing was answered
+
+
 def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, tmp_path, fast_policy):
     out = tmp_path / "out"
-    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="r1")
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="r1",
+                      rows_per_part=4)
     rows = read_manifest(opts.input)
-    summary = run_job("vqa", opts, [dict(r) for r in rows])
+    summary = run_job("vqa", opts, plan_manifest(opts.input))
     df = _results(out, "r1")
     assert sorted(df["id"]) == sorted(r["id"] for r in rows)            # every item exactly once
     assert set(RESULT_COLUMNS) <= set(df.columns)
@@ -46,24 +108,62 @@ def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, t
     ok = df[df.status == "ok"]
     assert len(ok) == len(rows) - 3 and (ok.forward_passes <= 4).all() and ok.answer.str.len().gt(0).all()
     assert summary["items_in"] == summary["items_out"] == len(rows) and summary["items_error"] == 3
+    assert summary["items_resumed"] == 0 and summary["skipped_sources"]["count"] == 0
+    assert summary["errors_by_reason"] == {"unreadable image": 1, "missing object": 1, "empty question": 1}
+    assert summary["forward_passes_mean"] == pytest.approx(ok.forward_passes.mean())
+    assert summary["entropy_final_mean"] == pytest.approx(ok.entropy_final.mean())
+    assert summary["early_exit_rate"] == pytest.approx((ok.forward_passes <= 1).mean())
+    assert ok.latency_ms.quantile(0.95) <= summary["latency_ms_p95"] <= ok.latency_ms.max() * 1.05 + 1
     meta = Path(RunPaths(str(out), "r1").meta)
     assert (meta / "_SUCCESS").exists() and (meta / "report.html").exists() and (meta / "entropy.png").exists()
     assert json.loads((meta / "summary.json").read_text())["items_ok"] == len(rows) - 3
+    assert not Path(RunPaths(str(out), "r1").staging).exists()
 
-    again = run_job("vqa", opts, [dict(r) for r in rows])                 # committed: a no-op
+    again = run_job("vqa", opts, plan_manifest(opts.input))               # committed: a no-op
     assert again["run_id"] == "r1" and len(_results(out, "r1")) == len(rows)
 
 
 def test_rerun_after_crash_does_not_duplicate(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    """A staged part that no checkpoint vouches for (what an interrupted write can leave) is not
+    counted twice: the restarted run removes it and answers those items again."""
     out = tmp_path / "out"
     rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:3]
     paths = RunPaths(str(out), "crashed")
-    Path(paths.staging).mkdir(parents=True)                               # what a crashed attempt leaves
-    pq.write_table(pa.table({"id": [rows[0]["id"]] * 2, "status": ["ok", "ok"]}), Path(paths.staging) / "part-old.parquet")
+    Path(paths.staged).mkdir(parents=True)
+    pq.write_table(pa.table({"id": [rows[0]["id"]] * 2, "status": ["ok", "ok"]}), Path(paths.staged) / "part-old.parquet")
     opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="crashed")
-    run_job("vqa", opts, [dict(r) for r in rows])
+    summary = run_job("vqa", opts, [dict(r) for r in rows])
     df = _results(out, "crashed")
     assert sorted(df["id"]) == sorted(r["id"] for r in rows)
+    assert summary["items_resumed"] == 0
+
+    forced = run_job("vqa", JobOptions(**{**opts.__dict__, "force": True}), [dict(r) for r in rows])
+    assert forced["items_resumed"] == 0 and sorted(_results(out, "crashed")["id"]) == sorted(r["id"] for r in rows)
+
+
+def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_local, random_tiny_dir, tmp_path,
+                                                                        fast_policy, monkeypatch):
+    import pipelines.job as job
+    from pipelines.runs import _move_tree
+
+    out = tmp_path / "out"
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:4]
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                      run_id="halfway", rows_per_part=2)
+
+    def killed_after_the_move(paths, summary, so=None):
+        _move_tree(paths.staged, paths.results, so)
+        raise KeyboardInterrupt("driver gone before the marker")
+
+    monkeypatch.setattr(job, "commit", killed_after_the_move)
+    with pytest.raises(KeyboardInterrupt):
+        run_job("vqa", opts, [dict(r) for r in rows])
+    paths = RunPaths(str(out), "halfway")
+    assert Path(paths.results).exists() and not Path(paths.marker).exists()
+    monkeypatch.undo()
+    summary = run_job("vqa", opts, [dict(r) for r in rows])
+    assert summary["items_resumed"] == len(rows)                          # nothing answered twice
+    assert sorted(_results(out, "halfway")["id"]) == sorted(r["id"] for r in rows)
 
 
 def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
@@ -76,8 +176,7 @@ def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
              {"id": "d", "image_uri": "broken.png", "question": "is there a boat ?", "choices": "yes,no"}]
     s3.pipe("spote/in/manifest.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
     opts = JobOptions("s3://spote/in/manifest.jsonl", "s3://spote/out", str(random_tiny_dir), policy=fast_policy, run_id="s3run")
-    rows = read_manifest(opts.input, {"client_kwargs": {"endpoint_url": s3.client_kwargs.get("endpoint_url") or s3.endpoint_url}})
-    summary = run_job("vqa", opts, rows)
+    summary = run_job("vqa", opts, plan_manifest(opts.input))
     assert summary["items_in"] == 4 and summary["items_ok"] == 2 and summary["items_error"] == 2
     files = s3.find("spote/out/results/run_id=s3run")
     assert files and all(f.endswith(".parquet") for f in files)
@@ -102,6 +201,19 @@ def test_error_only_batches_keep_the_result_schema(random_tiny_dir, tmp_path):
     table = pq.read_table(tmp_path)
     assert table.num_rows == 2 and set(table.column("status").to_pylist()) == {"ok", "error"}
     assert table.schema.field("entropy_trace").type == pa.list_(pa.float64())
+
+
+def test_job_columns_conform_to_the_plan_schema():
+    """A block whose job columns are all empty lists (an unreadable scene's ``bounds``) is cast to
+    the plan's types, so every staged part has one schema."""
+    from pipelines.job import conform, result_schema
+    from pipelines.satellite import TILE_SCHEMA
+
+    block = pa.table({"id": ["x"], "bounds": pa.array([[]]), "entropy_trace": pa.array([[]])})
+    assert block.schema.field("bounds").type == pa.list_(pa.null())
+    fixed = conform(block, schema=result_schema(TILE_SCHEMA))
+    assert fixed.schema.field("bounds").type == pa.list_(pa.float64())
+    assert fixed.schema.field("entropy_trace").type == pa.list_(pa.float64())
 
 
 def test_pipeline_bench_splits_latencies_in_thirds():

@@ -1,0 +1,180 @@
+"""Planning: the driver lists *sources* (scenes, documents, manifest parts); Ray Data tasks expand
+each source into its item rows (tiles, pages x questions, manifest rows) and write the run's plan.
+
+The driver never holds item rows: its memory grows with the number of sources, not with tiles,
+pages or rows. The plan is Parquet under the run's staging folder, so a restarted driver reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from .storage import filesystem
+
+# every item row carries these; a job's plan schema adds its own columns
+BASE_FIELDS = (("id", pa.string()), ("source", pa.string()), ("question", pa.string()), ("choices", pa.string()),
+               ("status", pa.string()), ("error", pa.string()))
+CHUNK_ROWS = 4096          # item rows per table an expansion task yields
+SKIPPED_NAMED = 100        # skipped sources named in the summary (all are counted)
+
+
+def plan_schema(*job_fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([*BASE_FIELDS, *job_fields, ("run_id", pa.string())])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job will do, as the driver knows it: its sources and how a task expands one.
+
+    ``sources``: one small dict per scene / document / manifest part (from the listing).
+    ``expand(source) -> iterable of item-row dicts``: runs in Ray tasks; must be picklable.
+    ``ids_from_sources``: every item id starts with its source's unique relative path, so ids are
+    unique when the listing's paths are; otherwise (manifests, whose ids the user writes) the plan's
+    ids are checked with a Ray Data group-by before any item is answered.
+    ``skipped``: [{"source", "reason"}] of what the listing found but will not process.
+    """
+
+    sources: list[dict]
+    expand: Callable[[dict], Iterable[dict]]
+    schema: pa.Schema
+    ids_from_sources: bool = True
+    skipped: list[dict] = field(default_factory=list)
+    count_sources: bool = False   # count distinct ``source`` values in the plan (documents_processed)
+    empty_reason: str = ""        # what to say when there are no sources although the input was read
+
+    @staticmethod
+    def of_rows(rows: list[dict], schema: pa.Schema | None = None) -> "Plan":
+        """A plan whose items are already known (small inputs, tests): each row is its own source."""
+        if schema is None:
+            extra = sorted({k for r in rows for k in r} - {n for n, _ in BASE_FIELDS} - {"run_id"})
+            schema = plan_schema(*[(k, _infer_type([r.get(k) for r in rows])) for k in extra])
+        return Plan([dict(r) for r in rows], _identity, schema, ids_from_sources=False)
+
+
+def _identity(source: dict) -> Iterable[dict]:
+    yield source
+
+
+def _infer_type(values: list) -> pa.DataType:
+    t = pa.array([v for v in values if v is not None]).type if any(v is not None for v in values) else pa.string()
+    return pa.string() if pa.types.is_null(t) else t
+
+
+def expand_sources(batch: pa.Table, *, expand, schema: pa.Schema, run_id: str):
+    """Ray Data UDF: a batch of sources -> tables of item rows (``schema``), ``CHUNK_ROWS`` at a time."""
+    rows: list[dict] = []
+    for source in batch.to_pylist():
+        for row in expand(source):
+            row.setdefault("status", "")
+            row.setdefault("error", "")
+            row["run_id"] = run_id
+            rows.append(row)
+            if len(rows) >= CHUNK_ROWS:
+                yield rows_table(rows, schema)
+                rows = []
+    if rows:
+        yield rows_table(rows, schema)
+
+
+def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Row dicts as a table of exactly ``schema`` (missing keys are nulls, extra keys dropped)."""
+    return pa.table({f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema}, schema=schema)
+
+
+# ---------------------------------------------------------------- listing
+
+def source_uri(input_uri: str, path: str) -> str:
+    """An fsspec path found under ``input_uri`` as a URI with the input's protocol."""
+    proto = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
+    return proto + path if proto and not path.startswith(proto) else path
+
+
+def relative_path(root: str, path: str) -> str:
+    """``path`` relative to the listing root, POSIX style (the source's id within its job)."""
+    root = root.rstrip("/")
+    if path == root:
+        return PurePosixPath(path).name
+    return path[len(root):].lstrip("/") if path.startswith(root + "/") else PurePosixPath(path).name
+
+
+def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: Callable[[str], str | None],
+                 ) -> tuple[list[dict], list[dict]]:
+    """Every file under ``input_uri`` (or the file itself): (accepted, skipped).
+
+    accepted: [{"uri", "rel", "size", "mtime", "etag"}] sorted by path; the metadata is what the
+    store's listing gives (no extra requests). skipped: [{"source", "reason"}] where
+    ``reason_to_skip(rel)`` gave a reason, and hidden files.
+    """
+    fs, root = filesystem(input_uri, storage_options)
+    if fs.isfile(root):
+        found = {root: fs.info(root)}
+    else:
+        found = fs.find(root, detail=True)
+    accepted, skipped = [], []
+    for path in sorted(found):
+        info = found[path]
+        if info.get("type", "file") != "file":
+            continue
+        rel = relative_path(root, path)
+        name = PurePosixPath(rel).name
+        reason = "hidden file" if name.startswith(".") else reason_to_skip(rel)
+        if reason:
+            skipped.append({"source": rel, "reason": reason})
+            continue
+        etag = info.get("ETag") or info.get("etag") or ""
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
+        accepted.append({"uri": source_uri(input_uri, path), "rel": rel, "size": int(info.get("size") or 0),
+                         "mtime": str(mtime if mtime is not None else ""), "etag": str(etag).strip('"')})
+    return accepted, skipped
+
+
+def skip_by_extension(accepted_exts: Iterable[str], what: str) -> Callable[[str], str | None]:
+    """A ``reason_to_skip`` that accepts the given extensions (case-insensitive) and names the rest."""
+    exts = tuple(e.lower() for e in accepted_exts)
+
+    def reason(rel: str) -> str | None:
+        if rel.lower().endswith(exts):
+            return None
+        suffix = PurePosixPath(rel).suffix.lower() or "(no extension)"
+        return f"not a {what} format this job reads: {suffix}"
+
+    return reason
+
+
+def summarise_skipped(skipped: list[dict]) -> dict:
+    """``skipped_sources`` for the summary: every skip counted by reason, the first ones named."""
+    by_reason: dict[str, int] = {}
+    for s in skipped:
+        by_reason[s["reason"]] = by_reason.get(s["reason"], 0) + 1
+    return {"count": len(skipped), "by_reason": by_reason, "named": skipped[:SKIPPED_NAMED]}
+
+
+def check_source_ids_unique(sources: list[dict], key: str = "rel") -> None:
+    """Source ids (relative paths) are unique: a clash is refused before any work, naming both."""
+    seen: dict[str, str] = {}
+    for s in sources:
+        k = s[key]
+        if k in seen:
+            raise ValueError(f"two sources share the id {k!r}: {seen[k]} and {s.get('uri', k)}")
+        seen[k] = s.get("uri", k)
+
+
+# ---------------------------------------------------------------- id digests
+
+def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash per id (uint64); their sum mod 2**64 is a digest of the id multiset."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                        for i in ids.to_pylist()), dtype=np.uint64, count=len(ids))
+
+
+def digest_sum(hashes: np.ndarray) -> int:
+    return int(hashes.sum(dtype=np.uint64)) if len(hashes) else 0
+
+
+MASK64 = (1 << 64) - 1

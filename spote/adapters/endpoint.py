@@ -13,7 +13,7 @@ choices (``choice_distribution``):
 * a top-k token is matched to a choice when its text equals the choice (case and surrounding spaces
   ignored), else when it is a prefix of the choice: a multi-token choice is scored by its first token.
   Several top-k tokens matching one choice ("yes", " Yes") add up; a prefix shared by several choices
-  ("re" of "red" and "rose") is split evenly among them, so such choices cannot be told apart: give
+  ("re" of "red" and "rest") is split evenly among them, so such choices cannot be told apart: give
   choices that differ in their first word piece;
 * a choice matched by no top-k token gets ``min(p_min, leftover / n_missing)``, where ``p_min`` is the
   smallest top-k probability (a token outside the top-k is at most that likely) and ``leftover`` the
@@ -25,12 +25,14 @@ token is estimated from the top-k (``topk_entropy``): ``-sum_topk p log p - r lo
 ``r`` the mass outside the top-k, a lower bound of the true entropy (each unseen token is at most
 ``p_min`` likely), exact when the top-k holds all the mass. In-process runs compute the full-vocabulary
 entropy. A chat-completions server cannot teacher-force a given answer, so ``teacher_forced`` (the
-entropy of the baseline's answer span on another view) generates greedily on that view instead: while
-the view's own tokens follow the baseline's, each position is conditioned exactly as teacher forcing
-would (same prefix) and its entropy is the top-k estimate; after the first differing token the
-positions are conditioned on the view's own answer, not the baseline's, and take that answer's
-entropies (padded with their mean when it is shorter). What is lost against in-process teacher
-forcing: the tail of the entropy (top-k truncation) and, after a divergence, position alignment.
+entropy of the baseline's answer span on another view) generates greedily on that view instead: up to
+and including the first token where the view's answer departs from the baseline's, each position has
+the baseline's prefix, exactly as under teacher forcing, and its entropy is the top-k estimate. The
+positions after it (and the departing one when the view's answer simply stops there, since a server
+returns no log-probabilities for the stop token) are conditioned on another prefix; they take the
+baseline's own entropy, so they neither gain clarity nor break an anchor. What is lost against
+in-process teacher forcing: the tail of the entropy (top-k truncation) and, after a departure, what
+the view says about the rest of the baseline's answer.
 
 Requests. A group's view sets are sent concurrently (``concurrency`` at most, a thread pool over the
 official ``openai`` client). The client retries 408/409/429/5xx responses, connection errors and
@@ -49,6 +51,7 @@ import io
 import math
 import os
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit, urlunsplit
@@ -231,6 +234,7 @@ class EndpointAdapter:
         self.name = f"{config.model} @ {safe_url(config.url)}"
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="spote-endpoint")
         self._count = threading.Lock()
+        self._span_entropies: OrderedDict[tuple, list[float]] = OrderedDict()  # recent generations: ids -> H
 
     @property
     def device(self) -> str:
@@ -344,25 +348,30 @@ class EndpointAdapter:
     def generate(self, views: list[Image.Image], question: str, max_new_tokens: int | None = None) -> Generation:
         """Greedy answer with per-token log p and top-k entropy estimates (nats)."""
         n = max_new_tokens or self.config.max_new_tokens
-        return self._generation(self._request_all([views], format_question(question), n, closed_set=False)[0])
+        gen = self._generation(self._request_all([views], format_question(question), n, closed_set=False)[0])
+        self._span_entropies[tuple(gen.token_ids)] = gen.entropies  # what teacher_forced falls back on
+        while len(self._span_entropies) > 256:
+            self._span_entropies.popitem(last=False)
+        return gen
 
     def teacher_forced(self, views_batch, prompt: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-position log p and entropy of the span ``ids`` on each view set, [B, L] each, approximated by a
-        greedy answer on that view (module docstring: exact prefix while it follows ``ids``, its own after)."""
+        """Per-position log p and entropy (nats) of the span ``ids`` on each view set, [B, L] each, from a
+        greedy answer on that view (module docstring: exact prefix up to its first departure from ``ids``,
+        the span's own entropies after it)."""
         target = [self.tokenizer.text(i) for i in ids]
         L = len(target)
+        base = self._span_entropies.get(tuple(ids))
         served = self._request_all(views_batch, prompt, max(1, L), closed_set=False)
         lps, ents = torch.empty(len(served), L), torch.empty(len(served), L)
         for b, s in enumerate(served):
             own = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
-            pad = sum(own) / len(own) if own else 0.0
-            aligned = True
+            fallback = base if base is not None and len(base) == L else [sum(own) / len(own) if own else 0.0] * L
+            same_prefix = True  # positions 0..t-1 of the view's answer equal the baseline's
             for t in range(L):
-                top = dict(s.top[t]) if t < len(s.top) else {}
-                floor = min(top.values()) if top else math.log(1e-12)
-                ents[b, t] = own[t] if t < len(own) else pad
-                lps[b, t] = top.get(target[t], floor) if aligned else floor
-                aligned = aligned and t < len(s.tokens) and s.tokens[t] == target[t]
+                top = dict(s.top[t]) if same_prefix and t < len(s.top) else {}
+                ents[b, t] = own[t] if top else fallback[t]
+                lps[b, t] = top.get(target[t], min(top.values())) if top else math.log(1e-12)
+                same_prefix = same_prefix and t < len(s.tokens) and s.tokens[t] == target[t]
         return lps, ents
 
     # ------------------------------------------------------------------ relevance

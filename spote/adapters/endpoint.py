@@ -10,11 +10,13 @@ Closed-set answers. One request per view set with ``max_completion_tokens=1`` an
 the distribution over the choices comes from the first answer token's top-k, renormalised over the
 choices (``choice_distribution``):
 
-* a top-k token is matched to a choice when its text equals the choice (case and surrounding spaces
-  ignored), else when it is a prefix of the choice: a multi-token choice is scored by its first token.
-  Several top-k tokens matching one choice ("yes", " Yes") add up; a prefix shared by several choices
-  ("re" of "red" and "rest") is split evenly among them, so such choices cannot be told apart: give
-  choices that differ in their first word piece;
+* a top-k token counts for a choice when its text equals the choice (case and surrounding spaces
+  ignored); several such tokens add up ("yes", " Yes"). A choice that no top-k token equals is a
+  multi-token choice (or absent): it is scored by its first token, the longest top-k token that
+  begins it and equals no choice ("scr" of "scratch"; never "b" for "blue" when "blue" itself is in
+  the top-k). A first token shared by several choices ("re" of "red" and "rest" when neither is one
+  token) is split evenly among them, so such choices cannot be told apart: give choices that differ
+  in their first word piece;
 * a choice matched by no top-k token gets ``min(p_min, leftover / n_missing)``, where ``p_min`` is the
   smallest top-k probability (a token outside the top-k is at most that likely) and ``leftover`` the
   mass outside the top-k shared by the missing choices. When every choice is in the top-k the result
@@ -149,17 +151,35 @@ def topk_entropy(logprobs: list[float]) -> float:
 def choice_distribution(top: list[tuple[str, float]], choices) -> list[float]:
     """log p over ``choices`` from the first answer token's top-k ``[(token, logprob), ...]`` (module docstring).
 
+    1. A token equal to a choice (case and surrounding spaces ignored) counts for that choice.
+    2. A choice no token equals is scored by its first token: the longest top-k tokens that begin it and
+       equal no choice; a token beginning several such choices is split evenly among them.
+    3. A choice still without mass gets ``min(p_min, leftover / n_missing)``.
+
     Returns C log-probabilities that sum (in probability) to 1.
     """
     names = [_norm(c) for c in choices]
     mass = [0.0] * len(names)
-    for token, lp in top:
-        t = _norm(token)
-        if not t:
-            continue
-        hits = [i for i, n in enumerate(names) if n == t] or [i for i, n in enumerate(names) if n.startswith(t)]
+    entries = [(_norm(t), math.exp(lp)) for t, lp in top]
+    entries = [(t, p) for t, p in entries if t]
+    exact = set()
+    for t, p in entries:
+        hits = [i for i, n in enumerate(names) if n == t]
         for i in hits:
-            mass[i] += math.exp(lp) / len(hits)
+            mass[i] += p / len(hits)
+            exact.add(i)
+    first_token: dict[str, list[int]] = {}  # prefix token -> the choices it begins
+    for i, n in enumerate(names):
+        if i in exact:
+            continue
+        prefixes = [t for t, _ in entries if n.startswith(t) and t not in names]
+        if prefixes:
+            longest = max(len(t) for t in prefixes)
+            for t in {t for t in prefixes if len(t) == longest}:
+                first_token.setdefault(t, []).append(i)
+    for t, p in entries:
+        for i in first_token.get(t, []):
+            mass[i] += p / len(first_token[t])
     if top:
         p_min = math.exp(min(lp for _, lp in top))
         leftover = max(0.0, 1.0 - sum(math.exp(lp) for _, lp in top))

@@ -83,9 +83,16 @@ def test_choice_distribution_rules():
     assert np.allclose(p, np.array([0.5, 0.3, 0.025, 0.025]) / 0.85)
     top = [("a", math.log(0.6)), ("b", math.log(0.01))]                          # 0.39 outside, p_min 0.01
     assert np.allclose(np.exp(choice_distribution(top, ["a", "c"])), np.array([0.6, 0.01]) / 0.61)
-    # a prefix shared by two choices cannot tell them apart: split evenly
+    # a first token shared by two multi-token choices cannot tell them apart: split evenly
     p = np.exp(choice_distribution([("re", math.log(0.8)), ("b", math.log(0.2))], ["red", "rest", "blue"]))
     assert np.allclose(p, [0.4, 0.4, 0.2])
+    # a choice present as a token takes only that token: the letter "B" does not count for "blue",
+    # nor "no" for "none"; the longest first token wins ("scr" over "s")
+    top = [("blue", math.log(0.3)), ("B", math.log(0.3)), ("red", math.log(0.3)), ("x", math.log(0.1))]
+    assert np.allclose(np.exp(choice_distribution(top, ["red", "blue"])), [0.5, 0.5])
+    top = [("no", math.log(0.5)), ("yes", math.log(0.3)), ("s", math.log(0.05)), ("scr", math.log(0.05))]
+    p = np.exp(choice_distribution(top, ["no", "none", "scratch"]))
+    assert np.allclose(p, np.array([0.5, 0.05, 0.05]) / 0.6)     # "none" missing: floor min(p_min, leftover)
 
 
 def test_topk_entropy_is_a_lower_bound_exact_on_the_full_set():
@@ -132,8 +139,9 @@ def test_spote_open_answer_through_the_endpoint(server, key):
 def test_spote_answers_agree_with_in_process_on_50_items(server, key, shipped_adapter):
     """The same black-box run in-process and through the endpoint (a 32-pass budget keeps this short;
     benchmarks/endpoint.py measures the default policy). Answers can part only where a spotlight's reading
-    differs: a choice outside the top-20 (its probability estimated) or float rounding between a batched
-    in-process pass and one request per view, which can reorder near-tied rewards."""
+    differs: a choice outside the top-20 (its probability estimated), or float rounding (the server's
+    full-vocabulary log-softmax renormalised over the choices against an in-process log-softmax over the
+    choices' logits), which a long search can amplify through near-tied rewards."""
     cfg = PolicyConfig(budget=32, group_size=8, steps=4, use_relevance=False)
     remote = _endpoint(server, concurrency=8)
     items = list(spotbench("test", 50, 0))

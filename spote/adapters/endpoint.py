@@ -6,9 +6,10 @@ mode, ``supports_relevance = False``). Each view set is one request: its images 
 image parts (PNG by default, lossless, so the server sees the very pixels an in-process run would),
 followed by the same question text an in-process run uses.
 
-Closed-set answers. One request per view set with ``max_completion_tokens=1`` and ``top_logprobs=k``;
-the distribution over the choices comes from the first answer token's top-k, renormalised over the
-choices (``choice_distribution``):
+Closed-set answers. One request per view set with ``max_completion_tokens=1`` and ``top_logprobs=k``,
+after a system message asking for one of the choices only (``closed_set_instruction``; a chatty model's
+first token is otherwise "The"); the distribution over the choices comes from the first answer token's
+top-k, renormalised over the choices (``choice_distribution``):
 
 * a top-k token counts for a choice when its text equals the choice (case and surrounding spaces
   ignored); several such tokens add up ("yes", " Yes"). A choice that no top-k token equals is a

@@ -256,6 +256,7 @@ def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
         summary = json.loads((out / "_runs" / "ep" / "summary.json").read_text())
         assert summary["items_ok"] == 3 and summary["items_error"] == 2 and server in summary["model"]
         # the key is nowhere: results, summary, report, the job's output, Ray's logs
+        assert any(Path(ray_tmp).rglob("*.log"))                                   # Ray logged here
         leaked = [str(p) for folder in (out, Path(ray_tmp)) for p in folder.rglob("*")
                   if p.is_file() and not p.is_socket() and KEY.encode() in p.read_bytes()]
         assert not leaked and KEY not in res.stdout + res.stderr

@@ -173,6 +173,46 @@ class JobOptions:
     force: bool = False
     item_timeout_seconds: float = 600.0
     resource_wait_seconds: float = 300.0
+    revision: str | None = None
+    endpoint: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    endpoint_concurrency: int = 8
+    endpoint_options: str | None = None
+
+    def endpoint_config(self) -> dict:
+        """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable)."""
+        try:
+            extra = json.loads(self.endpoint_options) if self.endpoint_options else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--endpoint-options is not valid JSON: {err}") from err
+        if not isinstance(extra, dict):
+            raise ValueError("--endpoint-options must be a JSON object")
+        return {**extra, "api_key_env": self.api_key_env, "concurrency": self.endpoint_concurrency}
+
+    def predictor_kwargs(self, storage_options: dict | None) -> dict:
+        """What each SPOT-E actor loads, checked here first so that a model that cannot be found or bad
+        endpoint flags fail the job before any work (``ModelNotFound`` / ``ValueError``, one line)."""
+        from spote.loading import check_model
+
+        if self.endpoint:
+            from spote.adapters.endpoint import EndpointConfig
+
+            if self.revision:
+                raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
+            EndpointConfig(url=self.endpoint, model=self.model or "", **self.endpoint_config())  # validates
+        else:
+            check_model(self.model, storage_options, self.revision)
+        return {"model": self.model, "revision": self.revision, "endpoint": self.endpoint,
+                "endpoint_options": self.endpoint_config() if self.endpoint else None}
+
+    def model_label(self) -> str:
+        """The model as runs name it: ``NAME``, ``NAME@REVISION`` or ``NAME @ ENDPOINT`` (no credentials)."""
+        from spote.adapters.endpoint import safe_url
+
+        label = str(self.model or "spote-tiny")
+        if self.endpoint:
+            return f"{label} @ {safe_url(self.endpoint)}"
+        return f"{label}@{self.revision}" if self.revision else label
 
     def policy_overrides(self) -> dict:
         from spote.core import PolicyConfig
@@ -198,7 +238,8 @@ class JobOptions:
 
 # (name, type, typer option) of the flags every job takes, in the order --help shows them
 COMMON_FLAGS = (
-    ("model", Optional[str], typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)")),
+    ("model", Optional[str], typer.Option(None, help="model folder, s3:// checkpoint or hub id ORG/NAME (default: the "
+                                                     "shipped spote-tiny); with --endpoint, the served model's name")),
     ("num_actors", int, typer.Option(1, help="VLM actors, one frozen model each")),
     ("num_gpus_per_actor", float, typer.Option(0.0, help="0 runs on CPU")),
     ("cpus_per_actor", float, typer.Option(1.0, help="CPUs (and torch threads) per actor")),
@@ -211,6 +252,14 @@ COMMON_FLAGS = (
                                                  "over it the item is an error row 'timeout: ...' (0: no limit)")),
     ("resource_wait_seconds", float, typer.Option(300.0, help="on a cluster we joined (it may autoscale): wait at most "
                                                   "this long for the actors' CPUs/GPUs to exist, then fail")),
+    ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
+    ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
+                                                         "http://host:8000/v1: black-box mode, no model in the actors")),
+    ("api_key_env", str, typer.Option("OPENAI_API_KEY", help="environment variable with the endpoint's API key "
+                                                              "(set it where the actors run)")),
+    ("endpoint_concurrency", int, typer.Option(8, help="endpoint requests in flight at most, per actor")),
+    ("endpoint_options", Optional[str], typer.Option(None, help='more EndpointConfig fields as JSON, e.g. '
+                                                                 '{"max_images": 1, "view_size": 448}')),
 )
 
 
@@ -225,10 +274,12 @@ def job_command(fn):
 
     @functools.wraps(fn)
     def command(**kwargs):
+        from spote.loading import ModelNotFound
+
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
             return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
-        except JobRefused as err:  # a job that cannot start as asked: one line, not a traceback
+        except (JobRefused, ModelNotFound, ValueError) as err:  # bad flags or inputs, found before any work: one line
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 
@@ -265,7 +316,8 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None):
+def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, loader=None, predictor=None,
+                   model_kwargs: dict | None = None):
     """The job's Ray Data stages, unexecuted: rows -> CPU loader actors -> SPOT-E actors."""
     import ray
 
@@ -277,7 +329,7 @@ def answer_dataset(rows: list[dict], opts: JobOptions, policy: dict, so: dict, l
                         num_cpus=LOADER_CPUS)
     return ds.map_batches(
         predictor or SpotePredictor,
-        fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
+        fn_constructor_kwargs={**(model_kwargs or {"model": opts.model}), "policy": policy, "storage_options": so,
                                "threads": max(1, int(opts.cpus_per_actor)), "timeout_s": opts.item_timeout_seconds},
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
         num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
@@ -294,8 +346,9 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
 
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
-    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True),
-                                                        str(opts.model)))
+    model_kwargs = opts.predictor_kwargs(so)
+    model_key = opts.model_label() if opts.endpoint or opts.revision else str(opts.model)  # same ids as before
+    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), model_key))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
@@ -314,14 +367,14 @@ def run_job(job: str, opts: JobOptions, rows: list[dict], extra_summary=None, po
     if items_in:
         ctx = ray.data.DataContext.get_current()
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
-        ds = answer_dataset(rows, opts, policy, so, loader)
+        ds = answer_dataset(rows, opts, policy, so, loader, model_kwargs=model_kwargs)
         fs, staging = filesystem(paths.staging, so)
         ds.write_parquet(staging, filesystem=arrow_fs(fs))
         table = retrying(pq.read_table, staging, filesystem=arrow_fs(fs))
     else:
         table = pa.table({c: pa.array([], pa.string()) for c in ("id", "source", "status", "error")})
     check_accounting(rows, table)
-    summary = summarise(table, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
+    summary = summarise(table, run_id, items_in, time.time() - t0, opts.model_label(),
                         PolicyConfig(**policy).__dict__, extra_summary(table) if extra_summary else None)
     if len(table):
         write_report(table, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),

@@ -9,7 +9,7 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install lint test demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-gpu scaling train clean
+.PHONY: install lint test demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -97,6 +97,10 @@ bench-pipeline: $(STAMP)
 # 200 go through it at {"budget": 1}); each size in its own driver process. ~10-20 min on 2 cores
 bench-scale: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.scale --sizes 10000,200000 --out results/bench-scale.json
+
+# SPOT-E in-process vs the same model behind an OpenAI-compatible endpoint (the test fixture server), same 50 items
+bench-endpoint: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.endpoint --n 50 --out results/bench-endpoint.json
 
 # GPU rows of docs/benchmark.md (SpotBench bf16 + fp32, pipeline bench on one GPU); install a CUDA torch: make bench-gpu TORCH=torch
 bench-gpu: $(STAMP)

@@ -73,7 +73,9 @@ def ray_data_ms(manifest: str, cpus: int, fused: bool) -> float:
         r.update(status="", error="")
     opts = JobOptions(manifest, "", cpus_per_actor=cpus)
     stages = {"loader": (CheckOnlyLoader, {}), "predictor": DecodingPredictor} if fused else {}
-    return answer_dataset(rows, opts, {}, {}, **stages).to_pandas()["latency_ms"].mean()
+    import ray
+
+    return answer_dataset(ray.data.from_items(rows), opts, {}, {}, **stages).to_pandas()["latency_ms"].mean()
 
 
 def main(n: int = 30, reps: int = 3, seed: int = 11, cpus: int = 2):

@@ -178,6 +178,46 @@ class JobOptions:
     item_timeout_seconds: float = 600.0
     resource_wait_seconds: float = 300.0
     rows_per_part: int = 256
+    revision: str | None = None
+    endpoint: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    endpoint_concurrency: int = 8
+    endpoint_options: str | None = None
+
+    def endpoint_config(self) -> dict:
+        """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable)."""
+        try:
+            extra = json.loads(self.endpoint_options) if self.endpoint_options else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--endpoint-options is not valid JSON: {err}") from err
+        if not isinstance(extra, dict):
+            raise ValueError("--endpoint-options must be a JSON object")
+        return {**extra, "api_key_env": self.api_key_env, "concurrency": self.endpoint_concurrency}
+
+    def predictor_kwargs(self, storage_options: dict | None) -> dict:
+        """What each SPOT-E actor loads, checked here first so that a model that cannot be found or bad
+        endpoint flags fail the job before any work (``ModelNotFound`` / ``ValueError``, one line)."""
+        from spote.loading import check_model
+
+        if self.endpoint:
+            from spote.adapters.endpoint import EndpointConfig
+
+            if self.revision:
+                raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
+            EndpointConfig(url=self.endpoint, model=self.model or "", **self.endpoint_config())  # validates
+        else:
+            check_model(self.model, storage_options, self.revision)
+        return {"model": self.model, "revision": self.revision, "endpoint": self.endpoint,
+                "endpoint_options": self.endpoint_config() if self.endpoint else None}
+
+    def model_label(self) -> str:
+        """The model as runs name it: ``NAME``, ``NAME@REVISION`` or ``NAME @ ENDPOINT`` (no credentials)."""
+        from spote.adapters.endpoint import safe_url
+
+        label = str(self.model or "spote-tiny")
+        if self.endpoint:
+            return f"{label} @ {safe_url(self.endpoint)}"
+        return f"{label}@{self.revision}" if self.revision else label
 
     def policy_overrides(self) -> dict:
         from spote.core import PolicyConfig
@@ -203,7 +243,8 @@ class JobOptions:
 
 # (name, type, typer option) of the flags every job takes, in the order --help shows them
 COMMON_FLAGS = (
-    ("model", Optional[str], typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)")),
+    ("model", Optional[str], typer.Option(None, help="model folder, s3:// checkpoint or hub id ORG/NAME (default: the "
+                                                     "shipped spote-tiny); with --endpoint, the served model's name")),
     ("num_actors", int, typer.Option(1, help="VLM actors, one frozen model each")),
     ("num_gpus_per_actor", float, typer.Option(0.0, help="0 runs on CPU")),
     ("cpus_per_actor", float, typer.Option(1.0, help="CPUs (and torch threads) per actor")),
@@ -217,6 +258,14 @@ COMMON_FLAGS = (
     ("resource_wait_seconds", float, typer.Option(300.0, help="on a cluster we joined (it may autoscale): wait at most "
                                                   "this long for the actors' CPUs/GPUs to exist, then fail")),
     ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part: the unit a killed run keeps and resumes from")),
+    ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
+    ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
+                                                         "http://host:8000/v1: black-box mode, no model in the actors")),
+    ("api_key_env", str, typer.Option("OPENAI_API_KEY", help="environment variable with the endpoint's API key "
+                                                              "(set it where the actors run)")),
+    ("endpoint_concurrency", int, typer.Option(8, help="endpoint requests in flight at most, per actor")),
+    ("endpoint_options", Optional[str], typer.Option(None, help='more EndpointConfig fields as JSON, e.g. '
+                                                                 '{"max_images": 1, "view_size": 448}')),
 )
 
 
@@ -231,10 +280,12 @@ def job_command(fn):
 
     @functools.wraps(fn)
     def command(**kwargs):
+        from spote.loading import ModelNotFound
+
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
             return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
-        except (JobRefused, ValueError, FileNotFoundError, AccountingError) as err:
+        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, AccountingError) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
@@ -335,7 +386,8 @@ def result_schema(plan_schema):
     return pa.schema(list(fields.items()))
 
 
-def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, loader=None, predictor=None):
+def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, loader=None, predictor=None,
+                   model_kwargs: dict | None = None):
     """The job's Ray Data stages over planned item rows, unexecuted: parts of ``rows_per_part``
     rows -> CPU loader actors -> SPOT-E actors -> the result schema."""
     import ray
@@ -348,7 +400,7 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
                         num_cpus=LOADER_CPUS)
     ds = ds.map_batches(
         predictor or SpotePredictor,
-        fn_constructor_kwargs={"model": opts.model, "policy": policy, "storage_options": so,
+        fn_constructor_kwargs={**(model_kwargs or {"model": opts.model}), "policy": policy, "storage_options": so,
                                "threads": max(1, int(opts.cpus_per_actor)), "timeout_s": opts.item_timeout_seconds},
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors), num_gpus=opts.num_gpus_per_actor,
         num_cpus=opts.cpus_per_actor, batch_size=opts.batch_size)
@@ -432,8 +484,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
-    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True),
-                                                        str(opts.model)))
+    model_kwargs = opts.predictor_kwargs(so)
+    model_key = opts.model_label() if opts.endpoint or opts.revision else str(opts.model)  # same ids as before
+    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), model_key))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so):
         if not opts.force:
@@ -472,7 +525,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         ctx.checkpoint_config = _checkpoint_config(paths, so)
         try:
             schema = result_schema(plan.schema)
-            ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor)
+            ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor,
+                                model_kwargs=model_kwargs)
             fs, staged = filesystem(paths.staged, so)
             ds.write_parquet(staged, filesystem=arrow_fs(fs))
         finally:
@@ -482,7 +536,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,
                      count_duplicates=lambda: _count_duplicates(paths.staged, so))
     extra = extra_summary(stats, planned) if callable(extra_summary) else (extra_summary or {})
-    summary = summarise(stats, run_id, items_in, time.time() - t0, str(opts.model or "spote-tiny"),
+    summary = summarise(stats, run_id, items_in, time.time() - t0, opts.model_label(),
                         PolicyConfig(**policy).__dict__, extra)
     summary.update(items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
                    skipped_sources=summarise_skipped(plan.skipped))

@@ -121,7 +121,8 @@ class SpotePredictor:
     """Ray Data actor: one frozen VLM per actor, loaded once; SPOT-E per row; never raises per item."""
 
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
-                 device: str | None = None, threads: int = 1, timeout_s: float | None = None):
+                 device: str | None = None, threads: int = 1, timeout_s: float | None = None,
+                 revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None):
         import torch
 
         from spote.core import PolicyConfig
@@ -130,9 +131,10 @@ class SpotePredictor:
         torch.set_num_threads(max(1, threads))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.adapter = load_adapter(model, device=device, storage_options=storage_options)
+        self.adapter = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
+                                    device=device, storage_options=storage_options)
         self.cfg = PolicyConfig(**(policy or {}))
-        self.model_name = str(model or "spote-tiny")
+        self.model_name = self.adapter.name
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None  # seconds per item; None: no limit

@@ -55,7 +55,8 @@ def _read_image(image, storage_options: dict | None):
     return load_image(image)
 
 
-def answer(image, question: str, choices=None, *, model=None, method: str = "spote",
+def answer(image, question: str, choices=None, *, model=None, revision: str | None = None,
+           endpoint: str | None = None, endpoint_options: dict | None = None, method: str = "spote",
            storage_options: dict | None = None, **policy_overrides) -> "SpotResult":
     """Answer ``question`` about ``image`` with SPOT-E, the model frozen.
 
@@ -66,7 +67,14 @@ def answer(image, question: str, choices=None, *, model=None, method: str = "spo
         question: the question, non-empty.
         choices: a closed answer set (a list or ``"a,b,c"``, at least two, distinct), or None for an open answer.
         model: whatever ``load_adapter`` takes (None for the shipped ``spote-tiny``, a model folder, an
-            ``s3://`` checkpoint), or an adapter already loaded by ``load_adapter`` (no reload).
+            ``s3://`` checkpoint, a Hugging Face hub id such as ``"Qwen/Qwen2.5-VL-3B-Instruct"``), or an adapter
+            already loaded by ``load_adapter`` (no reload). With ``endpoint``: the model name the server serves.
+        revision: a hub id's branch, tag or commit (default ``main``).
+        endpoint: base URL of an OpenAI-compatible chat-completions server with log-probabilities
+            (``"http://127.0.0.1:8000/v1"``): SPOT-E runs in black-box mode through it. The API key is read from
+            ``OPENAI_API_KEY`` (or ``endpoint_options={"api_key_env": "NAME"}``).
+        endpoint_options: ``spote.adapters.endpoint.EndpointConfig`` fields: ``concurrency``, ``timeout_s``,
+            ``max_retries``, ``max_images``, ``view_size``, ``top_logprobs``, ``image_format``, ...
         method: ``"spote"`` or a peer for comparison: ``baseline``, ``naive_entropy``, ``grid``, ``random``,
             ``vicrop``, ``api``.
         storage_options: fsspec options for a remote image or checkpoint (e.g. ``{"endpoint_url": ...}``).
@@ -81,8 +89,10 @@ def answer(image, question: str, choices=None, *, model=None, method: str = "spo
     Raises:
         BadImage: the image cannot be read (missing, empty, corrupt, over the pixel cap, bad array shape).
         ValueError: empty question, fewer than two or duplicate choices, an unknown policy field or method.
-        FileNotFoundError: the model cannot be found.
+        spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
+        spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
     """
+    import json
     from dataclasses import fields
 
     from .baselines import METHODS, run_method
@@ -101,9 +111,11 @@ def answer(image, question: str, choices=None, *, model=None, method: str = "spo
     cfg = PolicyConfig(**policy_overrides)
     img = _read_image(image, storage_options)
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        key = (str(model) if model is not None else None, cfg.use_relevance)
+        key = (str(model) if model is not None else None, revision, endpoint,
+               json.dumps(endpoint_options or {}, sort_keys=True), cfg.use_relevance)
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = load_adapter(model, relevance=cfg.use_relevance, storage_options=storage_options)
+            _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
+                                          relevance=cfg.use_relevance, storage_options=storage_options)
         adapter = _ADAPTERS[key]
     else:
         adapter = model

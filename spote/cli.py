@@ -10,6 +10,23 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPOT-E: test-time visual spotlights for frozen VLMs.")
 
+MODEL_HELP = ("model folder, s3:// checkpoint or Hugging Face hub id ORG/NAME (default: the shipped spote-tiny); "
+              "with --endpoint, the model name the server serves")
+ENDPOINT_HELP = "base URL of an OpenAI-compatible server with logprobs (e.g. http://127.0.0.1:8000/v1): black-box mode"
+ENDPOINT_OPTIONS_HELP = ('more EndpointConfig fields as JSON, e.g. \'{"max_images": 1, "view_size": 448, '
+                         '"timeout_s": 30, "max_retries": 4}\'')
+
+
+def endpoint_options(api_key_env: str, concurrency: int, options: str) -> dict:
+    """The ``endpoint_options`` of ``load_adapter`` from the command-line flags."""
+    try:
+        extra = json.loads(options)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--endpoint-options is not valid JSON: {err}") from None
+    if not isinstance(extra, dict):
+        raise ValueError("--endpoint-options must be a JSON object")
+    return {**extra, "api_key_env": api_key_env, "concurrency": concurrency}
+
 
 class AskError(Exception):
     """A malformed ``spote ask`` input; printed as one line ``error: ...``, exit code 2."""
@@ -60,7 +77,12 @@ def ask(
     image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
     question: str = typer.Argument(..., help="the question"),
     choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no"),
-    model: Optional[str] = typer.Option(None, help="model folder or fsspec URI (default: the shipped spote-tiny)"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    revision: Optional[str] = typer.Option(None, help="hub id only: branch, tag or commit (default: main)"),
+    endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
+    endpoint_concurrency: int = typer.Option(8, help="endpoint requests in flight at most"),
+    endpoint_opts: str = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP),
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most (default: PolicyConfig.budget)"),
@@ -73,12 +95,13 @@ def ask(
     """Answer QUESTION about IMAGE with a per-instance spotlight.
 
     A malformed input (unreadable image, bad choices, bad --policy, missing model) prints one line
-    ``error: ...`` and exits with code 2.
+    ``error: ...`` and exits with code 2; an endpoint that fails after its retries, with code 1.
     """
+    from .adapters.endpoint import EndpointError
     from .baselines import METHODS, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
-    from .loading import load_adapter
+    from .loading import ModelNotFound, load_adapter
 
     try:
         q = check_question(question)
@@ -98,11 +121,18 @@ def ask(
     except (AskError, BadImage, ValueError) as err:
         _fail(str(err))
     try:
-        adapter = load_adapter(model, relevance=not black_box)
-    except Exception as err:  # missing folder, no config or weights, a broken checkpoint: the model the user named
+        adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=not black_box,
+                               endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
+    except ModelNotFound as err:
+        _fail(str(err))
+    except Exception as err:  # no config or weights, a broken checkpoint, bad endpoint flags: the model the user named
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _fail(f"cannot load the model {model or 'spote-tiny'}: {first}")
-    result = run_method(method, adapter, img, q, ch, cfg)
+    try:
+        result = run_method(method, adapter, img, q, ch, cfg)
+    except EndpointError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     if trace:
         from .trace import plot_trace
 
@@ -128,7 +158,12 @@ def bench(
     seed: int = typer.Option(0),
     methods: str = typer.Option("baseline,oracle,grid,vicrop,api,naive_entropy,random,spote"),
     out: Path = typer.Option(Path("results/bench.json")),
-    model: Optional[str] = typer.Option(None),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    revision: Optional[str] = typer.Option(None, help="hub id only: branch, tag or commit (default: main)"),
+    endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
+    endpoint_concurrency: int = typer.Option(8, help="endpoint requests in flight at most"),
+    endpoint_opts: str = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP),
     corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),
@@ -141,16 +176,23 @@ def bench(
     """Run SpotBench and print a table; write the JSON (and a plot)."""
     import json
 
+    from .adapters.endpoint import EndpointError
     from .bench.run import run_bench
     from .core import PolicyConfig
+    from .loading import ModelNotFound
 
     try:
         overrides = json.loads(policy)
         cfg = PolicyConfig(**{"mode": mode, "seed": seed, **overrides})
     except (TypeError, ValueError) as err:
         raise typer.BadParameter(f"--policy: {err}") from err
-    run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
-              mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget)
+    try:
+        run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
+                  mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget, revision=revision, endpoint=endpoint,
+                  endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
+    except (ModelNotFound, EndpointError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2 if isinstance(err, (ModelNotFound, ValueError)) else 1)
 
 
 def main():

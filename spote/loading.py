@@ -1,9 +1,23 @@
-"""Loading a frozen VLM from a local folder or an fsspec URI, and picking its adapter.
+"""Loading a frozen VLM by name, and picking its adapter.
 
-Remote checkpoints (``s3://bucket/models/x``) are copied once into a local cache; every file's
-size (and ETag where the store gives one) is recorded and re-checked, so a changed or truncated
-copy is fetched again. Weights load as safetensors only, ``trust_remote_code`` stays off unless
-asked, and the model is put in eval mode with gradients off: SPOT-E never updates it.
+``load_adapter(model)`` resolves ``model`` in this order (the first that applies wins):
+
+1. ``None`` or ``"spote-tiny"``: the shipped model (``spote/weights/spote-tiny``).
+2. A URI with a scheme (``s3://bucket/models/x``, ``gs://...``): a remote checkpoint folder, copied once
+   into ``SPOTE_CACHE``; every file's size (and ETag where the store gives one) is recorded and re-checked,
+   so a changed or truncated copy is fetched again.
+3. An existing local folder (or ``file://`` path).
+4. A Hugging Face hub id (``Qwen/Qwen2.5-VL-3B-Instruct``), at ``revision`` (branch, tag or commit;
+   default ``main``), through the standard hub cache (``HF_HOME`` / ``HF_HUB_CACHE``; with
+   ``HF_HUB_OFFLINE=1`` only the cache is read). Only safetensors weights, configs, tokenizer and
+   chat-template files are fetched, never ``.bin`` pickles (nor ``.py`` unless ``trust_remote_code``).
+5. Otherwise ``ModelNotFound``, whose one-line message names every place tried.
+
+``endpoint=URL`` instead runs against an OpenAI-compatible server in black-box mode
+(``spote.adapters.endpoint``); ``model`` is then the server's model name.
+
+Weights load as safetensors only, ``trust_remote_code`` stays off unless asked, and the model is put in
+eval mode with gradients off: SPOT-E never updates it.
 """
 
 from __future__ import annotations
@@ -74,29 +88,188 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
     return local
 
 
-def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None = None) -> Path:
+class ModelNotFound(FileNotFoundError):
+    """The model named cannot be found; the message (one line) names every place that was tried."""
+
+
+# What a checkpoint needs from a hub repository: weights as safetensors, configs, tokenizer, chat template.
+HUB_ALLOW = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+# Never pickled weights (or other formats) even where a repository carries them beside safetensors.
+HUB_IGNORE = ["*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf"]
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``), read now rather than at import."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def hub_cache_dir() -> str:
+    """The hub cache folder: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else the library default; read now."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
+def is_hub_id(name: str) -> bool:
+    """``name`` or ``org/name`` as the hub spells ids (not a path: no leading ``.``, ``/`` or ``~``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool = False,
+              config_only: bool = False) -> Path:
+    """The local snapshot folder of hub model ``repo_id`` at ``revision``, downloaded if allowed and missing
+    (``config_only``: only its ``config.json``, to check that it exists).
+
+    Raises:
+        ModelNotFound: not in the cache and not downloadable (offline, unreachable hub, no such repository,
+            revision or safetensors weights); the message says which, with the cache path.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    cache, offline = hub_cache_dir(), hub_offline()
+    at = f"hub id {repo_id!r} at revision {revision or 'main'!r}"
+    where = f"hub cache {cache}" + ("; HF_HUB_OFFLINE=1, so no download" if offline else "")
+    allow = ["config.json"] if config_only else HUB_ALLOW + (["*.py"] if trust_remote_code else [])
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline,
+                                        allow_patterns=allow, ignore_patterns=HUB_IGNORE))
+    except RevisionNotFoundError:
+        raise ModelNotFound(f"{at}: the hub has no such revision ({where})") from None
+    except GatedRepoError:
+        raise ModelNotFound(f"{at}: gated repository; accept its terms on the hub and log in (HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"{at}: no such repository on the hub, or private without a token ({where})") from None
+    except LocalEntryNotFoundError as err:
+        reason = "not in the cache" if offline else "not in the cache and the hub is unreachable"
+        detail = "" if offline else f"; {_first_line(err.__cause__ or err)}"
+        raise ModelNotFound(f"{at}: {reason} ({where}){detail}") from None
+    except (HfHubHTTPError, HFValidationError, OSError) as err:
+        raise ModelNotFound(f"{at}: {_first_line(err)} ({where})") from None
+    if not config_only and not any(folder.glob("*.safetensors")):
+        raise ModelNotFound(f"{at}: no safetensors weights in {folder} (pickled .bin weights are never loaded)")
+    return folder
+
+
+def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None = None,
+            revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """The local folder of a model named as ``load_adapter`` takes it (resolution order: module docstring).
+
+    Raises:
+        ModelNotFound: nothing found; the one-line message names the folder, hub id and cache tried.
+        ValueError: ``revision`` given for something other than a hub id.
+    """
     if path_or_uri is None or str(path_or_uri) in ("", "spote-tiny"):
+        if revision:
+            raise ValueError("--revision applies to hub ids only, not to the shipped spote-tiny")
         return DEFAULT_MODEL
     s = str(path_or_uri)
     if _is_remote(s):
-        return fetch_checkpoint(s, storage_options)
-    p = Path(s.removeprefix("file://"))
-    if not p.exists():
-        raise FileNotFoundError(f"model folder not found: {p}")
-    return p
+        if revision:
+            raise ValueError(f"--revision applies to hub ids only, not to {s}")
+        try:
+            return fetch_checkpoint(s, storage_options)
+        except Exception as err:  # missing, no credentials, unreachable store: all mean "cannot load this model"
+            raise ModelNotFound(f"model {s!r} could not be fetched: {_first_line(err)}") from None
+    p = Path(s.removeprefix("file://")).expanduser()
+    if p.is_dir():
+        if revision:
+            raise ValueError(f"--revision applies to hub ids only, not to the local folder {p}")
+        return p
+    tried = f"no folder {p.absolute()}" + (" (a file, not a folder)" if p.exists() else "")
+    if s.startswith("file://") or not is_hub_id(s):
+        raise ModelNotFound(f"model {s!r} not found: {tried}; not a hub id (ORG/NAME) either")
+    try:
+        return fetch_hub(s, revision, trust_remote_code)
+    except ModelNotFound as err:
+        raise ModelNotFound(f"model {s!r} not found: {tried}; {err}") from None
+
+
+def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None) -> None:
+    """Fail fast where a job starts: the model can be found, checked without fetching its weights
+    (a remote folder is listed, a hub id's ``config.json`` alone is fetched into the cache).
+
+    Raises:
+        ModelNotFound, ValueError: as ``resolve``.
+    """
+    s = "" if path_or_uri is None else str(path_or_uri)
+    if _is_remote(s) and not revision:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(s, **(storage_options or {}))
+            found = fs.find(root)
+        except Exception as err:  # missing bucket, no credentials, unreachable store
+            raise ModelNotFound(f"model {s!r} could not be listed: {_first_line(err)}") from None
+        if not found:
+            raise ModelNotFound(f"model {s!r} not found: no checkpoint files under it")
+        return
+    local = Path(s.removeprefix("file://")).expanduser()
+    if _is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file://") or not is_hub_id(s):
+        resolve(path_or_uri, storage_options, revision)  # no download on these paths
+        return
+    try:
+        fetch_hub(s, revision, config_only=True)
+    except ModelNotFound as err:
+        raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_adapter(path_or_uri=None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
-                 relevance: bool = True, trust_remote_code: bool = False, storage_options: dict | None = None,
-                 batch_size: int | None = None) -> HFAdapter:
-    """Load a frozen VLM and wrap it in the adapter its config's ``model_type`` calls for."""
+def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str | None = None,
+                 endpoint_options: dict | None = None, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, relevance: bool = True, trust_remote_code: bool = False,
+                 storage_options: dict | None = None, batch_size: int | None = None) -> HFAdapter:
+    """Load a frozen VLM and wrap it in the adapter its config's ``model_type`` calls for.
+
+    Args:
+        path_or_uri: None (the shipped spote-tiny), an ``s3://``-style checkpoint URI, a local folder or a hub
+            id; with ``endpoint``, the model name the server knows.
+        revision: branch, tag or commit of a hub id (default ``main``).
+        endpoint: base URL of an OpenAI-compatible server (``http://host:8000/v1``): black-box mode through
+            ``EndpointAdapter``; ``endpoint_options`` are ``EndpointConfig`` fields (``api_key_env``,
+            ``concurrency``, ``timeout_s``, ``max_retries``, ``max_images``, ``view_size``, ...).
+
+    Raises:
+        ModelNotFound: the model cannot be found (one-line message naming what was tried).
+        ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist.
+    """
+    if endpoint:
+        from .adapters.endpoint import open_endpoint
+
+        if revision:
+            raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
+        return open_endpoint(endpoint, path_or_uri, **(endpoint_options or {}))
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    local = resolve(path_or_uri, storage_options)
+    local = resolve(path_or_uri, storage_options, revision, trust_remote_code)
     device = device or default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -113,7 +286,7 @@ def load_adapter(path_or_uri=None, *, device: str | None = None, dtype: str | to
     adapter = cls(model, processor, batch_size=batch_size or (32 if device.startswith("cuda") else 64))
     if not wants_attention:
         adapter.supports_relevance = False
-    adapter.name = str(path_or_uri or "spote-tiny")
+    adapter.name = str(path_or_uri or "spote-tiny") + (f"@{revision}" if revision else "")
     return adapter
 
 

@@ -72,7 +72,7 @@ def _malformed_cases(tmp: Path) -> dict:
         "bad mode": ([str(SAMPLE), q, "--mode", "closeup"], "mode must be one of"),
         "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
         "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
-        "missing model": ([str(SAMPLE), q, "--model", str(tmp / "no-such-model")], "cannot load the model"),
+        "missing model": ([str(SAMPLE), q, "--model", str(tmp / "no-such-model")], "not found"),
         "folder without a model": ([str(SAMPLE), q, "--model", str(tmp / "not-a-model")], "cannot load the model"),
     }
 

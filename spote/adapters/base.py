@@ -11,6 +11,7 @@ Every model call counts in ``forward_passes``: one per sequence run through the 
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,7 +87,8 @@ class HFAdapter:
             raise TypeError(
                 f"{type(processor).__name__} is not an image-text processor (no image_processor). AutoProcessor falls "
                 "back to the bare tokenizer when the family's processor cannot be built, e.g. Qwen2-VL or SmolVLM "
-                "without torchvision (their video processor needs it) or SmolVLM without num2words.")
+                "without torchvision (their video processor needs it) or SmolVLM without num2words: "
+                'pip install "spote[models]".')
         self.model, self.processor = model.eval(), processor
         if self.supports_relevance and not uses_eager_attention(self.model):
             self.supports_relevance = False  # black-box mode: no attention weights to read
@@ -106,6 +108,9 @@ class HFAdapter:
         self.input_size = input_size or self._guess_input_size()
         self.max_images = max_images
         self.forward_passes = 0
+        # Only the last positions' logits are read; computing all of them costs batch x sequence x vocabulary
+        # (32 x 550 x 152k in bf16 = 5.3 GB for Qwen2.5-VL), more than a 3B model's activations otherwise.
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @property
     def device(self) -> torch.device:
@@ -159,8 +164,11 @@ class HFAdapter:
         return outs
 
     @torch.inference_mode()
-    def _forward(self, batch: dict, **kwargs):
+    def _forward(self, batch: dict, last: int | None = None, **kwargs):
+        """One batched pass; ``last``: logits only for the last ``last`` positions (where the model allows)."""
         self.forward_passes += int(batch["input_ids"].shape[0])
+        if last is not None and self._keeps_logits:
+            kwargs["logits_to_keep"] = last
         return self.model(**batch, **kwargs)
 
     # ------------------------------------------------------------------ closed set
@@ -181,7 +189,7 @@ class HFAdapter:
 
             def run(a, b):
                 batch = self.encode(views_batch[a:b], [prompt] * (b - a))
-                logits = self._forward(batch).logits[:, -1].float().cpu()
+                logits = self._forward(batch, last=1).logits[:, -1].float().cpu()
                 return torch.log_softmax(logits[:, idx], dim=-1)
 
             return torch.cat(self._chunked(len(views_batch), run))
@@ -202,7 +210,7 @@ class HFAdapter:
 
         def run(a, b):
             batch = self.encode(views_batch[a:b], [text] * (b - a))
-            logits = self._forward(batch).logits[:, -L - 1:-1].float().cpu()
+            logits = self._forward(batch, last=L + 1).logits[:, -L - 1:-1].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             tok_lp = logp.gather(-1, target.view(1, L, 1).expand(logp.shape[0], L, 1)).squeeze(-1)
             return tok_lp, -(logp.exp() * logp).sum(-1)

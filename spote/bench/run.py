@@ -67,7 +67,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("results/bench.json"), model=None,
               corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True,
-              device: str | None = None, dtype: str | None = None, budget: int | None = None, adapter=None) -> dict:
+              device: str | None = None, dtype: str | None = None, budget: int | None = None, adapter=None,
+              revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None) -> dict:
     """Every method on the same SpotBench items; with ``budget`` every search method is held to that many
     forward passes per item (matched cost), else each runs at its defaults. Writes ``out`` (JSON), the
     per-item rows beside it (``.items.jsonl``) and, with ``plot``, accuracy against passes (``.png``)."""
@@ -78,15 +79,17 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
     cfg = cfg or PolicyConfig(mode=mode, seed=seed)
     if budget is not None:
         cfg = replace(cfg, budget=budget)
-    adapter = adapter or load_adapter(model, device=device, dtype=dtype)
+    adapter = adapter or load_adapter(model, device=device, dtype=dtype, revision=revision, endpoint=endpoint,
+                                      endpoint_options=endpoint_options)
     rows = {m: [] for m in methods}
     t_start = time.time()
     with GpuMemoryPeak() as gpu:
         _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress, budget)
     report = {
-        "n_items": n, "seed": seed, "split": split, "model": str(model or "spote-tiny"), "corrupt": corrupt,
-        "mode": mode, "budget": budget, "policy": cfg.__dict__, "wall_seconds": round(time.time() - t_start, 1),
-        "device": str(adapter.device), "dtype": str(next(adapter.model.parameters()).dtype).removeprefix("torch."),
+        "n_items": n, "seed": seed, "split": split, "model": getattr(adapter, "name", str(model or "spote-tiny")),
+        "corrupt": corrupt, "mode": mode, "budget": budget, "policy": cfg.__dict__,
+        "wall_seconds": round(time.time() - t_start, 1), "device": str(adapter.device),
+        "dtype": str(next(adapter.model.parameters()).dtype).removeprefix("torch.") if hasattr(adapter, "model") else None,
         "gpu_memory_torch_peak_mb": torch_peak_mb(), "gpu_memory_smi_peak_mb": gpu.peak_mb,
         "environment": environment(),
         "methods": {m: summarise(r) for m, r in rows.items()},

@@ -1,0 +1,418 @@
+"""Black-box adapter for any server that speaks the OpenAI chat-completions API with log-probabilities.
+
+vLLM, SGLang and OpenAI return ``logprobs`` / ``top_logprobs`` in chat completions; SPOT-E needs nothing
+more (no attention, no gradients), so the policy starts from the model-free saliency prior (black-box
+mode, ``supports_relevance = False``). Each view set is one request: its images travel as base64 data-URL
+image parts (PNG by default, lossless, so the server sees the very pixels an in-process run would),
+followed by the same question text an in-process run uses.
+
+Closed-set answers. One request per view set with ``max_completion_tokens=1`` and ``top_logprobs=k``,
+after a system message asking for one of the choices only (``closed_set_instruction``; a chatty model's
+first token is otherwise "The"); the distribution over the choices comes from the first answer token's
+top-k, renormalised over the choices (``choice_distribution``):
+
+* a top-k token counts for a choice when its text equals the choice (case and surrounding spaces
+  ignored); several such tokens add up ("yes", " Yes"). A choice that no top-k token equals is a
+  multi-token choice (or absent): it is scored by its first token, the longest top-k token that
+  begins it and equals no choice ("scr" of "scratch"; never "b" for "blue" when "blue" itself is in
+  the top-k). A first token shared by several choices ("re" of "red" and "rest" when neither is one
+  token) is split evenly among them, so such choices cannot be told apart: give choices that differ
+  in their first word piece;
+* a choice matched by no top-k token gets ``min(p_min, leftover / n_missing)``, where ``p_min`` is the
+  smallest top-k probability (a token outside the top-k is at most that likely) and ``leftover`` the
+  mass outside the top-k shared by the missing choices. When every choice is in the top-k the result
+  equals the in-process scoring (next-token probabilities restricted to the choices, renormalised).
+
+Open answers. ``generate`` returns the generated tokens with their log-probabilities; the entropy per
+token is estimated from the top-k (``topk_entropy``): ``-sum_topk p log p - r log p_min`` with
+``r`` the mass outside the top-k, a lower bound of the true entropy (each unseen token is at most
+``p_min`` likely), exact when the top-k holds all the mass. In-process runs compute the full-vocabulary
+entropy. A chat-completions server cannot teacher-force a given answer, so ``teacher_forced`` (the
+entropy of the baseline's answer span on another view) generates greedily on that view instead: up to
+and including the first token where the view's answer departs from the baseline's, each position has
+the baseline's prefix, exactly as under teacher forcing, and its entropy is the top-k estimate. The
+positions after it (and the departing one when the view's answer simply stops there, since a server
+returns no log-probabilities for the stop token) are conditioned on another prefix; they take the
+baseline's own entropy, so they neither gain clarity nor break an anchor. What is lost against
+in-process teacher forcing: the tail of the entropy (top-k truncation) and, after a departure, what
+the view says about the rest of the baseline's answer.
+
+Requests. A group's view sets are sent concurrently (``concurrency`` at most, a thread pool over the
+official ``openai`` client). The client retries 408/409/429/5xx responses, connection errors and
+timeouts ``max_retries`` times with exponential back-off (0.5 s doubling up to 8 s, minus up to 25%
+random jitter), honouring ``Retry-After``; each attempt has ``timeout_s``. A request that still fails
+raises ``EndpointError``, whose one-line message names the endpoint (without credentials) and the
+failure; the pipelines turn it into that item's error row. The API key is read from the environment
+variable ``api_key_env`` (``OPENAI_API_KEY`` by default) and is kept only inside the client: it is
+never part of a config, name, message or result.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from urllib.parse import urlsplit, urlunsplit
+
+import torch
+from PIL import Image
+
+from ..prompt import format_question
+from .base import Generation
+
+NO_LOGPROBS = ("the server returned no logprobs: SPOT-E needs logprobs/top_logprobs in chat completions "
+               "(vLLM, SGLang and OpenAI give them; transformers serve does not)")
+
+
+class EndpointError(RuntimeError):
+    """A request to the endpoint failed for good (after the retries), or its answer is unusable."""
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """How to reach an OpenAI-compatible server and what to ask of it. Holds no secret: only the name of
+    the environment variable with the API key."""
+
+    url: str                           # base URL, e.g. http://127.0.0.1:8000/v1
+    model: str                         # the model name the server knows
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (unset: no key, for local servers)
+    concurrency: int = 8               # requests in flight at most (a group's views are sent together)
+    timeout_s: float = 60.0            # per request attempt, seconds
+    max_retries: int = 4               # the client's retries on 408/409/429/5xx, connection errors, timeouts
+    max_images: int = 2                # images per request the server accepts; 1 turns zoom+context into zoom
+    view_size: int = 512               # side of every rendered view in pixels (the smallest spotlight window too)
+    top_logprobs: int = 20             # k (OpenAI allows at most 20; vLLM caps it with --max-logprobs)
+    image_format: str = "png"          # png (lossless) | jpeg (smaller requests, lossy)
+    jpeg_quality: int = 90
+    max_new_tokens: int = 32           # open answers
+    closed_set_instruction: str = "Answer with exactly one of the choices and nothing else."  # system message; "" for none
+
+    def __post_init__(self):
+        if not self.url or "://" not in self.url:
+            raise ValueError(f"endpoint must be a URL such as http://127.0.0.1:8000/v1, got {safe_url(self.url)!r}")
+        if not self.model:
+            raise ValueError("an endpoint needs --model NAME: the model name the server serves")
+        if self.concurrency < 1 or self.max_images < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ValueError("endpoint concurrency and max_images must be >= 1, max_retries >= 0, timeout_s > 0")
+        if not 1 <= self.top_logprobs <= 20:
+            raise ValueError("top_logprobs must be in 1..20 (the OpenAI API's range)")
+        if self.image_format not in ("png", "jpeg"):
+            raise ValueError(f"image_format must be png or jpeg, got {self.image_format!r}")
+        if not 16 <= self.view_size <= 4096:
+            raise ValueError(f"view_size must be in 16..4096 pixels, got {self.view_size}")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user:password and without a query string (either may carry a credential)."""
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def encode_view(image: Image.Image, fmt: str = "png", quality: int = 90) -> str:
+    """A data URL (``data:image/png;base64,...``) holding ``image``."""
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format="PNG")
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _norm(text: str) -> str:
+    # byte-level BPE and SentencePiece servers may return raw word-start markers
+    return text.replace("\u2581", " ").replace("\u0120", " ").strip().casefold()
+
+
+def topk_entropy(logprobs: list[float]) -> float:
+    """Entropy estimate (nats) from a top-k: ``-sum p log p - r log p_min``, r = 1 - sum p.
+
+    A lower bound of the full entropy (the mass r outside the top-k is in pieces of at most p_min);
+    exact when the top-k holds all the mass.
+    """
+    if not logprobs:
+        return 0.0
+    ps = [math.exp(lp) for lp in logprobs]
+    h = -sum(p * lp for p, lp in zip(ps, logprobs))
+    rest = max(0.0, 1.0 - sum(ps))
+    if rest > 1e-12:
+        h -= rest * min(logprobs)
+    return max(0.0, h)
+
+
+def choice_distribution(top: list[tuple[str, float]], choices) -> list[float]:
+    """log p over ``choices`` from the first answer token's top-k ``[(token, logprob), ...]`` (module docstring).
+
+    1. A token equal to a choice (case and surrounding spaces ignored) counts for that choice.
+    2. A choice no token equals is scored by its first token: the longest top-k tokens that begin it and
+       equal no choice; a token beginning several such choices is split evenly among them.
+    3. A choice still without mass gets ``min(p_min, leftover / n_missing)``.
+
+    Returns C log-probabilities that sum (in probability) to 1.
+    """
+    names = [_norm(c) for c in choices]
+    mass = [0.0] * len(names)
+    entries = [(_norm(t), math.exp(lp)) for t, lp in top]
+    entries = [(t, p) for t, p in entries if t]
+    exact = set()
+    for t, p in entries:
+        hits = [i for i, n in enumerate(names) if n == t]
+        for i in hits:
+            mass[i] += p / len(hits)
+            exact.add(i)
+    first_token: dict[str, list[int]] = {}  # prefix token -> the choices it begins
+    for i, n in enumerate(names):
+        if i in exact:
+            continue
+        prefixes = [t for t, _ in entries if n.startswith(t) and t not in names]
+        if prefixes:
+            longest = max(len(t) for t in prefixes)
+            for t in {t for t in prefixes if len(t) == longest}:
+                first_token.setdefault(t, []).append(i)
+    for t, p in entries:
+        for i in first_token.get(t, []):
+            mass[i] += p / len(first_token[t])
+    if top:
+        p_min = math.exp(min(lp for _, lp in top))
+        leftover = max(0.0, 1.0 - sum(math.exp(lp) for _, lp in top))
+    else:
+        p_min, leftover = 1.0, 1.0
+    missing = [i for i, m in enumerate(mass) if m <= 0.0]
+    for i in missing:
+        mass[i] = max(min(p_min, leftover / len(missing)), 1e-12)  # never 0: entropy and log stay finite
+    total = sum(mass)
+    return [math.log(m / total) for m in mass]
+
+
+class TokenTable:
+    """Token strings as small integer ids, so a served answer span looks like an in-process one.
+
+    The server returns token *texts*; the loop keeps span token ids and decodes them for the anchors.
+    """
+
+    def __init__(self):
+        self._ids: dict[str, int] = {}
+        self._texts: list[str] = []
+        self._lock = threading.Lock()
+
+    def intern(self, text: str) -> int:
+        with self._lock:
+            if text not in self._ids:
+                self._ids[text] = len(self._texts)
+                self._texts.append(text)
+            return self._ids[text]
+
+    def text(self, token_id: int) -> str:
+        return self._texts[token_id]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(self._texts[i] for i in ids)
+
+
+@dataclass
+class Served:
+    """One answer from the server: token texts, their log p, and each position's top-k."""
+
+    text: str
+    tokens: list[str]
+    logprobs: list[float]
+    top: list[list[tuple[str, float]]]
+
+
+class EndpointAdapter:
+    """The adapter interface (``spote.adapters.base``) over an OpenAI-compatible chat-completions server.
+
+    ``forward_passes`` counts view sets sent (one request each; retries not counted), like the
+    sequences an in-process adapter runs.
+    """
+
+    family = "endpoint"
+    supports_relevance = False
+
+    def __init__(self, config: EndpointConfig):
+        from openai import OpenAI
+
+        self.config = config
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        self._secrets = tuple(s for s in (key,) if s)
+        # servers without authentication (a local vLLM) accept any key; the client insists on one
+        self.client = OpenAI(base_url=config.url, api_key=key or "no-key", timeout=config.timeout_s,
+                             max_retries=config.max_retries)
+        self.input_size = config.view_size
+        self.max_images = config.max_images
+        self.batch_size = 64  # view sets per read in the exhaustive peers (grid); requests stay bounded by concurrency
+        self.forward_passes = 0
+        self.tokenizer = TokenTable()
+        self.name = f"{config.model} @ {safe_url(config.url)}"
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="spote-endpoint")
+        self._count = threading.Lock()
+        self._span_entropies: OrderedDict[tuple, list[float]] = OrderedDict()  # recent generations: ids -> H
+
+    @property
+    def device(self) -> str:
+        return "endpoint"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_text(self, n_images: int, question: str, choices=None) -> str:
+        """The user turn's text; the server applies its own chat template around it."""
+        return format_question(question, choices)
+
+    def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
+        """One id per choice: every choice is read off the same first-token top-k, one request per view set."""
+        return [self.tokenizer.intern(answer)]
+
+    def _messages(self, views: list[Image.Image], text: str, closed_set: bool) -> list[dict]:
+        if len(views) > self.max_images:
+            raise EndpointError(f"{len(views)} images per request, but max_images is {self.max_images}")
+        cfg = self.config
+        content = [{"type": "image_url", "image_url": {"url": encode_view(v, cfg.image_format, cfg.jpeg_quality)}}
+                   for v in views]
+        content.append({"type": "text", "text": text})
+        messages = [{"role": "user", "content": content}]
+        if closed_set and cfg.closed_set_instruction:
+            messages.insert(0, {"role": "system", "content": cfg.closed_set_instruction})
+        return messages
+
+    # ------------------------------------------------------------------ requests
+    def _describe(self, err: Exception) -> str:
+        """One line naming the endpoint and the failure, with every secret scrubbed."""
+        import openai
+
+        cfg = self.config
+        if isinstance(err, openai.APITimeoutError):
+            what = f"no answer within {cfg.timeout_s:g} s (after {cfg.max_retries} retries)"
+        elif isinstance(err, openai.APIConnectionError):
+            cause = err.__cause__ or err
+            what = f"cannot connect: {type(cause).__name__}: {cause} (after {cfg.max_retries} retries)"
+        elif isinstance(err, openai.APIStatusError):
+            code = err.status_code
+            retried = code in (408, 409, 429) or code >= 500
+            detail = " ".join(str(getattr(err, "message", "") or "").split())[:300]
+            what = f"HTTP {code}{f' after {cfg.max_retries} retries' if retried else ''}: {detail}"
+            if code == 400 and self.max_images > 1 and "image" in detail.lower():
+                what += " (a server that takes one image per request needs max_images 1)"
+        else:
+            what = f"{type(err).__name__}: {err}"
+        line = " ".join(f"endpoint {safe_url(cfg.url)} (model {cfg.model!r}): {what}".split())
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
+
+    def _request(self, views: list[Image.Image], text: str, max_tokens: int, closed_set: bool) -> Served:
+        cfg = self.config
+        try:
+            resp = self.client.chat.completions.create(
+                model=cfg.model, messages=self._messages(views, text, closed_set), max_completion_tokens=max_tokens,
+                temperature=0, logprobs=True, top_logprobs=cfg.top_logprobs, n=1)
+        except EndpointError:
+            raise
+        except Exception as err:  # openai errors, and anything the transport raises
+            raise EndpointError(self._describe(err)) from None
+        with self._count:
+            self.forward_passes += 1
+        try:
+            choice = resp.choices[0]
+            content = choice.logprobs.content if choice.logprobs is not None else None
+        except (AttributeError, IndexError, TypeError):
+            raise EndpointError(self._describe(ValueError("the response has no choices"))) from None
+        if content is None:
+            raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
+        tokens = [c.token for c in content]
+        return Served(text=(choice.message.content or "").strip(), tokens=tokens,
+                      logprobs=[float(c.logprob) for c in content],
+                      top=[[(t.token, float(t.logprob)) for t in (c.top_logprobs or [])] for c in content])
+
+    def _request_all(self, views_batch, text: str, max_tokens: int, closed_set: bool) -> list[Served]:
+        """One request per view set, ``concurrency`` at a time; the first failure fails the whole group."""
+        futures = [self._pool.submit(self._request, views, text, max_tokens, closed_set) for views in views_batch]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    # ------------------------------------------------------------------ closed set
+    def choice_logprobs(self, views_batch: list[list[Image.Image]], question: str, choices) -> torch.Tensor:
+        """log p(choice | views, question) over the choices, from the first token's top-k: [B, C]."""
+        choices = list(choices)
+        served = self._request_all(views_batch, format_question(question, choices), 1, closed_set=True)
+        rows = []
+        for s in served:
+            top = s.top[0] if s.top else []
+            if not top and s.tokens:
+                top = [(s.tokens[0], s.logprobs[0])]
+            if not top:
+                raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
+            rows.append(choice_distribution(top, choices))
+        return torch.tensor(rows, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ open ended
+    def _generation(self, s: Served) -> Generation:
+        ids = [self.tokenizer.intern(t) for t in s.tokens]
+        ents = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
+        return Generation(s.text, ids, ents, list(s.logprobs))
+
+    def generate(self, views: list[Image.Image], question: str, max_new_tokens: int | None = None) -> Generation:
+        """Greedy answer with per-token log p and top-k entropy estimates (nats)."""
+        n = max_new_tokens or self.config.max_new_tokens
+        gen = self._generation(self._request_all([views], format_question(question), n, closed_set=False)[0])
+        self._span_entropies[tuple(gen.token_ids)] = gen.entropies  # what teacher_forced falls back on
+        while len(self._span_entropies) > 256:
+            self._span_entropies.popitem(last=False)
+        return gen
+
+    def teacher_forced(self, views_batch, prompt: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position log p and entropy (nats) of the span ``ids`` on each view set, [B, L] each, from a
+        greedy answer on that view (module docstring: exact prefix up to its first departure from ``ids``,
+        the span's own entropies after it)."""
+        target = [self.tokenizer.text(i) for i in ids]
+        L = len(target)
+        base = self._span_entropies.get(tuple(ids))
+        served = self._request_all(views_batch, prompt, max(1, L), closed_set=False)
+        lps, ents = torch.empty(len(served), L), torch.empty(len(served), L)
+        for b, s in enumerate(served):
+            own = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
+            fallback = base if base is not None and len(base) == L else [sum(own) / len(own) if own else 0.0] * L
+            same_prefix = True  # positions 0..t-1 of the view's answer equal the baseline's
+            for t in range(L):
+                top = dict(s.top[t]) if same_prefix and t < len(s.top) else {}
+                ents[b, t] = own[t] if top else fallback[t]
+                lps[b, t] = top.get(target[t], min(top.values())) if top else math.log(1e-12)
+                same_prefix = same_prefix and t < len(s.tokens) and s.tokens[t] == target[t]
+        return lps, ents
+
+    # ------------------------------------------------------------------ relevance
+    def relevance(self, views, question: str, choices=None):
+        """Black-box mode: a server returns no attention."""
+        return None
+
+
+ENDPOINT_OPTIONS = tuple(f.name for f in fields(EndpointConfig) if f.name not in ("url", "model"))
+
+
+def open_endpoint(url: str, model: str | None, **options) -> EndpointAdapter:
+    """An ``EndpointAdapter`` for ``url`` serving ``model``; ``options`` are ``EndpointConfig`` fields.
+
+    Raises:
+        ValueError: no model name, a malformed URL, unknown or out-of-range options.
+    """
+    unknown = sorted(set(options) - set(ENDPOINT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown endpoint options {unknown}; known: {list(ENDPOINT_OPTIONS)}")
+    if model is None or not str(model).strip():
+        raise ValueError("--endpoint needs --model NAME: the model name the server serves")
+    return EndpointAdapter(EndpointConfig(url=str(url), model=str(model), **options))

@@ -1,0 +1,264 @@
+"""The endpoint adapter against a real OpenAI-compatible server over HTTP on 127.0.0.1.
+
+The server is the test fixture ``openai_server.py`` (the shipped spote-tiny behind the chat-completions
+wire format with logprobs / top_logprobs), run in its own process and requiring an API key, so every
+test also checks that the key travels in the header and never shows up in what SPOT-E writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openai_server import launch
+from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, topk_entropy)
+from spote.bench.scenes import spotbench
+from spote.core import PolicyConfig, spote
+from spote.spotlight import ViewRenderer
+
+ROOT = Path(__file__).parents[2]
+SHIPPED = ROOT / "spote" / "weights" / "spote-tiny"
+KEY_ENV, KEY = "SPOTE_TEST_ENDPOINT_KEY", "sk-spote-test-7d1f0c9b2e4a"
+INPUT = 64  # spote-tiny's input size: views rendered at it reach the model unresampled on both sides
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = launch(str(SHIPPED), "spote-tiny", require_key_env=KEY_ENV, env={KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+def _control(url: str, path: str, body: dict | None = None) -> dict:
+    base = url.rsplit("/v1", 1)[0]
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _endpoint(url, **options):
+    return open_endpoint(url, "spote-tiny", **{"api_key_env": KEY_ENV, "view_size": INPUT, **options})
+
+
+# ---------------------------------------------------------------------------------------- the estimates
+def test_choice_distribution_rules():
+    # every choice in the top-k: the distribution renormalised over the choices
+    top = [("yes", math.log(0.6)), ("no", math.log(0.2)), ("maybe", math.log(0.1))]
+    p = np.exp(choice_distribution(top, ["yes", "no"]))
+    assert np.allclose(p, [0.75, 0.25])
+    # surface variants of one choice add up; a prefix scores a multi-token choice by its first token
+    top = [(" Yes", math.log(0.3)), ("yes", math.log(0.3)), ("scr", math.log(0.2)), ("x", math.log(0.05))]
+    p = np.exp(choice_distribution(top, ["yes", "scratch"]))
+    assert np.allclose(p, [0.75, 0.25])
+    # a choice outside the top-k: at most p_min, and at most its share of the mass outside the top-k
+    top = [("a", math.log(0.5)), ("b", math.log(0.3)), ("z", math.log(0.15))]   # 0.05 outside
+    p = np.exp(choice_distribution(top, ["a", "b", "c", "d"]))
+    assert np.allclose(p, np.array([0.5, 0.3, 0.025, 0.025]) / 0.85)
+    top = [("a", math.log(0.6)), ("b", math.log(0.01))]                          # 0.39 outside, p_min 0.01
+    assert np.allclose(np.exp(choice_distribution(top, ["a", "c"])), np.array([0.6, 0.01]) / 0.61)
+    # a first token shared by two multi-token choices cannot tell them apart: split evenly
+    p = np.exp(choice_distribution([("re", math.log(0.8)), ("b", math.log(0.2))], ["red", "rest", "blue"]))
+    assert np.allclose(p, [0.4, 0.4, 0.2])
+    # a choice present as a token takes only that token: the letter "B" does not count for "blue",
+    # nor "no" for "none"; the longest first token wins ("scr" over "s")
+    top = [("blue", math.log(0.3)), ("B", math.log(0.3)), ("red", math.log(0.3)), ("x", math.log(0.1))]
+    assert np.allclose(np.exp(choice_distribution(top, ["red", "blue"])), [0.5, 0.5])
+    top = [("no", math.log(0.5)), ("yes", math.log(0.3)), ("s", math.log(0.05)), ("scr", math.log(0.05))]
+    p = np.exp(choice_distribution(top, ["no", "none", "scratch"]))
+    assert np.allclose(p, np.array([0.5, 0.05, 0.05]) / 0.6)     # "none" missing: floor min(p_min, leftover)
+
+
+def test_topk_entropy_is_a_lower_bound_exact_on_the_full_set():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        logp = torch.log_softmax(torch.tensor(rng.normal(0, 2, 54)), -1)
+        full = float(-(logp.exp() * logp).sum())
+        assert topk_entropy(logp.tolist()) == pytest.approx(full, abs=1e-9)
+        top = logp.topk(20).values.tolist()
+        assert topk_entropy(top) <= full + 1e-9
+
+
+def test_safe_url_drops_credentials():
+    assert safe_url("https://user:sk-secret@api.example.com:8443/v1?api-key=sk-2") == "https://api.example.com:8443/v1"
+
+
+# ---------------------------------------------------------------------------------------- against the server
+def test_whole_image_readings_match_in_process(server, key, shipped_adapter):
+    remote = _endpoint(server)
+    assert remote.supports_relevance is False and remote.relevance([], "q") is None
+    for item in spotbench("test", 6, 0):
+        views = [ViewRenderer(item.image, INPUT).global_view]
+        a = shipped_adapter.choice_logprobs([views], item.question, item.choices).exp()
+        b = remote.choice_logprobs([views], item.question, item.choices).exp()
+        assert (a - b).abs().max() < 1e-3, (item.id, a, b)
+    # open answers: the same greedy text; entropies from the top-20 never above the full ones
+    item = next(i for i in spotbench("test", 10, 0) if "letter" in i.question)
+    views = [ViewRenderer(item.image, INPUT).global_view]
+    ga, gb = shipped_adapter.generate(views, item.question), remote.generate(views, item.question)
+    assert ga.text == gb.text and ga.text and len(ga.entropies) == len(gb.entropies)
+    assert all(eb <= ea + 1e-4 for ea, eb in zip(ga.entropies, gb.entropies))
+    assert np.allclose(ga.logprobs, gb.logprobs, atol=1e-4)
+
+
+def test_spote_open_answer_through_the_endpoint(server, key):
+    item = next(i for i in spotbench("test", 10, 0) if "letter" in i.question)
+    remote = _endpoint(server)
+    res = spote(remote, item.image, item.question, None, PolicyConfig(budget=12, group_size=4, use_relevance=False))
+    assert res.answer and res.forward_passes <= 12 and res.distribution is None
+    assert res.forward_passes == remote.forward_passes
+
+
+@pytest.mark.slow
+def test_spote_answers_agree_with_in_process_on_50_items(server, key, shipped_adapter):
+    """The same black-box run in-process and through the endpoint (a 32-pass budget keeps this short;
+    benchmarks/endpoint.py measures the default policy). Answers can part only where a spotlight's reading
+    differs: a choice outside the top-20 (its probability estimated), or float rounding (the server's
+    full-vocabulary log-softmax renormalised over the choices against an in-process log-softmax over the
+    choices' logits), which a long search can amplify through near-tied rewards."""
+    cfg = PolicyConfig(budget=32, group_size=8, steps=4, use_relevance=False)
+    remote = _endpoint(server, concurrency=8)
+    items = list(spotbench("test", 50, 0))
+    local = [spote(shipped_adapter, i.image, i.question, i.choices, cfg) for i in items]
+    served = [spote(remote, i.image, i.question, i.choices, cfg) for i in items]
+    agree = sum(a.answer == b.answer for a, b in zip(local, served))
+    same_whole = sum(abs(a.entropy_trace[0] - b.entropy_trace[0]) < 1e-3 for a, b in zip(local, served))
+    print(f"answers agree on {agree}/50; whole-image entropy equal on {same_whole}/50")
+    assert same_whole >= 48 and agree >= 47
+
+
+def test_429_twice_then_answered(server, key):
+    remote = _endpoint(server, max_retries=3)
+    view = [Image.new("RGB", (INPUT, INPUT), (200, 30, 30))]
+    before = _control(server, "/fixture/stats")
+    _control(server, "/fixture/faults", {"status": 429, "times": 2})
+    logp = remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+    after = _control(server, "/fixture/stats")
+    assert logp.shape == (1, 2) and torch.isfinite(logp).all()
+    assert after.get("429", 0) - before.get("429", 0) == 2 and after["200"] - before.get("200", 0) == 1
+    # 5xx without Retry-After: the client's exponential back-off with jitter
+    _control(server, "/fixture/faults", {"status": 503, "times": 2})
+    assert remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]).shape == (1, 2)
+
+
+def test_failures_are_one_line_naming_the_endpoint_never_the_key(server, key):
+    view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
+    remote = _endpoint(server, max_retries=1)
+    cases = [({"status": 503, "times": 2}, "HTTP 503 after 1 retries"),
+             ({"status": 200, "times": 1}, "no logprobs")]
+    for fault, expected in cases:
+        _control(server, "/fixture/faults", fault)
+        with pytest.raises(EndpointError) as err:
+            remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+        msg = str(err.value)
+        assert expected in msg and server in msg and KEY not in msg and "\n" not in msg, msg
+    with pytest.raises(EndpointError, match="HTTP 400: .*content policy"):      # refused: not retried
+        remote.generate(view, "[reject] what is this ?")
+    with pytest.raises(EndpointError, match="HTTP 401"):
+        open_endpoint(server, "spote-tiny", api_key_env="SPOTE_TEST_NO_SUCH_KEY", view_size=INPUT,
+                      max_retries=0).generate(view, "what is this ?")
+
+
+def test_server_down_gives_an_error_row(key):
+    from pipelines.stages import SpotePredictor
+
+    url = f"http://127.0.0.1:{_free_port()}/v1"   # nothing listens there
+    predictor = SpotePredictor(model="spote-tiny", endpoint=url, policy={"budget": 4},
+                               endpoint_options={"api_key_env": KEY_ENV, "max_retries": 1, "timeout_s": 5})
+    image = Image.new("RGB", (80, 60), (10, 120, 10))
+    row = {"id": "x", "source": "mem://x", "question": "is there a boat ?", "choices": '["yes", "no"]',
+           "status": "ok", "pixels": image.tobytes(), "width": 80, "height": 60}
+    out = predictor.predict(row)
+    assert out["status"] == "error" and out["model"] == f"spote-tiny @ {url}"
+    assert out["error"].startswith(f"EndpointError: endpoint {url} (model 'spote-tiny'): cannot connect")
+    assert KEY not in json.dumps({k: v for k, v in out.items() if k != "pixels"}, default=str)
+
+
+def _cli(args, env_extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_cli_ask_through_the_endpoint(server, tmp_path):
+    item = next(iter(spotbench("test", 1, 0)))
+    item.image.save(tmp_path / "x.png")
+    common = ["--model", "spote-tiny", "--api-key-env", KEY_ENV, "--endpoint-options", json.dumps({"view_size": INPUT})]
+    res = _cli(["-m", "spote.cli", "ask", str(tmp_path / "x.png"), item.question, "--choices", ",".join(item.choices),
+                "--endpoint", server, *common, "--budget", "8", "--json"], {KEY_ENV: KEY})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in item.choices
+    assert KEY not in res.stdout + res.stderr
+
+    down = f"http://127.0.0.1:{_free_port()}/v1"
+    res = _cli(["-m", "spote.cli", "ask", str(tmp_path / "x.png"), item.question, "--endpoint", down, *common,
+                "--endpoint-options", json.dumps({"view_size": INPUT, "max_retries": 0})], {KEY_ENV: KEY})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: endpoint {down}"), res.stderr
+    assert KEY not in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
+    """A fresh process with its own local Ray, whose actors inherit the key from the environment."""
+    rows = []
+    for item in spotbench("test", 3, 0):
+        item.image.save(tmp_path / f"{item.id}.png")
+        rows.append({"id": item.id, "image_uri": f"{item.id}.png", "question": item.question,
+                     "choices": list(item.choices)})
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    rows.append({"id": "bad-corrupt", "image_uri": "corrupt.png", "question": "is there a boat ?",
+                 "choices": ["yes", "no"]})
+    rows.append({"id": "bad-refused", "image_uri": rows[0]["image_uri"], "question": "[reject] is there a boat ?",
+                 "choices": ["yes", "no"]})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    out = tmp_path / "out"
+    res = _cli(["-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output", str(out),
+                "--endpoint", server, "--model", "spote-tiny", "--api-key-env", KEY_ENV,
+                "--endpoint-options", json.dumps({"view_size": INPUT}), "--policy", '{"budget": 8}', "--run-id", "ep"],
+               {KEY_ENV: KEY, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp})
+    try:
+        assert res.returncode == 0, res.stderr[-3000:]
+        import pyarrow.parquet as pq
+
+        df = pq.read_table(out / "results" / "run_id=ep").to_pandas().set_index("id")
+        assert sorted(df.index) == sorted(r["id"] for r in rows)                  # every item exactly once
+        assert (df.drop(["bad-corrupt", "bad-refused"]).status == "ok").all()
+        assert df.loc["bad-corrupt", "error"].startswith("unreadable image")
+        refused = df.loc["bad-refused", "error"]
+        assert refused.startswith(f"EndpointError: endpoint {server}") and "HTTP 400" in refused
+        summary = json.loads((out / "_runs" / "ep" / "summary.json").read_text())
+        assert summary["items_ok"] == 3 and summary["items_error"] == 2 and server in summary["model"]
+        # the key is nowhere: results, summary, report, the job's output, Ray's logs
+        assert any(Path(ray_tmp).rglob("*.log"))                                   # Ray logged here
+        leaked = [str(p) for folder in (out, Path(ray_tmp)) for p in folder.rglob("*")
+                  if p.is_file() and not p.is_socket() and KEY.encode() in p.read_bytes()]
+        assert not leaked and KEY not in res.stdout + res.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

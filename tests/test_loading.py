@@ -1,0 +1,170 @@
+"""Model resolution: shipped model, local folders, Hugging Face hub ids through a real hub cache (offline).
+
+The hub cache is laid out as ``huggingface_hub`` writes it (``models--ORG--NAME/blobs``, ``snapshots/REV``
+with links into the blobs, ``refs/main``), holding the shipped spote-tiny under a made-up id, and read
+with ``HF_HUB_OFFLINE=1``: the library's own cache lookup runs, no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spote.loading import DEFAULT_MODEL, ModelNotFound, check_model, load_adapter, resolve
+
+ROOT = Path(__file__).parents[1]
+SAMPLE = ROOT / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
+REPO = "acme/tiny-vlm"
+MAIN = "0123456789abcdef0123456789abcdef01234567"
+V1 = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], revision: str, refs=("main",)) -> Path:
+    """One snapshot of ``repo_id`` in a hub cache (blobs named by content hash, snapshot links), refs -> it."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / revision
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snap), snap / name)
+    for ref in refs:
+        (repo / "refs" / ref).write_text(revision)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hub")
+    shipped = {p.name: p for p in DEFAULT_MODEL.iterdir() if p.is_file()}
+    lay_out_hub_cache(cache, REPO, shipped, MAIN, refs=("main",))
+    lay_out_hub_cache(cache, REPO, shipped, V1, refs=("v1",))
+    pickled = {"config.json": DEFAULT_MODEL / "config.json", "pytorch_model.bin": DEFAULT_MODEL / "model.safetensors"}
+    lay_out_hub_cache(cache, "acme/pickled-only", pickled, MAIN)
+    return cache
+
+
+@pytest.fixture
+def offline(hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_cache
+
+
+def test_resolution_order(tmp_path):
+    assert resolve(None) == resolve("spote-tiny") == DEFAULT_MODEL
+    assert resolve(str(DEFAULT_MODEL)) == resolve(f"file://{DEFAULT_MODEL}") == DEFAULT_MODEL
+    with pytest.raises(ValueError, match="hub ids only"):
+        resolve(str(DEFAULT_MODEL), revision="main")
+
+
+def test_hub_id_from_the_cache_offline(offline):
+    snapshots = offline / "models--acme--tiny-vlm" / "snapshots"
+    assert resolve(REPO) == snapshots / MAIN                      # refs/main
+    assert resolve(REPO, revision=MAIN) == snapshots / MAIN       # a commit
+    assert resolve(REPO, revision="v1") == snapshots / V1         # a tag
+    check_model(REPO, revision="v1")
+
+
+def test_hub_model_answers_as_the_shipped_one(offline, shipped_adapter):
+    from spote.bench.scenes import spotbench
+    from spote.spotlight import ViewRenderer
+
+    adapter = load_adapter(REPO, revision="v1", device="cpu")
+    assert adapter.name == f"{REPO}@v1" and type(adapter) is type(shipped_adapter)
+    item = next(iter(spotbench("test", 1, 0)))
+    views = [ViewRenderer(item.image, adapter.input_size).global_view]
+    a = adapter.choice_logprobs([views], item.question, item.choices)
+    b = shipped_adapter.choice_logprobs([views], item.question, item.choices)
+    assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name, revision, expected", [
+    ("acme/absent", None, ["'acme/absent'", "no folder", "revision 'main'", "not in the cache", "HF_HUB_OFFLINE=1"]),
+    (REPO, "v9", ["revision 'v9'", "not in the cache"]),
+    ("acme/pickled-only", None, ["no safetensors weights", ".bin"]),
+    ("./no/such/folder", None, ["no folder", "not a hub id"]),
+])
+def test_model_not_found_names_what_was_tried(offline, name, revision, expected):
+    with pytest.raises(ModelNotFound) as err:
+        resolve(name, revision=revision)
+    message = str(err.value)
+    assert "\n" not in message and all(e in message for e in expected), message
+    if name.startswith("acme/a"):
+        assert str(offline) in message                            # the cache that was searched
+
+
+def test_hub_unreachable_is_one_line(hub_cache, monkeypatch, tmp_path):
+    # online mode, but this machine cannot reach huggingface.co: the cache is looked at, then a clear line
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")   # nothing listens on the discard port
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)             # read once at import, maybe under an offline test
+    with pytest.raises(ModelNotFound, match="hub is unreachable") as err:
+        resolve("acme/absent")
+    assert "\n" not in str(err.value)
+
+
+def _run(args, env_extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_cli_ask_by_hub_id_and_revision(hub_cache):
+    env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
+    res = _run(["-m", "spote.cli", "ask", str(SAMPLE), "what letter is in the red box ?", "--choices", "A,B,C,D,E,F",
+                "--model", REPO, "--revision", "v1", "--budget", "4", "--json"], env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in list("ABCDEF")
+
+    res = _run(["-m", "spote.cli", "ask", str(SAMPLE), "is there a boat ?", "--model", "acme/absent"], env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("error: model 'acme/absent' not found") and str(hub_cache) in lines[0]
+
+
+def test_pipeline_fails_before_any_work(offline, tmp_path):
+    from pipelines.vqa import app
+
+    out = tmp_path / "out"
+    manifest = ROOT / "pipelines" / "samples" / "vqa" / "manifest.jsonl"
+    res = CliRunner().invoke(app, ["--input", str(manifest), "--output", str(out), "--model", "acme/absent"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "error: model 'acme/absent' not found" in res.output and "HF_HUB_OFFLINE=1" in res.output
+    assert not out.exists()                                       # nothing staged, no Ray job
+    res = CliRunner().invoke(app, ["--input", str(manifest), "--output", str(out), "--model", REPO,
+                                   "--revision", "v9"])
+    assert res.exit_code == 2 and "revision 'v9'" in res.output and not out.exists()
+
+
+@pytest.mark.slow
+def test_pipeline_by_hub_id(hub_cache, tmp_path):
+    """A real local Ray in a fresh process, so its actors see this test's hub cache and offline mode."""
+    from spote.bench.scenes import spotbench
+
+    rows = []
+    for item in spotbench("test", 2, 0):
+        item.image.save(tmp_path / f"{item.id}.png")
+        rows.append({"id": item.id, "image_uri": f"{item.id}.png", "question": item.question,
+                     "choices": list(item.choices)})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    res = _run(["-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
+                "--model", REPO, "--revision", "v1", "--policy", '{"budget": 4, "group_size": 2, "steps": 1}',
+                "--run-id", "hub"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "_runs" / "hub" / "summary.json").read_text())
+    assert summary["items_ok"] == 2 and summary["model"] == f"{REPO}@v1"

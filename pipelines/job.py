@@ -21,7 +21,8 @@ from .runs import (AccountingError, RunPaths, check_accounting, commit, committe
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
-from .storage import TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes, retrying
+from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes, retrying,
+                      stable_cwd)
 
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
@@ -533,6 +534,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
             ctx.checkpoint_config = previous
     fs, staged = filesystem(paths.staged, so)
     stats = collect_stats(_read(paths.staged, so)) if _has_parquet(fs, staged) else RunStats()
+    stable_cwd()  # a Ray job's working dir may have been extracted again while the datasets ran
     check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,
                      count_duplicates=lambda: _count_duplicates(paths.staged, so))
     extra = extra_summary(stats, planned) if callable(extra_summary) else (extra_summary or {})

@@ -105,3 +105,25 @@ def arrow_fs(fs):
     if "file" in str(fs.protocol) or "local" in str(fs.protocol):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def stable_cwd() -> str:
+    """This process's working directory, stepping back into it when it was replaced under us.
+
+    Ray can extract a job's ``working_dir`` package again under the same path while the job's
+    driver runs, leaving the driver in a deleted directory: ``os.getcwd()`` then raises, and so do
+    libraries that call it (fsspec's local ``rm``, a child Python resolving its paths). The ``PWD``
+    the process started in names the new copy.
+
+    Raises:
+        FileNotFoundError: the directory is gone and ``PWD`` names none.
+    """
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        pwd = os.environ.get("PWD", "")
+        if pwd and os.path.isdir(pwd):
+            os.chdir(pwd)
+            return pwd
+        raise
+

@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Connection
 
 from .stages import _columns, _rows, error_row
+from .storage import stable_cwd
 
 # A child starts by importing numpy, PIL, pyarrow...: on a loaded machine that takes seconds, and it
 # is not the row's time
@@ -82,10 +83,13 @@ class _Child:
     def __init__(self, loader: type, loader_kwargs: dict):
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        # the child imports the loader from wherever this process found it (a Ray working_dir, a checkout)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [*sys.path, env.get("PYTHONPATH", "")] if p)
+        cwd = stable_cwd()
+        # the child imports the loader from wherever this process found it (a Ray working_dir, a checkout);
+        # "" in sys.path is the working directory, spelled out so the child does not resolve it itself
+        paths = [p or cwd for p in sys.path] + [env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(os.path.join(cwd, p) for p in paths if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.timelimit", str(theirs.fileno())],
-                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd=cwd)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send_bytes(_dumps((loader, loader_kwargs)))

@@ -84,7 +84,7 @@ def ask(
     endpoint_concurrency: int = typer.Option(8, help="endpoint requests in flight at most"),
     endpoint_opts: str = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP),
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
-    method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random"),
+    method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most (default: PolicyConfig.budget)"),
     policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     seed: int = typer.Option(0),

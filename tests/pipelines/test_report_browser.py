@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (make test installs Debian's)")
 
 
-def screenshot(html: Path, png: Path, height: int = 3000) -> np.ndarray:
+def screenshot(html: Path, png: Path, height: int = 5000) -> np.ndarray:
     """A 1280-wide screenshot of the page as (h, w, 3) uint8; the browser may not reach the network."""
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--host-resolver-rules=MAP * ~NOTFOUND", f"--screenshot={png}", f"--window-size=1280,{height}",

@@ -109,8 +109,12 @@ class HFAdapter:
         self.max_images = max_images
         self.forward_passes = 0
         # Only the last positions' logits are read; computing all of them costs batch x sequence x vocabulary
-        # (32 x 550 x 152k in bf16 = 5.3 GB for Qwen2.5-VL), more than a 3B model's activations otherwise.
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        # (32 x 550 x 152k in bf16 = 5.3 GB for Qwen2.5-VL), more than a 3B model's activations otherwise. On a
+        # GPU that memory decides the batch size, so only the positions read are computed there. On the CPU
+        # the full logits are small, and computing them keeps answers bit-identical to the CPU benchmark
+        # tables (the one-position matmul rounds differently, ~2e-6, which can end a long search elsewhere).
+        self._keeps_logits = ("logits_to_keep" in inspect.signature(self.model.forward).parameters
+                              and self.device.type == "cuda")
 
     @property
     def device(self) -> torch.device:

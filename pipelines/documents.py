@@ -47,8 +47,11 @@ LEDGER = "_ledger/documents.parquet"
 LEDGER_JSON = "_ledger/documents.json"   # the ledger's earlier form, read when no Parquet ledger exists
 LEDGER_SCHEMA = pa.schema([("source", pa.string()), ("document", pa.string()), ("fingerprint", pa.string()),
                            ("run_id", pa.string()), ("pages", pa.int64()), ("items", pa.int64())])
+# points_per_pixel: PDF points (1/72 inch) per rendered pixel, set by the page loader for PDF pages (null
+# for page images); the predictor turns the evidence box into PDF points with it (evidence_box_pt)
 PAGE_SCHEMA = plan_schema(("document", pa.string()), ("page", pa.int64()), ("pages", pa.int64()),
-                          ("question_index", pa.int64()), ("fingerprint", pa.string()))
+                          ("question_index", pa.int64()), ("fingerprint", pa.string()),
+                          ("points_per_pixel", pa.float64()), ("evidence_box_pt", pa.list_(pa.float64())))
 
 
 def listed_fingerprint(entry: dict) -> str:
@@ -153,8 +156,8 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
     for page in range(n_pages):
         for qi, q in enumerate(questions):
             yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "document": name, "page": page,
-                   "pages": n_pages, "question_index": qi, "fingerprint": fp,
-                   "status": "error" if err else "", "error": err}
+                   "pages": n_pages, "question_index": qi, "fingerprint": fp, "points_per_pixel": None,
+                   "evidence_box_pt": None, "status": "error" if err else "", "error": err}
 
 
 def documents_done(results) -> pa.Table:
@@ -199,6 +202,12 @@ class PageLoader(RowLoader):
 
     def forget(self) -> None:
         self._uri = None
+
+    def load(self, row: dict) -> dict:
+        out = super().load(row)
+        if out.get("status") == "ok" and str(row.get("source", "")).lower().endswith(".pdf"):
+            out["points_per_pixel"] = 72 / self.dpi
+        return out
 
     def describe(self, row: dict, err: Exception) -> str:
         if isinstance(err, UnreadablePDF):

@@ -29,7 +29,8 @@ RESULT_TYPES = {
     "run_id": ("dictionary", "string"), "actor": "string", "evidence_box": ("list", "int64"),
 }
 # a job's own columns that a block may hold only empty values of (e.g. a block of non-georeferenced tiles)
-JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string"}
+JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string", "points_per_pixel": "float64",
+                    "evidence_box_pt": ("list", "float64")}
 
 
 RESULT_COLUMNS = tuple(RESULT_TYPES)
@@ -157,6 +158,8 @@ class SpotePredictor:
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
                     forward_passes=0, latency_ms=0.0, actor=self.actor, evidence_box=None)
+        if "evidence_box_pt" in base:  # planned empty (read back as NaN); set below for a PDF page's box
+            base["evidence_box_pt"] = None
         if row.get("status") in ("error", "skipped"):
             return base
         t0 = time.perf_counter()
@@ -173,11 +176,14 @@ class SpotePredictor:
         except Exception as err:
             return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
-        return {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
-                "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
-                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
-                "forward_passes": res.forward_passes,
-                "latency_ms": (time.perf_counter() - t0) * 1000}
+        out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
+               "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
+               "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
+               "forward_passes": res.forward_passes, "latency_ms": (time.perf_counter() - t0) * 1000}
+        ppp = row.get("points_per_pixel")  # a rendered PDF page (null, read back as NaN, for page images)
+        if isinstance(ppp, (int, float)) and ppp > 0 and res.evidence_box:
+            out["evidence_box_pt"] = [round(v * float(ppp), 2) for v in res.evidence_box]
+        return out
 
     def __call__(self, batch: dict):
         out = [self.predict(r) for r in _rows(batch)]

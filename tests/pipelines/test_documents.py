@@ -167,3 +167,28 @@ def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3,
     write_ledger("s3://spote/ledger-out", table.slice(0, 1), so)
     assert read_ledger("s3://spote/ledger-out", so).to_pylist() == table.slice(0, 1).to_pylist()
     assert s3.find("spote/ledger-out/_ledger") == ["spote/ledger-out/_ledger/documents.parquet"]
+
+
+def test_evidence_box_in_page_pixels_and_pdf_points(ray_local, random_tiny_dir, tmp_path):
+    """A PDF page's evidence box comes in rendered-page pixels and in PDF points (pixels x 72 / dpi);
+    a page image has no PDF points."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    _pdf(inbox / "form.pdf", 1, 4)
+    _page(5).save(inbox / "scan.png")
+    qs = tmp_path / "q.yaml"
+    qs.write_text(ONE_QUESTION)
+    search = '{"budget": 6, "group_size": 2, "exit_entropy_per_ln_k": 0.0, "glance_side": 0.0, "probe_side": 0.0}'
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=search, run_id="boxes")
+    run(opts, str(qs), dpi=60, run_date="2026-11-27")
+    df = pq.read_table(RunPaths(str(out), "boxes").results).to_pandas().set_index("document")
+    pdf, png = df.loc["form.pdf"], df.loc["scan.png"]
+    assert pdf.status == "ok" and png.status == "ok"
+    assert pdf.points_per_pixel == 72 / 60 and (png.points_per_pixel is None or np.isnan(png.points_per_pixel))
+    if pdf.evidence_box is None:  # every spotlight scored below the whole page: no box in either unit
+        assert pdf.evidence_box_pt is None
+    else:
+        assert np.allclose(pdf.evidence_box_pt, np.asarray(pdf.evidence_box) * 72 / 60, atol=0.01)
+        x0, y0, x1, y1 = pdf.evidence_box_pt  # PIL writes the 600 x 800 px page at 72 dpi: 600 x 800 points
+        assert 0 <= x0 < x1 <= 600 + 1 and 0 <= y0 < y1 <= 800 + 1
+    assert png.evidence_box_pt is None

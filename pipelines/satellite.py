@@ -38,7 +38,7 @@ import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
 
-from .geo import ResultGeometry, scene_detections, with_geometry, write_parquet_file
+from .geo import ResultGeometry, detections_feature_collection, scene_detections, with_geometry, write_parquet_file
 from .job import JobOptions, job_command, run_job
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema
 from .questions import load_questions
@@ -308,19 +308,10 @@ def write_scene_detections(scene: str, header: SceneHeader | None, by_question: 
     """One scene's merged detections: ``scenes/<scene>.q<i>.geojson`` per question in ``by_question``
     ({question_index: (question, [Detection])}) and ``scenes/<scene>.detections.parquet`` (GeoParquet) for
     all of them; returns {question_index: detections}."""
-    import shapely
-
     crs = _scene_crs(header)
     records = []
     for qi, (question, detections) in sorted(by_question.items()):
-        feats = [{"type": "Feature", "geometry": json.loads(shapely.to_geojson(d.geometry)),
-                  "properties": {"question": question, "ids": d.ids, "tiles": d.tiles, "n_tiles": len(d.ids),
-                                 "confidence_max": d.confidence_max, "localised": d.localised}}
-                 for d in detections]
-        fc = {"type": "FeatureCollection", "features": feats,
-              "properties": {"scene": scene, "question": question, "crs": crs or "pixel"}}
-        if crs:  # the pre-RFC 7946 member GDAL/QGIS read, since the coordinates are not WGS84
-            fc["crs"] = {"type": "name", "properties": {"name": crs}}
+        fc = detections_feature_collection(scene, question, detections, crs)
         write_text(_geojson_path(meta, scene, qi), json.dumps(fc), storage_options)
         records += [(int(qi), question, d) for d in detections]
     t = pa.table({"scene": pa.array([scene] * len(records), pa.string()),

@@ -92,10 +92,15 @@ class RowLoader:
                 "width": pixels.shape[1]}
 
     def __call__(self, batch: dict) -> dict:
-        out = [self.load(r) for r in _rows(batch)]
-        for r in out:
-            r.pop("image_bytes", None)
-        return _columns(out)
+        return load_batch(self.load, batch)
+
+
+def load_batch(load, batch: dict) -> dict:
+    """Ray Data batch -> ``load`` per row -> batch; the encoded bytes stay behind (pixels travel on)."""
+    out = [load(r) for r in _rows(batch)]
+    for r in out:
+        r.pop("image_bytes", None)
+    return _columns(out)
 
 
 class ImageLoader(RowLoader):

@@ -20,7 +20,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from .stages import _columns, _rows, error_row
+from .stages import error_row, load_batch
 from .storage import stable_cwd
 
 # A child starts by importing numpy, PIL, pyarrow...: on a loaded machine that takes seconds, and it
@@ -64,10 +64,7 @@ class TimedLoader:
             self._child = None
 
     def __call__(self, batch: dict) -> dict:
-        out = [self.load(r) for r in _rows(batch)]
-        for r in out:
-            r.pop("image_bytes", None)
-        return _columns(out)
+        return load_batch(self.load, batch)
 
     def __del__(self):
         self._stop_child()

@@ -17,6 +17,16 @@ ENDPOINT_OPTIONS_HELP = ('more EndpointConfig fields as JSON, e.g. \'{"max_image
                          '"timeout_s": 30, "max_retries": 4}\'')
 
 
+# the model and endpoint flags `ask` and `bench` share
+MODEL_OPTION = typer.Option(None, "--model", help=MODEL_HELP)
+REVISION_OPTION = typer.Option(None, "--revision", help="hub id only: branch, tag or commit (default: main)")
+ENDPOINT_OPTION = typer.Option(None, "--endpoint", help=ENDPOINT_HELP)
+API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env",
+                                  help="environment variable holding the endpoint's API key")
+ENDPOINT_CONCURRENCY_OPTION = typer.Option(8, "--endpoint-concurrency", help="endpoint requests in flight at most")
+ENDPOINT_OPTIONS_OPTION = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP)
+
+
 def endpoint_options(api_key_env: str, concurrency: int, options: str) -> dict:
     """The ``endpoint_options`` of ``load_adapter`` from the command-line flags."""
     try:
@@ -77,12 +87,12 @@ def ask(
     image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
     question: str = typer.Argument(..., help="the question"),
     choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no"),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    revision: Optional[str] = typer.Option(None, help="hub id only: branch, tag or commit (default: main)"),
-    endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
-    endpoint_concurrency: int = typer.Option(8, help="endpoint requests in flight at most"),
-    endpoint_opts: str = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP),
+    model: Optional[str] = MODEL_OPTION,
+    revision: Optional[str] = REVISION_OPTION,
+    endpoint: Optional[str] = ENDPOINT_OPTION,
+    api_key_env: str = API_KEY_ENV_OPTION,
+    endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
+    endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most (default: PolicyConfig.budget)"),
@@ -158,12 +168,12 @@ def bench(
     seed: int = typer.Option(0),
     methods: str = typer.Option("baseline,oracle,grid,vicrop,api,naive_entropy,random,spote"),
     out: Path = typer.Option(Path("results/bench.json")),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    revision: Optional[str] = typer.Option(None, help="hub id only: branch, tag or commit (default: main)"),
-    endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
-    endpoint_concurrency: int = typer.Option(8, help="endpoint requests in flight at most"),
-    endpoint_opts: str = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP),
+    model: Optional[str] = MODEL_OPTION,
+    revision: Optional[str] = REVISION_OPTION,
+    endpoint: Optional[str] = ENDPOINT_OPTION,
+    api_key_env: str = API_KEY_ENV_OPTION,
+    endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
+    endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),

@@ -52,6 +52,7 @@ class PolicyConfig:
     """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
 
     group_size: int = 16           # G: spotlights per GRPO step, scored in one batched pass
+    first_group: int = 0           # G_1: spotlights in the first step, drawn from the priors alone (0: G)
     steps: int = 12                # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
@@ -79,6 +80,8 @@ class PolicyConfig:
     glance_side: float = 0.8       # one close look first: a square of this share of the short side on the saliency centroid (0: none)
     probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
+    read_chunk: int = 0            # read a group k views at a time and end it at the first clear view (0: one pass)
+    greedy_first: bool = False     # the first group: the initial policy's most likely windows, in order (no sampling)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -289,6 +292,12 @@ class SpotlightPolicy:
         order = np.argsort(-keys)
         return [int(i) for i in order[:k] if np.isfinite(keys[i])]
 
+    def top(self, k: int) -> list[int]:
+        """The k most likely windows, most likely first."""
+        with torch.no_grad():
+            lp = self.log_probs().numpy()
+        return [int(i) for i in np.argsort(-lp, kind="stable")[:k]]
+
     def jittered(self, w: int, rng: np.random.Generator) -> Box:
         b = self.windows[w]
         dx, dy = rng.normal(0, self.cfg.jitter, 2) * np.array([b.width, b.height])
@@ -497,16 +506,33 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                 policy.focus(best["box"], best["scale"])
             evaluated: set[int] = set()
             stale = 0
+
+            def read_until_clear(group: list[Box]) -> list[Reading]:
+                """The group's readings: one batched pass, or ``read_chunk`` views at a time, ending at
+                the first chunk holding a view that is clear and beats the best so far."""
+                chunk = cfg.read_chunk or len(group)
+                readings: list[Reading] = []
+                for s in range(0, len(group), chunk):
+                    part = reader.read([renderer.render(b, mode) for b in group[s:s + chunk]])
+                    readings += part
+                    if any(r.entropy <= tau and reward(base, r, anchors, cfg) > best["reward"] + 1e-6 for r in part):
+                        break
+                return readings
             for _ in range(cfg.steps):
-                g = min(cfg.group_size, room())
+                g = min(cfg.first_group or cfg.group_size if not evaluated else cfg.group_size, room())
                 if g < 2:
                     break
-                idx = policy.sample(g, rng, evaluated)
+                if cfg.greedy_first and not evaluated:
+                    idx = policy.top(g)
+                else:
+                    idx = policy.sample(g, rng, evaluated)
                 if len(idx) < 2:
                     break
                 evaluated.update(idx)
                 group = [policy.jittered(w, rng) for w in idx]
-                readings = reader.read([renderer.render(b, mode) for b in group])  # one batched pass
+                readings = read_until_clear(group)
+                if len(readings) < len(group):
+                    idx, group = idx[:len(readings)], group[:len(readings)]
                 before = best["reward"]
                 rewards = record(group, readings, step, lambda k: int(policy.scale_idx[idx[k]]))
                 step += 1

@@ -261,3 +261,43 @@ def test_probe_band_is_above_the_exit_and_within_probe_below_of_it():
     assert in_probe_band(cfg, 0.51, 0.5) and in_probe_band(cfg, 1.0, 0.5)
     assert not in_probe_band(cfg, 1.01, 0.5)  # too unsure: straight to the search
     assert not in_probe_band(PolicyConfig(probe_side=0.0), 0.8, 0.5)  # no probe configured
+
+
+def test_a_chunked_group_ends_at_the_first_chunk_holding_a_clear_view(random_adapter):
+    img = _image()
+    base = spote(random_adapter, img, Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
+    # clear = any view a little clearer than the whole image: some, not all, random views are
+    cfg = PolicyConfig(exit_entropy_per_ln_k=(base - 1e-3) / np.log(len(CHOICES)), glance_side=0.0, probe_side=0.0,
+                       group_size=16, steps=1, plateau_patience=9)
+    whole = spote(random_adapter, img, Q, CHOICES, cfg)
+    chunked = spote(random_adapter, img, Q, CHOICES, replace(cfg, read_chunk=2))
+    tau = cfg.exit_entropy_per_ln_k * np.log(len(CHOICES))
+    first_clear = next(i for i, h in enumerate(whole.box_entropies) if h <= tau)
+    assert first_clear < 14  # this image's random model finds a clear view before the last chunk
+    read = len(chunked.boxes)
+    assert read == 2 * (first_clear // 2 + 1) and chunked.boxes == whole.boxes[:read]  # same draws, fewer read
+    assert chunked.forward_passes == whole.forward_passes - (16 - read)
+    assert min(chunked.box_entropies[-2:]) <= tau and all(h > tau for h in chunked.box_entropies[:-2])
+
+
+def test_greedy_first_group_is_the_priors_top_windows_whatever_the_seed(random_adapter):
+    img = _image()
+    cfg = PolicyConfig(exit_entropy_per_ln_k=0.0, glance_side=0.0, probe_side=0.0, group_size=8, first_group=12,
+                       greedy_first=True, jitter=0.0, steps=2, plateau_patience=9)
+    a = spote(random_adapter, img, Q, CHOICES, cfg)
+    b = spote(random_adapter, img, Q, CHOICES, replace(cfg, seed=1))
+    first = lambda r: [box for box, s in zip(r.boxes, r.box_steps) if s == 0]  # noqa: E731
+    assert len(first(a)) == 12 and a.box_steps.count(1) == 8  # G_1 then G
+    assert first(a) == first(b)  # no sampling in the first group
+    sampled = [spote(random_adapter, img, Q, CHOICES, replace(cfg, greedy_first=False, seed=s)) for s in (0, 1)]
+    assert first(sampled[0]) != first(sampled[1])
+
+
+def test_policy_top_is_the_most_likely_windows_in_order():
+    pol = SpotlightPolicy(640, 480, 64, PolicyConfig())
+    with torch.no_grad():
+        pol.pos[5] += 4.0  # one cell far more likely: the windows holding it come first
+    lp = pol.log_probs().detach().numpy()
+    top = pol.top(6)
+    assert len(set(top)) == 6 and list(lp[top]) == sorted(lp[top], reverse=True)
+    assert lp[top[-1]] >= np.delete(lp, top).max()

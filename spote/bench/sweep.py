@@ -24,19 +24,22 @@ POINT_KEYS = ("accuracy", "forward_passes_mean", "seconds_per_item", "auroc", "f
 
 
 def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METHODS, out: Path = Path("sweep.json"),
-          model=None, defaults: bool = True, progress: bool = True) -> dict:
-    """Run ``run_bench`` once per budget (and once at the defaults); return and write the frontier."""
-    from ..loading import load_adapter
-    from .run import run_bench
-
-    adapter = load_adapter(model)
+          model=None, defaults: bool = True, progress: bool = True, jobs: int = 1) -> dict:
+    """Run ``run_bench`` once per budget (and once at the defaults), ``jobs`` runs at a time; return and
+    write the frontier."""
     points: dict[str, list[dict]] = {m: [] for m in methods}
-    runs = [*budgets, *([None] if defaults else [])]
+    runs = [*([None] if defaults else []), *budgets]  # the defaults first: the longest run (grid reads every window)
     out = Path(out)
-    for b in runs:
-        tag = "default" if b is None else f"b{b}"
-        report = run_bench(split=split, n=n, seed=seed, methods=list(methods), adapter=adapter, budget=b, plot=False,
-                           out=out.with_name(f"{out.stem}.{tag}.json"), progress=progress, model=model)
+    args = [(split, n, seed, list(methods), b, out.with_name(f"{out.stem}.{_tag(b)}.json"), model, progress)
+            for b in runs]
+    if jobs > 1:  # one process per budget: each loads its own model (the runs share nothing else)
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(jobs, len(args))) as pool:
+            reports = pool.starmap(_run_one, args)
+    else:
+        reports = [_run_one(*a) for a in args]
+    for b, report in zip(runs, reports):
         for m, s in report["methods"].items():
             points[m].append({"budget": b, **{k: s.get(k) for k in POINT_KEYS}})
     result = {"split": split, "n_items": n, "seed": seed, "model": str(model or "spote-tiny"), "budgets": budgets,
@@ -45,6 +48,23 @@ def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METH
     out.write_text(json.dumps(result, indent=2))
     plot_frontier(result, out.with_suffix(".png"))
     return result
+
+
+def _tag(budget: int | None) -> str:
+    return "default" if budget is None else f"b{budget}"
+
+
+_ADAPTERS: dict = {}
+
+
+def _run_one(split, n, seed, methods, budget, out, model, progress) -> dict:
+    from ..loading import load_adapter
+    from .run import run_bench
+
+    if model not in _ADAPTERS:  # one model per process
+        _ADAPTERS[model] = load_adapter(model)
+    return run_bench(split=split, n=n, seed=seed, methods=methods, adapter=_ADAPTERS[model], budget=budget, plot=False,
+                     out=out, progress=progress, model=model)
 
 
 def plot_frontier(result: dict, path: Path) -> Path:
@@ -76,7 +96,8 @@ def plot_frontier(result: dict, path: Path) -> Path:
 
 def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,32,64",
          methods: str = ",".join(SEARCH_METHODS), out: Path = Path("results/bench-budget.json"),
-         model: str = typer.Option(None), defaults: bool = typer.Option(True, help="also run each method at its defaults")):
+         model: str = typer.Option(None), defaults: bool = typer.Option(True, help="also run each method at its defaults"),
+         jobs: int = typer.Option(1, help="budgets run at a time, one process and one model each (set OMP_NUM_THREADS)")):
     """Run the budget sweep and write JSON + plot."""
     try:
         bs = [int(b) for b in budgets.split(",") if b.strip()]
@@ -84,7 +105,7 @@ def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,
         raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}")
     if any(b < 2 for b in bs):
         raise typer.BadParameter("every budget must be at least 2 forward passes (the whole image and one view)")
-    sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults)
+    sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults, jobs=jobs)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import typer
 from .job import JobOptions, job_command, run_job
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
-from .questions import load_questions
+from .questions import default_field, load_questions
 from .stages import RowLoader
 from .storage import filesystem, join, parse_storage_options, read_bytes, write_bytes
 
@@ -49,8 +49,9 @@ LEDGER_SCHEMA = pa.schema([("source", pa.string()), ("document", pa.string()), (
                            ("run_id", pa.string()), ("pages", pa.int64()), ("items", pa.int64())])
 # points_per_pixel: PDF points (1/72 inch) per rendered pixel, set by the page loader for PDF pages (null
 # for page images); the predictor turns the evidence box into PDF points with it (evidence_box_pt)
+# field: the name the answer is reported under (the question file's ``field``, else q<question_index>)
 PAGE_SCHEMA = plan_schema(("document", pa.string()), ("page", pa.int64()), ("pages", pa.int64()),
-                          ("question_index", pa.int64()), ("fingerprint", pa.string()),
+                          ("question_index", pa.int64()), ("field", pa.string()), ("fingerprint", pa.string()),
                           ("points_per_pixel", pa.float64()), ("evidence_box_pt", pa.list_(pa.float64())))
 
 
@@ -155,7 +156,8 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
         n_pages, err = 1, f"unreadable PDF: {e}" if isinstance(e, UnreadablePDF) else f"unreadable PDF: {type(e).__name__}: {e}"
     for page in range(n_pages):
         for qi, q in enumerate(questions):
-            yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "document": name, "page": page,
+            yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "field": q.get("field") or default_field(qi),
+                   "document": name, "page": page,
                    "pages": n_pages, "question_index": qi, "fingerprint": fp, "points_per_pixel": None,
                    "evidence_box_pt": None, "status": "error" if err else "", "error": err}
 
@@ -286,7 +288,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
 def main(
     input: str = typer.Option(..., help="folder/prefix of PDFs and page images"),
     output: str = typer.Option(...),
-    questions: Optional[str] = typer.Option(None, help="JSON/YAML list of {question, choices} (default: field questions)"),
+    questions: Optional[str] = typer.Option(None, help="JSON/YAML list of {question, choices, field} (default: "
+                                            "reference code, date, total amount, signed; docs/pipelines.md)"),
     dpi: int = typer.Option(100),
     run_date: Optional[str] = typer.Option(None, help="the night this run stands for (default: today, UTC)"),
     *, opts: JobOptions,

@@ -1,28 +1,136 @@
-"""Question files: the questions a job asks of every tile or page."""
+"""Question files: the questions a job asks of every tile or page.
+
+A question file is a YAML or JSON list of entries, each a mapping with
+
+- ``question`` (text, required): what to ask, e.g. ``what is the reference code ?``;
+- ``choices`` (optional): a list, or ``"a,b,c"``, of at least two distinct answers: a closed-set
+  question. Without it the question is open-ended and the model writes its answer;
+- ``field`` (optional): the name the answer is reported under (the results' ``field`` column): a
+  letter, then letters, digits or ``_``, at most 64; unique in the file (case-insensitively, as SQL
+  column names are). An entry without one is named by its position: ``q0``, ``q1``, ...
+
+The whole file is checked before any work: every problem found is named in one ``ValueError``.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 
 from .storage import read_bytes
 
+QUESTION_KEYS = ("question", "choices", "field")
+FIELD_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+FIELD_RULE = "a letter, then letters, digits or '_' (at most 64)"
+
+
+def default_field(index: int) -> str:
+    """The field name of an entry that gives none: its position in the file, ``q<index>`` (0-based)."""
+    return f"q{index}"
+
 
 def load_questions(uri: str, storage_options=None) -> list[dict]:
-    """A JSON or YAML list of {question, choices}; choices may be a list or 'a,b,c'."""
+    """The questions of a YAML or JSON file, checked: ``[{"question", "choices", "field"}]`` in file order.
+
+    ``choices`` is a JSON list of strings, or ``""`` for an open-ended question; ``field`` is the
+    entry's own name or ``q<index>``.
+
+    Raises:
+        FileNotFoundError: no file at ``uri``.
+        ValueError: the file is not YAML/JSON, not a non-empty list, or has bad entries; one message,
+            ``<uri>: <problem>; <problem> ...``, each problem naming its entry and line.
+    """
     import yaml
 
-    text = read_bytes(uri, storage_options).decode()
-    data = yaml.safe_load(text)  # YAML is a superset of JSON
+    try:
+        text = read_bytes(uri, storage_options).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{uri}: not a text file ({err.reason} at byte {err.start})") from None
+    loader = yaml.SafeLoader(text)  # YAML is a superset of JSON; the nodes keep each entry's line
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{uri}: not valid YAML or JSON: {_yaml_problem(err)}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, list) or not data:
-        raise ValueError(f"{uri}: expected a non-empty list of {{question, choices}}")
-    out = []
-    for i, q in enumerate(data):
-        if not isinstance(q, dict) or not str(q.get("question", "")).strip():
-            raise ValueError(f"{uri}: entry {i} has no question")
-        choices = q.get("choices")
-        if isinstance(choices, str):
-            choices = [c.strip() for c in choices.split(",") if c.strip()]
-        if choices:  # YAML 1.1 reads a bare yes/no as a boolean and digits as numbers
-            choices = [("yes" if c else "no") if isinstance(c, bool) else str(c) for c in choices]
-        out.append({"question": str(q["question"]).strip(), "choices": json.dumps(choices) if choices else ""})
-    return out
+        raise ValueError(f"{uri}: expected a non-empty list of {{question, choices, field}} entries, "
+                         f"got {_kind(data)}")
+    lines = [item.start_mark.line + 1 for item in node.value]
+    questions, problems, seen = [], [], {}
+    for i, entry in enumerate(data):
+        where = f"entry {i + 1} (line {lines[i]})"
+        question, name, entry_problems = _entry(entry, i)
+        if name is not None and name.lower() in seen:
+            entry_problems.append(f"field {name!r} is also {seen[name.lower()]}'s (field names must be unique)")
+        elif name is not None:
+            seen[name.lower()] = where
+        problems += [f"{where}: {p}" for p in entry_problems]
+        questions.append(question)
+    if problems:
+        raise ValueError(f"{uri}: " + "; ".join(problems))
+    return questions
+
+
+def _entry(entry, index: int) -> tuple[dict | None, str | None, list[str]]:
+    """(the checked question, or None when it has problems; its field name, None when not a name; its problems)."""
+    if not isinstance(entry, dict):
+        return None, None, [f"expected a mapping with a 'question', got {_kind(entry)}"]
+    problems = [f"unknown key {k!r} (an entry has {', '.join(QUESTION_KEYS)})" for k in entry
+                if k not in QUESTION_KEYS]
+    question = entry.get("question")
+    if "question" not in entry:
+        problems.append("no 'question'")
+    elif question is None or (isinstance(question, str) and not question.strip()):
+        problems.append("empty question")
+    elif not isinstance(question, str):
+        problems.append(f"question must be text, got {_kind(question)}")
+    name = entry.get("field")
+    if name is None:
+        name = default_field(index)
+    elif not isinstance(name, str) or not FIELD_PATTERN.fullmatch(name):
+        problems.append(f"field {name!r} is not a name: use {FIELD_RULE}")
+        name = None
+    choices, choice_problem = _choices(entry.get("choices"))
+    if choice_problem:
+        problems.append(choice_problem)
+    if problems:
+        return None, name, problems
+    return {"question": question.strip(), "choices": json.dumps(choices) if choices else "", "field": name}, name, []
+
+
+def _choices(raw) -> tuple[list[str] | None, str]:
+    """(the choices as text, or None for an open question; a problem, or "")."""
+    if raw is None:
+        return None, ""
+    if isinstance(raw, str):
+        raw = [c.strip() for c in raw.split(",") if c.strip()]
+    if not isinstance(raw, list) or any(isinstance(c, (list, dict)) or c is None for c in raw):
+        return None, f"choices must be a list of strings (or 'a,b,c'), got {_kind(raw)}"
+    # YAML 1.1 reads a bare yes/no as a boolean and digits as numbers: the answers are their text
+    choices = [("yes" if c else "no") if isinstance(c, bool) else str(c).strip() for c in raw]
+    if any(not c for c in choices):
+        return None, f"choices must not be empty strings, got {choices}"
+    if len(choices) < 2:
+        return None, (f"choices needs at least two answers, got {choices} "
+                      "(leave choices out to ask an open question)")
+    if len(set(choices)) != len(choices):
+        return None, f"duplicate choices: {choices}"
+    return choices, ""
+
+
+def _yaml_problem(err) -> str:
+    """A YAML parser error as one short line: what is wrong and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _kind(value) -> str:
+    """A value's kind for an error message: ``a list [...]``, ``a number 3``, ``nothing``."""
+    if value is None:
+        return "nothing"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    shown = repr(value)
+    return f"{kinds.get(type(value), type(value).__name__)} {shown if len(shown) <= 60 else shown[:57] + '...'}"

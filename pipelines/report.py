@@ -58,10 +58,10 @@ def write_report(stats, summary: dict, meta_uri: str, storage_options=None, load
     The page (no network fetches: pictures are ``data:`` URIs, the style is inline): the run's figures
     for people; entropy before/after and forward-pass histograms; answer counts per question; a gallery
     of the least confident answers and a sample of confident ones (thumbnail with the evidence box,
-    question, answer, confidence, link to the source), re-read with ``loader`` ((class, kwargs), the
-    job's loader) for those rows only; error and skipped rows grouped by reason; for tiled scenes an
-    overview per scene and question with the "yes" tiles and their evidence. Every value that comes from
-    a user or a file is escaped.
+    question, field name and answer, confidence, an open answer's per-token confidences, link to the
+    source), re-read with ``loader`` ((class, kwargs), the job's loader) for those rows only; error and
+    skipped rows grouped by reason; for tiled scenes an overview per scene and question with the "yes"
+    tiles and their evidence. Every value that comes from a user or a file is escaped.
 
     ``stats`` is the run's ``RunStats`` (counts, histograms and capped samples, never the whole table);
     ``results`` (a ``RunResults``), where given, is queried for the "yes" tiles of at most ``MAX_SCENES``
@@ -108,7 +108,7 @@ img.plot{max-width:100%;background:#fff;border:1px solid #e1e5ea}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:8px;overflow-wrap:anywhere}
 .card img{width:100%;height:auto;display:block;border-radius:3px;background:#eee}
-.card .q{margin:6px 0 2px;color:#333}.card .a{font-weight:600}.card .meta{color:#5b6670;font-size:13px}
+.card .q{margin:6px 0 2px;color:#333}.card .a{font-weight:600}.card .field{font-family:ui-monospace,monospace;color:#3a444e}.card .meta{color:#5b6670;font-size:13px}
 .noimg{height:120px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#6b7680;
 font-size:13px;text-align:center;padding:6px}
 .bar{display:inline-block;height:10px;background:#4c8bd6;border-radius:2px;vertical-align:middle}
@@ -313,11 +313,20 @@ def _card(row: dict, picture) -> str:
     else:
         img = f"<div class='noimg'>{esc(picture.note if picture else 'no preview')}</div>"
     where = _where(row)
+    field = f"<span class='field'>{esc(row['field'])}</span>: " if row.get("field") else ""
     return (f"<div class='card'>{img}<div class='q'>{esc(row.get('question'))}</div>"
-            f"<div><span class='a'>{esc(row.get('answer'))}</span> &middot; confidence {fmt_percent(row.get('confidence'))}"
-            f" &middot; {_passes(row.get('forward_passes'))}</div>"
+            f"<div>{field}<span class='a'>{esc(row.get('answer'))}</span> &middot; confidence "
+            f"{fmt_percent(row.get('confidence'))} &middot; {_passes(row.get('forward_passes'))}</div>"
+            f"{_token_confidences(row.get('token_confidences'))}"
             f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{esc(row.get('source'))}</a>"
             f"{esc(where)}<br>id <code>{esc(row.get('id'))}</code></div></div>")
+
+
+def _token_confidences(values) -> str:
+    """An open answer's per-token confidences, in order, as a line of percentages ('' for closed answers)."""
+    if values is None or not len(values):
+        return ""
+    return f"<div class='meta'>per token: {esc(', '.join(fmt_percent(v) for v in values))}</div>"
 
 
 def _passes(n) -> str:

@@ -21,9 +21,11 @@ from .storage import read_bytes
 # very type: the file keeps its run id when read alone, and the two never clash on merge.
 # ``evidence_box``: [x0, y0, x1, y1] in pixels of the image the loader made for the row (the image, the
 # rendered page, the upright tile), the view the answer came from; null when the whole image answered.
+# ``token_confidences``: an open-ended answer's p of each generated token, in order (``confidence`` is their
+# product); null for a closed-set answer and for rows that were not answered.
 RESULT_TYPES = {
     "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
-    "confidence": "float64", "entropy_initial": "float64", "entropy_final": "float64",
+    "confidence": "float64", "token_confidences": ("list", "float64"), "entropy_initial": "float64", "entropy_final": "float64",
     "entropy_trace": ("list", "float64"), "boxes": ("list", ("list", "int64")), "forward_passes": "int64",
     "latency_ms": "float64", "status": "string", "error": "string", "model": "string", "policy": "string",
     "run_id": ("dictionary", "string"), "actor": "string", "evidence_box": ("list", "int64"),
@@ -161,7 +163,7 @@ class SpotePredictor:
 
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
-                    entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
+                    token_confidences=None, entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
                     forward_passes=0, latency_ms=0.0, actor=self.actor, evidence_box=None)
         if "evidence_box_pt" in base:  # planned empty (read back as NaN); set below for a PDF page's box
             base["evidence_box_pt"] = None
@@ -182,6 +184,7 @@ class SpotePredictor:
             return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
+               "token_confidences": res.token_confidences,
                "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
                "forward_passes": res.forward_passes, "latency_ms": (time.perf_counter() - t0) * 1000}

@@ -75,7 +75,7 @@ class RunStats:
     error_examples: dict = field(default_factory=dict)
     skipped_by_reason: dict = field(default_factory=dict)
     skipped_examples: dict = field(default_factory=dict)
-    answers: dict = field(default_factory=dict)             # {question: {answer: ok rows}}, capped
+    answers: dict = field(default_factory=dict)             # {"field: question" (or question): {answer: ok rows}}, capped
     sources: set | None = None                              # distinct ``source`` values, when asked for
 
     # ------------------------------------------------------------ building
@@ -116,8 +116,9 @@ class RunStats:
         ok_idx = np.flatnonzero(status == "ok")
         if len(ok_idx) and {"question", "answer"} <= set(table.column_names):
             qs, ans = table.column("question").to_pylist(), table.column("answer").to_pylist()
+            fields = table.column("field").to_pylist() if "field" in table.column_names else [None] * table.num_rows
             for i in ok_idx:
-                s._count_answer(str(qs[i]), str(ans[i]), 1)
+                s._count_answer(f"{fields[i]}: {qs[i]}" if fields[i] else str(qs[i]), str(ans[i]), 1)
         s.ok = int(len(ok_idx))
         if s.ok and "entropy_initial" in table.column_names:
             ok = table.take(pa.array(ok_idx))

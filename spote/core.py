@@ -401,6 +401,9 @@ class SpotResult:
     box_entropies: list[float] = field(default_factory=list, repr=False)
     method: str = "spote"
     evidence_box: list[int] | None = None
+    # open-ended answers: p of each generated token of ``answer``, in generation order (their product is
+    # ``confidence`` for a non-empty answer); None for a closed-set answer
+    token_confidences: list[float] | None = None
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy")
@@ -546,15 +549,18 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
 
     # 4. answer from the best spotlight (the whole image if none beat it)
     final = best["reading"]
+    token_logp = None  # open ended: log p of each token of the answer given
     if choices is not None:
         answer = choices[int(final.logp.argmax())]
         confidence = float(final.logp.exp().max())
         distribution = _distribution(choices, final.logp)
     elif best["box"] is None:
         answer, confidence, distribution = base_answer, float(base.span_logp.sum().exp()) if len(base.span_logp) else 0.0, None
+        token_logp = base.span_logp.tolist()
     else:
         gen = adapter.generate(renderer.render(best["box"], mode), question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))), None
+        token_logp = list(gen.logprobs)
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=distribution,
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
@@ -562,6 +568,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=best["box"].as_list() if best["box"] is not None else None,
+        token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
     )
 
 

@@ -1,3 +1,5 @@
+import json
+import math
 import os
 import subprocess
 import sys
@@ -7,8 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipelines.documents import LEDGER, list_documents, listed_fingerprint, plan_pages, read_ledger, run
+from pipelines.documents import (DEFAULT_QUESTIONS, LEDGER, PageLoader, list_documents, listed_fingerprint, plan_pages,
+                                 read_ledger, run)
 from pipelines.job import JobOptions
+from pipelines.pdfs import open_pdf
+from pipelines.questions import load_questions
 from pipelines.runs import RunPaths
 
 REPO = Path(__file__).parents[2]
@@ -192,3 +197,104 @@ def test_evidence_box_in_page_pixels_and_pdf_points(ray_local, random_tiny_dir, 
         x0, y0, x1, y1 = pdf.evidence_box_pt  # PIL writes the 600 x 800 px page at 72 dpi: 600 x 800 points
         assert 0 <= x0 < x1 <= 600 + 1 and 0 <= y0 < y1 <= 800 + 1
     assert png.evidence_box_pt is None
+
+
+# what a form or an invoice says, page by page: (label, value)
+FORM_FIELDS = [[("Reference code:", "K7-3A9Q"), ("Date:", "2026-11-24"), ("Total amount:", "1,234.50 EUR")],
+               [("Reference code:", "B2"), ("Date:", "2026-12-01"), ("Total amount:", "87.00 EUR")]]
+
+
+def _form_pdf(path: Path) -> None:
+    """A text PDF (fonts and text objects, not a picture of text), one invoice page per FORM_FIELDS entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    with PdfPages(path) as pdf:
+        for fields in FORM_FIELDS:
+            fig = plt.figure(figsize=(6, 8))  # 432 x 576 points
+            fig.text(0.08, 0.92, "INVOICE", fontsize=16, weight="bold")
+            for i, (label, value) in enumerate(fields):
+                fig.text(0.08, 0.8 - 0.06 * i, label, fontsize=9)
+                fig.text(0.4, 0.8 - 0.06 * i, value, fontsize=9, family="monospace")
+            fig.text(0.08, 0.2, "Signature: ____________", fontsize=9)
+            pdf.savefig(fig)
+            plt.close(fig)
+
+
+def _form_scan(path: Path) -> None:
+    """A scanned form: the same fields drawn into a page image."""
+    im = Image.new("RGB", (500, 650), "white")
+    d = ImageDraw.Draw(im)
+    d.text((30, 30), "APPLICATION FORM", fill="black")
+    for i, (label, value) in enumerate(FORM_FIELDS[0]):
+        d.text((30, 90 + 30 * i), label, fill="black")
+        d.text((200, 90 + 30 * i), value, fill="black")
+    d.text((30, 560), "Signed: J. Smith", fill="black")
+    im.save(path)
+
+
+def test_default_questions_read_fields_by_name_with_per_token_confidences(ray_local, random_tiny_dir, tmp_path,
+                                                                          fast_policy):
+    """Every page x default question is a row under its field name; open answers carry one confidence per
+    generated token (their product is the answer's confidence), closed-set answers none. Answers themselves
+    are not checked: the random-weight model cannot read."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    _form_pdf(inbox / "invoice.pdf")
+    _form_scan(inbox / "scan.png")
+    pdf = open_pdf((inbox / "invoice.pdf").read_bytes())
+    assert "Reference code: K7-3A9Q" in pdf[0].get_textpage().get_text_range()   # a real text PDF
+    pdf.close()
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy, run_id="fields")
+    summary = run(opts, None, dpi=50, run_date="2026-12-03")                  # the default question set
+
+    questions = {q["field"]: q for q in load_questions(str(DEFAULT_QUESTIONS))}
+    df = pq.read_table(RunPaths(str(out), "fields").results).to_pandas()
+    pages = [("invoice.pdf", 0), ("invoice.pdf", 1), ("scan.png", 0)]
+    assert summary["items_in"] == len(df) == len(pages) * len(questions)
+    assert (df.status == "ok").all(), df[df.status != "ok"][["id", "error"]]
+    assert sorted(zip(df.document, df.page, df.field)) == sorted((d, p, f) for d, p in pages for f in questions)
+    for row in df.itertuples():
+        q = questions[row.field]
+        assert row.question == q["question"] and row.choices == q["choices"]
+        if q["choices"]:                                                      # closed set: one of the choices
+            assert row.answer in json.loads(q["choices"]) and row.token_confidences is None
+        else:                                                                 # open: p of each generated token
+            conf = np.asarray(row.token_confidences, dtype=float)
+            assert conf.ndim == 1 and ((conf > 0) & (conf <= 1)).all(), row.id
+            assert math.isclose(float(np.prod(conf)), row.confidence, abs_tol=1e-6) if len(conf) else \
+                row.confidence == 0.0
+        if row.document == "invoice.pdf" and row.evidence_box is not None:   # the evidence box in PDF points
+            assert np.allclose(row.evidence_box_pt, np.asarray(row.evidence_box) * 72 / 50, atol=0.01)
+    assert {f for f in questions if not questions[f]["choices"]} == {"reference_code", "date", "total_amount"}
+
+    report = Path(RunPaths(str(out), "fields").meta, "report.html").read_text()
+    assert "<span class='field'>reference_code</span>: " in report or "<span class='field'>date</span>: " in report
+    assert "per token: " in report
+
+
+def test_token_confidences_are_those_of_the_generated_answer(ray_local, random_tiny_dir, random_adapter, tmp_path):
+    """With the whole page answering (budget 1), each open row's token confidences are exactly the
+    generation's: one per generated token, p = exp(log p), in order."""
+    from spote.spotlight import ViewRenderer
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    _form_scan(inbox / "scan.png")
+    qs = tmp_path / "q.yaml"
+    qs.write_text("- field: reference_code\n  question: what is the reference code ?\n"
+                  "- field: signed\n  question: is the form signed ?\n  choices: [yes, no]\n")
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy='{"budget": 1}', run_id="whole")
+    run(opts, str(qs), dpi=50, run_date="2026-12-04")
+    df = pq.read_table(RunPaths(str(out), "whole").results).to_pandas().set_index("field")
+    code, signed = df.loc["reference_code"], df.loc["signed"]
+    assert code.status == "ok" and signed.status == "ok" and signed.token_confidences is None
+    page = PageLoader(dpi=50).load({"source": str(inbox / "scan.png"), "page": 0, "question": code.question})
+    image = Image.frombytes("RGB", (page["width"], page["height"]), page["pixels"])
+    gen = random_adapter.generate([ViewRenderer(image, random_adapter.input_size).global_view], code.question)
+    assert len(gen.token_ids) > 0 and len(code.token_confidences) == len(gen.token_ids)
+    assert np.allclose(code.token_confidences, np.exp(gen.logprobs), rtol=1e-4)
+    assert code.answer == gen.text

@@ -60,12 +60,22 @@ def test_documents_results_two_nights(ray_local, random_tiny_dir, tmp_path, fast
     Image.new("RGB", (300, 400), "white").save(inbox / "a.pdf")
     (inbox / "broken.pdf").write_bytes(b"%PDF-1.4 cut")
     qs = tmp_path / "q.yaml"
-    qs.write_text("- question: is the red box ticked ?\n  choices: [yes, no]\n")
+    qs.write_text("- field: reference_code\n  question: what is the reference code ?\n"
+                  "- field: signed\n  question: is the form signed ?\n  choices: [yes, no]\n")
     opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy)
     documents.run(opts, str(qs), dpi=36, run_date="2026-11-24")
     Image.new("RGB", (300, 400), "white").save(inbox / "b.png")
     documents.run(opts, str(qs), dpi=36, run_date="2026-11-25")
-    check_readers(out, {"documents-2026-11-24": 2, "documents-2026-11-25": 1})
+    check_readers(out, {"documents-2026-11-24": 4, "documents-2026-11-25": 2})
+    for reader, df in read_back(out).items():  # field names, and open answers' token confidences as lists of floats
+        assert sorted(df.field) == ["reference_code"] * 3 + ["signed"] * 3, reader
+        answered = df.status == "ok"
+        assert answered.sum() == 4, reader  # a.pdf and b.png; broken.pdf's two rows are errors
+        for conf, total in zip(df[answered & (df.field == "reference_code")].token_confidences,
+                               df[answered & (df.field == "reference_code")].confidence):
+            p = np.asarray(list(conf), dtype=float)
+            assert ((p > 0) & (p <= 1)).all() and np.isclose(np.prod(p) if len(p) else 0.0, total, atol=1e-6), reader
+        assert df[~answered | (df.field == "signed")].token_confidences.isna().all(), reader
 
 
 def test_satellite_results(ray_local, random_tiny_dir, tmp_path, fast_policy):

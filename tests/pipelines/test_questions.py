@@ -1,0 +1,124 @@
+"""Question files: fields by name, open and closed entries, and one clear message for a bad file."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines import documents
+from pipelines.questions import load_questions
+
+
+def _write(tmp_path, text: str, name: str = "q.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_default_questions_ask_for_fields_by_name():
+    qs = load_questions(str(documents.DEFAULT_QUESTIONS))
+    by_field = {q["field"]: q for q in qs}
+    assert list(by_field) == ["reference_code", "date", "total_amount", "signed"]
+    open_fields = [f for f, q in by_field.items() if not q["choices"]]
+    assert open_fields == ["reference_code", "date", "total_amount"]
+    assert json.loads(by_field["signed"]["choices"]) == ["yes", "no"]
+    assert by_field["reference_code"]["question"] == "what is the reference code ?"
+    assert not any("red box" in q["question"] for q in qs)
+
+
+def test_yaml_and_json_files_give_the_same_questions(tmp_path):
+    yaml_uri = _write(tmp_path, "- field: invoice_number\n  question: what is the invoice number ?\n"
+                                "- field: paid\n  question: is the invoice paid ?\n  choices: [yes, no]\n"
+                                "- field: currency\n  question: which currency ?\n  choices: EUR, USD, GBP\n")
+    json_uri = _write(tmp_path, json.dumps([
+        {"field": "invoice_number", "question": "what is the invoice number ?"},
+        {"field": "paid", "question": "is the invoice paid ?", "choices": ["yes", "no"]},
+        {"field": "currency", "question": "which currency ?", "choices": "EUR, USD, GBP"}]), "q.json")
+    qs = load_questions(yaml_uri)
+    assert qs == load_questions(json_uri)
+    assert qs[0] == {"question": "what is the invoice number ?", "choices": "", "field": "invoice_number"}
+    assert json.loads(qs[1]["choices"]) == ["yes", "no"] and json.loads(qs[2]["choices"]) == ["EUR", "USD", "GBP"]
+
+
+def test_files_without_field_names_keep_working_and_are_named_by_position(tmp_path):
+    uri = _write(tmp_path, "- question: is the red box ticked ?\n  choices: [yes, no]\n"
+                           "- {question: 'count ?', choices: '1,2'}\n- question: what is written ?\n")
+    qs = load_questions(uri)
+    assert [q["field"] for q in qs] == ["q0", "q1", "q2"]
+    assert json.loads(qs[0]["choices"]) == ["yes", "no"] and json.loads(qs[1]["choices"]) == ["1", "2"]
+    assert qs[2]["choices"] == ""
+
+
+BAD_FILES = {
+    "unknown key": ("- question: what is the date ?\n  choice: [a, b]\n",
+                    "entry 1 (line 1): unknown key 'choice' (an entry has question, choices, field)"),
+    "empty question": ("- field: date\n  question: what is the date ?\n- field: total\n  question: '  '\n",
+                       "entry 2 (line 3): empty question"),
+    "no question": ("- field: date\n", "entry 1 (line 1): no 'question'"),
+    "question not text": ("- question: [what, is]\n", "entry 1 (line 1): question must be text, got a list"),
+    "duplicate field": ("- {field: date, question: 'what is the date ?'}\n- {field: Date, question: 'when ?'}\n",
+                        "entry 2 (line 2): field 'Date' is also entry 1 (line 1)'s (field names must be unique)"),
+    "field clashes with a position name": ("- {field: q1, question: 'a ?'}\n- {question: 'b ?'}\n",
+                                           "entry 2 (line 2): field 'q1' is also entry 1 (line 1)'s"),
+    "field not a name": ("- {field: total amount, question: 'what is the total ?'}\n",
+                         "entry 1 (line 1): field 'total amount' is not a name: use a letter, then letters"),
+    "field a number": ("- {field: 7, question: 'what is the total ?'}\n", "field 7 is not a name"),
+    "choices a mapping": ("- question: is it signed ?\n  choices: {yes: 1}\n",
+                          "entry 1 (line 1): choices must be a list of strings (or 'a,b,c'), got a mapping"),
+    "choices nested": ("- question: which ?\n  choices: [[a], [b]]\n",
+                       "choices must be a list of strings (or 'a,b,c'), got a list [['a'], ['b']]"),
+    "choices a number": ("- question: how many ?\n  choices: 3\n", "choices must be a list of strings"),
+    "one choice": ("- question: is it signed ?\n  choices: [yes]\n",
+                   "choices needs at least two answers, got ['yes'] (leave choices out to ask an open question)"),
+    "duplicate choices": ("- question: which ?\n  choices: [a, b, a]\n", "duplicate choices: ['a', 'b', 'a']"),
+    "entry not a mapping": ("- what is the date ?\n", "entry 1 (line 1): expected a mapping with a 'question', got text"),
+    "not a list": ("question: what is the date ?\n", "expected a non-empty list of {question, choices, field} entries, "
+                                                    "got a mapping"),
+    "empty file": ("", "expected a non-empty list of {question, choices, field} entries, got nothing"),
+    "not YAML": ("- {field: date, question: what is the date ?}\n",
+                 "not valid YAML or JSON: expected ',' or '}', but got '?' at line 1, column 44"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_question_file_gives_one_message_naming_the_problem(tmp_path, kind):
+    text, says = BAD_FILES[kind]
+    uri = _write(tmp_path, text)
+    with pytest.raises(ValueError) as err:
+        load_questions(uri)
+    msg = str(err.value)
+    assert msg.startswith(f"{uri}: ") and says in msg, msg
+    assert "\n" not in msg
+
+
+def test_every_problem_of_a_file_is_named_at_once(tmp_path):
+    uri = _write(tmp_path, "- {field: date, question: 'what is the date ?'}\n- {question: '', colour: red}\n"
+                           "- {field: date, question: 'when ?', choices: [x]}\n")
+    with pytest.raises(ValueError) as err:
+        load_questions(uri)
+    problems = str(err.value).removeprefix(f"{uri}: ").split("; ")
+    assert problems == ["entry 2 (line 2): unknown key 'colour' (an entry has question, choices, field)",
+                        "entry 2 (line 2): empty question",
+                        "entry 3 (line 3): choices needs at least two answers, got ['x'] "
+                        "(leave choices out to ask an open question)",
+                        "entry 3 (line 3): field 'date' is also entry 1 (line 1)'s (field names must be unique)"]
+
+
+def test_a_binary_file_is_not_a_question_file(tmp_path):
+    (tmp_path / "q.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ValueError, match="not a text file"):
+        load_questions(str(tmp_path / "q.yaml"))
+
+
+@pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file"])
+def test_the_documents_command_refuses_a_bad_question_file_in_one_line(tmp_path, kind):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    uri = str(tmp_path / "nowhere.yaml") if kind == "missing file" else _write(tmp_path, BAD_FILES[kind][0])
+    res = CliRunner().invoke(documents.app, ["--input", str(inbox), "--output", str(tmp_path / "out"),
+                                             "--questions", uri])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.output
+    assert (BAD_FILES[kind][1] if kind != "missing file" else "nowhere.yaml") in res.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work

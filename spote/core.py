@@ -81,7 +81,7 @@ class PolicyConfig:
     probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
     read_chunk: int = 0            # read a group k views at a time and end it at the first clear view (0: one pass)
-    greedy_first: bool = False     # the first group: the initial policy's most likely windows, in order (no sampling)
+    greedy_steps: int = 0          # the first k steps take the policy's most likely unread windows, in order (no sampling)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -292,11 +292,14 @@ class SpotlightPolicy:
         order = np.argsort(-keys)
         return [int(i) for i in order[:k] if np.isfinite(keys[i])]
 
-    def top(self, k: int) -> list[int]:
-        """The k most likely windows, most likely first."""
+    def top(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
+        """The k most likely windows not in ``exclude``, most likely first."""
         with torch.no_grad():
-            lp = self.log_probs().numpy()
-        return [int(i) for i in np.argsort(-lp, kind="stable")[:k]]
+            lp = self.log_probs().numpy().astype(np.float64)
+        if exclude:
+            lp[list(exclude)] = -np.inf
+        order = np.argsort(-lp, kind="stable")
+        return [int(i) for i in order[:k] if np.isfinite(lp[i])]
 
     def jittered(self, w: int, rng: np.random.Generator) -> Box:
         b = self.windows[w]
@@ -406,7 +409,7 @@ class SpotResult:
     token_confidences: list[float] | None = None
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy")
+                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD_KEYS}
@@ -521,12 +524,12 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                     if any(r.entropy <= tau and reward(base, r, anchors, cfg) > best["reward"] + 1e-6 for r in part):
                         break
                 return readings
-            for _ in range(cfg.steps):
+            for step_i in range(cfg.steps):
                 g = min(cfg.first_group or cfg.group_size if not evaluated else cfg.group_size, room())
                 if g < 2:
                     break
-                if cfg.greedy_first and not evaluated:
-                    idx = policy.top(g)
+                if step_i < cfg.greedy_steps:
+                    idx = policy.top(g, evaluated)
                 else:
                     idx = policy.sample(g, rng, evaluated)
                 if len(idx) < 2:

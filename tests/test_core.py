@@ -132,7 +132,7 @@ def test_result_record_is_json_and_complete(random_adapter):
     res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0))
     rec = json.loads(json.dumps(res.to_dict()))
     assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy"}
+                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences"}
     assert rec["answer"] in CHOICES and abs(sum(rec["distribution"].values()) - 1) < 1e-4
     assert len(rec["entropy_trace"]) == len(rec["reward_trace"]) + 1 == len(rec["chosen_boxes"]) + 1
     assert all(len(b) == 4 for b in rec["boxes"])
@@ -283,13 +283,13 @@ def test_a_chunked_group_ends_at_the_first_chunk_holding_a_clear_view(random_ada
 def test_greedy_first_group_is_the_priors_top_windows_whatever_the_seed(random_adapter):
     img = _image()
     cfg = PolicyConfig(exit_entropy_per_ln_k=0.0, glance_side=0.0, probe_side=0.0, group_size=8, first_group=12,
-                       greedy_first=True, jitter=0.0, steps=2, plateau_patience=9)
+                       greedy_steps=1, jitter=0.0, steps=2, plateau_patience=9)
     a = spote(random_adapter, img, Q, CHOICES, cfg)
     b = spote(random_adapter, img, Q, CHOICES, replace(cfg, seed=1))
     first = lambda r: [box for box, s in zip(r.boxes, r.box_steps) if s == 0]  # noqa: E731
     assert len(first(a)) == 12 and a.box_steps.count(1) == 8  # G_1 then G
     assert first(a) == first(b)  # no sampling in the first group
-    sampled = [spote(random_adapter, img, Q, CHOICES, replace(cfg, greedy_first=False, seed=s)) for s in (0, 1)]
+    sampled = [spote(random_adapter, img, Q, CHOICES, replace(cfg, greedy_steps=0, seed=s)) for s in (0, 1)]
     assert first(sampled[0]) != first(sampled[1])
 
 

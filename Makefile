@@ -9,7 +9,15 @@ OUT      ?= out
 N        ?= 600
 SEED     ?= 0
 
-.PHONY: install lint test demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train clean
+# A second environment for the real Qwen2-VL / Qwen2.5-VL / SmolVLM processors, which need torchvision:
+# PyPI's torchvision does not run beside the CPU torch above, so it gets torch + torchvision builds that go
+# together (on x86_64 a CUDA build, about 5.5 GB, that runs on the CPU; on aarch64 a CPU build).
+PROC_VENV  ?= .venv-processors
+PROC_BIN   := $(PROC_VENV)/bin
+PROC_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+PROC_STAMP := $(PROC_VENV)/.installed-$(shell (cat pyproject.toml; echo "$(PROC_TORCH)") | sha1sum | cut -c1-12)
+
+.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,13 +29,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(PROC_STAMP): pyproject.toml
+	test -x $(PROC_BIN)/python || $(PY) -m venv $(PROC_VENV)
+	$(PROC_BIN)/python -m pip install -q --upgrade pip
+	$(PROC_BIN)/python -m pip install -q $(PROC_TORCH)
+	$(PROC_BIN)/python -m pip install -q -e ".[test-processors]"
+	rm -f $(PROC_VENV)/.installed-*
+	touch $(PROC_STAMP)
+
+install-processors: $(PROC_STAMP)
+
 # the report's browser test needs Debian's chromium: installed here only if absent, and never required
-# (without it that one test is skipped)
+# (without it that one test is skipped). Then the real processors' tests in their own environment
+# (test-processors: about 3 min from nothing, a few seconds once its environment exists).
 test: $(STAMP)
 	$(BIN)/python -m ruff check spote pipelines cluster benchmarks training research tests
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium could not be installed: the report's browser test will be skipped"
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) --no-print-directory test-processors
+
+# the real processors' tests alone, in their own environment (skipped in the one above)
+test-processors: $(PROC_STAMP)
+	$(PROC_BIN)/python -m pytest -q tests/adapters/test_processors.py
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.vqa --input pipelines/samples/vqa/manifest.jsonl --output $(OUT)/demo
@@ -121,4 +145,4 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check spote pipelines cluster benchmarks training research tests
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(PROC_VENV) $(OUT) .pytest_cache

@@ -137,7 +137,13 @@ class HFAdapter:
                                                   add_generation_prompt=True, tokenize=False)
 
     def encode(self, views_batch: list[list[Image.Image]], texts: list[str]) -> dict:
-        images = [im for views in views_batch for im in views]
+        """Processor inputs for ``texts[i]`` with the views ``views_batch[i]`` (one list of images per prompt).
+
+        The images go in nested, one list per prompt: every processor takes that form, while a flat list
+        is split across prompts only by some (``SmolVLMProcessor`` reads it as one prompt's images and
+        rejects any batch of more than one prompt).
+        """
+        images = [list(views) for views in views_batch]
         batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 

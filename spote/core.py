@@ -392,6 +392,7 @@ class SpotResult:
     box_entropies: list[float] = field(default_factory=list, repr=False)
     method: str = "spote"
     evidence_box: list[int] | None = None
+    answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy")
@@ -520,15 +521,18 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
 
     # 4. answer from the best spotlight (the whole image if none beat it)
     final = best["reading"]
+    answer_ids = None
     if choices is not None:
         answer = choices[int(final.logp.argmax())]
         confidence = float(final.logp.exp().max())
         distribution = _distribution(choices, final.logp)
     elif best["box"] is None:
         answer, confidence, distribution = base_answer, float(base.span_logp.sum().exp()) if len(base.span_logp) else 0.0, None
+        answer_ids = reader.span_ids
     else:
         gen = adapter.generate(renderer.render(best["box"], mode), question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))), None
+        answer_ids = gen.token_ids
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=distribution,
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
@@ -536,6 +540,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=best["box"].as_list() if best["box"] is not None else None,
+        answer_token_ids=answer_ids,
     )
 
 

@@ -34,7 +34,8 @@ METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoom
 SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffold")
 
 
-def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode):
+def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode,
+            token_ids=None):
     if choices is not None:
         answer = choices[int(reading.logp.argmax())]
         confidence = float(reading.logp.exp().max())
@@ -45,7 +46,7 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         answer=answer, confidence=round(confidence, 6), distribution=dist, entropy_trace=trace, reward_trace=[],
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
-        policy=asdict(cfg), method=method, evidence_box=evidence_box,
+        policy=asdict(cfg), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
     )
 
 
@@ -62,11 +63,12 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
         for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
+    ids = reader.span_ids
     if choices is None and best_box is not None:
         gen = adapter.generate(renderer.render(best_box, cfg.mode), question)
-        text = gen.text
+        text, ids = gen.text, gen.token_ids
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
-                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode)
+                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids)
 
 
 def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -91,12 +93,21 @@ def run_random(adapter, image, question, choices=None, cfg=PolicyConfig(), n_win
     return _lowest_entropy("random", adapter, image, question, choices, cfg, pick)
 
 
+# the oracle's view side over the evidence box's long side: closed evidence is a small glyph or object,
+# read with room around it; open evidence is a field of several glyphs, which twice its width would
+# shrink below legibility (SpotBench's small codes are legible at about 1:1 only)
+ORACLE_MARGIN = 2.0
+ORACLE_MARGIN_OPEN = 1.05
+
+
 def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evidence=None, **_):
-    """Zoom on the ground-truth box with a margin (twice its side, at least the model input)."""
+    """Zoom on the ground-truth box with a margin (closed set: twice its side; open ended: 1.05 x its
+    long side, the whole field and little else), at least the model input."""
     if evidence is None:
         return _lowest_entropy("oracle", adapter, image, question, choices, cfg, [])
     ev = Box(*evidence)
-    side = min(min(image.size), max(2 * max(ev.width, ev.height), adapter.input_size))
+    margin = ORACLE_MARGIN if choices is not None else ORACLE_MARGIN_OPEN
+    side = min(min(image.size), max(margin * max(ev.width, ev.height), adapter.input_size))
     box = Box.square(*ev.centre, side).shifted_inside(*image.size)
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
@@ -106,7 +117,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     else:
         base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode)
+                   box.as_list(), cfg.mode, reader.span_ids)
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices):
@@ -120,7 +131,8 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     rel = _relevance_or_uniform(adapter, renderer, question, choices)
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
-    return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight")
+    return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
+                   reader.span_ids)
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
@@ -136,7 +148,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode)
+                   box.as_list(), mode, reader.span_ids)
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -193,10 +205,12 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), **_)
             if rd.entropy < best.entropy:
                 best, best_box = rd, k
         trace.append(best.entropy)
+    ids = reader.span_ids
     if choices is None and best_box is not None:
-        text = adapter.generate(renderer.render(best_box, mode), question).text
+        gen = adapter.generate(renderer.render(best_box, mode), question)
+        text, ids = gen.text, gen.token_ids
     return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
-                   best_box.as_list() if best_box else None, mode)
+                   best_box.as_list() if best_box else None, mode, ids)
 
 
 def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:

@@ -182,6 +182,9 @@ def bench(
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda)"),
     budget: Optional[int] = typer.Option(None, help="hold every search method to this many forward passes per item "
                                                     "(matched cost); default: each method at its defaults"),
+    open_items: int = typer.Option(0, "--open-items", min=0,
+                                   help="open items (codes read from document fields) after the N closed ones; "
+                                        "each method's JSON gains their figures under \"open\""),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
     import json
@@ -199,7 +202,7 @@ def bench(
     try:
         run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
                   mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget, revision=revision, endpoint=endpoint,
-                  endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
+                  endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts), n_open=open_items)
     except (ModelNotFound, EndpointError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2 if isinstance(err, (ModelNotFound, ValueError)) else 1)

@@ -407,6 +407,7 @@ class SpotResult:
     # open-ended answers: p of each generated token of ``answer``, in generation order (their product is
     # ``confidence`` for a non-empty answer); None for a closed-set answer
     token_confidences: list[float] | None = None
+    answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
@@ -553,17 +554,18 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # 4. answer from the best spotlight (the whole image if none beat it)
     final = best["reading"]
     token_logp = None  # open ended: log p of each token of the answer given
+    answer_ids = None
     if choices is not None:
         answer = choices[int(final.logp.argmax())]
         confidence = float(final.logp.exp().max())
         distribution = _distribution(choices, final.logp)
     elif best["box"] is None:
         answer, confidence, distribution = base_answer, float(base.span_logp.sum().exp()) if len(base.span_logp) else 0.0, None
-        token_logp = base.span_logp.tolist()
+        token_logp, answer_ids = base.span_logp.tolist(), reader.span_ids
     else:
         gen = adapter.generate(renderer.render(best["box"], mode), question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))), None
-        token_logp = list(gen.logprobs)
+        token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=distribution,
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
@@ -572,6 +574,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=best["box"].as_list() if best["box"] is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
+        answer_token_ids=answer_ids,
     )
 
 

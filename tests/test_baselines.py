@@ -64,3 +64,32 @@ def test_scaffold_is_the_papers_loop():
 def test_scaffold_never_exits_early(random_adapter):
     res = run_method("scaffold", random_adapter, _image(), Q, CHOICES, PolicyConfig())
     assert res.forward_passes == 9 and res.mode == "highlight"
+
+
+@pytest.mark.parametrize("method", ["baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye",
+                                    "scaffold", "oracle", "spote"])
+def test_open_answers_carry_their_token_ids(random_adapter, method):
+    """Every method returns the token ids of its open-ended answer (what the benchmark's anchor check
+    compares), and none for a closed-set answer."""
+    img = _image(320, 240, seed=4)
+    kw = {"evidence": (100, 100, 160, 124), "max_passes": 6, "n_windows": 6}
+    res = run_method(method, random_adapter, img, "what is the code in the reference field ?", None,
+                     PolicyConfig(budget=6), **kw)
+    assert res.answer_token_ids is not None
+    assert random_adapter.tokenizer.decode(res.answer_token_ids, skip_special_tokens=True).strip() == res.answer
+    assert run_method(method, random_adapter, img, Q, CHOICES, PolicyConfig(budget=6), **kw).answer_token_ids is None
+
+
+def test_oracle_frames_an_open_field_tightly_and_a_closed_glyph_with_room(random_adapter):
+    """Closed evidence (a glyph) is read at twice its side; an open field of several glyphs at 1.05 x its
+    long side, at least one model input, so small glyphs stay legible."""
+    img = _image(640, 480, seed=5)
+    field = (100, 100, 190, 124)  # 90 px wide
+    closed = run_method("oracle", random_adapter, img, Q, CHOICES, PolicyConfig(), evidence=field)
+    opened = run_method("oracle", random_adapter, img, "what is the code in the reference field ?", None,
+                        PolicyConfig(), evidence=field)
+    side = lambda r: r.evidence_box[2] - r.evidence_box[0]  # noqa: E731
+    assert side(closed) == pytest.approx(180, abs=1) and side(opened) == pytest.approx(94.5, abs=1)
+    narrow = run_method("oracle", random_adapter, img, "what is the code in the reference field ?", None,
+                        PolicyConfig(), evidence=(100, 100, 130, 120))
+    assert side(narrow) == pytest.approx(random_adapter.input_size, abs=1)  # at least one model input

@@ -103,3 +103,15 @@ def test_ask_malformed_inputs_as_a_real_process(tmp_path):
                               env=env, timeout=300)
         assert proc.returncode == 2, (name, proc.stderr[-2000:])
         _one_error_line(proc.stderr, says)
+
+
+def test_bench_open_items_flag(random_tiny_dir, tmp_path):
+    out = tmp_path / "b.json"
+    res = runner.invoke(app, ["bench", "--n", "1", "--open-items", "2", "--methods", "baseline,oracle", "--model",
+                              str(random_tiny_dir), "--no-plot", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["n_open_items"] == 2 and data["methods"]["oracle"]["open"]["n"] == 2
+    assert sum(data["methods"]["oracle"]["n_by_evidence_size"].values()) == 1
+    res = runner.invoke(app, ["bench", "--open-items", "-1", "--model", str(random_tiny_dir)])
+    assert res.exit_code == 2

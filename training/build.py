@@ -4,11 +4,16 @@ A small CLIP vision tower (64 px input, 8 px patches: an 8 x 8 token grid) feeds
 Llama-style language model. The word-level tokenizer covers SpotBench's questions and
 answers. Everything is saved with ``save_pretrained`` (safetensors) and loads back through
 ``AutoProcessor`` / ``AutoModelForImageTextToText`` like any Hugging Face VLM.
+
+With ``open_items`` the tokenizer also reads SpotBench's open questions and spells codes one
+character per token: a WordPiece vocabulary whose words are the closed vocabulary's (same ids,
+same order) plus the open questions' words, every code character as a word ("K") and as a
+continuation ("##7"), so "K7" is ["K", "##7"] and decodes back to "K7".
 """
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -19,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from spote.bench.scenes import TASKS
+from spote.bench.scenes import CODE_ALPHABET, FIELD_NAMES, OPEN_QUESTION, TASKS
 from spote.prompt import format_question
 
 IMAGE_SIZE = 64
@@ -43,20 +48,42 @@ def _pretokenizer():
     return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
 
 
-def build_vocab() -> list[str]:
+CONTINUATION = "##"  # WordPiece's prefix of a token inside a word
+
+
+def build_vocab(open_items: bool = False) -> list[str]:
+    """The closed vocabulary; with ``open_items`` the open questions' words and the code characters after it."""
     words = list(SPECIALS) + list(TEMPLATE_WORDS)
     pre = _pretokenizer()
-    for _, _, question, choices in TASKS:
-        for text in (format_question(question, choices), *choices):
-            for w, _ in pre.pre_tokenize_str(text):
-                if w not in words:
-                    words.append(w)
+    texts = [t for _, _, question, choices in TASKS for t in (format_question(question, choices), *choices)]
+    if open_items:
+        texts += [OPEN_QUESTION.format(name) for name in FIELD_NAMES] + list(CODE_ALPHABET)
+    for text in texts:
+        for w, _ in pre.pre_tokenize_str(text):
+            if w not in words:
+                words.append(w)
+    if open_items:
+        words += [CONTINUATION + c for c in CODE_ALPHABET]
     return words
 
 
-def build_processor() -> LlavaProcessor:
-    vocab = {w: i for i, w in enumerate(build_vocab())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+def code_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids of the code characters (CODE_ALPHABET order) as a code's first token and as a continuation."""
+    first = tokenizer.convert_tokens_to_ids(list(CODE_ALPHABET))
+    rest = tokenizer.convert_tokens_to_ids([CONTINUATION + c for c in CODE_ALPHABET])
+    if tokenizer.unk_token_id in first + rest:
+        raise ValueError("this tokenizer does not spell codes (built without open_items)")
+    return first, rest
+
+
+def build_processor(open_items: bool = False) -> LlavaProcessor:
+    vocab = {w: i for i, w in enumerate(build_vocab(open_items))}
+    if open_items:
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix=CONTINUATION,
+                                         max_input_chars_per_word=100))
+        tok.decoder = decoders.WordPiece(prefix=CONTINUATION, cleanup=False)
+    else:
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = _pretokenizer()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",

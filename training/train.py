@@ -7,6 +7,16 @@ Presence questions are labelled by what the view shows (a close-up of empty wate
 "no"), as real VLMs do; that is what makes shortcut collapse possible at test time.
 
     python -m training.train --out out/spote-tiny        # the shipped recipe (STEPS, VISION_STEPS)
+
+Open items (``open_share`` > 0; SpotBench's codes in document fields): the tokenizer spells codes
+one character per token (``build_processor(open_items=True)``); stage 1 reads single code glyphs
+in close views, stage 2 reads whole and partial fields at every zoom level. A view's target is
+what it shows: each glyph it shows legibly is its character, each one it shows too small to read
+is *unsure* (the target is uniform over the code characters, so the model learns high entropy
+there), and a close-up alone that cuts the field reads the glyphs it holds and no more, as a real
+VLM does (that is what makes SpotBench's collapse-tempting open items tempting). Beside the whole
+image (``zoom+context``) the target is the whole code, unsure where neither view is legible.
+With ``open_share`` 0 every stream draws exactly what it drew before open items existed.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import torch
 import typer
 from PIL import Image, ImageFilter
 
-from spote.bench.scenes import BOAT_SIDE, EASY_RATE, PRESENCE_KINDS, Item, make_item
+from spote.bench.scenes import (BOAT_SIDE, CODE_ALPHABET, EASY_RATE, LEGIBLE_CAP_PX, PRESENCE_KINDS, Item, make_item,
+                                make_open_item)
 from spote.prompt import format_question
-from spote.spotlight import Box, ViewRenderer, soft_mask, apply_highlight
-from training.build import IMAGE_SIZE, build_model, build_processor
+from spote.spotlight import Box, ViewRenderer, apply_highlight, letterbox, soft_mask
+from training.build import IMAGE_SIZE, build_model, build_processor, code_token_ids
 
 
 def _loguniform(rng, lo, hi):
@@ -123,6 +134,148 @@ def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
     return views, label
 
 
+# ----------------------------------------------------------------------------- open items
+VISIBLE_FRAC = 0.75  # a glyph is shown by a view holding at least this share of its box
+OPEN_STAGE1_CAP_PX = (14, 40)  # stage 1 glyph views: the glyph's height in input pixels
+OPEN_STAGE1_JITTER = 0.1  # ... centred on it up to this share of the view's side (neighbours stay at its edges)
+
+
+class OpenLabel(tuple):
+    """The target of one open example: ``text`` (the characters read, in order) and ``unsure`` (per
+    character: True where the view shows it too small to read, or not at all)."""
+
+    def __new__(cls, text: str, unsure):
+        return super().__new__(cls, (text, tuple(bool(u) for u in unsure)))
+
+    @property
+    def text(self) -> str:
+        return self[0]
+
+    @property
+    def unsure(self) -> tuple[bool, ...]:
+        return self[1]
+
+
+def glyph_states(item: Item, view: Box) -> list[str]:
+    """Per glyph of an open item, in a view of ``view`` letterboxed to IMAGE_SIZE: "legible", "small"
+    (shown, under LEGIBLE_CAP_PX high) or "out" (less than VISIBLE_FRAC of it in the view)."""
+    w, h = item.image.size
+    v = Box(max(0.0, view.x0), max(0.0, view.y0), min(float(w), view.x1), min(float(h), view.y1))  # as letterbox()
+    scale = IMAGE_SIZE / max(v.width, v.height, 1.0)
+    states = []
+    for b in item.meta["chars"]:
+        g = Box(*b)
+        states.append("out" if v.contains_frac(g) < VISIBLE_FRAC else
+                      "legible" if g.height * scale >= LEGIBLE_CAP_PX else "small")
+    return states
+
+
+def read_alone(item: Item, view: Box) -> OpenLabel:
+    """What a view alone reads: the glyphs it shows, unsure where too small; a view showing none of
+    them cannot tell the code, so the target is the whole code, unsure everywhere."""
+    states = glyph_states(item, view)
+    shown = [i for i, s in enumerate(states) if s != "out"]
+    if not shown:
+        return OpenLabel(item.answer, [True] * len(item.answer))
+    return OpenLabel("".join(item.answer[i] for i in shown), [states[i] != "legible" for i in shown])
+
+
+def read_with_context(item: Item, view: Box) -> OpenLabel:
+    """The whole image beside a close-up of ``view``: the whole code, sure where either view reads it."""
+    w, h = item.image.size
+    whole, close = glyph_states(item, Box.full(w, h)), glyph_states(item, view)
+    return OpenLabel(item.answer, [a != "legible" and b != "legible" for a, b in zip(whole, close)])
+
+
+def _glyph_run_box(rng, item: Item) -> Box:
+    """A close-up around the whole code (half the time) or a random run of its glyphs, 1.02-2x the run's
+    long side, jittered: whole readings, partial ones and too-far ones."""
+    chars = item.meta["chars"]
+    i, j = (0, len(chars)) if rng.random() < 0.5 else sorted(int(v) for v in rng.choice(len(chars) + 1, 2, replace=False))
+    run = [Box(*b) for b in chars[i:max(j, i + 1)]]
+    x0, y0 = min(b.x0 for b in run), min(b.y0 for b in run)
+    x1, y1 = max(b.x1 for b in run), max(b.y1 for b in run)
+    side = min(min(item.image.size), max(x1 - x0, y1 - y0) * _loguniform(rng, 1.02, 2.0))
+    jx, jy = rng.uniform(-0.15, 0.15, 2) * side
+    return Box.square((x0 + x1) / 2 + jx, (y0 + y1) / 2 + jy, side)
+
+
+def sample_open_views(rng, item: Item) -> tuple[list[Image.Image], OpenLabel]:
+    """One open training example: the views and their target (``read_alone`` / ``read_with_context``)."""
+    renderer = ViewRenderer(item.image, IMAGE_SIZE)
+    w, h = item.image.size
+    u = rng.random()
+    if u < 0.2:
+        views, label = [renderer.global_view], read_alone(item, Box.full(w, h))
+    elif u < 0.55:
+        box = _glyph_run_box(rng, item)
+        views, label = renderer.render(box, "zoom"), read_alone(item, box)
+    elif u < 0.65:
+        box = _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.05, 0.6))
+        views, label = renderer.render(box, "zoom"), read_alone(item, box)
+    else:
+        box = _glyph_run_box(rng, item) if rng.random() < 0.75 else _random_box(rng, w, h, min(w, h) * _loguniform(rng, 0.05, 0.6))
+        views, label = renderer.render(box, "zoom+context"), read_with_context(item, box)
+    if rng.random() < 0.2:
+        views = [_corrupt_view(rng, v) for v in views]
+    return views, label
+
+
+def glyph_view(rng, item: Item) -> tuple[Box, int]:
+    """Stage 1: a close view of one glyph of an open item (OPEN_STAGE1_CAP_PX high) and its position."""
+    k = int(rng.integers(len(item.answer)))
+    g = Box(*item.meta["chars"][k])
+    side = g.height * IMAGE_SIZE / _loguniform(rng, *OPEN_STAGE1_CAP_PX)
+    jx, jy = rng.uniform(-OPEN_STAGE1_JITTER, OPEN_STAGE1_JITTER, 2) * side
+    return Box.square(g.centre[0] + jx, g.centre[1] + jy, side), k
+
+
+def encode_open(processor, examples, first_ids: list[int], rest_ids: list[int]) -> dict:
+    """Tokenise a batch mixing closed examples (label a choice) and open ones (an OpenLabel): left-padded,
+    the answer's tokens and eos supervised. ``labels`` holds the sure targets (-100 elsewhere); ``unsure``
+    marks targets uniform over the code characters: 1 as a code's first token, 2 as a continuation."""
+    texts, images, answers = [], [], []
+    for views, question, choices, label in examples:
+        answer = label.text if isinstance(label, OpenLabel) else label
+        content = [{"type": "image"} for _ in views] + [{"type": "text", "text": format_question(question, choices)}]
+        msgs = [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+        texts.append(processor.apply_chat_template(msgs, tokenize=False))
+        images.extend(views)
+        answers.append(answer)
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    ids = batch["input_ids"]
+    labels = torch.full_like(ids, -100)
+    unsure = torch.zeros_like(ids, dtype=torch.int8)
+    tok = processor.tokenizer
+    for b, ((_, _, _, label), answer) in enumerate(zip(examples, answers)):
+        n = len(tok(answer, add_special_tokens=False).input_ids)
+        labels[b, -n - 1:] = ids[b, -n - 1:]  # the answer and eos
+        # a code the tokenizer does not spell per character (one starting with a vocabulary word, "USER...",
+        # about 1 in 10^6) keeps sure targets on all its tokens: unsure ones would sit on the wrong positions
+        if isinstance(label, OpenLabel) and n == len(label.text):
+            for k, doubt in enumerate(label.unsure):
+                if doubt:
+                    labels[b, -n - 1 + k] = -100
+                    unsure[b, -n - 1 + k] = 1 if k == 0 else 2
+    batch["labels"], batch["unsure"] = labels, unsure
+    return batch
+
+
+def open_loss(logits: torch.Tensor, labels: torch.Tensor, unsure: torch.Tensor, first_ids, rest_ids) -> torch.Tensor:
+    """Mean over supervised positions of the next-token loss: cross-entropy on sure targets, and
+    -(1/K) sum_k log p_k over the K code characters (first or continuation form) on unsure ones,
+    smallest when the model spreads its guess evenly (entropy up to ln K = 3.53 nats for K = 34)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    target, doubt = labels[:, 1:], unsure[:, 1:]
+    sure = target != -100
+    terms = [-logp[sure].gather(-1, target[sure][:, None])[:, 0]]
+    for code, ids in ((1, first_ids), (2, rest_ids)):
+        at = doubt == code
+        if at.any():
+            terms.append(-logp[at][:, ids].mean(-1))
+    return torch.cat(terms).mean()
+
+
 def encode(processor, examples, question_of):
     """Tokenise a batch of (views, question, choices, label): left-padded, label + eos supervised."""
     texts, images = [], []
@@ -149,18 +302,27 @@ class ViewStream(torch.utils.data.IterableDataset):
     """Endless stream of encoded batches; scenes never repeat (index grows with the step)."""
 
     def __init__(self, seed: int, batch_size: int, views_per_scene: int = 10, start: int = 0,
-                 easy_rate: float = EASY_RATE):
+                 easy_rate: float = EASY_RATE, open_share: float = 0.0, open_vocab: bool | None = None):
         self.seed, self.batch_size, self.k, self.start = seed, batch_size, views_per_scene, start
         self.easy_rate = easy_rate  # share of scenes with large evidence (SpotBench's own is 0.15)
+        self.open_share = open_share  # share of scenes that are open items (their own stream, same indices)
+        self.open_vocab = open_share > 0 if open_vocab is None else open_vocab
 
     def scenes(self):
-        index = self.start
+        """Closed scenes, and with ``open_share`` open ones in between (drawn by their own generator)."""
+        index, open_index = self.start, self.start
+        pick = np.random.default_rng(self.seed + 17)
         while True:
+            if self.open_share and pick.random() < self.open_share:
+                yield make_open_item(self.seed, "train", open_index)
+                open_index += 1
+                continue
             yield make_item(self.seed, "train", index, easy_rate=self.easy_rate)
             index += 1
 
     def __iter__(self):
-        processor = build_processor()
+        processor = build_processor(open_items=self.open_vocab)
+        code_ids = code_token_ids(processor.tokenizer) if self.open_vocab else None
         rng = np.random.default_rng(self.seed + 7)
         scenes = self.scenes()
         while True:
@@ -168,9 +330,12 @@ class ViewStream(torch.utils.data.IterableDataset):
             while len(examples) < self.batch_size:
                 item = next(scenes)
                 for _ in range(self.k):
-                    views, label = sample_views(rng, item)
+                    views, label = sample_open_views(rng, item) if item.open else sample_views(rng, item)
                     examples.append((views, item.question, item.choices, label))
-            yield encode(processor, examples[: self.batch_size], None)
+            if self.open_share:
+                yield encode_open(processor, examples[: self.batch_size], *code_ids)
+            else:
+                yield encode(processor, examples[: self.batch_size], None)
 
 
 # Stage 1 draws glyph tasks more often: a ViT from scratch learns digit and letter shapes far more
@@ -201,14 +366,15 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
-                 far_unsure: bool = True, start: int = STAGE1_START):
+                 far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
         self.start = start
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
         self.far_unsure = far_unsure  # False: an illegible far view is dropped for the usual close view
+        self.open_share = open_share  # share of glyph views of open items (``glyph_view``); 0: none
 
     def __iter__(self):
-        processor = build_processor()
+        processor = build_processor(open_items=self.open_share > 0)
         tok = processor.tokenizer
         vocab = len(tok)
         rng = np.random.default_rng(self.seed + 11)
@@ -221,12 +387,33 @@ class CloseViewStream(torch.utils.data.IterableDataset):
             return make_item(self.seed, "train", index, kind=str(rng.choice(kinds, p=weights)))
 
         pool = [new_item() for _ in range(self.pool)]
+        if self.open_share:  # open items from their own generator and random stream: the closed draws above stay
+            open_rng = np.random.default_rng(self.seed + 13)
+            code_ids = code_token_ids(tok)
+            open_index = self.start
+            open_pool = [make_open_item(self.seed, "train", open_index + i) for i in range(self.pool)]
+            open_index += self.pool
         while True:
             for _ in range(self.refresh):
                 pool[int(rng.integers(self.pool))] = new_item()
+            if self.open_share:
+                for _ in range(max(1, round(self.refresh * self.open_share))):
+                    open_pool[int(open_rng.integers(self.pool))] = make_open_item(self.seed, "train", open_index)
+                    open_index += 1
             images, labels = [], []
             mask = torch.full((self.batch_size, vocab), float("-inf"))
             for b in range(self.batch_size):
+                if self.open_share and open_rng.random() < self.open_share:  # one glyph of a code
+                    item = open_pool[int(open_rng.integers(self.pool))]
+                    box, k = glyph_view(open_rng, item)
+                    view = letterbox(item.image, IMAGE_SIZE, box)
+                    if open_rng.random() < 0.15:
+                        view = _corrupt_view(open_rng, view)
+                    ids = code_ids[0] if k == 0 else code_ids[1]
+                    images.append(view)
+                    labels.append(ids[CODE_ALPHABET.index(item.answer[k])])
+                    mask[b, ids] = 0.0
+                    continue
                 item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
                 label = item.answer
@@ -284,7 +471,7 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
-                    far_unsure: bool = True, start: int = STAGE1_START) -> None:
+                    far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
@@ -296,7 +483,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure,
-                             start=start)
+                             start=start, open_share=open_share)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema = time.time(), None
     for step, (pv, y, mask) in enumerate(loader):
@@ -351,11 +538,49 @@ def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
             "val_close_entropy": float(np.mean(close_h)), "val_whole_entropy": float(np.mean(whole_h))}
 
 
+def evaluate_open(model, processor, n: int = 60, seed: int = 0) -> dict:
+    """Open val items: exact match and mean token entropy (nats) of the greedy reading, on the whole
+    image and on a close-up of the evidence (1.05 x its long side, at least one input) beside it."""
+    from spote.adapters.llava import LlavaAdapter
+    from spote.bench.run import char_accuracy, exact_match
+
+    adapter = LlavaAdapter(model, processor)
+    out = {"whole": [], "close": []}
+    for i in range(n):
+        item = make_open_item(seed, "val", i)
+        r = ViewRenderer(item.image, IMAGE_SIZE)
+        ev = Box(*item.evidence)
+        close = Box.square(*ev.centre, max(1.05 * max(ev.width, ev.height), IMAGE_SIZE)).shifted_inside(*item.image.size)
+        for name, views in (("whole", [r.global_view]), ("close", r.render(close, "zoom+context"))):
+            gen = adapter.generate(views, item.question, max_new_tokens=8)
+            out[name].append((exact_match(gen.text, item.answer), char_accuracy(gen.text, item.answer),
+                              float(np.mean(gen.entropies)) if gen.entropies else 0.0))
+    report = {}
+    for name, rows in out.items():
+        em, ca, h = (float(np.mean(col)) for col in zip(*rows))
+        report.update({f"val_open_{name}_exact_match": em, f"val_open_{name}_char_accuracy": ca,
+                       f"val_open_{name}_entropy": h})
+    return report
+
+
+def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Embedding, src_vocab: dict) -> None:
+    """Token embeddings from a saved model: all of them for the same vocabulary, else row by row for
+    the tokens both vocabularies hold (the new ones keep their fresh initialisation)."""
+    if dst_vocab == src_vocab:
+        dst.load_state_dict(src.state_dict())
+        return
+    with torch.no_grad():
+        for token, j in dst_vocab.items():
+            if token in src_vocab:
+                dst.weight[j] = src.weight[src_vocab[token]]
+
+
 def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
           far_views: float = FAR_VIEWS, far_unsure: bool = True, init_from: Path | None = None,
-          easy_rate: float = EASY_RATE, tower_from: Path | None = None) -> dict:
+          easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
+          stage1_start: int | None = None, open_eval_items: int = 60) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -369,7 +594,14 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
-    1.0, close-view digits 0.64 at 32 px vs 0.90 frozen; research/reading_scale.py)."""
+    1.0, close-view digits 0.64 at 32 px vs 0.90 frozen; research/reading_scale.py).
+
+    ``open_share`` > 0 adds SpotBench's open items (module docstring): that share of stage 1's views
+    are single code glyphs and that share of stage 2's scenes are open items, and the tokenizer spells
+    codes (``build_processor(open_items=True)``); ``tower_from`` a model without it copies the
+    embeddings of the tokens both vocabularies hold. ``stage1_start`` overrides the first stage 1
+    scene index (a second continued stage 1 must not redraw the first one's scenes).
+    ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``)."""
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
@@ -381,20 +613,29 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         processor = AutoProcessor.from_pretrained(init_from)
         model = LlavaForConditionalGeneration.from_pretrained(init_from, use_safetensors=True)
         vision_steps = 0
+        open_vocab = _spells_codes(processor.tokenizer)
+        if open_share and not open_vocab:
+            raise ValueError(f"{init_from} has no code tokens to fine-tune on open items: retrain it with open_share "
+                             "(or continue its tower with tower_from)")
     else:
-        processor = build_processor()
+        open_vocab = open_share > 0
+        processor = build_processor(open_items=open_vocab)
         model = build_model(processor, seed)
         if tower_from is not None:
             saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
             for part in ("vision_tower", "multi_modal_projector"):
                 getattr(model.model, part).load_state_dict(getattr(saved, part).state_dict())
-            model.model.language_model.embed_tokens.load_state_dict(saved.language_model.embed_tokens.state_dict())
+            _copy_embeddings(model.model.language_model.embed_tokens, processor.tokenizer.get_vocab(),
+                             saved.language_model.embed_tokens, AutoProcessor.from_pretrained(tower_from).tokenizer.get_vocab())
+    code_ids = code_token_ids(processor.tokenizer) if open_share else None
     model.train()
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
+        if stage1_start is None:
+            stage1_start = STAGE1_START if tower_from is None else TOWER_CONTINUE_START
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
-                        start=STAGE1_START if tower_from is None else TOWER_CONTINUE_START)
+                        start=stage1_start, open_share=open_share)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -407,14 +648,20 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    stream = ViewStream(seed, batch_size, start=FINETUNE_START if init_from is not None else 0, easy_rate=easy_rate)
+    stream = ViewStream(seed, batch_size, start=FINETUNE_START if init_from is not None else 0, easy_rate=easy_rate,
+                        open_share=open_share, open_vocab=open_vocab)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema_loss, ema_acc = time.time(), None, None
     for step, batch in enumerate(loader):
         if step >= steps:
             break
-        outputs = model(**batch)
-        loss = outputs.loss
+        if "unsure" in batch:  # open items: sure and unsure targets (open_loss)
+            labels, unsure = batch.pop("labels"), batch.pop("unsure")
+            outputs = model(**batch)
+            loss = open_loss(outputs.logits, labels, unsure, *code_ids)
+        else:
+            outputs = model(**batch)
+            loss = outputs.loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -436,15 +683,25 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         report = {"steps": steps, "batch_size": batch_size, "seed": seed,
                   "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale, "far_views": far_views,
                   "far_unsure": far_unsure, "init_from": None if init_from is None else str(init_from),
-                  "easy_rate": easy_rate, "lr": lr, "warmup": warmup,
+                  "easy_rate": easy_rate, "lr": lr, "warmup": warmup, "open_share": open_share,
+                  "stage1_start": stage1_start,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
-                  **evaluate(model, processor, eval_items)}
+                  **evaluate(model, processor, eval_items),
+                  **(evaluate_open(model, processor, open_eval_items) if open_vocab and open_eval_items else {})}
     print(json.dumps(report), flush=True)
     _save(model, processor, out)
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _spells_codes(tokenizer) -> bool:
+    try:
+        code_token_ids(tokenizer)
+        return True
+    except ValueError:
+        return False
 
 
 def _save(model, processor, out: Path):
@@ -466,11 +723,18 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
          vision_lr: float = typer.Option(2e-3, help="stage 1 peak learning rate"),
          lr: float = typer.Option(1e-3, help="stage 2 peak learning rate"),
          warmup: int = typer.Option(150, help="stage 2 warm-up steps"),
+         open_share: float = typer.Option(0.0, help="share of stage 1 views that are code glyphs and of stage 2 scenes "
+                                                    "that are open items (codes in document fields); 0: the closed "
+                                                    "recipe exactly"),
+         stage1_start: Optional[int] = typer.Option(None, help="first stage 1 scene index (default: the recipe's, or "
+                                                               "the continuation's with --tower-from)"),
+         open_eval_items: int = typer.Option(60, help="open val items evaluated at the end (with open items)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
-          init_from=init_from, easy_rate=easy_rate, tower_from=tower_from)
+          init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,
+          stage1_start=stage1_start, open_eval_items=open_eval_items)
 
 
 if __name__ == "__main__":

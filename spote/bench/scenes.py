@@ -11,6 +11,11 @@ read it, while a close enough view can. Three domains mirror our users:
 
 Presence questions whose answer is "yes" are *collapse-tempting*: a clean
 close-up of any empty region answers a confident, wrong "no".
+
+*Open items* (``open_items``, or ``spotbench(..., n_open=N)`` after the closed ones) ask for a
+short code printed in a named document field ("what is the code in the reference field ?"),
+answered open-ended (``choices`` None); see ``make_open_item``. They draw from their own random
+stream, so adding them leaves every closed item of a (split, seed) byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -51,11 +56,16 @@ class Item:
     kind: str
     image: Image.Image
     question: str
-    choices: tuple[str, ...]
+    choices: tuple[str, ...] | None  # None: open-ended
     answer: str
     evidence: tuple[int, int, int, int] | None
     easy: bool = False
     meta: dict = field(default_factory=dict)  # scene geometry the generator knows, e.g. aerial "bridge" (x, y)
+
+    @property
+    def open(self) -> bool:
+        """An open-ended question: no choices, the answer is generated text."""
+        return self.choices is None
 
     @property
     def evidence_frac(self) -> float:
@@ -66,7 +76,8 @@ class Item:
 
     @property
     def collapse_tempting(self) -> bool:
-        return self.kind in PRESENCE_KINDS and self.answer == "yes"
+        """Presence "yes" items, and open items whose legible close-ups cut the field (COLLAPSE_VARIANTS)."""
+        return (self.kind in PRESENCE_KINDS and self.answer == "yes") or self.meta.get("variant") in COLLAPSE_VARIANTS
 
     @property
     def size_bucket(self) -> str:
@@ -112,10 +123,10 @@ def _size(rng, easy: bool, w: int, h: int, lo: int, hi: int) -> int:
 
 
 # ----------------------------------------------------------------------------- documents
-def _document(rng, kind, easy, w, h):
+def _page(rng, w, h) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """A page of small text: lines of short dark-gray bars with word gaps."""
     page = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(236, 252, 3)))
     d = ImageDraw.Draw(page)
-    # text lines: short dark-gray bars with word gaps
     y = int(rng.integers(10, 30))
     while y < h - 10:
         x = int(rng.integers(10, 40))
@@ -127,6 +138,11 @@ def _document(rng, kind, easy, w, h):
             d.rectangle([x, y, min(end, x + ww), y + lh], fill=(g, g, g))
             x += ww + int(rng.integers(4, 9))
         y += lh + int(rng.integers(6, 14))
+    return page, d
+
+
+def _document(rng, kind, easy, w, h):
+    page, d = _page(rng, w, h)
     side = _size(rng, easy, w, h, 18, 34)
     box = _place(rng, w, h, side, side)
     x0, y0, x1, y1 = box
@@ -232,6 +248,214 @@ def _inspection(rng, kind, easy, w, h):
 _RENDER = {"documents": _document, "aerial": _aerial, "inspection": _inspection}
 
 
+# ----------------------------------------------------------------------------- open items: codes in fields
+CODE_ALPHABET = tuple("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ")  # no I or O: forms leave them out, read as 1 and 0
+CODE_LENGTH = (2, 5)  # characters per code, inclusive
+FIELD_NAMES = ("reference", "invoice", "order", "account", "serial", "batch")
+OPEN_QUESTION = "what is the code in the {} field ?"
+OPEN_KIND = "code"
+OPEN_STREAM = 1  # appended to an open item's seed: a random stream no closed item draws from
+# variant -> share of open items (make_open_item's docstring says what each one is)
+OPEN_VARIANTS = {"small": 0.35, "large": 0.15, "mixed": 0.2, "split": 0.15, "neighbour": 0.15}
+COLLAPSE_VARIANTS = frozenset({"mixed", "split", "neighbour"})
+WHOLE_VIEW_PX = 64  # the shipped model's input side: the whole view letterboxes the scene's long side into it
+# A glyph is read when its height spans this many input pixels: the shipped model read digits at 0.83
+# in 24 px boxes, whose glyphs are about 13 px high (docs/experiments/reading-scale.md).
+LEGIBLE_CAP_PX = 12
+SMALL_CAP_PX = (12, 18)  # small glyphs' height in scene pixels: legible only about 1:1, in a 64 px window
+CLOSE_FIT_PX = 56  # a small code (with its field's padding) fits one 64 px window at 1:1
+LARGE_CAP_SHARE = (0.21, 0.25)  # large glyphs' height over the scene's long side: 13.4-16 px of the whole view
+CAP_PER_FONT_SIZE = 0.7  # glyph height of a capital or digit over the font size (Pillow's default font)
+INK = (10, 10, 10)
+FIELD_RED = (215, 25, 25)
+NEIGHBOUR_GREY = (90, 90, 90)
+
+
+def _code(rng, n: int) -> str:
+    return "".join(str(c) for c in rng.choice(CODE_ALPHABET, n))
+
+
+def _glyphs(d, runs) -> list[tuple[str, ImageFont.FreeTypeFont, int, float, tuple]]:
+    """Lay runs of characters out left to right on one baseline at x = 0 (y = 0 the baseline).
+
+    ``runs``: [(text, font, stroke_px, space_after_px)]. Returns [(char, font, stroke, x, bbox)], the
+    bbox in pixels relative to that origin (y negative above the baseline)."""
+    out, x = [], 0.0
+    for text, font, sw, space_after in runs:
+        for c in text:
+            b = d.textbbox((x, 0), c, font=font, anchor="ls", stroke_width=sw)
+            out.append((c, font, sw, x, b))
+            x = b[2] + 0.05 * font.size
+        x += space_after
+    return out
+
+
+def _extent(glyphs) -> tuple[float, float, float, float]:
+    boxes = [g[4] for g in glyphs]
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _small_run(d, rng, n: int, gap_after: float = 0.0, fit: float = CLOSE_FIT_PX):
+    """A code of ``n`` small glyphs: a random height in SMALL_CAP_PX, lowered until the run fits ``fit``
+    pixels, so that one close-up of a model input at 1:1 holds all of it legibly. A code of wide glyphs
+    that does not fit even at the floor of SMALL_CAP_PX loses its last character (down to 2)."""
+    text = _code(rng, n)
+    cap = float(rng.uniform(*SMALL_CAP_PX))
+    while True:
+        fs = max(8, round(cap / CAP_PER_FONT_SIZE))
+        font, sw = _font(fs), max(1, round(fs / 16))
+        x0, _, x1, _ = _extent(_glyphs(d, [(text, font, sw, 0.0)]))
+        if x1 - x0 <= fit or (cap <= SMALL_CAP_PX[0] and len(text) <= CODE_LENGTH[0]):
+            return text, font, sw, gap_after
+        if cap <= SMALL_CAP_PX[0]:
+            text = text[:-1]
+        cap = max(SMALL_CAP_PX[0], cap - 1)
+
+
+def _draw_field(d, glyphs, ox: float, oy: float, pad: int, outline, width: int, label: str | None):
+    """Draw glyphs at origin (ox, oy = baseline) inside a white field outlined in ``outline``, with a
+    small grey label above; returns (field box, [glyph boxes]) in page pixels."""
+    x0, y0, x1, y1 = _extent(glyphs)
+    field_box = (int(ox + x0 - pad), int(oy + y0 - pad), int(ox + x1 + pad), int(oy + y1 + pad))
+    d.rectangle(field_box, fill=(255, 255, 255), outline=outline, width=width)
+    boxes = []
+    for c, font, sw, x, b in glyphs:
+        d.text((ox + x, oy), c, fill=INK, font=font, anchor="ls", stroke_width=sw, stroke_fill=INK)
+        boxes.append((int(ox + b[0]), int(oy + b[1]), int(ox + b[2]) + 1, int(oy + b[3]) + 1))
+    if label:
+        d.text((field_box[0], field_box[1] - 2), label.upper(), fill=(110, 110, 110),
+               font=_font(max(6, round(0.55 * (y1 - y0) / CAP_PER_FONT_SIZE))), anchor="ld")
+    return field_box, boxes
+
+
+def _code_field(rng, d, variant: str, w: int, h: int, field_name: str):
+    """Draw the asked field (and a neighbour) on the page ``d``; (answer, evidence box, meta)."""
+    long_side = max(w, h)
+    lo, hi = CODE_LENGTH
+    split_at, neighbour = None, None
+    if variant == "large":
+        text = _code(rng, int(rng.integers(lo, 4)))
+        cap = float(rng.uniform(*LARGE_CAP_SHARE)) * long_side
+        fs = round(cap / CAP_PER_FONT_SIZE)
+        runs = [(text, _font(fs), max(1, round(fs / 16)), 0.0)]
+        while _extent(_glyphs(d, runs))[2] - _extent(_glyphs(d, runs))[0] > 0.8 * w and fs > 8:  # keep it on the page
+            fs -= 2
+            runs = [(text, _font(fs), max(1, round(fs / 16)), 0.0)]
+    elif variant == "mixed":
+        k = int(rng.integers(1, 3))  # large prefix characters
+        prefix = _code(rng, k)
+        cap = float(rng.uniform(*LARGE_CAP_SHARE)) * long_side
+        fs = round(cap / CAP_PER_FONT_SIZE)
+        large = (prefix, _font(fs), max(1, round(fs / 16)), 0.0)
+        small = _small_run(d, rng, int(rng.integers(max(1, lo - k), hi - k + 1)))
+        runs = [large, small]
+    elif variant == "split":
+        text, font, sw, _ = _small_run(d, rng, int(rng.integers(3, 5)), fit=CLOSE_FIT_PX - 10)
+        split_at = int(rng.integers(1, len(text)))
+        gap = 0.7 * font.size * CAP_PER_FONT_SIZE
+        runs = [(text[:split_at], font, sw, gap), (text[split_at:], font, sw, 0.0)]
+    else:  # small, neighbour
+        runs = [_small_run(d, rng, int(rng.integers(lo, hi + 1)))]
+    glyphs = _glyphs(d, runs)
+    answer = "".join(g[0] for g in glyphs)
+    small_fs = runs[-1][1].size
+    pad = max(2, round(0.35 * small_fs * CAP_PER_FONT_SIZE))
+    width = max(2, round(small_fs * CAP_PER_FONT_SIZE / 6))
+    gx0, gy0, gx1, gy1 = _extent(glyphs)
+    fw, fh = gx1 - gx0 + 2 * pad, gy1 - gy0 + 2 * pad
+    label_h = int(0.6 * fh) + 4
+    if variant == "neighbour":
+        other = answer
+        while other == answer:
+            other = _code(rng, int(rng.integers(lo, hi + 1)))
+        n_glyphs = _glyphs(d, [(other, runs[0][1], runs[0][2], 0.0)])
+        nx0, _, nx1, _ = _extent(n_glyphs)
+        nw = nx1 - nx0 + 2 * pad
+        left = bool(rng.random() < 0.5)  # the neighbour on the asked field's left or right, sharing its border
+        bx0, by0, _, _ = _place(rng, w, h, int(fw + nw) + 2, int(fh) + label_h, margin=8)
+        ax = bx0 + (nw if left else 0)
+        nbx = bx0 if left else bx0 + fw
+        base_y = by0 + label_h + pad - gy0
+        neighbour_name = str(rng.choice([f for f in FIELD_NAMES if f != field_name]))
+        neighbour, _ = _draw_field(d, n_glyphs, nbx + pad - nx0, base_y, pad, NEIGHBOUR_GREY, width, neighbour_name)
+    else:
+        bx0, by0, _, _ = _place(rng, w, h, int(fw) + 2, int(fh) + label_h, margin=8)
+        ax, base_y = bx0, by0 + label_h + pad - gy0
+    field_box, boxes = _draw_field(d, glyphs, ax + pad - gx0, base_y, pad, FIELD_RED, width, field_name)
+    if split_at is not None:  # a rule between the two groups, as forms print "AB | 12"
+        xm = (boxes[split_at - 1][2] + boxes[split_at][0]) / 2
+        d.line([xm, field_box[1] + width, xm, field_box[3] - width], fill=NEIGHBOUR_GREY, width=max(1, width // 2))
+    scale = WHOLE_VIEW_PX / long_side
+    legible = [(b[3] - b[1]) * scale >= LEGIBLE_CAP_PX for b in boxes]
+    evidence = field_box
+    if variant == "mixed":  # what needs a close-up: the small characters (the whole view shows the large ones)
+        small = boxes[len(runs[0][0]):]
+        evidence = (min(b[0] for b in small) - pad, min(b[1] for b in small) - pad,
+                    min(field_box[2], max(b[2] for b in small) + pad), min(field_box[3], max(b[3] for b in small) + pad))
+    meta = {"variant": variant, "field_name": field_name, "field": field_box, "chars": boxes,
+            "legible_whole": legible, "neighbour": neighbour}
+    return answer, evidence, meta
+
+
+def make_open_item(seed: int, split: str, index: int, variant: str | None = None) -> Item:
+    """Deterministic open item ``index`` of ``split`` for ``seed``: a page of small text with a red-outlined
+    field, named by a small grey label, holding a code of 2-5 characters from CODE_ALPHABET; the
+    question names the field ("what is the code in the reference field ?"), ``choices`` is None and
+    ``answer`` the code. A 64 px model reads a glyph whose height spans LEGIBLE_CAP_PX of its input.
+
+    Variants (OPEN_VARIANTS gives their shares; ``variant`` forces one, the rest of the item unchanged):
+
+    - ``small``: every glyph 12-18 px high in the scene, illegible in the whole view, legible in a
+      close-up of one model input (64 px) at 1:1, which holds the whole field.
+    - ``large``: 2-3 glyphs 21-25% of the scene's long side high, legible in the whole view (the
+      open ``easy`` items; the scene is near square).
+    - ``mixed``: 1-2 large glyphs, then small ones: the whole view reads the prefix, only a close-up
+      the rest, and a close-up legible enough for the small glyphs cannot hold the large ones.
+    - ``split``: 3-4 small glyphs in two groups divided by a grey rule ("3A | 9Q"), as forms print
+      a prefix and a serial; a close-up of one group shows a clean, complete-looking code.
+    - ``neighbour``: a small code whose field shares its border with a neighbouring field (grey
+      outline, its own label and code of the same size), on its left or right; a close-up across the
+      border frames half of each as if it were one code.
+
+    ``mixed``, ``split`` and ``neighbour`` are *collapse-tempting*: a close-up that cuts the field reads
+    a confident partial or wrong code (the view is clear, the reading incomplete), so a search that
+    only rewards clarity can settle on it; an anchor on what the whole view read (mixed) or the field's
+    outline is what keeps the rest.
+
+    ``evidence`` is the asked field's box; for ``mixed`` the part holding the small glyphs (the close-up
+    the answer needs; the whole view shows the large ones). ``meta``: ``variant``, ``field_name``,
+    ``field`` (the whole field's box), ``chars`` (one box per glyph, in reading order),
+    ``legible_whole`` (per glyph: legible in the whole view), ``neighbour`` (its box or None).
+    ``easy``: every glyph legible in the whole view.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    if variant is not None and variant not in OPEN_VARIANTS:
+        raise ValueError(f"unknown open variant {variant!r}; expected one of {sorted(OPEN_VARIANTS)}")
+    rng = np.random.default_rng([seed, SPLITS[split], index, OPEN_STREAM])
+    names, shares = zip(*OPEN_VARIANTS.items())
+    drawn = str(rng.choice(names, p=shares))
+    variant = variant or drawn
+    w, h = (int(v) for v in rng.integers(480, 1280, 2))
+    if rng.random() < 0.25:
+        h = w
+    if variant in ("large", "mixed"):  # near square, so large glyphs fit across the page
+        h = int(w * rng.uniform(0.8, 1.0))
+    field_name = str(rng.choice(FIELD_NAMES))
+    page, d = _page(rng, w, h)
+    answer, evidence, meta = _code_field(rng, d, variant, w, h, field_name)
+    return Item(f"{split}-{seed}-open-{index:05d}", "documents", OPEN_KIND, page, OPEN_QUESTION.format(field_name),
+                None, answer, evidence, all(meta["legible_whole"]), meta)
+
+
+def open_items(split: str = "test", n: int = 100, seed: int = 0):
+    """Yield ``n`` open items of a split (``make_open_item``); ``seed`` selects a fresh set."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    for i in range(n):
+        yield make_open_item(seed, split, i)
+
+
 def make_item(seed: int, split: str, index: int, easy_rate: float = EASY_RATE, kind: str | None = None) -> Item:
     """Deterministic item ``index`` of ``split`` for ``seed``."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
@@ -249,12 +473,14 @@ def make_item(seed: int, split: str, index: int, easy_rate: float = EASY_RATE, k
     return Item(f"{split}-{seed}-{index:05d}", domain, kind, image, question, choices, answer, box, easy, meta)
 
 
-def spotbench(split: str = "test", n: int = 600, seed: int = 0, easy_rate: float = EASY_RATE):
-    """Yield ``n`` items of a split; ``seed`` selects a fresh set of scenes."""
+def spotbench(split: str = "test", n: int = 600, seed: int = 0, easy_rate: float = EASY_RATE, n_open: int = 0):
+    """Yield ``n`` closed items of a split, then ``n_open`` open items; ``seed`` selects a fresh set of scenes.
+    The closed items are the same whatever ``n_open`` is."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     for i in range(n):
         yield make_item(seed, split, i, easy_rate)
+    yield from open_items(split, n_open, seed)
 
 
 def item_digest(item: Item) -> str:

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spote.bench.scenes import make_item
@@ -186,3 +187,133 @@ def test_tower_from_takes_stage1_parts_from_a_saved_model_and_starts_the_lm_fres
     assert not all(torch.equal(base[k], cont[k]) for k in layers)                 # not the saved model's
     with pytest.raises(ValueError, match="give one"):
         train(tmp_path / "both", steps=1, init_from=tmp_path / "base", tower_from=tmp_path / "base")
+
+
+# ----------------------------------------------------------------------------- open items
+def test_open_tokenizer_spells_codes_per_character_and_keeps_closed_ids():
+    from spote.bench.scenes import TASKS, open_items
+    from spote.prompt import format_question
+    from training.build import build_processor, code_token_ids
+
+    closed, opened = build_processor(), build_processor(open_items=True)
+    assert len(closed.tokenizer) == 54  # the shipped tokenizer's size: the closed recipe is unchanged
+    for _, _, question, choices in TASKS:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": format_question(question, choices)}]},
+                {"role": "assistant", "content": choices[-1]}]
+        text = closed.apply_chat_template(msgs, tokenize=False)
+        assert opened.tokenizer(text).input_ids == closed.tokenizer(text).input_ids
+    tok = opened.tokenizer
+    first, rest = code_token_ids(tok)
+    for item in open_items("train", 30, 0):
+        ids = tok(item.answer, add_special_tokens=False).input_ids
+        assert len(ids) == len(item.answer) and ids[0] in first and all(i in rest for i in ids[1:])
+        assert tok.decode(ids) == item.answer
+        assert tok.unk_token_id not in tok(item.question).input_ids
+    with pytest.raises(ValueError, match="does not spell codes"):
+        code_token_ids(closed.tokenizer)
+
+
+def test_open_targets_follow_what_each_view_shows():
+    """Whole view of a mixed code: the large prefix sure, the small rest unsure. A 1:1 close-up of a
+    small code reads it all; one cut to its first glyphs reads those only (a partial reading); a view
+    far from the field reads nothing, so the whole code is unsure; beside the whole image, the whole code."""
+    from spote.bench.scenes import make_open_item
+    from training.train import read_alone, read_with_context
+
+    mixed = make_open_item(0, "train", 1, variant="mixed")
+    k = mixed.meta["legible_whole"].index(False)
+    whole = read_alone(mixed, Box.full(*mixed.image.size))
+    assert whole.text == mixed.answer and whole.unsure == (False,) * k + (True,) * (len(mixed.answer) - k)
+    small = next(it for i in range(20) if len((it := make_open_item(0, "train", i, variant="small")).answer) >= 3)
+    ev = Box(*small.evidence)
+    close = Box.square(*ev.centre, max(64, 1.05 * ev.width))
+    assert read_alone(small, close) == (small.answer, (False,) * len(small.answer))
+    g0, g1 = Box(*small.meta["chars"][0]), Box(*small.meta["chars"][1])
+    cut = Box(g0.x0 - 2, g0.y0 - 2, g1.x1 + 1, g1.y1 + 2)
+    assert read_alone(small, cut) == (small.answer[:2], (False, False))                   # confident and partial
+    far = Box(0, 0, 40, 40) if ev.x0 > 100 or ev.y0 > 100 else Box(*[v - 41 for v in small.image.size] + list(small.image.size))
+    assert read_alone(small, far) == (small.answer, (True,) * len(small.answer))
+    assert read_with_context(small, cut) == (small.answer, (False, False) + (True,) * (len(small.answer) - 2))
+
+
+def test_encode_open_supervises_each_code_token_and_marks_unsure_ones():
+    from spote.bench.scenes import OPEN_QUESTION
+    from training.build import build_processor, code_token_ids
+    from training.train import OpenLabel, encode, encode_open
+
+    processor = build_processor(open_items=True)
+    first, rest = code_token_ids(processor.tokenizer)
+    view = [Image.new("RGB", (64, 64), (255, 255, 255))]
+    closed_ex = (view, "what digit is in the red box ?", tuple("0123456789"), "7")
+    open_ex = (view, OPEN_QUESTION.format("reference"), None, OpenLabel("3A9Q", (False, True, False, True)))
+    batch = encode_open(processor, [closed_ex, open_ex], first, rest)
+    ids, labels, unsure = batch["input_ids"], batch["labels"], batch["unsure"]
+    assert torch.equal(labels[0], encode(processor, [closed_ex, closed_ex], None)["labels"][0][-labels.shape[1]:])
+    assert processor.tokenizer.convert_ids_to_tokens(ids[1, -5:].tolist()) == ["3", "##A", "##9", "##Q", "</s>"]
+    assert labels[1, -5:].tolist() == [ids[1, -5].item(), -100, ids[1, -3].item(), -100, ids[1, -1].item()]
+    assert unsure[1, -5:].tolist() == [0, 2, 0, 2, 0] and unsure[0].sum() == 0 and (labels[1, :-5] == -100).all()
+    first_unsure = encode_open(processor, [(view, open_ex[1], None, OpenLabel("K7", (True, False)))], first, rest)
+    assert first_unsure["unsure"][0, -3:].tolist() == [1, 0, 0]  # a code's first token: the first-character set
+
+
+def test_open_loss_is_cross_entropy_on_sure_targets_and_uniform_on_unsure_ones():
+    from training.train import open_loss
+
+    torch.manual_seed(0)
+    first, rest = [1, 2, 3], [4, 5]
+    logits = torch.randn(2, 5, 8)
+    labels = torch.full((2, 5), -100)
+    labels[:, 3:] = torch.tensor([[2, 7], [6, 7]])
+    none = torch.zeros(2, 5, dtype=torch.int8)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 8), labels[:, 1:].reshape(-1))
+    assert torch.isclose(open_loss(logits, labels, none, first, rest), ce)  # no unsure target: the model's own loss
+    unsure = none.clone()
+    unsure[0, 2] = 2  # position 2's token (predicted at 1) is unsure, over the continuation set
+    flat = torch.zeros(1, 5, 8)
+    flat[0, 1, [4, 5]] = 10.0  # all the mass spread evenly on the two continuation characters
+    peaked = flat.clone()
+    peaked[0, 1, 4] = 14.0
+    lab, uns = torch.full((1, 5), -100), unsure[:1]
+    assert open_loss(flat, lab, uns, first, rest) < open_loss(peaked, lab, uns, first, rest)
+    assert math.isclose(open_loss(flat, lab, uns, first, rest).item(), math.log(2), rel_tol=1e-3)
+    x = torch.zeros(1, 5, 8, requires_grad=True)
+    open_loss(x, lab, uns, first, rest).backward()
+    assert x.grad[0, 1, [4, 5]].lt(0).all() and x.grad[0, [0, 2, 3, 4]].abs().sum() == 0  # only the unsure position
+
+
+def test_open_share_zero_draws_the_closed_streams_and_open_share_mixes_codes_in():
+    from training.train import CloseViewStream, ViewStream
+
+    scenes = ViewStream(0, 8).scenes()
+    assert not any(next(scenes).open for _ in range(40))
+    mixed = ViewStream(0, 8, open_share=0.5).scenes()
+    kinds = [next(mixed).open for _ in range(40)]
+    assert 8 < sum(kinds) < 32
+    pv, labels, mask = next(iter(CloseViewStream(seed=3, batch_size=32, pool=8, open_share=0.5)))
+    assert mask.shape[1] > 54 and torch.isfinite(mask[torch.arange(32), labels]).all()
+    allowed = torch.isfinite(mask).sum(1)
+    assert (allowed == 34).any() and ((allowed >= 2) & (allowed <= 34)).all()  # 34 code characters for glyph views
+
+
+def test_open_training_smoke_saves_a_model_that_generates_codes(tmp_path):
+    report = train(tmp_path / "m", steps=2, batch_size=8, vision_steps=2, eval_items=2, open_share=0.5,
+                   open_eval_items=2, log_every=1)
+    assert report["open_share"] == 0.5 and {"val_open_whole_exact_match", "val_open_close_entropy"} <= set(report)
+    proc = AutoProcessor.from_pretrained(tmp_path / "m")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", use_safetensors=True)
+    assert model.config.model_type == "llava"
+    assert proc.tokenizer.convert_ids_to_tokens(proc.tokenizer("K7", add_special_tokens=False).input_ids) == ["K", "##7"]
+
+
+def test_tower_from_a_closed_model_copies_the_shared_token_embeddings(tmp_path):
+    from training.build import build_processor
+
+    train(tmp_path / "closed", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3)
+    train(tmp_path / "open", steps=1, batch_size=8, lr=0.0, vision_steps=0, eval_items=2, seed=3, open_share=0.5,
+          open_eval_items=0, tower_from=tmp_path / "closed")
+    key = "language_model.model.embed_tokens.weight"
+    old, new = (_tensors(tmp_path / d, "embed_tokens")[key] for d in ("closed", "open"))
+    vocab = build_processor(open_items=True).tokenizer.get_vocab()
+    assert new.shape[0] == len(vocab) > old.shape[0] == 54
+    assert torch.equal(new[:54], old)  # the closed tokens keep their ids and their embeddings
+    assert not torch.equal(new[vocab["##7"]], new[vocab["7"]])

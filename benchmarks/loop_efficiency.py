@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-PREVIOUS_DEFAULTS = {"group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_first": False, "budget": 256,
+PREVIOUS_DEFAULTS = {"group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_steps": 0, "budget": 256,
                      "plateau_patience": 5}
 
 

@@ -51,8 +51,8 @@ from .spotlight import MODES, Box, ViewRenderer
 class PolicyConfig:
     """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
 
-    group_size: int = 16           # G: spotlights per GRPO step, scored in one batched pass
-    first_group: int = 0           # G_1: spotlights in the first step, drawn from the priors alone (0: G)
+    group_size: int = 12           # G: spotlights per GRPO step after the first
+    first_group: int = 24          # G_1: spotlights in the first step (0: G)
     steps: int = 12                # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
@@ -65,13 +65,13 @@ class PolicyConfig:
     clip: float = 0.2              # PPO clip range
     inner_epochs: int = 4          # gradient steps per GRPO step
     mode: str = "zoom+context"     # highlight | zoom | zoom+context (global view + zoom, two images)
-    budget: int = 256              # forward passes at most, everything included
+    budget: int = 48               # forward passes at most, everything included
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
     min_window: float = 1.0        # smallest window side, in model input sizes
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
-    plateau_patience: int = 5      # steps without a better reward before stopping
+    plateau_patience: int = 2      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 0.5
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
@@ -80,8 +80,8 @@ class PolicyConfig:
     glance_side: float = 0.8       # one close look first: a square of this share of the short side on the saliency centroid (0: none)
     probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
-    read_chunk: int = 0            # read a group k views at a time and end it at the first clear view (0: one pass)
-    greedy_steps: int = 0          # the first k steps take the policy's most likely unread windows, in order (no sampling)
+    read_chunk: int = 4            # read a group k views at a time, ending it at the first clear view (0: one pass)
+    greedy_steps: int = 1          # the first k steps read the policy's most likely unread windows, in order (no sampling)
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -63,7 +63,8 @@ def test_exit_threshold_per_ln_k_scales_with_the_answer_set(random_adapter):
 def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
     base = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
     per_ln_k = base / np.log(len(CHOICES)) / 1.5  # the whole image sits at 1.5 x the exit threshold
-    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, steps=2, plateau_patience=9, glance_side=0.0)
+    cfg = PolicyConfig(exit_entropy_per_ln_k=per_ln_k, group_size=8, first_group=0, steps=2, plateau_patience=9,
+                       glance_side=0.0)
     near = spote(random_adapter, _image(), Q, CHOICES, cfg)
     far = spote(random_adapter, _image(), Q, CHOICES, replace(cfg, probe_below=1.4))
     coarse = [b.as_list() for group in coarse_windows(640, 480, cfg.probe_side) for b in group]
@@ -82,7 +83,8 @@ def test_coarse_probe_only_when_the_whole_image_is_almost_clear(random_adapter):
 def test_glance_comes_first_and_alone_settles_when_clear(random_adapter):
     img = _image()
     base = spote(random_adapter, img, Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
-    cfg = PolicyConfig(exit_entropy_per_ln_k=base / np.log(len(CHOICES)) / 1.5, group_size=8, steps=1, plateau_patience=9)
+    cfg = PolicyConfig(exit_entropy_per_ln_k=base / np.log(len(CHOICES)) / 1.5, group_size=8, first_group=0, steps=1,
+                       plateau_patience=9)
     look = glance_window(img, cfg.glance_side, saliency_map(img)).as_list()
     coarse = [b.as_list() for group in coarse_windows(*img.size, cfg.probe_side) for b in group]
     # clear nowhere: the glance alone (step 0), the corners (1), the centre (2), then the policy (3)
@@ -268,7 +270,7 @@ def test_a_chunked_group_ends_at_the_first_chunk_holding_a_clear_view(random_ada
     base = spote(random_adapter, img, Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
     # clear = any view a little clearer than the whole image: some, not all, random views are
     cfg = PolicyConfig(exit_entropy_per_ln_k=(base - 1e-3) / np.log(len(CHOICES)), glance_side=0.0, probe_side=0.0,
-                       group_size=16, steps=1, plateau_patience=9)
+                       group_size=16, first_group=0, read_chunk=0, steps=1, plateau_patience=9)
     whole = spote(random_adapter, img, Q, CHOICES, cfg)
     chunked = spote(random_adapter, img, Q, CHOICES, replace(cfg, read_chunk=2))
     tau = cfg.exit_entropy_per_ln_k * np.log(len(CHOICES))

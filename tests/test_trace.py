@@ -12,7 +12,7 @@ from spote.trace import plot_trace, trace_figure
 
 SAMPLE = Path(__file__).parents[1] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
 SEARCH = {"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "glance_side": 0.0, "probe_side": 0.0, "budget": 12,
-          "group_size": 4, "steps": 3}
+          "group_size": 4, "first_group": 4, "steps": 3}
 
 
 def _run(adapter, mode: str):

@@ -17,7 +17,7 @@ PROC_BIN   := $(PROC_VENV)/bin
 PROC_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 PROC_STAMP := $(PROC_VENV)/.installed-$(shell (cat pyproject.toml; echo "$(PROC_TORCH)") | sha1sum | cut -c1-12)
 
-.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train train-open clean
+.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train train-open clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -108,11 +108,44 @@ bench-anchor: $(STAMP)
 	  --out results/anchor-no-exit-g8-t4-zoom-seed$(SEED).json
 
 # the cost frontier: every search method (spote, naive_entropy, random, grid coarse-to-fine, zoomeye, scaffold)
-# at forward-pass budgets 8/16/32/64 and at its defaults, same items; JSON + accuracy-vs-passes plot
+# at forward-pass budgets 8/16/32/64 and at its defaults (grid: budgets only), same items; JSON + accuracy-vs-passes
+# plot. Two budgets at a time, one core each (~35 min on 2 cores)
 BUDGET_N ?= 300
 bench-budget: $(STAMP)
-	$(BIN)/python -m spote.bench.sweep --split test --n $(BUDGET_N) --seed $(SEED) --budgets 8,16,32,64 \
-	  --out results/bench-budget-test-seed$(SEED).json
+	OMP_NUM_THREADS=1 $(BIN)/python -m spote.bench.sweep --split test --n $(BUDGET_N) --seed $(SEED) --budgets 8,16,32,64 \
+	  --jobs 2 --out results/bench-budget-test-seed$(SEED).json
+
+# spote's cost at its defaults on the four test seeds (n=600), beside the whole image (~4 min a seed)
+bench-cost: $(STAMP)
+	for s in 0 1 2 3; do \
+	  $(BIN)/spote bench --split test --n $(N) --seed $$s --methods baseline,spote --no-plot \
+	    --out results/bench-cost-test-seed$$s.json || exit 1; done
+
+# what each cost change bought, on val (docs/design.md "Why these stopping and group settings"): each line
+# one PolicyConfig, relative to the defaults; ~2 min each on one core, the previous defaults ~4 min
+PREVIOUS = "group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_steps": 0, "budget": 256, "plateau_patience": 5
+COST_ABLATION = \
+  previous-defaults='{$(PREVIOUS)}' \
+  read-chunk-4='{$(PREVIOUS), "read_chunk": 4}' \
+  greedy-first-16='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1}' \
+  greedy-every-step='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 12}' \
+  greedy-first-16-b96='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96}' \
+  b96-no-relevance='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96, "use_relevance": false}' \
+  b96-no-glance='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96, "glance_side": 0.0}' \
+  greedy-first-16-b64-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 64, "plateau_patience": 3}' \
+  sampled-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
+  greedy-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
+  greedy-first-24-b64-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "first_group": 24, "budget": 64, "plateau_patience": 3}' \
+  greedy-first-24-b64-p2='{"budget": 64, "group_size": 16}' \
+  defaults='{}'
+bench-cost-ablation: $(STAMP)
+	for cfg in $(COST_ABLATION); do name=$${cfg%%=*}; pol=$${cfg#*=}; \
+	  OMP_NUM_THREADS=1 $(BIN)/spote bench --split val --n 300 --seed $(SEED) --methods spote --no-plot --policy "$$pol" \
+	    --out results/cost-ablation-val-seed$(SEED)-$$name.json || exit 1; done
+
+# is the loop model-bound? its passes/s against the model's raw batched passes/s, same machine, interleaved
+bench-loop: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.loop_efficiency --n 90 --rounds 3 --out results/loop-efficiency.json
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m benchmarks.pipeline_throughput --n 600 --out results/bench-pipeline.json

@@ -166,14 +166,18 @@ def quadrants(box: Box) -> list[Box]:
             Box(box.x0, ym, xm, box.y1), Box(xm, ym, box.x1, box.y1)]
 
 
-def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
+ZOOMEYE_MAX_PASSES = 256  # the tree search's own pass limit at its defaults (spote's budget is not its)
+
+
+def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
     """ZoomEye-style tree search (Shen et al., arXiv 2411.16044), on SPOT-E's model and views.
 
     The image is a tree: the root is the whole image, a node's children its four quadrants, down
     to ``cfg.min_window`` model input sizes. A priority queue holds the nodes scored so far, best
     first; the search pops the best node, scores its children in one batched pass, and stops when
     a node's answer is clear (entropy <= the same exit threshold tau as spote's), the queue is
-    empty, or ``cfg.budget`` forward passes are spent. The answer comes from the clearest node.
+    empty, or ``max_passes`` forward passes are spent (``ZOOMEYE_MAX_PASSES`` when not given). The
+    answer comes from the clearest node.
 
     Where it differs from the paper: a node's priority is the answer's own entropy on it (lower is
     better), not ZoomEye's existence and latent-confidence prompts ("is <target> in this view?",
@@ -188,10 +192,11 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), **_)
     tau = exit_threshold(cfg, len(choices) if choices is not None else None)
     smallest = cfg.min_window * adapter.input_size
     best, best_box, trace, seen = base, None, [base.entropy], []
+    limit = ZOOMEYE_MAX_PASSES if max_passes is None else max_passes
     queue = [(base.entropy, 0, Box.full(*image.size))]  # (entropy, tie-break, node)
     pushed = 1
     while queue and best.entropy > tau:
-        room = cfg.budget - (adapter.forward_passes - passes0)
+        room = limit - (adapter.forward_passes - passes0)
         _, _, node = heapq.heappop(queue)
         kids = [k for k in quadrants(node) if min(k.width, k.height) >= smallest][:max(0, room)]
         if not kids:
@@ -215,11 +220,13 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), **_)
 
 def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:
     """The SPOT-E authors' reference loop (../shared/PAPER.md): G = 4 highlight spotlights per step,
-    2 GRPO steps (or as many as ``budget`` allows), no early exit, no glance or probe, a uniform
-    14 x 14 map with Gaussian exploration (std 0.15), learning rate 0.05, best of all candidates."""
+    2 GRPO steps (or as many as ``budget`` allows), every group sampled and read in one pass, no early
+    exit, no glance or probe, a uniform 14 x 14 map with Gaussian exploration (std 0.15), learning
+    rate 0.05, best of all candidates."""
     steps = 2 if budget is None else max(1, (budget - 1) // 4)
     passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
-    return replace(cfg, group_size=4, steps=steps, budget=passes, mode="highlight", exit_entropy_per_ln_k=0.0,
+    return replace(cfg, group_size=4, first_group=0, read_chunk=0, greedy_steps=0, steps=steps, budget=passes,
+                   mode="highlight", exit_entropy_per_ln_k=0.0,
                    exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, use_relevance=False,
                    saliency_weight=0.0, saliency_peaks=0, grid=14, jitter=0.15, learning_rate=0.05)
 

@@ -44,7 +44,7 @@ def test_grid_under_a_budget_reads_coarse_windows_first(random_adapter):
 
 def test_zoomeye_descends_into_the_clearest_node(random_adapter):
     img = _image(800, 800, seed=3)
-    res = run_zoomeye(random_adapter, img, Q, CHOICES, PolicyConfig(budget=12, exit_entropy_per_ln_k=0.0))
+    res = run_zoomeye(random_adapter, img, Q, CHOICES, PolicyConfig(exit_entropy_per_ln_k=0.0), max_passes=12)
     boxes = [Box(*b) for b in res.boxes]
     first = boxes[:4]  # the root's quadrants
     assert sum(b.area for b in first) == pytest.approx(800 * 800, rel=0.01)
@@ -52,6 +52,12 @@ def test_zoomeye_descends_into_the_clearest_node(random_adapter):
     assert all(any(q.contains_frac(b) > 0.99 for q in first) for b in boxes[4:])
     assert res.forward_passes <= 12 and res.method == "zoomeye"
     assert res.entropy_trace == sorted(res.entropy_trace, reverse=True)  # the best entropy only falls
+
+
+def test_zoomeye_at_its_defaults_is_not_held_to_spotes_budget(random_adapter):
+    img = _image(800, 800, seed=3)
+    res = run_zoomeye(random_adapter, img, Q, CHOICES, PolicyConfig(budget=5, exit_entropy_per_ln_k=0.0))
+    assert res.forward_passes > 5  # its own pass limit (a clear node or an empty queue ends it first)
 
 
 def test_scaffold_is_the_papers_loop():
@@ -64,6 +70,7 @@ def test_scaffold_is_the_papers_loop():
 def test_scaffold_never_exits_early(random_adapter):
     res = run_method("scaffold", random_adapter, _image(), Q, CHOICES, PolicyConfig())
     assert res.forward_passes == 9 and res.mode == "highlight"
+    assert res.box_steps == [0] * 4 + [1] * 4  # two sampled groups of 4, whatever spote's group settings
 
 
 @pytest.mark.parametrize("method", ["baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye",

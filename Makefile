@@ -17,7 +17,7 @@ PROC_BIN   := $(PROC_VENV)/bin
 PROC_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 PROC_STAMP := $(PROC_VENV)/.installed-$(shell (cat pyproject.toml; echo "$(PROC_TORCH)") | sha1sum | cut -c1-12)
 
-.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train train-open clean
+.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-fast bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train train-open clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -115,11 +115,18 @@ bench-budget: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m spote.bench.sweep --split test --n $(BUDGET_N) --seed $(SEED) --budgets 8,16,32,64 \
 	  --jobs 2 --out results/bench-budget-test-seed$(SEED).json
 
-# spote's cost at its defaults on the four test seeds (n=600), beside the whole image (~4 min a seed)
+# spote's cost at its defaults on the four test seeds (n=600), beside the whole image (~6 min a seed)
 bench-cost: $(STAMP)
 	for s in 0 1 2 3; do \
 	  $(BIN)/spote bench --split test --n $(N) --seed $$s --methods baseline,spote --no-plot \
 	    --out results/bench-cost-test-seed$$s.json || exit 1; done
+
+# the same for the fast point (~20 passes per item; docs/benchmark.md "Cost at the defaults")
+FAST = '{"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2}'
+bench-cost-fast: $(STAMP)
+	for s in 0 1 2 3; do \
+	  $(BIN)/spote bench --split test --n $(N) --seed $$s --methods baseline,spote --no-plot --policy $(FAST) \
+	    --out results/bench-cost-fast-test-seed$$s.json || exit 1; done
 
 # what each cost change bought, on val (docs/design.md "Why these stopping and group settings"): each line
 # one PolicyConfig, relative to the defaults; ~2 min each on one core, the previous defaults ~4 min
@@ -129,14 +136,14 @@ COST_ABLATION = \
   read-chunk-4='{$(PREVIOUS), "read_chunk": 4}' \
   greedy-first-16='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1}' \
   greedy-every-step='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 12}' \
-  greedy-first-16-b96='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96}' \
   b96-no-relevance='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96, "use_relevance": false}' \
   b96-no-glance='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 96, "glance_side": 0.0}' \
   greedy-first-16-b64-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "budget": 64, "plateau_patience": 3}' \
   sampled-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
   greedy-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
   greedy-first-24-b64-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "first_group": 24, "budget": 64, "plateau_patience": 3}' \
-  greedy-first-24-b64-p2='{"budget": 64, "group_size": 16}' \
+  greedy-first-24-b64-p2='{"first_group": 24, "budget": 64, "plateau_patience": 2}' \
+  fast='{"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2}' \
   defaults='{}'
 bench-cost-ablation: $(STAMP)
 	for cfg in $(COST_ABLATION); do name=$${cfg%%=*}; pol=$${cfg#*=}; \

@@ -256,8 +256,14 @@ class LocalCluster:
     def stop(self, grace: float = 15.0) -> None:
         """End the processes this cluster started and nothing else: SIGTERM, ``grace`` seconds, SIGKILL."""
         termed: set[tuple[int, int]] = set()
+
+        def still_ours() -> dict[int, int]:
+            # what the sessions hold now, and everything already signalled that has not exited: once a
+            # session's leader is gone its escaped descendants are no longer found through it
+            return {**{pid: t for pid, t in termed if _running(pid, t)}, **self.processes()}
+
         deadline = time.time() + grace
-        while (alive := self.processes()) and time.time() < deadline:
+        while (alive := still_ours()) and time.time() < deadline:
             # newly found ones too: a raylet may start a worker while it shuts down
             fresh = {pid: t for pid, t in alive.items() if (pid, t) not in termed}
             _signal(fresh, signal.SIGTERM)
@@ -265,7 +271,7 @@ class LocalCluster:
             self._reap()
             time.sleep(0.2)
         deadline = time.time() + 10
-        while (alive := self.processes()) and time.time() < deadline:
+        while (alive := still_ours()) and time.time() < deadline:
             _signal(alive, signal.SIGKILL)
             self._reap()
             time.sleep(0.2)
@@ -280,11 +286,16 @@ class LocalCluster:
             p.poll()
 
 
+def _running(pid: int, start_time: int) -> bool:
+    """``pid`` is still the process that started at ``start_time``, and has not exited."""
+    proc = read_proc(pid)
+    return proc is not None and proc.start_time == start_time and not proc.exited
+
+
 def _signal(procs: dict[int, int], sig: int) -> None:
     """Signal each ``{pid: start_time}`` that is still that same process."""
     for pid, start_time in procs.items():
-        proc = read_proc(pid)
-        if proc is not None and proc.start_time == start_time and not proc.exited:
+        if _running(pid, start_time):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:

@@ -51,8 +51,8 @@ from .spotlight import MODES, Box, ViewRenderer
 class PolicyConfig:
     """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
 
-    group_size: int = 12           # G: spotlights per GRPO step after the first
-    first_group: int = 24          # G_1: spotlights in the first step (0: G)
+    group_size: int = 16           # G: spotlights per GRPO step
+    first_group: int = 0           # G_1: spotlights in the first step (0: G)
     steps: int = 12                # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
@@ -65,13 +65,13 @@ class PolicyConfig:
     clip: float = 0.2              # PPO clip range
     inner_epochs: int = 4          # gradient steps per GRPO step
     mode: str = "zoom+context"     # highlight | zoom | zoom+context (global view + zoom, two images)
-    budget: int = 48               # forward passes at most, everything included
+    budget: int = 96               # forward passes at most, everything included
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
     min_window: float = 1.0        # smallest window side, in model input sizes
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
-    plateau_patience: int = 2      # steps without a better reward before stopping
+    plateau_patience: int = 5      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 0.5
     saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform

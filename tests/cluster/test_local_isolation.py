@@ -110,6 +110,24 @@ def _cli(*args, env):
                           text=True, timeout=300)
 
 
+def test_stop_kills_an_escaped_child_that_ignores_sigterm_after_its_leader_is_gone():
+    # the leader dies on SIGTERM at once; its escaped child (own session) ignores SIGTERM, so only
+    # SIGKILL ends it, and by then the leader no longer leads stop to it
+    node = subprocess.Popen(["sh", "-c", "setsid sh -c 'trap \"\" TERM; sleep 300' & sleep 300"],
+                            start_new_session=True)
+    try:
+        escaped = _wait_for(lambda: [p for p in process_table().values()
+                                     if p.ppid == node.pid and p.sid not in (node.pid, os.getsid(0))],
+                            what="the setsid child")[0]
+        c = LocalCluster(nodes=[{"role": "head", "pid": node.pid, "start_time": read_proc(node.pid).start_time,
+                                 "log": ""}])
+        assert escaped.pid in c.processes()
+        c.stop(grace=1)
+        assert not _alive(escaped.pid, escaped.start_time), "stop returned with a signalled process alive"
+    finally:
+        _end_session(node)
+
+
 def test_unrelated_ray_head_survives_local_cluster_start_and_stop(other_ray, tmp_path):
     head, port = other_ray
     leader = read_proc(head.pid)

@@ -50,6 +50,15 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
     )
 
 
+def _open_answer(adapter, renderer, mode, reader, choices, box, text):
+    """(text, token ids) of the answer: for an open question whose search found a better view, generated
+    once on it; otherwise the baseline's (``text``, ``reader.span_ids``; ids None for a closed set)."""
+    if choices is None and box is not None:
+        gen = adapter.generate(renderer.render(box, mode), reader.question)
+        return gen.text, gen.token_ids
+    return text, reader.span_ids
+
+
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
     """Evaluate the whole image and every window (batched); answer from the lowest entropy."""
     t0, passes0 = time.perf_counter(), adapter.forward_passes
@@ -63,10 +72,7 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
         for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
-    ids = reader.span_ids
-    if choices is None and best_box is not None:
-        gen = adapter.generate(renderer.render(best_box, cfg.mode), question)
-        text, ids = gen.text, gen.token_ids
+    text, ids = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
                    [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids)
 
@@ -210,10 +216,7 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
             if rd.entropy < best.entropy:
                 best, best_box = rd, k
         trace.append(best.entropy)
-    ids = reader.span_ids
-    if choices is None and best_box is not None:
-        gen = adapter.generate(renderer.render(best_box, mode), question)
-        text, ids = gen.text, gen.token_ids
+    text, ids = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
     return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
                    best_box.as_list() if best_box else None, mode, ids)
 

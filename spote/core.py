@@ -284,22 +284,19 @@ class SpotlightPolicy:
 
     def sample(self, k: int, rng: np.random.Generator, exclude: set[int]) -> list[int]:
         """Gumbel-top-k: k distinct windows, none evaluated before."""
+        return self.top(k, exclude, rng)
+
+    def top(self, k: int, exclude: set[int] = frozenset(), rng: np.random.Generator | None = None) -> list[int]:
+        """The k most likely windows not in ``exclude``, most likely first; with ``rng`` each log-probability
+        gets Gumbel noise first, which makes the k a sample without replacement."""
         with torch.no_grad():
-            lp = self.log_probs().numpy().astype(np.float64)
-        keys = lp + rng.gumbel(size=lp.shape)
+            keys = self.log_probs().numpy().astype(np.float64)
+        if rng is not None:
+            keys = keys + rng.gumbel(size=keys.shape)
         if exclude:
             keys[list(exclude)] = -np.inf
-        order = np.argsort(-keys)
+        order = np.argsort(-keys, kind="stable")
         return [int(i) for i in order[:k] if np.isfinite(keys[i])]
-
-    def top(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
-        """The k most likely windows not in ``exclude``, most likely first."""
-        with torch.no_grad():
-            lp = self.log_probs().numpy().astype(np.float64)
-        if exclude:
-            lp[list(exclude)] = -np.inf
-        order = np.argsort(-lp, kind="stable")
-        return [int(i) for i in order[:k] if np.isfinite(lp[i])]
 
     def jittered(self, w: int, rng: np.random.Generator) -> Box:
         b = self.windows[w]
@@ -526,7 +523,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                         break
                 return readings
             for step_i in range(cfg.steps):
-                g = min(cfg.first_group or cfg.group_size if not evaluated else cfg.group_size, room())
+                g = min((cfg.first_group or cfg.group_size) if step_i == 0 else cfg.group_size, room())
                 if g < 2:
                     break
                 if step_i < cfg.greedy_steps:

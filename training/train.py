@@ -36,7 +36,7 @@ from spote.bench.scenes import (BOAT_SIDE, CODE_ALPHABET, EASY_RATE, LEGIBLE_CAP
                                 make_open_item)
 from spote.prompt import format_question
 from spote.spotlight import Box, ViewRenderer, apply_highlight, letterbox, soft_mask
-from training.build import IMAGE_SIZE, build_model, build_processor, code_token_ids
+from training.build import IMAGE_SIZE, PATCH_SIZE, build_model, build_processor, code_token_ids
 
 
 def _loguniform(rng, lo, hi):
@@ -137,7 +137,7 @@ def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
 # ----------------------------------------------------------------------------- open items
 VISIBLE_FRAC = 0.75  # a glyph is shown by a view holding at least this share of its box
 OPEN_STAGE1_CAP_PX = (14, 40)  # stage 1 glyph views: the glyph's height in input pixels
-OPEN_STAGE1_JITTER = 0.1  # ... centred on it up to this share of the view's side (neighbours stay at its edges)
+OPEN_STAGE1_JITTER = 0.3  # ... up to this share of the view's side off centre: a glyph is read at every position
 
 
 class OpenLabel(tuple):
@@ -222,12 +222,36 @@ def sample_open_views(rng, item: Item) -> tuple[list[Image.Image], OpenLabel]:
 
 
 def glyph_view(rng, item: Item) -> tuple[Box, int]:
-    """Stage 1: a close view of one glyph of an open item (OPEN_STAGE1_CAP_PX high) and its position."""
+    """Stage 1: a close view of one glyph ``k`` of an open item (OPEN_STAGE1_CAP_PX high), placed anywhere
+    in the view (up to OPEN_STAGE1_JITTER of the side off centre, at least VISIBLE_FRAC of it inside), so
+    its neighbours share the view; the readout is taken where glyph ``k`` lies (``glyph_region``)."""
     k = int(rng.integers(len(item.answer)))
     g = Box(*item.meta["chars"][k])
     side = g.height * IMAGE_SIZE / _loguniform(rng, *OPEN_STAGE1_CAP_PX)
-    jx, jy = rng.uniform(-OPEN_STAGE1_JITTER, OPEN_STAGE1_JITTER, 2) * side
-    return Box.square(g.centre[0] + jx, g.centre[1] + jy, side), k
+    for _ in range(8):
+        jx, jy = rng.uniform(-OPEN_STAGE1_JITTER, OPEN_STAGE1_JITTER, 2) * side
+        box = Box.square(g.centre[0] + jx, g.centre[1] + jy, side)
+        if box.contains_frac(g) >= VISIBLE_FRAC:
+            return box, k
+    return Box.square(*g.centre, side), k
+
+
+def glyph_region(item: Item, view: Box, k: int, size: int = IMAGE_SIZE, patch: int = PATCH_SIZE) -> np.ndarray:
+    """Weights over the view's (size/patch)^2 image tokens, row-major: the share of each patch that
+    glyph ``k`` covers once ``view`` is letterboxed (as ``letterbox``). Stage 1 reads a glyph out from
+    the tokens it lies on, so the tower learns *where* each glyph is, not only which glyphs a view holds:
+    what a language model needs to spell a code in order. Sums to > 0 for a glyph inside the view."""
+    w, h = item.image.size
+    v = Box(max(0.0, view.x0), max(0.0, view.y0), min(float(w), view.x1), min(float(h), view.y1))
+    s = size / max(v.width, v.height, 1.0)
+    ox, oy = (size - round(v.width * s)) // 2, (size - round(v.height * s)) // 2
+    g = Box(*item.meta["chars"][k])
+    gx0, gx1 = (g.x0 - v.x0) * s + ox, (g.x1 - v.x0) * s + ox
+    gy0, gy1 = (g.y0 - v.y0) * s + oy, (g.y1 - v.y0) * s + oy
+    edges = np.arange(size // patch + 1) * patch
+    cover_x = np.clip(np.minimum(edges[1:], gx1) - np.maximum(edges[:-1], gx0), 0, None) / patch
+    cover_y = np.clip(np.minimum(edges[1:], gy1) - np.maximum(edges[:-1], gy0), 0, None) / patch
+    return np.outer(cover_y, cover_x).ravel().astype(np.float32)
 
 
 def encode_open(processor, examples, first_ids: list[int], rest_ids: list[int]) -> dict:
@@ -362,7 +386,7 @@ UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: unif
 
 class CloseViewStream(torch.utils.data.IterableDataset):
     """Stage 1 data: close views (evidence legible) and empty windows, as (pixel_values, answer ids,
-    choice mask). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
+    choice mask, readout weights over the image tokens: all ones, the mean, except on glyph views). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
     and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
@@ -402,6 +426,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                     open_index += 1
             images, labels = [], []
             mask = torch.full((self.batch_size, vocab), float("-inf"))
+            region = torch.ones(self.batch_size, (IMAGE_SIZE // PATCH_SIZE) ** 2)
             for b in range(self.batch_size):
                 if self.open_share and open_rng.random() < self.open_share:  # one glyph of a code
                     item = open_pool[int(open_rng.integers(self.pool))]
@@ -413,6 +438,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                     images.append(view)
                     labels.append(ids[CODE_ALPHABET.index(item.answer[k])])
                     mask[b, ids] = 0.0
+                    region[b] = torch.from_numpy(glyph_region(item, box, k))
                     continue
                 item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
@@ -442,7 +468,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                 labels.append(UNSURE if label is None else tok.convert_tokens_to_ids(label))
                 mask[b, tok.convert_tokens_to_ids(list(item.choices))] = 0.0
             pv = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-            yield pv, torch.tensor(labels), mask
+            yield pv, torch.tensor(labels), mask, region
 
 
 def _far_view(rng, item: Item) -> tuple[Box, str | None]:
@@ -473,7 +499,8 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
                     far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
-    token embeddings from the mean of the image tokens (what a uniform LM attention would see).
+    token embeddings from the mean of the image tokens (what a uniform LM attention would see); a
+    code glyph is read from the tokens it covers instead (``glyph_region``), so position is kept.
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
     "yes" to "is there a defect ?" and "crack" to "what kind ?", which only the question decides."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
@@ -485,12 +512,16 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure,
                              start=start, open_share=open_share)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
-    t0, ema = time.time(), None
-    for step, (pv, y, mask) in enumerate(loader):
+    t0, ema, ema_glyph = time.time(), None, None
+    for step, (pv, y, mask, region) in enumerate(loader):
         if step >= steps:
             break
         feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
-        logits = proj(feats).mean(1) @ emb.weight.T + mask
+        glyph = (region != 1).any(1)
+        tokens = proj(feats)
+        # r = sum_j w_j t_j / sum_j w_j over the image tokens t_j; w = 1 (the plain mean) on closed views
+        pooled = (tokens * region[..., None]).sum(1) / region.sum(1, keepdim=True) if glyph.any() else tokens.mean(1)
+        logits = pooled @ emb.weight.T + mask
         loss = stage1_loss(logits, y, mask)
         opt.zero_grad()
         loss.backward()
@@ -498,10 +529,15 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         opt.step()
         sched.step()
         sure = y != UNSURE
-        acc = (logits.argmax(-1) == y)[sure].float().mean().item()
+        hit = logits.argmax(-1) == y
+        acc = hit[sure & ~glyph].float().mean().item()
         ema = acc if ema is None else 0.95 * ema + 0.05 * acc
+        if glyph.any():  # logged apart: the closed views' accuracy alone, and the code glyphs'
+            acc_glyph = hit[glyph].float().mean().item()
+            ema_glyph = acc_glyph if ema_glyph is None else 0.95 * ema_glyph + 0.05 * acc_glyph
         if step % 25 == 0 or step == steps - 1:
             rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema, 4),
+                   **({} if ema_glyph is None else {"glyph_accuracy": round(ema_glyph, 4)}),
                    "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")

@@ -69,7 +69,8 @@ def test_stage1_stream_labels_lie_in_each_items_choice_set():
     from training.build import IMAGE_SIZE
     from training.train import CloseViewStream
 
-    pv, labels, mask = next(iter(CloseViewStream(seed=3, batch_size=24, pool=12)))
+    pv, labels, mask, region = next(iter(CloseViewStream(seed=3, batch_size=24, pool=12)))
+    assert torch.equal(region, torch.ones(24, 64))  # closed views: the mean of the image tokens
     assert pv.shape == (24, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.isfinite(mask[torch.arange(24), labels]).all()  # the label is never masked out
     allowed = torch.isfinite(mask).sum(1)
@@ -289,10 +290,34 @@ def test_open_share_zero_draws_the_closed_streams_and_open_share_mixes_codes_in(
     mixed = ViewStream(0, 8, open_share=0.5).scenes()
     kinds = [next(mixed).open for _ in range(40)]
     assert 8 < sum(kinds) < 32
-    pv, labels, mask = next(iter(CloseViewStream(seed=3, batch_size=32, pool=8, open_share=0.5)))
+    pv, labels, mask, region = next(iter(CloseViewStream(seed=3, batch_size=32, pool=8, open_share=0.5)))
     assert mask.shape[1] > 54 and torch.isfinite(mask[torch.arange(32), labels]).all()
     allowed = torch.isfinite(mask).sum(1)
     assert (allowed == 34).any() and ((allowed >= 2) & (allowed <= 34)).all()  # 34 code characters for glyph views
+    glyph = allowed == 34
+    assert (region[glyph] < 1).any(1).all() and (region[glyph].sum(1) > 0).all()  # read where the glyph lies
+    assert torch.equal(region[~glyph], torch.ones(int((~glyph).sum()), 64))
+
+
+def test_glyph_region_covers_the_glyphs_patches_and_follows_it_across_the_view():
+    """The readout weights of glyph k are the shares of the 8 x 8 patches it covers in the letterboxed view."""
+    from spote.bench.scenes import make_open_item
+    from spote.spotlight import Box
+    from training.train import glyph_region
+
+    item = make_open_item(0, "train", 5, variant="small")
+    chars = [Box(*b) for b in item.meta["chars"]]
+    g = chars[0]
+    side = 4 * g.height
+    centred = glyph_region(item, Box.square(*g.centre, side), 0).reshape(8, 8)
+    scale = 64 / side  # the glyph's area in patches (8 x 8 px each)
+    assert np.isclose(centred.sum(), g.width * g.height * scale**2 / 64, rtol=1e-3)
+    rows, cols = np.nonzero(centred)
+    assert 3 <= rows.mean() <= 4 and 3 <= cols.mean() <= 4  # the middle of the grid
+    left = glyph_region(item, Box.square(g.centre[0] + side / 4, g.centre[1], side), 0).reshape(8, 8)
+    assert np.nonzero(left)[1].mean() < cols.mean() - 1  # the view moved right: the glyph sits left in it
+    second = glyph_region(item, Box.square(*g.centre, side), 1).reshape(8, 8)
+    assert np.nonzero(second)[1].mean() > cols.mean()  # the next glyph lies to its right
 
 
 def test_open_training_smoke_saves_a_model_that_generates_codes(tmp_path):

@@ -35,28 +35,44 @@ SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffo
 
 
 def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode,
-            token_ids=None):
+            token_ids=None, token_logp=None):
+    """A method's SpotResult. Closed set: the answer and confidence are ``reading``'s top choice. Open
+    ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated); its confidence
+    is their product, as spote's, and 0 for an empty answer (no token was read)."""
+    token_confidences = None
     if choices is not None:
         answer = choices[int(reading.logp.argmax())]
         confidence = float(reading.logp.exp().max())
         dist = _distribution(choices, reading.logp)
     else:
-        answer, confidence, dist = answer_text, float(np.exp(float(reading.span_logp.sum()))), None
+        token_logp = list(token_logp or [])
+        answer, dist = answer_text, None
+        confidence = float(np.exp(sum(token_logp))) if token_logp else 0.0
+        token_confidences = [float(np.exp(lp)) for lp in token_logp]
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=dist, entropy_trace=trace, reward_trace=[],
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
         policy=asdict(cfg), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
+        token_confidences=token_confidences,
     )
 
 
-def _open_answer(adapter, renderer, mode, reader, choices, box, text):
-    """(text, token ids) of the answer: for an open question whose search found a better view, generated
-    once on it; otherwise the baseline's (``text``, ``reader.span_ids``; ids None for a closed set)."""
-    if choices is None and box is not None:
+def _open_answer(adapter, renderer, mode, reader, choices, box, text, base):
+    """(text, token ids, token log-probs) of the answer: for an open question whose search found a better
+    view, generated once on it; otherwise the baseline's (``text``, ``reader.span_ids``, ``base``'s span
+    log p); ids and log-probs None for a closed set."""
+    if choices is not None:
+        return text, None, None
+    if box is not None:
         gen = adapter.generate(renderer.render(box, mode), reader.question)
-        return gen.text, gen.token_ids
-    return text, reader.span_ids
+        return gen.text, gen.token_ids, list(gen.logprobs)
+    return text, reader.span_ids, base.span_logp.tolist()
+
+
+def _span_logp(reading, choices) -> list[float] | None:
+    """An open reading's own greedy span log p (``Reader.baseline`` on the method's one view)."""
+    return None if choices is not None else reading.span_logp.tolist()
 
 
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
@@ -72,9 +88,9 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
         for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
-    text, ids = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
+    text, ids, token_logp = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text, base)
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
-                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids)
+                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp)
 
 
 def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -123,7 +139,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     else:
         base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode, reader.span_ids)
+                   box.as_list(), cfg.mode, reader.span_ids, _span_logp(base, choices))
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices):
@@ -138,7 +154,7 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
-                   reader.span_ids)
+                   reader.span_ids, _span_logp(reading, choices))
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
@@ -154,7 +170,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode, reader.span_ids)
+                   box.as_list(), mode, reader.span_ids, _span_logp(reading, choices))
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -216,9 +232,9 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
             if rd.entropy < best.entropy:
                 best, best_box = rd, k
         trace.append(best.entropy)
-    text, ids = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
+    text, ids, token_logp = _open_answer(adapter, renderer, mode, reader, choices, best_box, text, base)
     return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
-                   best_box.as_list() if best_box else None, mode, ids)
+                   best_box.as_list() if best_box else None, mode, ids, token_logp)
 
 
 def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:

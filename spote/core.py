@@ -402,7 +402,7 @@ class SpotResult:
     method: str = "spote"
     evidence_box: list[int] | None = None
     # open-ended answers: p of each generated token of ``answer``, in generation order (their product is
-    # ``confidence`` for a non-empty answer); None for a closed-set answer
+    # ``confidence`` for a non-empty answer; an empty one has confidence 0); None for a closed-set answer
     token_confidences: list[float] | None = None
     answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
 
@@ -561,7 +561,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         token_logp, answer_ids = base.span_logp.tolist(), reader.span_ids
     else:
         gen = adapter.generate(renderer.render(best["box"], mode), question)
-        answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))), None
+        answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=distribution,

@@ -84,6 +84,10 @@ def test_open_answers_carry_their_token_ids(random_adapter, method):
                      PolicyConfig(budget=6), **kw)
     assert res.answer_token_ids is not None
     assert random_adapter.tokenizer.decode(res.answer_token_ids, skip_special_tokens=True).strip() == res.answer
+    # the confidence is the answer's own: the product of its tokens' probabilities as generated, 0 when empty
+    assert len(res.token_confidences) == len(res.answer_token_ids)
+    assert res.confidence == pytest.approx(float(np.prod(res.token_confidences)) if res.token_confidences else 0.0,
+                                           abs=1e-6)
     assert run_method(method, random_adapter, img, Q, CHOICES, PolicyConfig(budget=6), **kw).answer_token_ids is None
 
 
@@ -100,3 +104,18 @@ def test_oracle_frames_an_open_field_tightly_and_a_closed_glyph_with_room(random
     narrow = run_method("oracle", random_adapter, img, "what is the code in the reference field ?", None,
                         PolicyConfig(), evidence=(100, 100, 130, 120))
     assert side(narrow) == pytest.approx(random_adapter.input_size, abs=1)  # at least one model input
+
+
+@pytest.mark.parametrize("method", ["oracle", "spote"])
+def test_an_empty_open_answer_has_confidence_zero(method):
+    """The shipped spote-tiny reads no codes: on a close-up of a code field it answers the open question
+    with an empty string (its first token is the end of the answer). No token was read, so no method
+    may report it as sure (spote answers from the view its search found, the oracle from the field's)."""
+    from spote.bench.scenes import make_open_item
+    from spote.loading import load_adapter
+
+    item = make_open_item(0, "val", 0)
+    res = run_method(method, load_adapter("spote-tiny"), item.image, item.question, None, PolicyConfig(budget=6),
+                     evidence=item.evidence, max_passes=6)
+    assert res.answer == "" and res.answer_token_ids == [] and res.token_confidences == []
+    assert res.confidence == 0.0

@@ -137,6 +137,7 @@ def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
 # ----------------------------------------------------------------------------- open items
 VISIBLE_FRAC = 0.75  # a glyph is shown by a view holding at least this share of its box
 OPEN_STAGE1_CAP_PX = (14, 40)  # stage 1 glyph views: the glyph's height in input pixels
+MAX_CODE_GLYPHS = 5  # SpotBench's codes have 2-5 characters
 OPEN_STAGE1_JITTER = 0.3  # ... up to this share of the view's side off centre: a glyph is read at every position
 
 
@@ -252,6 +253,18 @@ def glyph_region(item: Item, view: Box, k: int, size: int = IMAGE_SIZE, patch: i
     cover_x = np.clip(np.minimum(edges[1:], gx1) - np.maximum(edges[:-1], gx0), 0, None) / patch
     cover_y = np.clip(np.minimum(edges[1:], gy1) - np.maximum(edges[:-1], gy0), 0, None) / patch
     return np.outer(cover_y, cover_x).ravel().astype(np.float32)
+
+
+def glyph_order(item: Item, view: Box, k: int) -> tuple[int, int]:
+    """Stage 1 targets of where glyph ``k`` stands in its code, as far as ``view`` shows it: ``k`` when
+    the code's first glyph is in the view (else -100: unknowable), and 1/0 for "it is the last glyph"
+    when the code's last glyph is in the view (else -100). With them the tower marks each glyph with
+    its place, so that the language model can look the k-th character up instead of ordering glyphs
+    by position itself (which a 3-layer model trained for minutes does not learn: it read codes'
+    glyphs in the wrong order, docs/experiments/open-items-training.md)."""
+    chars = [Box(*b) for b in item.meta["chars"]]
+    shows = lambda g: view.contains_frac(g) >= VISIBLE_FRAC  # noqa: E731
+    return (k if shows(chars[0]) else -100, int(k == len(chars) - 1) if shows(chars[-1]) else -100)
 
 
 def encode_open(processor, examples, first_ids: list[int], rest_ids: list[int]) -> dict:
@@ -386,8 +399,9 @@ UNSURE = -100  # stage 1 label of a far view whose evidence is not legible: unif
 
 class CloseViewStream(torch.utils.data.IterableDataset):
     """Stage 1 data: close views (evidence legible) and empty windows, as (pixel_values, answer ids,
-    choice mask, readout weights over the image tokens: all ones, the mean, except on glyph views). Scenes are costly to draw and views cheap, so a rolling pool of scenes is kept
-    and a few are replaced every batch."""
+    choice mask, readout weights over the image tokens: all ones, the mean, except on glyph views, and
+    ``glyph_order`` targets: -100 except on glyph views). Scenes are costly to draw and views cheap,
+    so a rolling pool of scenes is kept and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
                  far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0):
@@ -427,6 +441,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
             images, labels = [], []
             mask = torch.full((self.batch_size, vocab), float("-inf"))
             region = torch.ones(self.batch_size, (IMAGE_SIZE // PATCH_SIZE) ** 2)
+            order = torch.full((self.batch_size, 2), -100)  # glyph views: (k, is the last glyph) where the view shows it
             for b in range(self.batch_size):
                 if self.open_share and open_rng.random() < self.open_share:  # one glyph of a code
                     item = open_pool[int(open_rng.integers(self.pool))]
@@ -439,6 +454,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                     labels.append(ids[CODE_ALPHABET.index(item.answer[k])])
                     mask[b, ids] = 0.0
                     region[b] = torch.from_numpy(glyph_region(item, box, k))
+                    order[b] = torch.tensor(glyph_order(item, box, k))
                     continue
                 item = pool[int(rng.integers(self.pool))]
                 renderer = ViewRenderer(item.image, IMAGE_SIZE)
@@ -468,7 +484,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
                 labels.append(UNSURE if label is None else tok.convert_tokens_to_ids(label))
                 mask[b, tok.convert_tokens_to_ids(list(item.choices))] = 0.0
             pv = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-            yield pv, torch.tensor(labels), mask, region
+            yield pv, torch.tensor(labels), mask, region, order
 
 
 def _far_view(rng, item: Item) -> tuple[Box, str | None]:
@@ -497,15 +513,22 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
-                    far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0) -> None:
+                    far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
+                    order_weight: float = 0.0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see); a
     code glyph is read from the tokens it covers instead (``glyph_region``), so position is kept.
+    ``order_weight`` > 0 adds a linear head on the same readout that predicts the glyph's place in its
+    code and whether it is the last (``glyph_order``; the head is dropped after stage 1).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
     "yes" to "is there a defect ?" and "crack" to "what kind ?", which only the question decides."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
     emb = model.model.language_model.embed_tokens
     params = [*vision.parameters(), *proj.parameters(), *emb.parameters()]
+    order_head = None
+    if order_weight:
+        order_head = torch.nn.Linear(emb.weight.shape[1], MAX_CODE_GLYPHS + 2)  # place 0..4, then last no/yes
+        params += list(order_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
@@ -513,7 +536,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
                              start=start, open_share=open_share)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema, ema_glyph = time.time(), None, None
-    for step, (pv, y, mask, region) in enumerate(loader):
+    for step, (pv, y, mask, region, order) in enumerate(loader):
         if step >= steps:
             break
         feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
@@ -523,6 +546,13 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         pooled = (tokens * region[..., None]).sum(1) / region.sum(1, keepdim=True) if glyph.any() else tokens.mean(1)
         logits = pooled @ emb.weight.T + mask
         loss = stage1_loss(logits, y, mask)
+        if order_head is not None and (order != -100).any():
+            o = order_head(pooled)
+            place, last = order[:, 0], order[:, 1]
+            terms = [torch.nn.functional.cross_entropy(o[:, :MAX_CODE_GLYPHS][place != -100], place[place != -100])]
+            if (last != -100).any():
+                terms.append(torch.nn.functional.cross_entropy(o[:, MAX_CODE_GLYPHS:][last != -100], last[last != -100]))
+            loss = loss + order_weight * sum(terms)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -616,7 +646,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
           far_views: float = FAR_VIEWS, far_unsure: bool = True, init_from: Path | None = None,
           easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
-          stage1_start: int | None = None, open_eval_items: int = 60) -> dict:
+          stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -671,7 +701,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         if stage1_start is None:
             stage1_start = STAGE1_START if tower_from is None else TOWER_CONTINUE_START
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
-                        start=stage1_start, open_share=open_share)
+                        start=stage1_start, open_share=open_share, order_weight=order_weight)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -720,7 +750,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "vision_steps": vision_steps, "stage2_vision_lr_scale": stage2_vision_lr_scale, "far_views": far_views,
                   "far_unsure": far_unsure, "init_from": None if init_from is None else str(init_from),
                   "easy_rate": easy_rate, "lr": lr, "warmup": warmup, "open_share": open_share,
-                  "stage1_start": stage1_start,
+                  "stage1_start": stage1_start, "order_weight": order_weight,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
@@ -765,12 +795,14 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
          stage1_start: Optional[int] = typer.Option(None, help="first stage 1 scene index (default: the recipe's, or "
                                                                "the continuation's with --tower-from)"),
          open_eval_items: int = typer.Option(60, help="open val items evaluated at the end (with open items)"),
+         order_weight: float = typer.Option(0.0, help="stage 1 weight of the glyph-place targets (glyph_order) on "
+                                                      "code glyphs; 0: none"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
           init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,
-          stage1_start=stage1_start, open_eval_items=open_eval_items)
+          stage1_start=stage1_start, open_eval_items=open_eval_items, order_weight=order_weight)
 
 
 if __name__ == "__main__":

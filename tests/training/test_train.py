@@ -69,7 +69,8 @@ def test_stage1_stream_labels_lie_in_each_items_choice_set():
     from training.build import IMAGE_SIZE
     from training.train import CloseViewStream
 
-    pv, labels, mask, region = next(iter(CloseViewStream(seed=3, batch_size=24, pool=12)))
+    pv, labels, mask, region, order = next(iter(CloseViewStream(seed=3, batch_size=24, pool=12)))
+    assert (order == -100).all()  # no glyph places to learn on closed views
     assert torch.equal(region, torch.ones(24, 64))  # closed views: the mean of the image tokens
     assert pv.shape == (24, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.isfinite(mask[torch.arange(24), labels]).all()  # the label is never masked out
@@ -290,13 +291,33 @@ def test_open_share_zero_draws_the_closed_streams_and_open_share_mixes_codes_in(
     mixed = ViewStream(0, 8, open_share=0.5).scenes()
     kinds = [next(mixed).open for _ in range(40)]
     assert 8 < sum(kinds) < 32
-    pv, labels, mask, region = next(iter(CloseViewStream(seed=3, batch_size=32, pool=8, open_share=0.5)))
+    pv, labels, mask, region, order = next(iter(CloseViewStream(seed=3, batch_size=32, pool=8, open_share=0.5)))
     assert mask.shape[1] > 54 and torch.isfinite(mask[torch.arange(32), labels]).all()
     allowed = torch.isfinite(mask).sum(1)
     assert (allowed == 34).any() and ((allowed >= 2) & (allowed <= 34)).all()  # 34 code characters for glyph views
     glyph = allowed == 34
     assert (region[glyph] < 1).any(1).all() and (region[glyph].sum(1) > 0).all()  # read where the glyph lies
     assert torch.equal(region[~glyph], torch.ones(int((~glyph).sum()), 64))
+    assert (order[~glyph] == -100).all() and (order[glyph, 0] != -100).any()
+    assert ((order[glyph, 0] == -100) | ((order[glyph, 0] >= 0) & (order[glyph, 0] < 5))).all()
+
+
+def test_glyph_order_is_known_only_where_the_view_shows_the_codes_ends():
+    from spote.bench.scenes import make_open_item
+    from spote.spotlight import Box
+    from training.train import glyph_order
+
+    item = make_open_item(0, "train", 5, variant="small")
+    chars = [Box(*b) for b in item.meta["chars"]]
+    n = len(chars)
+    field = Box(min(b.x0 for b in chars), min(b.y0 for b in chars), max(b.x1 for b in chars), max(b.y1 for b in chars))
+    whole = Box.square(*field.centre, 1.5 * max(field.width, field.height))
+    assert [glyph_order(item, whole, k) for k in range(n)] == [(k, int(k == n - 1)) for k in range(n)]
+    last = chars[-1]
+    tight = Box.square(*last.centre, 1.2 * last.height)  # only the last glyph: its place is unknowable, its end is not
+    assert glyph_order(item, tight, n - 1) == (-100, 1)
+    first = chars[0]
+    assert glyph_order(item, Box.square(*first.centre, 1.2 * first.height), 0) == (0, -100 if n > 1 else 1)
 
 
 def test_glyph_region_covers_the_glyphs_patches_and_follows_it_across_the_view():
@@ -322,7 +343,7 @@ def test_glyph_region_covers_the_glyphs_patches_and_follows_it_across_the_view()
 
 def test_open_training_smoke_saves_a_model_that_generates_codes(tmp_path):
     report = train(tmp_path / "m", steps=2, batch_size=8, vision_steps=2, eval_items=2, open_share=0.5,
-                   open_eval_items=2, log_every=1)
+                   open_eval_items=2, log_every=1, order_weight=0.5)
     assert report["open_share"] == 0.5 and {"val_open_whole_exact_match", "val_open_close_entropy"} <= set(report)
     proc = AutoProcessor.from_pretrained(tmp_path / "m")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", use_safetensors=True)

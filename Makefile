@@ -183,7 +183,7 @@ train: $(STAMP)
 
 # open items (codes in document fields; docs/experiments/open-items-training.md): the shipped tower, projector
 # and embeddings continued for 2000 stage-1 steps with code glyphs among the close views, then stage 2 with
-# open items (40 min on 2 cores; run once at 7e9800e and not shipped: it reads 1% of codes exactly). Writes $(OUT)/spote-tiny-open.
+# open items (about 50 min on 2 cores; not shipped: the oracle's view reads 6% of val codes exactly). Writes $(OUT)/spote-tiny-open.
 train-open: $(STAMP)
 	$(BIN)/python -m training.train --tower-from spote/weights/spote-tiny --open-share 0.3 --vision-steps 2000 --steps 1860 \
 	  --vision-lr 1e-3 --stage1-start 30000000 --seed 0 --out $(OUT)/spote-tiny-open

@@ -84,10 +84,7 @@ def test_open_answers_carry_their_token_ids(random_adapter, method):
                      PolicyConfig(budget=6), **kw)
     assert res.answer_token_ids is not None
     assert random_adapter.tokenizer.decode(res.answer_token_ids, skip_special_tokens=True).strip() == res.answer
-    # the confidence is the answer's own: the product of its tokens' probabilities as generated, 0 when empty
     assert len(res.token_confidences) == len(res.answer_token_ids)
-    assert res.confidence == pytest.approx(float(np.prod(res.token_confidences)) if res.token_confidences else 0.0,
-                                           abs=1e-6)
     assert run_method(method, random_adapter, img, Q, CHOICES, PolicyConfig(budget=6), **kw).answer_token_ids is None
 
 
@@ -106,16 +103,48 @@ def test_oracle_frames_an_open_field_tightly_and_a_closed_glyph_with_room(random
     assert side(narrow) == pytest.approx(random_adapter.input_size, abs=1)  # at least one model input
 
 
+class _AnswerOnFoundViews:
+    """The random tiny model, except that every generation after the first (the whole image's) gives
+    ``answer``: the answer a method reads on the view its search found."""
+
+    def __init__(self, inner, answer):
+        self.inner, self.answer, self.calls = inner, answer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, views, question, max_new_tokens=32):
+        self.calls += 1
+        return self.inner.generate(views, question, max_new_tokens) if self.calls == 1 else self.answer
+
+
+@pytest.mark.parametrize("method", ["spote", "grid", "random", "zoomeye"])
+@pytest.mark.parametrize("answer", ["empty", "one token at p 0.5"])
+def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_adapter, method, answer):
+    """Confidence is the given answer's: the product of its tokens' p as generated, 0 for an empty answer
+    (no token read), never the whole image's answer's probability on the found view."""
+    from spote.adapters.base import Generation
+
+    tok = random_adapter.tokenizer.convert_tokens_to_ids("7")
+    gen = Generation("", [], [], []) if answer == "empty" else Generation("7", [tok], [0.7], [float(np.log(0.5))])
+    adapter = _AnswerOnFoundViews(random_adapter, gen)
+    res = run_method(method, adapter, _image(320, 240, seed=4), "what is the code in the reference field ?", None,
+                     PolicyConfig(budget=40, exit_entropy=0.0), max_passes=40, n_windows=40)
+    assert res.evidence_box is not None and adapter.calls == 2  # a view was found and the answer read on it
+    assert res.answer == gen.text and res.answer_token_ids == gen.token_ids
+    assert res.confidence == (0.0 if answer == "empty" else 0.5)
+    assert res.token_confidences == ([] if answer == "empty" else [pytest.approx(0.5)])
+
+
 @pytest.mark.parametrize("method", ["oracle", "spote"])
-def test_an_empty_open_answer_has_confidence_zero(method):
-    """The shipped spote-tiny reads no codes: on a close-up of a code field it answers the open question
-    with an empty string (its first token is the end of the answer). No token was read, so no method
-    may report it as sure (spote answers from the view its search found, the oracle from the field's)."""
+def test_an_empty_open_answer_has_confidence_zero(shipped_adapter, method):
+    """The shipped spote-tiny reads no codes: it answers the open question on this code field with an
+    empty string (its first token is the end of the answer). No token was read, so no method may
+    report it as sure."""
     from spote.bench.scenes import make_open_item
-    from spote.loading import load_adapter
 
     item = make_open_item(0, "val", 0)
-    res = run_method(method, load_adapter("spote-tiny"), item.image, item.question, None, PolicyConfig(budget=6),
+    res = run_method(method, shipped_adapter, item.image, item.question, None, PolicyConfig(budget=6),
                      evidence=item.evidence, max_passes=6)
     assert res.answer == "" and res.answer_token_ids == [] and res.token_confidences == []
     assert res.confidence == 0.0

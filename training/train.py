@@ -549,7 +549,9 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         if order_head is not None and (order != -100).any():
             o = order_head(pooled)
             place, last = order[:, 0], order[:, 1]
-            terms = [torch.nn.functional.cross_entropy(o[:, :MAX_CODE_GLYPHS][place != -100], place[place != -100])]
+            terms = []  # each only where some view shows it: an empty cross-entropy is NaN
+            if (place != -100).any():
+                terms.append(torch.nn.functional.cross_entropy(o[:, :MAX_CODE_GLYPHS][place != -100], place[place != -100]))
             if (last != -100).any():
                 terms.append(torch.nn.functional.cross_entropy(o[:, MAX_CODE_GLYPHS:][last != -100], last[last != -100]))
             loss = loss + order_weight * sum(terms)
@@ -560,13 +562,14 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         sched.step()
         sure = y != UNSURE
         hit = logits.argmax(-1) == y
-        acc = hit[sure & ~glyph].float().mean().item()
-        ema = acc if ema is None else 0.95 * ema + 0.05 * acc
+        if (sure & ~glyph).any():
+            acc = hit[sure & ~glyph].float().mean().item()
+            ema = acc if ema is None else 0.95 * ema + 0.05 * acc
         if glyph.any():  # logged apart: the closed views' accuracy alone, and the code glyphs'
             acc_glyph = hit[glyph].float().mean().item()
             ema_glyph = acc_glyph if ema_glyph is None else 0.95 * ema_glyph + 0.05 * acc_glyph
         if step % 25 == 0 or step == steps - 1:
-            rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema, 4),
+            rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema or 0.0, 4),
                    **({} if ema_glyph is None else {"glyph_accuracy": round(ema_glyph, 4)}),
                    "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)

@@ -71,7 +71,8 @@ def test_stop_signals_recorded_sessions_and_their_escaped_children_only():
         ours = c.processes()
         assert node.pid in ours and escaped.pid in ours and stranger.pid not in ours
         c.stop(grace=5)
-        assert node.wait(5) == -signal.SIGTERM
+        # terminated by SIGTERM: killed by it (-15), or sh exiting 128 + 15 when the signal reached its child first
+        assert node.wait(5) in (-signal.SIGTERM, 128 + signal.SIGTERM)
         assert not _alive(escaped.pid, escaped.start_time)
         assert stranger.poll() is None, "stop signalled a process it did not start"
     finally:

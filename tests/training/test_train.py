@@ -142,8 +142,8 @@ def test_legible_only_far_views_drop_the_unsure_ones_for_close_views():
         stream = CloseViewStream(0, batch_size=48, pool=48, far_views=1.0, far_unsure=far_unsure)
         return next(iter(stream))
 
-    _, with_unsure, _ = batch(True)
-    _, legible_only, mask = batch(False)
+    _, with_unsure, _, _, _ = batch(True)
+    _, legible_only, mask, _, _ = batch(False)
     assert (with_unsure == UNSURE).any() and not (legible_only == UNSURE).any()
     assert torch.isfinite(mask[torch.arange(len(legible_only)), legible_only]).all()
 

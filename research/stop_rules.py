@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import typer
 
+from spote.bench.run import auroc
 from spote.core import PolicyConfig, Reading, exit_threshold, find_anchors, reward, spote
 
 app = typer.Typer(add_completion=False)
@@ -99,14 +100,6 @@ def replay_item(rec: dict, cfg: PolicyConfig, rule) -> tuple[bool, int, float]:
     return final == rec["gold"], passes, float(best.logp.exp().max())
 
 
-def _auroc(conf, ok) -> float:
-    conf, ok = np.asarray(conf), np.asarray(ok, bool)
-    pos, neg = conf[ok], conf[~ok]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    return float(((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()))
-
-
 RULES = {
     "recorded": lambda s: False,
     **{f"budget {b}": (lambda b: lambda s: s["passes"] >= b)(b) for b in (24, 32, 40, 48, 64)},
@@ -136,8 +129,9 @@ def replay(paths: list[Path], policy: str = typer.Option("{}", help="PolicyConfi
             out = [replay_item(r, cfg, rule) for r in recs]
             ok, passes, conf = (list(c) for c in zip(*out))
             easy = [p for p, r in zip(passes, recs) if r["easy"]]
+            area = auroc(conf, ok)
             print(f"| {name} | {np.mean(ok):.3f} | {np.mean(passes):.1f} | {np.mean(easy) if easy else math.nan:.2f} | "
-                  f"{_auroc(conf, ok):.3f} | {sum(p >= cfg.budget for p in passes)} |")
+                  f"{'-' if area is None else f'{area:.3f}'} | {sum(p >= cfg.budget for p in passes)} |")
 
 
 if __name__ == "__main__":

@@ -37,15 +37,16 @@ SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffo
 def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode,
             token_ids=None, token_logp=None):
     """A method's SpotResult. Closed set: the answer and confidence are ``reading``'s top choice. Open
-    ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated); its confidence
-    is their product, as spote's, and 0 for an empty answer (no token was read)."""
+    ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated; default: the
+    span ``reading`` generated); its confidence is their product, as spote's, and 0 for an empty answer
+    (no token was read)."""
     token_confidences = None
     if choices is not None:
         answer = choices[int(reading.logp.argmax())]
         confidence = float(reading.logp.exp().max())
         dist = _distribution(choices, reading.logp)
     else:
-        token_logp = list(token_logp or [])
+        token_logp = reading.span_logp.tolist() if token_logp is None else list(token_logp)
         answer, dist = answer_text, None
         confidence = float(np.exp(sum(token_logp))) if token_logp else 0.0
         token_confidences = [float(np.exp(lp)) for lp in token_logp]
@@ -58,21 +59,14 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
     )
 
 
-def _open_answer(adapter, renderer, mode, reader, choices, box, text, base):
+def _open_answer(adapter, renderer, mode, reader, choices, box, text):
     """(text, token ids, token log-probs) of the answer: for an open question whose search found a better
-    view, generated once on it; otherwise the baseline's (``text``, ``reader.span_ids``, ``base``'s span
-    log p); ids and log-probs None for a closed set."""
-    if choices is not None:
-        return text, None, None
-    if box is not None:
+    view, generated once on it; otherwise the baseline's (``text``, ``reader.span_ids``, and None: the
+    baseline reading's own span log p, which ``_result`` takes); ids None for a closed set."""
+    if choices is None and box is not None:
         gen = adapter.generate(renderer.render(box, mode), reader.question)
         return gen.text, gen.token_ids, list(gen.logprobs)
-    return text, reader.span_ids, base.span_logp.tolist()
-
-
-def _span_logp(reading, choices) -> list[float] | None:
-    """An open reading's own greedy span log p (``Reader.baseline`` on the method's one view)."""
-    return None if choices is not None else reading.span_logp.tolist()
+    return text, reader.span_ids, None
 
 
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
@@ -88,7 +82,7 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
         for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
-    text, ids, token_logp = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text, base)
+    text, ids, token_logp = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
                    [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp)
 
@@ -139,7 +133,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     else:
         base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode, reader.span_ids, _span_logp(base, choices))
+                   box.as_list(), cfg.mode, reader.span_ids)
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices):
@@ -154,7 +148,7 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
-                   reader.span_ids, _span_logp(reading, choices))
+                   reader.span_ids)
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
@@ -170,7 +164,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode, reader.span_ids, _span_logp(reading, choices))
+                   box.as_list(), mode, reader.span_ids)
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -232,7 +226,7 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
             if rd.entropy < best.entropy:
                 best, best_box = rd, k
         trace.append(best.entropy)
-    text, ids, token_logp = _open_answer(adapter, renderer, mode, reader, choices, best_box, text, base)
+    text, ids, token_logp = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
     return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
                    best_box.as_list() if best_box else None, mode, ids, token_logp)
 

@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from .saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
-from .spotlight import MODES, Box, ViewRenderer
+from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
 
 @dataclass(frozen=True)
@@ -368,8 +368,7 @@ def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int)
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
     w, h = renderer.image.size
-    s = renderer.size / max(w, h)
-    ox, oy = (renderer.size - round(w * s)) // 2, (renderer.size - round(h * s)) // 2
+    _, s, ox, oy = letterbox_transform(w, h, renderer.size)
     cells = np.zeros((grid, grid))
     for j in range(grid):
         for i in range(grid):

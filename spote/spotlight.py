@@ -112,31 +112,35 @@ class Spotlight:
         return Spotlight(cx, cy, side / min(width, height), box.width / max(box.height, 1e-6), strength)
 
 
-def letterbox(image: Image.Image, size: int, box: Box | None = None) -> Image.Image:
-    """Resize ``box`` of ``image`` (default: all of it) into a ``size`` x ``size`` square, aspect kept."""
-    w, h = image.size
-    box = box or Box.full(w, h)
-    box = Box(max(0.0, box.x0), max(0.0, box.y0), min(float(w), box.x1), min(float(h), box.y1))
+def letterbox_transform(width: int, height: int, size: int, box: Box | None = None) -> tuple[Box, float, int, int]:
+    """Where ``letterbox`` puts ``box`` (default: the whole ``width`` x ``height`` image) in its
+    ``size`` x ``size`` view: the box clipped to the image (source pixels), the scale (view pixels per
+    source pixel) and the x and y offsets of the box's corner in the view (pixels). A source point
+    (x, y) lands at ``((x - box.x0) * scale + ox, (y - box.y0) * scale + oy)``."""
+    box = box or Box.full(width, height)
+    box = Box(max(0.0, box.x0), max(0.0, box.y0), min(float(width), box.x1), min(float(height), box.y1))
     bw, bh = max(box.width, 1.0), max(box.height, 1.0)
     s = size / max(bw, bh)
     tw, th = max(1, round(bw * s)), max(1, round(bh * s))
+    return box, s, (size - tw) // 2, (size - th) // 2
+
+
+def letterbox(image: Image.Image, size: int, box: Box | None = None) -> Image.Image:
+    """Resize ``box`` of ``image`` (default: all of it) into a ``size`` x ``size`` square, aspect kept
+    (``letterbox_transform`` gives where it lands)."""
+    box, s, ox, oy = letterbox_transform(*image.size, size, box)
+    tw, th = max(1, round(max(box.width, 1.0) * s)), max(1, round(max(box.height, 1.0) * s))
     view = image.resize((tw, th), Image.BILINEAR, box=(box.x0, box.y0, box.x1, box.y1), reducing_gap=3.0)
     if (tw, th) == (size, size):
         return view
     canvas = Image.new("RGB", (size, size), PAD_COLOUR)
-    canvas.paste(view, ((size - tw) // 2, (size - th) // 2))
+    canvas.paste(view, (ox, oy))
     return canvas
-
-
-def _view_transform(width: int, height: int, size: int) -> tuple[float, float, float]:
-    """Scale and offsets that map source pixels into the letterboxed global view."""
-    s = size / max(width, height)
-    return s, (size - round(width * s)) // 2, (size - round(height * s)) // 2
 
 
 def soft_mask(width: int, height: int, size: int, box: Box, softness: float = 0.25) -> np.ndarray:
     """Mask in global-view coordinates: 1 inside ``box``, a Gaussian fall-off outside it."""
-    s, ox, oy = _view_transform(width, height, size)
+    _, s, ox, oy = letterbox_transform(width, height, size)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     x0, y0, x1, y1 = box.x0 * s + ox, box.y0 * s + oy, box.x1 * s + ox, box.y1 * s + oy
     dx = np.maximum(np.maximum(x0 - xs, xs - x1), 0.0)
@@ -188,7 +192,7 @@ class ViewRenderer:
     def grid_to_source(self, rows: int, cols: int) -> list[Box]:
         """Source-pixel box of each cell of a ``rows x cols`` token grid over the global view."""
         w, h = self.image.size
-        s, ox, oy = _view_transform(w, h, self.size)
+        _, s, ox, oy = letterbox_transform(w, h, self.size)
         cw, ch = self.size / cols, self.size / rows
         boxes = []
         for r in range(rows):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spote.spotlight import Box, Spotlight, ViewRenderer, letterbox, soft_mask
+from spote.spotlight import Box, Spotlight, ViewRenderer, letterbox, letterbox_transform, soft_mask
 
 
 def test_box_stays_inside_non_square_image():
@@ -48,6 +48,23 @@ def test_letterbox_keeps_aspect_and_pads():
     v = np.asarray(letterbox(img, 64))
     assert v.shape == (64, 64, 3)
     assert (v[0, :, 0] == 128).all() and (v[32, :, 0] == 255).all()  # pad rows top, image in the middle
+
+
+@pytest.mark.parametrize("size,box,point", [((300, 120), None, (50, 60)), ((300, 120), Box(40, 10, 200, 110), (150, 40)),
+                                            ((90, 400), Box(-30, 150, 60, 260), (30, 230))])  # wide, tall, past the left edge
+def test_letterbox_transform_says_where_letterbox_draws_a_point(size, box, point):
+    img = Image.new("RGB", size, (255, 255, 255))
+    x, y = point  # a red 8 px square inside the box
+    img.paste((255, 0, 0), (x - 4, y - 4, x + 4, y + 4))
+    v = np.asarray(letterbox(img, 64, box), np.int32)
+    clipped, s, ox, oy = letterbox_transform(*size, 64, box)
+    vx, vy = (x - clipped.x0) * s + ox, (y - clipped.y0) * s + oy
+    red = (v[..., 0] > 200) & (v[..., 1] < 80)
+    ys, xs = np.nonzero(red)
+    assert abs(xs.mean() + 0.5 - vx) < 1.0 and abs(ys.mean() + 0.5 - vy) < 1.0
+    assert clipped.x0 >= 0 and clipped.x1 <= size[0]
+    # the padding lies outside the mapped box and the image inside it
+    assert (v[:, : max(ox - 1, 0), 0] == 128).all() and (v[: max(oy - 1, 0), :, 0] == 128).all()
 
 
 def test_modes_render_expected_image_counts():

@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter
 from spote.bench.scenes import (BOAT_SIDE, CODE_ALPHABET, EASY_RATE, LEGIBLE_CAP_PX, PRESENCE_KINDS, Item, make_item,
                                 make_open_item)
 from spote.prompt import format_question
-from spote.spotlight import Box, ViewRenderer, apply_highlight, letterbox, soft_mask
+from spote.spotlight import Box, ViewRenderer, apply_highlight, letterbox, letterbox_transform, soft_mask
 from training.build import IMAGE_SIZE, PATCH_SIZE, build_model, build_processor, code_token_ids
 
 
@@ -157,18 +157,10 @@ class OpenLabel(tuple):
         return self[1]
 
 
-def _letterboxed(item: Item, view: Box, size: int = IMAGE_SIZE) -> tuple[Box, float, int, int]:
-    """``view`` clipped to the image, and the scale and offsets (input pixels) that ``letterbox`` maps it with."""
-    w, h = item.image.size
-    v = Box(max(0.0, view.x0), max(0.0, view.y0), min(float(w), view.x1), min(float(h), view.y1))
-    s = size / max(v.width, v.height, 1.0)
-    return v, s, (size - round(v.width * s)) // 2, (size - round(v.height * s)) // 2
-
-
 def glyph_states(item: Item, view: Box) -> list[str]:
     """Per glyph of an open item, in a view of ``view`` letterboxed to IMAGE_SIZE: "legible", "small"
     (shown, under LEGIBLE_CAP_PX high) or "out" (less than VISIBLE_FRAC of it in the view)."""
-    v, scale, _, _ = _letterboxed(item, view)
+    v, scale, _, _ = letterbox_transform(*item.image.size, IMAGE_SIZE, view)
     states = []
     for b in item.meta["chars"]:
         g = Box(*b)
@@ -248,7 +240,7 @@ def glyph_region(item: Item, view: Box, k: int, size: int = IMAGE_SIZE, patch: i
     glyph ``k`` covers once ``view`` is letterboxed (as ``letterbox``). Stage 1 reads a glyph out from
     the tokens it lies on, so the tower learns *where* each glyph is, not only which glyphs a view holds:
     what a language model needs to spell a code in order. Sums to > 0 for a glyph inside the view."""
-    v, s, ox, oy = _letterboxed(item, view, size)
+    v, s, ox, oy = letterbox_transform(*item.image.size, size, view)
     g = Box(*item.meta["chars"][k])
     gx0, gx1 = (g.x0 - v.x0) * s + ox, (g.x1 - v.x0) * s + ox
     gy0, gy1 = (g.y0 - v.y0) * s + oy, (g.y1 - v.y0) * s + oy

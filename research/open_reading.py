@@ -1,0 +1,122 @@
+"""Where does a model's reading of SpotBench codes fail: the glyphs' size in the view, or the place
+in the code? (docs/experiments/open-items-training.md)
+
+    python -m research.open_reading by-size results/train-open-2/open4-bench-open-val-seed0.items.jsonl
+    python -m research.open_reading teacher-forced --model out/open4/spote-tiny-open --n 60 --min-side 64
+
+``by-size`` reads the per-item rows of ``spote bench --open-items`` and tables one method's exact
+match and character accuracy by the code's smallest glyph height in the oracle's view (view pixels;
+the oracle's square: 1.05 x the field's long side, at least the model input) and by code length.
+
+``teacher-forced`` feeds the gold code after the question on the oracle's view (whole image beside
+the close-up, as ``oracle`` reads it) and reports, per place in the code, the mean p(gold token),
+the share of codes where it is at least 0.5, and p(eos) after the last character: how far into a code the model reads when every earlier character is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from spote.baselines import ORACLE_MARGIN_OPEN
+from spote.bench.scenes import make_open_item
+from spote.spotlight import Box, ViewRenderer
+
+app = typer.Typer(add_completion=False)
+SIZE_BINS = ((0, 14), (14, 16), (16, 18), (18, 24), (24, 10_000))  # glyph height in view pixels
+
+
+def _item_of(row: dict):
+    """The open item a bench row is about (its id is ``{split}-{seed}-open-{index}``)."""
+    m = re.fullmatch(r"(\w+)-(\d+)-open-(\d+)", row["id"])
+    if m is None:
+        raise ValueError(f"{row['id']!r} is not an open item's id")
+    return make_open_item(int(m[2]), m[1], int(m[3]))
+
+
+def oracle_box(item, input_size: int) -> Box:
+    """The oracle's close-up of an open item (``baselines.run_oracle``), or a tighter one with ``input_size``."""
+    ev = Box(*item.evidence)
+    side = min(min(item.image.size), max(ORACLE_MARGIN_OPEN * max(ev.width, ev.height), input_size))
+    return Box.square(*ev.centre, side).shifted_inside(*item.image.size)
+
+
+def glyph_px(item, view_size: int = 64, min_side: int | None = None) -> float:
+    """The code's smallest glyph height (view pixels) in the oracle's ``view_size`` close-up."""
+    box = oracle_box(item, view_size if min_side is None else min_side)
+    return min(b[3] - b[1] for b in item.meta["chars"]) * view_size / max(box.width, box.height)
+
+
+def by_size_table(rows: list[dict], method: str = "oracle", view_size: int = 64) -> list[dict]:
+    """Rows of (group, n, exact_match, char_accuracy) by glyph height bin and by code length."""
+    picked = [r for r in rows if r["method"] == method and r.get("open")]
+    if not picked:
+        raise ValueError(f"no open rows of method {method!r}")
+    px = np.array([glyph_px(_item_of(r), view_size) for r in picked])
+    n_chars = np.array([len(r["gold"]) for r in picked])
+    em = np.array([float(r["correct"]) for r in picked])
+    ca = np.array([r["char_accuracy"] for r in picked])
+    out = []
+    for lo, hi in SIZE_BINS:
+        m = (px >= lo) & (px < hi)
+        if m.any():
+            out.append({"group": f"glyphs {lo}-{hi if hi < 10_000 else ''} px", "n": int(m.sum()),
+                        "exact_match": em[m].mean(), "char_accuracy": ca[m].mean(), "mean_length": n_chars[m].mean()})
+    for k in sorted(set(n_chars)):
+        m = n_chars == k
+        out.append({"group": f"{k} characters", "n": int(m.sum()), "exact_match": em[m].mean(),
+                    "char_accuracy": ca[m].mean(), "glyph_px": px[m].mean()})
+    return out
+
+
+@app.command("by-size")
+def by_size(items: Path, method: str = "oracle", view_size: int = 64):
+    """Exact match and character accuracy by glyph height in the oracle's view and by code length."""
+    rows = [json.loads(line) for line in items.open()]
+    for r in by_size_table(rows, method, view_size):
+        extra = f"mean length {r['mean_length']:.1f}" if "mean_length" in r else f"glyph height {r['glyph_px']:.1f} px"
+        print(f"{r['group']:>16}: n={r['n']:3d}  exact match {r['exact_match']:.2f}  "
+              f"char accuracy {r['char_accuracy']:.2f}  {extra}")
+
+
+def teacher_forced_places(adapter, items, min_side: int | None = None) -> dict:
+    """Per place k in the code: mean p(gold token k | image, question, gold tokens < k) and the share
+    of codes where it is at least 0.5 (then gold is the model's top token), on the oracle's view
+    (``adapter.teacher_forced``); and the mean p(eos) after the last character. ``min_side`` (source
+    pixels) replaces the model input as the close-up's smallest side (smaller: tighter, upscaled)."""
+    tok, size = adapter.tokenizer, adapter.input_size
+    p_gold, p_eos = {}, []
+    for item in items:
+        views = ViewRenderer(item.image, size).render(oracle_box(item, size if min_side is None else min_side),
+                                                      "zoom+context")
+        ids = tok(item.answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        logp, _ = adapter.teacher_forced([views], adapter.prompt_text(len(views), item.question), ids)
+        p = logp[0].exp().tolist()
+        for k, v in enumerate(p[:-1]):
+            p_gold.setdefault(k, []).append(v)
+        p_eos.append(p[-1])
+    return {"places": [{"place": k, "n": len(v), "p_gold": float(np.mean(v)),
+                        "sure": float(np.mean(np.array(v) >= 0.5))} for k, v in sorted(p_gold.items())],
+            "p_eos_after_last": float(np.mean(p_eos))}
+
+
+@app.command("teacher-forced")
+def teacher_forced(model: str = typer.Option(..., help="a saved model that spells codes"), n: int = 60,
+                   seed: int = 0, split: str = "val", min_side: int = typer.Option(None, help="close-up's smallest "
+                                                                                        "side, source pixels")):
+    """How far into a code the model reads on the oracle's view, every earlier character given."""
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(model)
+    res = teacher_forced_places(adapter, [make_open_item(seed, split, i) for i in range(n)], min_side)
+    for r in res["places"]:
+        print(f"place {r['place']}: n={r['n']:3d}  p(gold) {r['p_gold']:.3f}  share with p(gold) >= 0.5 {r['sure']:.2f}")
+    print(f"p(eos) after the last character: {res['p_eos_after_last']:.3f}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+
+from research.open_reading import by_size_table, glyph_px, oracle_box, teacher_forced_places
+from spote.bench.scenes import make_open_item
+from tests.conftest import random_adapter, random_tiny_dir  # noqa: F401 (fixtures: a random spote-tiny)
+
+
+def _row(i, correct, char_accuracy, method="oracle"):
+    item = make_open_item(0, "val", i)
+    return {"method": method, "id": item.id, "open": True, "gold": item.answer, "correct": correct,
+            "char_accuracy": char_accuracy}
+
+
+def test_a_tighter_close_up_shows_the_same_glyphs_larger():
+    item = make_open_item(0, "val", 1)  # a small code: the oracle's square is the 64 px minimum
+    box = oracle_box(item, 64)
+    assert all(box.contains_frac(type(box)(*c)) == 1.0 for c in item.meta["chars"])
+    h = min(c[3] - c[1] for c in item.meta["chars"])
+    assert glyph_px(item, 64) == pytest.approx(h * 64 / box.width)
+    ev = item.evidence
+    field = 1.05 * max(ev[2] - ev[0], ev[3] - ev[1])  # the field's own square, under the 64 px minimum
+    assert 32 < field < 64 and glyph_px(item, 64, min_side=32) == pytest.approx(h * 64 / field)
+
+
+def test_by_size_groups_every_row_once_by_size_and_once_by_length():
+    rows = [_row(i, i % 3 == 0, (i % 4) / 4) for i in range(12)] + [_row(0, True, 1.0, method="spote")]
+    table = by_size_table(rows)
+    sizes = [r for r in table if r["group"].startswith("glyphs")]
+    lengths = [r for r in table if r["group"].endswith("characters")]
+    assert sum(r["n"] for r in sizes) == 12 and sum(r["n"] for r in lengths) == 12
+    # the groups' means weighted by their sizes give back the overall means
+    em = sum(r["exact_match"] * r["n"] for r in lengths) / 12
+    assert em == pytest.approx(sum(i % 3 == 0 for i in range(12)) / 12)
+    for r in lengths:
+        k = int(r["group"].split()[0])
+        picked = [x for x in rows[:12] if len(x["gold"]) == k]
+        assert r["char_accuracy"] == pytest.approx(sum(x["char_accuracy"] for x in picked) / len(picked))
+    with pytest.raises(ValueError, match="no open rows"):
+        by_size_table(rows, method="grid")
+
+
+def test_teacher_forced_places_follow_each_code_and_match_greedy_reading(random_adapter):  # noqa: F811
+    items = [make_open_item(0, "val", i) for i in range(3)]
+    res = teacher_forced_places(random_adapter, items)
+    tok = random_adapter.tokenizer
+    lengths = [len(tok(it.answer, add_special_tokens=False).input_ids) for it in items]
+    assert [r["n"] for r in res["places"]] == [sum(n > k for n in lengths) for k in range(max(lengths))]
+    assert all(0 < r["p_gold"] < 1 and 0 <= r["sure"] <= 1 for r in res["places"])
+    assert 0 < res["p_eos_after_last"] < 1
+    # place 0 on one item is the probability greedy generation gives the same first token
+    from spote.spotlight import ViewRenderer
+
+    item = items[0]
+    views = ViewRenderer(item.image, random_adapter.input_size).render(oracle_box(item, random_adapter.input_size),
+                                                                      "zoom+context")
+    one = teacher_forced_places(random_adapter, [item])["places"][0]["p_gold"]
+    gen = random_adapter.generate(views, item.question, max_new_tokens=1)
+    gold_first = tok(item.answer, add_special_tokens=False).input_ids[0]
+    if gen.token_ids and gen.token_ids[0] == gold_first:
+        assert one == pytest.approx(math.exp(gen.logprobs[0]), rel=1e-3)
+    else:
+        assert one <= math.exp(max(gen.logprobs, default=0.0)) + 1e-6

@@ -328,6 +328,7 @@ TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 (``tower_from``) draws 
 # A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
 # saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
 FINETUNE_START = 1_000_000
+CHECKPOINT_EVERY = 500  # stage 2 steps between saved checkpoints (OUT/checkpoint-N, as transformers' Trainer names them)
 
 
 class ViewStream(torch.utils.data.IterableDataset):
@@ -644,7 +645,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
           far_views: float = FAR_VIEWS, far_unsure: bool = True, init_from: Path | None = None,
           easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
-          stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0) -> dict:
+          stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
+          checkpoint_every: int = CHECKPOINT_EVERY) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -665,7 +667,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     codes (``build_processor(open_items=True)``); ``tower_from`` a model without it copies the
     embeddings of the tokens both vocabularies hold. ``stage1_start`` overrides the first stage 1
     scene index (a second continued stage 1 must not redraw the first one's scenes).
-    ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``)."""
+    ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
+    ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``."""
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
@@ -740,8 +743,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        if step > 0 and step % 500 == 0:
-            _save(model, processor, out)
+        if step > 0 and step % checkpoint_every == 0:  # a later run can continue from any of them (init_from)
+            _save(model, processor, out / f"checkpoint-{step}")
     model.eval()
     with torch.inference_mode():
         report = {"steps": steps, "batch_size": batch_size, "seed": seed,

@@ -13,8 +13,13 @@ from training.train import train
 
 
 def test_training_smoke_saves_a_loadable_checkpoint(tmp_path):
-    report = train(tmp_path / "m", steps=3, batch_size=8, vision_steps=2, eval_items=3, log_every=1)
+    report = train(tmp_path / "m", steps=4, batch_size=8, vision_steps=2, eval_items=3, log_every=1,
+                   checkpoint_every=2)
     assert np.isfinite(report["final_loss_ema"])
+    assert [p.name for p in (tmp_path / "m").glob("checkpoint-*")] == ["checkpoint-2"]  # after step 2 of 0..3
+    mid = _tensors(tmp_path / "m" / "checkpoint-2", "language_model")
+    end = _tensors(tmp_path / "m", "language_model")
+    assert mid.keys() == end.keys() and not all(torch.equal(mid[k], end[k]) for k in mid)  # step 3 came after it
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"model.safetensors", "config.json", "processor_config.json", "train_log.jsonl"} <= files
     assert not any(f.endswith((".bin", ".pt")) for f in files)

@@ -47,6 +47,9 @@ from .saliency import saliency_cells, saliency_centroid, saliency_map, saliency_
 from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
 
+ANCHOR_PENALTIES = ("entropy", "logp")
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Everything that steers one SPOT-E run. Defaults are the ones the benchmark uses."""
@@ -56,6 +59,8 @@ class PolicyConfig:
     steps: int = 12                # T: GRPO steps at most
     anchor_weight: float = 0.5     # lambda: weight of the anchor-preservation term (0 = naive entropy)
     anchor_epsilon: float = 0.1    # epsilon: open-ended anchors have baseline entropy below this (nats)
+    anchor_penalty: str = "entropy"  # open ended: "entropy" (an anchor's entropy must not rise: the authors'
+    #                                  scaffold) or "logp" (the baseline's token keeps its log p: its prediction)
     anchor_min_prob: float = 0.9   # closed-set anchor: the baseline's top choice, if almost sure (p >= this)
     exit_entropy_per_ln_k: float | None = 0.4  # closed set of K answers: stop when H <= this * ln K (None: exit_entropy)
     exit_entropy: float = 0.35     # tau (nats) for open-ended answers: stop when the span is at least this clear
@@ -94,6 +99,8 @@ class PolicyConfig:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
+        if self.anchor_penalty not in ANCHOR_PENALTIES:
+            raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
 
 # ============================================================================ answers & entropy
@@ -140,7 +147,10 @@ def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) ->
     """r = gamma * (H_base - H_cand) - lambda * preservation_penalty.
 
     gamma = H_base / (H_base + c)   (dynamic: a confident baseline gets little push)
-    open ended:  penalty = mean_{t in anchors} max(0, H_cand[t] - H_base[t])
+    open ended:  penalty = mean_{t in anchors} max(0, H_cand[t] - H_base[t])          ("entropy")
+             or  penalty = mean_{t in anchors} max(0, log p_base(y_t) - log p_cand(y_t))  ("logp": y the
+                 baseline's token; a view that reads another token confidently has low entropy there,
+                 so only this form sees the flip)
     closed set:  penalty = max(0, log p_base[a*] - log p_cand[a*])   (a* the anchored choice)
     """
     h_base, h_cand = base.entropy, cand.entropy
@@ -151,7 +161,11 @@ def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) ->
         penalty = max(0.0, float(base.logp[anchors.choice] - cand.logp[anchors.choice]))
     elif base.logp is None and anchors.positions:
         idx = torch.tensor(anchors.positions)
-        penalty = float((cand.span_entropy[idx] - base.span_entropy[idx]).clamp(min=0).mean())
+        if cfg.anchor_penalty == "logp":
+            rise = base.span_logp[idx] - cand.span_logp[idx]
+        else:
+            rise = cand.span_entropy[idx] - base.span_entropy[idx]
+        penalty = float(rise.clamp(min=0).mean())
     return clarity - cfg.anchor_weight * penalty
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -246,6 +247,24 @@ def test_open_ended_anchors_are_low_entropy_positions():
     r = reward(base, worse, anchors, PolicyConfig(anchor_weight=0.5))
     gamma = base.entropy / (base.entropy + 0.1)
     assert r == pytest.approx(gamma * (base.entropy - worse.entropy) - 0.5 * (0.89 / 2), rel=1e-4)
+
+
+def test_open_anchor_logp_penalty_sees_a_confident_flip_that_entropy_misses():
+    # the baseline reads "ZV4" fairly surely; a partial close-up reads the second place confidently as
+    # another glyph: its entropy there falls, the baseline token's log p falls with it
+    base = Reading(span_entropy=torch.tensor([0.3, 0.4, 0.5]), span_logp=torch.log(torch.tensor([0.9, 0.85, 0.8])))
+    flip = Reading(span_entropy=torch.tensor([0.2, 0.1, 0.4]), span_logp=torch.log(torch.tensor([0.95, 0.02, 0.85])))
+    keep = Reading(span_entropy=torch.tensor([0.25, 0.35, 0.45]), span_logp=torch.log(torch.tensor([0.93, 0.88, 0.82])))
+    by_entropy, by_logp = PolicyConfig(anchor_epsilon=1.0), PolicyConfig(anchor_epsilon=1.0, anchor_penalty="logp")
+    anchors = find_anchors(base, by_logp)
+    assert anchors.positions == [0, 1, 2]
+    assert reward(base, flip, anchors, by_entropy) > reward(base, keep, anchors, by_entropy)  # clearer wins
+    assert reward(base, flip, anchors, by_logp) < 0 < reward(base, keep, anchors, by_logp)
+    drop = (math.log(0.85) - math.log(0.02)) / 3  # mean over the three anchors of the rises (only place 1 rises)
+    gamma = base.entropy / (base.entropy + 0.1)
+    assert reward(base, flip, anchors, by_logp) == pytest.approx(gamma * (base.entropy - flip.entropy) - 0.5 * drop, rel=1e-4)
+    with pytest.raises(ValueError, match="anchor_penalty"):
+        PolicyConfig(anchor_penalty="kl")
 
 
 def test_config_rejects_bad_values():

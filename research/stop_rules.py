@@ -67,6 +67,8 @@ def record(split: str = "val", n: int = 600, seed: int = 0, out: Path = Path("re
                 "id": item.id, "kind": item.kind, "easy": item.easy, "choices": list(item.choices),
                 "gold": item.choices.index(item.answer), "answer": res.answer, "passes": res.forward_passes,
                 "calls": [[p - p0, [[round(v, 5) for v in row] for row in rows]] for p, rows in adapter.calls],
+                "size": list(item.image.size), "boxes": res.boxes,
+                "evidence": None if item.evidence is None else [round(v) for v in item.evidence],
                 "policy": json.loads(policy)}) + "\n")
 
 
@@ -79,7 +81,7 @@ def replay_item(rec: dict, cfg: PolicyConfig, rule) -> tuple[bool, int, float]:
     best_r, best = 0.0, base
     state = {"passes": calls[0][0], "base_entropy": base.entropy, "tau": tau, "reads": 0, "last_gain": calls[0][0],
              "best_entropy": base.entropy, "best_p": float(base.logp.exp().max()), "best_reward": 0.0,
-             "choices": rec["choices"], "view_max_p": [0.0] * len(rec["choices"])}
+             "choices": rec["choices"], "base_top": int(base.logp.argmax()), "view_max_p": [0.0] * len(rec["choices"])}
     glance = cfg.glance_side > 0 and base.entropy > tau
     for i, (passes, rows) in enumerate(calls[1:]):
         for row in rows:

@@ -240,7 +240,7 @@ def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfi
     passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
     return replace(cfg, group_size=4, first_group=0, read_chunk=0, greedy_steps=0, steps=steps, budget=passes,
                    mode="highlight", exit_entropy_per_ln_k=0.0,
-                   exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, use_relevance=False,
+                   exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, settle_after=0, use_relevance=False,
                    saliency_weight=0.0, saliency_peaks=0, grid=14, jitter=0.15, learning_rate=0.05)
 
 

@@ -87,6 +87,10 @@ class PolicyConfig:
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
     read_chunk: int = 4            # read a group k views at a time, ending it at the first clear view (0: one pass)
     greedy_steps: int = 1          # the first k steps read the policy's most likely unread windows, in order (no sampling)
+    peaks_first: bool = True       # the greedy first group reads the saliency peaks' finest windows first, strongest first, unjittered
+    saliency_size: int = 512       # long side (px) of the copy the saliency map is computed on (spote/saliency.py)
+    settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never)
+    settle_p: float = 0.7
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -99,6 +103,10 @@ class PolicyConfig:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
+        if self.settle_after < 0 or not 0 < self.settle_p <= 1:
+            raise ValueError("settle_after must be >= 0 passes (0: never) and settle_p in (0, 1]")
+        if self.saliency_size < 32:
+            raise ValueError("saliency_size must be >= 32 px")
         if self.anchor_penalty not in ANCHOR_PENALTIES:
             raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
@@ -251,6 +259,7 @@ class SpotlightPolicy:
                  peaks: list[tuple[float, float]] = ()):
         self.cfg, self.width, self.height = cfg, width, height
         self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window)
+        self.peak_windows: list[int] = []  # the finest side's peak windows, strongest peak first
         if peaks:  # windows of the two finest sides centred on saliency peaks, clamped inside the image
             extra, extra_scale = [], []
             for k in sorted(set(self.scale_idx.tolist()))[-2:]:
@@ -258,6 +267,7 @@ class SpotlightPolicy:
                 for px, py in peaks:
                     extra.append(Box.square(px, py, side).shifted_inside(width, height))
                     extra_scale.append(k)
+            self.peak_windows = list(range(len(self.windows) + len(extra) - len(peaks), len(self.windows) + len(extra)))
             self.windows = self.windows + extra
             self.scale_idx = np.concatenate([self.scale_idx, extra_scale]).astype(int)
         g = cfg.grid
@@ -311,6 +321,14 @@ class SpotlightPolicy:
             keys[list(exclude)] = -np.inf
         order = np.argsort(-keys, kind="stable")
         return [int(i) for i in order[:k] if np.isfinite(keys[i])]
+
+    def peaks_then_top(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
+        """The finest peak windows, strongest peak first, then the most likely other windows: k in all.
+
+        The saliency map's strongest peaks are where small evidence usually is, and a window centred
+        on one reads it best, so the first group reads them before any grid window (docs/design.md)."""
+        first = [w for w in self.peak_windows if w not in exclude][:k]
+        return first + self.top(k - len(first), set(exclude) | set(first))
 
     def jittered(self, w: int, rng: np.random.Generator) -> Box:
         b = self.windows[w]
@@ -488,18 +506,39 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     tau = exit_threshold(cfg, None if choices is None else len(choices))
     # a spotlight is clear when confident, and not by breaking an anchor (that scores below the whole image)
     clear = lambda: best["box"] is not None and best["reading"].entropy <= tau  # noqa: E731
+    # closed set: the highest p each choice has had on any view read so far (the glance's included)
+    seen = torch.zeros(len(choices)) if choices is not None else None
+    base_top = None if choices is None else int(base.logp.argmax())
+
+    def read(group: list[Box]) -> list[Reading]:
+        """One batched forward pass over ``group``'s views; notes what each choice was given."""
+        readings = reader.read([renderer.render(b, mode) for b in group])
+        for r in readings:
+            if seen is not None:
+                torch.maximum(seen, r.logp.exp(), out=seen)
+        return readings
+
+    def settled() -> bool:
+        """Nothing seen contradicts the whole image: after ``settle_after`` passes, which read the priors'
+        best places first, no view gave any other answer p >= ``settle_p`` (closed sets only).
+        Evidence that is there is usually found in those first passes (the first group reads the
+        saliency peaks), so a search that has found nothing by then mostly proves an absence."""
+        if seen is None or not cfg.settle_after or used() < cfg.settle_after:
+            return False
+        others = torch.cat([seen[:base_top], seen[base_top + 1:]])
+        return bool(others.numel() == 0 or others.max() < cfg.settle_p)
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
         reserve = 1 if choices is None else 0  # open ended: one generation on the best view
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
-        sal_map = saliency_map(image) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
+        sal_map = saliency_map(image, cfg.saliency_size) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
         # 2a. a glance: one closer look at the salient middle settles most large evidence. It counts
         # only if clear: a square of most of the image says nothing about where small evidence is,
         # so an unclear glance must not steer the search (which then runs as it would without it)
         if cfg.glance_side and room() >= 1:
             look = glance_window(image, cfg.glance_side, sal_map)
-            glance = reader.read([renderer.render(look, mode)])
+            glance = read([look])
             record([look], glance, step, lambda k: -1, keep=glance[0].entropy <= tau)
             step += 1
         # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
@@ -508,10 +547,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break
-                record(group, reader.read([renderer.render(b, mode) for b in group]), step, lambda k: -1)
+                record(group, read(group), step, lambda k: -1)
                 step += 1
         # 3. GRPO on the spotlight policy
-        if not clear():
+        if not clear() and not settled():
             relevance_cells = None
             if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
                 rel = adapter.relevance([renderer.global_view], question, choices)
@@ -530,23 +569,27 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                 chunk = cfg.read_chunk or len(group)
                 readings: list[Reading] = []
                 for s in range(0, len(group), chunk):
-                    part = reader.read([renderer.render(b, mode) for b in group[s:s + chunk]])
+                    part = read(group[s:s + chunk])
                     readings += part
                     if any(r.entropy <= tau and reward(base, r, anchors, cfg) > best["reward"] + 1e-6 for r in part):
+                        break
+                    if settled():
                         break
                 return readings
             for step_i in range(cfg.steps):
                 g = min((cfg.first_group or cfg.group_size) if step_i == 0 else cfg.group_size, room())
                 if g < 2:
                     break
+                peaks_first = cfg.peaks_first and step_i == 0 and cfg.greedy_steps > 0  # the greedy first group
                 if step_i < cfg.greedy_steps:
-                    idx = policy.top(g, evaluated)
+                    idx = policy.peaks_then_top(g, evaluated) if peaks_first else policy.top(g, evaluated)
                 else:
                     idx = policy.sample(g, rng, evaluated)
                 if len(idx) < 2:
                     break
                 evaluated.update(idx)
-                group = [policy.jittered(w, rng) for w in idx]
+                centred = set(policy.peak_windows) if peaks_first else set()  # a peak window is centred by design
+                group = [policy.windows[w] if w in centred else policy.jittered(w, rng) for w in idx]
                 readings = read_until_clear(group)
                 if len(readings) < len(group):
                     idx, group = idx[:len(readings)], group[:len(readings)]
@@ -558,7 +601,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                 stale = 0 if best["reward"] > before else stale + 1
                 if best["box"] is not None:
                     policy.focus(best["box"], best["scale"])
-                if clear() or stale >= cfg.plateau_patience:
+                if clear() or settled() or stale >= cfg.plateau_patience:
                     break
 
     # 4. answer from the best spotlight (the whole image if none beat it)

@@ -86,7 +86,7 @@ def test_glance_comes_first_and_alone_settles_when_clear(random_adapter):
     base = spote(random_adapter, img, Q, CHOICES, PolicyConfig(budget=1)).entropy_trace[0]
     cfg = PolicyConfig(exit_entropy_per_ln_k=base / np.log(len(CHOICES)) / 1.5, group_size=8, first_group=0, steps=1,
                        plateau_patience=9)
-    look = glance_window(img, cfg.glance_side, saliency_map(img)).as_list()
+    look = glance_window(img, cfg.glance_side, saliency_map(img, cfg.saliency_size)).as_list()
     coarse = [b.as_list() for group in coarse_windows(*img.size, cfg.probe_side) for b in group]
     # clear nowhere: the glance alone (step 0), the corners (1), the centre (2), then the policy (3)
     run = spote(random_adapter, img, Q, CHOICES, cfg)
@@ -274,6 +274,10 @@ def test_config_rejects_bad_values():
         PolicyConfig(group_size=1)
     with pytest.raises(ValueError):
         PolicyConfig(probe_side=1.0)
+    with pytest.raises(ValueError):
+        PolicyConfig(settle_after=-1)
+    with pytest.raises(ValueError):
+        PolicyConfig(settle_p=0.0)
 
 
 def test_probe_band_is_above_the_exit_and_within_probe_below_of_it():
@@ -322,3 +326,59 @@ def test_policy_top_is_the_most_likely_windows_in_order():
     top = pol.top(6)
     assert len(set(top)) == 6 and list(lp[top]) == sorted(lp[top], reverse=True)
     assert lp[top[-1]] >= np.delete(lp, top).max()
+
+
+def test_first_group_reads_the_strongest_saliency_peak_first_centred_and_unjittered(random_adapter):
+    img = Image.new("RGB", (640, 480), (128, 128, 128))
+    d = ImageDraw.Draw(img)
+    d.rectangle([500, 380, 506, 386], fill=(250, 20, 20))  # the strongest contrast: the first peak
+    d.rectangle([100, 90, 106, 96], fill=(160, 128, 128))  # faint
+    cfg = PolicyConfig(exit_entropy_per_ln_k=0.0, glance_side=0.0, probe_side=0.0, first_group=8, read_chunk=0,
+                       steps=1, jitter=0.5, peaks_first=True)
+    res = spote(random_adapter, img, Q, CHOICES, cfg)
+    x0, y0, x1, y1 = res.boxes[0]
+    assert abs((x0 + x1) / 2 - 503.5) <= 3 and abs((y0 + y1) / 2 - 383.5) <= 3  # centred on the red dot
+    assert x1 - x0 == min(res.boxes[1][2] - res.boxes[1][0], x1 - x0)  # at the finest side
+    off = spote(random_adapter, img, Q, CHOICES, replace(cfg, peaks_first=False))
+    assert off.boxes[0] != res.boxes[0]
+
+
+def test_peaks_then_top_lists_the_finest_peak_windows_in_peak_order_then_the_top_others():
+    peaks = [(300.0, 200.0), (100.0, 400.0), (600.0, 50.0)]
+    pol = SpotlightPolicy(640, 480, 64, PolicyConfig(), peaks=peaks)
+    assert len(pol.peak_windows) == 3 and all(pol.scale_idx[w] == pol.scale_idx.max() for w in pol.peak_windows)
+    assert [pol.windows[w].centre for w in pol.peak_windows][0] == pytest.approx((300.0, 200.0))
+    order = pol.peaks_then_top(8, exclude={pol.peak_windows[1]})
+    assert order[:2] == [pol.peak_windows[0], pol.peak_windows[2]]
+    assert order[2:] == pol.top(6, {pol.peak_windows[0], pol.peak_windows[1], pol.peak_windows[2]})
+
+
+class _ScriptedViews:
+    """The random model's forward passes, but the whole image reads as ``base_p`` and every view as ``view_p``."""
+
+    def __init__(self, inner, base_p, view_p):
+        self.inner, self.base_p, self.view_p, self.calls = inner, base_p, view_p, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def choice_logprobs(self, views_batch, question, choices):
+        self.inner.choice_logprobs(views_batch, question, choices)
+        p = torch.tensor(self.base_p if self.calls == 0 else self.view_p)
+        self.calls += 1
+        return (p / p.sum()).log().expand(len(views_batch), -1).clone()
+
+
+@pytest.mark.parametrize("view_top, settle_p, settles", [(0, 0.7, True), (1, 0.7, False), (1, 0.8, True)])
+def test_settle_stops_only_when_no_view_gave_another_answer_conviction(random_adapter, view_top, settle_p, settles):
+    lean = [0.3] + [0.7 / 9] * 9  # the whole image leans to "0", far from clear
+    view = [0.25 / 9] * 10
+    view[view_top] = 0.75  # unclear too (H = 1.11 nats > tau = 0.92), for "0" or for "1"
+    cfg = PolicyConfig(settle_after=24, settle_p=settle_p, plateau_patience=99)
+    res = spote(_ScriptedViews(random_adapter, lean, view), _image(), Q, CHOICES, cfg)
+    if settles:
+        assert 24 <= res.forward_passes < 24 + cfg.read_chunk
+    else:
+        assert res.forward_passes > 90  # searched to the budget
+    off = spote(_ScriptedViews(random_adapter, lean, view), _image(), Q, CHOICES, replace(cfg, settle_after=0))
+    assert off.forward_passes > 90

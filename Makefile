@@ -121,8 +121,10 @@ bench-cost: $(STAMP)
 	  $(BIN)/spote bench --split test --n $(N) --seed $$s --methods baseline,spote --no-plot \
 	    --out results/bench-cost-test-seed$$s.json || exit 1; done
 
-# the same for the fast point (~20 passes per item; docs/benchmark.md "Cost at the defaults")
-FAST = '{"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2}'
+# the first group and stop before the saliency peaks were read first and the settle stop (commit c0b2315)
+PRIOR_FIRST_GROUP = "peaks_first": false, "saliency_size": 256, "settle_after": 0
+# the fast point of that time (~20 passes per item; docs/benchmark.md "Cost at the defaults")
+FAST = '{"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2, $(PRIOR_FIRST_GROUP)}'
 bench-cost-fast: $(STAMP)
 	for s in 0 1 2 3; do \
 	  $(BIN)/spote bench --split test --n $(N) --seed $$s --methods baseline,spote --no-plot --policy $(FAST) \
@@ -130,7 +132,7 @@ bench-cost-fast: $(STAMP)
 
 # what each cost change bought, on val (docs/design.md "Why these stopping and group settings"): each line
 # one PolicyConfig, relative to the defaults; ~2 min each on one core, the previous defaults ~4 min
-PREVIOUS = "group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_steps": 0, "budget": 256, "plateau_patience": 5
+PREVIOUS = "group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_steps": 0, "budget": 256, "plateau_patience": 5, $(PRIOR_FIRST_GROUP)
 COST_ABLATION = \
   previous-defaults='{$(PREVIOUS)}' \
   read-chunk-4='{$(PREVIOUS), "read_chunk": 4}' \
@@ -142,8 +144,13 @@ COST_ABLATION = \
   sampled-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
   greedy-first-16-g8-b48-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "group_size": 8, "first_group": 16, "budget": 48, "plateau_patience": 3}' \
   greedy-first-24-b64-p3='{$(PREVIOUS), "read_chunk": 4, "greedy_steps": 1, "first_group": 24, "budget": 64, "plateau_patience": 3}' \
-  greedy-first-24-b64-p2='{"first_group": 24, "budget": 64, "plateau_patience": 2}' \
-  fast='{"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2}' \
+  greedy-first-24-b64-p2='{"first_group": 24, "budget": 64, "plateau_patience": 2, $(PRIOR_FIRST_GROUP)}' \
+  fast=$(FAST) \
+  before-settle='{$(PRIOR_FIRST_GROUP)}' \
+  peaks-first-256='{"saliency_size": 256, "settle_after": 0}' \
+  peaks-first='{"settle_after": 0}' \
+  peaks-first-256-settle='{"saliency_size": 256}' \
+  settle-only='{"peaks_first": false, "saliency_size": 256}' \
   defaults='{}'
 bench-cost-ablation: $(STAMP)
 	for cfg in $(COST_ABLATION); do name=$${cfg%%=*}; pol=$${cfg#*=}; \

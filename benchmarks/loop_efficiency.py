@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
+# the first group and stop as they were before the saliency peaks were read first and the settle stop
+PRIOR_FIRST_GROUP = {"peaks_first": False, "saliency_size": 256, "settle_after": 0}
 PREVIOUS_DEFAULTS = {"group_size": 16, "first_group": 0, "read_chunk": 0, "greedy_steps": 0, "budget": 256,
-                     "plateau_patience": 5}
-# the cheaper point of docs/design.md's cost table: ~20 passes per item
-FAST = {"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2}
+                     "plateau_patience": 5, **PRIOR_FIRST_GROUP}  # 0.2.0
+# the cheaper point of docs/design.md's cost table before the settle stop: ~20 passes per item
+FAST = {"first_group": 24, "group_size": 12, "budget": 48, "plateau_patience": 2, **PRIOR_FIRST_GROUP}
 
 
 def raw_passes_per_second(adapter, items, batch: int, seconds: float = 10.0) -> float:
@@ -64,14 +66,15 @@ def loop_passes_per_second(adapter, items, cfg) -> tuple[float, float]:
 
 
 def main(n: int = 100, seed: int = 0, rounds: int = 3, batch: int = 16, raw_seconds: float = 10.0,
-         policies: str = typer.Option("", help='JSON {"name": {overrides}}; default: the defaults, the fast point and the previous defaults'),
+         policies: str = typer.Option("", help='JSON {"name": {overrides}}; default: the defaults, before the settle stop, the fast point and 0.2.0's'),
          out: Path = Path("results/loop-efficiency.json")):
     from spote.bench.run import environment
     from spote.bench.scenes import spotbench
     from spote.core import PolicyConfig
     from spote.loading import load_adapter
 
-    named = json.loads(policies) if policies else {"defaults": {}, "fast": FAST, "previous defaults": PREVIOUS_DEFAULTS}
+    named = json.loads(policies) if policies else {"defaults": {}, "before the settle stop": PRIOR_FIRST_GROUP,
+                                                   "fast": FAST, "previous defaults": PREVIOUS_DEFAULTS}
     adapter = load_adapter(None)
     items = list(spotbench("test", n, seed))
     per_round = max(1, len(items) // rounds)

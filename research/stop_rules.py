@@ -3,6 +3,9 @@
     python -m research.stop_rules record --split val --n 600 --seed 0 --out results/stop-rules/val-seed0.jsonl
     python -m research.stop_rules replay results/stop-rules/val-seed0.jsonl [more.jsonl ...]
 
+Record with ``--policy '{"settle_after": 0}'`` (the Makefile does): a recording must not stop early
+itself, or the rules replayed on it are cut short by the loop's own settle stop.
+
 ``record`` runs SPOT-E at a given ``PolicyConfig`` on closed SpotBench items through an adapter that
 keeps every batched reading (the log-probs of each view and the forward passes spent so far). A stop
 rule only ever ends a run *earlier*, and what the loop did up to that point does not depend on the
@@ -113,6 +116,10 @@ RULES = {
        for t in (0.5, 0.7, 0.8, 0.9) for m in (8, 16, 24, 32)},
     **{f"no view p>={t} after {m}": (lambda t, m: lambda s: s["passes"] >= m and max(s["view_max_p"]) < t)(t, m)
        for t in (0.8, 0.9) for m in (16, 24, 32)},
+    # the settle stop (PolicyConfig.settle_after / settle_p): no view gave any answer but the whole image's p >= t
+    **{f"settle: no other answer p>={t} after {m}": (lambda t, m: lambda s: s["passes"] >= m and all(
+        p < t for i, p in enumerate(s["view_max_p"]) if i != s["base_top"]))(t, m)
+       for t in (0.6, 0.7, 0.8) for m in (16, 24, 32)},
     **{f"H>{f:.1f}*H0 after {m}": (lambda f, m: lambda s: s["passes"] >= m and s["best_entropy"] > f * s["base_entropy"])(f, m)
        for f in (0.5, 0.7) for m in (24, 32)},
 }

@@ -66,7 +66,7 @@ def loop_passes_per_second(adapter, items, cfg) -> tuple[float, float]:
 
 
 def main(n: int = 100, seed: int = 0, rounds: int = 3, batch: int = 16, raw_seconds: float = 10.0,
-         policies: str = typer.Option("", help='JSON {"name": {overrides}}; default: the defaults, before the settle stop, the fast point and 0.2.0's'),
+         policies: str = typer.Option("", help='JSON {"name": {overrides}}; default: the defaults, before the settle stop, the fast point and the 0.2.0 defaults'),
          out: Path = Path("results/loop-efficiency.json")):
     from spote.bench.run import environment
     from spote.bench.scenes import spotbench

@@ -125,12 +125,28 @@ RULES = {
 }
 
 
+def kind_of(rec: dict) -> str:
+    """The item's kind; "absent" for a presence item without evidence, "easy" for large evidence."""
+    return "easy" if rec["easy"] else "absent" if rec.get("evidence", 0) is None else rec["kind"]
+
+
 @app.command()
-def replay(paths: list[Path], policy: str = typer.Option("{}", help="PolicyConfig overrides the recording used")):
+def replay(paths: list[Path], policy: str = typer.Option("{}", help="PolicyConfig overrides the recording used"),
+           by_kind: list[str] = typer.Option([], help="also print these rules' accuracy / passes per kind")):
     """Accuracy, mean passes, easy-item passes and AUROC of each rule in RULES, per recording."""
     cfg = PolicyConfig(**json.loads(policy))
     for path in paths:
         recs = [json.loads(line) for line in path.open()]
+        if by_kind:
+            kinds = sorted({kind_of(r) for r in recs})
+            print(f"\n{path}: accuracy / passes per kind\n")
+            print("| rule | " + " | ".join(f"{k} ({sum(kind_of(r) == k for r in recs)})" for k in kinds) + " |")
+            print("|---|" + "---|" * len(kinds))
+            for name in by_kind:
+                out = [replay_item(r, cfg, RULES[name]) for r in recs]
+                cells = [f"{np.mean([o[0] for o, r in zip(out, recs) if kind_of(r) == k]):.2f} / "
+                         f"{np.mean([o[1] for o, r in zip(out, recs) if kind_of(r) == k]):.0f}" for k in kinds]
+                print(f"| {name} | " + " | ".join(cells) + " |")
         print(f"\n{path}: {len(recs)} items")
         print("| rule | accuracy | passes/item | easy passes | AUROC | items at 96 |")
         print("|---|---|---|---|---|---|")

@@ -9,8 +9,9 @@ grey page, a boat on water, a crack on brushed metal), so a cheap centre-surroun
 
 on a 512 px (long side) copy of the image, centre sigma 0.7 px and surround sigma 2 px there: a window
 of roughly the evidence's size lights up, large edges and smooth textures much less. At 256 px a
-14 px boat in a 1200 px scene is 3 px and often loses to the water's edge; at 512 px the strongest
-peak is on the evidence for 94-100% of SpotBench val items of every kind (docs/experiments/found-sooner.md).
+5-9 px wide vehicle in a 1200 px scene is 1-2 px wide and often loses to the road's edges; at 512 px
+the strongest peak is on the evidence for 94-100% of SpotBench val items of every kind
+(docs/experiments/found-sooner.md).
 """
 
 from __future__ import annotations

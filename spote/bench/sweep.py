@@ -27,9 +27,20 @@ POINT_KEYS = ("accuracy", "forward_passes_mean", "seconds_per_item", "auroc", "f
 
 
 def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METHODS, out: Path = Path("sweep.json"),
-          model=None, defaults: bool = True, progress: bool = True, jobs: int = 1, default_methods=None) -> dict:
+          model=None, defaults: bool = True, progress: bool = True, jobs: int = 1, default_methods=None,
+          keep: Path | None = None) -> dict:
     """Run ``run_bench`` once per budget (and once at the defaults, for ``default_methods``: every search
-    method but grid unless given), ``jobs`` runs at a time; return and write the frontier."""
+    method but grid unless given), ``jobs`` runs at a time; return and write the frontier.
+
+    ``keep``: an earlier frontier JSON of the same split, n, seed and budgets whose methods not run
+    here are copied into this one, so one method can be re-measured without re-running its peers. Raises ValueError when it does not match."""
+    kept = {}
+    if keep is not None:
+        old = json.loads(Path(keep).read_text())
+        if (old["split"], old["n_items"], old["seed"], old["budgets"]) != (split, n, seed, budgets):
+            raise ValueError(f"--keep {keep}: split/n/seed/budgets {old['split']}/{old['n_items']}/{old['seed']}/"
+                             f"{old['budgets']} differ from this run's {split}/{n}/{seed}/{budgets}")
+        kept = {m: pts for m, pts in old["methods"].items() if m not in methods}
     points: dict[str, list[dict]] = {m: [] for m in methods}
     runs = [*([None] if defaults else []), *budgets]  # the defaults first: the longest run (grid reads every window)
     out = Path(out)
@@ -47,7 +58,7 @@ def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METH
         for m, s in report["methods"].items():
             points[m].append({"budget": b, **{k: s.get(k) for k in POINT_KEYS}})
     result = {"split": split, "n_items": n, "seed": seed, "model": str(model or "spote-tiny"), "budgets": budgets,
-              "methods": points}
+              "methods": {**kept, **points}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot_frontier(result, out.with_suffix(".png"))
@@ -105,7 +116,8 @@ def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,
          methods: str = ",".join(SEARCH_METHODS), out: Path = Path("results/bench-budget.json"),
          model: str = typer.Option(None), defaults: bool = typer.Option(True, help="also run each method at its defaults"),
          jobs: int = typer.Option(1, help="budgets run at a time, one process and one model each (set OMP_NUM_THREADS)"),
-         default_methods: str = typer.Option(",".join(DEFAULT_METHODS), help="methods also run at their defaults")):
+         default_methods: str = typer.Option(",".join(DEFAULT_METHODS), help="methods also run at their defaults"),
+         keep: Path = typer.Option(None, help="an earlier frontier JSON: its other methods' points are kept")):
     """Run the budget sweep and write JSON + plot."""
     try:
         bs = [int(b) for b in budgets.split(",") if b.strip()]
@@ -113,8 +125,11 @@ def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,
         raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}")
     if any(b < 2 for b in bs):
         raise typer.BadParameter("every budget must be at least 2 forward passes (the whole image and one view)")
-    sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults, jobs=jobs,
-          default_methods=[m.strip() for m in default_methods.split(",") if m.strip()])
+    try:
+        sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults, jobs=jobs,
+              default_methods=[m.strip() for m in default_methods.split(",") if m.strip()], keep=keep)
+    except ValueError as err:
+        raise typer.BadParameter(str(err))
 
 
 if __name__ == "__main__":

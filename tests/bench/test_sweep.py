@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from spote.bench.sweep import sweep
 
 
@@ -18,3 +20,14 @@ def test_sweep_points_per_method_and_budget_and_parallel_runs_agree(tmp_path):
         assert pts[3]["forward_passes_mean"] <= 3 and pts[6]["forward_passes_mean"] <= 6
     assert json.loads((tmp_path / "two.json").read_text())["methods"] == two["methods"]
     assert (tmp_path / "two.png").stat().st_size > 0 and (tmp_path / "two.b6.json").exists()
+
+
+def test_keep_copies_the_other_methods_points_and_refuses_another_run(tmp_path):
+    kw = dict(split="val", n=2, seed=0, budgets=[3], progress=False, defaults=False)
+    first = sweep(**kw, methods=("spote", "grid"), out=tmp_path / "all.json")
+    again = sweep(**kw, methods=("spote",), out=tmp_path / "spote.json", keep=tmp_path / "all.json")
+    assert again["methods"]["grid"] == first["methods"]["grid"]  # kept, not re-run
+    assert [p["forward_passes_mean"] for p in again["methods"]["spote"]] == \
+        [p["forward_passes_mean"] for p in first["methods"]["spote"]]
+    with pytest.raises(ValueError, match="differ"):
+        sweep(**{**kw, "seed": 1}, methods=("spote",), out=tmp_path / "x.json", keep=tmp_path / "all.json")

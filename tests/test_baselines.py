@@ -138,13 +138,20 @@ def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_a
 
 @pytest.mark.parametrize("method", ["oracle", "spote"])
 def test_an_empty_open_answer_has_confidence_zero(shipped_adapter, method):
-    """The shipped spote-tiny reads no codes: it answers the open question on this code field with an
+    """The shipped spote-tiny reads no codes: on most code fields it answers the open question with an
     empty string (its first token is the end of the answer). No token was read, so no method may
-    report it as sure."""
+    report it as sure. (Which items read as empty moves with the image libraries' resampling, so the
+    test takes every empty answer among the first open items.)"""
     from spote.bench.scenes import make_open_item
 
-    item = make_open_item(0, "val", 0)
-    res = run_method(method, shipped_adapter, item.image, item.question, None, PolicyConfig(budget=6),
-                     evidence=item.evidence, max_passes=6)
-    assert res.answer == "" and res.answer_token_ids == [] and res.token_confidences == []
-    assert res.confidence == 0.0
+    empty = 0
+    for i in range(6):
+        item = make_open_item(0, "val", i)
+        res = run_method(method, shipped_adapter, item.image, item.question, None, PolicyConfig(budget=6),
+                         evidence=item.evidence, max_passes=6)
+        if res.answer == "":
+            empty += 1
+            assert res.answer_token_ids == [] and res.token_confidences == [] and res.confidence == 0.0
+        else:
+            assert res.token_confidences and res.confidence > 0.0
+    assert empty >= 3

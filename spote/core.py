@@ -15,9 +15,14 @@ Read top to bottom:
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
    sample a group of G spotlights, render them from the full-resolution pixels, score the whole
    group in one batched forward pass, reward = clarity + lambda * preservation, group-relative
-   advantages, a clipped policy-gradient step with a KL pull toward the initial policy.
+   advantages, a clipped policy-gradient step with a KL pull toward the initial policy. The
+   first group reads the windows centred on the strongest saliency peaks first: small evidence
+   is usually the strongest local anomaly, and a window centred on it holds it where a small
+   model reads best.
 4. Stop when confident, on a reward plateau, after T steps, or when the forward-pass budget is
-   spent. Answer from the best spotlight by reward; the whole image competes with reward 0,
+   spent. A closed-set run also *settles*: after ``settle_after`` passes, if no view has given any
+   answer but the whole image's a probability >= ``settle_p``, nothing seen contradicts the whole
+   image (mostly an absence being proved, which no close-up makes clear). Answer from the best spotlight by reward; the whole image competes with reward 0,
    so a run whose every spotlight scores below zero keeps the baseline answer.
 
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;

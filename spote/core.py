@@ -41,8 +41,9 @@ anchor is what stops a close-up of a large boat's hull flipping a sure "yes" to 
 from __future__ import annotations
 
 import math
+import numbers
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -53,6 +54,22 @@ from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
 
 ANCHOR_PENALTIES = ("entropy", "logp")
+
+
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# PolicyConfig's field annotations -> the check a value must pass (numpy scalars count as numbers)
+_FIELD_TYPES = {
+    "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    "float": _real,
+    "float | None": lambda v: v is None or _real(v),
+    "bool": lambda v: isinstance(v, (bool, np.bool_)),
+    "str": lambda v: isinstance(v, str),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "float | None": "a finite number or null",
+               "bool": "true or false", "str": "a string"}
 
 
 @dataclass(frozen=True)
@@ -94,10 +111,14 @@ class PolicyConfig:
     greedy_steps: int = 1          # the first k steps read the policy's most likely unread windows, in order (no sampling)
     peaks_first: bool = True       # the greedy first group reads the saliency peaks' finest windows first, strongest first, unjittered
     saliency_size: int = 512       # long side (px) of the copy the saliency map is computed on (spote/saliency.py)
-    settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never)
-    settle_p: float = 0.7
+    settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never);
+    settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
 
     def __post_init__(self):
+        for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type
+            value = getattr(self, f.name)
+            if not _FIELD_TYPES[f.type](value):
+                raise ValueError(f"{f.name} must be {_TYPE_WORDS[f.type]}, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
@@ -108,10 +129,12 @@ class PolicyConfig:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
-        if self.settle_after < 0 or not 0 < self.settle_p <= 1:
-            raise ValueError("settle_after must be >= 0 passes (0: never) and settle_p in (0, 1]")
-        if self.saliency_size < 32:
-            raise ValueError("saliency_size must be >= 32 px")
+        if self.settle_after < 0:
+            raise ValueError(f"settle_after must be >= 0 forward passes (0: never settle), got {self.settle_after}")
+        if not 0 < self.settle_p <= 1:
+            raise ValueError(f"settle_p must be a probability in (0, 1], got {self.settle_p}")
+        if not 32 <= self.saliency_size <= 4096:
+            raise ValueError(f"saliency_size must be 32-4096 px, got {self.saliency_size}")
         if self.anchor_penalty not in ANCHOR_PENALTIES:
             raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
@@ -267,12 +290,19 @@ class SpotlightPolicy:
         self.peak_windows: list[int] = []  # the finest side's peak windows, strongest peak first
         if peaks:  # windows of the two finest sides centred on saliency peaks, clamped inside the image
             extra, extra_scale = [], []
-            for k in sorted(set(self.scale_idx.tolist()))[-2:]:
+            finest = sorted(set(self.scale_idx.tolist()))[-2:]
+            for k in finest:
                 side = self.windows[int(np.argmax(self.scale_idx == k))].width
+                seen: set[tuple] = set()  # peaks near a border can clamp to the same window: keep one
                 for px, py in peaks:
-                    extra.append(Box.square(px, py, side).shifted_inside(width, height))
+                    b = Box.square(px, py, side).shifted_inside(width, height)
+                    if tuple(b.as_list()) in seen:
+                        continue
+                    seen.add(tuple(b.as_list()))
+                    if k == finest[-1]:
+                        self.peak_windows.append(len(self.windows) + len(extra))
+                    extra.append(b)
                     extra_scale.append(k)
-            self.peak_windows = list(range(len(self.windows) + len(extra) - len(peaks), len(self.windows) + len(extra)))
             self.windows = self.windows + extra
             self.scale_idx = np.concatenate([self.scale_idx, extra_scale]).astype(int)
         g = cfg.grid
@@ -524,10 +554,11 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         return readings
 
     def settled() -> bool:
-        """Nothing seen contradicts the whole image: after ``settle_after`` passes, which read the priors'
-        best places first, no view gave any other answer p >= ``settle_p`` (closed sets only).
-        Evidence that is there is usually found in those first passes (the first group reads the
-        saliency peaks), so a search that has found nothing by then mostly proves an absence."""
+        """Nothing seen argues against the whole image with conviction: after ``settle_after`` passes,
+        which read the priors' best places first, no view gave any other answer p >= ``settle_p``
+        (closed sets only). Evidence that is there is usually found in those first passes (the first
+        group reads the saliency peaks), so a search that has found nothing by then mostly proves an
+        absence. The run then answers from its best view so far, which may still lean elsewhere."""
         if seen is None or not cfg.settle_after or used() < cfg.settle_after:
             return False
         others = torch.cat([seen[:base_top], seen[base_top + 1:]])

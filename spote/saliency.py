@@ -66,9 +66,14 @@ def saliency_peaks(sal: np.ndarray, image_size: tuple[int, int], k: int,
     min_separation = max(2, round(PEAK_SEPARATION * max(h, w))) if min_separation is None else min_separation
     is_peak = (sal == maximum_filter(sal, size=2 * min_separation + 1)) & (sal > 0)
     ys, xs = np.nonzero(is_peak)
-    order = np.argsort(-sal[ys, xs])[:k]
+    kept: list[int] = []
+    for i in np.argsort(-sal[ys, xs], kind="stable"):  # a flat top has several equal maxima: keep one
+        if all(max(abs(xs[i] - xs[j]), abs(ys[i] - ys[j])) > min_separation for j in kept):
+            kept.append(int(i))
+            if len(kept) == k:
+                break
     sx, sy = image_size[0] / w, image_size[1] / h
-    return [(float((xs[i] + 0.5) * sx), float((ys[i] + 0.5) * sy)) for i in order]
+    return [(float((xs[i] + 0.5) * sx), float((ys[i] + 0.5) * sy)) for i in kept]
 
 
 def saliency_centroid(sal: np.ndarray, image_size: tuple[int, int], top: float = 0.02) -> tuple[float, float]:

@@ -274,10 +274,22 @@ def test_config_rejects_bad_values():
         PolicyConfig(group_size=1)
     with pytest.raises(ValueError):
         PolicyConfig(probe_side=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="settle_after must be >= 0"):
         PolicyConfig(settle_after=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="settle_p must be a probability"):
         PolicyConfig(settle_p=0.0)
+    # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
+    for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
+                       ({"settle_after": float("nan")}, "settle_after must be an integer"),
+                       ({"settle_after": True}, "settle_after must be an integer"),
+                       ({"saliency_size": 1e9}, "saliency_size must be an integer"),
+                       ({"saliency_size": 10**6}, "saliency_size must be 32-4096 px"),
+                       ({"settle_p": "0.7"}, "settle_p must be a finite number"),
+                       ({"budget": None}, "budget must be an integer"),
+                       ({"exit_entropy_per_ln_k": float("inf")}, "exit_entropy_per_ln_k must be a finite number or null")):
+        with pytest.raises(ValueError, match=words):
+            PolicyConfig(**bad)
+    assert PolicyConfig(exit_entropy_per_ln_k=None, budget=np.int64(8), settle_p=np.float32(0.5)).budget == 8
 
 
 def test_probe_band_is_above_the_exit_and_within_probe_below_of_it():
@@ -341,6 +353,13 @@ def test_first_group_reads_the_strongest_saliency_peak_first_centred_and_unjitte
     assert x1 - x0 == min(res.boxes[1][2] - res.boxes[1][0], x1 - x0)  # at the finest side
     off = spote(random_adapter, img, Q, CHOICES, replace(cfg, peaks_first=False))
     assert off.boxes[0] != res.boxes[0]
+
+
+def test_peaks_clamped_to_the_same_window_give_one_peak_window():
+    # near a corner of a small image every peak's window is pushed to the same square inside it
+    pol = SpotlightPolicy(160, 120, 64, PolicyConfig(), peaks=[(5.0, 5.0), (27.0, 5.0), (150.0, 110.0)])
+    boxes = [tuple(pol.windows[w].as_list()) for w in pol.peak_windows]
+    assert len(boxes) == len(set(boxes)) == 2 and boxes[0] == (0, 0, 64, 64)
 
 
 def test_peaks_then_top_lists_the_finest_peak_windows_in_peak_order_then_the_top_others():

@@ -42,3 +42,18 @@ def test_centroid_sits_on_a_large_salient_box_off_centre():
     x, y = saliency_centroid(saliency_map(img), img.size)
     assert 80 < x < 400 and 300 < y < 620  # inside the box, not the image's middle (360, 320)
     assert abs(x - 360) > 40 or abs(y - 320) > 40
+
+
+def test_peaks_on_a_flat_topped_maximum_are_one_peak_and_kept_apart():
+    img = Image.new("RGB", (640, 480), (128, 128, 128))
+    d = ImageDraw.Draw(img)
+    for box, colour in (([4, 4, 6, 6], (250, 20, 20)), ([26, 4, 28, 6], (20, 20, 250)), ([400, 300, 402, 302], (20, 250, 20))):
+        d.rectangle(box, fill=colour)
+    sal = saliency_map(img)
+    peaks = saliency_peaks(sal, img.size, 8)
+    sep = 6 / 256 * max(sal.shape) * img.width / sal.shape[1]  # the minimum separation, in source pixels
+    for i, (ax, ay) in enumerate(peaks):
+        for bx, by in peaks[i + 1:]:
+            assert max(abs(ax - bx), abs(ay - by)) > sep - 1e-6
+    assert any(abs(x - 401) < 4 and abs(y - 301) < 4 for x, y in peaks)  # each dot still has its peak
+    assert any(abs(x - 5) < 4 for x, _ in peaks) and any(abs(x - 27) < 4 for x, _ in peaks)

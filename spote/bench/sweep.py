@@ -32,15 +32,10 @@ def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METH
     """Run ``run_bench`` once per budget (and once at the defaults, for ``default_methods``: every search
     method but grid unless given), ``jobs`` runs at a time; return and write the frontier.
 
-    ``keep``: an earlier frontier JSON of the same split, n, seed and budgets whose methods not run
-    here are copied into this one, so one method can be re-measured without re-running its peers. Raises ValueError when it does not match."""
-    kept = {}
-    if keep is not None:
-        old = json.loads(Path(keep).read_text())
-        if (old["split"], old["n_items"], old["seed"], old["budgets"]) != (split, n, seed, budgets):
-            raise ValueError(f"--keep {keep}: split/n/seed/budgets {old['split']}/{old['n_items']}/{old['seed']}/"
-                             f"{old['budgets']} differ from this run's {split}/{n}/{seed}/{budgets}")
-        kept = {m: pts for m, pts in old["methods"].items() if m not in methods}
+    ``keep``: an earlier frontier JSON of the same split, n, seed, model and budgets whose methods not
+    run here are copied into this one, so one method can be re-measured without re-running its peers
+    (``kept_points`` raises ValueError when it does not match)."""
+    kept = {} if keep is None else kept_points(keep, split, n, seed, budgets, model, methods)
     points: dict[str, list[dict]] = {m: [] for m in methods}
     runs = [*([None] if defaults else []), *budgets]  # the defaults first: the longest run (grid reads every window)
     out = Path(out)
@@ -63,6 +58,22 @@ def sweep(split: str, n: int, seed: int, budgets: list[int], methods=SEARCH_METH
     out.write_text(json.dumps(result, indent=2))
     plot_frontier(result, out.with_suffix(".png"))
     return result
+
+
+def kept_points(keep: Path, split: str, n: int, seed: int, budgets: list[int], model, methods) -> dict:
+    """The points of ``keep``'s methods not in ``methods``. Raises ValueError naming the file when it cannot
+    be read, is not a frontier JSON, or was run on another split, n, seed, model or set of budgets."""
+    try:
+        old = json.loads(Path(keep).read_text())
+        have = (old["split"], old["n_items"], old["seed"], sorted(old["budgets"]), old["model"])
+        points = {m: list(pts) for m, pts in old["methods"].items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"--keep {keep}: not a readable budget-sweep JSON ({type(err).__name__}: {err})") from None
+    want = (split, n, seed, sorted(budgets), str(model or "spote-tiny"))
+    if have != want:
+        raise ValueError(f"--keep {keep}: split/n/seed/budgets/model {'/'.join(map(str, have))} differ from this "
+                         f"run's {'/'.join(map(str, want))}")
+    return {m: pts for m, pts in points.items() if m not in methods}
 
 
 def _tag(budget: int | None) -> str:
@@ -125,11 +136,14 @@ def main(split: str = "test", n: int = 300, seed: int = 0, budgets: str = "8,16,
         raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}")
     if any(b < 2 for b in bs):
         raise typer.BadParameter("every budget must be at least 2 forward passes (the whole image and one view)")
-    try:
-        sweep(split, n, seed, bs, [m.strip() for m in methods.split(",") if m.strip()], out, model, defaults, jobs=jobs,
-              default_methods=[m.strip() for m in default_methods.split(",") if m.strip()], keep=keep)
-    except ValueError as err:
-        raise typer.BadParameter(str(err))
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if keep is not None:
+        try:
+            kept_points(keep, split, n, seed, bs, model, names)  # fail before hours of runs, not after
+        except ValueError as err:
+            raise typer.BadParameter(str(err))
+    sweep(split, n, seed, bs, names, out, model, defaults, jobs=jobs,
+          default_methods=[m.strip() for m in default_methods.split(",") if m.strip()], keep=keep)
 
 
 if __name__ == "__main__":

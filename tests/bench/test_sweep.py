@@ -31,3 +31,10 @@ def test_keep_copies_the_other_methods_points_and_refuses_another_run(tmp_path):
         [p["forward_passes_mean"] for p in first["methods"]["spote"]]
     with pytest.raises(ValueError, match="differ"):
         sweep(**{**kw, "seed": 1}, methods=("spote",), out=tmp_path / "x.json", keep=tmp_path / "all.json")
+    with pytest.raises(ValueError, match="differ"):  # another model's points are not merged
+        sweep(**kw, methods=("spote",), out=tmp_path / "x.json", keep=tmp_path / "all.json", model="other/model")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "text.json").write_text("not json")
+    for bad in ("missing.json", "list.json", "text.json"):
+        with pytest.raises(ValueError, match=f"--keep .*{bad}: not a readable budget-sweep JSON"):
+            sweep(**kw, methods=("spote",), out=tmp_path / "x.json", keep=tmp_path / bad)

@@ -88,7 +88,7 @@ def test_killed_actor_mid_job_loses_nothing(cluster, random_tiny_dir, tmp_path):
     out = tmp_path / "out"
     proc = _submit(cluster, "spote-fault", ["-m", "pipelines.vqa", "--input", str(manifest), "--output", str(out),
                                             "--model", str(random_tiny_dir), "--num-actors", "2", "--num-gpus-per-actor",
-                                            "1", "--batch-size", "1", "--policy", '{"budget": 40, "exit_entropy": 0.0, "exit_entropy_per_ln_k": 0.0, "plateau_patience": 99}',
+                                            "1", "--batch-size", "1", "--policy", '{"budget": 40, "exit_entropy": 0.0, "exit_entropy_per_ln_k": 0.0, "plateau_patience": 99, "settle_after": 0}',
                                             "--run-id", "fault"], wait=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import ray

@@ -19,7 +19,7 @@ from pipelines.timelimit import TimedLoader
 SAMPLES = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa"
 # never clear, never a plateau, a huge budget: an item SPOT-E would search for minutes
 ENDLESS = {"exit_entropy_per_ln_k": 0.0, "exit_entropy": 0.0, "plateau_patience": 10_000, "steps": 10_000,
-           "budget": 100_000, "group_size": 2, "glance_side": 0.0, "probe_side": 0.0}
+           "budget": 100_000, "group_size": 2, "glance_side": 0.0, "probe_side": 0.0, "settle_after": 0}
 
 
 def slow_pdf(curves: int) -> bytes:

@@ -118,12 +118,14 @@ def ask(
         ch = check_choices(choices)
         if method not in METHODS or method == "oracle":
             raise AskError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
-        overrides = {**parse_policy(policy), "mode": mode, "seed": seed, "use_relevance": not black_box,
+        from_policy = parse_policy(policy)
+        overrides = {**from_policy, "mode": mode, "seed": seed, "use_relevance": not black_box,
                      **({} if budget is None else {"budget": budget})}
         try:
             cfg = PolicyConfig(**overrides)
-        except TypeError as err:
-            raise AskError(f"--policy: {err}") from err
+        except (TypeError, ValueError) as err:  # PolicyConfig's errors start with the field's name
+            field_named = str(err).split(" ", 1)[0]
+            raise AskError(f"--policy: {err}" if field_named in from_policy else str(err)) from err
         if trace is not None and trace.is_dir():
             raise AskError(f"--trace {trace} is a directory; give a .png file name")
         _check_image_path(image)

@@ -65,6 +65,10 @@ def parse_policy(text: str | None) -> dict:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise AskError(f"--policy: unknown fields {unknown}; known: {sorted(known)}")
+    try:
+        PolicyConfig(**overrides)  # a value of the wrong type or range, named with its field
+    except ValueError as err:
+        raise AskError(f"--policy: {err}") from err
     return overrides
 
 
@@ -118,14 +122,12 @@ def ask(
         ch = check_choices(choices)
         if method not in METHODS or method == "oracle":
             raise AskError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
-        from_policy = parse_policy(policy)
-        overrides = {**from_policy, "mode": mode, "seed": seed, "use_relevance": not black_box,
+        overrides = {**parse_policy(policy), "mode": mode, "seed": seed, "use_relevance": not black_box,
                      **({} if budget is None else {"budget": budget})}
         try:
             cfg = PolicyConfig(**overrides)
-        except (TypeError, ValueError) as err:  # PolicyConfig's errors start with the field's name
-            field_named = str(err).split(" ", 1)[0]
-            raise AskError(f"--policy: {err}" if field_named in from_policy else str(err)) from err
+        except ValueError as err:  # --policy is valid alone: an option (--mode, --budget) is out of range
+            raise AskError(str(err)) from err
         if trace is not None and trace.is_dir():
             raise AskError(f"--trace {trace} is a directory; give a .png file name")
         _check_image_path(image)

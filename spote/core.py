@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .saliency import WORKING_SIZE as SALIENCY_SIZE
 from .saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
@@ -110,7 +111,7 @@ class PolicyConfig:
     read_chunk: int = 4            # read a group k views at a time, ending it at the first clear view (0: one pass)
     greedy_steps: int = 1          # the first k steps read the policy's most likely unread windows, in order (no sampling)
     peaks_first: bool = True       # the greedy first group reads the saliency peaks' finest windows first, strongest first, unjittered
-    saliency_size: int = 512       # long side (px) of the copy the saliency map is computed on (spote/saliency.py)
+    saliency_size: int = SALIENCY_SIZE  # long side (px) of the copy the saliency map is computed on (512)
     settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never);
     settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
 
@@ -296,9 +297,10 @@ class SpotlightPolicy:
                 seen: set[tuple] = set()  # peaks near a border can clamp to the same window: keep one
                 for px, py in peaks:
                     b = Box.square(px, py, side).shifted_inside(width, height)
-                    if tuple(b.as_list()) in seen:
+                    key = tuple(b.as_list())
+                    if key in seen:
                         continue
-                    seen.add(tuple(b.as_list()))
+                    seen.add(key)
                     if k == finest[-1]:
                         self.peak_windows.append(len(self.windows) + len(extra))
                     extra.append(b)
@@ -548,8 +550,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     def read(group: list[Box]) -> list[Reading]:
         """One batched forward pass over ``group``'s views; notes what each choice was given."""
         readings = reader.read([renderer.render(b, mode) for b in group])
-        for r in readings:
-            if seen is not None:
+        if seen is not None:
+            for r in readings:
                 torch.maximum(seen, r.logp.exp(), out=seen)
         return readings
 

@@ -15,7 +15,7 @@ import typer
 
 from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
-from .runs import (AccountingError, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id, forget_run,
+from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id, forget_run,
                    is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
@@ -286,7 +286,7 @@ def job_command(fn):
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
             return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
-        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, AccountingError) as err:
+        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, AccountingError, RunInUse) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
@@ -474,13 +474,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
     outputs are part of the run), ``after_commit(RunResults, paths, so)`` after it, also when the run
     id was already committed (so it must be idempotent). Returns the summary.
-    Raises ValueError for an id clash (before any work) and AccountingError when the staged rows are
-    not every planned item exactly once (nothing is committed then).
+    Raises ValueError for an id clash (before any work), ``RunInUse`` when another driver is writing
+    the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
+    are not every planned item exactly once (nothing is committed then).
     """
-    import ray
-
-    from spote.core import PolicyConfig
-
     if isinstance(plan, list):
         plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)
@@ -489,17 +486,52 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     model_key = opts.model_label() if opts.endpoint or opts.revision else str(opts.model)  # same ids as before
     run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), model_key))
     paths = RunPaths(opts.output, run_id)
-    if is_committed(paths, so):
-        if not opts.force:
-            summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
-            print(f"[{job}] run {run_id} is already committed; nothing to do ({paths.results})")
-            if after_commit is not None:
-                results = RunResults(paths.results, so, None)
-                if results.has_rows():
-                    init_ray(opts.num_actors)
-                after_commit(results, paths, so)
-            return summary
-        retrying(forget_run, paths, so)
+    if is_committed(paths, so) and not opts.force:
+        return _already_committed(job, opts, paths, so, after_commit)
+    lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
+    try:
+        committed_meanwhile = is_committed(paths, so) and not opts.force  # by the driver waited out
+        if not committed_meanwhile:
+            if is_committed(paths, so):
+                retrying(forget_run, paths, so)
+                lease.renew()
+            summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, model_kwargs, lease,
+                                               extra_summary, post_commit, loader, predictor)
+    finally:
+        lease.release()
+    if committed_meanwhile:
+        return _already_committed(job, opts, paths, so, after_commit)
+    if after_commit is not None:
+        after_commit(RunResults(paths.results, so, stats), paths, so)
+    items_resumed = summary["items_resumed"]
+    if summary["items_in"] == 0:
+        print(f"[{job}] run {run_id}: nothing to do ({_nothing_reason(plan)}); committed an empty run -> {paths.results}")
+    else:
+        print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
+              f"{summary['items_error']} errors, {summary['items_per_second']} items/s, "
+              f"early exit {summary['early_exit_rate']} -> {paths.results}")
+    return summary
+
+
+def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit) -> dict:
+    summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
+    print(f"[{job}] run {paths.run_id} is already committed; nothing to do ({paths.results})")
+    if after_commit is not None:
+        results = RunResults(paths.results, so, None)
+        if results.has_rows():
+            init_ray(opts.num_actors)
+        after_commit(results, paths, so)
+    return summary
+
+
+def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, so: dict, policy: dict,
+                      model_kwargs: dict, lease: RunLease, extra_summary, post_commit, loader, predictor):
+    """The body of ``run_job`` while this driver holds the run's lease -> (summary, RunStats)."""
+    import ray
+
+    from spote.core import PolicyConfig
+
+    run_id = paths.run_id
     t0 = time.time()
     recover_interrupted_commit(paths, so)
     if plan.sources or read_plan_stats(paths, so) is not None:
@@ -547,16 +579,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
                      timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
     if post_commit is not None:
         post_commit(RunResults(paths.staged, so, stats), paths, so)
+    lease.check(f"run {run_id}")
     commit(paths, summary, so)
-    if after_commit is not None:
-        after_commit(RunResults(paths.results, so, stats), paths, so)
-    if items_in == 0:
-        print(f"[{job}] run {run_id}: nothing to do ({_nothing_reason(plan)}); committed an empty run -> {paths.results}")
-    else:
-        print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
-              f"{summary['items_error']} errors, {summary['items_per_second']} items/s, "
-              f"early exit {summary['early_exit_rate']} -> {paths.results}")
-    return summary
+    return summary, stats
 
 
 def _nothing_reason(plan: Plan) -> str:

@@ -10,11 +10,18 @@ Run layout under ``--output`` (local folder or ``s3://`` prefix)::
     _staging/<run_id>/checkpoint/*.parquet   ids of the rows in results/ (Ray Data's checkpoint)
     _runs/<run_id>/summary.json              statistics; report.html and entropy.png beside it
     _runs/<run_id>/_SUCCESS                  the commit marker, written last
+    _runs/<run_id>/lease.json                the lease of the driver writing the run (while it runs)
 
 Resume: a run id started again after a crash reuses its plan and keeps every staged part whose
 checkpoint was committed (Ray Data's ``CheckpointConfig`` writes a part's ids as *pending* before
 the part and commits them after it; parts of pending checkpoints are removed on restart). Only the
 items not yet staged are answered. A re-run of a committed run id does nothing (``--force`` redoes it).
+
+One driver writes a run at a time (``RunLease``): a driver killed mid-run leaves workers that may
+still be finishing a part for a few seconds, and a second driver of the same run id (a double
+``ray job submit``, a retry on another cluster) would stage every item twice. A new driver waits
+until the previous holder's lease has stopped beating before it touches the staging area, and
+refuses to start while it still beats.
 """
 
 from __future__ import annotations
@@ -24,10 +31,14 @@ import hashlib
 import json
 import os
 import posixpath
-from dataclasses import dataclass
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .storage import filesystem, join, retrying, write_text
+from .storage import filesystem, join, read_bytes, retrying, write_text
 
 PENDING_SUFFIX = ".pending.parquet"
 
@@ -68,6 +79,10 @@ class RunPaths:
     @property
     def marker(self) -> str:
         return join(self.meta, "_SUCCESS")
+
+    @property
+    def lease(self) -> str:
+        return join(self.meta, "lease.json")
 
 
 def default_run_id(job: str, *keys: str) -> str:
@@ -217,3 +232,126 @@ def check_accounting(planned: int, planned_digest: int, staged: int, staged_dige
     missing = max(0, planned - distinct)
     raise AccountingError(f"accounting failed: {planned} in, {staged} out, {missing} missing, {dupes} duplicated"
                           + ("" if missing or dupes else " (ids differ from the plan)"))
+
+
+class RunInUse(RuntimeError):
+    """Another driver holds the run's lease: it is writing the same run id now."""
+
+
+@dataclass
+class RunLease:
+    """The right to write one run, held by one driver: a small JSON file under ``_runs/<run_id>/``
+    that the holder rewrites every ``beat_s`` seconds (a counter goes up).
+
+    ``acquire()`` reads the lease left by an earlier driver, if any, and watches it: if it changes,
+    that driver is alive and ``RunInUse`` is raised; once it has stayed unchanged for ``stale_s``
+    seconds (timed here, so clocks on other machines do not matter) the earlier driver and the
+    workers it left are taken to be gone, and the lease is taken over. Two drivers starting at once
+    both write theirs; after ``settle_s`` the one whose lease was overwritten backs off. ``lost`` is
+    set when a beat finds another driver's lease (this driver stalled past ``stale_s``); the run
+    must not be committed then.
+
+    Object stores have no compare-and-swap that fsspec exposes everywhere, so this is a lease, not
+    a lock: it relies on a holder beating more often than ``stale_s``.
+    """
+
+    uri: str
+    storage_options: dict | None = None
+    beat_s: float = 5.0
+    stale_s: float = 30.0
+    settle_s: float = 1.0
+    poll_s: float = 1.0
+    log: object = print
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lost: bool = False
+    _beat: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(retrying(read_bytes, self.uri, self.storage_options))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # caught half-written: the holder is alive
+            return {"token": "?", "beat": -1}
+
+    def _write(self) -> None:
+        record = {"token": self.token, "beat": self._beat, "host": socket.gethostname(), "pid": os.getpid(),
+                  "ray_job_id": _ray_job_id(), "time": dt.datetime.now(dt.timezone.utc).isoformat()}
+        write_text(self.uri, json.dumps(record), self.storage_options)
+
+    @staticmethod
+    def _holder(record: dict) -> str:
+        job = f", Ray job {record['ray_job_id']}" if record.get("ray_job_id") else ""
+        return f"pid {record.get('pid', '?')} on {record.get('host', '?')}{job}"
+
+    def acquire(self, what: str = "this run") -> "RunLease":
+        """Wait out an earlier holder's lease, take it, start beating. Raises ``RunInUse``."""
+        seen = self._read()
+        if seen is not None:
+            self.log(f"{what}: found the lease of a driver that wrote it ({self._holder(seen)}); watching it "
+                     f"for up to {self.stale_s:.0f} s: a live driver renews it, a dead one's goes still")
+            since = time.monotonic()
+            while time.monotonic() - since < self.stale_s:
+                time.sleep(self.poll_s)
+                now = self._read()
+                if now is None:  # released: that driver finished or gave up
+                    break
+                if (now.get("token"), now.get("beat")) != (seen.get("token"), seen.get("beat")):
+                    raise RunInUse(f"{what} is being written by another driver ({self._holder(now)}); "
+                                   "wait for it to finish, or use another --run-id")
+        self._write()
+        time.sleep(self.settle_s)
+        now = self._read()
+        if now is None or now.get("token") != self.token:
+            raise RunInUse(f"{what} was started by another driver at the same moment "
+                           f"({self._holder(now or {})}); use another --run-id")
+        self._thread = threading.Thread(target=self._beating, name="run-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beating(self) -> None:
+        while not self._stop.wait(self.beat_s):
+            try:
+                now = self._read()
+                if now is not None and now.get("token") not in (self.token, "?"):
+                    self.lost = True
+                    return
+                self._beat += 1
+                self._write()
+            except OSError as err:  # one missed beat is not fatal; stale_s allows several
+                self.log(f"[lease] could not renew: {err}")
+
+    def renew(self) -> None:
+        """Write the lease now (after something removed it, e.g. ``forget_run``)."""
+        self._beat += 1
+        self._write()
+
+    def check(self, what: str = "this run") -> None:
+        """Raise ``RunInUse`` if another driver took the lease over while this one stalled."""
+        if self.lost:
+            raise RunInUse(f"{what}: this driver stalled for over {self.stale_s:.0f} s and another driver "
+                           "took the run over; nothing was committed here")
+
+    def release(self) -> None:
+        """Stop beating and remove the lease if it is still this driver's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            now = self._read()
+            if now is not None and now.get("token") == self.token:
+                fs, p = filesystem(self.uri, self.storage_options)
+                retrying(fs.rm, p)
+        except OSError as err:
+            self.log(f"[lease] could not remove {self.uri}: {err}")
+
+
+def _ray_job_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+    except Exception:  # no Ray here (a unit test, a tool): the lease names pid and host alone
+        return None

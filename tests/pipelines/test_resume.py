@@ -1,6 +1,8 @@
 """A driver SIGKILLed half way through a run, then started again with the same run id: the parts
 it had staged are kept (``items_resumed``), only the rest is answered, and the committed rows are
-exactly the manifest's items, once each. The run's state lives under ``--output``: a local folder
+exactly the manifest's items, once each. While the first driver runs, a second one of the same run
+id is refused; after the kill, the new driver waits out the dead one's lease (its workers may still
+be finishing a part) before it touches the staged parts. The run's state lives under ``--output``: a local folder
 and an S3 prefix (moto's server) both work."""
 
 import json
@@ -15,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.job import JobOptions, run_job
-from pipelines.runs import RunPaths, committed_checkpoint_rows
-from pipelines.storage import parse_storage_options
+from pipelines.runs import RunInUse, RunPaths, committed_checkpoint_rows
+from pipelines.storage import filesystem, parse_storage_options
 from pipelines.vqa import plan_manifest
 
 REPO = Path(__file__).parents[2]
@@ -24,6 +26,11 @@ N = 24
 # every item costs the same few forward passes: no early exit, so the run's progress is steady
 SLOW_POLICY = json.dumps({"budget": 6, "group_size": 2, "steps": 3, "exit_entropy": 0.0,
                           "exit_entropy_per_ln_k": 0.0, "plateau_patience": 99})
+
+
+def _exists(uri: str, so: dict) -> bool:
+    fs, path = filesystem(uri, so)
+    return fs.exists(path)
 
 
 def _manifest(folder: Path) -> Path:
@@ -45,9 +52,15 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, 
     with open(log_path, "w") as log_file:   # a file, not a pipe: a full pipe would stall the driver
         driver = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     paths = RunPaths(output, "night")
-    staged, deadline = 0, time.time() + 900
+    opts = JobOptions(str(manifest), output, str(random_tiny_dir), policy=SLOW_POLICY, run_id="night",
+                      batch_size=1, rows_per_part=2)
+    staged, refused, deadline = 0, False, time.time() + 900
     try:
         while time.time() < deadline and driver.poll() is None:
+            if not refused and _exists(paths.lease, so):
+                with pytest.raises(RunInUse, match="run night is being written by another driver"):
+                    run_job("vqa", opts, plan_manifest(str(manifest)))   # a second driver of the same run
+                refused = True
             staged = committed_checkpoint_rows(paths, so)
             if staged >= N // 2:
                 os.kill(driver.pid, signal.SIGKILL)   # the driver dies mid-run, as on a lost node
@@ -59,11 +72,10 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, 
         driver.wait(timeout=60)
         log = log_path.read_text()
     assert driver.returncode == -signal.SIGKILL, log[-3000:]
-    assert staged >= N // 2, log[-3000:]
+    assert staged >= N // 2 and refused, log[-3000:]
 
-    opts = JobOptions(str(manifest), output, str(random_tiny_dir), policy=SLOW_POLICY, run_id="night",
-                      batch_size=1, rows_per_part=2)
-    summary = run_job("vqa", opts, plan_manifest(str(manifest)))
+    summary = run_job("vqa", opts, plan_manifest(str(manifest)))   # waits out the dead driver's lease
+    assert not _exists(paths.lease, so)
     assert N // 3 <= summary["items_resumed"] < N
     assert summary["items_in"] == summary["items_out"] == N
     if where == "local":

@@ -1,0 +1,85 @@
+"""The run lease: one driver writes a run at a time, on a folder and on S3 (moto's server)."""
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from pipelines.runs import RunInUse, RunLease
+from pipelines.storage import read_bytes, retrying, write_text
+
+FAST = {"beat_s": 0.1, "stale_s": 1.0, "settle_s": 0.05, "poll_s": 0.05}
+
+
+@pytest.fixture(params=["local", "s3"])
+def lease_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "_runs" / "r" / "lease.json")
+    request.getfixturevalue("s3")
+    return f"s3://spote/lease-{request.node.name.replace('[', '-').rstrip(']')}-{time.time_ns()}/lease.json"
+
+
+def _record(uri: str) -> dict | None:
+    try:
+        return json.loads(retrying(read_bytes, uri))  # a read racing a beat can fail its ETag check
+    except FileNotFoundError:
+        return None
+
+
+def test_a_fresh_lease_names_this_driver_beats_and_goes_on_release(lease_uri):
+    lease = RunLease(lease_uri, log=lambda m: None, **FAST).acquire()
+    first = _record(lease_uri)
+    assert first["token"] == lease.token and first["pid"] == os.getpid() and first["host"] == socket.gethostname()
+    time.sleep(0.5)
+    assert _record(lease_uri)["beat"] > first["beat"]            # the holder renews it
+    lease.release()
+    assert _record(lease_uri) is None
+
+
+def test_a_live_holder_refuses_a_second_driver(lease_uri):
+    holder = RunLease(lease_uri, log=lambda m: None, **FAST).acquire()
+    try:
+        with pytest.raises(RunInUse, match=f"another driver \\(pid {os.getpid()} on "):
+            RunLease(lease_uri, log=lambda m: None, **FAST).acquire("run night")
+        assert _record(lease_uri)["token"] == holder.token        # the refused driver wrote nothing
+    finally:
+        holder.release()
+
+
+def test_a_dead_holders_lease_is_waited_out_then_taken_over(lease_uri):
+    dead = {"token": "dead", "beat": 7, "host": "node-3", "pid": 4242, "ray_job_id": "05000000"}
+    write_text(lease_uri, json.dumps(dead))
+    said = []
+    t0 = time.monotonic()
+    lease = RunLease(lease_uri, log=said.append, **FAST).acquire("run night")
+    try:
+        assert time.monotonic() - t0 >= FAST["stale_s"]          # its workers got that long to die
+        assert "pid 4242 on node-3, Ray job 05000000" in said[0]
+        assert _record(lease_uri)["token"] == lease.token
+    finally:
+        lease.release()
+
+
+def test_a_released_lease_lets_the_waiting_driver_in_at_once(lease_uri):
+    holder = RunLease(lease_uri, log=lambda m: None, **{**FAST, "stale_s": 60.0}).acquire()
+    holder.release()
+    lease = RunLease(lease_uri, log=lambda m: None, **{**FAST, "stale_s": 60.0}).acquire()
+    assert _record(lease_uri)["token"] == lease.token
+    lease.release()
+
+
+def test_a_driver_whose_lease_was_taken_over_must_not_commit(lease_uri):
+    lease = RunLease(lease_uri, log=lambda m: None, **FAST).acquire()
+    try:
+        lease.check()                                               # still ours
+        write_text(lease_uri, json.dumps({"token": "usurper", "beat": 0}))
+        deadline = time.monotonic() + 10
+        while not lease.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(RunInUse, match="took the run over"):
+            lease.check("run night")
+    finally:
+        lease.release()
+    assert _record(lease_uri)["token"] == "usurper"                # not removed: it is not ours

@@ -42,11 +42,12 @@ install-processors: $(PROC_STAMP)
 # the report's browser test needs Debian's chromium: installed here only if absent, and never required
 # (without it that one test is skipped). Then the real processors' tests in their own environment
 # (test-processors: about 3 min from nothing, a few seconds once its environment exists).
+# The 25 slowest tests are listed: CI gives the whole command 90 minutes.
 test: $(STAMP)
 	$(BIN)/python -m ruff check spote pipelines cluster benchmarks training research tests
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium could not be installed: the report's browser test will be skipped"
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 	$(MAKE) --no-print-directory test-processors
 
 # the real processors' tests alone, in their own environment (skipped in the one above)

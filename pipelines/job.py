@@ -286,7 +286,8 @@ def job_command(fn):
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
             return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
-        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, AccountingError, RunInUse) as err:
+        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError, AccountingError, RunInUse) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line

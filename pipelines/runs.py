@@ -269,12 +269,15 @@ class RunLease:
     _thread: threading.Thread | None = None
 
     def _read(self) -> dict | None:
+        """The lease record, None when there is none; a file that is not a JSON object (caught half
+        written, or damaged) reads as an unreadable record that is waited out like any other."""
         try:
-            return json.loads(retrying(read_bytes, self.uri, self.storage_options))
+            record = json.loads(retrying(read_bytes, self.uri, self.storage_options))
         except FileNotFoundError:
             return None
-        except ValueError:  # caught half-written: the holder is alive
-            return {"token": "?", "beat": -1}
+        except ValueError:
+            record = None
+        return record if isinstance(record, dict) else {"token": "?", "beat": -1, "unreadable": True}
 
     def _write(self) -> None:
         record = {"token": self.token, "beat": self._beat, "host": socket.gethostname(), "pid": os.getpid(),
@@ -283,6 +286,8 @@ class RunLease:
 
     @staticmethod
     def _holder(record: dict) -> str:
+        if record.get("unreadable"):
+            return "its lease file is not a lease record"
         job = f", Ray job {record['ray_job_id']}" if record.get("ray_job_id") else ""
         return f"pid {record.get('pid', '?')} on {record.get('host', '?')}{job}"
 
@@ -290,8 +295,10 @@ class RunLease:
         """Wait out an earlier holder's lease, take it, start beating. Raises ``RunInUse``."""
         seen = self._read()
         if seen is not None:
-            self.log(f"{what}: found the lease of a driver that wrote it ({self._holder(seen)}); watching it "
-                     f"for up to {self.stale_s:.0f} s: a live driver renews it, a dead one's goes still")
+            found = (f"{self.uri} is not a lease record" if seen.get("unreadable")
+                     else f"found the lease of a driver that wrote it ({self._holder(seen)})")
+            self.log(f"{what}: {found}; watching it for up to {self.stale_s:.0f} s: a live driver renews it, "
+                     "a dead one's goes still")
             since = time.monotonic()
             while time.monotonic() - since < self.stale_s:
                 time.sleep(self.poll_s)
@@ -301,6 +308,8 @@ class RunLease:
                 if (now.get("token"), now.get("beat")) != (seen.get("token"), seen.get("beat")):
                     raise RunInUse(f"{what} is being written by another driver ({self._holder(now)}); "
                                    "wait for it to finish, or use another --run-id")
+            else:
+                self.log(f"{what}: the lease stayed still for {self.stale_s:.0f} s; taking the run over")
         self._write()
         time.sleep(self.settle_s)
         now = self._read()

@@ -70,8 +70,8 @@ def retrying(fn, *args, attempts: int = 6, first_wait: float = 0.5, **kwargs):
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except FileNotFoundError:
-            raise
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise  # the same on every try
         except (OSError, ConnectionError, TimeoutError) as err:
             if attempt == attempts - 1:
                 raise

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipelines.runs import RunInUse, RunLease
-from pipelines.storage import read_bytes, retrying, write_text
+from pipelines.storage import read_bytes, retrying, write_bytes, write_text
 
 FAST = {"beat_s": 0.1, "stale_s": 1.0, "settle_s": 0.05, "poll_s": 0.05}
 
@@ -56,10 +56,32 @@ def test_a_dead_holders_lease_is_waited_out_then_taken_over(lease_uri):
     lease = RunLease(lease_uri, log=said.append, **FAST).acquire("run night")
     try:
         assert time.monotonic() - t0 >= FAST["stale_s"]          # its workers got that long to die
-        assert "pid 4242 on node-3, Ray job 05000000" in said[0]
+        assert "pid 4242 on node-3, Ray job 05000000" in said[0] and "taking the run over" in said[-1]
         assert _record(lease_uri)["token"] == lease.token
     finally:
         lease.release()
+
+
+@pytest.mark.parametrize("content", [b"[]", b"5", b"null", b"", b"\x00\xffnot json{"])
+def test_a_damaged_lease_is_waited_out_like_a_dead_one(lease_uri, content):
+    write_bytes(lease_uri, content)
+    said = []
+    t0 = time.monotonic()
+    lease = RunLease(lease_uri, log=said.append, **FAST).acquire("run night")
+    try:
+        assert time.monotonic() - t0 >= FAST["stale_s"]
+        assert "is not a lease record" in said[0] and "taking the run over" in said[-1]
+        assert _record(lease_uri)["token"] == lease.token
+    finally:
+        lease.release()
+
+
+def test_a_lease_path_that_is_a_folder_fails_at_once_naming_it(tmp_path, capsys):
+    uri = tmp_path / "_runs" / "r" / "lease.json"
+    uri.mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match="lease.json"):
+        RunLease(str(uri), log=lambda m: None, **FAST).acquire()
+    assert "retrying" not in capsys.readouterr().out               # not retried as a storage blip
 
 
 def test_a_released_lease_lets_the_waiting_driver_in_at_once(lease_uri):

@@ -489,6 +489,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         return _already_committed(job, opts, paths, so, after_commit)
+    if plan.sources or read_plan_stats(paths, so) is not None:
+        init_ray(opts.num_actors)
+        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
     try:
         committed_meanwhile = is_committed(paths, so) and not opts.force  # by the driver waited out
@@ -535,9 +538,7 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     run_id = paths.run_id
     t0 = time.time()
     recover_interrupted_commit(paths, so)
-    if plan.sources or read_plan_stats(paths, so) is not None:
-        init_ray(opts.num_actors)
-        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
+    if ray.is_initialized():
         ctx = ray.data.DataContext.get_current()
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
     t_plan = time.time()

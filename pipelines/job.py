@@ -494,9 +494,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
     try:
-        committed_meanwhile = is_committed(paths, so) and not opts.force  # by the driver waited out
+        committed = is_committed(paths, so)  # again: the driver waited out may have committed it
+        committed_meanwhile = committed and not opts.force
         if not committed_meanwhile:
-            if is_committed(paths, so):
+            if committed:
                 retrying(forget_run, paths, so)
                 lease.renew()
             summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, model_kwargs, lease,

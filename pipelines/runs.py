@@ -327,13 +327,12 @@ class RunLease:
                 if now is not None and now.get("token") not in (self.token, "?"):
                     self.lost = True
                     return
-                self._beat += 1
-                self._write()
+                self.renew()
             except OSError as err:  # one missed beat is not fatal; stale_s allows several
                 self.log(f"[lease] could not renew: {err}")
 
     def renew(self) -> None:
-        """Write the lease now (after something removed it, e.g. ``forget_run``)."""
+        """Write the lease with the counter one up (each beat; and after ``forget_run`` removed it)."""
         self._beat += 1
         self._write()
 
@@ -351,8 +350,7 @@ class RunLease:
         try:
             now = self._read()
             if now is not None and now.get("token") == self.token:
-                fs, p = filesystem(self.uri, self.storage_options)
-                retrying(fs.rm, p)
+                retrying(_rm, self.uri, self.storage_options)
         except OSError as err:
             self.log(f"[lease] could not remove {self.uri}: {err}")
 

@@ -220,13 +220,13 @@ def sample_open_views(rng, item: Item) -> tuple[list[Image.Image], OpenLabel]:
     return views, label
 
 
-def glyph_view(rng, item: Item) -> tuple[Box, int]:
-    """Stage 1: a close view of one glyph ``k`` of an open item (OPEN_STAGE1_CAP_PX high), placed anywhere
+def glyph_view(rng, item: Item, cap_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> tuple[Box, int]:
+    """Stage 1: a close view of one glyph ``k`` of an open item (``cap_px`` high in input pixels, log-uniform), placed anywhere
     in the view (up to OPEN_STAGE1_JITTER of the side off centre, at least VISIBLE_FRAC of it inside), so
     its neighbours share the view; the readout is taken where glyph ``k`` lies (``glyph_region``)."""
     k = int(rng.integers(len(item.answer)))
     g = Box(*item.meta["chars"][k])
-    side = g.height * IMAGE_SIZE / _loguniform(rng, *OPEN_STAGE1_CAP_PX)
+    side = g.height * IMAGE_SIZE / _loguniform(rng, *cap_px)
     for _ in range(8):
         jx, jy = rng.uniform(-OPEN_STAGE1_JITTER, OPEN_STAGE1_JITTER, 2) * side
         box = Box.square(g.centre[0] + jx, g.centre[1] + jy, side)
@@ -400,8 +400,10 @@ class CloseViewStream(torch.utils.data.IterableDataset):
     so a rolling pool of scenes is kept and a few are replaced every batch."""
 
     def __init__(self, seed: int, batch_size: int, pool: int = 256, refresh: int = 6, far_views: float = FAR_VIEWS,
-                 far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0):
+                 far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
+                 glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX):
         self.seed, self.batch_size, self.pool, self.refresh = seed, batch_size, pool, refresh
+        self.glyph_px = glyph_px  # glyph views: the glyph's height in input pixels (log-uniform)
         self.start = start
         self.far_views = far_views  # share of far views (FAR_LEGIBLE_PX); 0 draws exactly the shipped stream
         self.far_unsure = far_unsure  # False: an illegible far view is dropped for the usual close view
@@ -441,7 +443,7 @@ class CloseViewStream(torch.utils.data.IterableDataset):
             for b in range(self.batch_size):
                 if self.open_share and open_rng.random() < self.open_share:  # one glyph of a code
                     item = open_pool[int(open_rng.integers(self.pool))]
-                    box, k = glyph_view(open_rng, item)
+                    box, k = glyph_view(open_rng, item, self.glyph_px)
                     view = letterbox(item.image, IMAGE_SIZE, box)
                     if open_rng.random() < 0.15:
                         view = _corrupt_view(open_rng, view)
@@ -510,7 +512,7 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
                     far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
-                    order_weight: float = 0.0) -> None:
+                    order_weight: float = 0.0, glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see); a
     code glyph is read from the tokens it covers instead (``glyph_region``), so position is kept.
@@ -529,7 +531,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     stream = CloseViewStream(seed, batch_size, pool=min(256, 2 * batch_size), far_views=far_views, far_unsure=far_unsure,
-                             start=start, open_share=open_share)
+                             start=start, open_share=open_share, glyph_px=glyph_px)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema, ema_glyph = time.time(), None, None
     for step, (pv, y, mask, region, order) in enumerate(loader):
@@ -646,7 +648,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           far_views: float = FAR_VIEWS, far_unsure: bool = True, init_from: Path | None = None,
           easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
-          checkpoint_every: int = CHECKPOINT_EVERY) -> dict:
+          checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
+          glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -667,11 +670,17 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     codes (``build_processor(open_items=True)``); ``tower_from`` a model without it copies the
     embeddings of the tokens both vocabularies hold. ``stage1_start`` overrides the first stage 1
     scene index (a second continued stage 1 must not redraw the first one's scenes).
+    ``stage1_open_share`` sets stage 1's share of glyph views apart from stage 2's scenes (default: the
+    same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``."""
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
+    if stage1_open_share is not None and open_share > 0 and not 0 < stage1_open_share < 1:
+        raise ValueError(f"stage1_open_share must be in (0, 1) with open items, got {stage1_open_share}")
+    if not 0 < glyph_px[0] <= glyph_px[1]:
+        raise ValueError(f"glyph_px must be (low, high) input pixels with 0 < low <= high, got {tuple(glyph_px)}")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -702,7 +711,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         if stage1_start is None:
             stage1_start = STAGE1_START if tower_from is None else TOWER_CONTINUE_START
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
-                        start=stage1_start, open_share=open_share, order_weight=order_weight)
+                        start=stage1_start, open_share=open_share if stage1_open_share is None else stage1_open_share,
+                        order_weight=order_weight, glyph_px=tuple(glyph_px))
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -752,6 +762,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "far_unsure": far_unsure, "init_from": None if init_from is None else str(init_from),
                   "easy_rate": easy_rate, "lr": lr, "warmup": warmup, "open_share": open_share,
                   "stage1_start": stage1_start, "order_weight": order_weight,
+                  "stage1_open_share": stage1_open_share, "glyph_px": list(glyph_px),
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
@@ -798,12 +809,17 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
          open_eval_items: int = typer.Option(60, help="open val items evaluated at the end (with open items)"),
          order_weight: float = typer.Option(0.0, help="stage 1 weight of the glyph-place targets (glyph_order) on "
                                                       "code glyphs; 0: none"),
+         stage1_open_share: Optional[float] = typer.Option(None, help="stage 1 share of code glyph views, apart "
+                                                                     "from stage 2's open scenes (default: --open-share)"),
+         glyph_px: tuple[float, float] = typer.Option(OPEN_STAGE1_CAP_PX, help="stage 1 glyph views: the glyph's "
+                                                      "height in input pixels, low and high (log-uniform)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
           init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,
-          stage1_start=stage1_start, open_eval_items=open_eval_items, order_weight=order_weight)
+          stage1_start=stage1_start, open_eval_items=open_eval_items, order_weight=order_weight,
+          stage1_open_share=stage1_open_share, glyph_px=glyph_px)
 
 
 if __name__ == "__main__":

@@ -368,3 +368,26 @@ def test_tower_from_a_closed_model_copies_the_shared_token_embeddings(tmp_path):
     assert new.shape[0] == len(vocab) > old.shape[0] == 54
     assert torch.equal(new[:54], old)  # the closed tokens keep their ids and their embeddings
     assert not torch.equal(new[vocab["##7"]], new[vocab["7"]])
+
+
+def test_glyph_views_draw_the_glyph_height_asked_for():
+    """Stage 1 glyph views put glyph k at glyph_px input pixels high (log-uniform between the two)."""
+    from spote.bench.scenes import make_open_item
+    from training.train import OPEN_STAGE1_CAP_PX, glyph_view
+
+    item = make_open_item(0, "train", 5, variant="small")
+    rng = np.random.default_rng(0)
+    heights = []
+    for _ in range(200):
+        box, k = glyph_view(rng, item, (11, 16))
+        heights.append(Box(*item.meta["chars"][k]).height * 64 / box.width)
+    assert 11 - 1e-6 <= min(heights) and max(heights) <= 16 + 1e-6 and max(heights) - min(heights) > 3
+    default = [Box(*item.meta["chars"][k]).height * 64 / b.width for b, k in (glyph_view(rng, item) for _ in range(200))]
+    assert min(default) >= OPEN_STAGE1_CAP_PX[0] - 1e-6 and max(default) > 24
+
+
+@pytest.mark.parametrize("kwargs", [{"stage1_open_share": 0.0}, {"glyph_px": (20, 12)}, {"glyph_px": (0, 12)}])
+def test_train_refuses_bad_stage1_glyph_settings_before_any_work(tmp_path, kwargs):
+    with pytest.raises(ValueError, match="stage1_open_share|glyph_px"):
+        train(tmp_path / "m", steps=1, vision_steps=1, open_share=0.5, **kwargs)
+    assert not (tmp_path / "m").exists()

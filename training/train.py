@@ -642,6 +642,24 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
+def check_settings(init_from, tower_from, open_share: float, stage1_open_share: float | None,
+                   glyph_px: tuple[float, float]) -> None:
+    """Raise ValueError, naming the setting, for ``train`` settings that do not fit together."""
+    if init_from is not None and tower_from is not None:
+        raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
+                         "continuations: give one")
+    for name, path in (("init_from", init_from), ("tower_from", tower_from)):
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ValueError(f"{name} {str(path)!r} is not a saved spote-tiny (a folder with config.json)")
+    if not 0 <= open_share < 1:
+        raise ValueError(f"open_share must be in [0, 1), got {open_share}")
+    if stage1_open_share is not None and not (open_share > 0 and 0 < stage1_open_share < 1):
+        raise ValueError(f"stage1_open_share must be in (0, 1), with open items (open_share > 0); got "
+                         f"{stage1_open_share} with open_share {open_share}")
+    if not (all(math.isfinite(v) for v in glyph_px) and 0 < glyph_px[0] <= glyph_px[1]):
+        raise ValueError(f"glyph_px must be (low, high) input pixels with 0 < low <= high, got {tuple(glyph_px)}")
+
+
 def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
           seed: int = 0, threads: int = 2, log_every: int = 25, eval_items: int = 240,
           vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, stage2_vision_lr_scale: float = 0.0,
@@ -674,13 +692,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``."""
-    if init_from is not None and tower_from is not None:
-        raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
-                         "continuations: give one")
-    if stage1_open_share is not None and open_share > 0 and not 0 < stage1_open_share < 1:
-        raise ValueError(f"stage1_open_share must be in (0, 1) with open items, got {stage1_open_share}")
-    if not 0 < glyph_px[0] <= glyph_px[1]:
-        raise ValueError(f"glyph_px must be (low, high) input pixels with 0 < low <= high, got {tuple(glyph_px)}")
+    check_settings(init_from, tower_from, open_share, stage1_open_share, glyph_px)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -815,6 +827,10 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                       "height in input pixels, low and high (log-uniform)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
+    try:
+        check_settings(init_from, tower_from, open_share, stage1_open_share, glyph_px)
+    except ValueError as e:  # one line, not a traceback
+        raise typer.BadParameter(str(e)) from None
     train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
           init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,

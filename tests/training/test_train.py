@@ -386,8 +386,22 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
     assert min(default) >= OPEN_STAGE1_CAP_PX[0] - 1e-6 and max(default) > 24
 
 
-@pytest.mark.parametrize("kwargs", [{"stage1_open_share": 0.0}, {"glyph_px": (20, 12)}, {"glyph_px": (0, 12)}])
-def test_train_refuses_bad_stage1_glyph_settings_before_any_work(tmp_path, kwargs):
-    with pytest.raises(ValueError, match="stage1_open_share|glyph_px"):
-        train(tmp_path / "m", steps=1, vision_steps=1, open_share=0.5, **kwargs)
+@pytest.mark.parametrize("kwargs", [
+    {"stage1_open_share": 0.0}, {"stage1_open_share": 0.3, "open_share": 0.0}, {"glyph_px": (20, 12)},
+    {"glyph_px": (0, 12)}, {"glyph_px": (11, float("inf"))}, {"open_share": 1.0}, {"tower_from": "nowhere"},
+    {"init_from": "spote"}])
+def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        train(tmp_path / "m", steps=1, vision_steps=1, **{"open_share": 0.5, **kwargs})
+    assert not (tmp_path / "m").exists()
+
+
+def test_training_cli_reports_bad_settings_in_one_error_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--glyph-px", "20", "12", "--open-share", "0.3",
+                           "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "glyph_px" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "m").exists()

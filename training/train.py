@@ -642,22 +642,56 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
-def check_settings(init_from, tower_from, open_share: float, stage1_open_share: float | None,
-                   glyph_px: tuple[float, float]) -> None:
-    """Raise ValueError, naming the setting, for ``train`` settings that do not fit together."""
+def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
+                   vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, far_views: float = FAR_VIEWS,
+                   init_from: Path | None = None, easy_rate: float = EASY_RATE, tower_from: Path | None = None,
+                   open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
+                   stage1_open_share: float | None = None,
+                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> None:
+    """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
+    range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing."""
+    def bad(name, why):
+        return ValueError(f"{name} (--{name.replace('_', '-')}) {why}")
+
+    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 1),
+                        ("vision_steps", vision_steps, 0), ("stage1_start", stage1_start, 0)):
+        if v is not None and not v >= lo:
+            raise bad(name, f"must be at least {lo}, got {v}")
+    for name, v in (("lr", lr), ("vision_lr", vision_lr)):
+        if not (math.isfinite(v) and v >= 0):  # 0 is allowed: a run that only copies and evaluates
+            raise bad(name, f"must be a finite number from 0, got {v}")
+    for name, v, hi in (("order_weight", order_weight, math.inf), ("far_views", far_views, 1),
+                        ("easy_rate", easy_rate, 1), ("open_share", open_share, 1)):
+        if not (math.isfinite(v) and 0 <= v <= hi):
+            raise bad(name, "must be a finite number from 0" + ("" if hi == math.inf else f" to {hi}") + f", got {v}")
+    if open_share == 1:
+        raise bad("open_share", "must be below 1 (the closed scenes keep the closed-set calibration), got 1")
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
     for name, path in (("init_from", init_from), ("tower_from", tower_from)):
-        if path is not None and not (Path(path) / "config.json").is_file():
-            raise ValueError(f"{name} {str(path)!r} is not a saved spote-tiny (a folder with config.json)")
-    if not 0 <= open_share < 1:
-        raise ValueError(f"open_share must be in [0, 1), got {open_share}")
+        if path is None:
+            continue
+        if not ((Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()):
+            raise bad(name, f"{str(path)!r} is not a saved spote-tiny (a folder with config.json and model.safetensors)")
+        if Path(out).resolve() == Path(path).resolve():
+            raise bad(name, f"is the output folder {str(out)!r}: the run would overwrite the model it starts from")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise bad("out", f"{str(out)!r} is a file, not a folder")
+    if init_from is not None and (stage1_open_share is not None or tuple(glyph_px) != OPEN_STAGE1_CAP_PX):
+        raise bad("init_from", "runs no stage 1, so stage1_open_share and glyph_px would do nothing")
+    if init_from is not None and open_share:
+        from transformers import AutoTokenizer
+        if not _spells_codes(AutoTokenizer.from_pretrained(init_from)):
+            raise bad("init_from", f"{str(init_from)!r} has no code tokens to fine-tune on open items: retrain it with "
+                                   "open_share (or continue its tower with tower_from)")
     if stage1_open_share is not None and not (open_share > 0 and 0 < stage1_open_share < 1):
-        raise ValueError(f"stage1_open_share must be in (0, 1), with open items (open_share > 0); got "
-                         f"{stage1_open_share} with open_share {open_share}")
-    if not (all(math.isfinite(v) for v in glyph_px) and 0 < glyph_px[0] <= glyph_px[1]):
-        raise ValueError(f"glyph_px must be (low, high) input pixels with 0 < low <= high, got {tuple(glyph_px)}")
+        raise bad("stage1_open_share", f"must be in (0, 1), with open items (open_share > 0); got {stage1_open_share} "
+                                       f"with open_share {open_share}")
+    if not (len(glyph_px) == 2 and all(math.isfinite(v) for v in glyph_px)
+            and 1 <= glyph_px[0] <= glyph_px[1] <= IMAGE_SIZE):
+        raise bad("glyph_px", f"must be (low, high) input pixels with 1 <= low <= high <= {IMAGE_SIZE} (the model "
+                              f"input), got {tuple(glyph_px)}")
 
 
 def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
@@ -692,7 +726,10 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``."""
-    check_settings(init_from, tower_from, open_share, stage1_open_share, glyph_px)
+    check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
+                   vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
+                   tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
+                   stage1_open_share=stage1_open_share, glyph_px=glyph_px)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -701,10 +738,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         processor = AutoProcessor.from_pretrained(init_from)
         model = LlavaForConditionalGeneration.from_pretrained(init_from, use_safetensors=True)
         vision_steps = 0
-        open_vocab = _spells_codes(processor.tokenizer)
-        if open_share and not open_vocab:
-            raise ValueError(f"{init_from} has no code tokens to fine-tune on open items: retrain it with open_share "
-                             "(or continue its tower with tower_from)")
+        open_vocab = _spells_codes(processor.tokenizer)  # with open_share, check_settings made sure it does
     else:
         open_vocab = open_share > 0
         processor = build_processor(open_items=open_vocab)
@@ -828,9 +862,13 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     try:
-        check_settings(init_from, tower_from, open_share, stage1_open_share, glyph_px)
+        check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
+                       vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
+                       tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
+                       stage1_open_share=stage1_open_share, glyph_px=glyph_px)
     except ValueError as e:  # one line, not a traceback
-        raise typer.BadParameter(str(e)) from None
+        typer.echo(f"training.train: error: {e}", err=True)
+        raise typer.Exit(2) from None
     train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
           vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
           init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,

@@ -389,11 +389,16 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
 @pytest.mark.parametrize("kwargs", [
     {"stage1_open_share": 0.0}, {"stage1_open_share": 0.3, "open_share": 0.0}, {"glyph_px": (20, 12)},
     {"glyph_px": (0, 12)}, {"glyph_px": (11, float("inf"))}, {"open_share": 1.0}, {"tower_from": "nowhere"},
-    {"init_from": "spote"}])
+    {"init_from": "spote"}, {"init_from": "spote/weights/spote-tiny"}, {"steps": 0}, {"warmup": 0},
+    {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"}])
 def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     name = next(iter(kwargs))
+    out = tmp_path / "m"
+    if kwargs.get("out"):
+        out = tmp_path / kwargs.pop("out")
+        out.write_text("a file")
     with pytest.raises(ValueError, match=name):
-        train(tmp_path / "m", steps=1, vision_steps=1, **{"open_share": 0.5, **kwargs})
+        train(out, **{"steps": 1, "vision_steps": 1, "open_share": 0.5, **kwargs})
     assert not (tmp_path / "m").exists()
 
 
@@ -403,5 +408,17 @@ def test_training_cli_reports_bad_settings_in_one_error_without_a_traceback(tmp_
 
     proc = subprocess.run([sys.executable, "-m", "training.train", "--glyph-px", "20", "12", "--open-share", "0.3",
                            "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "glyph_px" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["training.train: error: glyph_px (--glyph-px) must be (low, high) input pixels with "
+                      "1 <= low <= high <= 64 (the model input), got (20.0, 12.0)"]
     assert not (tmp_path / "m").exists()
+
+
+def test_a_run_cannot_write_over_the_model_it_starts_from(tmp_path):
+    train(tmp_path / "base", steps=1, batch_size=4, vision_steps=0, eval_items=2, log_every=1)
+    before = (tmp_path / "base" / "model.safetensors").read_bytes()
+    for kwargs in ({"init_from": tmp_path / "base"}, {"tower_from": tmp_path / "base"}):
+        with pytest.raises(ValueError, match="would overwrite the model it starts from"):
+            train(tmp_path / "base", steps=1, **kwargs)
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == before

@@ -647,9 +647,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    init_from: Path | None = None, easy_rate: float = EASY_RATE, tower_from: Path | None = None,
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
-                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> None:
+                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
-    range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing."""
+    range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
+    Takes ``train``'s keyword arguments; the ones it has no rule for (seed, threads, ...) pass unchecked."""
     def bad(name, why):
         return ValueError(f"{name} (--{name.replace('_', '-')}) {why}")
 
@@ -861,19 +862,17 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                       "height in input pixels, low and high (log-uniform)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,
+                    eval_items=eval_items, vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views,
+                    far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
+                    open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
+                    order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px)
     try:
-        check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
-                       vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
-                       tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
-                       stage1_open_share=stage1_open_share, glyph_px=glyph_px)
+        check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback
         typer.echo(f"training.train: error: {e}", err=True)
         raise typer.Exit(2) from None
-    train(out, steps, batch_size, lr, warmup=warmup, seed=seed, threads=threads, eval_items=eval_items,
-          vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views, far_unsure=far_unsure,
-          init_from=init_from, easy_rate=easy_rate, tower_from=tower_from, open_share=open_share,
-          stage1_start=stage1_start, open_eval_items=open_eval_items, order_weight=order_weight,
-          stage1_open_share=stage1_open_share, glyph_px=glyph_px)
+    train(out, **settings)
 
 
 if __name__ == "__main__":

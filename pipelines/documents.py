@@ -31,7 +31,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from .job import JobOptions, job_command, run_job
+from .job import JobOptions, group_partitions, job_command, run_job
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
@@ -168,7 +168,8 @@ def documents_done(results) -> pa.Table:
     from ray.data.aggregate import Count, CountDistinct, Max
 
     ds = results.dataset(["source", "document", "fingerprint", "page", "pages"])
-    rows = ds.groupby(["source", "document", "fingerprint"]).aggregate(
+    n = results.stats.items if results.stats is not None else ds.count()
+    rows = ds.groupby(["source", "document", "fingerprint"], num_partitions=group_partitions(n)).aggregate(
         Count(), CountDistinct("page"), Max("pages")).take_all()
     done = [r for r in rows if r["count_distinct(page)"] >= (r["max(pages)"] or 1)]
     if len(done) < len(rows):

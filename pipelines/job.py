@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -300,6 +301,8 @@ def job_command(fn):
 
 
 LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
+GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
+MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 
@@ -352,11 +355,39 @@ def _has_parquet(fs, path: str) -> bool:
     return fs.exists(path) and any(f.endswith(".parquet") for f in fs.find(path))
 
 
+@contextlib.contextmanager
+def file_based_parquet_reads():
+    """Within the block, ``ray.data.read_parquet`` (ours and the checkpoint filter's) uses Ray Data's
+    file-based Parquet reader rather than the DataSourceV2 one.
+
+    Why: in Ray 2.60 every V2 read starts a pool of footer-reader actors (32 by default) for its
+    listing and kills it afterwards; on a small cluster that is seconds per read even of a one-file
+    folder, and a job reads its plan and parts five or more times (``make bench-reads``). The files
+    read here are the job's own parts, so V2's listing push-downs have nothing to gain."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = previous
+
+
 def _read(uri: str, so: dict, columns: list[str] | None = None):
     import ray
 
     fs, path = filesystem(uri, so)
-    return ray.data.read_parquet(path, filesystem=arrow_fs(fs), columns=columns, partitioning=None)
+    with file_based_parquet_reads():
+        return ray.data.read_parquet(path, filesystem=arrow_fs(fs), columns=columns, partitioning=None)
+
+
+def group_partitions(rows: int) -> int:
+    """Hash partitions for a group-by over ``rows`` rows: one per ``GROUP_ROWS_PER_PARTITION`` rows,
+    1 to ``MAX_GROUP_PARTITIONS`` (Ray Data's default of 200 costs seconds of task start-up on a
+    small input and a small cluster)."""
+    return max(1, min(MAX_GROUP_PARTITIONS, -(-rows // GROUP_ROWS_PER_PARTITION)))
 
 
 def conform(table, *, schema):
@@ -430,19 +461,20 @@ def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str) -> dict:
         cols = ["id", "status"] + (["source"] if plan.count_sources else [])
         stats = collect_stats(_read(paths.plan, so, cols), with_samples=False, with_sources=plan.count_sources)
         if not plan.ids_from_sources:
-            check_plan_ids_unique(paths, so)
+            check_plan_ids_unique(paths, so, rows=stats.items)
     result = {"items": stats.items, "id_digest": str(stats.id_digest), "planned_errors": stats.by_status.get("error", 0),
               "sources_planned": len(stats.sources) if stats.sources is not None else None}
     write_plan_stats(paths, result, so)
     return result
 
 
-def check_plan_ids_unique(paths: RunPaths, so: dict, examples: int = 5) -> None:
-    """A Ray Data group-by count over the plan's ids; ValueError naming some clashing ids."""
+def check_plan_ids_unique(paths: RunPaths, so: dict, rows: int, examples: int = 5) -> None:
+    """A Ray Data group-by count over the plan's ``rows`` ids (one shuffle); ValueError naming some
+    clashing ids."""
     from ray.data.expressions import col
 
-    groups = _read(paths.plan, so, ["id"]).groupby("id").count()
-    clashes = groups.filter(expr=col("count()") > 1)
+    groups = _read(paths.plan, so, ["id"]).groupby("id", num_partitions=group_partitions(rows)).count()
+    clashes = groups.filter(expr=col("count()") > 1).materialize()  # counted and named from one pass
     found = clashes.take(examples)
     if found:
         n = clashes.count()
@@ -451,9 +483,9 @@ def check_plan_ids_unique(paths: RunPaths, so: dict, examples: int = 5) -> None:
                          "every row needs its own id")
 
 
-def _count_duplicates(uri: str, so: dict) -> int:
+def _count_duplicates(uri: str, so: dict, rows: int) -> int:
     ds = _read(uri, so, ["id"])
-    return ds.count() - ds.groupby("id").count().count()
+    return ds.count() - ds.groupby("id", num_partitions=group_partitions(rows)).count().count()
 
 
 def _checkpoint_config(paths: RunPaths, so: dict):
@@ -561,17 +593,18 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
         ctx.checkpoint_config = _checkpoint_config(paths, so)
         try:
             schema = result_schema(plan.schema)
-            ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor,
-                                model_kwargs=model_kwargs)
-            fs, staged = filesystem(paths.staged, so)
-            ds.write_parquet(staged, filesystem=arrow_fs(fs))
+            with file_based_parquet_reads():  # the checkpoint filter reads the checkpoint in this pass
+                ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor,
+                                    model_kwargs=model_kwargs)
+                fs, staged = filesystem(paths.staged, so)
+                ds.write_parquet(staged, filesystem=arrow_fs(fs))
         finally:
             ctx.checkpoint_config = previous
     fs, staged = filesystem(paths.staged, so)
     stats = collect_stats(_read(paths.staged, so)) if _has_parquet(fs, staged) else RunStats()
     stable_cwd()  # a Ray job's working dir may have been extracted again while the datasets ran
     check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,
-                     count_duplicates=lambda: _count_duplicates(paths.staged, so))
+                     count_duplicates=lambda: _count_duplicates(paths.staged, so, stats.items))
     extra = extra_summary(stats, planned) if callable(extra_summary) else (extra_summary or {})
     summary = summarise(stats, run_id, items_in, time.time() - t0, opts.model_label(),
                         PolicyConfig(**policy).__dict__, extra)

@@ -17,7 +17,7 @@ PROC_BIN   := $(PROC_VENV)/bin
 PROC_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 PROC_STAMP := $(PROC_VENV)/.installed-$(shell (cat pyproject.toml; echo "$(PROC_TORCH)") | sha1sum | cut -c1-12)
 
-.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-fast bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-endpoint bench-gpu scaling train train-open clean
+.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-fast bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-reads bench-endpoint bench-gpu scaling train train-open clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -169,6 +169,10 @@ bench-pipeline: $(STAMP)
 # 200 go through it at {"budget": 1}); each size in its own driver process. ~10-20 min on 2 cores
 bench-scale: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.scale --sizes 10000,200000 --out results/bench-scale.json
+
+# a job's own Parquet reads and id group-bys: Ray Data's default reader and partitions against the jobs' (~5 min)
+bench-reads: $(STAMP)
+	$(BIN)/python -m benchmarks.reads --rows 20000,200000 --rounds 3 --out results/bench-reads.json
 
 # SPOT-E in-process vs the same model behind an OpenAI-compatible endpoint (the test fixture server), same 50 items
 bench-endpoint: $(STAMP)

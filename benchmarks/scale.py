@@ -53,10 +53,18 @@ def make_archive(folder: Path, items: int, answered: int, part_rows: int) -> Pat
     return manifest
 
 
-def run_one(manifest: str, output: str, batch_size: int, rows_per_part: int) -> dict:
-    """One size, in this process: returns the figures for the JSON list."""
+def run_one(manifest: str, output: str, batch_size: int, rows_per_part: int, reader: str = "jobs") -> dict:
+    """One size, in this process: returns the figures for the JSON list. ``reader="ray-default"``
+    swaps the jobs' ``file_based_parquet_reads`` for a no-op, so every read uses Ray Data's default
+    (DataSourceV2) Parquet reader: the other arm of ``--compare-readers``."""
+    import contextlib
+
+    import pipelines.job
     from pipelines.job import JobOptions, init_ray, run_job
     from pipelines.vqa import plan_manifest
+
+    if reader == "ray-default":
+        pipelines.job.file_based_parquet_reads = contextlib.nullcontext
 
     init_ray(1)
     opts = JobOptions(manifest, output, policy=json.dumps({"budget": 1}), run_id="scale", batch_size=batch_size,
@@ -82,30 +90,37 @@ def main(
     batch_size: int = typer.Option(512, help="rows per loader/model actor call"),
     rows_per_part: int = typer.Option(4096, help="rows per staged result part"),
     work: Optional[Path] = typer.Option(None, help="scratch folder (default: a temporary one)"),
-    one: Optional[str] = typer.Option(None, hidden=True, help="internal: run one size: MANIFEST,OUTPUT"),
+    compare_readers: int = typer.Option(0, help="instead of one run per size: this many rounds per size of the "
+                                        "jobs' Parquet reader, then Ray Data's default one, each in a fresh driver"),
+    one: Optional[str] = typer.Option(None, hidden=True, help="internal: run one size: MANIFEST,OUTPUT[,READER]"),
 ):
     """Run each size in a fresh driver process and write the figures as a JSON list."""
     if one:
-        manifest, output = one.split(",")
-        print("SCALE-RESULT " + json.dumps(run_one(manifest, output, batch_size, rows_per_part)), flush=True)
+        manifest, output, *reader = one.split(",")
+        row = run_one(manifest, output, batch_size, rows_per_part, *reader)
+        print("SCALE-RESULT " + json.dumps(row), flush=True)
         return
+    readers = ["jobs", "ray-default"] * compare_readers or ["jobs"]
     results = []
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         for size in [int(s) for s in sizes.split(",")]:
             folder = Path(tmp) / f"n{size}"
             manifest = make_archive(folder, size, min(answered, size), rows_per_manifest_part)
-            cmd = [sys.executable, "-m", "benchmarks.scale", "--one", f"{manifest},{folder / 'out'}",
-                   "--batch-size", str(batch_size), "--rows-per-part", str(rows_per_part)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SCALE-RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-                raise SystemExit(f"size {size} failed (exit {proc.returncode})")
-            row = json.loads(line.removeprefix("SCALE-RESULT "))
-            row["answered_by_the_model"] = min(answered, size)
-            print(json.dumps(row))
-            results.append(row)
-    if len(results) > 1:
+            for k, reader in enumerate(readers):
+                cmd = [sys.executable, "-m", "benchmarks.scale", "--one", f"{manifest},{folder / f'out{k}'},{reader}",
+                       "--batch-size", str(batch_size), "--rows-per-part", str(rows_per_part)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SCALE-RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+                    raise SystemExit(f"size {size} failed (exit {proc.returncode})")
+                row = json.loads(line.removeprefix("SCALE-RESULT "))
+                row["answered_by_the_model"] = min(answered, size)
+                if compare_readers:
+                    row["parquet_reader"] = reader
+                print(json.dumps(row))
+                results.append(row)
+    if len(results) > 1 and not compare_readers:
         base = results[0]["driver_peak_rss_mb"]
         for r in results:
             r["driver_peak_rss_vs_smallest"] = round(r["driver_peak_rss_mb"] / base, 3)

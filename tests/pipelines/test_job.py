@@ -1,0 +1,31 @@
+"""pipelines.job's Ray Data settings: the Parquet reader the jobs use and their group-by partitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.job import GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, file_based_parquet_reads, group_partitions
+
+
+@pytest.mark.parametrize("rows, partitions", [(0, 1), (1, 1), (GROUP_ROWS_PER_PARTITION, 1),
+                                              (GROUP_ROWS_PER_PARTITION + 1, 2), (10 * GROUP_ROWS_PER_PARTITION, 10),
+                                              (10**12, MAX_GROUP_PARTITIONS)])
+def test_group_partitions_grow_with_the_rows_up_to_the_cap(rows, partitions):
+    assert group_partitions(rows) == partitions
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_file_based_reads_are_scoped_and_restored_after_an_error(before):
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = before
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with file_based_parquet_reads():
+                assert ctx.use_datasource_v2 is False
+                raise RuntimeError("inside")
+        assert ctx.use_datasource_v2 is before
+    finally:
+        ctx.use_datasource_v2 = saved

@@ -41,26 +41,40 @@ HEIGHT_BINS = ((0, 12), (12, 15), (15, 18), (18, 22), (22, 1000))  # 64-px-equiv
 
 
 class GlyphReader:
-    """A fresh CLIP vision tower (input ``size`` px, ``patch`` px patches) and a linear head over the
-    tokens a glyph covers -> logits over CODE_ALPHABET."""
+    """A CLIP vision tower (input ``size`` px, ``patch`` px patches) and a linear head over the tokens
+    a glyph covers -> logits over CODE_ALPHABET. The tower is fresh, or ``tower`` (a trained one, kept
+    frozen: only the head learns, a linear probe of what the tower already encodes)."""
 
-    def __init__(self, size: int, patch: int, seed: int, lr: float):
+    def __init__(self, size: int, patch: int, seed: int, lr: float, tower=None):
         import torch
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         torch.manual_seed(seed)
-        self.size, self.patch = size, patch
-        self.tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                                                      num_attention_heads=4, image_size=size, patch_size=patch))
-        self.head = torch.nn.Linear(128, len(CODE_ALPHABET))
-        self.opt = torch.optim.AdamW([*self.tower.parameters(), *self.head.parameters()], lr=lr, weight_decay=0.01)
+        self.size, self.patch, self.frozen = size, patch, tower is not None
+        self.tower = tower if tower is not None else CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, image_size=size,
+            patch_size=patch))
+        self.tower.requires_grad_(not self.frozen)
+        self.head = torch.nn.Linear(self.tower.config.hidden_size, len(CODE_ALPHABET))
+        trained = [*self.head.parameters()] + ([] if self.frozen else [*self.tower.parameters()])
+        self.opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
         self.seconds = 0.0
+
+    @classmethod
+    def frozen_from(cls, model_dir: Path, seed: int, lr: float) -> "GlyphReader":
+        """The vision tower of a saved spote-tiny-shaped Llava checkpoint (safetensors), frozen."""
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True)
+        vc = model.config.vision_config
+        return cls(vc.image_size, vc.patch_size, seed, lr, tower=model.model.vision_tower.eval())
 
     def logits(self, images: list, regions: np.ndarray):
         import torch
 
         x = torch.from_numpy(np.stack([np.asarray(im, np.float32) / 255.0 for im in images])).permute(0, 3, 1, 2)
-        tokens = self.tower(pixel_values=(x - 0.5) / 0.25).last_hidden_state[:, 1:]  # drop the class token
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self.tower(pixel_values=(x - 0.5) / 0.25).last_hidden_state[:, 1:]  # drop the class token
         w = torch.from_numpy(regions)
         pooled = (tokens * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
         return self.head(pooled)
@@ -69,7 +83,7 @@ class GlyphReader:
         import torch
 
         t0 = time.perf_counter()
-        self.tower.train()
+        self.tower.train(not self.frozen)
         loss = torch.nn.functional.cross_entropy(self.logits(images, regions), torch.as_tensor(targets))
         self.opt.zero_grad()
         loss.backward()
@@ -130,9 +144,11 @@ def main(arms: str = typer.Option("64/8,96/12", help="input px / patch px per ar
          lr: float = typer.Option(1e-3), glyph_px: tuple[float, float] = typer.Option((10.0, 26.0)),
          train_items: int = typer.Option(600, min=1), val_items: int = typer.Option(150, min=1),
          val_views: int = typer.Option(1200, min=1), seed: int = typer.Option(0),
+         frozen_tower: list[Path] = typer.Option([], help="also: the frozen vision tower of this saved model with a "
+                                                  "fresh linear head (repeatable)"),
          out: Optional[Path] = typer.Option(Path("results/patch-legibility.json"))):
     shapes = {}
-    for spec in arms.split(","):
+    for spec in [a.strip() for a in arms.split(",") if a.strip()]:
         try:
             size, patch = (int(v) for v in spec.split("/"))
         except ValueError:
@@ -140,7 +156,12 @@ def main(arms: str = typer.Option("64/8,96/12", help="input px / patch px per ar
         if patch < 1 or size % patch:
             raise typer.BadParameter(f"{spec}: the input size must be a multiple of the patch size", param_hint="--arms")
         shapes[spec] = (size, patch)
+    for d in frozen_tower:
+        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+            raise typer.BadParameter(f"{d}: not a saved model (config.json and model.safetensors)",
+                                     param_hint="--frozen-tower")
     readers = {spec: GlyphReader(size, patch, seed, lr) for spec, (size, patch) in shapes.items()}
+    readers.update({f"frozen:{d}": GlyphReader.frozen_from(d, seed, lr) for d in frozen_tower})
     rng = np.random.default_rng(seed)
     train = [make_open_item(seed, "train", i) for i in range(train_items)]
     val = [make_open_item(seed, "val", i) for i in range(val_items)]
@@ -153,7 +174,7 @@ def main(arms: str = typer.Option("64/8,96/12", help="input px / patch px per ar
         if step % 100 == 0 or step == steps:
             log.append({"step": step, **{f"loss_{k}": round(v, 3) for k, v in losses.items()}})
             print(json.dumps(log[-1]), flush=True)
-    result = {"arms": arms, "steps": steps, "batch": batch, "lr": lr, "glyph_px": list(glyph_px),
+    result = {"arms": list(readers), "steps": steps, "batch": batch, "lr": lr, "glyph_px": list(glyph_px),
               "train_items": train_items, "val_items": val_items, "seed": seed, "chance": round(1 / len(CODE_ALPHABET), 3),
               "held_out": score(readers, held_out, 200), "log": log}
     print(json.dumps(result["held_out"], indent=1))

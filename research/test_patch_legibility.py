@@ -34,3 +34,21 @@ def test_an_arm_whose_size_is_not_a_multiple_of_its_patch_is_refused():
     for arms, says in (("64/8,90/12", "multiple of the"), ("64/8,96x12", "expected INPUT/PATCH")):
         res = CliRunner().invoke(app, ["--arms", arms, "--steps", "1"])
         assert res.exit_code == 2 and says in res.output, res.output
+
+
+def test_a_frozen_tower_keeps_its_weights_while_its_head_learns(tmp_path):
+    from research.patch_legibility import GlyphReader
+    from training.build import build_model, build_processor
+
+    processor = build_processor()
+    build_model(processor, seed=1).save_pretrained(tmp_path / "m", safe_serialization=True)
+    reader = GlyphReader.frozen_from(tmp_path / "m", seed=0, lr=1e-2)
+    assert (reader.size, reader.patch, reader.frozen) == (64, 8, True)
+    before = [p.detach().clone() for p in reader.tower.parameters()]
+    head = reader.head.weight.detach().clone()
+    views = draw_views(np.random.default_rng(0), [make_open_item(0, "val", i) for i in range(3)], 6, (10.0, 26.0))
+    reader.step(*render(views, 64, 8), [v[4] for v in views])
+    assert all((a == b).all() for a, b in zip(before, reader.tower.parameters()))
+    assert not (head == reader.head.weight).all()
+    res = CliRunner().invoke(app, ["--frozen-tower", str(tmp_path / "nothing"), "--steps", "1"])
+    assert res.exit_code == 2 and "saved model" in " ".join(res.output.split()), res.output

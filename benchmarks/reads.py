@@ -15,6 +15,7 @@ medians and the ratio of medians (default / ours).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import tempfile
@@ -52,20 +53,18 @@ def measure(folder: Path, rows: int, rounds: int) -> dict:
 
     path = str(folder)
 
+    def read_ids(v2: bool):
+        with contextlib.nullcontext() if v2 else file_based_parquet_reads():
+            return ray.data.read_parquet(path, columns=["id"], partitioning=None)
+
     def read(v2: bool):
         def go():
-            if v2:
-                ds = ray.data.read_parquet(path, columns=["id"], partitioning=None)
-            else:
-                with file_based_parquet_reads():
-                    ds = ray.data.read_parquet(path, columns=["id"], partitioning=None)
-            assert ds.map_batches(lambda b: b, batch_format="pyarrow").count() == rows
+            assert read_ids(v2).map_batches(lambda b: b, batch_format="pyarrow").count() == rows
         return go
 
     def group(partitions: Optional[int]):
         def go():
-            with file_based_parquet_reads():
-                ds = ray.data.read_parquet(path, columns=["id"], partitioning=None)
+            ds = read_ids(v2=False)
             groups = ds.groupby("id", num_partitions=partitions) if partitions else ds.groupby("id")
             assert groups.count().count() == rows
         return go

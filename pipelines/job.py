@@ -484,8 +484,9 @@ def check_plan_ids_unique(paths: RunPaths, so: dict, rows: int, examples: int = 
 
 
 def _count_duplicates(uri: str, so: dict, rows: int) -> int:
-    ds = _read(uri, so, ["id"])
-    return ds.count() - ds.groupby("id", num_partitions=group_partitions(rows)).count().count()
+    """Rows beyond the first of each id among the ``rows`` rows (already counted) under ``uri``."""
+    distinct = _read(uri, so, ["id"]).groupby("id", num_partitions=group_partitions(rows)).count().count()
+    return rows - distinct
 
 
 def _checkpoint_config(paths: RunPaths, so: dict):

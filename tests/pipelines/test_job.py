@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.job import GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, file_based_parquet_reads, group_partitions
+from pipelines.job import (GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, _count_duplicates, file_based_parquet_reads,
+                          group_partitions)
 
 
 @pytest.mark.parametrize("rows, partitions", [(0, 1), (1, 1), (GROUP_ROWS_PER_PARTITION, 1),
@@ -29,3 +30,14 @@ def test_file_based_reads_are_scoped_and_restored_after_an_error(before):
         assert ctx.use_datasource_v2 is before
     finally:
         ctx.use_datasource_v2 = saved
+
+
+def test_duplicates_are_the_rows_beyond_each_ids_first(ray_local, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = tmp_path / "staged"
+    parts.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "a"]}), parts / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["c", "a", "b"]}), parts / "part-1.parquet")
+    assert _count_duplicates(str(parts), {}, rows=6) == 3   # a twice more, b once more

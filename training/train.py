@@ -328,6 +328,7 @@ TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 (``tower_from``) draws 
 # A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
 # saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
 FINETUNE_START = 1_000_000
+RUN_FILES = ("model.safetensors", "train_log.jsonl", "training_report.json")  # what tells a folder holds a run
 CHECKPOINT_EVERY = 500  # stage 2 steps between saved checkpoints (OUT/checkpoint-N, as transformers' Trainer names them)
 
 
@@ -647,9 +648,11 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    init_from: Path | None = None, easy_rate: float = EASY_RATE, tower_from: Path | None = None,
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
-                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, **_unchecked) -> None:
+                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, overwrite: bool = False,
+                   **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
+    An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
     Takes ``train``'s keyword arguments; the ones it has no rule for (seed, threads, ...) pass unchecked."""
     def bad(name, why):
         return ValueError(f"{name} (--{name.replace('_', '-')}) {why}")
@@ -679,6 +682,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             raise bad(name, f"is the output folder {str(out)!r}: the run would overwrite the model it starts from")
     if Path(out).exists() and not Path(out).is_dir():
         raise bad("out", f"{str(out)!r} is a file, not a folder")
+    held = [name for name in RUN_FILES if (Path(out) / name).exists()]
+    if held and not overwrite:  # a second run's files would mix with the first's (its checkpoints, its report)
+        raise bad("out", f"{str(out)!r} already holds a run ({', '.join(held)}): choose another folder, "
+                         "or pass overwrite (--overwrite) to write over it")
     if init_from is not None and (stage1_open_share is not None or tuple(glyph_px) != OPEN_STAGE1_CAP_PX):
         raise bad("init_from", "runs no stage 1, so stage1_open_share and glyph_px would do nothing")
     if init_from is not None and open_share:
@@ -702,7 +709,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
-          glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> dict:
+          glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, overwrite: bool = False) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -726,11 +733,12 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     ``stage1_open_share`` sets stage 1's share of glyph views apart from stage 2's scenes (default: the
     same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
-    ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``."""
+    ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``. An ``out`` that
+    already holds a run is refused (ValueError) unless ``overwrite``."""
     check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
-                   stage1_open_share=stage1_open_share, glyph_px=glyph_px)
+                   stage1_open_share=stage1_open_share, glyph_px=glyph_px, overwrite=overwrite)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -860,13 +868,15 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                                      "from stage 2's open scenes (default: --open-share)"),
          glyph_px: tuple[float, float] = typer.Option(OPEN_STAGE1_CAP_PX, help="stage 1 glyph views: the glyph's "
                                                       "height in input pixels, low and high (log-uniform)"),
+         overwrite: bool = typer.Option(False, help="write over a run already in OUT"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,
                     eval_items=eval_items, vision_steps=vision_steps, vision_lr=vision_lr, far_views=far_views,
                     far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
-                    order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px)
+                    order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
+                    overwrite=overwrite)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spote.bench.scenes import make_item
 from spote.spotlight import Box, ViewRenderer
-from training.train import train
+from training.train import check_settings, train
 
 
 def test_training_smoke_saves_a_loadable_checkpoint(tmp_path):
@@ -422,3 +422,15 @@ def test_a_run_cannot_write_over_the_model_it_starts_from(tmp_path):
         with pytest.raises(ValueError, match="would overwrite the model it starts from"):
             train(tmp_path / "base", steps=1, **kwargs)
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == before
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("a folder of one's own is fine")
+    check_settings(out, steps=1)
+    (out / "train_log.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match=r"already holds a run \(train_log.jsonl\).*--overwrite"):
+        train(out, steps=1, vision_steps=0)
+    assert (out / "train_log.jsonl").read_text() == "{}\n"  # refused before any work
+    check_settings(out, steps=1, overwrite=True)

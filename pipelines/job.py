@@ -588,6 +588,7 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     items_resumed = committed_checkpoint_rows(paths, so)
     if items_resumed:
         print(f"[{job}] run {run_id}: resuming; {items_resumed} of {items_in} items already staged")
+    fs, staged = filesystem(paths.staged, so)
     if items_in > items_resumed:
         ctx = ray.data.DataContext.get_current()
         previous = ctx.checkpoint_config
@@ -597,11 +598,9 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
             with file_based_parquet_reads():  # the checkpoint filter reads the checkpoint in this pass
                 ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor,
                                     model_kwargs=model_kwargs)
-                fs, staged = filesystem(paths.staged, so)
                 ds.write_parquet(staged, filesystem=arrow_fs(fs))
         finally:
             ctx.checkpoint_config = previous
-    fs, staged = filesystem(paths.staged, so)
     stats = collect_stats(_read(paths.staged, so)) if _has_parquet(fs, staged) else RunStats()
     stable_cwd()  # a Ray job's working dir may have been extracted again while the datasets ran
     check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,

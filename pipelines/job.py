@@ -16,8 +16,8 @@ import typer
 
 from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
-from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id, forget_run,
-                   is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan,
+from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id,
+                   is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan, reset_staging,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
@@ -530,9 +530,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it
         committed_meanwhile = committed and not opts.force
         if not committed_meanwhile:
-            if committed:
-                retrying(forget_run, paths, so)
-                lease.renew()
+            if committed:  # --force: a fresh staging area; the committed rows stay until the new commit
+                reset_staging(paths, so)
             summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, model_kwargs, lease,
                                                extra_summary, post_commit, loader, predictor)
     finally:

@@ -8,6 +8,7 @@ Run layout under ``--output`` (local folder or ``s3://`` prefix)::
     _staging/<run_id>/plan.json              plan statistics; written last, so a plan without it is redone
     _staging/<run_id>/results/*.parquet      answered rows of a run in flight
     _staging/<run_id>/checkpoint/*.parquet   ids of the rows in results/ (Ray Data's checkpoint)
+    _staging/<run_id>/_REPLACING             while a forced commit replaces the committed rows
     _runs/<run_id>/summary.json              statistics; report.html and entropy.png beside it
     _runs/<run_id>/_SUCCESS                  the commit marker, written last
     _runs/<run_id>/lease.json                the lease of the driver writing the run (while it runs)
@@ -16,6 +17,11 @@ Resume: a run id started again after a crash reuses its plan and keeps every sta
 checkpoint was committed (Ray Data's ``CheckpointConfig`` writes a part's ids as *pending* before
 the part and commits them after it; parts of pending checkpoints are removed on restart). Only the
 items not yet staged are answered. A re-run of a committed run id does nothing (``--force`` redoes it).
+
+``--force`` keeps the committed rows until the new ones are all staged and checked: the commit then
+writes ``_staging/<run_id>/_REPLACING`` before it removes the old marker and rows, so a commit killed
+half way is finished by the next start (``recover_interrupted_commit``) rather than mixing the two
+runs' rows. A forced run that fails before its commit leaves the committed run as it was.
 
 One driver writes a run at a time (``RunLease``): a driver killed mid-run leaves workers that may
 still be finishing a part for a few seconds, and a second driver of the same run id (a double
@@ -61,6 +67,10 @@ class RunPaths:
         return join(self.staging, "plan.json")
 
     @property
+    def replacing(self) -> str:
+        return join(self.staging, "_REPLACING")
+
+    @property
     def staged(self) -> str:
         return join(self.staging, "results")
 
@@ -101,9 +111,14 @@ def _rm(uri: str, storage_options=None) -> None:
         fs.rm(p, recursive=True)
 
 
-def forget_run(paths: RunPaths, storage_options=None) -> None:
-    """Remove every trace of a run (``--force``): the marker first, so it is never half-committed."""
-    for uri in (paths.marker, paths.meta, paths.results, paths.staging):
+def reset_staging(paths: RunPaths, storage_options=None) -> None:
+    """Start a run's staging area afresh (``--force`` on a committed run); the committed rows stay."""
+    retrying(_rm, paths.staging, storage_options)
+
+
+def _drop_replaced(paths: RunPaths, storage_options=None) -> None:
+    """The committed run's marker, then its rows, then the record that says they are being replaced."""
+    for uri in (paths.marker, paths.results, paths.replacing):
         retrying(_rm, uri, storage_options)
 
 
@@ -132,7 +147,14 @@ def _move_tree(src_uri: str, dst_uri: str, storage_options=None) -> None:
 
 
 def recover_interrupted_commit(paths: RunPaths, storage_options=None) -> None:
-    """A commit killed while moving parts: move them back to staging (the run is not committed)."""
+    """A commit killed half way: a forced one (``_REPLACING``) finishes dropping the replaced rows; a
+    first one moves the parts it had moved back to staging. The rows of a committed run stay."""
+    fs, record = filesystem(paths.replacing, storage_options)
+    if fs.exists(record):
+        _drop_replaced(paths, storage_options)
+        return
+    if is_committed(paths, storage_options):  # a --force in flight: results/ holds the committed run's rows
+        return
     fs, results = filesystem(paths.results, storage_options)
     if fs.exists(results) and fs.find(results):
         retrying(_move_tree, paths.results, paths.staged, storage_options)
@@ -200,7 +222,11 @@ def reset_plan(paths: RunPaths, storage_options=None) -> None:
 
 def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
     """Move the staged parts into the results partition, write the summary, then the marker; the
-    plan and checkpoint go last. A commit killed half way is finished by the next start."""
+    plan and checkpoint go last. A commit killed half way is finished by the next start.
+    Over a committed run (``--force``), its marker and rows are dropped first, under ``_REPLACING``."""
+    if is_committed(paths, storage_options):
+        write_text(paths.replacing, dt.datetime.now(dt.timezone.utc).isoformat(), storage_options)
+        _drop_replaced(paths, storage_options)
     fs, staged = filesystem(paths.staged, storage_options)
     if not fs.exists(staged):
         fs.makedirs(staged, exist_ok=True)
@@ -332,7 +358,7 @@ class RunLease:
                 self.log(f"[lease] could not renew: {err}")
 
     def renew(self) -> None:
-        """Write the lease with the counter one up (each beat; and after ``forget_run`` removed it)."""
+        """Write the lease with the counter one up (each beat)."""
         self._beat += 1
         self._write()
 

@@ -105,3 +105,75 @@ def test_a_driver_whose_lease_was_taken_over_must_not_commit(lease_uri):
     finally:
         lease.release()
     assert _record(lease_uri)["token"] == "usurper"                # not removed: it is not ours
+
+
+# --force: the committed rows stay until the new ones are committed ------------------------------------------------
+
+@pytest.fixture(params=["local", "s3"])
+def run_paths(request, tmp_path):
+    from pipelines.runs import RunPaths
+
+    if request.param == "local":
+        return RunPaths(str(tmp_path / "out"), "r")
+    request.getfixturevalue("s3")
+    return RunPaths(f"s3://spote/force-{request.node.name.replace('[', '-').rstrip(']')}-{time.time_ns()}", "r")
+
+
+def _parts(uri: str) -> dict[str, bytes]:
+    from pipelines.storage import filesystem
+
+    fs, p = filesystem(uri)
+    return {f[len(p):]: fs.cat_file(f) for f in fs.find(p)} if fs.exists(p) else {}
+
+
+def _committed_run(paths) -> None:
+    from pipelines.runs import commit
+
+    write_bytes(paths.staged + "/old-0.parquet", b"old rows")
+    commit(paths, {"items_in": 1}, None)
+
+
+def _exists(uri: str) -> bool:
+    from pipelines.storage import filesystem
+
+    fs, p = filesystem(uri)
+    return fs.exists(p)
+
+
+def test_a_forced_commit_replaces_the_committed_rows_only_at_the_commit(run_paths):
+    from pipelines.runs import commit, is_committed, recover_interrupted_commit, reset_staging
+
+    _committed_run(run_paths)
+    reset_staging(run_paths)                                        # what --force does first
+    write_bytes(run_paths.staged + "/new-0.parquet", b"new rows")
+    recover_interrupted_commit(run_paths)                           # the next start while it runs: rows stay
+    assert _parts(run_paths.results) == {"/old-0.parquet": b"old rows"} and is_committed(run_paths)
+    commit(run_paths, {"items_in": 1})
+    assert _parts(run_paths.results) == {"/new-0.parquet": b"new rows"} and is_committed(run_paths)
+    assert not _exists(run_paths.staging)
+
+
+@pytest.mark.parametrize("killed_after", ["record", "marker", "rows"])
+def test_a_forced_commit_killed_half_way_is_finished_without_mixing_the_runs(run_paths, killed_after):
+    from pipelines.runs import _rm, commit, is_committed, recover_interrupted_commit, reset_staging
+
+    _committed_run(run_paths)
+    reset_staging(run_paths)
+    write_bytes(run_paths.staged + "/new-0.parquet", b"new rows")
+    write_text(run_paths.replacing, "now")                          # the commit's first step ...
+    for uri in {"record": [], "marker": [run_paths.marker], "rows": [run_paths.marker, run_paths.results]}[killed_after]:
+        _rm(uri)                                                    # ... and the ones it got through
+    recover_interrupted_commit(run_paths)
+    assert _parts(run_paths.results) == {} and not is_committed(run_paths) and not _exists(run_paths.replacing)
+    assert _parts(run_paths.staged) == {"/new-0.parquet": b"new rows"}
+    commit(run_paths, {"items_in": 1})
+    assert _parts(run_paths.results) == {"/new-0.parquet": b"new rows"} and is_committed(run_paths)
+
+
+def test_a_first_commit_killed_while_moving_still_moves_its_parts_back(run_paths):
+    from pipelines.runs import _move_tree, recover_interrupted_commit
+
+    write_bytes(run_paths.staged + "/a.parquet", b"a")
+    _move_tree(run_paths.staged, run_paths.results)                 # killed before the marker
+    recover_interrupted_commit(run_paths)
+    assert _parts(run_paths.staged) == {"/a.parquet": b"a"} and _parts(run_paths.results) == {}

@@ -166,6 +166,36 @@ def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_loca
     assert sorted(_results(out, "halfway")["id"]) == sorted(r["id"] for r in rows)
 
 
+def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, random_tiny_dir, tmp_path, fast_policy,
+                                                                    monkeypatch):
+    import pipelines.job as job
+
+    out = tmp_path / "out"
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:3]
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="kept")
+    run_job("vqa", opts, [dict(r) for r in rows])
+    paths = RunPaths(str(out), "kept")
+    before = _results(out, "kept").sort_values("id").reset_index(drop=True)
+    summary_before = (Path(paths.meta) / "summary.json").read_text()
+
+    def storage_gone(paths, summary, so=None):
+        raise OSError("the store went away before the commit")
+
+    monkeypatch.setattr(job, "commit", storage_gone)
+    forced = JobOptions(**{**opts.__dict__, "force": True})
+    with pytest.raises(OSError, match="went away"):
+        run_job("vqa", forced, [dict(r) for r in rows])
+    monkeypatch.undo()
+    assert Path(paths.marker).exists() and (Path(paths.meta) / "summary.json").read_text() == summary_before
+    after = _results(out, "kept").sort_values("id").reset_index(drop=True)
+    assert after[["id", "answer", "status"]].equals(before[["id", "answer", "status"]])
+    again = run_job("vqa", opts, [dict(r) for r in rows])                 # a plain re-run: still committed
+    assert again["items_in"] == len(rows)
+    redone = run_job("vqa", forced, [dict(r) for r in rows])              # --force again: redone from scratch
+    assert redone["items_resumed"] == 0 and sorted(_results(out, "kept")["id"]) == sorted(r["id"] for r in rows)
+    assert not Path(paths.staging).exists()
+
+
 def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):
     for name in ("test-7-00000.png", "test-7-00002.jpg"):
         s3.put(str(SAMPLES / name), f"spote/in/{name}")

@@ -13,7 +13,7 @@ each document's fingerprint: ``etag:...`` where the store has ETags, else ``size
 SHA-256 of the content (computed in the planning task) only where the store gives neither. A run
 processes only documents that are new or changed since the last *committed* run, writes under
 ``run_id=documents-<date>``, and a re-run of the same night is a no-op (``--force`` redoes it, still
-without duplicates). The ledger is rewritten whole at commit (one object put, or a rename), and a
+without duplicates: the documents the ledger holds for that night, and any new or changed ones). The ledger is rewritten whole at commit (one object put, or a rename), and a
 document enters it only when every one of its pages is committed.
 """
 
@@ -251,12 +251,17 @@ class PageLoader(RowLoader):
             return load_image(im.copy(), self.max_pixels)
 
 
-def plan_documents(input_uri: str, output: str, questions: list[dict], so=None) -> tuple[Plan, int]:
+def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
+                   redo_run: str | None = None) -> tuple[Plan, int]:
     """(plan of the new or changed documents, documents seen): the driver lists and compares with
-    the ledger; tasks count pages and hash documents the listing gave no fingerprint for."""
+    the ledger; tasks count pages and hash documents the listing gave no fingerprint for.
+    ``redo_run`` (``--force``): the documents the ledger holds for that run are planned again too,
+    so a forced re-run of a night answers its documents anew instead of committing an empty run."""
     docs, skipped = list_documents(input_uri, so)
     ledger = read_ledger(output, so)
-    known = dict(zip(ledger.column("source").to_pylist(), ledger.column("fingerprint").to_pylist()))
+    known = {src: fp for src, fp, run_id in zip(ledger.column("source").to_pylist(),
+                                               ledger.column("fingerprint").to_pylist(),
+                                               ledger.column("run_id").to_pylist()) if run_id != redo_run}
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)
@@ -269,8 +274,9 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
-    plan, seen = plan_documents(opts.input, opts.output, questions, so)
+    plan, seen = plan_documents(opts.input, opts.output, questions, so, redo_run=opts.run_id if opts.force else None)
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
+          + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
 
     def after_commit(results, paths, so_):

@@ -553,6 +553,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
 def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit) -> dict:
     summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
     print(f"[{job}] run {paths.run_id} is already committed; nothing to do ({paths.results})")
+    fs, staging = filesystem(paths.staging, so)
+    if fs.exists(staging):  # an interrupted --force (or a commit killed in its last step) left it
+        print(f"[{job}] run {paths.run_id}: an unfinished re-run left {paths.staging}; the committed results "
+              "stand. --force redoes the run from scratch (and clears it)")
     if after_commit is not None:
         results = RunResults(paths.results, so, None)
         if results.has_rows():

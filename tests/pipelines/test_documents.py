@@ -82,6 +82,14 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     assert night3["items_in"] == 0 and night3["documents_processed"] == 0
     assert Path(RunPaths(str(out), "documents-2026-11-26").marker).exists()
 
+    forced = run(JobOptions(**{**opts.__dict__, "force": True}), str(qs), dpi=50, run_date="2026-11-24")
+    assert forced["documents_processed"] == 3 and forced["items_in"] == 2 + 1 + 1   # b.pdf is night 2's now
+    df1 = pq.read_table(RunPaths(str(out), "documents-2026-11-24").results).to_pandas()
+    assert sorted(set(df1.document)) == ["a.pdf", "broken.pdf", "scan.png"] and df1["id"].is_unique
+    ledger = _ledger(out)
+    assert ledger[str(inbox / "a.pdf")]["run_id"] == "documents-2026-11-24"
+    assert ledger[str(inbox / "b.pdf")]["run_id"] == "documents-2026-11-25"
+
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,
                                                                              fast_policy):

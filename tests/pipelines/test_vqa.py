@@ -167,7 +167,7 @@ def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_loca
 
 
 def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, random_tiny_dir, tmp_path, fast_policy,
-                                                                    monkeypatch):
+                                                                    monkeypatch, capsys):
     import pipelines.job as job
 
     out = tmp_path / "out"
@@ -189,8 +189,11 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
     assert Path(paths.marker).exists() and (Path(paths.meta) / "summary.json").read_text() == summary_before
     after = _results(out, "kept").sort_values("id").reset_index(drop=True)
     assert after[["id", "answer", "status"]].equals(before[["id", "answer", "status"]])
+    capsys.readouterr()
     again = run_job("vqa", opts, [dict(r) for r in rows])                 # a plain re-run: still committed
     assert again["items_in"] == len(rows)
+    said = capsys.readouterr().out
+    assert "already committed" in said and "an unfinished re-run left" in said
     redone = run_job("vqa", forced, [dict(r) for r in rows])              # --force again: redone from scratch
     assert redone["items_resumed"] == 0 and sorted(_results(out, "kept")["id"]) == sorted(r["id"] for r in rows)
     assert not Path(paths.staging).exists()

@@ -434,3 +434,12 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
         train(out, steps=1, vision_steps=0)
     assert (out / "train_log.jsonl").read_text() == "{}\n"  # refused before any work
     check_settings(out, steps=1, overwrite=True)
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="cannot be made: .*a-file' is a file, not a folder"):
+        check_settings(tmp_path / "a-file" / "sub", steps=1)
+    with pytest.raises(ValueError, match="symbolic link to nothing"):
+        check_settings(tmp_path / "dangling", steps=1)

@@ -13,8 +13,9 @@ each document's fingerprint: ``etag:...`` where the store has ETags, else ``size
 SHA-256 of the content (computed in the planning task) only where the store gives neither. A run
 processes only documents that are new or changed since the last *committed* run, writes under
 ``run_id=documents-<date>``, and a re-run of the same night is a no-op (``--force`` redoes it, still
-without duplicates: the documents the ledger holds for that night, and any new or changed ones). The ledger is rewritten whole at commit (one object put, or a rename), and a
-document enters it only when every one of its pages is committed.
+without duplicates: the documents the ledger holds for that night, and any new or changed ones).
+The ledger is rewritten whole at commit (one object put, or a rename), and a document enters it
+only when every one of its pages is committed.
 """
 
 from __future__ import annotations
@@ -259,9 +260,8 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
     so a forced re-run of a night answers its documents anew instead of committing an empty run."""
     docs, skipped = list_documents(input_uri, so)
     ledger = read_ledger(output, so)
-    known = {src: fp for src, fp, run_id in zip(ledger.column("source").to_pylist(),
-                                               ledger.column("fingerprint").to_pylist(),
-                                               ledger.column("run_id").to_pylist()) if run_id != redo_run}
+    known = {r["source"]: r["fingerprint"] for r in ledger.select(["source", "fingerprint", "run_id"]).to_pylist()
+             if r["run_id"] != redo_run}
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)

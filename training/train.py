@@ -680,14 +680,16 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             raise bad(name, f"{str(path)!r} is not a saved spote-tiny (a folder with config.json and model.safetensors)")
         if Path(out).resolve() == Path(path).resolve():
             raise bad(name, f"is the output folder {str(out)!r}: the run would overwrite the model it starts from")
-    if Path(out).exists() and not Path(out).is_dir():
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
         raise bad("out", f"{str(out)!r} is a file, not a folder")
-    if Path(out).is_symlink() and not Path(out).exists():
-        raise bad("out", f"{str(out)!r} is a symbolic link to nothing")
-    above = next((a for a in Path(out).absolute().parents if a.exists()), None)
-    if not Path(out).exists() and above is not None and not above.is_dir():
-        raise bad("out", f"{str(out)!r} cannot be made: {str(above)!r} is a file, not a folder")
-    held = [name for name in RUN_FILES if (Path(out) / name).exists() or (Path(out) / name).is_symlink()]
+    if not folder.exists():
+        if folder.is_symlink():
+            raise bad("out", f"{str(out)!r} is a symbolic link to nothing")
+        above = next((a for a in folder.absolute().parents if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise bad("out", f"{str(out)!r} cannot be made: {str(above)!r} is a file, not a folder")
+    held = [name for name in RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
     if held and not overwrite:  # a second run's files would mix with the first's (its checkpoints, its report)
         raise bad("out", f"{str(out)!r} already holds a run ({', '.join(held)}): choose another folder, "
                          "or pass overwrite (--overwrite) to write over it")

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -643,6 +645,21 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
+def clear_run(out: Path) -> list[str]:
+    """Remove what a training run writes under ``out`` (``RUN_FILES`` and ``checkpoint-N`` folders), so an
+    overwritten folder holds one run only; other files stay. Returns the names removed."""
+    gone = []
+    for entry in sorted(Path(out).iterdir()):
+        if entry.name in RUN_FILES and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
+        elif re.fullmatch(r"checkpoint-\d+", entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            continue
+        gone.append(entry.name)
+    return gone
+
+
 def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 150,
                    vision_steps: int = VISION_STEPS, vision_lr: float = 2e-3, far_views: float = FAR_VIEWS,
                    init_from: Path | None = None, easy_rate: float = EASY_RATE, tower_from: Path | None = None,
@@ -741,7 +758,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``. An ``out`` that
-    already holds a run is refused (ValueError) unless ``overwrite``."""
+    already holds a run is refused (ValueError) unless ``overwrite``, which removes that run's files
+    (``clear_run``) before the new run writes."""
     check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
@@ -768,6 +786,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     code_ids = code_token_ids(processor.tokenizer) if open_share else None
     model.train()
     out.mkdir(parents=True, exist_ok=True)
+    clear_run(out)  # check_settings let an earlier run's files through only with overwrite
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
         if stage1_start is None:
@@ -875,7 +894,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                                      "from stage 2's open scenes (default: --open-share)"),
          glyph_px: tuple[float, float] = typer.Option(OPEN_STAGE1_CAP_PX, help="stage 1 glyph views: the glyph's "
                                                       "height in input pixels, low and high (log-uniform)"),
-         overwrite: bool = typer.Option(False, help="write over a run already in OUT"),
+         overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
+                                                "checkpoint-N folders are removed first)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,

@@ -434,6 +434,13 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
         train(out, steps=1, vision_steps=0)
     assert (out / "train_log.jsonl").read_text() == "{}\n"  # refused before any work
     check_settings(out, steps=1, overwrite=True)
+    (out / "checkpoint-500").mkdir()  # the earlier run's checkpoint, which the new run (1 step) never writes
+    (out / "checkpoint-500" / "model.safetensors").write_bytes(b"old")
+    (out / "checkpoint-best").mkdir()  # not a name a run writes
+    train(out, steps=1, batch_size=8, vision_steps=0, eval_items=2, overwrite=True)
+    assert not (out / "checkpoint-500").exists()
+    assert (out / "checkpoint-best").is_dir() and (out / "notes.txt").read_text() == "a folder of one's own is fine"
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["stage"] == 2
 
 
 def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):

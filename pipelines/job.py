@@ -506,7 +506,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
 
     ``plan``: a ``Plan``, or a list of item-row dicts for small inputs. ``extra_summary``: a dict or
     ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
-    outputs are part of the run), ``after_commit(RunResults, paths, so)`` after it, also when the run
+    outputs are part of the run: it writes them under ``paths.staged_meta``, which the commit moves to
+    ``paths.meta``), ``after_commit(RunResults, paths, so)`` after it, also when the run
     id was already committed (so it must be idempotent). Returns the summary.
     Raises ValueError for an id clash (before any work), ``RunInUse`` when another driver is writing
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
@@ -614,7 +615,7 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     summary.update(items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
                    skipped_sources=summarise_skipped(plan.skipped))
     if stats.items:
-        write_report(stats, summary, paths.meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
+        write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
                      timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
     if post_commit is not None:
         post_commit(RunResults(paths.staged, so, stats), paths, so)

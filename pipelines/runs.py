@@ -79,6 +79,11 @@ class RunPaths:
         return join(self.staging, "checkpoint")
 
     @property
+    def staged_meta(self) -> str:
+        """The run's own outputs beside its rows (report, roll-up), until the commit moves them to ``meta``."""
+        return join(self.staging, "meta")
+
+    @property
     def results(self) -> str:
         return join(self.output, "results", f"run_id={self.run_id}")
 
@@ -116,9 +121,26 @@ def reset_staging(paths: RunPaths, storage_options=None) -> None:
     retrying(_rm, paths.staging, storage_options)
 
 
+KEPT_META = ("lease.json",)  # under _runs/<id>/: what a commit leaves alone (the lease is the driver's)
+
+
+def _drop_meta_outputs(paths: RunPaths, storage_options=None) -> None:
+    """Everything under ``_runs/<id>/`` but the lease: the replaced run's summary, report and roll-up, or
+    what a commit killed half way had moved there."""
+    fs, meta = filesystem(paths.meta, storage_options)
+    if not fs.exists(meta):
+        return
+    for entry in fs.ls(meta, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] not in KEPT_META:
+            retrying(fs.rm, entry, recursive=True)
+
+
 def _drop_replaced(paths: RunPaths, storage_options=None) -> None:
-    """The committed run's marker, then its rows, then the record that says they are being replaced."""
-    for uri in (paths.marker, paths.results, paths.replacing):
+    """The committed run's marker, then its other outputs and rows, then the record that says they are
+    being replaced."""
+    retrying(_rm, paths.marker, storage_options)
+    _drop_meta_outputs(paths, storage_options)
+    for uri in (paths.results, paths.replacing):
         retrying(_rm, uri, storage_options)
 
 
@@ -221,16 +243,21 @@ def reset_plan(paths: RunPaths, storage_options=None) -> None:
 
 
 def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
-    """Move the staged parts into the results partition, write the summary, then the marker; the
-    plan and checkpoint go last. A commit killed half way is finished by the next start.
-    Over a committed run (``--force``), its marker and rows are dropped first, under ``_REPLACING``."""
+    """Move the staged parts into the results partition and the staged outputs (report, roll-up) into
+    ``_runs/<id>/``, write the summary, then the marker; the plan and checkpoint go last. A commit
+    killed half way is finished by the next start. Over a committed run (``--force``), its marker,
+    outputs and rows are dropped first, under ``_REPLACING``: the new run's outputs never sit beside
+    the old run's rows, and none of the old run's files outlive it."""
     if is_committed(paths, storage_options):
         write_text(paths.replacing, dt.datetime.now(dt.timezone.utc).isoformat(), storage_options)
         _drop_replaced(paths, storage_options)
+    else:
+        _drop_meta_outputs(paths, storage_options)  # a killed commit's moved outputs; staging holds them all
     fs, staged = filesystem(paths.staged, storage_options)
     if not fs.exists(staged):
         fs.makedirs(staged, exist_ok=True)
     retrying(_move_tree, paths.staged, paths.results, storage_options)
+    retrying(_move_tree, paths.staged_meta, paths.meta, storage_options)
     fs_r, results = filesystem(paths.results, storage_options)
     if _is_local(fs_r):
         Path(results).mkdir(parents=True, exist_ok=True)  # an empty run still has its partition

@@ -386,11 +386,11 @@ def geo_outputs(headers: dict[str, SceneHeader], scene_sources: dict[str, str], 
 
     def write(results, paths, storage_options) -> None:
         if not results.has_rows():
-            write_text(join(paths.meta, "rollup.json"), "{}", storage_options)
+            write_text(join(paths.staged_meta, "rollup.json"), "{}", storage_options)
             return
         rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options)
-        rollup = scene_rollup(results, paths.meta, headers, scene_sources, questions, storage_options)
-        write_text(join(paths.meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
+        rollup = scene_rollup(results, paths.staged_meta, headers, scene_sources, questions, storage_options)
+        write_text(join(paths.staged_meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
 
     return write
 

@@ -130,7 +130,14 @@ def _committed_run(paths) -> None:
     from pipelines.runs import commit
 
     write_bytes(paths.staged + "/old-0.parquet", b"old rows")
+    write_text(paths.staged_meta + "/report.html", "old report")
+    write_text(paths.staged_meta + "/scenes/gone.q0.geojson", "{}")  # a scene the forced run no longer has
     commit(paths, {"items_in": 1}, None)
+
+
+def _outputs(paths) -> dict[str, bytes]:
+    """The run's files under _runs/<id>/ but its marker and summary."""
+    return {k: v for k, v in _parts(paths.meta).items() if k not in ("/_SUCCESS", "/summary.json")}
 
 
 def _exists(uri: str) -> bool:
@@ -144,12 +151,17 @@ def test_a_forced_commit_replaces_the_committed_rows_only_at_the_commit(run_path
     from pipelines.runs import commit, is_committed, recover_interrupted_commit, reset_staging
 
     _committed_run(run_paths)
+    assert _outputs(run_paths) == {"/report.html": b"old report", "/scenes/gone.q0.geojson": b"{}"}
     reset_staging(run_paths)                                        # what --force does first
     write_bytes(run_paths.staged + "/new-0.parquet", b"new rows")
+    write_text(run_paths.staged_meta + "/report.html", "new report")  # written before the commit, in staging
+    write_text(run_paths.lease, "{}")                               # the forced run's driver holds the lease
     recover_interrupted_commit(run_paths)                           # the next start while it runs: rows stay
     assert _parts(run_paths.results) == {"/old-0.parquet": b"old rows"} and is_committed(run_paths)
+    assert _outputs(run_paths)["/report.html"] == b"old report"     # the old rows keep their own report
     commit(run_paths, {"items_in": 1})
     assert _parts(run_paths.results) == {"/new-0.parquet": b"new rows"} and is_committed(run_paths)
+    assert _outputs(run_paths) == {"/report.html": b"new report", "/lease.json": b"{}"}  # no old scene file
     assert not _exists(run_paths.staging)
 
 
@@ -165,15 +177,21 @@ def test_a_forced_commit_killed_half_way_is_finished_without_mixing_the_runs(run
         _rm(uri)                                                    # ... and the ones it got through
     recover_interrupted_commit(run_paths)
     assert _parts(run_paths.results) == {} and not is_committed(run_paths) and not _exists(run_paths.replacing)
-    assert _parts(run_paths.staged) == {"/new-0.parquet": b"new rows"}
+    assert _parts(run_paths.staged) == {"/new-0.parquet": b"new rows"} and _outputs(run_paths) == {}
     commit(run_paths, {"items_in": 1})
     assert _parts(run_paths.results) == {"/new-0.parquet": b"new rows"} and is_committed(run_paths)
 
 
 def test_a_first_commit_killed_while_moving_still_moves_its_parts_back(run_paths):
-    from pipelines.runs import _move_tree, recover_interrupted_commit
+    from pipelines.runs import _move_tree, commit, recover_interrupted_commit
 
     write_bytes(run_paths.staged + "/a.parquet", b"a")
-    _move_tree(run_paths.staged, run_paths.results)                 # killed before the marker
+    write_text(run_paths.staged_meta + "/report.html", "report")
+    write_text(run_paths.staged_meta + "/scenes/s.q0.geojson", "{}")
+    _move_tree(run_paths.staged, run_paths.results)                 # killed before the marker ...
+    _move_tree(run_paths.staged_meta + "/scenes", run_paths.meta + "/scenes")  # ... half way through the outputs
     recover_interrupted_commit(run_paths)
     assert _parts(run_paths.staged) == {"/a.parquet": b"a"} and _parts(run_paths.results) == {}
+    write_text(run_paths.staged_meta + "/scenes/s.q0.geojson", '{"again": 1}')  # the next start writes them again
+    commit(run_paths, {"items_in": 1})
+    assert _outputs(run_paths) == {"/report.html": b"report", "/scenes/s.q0.geojson": b'{"again": 1}'}

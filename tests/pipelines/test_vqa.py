@@ -177,6 +177,7 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
     paths = RunPaths(str(out), "kept")
     before = _results(out, "kept").sort_values("id").reset_index(drop=True)
     summary_before = (Path(paths.meta) / "summary.json").read_text()
+    report_before = (Path(paths.meta) / "report.html").read_text()
 
     def storage_gone(paths, summary, so=None):
         raise OSError("the store went away before the commit")
@@ -187,6 +188,8 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
         run_job("vqa", forced, [dict(r) for r in rows])
     monkeypatch.undo()
     assert Path(paths.marker).exists() and (Path(paths.meta) / "summary.json").read_text() == summary_before
+    assert (Path(paths.meta) / "report.html").read_text() == report_before  # the new one waits in staging
+    assert (Path(paths.staged_meta) / "report.html").read_text() != report_before
     after = _results(out, "kept").sort_values("id").reset_index(drop=True)
     assert after[["id", "answer", "status"]].equals(before[["id", "answer", "status"]])
     capsys.readouterr()
@@ -197,6 +200,7 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
     redone = run_job("vqa", forced, [dict(r) for r in rows])              # --force again: redone from scratch
     assert redone["items_resumed"] == 0 and sorted(_results(out, "kept")["id"]) == sorted(r["id"] for r in rows)
     assert not Path(paths.staging).exists()
+    assert (Path(paths.meta) / "report.html").read_text() != report_before
 
 
 def test_vqa_on_s3(ray_local, s3, random_tiny_dir, fast_policy):

@@ -93,7 +93,7 @@ def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_
 
 def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
     """Every window of the policy's grid, coarse to fine; with ``max_passes`` the first ``max_passes - 1``."""
-    windows, scale = window_grid(*image.size, adapter.input_size, cfg.min_window)
+    windows, scale = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     order = np.argsort(scale, kind="stable")  # coarse first: a cut-off grid still covers the whole image
     windows = [windows[i] for i in order]
     if max_passes is not None:
@@ -102,7 +102,7 @@ def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_pas
 
 
 def run_random(adapter, image, question, choices=None, cfg=PolicyConfig(), n_windows: int | None = None, **_):
-    windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window)
+    windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     rng = np.random.default_rng(cfg.seed)
     n = min(len(windows), max(1, (n_windows if n_windows is not None else cfg.budget) - 1))
     pick = [windows[i] for i in rng.choice(len(windows), size=n, replace=False)]

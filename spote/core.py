@@ -97,6 +97,7 @@ class PolicyConfig:
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
     min_window: float = 1.0        # smallest window side, in model input sizes
+    scale_step: float = 2 ** (1 / 3)  # ratio of one window side to the next finer one (docs/experiments/window-scales.md)
     jitter: float = 0.2            # Gaussian exploration of window centres, in window sides
     zoom_bonus: float = 1.5        # adaptive zoom: logit bonus for finer windows inside the best one
     plateau_patience: int = 5      # steps without a better reward before stopping
@@ -128,6 +129,8 @@ class PolicyConfig:
             raise ValueError("glance_side must be in [0, 1): a share of the image's short side (0: no glance)")
         if not 0 <= self.probe_side < 1:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
+        if not 1.1 <= self.scale_step <= 4:
+            raise ValueError(f"scale_step must be 1.1-4 (the ratio of one window side to the next), got {self.scale_step}")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
         if self.settle_after < 0:
@@ -245,15 +248,17 @@ class Reader:
 
 # ============================================================================ the spotlight policy
 def window_grid(width: int, height: int, input_size: int, min_window: float = 1.0,
-                aspects=(1.0,)) -> tuple[list[Box], np.ndarray]:
-    """Multi-scale windows: sides short/2, short/4, ... down to ``min_window * input_size``, stride side/2."""
+                aspects=(1.0,), scale_step: float = PolicyConfig.scale_step) -> tuple[list[Box], np.ndarray]:
+    """Multi-scale windows: sides short/2, short/(2 s), short/(2 s^2), ... down to ``min_window * input_size``
+    (s = ``scale_step``), stride side/2. A thing fits a window at most about ``s`` times its size (where a
+    window of its place is on the grid): with s = 2, a field shows up to half as large as in a tight crop."""
     short = min(width, height)
     sides, side = [], short / 2
     floor = min_window * input_size
     while side >= floor:
         sides.append(side)
-        side /= 2
-    if not sides or sides[-1] > 1.5 * floor:
+        side /= scale_step
+    if not sides or sides[-1] > (1 + scale_step) / 2 * floor:
         sides.append(min(floor, short))
     boxes, scale_idx = [], []
     for k, side in enumerate(sides):
@@ -287,7 +292,8 @@ class SpotlightPolicy:
                  relevance_cells: np.ndarray | None = None, saliency: np.ndarray | None = None,
                  peaks: list[tuple[float, float]] = ()):
         self.cfg, self.width, self.height = cfg, width, height
-        self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window)
+        self.windows, self.scale_idx = window_grid(width, height, input_size, cfg.min_window,
+                                                   scale_step=cfg.scale_step)
         self.peak_windows: list[int] = []  # the finest side's peak windows, strongest peak first
         if peaks:  # windows of the two finest sides centred on saliency peaks, clamped inside the image
             extra, extra_scale = [], []

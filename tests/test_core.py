@@ -29,7 +29,32 @@ def test_window_grid_covers_scales_within_image():
     for b in boxes:
         assert 0 <= b.x0 and b.x1 <= 1000 + 1e-6 and 0 <= b.y0 and b.y1 <= 600 + 1e-6
     smallest = min(b.width for b in boxes)
-    assert 64 <= smallest <= 1.5 * 64  # never zoom past native pixels
+    assert 64 - 1e-6 <= smallest <= 1.5 * 64  # never zoom past native pixels
+
+
+@pytest.mark.parametrize("step", [2.0, 2 ** 0.5, 1.26])
+def test_window_sides_shrink_by_the_scale_step_down_to_the_model_input(step):
+    boxes, scale_idx = window_grid(1000, 600, 64, scale_step=step)
+    sides = [next(b.width for b, k in zip(boxes, scale_idx) if k == s) for s in sorted(set(scale_idx.tolist()))]
+    assert sides[0] == pytest.approx(300) and min(sides) >= 64 - 1e-6
+    ratios = [a / b for a, b in zip(sides, sides[1:])]
+    assert all(r == pytest.approx(step) for r in ratios[:-1]) and 1 < ratios[-1] <= step * 1.001
+
+
+def _tightest_fit(step: float, side: float = 70) -> float:
+    """Mean, over places along a row, of the smallest window side holding a square thing there."""
+    boxes, _ = window_grid(1000, 600, 64, scale_step=step)
+    things = [Box(x, 200, x + side, 200 + side) for x in range(0, 930, 31)]
+    return float(np.mean([min(b.width for b in boxes if b.contains_frac(t) == 1.0) for t in things]))
+
+
+def test_a_finer_scale_step_gives_more_scales_tighter_windows_and_a_bad_one_is_refused():
+    assert len(set(window_grid(1000, 600, 64, scale_step=2 ** 0.5)[1].tolist())) > len(
+        set(window_grid(1000, 600, 64, scale_step=2.0)[1].tolist()))
+    assert _tightest_fit(1.26) < _tightest_fit(2 ** 0.5) < _tightest_fit(2.0)
+    for bad in (1.0, 0.5, 5.0):
+        with pytest.raises(ValueError, match="scale_step"):
+            PolicyConfig(scale_step=bad)
 
 
 def test_batched_and_one_by_one_give_the_same_distributions(random_adapter):

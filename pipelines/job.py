@@ -531,7 +531,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it
         committed_meanwhile = committed and not opts.force
         if not committed_meanwhile:
-            if committed:  # --force: a fresh staging area; the committed rows stay until the new commit
+            if opts.force:  # a fresh staging area; the committed rows stay until the new commit
+                recover_interrupted_commit(paths, so)  # a commit killed half way: its rows out of results/ first
                 reset_staging(paths, so)
             summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, model_kwargs, lease,
                                                extra_summary, post_commit, loader, predictor)

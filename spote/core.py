@@ -58,7 +58,10 @@ ANCHOR_PENALTIES = ("entropy", "logp")
 
 
 def _real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    try:  # an int too large for a float (10**400 from JSON) is not a usable number either
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 # PolicyConfig's field annotations -> the check a value must pass (numpy scalars count as numbers)
@@ -120,7 +123,8 @@ class PolicyConfig:
         for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type
             value = getattr(self, f.name)
             if not _FIELD_TYPES[f.type](value):
-                raise ValueError(f"{f.name} must be {_TYPE_WORDS[f.type]}, got {value!r}")
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise ValueError(f"{f.name} must be {_TYPE_WORDS[f.type]}, got {shown}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
@@ -129,6 +133,8 @@ class PolicyConfig:
             raise ValueError("glance_side must be in [0, 1): a share of the image's short side (0: no glance)")
         if not 0 <= self.probe_side < 1:
             raise ValueError("probe_side must be in [0, 1): a share of the image's short side (0: no probe)")
+        if not 0.5 <= self.min_window <= 16:
+            raise ValueError(f"min_window must be 0.5-16 model inputs (the finest window's side), got {self.min_window}")
         if not 1.1 <= self.scale_step <= 4:
             raise ValueError(f"scale_step must be 1.1-4 (the ratio of one window side to the next), got {self.scale_step}")
         if self.budget < 1:

@@ -52,9 +52,12 @@ def test_a_finer_scale_step_gives_more_scales_tighter_windows_and_a_bad_one_is_r
     assert len(set(window_grid(1000, 600, 64, scale_step=2 ** 0.5)[1].tolist())) > len(
         set(window_grid(1000, 600, 64, scale_step=2.0)[1].tolist()))
     assert _tightest_fit(1.26) < _tightest_fit(2 ** 0.5) < _tightest_fit(2.0)
-    for bad in (1.0, 0.5, 5.0):
+    for bad in (1.0, 0.5, 5.0, 10 ** 400):  # an int too large for a float: ValueError, not OverflowError
         with pytest.raises(ValueError, match="scale_step"):
             PolicyConfig(scale_step=bad)
+    for bad in (0, -1, 0.1, 100):  # 0 made the grid loop until memory ran out
+        with pytest.raises(ValueError, match="min_window must be 0.5-16"):
+            PolicyConfig(min_window=bad)
 
 
 def test_batched_and_one_by_one_give_the_same_distributions(random_adapter):

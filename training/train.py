@@ -645,17 +645,28 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint-[0-9]+")  # what _save writes every checkpoint_every steps
+
+
+def run_entries(out: Path) -> list[Path]:
+    """What a training run writes under ``out`` and a second run would mix with: ``RUN_FILES`` and
+    ``checkpoint-N`` entries, whatever they are (a link counts as itself, never as its target)."""
+    folder = Path(out)
+    if not folder.is_dir():
+        return []
+    return sorted(e for e in folder.iterdir()
+                  if e.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(e.name))
+
+
 def clear_run(out: Path) -> list[str]:
-    """Remove what a training run writes under ``out`` (``RUN_FILES`` and ``checkpoint-N`` folders), so an
-    overwritten folder holds one run only; other files stay. Returns the names removed."""
+    """Remove an earlier run's entries under ``out`` (``run_entries``), so an overwritten folder holds one run
+    only; other files stay, and a link is removed without touching what it points to. Returns the names."""
     gone = []
-    for entry in sorted(Path(out).iterdir()):
-        if entry.name in RUN_FILES and (entry.is_file() or entry.is_symlink()):
-            entry.unlink()
-        elif re.fullmatch(r"checkpoint-\d+", entry.name) and entry.is_dir() and not entry.is_symlink():
+    for entry in run_entries(out):
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
-            continue
+            entry.unlink()
         gone.append(entry.name)
     return gone
 
@@ -695,8 +706,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             continue
         if not ((Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()):
             raise bad(name, f"{str(path)!r} is not a saved spote-tiny (a folder with config.json and model.safetensors)")
-        if Path(out).resolve() == Path(path).resolve():
-            raise bad(name, f"is the output folder {str(out)!r}: the run would overwrite the model it starts from")
+        source, target = Path(path).resolve(), Path(out).resolve()
+        if source == target or target in source.parents:
+            raise bad(name, f"{str(path)!r} is the output folder {str(out)!r} or inside it: the run would overwrite "
+                            "the model it starts from")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise bad("out", f"{str(out)!r} is a file, not a folder")
@@ -706,10 +719,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         above = next((a for a in folder.absolute().parents if a.exists()), None)
         if above is not None and not above.is_dir():
             raise bad("out", f"{str(out)!r} cannot be made: {str(above)!r} is a file, not a folder")
-    held = [name for name in RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
+    held = [e.name for e in run_entries(folder)]
     if held and not overwrite:  # a second run's files would mix with the first's (its checkpoints, its report)
-        raise bad("out", f"{str(out)!r} already holds a run ({', '.join(held)}): choose another folder, "
-                         "or pass overwrite (--overwrite) to write over it")
+        raise bad("out", f"{str(out)!r} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): "
+                         "choose another folder, or pass overwrite (--overwrite) to write over it")
     if init_from is not None and (stage1_open_share is not None or tuple(glyph_px) != OPEN_STAGE1_CAP_PX):
         raise bad("init_from", "runs no stage 1, so stage1_open_share and glyph_px would do nothing")
     if init_from is not None and open_share:
@@ -786,7 +799,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     code_ids = code_token_ids(processor.tokenizer) if open_share else None
     model.train()
     out.mkdir(parents=True, exist_ok=True)
-    clear_run(out)  # check_settings let an earlier run's files through only with overwrite
+    if overwrite:  # without it, check_settings refused a folder holding any of a run's entries
+        clear_run(out)
     log = (out / "train_log.jsonl").open("w")
     if vision_steps:
         if stage1_start is None:

@@ -258,3 +258,33 @@ def test_pipeline_bench_splits_latencies_in_thirds():
 
     assert by_thirds([1, 1, 2, 2, 3, 3, 4]) == [1.0, 2.0, 3.3]   # the remainder goes to the last third
     assert by_thirds([5.0]) == [5.0]
+
+
+def test_force_after_a_forced_commit_killed_half_way_starts_over(ray_local, random_tiny_dir, tmp_path, fast_policy,
+                                                                 monkeypatch):
+    """A forced commit killed after it dropped the old run leaves the new rows staged and nothing
+    committed; --force again redoes the run from its own input, not from what the killed run staged."""
+    import pipelines.job as job
+    from pipelines.runs import _drop_replaced
+    from pipelines.storage import write_text
+
+    out = tmp_path / "out"
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:3]
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="half")
+    run_job("vqa", opts, [dict(r) for r in rows])
+    forced = JobOptions(**{**opts.__dict__, "force": True})
+
+    def killed_after_the_drop(paths, summary, so=None):
+        write_text(paths.replacing, "now", so)
+        _drop_replaced(paths, so)
+        raise OSError("killed half way through the commit")
+
+    monkeypatch.setattr(job, "commit", killed_after_the_drop)
+    with pytest.raises(OSError, match="half way"):
+        run_job("vqa", forced, [dict(r) for r in rows[:2]])   # another input under the same run id
+    monkeypatch.undo()
+    paths = RunPaths(str(out), "half")
+    assert not Path(paths.marker).exists() and Path(paths.staged).exists()
+    redone = run_job("vqa", forced, [dict(r) for r in rows])
+    assert redone["items_resumed"] == 0 and redone["items_in"] == len(rows)
+    assert sorted(_results(out, "half")["id"]) == sorted(r["id"] for r in rows)

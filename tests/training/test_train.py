@@ -422,6 +422,13 @@ def test_a_run_cannot_write_over_the_model_it_starts_from(tmp_path):
         with pytest.raises(ValueError, match="would overwrite the model it starts from"):
             train(tmp_path / "base", steps=1, **kwargs)
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == before
+    # a checkpoint inside the output folder is the model it starts from too: --overwrite would remove it
+    ckpt = tmp_path / "runs" / "checkpoint-3"
+    ckpt.parent.mkdir()
+    (tmp_path / "base").rename(ckpt)
+    with pytest.raises(ValueError, match="or inside it: the run would overwrite the model it starts from"):
+        check_settings(tmp_path / "runs", steps=1, init_from=ckpt, overwrite=True)
+    assert (ckpt / "model.safetensors").read_bytes() == before
 
 
 def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
@@ -441,6 +448,30 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path):
     assert not (out / "checkpoint-500").exists()
     assert (out / "checkpoint-best").is_dir() and (out / "notes.txt").read_text() == "a folder of one's own is fine"
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["stage"] == 2
+
+
+def test_any_of_a_runs_entries_is_refused_and_overwrite_removes_them_but_never_a_links_target(tmp_path):
+    from training.train import clear_run
+
+    out, elsewhere = tmp_path / "m", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "model.safetensors").write_bytes(b"keep me")
+    (out / "checkpoint-7").mkdir()                         # a checkpoint alone is a run's
+    (out / "checkpoint-7" / "mine.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint-7\)"):
+        train(out, steps=1, batch_size=8, vision_steps=0, eval_items=2)
+    assert (out / "checkpoint-7" / "mine.txt").exists()     # refused: nothing removed
+    (out / "checkpoint-1").symlink_to(elsewhere, target_is_directory=True)  # a later save would write through it
+    (out / "checkpoint-500").write_text("a file where a checkpoint goes")
+    (out / "train_log.jsonl").mkdir()                       # a folder where the log goes
+    (out / "checkpoint-٣").mkdir()                          # not ASCII digits: not a name the run writes
+    with pytest.raises(ValueError, match="already holds a run"):
+        check_settings(out, steps=1)
+    check_settings(out, steps=1, overwrite=True)
+    assert clear_run(out) == ["checkpoint-1", "checkpoint-500", "checkpoint-7", "train_log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-٣"]
+    assert (elsewhere / "model.safetensors").read_bytes() == b"keep me"
 
 
 def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):

@@ -191,18 +191,16 @@ def bench(
                                         "each method's JSON gains their figures under \"open\""),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
-    import json
-
     from .adapters.endpoint import EndpointError
     from .bench.run import run_bench
     from .core import PolicyConfig
     from .loading import ModelNotFound
 
-    try:
-        overrides = json.loads(policy)
-        cfg = PolicyConfig(**{"mode": mode, "seed": seed, **overrides})
-    except (TypeError, ValueError) as err:
-        raise typer.BadParameter(f"--policy: {err}") from err
+    try:  # the same one-line errors as `ask`
+        cfg = PolicyConfig(**{"mode": mode, "seed": seed, **parse_policy(policy)})
+    except (AskError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
     try:
         run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
                   mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget, revision=revision, endpoint=endpoint,

@@ -2,6 +2,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from spote.cli import app
@@ -115,3 +116,16 @@ def test_bench_open_items_flag(random_tiny_dir, tmp_path):
     assert sum(data["methods"]["oracle"]["n_by_evidence_size"].values()) == 1
     res = runner.invoke(app, ["bench", "--open-items", "-1", "--model", str(random_tiny_dir)])
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize("policy, says", [
+    ("{budget: 3", "--policy is not valid JSON"),
+    ("[3]", "--policy must be a JSON object"),
+    ('{"budgett": 3}', "unknown fields ['budgett']"),
+    ('{"scale_step": 1.0}', "scale_step must be 1.1-4"),
+    ('{"scale_step": ' + "9" * 400 + "}", "scale_step must be a finite number"),
+])
+def test_bench_refuses_a_bad_policy_in_one_line_as_ask_does(policy, says):
+    res = runner.invoke(app, ["bench", "--split", "val", "--n", "1", "--policy", policy])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, says)

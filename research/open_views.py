@@ -46,6 +46,7 @@ from spote.spotlight import Box, ViewRenderer
 
 app = typer.Typer(add_completion=False)
 FINALISTS = (1, 2, 4, 8)
+PICK_RULES = ("own_entropy", "own_logp", *(f"finalists_{k}" for k in FINALISTS))  # rules over read windows
 
 
 @torch.inference_mode()
@@ -102,16 +103,10 @@ def field_window_ratio(item, reads: list[dict], input_size: int) -> float | None
 
 def summarise(items: list[dict]) -> dict:
     """Exact match and character accuracy per rule over per-item rows (``gold``, ``answers``, ``reads``)."""
-    rules = ["spote", "own_entropy", "own_logp", *(f"finalists_{k}" for k in FINALISTS), "oracle"]
+    answers = [picks(it) for it in items]
     out = {}
-    for rule in rules:
-        got = []
-        for it in items:
-            if rule in ("spote", "oracle"):
-                got.append(it["answers"][rule])
-            else:
-                pick = choose(it["reads"], rule)
-                got.append(it["answers"]["spote"] if pick is None else pick["text"])
+    for rule in ("spote", *PICK_RULES, "oracle"):
+        got = [a[rule] for a in answers]
         out[rule] = {"exact_match": float(np.mean([exact_match(a, it["gold"]) for a, it in zip(got, items)])),
                      "char_accuracy": float(np.mean([char_accuracy(a, it["gold"]) for a, it in zip(got, items)]))}
     out["any"] = {"exact_match": float(np.mean([any(exact_match(r["text"], it["gold"]) for r in it["reads"])
@@ -129,9 +124,8 @@ def summarise(items: list[dict]) -> dict:
 
 def picks(item: dict) -> dict:
     """Each rule's answer on one item (the loop's own where a rule has no read to pick)."""
-    rules = ["own_entropy", "own_logp", *(f"finalists_{k}" for k in FINALISTS)]
     return {**item["answers"], **{r: (choose(item["reads"], r) or {"text": item["answers"]["spote"]})["text"]
-                                  for r in rules}}
+                                  for r in PICK_RULES}}
 
 
 def write(out: Path, meta: dict, items: list[dict]) -> dict:

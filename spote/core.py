@@ -125,6 +125,8 @@ class PolicyConfig:
             if not _FIELD_TYPES[f.type](value):
                 shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                 raise ValueError(f"{f.name} must be {_TYPE_WORDS[f.type]}, got {shown}")
+            if value is not None and f.type != "str":  # a numpy scalar becomes the Python one: results stay JSON
+                object.__setattr__(self, f.name, {"int": int, "bool": bool}.get(f.type, float)(value))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
@@ -264,7 +266,9 @@ def window_grid(width: int, height: int, input_size: int, min_window: float = 1.
     while side >= floor:
         sides.append(side)
         side /= scale_step
-    if not sides or sides[-1] > (1 + scale_step) / 2 * floor:
+    # the floor itself, unless the finest side is already close to it (within half a step, and 1.5x at most:
+    # with a coarse step the finest window must still come near min_window)
+    if not sides or sides[-1] > min((1 + scale_step) / 2, 1.5) * floor:
         sides.append(min(floor, short))
     boxes, scale_idx = [], []
     for k, side in enumerate(sides):

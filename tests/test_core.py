@@ -1,6 +1,6 @@
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -39,6 +39,24 @@ def test_window_sides_shrink_by_the_scale_step_down_to_the_model_input(step):
     assert sides[0] == pytest.approx(300) and min(sides) >= 64 - 1e-6
     ratios = [a / b for a, b in zip(sides, sides[1:])]
     assert all(r == pytest.approx(step) for r in ratios[:-1]) and 1 < ratios[-1] <= step * 1.001
+
+
+@pytest.mark.parametrize("step", [1.26, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("size", [(1000, 600), (4000, 3000), (333, 900)])
+def test_the_finest_window_comes_within_one_and_a_half_model_inputs_of_min_window(step, size):
+    """Whatever the step, the ladder ends at min_window or at most 1.5x above it (a coarse step once stopped
+    two model inputs above it)."""
+    for min_window in (1.0, 2.0):
+        boxes, _ = window_grid(*size, 64, min_window, scale_step=step)
+        assert min_window * 64 - 1e-6 <= min(b.width for b in boxes) <= 1.5 * min_window * 64
+
+
+def test_numpy_settings_become_python_numbers_so_a_result_stays_json():
+    cfg = PolicyConfig(scale_step=np.float64(1.5), group_size=np.int64(8), use_relevance=np.bool_(True),
+                       exit_entropy_per_ln_k=np.float32(0.5), budget=np.int32(40))
+    assert json.loads(json.dumps(asdict(cfg)))["scale_step"] == 1.5
+    assert [type(v) for v in (cfg.scale_step, cfg.group_size, cfg.use_relevance, cfg.budget)] == [float, int, bool, int]
+    assert cfg == PolicyConfig(scale_step=1.5, group_size=8, exit_entropy_per_ln_k=0.5, budget=40)
 
 
 def _tightest_fit(step: float, side: float = 70) -> float:

@@ -21,6 +21,7 @@ With ``open_share`` 0 every stream draws exactly what it drew before open items 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -515,12 +516,17 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
 
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
                     far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
-                    order_weight: float = 0.0, glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX) -> None:
+                    order_weight: float = 0.0, glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX,
+                    distill_weight: float = 0.0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see); a
     code glyph is read from the tokens it covers instead (``glyph_region``), so position is kept.
     ``order_weight`` > 0 adds a linear head on the same readout that predicts the glyph's place in its
     code and whether it is the last (``glyph_order``; the head is dropped after stage 1).
+    ``distill_weight`` > 0 adds feature distillation on the closed views: their projected image tokens
+    are held to those of a frozen copy of the tower and projector as they were when stage 1 started
+    (a continued tower's, ``tower_from``), so that glyph training does not move what the closed
+    answers are read from.
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
     "yes" to "is there a defect ?" and "crack" to "what kind ?", which only the question decides."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
@@ -530,6 +536,11 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     if order_weight:
         order_head = torch.nn.Linear(emb.weight.shape[1], MAX_CODE_GLYPHS + 2)  # place 0..4, then last no/yes
         params += list(order_head.parameters())
+    teacher = None
+    if distill_weight:
+        teacher = (copy.deepcopy(vision).eval(), copy.deepcopy(proj).eval())
+        for p in (*teacher[0].parameters(), *teacher[1].parameters()):
+            p.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
@@ -547,6 +558,14 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         pooled = (tokens * region[..., None]).sum(1) / region.sum(1, keepdim=True) if glyph.any() else tokens.mean(1)
         logits = pooled @ emb.weight.T + mask
         loss = stage1_loss(logits, y, mask)
+        distill = None
+        if teacher is not None and (~glyph).any():
+            with torch.no_grad():
+                t_feats = teacher[0](pv[~glyph], output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+                target = teacher[1](t_feats[:, 1:])
+            # relative squared error: sum ||t_new - t_old||^2 / sum ||t_old||^2 over the closed views' image tokens
+            distill = ((tokens[~glyph] - target) ** 2).sum() / (target ** 2).sum()
+            loss = loss + distill_weight * distill
         if order_head is not None and (order != -100).any():
             o = order_head(pooled)
             place, last = order[:, 0], order[:, 1]
@@ -572,6 +591,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         if step % 25 == 0 or step == steps - 1:
             rec = {"stage": 1, "step": step, "loss": round(loss.item(), 4), "accuracy": round(ema or 0.0, 4),
                    **({} if ema_glyph is None else {"glyph_accuracy": round(ema_glyph, 4)}),
+                   **({} if distill is None else {"distill": round(distill.item(), 5)}),
                    "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
@@ -676,8 +696,8 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    init_from: Path | None = None, easy_rate: float = EASY_RATE, tower_from: Path | None = None,
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
-                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, overwrite: bool = False,
-                   **_unchecked) -> None:
+                   glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
+                   overwrite: bool = False, **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
@@ -692,7 +712,8 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
     for name, v in (("lr", lr), ("vision_lr", vision_lr)):
         if not (math.isfinite(v) and v >= 0):  # 0 is allowed: a run that only copies and evaluates
             raise bad(name, f"must be a finite number from 0, got {v}")
-    for name, v, hi in (("order_weight", order_weight, math.inf), ("far_views", far_views, 1),
+    for name, v, hi in (("order_weight", order_weight, math.inf), ("distill_weight", distill_weight, math.inf),
+                        ("far_views", far_views, 1),
                         ("easy_rate", easy_rate, 1), ("open_share", open_share, 1)):
         if not (math.isfinite(v) and 0 <= v <= hi):
             raise bad(name, "must be a finite number from 0" + ("" if hi == math.inf else f" to {hi}") + f", got {v}")
@@ -730,6 +751,9 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         if not _spells_codes(AutoTokenizer.from_pretrained(init_from)):
             raise bad("init_from", f"{str(init_from)!r} has no code tokens to fine-tune on open items: retrain it with "
                                    "open_share (or continue its tower with tower_from)")
+    if distill_weight and (tower_from is None or not vision_steps):
+        raise bad("distill_weight", "holds a continued stage 1 to the tower it starts from: it needs tower_from "
+                                    "and vision_steps > 0")
     if stage1_open_share is not None and not (open_share > 0 and 0 < stage1_open_share < 1):
         raise bad("stage1_open_share", f"must be in (0, 1), with open items (open_share > 0); got {stage1_open_share} "
                                        f"with open_share {open_share}")
@@ -746,7 +770,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           easy_rate: float = EASY_RATE, tower_from: Path | None = None, open_share: float = 0.0,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
-          glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, overwrite: bool = False) -> dict:
+          glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
+          overwrite: bool = False) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -768,7 +793,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     embeddings of the tokens both vocabularies hold. ``stage1_start`` overrides the first stage 1
     scene index (a second continued stage 1 must not redraw the first one's scenes).
     ``stage1_open_share`` sets stage 1's share of glyph views apart from stage 2's scenes (default: the
-    same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform).
+    same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform);
+    ``distill_weight`` holds the closed views' image tokens to the starting tower's (``pretrain_vision``).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``. An ``out`` that
     already holds a run is refused (ValueError) unless ``overwrite``, which removes that run's files
@@ -776,7 +802,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     check_settings(out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, vision_steps=vision_steps,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
-                   stage1_open_share=stage1_open_share, glyph_px=glyph_px, overwrite=overwrite)
+                   stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
+                   overwrite=overwrite)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -807,7 +834,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
             stage1_start = STAGE1_START if tower_from is None else TOWER_CONTINUE_START
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
                         start=stage1_start, open_share=open_share if stage1_open_share is None else stage1_open_share,
-                        order_weight=order_weight, glyph_px=tuple(glyph_px))
+                        order_weight=order_weight, glyph_px=tuple(glyph_px), distill_weight=distill_weight)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -857,7 +884,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "far_unsure": far_unsure, "init_from": None if init_from is None else str(init_from),
                   "easy_rate": easy_rate, "lr": lr, "warmup": warmup, "open_share": open_share,
                   "stage1_start": stage1_start, "order_weight": order_weight,
-                  "stage1_open_share": stage1_open_share, "glyph_px": list(glyph_px),
+                  "stage1_open_share": stage1_open_share, "glyph_px": list(glyph_px), "distill_weight": distill_weight,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
@@ -908,6 +935,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                                      "from stage 2's open scenes (default: --open-share)"),
          glyph_px: tuple[float, float] = typer.Option(OPEN_STAGE1_CAP_PX, help="stage 1 glyph views: the glyph's "
                                                       "height in input pixels, low and high (log-uniform)"),
+         distill_weight: float = typer.Option(0.0, help="stage 1 weight of feature distillation on closed views "
+                                                        "toward the --tower-from tower (keeps its closed features); 0: none"),
          overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
                                                 "checkpoint-N folders are removed first)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
@@ -917,7 +946,7 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                     far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
                     order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
-                    overwrite=overwrite)
+                    distill_weight=distill_weight, overwrite=overwrite)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

@@ -370,6 +370,39 @@ def test_tower_from_a_closed_model_copies_the_shared_token_embeddings(tmp_path):
     assert not torch.equal(new[vocab["##7"]], new[vocab["7"]])
 
 
+def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp_path):
+    """Feature distillation (``distill_weight``): the first step's term is 0 (the copy is the tower), and a
+    continued stage 1 with it moves the closed views' image tokens less than the same run without it."""
+    from transformers import LlavaForConditionalGeneration
+
+    train(tmp_path / "base", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3)
+    kw = dict(steps=1, batch_size=8, vision_steps=4, vision_lr=1e-2, eval_items=2, seed=3, open_share=0.5,
+              open_eval_items=0, tower_from=tmp_path / "base")
+    train(tmp_path / "free", **kw)
+    train(tmp_path / "held", distill_weight=100.0, **kw)
+    log = [json.loads(x) for x in (tmp_path / "held" / "train_log.jsonl").read_text().splitlines()]
+    distill = [r["distill"] for r in log if r["stage"] == 1]
+    assert distill[0] < 1e-9 < distill[-1]  # stage 1 logs its first and last steps
+    assert not any("distill" in r for r in (json.loads(x) for x in (tmp_path / "free" / "train_log.jsonl").open()))
+
+    items = [make_item(3, "val", i) for i in range(6)]
+    processor = AutoProcessor.from_pretrained(tmp_path / "base")
+    views = [ViewRenderer(it.image, 64).render(Box.square(*Box(*it.evidence).centre, 2 * max(Box(*it.evidence).width,
+                                                                                      Box(*it.evidence).height)), "zoom")[0]
+             if it.evidence else it.image.resize((64, 64)) for it in items]  # closed close views and whole images
+    pv = processor.image_processor(views, return_tensors="pt")["pixel_values"]
+
+    def tokens(name):
+        model = LlavaForConditionalGeneration.from_pretrained(tmp_path / name, use_safetensors=True).eval()
+        with torch.inference_mode():
+            feats = model.model.vision_tower(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+            return model.model.multi_modal_projector(feats[:, 1:])
+
+    base = tokens("base")
+    moved = {name: ((tokens(name) - base) ** 2).sum().item() for name in ("free", "held")}
+    assert 0 < moved["held"] < 0.5 * moved["free"]
+
+
 def test_glyph_views_draw_the_glyph_height_asked_for():
     """Stage 1 glyph views put glyph k at glyph_px input pixels high (log-uniform between the two)."""
     from spote.bench.scenes import make_open_item
@@ -390,7 +423,8 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
     {"stage1_open_share": 0.0}, {"stage1_open_share": 0.3, "open_share": 0.0}, {"glyph_px": (20, 12)},
     {"glyph_px": (0, 12)}, {"glyph_px": (11, float("inf"))}, {"open_share": 1.0}, {"tower_from": "nowhere"},
     {"init_from": "spote"}, {"init_from": "spote/weights/spote-tiny"}, {"steps": 0}, {"warmup": 0},
-    {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"}])
+    {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"},
+    {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"}])
 def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     name = next(iter(kwargs))
     out = tmp_path / "m"

@@ -443,10 +443,40 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
     return ds
 
 
-def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str) -> dict:
+def run_settings(opts: JobOptions, policy: dict) -> dict:
+    """What a run's rows depend on beyond its plan: the input as given (a local path normalised), the
+    model (``model_label``) and the policy overrides. Recorded with the plan; a resume must match it."""
+    source = opts.input if "://" in opts.input else os.path.normpath(opts.input)
+    return {"input": source, "model": opts.model_label(), "policy": dict(sorted(policy.items()))}
+
+
+def check_same_settings(run_id: str, started: dict | None, now: dict, committed: bool = False) -> None:
+    """ValueError, naming each difference, when a run is resumed (or, ``committed``, asked for again)
+    with other settings than it ran with: resumed, its rows would mix two runs' and the summary name
+    only the second's; committed, the old rows would be returned as if they answered the new
+    settings. Settings recorded by an older version (none) are not checked."""
+    if started is None or started == now:
+        return
+    diffs = []
+    for key in ("input", "model"):
+        if started.get(key) != now[key]:
+            diffs.append(f"{key} {started.get(key)!r} -> {now[key]!r}")
+    old_policy = started.get("policy") or {}
+    for name in sorted(set(old_policy) | set(now["policy"])):
+        if old_policy.get(name) != now["policy"].get(name):
+            diffs.append(f"policy.{name} {old_policy.get(name, 'default')!r} -> {now['policy'].get(name, 'default')!r}")
+    how = ("is committed" if committed else "was started") + f" with other settings ({'; '.join(diffs)})"
+    raise ValueError(f"run {run_id} {how}: " + ("ask for it with the same ones, give another --run-id, or pass --force "
+                                                "to redo it with these" if committed else
+                                                "resume it with the same ones, give another --run-id, or pass --force "
+                                                "to start it over with these"))
+
+
+def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str, settings: dict | None = None) -> dict:
     """Expand the sources into item rows in Ray Data tasks, write them under the run's staging
-    folder, check the ids, and record the plan's statistics (written last: a plan is reused only
-    when complete). Raises ValueError on an id clash, before any item is answered."""
+    folder, check the ids, and record the plan's statistics and the run's ``settings`` (written
+    last: a plan is reused only when complete). Raises ValueError on an id clash, before any item
+    is answered."""
     import ray
 
     from .planning import expand_sources
@@ -463,7 +493,7 @@ def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str) -> dict:
         if not plan.ids_from_sources:
             check_plan_ids_unique(paths, so, rows=stats.items)
     result = {"items": stats.items, "id_digest": str(stats.id_digest), "planned_errors": stats.by_status.get("error", 0),
-              "sources_planned": len(stats.sources) if stats.sources is not None else None}
+              "sources_planned": len(stats.sources) if stats.sources is not None else None, "settings": settings}
     write_plan_stats(paths, result, so)
     return result
 
@@ -522,7 +552,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), model_key))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
-        return _already_committed(job, opts, paths, so, after_commit)
+        return _already_committed(job, opts, paths, so, after_commit, run_settings(opts, policy))
     if plan.sources or read_plan_stats(paths, so) is not None:
         init_ray(opts.num_actors)
         check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
@@ -539,7 +569,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     finally:
         lease.release()
     if committed_meanwhile:
-        return _already_committed(job, opts, paths, so, after_commit)
+        return _already_committed(job, opts, paths, so, after_commit, run_settings(opts, policy))
     if after_commit is not None:
         after_commit(RunResults(paths.results, so, stats), paths, so)
     items_resumed = summary["items_resumed"]
@@ -552,8 +582,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     return summary
 
 
-def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit) -> dict:
+def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit, settings: dict) -> dict:
     summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
+    check_same_settings(paths.run_id, summary.get("settings"), settings, committed=True)
     print(f"[{job}] run {paths.run_id} is already committed; nothing to do ({paths.results})")
     fs, staging = filesystem(paths.staging, so)
     if fs.exists(staging):  # an interrupted --force (or a commit killed in its last step) left it
@@ -582,9 +613,11 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
     t_plan = time.time()
     planned = read_plan_stats(paths, so)
+    settings = run_settings(opts, policy)
     if planned is None:
         retrying(reset_plan, paths, so)
-        planned = make_plan(plan, paths, so, run_id)
+        planned = make_plan(plan, paths, so, run_id, settings)
+    check_same_settings(run_id, planned.get("settings"), settings)
     plan_seconds = time.time() - t_plan
     items_in = int(planned["items"])
     stray = prune_uncommitted(paths, so)
@@ -613,7 +646,7 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     extra = extra_summary(stats, planned) if callable(extra_summary) else (extra_summary or {})
     summary = summarise(stats, run_id, items_in, time.time() - t0, opts.model_label(),
                         PolicyConfig(**policy).__dict__, extra)
-    summary.update(items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
+    summary.update(settings=settings, items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
                    skipped_sources=summarise_skipped(plan.skipped))
     if stats.items:
         write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),

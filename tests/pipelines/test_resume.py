@@ -5,6 +5,7 @@ id is refused; after the kill, the new driver waits out the dead one's lease (it
 be finishing a part) before it touches the staged parts. The run's state lives under ``--output``: a local folder
 and an S3 prefix (moto's server) both work."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -74,6 +75,11 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, 
     assert driver.returncode == -signal.SIGKILL, log[-3000:]
     assert staged >= N // 2 and refused, log[-3000:]
 
+    other = dataclasses.replace(opts, policy=json.dumps({**json.loads(SLOW_POLICY), "budget": 5}))
+    with pytest.raises(ValueError, match=r"run night was started with other settings \(policy.budget 6 -> 5\)"):
+        run_job("vqa", other, plan_manifest(str(manifest)))   # a resume with another policy would mix two runs' rows
+    assert committed_checkpoint_rows(paths, so) == staged     # and touches nothing
+
     summary = run_job("vqa", opts, plan_manifest(str(manifest)))   # waits out the dead driver's lease
     assert not _exists(paths.lease, so)
     assert N // 3 <= summary["items_resumed"] < N
@@ -85,3 +91,7 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, 
     want = [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
     assert sorted(df["id"]) == sorted(want)                  # every item exactly once
     assert (df.status == "ok").all()
+    assert summary["settings"]["policy"]["budget"] == 6
+    with pytest.raises(ValueError, match="run night is committed with other settings .*policy.budget 6 -> 5"):
+        run_job("vqa", other, plan_manifest(str(manifest)))   # not the old rows as if they answered the new policy
+    assert run_job("vqa", opts, plan_manifest(str(manifest)))["items_in"] == N   # the same settings: nothing to do

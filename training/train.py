@@ -665,7 +665,8 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
-CHECKPOINT_NAME = re.compile(r"checkpoint-[0-9]+")  # what _save writes every checkpoint_every steps
+CHECKPOINT_PREFIX = "checkpoint-"  # + the stage 2 step: what _save writes every checkpoint_every steps
+CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + "[0-9]+")
 
 
 def run_entries(out: Path) -> list[Path]:
@@ -876,7 +877,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step > 0 and step % checkpoint_every == 0:  # a later run can continue from any of them (init_from)
-            _save(model, processor, out / f"checkpoint-{step}")
+            _save(model, processor, out / f"{CHECKPOINT_PREFIX}{step}")
     model.eval()
     with torch.inference_mode():
         report = {"steps": steps, "batch_size": batch_size, "seed": seed,

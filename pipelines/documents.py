@@ -257,9 +257,18 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
     """(plan of the new or changed documents, documents seen): the driver lists and compares with
     the ledger; tasks count pages and hash documents the listing gave no fingerprint for.
     ``redo_run`` (``--force``): the documents the ledger holds for that run are planned again too,
-    so a forced re-run of a night answers its documents anew instead of committing an empty run."""
+    so a forced re-run of a night answers its documents anew instead of committing an empty run;
+    ValueError if the input no longer holds one of them (its answers would be dropped for good)."""
     docs, skipped = list_documents(input_uri, so)
     ledger = read_ledger(output, so)
+    if redo_run is not None:  # a forced night replaces all its rows: each of its documents must be answered again
+        listed = {d["uri"] for d in docs}
+        gone = [r["source"] for r in ledger.select(["source", "run_id"]).to_pylist()
+                if r["run_id"] == redo_run and r["source"] not in listed]
+        if gone:
+            raise ValueError(f"--force would drop the answers of {len(gone)} document(s) of run {redo_run} that "
+                             f"{input_uri} does not hold ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
+                             "give this input another --run-id")
     known = {r["source"]: r["fingerprint"] for r in ledger.select(["source", "fingerprint", "run_id"]).to_pylist()
              if r["run_id"] != redo_run}
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
@@ -284,7 +293,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
         print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
-                   after_commit=after_commit,
+                   after_commit=after_commit, job_settings={"questions": questions, "dpi": dpi},
                    extra_summary=lambda stats, planned: {"documents_seen": seen,
                                                          "documents_processed": planned.get("sources_planned") or 0,
                                                          "run_date": run_date, "dpi": dpi})

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import typer
@@ -39,7 +39,9 @@ def init_ray(num_actors: int, address: str | None = None):
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 2), include_dashboard=False,
+        # headroom beyond the actors: the loaders (LOADER_CPUS each), a read task, and on a resume Ray Data's
+        # CheckpointFilter actor (1 CPU); without it the resumed read waits forever behind the actors
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
                  log_to_driver=True, runtime_env={"env_vars": _forwarded_env()})
         _STARTED_HERE["local"] = True
 
@@ -443,11 +445,20 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
     return ds
 
 
-def run_settings(opts: JobOptions, policy: dict) -> dict:
-    """What a run's rows depend on beyond its plan: the input as given (a local path normalised), the
-    model (``model_label``) and the policy overrides. Recorded with the plan; a resume must match it."""
-    source = opts.input if "://" in opts.input else os.path.normpath(opts.input)
-    return {"input": source, "model": opts.model_label(), "policy": dict(sorted(policy.items()))}
+def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = None) -> dict:
+    """What a run's rows depend on: the input (a local path made absolute), the model (``model_label``)
+    and its endpoint options, the whole policy (defaults filled in, so spelling a default out changes
+    nothing) and the job's own settings. Recorded with the plan and in the summary, hashed into the
+    default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
+    from spote.core import PolicyConfig
+
+    source = opts.input.removeprefix("file://")
+    if "://" not in source:
+        source = os.path.abspath(source)
+    endpoint = {k: v for k, v in opts.endpoint_config().items() if k != "concurrency"} if opts.endpoint else None
+    settings = {"input": source, "model": opts.model_label(), "endpoint_options": endpoint,
+                "policy": asdict(PolicyConfig(**policy)), **(job_settings or {})}
+    return json.loads(json.dumps(settings, sort_keys=True))  # as plan.json gives it back (tuples -> lists)
 
 
 def check_same_settings(run_id: str, started: dict | None, now: dict, committed: bool = False) -> None:
@@ -458,18 +469,23 @@ def check_same_settings(run_id: str, started: dict | None, now: dict, committed:
     if started is None or started == now:
         return
     diffs = []
-    for key in ("input", "model"):
-        if started.get(key) != now[key]:
-            diffs.append(f"{key} {started.get(key)!r} -> {now[key]!r}")
-    old_policy = started.get("policy") or {}
-    for name in sorted(set(old_policy) | set(now["policy"])):
-        if old_policy.get(name) != now["policy"].get(name):
-            diffs.append(f"policy.{name} {old_policy.get(name, 'default')!r} -> {now['policy'].get(name, 'default')!r}")
+    for key in sorted(set(started) | set(now)):
+        old, new = started.get(key), now.get(key)
+        if key == "policy" and isinstance(old, dict) and isinstance(new, dict):
+            diffs += [f"policy.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k)]
+        elif old != new:
+            diffs.append(f"{key} {_short(old)} -> {_short(new)}")
     how = ("is committed" if committed else "was started") + f" with other settings ({'; '.join(diffs)})"
     raise ValueError(f"run {run_id} {how}: " + ("ask for it with the same ones, give another --run-id, or pass --force "
                                                 "to redo it with these" if committed else
                                                 "resume it with the same ones, give another --run-id, or pass --force "
                                                 "to start it over with these"))
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str, settings: dict | None = None) -> dict:
@@ -530,7 +546,7 @@ def _checkpoint_config(paths: RunPaths, so: dict):
 
 
 def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
-            after_commit=None, predictor=None) -> dict:
+            after_commit=None, predictor=None, job_settings: dict | None = None) -> dict:
     """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
     (resumable) -> statistics from per-block partials -> exactly-once check -> commit.
 
@@ -538,8 +554,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
     outputs are part of the run: it writes them under ``paths.staged_meta``, which the commit moves to
     ``paths.meta``), ``after_commit(RunResults, paths, so)`` after it, also when the run
-    id was already committed (so it must be idempotent). Returns the summary.
-    Raises ValueError for an id clash (before any work), ``RunInUse`` when another driver is writing
+    id was already committed (so it must be idempotent). ``job_settings``: the job's own flags that
+    change its rows (JSON values: questions, tile size, dpi, ...), part of the run's settings
+    (``run_settings``). Returns the summary.
+    Raises ValueError for an id clash or a run id started with other settings (before any work), ``RunInUse`` when another driver is writing
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
     are not every planned item exactly once (nothing is committed then).
     """
@@ -548,11 +566,11 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
     model_kwargs = opts.predictor_kwargs(so)
-    model_key = opts.model_label() if opts.endpoint or opts.revision else str(opts.model)  # same ids as before
-    run_id = check_run_id(opts.run_id or default_run_id(job, opts.input, json.dumps(policy, sort_keys=True), model_key))
+    settings = run_settings(opts, policy, job_settings)
+    run_id = check_run_id(opts.run_id or default_run_id(job, json.dumps(settings, sort_keys=True)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
-        return _already_committed(job, opts, paths, so, after_commit, run_settings(opts, policy))
+        return _already_committed(job, opts, paths, so, after_commit, settings)
     if plan.sources or read_plan_stats(paths, so) is not None:
         init_ray(opts.num_actors)
         check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
@@ -564,12 +582,12 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
             if opts.force:  # a fresh staging area; the committed rows stay until the new commit
                 recover_interrupted_commit(paths, so)  # a commit killed half way: its rows out of results/ first
                 reset_staging(paths, so)
-            summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, model_kwargs, lease,
+            summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, settings, model_kwargs, lease,
                                                extra_summary, post_commit, loader, predictor)
     finally:
         lease.release()
     if committed_meanwhile:
-        return _already_committed(job, opts, paths, so, after_commit, run_settings(opts, policy))
+        return _already_committed(job, opts, paths, so, after_commit, settings)
     if after_commit is not None:
         after_commit(RunResults(paths.results, so, stats), paths, so)
     items_resumed = summary["items_resumed"]
@@ -598,7 +616,7 @@ def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, af
     return summary
 
 
-def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, so: dict, policy: dict,
+def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, so: dict, policy: dict, settings: dict,
                       model_kwargs: dict, lease: RunLease, extra_summary, post_commit, loader, predictor):
     """The body of ``run_job`` while this driver holds the run's lease -> (summary, RunStats)."""
     import ray
@@ -613,7 +631,6 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
         ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_STORAGE_ERRORS]))
     t_plan = time.time()
     planned = read_plan_stats(paths, so)
-    settings = run_settings(opts, policy)
     if planned is None:
         retrying(reset_plan, paths, so)
         planned = make_plan(plan, paths, so, run_id, settings)

@@ -420,6 +420,9 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
                                 "max_tile_pixels": max_tile_pixels})
     hook = geo_outputs(headers, {s["rel"]: s["uri"] for s in scenes}, [q["question"] for q in questions])
     return run_job("satellite", opts, plan, post_commit=hook, loader=loader,
+                   job_settings={"questions": questions, "tile_size": tile_size, "overlap": overlap,
+                                 "bands": list(band_sel) if band_sel else None, "stretch": stretch,
+                                 "max_tile_pixels": max_tile_pixels},
                    extra_summary={"scenes": len(scenes), "scenes_unreadable": len(scenes) - len(headers),
                                   "questions": len(questions), "tile_size": tile_size, "overlap": overlap,
                                   "bands": list(band_sel) if band_sel else "auto",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image, ImageDraw
 
 from pipelines.documents import (DEFAULT_QUESTIONS, LEDGER, PageLoader, list_documents, listed_fingerprint, plan_pages,
@@ -66,6 +67,8 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     same_night = run(opts, str(qs), dpi=50, run_date="2026-11-24")          # idempotent
     assert same_night["run_id"] == "documents-2026-11-24"
     assert len(pq.read_table(RunPaths(str(out), "documents-2026-11-24").results)) == 5
+    with pytest.raises(ValueError, match=r"documents-2026-11-24 is committed with other settings \(dpi 50 -> 100\)"):
+        run(opts, str(qs), dpi=100, run_date="2026-11-24")                   # not night 1's rows for another dpi
 
     _pdf(inbox / "b.pdf", 3, 2)                                               # changed
     _pdf(inbox / "c.pdf", 1, 3)                                               # new
@@ -89,6 +92,14 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     ledger = _ledger(out)
     assert ledger[str(inbox / "a.pdf")]["run_id"] == "documents-2026-11-24"
     assert ledger[str(inbox / "b.pdf")]["run_id"] == "documents-2026-11-25"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _pdf(other / "d.pdf", 1, 4)
+    with pytest.raises(ValueError, match=r"--force would drop the answers of 3 document\(s\) of run documents-2026-11-24"):
+        run(JobOptions(**{**opts.__dict__, "input": str(other), "force": True}), str(qs), dpi=50, run_date="2026-11-24")
+    assert pq.read_table(RunPaths(str(out), "documents-2026-11-24").results).num_rows == len(df1)   # night 1 stands
+    assert _ledger(out) == ledger
 
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,

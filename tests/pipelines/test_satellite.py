@@ -74,6 +74,9 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     assert summary["stretch"]["mode"] == "scene"
     df = pq.read_table(RunPaths(str(tmp_path / "out"), "sat").results).to_pandas()
     assert df["id"].is_unique and len(df) == summary["items_in"]
+    assert summary["settings"]["tile_size"] == 400 and summary["settings"]["bands"] == [3, 2, 1]
+    with pytest.raises(ValueError, match=r"run sat is committed with other settings \(tile_size 400 -> 512\)"):
+        run(opts, str(tmp_path / "q.json"), tile_size=512, overlap=100, bands="3,2,1")   # not 400 px tiles for 512
     skipped = df[df.status == "skipped"]
     assert set(skipped.scene) == {"s4.tif"} and (skipped.tile_col_off == 0).all() and (skipped.forward_passes == 0).all()
     assert df[df.status == "ok"].evidence_box.map(lambda b: b is None or len(b) == 4).all()

@@ -260,17 +260,15 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
     so a forced re-run of a night answers its documents anew instead of committing an empty run;
     ValueError if the input no longer holds one of them (its answers would be dropped for good)."""
     docs, skipped = list_documents(input_uri, so)
-    ledger = read_ledger(output, so)
+    ledger = read_ledger(output, so).select(["source", "fingerprint", "run_id"]).to_pylist()
     if redo_run is not None:  # a forced night replaces all its rows: each of its documents must be answered again
         listed = {d["uri"] for d in docs}
-        gone = [r["source"] for r in ledger.select(["source", "run_id"]).to_pylist()
-                if r["run_id"] == redo_run and r["source"] not in listed]
+        gone = [r["source"] for r in ledger if r["run_id"] == redo_run and r["source"] not in listed]
         if gone:
             raise ValueError(f"--force would drop the answers of {len(gone)} document(s) of run {redo_run} that "
                              f"{input_uri} does not hold ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
                              "give this input another --run-id")
-    known = {r["source"]: r["fingerprint"] for r in ledger.select(["source", "fingerprint", "run_id"]).to_pylist()
-             if r["run_id"] != redo_run}
+    known = {r["source"]: r["fingerprint"] for r in ledger if r["run_id"] != redo_run}
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)

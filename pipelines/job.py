@@ -476,11 +476,10 @@ def check_same_settings(run_id: str, started: dict | None, now: dict, committed:
                       if old.get(k) != new.get(k)]
         elif old != new:
             diffs.append(f"{key} {_short(old)} -> {_short(new)}")
-    how = ("is committed" if committed else "was started") + f" with other settings ({'; '.join(diffs)})"
-    raise ValueError(f"run {run_id} {how}: " + ("ask for it with the same ones, give another --run-id, or pass --force "
-                                                "to redo it with these" if committed else
-                                                "resume it with the same ones, give another --run-id, or pass --force "
-                                                "to start it over with these"))
+    was, again, redo = ("is committed", "ask for it", "redo it") if committed else ("was started", "resume it",
+                                                                                   "start it over")
+    raise ValueError(f"run {run_id} {was} with other settings ({'; '.join(diffs)}): {again} with the same ones, give "
+                     f"another --run-id, or pass --force to {redo} with these")
 
 
 def _short(value, limit: int = 80) -> str:

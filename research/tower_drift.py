@@ -45,9 +45,8 @@ def image_tokens(model_dir: Path, pixel_values):
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True).eval()
-    with torch.inference_mode():
-        hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        return model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][:, 1:])
+    with torch.inference_mode():  # transformers' own: the configured layer, CLS dropped, projected
+        return torch.stack(model.model.get_image_features(pixel_values).pooler_output)
 
 
 def drift(tokens, against) -> float:

@@ -514,6 +514,12 @@ def stage1_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> to
     return nll.mean()
 
 
+def _image_tokens(vision, proj, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+    """[views, tokens, hidden] projected image tokens, as the LLaVA reads them (``layer``, CLS dropped); the
+    tower and projector are passed apart so that stage 1's frozen copies go the same way."""
+    return proj(vision(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:])
+
+
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
                     far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
                     order_weight: float = 0.0, glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX,
@@ -551,9 +557,8 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     for step, (pv, y, mask, region, order) in enumerate(loader):
         if step >= steps:
             break
-        feats = vision(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
         glyph = (region != 1).any(1)
-        tokens = proj(feats)
+        tokens = _image_tokens(vision, proj, pv, model.config.vision_feature_layer)
         # r = sum_j w_j t_j / sum_j w_j over the image tokens t_j; w = 1 (the plain mean) on closed views
         pooled = (tokens * region[..., None]).sum(1) / region.sum(1, keepdim=True) if glyph.any() else tokens.mean(1)
         logits = pooled @ emb.weight.T + mask
@@ -561,8 +566,7 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
         distill = None
         if teacher is not None and (~glyph).any():
             with torch.no_grad():
-                t_feats = teacher[0](pv[~glyph], output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
-                target = teacher[1](t_feats[:, 1:])
+                target = _image_tokens(*teacher, pv[~glyph], model.config.vision_feature_layer)
             # relative squared error: sum ||t_new - t_old||^2 / sum ||t_old||^2 over the closed views' image tokens
             distill = ((tokens[~glyph] - target) ** 2).sum() / (target ** 2).sum()
             loss = loss + distill_weight * distill

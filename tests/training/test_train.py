@@ -373,8 +373,6 @@ def test_tower_from_a_closed_model_copies_the_shared_token_embeddings(tmp_path):
 def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp_path):
     """Feature distillation (``distill_weight``): the first step's term is 0 (the copy is the tower), and a
     continued stage 1 with it moves the closed views' image tokens less than the same run without it."""
-    from transformers import LlavaForConditionalGeneration
-
     train(tmp_path / "base", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3)
     kw = dict(steps=1, batch_size=8, vision_steps=4, vision_lr=1e-2, eval_items=2, seed=3, open_share=0.5,
               open_eval_items=0, tower_from=tmp_path / "base")
@@ -392,11 +390,10 @@ def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp
              if it.evidence else it.image.resize((64, 64)) for it in items]  # closed close views and whole images
     pv = processor.image_processor(views, return_tensors="pt")["pixel_values"]
 
+    from research.tower_drift import image_tokens
+
     def tokens(name):
-        model = LlavaForConditionalGeneration.from_pretrained(tmp_path / name, use_safetensors=True).eval()
-        with torch.inference_mode():
-            feats = model.model.vision_tower(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
-            return model.model.multi_modal_projector(feats[:, 1:])
+        return image_tokens(tmp_path / name, pv)
 
     base = tokens("base")
     moved = {name: ((tokens(name) - base) ** 2).sum().item() for name in ("free", "held")}

@@ -669,6 +669,22 @@ def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Emb
                 dst.weight[j] = src.weight[src_vocab[token]]
 
 
+def load_language_model(lm_from: Path, model) -> tuple[dict, torch.nn.Embedding, dict]:
+    """A saved spote-tiny's language model for ``model``'s stage 2: (its layers' state dict, its token
+    embeddings, its vocabulary). Raises ValueError, naming the differing tensors, if the layers' shapes
+    are not ``model``'s (checked before any training, so a mismatch costs no stage 1)."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    saved = LlavaForConditionalGeneration.from_pretrained(lm_from, use_safetensors=True).model.language_model
+    layers = {k: v for k, v in saved.state_dict().items() if not k.startswith("embed_tokens.")}
+    own = {k: v for k, v in model.model.language_model.state_dict().items() if not k.startswith("embed_tokens.")}
+    differ = sorted(set(own) ^ set(layers)) + [k for k in own if k in layers and own[k].shape != layers[k].shape]
+    if differ:
+        raise ValueError(f"lm_from (--lm-from) {str(lm_from)!r} has another language model shape than spote-tiny's "
+                         f"({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''})")
+    return layers, saved.embed_tokens, AutoTokenizer.from_pretrained(lm_from).get_vocab()
+
+
 CHECKPOINT_PREFIX = "checkpoint-"  # + the stage 2 step: what _save writes every checkpoint_every steps
 CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + "[0-9]+")
 
@@ -702,7 +718,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-                   overwrite: bool = False, **_unchecked) -> None:
+                   lm_from: Path | None = None, overwrite: bool = False, **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
@@ -727,7 +743,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
-    for name, path in (("init_from", init_from), ("tower_from", tower_from)):
+    if init_from is not None and lm_from is not None:
+        raise bad("lm_from", "starts stage 2 from a saved language model; init_from already continues a whole saved "
+                             "model: give one")
+    for name, path in (("init_from", init_from), ("tower_from", tower_from), ("lm_from", lm_from)):
         if path is None:
             continue
         if not ((Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()):
@@ -776,7 +795,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-          overwrite: bool = False) -> dict:
+          lm_from: Path | None = None, overwrite: bool = False) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -800,6 +819,11 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     ``stage1_open_share`` sets stage 1's share of glyph views apart from stage 2's scenes (default: the
     same ``open_share``); ``glyph_px`` is the glyph views' glyph height in input pixels (log-uniform);
     ``distill_weight`` holds the closed views' image tokens to the starting tower's (``pretrain_vision``).
+    ``lm_from`` starts stage 2 from a saved spote-tiny's language model instead of a fresh one: its layers,
+    and the embeddings (tied to the output head) of the tokens both vocabularies hold, copied after stage 1,
+    so the code tokens keep what stage 1 taught them; stage 2 then draws scenes from ``FINETUNE_START``,
+    which the saved model's own stage 2 never drew. With ``tower_from`` the same model, that extends a
+    saved spote-tiny to open items rather than retraining its language model.
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``. An ``out`` that
     already holds a run is refused (ValueError) unless ``overwrite``, which removes that run's files
@@ -808,7 +832,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
                    stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
-                   overwrite=overwrite)
+                   lm_from=lm_from, overwrite=overwrite)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -828,6 +852,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                 getattr(model.model, part).load_state_dict(getattr(saved, part).state_dict())
             _copy_embeddings(model.model.language_model.embed_tokens, processor.tokenizer.get_vocab(),
                              saved.language_model.embed_tokens, AutoProcessor.from_pretrained(tower_from).tokenizer.get_vocab())
+    saved_lm = None if lm_from is None else load_language_model(lm_from, model)
     code_ids = code_token_ids(processor.tokenizer) if open_share else None
     model.train()
     out.mkdir(parents=True, exist_ok=True)
@@ -840,6 +865,10 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
                         start=stage1_start, open_share=open_share if stage1_open_share is None else stage1_open_share,
                         order_weight=order_weight, glyph_px=tuple(glyph_px), distill_weight=distill_weight)
+    if saved_lm is not None:  # after stage 1, so the code tokens keep the embeddings stage 1 gave them
+        layers, embed, vocab = saved_lm
+        model.model.language_model.load_state_dict(layers, strict=False)
+        _copy_embeddings(model.model.language_model.embed_tokens, processor.tokenizer.get_vocab(), embed, vocab)
     params = model.parameters()
     if stage2_vision_lr_scale != 1.0:
         vision = list(model.model.vision_tower.parameters())
@@ -852,7 +881,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    stream = ViewStream(seed, batch_size, start=FINETUNE_START if init_from is not None else 0, easy_rate=easy_rate,
+    continued = init_from is not None or lm_from is not None  # a saved LM: draw scenes its stage 2 did not
+    stream = ViewStream(seed, batch_size, start=FINETUNE_START if continued else 0, easy_rate=easy_rate,
                         open_share=open_share, open_vocab=open_vocab)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema_loss, ema_acc = time.time(), None, None
@@ -891,6 +921,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "stage1_start": stage1_start, "order_weight": order_weight,
                   "stage1_open_share": stage1_open_share, "glyph_px": list(glyph_px), "distill_weight": distill_weight,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
+                  "lm_from": None if lm_from is None else str(lm_from),
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items),
@@ -942,6 +973,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                       "height in input pixels, low and high (log-uniform)"),
          distill_weight: float = typer.Option(0.0, help="stage 1 weight of feature distillation on closed views "
                                                         "toward the --tower-from tower (keeps its closed features); 0: none"),
+         lm_from: Optional[Path] = typer.Option(None, help="start stage 2 from this saved spote-tiny's language model "
+                                                           "(layers and shared token embeddings) instead of a fresh one"),
          overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
                                                 "checkpoint-N folders are removed first)"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
@@ -951,7 +984,7 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                     far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
                     order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
-                    distill_weight=distill_weight, overwrite=overwrite)
+                    distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

@@ -370,6 +370,40 @@ def test_tower_from_a_closed_model_copies_the_shared_token_embeddings(tmp_path):
     assert not torch.equal(new[vocab["##7"]], new[vocab["7"]])
 
 
+def test_lm_from_starts_stage2_from_a_saved_language_model_after_stage_1(tmp_path):
+    """``lm_from``: stage 2 starts from the saved model's language model (layers and the shared tokens'
+    embeddings), while the code tokens keep the embeddings stage 1 taught them."""
+    train(tmp_path / "closed", steps=2, batch_size=8, vision_steps=1, eval_items=2, seed=3)
+    kw = dict(steps=1, batch_size=8, lr=0.0, vision_steps=2, eval_items=2, seed=3, open_share=0.5,
+              open_eval_items=0, tower_from=tmp_path / "closed")
+    train(tmp_path / "fresh-lm", **kw)
+    report = train(tmp_path / "extended", lm_from=tmp_path / "closed", **kw)
+    assert report["lm_from"] == str(tmp_path / "closed")
+    closed, fresh, extended = (_tensors(tmp_path / d, "language_model") for d in ("closed", "fresh-lm", "extended"))
+    layers = [k for k in closed if "embed_tokens" not in k]
+    assert layers and all(torch.equal(closed[k], extended[k]) for k in layers)
+    assert not all(torch.equal(closed[k], fresh[k]) for k in layers)  # without it, the layers start fresh
+    key = "language_model.model.embed_tokens.weight"
+    assert torch.equal(extended[key][:54], closed[key])                # the shared tokens: the saved LM's
+    assert not torch.equal(fresh[key][:54], closed[key])               # (stage 1 moved them)
+    assert torch.equal(extended[key][54:], fresh[key][54:])            # the code tokens: stage 1's
+    log = [json.loads(x) for x in (tmp_path / "extended" / "train_log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {1, 2}
+
+
+def test_lm_from_refuses_another_language_model_shape_before_stage_1(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    train(tmp_path / "closed", steps=1, batch_size=8, vision_steps=0, eval_items=2, seed=3)
+    config = LlavaForConditionalGeneration.from_pretrained(tmp_path / "closed").config
+    config.text_config.num_hidden_layers = 2
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "other")
+    AutoProcessor.from_pretrained(tmp_path / "closed").save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"lm_from \(--lm-from\) .* another language model shape .*layers\.2\."):
+        train(tmp_path / "m", steps=1, vision_steps=1, lm_from=tmp_path / "other")
+    assert not (tmp_path / "m").exists()
+
+
 def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp_path):
     """Feature distillation (``distill_weight``): the first step's term is 0 (the copy is the tower), and a
     continued stage 1 with it moves the closed views' image tokens less than the same run without it."""
@@ -421,7 +455,8 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
     {"glyph_px": (0, 12)}, {"glyph_px": (11, float("inf"))}, {"open_share": 1.0}, {"tower_from": "nowhere"},
     {"init_from": "spote"}, {"init_from": "spote/weights/spote-tiny"}, {"steps": 0}, {"warmup": 0},
     {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"},
-    {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"}])
+    {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"},
+    {"lm_from": "nowhere"}, {"lm_from": "spote/weights/spote-tiny", "init_from": "spote/weights/spote-tiny"}])
 def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     name = next(iter(kwargs))
     out = tmp_path / "m"

@@ -755,6 +755,8 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         if source == target or target in source.parents:
             raise bad(name, f"{str(path)!r} is the output folder {str(out)!r} or inside it: the run would overwrite "
                             "the model it starts from")
+    if lm_from is not None:  # its shape, before any work (train loads it again, after stage 1)
+        load_language_model(lm_from, build_model(build_processor(open_items=open_share > 0)))
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise bad("out", f"{str(out)!r} is a file, not a folder")

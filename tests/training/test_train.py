@@ -402,6 +402,15 @@ def test_lm_from_refuses_another_language_model_shape_before_stage_1(tmp_path):
     with pytest.raises(ValueError, match=r"lm_from \(--lm-from\) .* another language model shape .*layers\.2\."):
         train(tmp_path / "m", steps=1, vision_steps=1, lm_from=tmp_path / "other")
     assert not (tmp_path / "m").exists()
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--lm-from", str(tmp_path / "other"),
+                           "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert [line for line in proc.stderr.splitlines() if "error" in line.lower()][0].startswith(
+        "training.train: error: lm_from (--lm-from)")
+    assert not (tmp_path / "m").exists()
 
 
 def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp_path):

@@ -185,21 +185,22 @@ bench-gpu: $(STAMP)
 scaling: $(STAMP)
 	$(BIN)/python -m benchmarks.scaling --out results/scaling.json
 
-# the shipped weights (docs/models.md has the model card): the recipe (stage 1 4200 steps, stage 2 1300;
-# ~65-105 min on 2 cores), then stage 1 continued for 2000 steps on fresh scenes and stage 2 again (~61 min).
-# Writes to $(OUT)/; copy $(OUT)/spote-tiny into spote/weights/spote-tiny to ship it.
+# The shipped weights (spote/weights/spote-tiny/MODEL_CARD.md) are three training runs. `make train`: the recipe
+# (stage 1 4200 steps, stage 2 1300; ~65-105 min on 2 cores), then stage 1 continued for 2000 steps on fresh scenes
+# and stage 2 again (~61 min): the closed-set model, $(OUT)/spote-tiny. `make train-open`: that model extended to
+# open items (codes in document fields; docs/experiments/open-items-training.md, the tenth run): its tower continued
+# for 3000 stage-1 steps on code glyphs with the closed views' tokens held to its own, then its language model for
+# 2600 stage-2 steps, half of them open items (~62 min on 2 idle cores): $(OUT)/spote-tiny-open, which is what
+# spote/weights/spote-tiny holds. BASE is the closed-set model it starts from; without `make train`, the one shipped
+# until 2026-12-02: mkdir -p out/spote-tiny && git archive e53c2ca spote/weights/spote-tiny | tar -x --strip-components=3 -C out/spote-tiny
+BASE ?= $(OUT)/spote-tiny
 train: $(STAMP)
 	$(BIN)/python -m training.train --out $(OUT)/spote-tiny-recipe --seed 0
 	$(BIN)/python -m training.train --tower-from $(OUT)/spote-tiny-recipe --vision-steps 2000 --vision-lr 1e-3 --seed 0 \
 	  --out $(OUT)/spote-tiny
 
-# open items (codes in document fields; docs/experiments/open-items-training.md, the tenth run): the shipped model
-# extended: its tower continued for 3000 stage-1 steps on code glyphs with the closed views' tokens held to the
-# shipped tower's, then its own language model for 2600 stage-2 steps, half of them open items (about an hour on
-# 2 idle cores; closed test seeds 0-3 within 1 point of the shipped model, the oracle's view reads 17% of val codes
-# exactly; not shipped). Writes $(OUT)/spote-tiny-open.
 train-open: $(STAMP)
-	$(BIN)/python -m training.train --tower-from spote/weights/spote-tiny --lm-from spote/weights/spote-tiny \
+	$(BIN)/python -m training.train --tower-from $(BASE) --lm-from $(BASE) \
 	  --open-share 0.5 --stage1-open-share 0.7 --glyph-px 11 24 --order-weight 0.5 --vision-steps 3000 \
 	  --vision-lr 1e-3 --distill-weight 5.0 --stage1-start 100000000 --steps 2600 --lr 1e-3 --warmup 100 \
 	  --seed 0 --out $(OUT)/spote-tiny-open

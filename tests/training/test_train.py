@@ -69,6 +69,29 @@ def test_shipped_model_reads_close_views_and_is_unsure_on_the_whole_image(shippe
     assert np.mean(h_whole) > np.mean(h_close) + 0.5  # measured 1.24 vs 0.24 nats
 
 
+def test_shipped_model_spells_codes_and_is_unsure_where_it_cannot_read(shipped_adapter):
+    """The committed weights read open items: from the oracle's close-up of the field they spell a code
+    one character a token, often exactly; on the whole page, where the glyphs are a few pixels high,
+    each token's p is near a guess among the 34 code characters."""
+    from spote.bench.run import run_method
+    from spote.bench.scenes import CODE_ALPHABET, make_open_item
+    from spote.core import PolicyConfig
+
+    exact, logp_close, logp_whole = 0, [], []
+    for i in range(8):
+        item = make_open_item(0, "val", i)
+        for method, ps in (("oracle", logp_close), ("baseline", logp_whole)):
+            res = run_method(method, shipped_adapter, item.image, item.question, None, PolicyConfig(),
+                             evidence=item.evidence, max_passes=1)
+            assert res.answer and set(res.answer) <= set(CODE_ALPHABET)
+            assert len(res.token_confidences) == len(res.answer_token_ids) == len(res.answer)  # one a character
+            assert res.confidence == pytest.approx(float(np.prod(res.token_confidences)), abs=1e-6)  # rounded to 6 places
+            ps.extend(np.log(res.token_confidences))
+            exact += method == "oracle" and res.answer == item.answer
+    assert exact >= 2  # measured 4 of 8
+    assert np.mean(logp_whole) < np.mean(logp_close) - 1.0  # mean log p a token: measured -2.53 against -0.94; ln(1/34) = -3.53
+
+
 def test_stage1_stream_labels_lie_in_each_items_choice_set():
     """Stage 1 reads out over the item's own choices: every label is one of them, never the whole vocabulary."""
     from training.build import IMAGE_SIZE
@@ -462,7 +485,7 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
 @pytest.mark.parametrize("kwargs", [
     {"stage1_open_share": 0.0}, {"stage1_open_share": 0.3, "open_share": 0.0}, {"glyph_px": (20, 12)},
     {"glyph_px": (0, 12)}, {"glyph_px": (11, float("inf"))}, {"open_share": 1.0}, {"tower_from": "nowhere"},
-    {"init_from": "spote"}, {"init_from": "spote/weights/spote-tiny"}, {"steps": 0}, {"warmup": 0},
+    {"init_from": "spote"}, {"init_from": "a closed-set model"}, {"steps": 0}, {"warmup": 0},
     {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"},
     {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"},
     {"lm_from": "nowhere"}, {"lm_from": "spote/weights/spote-tiny", "init_from": "spote/weights/spote-tiny"}])
@@ -472,6 +495,9 @@ def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     if kwargs.get("out"):
         out = tmp_path / kwargs.pop("out")
         out.write_text("a file")
+    if kwargs.get("init_from") == "a closed-set model":  # no code tokens to fine-tune on open items
+        kwargs["init_from"] = tmp_path / "closed"
+        train(kwargs["init_from"], steps=1, batch_size=8, vision_steps=0, eval_items=2, seed=3)
     with pytest.raises(ValueError, match=name):
         train(out, **{"steps": 1, "vision_steps": 1, "open_share": 0.5, **kwargs})
     assert not (tmp_path / "m").exists()

@@ -3,6 +3,7 @@ in the code? (docs/experiments/open-items-training.md)
 
     python -m research.open_reading by-size results/train-open-2/open4-bench-open-val-seed0.items.jsonl
     python -m research.open_reading teacher-forced --model out/open4/spote-tiny-open --n 60 --min-side 64
+    python -m research.open_reading phrasing --n 60 --question "what is the reference code ?"
 
 ``by-size`` reads the per-item rows of ``spote bench --open-items`` and tables one method's exact
 match and character accuracy by the code's smallest glyph height in the oracle's view (view pixels;
@@ -11,6 +12,10 @@ the oracle's square: 1.05 x the field's long side, at least the model input) and
 ``teacher-forced`` feeds the gold code after the question on the oracle's view (whole image beside
 the close-up, as ``oracle`` reads it) and reports, per place in the code, the mean p(gold token),
 the share of codes where it is at least 0.5, and p(eos) after the last character: how far into a code the model reads when every earlier character is given.
+
+``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
+(the documents job's default question file asks "what is the reference code ?") and reports each
+phrasing's exact match: whether a model trained on one phrasing answers another.
 """
 
 from __future__ import annotations
@@ -116,6 +121,32 @@ def teacher_forced(model: str = typer.Option(..., help="a saved model that spell
     for r in res["places"]:
         print(f"place {r['place']}: n={r['n']:3d}  p(gold) {r['p_gold']:.3f}  share with p(gold) >= 0.5 {r['sure']:.2f}")
     print(f"p(eos) after the last character: {res['p_eos_after_last']:.3f}")
+
+
+def phrasing_exact_match(adapter, items, questions: list[str | None]) -> dict[str, float]:
+    """Exact match of the oracle's reading of ``items`` asked each of ``questions`` (None: the item's own
+    SpotBench question), keyed by the question ("spotbench" for None)."""
+    from spote.bench.run import run_method
+    from spote.core import PolicyConfig
+
+    out = {}
+    for q in questions:
+        hits = [run_method("oracle", adapter, it.image, q or it.question, None, PolicyConfig(),
+                           evidence=it.evidence, max_passes=1).answer == it.answer for it in items]
+        out[q or "spotbench"] = float(np.mean(hits))
+    return out
+
+
+@app.command("phrasing")
+def phrasing(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 60, seed: int = 0,
+             split: str = "val", question: list[str] = typer.Option(..., help="another phrasing; repeat for more")):
+    """The oracle's exact match on the same fields asked in SpotBench's words and in each ``question``."""
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(model)
+    res = phrasing_exact_match(adapter, [make_open_item(seed, split, i) for i in range(n)], [None, *question])
+    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n, "exact_match": res},
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from research.open_reading import by_size_table, glyph_px, oracle_box, teacher_forced_places
+from research.open_reading import by_size_table, glyph_px, oracle_box, phrasing_exact_match, teacher_forced_places
 from spote.bench.scenes import make_open_item
 from tests.conftest import random_adapter, random_tiny_dir  # noqa: F401 (fixtures: a random spote-tiny)
 
@@ -62,3 +62,10 @@ def test_teacher_forced_places_follow_each_code_and_match_greedy_reading(random_
         assert one == pytest.approx(math.exp(gen.logprobs[0]), rel=1e-3)
     else:
         assert one <= math.exp(max(gen.logprobs, default=0.0)) + 1e-6
+
+
+def test_the_shipped_model_reads_its_training_phrasing_better_than_another(shipped_adapter):
+    items = [make_open_item(0, "val", i) for i in range(8)]
+    res = phrasing_exact_match(shipped_adapter, items, [None, "what is the reference code ?"])
+    assert set(res) == {"spotbench", "what is the reference code ?"}
+    assert res["spotbench"] >= 0.25 and res["what is the reference code ?"] < res["spotbench"]

@@ -46,7 +46,9 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         confidence = float(reading.logp.exp().max())
         dist = _distribution(choices, reading.logp)
     else:
-        token_logp = reading.span_logp.tolist() if token_logp is None else list(token_logp)
+        if token_logp is None:  # the reading's span, unless the answer is empty (its span is the end token)
+            token_logp = [] if token_ids is not None and not token_ids else reading.span_logp.tolist()
+        token_logp = list(token_logp)
         answer, dist = answer_text, None
         confidence = float(np.exp(sum(token_logp))) if token_logp else 0.0
         token_confidences = [float(np.exp(lp)) for lp in token_logp]
@@ -61,12 +63,12 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
 
 def _open_answer(adapter, renderer, mode, reader, choices, box, text):
     """(text, token ids, token log-probs) of the answer: for an open question whose search found a better
-    view, generated once on it; otherwise the baseline's (``text``, ``reader.span_ids``, and None: the
+    view, generated once on it; otherwise the baseline's (``text``, ``reader.answer_ids``, and None: the
     baseline reading's own span log p, which ``_result`` takes); ids None for a closed set."""
     if choices is None and box is not None:
         gen = adapter.generate(renderer.render(box, mode), reader.question)
         return gen.text, gen.token_ids, list(gen.logprobs)
-    return text, reader.span_ids, None
+    return text, reader.answer_ids, None
 
 
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
@@ -133,7 +135,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     else:
         base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode, reader.span_ids)
+                   box.as_list(), cfg.mode, reader.answer_ids)
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices):
@@ -148,7 +150,7 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
-                   reader.span_ids)
+                   reader.answer_ids)
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
@@ -164,7 +166,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode, reader.span_ids)
+                   box.as_list(), mode, reader.answer_ids)
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):

@@ -222,7 +222,8 @@ class Reader:
 
     def __init__(self, adapter, question: str, choices=None):
         self.adapter, self.question, self.choices = adapter, question, choices
-        self.span_ids: list[int] | None = None
+        self.span_ids: list[int] | None = None    # the tokens scored on every view (open ended)
+        self.answer_ids: list[int] | None = None  # the baseline's answer tokens: span_ids, or [] for an empty answer
         self.prompt_views = None
 
     def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
@@ -230,7 +231,13 @@ class Reader:
             logp = self.adapter.choice_logprobs([views], self.question, self.choices)[0]
             return Reading(logp=logp), self.choices[int(logp.argmax())]
         gen = self.adapter.generate(views, self.question)
-        self.span_ids = gen.token_ids
+        if not gen.token_ids and gen.end_entropy is not None:
+            # An empty answer is the model's choice to end at once: that step is its span, so an unsure
+            # empty answer is not taken for a clear one (an empty span has entropy 0), and views are
+            # scored by how sure they are of the first step.
+            self.span_ids, self.answer_ids = [self.adapter.tokenizer.eos_token_id], []
+            return Reading(span_entropy=torch.tensor([gen.end_entropy]), span_logp=torch.tensor([gen.end_logp])), gen.text
+        self.span_ids = self.answer_ids = gen.token_ids
         return Reading(span_entropy=torch.tensor(gen.entropies), span_logp=torch.tensor(gen.logprobs)), gen.text
 
     def read(self, views_batch: list[list[Image.Image]]) -> list[Reading]:
@@ -667,8 +674,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         confidence = float(final.logp.exp().max())
         distribution = _distribution(choices, final.logp)
     elif best["box"] is None:
-        answer, confidence, distribution = base_answer, float(base.span_logp.sum().exp()) if len(base.span_logp) else 0.0, None
-        token_logp, answer_ids = base.span_logp.tolist(), reader.span_ids
+        answer_ids = reader.answer_ids  # [] for an empty answer, whose scored span is the end token
+        token_logp = base.span_logp.tolist() if answer_ids else []
+        answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
     else:
         gen = adapter.generate(renderer.render(best["box"], mode), question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None

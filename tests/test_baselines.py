@@ -144,16 +144,36 @@ class _AlwaysAnswers(_AnswerOnFoundViews):
         return self.answer
 
 
-@pytest.mark.parametrize("method", ["baseline", "oracle", "spote"])
-def test_an_empty_open_answer_has_confidence_zero(random_adapter, method):
+@pytest.mark.parametrize("end_entropy", [None, 2.0])  # the end step's entropy unknown (an endpoint) or known
+@pytest.mark.parametrize("method", ["baseline", "oracle", "spote", "vicrop", "zoomeye"])
+def test_an_empty_open_answer_has_confidence_zero(random_adapter, method, end_entropy):
     """An empty answer (the model's first token ends it) read no token, so no method may report it as
-    sure: confidence 0, not the empty product 1."""
+    sure: confidence 0, not the empty product 1 nor the end token's p."""
     from spote.bench.scenes import make_open_item
     from spote.adapters.base import Generation
 
     item = make_open_item(0, "val", 0)
-    adapter = _AlwaysAnswers(random_adapter, Generation("", [], [], []))
+    gen = Generation("", [], [], [], end_entropy, None if end_entropy is None else -0.7)
+    adapter = _AlwaysAnswers(random_adapter, gen)
     res = run_method(method, adapter, item.image, item.question, None, PolicyConfig(budget=6),
                      evidence=item.evidence, max_passes=6)
     assert adapter.calls >= 1 and res.answer == ""
     assert res.answer_token_ids == [] and res.token_confidences == [] and res.confidence == 0.0
+
+
+def test_an_unsure_empty_open_answer_is_searched_not_taken_as_clear(random_adapter):
+    """The end step's entropy is an empty answer's span entropy: 2 nats is far above the exit threshold,
+    so SPOT-E searches (an empty span would read 0 nats and stop at once), and views are scored on that
+    step by teacher forcing the end token."""
+    from spote.bench.scenes import make_open_item
+    from spote.adapters.base import Generation
+
+    item = make_open_item(0, "val", 0)
+    for end_entropy, searched in ((2.0, True), (None, False)):
+        adapter = _AlwaysAnswers(random_adapter, Generation("", [], [], [], end_entropy,
+                                                            None if end_entropy is None else -0.7))
+        res = run_method("spote", adapter, item.image, item.question, None, PolicyConfig(budget=12))
+        assert res.entropy_trace[0] == pytest.approx(end_entropy or 0.0)
+        assert (res.forward_passes > 1) == searched
+        if searched:  # the views' readings of the end step: finite entropies, below ln(vocabulary)
+            assert all(0 <= h <= np.log(len(random_adapter.tokenizer)) + 1e-6 for h in res.entropy_trace[1:])

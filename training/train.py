@@ -751,12 +751,28 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             continue
         if not ((Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()):
             raise bad(name, f"{str(path)!r} is not a saved spote-tiny (a folder with config.json and model.safetensors)")
+        try:  # the config and the weights' header (a few KB), so a damaged copy is one line, not a traceback
+            from safetensors import safe_open
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(path)
+            with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 (any failure to read it means the same to the user)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise bad(name, f"{str(path)!r} cannot be read as a saved spote-tiny ({reason})") from None
         source, target = Path(path).resolve(), Path(out).resolve()
         if source == target or target in source.parents:
             raise bad(name, f"{str(path)!r} is the output folder {str(out)!r} or inside it: the run would overwrite "
                             "the model it starts from")
     if lm_from is not None:  # its shape, before any work (train loads it again, after stage 1)
         load_language_model(lm_from, build_model(build_processor(open_items=open_share > 0)))
+    from spote.loading import DEFAULT_MODEL
+
+    shipped, target = Path(DEFAULT_MODEL).resolve(), Path(out).resolve()
+    if target == shipped or shipped in target.parents:  # even with overwrite: the package's own model
+        raise bad("out", f"{str(out)!r} is the shipped model's folder: train into another folder, then copy the "
+                         "files there to ship them")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise bad("out", f"{str(out)!r} is a file, not a folder")

@@ -34,6 +34,8 @@ class Generation:
     token_ids: list[int]
     entropies: list[float]  # nats, one per generated token
     logprobs: list[float]   # log p of each generated token
+    end_entropy: float | None = None  # nats, at the step that ended the answer (None: not known, or cut off)
+    end_logp: float | None = None     # log p of that end-of-answer token
 
 
 def size_field(size, key: str):
@@ -235,16 +237,29 @@ class HFAdapter:
         self.forward_passes += 1
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                   output_scores=True, return_dict_in_generate=True)
-        ids, ents, lps = [], [], []
+        ids, ents, lps, end = [], [], [], (None, None)
         for step, scores in enumerate(out.scores):
             tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])
-            if tok == self.tokenizer.eos_token_id:
-                break
             logp = torch.log_softmax(scores[0].float(), -1)
+            entropy = float(-(logp.exp() * logp).sum())
+            if tok == self.tokenizer.eos_token_id:
+                end = (entropy, float(logp[tok]))
+                break
             ids.append(tok)
-            ents.append(float(-(logp.exp() * logp).sum()))
+            ents.append(entropy)
             lps.append(float(logp[tok]))
-        return Generation(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, ents, lps)
+        return Generation(self.decode_answer(ids), ids, ents, lps, *end)
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """The answer's text. A WordPiece decoder keeps the continuation prefix ("##") of a first token
+        that continues a word; an answer starts a word, so the prefix is dropped ("##T", "##Q" -> "TQ")."""
+        from tokenizers import decoders
+
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        decoder = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "decoder", None)
+        if isinstance(decoder, decoders.WordPiece) and decoder.prefix and text.startswith(decoder.prefix):
+            text = text[len(decoder.prefix):]
+        return text
 
     # ------------------------------------------------------------------ relevance
     def image_grid(self, batch: dict) -> list[tuple[int, int]]:

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,25 @@ def test_shipped_model_spells_codes_and_is_unsure_where_it_cannot_read(shipped_a
             exact += method == "oracle" and res.answer == item.answer
     assert exact >= 2  # measured 4 of 8
     assert np.mean(logp_whole) < np.mean(logp_close) - 1.0  # mean log p a token: measured -2.53 against -0.94; ln(1/34) = -3.53
+
+
+def test_shipped_model_answers_an_unknown_phrasing_unsure_and_without_tokenizer_marks(shipped_adapter):
+    """Asked in words it was not trained on ("what is the reference code ?"), the shipped model mostly
+    ends the answer at once or starts it with a continuation token ("##T"): an empty answer carries the
+    end step's entropy (unsure), and no answer text keeps the WordPiece "##"."""
+    empty_entropies = []
+    from spote.bench.scenes import make_open_item
+
+    for i in range(10):
+        item = make_open_item(0, "val", i)
+        gen = shipped_adapter.generate([ViewRenderer(item.image, shipped_adapter.input_size).global_view],
+                                       "what is the reference code ?")
+        assert not gen.text.startswith("#") and (gen.text == "") == (gen.token_ids == [])
+        if not gen.token_ids:
+            empty_entropies.append(gen.end_entropy)
+    assert len(empty_entropies) >= 5 and min(empty_entropies) > 1.0  # measured 9 of 10, 2.5-3.3 nats
+    ids = shipped_adapter.tokenizer.convert_tokens_to_ids(["##T", "##Q"])
+    assert shipped_adapter.decode_answer(ids) == "TQ"
 
 
 def test_stage1_stream_labels_lie_in_each_items_choice_set():
@@ -488,13 +508,24 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
     {"init_from": "spote"}, {"init_from": "a closed-set model"}, {"steps": 0}, {"warmup": 0},
     {"lr": float("nan")}, {"lr": -1e-3}, {"far_views": -0.1}, {"glyph_px": (11, 100)}, {"out": "is-a-file"},
     {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"},
-    {"lm_from": "nowhere"}, {"lm_from": "spote/weights/spote-tiny", "init_from": "spote/weights/spote-tiny"}])
+    {"lm_from": "nowhere"}, {"lm_from": "spote/weights/spote-tiny", "init_from": "spote/weights/spote-tiny"},
+    {"lm_from": "a damaged model"}, {"tower_from": "a damaged model"}, {"out": "spote/weights/spote-tiny"},
+    {"out": "spote/weights/spote-tiny/sub"}])
 def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     name = next(iter(kwargs))
     out = tmp_path / "m"
-    if kwargs.get("out"):
+    if kwargs.get("out", "").startswith("spote/weights/spote-tiny"):  # refused even with overwrite
+        out = Path(kwargs.pop("out"))
+        kwargs["overwrite"] = True
+    elif kwargs.get("out"):
         out = tmp_path / kwargs.pop("out")
         out.write_text("a file")
+    for key in ("lm_from", "tower_from"):
+        if kwargs.get(key) == "a damaged model":  # the files are there, their contents are not
+            kwargs[key] = tmp_path / "damaged"
+            kwargs[key].mkdir()
+            (kwargs[key] / "config.json").write_text("{}")
+            (kwargs[key] / "model.safetensors").write_bytes(b"not safetensors")
     if kwargs.get("init_from") == "a closed-set model":  # no code tokens to fine-tune on open items
         kwargs["init_from"] = tmp_path / "closed"
         train(kwargs["init_from"], steps=1, batch_size=8, vision_steps=0, eval_items=2, seed=3)

@@ -90,7 +90,8 @@ def _check_image_path(image: Path) -> None:
 def ask(
     image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
     question: str = typer.Argument(..., help="the question"),
-    choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no"),
+    choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no; without it the "
+                                                     "question is open-ended and the model writes the answer"),
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,

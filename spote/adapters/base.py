@@ -38,6 +38,17 @@ class Generation:
     end_logp: float | None = None     # log p of that end-of-answer token
 
 
+WORDPIECE_PREFIX = "##"  # a WordPiece continuation token's prefix
+
+
+def drop_continuation_prefix(text: str, first_token: str | None, prefix: str | None = WORDPIECE_PREFIX) -> str:
+    """An answer starts a word, but a WordPiece detokeniser keeps the continuation prefix of a first
+    token that continues one (tokens "##T", "##Q" decode to "##TQ"): drop it ("TQ"). Other text as is."""
+    if prefix and first_token and first_token.startswith(prefix) and text.startswith(prefix):
+        return text[len(prefix):]
+    return text
+
+
 def size_field(size, key: str):
     """``size[key]`` for a processor size given as a dict or as a ``SizeDict`` (transformers 5)."""
     if isinstance(size, dict):
@@ -251,15 +262,14 @@ class HFAdapter:
         return Generation(self.decode_answer(ids), ids, ents, lps, *end)
 
     def decode_answer(self, ids: list[int]) -> str:
-        """The answer's text. A WordPiece decoder keeps the continuation prefix ("##") of a first token
-        that continues a word; an answer starts a word, so the prefix is dropped ("##T", "##Q" -> "TQ")."""
+        """The answer's text, without a WordPiece decoder's prefix on its first token ("##T", "##Q" -> "TQ")."""
         from tokenizers import decoders
 
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         decoder = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "decoder", None)
-        if isinstance(decoder, decoders.WordPiece) and decoder.prefix and text.startswith(decoder.prefix):
-            text = text[len(decoder.prefix):]
-        return text
+        if not ids or not isinstance(decoder, decoders.WordPiece):
+            return text
+        return drop_continuation_prefix(text, self.tokenizer.convert_ids_to_tokens(ids[0]), decoder.prefix)
 
     # ------------------------------------------------------------------ relevance
     def image_grid(self, batch: dict) -> list[tuple[int, int]]:

@@ -63,12 +63,10 @@ import torch
 from PIL import Image
 
 from ..prompt import format_question
-from .base import Generation
+from .base import Generation, drop_continuation_prefix
 
 NO_LOGPROBS = ("the server returned no logprobs: SPOT-E needs logprobs/top_logprobs in chat completions "
                "(vLLM, SGLang and OpenAI give them; transformers serve does not)")
-
-WORDPIECE_MARK = "##"  # a WordPiece continuation token's prefix, kept by a server's detokeniser on a first token
 
 
 class EndpointError(RuntimeError):
@@ -366,9 +364,7 @@ class EndpointAdapter:
     def _generation(self, s: Served) -> Generation:
         ids = [self.tokenizer.intern(t) for t in s.tokens]
         ents = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
-        text = s.text
-        if s.tokens and s.tokens[0].startswith(WORDPIECE_MARK) and text.startswith(WORDPIECE_MARK):
-            text = text[len(WORDPIECE_MARK):]  # a served WordPiece model's first token continued a word: as in-process
+        text = drop_continuation_prefix(s.text, s.tokens[0] if s.tokens else None)  # as in-process
         return Generation(text, ids, ents, list(s.logprobs))
 
     def generate(self, views: list[Image.Image], question: str, max_new_tokens: int | None = None) -> Generation:

@@ -97,9 +97,9 @@ def test_shipped_model_answers_an_unknown_phrasing_unsure_and_without_tokenizer_
     """Asked in words it was not trained on ("what is the reference code ?"), the shipped model mostly
     ends the answer at once or starts it with a continuation token ("##T"): an empty answer carries the
     end step's entropy (unsure), and no answer text keeps the WordPiece "##"."""
-    empty_entropies = []
     from spote.bench.scenes import make_open_item
 
+    empty_entropies = []
     for i in range(10):
         item = make_open_item(0, "val", i)
         gen = shipped_adapter.generate([ViewRenderer(item.image, shipped_adapter.input_size).global_view],

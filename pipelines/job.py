@@ -17,7 +17,7 @@ import typer
 from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id,
-                   is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan, reset_staging,
+                   interrupted_commits, is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan, reset_staging,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
@@ -544,6 +544,22 @@ def _checkpoint_config(paths: RunPaths, so: dict):
     return cfg
 
 
+def finish_interrupted_commits(paths: RunPaths, so: dict) -> int:
+    """Finish the checkpoint commits a killed write left half way through its move (both the pending
+    and the committed checkpoint exist: ``interrupted_commits``), with Ray Data's own commit, which
+    then only drops the pending file; the part stays. Returns how many. Run before Ray Data's restart
+    (the next checkpointed write), which would otherwise delete those parts as unwritten while their
+    committed checkpoints filter their items out: items lost, not redone."""
+    from ray.data.checkpoint.checkpoint_writer import CheckpointWriter, PendingCheckpoint
+
+    twins = interrupted_commits(paths, so)
+    if twins:
+        writer = CheckpointWriter.create(_checkpoint_config(paths, so))
+        for pending, committed in twins:
+            writer.commit_checkpoint(PendingCheckpoint(pending_path=pending, committed_path=committed))
+    return len(twins)
+
+
 def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
             after_commit=None, predictor=None, job_settings: dict | None = None) -> dict:
     """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
@@ -636,6 +652,9 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     check_same_settings(run_id, planned.get("settings"), settings)
     plan_seconds = time.time() - t_plan
     items_in = int(planned["items"])
+    finished = finish_interrupted_commits(paths, so)
+    if finished:
+        print(f"[{job}] run {run_id}: finished {finished} checkpoint commit(s) a killed driver left half done")
     stray = prune_uncommitted(paths, so)
     if stray:
         print(f"[{job}] run {run_id}: removed {stray} staged part(s) no checkpoint vouches for")

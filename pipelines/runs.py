@@ -15,8 +15,12 @@ Run layout under ``--output`` (local folder or ``s3://`` prefix)::
 
 Resume: a run id started again after a crash reuses its plan and keeps every staged part whose
 checkpoint was committed (Ray Data's ``CheckpointConfig`` writes a part's ids as *pending* before
-the part and commits them after it; parts of pending checkpoints are removed on restart). Only the
-items not yet staged are answered. A re-run of a committed run id does nothing (``--force`` redoes it).
+the part and commits them after it; parts of pending checkpoints are removed on restart). A commit
+is a move of ``X.pending.parquet`` to ``X.parquet``; on an object store that is a copy, then a
+delete, so a driver killed between the two leaves both: that part was written in full, and its
+commit is finished before Ray Data's restart would take it for unwritten (``interrupted_commits``).
+Only the items not yet staged are answered. A re-run of a committed run id does nothing (``--force``
+redoes it).
 
 ``--force`` keeps the committed rows until the new ones are all staged and checked: the commit then
 writes ``_staging/<run_id>/_REPLACING`` before it removes the old marker and rows, so a commit killed
@@ -191,13 +195,31 @@ def checkpoint_files(paths: RunPaths, storage_options=None) -> tuple[list[str], 
     return [f for f in files if not f.endswith(PENDING_SUFFIX)], [f for f in files if f.endswith(PENDING_SUFFIX)]
 
 
+def interrupted_commits(paths: RunPaths, storage_options=None) -> list[tuple[str, str]]:
+    """(pending, committed) checkpoint paths of the parts whose checkpoint commit was killed inside
+    its move: both files exist.
+
+    Ray Data commits a part's checkpoint only after the part is written, by moving
+    ``X.pending.parquet`` to ``X.parquet``; an object store's move is a copy, then a delete (fsspec's
+    ``mv``, which pyarrow's ``FSSpecHandler`` calls), and a kill between the two leaves both. On
+    restart Ray Data takes every pending checkpoint for an unfinished write and deletes its parts,
+    while the committed copy still marks the part's ids as done: they would be neither staged nor
+    answered again. Such a commit must be finished (the pending file dropped, the part kept) first.
+    """
+    committed, pending = checkpoint_files(paths, storage_options)
+    done = set(committed)
+    twins = [(f, f[:-len(PENDING_SUFFIX)] + ".parquet") for f in pending]
+    return [(p, c) for p, c in twins if c in done]
+
+
 def prune_uncommitted(paths: RunPaths, storage_options=None) -> int:
     """Remove staged parts that no checkpoint vouches for; returns how many were removed.
 
     A part's file name starts with its checkpoint's name (Ray Data's two-phase commit). Parts of a
-    *pending* checkpoint are left to Ray Data, which removes them with the checkpoint on restart;
-    anything else without a committed checkpoint (a part from an older layout, a stray file) would
-    be counted twice, so it goes.
+    *pending* checkpoint are left to Ray Data, which removes them with the checkpoint on restart
+    (a pending checkpoint beside its committed copy is a commit killed inside its move, finished
+    before: ``interrupted_commits``); anything else without a committed checkpoint (a part from an
+    older layout, a stray file) would be counted twice, so it goes.
     """
     committed, pending = checkpoint_files(paths, storage_options)
     keep = [posixpath.basename(f)[:-len(".parquet")] for f in committed]

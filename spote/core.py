@@ -118,6 +118,10 @@ class PolicyConfig:
     saliency_size: int = SALIENCY_SIZE  # long side (px) of the copy the saliency map is computed on (512)
     settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never);
     settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
+    answer_top: int = 8            # open ended: the answer is read where the k best-rewarded windows agree (answer_window;
+    #                                1: the best window itself)
+    answer_grid: int = 3           # ... decoded jointly from a g x g grid of copies of that window shifted by up to
+    answer_shift: float = 0.03     # this share of its side (answer_windows; 1: the window alone)
 
     def __post_init__(self):
         for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type
@@ -147,6 +151,12 @@ class PolicyConfig:
             raise ValueError(f"settle_p must be a probability in (0, 1], got {self.settle_p}")
         if not 32 <= self.saliency_size <= 4096:
             raise ValueError(f"saliency_size must be 32-4096 px, got {self.saliency_size}")
+        if self.answer_top < 1:
+            raise ValueError(f"answer_top must be >= 1 window, got {self.answer_top}")
+        if not 1 <= self.answer_grid <= 5:
+            raise ValueError(f"answer_grid must be 1-5 (a g x g grid of shifted copies of the answer's window), got {self.answer_grid}")
+        if not 0 <= self.answer_shift <= 0.25:
+            raise ValueError(f"answer_shift must be 0-0.25 window sides, got {self.answer_shift}")
         if self.anchor_penalty not in ANCHOR_PENALTIES:
             raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
@@ -456,6 +466,39 @@ def glance_window(image: Image.Image, side_frac: float, sal: np.ndarray) -> Box:
     return Box.square(cx, cy, side_frac * min(w, h)).shifted_inside(w, h)
 
 
+def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, height: int) -> Box:
+    """Where an open answer is read (source pixels): the square of the median side of the ``top``
+    highest-rewarded windows, centred on their reward-weighted mean centre (rewards below 0 weigh 0),
+    inside the image. A field's neighbours earn rewards within noise of one another, so the single best
+    often cuts the field; where the best few agree centres on it (docs/experiments/agreed-answers.md).
+
+    Raises:
+        ValueError: no window has a positive reward.
+    """
+    order = np.argsort(-np.asarray(rewards, dtype=float), kind="stable")[:top]
+    weights = np.clip(np.asarray(rewards, dtype=float)[order], 0, None)
+    if weights.sum() <= 0:
+        raise ValueError("no window has a positive reward: the answer stays the whole image's")
+    centres = np.array([boxes[i].centre for i in order])
+    cx, cy = (centres * weights[:, None]).sum(0) / weights.sum()  # sum_i r_i c_i / sum_i r_i
+    side = float(np.median([max(boxes[i].width, boxes[i].height) for i in order]))
+    return Box.square(cx, cy, min(side, width, height)).shifted_inside(width, height)
+
+
+def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
+    """The ``answer_grid``^2 windows an open answer is read off: ``box`` shifted by each of a g x g grid of
+    offsets in [-answer_shift, answer_shift] window sides (source pixels; kept inside the image), ``box``
+    itself first. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
+    decoding from all copies at once keeps what they agree on (docs/experiments/agreed-answers.md)."""
+    g, s = cfg.answer_grid, cfg.answer_shift
+    steps = np.linspace(-s, s, g) if g > 1 else np.zeros(1)
+    offsets = sorted(((dx, dy) for dx in steps for dy in steps), key=lambda o: (abs(o[0]) + abs(o[1]), o))
+    cx, cy = box.centre
+    return [Box(cx - box.width / 2 + dx * box.width, cy - box.height / 2 + dy * box.height,
+                cx + box.width / 2 + dx * box.width, cy + box.height / 2 + dy * box.height).shifted_inside(width, height)
+            for dx, dy in offsets]
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -536,12 +579,15 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)
+    # an open answer is generated once on each of answer_views copies of the best window (an endpoint: one)
+    answer_views = cfg.answer_grid ** 2 if getattr(adapter, "joint_decoding", False) else 1
 
     # 1. the whole image: answer, entropy, anchors
     base, base_answer = reader.baseline([renderer.global_view])
     anchors = find_anchors(base, cfg)
     entropy_trace, reward_trace = [base.entropy], []
     boxes, chosen, box_steps, box_rewards, box_entropies = [], [], [], [], []
+    candidates: list[tuple[Box, float]] = []  # every window that may answer, with its reward
     best = {"reward": 0.0, "reading": base, "box": None, "scale": -1}
     used = lambda: adapter.forward_passes - passes0  # noqa: E731
 
@@ -553,6 +599,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             boxes.append(b.as_list())
             box_steps.append(step)
             box_rewards.append(round(float(r), 5))
+            if keep:
+                candidates.append((b, float(r)))
             box_entropies.append(round(rd.entropy, 5))
         k = int(rewards.argmax())
         chosen.append(group[k].as_list())
@@ -590,7 +638,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         return bool(others.numel() == 0 or others.max() < cfg.settle_p)
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
-        reserve = 1 if choices is None else 0  # open ended: one generation on the best view
+        reserve = 0 if choices is not None else answer_views  # open ended: the answer's generation, kept aside
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
         sal_map = saliency_map(image, cfg.saliency_size) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
@@ -665,8 +713,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                 if clear() or settled() or stale >= cfg.plateau_patience:
                     break
 
-    # 4. answer from the best spotlight (the whole image if none beat it)
+    # 4. answer from the best spotlight (the whole image if none beat it); an open answer is generated anew
+    # where the best windows agree, jointly from shifted copies of that window
     final = best["reading"]
+    evidence = best["box"]
     token_logp = None  # open ended: log p of each token of the answer given
     answer_ids = None
     if choices is not None:
@@ -678,7 +728,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         token_logp = base.span_logp.tolist() if answer_ids else []
         answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
     else:
-        gen = adapter.generate(renderer.render(best["box"], mode), question)
+        evidence = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
+        views = [renderer.render(w, mode) for w in answer_windows(evidence, cfg, *image.size)[:answer_views]]
+        gen = adapter.generate_agreed(views, question) if answer_views > 1 else adapter.generate(views[0], question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(
@@ -687,7 +739,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
-        method=method, evidence_box=best["box"].as_list() if best["box"] is not None else None,
+        method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
         answer_token_ids=answer_ids,
     )

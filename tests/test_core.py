@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (PolicyConfig, answer_window, answer_windows, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -213,6 +213,53 @@ def test_open_ended_generation_path(random_adapter):
     assert isinstance(res.answer, str)
 
 
+@pytest.mark.parametrize("grid", [1, 3])
+def test_open_answer_is_decoded_jointly_where_the_best_windows_agree(random_adapter, grid, monkeypatch):
+    """The search keeps grid^2 passes aside and spends them on the answer: one joint decoding of grid^2
+    views, whose text is the answer, read at the evidence box (where the best windows agree)."""
+    seen = []
+    real = random_adapter.generate_agreed
+
+    def spy(views_batch, question, *args, **kwargs):
+        seen.append(len(views_batch))
+        gen = real(views_batch, question, *args, **kwargs)
+        seen.append(gen.text)
+        return gen
+    monkeypatch.setattr(random_adapter, "generate_agreed", spy)
+    monkeypatch.setattr(random_adapter, "generate", lambda views, q, *a, **k: spy([views], q, *a, **k))
+    q, cfg = "what colour is the vehicle ?", PolicyConfig(budget=30, exit_entropy=0.0, answer_grid=grid, answer_top=4)
+    res = spote(random_adapter, _image(), q, None, cfg)
+    assert res.evidence_box is not None and res.forward_passes <= 30
+    assert seen[-2:] == [grid ** 2, res.answer]  # the last generation is the answer's, on grid^2 views
+    where = answer_window([Box(*b) for b in res.boxes], res.box_rewards, 4, *_image().size)
+    assert np.allclose(res.evidence_box, where.as_list(), atol=1)
+
+
+def test_answer_window_centres_on_the_reward_weighted_best_windows():
+    boxes = [Box(0, 0, 100, 100), Box(40, 0, 140, 100), Box(500, 500, 560, 560), Box(20, 20, 120, 120)]
+    rewards = [0.3, 0.1, -0.2, 0.2]
+    w = answer_window(boxes, rewards, 3, 1000, 800)  # the three best: centres 50,50 / 70,70 / 90,50
+    assert w.centre == pytest.approx(((0.3 * 50 + 0.2 * 70 + 0.1 * 90) / 0.6, (0.3 * 50 + 0.2 * 70 + 0.1 * 50) / 0.6))
+    assert w.width == w.height == 100
+    assert answer_window(boxes, rewards, 1, 1000, 800) == boxes[0]
+    assert answer_window(boxes, rewards, 4, 1000, 800).centre == w.centre  # a negative reward weighs nothing
+    assert answer_window([Box(0, 0, 100, 100)], [1.0], 1, 80, 300).width == 80  # never larger than the image
+    with pytest.raises(ValueError, match="no window has a positive reward"):
+        answer_window(boxes, [0.0, -1.0, -1.0, 0.0], 2, 1000, 800)
+
+
+def test_answer_windows_are_the_box_first_then_shifted_copies_inside_the_image():
+    cfg = PolicyConfig(answer_grid=3, answer_shift=0.05)
+    box = Box(100, 50, 300, 250)
+    wins = answer_windows(box, cfg, 1000, 600)
+    assert wins[0] == box and len(wins) == len({tuple(w.as_list()) for w in wins}) == 9
+    assert {round(w.x0 - box.x0) for w in wins} == {-10, 0, 10} and {round(w.y0 - box.y0) for w in wins} == {-10, 0, 10}
+    assert all(w.width == box.width and w.height == box.height for w in wins)
+    edge = answer_windows(Box(0, 0, 200, 200), cfg, 1000, 600)  # shifted copies stay inside the image
+    assert all(w.x0 >= 0 and w.y0 >= 0 for w in edge)
+    assert answer_windows(box, PolicyConfig(answer_grid=1), 1000, 600) == [box]
+
+
 def test_grpo_update_moves_probability_to_the_high_reward_spotlight():
     """Rewarded by overlap with a 100 px thing, the policy's mass on windows around it grows.
 
@@ -332,6 +379,12 @@ def test_config_rejects_bad_values():
         PolicyConfig(settle_after=-1)
     with pytest.raises(ValueError, match="settle_p must be a probability"):
         PolicyConfig(settle_p=0.0)
+    with pytest.raises(ValueError, match="answer_top must be >= 1"):
+        PolicyConfig(answer_top=0)
+    with pytest.raises(ValueError, match="answer_grid must be 1-5"):
+        PolicyConfig(answer_grid=0)
+    with pytest.raises(ValueError, match="answer_shift must be 0-0.25"):
+        PolicyConfig(answer_shift=0.5)
     # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
     for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
                        ({"settle_after": float("nan")}, "settle_after must be an integer"),

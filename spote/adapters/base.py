@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..prompt import format_question
 
@@ -47,6 +48,15 @@ def drop_continuation_prefix(text: str, first_token: str | None, prefix: str | N
     if prefix and first_token and first_token.startswith(prefix) and text.startswith(prefix):
         return text[len(prefix):]
     return text
+
+
+class MeanOverViews(LogitsProcessor):
+    """Replaces every row's next-token scores by the batch's mean log p, so that greedy decoding picks one
+    token for all rows: the rows are views of one question, and the answer is what they agree on."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mean = torch.log_softmax(scores.float(), dim=-1).mean(0, keepdim=True)  # (1/B) sum_b log p_b(token)
+        return mean.expand_as(scores).to(scores.dtype)
 
 
 def size_field(size, key: str):
@@ -93,6 +103,7 @@ class HFAdapter:
 
     family = "generic"
     supports_relevance = False
+    joint_decoding = True  # generate_agreed: one answer decoded from several view sets at once
     default_input_size = 384
 
     def __init__(self, model, processor, batch_size: int = 16, input_size: int | None = None, max_images: int = 2):
@@ -243,10 +254,24 @@ class HFAdapter:
 
     @torch.inference_mode()
     def generate(self, views: list[Image.Image], question: str, max_new_tokens: int = 32) -> Generation:
-        prompt = self.prompt_text(len(views), question)
-        batch = self.encode([views], [prompt])
-        self.forward_passes += 1
+        """Greedy answer on one view set, with each token's entropy (nats) and log p."""
+        return self.generate_agreed([views], question, max_new_tokens)
+
+    @torch.inference_mode()
+    def generate_agreed(self, views_batch: list[list[Image.Image]], question: str,
+                        max_new_tokens: int = 32) -> Generation:
+        """One greedy answer read jointly off several view sets (e.g. one window shifted by a few pixels).
+
+        At each step the next token is the argmax of the mean log p over the ``B`` view sets (a product of
+        experts, renormalised): a token every view finds likely beats one a single view is sure of. The
+        returned entropies (nats) and log p are those of that mean distribution; with ``B = 1`` it is plain
+        greedy decoding. Costs ``B`` forward passes (one generation per view set, sharing each step's token).
+        """
+        prompt = self.prompt_text(len(views_batch[0]), question)
+        batch = self.encode(views_batch, [prompt] * len(views_batch))
+        self.forward_passes += len(views_batch)
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                  logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []),
                                   output_scores=True, return_dict_in_generate=True)
         ids, ents, lps, end = [], [], [], (None, None)
         for step, scores in enumerate(out.scores):

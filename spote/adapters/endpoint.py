@@ -237,6 +237,7 @@ class EndpointAdapter:
 
     family = "endpoint"
     supports_relevance = False
+    joint_decoding = False  # a server decodes each request alone: an open answer is read off one view set
 
     def __init__(self, config: EndpointConfig):
         from openai import OpenAI

@@ -86,6 +86,33 @@ def test_choice_logprobs_and_spote_end_to_end(adapters, family):
     assert len(gen.token_ids) == len(gen.entropies) == len(gen.logprobs) <= 2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_agreed_decodes_the_views_mean_log_p(adapters, family):
+    """Each step's token is the argmax of the mean log p over the views, and its reported log p is that of
+    the mean distribution; with the views identical it is plain greedy decoding."""
+    adapter = adapters[family]
+    views = [[random_image(seed=seed).resize((adapter.input_size, adapter.input_size))] for seed in (1, 2, 3)]
+    prompt = adapter.prompt_text(1, Q)
+    batch = adapter.encode(views, [prompt] * 3)
+    first = torch.log_softmax(adapter.model(**batch).logits[:, -1].float(), -1)  # [3, V], one row per view
+    mean = torch.log_softmax(first.mean(0), -1)
+    assert len({int(t) for t in first.argmax(-1)}) > 1 or not torch.allclose(first[0], first[1])  # views differ
+
+    passes = adapter.forward_passes
+    gen = adapter.generate_agreed(views, Q, max_new_tokens=3)
+    assert adapter.forward_passes - passes == 3  # one generation per view set
+    tok = gen.token_ids[0] if gen.token_ids else adapter.tokenizer.eos_token_id
+    assert tok == int(mean.argmax())
+    reported = gen.logprobs[0] if gen.token_ids else gen.end_logp
+    assert reported == pytest.approx(float(mean[tok]), abs=1e-4)
+    assert reported != pytest.approx(float(first[0, tok]), abs=1e-4)  # not one view's own log p
+
+    same = adapter.generate_agreed([views[0]] * 2, Q, max_new_tokens=3)
+    one = adapter.generate(views[0], Q, max_new_tokens=3)
+    assert same.token_ids == one.token_ids
+    np.testing.assert_allclose(same.logprobs, one.logprobs, atol=1e-4)
+
+
 def _expected_positions(adapter, family, batch) -> torch.Tensor:
     """The first image's grid tokens (and any image tokens glued right after them), found from the
     token strings alone, independently of the adapter."""

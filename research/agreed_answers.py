@@ -1,0 +1,99 @@
+"""Where and how should SPOT-E read an open answer once its search is over?
+(docs/experiments/agreed-answers.md)
+
+    python -m research.agreed_answers --n 100 --seed 0 --out results/agreed-answers/val-seed0.json
+
+For each open item, SPOT-E runs at the defaults but for ``answer_top`` (how many of the best-rewarded
+windows locate the answer's window: ``core.answer_window``) and ``answer_grid`` (a g x g grid of
+shifted copies that decode the answer jointly: ``core.answer_windows``), once per pair of ``--tops``
+and ``--grids``; ``answer_top = 1, answer_grid = 1`` is one generation on the best window. The
+oracle's close-up is read plainly (``baselines.run_oracle``, the benchmark's ``oracle``) and jointly
+off the same grid of shifted copies (``oracle_agreed``), and the whole image plainly. Reports exact
+match, character accuracy and forward passes per setting, and the median IoU of the answer's window
+with the oracle's close-up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import typer
+from tqdm import tqdm
+
+from research.open_reading import oracle_box
+from spote.baselines import run_oracle
+from spote.bench.run import char_accuracy, exact_match
+from spote.bench.scenes import open_items
+from spote.core import PolicyConfig, answer_windows, spote, view_mode
+from spote.loading import load_adapter
+from spote.spotlight import Box, ViewRenderer
+
+app = typer.Typer(add_completion=False)
+
+
+def setting_name(top: int, grid: int) -> str:
+    return f"top{top}_grid{grid}"
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per method or setting: exact match, character accuracy, mean forward passes, median IoU of the
+    answer's window with the oracle's close-up (None where the answer is the whole image's)."""
+    out = {}
+    for name in rows[0]["answers"]:
+        got = [(r["answers"][name], r["gold"]) for r in rows]
+        ious = [r["iou"][name] for r in rows if r["iou"].get(name) is not None]
+        out[name] = {"exact_match": float(np.mean([exact_match(a, g) for a, g in got])),
+                     "char_accuracy": float(np.mean([char_accuracy(a, g) for a, g in got])),
+                     "forward_passes_mean": float(np.mean([r["passes"][name] for r in rows])),
+                     "window_iou_median": float(np.median(ious)) if ious else None}
+    return out
+
+
+@app.command()
+def main(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
+         n: int = 100, seed: int = 0, split: str = "val",
+         tops: str = typer.Option("1,4,8,16", help="answer_top values, comma-separated"),
+         grids: str = typer.Option("1,3", help="answer_grid values, comma-separated"),
+         out: Path = Path("results/agreed-answers/val-seed0.json")):
+    adapter = load_adapter(model)
+    settings = [(int(t), int(g)) for t in tops.split(",") for g in grids.split(",")]
+    base_cfg = replace(PolicyConfig(), seed=seed)
+    mode = view_mode(base_cfg, adapter)
+    rows = []
+    for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
+        renderer = ViewRenderer(item.image, adapter.input_size)
+        oracle = oracle_box(item, adapter.input_size)
+        answers, passes, iou = {}, {}, {}
+        p0 = adapter.forward_passes
+        answers["whole_image"] = adapter.generate([renderer.global_view], item.question).text
+        passes["whole_image"], iou["whole_image"] = adapter.forward_passes - p0, None
+        for top, grid in settings:
+            cfg = replace(base_cfg, answer_top=top, answer_grid=grid)
+            res = spote(adapter, item.image, item.question, None, cfg)
+            name = setting_name(top, grid)
+            answers[name], passes[name] = res.answer, res.forward_passes
+            iou[name] = Box(*res.evidence_box).iou(oracle) if res.evidence_box else None
+        orc = run_oracle(adapter, item.image, item.question, None, base_cfg, evidence=item.evidence)
+        answers["oracle"], passes["oracle"], iou["oracle"] = orc.answer, orc.forward_passes, 1.0
+        p0 = adapter.forward_passes
+        grid = max(int(g) for g in grids.split(","))
+        views = [renderer.render(w, mode) for w in answer_windows(oracle, replace(base_cfg, answer_grid=grid), *item.image.size)]
+        answers["oracle_agreed"] = adapter.generate_agreed(views, item.question).text
+        passes["oracle_agreed"], iou["oracle_agreed"] = adapter.forward_passes - p0, 1.0
+        rows.append({"id": item.id, "gold": item.answer, "variant": item.meta["variant"],
+                     "answers": answers, "passes": passes, "iou": iou})
+    summary = summarise(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "n": n, "settings": settings,
+                               "summary": summary, "items": rows}, indent=1))
+    for name, s in summary.items():
+        iou_text = "-" if s["window_iou_median"] is None else f"{s['window_iou_median']:.2f}"
+        print(f"{name:16s} exact {s['exact_match']:.3f}  chars {s['char_accuracy']:.3f}  "
+              f"passes {s['forward_passes_mean']:.1f}  window IoU {iou_text}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,7 +1,8 @@
 """Where and how should SPOT-E read an open answer once its search is over?
 (docs/experiments/agreed-answers.md)
 
-    python -m research.agreed_answers --n 100 --seed 0 --out results/agreed-answers/val-seed0.json
+    python -m research.agreed_answers run --n 100 --seed 0 --out results/agreed-answers/val-seed0.json
+    python -m research.agreed_answers shifts --n 100 --seed 0 --out results/agreed-answers/oracle-shifts-val-seed0.json
 
 For each open item, SPOT-E runs at the defaults but for ``answer_top`` (how many of the best-rewarded
 windows locate the answer's window: ``core.answer_window``) and ``answer_grid`` (a g x g grid of
@@ -11,6 +12,9 @@ oracle's close-up is read plainly (``baselines.run_oracle``, the benchmark's ``o
 off the same grid of shifted copies (``oracle_agreed``), and the whole image plainly. Reports exact
 match, character accuracy and forward passes per setting, and the median IoU of the answer's window
 with the oracle's close-up.
+
+``shifts`` reads only the oracle's close-up, jointly off a 3 x 3 grid of copies at each of
+``--shifts`` (window sides; 0: the close-up alone, read plainly): how far apart the copies should be.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 @app.command()
-def main(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
+def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
          n: int = 100, seed: int = 0, split: str = "val",
          tops: str = typer.Option("1,4,8,16", help="answer_top values, comma-separated"),
          grids: str = typer.Option("1,3", help="answer_grid values, comma-separated"),
@@ -93,6 +97,31 @@ def main(model: str = typer.Option("spote-tiny", help="weights that spell codes 
         iou_text = "-" if s["window_iou_median"] is None else f"{s['window_iou_median']:.2f}"
         print(f"{name:16s} exact {s['exact_match']:.3f}  chars {s['char_accuracy']:.3f}  "
               f"passes {s['forward_passes_mean']:.1f}  window IoU {iou_text}")
+
+
+@app.command()
+def shifts(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
+           n: int = 100, seed: int = 0, split: str = "val", shift_list: str = typer.Option("0,0.01,0.03,0.06", "--shifts"),
+           out: Path = Path("results/agreed-answers/oracle-shifts-val-seed0.json")):
+    adapter = load_adapter(model)
+    values = [float(v) for v in shift_list.split(",")]
+    cfg = replace(PolicyConfig(), seed=seed)
+    mode = view_mode(cfg, adapter)
+    got: dict[str, list] = {f"shift_{v:g}": [] for v in values}
+    for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
+        renderer = ViewRenderer(item.image, adapter.input_size)
+        oracle = oracle_box(item, adapter.input_size)
+        for v in values:
+            grid = 1 if v == 0 else 3
+            windows = answer_windows(oracle, replace(cfg, answer_grid=grid, answer_shift=v), *item.image.size)
+            text = adapter.generate_agreed([renderer.render(w, mode) for w in windows], item.question).text
+            got[f"shift_{v:g}"].append((exact_match(text, item.answer), char_accuracy(text, item.answer)))
+    summary = {k: {"exact_match": float(np.mean([e for e, _ in v])), "char_accuracy": float(np.mean([c for _, c in v]))}
+               for k, v in got.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "n": n, "summary": summary}, indent=1))
+    for k, s in summary.items():
+        print(f"{k:12s} exact {s['exact_match']:.3f}  chars {s['char_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

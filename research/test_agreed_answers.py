@@ -1,6 +1,6 @@
 import pytest
 
-from research.agreed_answers import main, setting_name, summarise
+from research.agreed_answers import run, setting_name, shifts, summarise
 from tests.conftest import random_tiny_dir  # noqa: F401 (fixture: a random spote-tiny)
 
 
@@ -23,10 +23,18 @@ def test_summary_scores_each_setting_and_skips_whole_image_windows():
 
 def test_a_run_on_two_items_writes_every_setting(random_tiny_dir, tmp_path):  # noqa: F811
     out = tmp_path / "a.json"
-    main(model=str(random_tiny_dir), n=2, seed=0, split="val", tops="1,4", grids="1,3", out=out)
+    run(model=str(random_tiny_dir), n=2, seed=0, split="val", tops="1,4", grids="1,3", out=out)
     import json
 
     got = json.loads(out.read_text())
     assert set(got["summary"]) == {"whole_image", "top1_grid1", "top1_grid3", "top4_grid1", "top4_grid3",
                                    "oracle", "oracle_agreed"}
     assert all(r["passes"]["oracle_agreed"] == 9 and r["passes"]["top4_grid3"] <= 96 for r in got["items"])
+
+
+def test_shifts_reads_the_oracle_at_each_shift(random_tiny_dir, tmp_path):  # noqa: F811
+    import json
+
+    out = tmp_path / "s.json"
+    shifts(model=str(random_tiny_dir), n=2, seed=0, split="val", shift_list="0,0.03", out=out)
+    assert set(json.loads(out.read_text())["summary"]) == {"shift_0", "shift_0.03"}

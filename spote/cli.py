@@ -133,7 +133,9 @@ def ask(
             raise AskError(f"--trace {trace} is a directory; give a .png file name")
         _check_image_path(image)
         img = load_image(image)
-    except (AskError, BadImage, ValueError) as err:
+    except BadImage as err:  # the one line names the file, as a batch script's log needs
+        _fail(str(err) if str(image) in str(err) else f"{image}: {err}")
+    except (AskError, ValueError) as err:
         _fail(str(err))
     try:
         adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=not black_box,

@@ -200,6 +200,8 @@ def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None 
     if p.is_dir():
         if revision:
             raise ValueError(f"--revision applies to hub ids only, not to the local folder {p}")
+        if not (p / "config.json").is_file():  # transformers would say only that it found no model_type
+            raise ModelNotFound(f"model folder {p} has no config.json: not a saved transformers checkpoint")
         return p
     tried = f"no folder {p.absolute()}" + (" (a file, not a folder)" if p.exists() else "")
     if s.startswith("file://") or not is_hub_id(s):

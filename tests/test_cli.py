@@ -56,8 +56,8 @@ def _malformed_cases(tmp: Path) -> dict:
         (tmp / "locked.png").chmod(0)
         cases["no read permission"] = ([str(tmp / "locked.png"), q], "cannot read")
     return cases | {
-        "garbage image": ([str(tmp / "garbage.png"), q], "not a readable image"),
-        "truncated image": ([str(tmp / "truncated.png"), q], "corrupt or truncated image"),
+        "garbage image": ([str(tmp / "garbage.png"), q], "garbage.png: not a readable image"),
+        "truncated image": ([str(tmp / "truncated.png"), q], "truncated.png: corrupt or truncated image"),
         "empty file": ([str(tmp / "empty.png"), q], "empty"),
         "missing file": ([str(tmp / "nope.png"), q], "no such file"),
         "dangling link": ([str(tmp / "dangling.png"), q], "no such file"),
@@ -74,7 +74,7 @@ def _malformed_cases(tmp: Path) -> dict:
         "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
         "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
         "missing model": ([str(SAMPLE), q, "--model", str(tmp / "no-such-model")], "not found"),
-        "folder without a model": ([str(SAMPLE), q, "--model", str(tmp / "not-a-model")], "cannot load the model"),
+        "folder without a model": ([str(SAMPLE), q, "--model", str(tmp / "not-a-model")], "has no config.json"),
     }
 
 

@@ -156,7 +156,7 @@ class DeadlineAdapter:
     """An adapter whose model calls raise ``ItemTimeout`` once ``deadline`` (time.monotonic()) has passed;
     everything else is the wrapped adapter's."""
 
-    MODEL_CALLS = ("choice_logprobs", "generate", "teacher_forced", "relevance")
+    MODEL_CALLS = ("choice_logprobs", "generate", "generate_agreed", "teacher_forced", "relevance")
 
     def __init__(self, adapter, deadline: float, limit_s: float):
         self._adapter, self._deadline, self._limit_s = adapter, deadline, limit_s

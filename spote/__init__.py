@@ -81,9 +81,10 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         **policy_overrides: ``PolicyConfig`` fields, e.g. ``budget=32``, ``mode="zoom"``.
 
     Returns:
-        SpotResult: ``answer``; ``confidence`` (probability of the answer, 0-1); ``entropy_trace`` (answer-span
-        entropy in nats, the whole image first, then after each step); ``evidence_box`` ([x0, y0, x1, y1] in
-        source pixels of the view the answer came from, None when the whole image answered);
+        SpotResult: ``answer``; ``confidence`` (probability of the answer, 0-1: for an open answer the product of
+        its token probabilities); ``entropy_trace`` (answer-span entropy in nats, the whole image first, then
+        after each step); ``evidence_box`` ([x0, y0, x1, y1] in source pixels of the window the answer was read
+        on, None when the whole image answered; an open answer is decoded from slightly shifted copies of it);
         ``forward_passes``; ``seconds``.
 
     Raises:

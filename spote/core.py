@@ -23,7 +23,9 @@ Read top to bottom:
    spent. A closed-set run also *settles*: after ``settle_after`` passes, if no view has given any
    answer but the whole image's a probability >= ``settle_p``, nothing seen contradicts the whole
    image (mostly an absence being proved, which no close-up makes clear). Answer from the best spotlight by reward; the whole image competes with reward 0,
-   so a run whose every spotlight scores below zero keeps the baseline answer.
+   so a run whose every spotlight scores below zero keeps the baseline answer. An open answer is
+   generated anew where the best spotlights agree, decoded jointly from shifted copies of that
+   window (``answer_window``, ``answer_windows``).
 
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
 a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
@@ -118,10 +120,11 @@ class PolicyConfig:
     saliency_size: int = SALIENCY_SIZE  # long side (px) of the copy the saliency map is computed on (512)
     settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never);
     settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
-    answer_top: int = 8            # open ended: the answer is read where the k best-rewarded windows agree (answer_window;
-    #                                1: the best window itself)
-    answer_grid: int = 3           # ... decoded jointly from a g x g grid of copies of that window shifted by up to
-    answer_shift: float = 0.03     # this share of its side (answer_windows; 1: the window alone)
+    answer_top: int = 8            # open ended: the answer is read where the k best-rewarded windows agree
+    #                                (answer_window; 1: on the best window itself)
+    answer_grid: int = 3           # ... decoded jointly from a g x g grid of copies of that window (answer_windows; odd;
+    #                                1: one generation on it; also 1 when g^2 exceeds a third of the budget)
+    answer_shift: float = 0.03     # ... shifted by up to this share of the window's side
 
     def __post_init__(self):
         for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type
@@ -153,10 +156,12 @@ class PolicyConfig:
             raise ValueError(f"saliency_size must be 32-4096 px, got {self.saliency_size}")
         if self.answer_top < 1:
             raise ValueError(f"answer_top must be >= 1 window, got {self.answer_top}")
-        if not 1 <= self.answer_grid <= 5:
-            raise ValueError(f"answer_grid must be 1-5 (a g x g grid of shifted copies of the answer's window), got {self.answer_grid}")
-        if not 0 <= self.answer_shift <= 0.25:
-            raise ValueError(f"answer_shift must be 0-0.25 window sides, got {self.answer_shift}")
+        if self.answer_grid not in (1, 3, 5):
+            raise ValueError(f"answer_grid must be 1, 3 or 5 (an odd g x g grid of shifted copies of the answer's window, "
+                             f"the window itself at its centre), got {self.answer_grid}")
+        if not (0 < self.answer_shift <= 0.25 or (self.answer_shift == 0 and self.answer_grid == 1)):
+            raise ValueError(f"answer_shift must be in (0, 0.25] window sides (0 only with answer_grid 1: copies would "
+                             f"be identical), got {self.answer_shift}")
         if self.anchor_penalty not in ANCHOR_PENALTIES:
             raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
@@ -468,17 +473,18 @@ def glance_window(image: Image.Image, side_frac: float, sal: np.ndarray) -> Box:
 
 def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, height: int) -> Box:
     """Where an open answer is read (source pixels): the square of the median side of the ``top``
-    highest-rewarded windows, centred on their reward-weighted mean centre (rewards below 0 weigh 0),
-    inside the image. A field's neighbours earn rewards within noise of one another, so the single best
+    highest-rewarded windows, centred on their reward-weighted mean centre, inside the image; windows
+    whose reward is not above 0 (the whole image's) are left out. A field's neighbours earn rewards within noise of one another, so the single best
     often cuts the field; where the best few agree centres on it (docs/experiments/agreed-answers.md).
 
     Raises:
         ValueError: no window has a positive reward.
     """
-    order = np.argsort(-np.asarray(rewards, dtype=float), kind="stable")[:top]
-    weights = np.clip(np.asarray(rewards, dtype=float)[order], 0, None)
-    if weights.sum() <= 0:
+    r = np.asarray(rewards, dtype=float)
+    order = [i for i in np.argsort(-r, kind="stable")[:top] if r[i] > 0]  # a window below the whole image has no say
+    if not order:
         raise ValueError("no window has a positive reward: the answer stays the whole image's")
+    weights = r[order]
     centres = np.array([boxes[i].centre for i in order])
     cx, cy = (centres * weights[:, None]).sum(0) / weights.sum()  # sum_i r_i c_i / sum_i r_i
     side = float(np.median([max(boxes[i].width, boxes[i].height) for i in order]))
@@ -486,9 +492,9 @@ def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, 
 
 
 def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
-    """The ``answer_grid``^2 windows an open answer is read off: ``box`` shifted by each of a g x g grid of
-    offsets in [-answer_shift, answer_shift] window sides (source pixels; kept inside the image), ``box``
-    itself first. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
+    """The ``answer_grid``^2 windows an open answer is read off (source pixels): ``box`` shifted by each of
+    a g x g grid of offsets in [-answer_shift, answer_shift] window sides, ``box`` itself first (g is odd),
+    then the nearest offsets; each moved back inside the image, so copies at an edge may coincide. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
     decoding from all copies at once keeps what they agree on (docs/experiments/agreed-answers.md)."""
     g, s = cfg.answer_grid, cfg.answer_shift
     steps = np.linspace(-s, s, g) if g > 1 else np.zeros(1)
@@ -579,8 +585,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)
-    # an open answer is generated once on each of answer_views copies of the best window (an endpoint: one)
-    answer_views = cfg.answer_grid ** 2 if getattr(adapter, "joint_decoding", False) else 1
+    # an open answer is decoded jointly from answer_views shifted copies of its window: at most a third of
+    # the budget, so that a small budget still searches; an endpoint decodes each request alone: one
+    joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
+    answer_views = cfg.answer_grid ** 2 if joint else 1
 
     # 1. the whole image: answer, entropy, anchors
     base, base_answer = reader.baseline([renderer.global_view])
@@ -661,7 +669,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         # 3. GRPO on the spotlight policy
         if not clear() and not settled():
             relevance_cells = None
-            if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() >= 2 + 2 * cost:
+            if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() - reserve >= 2 + 2 * cost:
                 rel = adapter.relevance([renderer.global_view], question, choices)
                 relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
             saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None

@@ -118,6 +118,9 @@ class _AnswerOnFoundViews:
         self.calls += 1
         return self.inner.generate(views, question, max_new_tokens) if self.calls == 1 else self.answer
 
+    def generate_agreed(self, views_batch, question, max_new_tokens=32):  # spote's answer on shifted copies
+        return self.generate(views_batch[0], question, max_new_tokens)
+
 
 @pytest.mark.parametrize("method", ["spote", "grid", "random", "zoomeye"])
 @pytest.mark.parametrize("answer", ["empty", "one token at p 0.5"])

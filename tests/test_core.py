@@ -227,12 +227,23 @@ def test_open_answer_is_decoded_jointly_where_the_best_windows_agree(random_adap
         return gen
     monkeypatch.setattr(random_adapter, "generate_agreed", spy)
     monkeypatch.setattr(random_adapter, "generate", lambda views, q, *a, **k: spy([views], q, *a, **k))
-    q, cfg = "what colour is the vehicle ?", PolicyConfig(budget=30, exit_entropy=0.0, answer_grid=grid, answer_top=4)
+    # no glance: it is logged among the boxes but never a candidate unless clear, which exit_entropy 0 forbids
+    q, cfg = "what colour is the vehicle ?", PolicyConfig(budget=30, exit_entropy=0.0, answer_grid=grid, answer_top=4,
+                                                          glance_side=0.0)
     res = spote(random_adapter, _image(), q, None, cfg)
     assert res.evidence_box is not None and res.forward_passes <= 30
     assert seen[-2:] == [grid ** 2, res.answer]  # the last generation is the answer's, on grid^2 views
     where = answer_window([Box(*b) for b in res.boxes], res.box_rewards, 4, *_image().size)
     assert np.allclose(res.evidence_box, where.as_list(), atol=1)
+
+
+@pytest.mark.parametrize("budget", range(2, 30, 3))
+def test_an_open_question_never_exceeds_the_budget_and_a_small_one_still_searches(random_adapter, budget):
+    q = "what colour is the vehicle ?"
+    res = spote(random_adapter, _image(), q, None, PolicyConfig(budget=budget, exit_entropy=0.0, plateau_patience=99))
+    assert 1 <= res.forward_passes <= budget
+    if budget >= 4:  # room for the whole image, a group of two and the answer: the search ran
+        assert len(res.boxes) >= 2
 
 
 def test_answer_window_centres_on_the_reward_weighted_best_windows():
@@ -242,7 +253,9 @@ def test_answer_window_centres_on_the_reward_weighted_best_windows():
     assert w.centre == pytest.approx(((0.3 * 50 + 0.2 * 70 + 0.1 * 90) / 0.6, (0.3 * 50 + 0.2 * 70 + 0.1 * 50) / 0.6))
     assert w.width == w.height == 100
     assert answer_window(boxes, rewards, 1, 1000, 800) == boxes[0]
-    assert answer_window(boxes, rewards, 4, 1000, 800).centre == w.centre  # a negative reward weighs nothing
+    assert answer_window(boxes, rewards, 4, 1000, 800) == w  # a window below the whole image has no say
+    # nor in the side: one positive window among larger negative ones keeps its own side
+    assert answer_window([Box(0, 0, 50, 50), Box(0, 0, 400, 400), Box(0, 0, 400, 400)], [0.2, -0.1, -0.1], 3, 1000, 800).width == 50
     assert answer_window([Box(0, 0, 100, 100)], [1.0], 1, 80, 300).width == 80  # never larger than the image
     with pytest.raises(ValueError, match="no window has a positive reward"):
         answer_window(boxes, [0.0, -1.0, -1.0, 0.0], 2, 1000, 800)
@@ -381,10 +394,13 @@ def test_config_rejects_bad_values():
         PolicyConfig(settle_p=0.0)
     with pytest.raises(ValueError, match="answer_top must be >= 1"):
         PolicyConfig(answer_top=0)
-    with pytest.raises(ValueError, match="answer_grid must be 1-5"):
-        PolicyConfig(answer_grid=0)
-    with pytest.raises(ValueError, match="answer_shift must be 0-0.25"):
-        PolicyConfig(answer_shift=0.5)
+    for bad_grid in (0, 2, 4, 7):
+        with pytest.raises(ValueError, match="answer_grid must be 1, 3 or 5"):
+            PolicyConfig(answer_grid=bad_grid)
+    for bad_shift in (0.5, -0.01, 0.0):
+        with pytest.raises(ValueError, match=r"answer_shift must be in \(0, 0.25\]"):
+            PolicyConfig(answer_shift=bad_shift)
+    assert PolicyConfig(answer_grid=1, answer_shift=0.0).answer_shift == 0.0
     # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
     for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
                        ({"settle_after": float("nan")}, "settle_after must be an integer"),

@@ -5,6 +5,8 @@ batch of views, (2) open-ended generation with per-token entropies, (3) teacher-
 entropies of a fixed answer on other views, and, optionally, (4) a question-to-image
 relevance map from its attention. ``HFAdapter`` does (1)-(3) for any transformers model
 with a chat template (black-box mode); family adapters add (4) with their grid layout.
+An adapter with ``joint_decoding`` also decodes one answer from several view sets at once
+(``generate_agreed``); one without it (an endpoint) answers from one view set.
 
 Every model call counts in ``forward_passes``: one per sequence run through the model.
 """
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..prompt import format_question
 
@@ -50,9 +51,10 @@ def drop_continuation_prefix(text: str, first_token: str | None, prefix: str | N
     return text
 
 
-class MeanOverViews(LogitsProcessor):
-    """Replaces every row's next-token scores by the batch's mean log p, so that greedy decoding picks one
-    token for all rows: the rows are views of one question, and the answer is what they agree on."""
+class MeanOverViews:
+    """A ``generate`` logits processor: scores ``[B, V]`` in, ``B`` identical rows out, each the batch's
+    mean log p (nats) over the vocabulary, so that greedy decoding picks one token for all rows: the rows
+    are views of one question, and the answer is what they agree on."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         mean = torch.log_softmax(scores.float(), dim=-1).mean(0, keepdim=True)  # (1/B) sum_b log p_b(token)
@@ -266,13 +268,26 @@ class HFAdapter:
         experts, renormalised): a token every view finds likely beats one a single view is sure of. The
         returned entropies (nats) and log p are those of that mean distribution; with ``B = 1`` it is plain
         greedy decoding. Costs ``B`` forward passes (one generation per view set, sharing each step's token).
+        The ``B`` view sets run as one batch, whatever ``batch_size`` is: rows of one decoding cannot be split.
+
+        Raises:
+            ValueError: no view sets, or view sets with different numbers of images.
+            ViewBatchTooLarge: the ``B`` view sets do not fit in accelerator memory together.
         """
+        from transformers import LogitsProcessorList
+
+        if not views_batch or len({len(v) for v in views_batch}) != 1:
+            raise ValueError("generate_agreed needs one or more view sets, each with the same number of images")
         prompt = self.prompt_text(len(views_batch[0]), question)
         batch = self.encode(views_batch, [prompt] * len(views_batch))
         self.forward_passes += len(views_batch)
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                  logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []),
-                                  output_scores=True, return_dict_in_generate=True)
+        try:
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                      logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []),
+                                      output_scores=True, return_dict_in_generate=True)
+        except torch.OutOfMemoryError as err:
+            raise ViewBatchTooLarge(f"{len(views_batch)} view sets decoded jointly do not fit in accelerator memory; "
+                                    "lower answer_grid (1: one view set) or input_size") from err
         ids, ents, lps, end = [], [], [], (None, None)
         for step, scores in enumerate(out.scores):
             tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])

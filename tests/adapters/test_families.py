@@ -107,6 +107,11 @@ def test_generate_agreed_decodes_the_views_mean_log_p(adapters, family):
     assert reported == pytest.approx(float(mean[tok]), abs=1e-4)
     assert reported != pytest.approx(float(first[0, tok]), abs=1e-4)  # not one view's own log p
 
+    with pytest.raises(ValueError, match="same number of images"):
+        adapter.generate_agreed([views[0], views[0] * 2], Q)
+    with pytest.raises(ValueError, match="one or more view sets"):
+        adapter.generate_agreed([], Q)
+
     same = adapter.generate_agreed([views[0]] * 2, Q, max_new_tokens=3)
     one = adapter.generate(views[0], Q, max_new_tokens=3)
     assert same.token_ids == one.token_ids

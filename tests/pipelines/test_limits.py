@@ -123,3 +123,25 @@ def test_documents_job_with_a_slow_page_commits_every_item(ray_local, random_tin
     assert summary["items_in"] == summary["items_out"] == 2
     assert df.loc["slow.pdf", "error"].startswith("timeout: reading ") and df.loc["ok.pdf", "status"] == "ok"
     assert summary["errors_by_reason"] == {"timeout": 1}
+
+
+def test_every_model_call_of_an_adapter_is_checked_against_the_deadline(random_adapter):
+    """A past deadline stops each of the adapter's model calls, the joint decoding of an open answer too."""
+    import time
+
+    from pipelines.timelimit import DeadlineAdapter, ItemTimeout
+
+    late = DeadlineAdapter(random_adapter, deadline=time.monotonic() - 1, limit_s=1.0)
+    view = [Image.new("RGB", (64, 64))]
+    calls = {"choice_logprobs": lambda: late.choice_logprobs([view], "q ?", ["a", "b"]),
+             "generate": lambda: late.generate(view, "q ?"),
+             "generate_agreed": lambda: late.generate_agreed([view, view], "q ?"),
+             "teacher_forced": lambda: late.teacher_forced([view], "q ?", [1]),
+             "relevance": lambda: late.relevance(view, "q ?")}
+    assert set(calls) == set(DeadlineAdapter.MODEL_CALLS)
+    passes = random_adapter.forward_passes
+    for name, call in calls.items():
+        with pytest.raises(ItemTimeout):
+            call()
+    assert random_adapter.forward_passes == passes  # nothing ran
+    assert late.joint_decoding is random_adapter.joint_decoding  # the rest is the wrapped adapter's

@@ -25,7 +25,7 @@ from PIL import Image
 
 from openai_server import launch
 from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, topk_entropy)
-from spote.bench.scenes import spotbench
+from spote.bench.scenes import make_open_item, spotbench
 from spote.core import PolicyConfig, spote
 from spote.spotlight import ViewRenderer
 
@@ -128,11 +128,15 @@ def test_whole_image_readings_match_in_process(server, key, shipped_adapter):
 
 
 def test_spote_open_answer_through_the_endpoint(server, key):
-    item = next(i for i in spotbench("test", 10, 0) if "letter" in i.question)
+    """An open question (a SpotBench code) searched through the server: the answer is one generation on the
+    agreed window (a server decodes each request alone), within the budget, with a confidence per token."""
+    item = make_open_item(0, "test", 2, variant="large")  # a code the whole view shows: the model spells one
     remote = _endpoint(server)
+    assert not remote.joint_decoding
     res = spote(remote, item.image, item.question, None, PolicyConfig(budget=12, group_size=4, use_relevance=False))
     assert res.answer and res.forward_passes <= 12 and res.distribution is None
     assert res.forward_passes == remote.forward_passes
+    assert len(res.token_confidences) == len(res.answer_token_ids) > 0
 
 
 @pytest.mark.slow

@@ -472,18 +472,26 @@ def glance_window(image: Image.Image, side_frac: float, sal: np.ndarray) -> Box:
 
 
 def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, height: int) -> Box:
-    """Where an open answer is read (source pixels): the square of the median side of the ``top``
-    highest-rewarded windows, centred on their reward-weighted mean centre, inside the image; windows
-    whose reward is not above 0 (the whole image's) are left out. A field's neighbours earn rewards within noise of one another, so the single best
-    often cuts the field; where the best few agree centres on it (docs/experiments/agreed-answers.md).
+    """Where an open answer is read (source pixels): the square of the median side of the best-rewarded
+    window and those of the ``top`` best that overlap it, centred on their reward-weighted mean centre,
+    inside the image. Windows whose reward is not above 0 (the whole image's) have no say, nor have
+    windows elsewhere: the mean of windows spread over the page would fall where none of them looked.
+    A field's neighbours earn rewards within noise of one another, so the single best often cuts the
+    field; where it and its overlapping runners-up agree centres on it (docs/experiments/agreed-answers.md).
 
     Raises:
-        ValueError: no window has a positive reward.
+        ValueError: ``top`` below 1, as many rewards as boxes not given, a reward not finite, or no
+            window with a positive reward.
     """
     r = np.asarray(rewards, dtype=float)
-    order = [i for i in np.argsort(-r, kind="stable")[:top] if r[i] > 0]  # a window below the whole image has no say
-    if not order:
+    if top < 1 or len(r) != len(boxes) or not np.isfinite(r).all():
+        raise ValueError(f"answer_window needs top >= 1 and one finite reward per box; got top={top}, "
+                         f"{len(boxes)} boxes, {len(r)} rewards")
+    ranked = [int(i) for i in np.argsort(-r, kind="stable")[:top] if r[i] > 0]
+    if not ranked:
         raise ValueError("no window has a positive reward: the answer stays the whole image's")
+    best = boxes[ranked[0]]
+    order = [i for i in ranked if boxes[i].intersection(best) > 0]  # the best itself first
     weights = r[order]
     centres = np.array([boxes[i].centre for i in order])
     cx, cy = (centres * weights[:, None]).sum(0) / weights.sum()  # sum_i r_i c_i / sum_i r_i
@@ -494,7 +502,8 @@ def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, 
 def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
     """The ``answer_grid``^2 windows an open answer is read off (source pixels): ``box`` shifted by each of
     a g x g grid of offsets in [-answer_shift, answer_shift] window sides, ``box`` itself first (g is odd),
-    then the nearest offsets; each moved back inside the image, so copies at an edge may coincide. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
+    then the nearest offsets; each moved back inside the image where it fits, so copies at an edge may
+    coincide. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
     decoding from all copies at once keeps what they agree on (docs/experiments/agreed-answers.md)."""
     g, s = cfg.answer_grid, cfg.answer_shift
     steps = np.linspace(-s, s, g) if g > 1 else np.zeros(1)
@@ -736,9 +745,12 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         token_logp = base.span_logp.tolist() if answer_ids else []
         answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
     else:
-        evidence = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
-        views = [renderer.render(w, mode) for w in answer_windows(evidence, cfg, *image.size)[:answer_views]]
-        gen = adapter.generate_agreed(views, question) if answer_views > 1 else adapter.generate(views[0], question)
+        if clear():  # the search stopped on a legible window: it answers there as it is, in one generation
+            gen = adapter.generate(renderer.render(evidence, mode), question)
+        else:
+            evidence = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
+            views = [renderer.render(w, mode) for w in answer_windows(evidence, cfg, *image.size)[:answer_views]]
+            gen = adapter.generate_agreed(views, question) if answer_views > 1 else adapter.generate(views[0], question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(

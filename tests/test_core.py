@@ -246,6 +246,20 @@ def test_an_open_question_never_exceeds_the_budget_and_a_small_one_still_searche
         assert len(res.boxes) >= 2
 
 
+def test_a_search_that_stops_on_a_clear_window_answers_there_in_one_generation(random_adapter, monkeypatch):
+    """A legible window is not second-guessed: no agreed window, no shifted copies (they may read less)."""
+    q, img = "what colour is the vehicle ?", _image()
+    base, _ = Reader(random_adapter, q).baseline([ViewRenderer(img, random_adapter.input_size).global_view])
+    calls = []
+    real = random_adapter.generate_agreed
+    monkeypatch.setattr(random_adapter, "generate_agreed", lambda vb, *a, **k: calls.append(len(vb)) or real(vb, *a, **k))
+    cfg = PolicyConfig(budget=60, exit_entropy=base.entropy - 1e-6, glance_side=0.0, probe_side=0.0, anchor_weight=0.0)
+    res = spote(random_adapter, img, q, None, cfg)
+    assert res.evidence_box is not None and res.entropy_trace[-1] <= cfg.exit_entropy  # stopped on a clear window
+    assert calls[-1] == 1  # the answer: one generation (generate is generate_agreed on one view set)
+    assert res.forward_passes < 60
+
+
 def test_answer_window_centres_on_the_reward_weighted_best_windows():
     boxes = [Box(0, 0, 100, 100), Box(40, 0, 140, 100), Box(500, 500, 560, 560), Box(20, 20, 120, 120)]
     rewards = [0.3, 0.1, -0.2, 0.2]
@@ -259,6 +273,13 @@ def test_answer_window_centres_on_the_reward_weighted_best_windows():
     assert answer_window([Box(0, 0, 100, 100)], [1.0], 1, 80, 300).width == 80  # never larger than the image
     with pytest.raises(ValueError, match="no window has a positive reward"):
         answer_window(boxes, [0.0, -1.0, -1.0, 0.0], 2, 1000, 800)
+    # windows spread over the page: those apart from the best have no say, so the window is where one looked
+    spread = [Box(0, 0, 100, 100), Box(800, 600, 900, 700), Box(50, 0, 150, 100)]
+    w = answer_window(spread, [0.5, 0.4, 0.1], 3, 1000, 800)
+    assert w.centre == pytest.approx(((0.5 * 50 + 0.1 * 100) / 0.6, 50)) and w.intersection(spread[0]) > 0
+    for bad in ((boxes, rewards, 0), (boxes, rewards[:3], 2), (boxes, [0.3, float("inf"), 0.1, 0.2], 2)):
+        with pytest.raises(ValueError, match="one finite reward per box"):
+            answer_window(*bad, 1000, 800)
 
 
 def test_answer_windows_are_the_box_first_then_shifted_copies_inside_the_image():

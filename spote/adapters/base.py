@@ -271,13 +271,15 @@ class HFAdapter:
         The ``B`` view sets run as one batch, whatever ``batch_size`` is: rows of one decoding cannot be split.
 
         Raises:
-            ValueError: no view sets, or view sets with different numbers of images.
+            ValueError: no view sets, or view sets with different numbers of images, or none, or more
+                than ``max_images``.
             ViewBatchTooLarge: the ``B`` view sets do not fit in accelerator memory together.
         """
         from transformers import LogitsProcessorList
 
-        if not views_batch or len({len(v) for v in views_batch}) != 1:
-            raise ValueError("generate_agreed needs one or more view sets, each with the same number of images")
+        if not views_batch or len({len(v) for v in views_batch}) != 1 or not 1 <= len(views_batch[0]) <= self.max_images:
+            raise ValueError(f"generate_agreed needs one or more view sets, each with the same number of images "
+                             f"(1 to {self.max_images})")
         prompt = self.prompt_text(len(views_batch[0]), question)
         batch = self.encode(views_batch, [prompt] * len(views_batch))
         self.forward_passes += len(views_batch)

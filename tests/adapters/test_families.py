@@ -111,6 +111,8 @@ def test_generate_agreed_decodes_the_views_mean_log_p(adapters, family):
         adapter.generate_agreed([views[0], views[0] * 2], Q)
     with pytest.raises(ValueError, match="one or more view sets"):
         adapter.generate_agreed([], Q)
+    with pytest.raises(ValueError, match="one or more view sets"):
+        adapter.generate_agreed([[], []], Q)
 
     same = adapter.generate_agreed([views[0]] * 2, Q, max_new_tokens=3)
     one = adapter.generate(views[0], Q, max_new_tokens=3)

@@ -65,6 +65,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
     adapter = load_adapter(model)
     settings = [(int(t), int(g)) for t in tops.split(",") for g in grids.split(",")]
     base_cfg = replace(PolicyConfig(), seed=seed)
+    oracle_cfg = replace(base_cfg, answer_grid=max(g for _, g in settings))  # the oracle read jointly as the widest grid
     mode = view_mode(base_cfg, adapter)
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
@@ -83,8 +84,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
         orc = run_oracle(adapter, item.image, item.question, None, base_cfg, evidence=item.evidence)
         answers["oracle"], passes["oracle"], iou["oracle"] = orc.answer, orc.forward_passes, 1.0
         p0 = adapter.forward_passes
-        grid = max(int(g) for g in grids.split(","))
-        views = [renderer.render(w, mode) for w in answer_windows(oracle, replace(base_cfg, answer_grid=grid), *item.image.size)]
+        views = [renderer.render(w, mode) for w in answer_windows(oracle, oracle_cfg, *item.image.size)]
         answers["oracle_agreed"] = adapter.generate_agreed(views, item.question).text
         passes["oracle_agreed"], iou["oracle_agreed"] = adapter.forward_passes - p0, 1.0
         rows.append({"id": item.id, "gold": item.answer, "variant": item.meta["variant"],

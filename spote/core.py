@@ -746,11 +746,12 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
     else:
         if clear():  # the search stopped on a legible window: it answers there as it is, in one generation
-            gen = adapter.generate(renderer.render(evidence, mode), question)
+            windows = [evidence]
         else:
             evidence = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
-            views = [renderer.render(w, mode) for w in answer_windows(evidence, cfg, *image.size)[:answer_views]]
-            gen = adapter.generate_agreed(views, question) if answer_views > 1 else adapter.generate(views[0], question)
+            windows = answer_windows(evidence, cfg, *image.size)[:answer_views]
+        views = [renderer.render(w, mode) for w in windows]
+        gen = adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question)
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(

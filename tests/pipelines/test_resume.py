@@ -40,6 +40,17 @@ def _manifest(folder: Path) -> Path:
     return make_corpus(folder, N, seed=3)
 
 
+def _committed_results(paths: RunPaths, where: str, s3):
+    """The run's committed result rows, from the folder or through the moto S3 filesystem."""
+    if where == "local":
+        return pq.read_table(paths.results).to_pandas()
+    return pq.read_table(paths.results.removeprefix("s3://"), filesystem=s3).to_pandas()
+
+
+def _manifest_ids(manifest: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, s3, random_tiny_dir, tmp_path):
     manifest = _manifest(tmp_path)
@@ -89,11 +100,8 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(where, ray_local, 
     assert not _exists(paths.lease, so)
     assert N // 3 <= summary["items_resumed"] < N
     assert summary["items_in"] == summary["items_out"] == N
-    if where == "local":
-        df = pq.read_table(paths.results).to_pandas()
-    else:
-        df = pq.read_table(paths.results.removeprefix("s3://"), filesystem=s3).to_pandas()
-    want = [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+    df = _committed_results(paths, where, s3)
+    want = _manifest_ids(manifest)
     assert sorted(df["id"]) == sorted(want)                  # every item exactly once
     assert (df.status == "ok").all()
     assert summary["settings"]["policy"]["budget"] == 6
@@ -139,9 +147,6 @@ def test_a_checkpoint_commit_killed_inside_its_move_keeps_the_part(where, ray_lo
     summary = run_job("vqa", opts, plan_manifest(str(manifest)))
     assert summary["items_resumed"] == n - 2                  # only the part whose commit never began is redone
     assert summary["items_in"] == summary["items_out"] == n
-    if where == "local":
-        df = pq.read_table(paths.results).to_pandas()
-    else:
-        df = pq.read_table(paths.results.removeprefix("s3://"), filesystem=s3).to_pandas()
-    want = [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+    df = _committed_results(paths, where, s3)
+    want = _manifest_ids(manifest)
     assert sorted(df["id"]) == sorted(want)                   # every item exactly once

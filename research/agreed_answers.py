@@ -15,6 +15,11 @@ with the oracle's close-up.
 
 ``shifts`` reads only the oracle's close-up, jointly off a 3 x 3 grid of copies at each of
 ``--shifts`` (window sides; 0: the close-up alone, read plainly): how far apart the copies should be.
+
+``neighbours`` runs SPOT-E at the defaults but for ``answer_step``, once per value of ``--steps``: the
+agreed window and its four neighbours moved by that share of its side are each read jointly, and the
+reading surest per token answers (``core.answer_neighbours``; 0: the agreed window alone, its search
+then has the neighbours' passes). ``run`` keeps ``answer_step`` at 0: it studies the agreed window alone.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from research.open_reading import oracle_box
 from spote.baselines import run_oracle
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
-from spote.core import PolicyConfig, answer_windows, spote, view_mode
+from spote.core import PolicyConfig, answer_window, answer_windows, spote, view_mode
 from spote.loading import load_adapter
 from spote.spotlight import Box, ViewRenderer
 
@@ -64,7 +69,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
          out: Path = Path("results/agreed-answers/val-seed0.json")):
     adapter = load_adapter(model)
     settings = [(int(t), int(g)) for t in tops.split(",") for g in grids.split(",")]
-    base_cfg = replace(PolicyConfig(), seed=seed)
+    base_cfg = replace(PolicyConfig(), seed=seed, answer_step=0.0)
     oracle_cfg = replace(base_cfg, answer_grid=max(g for _, g in settings))  # the oracle read jointly as the widest grid
     mode = view_mode(base_cfg, adapter)
     rows = []
@@ -97,6 +102,45 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
         iou_text = "-" if s["window_iou_median"] is None else f"{s['window_iou_median']:.2f}"
         print(f"{name:16s} exact {s['exact_match']:.3f}  chars {s['char_accuracy']:.3f}  "
               f"passes {s['forward_passes_mean']:.1f}  window IoU {iou_text}")
+
+
+@app.command()
+def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
+               n: int = 100, seed: int = 0, split: str = "val",
+               steps: str = typer.Option("0,0.1,0.15,0.2", help="answer_step values (window sides), comma-separated"),
+               out: Path = Path("results/agreed-answers/neighbours-val-seed0.json")):
+    adapter = load_adapter(model)
+    values = [float(v) for v in steps.split(",")]
+    base_cfg = replace(PolicyConfig(), seed=seed)
+    rows = []
+    for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
+        oracle = oracle_box(item, adapter.input_size)
+        answers, passes, iou, moved = {}, {}, {}, {}
+        for v in values:
+            cfg = replace(base_cfg, answer_step=v)
+            res = spote(adapter, item.image, item.question, None, cfg)
+            name = f"step_{v:g}"
+            answers[name], passes[name] = res.answer, res.forward_passes
+            iou[name] = Box(*res.evidence_box).iou(oracle) if res.evidence_box else None
+            agreed = None  # did a neighbour answer? (the evidence box is not the agreed window's; a clear stop has none)
+            searched = res.evidence_box and res.box_rewards and max(res.box_rewards) > 0
+            if searched and v > 0 and res.entropy_trace[-1] > cfg.exit_entropy:
+                agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *item.image.size)
+            moved[name] = None if agreed is None else bool(Box(*res.evidence_box).iou(agreed) < 0.9)
+        rows.append({"id": item.id, "gold": item.answer, "variant": item.meta["variant"],
+                     "answers": answers, "passes": passes, "iou": iou, "neighbour_answered": moved})
+    summary = summarise(rows)
+    for name in summary:
+        flags = [r["neighbour_answered"][name] for r in rows if r["neighbour_answered"][name] is not None]
+        summary[name]["neighbour_answered_share"] = float(np.mean(flags)) if flags else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "n": n, "steps": values,
+                               "summary": summary, "items": rows}, indent=1))
+    for name, s in summary.items():
+        iou_text = "-" if s["window_iou_median"] is None else f"{s['window_iou_median']:.2f}"
+        share = "-" if s["neighbour_answered_share"] is None else f"{s['neighbour_answered_share']:.2f}"
+        print(f"{name:10s} exact {s['exact_match']:.3f}  chars {s['char_accuracy']:.3f}  "
+              f"passes {s['forward_passes_mean']:.1f}  window IoU {iou_text}  a neighbour answered {share}")
 
 
 @app.command()

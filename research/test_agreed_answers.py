@@ -1,6 +1,6 @@
 import pytest
 
-from research.agreed_answers import run, setting_name, shifts, summarise
+from research.agreed_answers import neighbours, run, setting_name, shifts, summarise
 from tests.conftest import random_tiny_dir  # noqa: F401 (fixture: a random spote-tiny)
 
 
@@ -38,3 +38,13 @@ def test_shifts_reads_the_oracle_at_each_shift(random_tiny_dir, tmp_path):  # no
     out = tmp_path / "s.json"
     shifts(model=str(random_tiny_dir), n=2, seed=0, split="val", shift_list="0,0.03", out=out)
     assert set(json.loads(out.read_text())["summary"]) == {"shift_0", "shift_0.03"}
+
+
+def test_neighbours_runs_spote_at_each_step(random_tiny_dir, tmp_path):  # noqa: F811
+    import json
+
+    out = tmp_path / "n.json"
+    neighbours(model=str(random_tiny_dir), n=2, seed=0, split="val", steps="0,0.15", out=out)
+    got = json.loads(out.read_text())
+    assert set(got["summary"]) == {"step_0", "step_0.15"}
+    assert all(r["passes"]["step_0.15"] <= 96 and r["neighbour_answered"]["step_0"] is None for r in got["items"])

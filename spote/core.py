@@ -125,6 +125,9 @@ class PolicyConfig:
     answer_grid: int = 3           # ... decoded jointly from a g x g grid of copies of that window (answer_windows; odd;
     #                                1: one generation on it; also 1 when g^2 exceeds a third of the budget)
     answer_shift: float = 0.03     # ... shifted by up to this share of the window's side
+    answer_step: float = 0.15      # ... and so are that window's four neighbours moved by this share of its side; the
+    #                                reading surest per token answers (answer_neighbours; 0: the window alone; only
+    #                                with joint decoding, g > 1; as many as half the budget pays for)
 
     def __post_init__(self):
         for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type
@@ -162,6 +165,9 @@ class PolicyConfig:
         if not (0 < self.answer_shift <= 0.25 or (self.answer_shift == 0 and self.answer_grid == 1)):
             raise ValueError(f"answer_shift must be in (0, 0.25] window sides (0 only with answer_grid 1: copies would "
                              f"be identical), got {self.answer_shift}")
+        if not 0 <= self.answer_step <= 0.5:
+            raise ValueError(f"answer_step must be in [0, 0.5] window sides (0: the agreed window alone), "
+                             f"got {self.answer_step}")
         if self.anchor_penalty not in ANCHOR_PENALTIES:
             raise ValueError(f"anchor_penalty must be one of {ANCHOR_PENALTIES}, got {self.anchor_penalty!r}")
 
@@ -514,6 +520,31 @@ def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list
             for dx, dy in offsets]
 
 
+def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Box]:
+    """``box`` and its four neighbours moved by ``step`` of its side right, left, down and up (source pixels),
+    each moved back inside the image where it fits. The agreed window centres on the field only roughly
+    (median IoU about 0.6 with the oracle's close-up); one of its neighbours often holds the field whole,
+    and the surest of their joint readings reads more codes than the agreed window's alone
+    (docs/experiments/agreed-answers.md).
+
+    Raises:
+        ValueError: ``step`` not in [0, 0.5].
+    """
+    if not 0 <= step <= 0.5:
+        raise ValueError(f"step must be in [0, 0.5] window sides, got {step}")
+    cx, cy = box.centre
+    moves = [(0.0, 0.0), (step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)] if step else [(0.0, 0.0)]
+    return [box if (dx, dy) == (0.0, 0.0) else
+            Box.square(cx + dx * box.width, cy + dy * box.width, box.width).shifted_inside(width, height)
+            for dx, dy in moves]
+
+
+def mean_token_logp(logprobs: list[float]) -> float:
+    """How sure a generated answer is per token: mean_t log p(y_t) (nats); -inf for an empty answer, which
+    reads nothing and so loses to any reading."""
+    return float(np.mean(logprobs)) if len(logprobs) else -math.inf
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -598,6 +629,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # the budget, so that a small budget still searches; an endpoint decodes each request alone: one
     joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
     answer_views = cfg.answer_grid ** 2 if joint else 1
+    # ... and, so jointly, off the agreed window's neighbours too, as many as half the budget pays for
+    answer_reads = min(5, max(1, (cfg.budget // 2) // answer_views)) if answer_views > 1 and cfg.answer_step > 0 else 1
 
     # 1. the whole image: answer, entropy, anchors
     base, base_answer = reader.baseline([renderer.global_view])
@@ -655,7 +688,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         return bool(others.numel() == 0 or others.max() < cfg.settle_p)
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
-        reserve = 0 if choices is not None else answer_views  # open ended: the answer's generation, kept aside
+        reserve = 0 if choices is not None else answer_reads * answer_views  # open ended: the answer's generations, kept aside
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
         sal_map = saliency_map(image, cfg.saliency_size) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
@@ -731,7 +764,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                     break
 
     # 4. answer from the best spotlight (the whole image if none beat it); an open answer is generated anew
-    # where the best windows agree, jointly from shifted copies of that window
+    # where the best windows agree and at that window's neighbours, each jointly from shifted copies of
+    # it; the reading surest per token answers
     final = best["reading"]
     evidence = best["box"]
     token_logp = None  # open ended: log p of each token of the answer given
@@ -746,12 +780,16 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
     else:
         if clear():  # the search stopped on a legible window: it answers there as it is, in one generation
-            windows = [evidence]
+            places, n_views = [evidence], 1
         else:
-            evidence = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
-            windows = answer_windows(evidence, cfg, *image.size)[:answer_views]
-        views = [renderer.render(w, mode) for w in windows]
-        gen = adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question)
+            agreed = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
+            places, n_views = answer_neighbours(agreed, cfg.answer_step, *image.size)[:answer_reads], answer_views
+        readings = []
+        for place in places:
+            views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size)[:n_views]]
+            readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
+        k = max(range(len(places)), key=lambda i: mean_token_logp(readings[i].logprobs))  # ties: the agreed window
+        evidence, gen = places[k], readings[k]
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(

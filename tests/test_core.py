@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, answer_window, answer_windows, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (PolicyConfig, answer_neighbours, answer_window, answer_windows, mean_token_logp, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -260,6 +260,54 @@ def test_a_search_that_stops_on_a_clear_window_answers_there_in_one_generation(r
     assert res.forward_passes < 60
 
 
+@pytest.mark.parametrize("budget, reads", [(36, 2), (60, 3), (96, 5)])
+def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbours(random_adapter, monkeypatch, budget, reads):
+    """Half the budget pays for joint readings (9 views each) of the agreed window and as many of its
+    neighbours as fit; the answer, its confidences and the evidence box are those of the reading with the
+    highest mean token log p, and the budget holds."""
+    calls = []
+    real = random_adapter.generate_agreed
+
+    def spy(views_batch, question, *args, **kwargs):
+        gen = real(views_batch, question, *args, **kwargs)
+        calls.append((len(views_batch), gen))
+        return gen
+    monkeypatch.setattr(random_adapter, "generate_agreed", spy)
+    img = _image()
+    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
+    assert res.forward_passes <= budget and res.evidence_box is not None
+    last = calls[-reads:]
+    assert [n for n, _ in last] == [9] * reads and (len(calls) == reads or calls[-reads - 1][0] != 9)
+    surest = max(range(reads), key=lambda i: mean_token_logp(last[i][1].logprobs))
+    assert res.answer == last[surest][1].text
+    assert res.token_confidences == pytest.approx([math.exp(lp) for lp in last[surest][1].logprobs])
+    agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *img.size)
+    assert np.allclose(res.evidence_box, answer_neighbours(agreed, cfg.answer_step, *img.size)[surest].as_list(), atol=1)
+    # with the step at 0 the agreed window is read alone, and the search gets the passes
+    alone = spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, answer_step=0.0))
+    assert alone.forward_passes <= budget and len(alone.boxes) > len(res.boxes)
+
+
+def test_answer_neighbours_are_the_window_then_four_moves_inside_the_image():
+    box = Box(100, 50, 300, 250)
+    right, left, down, up = answer_neighbours(box, 0.15, 1000, 600)[1:]
+    assert answer_neighbours(box, 0.15, 1000, 600)[0] == box
+    assert (right.x0, left.x0, down.x0, up.x0) == (130, 70, 100, 100) and (down.y0, up.y0, right.y0) == (80, 20, 50)
+    assert all(b.width == b.height == 200 for b in (right, left, down, up))
+    edge = answer_neighbours(Box(0, 0, 200, 200), 0.25, 1000, 600)
+    assert all(b.x0 >= 0 and b.y0 >= 0 for b in edge) and edge[2] == edge[0]  # left of the edge: back inside
+    assert answer_neighbours(box, 0.0, 1000, 600) == [box]
+    for bad in (-0.1, 0.6, float("nan")):
+        with pytest.raises(ValueError, match="step must be in"):
+            answer_neighbours(box, bad, 1000, 600)
+
+
+def test_mean_token_logp_is_nats_per_token_and_an_empty_answer_loses():
+    assert mean_token_logp([-1.0, -3.0]) == -2.0
+    assert mean_token_logp([]) == -math.inf and mean_token_logp([-50.0]) > mean_token_logp([])
+
+
 def test_answer_window_centres_on_the_reward_weighted_best_windows():
     boxes = [Box(0, 0, 100, 100), Box(40, 0, 140, 100), Box(500, 500, 560, 560), Box(20, 20, 120, 120)]
     rewards = [0.3, 0.1, -0.2, 0.2]
@@ -422,6 +470,9 @@ def test_config_rejects_bad_values():
         with pytest.raises(ValueError, match=r"answer_shift must be in \(0, 0.25\]"):
             PolicyConfig(answer_shift=bad_shift)
     assert PolicyConfig(answer_grid=1, answer_shift=0.0).answer_shift == 0.0
+    for bad_step in (-0.1, 0.51):
+        with pytest.raises(ValueError, match=r"answer_step must be in \[0, 0.5\]"):
+            PolicyConfig(answer_step=bad_step)
     # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
     for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
                        ({"settle_after": float("nan")}, "settle_after must be an integer"),

@@ -36,7 +36,7 @@ from research.open_reading import oracle_box
 from spote.baselines import run_oracle
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
-from spote.core import PolicyConfig, answer_window, answer_windows, spote, view_mode
+from spote.core import PolicyConfig, answer_windows, spote, view_mode
 from spote.loading import load_adapter
 from spote.spotlight import Box, ViewRenderer
 
@@ -122,11 +122,7 @@ def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell 
             name = f"step_{v:g}"
             answers[name], passes[name] = res.answer, res.forward_passes
             iou[name] = Box(*res.evidence_box).iou(oracle) if res.evidence_box else None
-            agreed = None  # did a neighbour answer? (the evidence box is not the agreed window's; a clear stop has none)
-            searched = res.evidence_box and res.box_rewards and max(res.box_rewards) > 0
-            if searched and v > 0 and res.entropy_trace[-1] > cfg.exit_entropy:
-                agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *item.image.size)
-            moved[name] = None if agreed is None else bool(Box(*res.evidence_box).iou(agreed) < 0.9)
+            moved[name] = res.answer_from_neighbour if v > 0 else None
         rows.append({"id": item.id, "gold": item.answer, "variant": item.meta["variant"],
                      "answers": answers, "passes": passes, "iou": iou, "neighbour_answered": moved})
     summary = summarise(rows)

@@ -521,22 +521,25 @@ def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list
 
 
 def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Box]:
-    """``box`` and its four neighbours moved by ``step`` of its side right, left, down and up (source pixels),
-    each moved back inside the image where it fits. The agreed window centres on the field only roughly
-    (median IoU about 0.6 with the oracle's close-up); one of its neighbours often holds the field whole,
-    and the surest of their joint readings reads more codes than the agreed window's alone
-    (docs/experiments/agreed-answers.md).
+    """``box`` and its neighbours moved by ``step`` of its width right and left and of its height down and
+    up (source pixels), each moved back inside the image where it fits; a neighbour that lands on a window
+    already listed is dropped, as it would read the same. 1-5 windows, ``box`` first. The agreed window
+    centres on the field only roughly (median IoU about 0.6 with the oracle's close-up); one of its
+    neighbours often holds the field whole, and the surest of their joint readings reads more codes than
+    the agreed window's alone (docs/experiments/agreed-answers.md#which-neighbour).
 
     Raises:
         ValueError: ``step`` not in [0, 0.5].
     """
     if not 0 <= step <= 0.5:
         raise ValueError(f"step must be in [0, 0.5] window sides, got {step}")
-    cx, cy = box.centre
-    moves = [(0.0, 0.0), (step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)] if step else [(0.0, 0.0)]
-    return [box if (dx, dy) == (0.0, 0.0) else
-            Box.square(cx + dx * box.width, cy + dy * box.width, box.width).shifted_inside(width, height)
-            for dx, dy in moves]
+    out = [box]
+    for dx, dy in ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)) if step else ():
+        moved = Box(box.x0 + dx * box.width, box.y0 + dy * box.height, box.x1 + dx * box.width,
+                    box.y1 + dy * box.height).shifted_inside(width, height)
+        if all(moved.as_list() != b.as_list() for b in out):
+            out.append(moved)
+    return out
 
 
 def mean_token_logp(logprobs: list[float]) -> float:
@@ -585,6 +588,9 @@ class SpotResult:
     # ``confidence`` for a non-empty answer; an empty one has confidence 0); None for a closed-set answer
     token_confidences: list[float] | None = None
     answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
+    # open ended, after a search: True where a neighbour of the agreed window answered, False where the agreed
+    # window did; None otherwise (closed set, the whole image, a clear window)
+    answer_from_neighbour: bool | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
@@ -769,6 +775,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     final = best["reading"]
     evidence = best["box"]
     token_logp = None  # open ended: log p of each token of the answer given
+    from_neighbour = None  # open ended, after a search: did a neighbour of the agreed window answer?
     answer_ids = None
     if choices is not None:
         answer = choices[int(final.logp.argmax())]
@@ -790,6 +797,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
         k = max(range(len(places)), key=lambda i: mean_token_logp(readings[i].logprobs))  # ties: the agreed window
         evidence, gen = places[k], readings[k]
+        from_neighbour = None if clear() else k > 0
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
     return SpotResult(
@@ -800,7 +808,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
-        answer_token_ids=answer_ids,
+        answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour,
     )
 
 

@@ -284,23 +284,65 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     assert res.token_confidences == pytest.approx([math.exp(lp) for lp in last[surest][1].logprobs])
     agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *img.size)
     assert np.allclose(res.evidence_box, answer_neighbours(agreed, cfg.answer_step, *img.size)[surest].as_list(), atol=1)
+    assert res.answer_from_neighbour is (surest > 0)
     # with the step at 0 the agreed window is read alone, and the search gets the passes
     alone = spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, answer_step=0.0))
     assert alone.forward_passes <= budget and len(alone.boxes) > len(res.boxes)
 
 
-def test_answer_neighbours_are_the_window_then_four_moves_inside_the_image():
+def test_answer_neighbours_are_the_window_then_distinct_moves_inside_the_image():
     box = Box(100, 50, 300, 250)
-    right, left, down, up = answer_neighbours(box, 0.15, 1000, 600)[1:]
-    assert answer_neighbours(box, 0.15, 1000, 600)[0] == box
+    got = answer_neighbours(box, 0.15, 1000, 600)
+    assert got[0] == box and len(got) == 5
+    right, left, down, up = got[1:]
     assert (right.x0, left.x0, down.x0, up.x0) == (130, 70, 100, 100) and (down.y0, up.y0, right.y0) == (80, 20, 50)
-    assert all(b.width == b.height == 200 for b in (right, left, down, up))
-    edge = answer_neighbours(Box(0, 0, 200, 200), 0.25, 1000, 600)
-    assert all(b.x0 >= 0 and b.y0 >= 0 for b in edge) and edge[2] == edge[0]  # left of the edge: back inside
+    assert all(b.width == b.height == 200 for b in got)
+    edge = answer_neighbours(Box(0, 0, 200, 200), 0.25, 1000, 600)  # left and up land back on the window: dropped
+    assert edge == [Box(0, 0, 200, 200), Box(50, 0, 250, 200), Box(0, 50, 200, 250)]
+    assert answer_neighbours(Box(0, 0, 600, 600), 0.15, 1000, 600)[1:] == [Box(90, 0, 690, 600)]  # the short side spanned
+    wide = answer_neighbours(Box(100, 100, 300, 200), 0.1, 1000, 600)  # not square: moves by width across, height down
+    assert [(b.x0, b.y0, b.width, b.height) for b in wide[1:]] == [(120, 100, 200, 100), (80, 100, 200, 100),
+                                                                    (100, 110, 200, 100), (100, 90, 200, 100)]
     assert answer_neighbours(box, 0.0, 1000, 600) == [box]
     for bad in (-0.1, 0.6, float("nan")):
         with pytest.raises(ValueError, match="step must be in"):
             answer_neighbours(box, bad, 1000, 600)
+
+
+def test_the_surest_reading_is_the_one_surest_per_token_not_in_all(random_adapter, monkeypatch):
+    """Scripted readings: a one-token answer at log p -0.5 against a four-token one at -0.2 per token. The
+    product of probabilities favours the short one; the mean per token, the rule, the long one."""
+    real = random_adapter.generate_agreed
+    script = iter([[-0.5], [-0.2] * 4, [-3.0, -3.0], [], [-1.0]])
+    calls = []
+
+    def scripted(views_batch, question, *args, **kwargs):
+        gen = real(views_batch, question, *args, **kwargs)
+        if len(views_batch) == 9:  # an answer's reading (the search reads no view set jointly)
+            lp = next(script)
+            gen = replace(gen, text=f"r{len(calls)}", token_ids=gen.token_ids[:len(lp)], logprobs=lp)
+            calls.append(gen.text)
+        return gen
+    monkeypatch.setattr(random_adapter, "generate_agreed", scripted)
+    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, cfg)
+    assert calls == ["r0", "r1", "r2", "r3", "r4"] and res.answer == "r1"
+    assert res.confidence == pytest.approx(math.exp(-0.8), abs=1e-6) and res.answer_from_neighbour is True
+
+
+def test_one_generation_per_window_reads_no_neighbours(random_adapter, monkeypatch):
+    """An endpoint (no joint decoding) or answer_grid 1: one generation on the agreed window, and the
+    search keeps the neighbours' passes."""
+    calls = []
+    real = random_adapter.generate_agreed
+    monkeypatch.setattr(random_adapter, "generate_agreed", lambda vb, *a, **k: calls.append(len(vb)) or real(vb, *a, **k))
+    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    for adapter_joint, grid in ((False, 3), (True, 1)):
+        calls.clear()
+        monkeypatch.setattr(random_adapter, "joint_decoding", adapter_joint, raising=False)
+        res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, replace(cfg, answer_grid=grid))
+        assert calls[-1] == 1 and 9 not in calls and res.answer_from_neighbour is False
+        assert res.forward_passes > 90  # the search had the passes
 
 
 def test_mean_token_logp_is_nats_per_token_and_an_empty_answer_loses():

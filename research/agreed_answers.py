@@ -19,7 +19,9 @@ with the oracle's close-up.
 ``neighbours`` runs SPOT-E at the defaults but for ``answer_step``, once per value of ``--steps``: the
 agreed window and its four neighbours moved by that share of its side are each read jointly, and the
 reading surest per token answers (``core.answer_neighbours``; 0: the agreed window alone, its search
-then has the neighbours' passes). ``run`` keeps ``answer_step`` at 0: it studies the agreed window alone.
+then has the neighbours' passes). One more row, ``step_0_short``, reads the agreed window alone after a
+search as short as the neighbours leave (the budget less their 36 passes): what the shorter search
+costs by itself. ``run`` keeps ``answer_step`` at 0: it studies the agreed window alone.
 """
 
 from __future__ import annotations
@@ -116,10 +118,10 @@ def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell 
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
         oracle = oracle_box(item, adapter.input_size)
         answers, passes, iou, moved = {}, {}, {}, {}
-        for v in values:
-            cfg = replace(base_cfg, answer_step=v)
+        for v, short in [(v, False) for v in values] + [(0.0, True)]:
+            cfg = replace(base_cfg, answer_step=v, budget=base_cfg.budget - (4 * base_cfg.answer_grid ** 2 if short else 0))
             res = spote(adapter, item.image, item.question, None, cfg)
-            name = f"step_{v:g}"
+            name = f"step_{v:g}" + ("_short" if short else "")
             answers[name], passes[name] = res.answer, res.forward_passes
             iou[name] = Box(*res.evidence_box).iou(oracle) if res.evidence_box else None
             moved[name] = res.answer_from_neighbour if v > 0 else None

@@ -46,5 +46,6 @@ def test_neighbours_runs_spote_at_each_step(random_tiny_dir, tmp_path):  # noqa:
     out = tmp_path / "n.json"
     neighbours(model=str(random_tiny_dir), n=2, seed=0, split="val", steps="0,0.15", out=out)
     got = json.loads(out.read_text())
-    assert set(got["summary"]) == {"step_0", "step_0.15"}
-    assert all(r["passes"]["step_0.15"] <= 96 and r["neighbour_answered"]["step_0"] is None for r in got["items"])
+    assert set(got["summary"]) == {"step_0", "step_0.15", "step_0_short"}
+    assert all(r["passes"]["step_0.15"] <= 96 and r["passes"]["step_0_short"] <= 60 for r in got["items"])
+    assert all(r["neighbour_answered"]["step_0"] is None for r in got["items"])

@@ -213,26 +213,31 @@ def test_open_ended_generation_path(random_adapter):
     assert isinstance(res.answer, str)
 
 
+def _recorded_generations(monkeypatch, adapter) -> list:
+    """Every generation ``adapter`` makes from now on, as (view sets read, Generation); ``generate`` is
+    ``generate_agreed`` on one view set, so both are recorded."""
+    calls = []
+    real = adapter.generate_agreed
+
+    def spy(views_batch, question, *args, **kwargs):
+        gen = real(views_batch, question, *args, **kwargs)
+        calls.append((len(views_batch), gen))
+        return gen
+    monkeypatch.setattr(adapter, "generate_agreed", spy)
+    return calls
+
+
 @pytest.mark.parametrize("grid", [1, 3])
 def test_open_answer_is_decoded_jointly_where_the_best_windows_agree(random_adapter, grid, monkeypatch):
     """The search keeps grid^2 passes aside and spends them on the answer: one joint decoding of grid^2
     views, whose text is the answer, read at the evidence box (where the best windows agree)."""
-    seen = []
-    real = random_adapter.generate_agreed
-
-    def spy(views_batch, question, *args, **kwargs):
-        seen.append(len(views_batch))
-        gen = real(views_batch, question, *args, **kwargs)
-        seen.append(gen.text)
-        return gen
-    monkeypatch.setattr(random_adapter, "generate_agreed", spy)
-    monkeypatch.setattr(random_adapter, "generate", lambda views, q, *a, **k: spy([views], q, *a, **k))
+    seen = _recorded_generations(monkeypatch, random_adapter)
     # no glance: it is logged among the boxes but never a candidate unless clear, which exit_entropy 0 forbids
     q, cfg = "what colour is the vehicle ?", PolicyConfig(budget=30, exit_entropy=0.0, answer_grid=grid, answer_top=4,
                                                           glance_side=0.0)
     res = spote(random_adapter, _image(), q, None, cfg)
     assert res.evidence_box is not None and res.forward_passes <= 30
-    assert seen[-2:] == [grid ** 2, res.answer]  # the last generation is the answer's, on grid^2 views
+    assert (seen[-1][0], seen[-1][1].text) == (grid ** 2, res.answer)  # the last generation is the answer's, on grid^2 views
     where = answer_window([Box(*b) for b in res.boxes], res.box_rewards, 4, *_image().size)
     assert np.allclose(res.evidence_box, where.as_list(), atol=1)
 
@@ -250,13 +255,11 @@ def test_a_search_that_stops_on_a_clear_window_answers_there_in_one_generation(r
     """A legible window is not second-guessed: no agreed window, no shifted copies (they may read less)."""
     q, img = "what colour is the vehicle ?", _image()
     base, _ = Reader(random_adapter, q).baseline([ViewRenderer(img, random_adapter.input_size).global_view])
-    calls = []
-    real = random_adapter.generate_agreed
-    monkeypatch.setattr(random_adapter, "generate_agreed", lambda vb, *a, **k: calls.append(len(vb)) or real(vb, *a, **k))
+    calls = _recorded_generations(monkeypatch, random_adapter)
     cfg = PolicyConfig(budget=60, exit_entropy=base.entropy - 1e-6, glance_side=0.0, probe_side=0.0, anchor_weight=0.0)
     res = spote(random_adapter, img, q, None, cfg)
     assert res.evidence_box is not None and res.entropy_trace[-1] <= cfg.exit_entropy  # stopped on a clear window
-    assert calls[-1] == 1  # the answer: one generation (generate is generate_agreed on one view set)
+    assert calls[-1][0] == 1  # the answer: one generation
     assert res.forward_passes < 60
 
 
@@ -265,14 +268,7 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     """Half the budget pays for joint readings (9 views each) of the agreed window and as many of its
     neighbours as fit; the answer, its confidences and the evidence box are those of the reading with the
     highest mean token log p, and the budget holds."""
-    calls = []
-    real = random_adapter.generate_agreed
-
-    def spy(views_batch, question, *args, **kwargs):
-        gen = real(views_batch, question, *args, **kwargs)
-        calls.append((len(views_batch), gen))
-        return gen
-    monkeypatch.setattr(random_adapter, "generate_agreed", spy)
+    calls = _recorded_generations(monkeypatch, random_adapter)
     img = _image()
     cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
     res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
@@ -333,15 +329,14 @@ def test_the_surest_reading_is_the_one_surest_per_token_not_in_all(random_adapte
 def test_one_generation_per_window_reads_no_neighbours(random_adapter, monkeypatch):
     """An endpoint (no joint decoding) or answer_grid 1: one generation on the agreed window, and the
     search keeps the neighbours' passes."""
-    calls = []
-    real = random_adapter.generate_agreed
-    monkeypatch.setattr(random_adapter, "generate_agreed", lambda vb, *a, **k: calls.append(len(vb)) or real(vb, *a, **k))
+    calls = _recorded_generations(monkeypatch, random_adapter)
     cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
     for adapter_joint, grid in ((False, 3), (True, 1)):
         calls.clear()
         monkeypatch.setattr(random_adapter, "joint_decoding", adapter_joint, raising=False)
         res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, replace(cfg, answer_grid=grid))
-        assert calls[-1] == 1 and 9 not in calls and res.answer_from_neighbour is False
+        views_read = [n for n, _ in calls]
+        assert views_read[-1] == 1 and 9 not in views_read and res.answer_from_neighbour is False
         assert res.forward_passes > 90  # the search had the passes
 
 

@@ -21,7 +21,9 @@ agreed window and its four neighbours moved by that share of its side are each r
 reading surest per token answers (``core.answer_neighbours``; 0: the agreed window alone, its search
 then has the neighbours' passes). One more row, ``step_0_short``, reads the agreed window alone after a
 search as short as the neighbours leave (the budget less their 36 passes): what the shorter search
-costs by itself. ``run`` keeps ``answer_step`` at 0: it studies the agreed window alone.
+costs by itself. ``--policy-seed`` draws the search's random stream apart from the items (by default the
+two are the same seed, as in the benchmark): the spread over policy seeds on one item set is the noise
+a single run's figures carry. ``run`` keeps ``answer_step`` at 0: it studies the agreed window alone.
 """
 
 from __future__ import annotations
@@ -110,10 +112,13 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
 def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
                n: int = 100, seed: int = 0, split: str = "val",
                steps: str = typer.Option("0,0.1,0.15,0.2", help="answer_step values (window sides), comma-separated"),
+               policy_seed: int = typer.Option(None, help="the search's random seed (PolicyConfig.seed; default: --seed, "
+                                                          "as the benchmark sets it)"),
                out: Path = Path("results/agreed-answers/neighbours-val-seed0.json")):
     adapter = load_adapter(model)
     values = [float(v) for v in steps.split(",")]
-    base_cfg = replace(PolicyConfig(), seed=seed)
+    policy_seed = seed if policy_seed is None else policy_seed
+    base_cfg = replace(PolicyConfig(), seed=policy_seed)
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
         oracle = oracle_box(item, adapter.input_size)
@@ -132,8 +137,8 @@ def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell 
         flags = [r["neighbour_answered"][name] for r in rows if r["neighbour_answered"][name] is not None]
         summary[name]["neighbour_answered_share"] = float(np.mean(flags)) if flags else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "n": n, "steps": values,
-                               "summary": summary, "items": rows}, indent=1))
+    out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "policy_seed": policy_seed, "n": n,
+                               "steps": values, "summary": summary, "items": rows}, indent=1))
     for name, s in summary.items():
         iou_text = "-" if s["window_iou_median"] is None else f"{s['window_iou_median']:.2f}"
         share = "-" if s["neighbour_answered_share"] is None else f"{s['neighbour_answered_share']:.2f}"

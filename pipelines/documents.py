@@ -11,7 +11,9 @@ under the input (``2024-01/scan.png`` and ``2024-02/scan.png`` are two documents
 Incremental: a ledger (``_ledger/documents.parquet`` in the output, one row per document) keeps
 each document's fingerprint: ``etag:...`` where the store has ETags, else ``size-mtime:...``, and a
 SHA-256 of the content (computed in the planning task) only where the store gives neither. A run
-processes only documents that are new or changed since the last *committed* run, writes under
+processes only documents that are new or changed since the last *committed* run, or that were answered
+under other settings (``settings``: a hash of the questions, dpi, model, endpoint options and policy,
+so a changed question file re-reads every document once), writes under
 ``run_id=documents-<date>``, and a re-run of the same night is a no-op (``--force`` redoes it, still
 without duplicates: the documents the ledger holds for that night, and any new or changed ones).
 The ledger is rewritten whole at commit (one object put, or a rename), and a document enters it
@@ -32,7 +34,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from .job import JobOptions, group_partitions, job_command, run_job
+from .job import JobOptions, group_partitions, job_command, run_job, run_settings
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
@@ -46,14 +48,24 @@ DOC_EXTS = (".pdf", *IMAGE_EXTS)
 DEFAULT_QUESTIONS = Path(__file__).parent / "samples" / "document_questions.yaml"
 LEDGER = "_ledger/documents.parquet"
 LEDGER_JSON = "_ledger/documents.json"   # the ledger's earlier form, read when no Parquet ledger exists
+# settings: answer_settings() of the run that answered the document ("" in ledgers written before it was kept)
 LEDGER_SCHEMA = pa.schema([("source", pa.string()), ("document", pa.string()), ("fingerprint", pa.string()),
-                           ("run_id", pa.string()), ("pages", pa.int64()), ("items", pa.int64())])
+                           ("run_id", pa.string()), ("pages", pa.int64()), ("items", pa.int64()),
+                           ("settings", pa.string())])
 # points_per_pixel: PDF points (1/72 inch) per rendered pixel, set by the page loader for PDF pages (null
 # for page images); the predictor turns the evidence box into PDF points with it (evidence_box_pt)
 # field: the name the answer is reported under (the question file's ``field``, else q<question_index>)
 PAGE_SCHEMA = plan_schema(("document", pa.string()), ("page", pa.int64()), ("pages", pa.int64()),
                           ("question_index", pa.int64()), ("field", pa.string()), ("fingerprint", pa.string()),
                           ("points_per_pixel", pa.float64()), ("evidence_box_pt", pa.list_(pa.float64())))
+
+
+def answer_settings(settings: dict) -> str:
+    """What a document's answers depend on beyond its content, as 16 hex digits of a SHA-256: the run's
+    settings (``job.run_settings``: questions, dpi, model, endpoint options, policy) without the input
+    prefix, which names where documents are, not how they are answered."""
+    rest = {k: v for k, v in settings.items() if k != "input"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def listed_fingerprint(entry: dict) -> str:
@@ -89,14 +101,18 @@ def read_ledger(output: str, so=None) -> pa.Table:
         import pyarrow.parquet as pq
 
         with fs.open(p, "rb") as f:
-            return pq.read_table(f).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+            table = pq.read_table(f)
+        if "settings" not in table.column_names:  # written before the settings were kept
+            table = table.append_column("settings", pa.array([""] * table.num_rows, pa.string()))
+        return table.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
     fs, old = filesystem(join(output, LEDGER_JSON), so)
     if fs.exists(old):
         entries = json.loads(fs.cat_file(old))
         return pa.table({"source": list(entries), "document": [Path(u).name for u in entries],
                          "fingerprint": [e["fingerprint"] for e in entries.values()],
                          "run_id": [e.get("run_id", "") for e in entries.values()],
-                         "pages": [None] * len(entries), "items": [None] * len(entries)}, schema=LEDGER_SCHEMA)
+                         "pages": [None] * len(entries), "items": [None] * len(entries),
+                         "settings": [""] * len(entries)}, schema=LEDGER_SCHEMA)
     return LEDGER_SCHEMA.empty_table()
 
 
@@ -164,7 +180,7 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
 
 
 def documents_done(results) -> pa.Table:
-    """Ledger rows (LEDGER_SCHEMA, without run_id) of the documents all of whose pages are among
+    """Ledger rows (LEDGER_SCHEMA, without run_id and settings) of the documents all of whose pages are among
     ``results`` (a RunResults), counted with Ray Data group-bys."""
     from ray.data.aggregate import Count, CountDistinct, Max
 
@@ -180,14 +196,16 @@ def documents_done(results) -> pa.Table:
                      "items": [r["count()"] for r in done]})
 
 
-def update_ledger(output: str, results, run_id: str, so=None) -> int:
-    """Merge this run's completed documents into the ledger (replaced in one step); returns their number."""
+def update_ledger(output: str, results, run_id: str, so=None, settings: str = "") -> int:
+    """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
+    the run's ``settings`` (``answer_settings``); returns their number."""
     import pyarrow.compute as pc
 
     if not results.has_rows():
         return 0
     done = documents_done(results)
-    done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
+    done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
+    done = done.append_column("settings", pa.array([settings] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
     old = read_ledger(output, so)
     kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
     write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
@@ -253,14 +271,16 @@ class PageLoader(RowLoader):
 
 
 def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
-                   redo_run: str | None = None) -> tuple[Plan, int]:
-    """(plan of the new or changed documents, documents seen): the driver lists and compares with
-    the ledger; tasks count pages and hash documents the listing gave no fingerprint for.
+                   redo_run: str | None = None, settings: str = "") -> tuple[Plan, int, int]:
+    """(plan of the new or changed documents, documents seen, documents planned again because the
+    ledger holds their answers under other ``settings``): the driver lists and compares with the
+    ledger; tasks count pages and hash documents the listing gave no fingerprint for. A ledger row
+    without settings (an older ledger) counts as answered under these.
     ``redo_run`` (``--force``): the documents the ledger holds for that run are planned again too,
     so a forced re-run of a night answers its documents anew instead of committing an empty run;
     ValueError if the input no longer holds one of them (its answers would be dropped for good)."""
     docs, skipped = list_documents(input_uri, so)
-    ledger = read_ledger(output, so).select(["source", "fingerprint", "run_id"]).to_pylist()
+    ledger = read_ledger(output, so).select(["source", "fingerprint", "run_id", "settings"]).to_pylist()
     if redo_run is not None:  # a forced night replaces all its rows: each of its documents must be answered again
         listed = {d["uri"] for d in docs}
         gone = [r["source"] for r in ledger if r["run_id"] == redo_run and r["source"] not in listed]
@@ -268,12 +288,14 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
             raise ValueError(f"--force would drop the answers of {len(gone)} document(s) of run {redo_run} that "
                              f"{input_uri} does not hold ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
                              "give this input another --run-id")
-    known = {r["source"]: r["fingerprint"] for r in ledger if r["run_id"] != redo_run}
+    stale = {r["source"] for r in ledger if r["settings"] and settings and r["settings"] != settings}
+    known = {r["source"]: r["fingerprint"] for r in ledger if r["run_id"] != redo_run and r["source"] not in stale}
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)
     return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
-                empty_reason="no document is new or changed since the last committed run"), len(docs)
+                empty_reason="no document is new or changed since the last committed run"), len(docs), \
+        len(stale & {d["uri"] for d in docs})
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:
@@ -281,17 +303,21 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
-    plan, seen = plan_documents(opts.input, opts.output, questions, so, redo_run=opts.run_id if opts.force else None)
+    job_settings = {"questions": questions, "dpi": dpi}
+    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings))
+    plan, seen, restated = plan_documents(opts.input, opts.output, questions, so,
+                                          redo_run=opts.run_id if opts.force else None, settings=settings)
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
+          + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
 
     def after_commit(results, paths, so_):
-        n = update_ledger(opts.output, results, paths.run_id, so_)
+        n = update_ledger(opts.output, results, paths.run_id, so_, settings)
         print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
-                   after_commit=after_commit, job_settings={"questions": questions, "dpi": dpi},
+                   after_commit=after_commit, job_settings=job_settings,
                    extra_summary=lambda stats, planned: {"documents_seen": seen,
                                                          "documents_processed": planned.get("sources_planned") or 0,
                                                          "run_date": run_date, "dpi": dpi})

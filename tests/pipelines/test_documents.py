@@ -101,6 +101,17 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     assert pq.read_table(RunPaths(str(out), "documents-2026-11-24").results).num_rows == len(df1)   # night 1 stands
     assert _ledger(out) == ledger
 
+    qs.write_text(ONE_QUESTION + "- question: what is the reference code ?\n  field: reference\n")   # a new question
+    night4 = run(opts, str(qs), dpi=50, run_date="2026-11-27")
+    assert night4["documents_processed"] == 5 and night4["items_in"] == 2 * (2 + 3 + 1 + 1 + 1)
+    df4 = pq.read_table(RunPaths(str(out), "documents-2026-11-27").results).to_pandas()
+    assert set(df4.field) == {"q0", "reference"} and df4["id"].is_unique
+    ledger = _ledger(out)
+    assert {r["run_id"] for r in ledger.values()} == {"documents-2026-11-27"}
+    assert len({r["settings"] for r in ledger.values()}) == 1 and ledger[str(inbox / "a.pdf")]["settings"]
+    night5 = run(opts, str(qs), dpi=50, run_date="2026-11-28")               # the same questions: nothing new
+    assert night5["documents_processed"] == 0
+
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,
                                                                              fast_policy):
@@ -169,6 +180,31 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
 
 
+def test_a_ledger_without_settings_counts_as_answered_under_these(tmp_path):
+    import pyarrow as pa
+
+    from pipelines.documents import plan_documents
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    _pdf(inbox / "a.pdf", 1, 0)
+    _pdf(inbox / "b.pdf", 1, 1)
+    docs, _ = list_documents(str(inbox))
+    (out / "_ledger").mkdir(parents=True)
+    pq.write_table(pa.table({"source": [d["uri"] for d in docs], "document": [d["rel"] for d in docs],
+                             "fingerprint": [d["fingerprint"] for d in docs], "run_id": ["r1", "r1"],
+                             "pages": [1, 1], "items": [1, 1]}), out / LEDGER)   # an older ledger: no settings column
+    assert read_ledger(str(out)).column("settings").to_pylist() == ["", ""]
+    plan, seen, restated = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
+    assert (len(plan.sources), seen, restated) == (0, 2, 0)
+    ledger = read_ledger(str(out)).to_pylist()
+    ledger[0]["settings"], ledger[1]["settings"] = "0123456789abcdef", "fedcba9876543210"
+    pq.write_table(pa.Table.from_pylist(ledger), out / LEDGER)
+    plan, seen, restated = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
+    assert [d["uri"] for d in plan.sources] == [docs[1]["uri"]] and restated == 1
+    assert plan.sources[0]["previous"] == ""   # a content hash equal to the ledger's must not skip it
+
+
 def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3, tmp_path):
     import pyarrow as pa
 
@@ -186,7 +222,7 @@ def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3,
     assert skipped == [{"source": "readme.txt", "reason": "not a document format this job reads: .txt"}]
     table = pa.table({"source": [d["uri"] for d in docs], "document": [d["rel"] for d in docs],
                       "fingerprint": [d["fingerprint"] for d in docs], "run_id": ["r1", "r1"], "pages": [1, 1],
-                      "items": [2, 2]}, schema=LEDGER_SCHEMA)
+                      "items": [2, 2], "settings": ["s", "s"]}, schema=LEDGER_SCHEMA)
     write_ledger("s3://spote/ledger-out", table, so)
     write_ledger("s3://spote/ledger-out", table.slice(0, 1), so)
     assert read_ledger("s3://spote/ledger-out", so).to_pylist() == table.slice(0, 1).to_pylist()

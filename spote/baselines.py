@@ -71,6 +71,11 @@ def _open_answer(adapter, renderer, mode, reader, choices, box, text):
     return text, reader.answer_ids, None
 
 
+def _generation_passes(choices) -> int:
+    """Passes an answer costs after the search: an open answer is generated once on the found view."""
+    return 1 if choices is None else 0
+
+
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
     """Evaluate the whole image and every window (batched); answer from the lowest entropy."""
     t0, passes0 = time.perf_counter(), adapter.forward_passes
@@ -94,19 +99,20 @@ def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_
 
 
 def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
-    """Every window of the policy's grid, coarse to fine; with ``max_passes`` the first ``max_passes - 1``."""
+    """Every window of the policy's grid, coarse to fine; with ``max_passes`` as many as fit beside the
+    whole image's pass (and an open answer's generation on the found view)."""
     windows, scale = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     order = np.argsort(scale, kind="stable")  # coarse first: a cut-off grid still covers the whole image
     windows = [windows[i] for i in order]
     if max_passes is not None:
-        windows = windows[:max(0, max_passes - 1)]
+        windows = windows[:max(0, max_passes - 1 - _generation_passes(choices))]
     return _lowest_entropy("grid", adapter, image, question, choices, cfg, windows)
 
 
 def run_random(adapter, image, question, choices=None, cfg=PolicyConfig(), n_windows: int | None = None, **_):
     windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     rng = np.random.default_rng(cfg.seed)
-    n = min(len(windows), max(1, (n_windows if n_windows is not None else cfg.budget) - 1))
+    n = min(len(windows), max(0, (n_windows if n_windows is not None else cfg.budget) - 1 - _generation_passes(choices)))
     pick = [windows[i] for i in rng.choice(len(windows), size=n, replace=False)]
     return _lowest_entropy("random", adapter, image, question, choices, cfg, pick)
 
@@ -210,7 +216,7 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
     tau = exit_threshold(cfg, len(choices) if choices is not None else None)
     smallest = cfg.min_window * adapter.input_size
     best, best_box, trace, seen = base, None, [base.entropy], []
-    limit = ZOOMEYE_MAX_PASSES if max_passes is None else max_passes
+    limit = (ZOOMEYE_MAX_PASSES if max_passes is None else max_passes) - _generation_passes(choices)
     queue = [(base.entropy, 0, Box.full(*image.size))]  # (entropy, tie-break, node)
     pushed = 1
     while queue and best.entropy > tau:

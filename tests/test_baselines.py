@@ -25,11 +25,14 @@ def test_quadrants_tile_the_node_exactly():
 
 
 @pytest.mark.parametrize("method", SEARCH_METHODS)
-@pytest.mark.parametrize("budget", [2, 9])
-def test_every_search_method_respects_a_matched_budget(random_adapter, method, budget):
-    cfg = PolicyConfig(budget=budget)
+@pytest.mark.parametrize("budget", [2, 3, 9])
+@pytest.mark.parametrize("question,choices", [(Q, CHOICES), ("what is the code in the reference field ?", None)],
+                         ids=["closed", "open"])
+def test_every_search_method_respects_a_matched_budget(random_adapter, method, budget, question, choices):
+    """An open answer's generation on the found view is a pass too, and counts against the budget."""
+    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
     kw = {"max_passes": budget, "n_windows": budget}
-    res = run_method(method, random_adapter, _image(), Q, CHOICES, cfg, **kw)
+    res = run_method(method, random_adapter, _image(), question, choices, cfg, **kw)
     assert 1 <= res.forward_passes <= budget
 
 

@@ -23,6 +23,15 @@ def test_ask_json_prints_exactly_the_record(random_tiny_dir):
     assert rec["evidence_box"] is None or rec["evidence_box"] in rec["boxes"]
 
 
+@pytest.mark.parametrize("method", ["grid", "random", "zoomeye", "scaffold", "naive_entropy", "spote"])
+@pytest.mark.parametrize("choices", [["--choices", "0,1,2,3,4,5,6,7,8,9"], []], ids=["closed", "open"])
+def test_ask_holds_every_method_to_the_budget(random_tiny_dir, method, choices):
+    res = runner.invoke(app, ["ask", str(SAMPLE), "what digit is in the red box ?", *choices, "--method", method,
+                              "--model", str(random_tiny_dir), "--budget", "7", "--json"])
+    assert res.exit_code == 0, res.output
+    assert 1 <= json.loads(res.stdout.strip().splitlines()[-1])["forward_passes"] <= 7
+
+
 def test_ask_text_and_trace_picture(random_tiny_dir, tmp_path):
     png = tmp_path / "trace.png"
     res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",

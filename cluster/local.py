@@ -351,4 +351,6 @@ def stop():
 
 
 if __name__ == "__main__":
-    app()
+    from spote.cli import run_cli
+
+    run_cli(app)

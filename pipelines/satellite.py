@@ -457,4 +457,6 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    from spote.cli import run_cli
+
+    run_cli(app)

@@ -214,8 +214,46 @@ def bench(
         raise typer.Exit(2 if isinstance(err, (ModelNotFound, ValueError)) else 1)
 
 
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """The exception class ``name`` of click and of the click typer carries inside it (typer >= 0.24
+    vendors click as ``typer._click``); whichever are installed."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def run_cli(typer_app: typer.Typer) -> None:
+    """Run a command-line app, a usage error (a value that is not a number, an unknown option or
+    command, a missing argument) printed as one line ``error: ...`` with exit code 2 instead of a
+    framed box: batch scripts grep one line. ``--help`` and an empty command line print the help."""
+    import sys
+
+    try:
+        code = typer_app(standalone_mode=False)
+    except _click_exceptions("NoArgsIsHelpError") as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except _click_exceptions("ClickException") as err:
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(err.format_message().split())}{hint}", err=True)
+        sys.exit(err.exit_code)
+    except _click_exceptions("Abort"):
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main():
-    app()
+    run_cli(app)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,33 @@ def test_bench_refuses_a_bad_policy_in_one_line_as_ask_does(policy, says):
     res = runner.invoke(app, ["bench", "--split", "val", "--n", "1", "--policy", policy])
     assert res.exit_code == 2, res.output
     _one_error_line(res.stderr, says)
+
+
+@pytest.mark.parametrize("module,argv,says", [
+    ("spote.cli", ["ask", str(SAMPLE), "what digit is in the red box ?", "--budget", "abc"],
+     "error: Invalid value for '--budget'"),
+    ("spote.cli", ["ask", str(SAMPLE)], "error: Missing argument 'question'"),
+    ("spote.cli", ["ask", "--bogus", "1", str(SAMPLE), "q ?"], "error: No such option: --bogus"),
+    ("spote.cli", ["bogus"], "error: No such command 'bogus'"),
+    ("pipelines.documents", ["--input", "in", "--output", "out", "--dpi", "abc"], "error: Invalid value for '--dpi'"),
+])
+def test_usage_errors_print_one_line_and_exit_2_as_a_real_process(module, argv, says):
+    """A mistyped flag gets one line, as bad input does, not click's framed box (batch logs grep one line)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    _one_error_line(proc.stderr, says)
+    assert "--help" in proc.stderr and proc.stdout == ""
+
+
+def test_help_still_prints_the_help_as_a_real_process():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", "--help"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0 and "--budget" in proc.stdout

@@ -34,7 +34,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from .job import JobOptions, group_partitions, job_command, run_job, run_settings
+from .job import JobOptions, JobRefused, group_partitions, job_command, run_job, run_settings
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
@@ -198,15 +198,23 @@ def documents_done(results) -> pa.Table:
 
 def update_ledger(output: str, results, run_id: str, so=None, settings: str = "") -> int:
     """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
-    the run's ``settings`` (``answer_settings``); returns their number."""
+    the run's ``settings`` (``answer_settings``); returns their number. Rows of an older ledger, kept
+    without settings and taken as answered under this run's, are stamped with them, so that a later
+    change of settings re-reads them too."""
     import pyarrow.compute as pc
 
+    old = read_ledger(output, so)
+    legacy = pc.equal(old.column("settings"), "")
+    if settings and pc.any(legacy).as_py():
+        old = old.set_column(old.schema.get_field_index("settings"), "settings",
+                             pc.if_else(legacy, pa.scalar(settings), old.column("settings")))
+        if not results.has_rows():
+            write_ledger(output, old, so)
     if not results.has_rows():
         return 0
     done = documents_done(results)
     done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
     done = done.append_column("settings", pa.array([settings] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
-    old = read_ledger(output, so)
     kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
     write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
     return done.num_rows
@@ -299,6 +307,8 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
 
 
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:
+    if not 1 <= dpi <= 1200:
+        raise JobRefused(f"--dpi must be 1-1200 (pixels per inch a PDF page is rendered at), got {dpi}")
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"

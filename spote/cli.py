@@ -100,7 +100,8 @@ def ask(
     endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
-    budget: Optional[int] = typer.Option(None, help="forward passes at most, for every method (default: PolicyConfig.budget)"),
+    budget: Optional[int] = typer.Option(None, help="forward passes at most, for every search method (default: each "
+                                         "method's own: PolicyConfig.budget for spote; api and vicrop cost 2-3)"),
     policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     seed: int = typer.Option(0),
     black_box: bool = typer.Option(False, help="ignore attention: uniform initial policy"),
@@ -146,8 +147,10 @@ def ask(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _fail(f"cannot load the model {model or 'spote-tiny'}: {first}")
     try:
-        # every method is held to the budget (a peer's own limits, e.g. grid's every window, would exceed it)
-        result = run_method(method, adapter, img, q, ch, cfg, max_passes=cfg.budget, n_windows=cfg.budget)
+        # given a budget, every search method is held to it, as `spote bench --budget` does; without one each
+        # runs at its own defaults (scaffold's two steps, grid's every window, zoomeye's 256 passes)
+        held = {} if budget is None and "budget" not in overrides else {"max_passes": cfg.budget, "n_windows": cfg.budget}
+        result = run_method(method, adapter, img, q, ch, cfg, **held)
     except EndpointError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)

@@ -32,6 +32,13 @@ def test_ask_holds_every_method_to_the_budget(random_tiny_dir, method, choices):
     assert 1 <= json.loads(res.stdout.strip().splitlines()[-1])["forward_passes"] <= 7
 
 
+def test_ask_without_a_budget_runs_the_scaffold_at_its_two_steps(random_tiny_dir):
+    res = runner.invoke(app, ["ask", str(SAMPLE), "what digit is in the red box ?", "--choices", "0,1,2,3,4,5,6,7,8,9",
+                              "--method", "scaffold", "--model", str(random_tiny_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["forward_passes"] == 1 + 2 * 4
+
+
 def test_ask_text_and_trace_picture(random_tiny_dir, tmp_path):
     png = tmp_path / "trace.png"
     res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",

@@ -205,6 +205,33 @@ def test_a_ledger_without_settings_counts_as_answered_under_these(tmp_path):
     assert plan.sources[0]["previous"] == ""   # a content hash equal to the ledger's must not skip it
 
 
+def test_a_run_stamps_an_older_ledger_with_its_settings(tmp_path):
+    """Legacy rows are taken as answered under the first run's settings and recorded so, even by a run with
+    nothing to do: a later question change must re-read them."""
+    import pyarrow as pa
+
+    from pipelines.documents import update_ledger
+    from pipelines.job import RunResults
+
+    out = tmp_path / "out"
+    (out / "_ledger").mkdir(parents=True)
+    pq.write_table(pa.table({"source": ["a", "b"], "document": ["a", "b"], "fingerprint": ["f1", "f2"],
+                             "run_id": ["r1", "r1"], "pages": [1, 1], "items": [1, 1]}), out / LEDGER)
+
+    (tmp_path / "results").mkdir()   # a committed run with no rows
+    assert update_ledger(str(out), RunResults(str(tmp_path / "results"), {}, None), "r2", settings="0123456789abcdef") == 0
+    assert read_ledger(str(out)).column("settings").to_pylist() == ["0123456789abcdef"] * 2
+    assert read_ledger(str(out)).column("run_id").to_pylist() == ["r1", "r1"]
+
+
+def test_documents_refuses_a_dpi_out_of_range_in_one_line(tmp_path):
+    from pipelines.job import JobRefused
+
+    for dpi in (0, -5, 5000):
+        with pytest.raises(JobRefused, match=r"--dpi must be 1-1200"):
+            run(JobOptions(str(tmp_path), str(tmp_path / "out")), None, dpi=dpi)
+
+
 def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3, tmp_path):
     import pyarrow as pa
 

@@ -468,18 +468,26 @@ def check_same_settings(run_id: str, started: dict | None, now: dict, committed:
     settings. Settings recorded by an older version (none) are not checked."""
     if started is None or started == now:
         return
-    diffs = []
-    for key in sorted(set(started) | set(now)):
-        old, new = started.get(key), now.get(key)
-        if key == "policy" and isinstance(old, dict) and isinstance(new, dict):
-            diffs += [f"policy.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                      if old.get(k) != new.get(k)]
-        elif old != new:
-            diffs.append(f"{key} {_short(old)} -> {_short(new)}")
+    diffs = _differences("", started, now)
     was, again, redo = ("is committed", "ask for it", "redo it") if committed else ("was started", "resume it",
                                                                                    "start it over")
     raise ValueError(f"run {run_id} {was} with other settings ({'; '.join(diffs)}): {again} with the same ones, give "
                      f"another --run-id, or pass --force to {redo} with these")
+
+
+def _differences(where: str, old, new) -> list[str]:
+    """Each leaf where two settings differ, as ``path old -> new``: dicts by key, lists of one length by
+    index (``questions[1].question``), so that a long question file names the entry that changed."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(f"{where}.{k}" if where else k,
+                                                                             old.get(k), new.get(k))]
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{where}: {len(old)} -> {len(new)} entries"]
+        return [d for i, (o, n) in enumerate(zip(old, new)) for d in _differences(f"{where}[{i}]", o, n)]
+    return [f"{where} {_short(old)} -> {_short(new)}"]
 
 
 def _short(value, limit: int = 80) -> str:

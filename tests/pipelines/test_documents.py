@@ -180,6 +180,13 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
 
 
+def test_a_mistyped_input_folder_is_refused_before_any_run_is_committed(tmp_path):
+    """An empty run committed under the night's id would refuse that night's real run (other settings)."""
+    with pytest.raises(FileNotFoundError, match=r"--input .*/inbx: no such file or folder"):
+        run(JobOptions(str(tmp_path / "inbx"), str(tmp_path / "out")), None, run_date="2026-12-02")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_ledger_without_settings_counts_as_answered_under_these(tmp_path):
     import pyarrow as pa
 

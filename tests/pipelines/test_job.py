@@ -41,3 +41,20 @@ def test_duplicates_are_the_rows_beyond_each_ids_first(ray_local, tmp_path):
     pq.write_table(pa.table({"id": ["a", "b", "a"]}), parts / "part-0.parquet")
     pq.write_table(pa.table({"id": ["c", "a", "b"]}), parts / "part-1.parquet")
     assert _count_duplicates(str(parts), {}, rows=6) == 3   # a twice more, b once more
+
+
+def test_other_settings_name_the_question_that_changed():
+    from pipelines.job import check_same_settings
+
+    long = "what is the reference code printed in the box at the top right of the first page of the form ?"
+    old = {"questions": [{"question": "is it signed ?", "field": "signed"}, {"question": long, "field": "ref"}],
+           "policy": {"budget": 96, "seed": 0}, "dpi": 100}
+    new = {"questions": [{"question": "is it signed ?", "field": "signed"}, {"question": long[:-1] + "?!", "field": "ref"}],
+           "policy": {"budget": 64, "seed": 0}, "dpi": 100}
+    with pytest.raises(ValueError) as err:
+        check_same_settings("night", old, new, committed=True)
+    assert "(policy.budget 96 -> 64; questions[1].question 'what is" in str(err.value)
+    assert "questions[0]" not in str(err.value) and "dpi" not in str(err.value)
+    with pytest.raises(ValueError, match=r"questions: 2 -> 1 entries"):
+        check_same_settings("night", old, {**old, "questions": old["questions"][:1]})
+    check_same_settings("night", old, dict(old))  # the same settings pass

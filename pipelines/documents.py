@@ -204,7 +204,7 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     import pyarrow.compute as pc
 
     old = read_ledger(output, so)
-    legacy = pc.equal(old.column("settings"), "")
+    legacy = pc.equal(pc.fill_null(old.column("settings"), ""), "")
     if settings and pc.any(legacy).as_py():
         old = old.set_column(old.schema.get_field_index("settings"), "settings",
                              pc.if_else(legacy, pa.scalar(settings), old.column("settings")))

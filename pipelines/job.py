@@ -475,24 +475,32 @@ def check_same_settings(run_id: str, started: dict | None, now: dict, committed:
                      f"another --run-id, or pass --force to {redo} with these")
 
 
+_ABSENT = object()  # a key one side of two settings lacks (not the same as a value of None)
+
+
 def _differences(where: str, old, new) -> list[str]:
     """Each leaf where two settings differ, as ``path old -> new``: dicts by key, lists of one length by
-    index (``questions[1].question``), so that a long question file names the entry that changed."""
+    index (``questions[1].question``), so that a long question file names the entry that changed; long
+    values are shown from just before where they part."""
     if old == new:
         return []
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new)) for d in _differences(f"{where}.{k}" if where else k,
-                                                                             old.get(k), new.get(k))]
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(f"{where}.{k}" if where else k, old.get(k, _ABSENT), new.get(k, _ABSENT))]
     if isinstance(old, list) and isinstance(new, list):
         if len(old) != len(new):
             return [f"{where}: {len(old)} -> {len(new)} entries"]
         return [d for i, (o, n) in enumerate(zip(old, new)) for d in _differences(f"{where}[{i}]", o, n)]
-    return [f"{where} {_short(old)} -> {_short(new)}"]
+    a, b = ("(absent)" if v is _ABSENT else repr(v) for v in (old, new))
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, start - 20) if max(len(a), len(b)) > 80 else 0
+    return [f"{where} {_short(a, start)} -> {_short(b, start)}"]
 
 
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def _short(text: str, start: int = 0, limit: int = 80) -> str:
+    """``text`` from ``start``, at most ``limit`` characters, with ``...`` where it is cut."""
+    cut = text[start:]
+    return ("..." if start else "") + (cut if len(cut) <= limit else cut[:limit - 3] + "...")
 
 
 def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str, settings: dict | None = None) -> dict:

@@ -53,8 +53,13 @@ def test_other_settings_name_the_question_that_changed():
            "policy": {"budget": 64, "seed": 0}, "dpi": 100}
     with pytest.raises(ValueError) as err:
         check_same_settings("night", old, new, committed=True)
-    assert "(policy.budget 96 -> 64; questions[1].question 'what is" in str(err.value)
+    message = str(err.value)
+    assert "(policy.budget 96 -> 64; questions[1].question ..." in message
+    shown = message.split("questions[1].question ")[1].split(")")[0]
+    assert "form ?'" in shown.split(" -> ")[0] and "form ?!'" in shown.split(" -> ")[1]   # where they part, both sides
     assert "questions[0]" not in str(err.value) and "dpi" not in str(err.value)
     with pytest.raises(ValueError, match=r"questions: 2 -> 1 entries"):
         check_same_settings("night", old, {**old, "questions": old["questions"][:1]})
+    with pytest.raises(ValueError, match=r"\(endpoint_options \(absent\) -> None\)"):
+        check_same_settings("night", old, {**old, "endpoint_options": None})  # a key one side lacks is named
     check_same_settings("night", old, dict(old))  # the same settings pass

@@ -320,6 +320,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
+          + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "
+             "skipped)" if (unlisted := sum(1 for d in plan.sources if not d["fingerprint"])) else "")
           + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
 
     def after_commit(results, paths, so_):

@@ -200,7 +200,9 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
     the run's ``settings`` (``answer_settings``); returns their number. Rows of an older ledger, kept
     without settings and taken as answered under this run's, are stamped with them, so that a later
-    change of settings re-reads them too."""
+    change of settings re-reads them too. For a run committed earlier (asked for again: ``results``
+    without statistics) only documents the ledger lacks, or holds for this run, are recorded: a later
+    night's row for a document that changed since must stand, or that document would be read again."""
     import pyarrow.compute as pc
 
     old = read_ledger(output, so)
@@ -215,6 +217,9 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     done = documents_done(results)
     done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
     done = done.append_column("settings", pa.array([settings] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
+    if results.stats is None:  # committed earlier: fill in what a crash before the ledger write left out
+        others = old.filter(pc.not_equal(old.column("run_id"), run_id)).column("source")
+        done = done.filter(pc.invert(pc.is_in(done.column("source"), value_set=others)))
     kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
     write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
     return done.num_rows

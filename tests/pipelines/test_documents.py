@@ -81,6 +81,9 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     assert ledger[str(inbox / "b.pdf")]["pages"] == 3
     assert ledger[str(inbox / "a.pdf")]["run_id"] == "documents-2026-11-24"
 
+    run(opts, str(qs), dpi=50, run_date="2026-11-24")                        # night 1 asked for again
+    assert _ledger(out) == ledger                                            # b.pdf stays night 2's, as changed
+
     night3 = run(opts, str(qs), dpi=50, run_date="2026-11-26")               # nothing new: a clean, empty run
     assert night3["items_in"] == 0 and night3["documents_processed"] == 0
     assert Path(RunPaths(str(out), "documents-2026-11-26").marker).exists()

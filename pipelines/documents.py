@@ -207,12 +207,13 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
 
     old = read_ledger(output, so)
     legacy = pc.equal(pc.fill_null(old.column("settings"), ""), "")
-    if settings and pc.any(legacy).as_py():
+    stamped = bool(settings) and bool(pc.any(legacy).as_py())
+    if stamped:
         old = old.set_column(old.schema.get_field_index("settings"), "settings",
                              pc.if_else(legacy, pa.scalar(settings), old.column("settings")))
-        if not results.has_rows():
-            write_ledger(output, old, so)
     if not results.has_rows():
+        if stamped:
+            write_ledger(output, old, so)
         return 0
     done = documents_done(results)
     done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
@@ -322,11 +323,12 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings))
     plan, seen, restated = plan_documents(opts.input, opts.output, questions, so,
                                           redo_run=opts.run_id if opts.force else None, settings=settings)
+    unlisted = sum(1 for d in plan.sources if not d["fingerprint"])
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "
-             "skipped)" if (unlisted := sum(1 for d in plan.sources if not d["fingerprint"])) else "")
+             "skipped)" if unlisted else "")
           + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
 
     def after_commit(results, paths, so_):

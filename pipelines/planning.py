@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from .storage import filesystem
+from .storage import filesystem, is_local
 
 # every item row carries these; a job's plan schema adds its own columns
 BASE_FIELDS = (("id", pa.string()), ("source", pa.string()), ("question", pa.string()), ("choices", pa.string()),
@@ -103,11 +103,6 @@ def relative_path(root: str, path: str) -> str:
     return path[len(root):].lstrip("/") if path.startswith(root + "/") else PurePosixPath(path).name
 
 
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("file", "local") for p in protocol)
-
-
 def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: Callable[[str], str | None],
                  ) -> tuple[list[dict], list[dict]]:
     """Every file under ``input_uri`` (or the file itself): (accepted, skipped).
@@ -119,7 +114,7 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     fs, root = filesystem(input_uri, storage_options)
     # a mistyped local path would otherwise commit an empty run under the night's run id; on a store a
     # prefix exists only through its objects, so an empty one is an empty input, not an error
-    if _is_local(fs) and not fs.exists(root):
+    if is_local(fs) and not fs.exists(root):
         raise FileNotFoundError(f"--input {input_uri}: no such file or folder")
     if fs.isfile(root):
         found = {root: fs.info(root)}

@@ -48,7 +48,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .storage import filesystem, join, read_bytes, retrying, write_text
+from .storage import filesystem, is_local, join, read_bytes, retrying, write_text
 
 PENDING_SUFFIX = ".pending.parquet"
 
@@ -148,24 +148,19 @@ def _drop_replaced(paths: RunPaths, storage_options=None) -> None:
         retrying(_rm, uri, storage_options)
 
 
-def _is_local(fs) -> bool:
-    proto = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return any(p in ("file", "local") for p in proto)
-
-
 def _move_tree(src_uri: str, dst_uri: str, storage_options=None) -> None:
     """Move every file under ``src`` to the same place under ``dst`` (a rename where the store has one)."""
     fs, src = filesystem(src_uri, storage_options)
     _, dst = filesystem(dst_uri, storage_options)
     if not fs.exists(src):
         return
-    if _is_local(fs) and not fs.exists(dst):
+    if is_local(fs) and not fs.exists(dst):
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)  # atomic on one filesystem
         return
     for f in fs.find(src):
         target = dst + f[len(src):]
-        if _is_local(fs):
+        if is_local(fs):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
         fs.mv(f, target)
     if fs.exists(src):
@@ -281,7 +276,7 @@ def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
     retrying(_move_tree, paths.staged, paths.results, storage_options)
     retrying(_move_tree, paths.staged_meta, paths.meta, storage_options)
     fs_r, results = filesystem(paths.results, storage_options)
-    if _is_local(fs_r):
+    if is_local(fs_r):
         Path(results).mkdir(parents=True, exist_ok=True)  # an empty run still has its partition
     write_text(join(paths.meta, "summary.json"), json.dumps(summary, indent=2), storage_options)
     write_text(paths.marker, dt.datetime.now(dt.timezone.utc).isoformat(), storage_options)

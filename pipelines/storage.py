@@ -99,6 +99,12 @@ def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
 
 
 
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is this machine's disk (where folders exist apart from their files)."""
+    proto = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return any(p in ("file", "local") for p in proto)
+
+
 def arrow_fs(fs):
     import pyarrow.fs as pafs
 

@@ -108,16 +108,20 @@ def test_ask_malformed_inputs_print_one_line_and_exit_2(tmp_path):
         assert res.stdout == "", name
 
 
-def test_ask_malformed_inputs_as_a_real_process(tmp_path):
+def _python_m(module: str, *argv: str):
+    """``python -m module argv...`` as a real process from the checkout (stdout and stderr as text)."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_ask_malformed_inputs_as_a_real_process(tmp_path):
     cases = _malformed_cases(tmp_path)
     for name in ("garbage image", "directory", "policy not JSON", "missing model"):
         argv, says = cases[name]
-        proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", *argv], capture_output=True, text=True,
-                              env=env, timeout=300)
+        proc = _python_m("spote.cli", "ask", *argv)
         assert proc.returncode == 2, (name, proc.stderr[-2000:])
         _one_error_line(proc.stderr, says)
 
@@ -157,21 +161,12 @@ def test_bench_refuses_a_bad_policy_in_one_line_as_ask_does(policy, says):
 ])
 def test_usage_errors_print_one_line_and_exit_2_as_a_real_process(module, argv, says):
     """A mistyped flag gets one line, as bad input does, not click's framed box (batch logs grep one line)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env, timeout=300)
+    proc = _python_m(module, *argv)
     assert proc.returncode == 2, proc.stderr[-2000:]
     _one_error_line(proc.stderr, says)
     assert "--help" in proc.stderr and proc.stdout == ""
 
 
 def test_help_still_prints_the_help_as_a_real_process():
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", "--help"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = _python_m("spote.cli", "ask", "--help")
     assert proc.returncode == 0 and "--budget" in proc.stdout

@@ -99,14 +99,16 @@ def build_processor(open_items: bool = False) -> LlavaProcessor:
     )
 
 
-def build_model(processor: LlavaProcessor, seed: int = 0) -> LlavaForConditionalGeneration:
+def build_model(processor: LlavaProcessor, seed: int = 0, tower_layers: int = 4) -> LlavaForConditionalGeneration:
+    """A fresh spote-tiny (random weights, ``seed``) for ``processor``'s vocabulary; ``tower_layers`` is the
+    CLIP tower's depth (4 in every shipped model)."""
     import torch
 
     torch.manual_seed(seed)
     tok = processor.tokenizer
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            hidden_size=128, intermediate_size=256, num_hidden_layers=tower_layers, num_attention_heads=4,
             image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=128,
         ),
         text_config=LlamaConfig(

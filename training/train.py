@@ -657,6 +657,28 @@ def evaluate_open(model, processor, n: int = 60, seed: int = 0) -> dict:
     return report
 
 
+def deepen_tower(tower, saved) -> int:
+    """Load ``saved`` (a CLIP vision model) into ``tower``, which may have more encoder layers; each layer
+    beyond ``saved``'s starts as the identity: its attention output and second MLP layer are zero, so
+    x + attn(ln1(x)) = x and x + mlp(ln2(x)) = x, and the deeper tower's image tokens equal ``saved``'s
+    until stage 1 trains them. Returns the number of layers added. Raises ValueError if ``tower`` is
+    shallower than ``saved``."""
+    old = saved.config.num_hidden_layers
+    new_layers = tower.encoder.layers[old:]
+    if len(tower.encoder.layers) < old:
+        raise ValueError(f"the tower has {len(tower.encoder.layers)} layers, the saved one {old}")
+    missing, unexpected = tower.load_state_dict(saved.state_dict(), strict=False)
+    prefixes = tuple(f"encoder.layers.{i}." for i in range(old, old + len(new_layers)))
+    if unexpected or any(not k.startswith(prefixes) for k in missing):
+        raise ValueError(f"the saved tower does not fit: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for layer in new_layers:
+            for lin in (layer.self_attn.out_proj, layer.mlp.fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    return len(new_layers)
+
+
 def _copy_embeddings(dst: torch.nn.Embedding, dst_vocab: dict, src: torch.nn.Embedding, src_vocab: dict) -> None:
     """Token embeddings from a saved model: all of them for the same vocabulary, else row by row for
     the tokens both vocabularies hold (the new ones keep their fresh initialisation)."""
@@ -718,7 +740,8 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-                   lm_from: Path | None = None, overwrite: bool = False, **_unchecked) -> None:
+                   lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = 4,
+                   **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
@@ -727,7 +750,8 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         return ValueError(f"{name} (--{name.replace('_', '-')}) {why}")
 
     for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 1),
-                        ("vision_steps", vision_steps, 0), ("stage1_start", stage1_start, 0)):
+                        ("vision_steps", vision_steps, 0), ("stage1_start", stage1_start, 0),
+                        ("tower_layers", tower_layers, 1)):
         if v is not None and not v >= lo:
             raise bad(name, f"must be at least {lo}, got {v}")
     for name, v in (("lr", lr), ("vision_lr", vision_lr)):
@@ -793,6 +817,16 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         if not _spells_codes(AutoTokenizer.from_pretrained(init_from)):
             raise bad("init_from", f"{str(init_from)!r} has no code tokens to fine-tune on open items: retrain it with "
                                    "open_share (or continue its tower with tower_from)")
+    if tower_layers != 4 and init_from is not None:
+        raise bad("tower_layers", "sets the depth of a tower stage 1 builds; init_from continues a saved model as it is")
+    if tower_from is not None:
+        from transformers import AutoConfig
+
+        saved_layers = AutoConfig.from_pretrained(tower_from).vision_config.num_hidden_layers
+        if tower_layers < saved_layers:
+            raise bad("tower_layers", f"must be at least the --tower-from tower's {saved_layers} layers, got {tower_layers}")
+        if tower_layers > saved_layers and not vision_steps:
+            raise bad("tower_layers", "adds layers that only stage 1 trains: it needs vision_steps > 0")
     if distill_weight and (tower_from is None or not vision_steps):
         raise bad("distill_weight", "holds a continued stage 1 to the tower it starts from: it needs tower_from "
                                     "and vision_steps > 0")
@@ -813,7 +847,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-          lm_from: Path | None = None, overwrite: bool = False) -> dict:
+          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = 4) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -850,7 +884,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
                    stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
-                   lm_from=lm_from, overwrite=overwrite)
+                   lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -863,11 +897,11 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     else:
         open_vocab = open_share > 0
         processor = build_processor(open_items=open_vocab)
-        model = build_model(processor, seed)
+        model = build_model(processor, seed, tower_layers)
         if tower_from is not None:
             saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
-            for part in ("vision_tower", "multi_modal_projector"):
-                getattr(model.model, part).load_state_dict(getattr(saved, part).state_dict())
+            model.model.multi_modal_projector.load_state_dict(saved.multi_modal_projector.state_dict())
+            deepen_tower(model.model.vision_tower, saved.vision_tower)
             _copy_embeddings(model.model.language_model.embed_tokens, processor.tokenizer.get_vocab(),
                              saved.language_model.embed_tokens, AutoProcessor.from_pretrained(tower_from).tokenizer.get_vocab())
     saved_lm = None if lm_from is None else load_language_model(lm_from, model)
@@ -940,6 +974,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "stage1_open_share": stage1_open_share, "glyph_px": list(glyph_px), "distill_weight": distill_weight,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "lm_from": None if lm_from is None else str(lm_from),
+                  "tower_layers": model.config.vision_config.num_hidden_layers,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items),
@@ -995,6 +1030,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                            "(layers and shared token embeddings) instead of a fresh one"),
          overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
                                                 "checkpoint-N folders are removed first)"),
+         tower_layers: int = typer.Option(4, help="the vision tower's encoder layers; with --tower-from, the layers "
+                                                  "beyond its tower's start as the identity and stage 1 trains them"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,
@@ -1002,7 +1039,7 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                     far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
                     order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
-                    distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite)
+                    distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

@@ -486,6 +486,33 @@ def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp
     assert 0 < moved["held"] < 0.5 * moved["free"]
 
 
+def test_tower_layers_deepens_a_continued_tower_from_the_identity(tmp_path):
+    """``tower_layers`` beyond the saved tower's start as the identity (``deepen_tower``): the deeper tower's
+    image tokens are the saved one's until stage 1 trains the new layers; fewer layers, or new ones that no
+    stage 1 would train, are refused before any work."""
+    from training.build import build_model, build_processor
+    from training.train import deepen_tower
+
+    train(tmp_path / "base", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3)
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "base", use_safetensors=True).model.vision_tower
+    deep = build_model(build_processor(), 3, tower_layers=6).model.vision_tower
+    assert deepen_tower(deep, saved) == 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(deep(x, output_hidden_states=True).hidden_states[-1],
+                              saved(x, output_hidden_states=True).hidden_states[-1], atol=1e-6)
+    report = train(tmp_path / "deep", steps=1, batch_size=8, vision_steps=2, vision_lr=1e-2, eval_items=2, seed=3,
+                   tower_from=tmp_path / "base", tower_layers=5)
+    assert report["tower_layers"] == 5
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "deep", use_safetensors=True)
+    assert model.config.vision_config.num_hidden_layers == 5
+    assert model.model.vision_tower.encoder.layers[4].mlp.fc2.weight.abs().sum() > 0  # stage 1 trained the new layer
+    for kw, why in (({"tower_layers": 3}, "at least"), ({"tower_layers": 6, "vision_steps": 0}, "vision_steps")):
+        with pytest.raises(ValueError, match=f"tower_layers.*{why}"):
+            train(tmp_path / "refused", **{"steps": 1, "vision_steps": 1, "tower_from": tmp_path / "base", **kw})
+    assert not (tmp_path / "refused").exists()
+
+
 def test_glyph_views_draw_the_glyph_height_asked_for():
     """Stage 1 glyph views put glyph k at glyph_px input pixels high (log-uniform between the two)."""
     from spote.bench.scenes import make_open_item
@@ -510,7 +537,7 @@ def test_glyph_views_draw_the_glyph_height_asked_for():
     {"distill_weight": 1.0}, {"distill_weight": -1.0, "tower_from": "spote/weights/spote-tiny"},
     {"lm_from": "nowhere"}, {"lm_from": "spote/weights/spote-tiny", "init_from": "spote/weights/spote-tiny"},
     {"lm_from": "a damaged model"}, {"tower_from": "a damaged model"}, {"out": "spote/weights/spote-tiny"},
-    {"out": "spote/weights/spote-tiny/sub"}])
+    {"out": "spote/weights/spote-tiny/sub"}, {"tower_layers": 0}, {"tower_layers": 6, "init_from": "spote/weights/spote-tiny"}])
 def test_train_refuses_bad_settings_before_any_work(tmp_path, kwargs):
     name = next(iter(kwargs))
     out = tmp_path / "m"

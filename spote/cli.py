@@ -242,7 +242,9 @@ def run_cli(typer_app: typer.Typer) -> None:
     try:
         code = typer_app(standalone_mode=False)
     except _click_exceptions("NoArgsIsHelpError") as err:
-        err.show()
+        text = err.ctx.get_help()  # typer's rich help prints itself to stdout and returns ""; plain click's returns it
+        if text:
+            typer.echo(text)
         sys.exit(err.exit_code)
     except _click_exceptions("ClickException") as err:
         ctx = getattr(err, "ctx", None)

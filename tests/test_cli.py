@@ -170,3 +170,9 @@ def test_usage_errors_print_one_line_and_exit_2_as_a_real_process(module, argv, 
 def test_help_still_prints_the_help_as_a_real_process():
     proc = _python_m("spote.cli", "ask", "--help")
     assert proc.returncode == 0 and "--budget" in proc.stdout
+
+
+def test_an_empty_command_line_prints_the_help_alone_as_a_real_process():
+    proc = _python_m("spote.cli")
+    assert proc.returncode == 2 and "ask" in proc.stdout and "bench" in proc.stdout
+    assert proc.stderr == ""  # not even a blank line: a wrapper that treats any stderr as failure stays quiet

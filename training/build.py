@@ -99,9 +99,12 @@ def build_processor(open_items: bool = False) -> LlavaProcessor:
     )
 
 
-def build_model(processor: LlavaProcessor, seed: int = 0, tower_layers: int = 4) -> LlavaForConditionalGeneration:
+TOWER_LAYERS = 4  # the vision tower's encoder layers in every shipped spote-tiny
+
+
+def build_model(processor: LlavaProcessor, seed: int = 0, tower_layers: int = TOWER_LAYERS) -> LlavaForConditionalGeneration:
     """A fresh spote-tiny (random weights, ``seed``) for ``processor``'s vocabulary; ``tower_layers`` is the
-    CLIP tower's depth (4 in every shipped model)."""
+    CLIP tower's depth (``TOWER_LAYERS`` in every shipped model)."""
     import torch
 
     torch.manual_seed(seed)

@@ -39,7 +39,7 @@ from spote.bench.scenes import (BOAT_SIDE, CODE_ALPHABET, EASY_RATE, LEGIBLE_CAP
                                 make_open_item)
 from spote.prompt import format_question
 from spote.spotlight import Box, ViewRenderer, apply_highlight, letterbox, letterbox_transform, soft_mask
-from training.build import IMAGE_SIZE, PATCH_SIZE, build_model, build_processor, code_token_ids
+from training.build import IMAGE_SIZE, PATCH_SIZE, TOWER_LAYERS, build_model, build_processor, code_token_ids
 
 
 def _loguniform(rng, lo, hi):
@@ -740,7 +740,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-                   lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = 4,
+                   lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = TOWER_LAYERS,
                    **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
@@ -817,7 +817,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         if not _spells_codes(AutoTokenizer.from_pretrained(init_from)):
             raise bad("init_from", f"{str(init_from)!r} has no code tokens to fine-tune on open items: retrain it with "
                                    "open_share (or continue its tower with tower_from)")
-    if tower_layers != 4 and init_from is not None:
+    if tower_layers != TOWER_LAYERS and init_from is not None:
         raise bad("tower_layers", "sets the depth of a tower stage 1 builds; init_from continues a saved model as it is")
     if tower_from is not None:
         from transformers import AutoConfig
@@ -847,7 +847,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = 4) -> dict:
+          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = TOWER_LAYERS) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -1030,7 +1030,7 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                            "(layers and shared token embeddings) instead of a fresh one"),
          overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
                                                 "checkpoint-N folders are removed first)"),
-         tower_layers: int = typer.Option(4, help="the vision tower's encoder layers; with --tower-from, the layers "
+         tower_layers: int = typer.Option(TOWER_LAYERS, help="the vision tower's encoder layers; with --tower-from, the layers "
                                                   "beyond its tower's start as the identity and stage 1 trains them"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""

@@ -99,12 +99,12 @@ def build_processor(open_items: bool = False) -> LlavaProcessor:
     )
 
 
-TOWER_LAYERS = 4  # the vision tower's encoder layers in every shipped spote-tiny
+TOWER_LAYERS = 4  # the vision tower's encoder layers of a spote-tiny built from scratch (the recipe's)
 
 
 def build_model(processor: LlavaProcessor, seed: int = 0, tower_layers: int = TOWER_LAYERS) -> LlavaForConditionalGeneration:
     """A fresh spote-tiny (random weights, ``seed``) for ``processor``'s vocabulary; ``tower_layers`` is the
-    CLIP tower's depth (``TOWER_LAYERS`` in every shipped model)."""
+    CLIP tower's depth (``TOWER_LAYERS`` for the recipe)."""
     import torch
 
     torch.manual_seed(seed)

@@ -657,6 +657,13 @@ def evaluate_open(model, processor, n: int = 60, seed: int = 0) -> dict:
     return report
 
 
+def saved_tower_layers(path: Path) -> int:
+    """The encoder layers of the vision tower saved at ``path`` (a spote-tiny folder)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).vision_config.num_hidden_layers
+
+
 def deepen_tower(tower, saved) -> int:
     """Load ``saved`` (a CLIP vision model) into ``tower``, which may have more encoder layers; each layer
     beyond ``saved``'s starts as the identity: its attention output and second MLP layer are zero, so
@@ -740,7 +747,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    open_share: float = 0.0, stage1_start: int | None = None, order_weight: float = 0.0,
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-                   lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = TOWER_LAYERS,
+                   lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
                    **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
@@ -817,12 +824,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
         if not _spells_codes(AutoTokenizer.from_pretrained(init_from)):
             raise bad("init_from", f"{str(init_from)!r} has no code tokens to fine-tune on open items: retrain it with "
                                    "open_share (or continue its tower with tower_from)")
-    if tower_layers != TOWER_LAYERS and init_from is not None:
+    if tower_layers is not None and init_from is not None:
         raise bad("tower_layers", "sets the depth of a tower stage 1 builds; init_from continues a saved model as it is")
-    if tower_from is not None:
-        from transformers import AutoConfig
-
-        saved_layers = AutoConfig.from_pretrained(tower_from).vision_config.num_hidden_layers
+    if tower_from is not None and tower_layers is not None:
+        saved_layers = saved_tower_layers(tower_from)
         if tower_layers < saved_layers:
             raise bad("tower_layers", f"must be at least the --tower-from tower's {saved_layers} layers, got {tower_layers}")
         if tower_layers > saved_layers and not vision_steps:
@@ -847,7 +852,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int = TOWER_LAYERS) -> dict:
+          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -857,7 +862,9 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     ``tower_from`` continues *stage 1* instead: the vision tower, projector and token embeddings
     start from a saved spote-tiny (the rest of the language model fresh, as in the recipe), stage 1
     runs ``vision_steps`` more on scenes the recipe's stage 1 never drew, then stage 2 as usual:
-    a longer stage 1 without paying again for the first one.
+    a longer stage 1 without paying again for the first one. ``tower_layers`` (default: the saved
+    tower's depth, else ``TOWER_LAYERS``) deepens it: the layers beyond the saved ones start as the
+    identity (``deepen_tower``) and stage 1 trains them.
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
@@ -897,6 +904,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     else:
         open_vocab = open_share > 0
         processor = build_processor(open_items=open_vocab)
+        if tower_layers is None:  # a continued tower keeps its depth; a fresh one has the recipe's
+            tower_layers = TOWER_LAYERS if tower_from is None else saved_tower_layers(tower_from)
         model = build_model(processor, seed, tower_layers)
         if tower_from is not None:
             saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
@@ -1030,8 +1039,9 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                            "(layers and shared token embeddings) instead of a fresh one"),
          overwrite: bool = typer.Option(False, help="write over a run already in OUT (its model, log, report and "
                                                 "checkpoint-N folders are removed first)"),
-         tower_layers: int = typer.Option(TOWER_LAYERS, help="the vision tower's encoder layers; with --tower-from, the layers "
-                                                  "beyond its tower's start as the identity and stage 1 trains them"),
+         tower_layers: Optional[int] = typer.Option(None, help="the vision tower's encoder layers (default: the --tower-from "
+                                                  f"tower's, else {TOWER_LAYERS}); with --tower-from, the layers beyond "
+                                                  "its tower's start as the identity and stage 1 trains them"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,

@@ -489,7 +489,7 @@ def test_distill_weight_holds_the_closed_views_tokens_to_the_starting_towers(tmp
 def test_tower_layers_deepens_a_continued_tower_from_the_identity(tmp_path):
     """``tower_layers`` beyond the saved tower's start as the identity (``deepen_tower``): the deeper tower's
     image tokens are the saved one's until stage 1 trains the new layers; fewer layers, or new ones that no
-    stage 1 would train, are refused before any work."""
+    stage 1 would train, are refused before any work; continued again, the deeper tower keeps its depth."""
     from training.build import build_model, build_processor
     from training.train import deepen_tower
 
@@ -507,6 +507,8 @@ def test_tower_layers_deepens_a_continued_tower_from_the_identity(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "deep", use_safetensors=True)
     assert model.config.vision_config.num_hidden_layers == 5
     assert model.model.vision_tower.encoder.layers[4].mlp.fc2.weight.abs().sum() > 0  # stage 1 trained the new layer
+    again = train(tmp_path / "again", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3, tower_from=tmp_path / "deep")
+    assert again["tower_layers"] == 5  # without tower_layers a continued tower keeps its depth
     for kw, why in (({"tower_layers": 3}, "at least"), ({"tower_layers": 6, "vision_steps": 0}, "vision_steps")):
         with pytest.raises(ValueError, match=f"tower_layers.*{why}"):
             train(tmp_path / "refused", **{"steps": 1, "vision_steps": 1, "tower_from": tmp_path / "base", **kw})

@@ -523,7 +523,7 @@ def _image_tokens(vision, proj, pixel_values: torch.Tensor, layer: int) -> torch
 def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, log, far_views: float = FAR_VIEWS,
                     far_unsure: bool = True, start: int = STAGE1_START, open_share: float = 0.0,
                     order_weight: float = 0.0, glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX,
-                    distill_weight: float = 0.0) -> None:
+                    distill_weight: float = 0.0, frozen_layers: int = 0) -> None:
     """Stage 1: teach the vision tower + projector to carry the answer, read out through the tied
     token embeddings from the mean of the image tokens (what a uniform LM attention would see); a
     code glyph is read from the tokens it covers instead (``glyph_region``), so position is kept.
@@ -532,12 +532,19 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
     ``distill_weight`` > 0 adds feature distillation on the closed views: their projected image tokens
     are held to those of a frozen copy of the tower and projector as they were when stage 1 started
     (a continued tower's, ``tower_from``), so that glyph training does not move what the closed
-    answers are read from.
+    answers are read from. ``frozen_layers`` > 0 keeps the tower's patch and position embeddings and
+    its first ``frozen_layers`` encoder layers as they are (e.g. a deepened tower's saved layers, so
+    that only the new ones learn, and the backward pass stops at them).
     The softmax runs over the item's own choices, as the question would restrict it: a crack is
     "yes" to "is there a defect ?" and "crack" to "what kind ?", which only the question decides."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
     emb = model.model.language_model.embed_tokens
-    params = [*vision.parameters(), *proj.parameters(), *emb.parameters()]
+    frozen = [*vision.embeddings.parameters(), *vision.pre_layrnorm.parameters(),
+              *(p for layer in vision.encoder.layers[:frozen_layers] for p in layer.parameters())] if frozen_layers else []
+    for p in frozen:
+        p.requires_grad_(False)
+    held = {id(p) for p in frozen}
+    params = [p for p in (*vision.parameters(), *proj.parameters(), *emb.parameters()) if id(p) not in held]
     order_head = None
     if order_weight:
         order_head = torch.nn.Linear(emb.weight.shape[1], MAX_CODE_GLYPHS + 2)  # place 0..4, then last no/yes
@@ -600,6 +607,8 @@ def pretrain_vision(model, steps: int, batch_size: int, lr: float, seed: int, lo
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
+    for p in frozen:
+        p.requires_grad_(True)
 
 
 def evaluate(model, processor, n: int = 240, seed: int = 0) -> dict:
@@ -748,7 +757,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
                    lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
-                   **_unchecked) -> None:
+                   train_new_layers_only: bool = False, **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
@@ -832,6 +841,10 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             raise bad("tower_layers", f"must be at least the --tower-from tower's {saved_layers} layers, got {tower_layers}")
         if tower_layers > saved_layers and not vision_steps:
             raise bad("tower_layers", "adds layers that only stage 1 trains: it needs vision_steps > 0")
+    if train_new_layers_only and (tower_from is None or tower_layers is None or not vision_steps
+                                  or tower_layers <= saved_tower_layers(tower_from)):
+        raise bad("train_new_layers_only", "trains the layers --tower-layers adds to a --tower-from tower: it needs "
+                                           "both, more layers than the saved tower's, and vision_steps > 0")
     if distill_weight and (tower_from is None or not vision_steps):
         raise bad("distill_weight", "holds a continued stage 1 to the tower it starts from: it needs tower_from "
                                     "and vision_steps > 0")
@@ -852,7 +865,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           stage1_start: int | None = None, open_eval_items: int = 60, order_weight: float = 0.0,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
-          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None) -> dict:
+          lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
+          train_new_layers_only: bool = False) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -864,7 +878,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     runs ``vision_steps`` more on scenes the recipe's stage 1 never drew, then stage 2 as usual:
     a longer stage 1 without paying again for the first one. ``tower_layers`` (default: the saved
     tower's depth, else ``TOWER_LAYERS``) deepens it: the layers beyond the saved ones start as the
-    identity (``deepen_tower``) and stage 1 trains them.
+    identity (``deepen_tower``) and stage 1 trains them; with ``train_new_layers_only`` it trains them
+    alone (and the projector and token embeddings), the saved layers frozen.
 
     ``stage2_vision_lr_scale`` scales the vision tower's learning rate in stage 2. The default 0
     freezes it: stage 2's mostly illegible views wore off the glyph reading stage 1 taught (with
@@ -891,7 +906,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                    vision_lr=vision_lr, far_views=far_views, init_from=init_from, easy_rate=easy_rate,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
                    stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
-                   lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers)
+                   lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers,
+                   train_new_layers_only=train_new_layers_only)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -925,7 +941,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
             stage1_start = STAGE1_START if tower_from is None else TOWER_CONTINUE_START
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
                         start=stage1_start, open_share=open_share if stage1_open_share is None else stage1_open_share,
-                        order_weight=order_weight, glyph_px=tuple(glyph_px), distill_weight=distill_weight)
+                        order_weight=order_weight, glyph_px=tuple(glyph_px), distill_weight=distill_weight,
+                        frozen_layers=saved_tower_layers(tower_from) if train_new_layers_only else 0)
     if saved_lm is not None:  # after stage 1, so the code tokens keep the embeddings stage 1 gave them
         layers, embed, vocab = saved_lm
         model.model.language_model.load_state_dict(layers, strict=False)
@@ -984,6 +1001,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "lm_from": None if lm_from is None else str(lm_from),
                   "tower_layers": model.config.vision_config.num_hidden_layers,
+                  "train_new_layers_only": train_new_layers_only,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items),
@@ -1042,6 +1060,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
          tower_layers: Optional[int] = typer.Option(None, help="the vision tower's encoder layers (default: the --tower-from "
                                                   f"tower's, else {TOWER_LAYERS}); with --tower-from, the layers beyond "
                                                   "its tower's start as the identity and stage 1 trains them"),
+         train_new_layers_only: bool = typer.Option(False, help="stage 1 trains only the layers --tower-layers adds "
+                                                           "(and the projector and embeddings); the saved layers stay frozen"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,
@@ -1049,7 +1069,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                     far_unsure=far_unsure, init_from=init_from, easy_rate=easy_rate, tower_from=tower_from,
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
                     order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
-                    distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers)
+                    distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers,
+                    train_new_layers_only=train_new_layers_only)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

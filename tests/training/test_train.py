@@ -515,6 +515,32 @@ def test_tower_layers_deepens_a_continued_tower_from_the_identity(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def test_train_new_layers_only_leaves_the_saved_layers_as_they_were(tmp_path):
+    """With ``train_new_layers_only`` stage 1 moves the layers ``tower_layers`` adds and nothing of the
+    saved tower below them (patch and position embeddings, its layers); without it, those move too.
+    Asked for with no layers added it is refused before any work."""
+    train(tmp_path / "base", steps=1, batch_size=8, vision_steps=1, eval_items=2, seed=3)
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "base", use_safetensors=True).model.vision_tower
+
+    def moved(out, **kw):
+        report = train(out, steps=1, batch_size=8, vision_steps=2, vision_lr=1e-2, eval_items=2, seed=3,
+                       tower_from=tmp_path / "base", tower_layers=5, **kw)
+        tower = AutoModelForImageTextToText.from_pretrained(out, use_safetensors=True).model.vision_tower
+        before = saved.state_dict()
+        old = {k: not torch.equal(v, before[k]) for k, v in tower.state_dict().items() if k in before}
+        return report, old, tower.encoder.layers[4].mlp.fc2.weight.abs().sum().item()
+
+    report, old, new_fc2 = moved(tmp_path / "new-only", train_new_layers_only=True)
+    assert report["train_new_layers_only"] and new_fc2 > 0
+    kept = [k for k in old if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.layers."))]
+    assert kept and not any(old[k] for k in kept)
+    _, old_all, _ = moved(tmp_path / "all")
+    assert any(old_all[k] for k in kept)
+    with pytest.raises(ValueError, match="train_new_layers_only"):
+        train(tmp_path / "refused", steps=1, vision_steps=1, tower_from=tmp_path / "base", train_new_layers_only=True)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_glyph_views_draw_the_glyph_height_asked_for():
     """Stage 1 glyph views put glyph k at glyph_px input pixels high (log-uniform between the two)."""
     from spote.bench.scenes import make_open_item

@@ -835,16 +835,18 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                                    "open_share (or continue its tower with tower_from)")
     if tower_layers is not None and init_from is not None:
         raise bad("tower_layers", "sets the depth of a tower stage 1 builds; init_from continues a saved model as it is")
+    new_only = bad("train_new_layers_only", "trains the layers --tower-layers adds to a --tower-from tower: it needs "
+                                            "both, more layers than the saved tower's, and vision_steps > 0")
+    if train_new_layers_only and (tower_from is None or tower_layers is None or not vision_steps):
+        raise new_only
     if tower_from is not None and tower_layers is not None:
         saved_layers = saved_tower_layers(tower_from)
         if tower_layers < saved_layers:
             raise bad("tower_layers", f"must be at least the --tower-from tower's {saved_layers} layers, got {tower_layers}")
         if tower_layers > saved_layers and not vision_steps:
             raise bad("tower_layers", "adds layers that only stage 1 trains: it needs vision_steps > 0")
-    if train_new_layers_only and (tower_from is None or tower_layers is None or not vision_steps
-                                  or tower_layers <= saved_tower_layers(tower_from)):
-        raise bad("train_new_layers_only", "trains the layers --tower-layers adds to a --tower-from tower: it needs "
-                                           "both, more layers than the saved tower's, and vision_steps > 0")
+        if train_new_layers_only and tower_layers == saved_layers:
+            raise new_only
     if distill_weight and (tower_from is None or not vision_steps):
         raise bad("distill_weight", "holds a continued stage 1 to the tower it starts from: it needs tower_from "
                                     "and vision_steps > 0")
@@ -912,6 +914,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    frozen_layers = 0  # stage 1 trains the whole tower unless train_new_layers_only
     if init_from is not None:
         processor = AutoProcessor.from_pretrained(init_from)
         model = LlavaForConditionalGeneration.from_pretrained(init_from, use_safetensors=True)
@@ -920,8 +923,11 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     else:
         open_vocab = open_share > 0
         processor = build_processor(open_items=open_vocab)
+        saved_layers = None if tower_from is None else saved_tower_layers(tower_from)
         if tower_layers is None:  # a continued tower keeps its depth; a fresh one has the recipe's
-            tower_layers = TOWER_LAYERS if tower_from is None else saved_tower_layers(tower_from)
+            tower_layers = saved_layers or TOWER_LAYERS
+        if train_new_layers_only:  # check_settings made sure there is a saved tower to keep
+            frozen_layers = saved_layers
         model = build_model(processor, seed, tower_layers)
         if tower_from is not None:
             saved = LlavaForConditionalGeneration.from_pretrained(tower_from, use_safetensors=True).model
@@ -942,7 +948,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         pretrain_vision(model, vision_steps, 2 * batch_size, vision_lr, seed, log, far_views, far_unsure,
                         start=stage1_start, open_share=open_share if stage1_open_share is None else stage1_open_share,
                         order_weight=order_weight, glyph_px=tuple(glyph_px), distill_weight=distill_weight,
-                        frozen_layers=saved_tower_layers(tower_from) if train_new_layers_only else 0)
+                        frozen_layers=frozen_layers)
     if saved_lm is not None:  # after stage 1, so the code tokens keep the embeddings stage 1 gave them
         layers, embed, vocab = saved_lm
         model.model.language_model.load_state_dict(layers, strict=False)

@@ -591,6 +591,9 @@ class SpotResult:
     # open ended, after a search: True where a neighbour of the agreed window answered, False where the agreed
     # window did; None otherwise (closed set, the whole image, a clear window)
     answer_from_neighbour: bool | None = field(default=None, repr=False)
+    # open ended, after a search: each place read (the agreed window first, then its neighbours) as
+    # (window in source pixels, text, per-token log p in nats); None otherwise
+    answer_readings: list[tuple[list[int], str, list[float]]] | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
@@ -777,6 +780,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     token_logp = None  # open ended: log p of each token of the answer given
     from_neighbour = None  # open ended, after a search: did a neighbour of the agreed window answer?
     answer_ids = None
+    all_readings = None  # open ended, after a search: every place's reading
     if choices is not None:
         answer = choices[int(final.logp.argmax())]
         confidence = float(final.logp.exp().max())
@@ -796,6 +800,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size)[:n_views]]
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
         k = max(range(len(places)), key=lambda i: mean_token_logp(readings[i].logprobs))  # ties: the agreed window
+        all_readings = [(p.as_list(), r.text, list(r.logprobs)) for p, r in zip(places, readings)]
         evidence, gen = places[k], readings[k]
         from_neighbour = None if clear() else k > 0
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
@@ -808,7 +813,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
-        answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour,
+        answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour, answer_readings=all_readings,
     )
 
 

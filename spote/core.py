@@ -591,8 +591,9 @@ class SpotResult:
     # open ended, after a search: True where a neighbour of the agreed window answered, False where the agreed
     # window did; None otherwise (closed set, the whole image, a clear window)
     answer_from_neighbour: bool | None = field(default=None, repr=False)
-    # open ended, after a search: each place read (the agreed window first, then its neighbours) as
-    # (window in source pixels, text, per-token log p in nats); None otherwise
+    # open ended, after a search: each place read (the agreed window first, then its neighbours; the clear
+    # window alone where the search stopped on one) as (window in source pixels, text, per-token log p in
+    # nats); None otherwise
     answer_readings: list[tuple[list[int], str, list[float]]] | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
@@ -112,8 +113,8 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
 def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
                n: int = 100, seed: int = 0, split: str = "val",
                steps: str = typer.Option("0,0.1,0.15,0.2", help="answer_step values (window sides), comma-separated"),
-               policy_seed: int = typer.Option(None, help="the search's random seed (PolicyConfig.seed; default: --seed, "
-                                                          "as the benchmark sets it)"),
+               policy_seed: Annotated[Optional[int], typer.Option(help="the search's random seed (PolicyConfig.seed; "
+                                                                      "default: --seed, as the benchmark sets it)")] = None,
                out: Path = Path("results/agreed-answers/neighbours-val-seed0.json")):
     adapter = load_adapter(model)
     values = [float(v) for v in steps.split(",")]

@@ -5,7 +5,7 @@
 
 After a search on an open item SPOT-E reads the code at the agreed window and at its four neighbours
 (``core.answer_neighbours``), each jointly from shifted copies, and answers with the reading surest per
-token (``core.mean_token_logp``). ``run`` runs SPOT-E at the defaults on open items and keeps every
+token (``core.surest_reading``). ``run`` runs SPOT-E at the defaults on open items and keeps every
 reading (``SpotResult.answer_readings``: window, text, per-token log p). ``score`` then picks an
 answer from the same readings under each rule of ``RULES`` and reports exact match and character
 accuracy per rule and per variant, so that every rule is judged on the same searches:
@@ -18,7 +18,8 @@ accuracy per rule and per variant, so that every rule is judged on the same sear
 - ``mbr_uniform``: the same with every w_j = 1;
 - ``vote``: the text most readings give, ties to the surest;
 - ``agreed``: the agreed window's own reading;
-- ``any``: the gold where any reading gives it (what a perfect rule would read; not a rule).
+- ``any``: the best any reading reads (exact match where one gives the gold, the highest character
+  accuracy among them): what a perfect rule would read; not a rule.
 """
 
 from __future__ import annotations
@@ -35,14 +36,10 @@ from tqdm import tqdm
 
 from spote.bench.run import char_accuracy, exact_match, normalise_code
 from spote.bench.scenes import open_items
-from spote.core import PolicyConfig, mean_token_logp, spote
+from spote.core import PolicyConfig, mean_token_logp, spote, surest_reading
 from spote.loading import load_adapter
 
 app = typer.Typer(add_completion=False)
-
-
-def _surest(readings) -> int:
-    return max(range(len(readings)), key=lambda i: mean_token_logp(readings[i][1]))
 
 
 def _mbr(readings, weighted: bool) -> int:
@@ -61,7 +58,7 @@ def _vote(readings) -> int:
                key=lambda i: mean_token_logp(readings[i][1]))
 
 
-RULES = {"surest": _surest, "mbr": lambda r: _mbr(r, True), "mbr_uniform": lambda r: _mbr(r, False),
+RULES = {"surest": lambda r: surest_reading([lp for _, lp in r]), "mbr": lambda r: _mbr(r, True), "mbr_uniform": lambda r: _mbr(r, False),
          "vote": _vote, "agreed": lambda r: 0}
 
 
@@ -85,7 +82,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
 
 def score_rows(rows: list[dict]) -> dict:
     """Per rule (and ``any``), exact match and character accuracy over ``rows``, overall and per variant;
-    an item with no readings (its answer the whole image's or a clear window's) keeps its answer."""
+    an item with no readings (answered on the whole image) keeps its answer."""
     got = defaultdict(lambda: defaultdict(list))
     for r in rows:
         readings = [(x["text"], x["logprobs"]) for x in r["readings"]]
@@ -93,9 +90,10 @@ def score_rows(rows: list[dict]) -> dict:
             answer = readings[rule(readings)][0] if readings else r["answer"]
             for key in ("all", r["variant"]):
                 got[key][name].append((exact_match(answer, r["gold"]), char_accuracy(answer, r["gold"])))
-        hit = any(exact_match(t, r["gold"]) for t, _ in readings) or exact_match(r["answer"], r["gold"])
+        texts = [t for t, _ in readings] or [r["answer"]]
+        best = (any(exact_match(t, r["gold"]) for t in texts), max(char_accuracy(t, r["gold"]) for t in texts))
         for key in ("all", r["variant"]):
-            got[key]["any"].append((hit, 1.0 if hit else 0.0))
+            got[key]["any"].append(best)
     return {key: {name: {"n": len(v), "exact_match": float(np.mean([e for e, _ in v])),
                          "char_accuracy": float(np.mean([c for _, c in v]))} for name, v in rules.items()}
             for key, rules in got.items()}

@@ -548,6 +548,12 @@ def mean_token_logp(logprobs: list[float]) -> float:
     return float(np.mean(logprobs)) if len(logprobs) else -math.inf
 
 
+def surest_reading(logprobs: list[list[float]]) -> int:
+    """Index of the reading with the highest ``mean_token_logp`` among readings given as their per-token
+    log p (nats); ties go to the earliest (the agreed window's, read first)."""
+    return max(range(len(logprobs)), key=lambda i: mean_token_logp(logprobs[i]))
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -800,7 +806,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         for place in places:
             views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size)[:n_views]]
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
-        k = max(range(len(places)), key=lambda i: mean_token_logp(readings[i].logprobs))  # ties: the agreed window
+        k = surest_reading([r.logprobs for r in readings])
         all_readings = [(p.as_list(), r.text, list(r.logprobs)) for p, r in zip(places, readings)]
         evidence, gen = places[k], readings[k]
         from_neighbour = None if clear() else k > 0

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, answer_neighbours, answer_window, answer_windows, mean_token_logp, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (PolicyConfig, answer_neighbours, answer_window, answer_windows, mean_token_logp, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -346,6 +346,11 @@ def test_one_generation_per_window_reads_no_neighbours(random_adapter, monkeypat
 def test_mean_token_logp_is_nats_per_token_and_an_empty_answer_loses():
     assert mean_token_logp([-1.0, -3.0]) == -2.0
     assert mean_token_logp([]) == -math.inf and mean_token_logp([-50.0]) > mean_token_logp([])
+
+
+def test_surest_reading_is_the_best_mean_per_token_and_a_tie_goes_to_the_first():
+    assert surest_reading([[-0.5], [-0.2] * 4, [-3.0, -3.0], []]) == 1
+    assert surest_reading([[-1.0, -1.0], [-0.5, -1.5], [-1.0]]) == 0
 
 
 def test_answer_window_centres_on_the_reward_weighted_best_windows():

@@ -598,9 +598,9 @@ class SpotResult:
     # window did; None otherwise (closed set, the whole image, a clear window)
     answer_from_neighbour: bool | None = field(default=None, repr=False)
     # open ended, after a search: each place read (the agreed window first, then its neighbours; the clear
-    # window alone where the search stopped on one) as (window in source pixels, text, per-token log p in
-    # nats); None otherwise
-    answer_readings: list[tuple[list[int], str, list[float]]] | None = field(default=None, repr=False)
+    # window alone where the search stopped on one) as (window [x0, y0, x1, y1] in source pixels, unrounded,
+    # since the reading changes under a sub-pixel shift; text; per-token log p in nats); None otherwise
+    answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
@@ -807,7 +807,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size)[:n_views]]
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
         k = surest_reading([r.logprobs for r in readings])
-        all_readings = [(p.as_list(), r.text, list(r.logprobs)) for p, r in zip(places, readings)]
+        all_readings = [([p.x0, p.y0, p.x1, p.y1], r.text, list(r.logprobs)) for p, r in zip(places, readings)]
         evidence, gen = places[k], readings[k]
         from_neighbour = None if clear() else k > 0
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None

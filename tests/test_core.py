@@ -283,7 +283,7 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     assert res.answer_from_neighbour is (surest > 0)
     # every reading is kept, in the order read, each with its window: the answer is one of them
     assert [(t, lp) for _, t, lp in res.answer_readings] == [(g.text, list(g.logprobs)) for _, g in last]
-    assert res.answer_readings[surest][0] == res.evidence_box
+    assert Box(*res.answer_readings[surest][0]).as_list() == res.evidence_box
     # with the step at 0 the agreed window is read alone, and the search gets the passes
     alone = spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, answer_step=0.0))
     assert alone.forward_passes <= budget and len(alone.boxes) > len(res.boxes)

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from research.answer_reading import READINGS, ROWS, copies, pmi_choice, run, score_rows
+from spote.core import PolicyConfig
+from spote.loading import load_adapter
+from spote.spotlight import Box
+from tests.conftest import random_tiny_dir  # noqa: F401 (fixture: a random spote-tiny)
+
+
+def test_copies_are_spotes_nine_shifts_or_those_at_three_scales():
+    place = Box.square(300, 200, 100)
+    nine = copies(place, 9, PolicyConfig(), 800, 600)
+    assert len(nine) == 9 and nine[0].as_list() == place.as_list()
+    assert max(abs(b.centre[0] - 300) for b in nine) == pytest.approx(3.0)  # 0.03 of the side
+    many = copies(place, 27, PolicyConfig(), 800, 600)
+    assert len(many) == 27
+    assert sorted({round(b.width, 6) for b in many}) == pytest.approx([90.0, 100.0, 110.0])
+    assert all(b.x0 >= 0 and b.y0 >= 0 and b.x1 <= 800 and b.y1 <= 600 for b in copies(Box.square(10, 10, 100), 27,
+                                                                                       PolicyConfig(), 800, 600))
+
+
+def test_pmi_ranks_an_empty_reading_last(random_tiny_dir):  # noqa: F811
+    adapter = load_adapter(str(random_tiny_dir))
+    readings = [("", []), ("3A", [-1.0, -1.0])]
+    assert pmi_choice(adapter, "what is the code in the reference field ?", readings, 2) == 1
+
+
+def test_score_rows_scores_every_column_per_variant():
+    row = {"gold": "AB", "variant": "small", "spote": "AB", "pmi": "A",
+           **{name: "AB" for name in READINGS}, **{"oracle_" + name: "XY" for name in READINGS}}
+    t = score_rows([row, {**row, "variant": "split", "spote": "AC"}])
+    assert set(t["all"]) == set(ROWS) and t["all"]["spote"]["n"] == 2
+    assert t["all"]["spote"]["exact_match"] == 0.5 and t["split"]["spote"]["char_accuracy"] == 0.5
+    assert t["small"]["oracle_ctx9"]["exact_match"] == 0.0 and t["all"]["pmi"]["char_accuracy"] == 0.5
+
+
+def test_re_reading_spotes_places_its_own_way_gives_its_answer(random_tiny_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "r.json"
+    run(model=str(random_tiny_dir), n=3, seed=0, split="val", out=out)
+    items = json.loads(out.read_text())["items"]
+    assert len(items) == 3
+    for r in items:
+        assert r["ctx9"] == r["spote"]  # the same places, copies and rendering as SPOT-E's answer step
+        assert all(isinstance(r[name], str) for name in ROWS)

@@ -3,6 +3,7 @@
 
     python -m research.answer_reading run --n 100 --seed 0 --out results/agreed-answers/reading-val-seed0.json
     python -m research.answer_reading score results/agreed-answers/reading-val-seed*.json
+    python -m research.answer_reading places results/agreed-answers/choice-val-seed*.json
 
 After a search on an open item SPOT-E reads the code at each of its places (the agreed window and its
 neighbours, ``core.answer_neighbours``) jointly from 9 shifted copies (``core.answer_windows``), each
@@ -141,6 +142,31 @@ def _print(table: dict) -> None:
 @app.command()
 def score(paths: list[Path]):
     _print(score_rows([r for p in paths for r in json.loads(p.read_text())["items"]]))
+
+
+def place_fit(agreed: Box, oracle: Box) -> tuple[float, float]:
+    """(agreed window's side over the oracle close-up's, their IoU)."""
+    inter = agreed.intersection(oracle)
+    return agreed.width / oracle.width, inter / (agreed.width * agreed.height + oracle.width * oracle.height - inter)
+
+
+@app.command()
+def places(paths: list[Path], input_size: int = 64):
+    """How SPOT-E's agreed window sits on the oracle's close-up, per variant (median side ratio and IoU),
+    from ``research.answer_choice run`` files (their readings' windows, the agreed window first)."""
+    fits = defaultdict(list)
+    for p in paths:
+        d = json.loads(p.read_text())
+        items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
+        for r in d["items"]:
+            if r["readings"]:
+                item = items[r["id"]]
+                fits[r["variant"]].append(place_fit(Box(*r["readings"][0]["window"]), oracle_box(item, input_size)))
+    print("| variant | n | side ratio (median) | IoU (median) |")
+    print("|---|---|---|---|")
+    for v in sorted(fits):
+        ratio, iou = np.median(np.array(fits[v]), axis=0)
+        print(f"| {v} | {len(fits[v])} | {ratio:.2f} | {iou:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from research.answer_reading import READINGS, ROWS, copies, pmi_choice, run, score_rows
+from research.answer_reading import READINGS, ROWS, copies, place_fit, pmi_choice, run, score_rows
 from spote.core import PolicyConfig
 from spote.loading import load_adapter
 from spote.spotlight import Box
@@ -44,3 +44,11 @@ def test_re_reading_spotes_places_its_own_way_gives_its_answer(random_tiny_dir, 
     for r in items:
         assert r["ctx9"] == r["spote"]  # the same places, copies and rendering as SPOT-E's answer step
         assert all(isinstance(r[name], str) for name in ROWS)
+
+
+def test_place_fit_gives_side_ratio_and_iou():
+    oracle = Box(0, 0, 100, 100)
+    assert place_fit(Box(0, 0, 100, 100), oracle) == (1.0, 1.0)
+    ratio, iou = place_fit(Box(20, 0, 120, 100), oracle)  # a fifth of the side off: IoU 0.8 / 1.2
+    assert ratio == 1.0 and iou == pytest.approx(2 / 3)
+    assert place_fit(Box(200, 200, 250, 250), oracle) == (0.5, 0.0)

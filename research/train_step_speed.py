@@ -8,10 +8,10 @@ of it the tower's forward and backward pass over 128 views. This times that work
 64 px views and a freshly built model of the shipped architecture: the tower and projector forward
 with hidden states, the frozen teacher copy's forward on a third of the views (the distillation
 term), a loss on the pooled tokens against the embedding table, backward, AdamW. The data stream
-runs in a worker process beside it in training and is left out here. Variants, each in this one
-process after the one before (``VARIANTS``): eager float32 (training's own), bf16 autocast,
-``torch.compile`` (inductor), and both. Seconds per step are the median of ``steps`` after
-``warmup``; the ratios are to eager, measured in the same run.
+runs in a worker process beside it in training and is left out here. Variants (``VARIANTS``): eager
+float32 (training's own), bf16 autocast, ``torch.compile`` (inductor), and both, timed in turns in one
+process (``time_variants``). Seconds per step are the median of ``steps`` after ``warmup``; the
+ratios are to eager, measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ app = typer.Typer(add_completion=False)
 VARIANTS = {"eager": (False, False), "bf16": (False, True), "compile": (True, False), "compile+bf16": (True, True)}
 
 
-def time_variant(model, compiled: bool, bf16: bool, batch: int, steps: int, warmup: int, seed: int = 0) -> float:
-    """Median seconds per stage-1-like step (module docstring) of ``model``'s tower; the model is trained
-    in place, so each variant starts where the one before left it (the work per step is the same)."""
+def make_step(model, compiled: bool, bf16: bool, batch: int, seed: int = 0):
+    """One stage-1-like step (module docstring) of ``model``'s tower, as a callable returning its seconds;
+    the variant's own optimizer and teacher copy, on fixed random views. Every variant trains the one
+    model in place: the work per step is the same whatever its weights."""
     vision, proj = model.model.vision_tower, model.model.multi_modal_projector
     emb = model.model.language_model.embed_tokens
     teacher = (copy.deepcopy(vision).eval(), copy.deepcopy(proj).eval())
@@ -55,21 +56,37 @@ def time_variant(model, compiled: bool, bf16: bool, batch: int, steps: int, warm
             target = tokens(*teacher, pv[closed])
         return loss + ((t[closed] - target) ** 2).sum() / (target ** 2).sum()
 
-    step = torch.compile(loss_of) if compiled else loss_of
+    forward = torch.compile(loss_of) if compiled else loss_of
     g = torch.Generator().manual_seed(seed)
     pv = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     y = torch.randint(0, emb.weight.shape[0], (batch,), generator=g)
     closed = torch.arange(batch) % 3 == 0
-    times = []
-    for _ in range(warmup + steps):
+
+    def step() -> float:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = step(pv, y, closed)
+            loss = forward(pv, y, closed)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[warmup:])
+        return time.perf_counter() - t0
+    return step
+
+
+def time_variants(model, names: list[str], batch: int, steps: int, warmup: int, rounds: int = 4) -> dict[str, float]:
+    """Median seconds per step of each variant: ``warmup`` steps each (compilation included), then
+    ``steps`` timed steps each, taken in ``rounds`` turns that rotate through the variants, so that a
+    drift in the machine's speed falls on all of them alike."""
+    runs = {name: make_step(model, *VARIANTS[name], batch) for name in names}
+    for step in runs.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for name, step in runs.items():
+            times[name] += [step() for _ in range(per_round)]
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @app.command()
@@ -81,7 +98,7 @@ def main(tower_layers: int = 6, batch: int = 128, steps: int = 20, warmup: int =
         raise typer.BadParameter(f"variants must start with eager and name only {list(VARIANTS)}, got {variants!r}")
     torch.set_num_threads(threads)
     model = build_model(build_processor(open_items=True), seed=0, tower_layers=tower_layers)
-    seconds = {name: time_variant(model, *VARIANTS[name], batch, steps, warmup) for name in names}
+    seconds = time_variants(model, names, batch, steps, warmup)
     result = {"tower_layers": tower_layers, "batch": batch, "steps": steps, "warmup": warmup, "threads": threads,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},

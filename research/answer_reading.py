@@ -10,13 +10,18 @@ neighbours, ``core.answer_neighbours``) jointly from 9 shifted copies (``core.an
 copy rendered as the search's views are (``zoom+context``: the whole image and the close-up), and
 answers with the reading surest per token (``core.surest_reading``). ``run`` runs SPOT-E at the
 defaults on open items, then re-reads the same places, and the oracle's close-up
-(``research.open_reading.oracle_box``), under each of ``READINGS``:
+(``research.open_reading.oracle_box``; one place, so only the ``ORACLE_READINGS``), under each of
+``READINGS``:
 
 - ``ctx9``: SPOT-E's own reading (a check: re-read, it gives SPOT-E's answer);
 - ``zoom9``: the same 9 copies shown as the close-up alone;
 - ``ctx27`` / ``zoom27``: each of the 9 shifted copies also at 0.9 and 1.1 of its side (27 copies);
 - ``ctx27_agreed``: ``ctx27`` on the agreed window alone, which is what a 96-pass budget pays for at
-  27 copies a place.
+  27 copies a place;
+- ``ctx9_grid``: 9 places, the agreed window and its neighbours across, down and diagonally
+  (``grid_places``, at ``answer_step``), 9 copies each (81 passes against SPOT-E's 45);
+- ``ctx5_grid``: the same 9 places at 5 copies each (the unshifted one and the grid's corners): 45
+  passes, SPOT-E's own.
 
 It also scores the choice among SPOT-E's own readings by pointwise mutual information with a blank
 view (``pmi``): mean_t [log p(y_t | views) - log p(y_t | blank)], the blank a pair of white 64 px
@@ -48,28 +53,44 @@ from spote.spotlight import Box, ViewRenderer
 app = typer.Typer(add_completion=False)
 
 SCALES = (1.0, 0.9, 1.1)  # sides of the 27-copy readings, over the window's own
-# name -> (rendering: the search's own or "zoom", copies: 9 or 27, places: "all" or "agreed")
+# name -> (rendering: the search's own or "zoom", copies: 5, 9 or 27, places: SPOT-E's ("all"), the agreed
+# window alone ("agreed"), or a 3 x 3 grid of them around it ("grid"))
 READINGS = {"ctx9": ("search", 9, "all"), "zoom9": ("zoom", 9, "all"), "ctx27": ("search", 27, "all"),
-            "zoom27": ("zoom", 27, "all"), "ctx27_agreed": ("search", 27, "agreed")}
+            "zoom27": ("zoom", 27, "all"), "ctx27_agreed": ("search", 27, "agreed"),
+            "ctx9_grid": ("search", 9, "grid"), "ctx5_grid": ("search", 5, "grid")}
+ORACLE_READINGS = [name for name, (_, _, where) in READINGS.items() if where == "all"]  # one place: its close-up
 BLANK_RGB = (255, 255, 255)  # a form's paper
 
 
 def copies(place: Box, n: int, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
-    """The windows one place is read off: SPOT-E's 9 shifted copies, or (``n`` = 27) each of them also at
-    0.9 and 1.1 of its side, about the same centre."""
+    """The windows one place is read off: SPOT-E's 9 shifted copies; (``n`` = 5) the unshifted one and the
+    four corners of their grid; or (``n`` = 27) each of the 9 also at 0.9 and 1.1 of its side, about the
+    same centre."""
     shifted = answer_windows(place, replace(cfg, answer_grid=3), width, height)
     if n == 9:
         return shifted
+    if n == 5:
+        return shifted[:1] + shifted[-4:]  # answer_windows lists the offsets nearest first: the corners last
     return [Box.square(*w.centre, w.width * s).shifted_inside(width, height) for w in shifted for s in SCALES]
 
 
+def grid_places(agreed: Box, step: float, width: int, height: int) -> list[Box]:
+    """The agreed window and its 8 neighbours moved by ``step`` of its side across, down and diagonally
+    (``core.answer_neighbours`` takes the first four), each moved back inside the image; 9 windows."""
+    return [Box(agreed.x0 + dx * step * agreed.width, agreed.y0 + dy * step * agreed.height,
+                agreed.x1 + dx * step * agreed.width, agreed.y1 + dy * step * agreed.height).shifted_inside(width, height)
+            for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]
+
+
 def read_places(adapter, image, question, places: list[Box], reading: str, cfg: PolicyConfig) -> tuple[str, list[float]]:
-    """The surest reading over ``places`` under ``reading`` (a READINGS name): (text, per-token log p)."""
+    """The surest reading over ``places`` (the agreed window first) under ``reading`` (a READINGS name):
+    (text, per-token log p)."""
     render_mode, n, which = READINGS[reading]
     mode = view_mode(cfg, adapter) if render_mode == "search" else render_mode
     renderer = ViewRenderer(image, adapter.input_size)
+    where = {"all": places, "agreed": places[:1], "grid": grid_places(places[0], cfg.answer_step, *image.size)}[which]
     gens = [adapter.generate_agreed([renderer.render(w, mode) for w in copies(p, n, cfg, *image.size)], question)
-            for p in (places if which == "all" else places[:1])]
+            for p in where]
     k = surest_reading([g.logprobs for g in gens])
     return gens[k].text, list(gens[k].logprobs)
 
@@ -105,6 +126,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
         places = [Box(*w) for w, _, _ in res.answer_readings] if searched else []
         for name in READINGS:
             row[name] = read_places(adapter, item.image, item.question, places, name, cfg)[0] if searched else res.answer
+        for name in ORACLE_READINGS:
             row["oracle_" + name] = read_places(adapter, item.image, item.question, [oracle_box(item, adapter.input_size)],
                                                 name, cfg)[0]
         readings = [(t, lp) for _, t, lp in res.answer_readings] if searched else []
@@ -115,7 +137,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
     _print(score_rows(rows))
 
 
-ROWS = ("spote", *READINGS, "pmi", *("oracle_" + r for r in READINGS))
+ROWS = ("spote", *READINGS, "pmi", *("oracle_" + r for r in ORACLE_READINGS))
 
 
 def score_rows(rows: list[dict]) -> dict:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from research.answer_reading import READINGS, ROWS, copies, place_fit, pmi_choice, run, score_rows
+from research.answer_reading import ORACLE_READINGS, READINGS, ROWS, copies, grid_places, place_fit, pmi_choice, run, score_rows
 from spote.core import PolicyConfig
 from spote.loading import load_adapter
 from spote.spotlight import Box
@@ -14,6 +14,9 @@ def test_copies_are_spotes_nine_shifts_or_those_at_three_scales():
     nine = copies(place, 9, PolicyConfig(), 800, 600)
     assert len(nine) == 9 and nine[0].as_list() == place.as_list()
     assert max(abs(b.centre[0] - 300) for b in nine) == pytest.approx(3.0)  # 0.03 of the side
+    five = copies(place, 5, PolicyConfig(), 800, 600)
+    assert five[0].as_list() == place.as_list()
+    assert sorted((round(b.centre[0] - 300, 6), round(b.centre[1] - 200, 6)) for b in five[1:]) == [(-3, -3), (-3, 3), (3, -3), (3, 3)]
     many = copies(place, 27, PolicyConfig(), 800, 600)
     assert len(many) == 27
     assert sorted({round(b.width, 6) for b in many}) == pytest.approx([90.0, 100.0, 110.0])
@@ -29,7 +32,7 @@ def test_pmi_ranks_an_empty_reading_last(random_tiny_dir):  # noqa: F811
 
 def test_score_rows_scores_every_column_per_variant():
     row = {"gold": "AB", "variant": "small", "spote": "AB", "pmi": "A",
-           **{name: "AB" for name in READINGS}, **{"oracle_" + name: "XY" for name in READINGS}}
+           **{name: "AB" for name in READINGS}, **{"oracle_" + name: "XY" for name in ORACLE_READINGS}}
     t = score_rows([row, {**row, "variant": "split", "spote": "AC"}])
     assert set(t["all"]) == set(ROWS) and t["all"]["spote"]["n"] == 2
     assert t["all"]["spote"]["exact_match"] == 0.5 and t["split"]["spote"]["char_accuracy"] == 0.5
@@ -52,3 +55,12 @@ def test_place_fit_gives_side_ratio_and_iou():
     ratio, iou = place_fit(Box(20, 0, 120, 100), oracle)  # a fifth of the side off: IoU 0.8 / 1.2
     assert ratio == 1.0 and iou == pytest.approx(2 / 3)
     assert place_fit(Box(200, 200, 250, 250), oracle) == (0.5, 0.0)
+
+
+def test_grid_places_are_the_agreed_window_and_its_eight_neighbours():
+    agreed = Box.square(400, 300, 100)
+    grid = grid_places(agreed, 0.15, 800, 600)
+    assert len(grid) == 9 and grid[0].as_list() == agreed.as_list()
+    assert sorted((round(b.centre[0] - 400), round(b.centre[1] - 300)) for b in grid) == sorted(
+        (dx, dy) for dx in (-15, 0, 15) for dy in (-15, 0, 15))
+    assert all(b.x0 >= 0 for b in grid_places(Box.square(50, 300, 100), 0.15, 800, 600))

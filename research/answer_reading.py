@@ -34,6 +34,7 @@ window read once) keeps SPOT-E's answer in every row.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +47,7 @@ from tqdm import tqdm
 from research.open_reading import oracle_box
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
-from spote.core import PolicyConfig, answer_windows, mean_token_logp, spote, surest_reading, view_mode
+from spote.core import PolicyConfig, answer_windows, spote, surest_reading, view_mode
 from spote.loading import load_adapter
 from spote.spotlight import Box, ViewRenderer
 
@@ -63,15 +64,22 @@ BLANK_RGB = (255, 255, 255)  # a form's paper
 
 
 def copies(place: Box, n: int, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
-    """The windows one place is read off: SPOT-E's 9 shifted copies; (``n`` = 5) the unshifted one and the
-    four corners of their grid; or (``n`` = 27) each of the 9 also at 0.9 and 1.1 of its side, about the
-    same centre."""
+    """The windows (source pixels) one place is read off: SPOT-E's 9 shifted copies; (``n`` = 5) the
+    unshifted one and the four corners of their grid; or (``n`` = 27) each of the 9 also at 0.9 and 1.1
+    of its side (at most the image's short side), about the same centre.
+
+    Raises:
+        ValueError: ``n`` not 5, 9 or 27.
+    """
+    if n not in (5, 9, 27):
+        raise ValueError(f"copies are 5, 9 or 27 windows, got {n}")
     shifted = answer_windows(place, replace(cfg, answer_grid=3), width, height)
     if n == 9:
         return shifted
     if n == 5:
         return shifted[:1] + shifted[-4:]  # answer_windows lists the offsets nearest first: the corners last
-    return [Box.square(*w.centre, w.width * s).shifted_inside(width, height) for w in shifted for s in SCALES]
+    return [Box.square(*w.centre, min(w.width * s, width, height)).shifted_inside(width, height)
+            for w in shifted for s in SCALES]
 
 
 def grid_places(agreed: Box, step: float, width: int, height: int) -> list[Box]:
@@ -88,7 +96,7 @@ def read_places(adapter, image, question, places: list[Box], reading: str, cfg: 
     render_mode, n, which = READINGS[reading]
     mode = view_mode(cfg, adapter) if render_mode == "search" else render_mode
     renderer = ViewRenderer(image, adapter.input_size)
-    where = {"all": places, "agreed": places[:1], "grid": grid_places(places[0], cfg.answer_step, *image.size)}[which]
+    where = grid_places(places[0], cfg.answer_step, *image.size) if which == "grid" else places if which == "all" else places[:1]
     gens = [adapter.generate_agreed([renderer.render(w, mode) for w in copies(p, n, cfg, *image.size)], question)
             for p in where]
     k = surest_reading([g.logprobs for g in gens])
@@ -96,15 +104,16 @@ def read_places(adapter, image, question, places: list[Box], reading: str, cfg: 
 
 
 def pmi_choice(adapter, question: str, readings: list[tuple[str, list[float]]], n_images: int) -> int:
-    """Index of the reading with the highest mean_t [log p(y_t | views) - log p(y_t | blank)] (nats); an
-    empty reading ranks last, ties go to the earliest."""
+    """Index of the reading with the highest mean_t [log p(y_t | views) - log p(y_t | blank)] (nats). An
+    empty reading, or one whose text the tokenizer does not spell back into as many tokens as it has
+    log p (so that the blank's log p would sit on other tokens), ranks last; ties go to the earliest."""
     blank = [Image.new("RGB", (adapter.input_size,) * 2, BLANK_RGB)] * n_images
     prompt = adapter.prompt_text(n_images, question)
 
     def score(text, logprobs):
         ids = adapter.tokenizer(text, add_special_tokens=False).input_ids
         if not logprobs or len(ids) != len(logprobs):
-            return mean_token_logp(logprobs)
+            return -math.inf
         prior, _ = adapter.teacher_forced([blank], prompt, ids)
         return float(np.mean(logprobs) - prior[0].mean())
     scores = [score(t, lp) for t, lp in readings]
@@ -115,14 +124,17 @@ def pmi_choice(adapter, question: str, readings: list[tuple[str, list[float]]], 
 def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (default: the shipped ones)"),
         n: int = 100, seed: int = 0, split: str = "val",
         out: Path = Path("results/agreed-answers/reading-val-seed0.json")):
+    """SPOT-E on ``n`` open items, then every reading of READINGS (and ``pmi``) at its places and the
+    oracle's close-up; one row per item to ``out``, and the table."""
     adapter = load_adapter(model)
     cfg = replace(PolicyConfig(), seed=seed)
     n_images = 2 if view_mode(cfg, adapter) == "zoom+context" else 1
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
         res = spote(adapter, item.image, item.question, None, cfg)
-        row = {"id": item.id, "gold": item.answer, "variant": item.meta["variant"], "spote": res.answer}
         searched = res.answer_from_neighbour is not None  # read at the agreed window and its neighbours
+        row = {"id": item.id, "gold": item.answer, "variant": item.meta["variant"], "spote": res.answer,
+               "searched": searched}
         places = [Box(*w) for w, _, _ in res.answer_readings] if searched else []
         for name in READINGS:
             row[name] = read_places(adapter, item.image, item.question, places, name, cfg)[0] if searched else res.answer
@@ -141,10 +153,11 @@ ROWS = ("spote", *READINGS, "pmi", *("oracle_" + r for r in ORACLE_READINGS))
 
 
 def score_rows(rows: list[dict]) -> dict:
-    """Per answer column of ROWS: exact match and character accuracy, overall and per variant."""
+    """Per answer column of ROWS: exact match and character accuracy, overall and per variant (a column a
+    row lacks, from a file written before that reading was added, is left out for that row)."""
     got = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        for name in ROWS:
+        for name in (c for c in ROWS if c in r):
             for key in ("all", r["variant"]):
                 got[key][name].append((exact_match(r[name], r["gold"]), char_accuracy(r[name], r["gold"])))
     return {key: {name: {"n": len(v), "exact_match": float(np.mean([e for e, _ in v])),
@@ -156,20 +169,20 @@ def _print(table: dict) -> None:
     keys = ["all", *sorted(k for k in table if k != "all")]
     print("| reading | " + " | ".join(f"{k} ({table[k]['spote']['n']})" for k in keys) + " |")
     print("|---|" + "---|" * len(keys))
-    for name in ROWS:
+    for name in (c for c in ROWS if c in table["all"]):
         print(f"| {name} | " + " | ".join(f"{table[k][name]['exact_match']:.3f} / {table[k][name]['char_accuracy']:.3f}"
                                          for k in keys) + " |")
 
 
 @app.command()
 def score(paths: list[Path]):
+    """The table of ``run`` over several of its files together."""
     _print(score_rows([r for p in paths for r in json.loads(p.read_text())["items"]]))
 
 
 def place_fit(agreed: Box, oracle: Box) -> tuple[float, float]:
     """(agreed window's side over the oracle close-up's, their IoU)."""
-    inter = agreed.intersection(oracle)
-    return agreed.width / oracle.width, inter / (agreed.width * agreed.height + oracle.width * oracle.height - inter)
+    return agreed.width / oracle.width, agreed.iou(oracle)
 
 
 @app.command()
@@ -181,7 +194,7 @@ def places(paths: list[Path], input_size: int = 64):
         d = json.loads(p.read_text())
         items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
         for r in d["items"]:
-            if r["readings"]:
+            if len(r["readings"]) > 1:  # a search's readings, the agreed window first (one: a clear window's)
                 item = items[r["id"]]
                 fits[r["variant"]].append(place_fit(Box(*r["readings"][0]["window"]), oracle_box(item, input_size)))
     print("| variant | n | side ratio (median) | IoU (median) |")

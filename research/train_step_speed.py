@@ -75,31 +75,40 @@ def make_step(model, compiled: bool, bf16: bool, batch: int, seed: int = 0):
 
 def time_variants(model, names: list[str], batch: int, steps: int, warmup: int, rounds: int = 4) -> dict[str, float]:
     """Median seconds per step of each variant: ``warmup`` steps each (compilation included), then
-    ``steps`` timed steps each, taken in ``rounds`` turns that rotate through the variants, so that a
-    drift in the machine's speed falls on all of them alike."""
+    ``steps`` timed steps each, in ``rounds`` turns of steps / rounds; each turn starts one variant
+    later than the one before, so that a drift in the machine's speed falls on all of them alike.
+
+    Raises:
+        ValueError: ``steps`` not a positive multiple of ``rounds``.
+    """
+    if steps < rounds or steps % rounds:
+        raise ValueError(f"steps must be a positive multiple of rounds ({rounds}), got {steps}")
     runs = {name: make_step(model, *VARIANTS[name], batch) for name in names}
     for step in runs.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in names}
-    per_round = max(1, steps // rounds)
-    for _ in range(rounds):
-        for name, step in runs.items():
-            times[name] += [step() for _ in range(per_round)]
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            times[name] += [runs[name]() for _ in range(steps // rounds)]
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 @app.command()
-def main(tower_layers: int = 6, batch: int = 128, steps: int = 20, warmup: int = 5, threads: int = 2,
+def main(tower_layers: int = 6, batch: int = 128, steps: int = 40, warmup: int = 5, threads: int = 2, rounds: int = 4,
          variants: str = typer.Option(",".join(VARIANTS), help="comma-separated names of VARIANTS; eager first"),
          out: Path = Path("results/train-open-2/train-step-speed.json")):
+    """Time stage 1's step under each of ``variants``; seconds and ratios to eager to ``out``."""
     names = variants.split(",")
     if names[0] != "eager" or any(n not in VARIANTS for n in names):
         raise typer.BadParameter(f"variants must start with eager and name only {list(VARIANTS)}, got {variants!r}")
+    if steps < rounds or steps % rounds:
+        raise typer.BadParameter(f"steps must be a positive multiple of rounds ({rounds}), got {steps}")
     torch.set_num_threads(threads)
     model = build_model(build_processor(open_items=True), seed=0, tower_layers=tower_layers)
-    seconds = time_variants(model, names, batch, steps, warmup)
-    result = {"tower_layers": tower_layers, "batch": batch, "steps": steps, "warmup": warmup, "threads": threads,
+    seconds = time_variants(model, names, batch, steps, warmup, rounds)
+    result = {"tower_layers": tower_layers, "batch": batch, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "threads": threads,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
               "ratio_to_eager": {k: round(v / seconds["eager"], 3) for k, v in seconds.items()}}

@@ -94,9 +94,15 @@ def score_rows(rows: list[dict]) -> dict:
         best = (any(exact_match(t, r["gold"]) for t in texts), max(char_accuracy(t, r["gold"]) for t in texts))
         for key in ("all", r["variant"]):
             got[key]["any"].append(best)
+    return summarise(got)
+
+
+def summarise(got: dict[str, dict[str, list[tuple[bool, float]]]]) -> dict:
+    """{group: {column: [(exact match, character accuracy) per item]}} -> {group: {column: {"n",
+    "exact_match", "char_accuracy"}}}, the two as means."""
     return {key: {name: {"n": len(v), "exact_match": float(np.mean([e for e, _ in v])),
-                         "char_accuracy": float(np.mean([c for _, c in v]))} for name, v in rules.items()}
-            for key, rules in got.items()}
+                         "char_accuracy": float(np.mean([c for _, c in v]))} for name, v in cols.items()}
+            for key, cols in got.items()}
 
 
 @app.command()

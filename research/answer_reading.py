@@ -44,6 +44,7 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
+from research.answer_choice import summarise
 from research.open_reading import oracle_box
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
@@ -85,8 +86,7 @@ def copies(place: Box, n: int, cfg: PolicyConfig, width: int, height: int) -> li
 def grid_places(agreed: Box, step: float, width: int, height: int) -> list[Box]:
     """The agreed window and its 8 neighbours moved by ``step`` of its side across, down and diagonally
     (``core.answer_neighbours`` takes the first four), each moved back inside the image; 9 windows."""
-    return [Box(agreed.x0 + dx * step * agreed.width, agreed.y0 + dy * step * agreed.height,
-                agreed.x1 + dx * step * agreed.width, agreed.y1 + dy * step * agreed.height).shifted_inside(width, height)
+    return [agreed.moved(dx * step, dy * step).shifted_inside(width, height)
             for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]
 
 
@@ -160,9 +160,7 @@ def score_rows(rows: list[dict]) -> dict:
         for name in (c for c in ROWS if c in r):
             for key in ("all", r["variant"]):
                 got[key][name].append((exact_match(r[name], r["gold"]), char_accuracy(r[name], r["gold"])))
-    return {key: {name: {"n": len(v), "exact_match": float(np.mean([e for e, _ in v])),
-                         "char_accuracy": float(np.mean([c for _, c in v]))} for name, v in cols.items()}
-            for key, cols in got.items()}
+    return summarise(got)
 
 
 def _print(table: dict) -> None:

@@ -73,6 +73,12 @@ def make_step(model, compiled: bool, bf16: bool, batch: int, seed: int = 0):
     return step
 
 
+def check_turns(steps: int, rounds: int) -> None:
+    """Raises ValueError unless ``steps`` is a positive multiple of ``rounds`` (``time_variants``' turns)."""
+    if steps < rounds or steps % rounds:
+        raise ValueError(f"steps must be a positive multiple of rounds ({rounds}), got {steps}")
+
+
 def time_variants(model, names: list[str], batch: int, steps: int, warmup: int, rounds: int = 4) -> dict[str, float]:
     """Median seconds per step of each variant: ``warmup`` steps each (compilation included), then
     ``steps`` timed steps each, in ``rounds`` turns of steps / rounds; each turn starts one variant
@@ -81,8 +87,7 @@ def time_variants(model, names: list[str], batch: int, steps: int, warmup: int, 
     Raises:
         ValueError: ``steps`` not a positive multiple of ``rounds``.
     """
-    if steps < rounds or steps % rounds:
-        raise ValueError(f"steps must be a positive multiple of rounds ({rounds}), got {steps}")
+    check_turns(steps, rounds)
     runs = {name: make_step(model, *VARIANTS[name], batch) for name in names}
     for step in runs.values():
         for _ in range(warmup):
@@ -102,8 +107,10 @@ def main(tower_layers: int = 6, batch: int = 128, steps: int = 40, warmup: int =
     names = variants.split(",")
     if names[0] != "eager" or any(n not in VARIANTS for n in names):
         raise typer.BadParameter(f"variants must start with eager and name only {list(VARIANTS)}, got {variants!r}")
-    if steps < rounds or steps % rounds:
-        raise typer.BadParameter(f"steps must be a positive multiple of rounds ({rounds}), got {steps}")
+    try:
+        check_turns(steps, rounds)  # before the model is built
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     torch.set_num_threads(threads)
     model = build_model(build_processor(open_items=True), seed=0, tower_layers=tower_layers)
     seconds = time_variants(model, names, batch, steps, warmup, rounds)

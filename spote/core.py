@@ -535,8 +535,7 @@ def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Bo
         raise ValueError(f"step must be in [0, 0.5] window sides, got {step}")
     out = [box]
     for dx, dy in ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)) if step else ():
-        moved = Box(box.x0 + dx * box.width, box.y0 + dy * box.height, box.x1 + dx * box.width,
-                    box.y1 + dy * box.height).shifted_inside(width, height)
+        moved = box.moved(dx, dy).shifted_inside(width, height)
         if all(moved.as_list() != b.as_list() for b in out):
             out.append(moved)
     return out

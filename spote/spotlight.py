@@ -76,6 +76,11 @@ class Box:
         """The ``side`` x ``side`` box centred on (cx, cy), unclipped."""
         return Box(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
+    def moved(self, dx: float, dy: float) -> "Box":
+        """The same box moved by ``dx`` of its width right and ``dy`` of its height down (negative: left, up)."""
+        return Box(self.x0 + dx * self.width, self.y0 + dy * self.height, self.x1 + dx * self.width,
+                   self.y1 + dy * self.height)
+
     def shifted_inside(self, width: float, height: float) -> "Box":
         """The same box moved (not shrunk) to lie inside a ``width`` x ``height`` image, if it fits."""
         x0 = min(max(self.x0, 0), width - self.width)

@@ -91,6 +91,12 @@ def test_grid_to_source_covers_image():
     assert max(c.x1 for c in cells) == 400 and max(c.y1 for c in cells) == 200
 
 
+def test_moved_shifts_by_shares_of_the_box_side():
+    b = Box(100.0, 50.0, 180.0, 90.0)  # 80 x 40
+    assert b.moved(0.25, -0.5) == Box(120.0, 30.0, 200.0, 70.0)
+    assert b.moved(0, 0) == b and b.moved(-1, 1).width == b.width
+
+
 def test_shifted_inside_moves_a_box_without_shrinking_it():
     b = Box.square(5.0, 290.0, 64).shifted_inside(400, 300)   # past the left and bottom edges
     assert (b.x0, b.y1) == (0.0, 300.0) and b.width == 64 and b.height == 64

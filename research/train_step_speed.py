@@ -1,7 +1,7 @@
 """Can kernels buy the deeper tower its hour? Stage 1's step under torch.compile and bf16 autocast
 (docs/experiments/open-items-training.md#kernels-for-the-deeper-tower)
 
-    python -m research.train_step_speed --tower-layers 6 --out results/train-open-2/train-step-speed.json
+    python -m research.train_step_speed --tower-layers 6 --out results/train-open-2/train-step-speed-run1.json
 
 The eleventh run's stage 1 (``training.train.pretrain_vision``) costs about 1 s a step on 2 cores, most
 of it the tower's forward and backward pass over 128 views. This times that work alone, on random

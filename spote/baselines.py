@@ -250,7 +250,7 @@ def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfi
                    mode="highlight", exit_entropy_per_ln_k=0.0,
                    exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, settle_after=0, use_relevance=False,
                    saliency_weight=0.0, saliency_peaks=0, grid=14, jitter=0.15, learning_rate=0.05,
-                   answer_top=1, answer_grid=1, answer_step=0.0)
+                   answer_top=1, answer_centring=0.0, answer_grid=1, answer_step=0.0)
 
 
 def run_scaffold(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):

@@ -24,8 +24,9 @@ Read top to bottom:
    answer but the whole image's a probability >= ``settle_p``, nothing seen contradicts the whole
    image (mostly an absence being proved, which no close-up makes clear). Answer from the best spotlight by reward; the whole image competes with reward 0,
    so a run whose every spotlight scores below zero keeps the baseline answer. An open answer is
-   generated anew where the best spotlights agree, decoded jointly from shifted copies of that
-   window (``answer_window``, ``answer_windows``).
+   generated anew where the best spotlights agree, that window moved onto the salient thing near it
+   (``answer_centred``), decoded jointly from shifted and rescaled copies of it (``answer_window``,
+   ``answer_windows``).
 
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
 a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
@@ -52,7 +53,7 @@ import torch
 from PIL import Image
 
 from .saliency import WORKING_SIZE as SALIENCY_SIZE
-from .saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
+from .saliency import salient_centre, saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
 
@@ -122,10 +123,14 @@ class PolicyConfig:
     settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
     answer_top: int = 8            # open ended: the answer is read where the k best-rewarded windows agree
     #                                (answer_window; 1: on the best window itself)
+    answer_centring: float = 1.5   # ... moved, same side, onto the most salient pixels within this many of its sides
+    #                                about its centre (answer_centred; 0: not moved)
     answer_grid: int = 3           # ... decoded jointly from a g x g grid of copies of that window (answer_windows; odd;
     #                                1: one generation on it; also 1 when g^2 exceeds a third of the budget)
     answer_shift: float = 0.03     # ... shifted by up to this share of the window's side
-    answer_step: float = 0.15      # ... and so are that window's four neighbours moved by this share of its side; the
+    answer_rescale: float = 0.1    # ... each also at 1 - and 1 + this share of its side, where the copies still fit in a
+    #                                third of the budget (3 g^2 copies; 0: the window's side only)
+    answer_step: float = 0.0       # ... and so are that window's four neighbours moved by this share of its side; the
     #                                reading surest per token answers (answer_neighbours; 0: the window alone; only
     #                                with joint decoding, g > 1; as many as half the budget pays for)
 
@@ -165,6 +170,12 @@ class PolicyConfig:
         if not (0 < self.answer_shift <= 0.25 or (self.answer_shift == 0 and self.answer_grid == 1)):
             raise ValueError(f"answer_shift must be in (0, 0.25] window sides (0 only with answer_grid 1: copies would "
                              f"be identical), got {self.answer_shift}")
+        if not (self.answer_centring == 0 or 1 <= self.answer_centring <= 4):
+            raise ValueError(f"answer_centring must be 0 (not moved) or 1-4 window sides (the region searched for the "
+                             f"salient centre), got {self.answer_centring}")
+        if not 0 <= self.answer_rescale <= 0.25:
+            raise ValueError(f"answer_rescale must be in [0, 0.25] window sides (0: copies at the window's side only), "
+                             f"got {self.answer_rescale}")
         if not 0 <= self.answer_step <= 0.5:
             raise ValueError(f"answer_step must be in [0, 0.5] window sides (0: the agreed window alone), "
                              f"got {self.answer_step}")
@@ -505,19 +516,49 @@ def answer_window(boxes: list[Box], rewards: list[float], top: int, width: int, 
     return Box.square(cx, cy, min(side, width, height)).shifted_inside(width, height)
 
 
-def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int) -> list[Box]:
-    """The ``answer_grid``^2 windows an open answer is read off (source pixels): ``box`` shifted by each of
-    a g x g grid of offsets in [-answer_shift, answer_shift] window sides, ``box`` itself first (g is odd),
+def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int, rescaled: bool = False) -> list[Box]:
+    """The windows an open answer is read off (source pixels): ``box`` shifted by each of a g x g grid of
+    offsets in [-answer_shift, answer_shift] window sides (g = ``answer_grid``, odd), ``box`` itself first,
     then the nearest offsets; each moved back inside the image where it fits, so copies at an edge may
-    coincide. A small reader's argmax over a code's characters flips under a shift of a pixel or two;
-    decoding from all copies at once keeps what they agree on (docs/experiments/agreed-answers.md)."""
+    coincide. With ``rescaled`` (and ``answer_rescale`` > 0) each copy is followed by squares about its
+    centre at 1 - and 1 + ``answer_rescale`` of its side (at most the image's short side): 3 g^2 windows.
+    A small reader's argmax over a code's characters flips under a shift of a pixel or two, or a tenth
+    of the scale; decoding from all copies at once keeps what they agree on
+    (docs/experiments/agreed-answers.md)."""
     g, s = cfg.answer_grid, cfg.answer_shift
     steps = np.linspace(-s, s, g) if g > 1 else np.zeros(1)
     offsets = sorted(((dx, dy) for dx in steps for dy in steps), key=lambda o: (abs(o[0]) + abs(o[1]), o))
     cx, cy = box.centre
-    return [Box(cx - box.width / 2 + dx * box.width, cy - box.height / 2 + dy * box.height,
-                cx + box.width / 2 + dx * box.width, cy + box.height / 2 + dy * box.height).shifted_inside(width, height)
-            for dx, dy in offsets]
+    shifted = [Box(cx - box.width / 2 + dx * box.width, cy - box.height / 2 + dy * box.height,
+                   cx + box.width / 2 + dx * box.width, cy + box.height / 2 + dy * box.height).shifted_inside(width, height)
+               for dx, dy in offsets]
+    if not (rescaled and cfg.answer_rescale > 0):
+        return shifted
+    z = cfg.answer_rescale
+    return [c for w in shifted for c in
+            (w, *(Box.square(*w.centre, min(w.width * f, width, height)).shifted_inside(width, height)
+                  for f in (1 - z, 1 + z)))]
+
+
+def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: int) -> Box:
+    """``box`` moved, its side kept, so that it centres on the saliency-weighted mean of the most salient
+    3% of the pixels in a square of ``reach`` times its side about its centre (``saliency.salient_centre``),
+    inside the image; ``box`` itself when ``reach`` is 0 or nothing there is salient. The agreed window
+    has about the field's side but sits a fifth of it off (median IoU 0.6-0.7 with the oracle's
+    close-up); the field's outline and glyphs are the most salient pixels near it, and centring on
+    them holds the field whole (median IoU about 0.9 on val: docs/experiments/agreed-answers.md#centring).
+
+    Raises:
+        ValueError: ``reach`` not 0 or in [1, 4].
+    """
+    if not (reach == 0 or 1 <= reach <= 4):
+        raise ValueError(f"reach must be 0 or 1-4 window sides, got {reach}")
+    if reach == 0:
+        return box
+    cx, cy = box.centre
+    half = reach * max(box.width, box.height) / 2
+    centre = salient_centre(sal, (width, height), (cx - half, cy - half, cx + half, cy + half))
+    return box if centre is None else Box.square(*centre, max(box.width, box.height)).shifted_inside(width, height)
 
 
 def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Box]:
@@ -640,10 +681,12 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)
-    # an open answer is decoded jointly from answer_views shifted copies of its window: at most a third of
-    # the budget, so that a small budget still searches; an endpoint decodes each request alone: one
+    # an open answer is decoded jointly from answer_views shifted (and, where they fit, rescaled) copies of its
+    # window: at most a third of the budget, so that a small budget still searches; an endpoint decodes each
+    # request alone: one
     joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
-    answer_views = cfg.answer_grid ** 2 if joint else 1
+    rescaled = joint and cfg.answer_grid > 1 and cfg.answer_rescale > 0 and 3 * cfg.answer_grid ** 2 <= cfg.budget // 3
+    answer_views = (3 if rescaled else 1) * cfg.answer_grid ** 2 if joint else 1
     # ... and, so jointly, off the agreed window's neighbours too, as many as half the budget pays for
     answer_reads = min(5, max(1, (cfg.budget // 2) // answer_views)) if answer_views > 1 and cfg.answer_step > 0 else 1
 
@@ -701,6 +744,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             return False
         others = torch.cat([seen[:base_top], seen[base_top + 1:]])
         return bool(others.numel() == 0 or others.max() < cfg.settle_p)
+    sal_map = None
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
         reserve = 0 if choices is not None else answer_reads * answer_views  # open ended: the answer's generations, kept aside
@@ -779,8 +823,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                     break
 
     # 4. answer from the best spotlight (the whole image if none beat it); an open answer is generated anew
-    # where the best windows agree and at that window's neighbours, each jointly from shifted copies of
-    # it; the reading surest per token answers
+    # where the best windows agree, centred on the salient thing there (and at that window's neighbours,
+    # with answer_step), each jointly from shifted and rescaled copies of it; the reading surest per token answers
     final = best["reading"]
     evidence = best["box"]
     token_logp = None  # open ended: log p of each token of the answer given
@@ -800,10 +844,13 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             places, n_views = [evidence], 1
         else:
             agreed = answer_window([b for b, _ in candidates], [r for _, r in candidates], cfg.answer_top, *image.size)
+            if cfg.answer_centring:
+                sal_map = saliency_map(image, cfg.saliency_size) if sal_map is None else sal_map
+                agreed = answer_centred(agreed, sal_map, cfg.answer_centring, *image.size)
             places, n_views = answer_neighbours(agreed, cfg.answer_step, *image.size)[:answer_reads], answer_views
         readings = []
         for place in places:
-            views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size)[:n_views]]
+            views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size, rescaled)[:n_views]]
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
         k = surest_reading([r.logprobs for r in readings])
         all_readings = [([p.x0, p.y0, p.x1, p.y1], r.text, list(r.logprobs)) for p, r in zip(places, readings)]

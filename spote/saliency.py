@@ -86,3 +86,29 @@ def saliency_centroid(sal: np.ndarray, image_size: tuple[int, int], top: float =
     if len(xs) == 0:  # nothing salient anywhere: the middle
         return image_size[0] / 2, image_size[1] / 2
     return float((xs.mean() + 0.5) * image_size[0] / w), float((ys.mean() + 0.5) * image_size[1] / h)
+
+
+def salient_centre(sal: np.ndarray, image_size: tuple[int, int], region: tuple[float, float, float, float],
+                   top: float = 0.03) -> tuple[float, float] | None:
+    """Saliency-weighted mean position (x, y, source pixels) of the ``top`` share of the most salient
+    pixels inside ``region`` ([x0, y0, x1, y1], source pixels): where the salient thing near a place
+    sits (a field's outline and glyphs, an object), its flat surroundings left out. ``None`` when the
+    region holds no salient pixel.
+
+    Raises:
+        ValueError: ``top`` not in (0, 1].
+    """
+    if not 0 < top <= 1:
+        raise ValueError(f"top must be a share in (0, 1], got {top}")
+    h, w = sal.shape
+    sx, sy = image_size[0] / w, image_size[1] / h
+    x0, y0 = max(0, int(region[0] / sx)), max(0, int(region[1] / sy))
+    x1, y1 = min(w, int(region[2] / sx) + 1), min(h, int(region[3] / sy) + 1)
+    patch = sal[y0:y1, x0:x1]
+    if patch.size == 0 or patch.max() <= 0:
+        return None
+    ys, xs = np.nonzero(patch >= np.quantile(patch, 1 - top))
+    wts = patch[ys, xs]
+    if wts.sum() <= 0:  # a flat patch whose top share is all zeros
+        return None
+    return float(((xs + x0 + 0.5) * wts).sum() / wts.sum() * sx), float(((ys + y0 + 0.5) * wts).sum() / wts.sum() * sy)

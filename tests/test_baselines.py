@@ -68,7 +68,8 @@ def test_scaffold_is_the_papers_loop():
     assert (cfg.group_size, cfg.steps, cfg.mode) == (4, 2, "highlight")
     assert cfg.budget == 9 and cfg.glance_side == 0 and cfg.probe_side == 0 and not cfg.use_relevance
     assert scaffold_config(PolicyConfig(), budget=32).steps == 7
-    assert (cfg.answer_top, cfg.answer_grid, cfg.answer_step) == (1, 1, 0)  # an open answer: one generation on the best candidate
+    # an open answer: one generation on the best candidate, where it is
+    assert (cfg.answer_top, cfg.answer_centring, cfg.answer_grid, cfg.answer_step) == (1, 0, 1, 0)
 
 
 def test_scaffold_never_exits_early(random_adapter):

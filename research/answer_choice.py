@@ -74,7 +74,8 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
         readings = [{"window": w, "text": t, "logprobs": [round(x, 5) for x in lp]}
                     for w, t, lp in (res.answer_readings or [])]
         rows.append({"id": item.id, "gold": item.answer, "variant": item.meta["variant"], "answer": res.answer,
-                     "passes": res.forward_passes, "readings": readings})
+                     "passes": res.forward_passes, "readings": readings,
+                     "searched": res.answer_from_neighbour is not None})  # read where the best windows agree
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "split": split, "seed": seed, "n": n, "items": rows}, indent=1))
     print(json.dumps(score_rows(rows)["all"], indent=1))

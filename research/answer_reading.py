@@ -54,7 +54,7 @@ from spote.spotlight import Box, ViewRenderer
 
 app = typer.Typer(add_completion=False)
 
-SCALES = (1.0, 0.9, 1.1)  # sides of the 27-copy readings, over the window's own
+RESCALE = 0.1  # the 27-copy readings: each of the 9 also at 0.9 and 1.1 of its side (core.answer_windows)
 # name -> (rendering: the search's own or "zoom", copies: 5, 9 or 27, places: SPOT-E's ("all"), the agreed
 # window alone ("agreed"), or a 3 x 3 grid of them around it ("grid"))
 READINGS = {"ctx9": ("search", 9, "all"), "zoom9": ("zoom", 9, "all"), "ctx27": ("search", 27, "all"),
@@ -79,8 +79,7 @@ def copies(place: Box, n: int, cfg: PolicyConfig, width: int, height: int) -> li
         return shifted
     if n == 5:
         return shifted[:1] + shifted[-4:]  # answer_windows lists the offsets nearest first: the corners last
-    return [Box.square(*w.centre, min(w.width * s, width, height)).shifted_inside(width, height)
-            for w in shifted for s in SCALES]
+    return answer_windows(place, replace(cfg, answer_grid=3, answer_rescale=RESCALE), width, height, rescaled=True)
 
 
 def grid_places(agreed: Box, step: float, width: int, height: int) -> list[Box]:
@@ -192,7 +191,9 @@ def places(paths: list[Path], input_size: int = 64):
         d = json.loads(p.read_text())
         items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
         for r in d["items"]:
-            if len(r["readings"]) > 1:  # a search's readings, the agreed window first (one: a clear window's)
+            # a search's readings, the agreed window first (files without "searched" read 5 places after a search,
+            # one on a clear window)
+            if r.get("searched", len(r["readings"]) > 1):
                 item = items[r["id"]]
                 fits[r["variant"]].append(place_fit(Box(*r["readings"][0]["window"]), oracle_box(item, input_size)))
     print("| variant | n | side ratio (median) | IoU (median) |")

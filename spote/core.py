@@ -540,16 +540,19 @@ def answer_windows(box: Box, cfg: PolicyConfig, width: int, height: int, rescale
                   for f in (1 - z, 1 + z)))]
 
 
-def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: int) -> Box:
-    """``box`` moved, its side kept, so that it centres on the saliency-weighted mean of the most salient
-    3% of the pixels in a square of ``reach`` times its side about its centre (``saliency.salient_centre``),
+CENTRING_TOP = 0.03  # answer_centred: the share of a region's pixels, the most salient, that place the window
+
+
+def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: int, top: float = CENTRING_TOP) -> Box:
+    """``box`` moved, its side kept, so that it centres on the saliency-weighted mean of the ``top`` share
+    (3%) of the most salient pixels in a square of ``reach`` times its side about its centre (``saliency.salient_centre``),
     inside the image; ``box`` itself when ``reach`` is 0 or nothing there is salient. The agreed window
     has about the field's side but sits a fifth of it off (median IoU 0.6-0.7 with the oracle's
     close-up); the field's outline and glyphs are the most salient pixels near it, and centring on
     them holds the field whole (median IoU about 0.9 on val: docs/experiments/agreed-answers.md#centring).
 
     Raises:
-        ValueError: ``reach`` not 0 or in [1, 4].
+        ValueError: ``reach`` not 0 or in [1, 4], or ``top`` not in (0, 1].
     """
     if not (reach == 0 or 1 <= reach <= 4):
         raise ValueError(f"reach must be 0 or 1-4 window sides, got {reach}")
@@ -557,7 +560,7 @@ def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: 
         return box
     cx, cy = box.centre
     half = reach * max(box.width, box.height) / 2
-    centre = salient_centre(sal, (width, height), (cx - half, cy - half, cx + half, cy + half))
+    centre = salient_centre(sal, (width, height), (cx - half, cy - half, cx + half, cy + half), top)
     return box if centre is None else Box.square(*centre, max(box.width, box.height)).shifted_inside(width, height)
 
 

@@ -103,7 +103,7 @@ def salient_centre(sal: np.ndarray, image_size: tuple[int, int], region: tuple[f
     h, w = sal.shape
     sx, sy = image_size[0] / w, image_size[1] / h
     x0, y0 = max(0, int(region[0] / sx)), max(0, int(region[1] / sy))
-    x1, y1 = min(w, int(region[2] / sx) + 1), min(h, int(region[3] / sy) + 1)
+    x1, y1 = min(w, max(0, int(region[2] / sx) + 1)), min(h, max(0, int(region[3] / sy) + 1))  # never a negative index
     patch = sal[y0:y1, x0:x1]
     if patch.size == 0 or patch.max() <= 0:
         return None

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, answer_neighbours, answer_window, answer_windows, mean_token_logp, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (PolicyConfig, answer_centred, answer_neighbours, answer_window, answer_windows, mean_token_logp, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -239,7 +239,26 @@ def test_open_answer_is_decoded_jointly_where_the_best_windows_agree(random_adap
     assert res.evidence_box is not None and res.forward_passes <= 30
     assert (seen[-1][0], seen[-1][1].text) == (grid ** 2, res.answer)  # the last generation is the answer's, on grid^2 views
     where = answer_window([Box(*b) for b in res.boxes], res.box_rewards, 4, *_image().size)
+    where = answer_centred(where, saliency_map(_image()), cfg.answer_centring, *_image().size)
     assert np.allclose(res.evidence_box, where.as_list(), atol=1)
+
+
+def test_open_answer_at_the_defaults_is_one_reading_of_27_copies_of_the_centred_window(random_adapter, monkeypatch):
+    """A 96-pass budget pays for the 9 shifted copies at three sides each, read once, at the agreed window
+    centred on its salient surroundings: 27 views, the answer's text and the evidence box; the copies'
+    passes are kept aside, so the budget holds. A budget whose third holds 9 copies but not 27 reads 9."""
+    seen = _recorded_generations(monkeypatch, random_adapter)
+    img = _image()
+    cfg = PolicyConfig(exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
+    assert res.forward_passes <= cfg.budget and res.evidence_box is not None
+    assert (seen[-1][0], seen[-1][1].text) == (27, res.answer) and [n for n, _ in seen].count(27) == 1
+    agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *img.size)
+    centred = answer_centred(agreed, saliency_map(img), cfg.answer_centring, *img.size)
+    assert np.allclose(res.evidence_box, centred.as_list(), atol=1) and res.answer_from_neighbour is False
+    seen.clear()
+    small = spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, budget=60))
+    assert seen[-1][0] == 9 and small.forward_passes <= 60
 
 
 @pytest.mark.parametrize("budget", range(2, 30, 3))
@@ -270,7 +289,8 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     highest mean token log p, and the budget holds."""
     calls = _recorded_generations(monkeypatch, random_adapter)
     img = _image()
-    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15,
+                       answer_rescale=0.0)
     res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
     assert res.forward_passes <= budget and res.evidence_box is not None
     last = calls[-reads:]
@@ -279,6 +299,7 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     assert res.answer == last[surest][1].text
     assert res.token_confidences == pytest.approx([math.exp(lp) for lp in last[surest][1].logprobs])
     agreed = answer_window([Box(*b) for b in res.boxes], res.box_rewards, cfg.answer_top, *img.size)
+    agreed = answer_centred(agreed, saliency_map(img), cfg.answer_centring, *img.size)
     assert np.allclose(res.evidence_box, answer_neighbours(agreed, cfg.answer_step, *img.size)[surest].as_list(), atol=1)
     assert res.answer_from_neighbour is (surest > 0)
     # every reading is kept, in the order read, each with its window: the answer is one of them
@@ -323,7 +344,8 @@ def test_the_surest_reading_is_the_one_surest_per_token_not_in_all(random_adapte
             calls.append(gen.text)
         return gen
     monkeypatch.setattr(random_adapter, "generate_agreed", scripted)
-    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15,
+                       answer_rescale=0.0)
     res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, cfg)
     assert calls == ["r0", "r1", "r2", "r3", "r4"] and res.answer == "r1"
     assert res.confidence == pytest.approx(math.exp(-0.8), abs=1e-6) and res.answer_from_neighbour is True
@@ -385,6 +407,41 @@ def test_answer_windows_are_the_box_first_then_shifted_copies_inside_the_image()
     edge = answer_windows(Box(0, 0, 200, 200), cfg, 1000, 600)  # shifted copies stay inside the image
     assert all(w.x0 >= 0 and w.y0 >= 0 for w in edge)
     assert answer_windows(box, PolicyConfig(answer_grid=1), 1000, 600) == [box]
+
+
+def test_rescaled_answer_windows_follow_each_shifted_copy_with_a_smaller_and_a_larger_square():
+    cfg = PolicyConfig(answer_grid=3, answer_shift=0.05, answer_rescale=0.1)
+    box = Box(100, 50, 300, 250)
+    plain = answer_windows(box, cfg, 1000, 600)
+    wins = answer_windows(box, cfg, 1000, 600, rescaled=True)
+    assert len(wins) == 27 and wins[0::3] == plain  # the shifted copies, each followed by its rescaled ones
+    for w, smaller, larger in zip(wins[0::3], wins[1::3], wins[2::3]):
+        assert (smaller.width, larger.width) == pytest.approx((180, 220))
+        assert smaller.centre == pytest.approx(w.centre) and larger.centre == pytest.approx(w.centre)
+    corner = answer_windows(Box(0, 0, 590, 590), cfg, 1000, 600, rescaled=True)  # 1.1 x 590 > 600: the short side
+    assert all(0 <= w.x0 and w.x1 <= 1000 and 0 <= w.y0 and w.y1 <= 600 for w in corner) and corner[2].height == 600
+    assert answer_windows(box, replace(cfg, answer_rescale=0.0), 1000, 600, rescaled=True) == plain
+
+
+def test_answer_centred_moves_the_window_onto_the_field_near_it_keeping_its_side():
+    rng = np.random.default_rng(3)
+    img = Image.fromarray((rng.normal(235, 4, (600, 900, 1)) * np.ones((1, 1, 3))).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([500, 300, 620, 340], outline=(215, 25, 25), width=3)  # the field, centre (560, 320)
+    draw.rectangle([40, 40, 300, 200], outline=(215, 25, 25), width=6)  # another, far away and more salient
+    sal = saliency_map(img)
+    off = Box.square(525, 300, 130)  # about the field's side, a quarter of it off to the left and up
+    got = answer_centred(off, sal, 1.5, *img.size)
+    assert got.width == got.height == pytest.approx(130)
+    assert abs(got.centre[0] - 560) < 10 and abs(got.centre[1] - 320) < 8 and got.iou(Box(495, 255, 625, 385)) > 0.8
+    assert answer_centred(off, sal, 0, *img.size) == off  # reach 0: not moved
+    edge = answer_centred(Box.square(860, 560, 120), sal, 2.0, *img.size)  # moved, then kept inside the image
+    assert edge.x1 <= 900 and edge.y1 <= 600
+    flat = saliency_map(Image.new("RGB", (900, 600), (90, 90, 90)))
+    assert answer_centred(off, flat, 1.5, 900, 600) == off  # nothing salient: where it was
+    for bad in (0.5, 5, -1):
+        with pytest.raises(ValueError, match="reach must be 0 or 1-4"):
+            answer_centred(off, sal, bad, *img.size)
 
 
 def test_grpo_update_moves_probability_to_the_high_reward_spotlight():
@@ -518,6 +575,12 @@ def test_config_rejects_bad_values():
     for bad_step in (-0.1, 0.51):
         with pytest.raises(ValueError, match=r"answer_step must be in \[0, 0.5\]"):
             PolicyConfig(answer_step=bad_step)
+    for bad_reach in (0.5, 4.5, -1.0):
+        with pytest.raises(ValueError, match="answer_centring must be 0"):
+            PolicyConfig(answer_centring=bad_reach)
+    for bad_rescale in (-0.1, 0.3):
+        with pytest.raises(ValueError, match=r"answer_rescale must be in \[0, 0.25\]"):
+            PolicyConfig(answer_rescale=bad_rescale)
     # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
     for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
                        ({"settle_after": float("nan")}, "settle_after must be an integer"),

@@ -1,7 +1,9 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spote.saliency import saliency_cells, saliency_centroid, saliency_map, saliency_peaks
+import pytest
+
+from spote.saliency import salient_centre, saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 
 
 def test_small_coloured_object_on_texture_is_the_most_salient_cell():
@@ -57,3 +59,30 @@ def test_peaks_on_a_flat_topped_maximum_are_one_peak_and_kept_apart():
             assert max(abs(ax - bx), abs(ay - by)) > sep - 1e-6
     assert any(abs(x - 401) < 4 and abs(y - 301) < 4 for x, y in peaks)  # each dot still has its peak
     assert any(abs(x - 5) < 4 for x, _ in peaks) and any(abs(x - 27) < 4 for x, _ in peaks)
+
+
+def _page_with_fields():
+    """A grey page of faint noise with two red-outlined fields: one at (500-620, 300-340), a larger one far away."""
+    rng = np.random.default_rng(3)
+    base = (rng.normal(235, 4, (600, 900, 1)) * np.ones((1, 1, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base)
+    d = ImageDraw.Draw(img)
+    d.rectangle([500, 300, 620, 340], outline=(215, 25, 25), width=3)
+    d.rectangle([40, 40, 300, 200], outline=(215, 25, 25), width=6)
+    return img
+
+
+def test_salient_centre_is_the_field_inside_the_region_not_the_stronger_one_outside():
+    img = _page_with_fields()
+    sal = saliency_map(img)
+    x, y = salient_centre(sal, img.size, (470, 260, 610, 400))  # holds most of the small field, off its centre
+    assert abs(x - 560) < 12 and abs(y - 320) < 8
+    far = salient_centre(sal, img.size, (0, 0, 900, 600))  # the whole page: the larger, thicker field wins
+    assert far[0] < 320 and far[1] < 220
+    assert salient_centre(sal, img.size, (700, 450, 850, 580)) is not None  # faint noise is still some salience
+    flat = saliency_map(Image.new("RGB", (300, 200), (90, 90, 90)))
+    assert salient_centre(flat, (300, 200), (0, 0, 300, 200)) is None
+    assert salient_centre(sal, img.size, (-50, -50, -10, -10)) is None  # a region off the image
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="top must be a share"):
+            salient_centre(sal, img.size, (0, 0, 100, 100), top=bad)

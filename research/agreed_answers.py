@@ -4,10 +4,10 @@
     python -m research.agreed_answers run --n 100 --seed 0 --out results/agreed-answers/val-seed0.json
     python -m research.agreed_answers shifts --n 100 --seed 0 --out results/agreed-answers/oracle-shifts-val-seed0.json
 
-For each open item, SPOT-E runs at the defaults but for ``answer_top`` (how many of the best-rewarded
-windows locate the answer's window: ``core.answer_window``) and ``answer_grid`` (a g x g grid of
-shifted copies that decode the answer jointly: ``core.answer_windows``), once per pair of ``--tops``
-and ``--grids``; ``answer_top = 1, answer_grid = 1`` is one generation on the best window. The
+For each open item, SPOT-E runs at the defaults before centring (``answer_choice.BEFORE_CENTRING``)
+but for ``answer_top`` (how many of the best-rewarded windows locate the answer's window:
+``core.answer_window``) and ``answer_grid`` (a g x g grid of shifted copies that decode the answer
+jointly: ``core.answer_windows``), once per pair of ``--tops`` and ``--grids``; ``answer_top = 1, answer_grid = 1`` is one generation on the best window. The
 oracle's close-up is read plainly (``baselines.run_oracle``, the benchmark's ``oracle``) and jointly
 off the same grid of shifted copies (``oracle_agreed``), and the whole image plainly. Reports exact
 match, character accuracy and forward passes per setting, and the median IoU of the answer's window
@@ -16,7 +16,7 @@ with the oracle's close-up.
 ``shifts`` reads only the oracle's close-up, jointly off a 3 x 3 grid of copies at each of
 ``--shifts`` (window sides; 0: the close-up alone, read plainly): how far apart the copies should be.
 
-``neighbours`` runs SPOT-E at the defaults but for ``answer_step``, once per value of ``--steps``: the
+``neighbours`` runs SPOT-E at those defaults but for ``answer_step``, once per value of ``--steps``: the
 agreed window and its four neighbours moved by that share of its side are each read jointly, and the
 reading surest per token answers (``core.answer_neighbours``; 0: the agreed window alone, its search
 then has the neighbours' passes). One more row, ``step_0_short``, reads the agreed window alone after a
@@ -37,6 +37,7 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from research.answer_choice import BEFORE_CENTRING
 from research.open_reading import oracle_box
 from spote.baselines import run_oracle
 from spote.bench.run import char_accuracy, exact_match
@@ -74,7 +75,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
          out: Path = Path("results/agreed-answers/val-seed0.json")):
     adapter = load_adapter(model)
     settings = [(int(t), int(g)) for t in tops.split(",") for g in grids.split(",")]
-    base_cfg = replace(PolicyConfig(), seed=seed, answer_step=0.0)
+    base_cfg = replace(PolicyConfig(), seed=seed, **{**BEFORE_CENTRING, "answer_step": 0.0})
     oracle_cfg = replace(base_cfg, answer_grid=max(g for _, g in settings))  # the oracle read jointly as the widest grid
     mode = view_mode(base_cfg, adapter)
     rows = []
@@ -119,7 +120,7 @@ def neighbours(model: str = typer.Option("spote-tiny", help="weights that spell 
     adapter = load_adapter(model)
     values = [float(v) for v in steps.split(",")]
     policy_seed = seed if policy_seed is None else policy_seed
-    base_cfg = replace(PolicyConfig(), seed=policy_seed)
+    base_cfg = replace(PolicyConfig(), seed=policy_seed, **BEFORE_CENTRING)
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
         oracle = oracle_box(item, adapter.input_size)
@@ -153,7 +154,7 @@ def shifts(model: str = typer.Option("spote-tiny", help="weights that spell code
            out: Path = Path("results/agreed-answers/oracle-shifts-val-seed0.json")):
     adapter = load_adapter(model)
     values = [float(v) for v in shift_list.split(",")]
-    cfg = replace(PolicyConfig(), seed=seed)
+    cfg = replace(PolicyConfig(), seed=seed, **BEFORE_CENTRING)
     mode = view_mode(cfg, adapter)
     got: dict[str, list] = {f"shift_{v:g}": [] for v in values}
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):

@@ -34,7 +34,7 @@ app = typer.Typer(add_completion=False)
 
 REACHES = (1.0, 1.25, 1.5, 2.0)
 TOPS = (0.03, 0.1, 0.2)
-ON_FIELD = ("small", "split", "neighbour")  # large: the agreed window is a tenth of the field; mixed: elsewhere
+ON_FIELD = ("small", "split", "neighbour")  # large: the agreed window is a ninth of the field; mixed: elsewhere
 
 
 def centring_ious(item, agreed: Box, input_size: int = 64) -> dict[str, float]:

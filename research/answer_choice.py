@@ -5,7 +5,7 @@
 
 After a search on an open item SPOT-E reads the code at the agreed window and at its four neighbours
 (``core.answer_neighbours``), each jointly from shifted copies, and answers with the reading surest per
-token (``core.surest_reading``). ``run`` runs SPOT-E at the defaults on open items and keeps every
+token (``core.surest_reading``). ``run`` runs SPOT-E at ``BEFORE_CENTRING`` on open items and keeps every
 reading (``SpotResult.answer_readings``: window, text, per-token log p). ``score`` then picks an
 answer from the same readings under each rule of ``RULES`` and reports exact match and character
 accuracy per rule and per variant, so that every rule is judged on the same searches:
@@ -39,6 +39,10 @@ from spote.bench.scenes import open_items
 from spote.core import PolicyConfig, mean_token_logp, spote, surest_reading
 from spote.loading import load_adapter
 
+# The open-answer reading the agreed-answers studies ran at: the defaults before the agreed window was centred
+# (docs/experiments/agreed-answers.md#centring): not centred, 9 shifted copies, the 4 neighbours read too
+BEFORE_CENTRING = {"answer_centring": 0.0, "answer_rescale": 0.0, "answer_step": 0.15}
+
 app = typer.Typer(add_completion=False)
 
 
@@ -67,7 +71,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
         n: int = 100, seed: int = 0, split: str = "val",
         out: Path = Path("results/agreed-answers/choice-val-seed0.json")):
     adapter = load_adapter(model)
-    cfg = replace(PolicyConfig(), seed=seed)
+    cfg = replace(PolicyConfig(), seed=seed, **BEFORE_CENTRING)
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):
         res = spote(adapter, item.image, item.question, None, cfg)

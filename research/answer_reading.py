@@ -9,7 +9,7 @@ After a search on an open item SPOT-E reads the code at each of its places (the 
 neighbours, ``core.answer_neighbours``) jointly from 9 shifted copies (``core.answer_windows``), each
 copy rendered as the search's views are (``zoom+context``: the whole image and the close-up), and
 answers with the reading surest per token (``core.surest_reading``). ``run`` runs SPOT-E at the
-defaults on open items, then re-reads the same places, and the oracle's close-up
+defaults before centring (``answer_choice.BEFORE_CENTRING``) on open items, then re-reads the same places, and the oracle's close-up
 (``research.open_reading.oracle_box``; one place, so only the ``ORACLE_READINGS``), under each of
 ``READINGS``:
 
@@ -44,7 +44,7 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-from research.answer_choice import summarise
+from research.answer_choice import BEFORE_CENTRING, summarise
 from research.open_reading import oracle_box
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
@@ -126,7 +126,7 @@ def run(model: str = typer.Option("spote-tiny", help="weights that spell codes (
     """SPOT-E on ``n`` open items, then every reading of READINGS (and ``pmi``) at its places and the
     oracle's close-up; one row per item to ``out``, and the table."""
     adapter = load_adapter(model)
-    cfg = replace(PolicyConfig(), seed=seed)
+    cfg = replace(PolicyConfig(), seed=seed, **BEFORE_CENTRING)
     n_images = 2 if view_mode(cfg, adapter) == "zoom+context" else 1
     rows = []
     for item in tqdm(list(open_items(split, n, seed)), desc="open items"):

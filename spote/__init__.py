@@ -84,7 +84,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         SpotResult: ``answer``; ``confidence`` (probability of the answer, 0-1: for an open answer the product of
         its token probabilities); ``entropy_trace`` (answer-span entropy in nats, the whole image first, then
         after each step); ``evidence_box`` ([x0, y0, x1, y1] in source pixels of the window the answer was read
-        on, None when the whole image answered; an open answer is decoded from slightly shifted copies of it);
+        on, None when the whole image answered; for an open answer the window where the best views agree,
+        centred on the salient thing there, the answer decoded from shifted and rescaled copies of it);
         ``forward_passes``; ``seconds``.
 
     Raises:

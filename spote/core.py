@@ -129,7 +129,8 @@ class PolicyConfig:
     #                                1: one generation on it; also 1 when g^2 exceeds a third of the budget)
     answer_shift: float = 0.03     # ... shifted by up to this share of the window's side
     answer_rescale: float = 0.1    # ... each also at 1 - and 1 + this share of its side, where the copies still fit in a
-    #                                third of the budget (3 g^2 copies; 0: the window's side only)
+    #                                third of the budget (3 g^2 copies; 0: the window's side only; only with g > 1 and
+    #                                answer_step 0)
     answer_step: float = 0.0       # ... and so are that window's four neighbours moved by this share of its side; the
     #                                reading surest per token answers (answer_neighbours; 0: the window alone; only
     #                                with joint decoding, g > 1; as many as half the budget pays for)
@@ -544,7 +545,7 @@ CENTRING_TOP = 0.03  # answer_centred: the share of a region's pixels, the most 
 
 
 def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: int, top: float = CENTRING_TOP) -> Box:
-    """``box`` moved, its side kept, so that it centres on the saliency-weighted mean of the ``top`` share
+    """``box`` moved, its size kept, so that it centres on the saliency-weighted mean of the ``top`` share
     (3%) of the most salient pixels in a square of ``reach`` times its side about its centre (``saliency.salient_centre``),
     inside the image; ``box`` itself when ``reach`` is 0 or nothing there is salient. The agreed window
     has about the field's side but sits a fifth of it off (median IoU 0.6-0.7 with the oracle's
@@ -561,7 +562,10 @@ def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: 
     cx, cy = box.centre
     half = reach * max(box.width, box.height) / 2
     centre = salient_centre(sal, (width, height), (cx - half, cy - half, cx + half, cy + half), top)
-    return box if centre is None else Box.square(*centre, max(box.width, box.height)).shifted_inside(width, height)
+    if centre is None:
+        return box
+    w, h = box.width, box.height
+    return Box(centre[0] - w / 2, centre[1] - h / 2, centre[0] + w / 2, centre[1] + h / 2).shifted_inside(width, height)
 
 
 def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Box]:
@@ -637,11 +641,12 @@ class SpotResult:
     # ``confidence`` for a non-empty answer; an empty one has confidence 0); None for a closed-set answer
     token_confidences: list[float] | None = None
     answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
-    # open ended, after a search: True where a neighbour of the agreed window answered, False where the agreed
-    # window did; None otherwise (closed set, the whole image, a clear window)
+    # open ended, after a search: True where a neighbour of the agreed window answered (answer_step > 0), False
+    # where the agreed window did; None otherwise (closed set, the whole image, a clear window)
     answer_from_neighbour: bool | None = field(default=None, repr=False)
-    # open ended, after a search: each place read (the agreed window first, then its neighbours; the clear
-    # window alone where the search stopped on one) as (window [x0, y0, x1, y1] in source pixels, unrounded,
+    # open ended, after a search: each place read (the centred agreed window first, then its neighbours with
+    # answer_step > 0; the clear window alone where the search stopped on one) as (window [x0, y0, x1, y1] in
+    # source pixels, unrounded,
     # since the reading changes under a sub-pixel shift; text; per-token log p in nats); None otherwise
     answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
 
@@ -688,7 +693,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # window: at most a third of the budget, so that a small budget still searches; an endpoint decodes each
     # request alone: one
     joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
-    rescaled = joint and cfg.answer_grid > 1 and cfg.answer_rescale > 0 and 3 * cfg.answer_grid ** 2 <= cfg.budget // 3
+    # the rescaled copies are for the window read alone: with neighbours each place is read from the g^2 shifts
+    rescaled = (joint and cfg.answer_grid > 1 and cfg.answer_rescale > 0 and cfg.answer_step == 0
+                and 3 * cfg.answer_grid ** 2 <= cfg.budget // 3)
     answer_views = (3 if rescaled else 1) * cfg.answer_grid ** 2 if joint else 1
     # ... and, so jointly, off the agreed window's neighbours too, as many as half the budget pays for
     answer_reads = min(5, max(1, (cfg.budget // 2) // answer_views)) if answer_views > 1 and cfg.answer_step > 0 else 1

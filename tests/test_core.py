@@ -305,6 +305,11 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     # every reading is kept, in the order read, each with its window: the answer is one of them
     assert [(t, lp) for _, t, lp in res.answer_readings] == [(g.text, list(g.logprobs)) for _, g in last]
     assert Box(*res.answer_readings[surest][0]).as_list() == res.evidence_box
+    # the neighbours' readings are at the g^2 shifts even where answer_rescale would give the window alone 27
+    assert cfg.answer_rescale == 0 and replace(cfg, answer_rescale=0.1) != cfg
+    calls.clear()
+    spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, answer_rescale=0.1))
+    assert [n for n, _ in calls[-reads:]] == [9] * reads
     # with the step at 0 the agreed window is read alone, and the search gets the passes
     alone = spote(random_adapter, img, "what colour is the vehicle ?", None, replace(cfg, answer_step=0.0))
     assert alone.forward_passes <= budget and len(alone.boxes) > len(res.boxes)
@@ -439,6 +444,10 @@ def test_answer_centred_moves_the_window_onto_the_field_near_it_keeping_its_side
     assert edge.x1 <= 900 and edge.y1 <= 600
     flat = saliency_map(Image.new("RGB", (900, 600), (90, 90, 90)))
     assert answer_centred(off, flat, 1.5, 900, 600) == off  # nothing salient: where it was
+    wide = answer_centred(Box(500, 290, 600, 340), sal, 1.5, *img.size)  # not square: its width and height kept
+    assert (wide.width, wide.height) == pytest.approx((100, 50)) and abs(wide.centre[0] - 560) < 15
+    low = answer_centred(Box(0, 0, 100, 50), saliency_map(img.resize((100, 60))), 4, 100, 60)
+    assert low.y0 >= 0 and low.y1 <= 60 and low.height == pytest.approx(50)
     for bad in (0.5, 5, -1):
         with pytest.raises(ValueError, match="reach must be 0 or 1-4"):
             answer_centred(off, sal, bad, *img.size)

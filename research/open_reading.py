@@ -149,5 +149,33 @@ def phrasing(model: str = typer.Option(None, help="default: the shipped spote-ti
                      indent=2))
 
 
+def whole_image_endings(adapter, items, question: str, sure: float = 0.35) -> dict[str, float]:
+    """How the whole image answers ``question`` on ``items``: the share of empty answers (the first token
+    ends them), the share of empty answers ended surely (end-step entropy below ``sure`` nats: the open
+    exit threshold, so SPOT-E would stop there with nothing read), and the median end-step entropy of the
+    empty ones (nats; NaN when none)."""
+    from spote.spotlight import ViewRenderer
+
+    ends = []
+    for it in items:
+        gen = adapter.generate([ViewRenderer(it.image, adapter.input_size).global_view], question)
+        if not gen.token_ids:
+            ends.append(gen.end_entropy)
+    return {"empty": len(ends) / len(items), "sure_empty": sum(e < sure for e in ends) / len(items),
+            "median_end_entropy": float(np.median(ends)) if ends else float("nan")}
+
+
+@app.command("whole-endings")
+def whole_endings(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 60, seed: int = 0,
+                  split: str = "val", question: list[str] = typer.Option(..., help="a phrasing; repeat for more")):
+    """Per ``question``: how often the whole page is answered with nothing, and how surely."""
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(model)
+    items = [make_open_item(seed, split, i) for i in range(n)]
+    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
+                      "endings": {q: whole_image_endings(adapter, items, q) for q in question}}, indent=2))
+
+
 if __name__ == "__main__":
     app()

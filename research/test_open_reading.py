@@ -69,3 +69,16 @@ def test_the_shipped_model_reads_its_training_phrasing_better_than_another(shipp
     res = phrasing_exact_match(shipped_adapter, items, [None, "what is the reference code ?"])
     assert set(res) == {"spotbench", "what is the reference code ?"}
     assert res["spotbench"] >= 0.25 and res["what is the reference code ?"] < res["spotbench"]
+
+
+def test_whole_image_endings_count_empty_answers_and_the_sure_ones(shipped_adapter):
+    """The shipped model on pages it cannot read: asked in its own words it spells something, asked in the
+    documents job's it mostly ends at once, unsure (a sure empty answer would stop SPOT-E with nothing read)."""
+    from research.open_reading import whole_image_endings
+
+    items = [make_open_item(0, "val", i) for i in range(10)]
+    own = whole_image_endings(shipped_adapter, items, "what is the code in the reference field ?")
+    other = whole_image_endings(shipped_adapter, items, "what is the reference code ?")
+    assert own["empty"] <= 0.2 and other["empty"] >= 0.5
+    assert other["sure_empty"] == 0 and other["median_end_entropy"] > 1.0
+    assert whole_image_endings(shipped_adapter, items, "what is the reference code ?", sure=10.0)["sure_empty"] == other["empty"]

@@ -335,15 +335,31 @@ RUN_FILES = ("model.safetensors", "train_log.jsonl", "training_report.json")  # 
 CHECKPOINT_EVERY = 500  # stage 2 steps between saved checkpoints (OUT/checkpoint-N, as transformers' Trainer names them)
 
 
+# Other words for SpotBench's open question, every word already in the open tokenizer (the documents job's
+# default "what is the reference code ?" is the first), so that a field asked another way is read, not
+# answered with a sure nothing (docs/experiments/open-items-training.md)
+OPEN_PHRASINGS = ("what is the {} code ?", "what code is in the {} field ?", "what is in the {} field ?")
+
+
+def open_question(rng, item: Item, share: float) -> str:
+    """The question an open training example is asked: with probability ``share`` one of OPEN_PHRASINGS for
+    the item's field, else its own SpotBench question. ``share`` 0 draws nothing from ``rng``."""
+    if share <= 0 or rng.random() >= share:
+        return item.question
+    return OPEN_PHRASINGS[int(rng.integers(len(OPEN_PHRASINGS)))].format(item.meta["field_name"])
+
+
 class ViewStream(torch.utils.data.IterableDataset):
     """Endless stream of encoded batches; scenes never repeat (index grows with the step)."""
 
     def __init__(self, seed: int, batch_size: int, views_per_scene: int = 10, start: int = 0,
-                 easy_rate: float = EASY_RATE, open_share: float = 0.0, open_vocab: bool | None = None):
+                 easy_rate: float = EASY_RATE, open_share: float = 0.0, open_vocab: bool | None = None,
+                 open_phrasing: float = 0.0):
         self.seed, self.batch_size, self.k, self.start = seed, batch_size, views_per_scene, start
         self.easy_rate = easy_rate  # share of scenes with large evidence (SpotBench's own is 0.15)
         self.open_share = open_share  # share of scenes that are open items (their own stream, same indices)
         self.open_vocab = open_share > 0 if open_vocab is None else open_vocab
+        self.open_phrasing = open_phrasing  # share of open examples asked in OPEN_PHRASINGS' words (open_question)
 
     def scenes(self):
         """Closed scenes, and with ``open_share`` open ones in between (drawn by their own generator)."""
@@ -361,6 +377,7 @@ class ViewStream(torch.utils.data.IterableDataset):
         processor = build_processor(open_items=self.open_vocab)
         code_ids = code_token_ids(processor.tokenizer) if self.open_vocab else None
         rng = np.random.default_rng(self.seed + 7)
+        words = np.random.default_rng(self.seed + 19)  # its own stream: the views are those of open_phrasing 0
         scenes = self.scenes()
         while True:
             examples = []
@@ -368,7 +385,8 @@ class ViewStream(torch.utils.data.IterableDataset):
                 item = next(scenes)
                 for _ in range(self.k):
                     views, label = sample_open_views(rng, item) if item.open else sample_views(rng, item)
-                    examples.append((views, item.question, item.choices, label))
+                    question = open_question(words, item, self.open_phrasing) if item.open else item.question
+                    examples.append((views, question, item.choices, label))
             if self.open_share:
                 yield encode_open(processor, examples[: self.batch_size], *code_ids)
             else:
@@ -757,7 +775,7 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
                    lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
-                   train_new_layers_only: bool = False, **_unchecked) -> None:
+                   train_new_layers_only: bool = False, open_phrasing: float = 0.0, **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
@@ -780,6 +798,9 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
             raise bad(name, "must be a finite number from 0" + ("" if hi == math.inf else f" to {hi}") + f", got {v}")
     if open_share == 1:
         raise bad("open_share", "must be below 1 (the closed scenes keep the closed-set calibration), got 1")
+    if not (math.isfinite(open_phrasing) and 0 <= open_phrasing <= 1) or (open_phrasing and not open_share > 0):
+        raise bad("open_phrasing", f"must be a share in [0, 1] of stage 2's open examples, with open items "
+                                   f"(open_share > 0); got {open_phrasing} with open_share {open_share}")
     if init_from is not None and tower_from is not None:
         raise ValueError("init_from (a stage 2 fine-tune) and tower_from (a longer stage 1) are two different "
                          "continuations: give one")
@@ -868,7 +889,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
           checkpoint_every: int = CHECKPOINT_EVERY, stage1_open_share: float | None = None,
           glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
           lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
-          train_new_layers_only: bool = False) -> dict:
+          train_new_layers_only: bool = False, open_phrasing: float = 0.0) -> dict:
     """Stage 1 (vision tower on close views), then stage 2 (the LLaVA on every kind of view).
 
     ``init_from`` continues from a saved spote-tiny instead: no stage 1, and stage 2 (``steps`` at
@@ -900,6 +921,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     so the code tokens keep what stage 1 taught them; stage 2 then draws scenes from ``FINETUNE_START``,
     which the saved model's own stage 2 never drew. With ``tower_from`` the same model, that extends a
     saved spote-tiny to open items rather than retraining its language model.
+    ``open_phrasing`` asks that share of stage 2's open examples in other words (``OPEN_PHRASINGS``).
     ``open_eval_items`` open val items are evaluated at the end (``evaluate_open``). Every
     ``checkpoint_every`` stage 2 steps the model is saved to ``out/checkpoint-{step}``. An ``out`` that
     already holds a run is refused (ValueError) unless ``overwrite``, which removes that run's files
@@ -909,7 +931,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
                    stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
                    lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers,
-                   train_new_layers_only=train_new_layers_only)
+                   train_new_layers_only=train_new_layers_only, open_phrasing=open_phrasing)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -967,7 +989,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     continued = init_from is not None or lm_from is not None  # a saved LM: draw scenes its stage 2 did not
     stream = ViewStream(seed, batch_size, start=FINETUNE_START if continued else 0, easy_rate=easy_rate,
-                        open_share=open_share, open_vocab=open_vocab)
+                        open_share=open_share, open_vocab=open_vocab, open_phrasing=open_phrasing)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, ema_loss, ema_acc = time.time(), None, None
     for step, batch in enumerate(loader):
@@ -1007,7 +1029,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                   "tower_from": None if tower_from is None else str(tower_from), "vision_lr": vision_lr,
                   "lm_from": None if lm_from is None else str(lm_from),
                   "tower_layers": model.config.vision_config.num_hidden_layers,
-                  "train_new_layers_only": train_new_layers_only,
+                  "train_new_layers_only": train_new_layers_only, "open_phrasing": open_phrasing,
                   "final_loss_ema": ema_loss,
                   "final_train_accuracy_ema": ema_acc, "seconds": round(time.time() - t0, 1),
                   **evaluate(model, processor, eval_items),
@@ -1068,6 +1090,8 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                                                   "its tower's start as the identity and stage 1 trains them"),
          train_new_layers_only: bool = typer.Option(False, help="stage 1 trains only the layers --tower-layers adds "
                                                            "(and the projector and embeddings); the saved layers stay frozen"),
+         open_phrasing: float = typer.Option(0.0, help="share of stage 2's open examples asked in other words "
+                                                      "(the documents job's among them); 0: SpotBench's question only"),
          batch_size: int = 64, seed: int = 0, threads: int = 2, eval_items: int = 240):
     """Train spote-tiny (CPU, seeded): stage 1 vision steps, then stage 2 LLaVA steps; save safetensors to OUT."""
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, threads=threads,
@@ -1076,7 +1100,7 @@ def main(out: Path = typer.Option(Path("out/spote-tiny"), help="where the model 
                     open_share=open_share, stage1_start=stage1_start, open_eval_items=open_eval_items,
                     order_weight=order_weight, stage1_open_share=stage1_open_share, glyph_px=glyph_px,
                     distill_weight=distill_weight, lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers,
-                    train_new_layers_only=train_new_layers_only)
+                    train_new_layers_only=train_new_layers_only, open_phrasing=open_phrasing)
     try:
         check_settings(out, **settings)
     except ValueError as e:  # one line, not a traceback

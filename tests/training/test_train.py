@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from spote.bench.scenes import make_item
+from spote.bench.scenes import make_item, make_open_item
 from spote.spotlight import Box, ViewRenderer
 from training.train import check_settings, train
 
@@ -350,6 +350,32 @@ def test_open_share_zero_draws_the_closed_streams_and_open_share_mixes_codes_in(
     assert ((order[glyph, 0] == -100) | ((order[glyph, 0] >= 0) & (order[glyph, 0] < 5))).all()
 
 
+def test_open_phrasing_asks_open_items_in_other_words_the_tokenizer_spells_and_leaves_the_views_alone():
+    from training.build import build_processor
+    from training.train import OPEN_PHRASINGS, ViewStream, open_question
+
+    item = make_open_item(0, "train", 3)
+    rng = np.random.default_rng(0)
+    assert open_question(rng, item, 0.0) == item.question and rng.random() == np.random.default_rng(0).random()
+    asked = [open_question(np.random.default_rng(i), item, 1.0) for i in range(30)]
+    assert set(asked) == {p.format(item.meta["field_name"]) for p in OPEN_PHRASINGS}
+    assert "what is the reference code ?" in {p.format("reference") for p in OPEN_PHRASINGS}  # the documents job's
+    half = [open_question(np.random.default_rng(i), item, 0.5) for i in range(200)]
+    assert 60 < sum(q == item.question for q in half) < 140
+    tok = build_processor(open_items=True).tokenizer  # every word of every phrasing is a word it knows
+    for q in asked:
+        assert tok.unk_token_id not in tok(q, add_special_tokens=False).input_ids, q
+    # the same views and targets as without it; only the open examples' questions differ
+    plain = next(iter(ViewStream(0, 16, views_per_scene=4, open_share=0.5)))
+    other = next(iter(ViewStream(0, 16, views_per_scene=4, open_share=0.5, open_phrasing=1.0)))
+    assert torch.equal(plain["pixel_values"], other["pixel_values"])
+    assert not torch.equal(plain["input_ids"], other["input_ids"])
+    with pytest.raises(ValueError, match="open_phrasing"):
+        check_settings(Path("unused"), open_phrasing=0.3)  # without open items
+    with pytest.raises(ValueError, match="open_phrasing"):
+        check_settings(Path("unused"), open_share=0.5, open_phrasing=1.5)
+
+
 def test_glyph_order_is_known_only_where_the_view_shows_the_codes_ends():
     from spote.bench.scenes import make_open_item
     from spote.spotlight import Box
@@ -391,8 +417,9 @@ def test_glyph_region_covers_the_glyphs_patches_and_follows_it_across_the_view()
 
 def test_open_training_smoke_saves_a_model_that_generates_codes(tmp_path):
     report = train(tmp_path / "m", steps=2, batch_size=8, vision_steps=2, eval_items=2, open_share=0.5,
-                   open_eval_items=2, log_every=1, order_weight=0.5)
+                   open_eval_items=2, log_every=1, order_weight=0.5, open_phrasing=0.3)
     assert report["open_share"] == 0.5 and {"val_open_whole_exact_match", "val_open_close_entropy"} <= set(report)
+    assert report["open_phrasing"] == 0.3
     proc = AutoProcessor.from_pretrained(tmp_path / "m")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m", use_safetensors=True)
     assert model.config.model_type == "llava"

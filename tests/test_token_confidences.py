@@ -31,16 +31,18 @@ def test_whole_image_answer_has_the_generations_token_confidences(random_adapter
 
 
 def test_spotlight_answer_has_the_token_confidences_of_its_own_generation(random_adapter):
-    """The answer is generated again on the best spotlight: its confidences are that generation's.
-    Grid windows without jitter or peaks, with sides halving on a 512 px page (256, 128, 64), fall on whole
-    pixels, so the evidence box (whole pixels) renders the same view; the answer is read on the best window
-    alone (``answer_top`` 1), in one generation (a budget of 12 leaves no room for a joint one)."""
+    """The answer is generated again on the best spotlight: its confidences are that generation's. The
+    answer is read on the best window alone (``answer_top`` 1), centred on the salient pixels near it, in
+    one generation (a budget of 12 leaves no room for a joint one); ``answer_readings`` keeps that window
+    unrounded (the evidence box is rounded to whole pixels), so it renders the same view."""
     im = _form()
     cfg = PolicyConfig(budget=12, group_size=4, steps=2, jitter=0.0, glance_side=0.0, probe_side=0.0,
                        saliency_peaks=0, exit_entropy=0.0, scale_step=2.0, answer_top=1)
     res = spote(random_adapter, im, Q, None, cfg)
-    assert res.evidence_box is not None
-    view = ViewRenderer(im, random_adapter.input_size).render(Box(*res.evidence_box), res.mode)
+    assert res.evidence_box is not None and len(res.answer_readings) == 1
+    window = Box(*res.answer_readings[0][0])
+    assert np.allclose(window.as_list(), res.evidence_box, atol=1)
+    view = ViewRenderer(im, random_adapter.input_size).render(window, res.mode)
     gen = random_adapter.generate(view, Q)
     assert res.answer == gen.text and len(res.token_confidences) == len(gen.token_ids) > 0
     assert np.allclose(res.token_confidences, np.exp(gen.logprobs), rtol=1e-5)

@@ -7,7 +7,8 @@
 For each open item, SPOT-E runs at the defaults before centring (``answer_choice.BEFORE_CENTRING``)
 but for ``answer_top`` (how many of the best-rewarded windows locate the answer's window:
 ``core.answer_window``) and ``answer_grid`` (a g x g grid of shifted copies that decode the answer
-jointly: ``core.answer_windows``), once per pair of ``--tops`` and ``--grids``; ``answer_top = 1, answer_grid = 1`` is one generation on the best window. The
+jointly: ``core.answer_windows``), once per pair of ``--tops`` and ``--grids``; ``answer_top = 1,
+answer_grid = 1`` is one generation on the best window. The
 oracle's close-up is read plainly (``baselines.run_oracle``, the benchmark's ``oracle``) and jointly
 off the same grid of shifted copies (``oracle_agreed``), and the whole image plainly. Reports exact
 match, character accuracy and forward passes per setting, and the median IoU of the answer's window

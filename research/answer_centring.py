@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from research.answer_choice import searched_agreed_windows
 from research.open_reading import oracle_box
-from spote.bench.scenes import open_items
 from spote.core import answer_centred
 from spote.saliency import saliency_map
 from spote.spotlight import Box
@@ -65,15 +65,11 @@ def main():
 def iou(paths: list[Path], out: Path = typer.Option(None, help="where to write the table as JSON")):
     """The IoU table over the searched items of ``research.answer_choice run`` files."""
     by = defaultdict(list)
-    for p in paths:
-        d = json.loads(p.read_text())
-        items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
-        for r in d["items"]:
-            if r.get("searched", len(r["readings"]) > 1):
-                got = centring_ious(items[r["id"]], Box(*r["readings"][0]["window"]))
-                by[r["variant"]].append(got)
-                if r["variant"] in ON_FIELD:
-                    by["on field"].append(got)
+    for item, variant, agreed in searched_agreed_windows(paths):
+        got = centring_ious(item, agreed)
+        by[variant].append(got)
+        if variant in ON_FIELD:
+            by["on field"].append(got)
     table = {v: summary(x) for v, x in sorted(by.items())}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

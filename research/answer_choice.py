@@ -38,6 +38,7 @@ from spote.bench.run import char_accuracy, exact_match, normalise_code
 from spote.bench.scenes import open_items
 from spote.core import PolicyConfig, mean_token_logp, spote, surest_reading
 from spote.loading import load_adapter
+from spote.spotlight import Box
 
 # The open-answer reading the agreed-answers studies ran at: the defaults before the agreed window was centred
 # (docs/experiments/agreed-answers.md#centring): not centred, 9 shifted copies, the 4 neighbours read too
@@ -64,6 +65,18 @@ def _vote(readings) -> int:
 
 RULES = {"surest": lambda r: surest_reading([lp for _, lp in r]), "mbr": lambda r: _mbr(r, True), "mbr_uniform": lambda r: _mbr(r, False),
          "vote": _vote, "agreed": lambda r: 0}
+
+
+def searched_agreed_windows(paths: list[Path]):
+    """(item, variant, agreed window) for each item of ``run`` files that a search answered: its first
+    reading's window, in source pixels. Files without "searched" read 5 places after a search and one on
+    a clear window, so there more than one reading marks a search."""
+    for p in paths:
+        d = json.loads(p.read_text())
+        items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
+        for r in d["items"]:
+            if r.get("searched", len(r["readings"]) > 1):
+                yield items[r["id"]], r["variant"], Box(*r["readings"][0]["window"])
 
 
 @app.command()

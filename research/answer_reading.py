@@ -9,8 +9,8 @@ After a search on an open item SPOT-E reads the code at each of its places (the 
 neighbours, ``core.answer_neighbours``) jointly from 9 shifted copies (``core.answer_windows``), each
 copy rendered as the search's views are (``zoom+context``: the whole image and the close-up), and
 answers with the reading surest per token (``core.surest_reading``). ``run`` runs SPOT-E at the
-defaults before centring (``answer_choice.BEFORE_CENTRING``) on open items, then re-reads the same places, and the oracle's close-up
-(``research.open_reading.oracle_box``; one place, so only the ``ORACLE_READINGS``), under each of
+defaults before centring (``answer_choice.BEFORE_CENTRING``) on open items, then re-reads the same
+places, and the oracle's close-up (``research.open_reading.oracle_box``; one place, so only the ``ORACLE_READINGS``), under each of
 ``READINGS``:
 
 - ``ctx9``: SPOT-E's own reading (a check: re-read, it gives SPOT-E's answer);
@@ -44,7 +44,7 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-from research.answer_choice import BEFORE_CENTRING, summarise
+from research.answer_choice import BEFORE_CENTRING, searched_agreed_windows, summarise
 from research.open_reading import oracle_box
 from spote.bench.run import char_accuracy, exact_match
 from spote.bench.scenes import open_items
@@ -187,15 +187,8 @@ def places(paths: list[Path], input_size: int = 64):
     """How SPOT-E's agreed window sits on the oracle's close-up, per variant (median side ratio and IoU),
     from ``research.answer_choice run`` files (their readings' windows, the agreed window first)."""
     fits = defaultdict(list)
-    for p in paths:
-        d = json.loads(p.read_text())
-        items = {it.id: it for it in open_items(d["split"], d["n"], d["seed"])}
-        for r in d["items"]:
-            # a search's readings, the agreed window first (files without "searched" read 5 places after a search,
-            # one on a clear window)
-            if r.get("searched", len(r["readings"]) > 1):
-                item = items[r["id"]]
-                fits[r["variant"]].append(place_fit(Box(*r["readings"][0]["window"]), oracle_box(item, input_size)))
+    for item, variant, agreed in searched_agreed_windows(paths):
+        fits[variant].append(place_fit(agreed, oracle_box(item, input_size)))
     print("| variant | n | side ratio (median) | IoU (median) |")
     print("|---|---|---|---|")
     for v in sorted(fits):

@@ -154,8 +154,6 @@ def whole_image_endings(adapter, items, question: str, sure: float = 0.35) -> di
     ends them), the share of empty answers ended surely (end-step entropy below ``sure`` nats: the open
     exit threshold, so SPOT-E would stop there with nothing read), and the median end-step entropy of the
     empty ones (nats; NaN when none)."""
-    from spote.spotlight import ViewRenderer
-
     ends = []
     for it in items:
         gen = adapter.generate([ViewRenderer(it.image, adapter.input_size).global_view], question)

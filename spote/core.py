@@ -646,8 +646,8 @@ class SpotResult:
     answer_from_neighbour: bool | None = field(default=None, repr=False)
     # open ended, after a search: each place read (the centred agreed window first, then its neighbours with
     # answer_step > 0; the clear window alone where the search stopped on one) as (window [x0, y0, x1, y1] in
-    # source pixels, unrounded,
-    # since the reading changes under a sub-pixel shift; text; per-token log p in nats); None otherwise
+    # source pixels, unrounded, since the reading changes under a sub-pixel shift; text; per-token log p in
+    # nats); None otherwise
     answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",

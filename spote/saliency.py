@@ -107,8 +107,6 @@ def salient_centre(sal: np.ndarray, image_size: tuple[int, int], region: tuple[f
     patch = sal[y0:y1, x0:x1]
     if patch.size == 0 or patch.max() <= 0:
         return None
-    ys, xs = np.nonzero(patch >= np.quantile(patch, 1 - top))
+    ys, xs = np.nonzero(patch >= np.quantile(patch, 1 - top))  # holds the patch's maximum, which is > 0
     wts = patch[ys, xs]
-    if wts.sum() <= 0:  # a flat patch whose top share is all zeros
-        return None
     return float(((xs + x0 + 0.5) * wts).sum() / wts.sum() * sx), float(((ys + y0 + 0.5) * wts).sum() / wts.sum() * sy)

@@ -153,14 +153,14 @@ def whole_image_endings(adapter, items, question: str, sure: float = 0.35) -> di
     """How the whole image answers ``question`` on ``items``: the share of empty answers (the first token
     ends them), the share of empty answers ended surely (end-step entropy below ``sure`` nats: the open
     exit threshold, so SPOT-E would stop there with nothing read), and the median end-step entropy of the
-    empty ones (nats; NaN when none)."""
+    empty ones (nats; ``None`` when none, so that the printed JSON stays valid JSON)."""
     ends = []
     for it in items:
         gen = adapter.generate([ViewRenderer(it.image, adapter.input_size).global_view], question)
         if not gen.token_ids:
             ends.append(gen.end_entropy)
     return {"empty": len(ends) / len(items), "sure_empty": sum(e < sure for e in ends) / len(items),
-            "median_end_entropy": float(np.median(ends)) if ends else float("nan")}
+            "median_end_entropy": float(np.median(ends)) if ends else None}
 
 
 @app.command("whole-endings")

@@ -80,6 +80,6 @@ def test_whole_image_endings_count_empty_answers_and_the_sure_ones(shipped_adapt
     own = whole_image_endings(shipped_adapter, items, "what is the code in the reference field ?")
     other = whole_image_endings(shipped_adapter, items, "what is the reference code ?")
     assert own["empty"] <= 0.2 and other["empty"] >= 0.5
-    assert own["median_end_entropy"] is None or own["empty"] > 0  # no empty answer: no median (valid JSON)
+    assert (own["median_end_entropy"] is None) == (own["empty"] == 0)  # a median only of empty answers (valid JSON)
     assert other["sure_empty"] == 0 and other["median_end_entropy"] > 1.0
     assert whole_image_endings(shipped_adapter, items, "what is the reference code ?", sure=10.0)["sure_empty"] == other["empty"]

@@ -159,12 +159,13 @@ def list_scenes(input_uri: str, storage_options=None) -> tuple[list[dict], list[
     files, sidecars, formats the installed GDAL does not read), every file accounted for.
 
     Raises:
-        SceneError: the input does not exist.
+        SceneError: a local input that does not exist. An object-store prefix with no objects under it
+            is an empty input, as in the other jobs (on a store a prefix exists only through its objects).
     """
-    fs, path = filesystem(input_uri, storage_options)
-    if not fs.exists(path):
-        raise SceneError(f"--input {input_uri}: no such file or folder")
-    return list_sources(input_uri, storage_options, _reason_to_skip(readable_extensions()))
+    try:
+        return list_sources(input_uri, storage_options, _reason_to_skip(readable_extensions()))
+    except FileNotFoundError as err:
+        raise SceneError(str(err)) from None
 
 
 def _header_json(header: SceneHeader) -> str:

@@ -279,6 +279,17 @@ def test_an_input_with_nothing_to_do_ends_cleanly(tmp_path):
     assert res.exit_code == 2 and "no such file or folder" in res.output and "Traceback" not in res.output
 
 
+def test_an_empty_store_prefix_is_an_empty_input_as_in_the_other_jobs(s3, tmp_path):
+    """On an object store a prefix exists only through its objects: one with none under it is an empty
+    input (an empty run, committed, as vqa and documents do), while a missing local folder is refused."""
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "is there a boat ?", "choices": ["yes", "no"]}]))
+    assert list_scenes("s3://spote/no-scenes-here/") == ([], [])
+    summary = run(JobOptions("s3://spote/no-scenes-here/", "s3://spote/empty-prefix-out", run_id="empty"),
+                  str(tmp_path / "q.json"))
+    assert summary["items_in"] == summary["items_out"] == 0
+    assert is_committed(RunPaths("s3://spote/empty-prefix-out", "empty"))
+
+
 def test_large_png_and_jpeg_scenes_are_tiled_within_the_pixel_cap(tmp_path):
     from rasterio.env import get_gdal_config
 

@@ -92,6 +92,12 @@ def main(n: int = 100, seed: int = 0, rounds: int = 3, batch: int = 16, raw_seco
                                   "passes_per_item": float(np.mean([x[1] for x in v])),
                                   "efficiency": float(np.mean([x[0] for x in v]) / raw_mean)}
                            for name, v in loops.items()},
+              # each round on its own: the machine's speed can change between rounds (another job starts),
+              # and a round's own ratio is then the comparable figure
+              "per_round": [{"raw_passes_per_second": raw[r],
+                             "policies": {name: {"passes_per_second": v[r][0], "passes_per_item": v[r][1],
+                                                 "efficiency": v[r][0] / raw[r]} for name, v in loops.items()}}
+                            for r in range(len(raw))],
               "environment": environment()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

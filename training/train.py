@@ -328,8 +328,9 @@ def encode(processor, examples, question_of):
 
 STAGE1_START = 10_000_000  # stage 1's first scene index: disjoint from stage 2's
 TOWER_CONTINUE_START = 20_000_000  # a continued stage 1 (``tower_from``) draws scenes the recipe's never did
-# A fine-tune (``init_from``) draws stage 2 scenes from here on, so it never repeats the ones the
-# saved model was trained on (stage 2 of the shipped recipe reads scenes 0 to ~8400).
+# A fine-tune (``init_from``) or a continued language model (``lm_from``) draws stage 2 scenes from here on,
+# so it never repeats the ones the saved model was trained on (stage 2 of the recipe reads scenes 0 to
+# ~8400); a model that was itself continued drew these, and check_settings asks its fine-tune for another seed.
 FINETUNE_START = 1_000_000
 RUN_FILES = ("model.safetensors", "train_log.jsonl", "training_report.json")  # what tells a folder holds a run
 CHECKPOINT_EVERY = 500  # stage 2 steps between saved checkpoints (OUT/checkpoint-N, as transformers' Trainer names them)
@@ -775,11 +776,14 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                    stage1_open_share: float | None = None,
                    glyph_px: tuple[float, float] = OPEN_STAGE1_CAP_PX, distill_weight: float = 0.0,
                    lm_from: Path | None = None, overwrite: bool = False, tower_layers: int | None = None,
-                   train_new_layers_only: bool = False, open_phrasing: float = 0.0, **_unchecked) -> None:
+                   train_new_layers_only: bool = False, open_phrasing: float = 0.0, seed: int = 0,
+                   **_unchecked) -> None:
     """Raise ValueError, naming the setting (``train``'s name and the CLI flag), for settings that are out of
     range or do not fit together; ``train`` calls it before any work, so a refused run writes nothing.
     An ``out`` that already holds a run (a model or a training log) is refused unless ``overwrite``.
-    Takes ``train``'s keyword arguments; the ones it has no rule for (seed, threads, ...) pass unchecked."""
+    A fine-tune (``init_from``) of a model whose own stage 2 continued a saved one is refused with that
+    model's seed: it would draw the same scenes from ``FINETUNE_START`` again.
+    Takes ``train``'s keyword arguments; the ones it has no rule for (threads, ...) pass unchecked."""
     def bad(name, why):
         return ValueError(f"{name} (--{name.replace('_', '-')}) {why}")
 
@@ -856,6 +860,12 @@ def check_settings(out: Path, *, steps: int = STEPS, batch_size: int = 64, lr: f
                                    "open_share (or continue its tower with tower_from)")
     if tower_layers is not None and init_from is not None:
         raise bad("tower_layers", "sets the depth of a tower stage 1 builds; init_from continues a saved model as it is")
+    if init_from is not None:  # a continued model's own stage 2 already drew FINETUNE_START's scenes with its seed
+        saved = _saved_report(init_from)
+        if (saved.get("init_from") or saved.get("lm_from")) and saved.get("seed") == seed:
+            raise bad("init_from", f"{str(init_from)!r} was itself trained on the scenes a fine-tune draws with seed "
+                                   f"{seed} (its stage 2 continued a saved model): pass another seed (--seed) so "
+                                   "that the fine-tune sees new scenes")
     new_only = bad("train_new_layers_only", "trains the layers --tower-layers adds to a --tower-from tower: it needs "
                                             "both, more layers than the saved tower's, and vision_steps > 0")
     if train_new_layers_only and (tower_from is None or tower_layers is None or not vision_steps):
@@ -931,7 +941,7 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
                    tower_from=tower_from, open_share=open_share, stage1_start=stage1_start, order_weight=order_weight,
                    stage1_open_share=stage1_open_share, glyph_px=glyph_px, distill_weight=distill_weight,
                    lm_from=lm_from, overwrite=overwrite, tower_layers=tower_layers,
-                   train_new_layers_only=train_new_layers_only, open_phrasing=open_phrasing)
+                   train_new_layers_only=train_new_layers_only, open_phrasing=open_phrasing, seed=seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -1038,6 +1048,15 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 64, lr: float = 1e-3,
     _save(model, processor, out)
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _saved_report(folder: Path) -> dict:
+    """The saved run's training_report.json, or {} where it has none or it cannot be read."""
+    try:
+        report = json.loads((Path(folder) / "training_report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _spells_codes(tokenizer) -> bool:

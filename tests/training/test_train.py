@@ -695,3 +695,15 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
         check_settings(tmp_path / "a-file" / "sub", steps=1)
     with pytest.raises(ValueError, match="symbolic link to nothing"):
         check_settings(tmp_path / "dangling", steps=1)
+
+
+def test_a_fine_tune_of_a_continued_model_needs_another_seed(tmp_path):
+    """A model whose stage 2 continued a saved one (lm_from, init_from) drew FINETUNE_START's scenes with its
+    seed; fine-tuning it with the same seed would train on those scenes again, so that is refused."""
+    train(tmp_path / "base", steps=1, batch_size=4, vision_steps=0, eval_items=2, log_every=1)
+    train(tmp_path / "tuned", steps=1, batch_size=4, eval_items=2, log_every=1, init_from=tmp_path / "base")
+    check_settings(tmp_path / "again-base", steps=1, init_from=tmp_path / "base", seed=0)  # stage 2 from scene 0
+    with pytest.raises(ValueError, match=r"init_from \(--init-from\) .*tuned' was itself trained on the scenes a "
+                                         r"fine-tune draws with seed 0 .*pass another seed"):
+        check_settings(tmp_path / "again", steps=1, init_from=tmp_path / "tuned", seed=0)
+    check_settings(tmp_path / "again", steps=1, init_from=tmp_path / "tuned", seed=1)

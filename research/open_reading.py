@@ -123,30 +123,37 @@ def teacher_forced(model: str = typer.Option(..., help="a saved model that spell
     print(f"p(eos) after the last character: {res['p_eos_after_last']:.3f}")
 
 
-def phrasing_exact_match(adapter, items, questions: list[str | None]) -> dict[str, float]:
-    """Exact match of the oracle's reading of ``items`` asked each of ``questions`` (None: the item's own
-    SpotBench question), keyed by the question ("spotbench" for None)."""
+def phrasing_exact_match(adapter, items, questions: list[str | None], method: str = "oracle") -> dict[str, float]:
+    """Exact match of ``method``'s reading of ``items`` asked each of ``questions`` (None: the item's own
+    SpotBench question), keyed by the question ("spotbench" for None). ``oracle`` reads its close-up once;
+    ``spote`` runs the whole loop at the default ``PolicyConfig``."""
     from spote.bench.run import run_method
     from spote.core import PolicyConfig
 
+    if method not in ("oracle", "spote"):
+        raise ValueError(f"method must be oracle or spote, not {method!r}")
     out = {}
     for q in questions:
-        hits = [run_method("oracle", adapter, it.image, q or it.question, None, PolicyConfig(),
-                           evidence=it.evidence, max_passes=1).answer == it.answer for it in items]
+        hits = []
+        for it in items:
+            kw = {"evidence": it.evidence, "max_passes": 1} if method == "oracle" else {}
+            hits.append(run_method(method, adapter, it.image, q or it.question, None, PolicyConfig(), **kw).answer
+                        == it.answer)
         out[q or "spotbench"] = float(np.mean(hits))
     return out
 
 
 @app.command("phrasing")
 def phrasing(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 60, seed: int = 0,
-             split: str = "val", question: list[str] = typer.Option(..., help="another phrasing; repeat for more")):
-    """The oracle's exact match on the same fields asked in SpotBench's words and in each ``question``."""
+             split: str = "val", question: list[str] = typer.Option(..., help="another phrasing; repeat for more"),
+             method: str = typer.Option("oracle", help="oracle (its close-up read once) or spote (the whole loop)")):
+    """``method``'s exact match on the same fields asked in SpotBench's words and in each ``question``."""
     from spote.loading import load_adapter
 
     adapter = load_adapter(model)
-    res = phrasing_exact_match(adapter, [make_open_item(seed, split, i) for i in range(n)], [None, *question])
-    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n, "exact_match": res},
-                     indent=2))
+    res = phrasing_exact_match(adapter, [make_open_item(seed, split, i) for i in range(n)], [None, *question], method)
+    print(json.dumps({"model": model or "spote-tiny", "method": method, "split": split, "seed": seed, "n": n,
+                      "exact_match": res}, indent=2))
 
 
 def whole_image_endings(adapter, items, question: str, sure: float = 0.35) -> dict[str, float]:

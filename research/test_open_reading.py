@@ -83,3 +83,13 @@ def test_whole_image_endings_count_empty_answers_and_the_sure_ones(shipped_adapt
     assert (own["median_end_entropy"] is None) == (own["empty"] == 0)  # a median only of empty answers (valid JSON)
     assert other["sure_empty"] == 0 and other["median_end_entropy"] > 1.0
     assert whole_image_endings(shipped_adapter, items, "what is the reference code ?", sure=10.0)["sure_empty"] == other["empty"]
+
+
+def test_phrasing_exact_match_runs_the_whole_loop_or_refuses_another_method(shipped_adapter):
+    """``method="spote"`` answers through the search (asked in SpotBench's words it reads some of the codes);
+    any other method than oracle or spote is refused by name."""
+    items = [make_open_item(0, "val", i) for i in range(4)]
+    res = phrasing_exact_match(shipped_adapter, items, [None], method="spote")
+    assert set(res) == {"spotbench"} and res["spotbench"] >= 0.25  # measured 2 of 4
+    with pytest.raises(ValueError, match="grid"):
+        phrasing_exact_match(shipped_adapter, items, [None], method="grid")

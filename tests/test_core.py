@@ -509,7 +509,7 @@ def test_anchor_vetoes_the_close_up_that_flips_a_confident_baseline(shipped_adap
     clarity reward alone prefers (less entropy) and the anchor term vetoes. Beside the global view
     (the default rendering) the same close-up keeps "yes".
     """
-    item = make_item(1, "test", 130)
+    item = make_item(0, "test", 118)  # one of three such items in test seeds 0-3 for these weights
     assert item.kind == "boat" and item.easy and item.answer == "yes"
     cfg = PolicyConfig()
     views, reader = ViewRenderer(item.image, shipped_adapter.input_size), Reader(shipped_adapter, item.question, item.choices)

@@ -13,6 +13,10 @@ the oracle's square: 1.05 x the field's long side, at least the model input) and
 the close-up, as ``oracle`` reads it) and reports, per place in the code, the mean p(gold token),
 the share of codes where it is at least 0.5, and p(eos) after the last character: how far into a code the model reads when every earlier character is given.
 
+``answer-windows`` runs the whole image and SPOT-E (defaults) on fields of one variant and reports how
+the field compares with the search's largest window, and whether the window SPOT-E answers from
+(its evidence box) holds the field: why large codes read less than on the whole image.
+
 ``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
 (the documents job's default question file asks "what is the reference code ?") and reports each
 phrasing's exact match: whether a model trained on one phrasing answers another.
@@ -180,6 +184,50 @@ def whole_endings(model: str = typer.Option(None, help="default: the shipped spo
     items = [make_open_item(seed, split, i) for i in range(n)]
     print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
                       "endings": {q: whole_image_endings(adapter, items, q) for q in question}}, indent=2))
+
+
+def answer_windows_table(adapter, items) -> dict:
+    """Per item the field's long side and the search's largest window side (both over the page's short
+    side), the share of the field inside SPOT-E's evidence box (1 when it answers from the whole image),
+    and whether the whole image and SPOT-E read the code; medians and shares over ``items``."""
+    from spote.bench.run import exact_match
+    from spote.core import PolicyConfig, Reader, spote, window_grid
+
+    rows = []
+    for it in items:
+        w, h = it.image.size
+        field = Box(*it.meta["field"])
+        windows, _ = window_grid(w, h, adapter.input_size, PolicyConfig.min_window, scale_step=PolicyConfig.scale_step)
+        _, whole = Reader(adapter, it.question, None).baseline([ViewRenderer(it.image, adapter.input_size).global_view])
+        res = spote(adapter, it.image, it.question, None, PolicyConfig())
+        held = 1.0 if res.evidence_box is None else Box(*res.evidence_box).contains_frac(field)
+        rows.append({"field_side": max(field.width, field.height) / min(w, h),
+                     "largest_window": max(max(b.width, b.height) for b in windows) / min(w, h),
+                     "field_held": held, "whole_exact": exact_match(whole, it.answer),
+                     "spote_exact": exact_match(res.answer, it.answer), "passes": res.forward_passes,
+                     "on_whole": res.evidence_box is None})
+    col = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    return {"n": len(rows), "median_field_side": float(np.median(col("field_side"))),
+            "largest_window": float(col("largest_window").max()),
+            "share_fields_larger_than_any_window": float((col("field_side") > col("largest_window")).mean()),
+            "median_field_held": float(np.median(col("field_held"))),
+            "share_field_half_held": float((col("field_held") >= 0.5).mean()),
+            "share_field_not_touched": float((col("field_held") == 0).mean()),
+            "share_answered_on_whole_image": float(col("on_whole").mean()),
+            "whole_exact_match": float(col("whole_exact").mean()), "spote_exact_match": float(col("spote_exact").mean()),
+            "spote_passes_mean": float(col("passes").mean())}
+
+
+@app.command("answer-windows")
+def answer_windows(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 40, seed: int = 0,
+                   split: str = "val", variant: list[str] = typer.Option(["large", "small"], help="repeat for more")):
+    """Per variant: the field against the search's largest window, and how much of it SPOT-E's answer window holds."""
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(model)
+    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
+                      "variants": {v: answer_windows_table(adapter, [make_open_item(seed, split, i, variant=v)
+                                                                     for i in range(n)]) for v in variant}}, indent=2))
 
 
 if __name__ == "__main__":

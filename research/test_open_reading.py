@@ -93,3 +93,16 @@ def test_phrasing_exact_match_runs_the_whole_loop_or_refuses_another_method(ship
     assert set(res) == {"spotbench"} and res["spotbench"] >= 0.25  # measured 2 of 4
     with pytest.raises(ValueError, match="grid"):
         phrasing_exact_match(shipped_adapter, items, [None], method="grid")
+
+
+def test_answer_windows_table_finds_large_fields_wider_than_every_search_window(random_adapter):  # noqa: F811
+    """The search's largest window is half the page's short side (``window_grid``); a large code's field is
+    wider than that, a small code's is not, and the shares describe every item."""
+    from research.open_reading import answer_windows_table
+
+    large = answer_windows_table(random_adapter, [make_open_item(0, "val", i, variant="large") for i in range(2)])
+    small = answer_windows_table(random_adapter, [make_open_item(0, "val", i, variant="small") for i in range(2)])
+    assert large["largest_window"] == pytest.approx(0.5) and small["largest_window"] == pytest.approx(0.5)
+    assert large["share_fields_larger_than_any_window"] == 1.0 and large["median_field_side"] > 0.5
+    assert small["share_fields_larger_than_any_window"] == 0.0 and small["median_field_side"] < 0.25
+    assert large["n"] == small["n"] == 2

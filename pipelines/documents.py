@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -312,12 +313,22 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
         len(stale & {d["uri"] for d in docs})
 
 
+def _not_a_date(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return True
+    return False
+
+
 def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:
     if not 1 <= dpi <= 1200:
         raise JobRefused(f"--dpi must be 1-1200 (pixels per inch a PDF page is rendered at), got {dpi}")
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date) or _not_a_date(run_date):
+        raise JobRefused(f"--run-date must be a date as YYYY-MM-DD (the night the run stands for), got {run_date!r}")
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
     job_settings = {"questions": questions, "dpi": dpi}
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings))

@@ -288,7 +288,9 @@ def job_command(fn):
 
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
-            return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
+            opts = JobOptions(kwargs["input"], kwargs["output"], **common)
+            check_output_outside_input(opts.input, opts.output)  # before any job lists its input
+            return fn(opts=opts, **kwargs)
         except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                 PermissionError, AccountingError, RunInUse) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
@@ -305,6 +307,20 @@ def job_command(fn):
 LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
 GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
 MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
+
+def check_output_outside_input(input_uri: str, output_uri: str) -> None:
+    """Refuse an ``output`` at or under ``input`` (JobRefused): the next run would list this run's results,
+    reports and ledger as inputs. Local paths are compared resolved; URIs by scheme and path."""
+    def place(uri: str) -> str:
+        if "://" in uri and not uri.startswith("file://"):
+            return uri.rstrip("/")
+        return os.path.realpath(uri.removeprefix("file://"))
+
+    src, dst = place(input_uri), place(output_uri)
+    if dst == src or dst.startswith(src + "/"):
+        raise JobRefused(f"--output {output_uri} lies inside --input {input_uri}: the next run would read this run's "
+                         f"results as inputs; write them elsewhere")
+
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 
@@ -592,6 +608,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
     are not every planned item exactly once (nothing is committed then).
     """
+    check_output_outside_input(opts.input, opts.output)
     if isinstance(plan, list):
         plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)

@@ -77,7 +77,7 @@ class RowLoader:
         try:
             check_question(row.get("question"))
         except ValueError as err:
-            return error_row(row, str(err))
+            return error_row(row, str(err))  # "empty question": its own reason
         try:
             pixels = np.ascontiguousarray(np.asarray(self.read(row)))
         except SkipItem as skip:
@@ -122,7 +122,7 @@ class ImageLoader(RowLoader):
         return load_image(data, self.max_pixels)
 
     def describe(self, row: dict, err: Exception) -> str:  # storage errors, permissions, ...
-        return f"could not read {row['source']}: {type(err).__name__}: {err}"
+        return f"could not read: {row['source']}: {type(err).__name__}: {err}"
 
 
 class SpotePredictor:
@@ -174,14 +174,17 @@ class SpotePredictor:
         if self.timeout_s:  # checked before every model call: the loop stops between forward passes
             adapter = DeadlineAdapter(self.adapter, time.monotonic() + self.timeout_s, self.timeout_s)
         try:
-            image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             choices = check_choices(json.loads(row["choices"]) if row.get("choices") else None)
+        except ValueError as err:  # json's errors included
+            return {**base, "status": "error", "error": f"bad choices: {err}"}
+        try:
+            image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             res = spote(adapter, image, row["question"], choices, self.cfg)
         except ItemTimeout as err:
             return {**base, "status": "error", "error": f"timeout: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000}
-        except Exception as err:
-            return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
+        except Exception as err:  # "model error" groups them; the exception's class and message follow
+            return {**base, "status": "error", "error": f"model error: {type(err).__name__}: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                "token_confidences": res.token_confidences,

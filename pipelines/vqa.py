@@ -54,7 +54,9 @@ def _choices_json(value) -> str:
         if value.startswith("["):
             value = json.loads(value, parse_int=str, parse_float=str)
         else:
-            value = [c.strip() for c in value.split(",") if c.strip()]
+            value = [c.strip() for c in value.split(",")]  # an empty choice stays, for check_choices to name
+    if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):  # a Parquet list arrives as an array
+        raise ValueError(f"choices must be a list or a comma-separated string, got a {type(value).__name__}")
     return json.dumps([_text(c) for c in list(value)])
 
 
@@ -137,10 +139,12 @@ def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
         row = {"id": given if given else f"{prefix}row-{i:08d}", "source": src, "question": _text(rec.get("question"))}
         try:
             row["choices"] = _choices_json(rec.get("choices"))
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # json.JSONDecodeError included
             row.update(choices="", status="error", error=f"unreadable choices: {err}")
-        if _BAD in rec:
-            row.update(status="error", error=rec[_BAD])
+        if not src:
+            row.update(status="error", error=f"missing image_uri: row {i} of {uri} has none")
+        if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name
+            row.update(status="error", error=f"bad manifest line: {rec[_BAD]}")
         yield row
 
 

@@ -72,6 +72,35 @@ def parse_policy(text: str | None) -> dict:
     return overrides
 
 
+def policy_with_flags(overrides: dict, **flags) -> dict:
+    """``--policy``'s fields with the flags that set the same fields (``mode=--mode``, ...) the user gave;
+    a flag left out (None) leaves the policy's value. Raises AskError when a flag and ``--policy`` set one
+    field to two values."""
+    merged = dict(overrides)
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in overrides and overrides[name] != value:
+            raise AskError(f"--policy sets {name} to {overrides[name]!r} and a flag sets it to {value!r}; give one")
+        merged[name] = value
+    return merged
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any model loads, an output ``path`` that cannot be written: a folder, or a parent that
+    cannot be made or written. Raises AskError naming ``flag``."""
+    import os
+
+    if path.is_dir():
+        raise AskError(f"{flag} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AskError(f"{flag} {path}: cannot make its folder ({err.strerror or err})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise AskError(f"{flag} {path}: not writable")
+
+
 def _check_image_path(image: Path) -> None:
     if not image.exists():
         raise AskError(f"no such file: {image}")
@@ -98,13 +127,14 @@ def ask(
     api_key_env: str = API_KEY_ENV_OPTION,
     endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
     endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
-    mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
+    mode: Optional[str] = typer.Option(None, help="highlight | zoom | zoom+context (default: the policy's, zoom+context)"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most, for every search method (default: each "
                                          "method's own: PolicyConfig.budget for spote; api and vicrop cost 2-3)"),
     policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
-    seed: int = typer.Option(0),
-    black_box: bool = typer.Option(False, help="ignore attention: uniform initial policy"),
+    seed: Optional[int] = typer.Option(None, help="the search's random seed (default: the policy's, 0)"),
+    black_box: Optional[bool] = typer.Option(None, help="ignore attention: uniform initial policy "
+                                                       "(use_relevance false in --policy says the same)"),
     trace: Optional[Path] = typer.Option(None, help="write a PNG: the spotlights, what the model saw, entropy per step"),
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
 ):
@@ -124,14 +154,14 @@ def ask(
         ch = check_choices(choices)
         if method not in METHODS or method == "oracle":
             raise AskError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
-        overrides = {**parse_policy(policy), "mode": mode, "seed": seed, "use_relevance": not black_box,
-                     **({} if budget is None else {"budget": budget})}
+        overrides = policy_with_flags(parse_policy(policy), mode=mode, seed=seed, budget=budget,
+                                      use_relevance=None if black_box is None else not black_box)
         try:
             cfg = PolicyConfig(**overrides)
         except ValueError as err:  # --policy is valid alone: an option (--mode, --budget) is out of range
             raise AskError(str(err)) from err
-        if trace is not None and trace.is_dir():
-            raise AskError(f"--trace {trace} is a directory; give a .png file name")
+        if trace is not None:  # before the search: a trace that cannot be written would lose its answer
+            check_output_file(trace, "--trace")
         _check_image_path(image)
         img = load_image(image)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
@@ -139,7 +169,7 @@ def ask(
     except (AskError, ValueError) as err:
         _fail(str(err))
     try:
-        adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=not black_box,
+        adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=cfg.use_relevance,
                                endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
     except ModelNotFound as err:
         _fail(str(err))
@@ -175,7 +205,7 @@ def ask(
 @app.command()
 def bench(
     split: str = typer.Option("test"),
-    n: int = typer.Option(600),
+    n: int = typer.Option(600, min=0, help="closed items (0: open items alone, with --open-items)"),
     seed: int = typer.Option(0),
     methods: str = typer.Option("baseline,oracle,grid,vicrop,api,naive_entropy,random,spote"),
     out: Path = typer.Option(Path("results/bench.json")),
@@ -186,7 +216,7 @@ def bench(
     endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
     endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
-    mode: str = typer.Option("zoom+context", help="highlight | zoom | zoom+context"),
+    mode: Optional[str] = typer.Option(None, help="highlight | zoom | zoom+context (default: the policy's, zoom+context)"),
     plot: bool = typer.Option(True, help="write accuracy vs forward passes next to the JSON"),
     policy: str = typer.Option("{}", help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when there is one)"),
@@ -203,8 +233,14 @@ def bench(
     from .core import PolicyConfig
     from .loading import ModelNotFound
 
-    try:  # the same one-line errors as `ask`
-        cfg = PolicyConfig(**{"mode": mode, "seed": seed, **parse_policy(policy)})
+    try:  # the same one-line errors as `ask`, before any model loads
+        if n == 0 and open_items == 0:
+            raise AskError("nothing to run: --n and --open-items are both 0")
+        if not [m for m in methods.split(",") if m.strip()]:
+            raise AskError("--methods names no method")
+        # --seed draws SpotBench's items and seeds each search, unless --policy gives the search its own seed
+        cfg = PolicyConfig(**{"seed": seed, **policy_with_flags(parse_policy(policy), mode=mode)})
+        check_output_file(out, "--out")
     except (AskError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

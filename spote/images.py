@@ -290,11 +290,20 @@ def check_question(question: str) -> str:
 
 
 def check_choices(choices) -> tuple[str, ...] | None:
+    """The answer set as stripped strings: None (open-ended), a comma-separated string or a list.
+
+    Raises:
+        ValueError: not a string or a list; an empty choice (``"yes,,no"``); fewer than two; duplicates.
+    """
     if choices is None:
         return None
     if isinstance(choices, str):
-        choices = [c for c in choices.split(",")]
-    choices = tuple(str(c).strip() for c in choices if str(c).strip())
+        choices = [c for c in choices.split(",")] if choices.strip() else []
+    elif not isinstance(choices, (list, tuple)):
+        raise ValueError(f"choices must be a list or a comma-separated string, got a {type(choices).__name__}")
+    choices = tuple(str(c).strip() for c in choices)
+    if "" in choices:
+        raise ValueError(f"empty choice in {list(choices)}")
     if len(choices) < 2:
         raise ValueError(f"need at least two choices, got {list(choices)}")
     if len(set(choices)) != len(choices):

@@ -261,7 +261,8 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
 
     Raises:
         ModelNotFound: the model cannot be found (one-line message naming what was tried).
-        ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist.
+        ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist, a
+            CUDA ``device`` where torch sees none.
     """
     if endpoint:
         from .adapters.endpoint import open_endpoint
@@ -273,6 +274,8 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
 
     local = resolve(path_or_uri, storage_options, revision, trust_remote_code)
     device = device or default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA device (a CPU build, or no GPU); use cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     elif isinstance(dtype, str):

@@ -89,6 +89,11 @@ def _malformed_cases(tmp: Path) -> dict:
         "bad mode": ([str(SAMPLE), q, "--mode", "closeup"], "mode must be one of"),
         "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
         "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
+        "trace cannot be written": ([str(SAMPLE), q, "--trace", "/proc/no-such-folder/t.png"], "--trace"),
+        "negative seed": ([str(SAMPLE), q, "--seed", "-1"], "seed must be >= 0"),
+        "empty choice": ([str(SAMPLE), q, "--choices", "yes,,no"], "empty choice"),
+        "policy and flag disagree": ([str(SAMPLE), q, "--policy", '{"mode": "zoom"}', "--mode", "highlight"],
+                                     "--policy sets mode to 'zoom' and a flag sets it to 'highlight'"),
         "missing model": ([str(SAMPLE), q, "--model", str(tmp / "no-such-model")], "not found"),
         "folder without a model": ([str(SAMPLE), q, "--model", str(tmp / "not-a-model")], "has no config.json"),
     }
@@ -138,6 +143,39 @@ def test_bench_open_items_flag(random_tiny_dir, tmp_path):
     assert res.exit_code == 2
 
 
+def test_ask_takes_mode_seed_and_relevance_from_the_policy_unless_a_flag_gives_them(random_tiny_dir):
+    """``--policy`` fields that flags also set (``--mode``, ``--seed``, ``--black-box``) apply when the flags are
+    left out; a flag that agrees with the policy is accepted."""
+    policy = '{"mode": "zoom", "seed": 5, "use_relevance": false, "budget": 4}'
+    for extra in ([], ["--mode", "zoom", "--seed", "5", "--black-box"]):
+        res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
+                                  str(random_tiny_dir), "--policy", policy, "--json", *extra])
+        assert res.exit_code == 0, res.output
+        used = json.loads(res.stdout)["policy"]
+        assert (used["mode"], used["seed"], used["use_relevance"], used["budget"]) == ("zoom", 5, False, 4)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--n", "0", "--open-items", "0"], "nothing to run"),
+    (["--methods", ""], "--methods names no method"),
+    (["--methods", " , "], "--methods names no method"),
+    (["--out", "/proc/no-such-folder/b.json"], "--out /proc/no-such-folder/b.json: cannot make its folder"),
+    (["--policy", '{"mode": "zoom"}', "--mode", "highlight"], "--policy sets mode"),
+])
+def test_bench_refuses_a_run_it_cannot_do_in_one_line_before_loading_a_model(argv, says, tmp_path):
+    res = runner.invoke(app, ["bench", "--model", str(tmp_path / "no-such-model"), "--no-plot", *argv])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, says)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is there to use")
+def test_bench_on_cuda_without_one_is_one_line(random_tiny_dir, tmp_path):
+    res = runner.invoke(app, ["bench", "--n", "1", "--methods", "baseline", "--model", str(random_tiny_dir),
+                              "--device", "cuda", "--no-plot", "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, "sees no CUDA device")
+
+
 @pytest.mark.parametrize("policy, says", [
     ("{budget: 3", "--policy is not valid JSON"),
     ("[3]", "--policy must be a JSON object"),
@@ -157,6 +195,7 @@ def test_bench_refuses_a_bad_policy_in_one_line_as_ask_does(policy, says):
     ("spote.cli", ["ask", str(SAMPLE)], "error: Missing argument 'question'"),
     ("spote.cli", ["ask", "--bogus", "1", str(SAMPLE), "q ?"], "error: No such option: --bogus"),
     ("spote.cli", ["bogus"], "error: No such command 'bogus'"),
+    ("spote.cli", ["bench", "--n", "-5"], "error: Invalid value for '--n'"),
     ("pipelines.documents", ["--input", "in", "--output", "out", "--dpi", "abc"], "error: Invalid value for '--dpi'"),
 ])
 def test_usage_errors_print_one_line_and_exit_2_as_a_real_process(module, argv, says):

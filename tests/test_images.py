@@ -24,6 +24,12 @@ def test_choices_parsing():
         check_choices("yes")
     with pytest.raises(ValueError, match="duplicate"):
         check_choices(["a", "a"])
+    with pytest.raises(ValueError, match="empty choice"):
+        check_choices("yes,,no")
+    with pytest.raises(ValueError, match="empty choice"):
+        check_choices(["yes", " ", "no"])
+    with pytest.raises(ValueError, match="must be a list or a comma-separated string, got a dict"):
+        check_choices({"a": 1, "b": 2})
 
 
 def test_zero_size_image():

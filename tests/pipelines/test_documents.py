@@ -390,3 +390,26 @@ def test_token_confidences_are_those_of_the_generated_answer(ray_local, random_t
     assert len(gen.token_ids) > 0 and len(code.token_confidences) == len(gen.token_ids)
     assert np.allclose(code.token_confidences, np.exp(gen.logprobs), rtol=1e-4)
     assert code.answer == gen.text
+
+
+@pytest.mark.parametrize("run_date", ["yesterday", "2026-13-45", "2026-2-30", "2026-02-30", "20261204"])
+def test_documents_refuses_a_run_date_that_is_not_a_date_in_one_line(tmp_path, run_date):
+    from pipelines.job import JobRefused
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobRefused, match=r"--run-date must be a date as YYYY-MM-DD"):
+        run(JobOptions(str(tmp_path / "in"), str(tmp_path / "out")), None, run_date=run_date)
+
+
+@pytest.mark.parametrize("output", ["in", "in/out", "in/./deeper/out"])
+def test_an_output_inside_the_input_is_refused_before_any_listing(tmp_path, output):
+    """The next night would read this night's results, reports and ledger as documents."""
+    from typer.testing import CliRunner
+
+    from pipelines import documents
+
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(documents.app, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / output)])
+    assert res.exit_code == 2, res.output
+    assert "lies inside --input" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / output / "_runs").exists()

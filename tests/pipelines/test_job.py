@@ -63,3 +63,19 @@ def test_other_settings_name_the_question_that_changed():
     with pytest.raises(ValueError, match=r"\(endpoint_options \(absent\) -> None\)"):
         check_same_settings("night", old, {**old, "endpoint_options": None})  # a key one side lacks is named
     check_same_settings("night", old, dict(old))  # the same settings pass
+
+
+@pytest.mark.parametrize("src, dst, inside", [
+    ("/data/in", "/data/in/out", True), ("/data/in", "/data/in", True), ("/data/in/", "/data/in/results", True),
+    ("/data/in", "/data/input-results", False), ("/data/in", "/data/out", False),
+    ("s3://bucket/in", "s3://bucket/in/out", True), ("s3://bucket/in", "s3://bucket/inbox", False),
+    ("s3://bucket/in", "/data/in/out", False),
+])
+def test_an_output_at_or_under_the_input_is_refused(src, dst, inside):
+    from pipelines.job import JobRefused, check_output_outside_input
+
+    if inside:
+        with pytest.raises(JobRefused, match="lies inside --input"):
+            check_output_outside_input(src, dst)
+    else:
+        check_output_outside_input(src, dst)

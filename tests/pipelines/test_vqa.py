@@ -288,3 +288,42 @@ def test_force_after_a_forced_commit_killed_half_way_starts_over(ray_local, rand
     redone = run_job("vqa", forced, [dict(r) for r in rows])
     assert redone["items_resumed"] == 0 and redone["items_in"] == len(rows)
     assert sorted(_results(out, "half")["id"]) == sorted(r["id"] for r in rows)
+
+
+def test_manifest_rows_name_a_missing_image_uri_and_choices_that_are_not_a_list(tmp_path):
+    """A row without ``image_uri`` (null or absent) and one whose choices are a mapping are error rows that say
+    so, not a read of the manifest's own folder or a mapping's keys taken as choices; a bad line's row says
+    "bad manifest line", so that every error groups under a fixed reason."""
+    from pipelines.stats import error_reason
+
+    lines = [{"id": "no-uri", "image_uri": None, "question": "q ?"},
+             {"id": "map", "image_uri": "a.png", "question": "q ?", "choices": {"a": 1, "b": 2}},
+             {"id": "blank", "image_uri": "a.png", "question": "q ?", "choices": "yes,,no"},
+             {"id": "fine", "image_uri": "a.png", "question": "q ?", "choices": ["yes", "no"]}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n{not json\n")
+    rows = {r["id"]: r for r in read_manifest(str(tmp_path / "m.jsonl"))}
+    assert rows["no-uri"]["status"] == "error" and rows["no-uri"]["error"].startswith("missing image_uri: row 0 of ")
+    assert rows["map"]["error"] == "unreadable choices: choices must be a list or a comma-separated string, got a dict"
+    assert rows["blank"]["choices"] == '["yes", "", "no"]'  # kept for the predictor to name ("bad choices: empty choice")
+    assert "status" not in rows["fine"]
+    bad = [r for r in rows.values() if r["id"].startswith("row-")]
+    assert len(bad) == 1 and bad[0]["error"].startswith("bad manifest line: ") and "line 5 is not JSON" in bad[0]["error"]
+    assert {error_reason(r["error"]) for r in rows.values() if r.get("status") == "error"} == {
+        "missing image_uri", "unreadable choices", "bad manifest line"}
+
+
+def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
+    """Bad choices reach the model stage as "bad choices: ..."; a failure inside the model as "model error: ...",
+    the exception's class after it: ``errors_by_reason`` counts kinds, not class names or paths."""
+    from pipelines.stages import SpotePredictor
+    from pipelines.stats import error_reason
+
+    predictor = SpotePredictor(model=str(random_tiny_dir), policy={"budget": 3, "group_size": 2})
+    image = Image.new("RGB", (96, 80), (40, 90, 160))
+    row = {"id": "a", "source": "a.png", "question": "is there a boat ?", "status": "ok", "error": "",
+           "pixels": image.tobytes(), "height": 80, "width": 96}
+    blank = predictor.predict({**row, "choices": '["yes", "", "no"]'})
+    assert blank["status"] == "error" and blank["error"] == "bad choices: empty choice in ['yes', '', 'no']"
+    broken = predictor.predict({**row, "choices": "", "height": 0, "width": 96})  # no pixels to make an image of
+    assert broken["status"] == "error" and broken["error"].startswith("model error: ")
+    assert {error_reason(blank["error"]), error_reason(broken["error"])} == {"bad choices", "model error"}

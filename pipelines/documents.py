@@ -227,6 +227,10 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     return done.num_rows
 
 
+class PageTooLarge(Exception):
+    """A PDF page that would render to more pixels than the loader accepts at the job's ``--dpi``."""
+
+
 class PageLoader(RowLoader):
     """CPU stage: render one PDF page at ``dpi`` (or decode one frame of a page image); keeps the
     last document open."""
@@ -249,11 +253,11 @@ class PageLoader(RowLoader):
     def describe(self, row: dict, err: Exception) -> str:
         if isinstance(err, UnreadablePDF):
             return f"{self.failure}: {err}"
+        if isinstance(err, PageTooLarge):
+            return f"page too large: {err}; lower --dpi"
         return super().describe(row, err)
 
     def read(self, row: dict):
-        from spote.images import BadImage
-
         if row["source"] != self._uri:
             if self._pdf is not None:
                 self._pdf.close()
@@ -265,7 +269,7 @@ class PageLoader(RowLoader):
         w, h = page_size(self._pdf, row["page"])
         scale = self.dpi / 72
         if w * h * scale * scale > self.max_pixels:
-            raise BadImage(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
+            raise PageTooLarge(f"page {row['page']} at {self.dpi} dpi exceeds {self.max_pixels:,} pixels")
         return render_page(self._pdf, row["page"], scale)
 
     def _frame(self, page: int):

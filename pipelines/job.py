@@ -188,6 +188,16 @@ class JobOptions:
     endpoint_concurrency: int = 8
     endpoint_options: str | None = None
 
+    def __post_init__(self):  # one line naming the flag, before the input is listed or Ray starts
+        for name, least, what in (("batch_size", 1, "rows per actor call"), ("rows_per_part", 1, "rows per staged part"),
+                                  ("endpoint_concurrency", 1, "requests in flight")):
+            if getattr(self, name) < least:
+                raise JobRefused(f"--{name.replace('_', '-')} must be >= {least} ({what}), got {getattr(self, name)}")
+        if not self.item_timeout_seconds > 0:
+            raise JobRefused(f"--item-timeout-seconds must be > 0 seconds, got {self.item_timeout_seconds}")
+        if not self.resource_wait_seconds >= 0:
+            raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
+
     def endpoint_config(self) -> dict:
         """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable)."""
         try:

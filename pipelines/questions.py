@@ -37,7 +37,7 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
 
     Raises:
         FileNotFoundError: no file at ``uri``.
-        ValueError: the file is not YAML/JSON, not a non-empty list, or has bad entries; one message,
+        ValueError: ``uri`` is a folder; the file is not YAML/JSON, not a non-empty list, or has bad entries; one message,
             ``<uri>: <problem>; <problem> ...``, each problem naming its entry and line.
     """
     import yaml
@@ -46,6 +46,10 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
         text = read_bytes(uri, storage_options).decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{uri}: not a text file ({err.reason} at byte {err.start})") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"question file {uri}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"question file {uri} is a folder; give a YAML or JSON file") from None
     loader = yaml.SafeLoader(text)  # YAML is a superset of JSON; the nodes keep each entry's line
     try:
         node = loader.get_single_node()

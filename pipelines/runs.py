@@ -36,6 +36,7 @@ refuses to start while it still beats.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -281,6 +282,10 @@ def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
     write_text(join(paths.meta, "summary.json"), json.dumps(summary, indent=2), storage_options)
     write_text(paths.marker, dt.datetime.now(dt.timezone.utc).isoformat(), storage_options)
     retrying(_rm, paths.staging, storage_options)
+    fs_s, staging_root = filesystem(join(paths.output, "_staging"), storage_options)
+    if is_local(fs_s):  # a store has no empty folders; a local one is left only while another run stages there
+        with contextlib.suppress(OSError):
+            os.rmdir(staging_root)
 
 
 class AccountingError(RuntimeError):

@@ -130,7 +130,9 @@ def ask(
     mode: Optional[str] = typer.Option(None, help="highlight | zoom | zoom+context (default: the policy's, zoom+context)"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
     budget: Optional[int] = typer.Option(None, help="forward passes at most, for every search method (default: each "
-                                         "method's own: PolicyConfig.budget for spote; api and vicrop cost 2-3)"),
+                                         "method's own: PolicyConfig.budget for spote; api and vicrop cost 2-3); the "
+                                         "whole image is always read, at one pass per choice where choices span "
+                                         "several tokens"),
     policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     seed: Optional[int] = typer.Option(None, help="the search's random seed (default: the policy's, 0)"),
     black_box: Optional[bool] = typer.Option(None, help="ignore attention: uniform initial policy "

@@ -99,7 +99,8 @@ class PolicyConfig:
     clip: float = 0.2              # PPO clip range
     inner_epochs: int = 4          # gradient steps per GRPO step
     mode: str = "zoom+context"     # highlight | zoom | zoom+context (global view + zoom, two images)
-    budget: int = 96               # forward passes at most, everything included
+    budget: int = 96               # forward passes at most, everything included; the whole image is read whatever
+    #                                it costs (one pass per choice where choices span several tokens)
     seed: int = 0
     grid: int = 16                 # resolution of the policy's position map
     min_window: float = 1.0        # smallest window side, in model input sizes

@@ -75,6 +75,10 @@ def test_bad_arguments_are_refused_before_any_work(item, shipped_adapter):
         spote.answer(item.image, Q, ["7"], model=shipped_adapter)
     with pytest.raises(ValueError, match="unknown method"):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="magic")
+    with pytest.raises(ValueError, match="unknown method 'oracle'"):  # it needs a ground-truth box: benchmarks only
+        spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="oracle")
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        spote.answer(item.image, Q, CHOICES, model=shipped_adapter, seed=-1)
 
 
 def test_encoded_jpeg_bytes(item, shipped_adapter):

@@ -87,3 +87,14 @@ def test_error_rows_of_the_documents_job(tmp_path):
     assert ok["status"] == "ok" and (ok["height"], ok["width"]) == (150, 100)
     gone = loader.load({"id": "g5", "source": good, "page": 5, "question": "q ?", "status": "", "error": ""})
     assert gone["error"] == "unreadable PDF: page 5 does not exist: the document has 3 pages, numbered from 0"
+
+
+def test_a_page_too_large_at_the_dpi_says_so_and_what_to_lower(tmp_path):
+    """A readable page that would render past the pixel cap is not an unreadable image: its reason is
+    ``page too large`` and the message names --dpi. The same page at a lower dpi renders."""
+    (tmp_path / "p.pdf").write_bytes(_pdf_bytes(1))  # 200 x 300 pt
+    row = {"id": "p", "source": str(tmp_path / "p.pdf"), "page": 0, "question": "q ?", "status": "", "error": ""}
+    big = PageLoader(dpi=720, max_pixels=1_000_000).load(row)  # 2000 x 3000 px
+    assert big["status"] == "error"
+    assert big["error"] == "page too large: page 0 at 720 dpi exceeds 1,000,000 pixels; lower --dpi"
+    assert PageLoader(dpi=72, max_pixels=1_000_000).load(row)["status"] == "ok"

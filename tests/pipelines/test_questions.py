@@ -122,3 +122,10 @@ def test_the_documents_command_refuses_a_bad_question_file_in_one_line(tmp_path,
     assert "Traceback" not in res.output
     assert (BAD_FILES[kind][1] if kind != "missing file" else "nowhere.yaml") in res.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_missing_or_folder_question_file_is_named_as_the_question_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"question file .*nowhere.yaml: no such file"):
+        load_questions(str(tmp_path / "nowhere.yaml"))
+    with pytest.raises(ValueError, match=r"is a folder; give a YAML or JSON file"):
+        load_questions(str(tmp_path))

@@ -109,6 +109,7 @@ def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, t
     assert len(ok) == len(rows) - 3 and (ok.forward_passes <= 4).all() and ok.answer.str.len().gt(0).all()
     assert summary["items_in"] == summary["items_out"] == len(rows) and summary["items_error"] == 3
     assert summary["items_resumed"] == 0 and summary["skipped_sources"]["count"] == 0
+    assert not (out / "_staging").exists()  # nothing of the run in flight is left once it is committed
     assert summary["errors_by_reason"] == {"unreadable image": 1, "missing object": 1, "empty question": 1}
     assert summary["forward_passes_mean"] == pytest.approx(ok.forward_passes.mean())
     assert summary["entropy_final_mean"] == pytest.approx(ok.entropy_final.mean())

@@ -186,6 +186,8 @@ def ask(
     except EndpointError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
+    except ValueError as err:  # what only the model can check, e.g. a question longer than it reads
+        _fail(str(err))
     if trace:
         from .trace import plot_trace
 

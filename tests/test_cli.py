@@ -143,6 +143,17 @@ def test_bench_open_items_flag(random_tiny_dir, tmp_path):
     assert res.exit_code == 2
 
 
+def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
+    """spote-tiny's language model has 512 positions: a longer prompt is refused, not read as noise."""
+    long_question = "is the box in the corner of the form, " * 120 + "ticked ?"
+    res = runner.invoke(app, ["ask", str(SAMPLE), long_question, "--choices", "yes,no", "--model", str(random_tiny_dir)])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: question too long: with its images the prompt takes")
+    assert "the model reads at most 512" in errors[0]
+
+
 def test_ask_takes_mode_seed_and_relevance_from_the_policy_unless_a_flag_gives_them(random_tiny_dir):
     """``--policy`` fields that flags also set (``--mode``, ``--seed``, ``--black-box``) apply when the flags are
     left out; a flag that agrees with the policy is accepted."""

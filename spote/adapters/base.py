@@ -168,9 +168,18 @@ class HFAdapter:
         The images go in nested, one list per prompt: every processor takes that form, while a flat list
         is split across prompts only by some (``SmolVLMProcessor`` reads it as one prompt's images and
         rejects any batch of more than one prompt).
+
+        Raises:
+            ValueError: a prompt, images included, longer than the language model's
+                ``max_position_embeddings`` ("question too long").
         """
         images = [list(views) for views in views_batch]
         batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        text_config = getattr(self.model.config, "text_config", None) or self.model.config
+        limit = getattr(text_config, "max_position_embeddings", None)
+        if limit and batch["input_ids"].shape[1] > limit:  # past the positions it was trained on it reads noise
+            raise ValueError(f"question too long: with its images the prompt takes {batch['input_ids'].shape[1]} "
+                             f"tokens, and the model reads at most {limit}; shorten the question")
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
     def _continuation_ids(self, prompt: str, answer: str) -> list[int]:

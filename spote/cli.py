@@ -198,7 +198,8 @@ def ask(
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
-    typer.echo(f"answer:      {result.answer}")
+    # an empty open answer is the model ending at once: nothing read (confidence 0); say so rather than print nothing
+    typer.echo(f"answer:      {result.answer if result.answer else '(nothing read)'}")
     typer.echo(f"confidence:  {result.confidence:.3f}")
     typer.echo("entropy:     " + " -> ".join(f"{h:.3f}" for h in result.entropy_trace) + "  (nats)")
     typer.echo(f"passes:      {result.forward_passes}  ({result.seconds:.2f} s, mode {result.mode})")

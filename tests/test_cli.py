@@ -143,6 +143,21 @@ def test_bench_open_items_flag(random_tiny_dir, tmp_path):
     assert res.exit_code == 2
 
 
+def test_an_empty_open_answer_is_printed_as_nothing_read(tmp_path):
+    """The shipped model asked in words it was not trained on ends val page 1's answer at once: the text
+    output says "(nothing read)", the JSON keeps the empty string and confidence 0."""
+    from spote.bench.scenes import make_open_item
+
+    page = tmp_path / "page.png"
+    make_open_item(0, "val", 1).image.save(page)
+    res = runner.invoke(app, ["ask", str(page), "what is the reference code ?"])
+    assert res.exit_code == 0, res.output
+    assert "answer:      (nothing read)\n" in res.stdout and "confidence:  0.000" in res.stdout
+    res = runner.invoke(app, ["ask", str(page), "what is the reference code ?", "--json"])
+    record = json.loads(res.stdout)
+    assert record["answer"] == "" and record["confidence"] == 0.0
+
+
 def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
     """spote-tiny's language model has 512 positions: a longer prompt is refused, not read as noise."""
     long_question = "is the box in the corner of the form, " * 120 + "ticked ?"

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .images import DEFAULT_MAX_PIXELS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPOT-E: test-time visual spotlights for frozen VLMs.")
 
 MODEL_HELP = ("model folder, s3:// checkpoint or Hugging Face hub id ORG/NAME (default: the shipped spote-tiny); "
@@ -139,6 +141,8 @@ def ask(
                                                        "(use_relevance false in --policy says the same)"),
     trace: Optional[Path] = typer.Option(None, help="write a PNG: the spotlights, what the model saw, entropy per step"),
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                                   help="refuse a larger image before decoding it (decompression-bomb guard)"),
 ):
     """Answer QUESTION about IMAGE with a per-instance spotlight.
 
@@ -165,7 +169,7 @@ def ask(
         if trace is not None:  # before the search: a trace that cannot be written would lose its answer
             check_output_file(trace, "--trace")
         _check_image_path(image)
-        img = load_image(image)
+        img = load_image(image, max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
         _fail(str(err) if str(image) in str(err) else f"{image}: {err}")
     except (AskError, ValueError) as err:

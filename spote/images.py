@@ -43,7 +43,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         raise BadImage(f"zero-size image ({width} x {height})")
     if width * height > max_pixels:
         raise BadImage(f"image too large: {width} x {height} = {width * height:,} pixels exceeds the limit of "
-                       f"{max_pixels:,} (decompression-bomb guard); tile it or raise max_pixels")
+                       f"{max_pixels:,} (decompression-bomb guard); tile it or raise max_pixels (spote ask --max-pixels)")
 
 
 # ---------------------------------------------------------------------------------------------- orientation

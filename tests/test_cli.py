@@ -158,6 +158,18 @@ def test_an_empty_open_answer_is_printed_as_nothing_read(tmp_path):
     assert record["answer"] == "" and record["confidence"] == 0.0
 
 
+def test_max_pixels_refuses_a_larger_image_in_one_line_and_raising_it_reads_it(random_tiny_dir):
+    """The decompression-bomb guard's message names the flag that raises it; the sample page is 702 x 823 px."""
+    res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
+                              str(random_tiny_dir), "--max-pixels", "1000"])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, "exceeds the limit of 1,000 (decompression-bomb guard); tile it or raise max_pixels "
+                                "(spote ask --max-pixels)")
+    res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
+                              str(random_tiny_dir), "--max-pixels", "1000000", "--budget", "4"])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
     """spote-tiny's language model has 512 positions: a longer prompt is refused, not read as noise."""
     long_question = "is the box in the corner of the form, " * 120 + "ticked ?"

@@ -247,6 +247,13 @@ def bench(
             raise AskError("nothing to run: --n and --open-items are both 0")
         if not [m for m in methods.split(",") if m.strip()]:
             raise AskError("--methods names no method")
+        from .bench.scenes import SPLITS
+        from .images import CORRUPTIONS
+
+        if split not in SPLITS:
+            raise AskError(f"--split {split!r}: expected one of {sorted(SPLITS)}")
+        if corrupt not in CORRUPTIONS:
+            raise AskError(f"--corrupt {corrupt!r}: expected one of {list(CORRUPTIONS)}")
         # --seed draws SpotBench's items and seeds each search, unless --policy gives the search its own seed
         cfg = PolicyConfig(**{"seed": seed, **policy_with_flags(parse_policy(policy), mode=mode)})
         check_output_file(out, "--out")

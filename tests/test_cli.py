@@ -197,6 +197,8 @@ def test_ask_takes_mode_seed_and_relevance_from_the_policy_unless_a_flag_gives_t
     (["--n", "0", "--open-items", "0"], "nothing to run"),
     (["--methods", ""], "--methods names no method"),
     (["--methods", " , "], "--methods names no method"),
+    (["--split", "nope"], "--split 'nope': expected one of"),
+    (["--corrupt", "nope"], "--corrupt 'nope': expected one of"),
     (["--out", "/proc/no-such-folder/b.json"], "--out /proc/no-such-folder/b.json: cannot make its folder"),
     (["--policy", '{"mode": "zoom"}', "--mode", "highlight"], "--policy sets mode"),
 ])

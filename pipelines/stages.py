@@ -183,8 +183,11 @@ class SpotePredictor:
         except ItemTimeout as err:
             return {**base, "status": "error", "error": f"timeout: {err}",
                     "latency_ms": (time.perf_counter() - t0) * 1000}
-        except Exception as err:  # "model error" groups them; the exception's class and message follow
-            return {**base, "status": "error", "error": f"model error: {type(err).__name__}: {err}",
+        except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow
+            from spote.adapters.endpoint import EndpointError
+
+            what = f"endpoint error: {err}" if isinstance(err, EndpointError) else f"model error: {type(err).__name__}: {err}"
+            return {**base, "status": "error", "error": what,
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                "token_confidences": res.token_confidences,

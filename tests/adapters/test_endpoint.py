@@ -200,7 +200,7 @@ def test_server_down_gives_an_error_row(key):
            "status": "ok", "pixels": image.tobytes(), "width": 80, "height": 60}
     out = predictor.predict(row)
     assert out["status"] == "error" and out["model"] == f"spote-tiny @ {url}"
-    assert out["error"].startswith(f"EndpointError: endpoint {url} (model 'spote-tiny'): cannot connect")
+    assert out["error"].startswith(f"endpoint error: endpoint {url} (model 'spote-tiny'): cannot connect")
     assert KEY not in json.dumps({k: v for k, v in out.items() if k != "pixels"}, default=str)
 
 
@@ -256,7 +256,7 @@ def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
         assert (df.drop(["bad-corrupt", "bad-refused"]).status == "ok").all()
         assert df.loc["bad-corrupt", "error"].startswith("unreadable image")
         refused = df.loc["bad-refused", "error"]
-        assert refused.startswith(f"EndpointError: endpoint {server}") and "HTTP 400" in refused
+        assert refused.startswith(f"endpoint error: endpoint {server}") and "HTTP 400" in refused
         summary = json.loads((out / "_runs" / "ep" / "summary.json").read_text())
         assert summary["items_ok"] == 3 and summary["items_error"] == 2 and server in summary["model"]
         # the key is nowhere: results, summary, report, the job's output, Ray's logs

@@ -193,8 +193,8 @@ class JobOptions:
                                   ("endpoint_concurrency", 1, "requests in flight")):
             if getattr(self, name) < least:
                 raise JobRefused(f"--{name.replace('_', '-')} must be >= {least} ({what}), got {getattr(self, name)}")
-        if not self.item_timeout_seconds > 0:
-            raise JobRefused(f"--item-timeout-seconds must be > 0 seconds, got {self.item_timeout_seconds}")
+        if not self.item_timeout_seconds >= 0:
+            raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
         if not self.resource_wait_seconds >= 0:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
 

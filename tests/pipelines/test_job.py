@@ -84,8 +84,7 @@ def test_an_output_at_or_under_the_input_is_refused(src, dst, inside):
 @pytest.mark.parametrize("flag, value, says", [
     ("batch_size", 0, "--batch-size must be >= 1"), ("rows_per_part", 0, "--rows-per-part must be >= 1"),
     ("endpoint_concurrency", 0, "--endpoint-concurrency must be >= 1"),
-    ("item_timeout_seconds", -1.0, "--item-timeout-seconds must be > 0"),
-    ("item_timeout_seconds", 0.0, "--item-timeout-seconds must be > 0"),
+    ("item_timeout_seconds", -1.0, r"--item-timeout-seconds must be >= 0 seconds \(0: no limit\)"),
     ("resource_wait_seconds", -1.0, "--resource-wait-seconds must be >= 0"),
 ])
 def test_job_options_out_of_range_are_refused_naming_the_flag(flag, value, says):
@@ -94,3 +93,4 @@ def test_job_options_out_of_range_are_refused_naming_the_flag(flag, value, says)
     with pytest.raises(JobRefused, match=says):
         JobOptions("in", "out", **{flag: value})
     JobOptions("in", "out")  # the defaults hold
+    JobOptions("in", "out", item_timeout_seconds=0.0)  # no limit, as the flag's help says

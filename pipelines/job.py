@@ -188,7 +188,7 @@ class JobOptions:
     endpoint_concurrency: int = 8
     endpoint_options: str | None = None
 
-    def __post_init__(self):  # one line naming the flag, before the input is listed or Ray starts
+    def __post_init__(self):  # one line naming the flag, before any job lists its input or Ray starts
         for name, least, what in (("batch_size", 1, "rows per actor call"), ("rows_per_part", 1, "rows per staged part"),
                                   ("endpoint_concurrency", 1, "requests in flight")):
             if getattr(self, name) < least:
@@ -197,6 +197,7 @@ class JobOptions:
             raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
         if not self.resource_wait_seconds >= 0:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
+        check_output_outside_input(self.input, self.output)
 
     def endpoint_config(self) -> dict:
         """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable)."""
@@ -298,9 +299,7 @@ def job_command(fn):
 
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
-            opts = JobOptions(kwargs["input"], kwargs["output"], **common)
-            check_output_outside_input(opts.input, opts.output)  # before any job lists its input
-            return fn(opts=opts, **kwargs)
+            return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
         except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                 PermissionError, AccountingError, RunInUse) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
@@ -618,7 +617,6 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
     are not every planned item exactly once (nothing is committed then).
     """
-    check_output_outside_input(opts.input, opts.output)
     if isinstance(plan, list):
         plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)

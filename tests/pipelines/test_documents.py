@@ -239,7 +239,7 @@ def test_documents_refuses_a_dpi_out_of_range_in_one_line(tmp_path):
 
     for dpi in (0, -5, 5000):
         with pytest.raises(JobRefused, match=r"--dpi must be 1-1200"):
-            run(JobOptions(str(tmp_path), str(tmp_path / "out")), None, dpi=dpi)
+            run(JobOptions(str(tmp_path / "in"), str(tmp_path / "out")), None, dpi=dpi)
 
 
 def test_s3_listing_gives_etag_fingerprints_and_the_ledger_is_replaced_whole(s3, tmp_path):

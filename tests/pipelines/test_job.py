@@ -72,13 +72,16 @@ def test_other_settings_name_the_question_that_changed():
     ("s3://bucket/in", "/data/in/out", False),
 ])
 def test_an_output_at_or_under_the_input_is_refused(src, dst, inside):
-    from pipelines.job import JobRefused, check_output_outside_input
+    from pipelines.job import JobOptions, JobRefused, check_output_outside_input
 
     if inside:
         with pytest.raises(JobRefused, match="lies inside --input"):
             check_output_outside_input(src, dst)
+        with pytest.raises(JobRefused, match="lies inside --input"):  # every job's options are checked so
+            JobOptions(src, dst)
     else:
         check_output_outside_input(src, dst)
+        JobOptions(src, dst)
 
 
 @pytest.mark.parametrize("flag, value, says", [

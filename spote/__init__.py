@@ -97,7 +97,7 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     import json
     from dataclasses import fields
 
-    from .baselines import METHODS, run_method
+    from .baselines import ANSWER_METHODS, run_method
     from .core import PolicyConfig
     from .images import check_choices, check_question
     from .loading import load_adapter
@@ -108,8 +108,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     unknown = sorted(set(policy_overrides) - known)
     if unknown:
         raise ValueError(f"unknown policy fields {unknown}; known: {sorted(known)}")
-    if method not in METHODS or method == "oracle":  # the oracle reads a ground-truth box: benchmarks only
-        raise ValueError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
+    if method not in ANSWER_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(ANSWER_METHODS)}")
     cfg = PolicyConfig(**policy_overrides)
     img = _read_image(image, storage_options)
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):

@@ -30,6 +30,8 @@ from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_thresho
 from .spotlight import Box, ViewRenderer
 
 METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")
+# what `spote ask` and `spote.answer` run: every method but the oracle, which reads a ground-truth box (benchmarks only)
+ANSWER_METHODS = tuple(m for m in METHODS if m != "oracle")
 # methods whose cost a forward-pass budget bounds (the budget sweep runs these)
 SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffold")
 

@@ -150,7 +150,7 @@ def ask(
     ``error: ...`` and exits with code 2; an endpoint that fails after its retries, with code 1.
     """
     from .adapters.endpoint import EndpointError
-    from .baselines import METHODS, run_method
+    from .baselines import ANSWER_METHODS, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
     from .loading import ModelNotFound, load_adapter
@@ -158,8 +158,8 @@ def ask(
     try:
         q = check_question(question)
         ch = check_choices(choices)
-        if method not in METHODS or method == "oracle":
-            raise AskError(f"unknown method {method!r}; expected one of {[m for m in METHODS if m != 'oracle']}")
+        if method not in ANSWER_METHODS:
+            raise AskError(f"unknown method {method!r}; expected one of {list(ANSWER_METHODS)}")
         overrides = policy_with_flags(parse_policy(policy), mode=mode, seed=seed, budget=budget,
                                       use_relevance=None if black_box is None else not black_box)
         try:

@@ -17,6 +17,11 @@ the share of codes where it is at least 0.5, and p(eos) after the last character
 the field compares with the search's largest window, and whether the window SPOT-E answers from
 (its evidence box) holds the field: why large codes read less than on the whole image.
 
+``standout`` reads the per-item rows of ``spote bench --open-items`` run with ``standout_z`` 0 (the
+search always answers) and tables, per variant, how far each search's best reward stood out of all it
+read (robust z, ``spote.core.standout``), and the exact match had the whole image answered wherever it
+stood out less than each threshold: how ``PolicyConfig.standout_z`` was chosen.
+
 ``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
 (the documents job's default question file asks "what is the reference code ?") and reports each
 phrasing's exact match: whether a model trained on one phrasing answers another.
@@ -90,6 +95,40 @@ def by_size(items: Path, method: str = "oracle", view_size: int = 64):
         extra = f"mean length {r['mean_length']:.1f}" if "mean_length" in r else f"glyph height {r['glyph_px']:.1f} px"
         print(f"{r['group']:>16}: n={r['n']:3d}  exact match {r['exact_match']:.2f}  "
               f"char accuracy {r['char_accuracy']:.2f}  {extra}")
+
+
+def standout_table(rows: list[dict], thresholds: list[float]) -> dict:
+    """Per variant and over all items: n, the robust z of the search's best reward (10th/50th/90th
+    percentiles; items the search did not run on count as infinitely far out), exact match of the search and
+    of the whole image, and at each threshold the exact match had the whole image answered below it.
+
+    Raises:
+        ValueError: no spote rows, or a spote row without its baseline row.
+    """
+    whole = {r["id"]: r for r in rows if r["method"] == "baseline" and r.get("open")}
+    found = [r for r in rows if r["method"] == "spote" and r.get("open")]
+    if not found:
+        raise ValueError("no open spote rows (run spote bench --open-items N --methods baseline,spote)")
+    missing = [r["id"] for r in found if r["id"] not in whole]
+    if missing:
+        raise ValueError(f"{len(missing)} spote rows have no baseline row, e.g. {missing[0]}")
+    out = {}
+    for variant in sorted({r["variant"] for r in found}) + ["all"]:
+        picked = [r for r in found if variant in ("all", r["variant"])]
+        z = np.array([r.get("standout", np.inf) for r in picked], dtype=float)
+        em_search = np.array([float(r["correct"]) for r in picked])
+        em_whole = np.array([float(whole[r["id"]]["correct"]) for r in picked])
+        out[variant] = {"n": len(picked), "z_p10_p50_p90": [round(float(v), 2) for v in np.percentile(z, [10, 50, 90])],
+                        "exact_match_search": float(em_search.mean()), "exact_match_whole": float(em_whole.mean()),
+                        "exact_match_at": {str(t): float(np.where(z >= t, em_search, em_whole).mean()) for t in thresholds}}
+    return out
+
+
+@app.command("standout")
+def standout(items: list[Path], threshold: list[float] = typer.Option([1.0, 2.0, 3.0, 4.0, 6.0, 10.0])):
+    """Per variant: how far the search's best stood out, and exact match with the whole image answering below each threshold."""
+    rows = [json.loads(line) for path in items for line in path.open()]
+    print(json.dumps({"items": [str(p) for p in items], "variants": standout_table(rows, threshold)}, indent=2))
 
 
 def teacher_forced_places(adapter, items, min_side: int | None = None) -> dict:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from research.open_reading import by_size_table, glyph_px, oracle_box, phrasing_exact_match, teacher_forced_places
+from research.open_reading import by_size_table, glyph_px, oracle_box, phrasing_exact_match, standout_table, teacher_forced_places
 from spote.bench.scenes import make_open_item
 from tests.conftest import random_adapter, random_tiny_dir  # noqa: F401 (fixtures: a random spote-tiny)
 
@@ -39,6 +39,27 @@ def test_by_size_groups_every_row_once_by_size_and_once_by_length():
         assert r["char_accuracy"] == pytest.approx(sum(x["char_accuracy"] for x in picked) / len(picked))
     with pytest.raises(ValueError, match="no open rows"):
         by_size_table(rows, method="grid")
+
+
+def test_standout_table_answers_on_the_whole_image_below_each_threshold():
+    """Four items: z 0.5 (search wrong, whole right), 2.5 (both right), 50 (search right, whole wrong) and
+    one the search never ran on (no standout: counts as infinitely far out)."""
+    cases = [("large", 0.5, False, True), ("large", 2.5, True, True), ("small", 50.0, True, False), ("small", None, False, False)]
+    rows = []
+    for i, (variant, z, search_ok, whole_ok) in enumerate(cases):
+        rows.append({"method": "baseline", "id": f"o{i}", "open": True, "variant": variant, "correct": whole_ok})
+        rows.append({"method": "spote", "id": f"o{i}", "open": True, "variant": variant, "correct": search_ok,
+                     **({} if z is None else {"standout": z})})
+    t = standout_table(rows, [1.0, 3.0, 100.0])
+    assert t["all"]["n"] == 4 and t["large"]["n"] == 2 and t["small"]["n"] == 2
+    assert t["all"]["exact_match_search"] == 0.5 and t["all"]["exact_match_whole"] == 0.5
+    assert t["large"]["exact_match_at"] == {"1.0": 1.0, "3.0": 1.0, "100.0": 1.0}
+    assert t["small"]["exact_match_at"] == {"1.0": 0.5, "3.0": 0.5, "100.0": 0.0}
+    assert t["all"]["exact_match_at"]["3.0"] == 0.75 and t["all"]["exact_match_at"]["100.0"] == 0.5
+    with pytest.raises(ValueError, match="no baseline row"):
+        standout_table(rows[1:], [1.0])
+    with pytest.raises(ValueError, match="no open spote rows"):
+        standout_table([r for r in rows if r["method"] == "baseline"], [1.0])
 
 
 def test_teacher_forced_places_follow_each_code_and_match_greedy_reading(random_adapter):  # noqa: F811

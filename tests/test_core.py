@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, answer_centred, answer_neighbours, answer_window, answer_windows, mean_token_logp, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (PolicyConfig, answer_centred, answer_neighbours, answer_window, answer_windows, mean_token_logp, standout, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -315,6 +315,39 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     assert alone.forward_passes <= budget and len(alone.boxes) > len(res.boxes)
 
 
+def test_standout_is_the_best_rewards_robust_z_score_among_all_read():
+    r = [0.0, 0.1, -0.1, 0.05, -0.05, 0.2, -0.2, 0.0, 1.0]
+    med = np.median(r)
+    assert standout(r) == pytest.approx((1.0 - med) / (1.4826 * np.median(np.abs(np.array(r) - med))))
+    assert standout([2 * x + 1 for x in r]) == pytest.approx(standout(r))  # free of the rewards' scale and offset
+    assert standout(r[:-1] + [5.0]) > standout(r)  # a best further out stands out more
+    assert standout([0.0] * 8 + [0.5]) == math.inf  # the others do not vary at all
+    assert standout([0.3] * 9) == 0.0  # nothing stands out
+    assert standout([0.0] * 6 + [1.0]) == math.inf  # too few rewards to tell noise: the search answers
+
+
+def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_image(random_adapter):
+    """The same search, with the bar just above and just below its best view's robust z: below it the
+    whole image's answer is given (no evidence box, no answer copies read), above it the search's."""
+    q, img = "what colour is the vehicle ?", _image()
+    _, whole = Reader(random_adapter, q).baseline([ViewRenderer(img, random_adapter.input_size).global_view])
+    cfg = PolicyConfig(budget=60, exit_entropy=0.0, glance_side=0.0, standout_z=0.0)
+    searched = spote(random_adapter, img, q, None, cfg)
+    z = searched.reward_standout
+    assert searched.evidence_box is not None and math.isfinite(z) and z > 0.1
+    assert z == pytest.approx(standout(searched.box_rewards), abs=1e-3)
+    kept = spote(random_adapter, img, q, None, replace(cfg, standout_z=z + 0.05))
+    assert kept.evidence_box is None and kept.answer == whole and kept.boxes == searched.boxes
+    assert kept.forward_passes < searched.forward_passes and kept.answer_readings is None
+    assert kept.token_confidences and kept.confidence == pytest.approx(math.prod(kept.token_confidences), rel=1e-4)
+    assert spote(random_adapter, img, q, None, replace(cfg, standout_z=z - 0.05)).evidence_box == searched.evidence_box
+    # closed sets answer from their best view whatever the bar: the rule is for open answers
+    choices = ["red", "blue", "green"]
+    closed = PolicyConfig(budget=40, exit_entropy_per_ln_k=0.0, glance_side=0.0, settle_after=0)
+    assert (spote(random_adapter, img, q, choices, replace(closed, standout_z=1e9)).evidence_box
+            == spote(random_adapter, img, q, choices, closed).evidence_box)
+
+
 def test_answer_neighbours_are_the_window_then_distinct_moves_inside_the_image():
     box = Box(100, 50, 300, 250)
     got = answer_neighbours(box, 0.15, 1000, 600)
@@ -587,6 +620,8 @@ def test_config_rejects_bad_values():
     for bad_reach in (0.5, 4.5, -1.0):
         with pytest.raises(ValueError, match="answer_centring must be 0"):
             PolicyConfig(answer_centring=bad_reach)
+    with pytest.raises(ValueError, match="standout_z must be >= 0"):
+        PolicyConfig(standout_z=-1.0)
     for bad_rescale in (-0.1, 0.3):
         with pytest.raises(ValueError, match=r"answer_rescale must be in \[0, 0.25\]"):
             PolicyConfig(answer_rescale=bad_rescale)

@@ -234,7 +234,7 @@ def test_open_answer_is_decoded_jointly_where_the_best_windows_agree(random_adap
     seen = _recorded_generations(monkeypatch, random_adapter)
     # no glance: it is logged among the boxes but never a candidate unless clear, which exit_entropy 0 forbids
     q, cfg = "what colour is the vehicle ?", PolicyConfig(budget=30, exit_entropy=0.0, answer_grid=grid, answer_top=4,
-                                                          glance_side=0.0)
+                                                          glance_side=0.0, standout_z=0.0)
     res = spote(random_adapter, _image(), q, None, cfg)
     assert res.evidence_box is not None and res.forward_passes <= 30
     assert (seen[-1][0], seen[-1][1].text) == (grid ** 2, res.answer)  # the last generation is the answer's, on grid^2 views
@@ -249,7 +249,7 @@ def test_open_answer_at_the_defaults_is_one_reading_of_27_copies_of_the_centred_
     passes are kept aside, so the budget holds. A budget whose third holds 9 copies but not 27 reads 9."""
     seen = _recorded_generations(monkeypatch, random_adapter)
     img = _image()
-    cfg = PolicyConfig(exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    cfg = PolicyConfig(exit_entropy=0.0, glance_side=0.0, plateau_patience=99, standout_z=0.0)  # the search answers
     res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
     assert res.forward_passes <= cfg.budget and res.evidence_box is not None
     assert (seen[-1][0], seen[-1][1].text) == (27, res.answer) and [n for n, _ in seen].count(27) == 1
@@ -289,7 +289,7 @@ def test_open_answer_is_the_surest_reading_of_the_agreed_window_and_its_neighbou
     highest mean token log p, and the budget holds."""
     calls = _recorded_generations(monkeypatch, random_adapter)
     img = _image()
-    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15,
+    cfg = PolicyConfig(budget=budget, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15, standout_z=0.0,
                        answer_rescale=0.0)
     res = spote(random_adapter, img, "what colour is the vehicle ?", None, cfg)
     assert res.forward_passes <= budget and res.evidence_box is not None
@@ -344,8 +344,8 @@ def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_
     # closed sets answer from their best view whatever the bar: the rule is for open answers
     choices = ["red", "blue", "green"]
     closed = PolicyConfig(budget=40, exit_entropy_per_ln_k=0.0, glance_side=0.0, settle_after=0)
-    assert (spote(random_adapter, img, q, choices, replace(closed, standout_z=1e9)).evidence_box
-            == spote(random_adapter, img, q, choices, closed).evidence_box)
+    from_search = spote(random_adapter, img, q, choices, closed).evidence_box
+    assert from_search is not None and spote(random_adapter, img, q, choices, replace(closed, standout_z=1e9)).evidence_box == from_search
 
 
 def test_answer_neighbours_are_the_window_then_distinct_moves_inside_the_image():
@@ -382,7 +382,7 @@ def test_the_surest_reading_is_the_one_surest_per_token_not_in_all(random_adapte
             calls.append(gen.text)
         return gen
     monkeypatch.setattr(random_adapter, "generate_agreed", scripted)
-    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15,
+    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, answer_step=0.15, standout_z=0.0,
                        answer_rescale=0.0)
     res = spote(random_adapter, _image(), "what colour is the vehicle ?", None, cfg)
     assert calls == ["r0", "r1", "r2", "r3", "r4"] and res.answer == "r1"
@@ -393,7 +393,7 @@ def test_one_generation_per_window_reads_no_neighbours(random_adapter, monkeypat
     """An endpoint (no joint decoding) or answer_grid 1: one generation on the agreed window, and the
     search keeps the neighbours' passes."""
     calls = _recorded_generations(monkeypatch, random_adapter)
-    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99)
+    cfg = PolicyConfig(budget=96, exit_entropy=0.0, glance_side=0.0, plateau_patience=99, standout_z=0.0)
     for adapter_joint, grid in ((False, 3), (True, 1)):
         calls.clear()
         monkeypatch.setattr(random_adapter, "joint_decoding", adapter_joint, raising=False)

@@ -37,7 +37,7 @@ def test_spotlight_answer_has_the_token_confidences_of_its_own_generation(random
     unrounded (the evidence box is rounded to whole pixels), so it renders the same view."""
     im = _form()
     cfg = PolicyConfig(budget=12, group_size=4, steps=2, jitter=0.0, glance_side=0.0, probe_side=0.0,
-                       saliency_peaks=0, exit_entropy=0.0, scale_step=2.0, answer_top=1)
+                       saliency_peaks=0, exit_entropy=0.0, scale_step=2.0, answer_top=1, standout_z=0.0)
     res = spote(random_adapter, im, Q, None, cfg)
     assert res.evidence_box is not None and len(res.answer_readings) == 1
     window = Box(*res.answer_readings[0][0])

@@ -22,6 +22,11 @@ search always answers) and tables, per variant, how far each search's best rewar
 read (robust z, ``spote.core.standout``), and the exact match had the whole image answered wherever it
 stood out less than each threshold: how ``PolicyConfig.standout_z`` was chosen.
 
+``winning-views`` runs SPOT-E (defaults, ``standout_z`` 0) on one open item and lists its best-rewarded
+views (side over the page's short side, reward, share of the field held), then the whole image's answer
+teacher-forced on the whole image, on the best view and on a square of the page's short side centred on
+the field: per token p and entropy, and what each generates: why a view that holds nothing new wins.
+
 ``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
 (the documents job's default question file asks "what is the reference code ?") and reports each
 phrasing's exact match: whether a model trained on one phrasing answers another.
@@ -131,6 +136,48 @@ def standout(items: list[Path], threshold: list[float] = typer.Option([1.0, 2.0,
     """Per variant: how far the search's best stood out, and exact match with the whole image answering below each threshold."""
     rows = [json.loads(line) for path in items for line in path.open()]
     print(json.dumps({"items": [str(p) for p in items], "variants": standout_table(rows, threshold)}, indent=2))
+
+
+def winning_views_report(adapter, item, top: int = 12) -> dict:
+    """The ``top`` best-rewarded views of one SPOT-E run (defaults, ``standout_z`` 0) on ``item``, and the
+    whole image's answer read on the whole image, the best view and the field-holding square (the page's
+    short side, centred on the field): per-token p and entropy (nats) and the generated text."""
+    from dataclasses import replace as _replace
+
+    from spote.core import PolicyConfig, Reader, reward, find_anchors, spote
+
+    cfg = _replace(PolicyConfig(), standout_z=0.0)
+    res = spote(adapter, item.image, item.question, None, cfg)
+    w, h = item.image.size
+    short = min(w, h)
+    field = Box(*item.meta["field"])
+    order = np.argsort(-np.array(res.box_rewards), kind="stable")[:top]
+    views = [{"box": [round(v) for v in res.boxes[k]], "side": round(Box(*res.boxes[k]).width / short, 3),
+              "reward": res.box_rewards[k], "field_held": round(Box(*res.boxes[k]).contains_frac(field), 3)} for k in order]
+    renderer = ViewRenderer(item.image, adapter.input_size)
+    reader = Reader(adapter, item.question, None)
+    base, whole_text = reader.baseline([renderer.global_view])
+    anchors = find_anchors(base, cfg)
+    places = {"best view": Box(*res.boxes[int(order[0])]), "field-holding square": Box.square(*field.centre, short).shifted_inside(w, h)}
+    readings = reader.read([renderer.render(b, cfg.mode) for b in places.values()])
+    tokens = [adapter.tokenizer.decode([t]) for t in reader.span_ids]
+    teacher_forced = {"whole image": {"p": base.span_logp.exp().tolist(), "entropy": base.span_entropy.tolist(),
+                                      "generates": whole_text, "reward": 0.0}}
+    for (name, box), rd in zip(places.items(), readings):
+        teacher_forced[name] = {"box": [round(v) for v in box.as_list()], "p": rd.span_logp.exp().tolist(),
+                                "entropy": rd.span_entropy.tolist(), "reward": reward(base, rd, anchors, cfg),
+                                "generates": adapter.generate(renderer.render(box, cfg.mode), item.question).text}
+    return {"id": item.id, "gold": item.answer, "spote_answer": res.answer, "field_side": round(max(field.width, field.height) / short, 3),
+            "views_read": len(res.boxes), "best_views": views, "whole_image_tokens": tokens, "teacher_forced": teacher_forced}
+
+
+@app.command("winning-views")
+def winning_views(index: int = 13, seed: int = 0, split: str = "val", variant: str = "large", top: int = 12,
+                  model: str = typer.Option(None, help="default: the shipped spote-tiny")):
+    """One open item: SPOT-E's best-rewarded views, and the whole image's answer read on them."""
+    from spote.loading import load_adapter
+
+    print(json.dumps(winning_views_report(load_adapter(model), make_open_item(seed, split, index, variant=variant), top), indent=2))
 
 
 def teacher_forced_places(adapter, items, min_side: int | None = None) -> dict:

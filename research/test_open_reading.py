@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from research.open_reading import by_size_table, glyph_px, oracle_box, phrasing_exact_match, standout_table, teacher_forced_places
+from research.open_reading import (by_size_table, glyph_px, oracle_box, phrasing_exact_match, standout_table,
+                                   teacher_forced_places, winning_views_report)
 from spote.bench.scenes import make_open_item
 from tests.conftest import random_adapter, random_tiny_dir  # noqa: F401 (fixtures: a random spote-tiny)
 
@@ -127,3 +128,18 @@ def test_answer_windows_table_finds_large_fields_wider_than_every_search_window(
     assert large["share_fields_larger_than_any_window"] == 1.0 and large["median_field_side"] > 0.5
     assert small["share_fields_larger_than_any_window"] == 0.0 and small["median_field_side"] < 0.25
     assert large["n"] == small["n"] == 2
+
+
+def test_winning_views_are_the_runs_best_rewards_and_each_place_reads_the_whole_images_tokens(random_adapter):  # noqa: F811
+    item = make_open_item(0, "val", 2, variant="large")
+    rep = winning_views_report(random_adapter, item, top=5)
+    rewards = [v["reward"] for v in rep["best_views"]]
+    assert len(rewards) == min(5, rep["views_read"]) and rewards == sorted(rewards, reverse=True)
+    assert all(0 <= v["field_held"] <= 1 and 0 < v["side"] <= 1 for v in rep["best_views"])
+    n = len(rep["whole_image_tokens"])
+    assert set(rep["teacher_forced"]) == {"whole image", "best view", "field-holding square"}
+    for name, read in rep["teacher_forced"].items():
+        assert len(read["p"]) == len(read["entropy"]) == n and all(0 <= p <= 1 for p in read["p"])
+    assert rep["teacher_forced"]["whole image"]["reward"] == 0.0
+    # the best view read again scores its logged reward (the search's readings are reproducible)
+    assert rep["teacher_forced"]["best view"]["reward"] == pytest.approx(rewards[0], abs=1e-4)

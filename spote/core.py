@@ -605,14 +605,14 @@ STANDOUT_MIN_VIEWS = 8  # standout: fewer rewards give no estimate of their spre
 def standout(rewards: list[float]) -> float:
     """How far the best reward stands out of all a search read: the robust z-score
     (r_max - median r) / (1.4826 MAD r), MAD the median absolute deviation (1.4826 MAD estimates a normal
-    spread); inf where the others do not vary (MAD 0) and the best is above them; inf for fewer than
-    ``STANDOUT_MIN_VIEWS`` rewards, too few to tell noise.
+    spread); inf where the others do not vary (MAD 0) and the best is above them, 0 where all are equal;
+    inf for fewer than ``STANDOUT_MIN_VIEWS`` rewards, too few to tell noise.
 
-    A search reads about a hundred views and keeps the best. Where no view holds more of the evidence than
+    A search reads some 65 views and keeps the best. Where no view holds more of the evidence than
     the whole image (a field larger than any window), every view's clarity is the whole image's reading
-    slightly perturbed, and the best of a hundred perturbations is positive by chance alone (robust z
-    about 1-6 on SpotBench's large codes); a view that does hold it reads it clearer than all the rest
-    (z in the hundreds on small codes; docs/experiments/agreed-answers.md#standout)."""
+    slightly perturbed, and the best of 65 perturbations is positive by chance alone (robust z
+    mostly 1-10 on SpotBench's large codes); a view that does hold it reads it clearer than all the rest
+    (z in the hundreds to thousands on small codes; docs/experiments/agreed-answers.md#standout)."""
     r = np.asarray(rewards, dtype=float)
     if len(r) < STANDOUT_MIN_VIEWS:
         return math.inf

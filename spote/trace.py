@@ -54,7 +54,10 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
                 side.set_edgecolor("red")
                 side.set_linewidth(2.0)
     if not result.evidence_box:
-        ax.set_xlabel("the whole image answered: no spotlight beat it", fontsize=8.5)
+        z = getattr(result, "reward_standout", None)
+        why = ("no spotlight beat it" if z is None or result.distribution is not None
+               else f"the best spotlight did not stand out (robust z {z:.1f})")
+        ax.set_xlabel(f"the whole image answered: {why}", fontsize=8.5)
     _curves(ax_curve, result)
     fig.tight_layout()
     return fig

@@ -49,3 +49,15 @@ def test_trace_of_a_whole_image_answer_says_so(random_adapter):
     fig = trace_figure(img, res, input_size=random_adapter.input_size)
     views = [ax for ax in fig.axes if ax.get_title().startswith("model input")]
     assert len(views) == 1 and "the whole image answered" in views[0].get_xlabel()
+
+
+def test_trace_of_an_open_search_that_kept_the_whole_image_says_why(random_adapter):
+    """An open search whose best reward did not stand out answers on the whole image: the picture says so,
+    with the best's robust z, instead of claiming that no spotlight beat the whole image."""
+    img = Image.open(SAMPLE).convert("RGB")
+    cfg = PolicyConfig(exit_entropy=0.0, glance_side=0.0, budget=40, standout_z=1e9)
+    res = run_method("spote", random_adapter, img, "what letter is in the red box ?", None, cfg)
+    assert res.evidence_box is None and res.reward_standout is not None
+    fig = trace_figure(img, res, input_size=random_adapter.input_size)
+    label = next(ax for ax in fig.axes if ax.get_title().startswith("model input")).get_xlabel()
+    assert "did not stand out" in label and f"{res.reward_standout:.1f}" in label

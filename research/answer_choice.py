@@ -42,7 +42,7 @@ from spote.spotlight import Box
 
 # The open-answer reading the agreed-answers studies ran at: the defaults before the agreed window was centred
 # (docs/experiments/agreed-answers.md#centring): not centred, 9 shifted copies, the 4 neighbours read too
-BEFORE_CENTRING = {"answer_centring": 0.0, "answer_rescale": 0.0, "answer_step": 0.15}
+BEFORE_CENTRING = {"answer_centring": 0.0, "answer_rescale": 0.0, "answer_step": 0.15, "standout_z": 0.0}
 
 app = typer.Typer(add_completion=False)
 

@@ -229,7 +229,8 @@ def phrasing_exact_match(adapter, items, questions: list[str | None], method: st
         hits = []
         for it in items:
             kw = {"evidence": it.evidence, "max_passes": 1} if method == "oracle" else {}
-            hits.append(run_method(method, adapter, it.image, q or it.question, None, PolicyConfig(), **kw).answer
+            # the defaults the study ran at, before standout_z: the search always answers
+            hits.append(run_method(method, adapter, it.image, q or it.question, None, PolicyConfig(standout_z=0.0), **kw).answer
                         == it.answer)
         out[q or "spotbench"] = float(np.mean(hits))
     return out
@@ -287,7 +288,7 @@ def answer_windows_table(adapter, items) -> dict:
         field = Box(*it.meta["field"])
         windows, _ = window_grid(w, h, adapter.input_size, PolicyConfig.min_window, scale_step=PolicyConfig.scale_step)
         _, whole = Reader(adapter, it.question, None).baseline([ViewRenderer(it.image, adapter.input_size).global_view])
-        res = spote(adapter, it.image, it.question, None, PolicyConfig())
+        res = spote(adapter, it.image, it.question, None, PolicyConfig(standout_z=0.0))  # where the search itself answers
         held = 1.0 if res.evidence_box is None else Box(*res.evidence_box).contains_frac(field)
         rows.append({"field_side": max(field.width, field.height) / min(w, h),
                      "largest_window": max(max(b.width, b.height) for b in windows) / min(w, h),

@@ -245,14 +245,15 @@ def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfi
     """The SPOT-E authors' reference loop (../shared/PAPER.md): G = 4 highlight spotlights per step,
     2 GRPO steps (or as many as ``budget`` allows), every group sampled and read in one pass, no early
     exit, no glance or probe, a uniform 14 x 14 map with Gaussian exploration (std 0.15), learning
-    rate 0.05, best of all candidates (an open answer: one generation on the best one)."""
+    rate 0.05, best of all candidates (an open answer: one generation on the best one, whether or not it
+    stands out)."""
     steps = 2 if budget is None else max(1, (budget - 1) // 4)
     passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
     return replace(cfg, group_size=4, first_group=0, read_chunk=0, greedy_steps=0, steps=steps, budget=passes,
                    mode="highlight", exit_entropy_per_ln_k=0.0,
                    exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, settle_after=0, use_relevance=False,
                    saliency_weight=0.0, saliency_peaks=0, grid=14, jitter=0.15, learning_rate=0.05,
-                   answer_top=1, answer_centring=0.0, answer_grid=1, answer_step=0.0)
+                   answer_top=1, answer_centring=0.0, answer_grid=1, answer_step=0.0, standout_z=0.0)
 
 
 def run_scaffold(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):

@@ -600,13 +600,14 @@ def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Bo
 
 
 STANDOUT_MIN_VIEWS = 8  # standout: fewer rewards give no estimate of their spread
+STANDOUT_CAP = 1e6      # standout: "infinitely far out", kept finite so that a result stays JSON
 
 
 def standout(rewards: list[float]) -> float:
-    """How far the best reward stands out of all a search read: the robust z-score
+    """How far the best reward stands out of the rewards of all views that may answer: the robust z-score
     (r_max - median r) / (1.4826 MAD r), MAD the median absolute deviation (1.4826 MAD estimates a normal
-    spread); inf where the others do not vary (MAD 0) and the best is above them, 0 where all are equal;
-    inf for fewer than ``STANDOUT_MIN_VIEWS`` rewards, too few to tell noise.
+    spread), at most ``STANDOUT_CAP``; the cap where the others do not vary (MAD 0) and the best is above
+    them, and for fewer than ``STANDOUT_MIN_VIEWS`` rewards (too few to tell noise); 0 where all are equal.
 
     A search reads some 65 views and keeps the best. Where no view holds more of the evidence than
     the whole image (a field larger than any window), every view's clarity is the whole image's reading
@@ -615,13 +616,13 @@ def standout(rewards: list[float]) -> float:
     (z in the hundreds to thousands on small codes; docs/experiments/agreed-answers.md#standout)."""
     r = np.asarray(rewards, dtype=float)
     if len(r) < STANDOUT_MIN_VIEWS:
-        return math.inf
+        return STANDOUT_CAP
     med = float(np.median(r))
     mad = 1.4826 * float(np.median(np.abs(r - med)))
     top = float(r.max())
     if mad == 0:
-        return math.inf if top > med else 0.0
-    return (top - med) / mad
+        return STANDOUT_CAP if top > med else 0.0
+    return min((top - med) / mad, STANDOUT_CAP)
 
 
 def mean_token_logp(logprobs: list[float]) -> float:
@@ -684,11 +685,13 @@ class SpotResult:
     # source pixels, unrounded, since the reading changes under a sub-pixel shift; text; per-token log p in
     # nats); None otherwise
     answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
-    # after a search that beat the whole image: how far its best reward stands out of all it read (``standout``)
+    # after a search that beat the whole image: how far its best reward stands out of the views that may answer
+    # (``standout``; at most 1e6); None where no view beat the whole image or no search ran
     reward_standout: float | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences")
+                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
+                   "reward_standout")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD_KEYS}
@@ -878,9 +881,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     from_neighbour = None  # open ended, after a search: did a neighbour of the agreed window answer?
     answer_ids = None
     all_readings = None  # open ended, after a search: every place's reading
-    # open ended: an unclear search whose best view does not stand out of what it read found nothing the whole
-    # image lacks (its best is chance among perturbed readings): the whole image answers
-    z = standout(box_rewards) if best["box"] is not None else None
+    # open ended: an unclear search whose best view does not stand out of the views that may answer found nothing
+    # the whole image lacks (its best is chance among perturbed readings): the whole image answers. An unclear
+    # glance is no candidate (it read most of the image), so neither its reward nor its place in the spread counts
+    z = standout([r for _, r in candidates]) if best["box"] is not None else None
     if choices is None and z is not None and not clear() and z < cfg.standout_z:
         evidence = None
     if choices is not None:
@@ -919,7 +923,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
         answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour, answer_readings=all_readings,
-        reward_standout=None if z is None else (round(z, 3) if math.isfinite(z) else z),
+        reward_standout=None if z is None else round(z, 3),
     )
 
 

@@ -55,9 +55,9 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
                 side.set_linewidth(2.0)
     if not result.evidence_box:
         z = getattr(result, "reward_standout", None)
-        why = ("no spotlight beat it" if z is None or result.distribution is not None
-               else f"the best spotlight did not stand out (robust z {z:.1f})")
-        ax.set_xlabel(f"the whole image answered: {why}", fontsize=8.5)
+        why = ("no spotlight beat it" if z is None or result.distribution is not None else
+               f"the best spotlight did not stand out\n(robust z {z:.2f} < standout_z {result.policy.get('standout_z', 0):g})")
+        ax.set_xlabel(f"the whole image answered:\n{why}", fontsize=8.5)
     _curves(ax_curve, result)
     fig.tight_layout()
     return fig

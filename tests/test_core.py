@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from spote.bench.scenes import make_item
-from spote.core import (PolicyConfig, answer_centred, answer_neighbours, answer_window, answer_windows, mean_token_logp, standout, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
+from spote.core import (STANDOUT_CAP, PolicyConfig, answer_centred, answer_neighbours, answer_window, answer_windows, mean_token_logp, standout, surest_reading, Reader, Reading, SpotlightPolicy, coarse_windows, find_anchors, glance_window,
                         in_probe_band, naive_entropy_config, reward, spote, window_grid)
 from spote.saliency import saliency_map
 from spote.loading import weights_checksum
@@ -181,7 +181,8 @@ def test_result_record_is_json_and_complete(random_adapter):
     res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0))
     rec = json.loads(json.dumps(res.to_dict()))
     assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences"}
+                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
+                        "reward_standout"}
     assert rec["answer"] in CHOICES and abs(sum(rec["distribution"].values()) - 1) < 1e-4
     assert len(rec["entropy_trace"]) == len(rec["reward_trace"]) + 1 == len(rec["chosen_boxes"]) + 1
     assert all(len(b) == 4 for b in rec["boxes"])
@@ -321,9 +322,9 @@ def test_standout_is_the_best_rewards_robust_z_score_among_all_read():
     assert standout(r) == pytest.approx((1.0 - med) / (1.4826 * np.median(np.abs(np.array(r) - med))))
     assert standout([2 * x + 1 for x in r]) == pytest.approx(standout(r))  # free of the rewards' scale and offset
     assert standout(r[:-1] + [5.0]) > standout(r)  # a best further out stands out more
-    assert standout([0.0] * 8 + [0.5]) == math.inf  # the others do not vary at all
+    assert standout([0.0] * 8 + [0.5]) == STANDOUT_CAP  # the others do not vary at all: infinitely far, kept finite
     assert standout([0.3] * 9) == 0.0  # nothing stands out
-    assert standout([0.0] * 6 + [1.0]) == math.inf  # too few rewards to tell noise: the search answers
+    assert standout([0.0] * 6 + [1.0]) == STANDOUT_CAP  # too few rewards to tell noise: the search answers
 
 
 def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_image(random_adapter):
@@ -335,12 +336,17 @@ def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_
     searched = spote(random_adapter, img, q, None, cfg)
     z = searched.reward_standout
     assert searched.evidence_box is not None and math.isfinite(z) and z > 0.1
-    assert z == pytest.approx(standout(searched.box_rewards), abs=1e-3)
+    assert z == pytest.approx(standout(searched.box_rewards), rel=0.01)  # the logged rewards are rounded
     kept = spote(random_adapter, img, q, None, replace(cfg, standout_z=z + 0.05))
     assert kept.evidence_box is None and kept.answer == whole and kept.boxes == searched.boxes
     assert kept.forward_passes < searched.forward_passes and kept.answer_readings is None
     assert kept.token_confidences and kept.confidence == pytest.approx(math.prod(kept.token_confidences), rel=1e-4)
     assert spote(random_adapter, img, q, None, replace(cfg, standout_z=z - 0.05)).evidence_box == searched.evidence_box
+    # an unclear glance is logged first but may not answer: neither its reward nor its place in the spread counts
+    glanced = spote(random_adapter, img, q, None, replace(cfg, glance_side=0.8))
+    assert glanced.box_steps[0] == 0 and glanced.box_steps[1] == 1
+    assert standout(glanced.box_rewards) != pytest.approx(standout(glanced.box_rewards[1:]), rel=0.01)  # it would count
+    assert glanced.reward_standout == pytest.approx(standout(glanced.box_rewards[1:]), rel=0.01)
     # closed sets answer from their best view whatever the bar: the rule is for open answers
     choices = ["red", "blue", "green"]
     closed = PolicyConfig(budget=40, exit_entropy_per_ln_k=0.0, glance_side=0.0, settle_after=0)

@@ -60,4 +60,4 @@ def test_trace_of_an_open_search_that_kept_the_whole_image_says_why(random_adapt
     assert res.evidence_box is None and res.reward_standout is not None
     fig = trace_figure(img, res, input_size=random_adapter.input_size)
     label = next(ax for ax in fig.axes if ax.get_title().startswith("model input")).get_xlabel()
-    assert "did not stand out" in label and f"{res.reward_standout:.1f}" in label
+    assert "did not stand out" in label and f"{res.reward_standout:.2f} < standout_z 1e+09" in label

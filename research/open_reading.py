@@ -104,9 +104,11 @@ def by_size(items: Path, method: str = "oracle", view_size: int = 64):
 
 def standout_table(rows: list[dict], thresholds: list[float]) -> dict:
     """Per variant and over all items: n, the robust z of the search's best reward (10th/50th/90th
-    percentiles, an item's own value; null where it is infinite: items the search did not run on, or whose
-    best was the only reward that differed), exact match of the search and
-    of the whole image, and at each threshold the exact match had the whole image answered below it.
+    percentiles, an item's own value; null for an item without one: no view beat the whole image, or no
+    search ran), exact match of the search and
+    of the whole image, and at each threshold the exact match had the whole image answered below it. (A search
+    that stopped on a clear view answers there whatever its z; the rows do not say which did, and on open
+    items the shipped weights' searches stop on a clear view rarely.)
 
     Raises:
         ValueError: no spote rows, or a spote row without its baseline row.
@@ -124,7 +126,7 @@ def standout_table(rows: list[dict], thresholds: list[float]) -> dict:
         z = np.array([r.get("standout", np.inf) for r in picked], dtype=float)
         em_search = np.array([float(r["correct"]) for r in picked])
         em_whole = np.array([float(whole[r["id"]]["correct"]) for r in picked])
-        pct = np.percentile(z, [10, 50, 90], method="nearest")  # an item's own z; null where it is infinite
+        pct = np.percentile(z, [10, 50, 90], method="nearest")  # an item's own z; null for an item without one
         out[variant] = {"n": len(picked), "z_p10_p50_p90": [round(float(v), 2) if np.isfinite(v) else None for v in pct],
                         "exact_match_search": float(em_search.mean()), "exact_match_whole": float(em_whole.mean()),
                         "exact_match_at": {str(t): float(np.where(z >= t, em_search, em_whole).mean()) for t in thresholds}}

@@ -141,5 +141,6 @@ def test_winning_views_are_the_runs_best_rewards_and_each_place_reads_the_whole_
     for name, read in rep["teacher_forced"].items():
         assert len(read["p"]) == len(read["entropy"]) == n and all(0 <= p <= 1 for p in read["p"])
     assert rep["teacher_forced"]["whole image"]["reward"] == 0.0
-    # the best view read again scores its logged reward (the search's readings are reproducible)
+    # the best view read again scores its logged reward (with this adapter; boxes are logged at whole pixels, and
+    # the shipped model's reading of a box moved by a fraction of a pixel can differ in the third decimal)
     assert rep["teacher_forced"]["best view"]["reward"] == pytest.approx(rewards[0], abs=1e-4)

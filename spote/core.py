@@ -612,7 +612,7 @@ def standout(rewards: list[float]) -> float:
     A search reads some 65 views and keeps the best. Where no view holds more of the evidence than
     the whole image (a field larger than any window), every view's clarity is the whole image's reading
     slightly perturbed, and the best of 65 perturbations is positive by chance alone (robust z
-    mostly 1-10 on SpotBench's large codes); a view that does hold it reads it clearer than all the rest
+    0.8-30 on SpotBench's large and mixed codes); a view that does hold it reads it clearer than all the rest
     (z in the hundreds to thousands on small codes; docs/experiments/agreed-answers.md#standout)."""
     r = np.asarray(rewards, dtype=float)
     if len(r) < STANDOUT_MIN_VIEWS:

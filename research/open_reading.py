@@ -144,11 +144,9 @@ def winning_views_report(adapter, item, top: int = 12) -> dict:
     """The ``top`` best-rewarded views of one SPOT-E run (defaults, ``standout_z`` 0) on ``item``, and the
     whole image's answer read on the whole image, the best view and the field-holding square (the page's
     short side, centred on the field): per-token p and entropy (nats) and the generated text."""
-    from dataclasses import replace as _replace
-
     from spote.core import PolicyConfig, Reader, reward, find_anchors, spote
 
-    cfg = _replace(PolicyConfig(), standout_z=0.0)
+    cfg = PolicyConfig(standout_z=0.0)
     res = spote(adapter, item.image, item.question, None, cfg)
     w, h = item.image.size
     short = min(w, h)

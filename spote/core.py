@@ -26,8 +26,8 @@ Read top to bottom:
    so a run whose every spotlight scores below zero keeps the baseline answer. An open answer is
    generated anew where the best spotlights agree, that window moved onto the salient thing near it
    (``answer_centred``), decoded jointly from shifted and rescaled copies of it (``answer_window``,
-   ``answer_windows``); unless the best reward does not stand out of all the search read
-   (``standout``: a robust z below ``standout_z``), which is chance among readings no view improved
+   ``answer_windows``); unless the best reward does not stand out of those of the views that may
+   answer (``standout``: a robust z below ``standout_z``), which is chance among readings no view improved
    (evidence larger than every window), and the whole image's answer is kept.
 
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
@@ -137,9 +137,9 @@ class PolicyConfig:
     answer_step: float = 0.0       # ... and so are that window's four neighbours moved by this share of its side; the
     #                                reading surest per token answers (answer_neighbours; 0: the window alone; only
     #                                with joint decoding, g > 1; as many as half the budget pays for)
-    standout_z: float = 3.0        # open ended: an unclear search answers only if its best reward stands out of all it
-    #                                read, robust z = (r_max - median r) / (1.4826 MAD r) >= this; else the whole image
-    #                                answers (standout; 0: always the search)
+    standout_z: float = 3.0        # open ended: an unclear search answers only if its best reward stands out of those of
+    #                                the views that may answer, robust z = (r_max - median r) / (1.4826 MAD r) >= this;
+    #                                else the whole image answers (standout; 0: always the search)
 
     def __post_init__(self):
         for f in fields(self):  # one clear error naming the field, before any comparison fails on a wrong type

@@ -54,9 +54,9 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
                 side.set_edgecolor("red")
                 side.set_linewidth(2.0)
     if not result.evidence_box:
-        z = getattr(result, "reward_standout", None)
+        z = result.reward_standout
         why = ("no spotlight beat it" if z is None or result.distribution is not None else
-               f"the best spotlight did not stand out\n(robust z {z:.2f} < standout_z {result.policy.get('standout_z', 0):g})")
+               f"the best spotlight did not stand out\n(robust z {z:.2f} < standout_z {result.policy['standout_z']:g})")
         ax.set_xlabel(f"the whole image answered:\n{why}", fontsize=8.5)
     _curves(ax_curve, result)
     fig.tight_layout()

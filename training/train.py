@@ -8,6 +8,12 @@ Presence questions are labelled by what the view shows (a close-up of empty wate
 
     python -m training.train --out out/spote-tiny        # the shipped recipe (STEPS, VISION_STEPS)
 
+On few cores run it with ``GOMP_SPINCOUNT=0`` in the environment, as ``make train`` and ``make
+train-open`` do: the compute's OpenMP threads then sleep as soon as they wait, instead of spinning on
+a core that the scene-drawing DataLoader worker needs. The weights are the same to the bit and the
+wall time about a quarter shorter on 2 cores (``make bench-train-speed``). It must be set before torch
+is imported, which is why it is the environment's and not this script's.
+
 Open items (``open_share`` > 0; SpotBench's codes in document fields): the tokenizer spells codes
 one character per token (``build_processor(open_items=True)``); stage 1 reads single code glyphs
 in close views, stage 2 reads whole and partial fields at every zoom level. A view's target is

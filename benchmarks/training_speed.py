@@ -1,0 +1,129 @@
+"""Training wall time on few cores: OpenMP's spin-waiting threads against sleeping ones, same weights.
+
+    python -m benchmarks.training_speed --steps 75 --rounds 2 --out results/training-speed.json
+
+``training.train`` runs its compute in the main process (``--threads`` OpenMP threads) and draws
+its scenes in one DataLoader worker process. On 2 cores that is three busy threads on two cores.
+libgomp's threads spin for a while before they sleep when they wait for work (``GOMP_SPINCOUNT``,
+300,000 spins by default). While they spin, the data worker cannot have their core, between the
+model's operators and in the step's single-threaded Python. ``GOMP_SPINCOUNT=0`` makes them sleep
+at once. Which thread does an operation, and when, does not change what it computes, so the
+weights must be the same to the bit. This benchmark measures both claims.
+
+Each round runs ``make train-open``'s settings, shortened to ``--steps`` stage 1 and ``--steps``
+stage 2 steps, once per environment (``--envs``; the order alternates between rounds, because this
+machine's speed drifts between minutes), each run a fresh process. The base model defaults to the
+shipped weights, which have the same shapes as ``make train-open``'s start, so a step costs the
+same. A stage's seconds per step come from its own ``train_log.jsonl``: (seconds at the last
+step - seconds at step 0) / steps, which leaves out the first batch (the scene pool is drawn then).
+``identical_weights`` compares every run's ``model.safetensors`` tensor by tensor with the first
+run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+SHIPPED = Path(__file__).resolve().parents[1] / "spote" / "weights" / "spote-tiny"
+# make train-open's settings (Makefile), except the step counts, the folders and the final evaluation
+TRAIN_OPEN = ["--open-share", "0.5", "--stage1-open-share", "0.7", "--glyph-px", "11", "24", "--order-weight", "0.5",
+              "--vision-lr", "1e-3", "--distill-weight", "5.0", "--stage1-start", "100000000", "--lr", "1e-3",
+              "--warmup", "100", "--seed", "0", "--tower-layers", "6", "--eval-items", "8", "--open-eval-items", "4"]
+DEFAULT_ENVS = {"spinning (libgomp default)": {}, "GOMP_SPINCOUNT=0": {"GOMP_SPINCOUNT": "0"}}
+
+
+def seconds_per_step(log_lines: list[str]) -> dict[str, float]:
+    """Per stage ("stage1", "stage2"), seconds per step between the first and the last logged step of
+    a ``train_log.jsonl``. Raises ValueError when a stage logged fewer than two steps."""
+    by_stage: dict[int, list[dict]] = {}
+    for line in log_lines:
+        if line.strip():
+            rec = json.loads(line)
+            by_stage.setdefault(rec["stage"], []).append(rec)
+    out = {}
+    for stage, recs in sorted(by_stage.items()):
+        if len(recs) < 2:
+            raise ValueError(f"stage {stage} logged {len(recs)} step(s); seconds per step needs two")
+        first, last = recs[0], recs[-1]
+        out[f"stage{stage}"] = (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
+    return out
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same tensor names, dtypes, shapes and bytes."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
+                                        and bool((x[k] == y[k]).all()) for k in x)
+
+
+def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: int, unset: set[str]) -> dict:
+    """One shortened ``make train-open`` in a fresh process, with ``env`` over this process's environment
+    less ``unset`` (so an exported GOMP_SPINCOUNT does not leak into the default run); its per-stage
+    seconds per step and wall time. Raises RuntimeError when the run fails."""
+    cmd = [sys.executable, "-m", "training.train", "--tower-from", str(base), "--lm-from", str(base), *TRAIN_OPEN,
+           "--vision-steps", str(steps), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**{k: v for k, v in os.environ.items() if k not in unset}, **env}, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"training.train exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    return {**seconds_per_step((out / "train_log.jsonl").read_text().splitlines()), "wall_seconds": wall}
+
+
+def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run"),
+         rounds: int = typer.Option(2, help="rounds; each runs every environment once"),
+         base: Path = typer.Option(SHIPPED, help="the model train-open starts from (shapes as make train-open's base)"),
+         threads: int = typer.Option(2, help="training.train --threads"),
+         envs: str = typer.Option("", help='JSON {"name": {ENV: value}}; default: libgomp\'s spinning, and GOMP_SPINCOUNT=0'),
+         out: Path = typer.Option(Path("results/training-speed.json"), help="the report")):
+    from spote.bench.run import environment
+
+    named = json.loads(envs) if envs else DEFAULT_ENVS
+    names = list(named)
+    unset = {k for env in named.values() for k in env}  # every run sets its own, or has libgomp's default
+    runs = {name: [] for name in named}
+    first_model = None
+    identical = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            order = names if r % 2 == 0 else names[::-1]
+            for name in order:
+                folder = Path(tmp) / f"round{r}-env{names.index(name)}"
+                res = run_once(base, steps, named[name], folder, threads, unset)
+                model = folder / "model.safetensors"
+                if first_model is None:
+                    first_model = Path(tmp) / "first.safetensors"
+                    first_model.write_bytes(model.read_bytes())
+                else:
+                    identical = identical and same_weights(first_model, model)
+                runs[name].append(res)
+                print(f"round {r + 1}/{rounds} {name}: stage 1 {res['stage1']:.3f} s/step, "
+                      f"stage 2 {res['stage2']:.3f} s/step", flush=True)
+    mean = {name: {k: sum(x[k] for x in v) / len(v) for k in ("stage1", "stage2", "wall_seconds")}
+            for name, v in runs.items()}
+    report = {"steps": steps, "rounds": rounds, "threads": threads, "base": str(base), "environments": named,
+              "seconds_per_step": mean, "per_round": runs, "identical_weights": identical,
+              # the first environment's seconds per step over each other's (> 1: that one is faster)
+              "speedup": {name: {k: mean[names[0]][k] / mean[name][k] for k in ("stage1", "stage2")}
+                          for name in names[1:]},
+              "environment": environment(), "cpu_count": os.cpu_count()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for name in names:
+        print(f"{name}: stage 1 {mean[name]['stage1']:.3f} s/step, stage 2 {mean[name]['stage2']:.3f} s/step")
+    print(f"identical weights: {identical}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -685,8 +685,9 @@ class SpotResult:
     # source pixels, unrounded, since the reading changes under a sub-pixel shift; text; per-token log p in
     # nats); None otherwise
     answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
-    # after a search that beat the whole image: how far its best reward stands out of the views that may answer
-    # (``standout``; at most 1e6); None where no view beat the whole image or no search ran
+    # open ended, after a search that beat the whole image: how far its best reward stands out of the views that
+    # may answer (``standout``; at most 1e6); None otherwise (closed set, which the rule leaves alone; no view beat
+    # the whole image; no search ran)
     reward_standout: float | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
@@ -884,8 +885,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # open ended: an unclear search whose best view does not stand out of the views that may answer found nothing
     # the whole image lacks (its best is chance among perturbed readings): the whole image answers. An unclear
     # glance is no candidate (it read most of the image), so neither its reward nor its place in the spread counts
-    z = standout([r for _, r in candidates]) if best["box"] is not None else None
-    if choices is None and z is not None and not clear() and z < cfg.standout_z:
+    z = standout([r for _, r in candidates]) if choices is None and best["box"] is not None else None
+    if z is not None and not clear() and z < cfg.standout_z:
         evidence = None
     if choices is not None:
         answer = choices[int(final.logp.argmax())]

@@ -55,7 +55,7 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
                 side.set_linewidth(2.0)
     if not result.evidence_box:
         z = result.reward_standout
-        why = ("no spotlight beat it" if z is None or result.distribution is not None else
+        why = ("no spotlight beat it" if z is None else
                f"the best spotlight did not stand out\n(robust z {z:.2f} < standout_z {result.policy['standout_z']:g})")
         ax.set_xlabel(f"the whole image answered:\n{why}", fontsize=8.5)
     _curves(ax_curve, result)

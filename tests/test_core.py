@@ -350,8 +350,10 @@ def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_
     # closed sets answer from their best view whatever the bar: the rule is for open answers
     choices = ["red", "blue", "green"]
     closed = PolicyConfig(budget=40, exit_entropy_per_ln_k=0.0, glance_side=0.0, settle_after=0)
-    from_search = spote(random_adapter, img, q, choices, closed).evidence_box
+    searched_closed = spote(random_adapter, img, q, choices, closed)
+    from_search = searched_closed.evidence_box
     assert from_search is not None and spote(random_adapter, img, q, choices, replace(closed, standout_z=1e9)).evidence_box == from_search
+    assert searched_closed.reward_standout is None  # nor is its z reported where the rule does not apply
 
 
 def test_answer_neighbours_are_the_window_then_distinct_moves_inside_the_image():

@@ -182,7 +182,7 @@ bench-endpoint: $(STAMP)
 bench-gpu: $(STAMP)
 	PY=$(BIN)/python bash benchmarks/gpu_bench.sh results/gpu 600 300
 
-# training wall time: libgomp's spinning threads against GOMP_SPINCOUNT=0 (TRAIN_ENV), short train-open runs, same weights (~10 min)
+# training wall time: libgomp's spinning threads against GOMP_SPINCOUNT=0 (TRAIN_ENV), short train-open runs, same weights (~12 min)
 bench-train-speed: $(STAMP)
 	$(BIN)/python -m benchmarks.training_speed --steps 75 --rounds 2 --out results/training-speed.json
 
@@ -191,16 +191,17 @@ scaling: $(STAMP)
 
 # The shipped weights (spote/weights/spote-tiny/MODEL_CARD.md) are three training runs. `make train`: the recipe
 # (stage 1 4200 steps, stage 2 1300; ~65-105 min on 2 cores), then stage 1 continued for 2000 steps on fresh scenes
-# and stage 2 again (~61 min): the closed-set model, $(OUT)/spote-tiny. `make train-open`: that model extended to
+# and stage 2 again (~61 min; both timed before TRAIN_ENV): the closed-set model, $(OUT)/spote-tiny. `make train-open`: that model extended to
 # open items (codes in document fields; docs/experiments/open-items-training.md, the twelfth run): its tower deepened
 # to 6 layers (the new ones starting as the identity) and continued for 2200 stage-1 steps on code glyphs with the
 # closed views' tokens held to its own, then its language model for 2600 stage-2 steps, half of them open items
-# (~62 min on 2 idle cores of the speed the tenth run's 61.5 were measured on; 83-86 on slower ones): $(OUT)/spote-tiny-open, which is what
+# (69.6 min on the 2 cores of 2026-12-04, where it took 82.7 before TRAIN_ENV): $(OUT)/spote-tiny-open, the same bits as what
 # spote/weights/spote-tiny holds. BASE is the closed-set model it starts from; without `make train`, the one shipped
 # until 2026-12-02: mkdir -p out/spote-tiny && git archive e53c2ca spote/weights/spote-tiny | tar -x --strip-components=3 -C out/spote-tiny
 BASE ?= $(OUT)/spote-tiny
 # OpenMP threads that wait for work sleep at once instead of spinning, so the data worker gets a core when the
-# training threads idle: the same weights to the bit, ~25% less wall time on 2 cores (benchmarks/training_speed.py)
+# training threads idle: train-open's weights the same to the bit, 16% less wall time on 2 cores (82.7 -> 69.6 min;
+# docs/experiments/training-speed.md, make bench-train-speed)
 TRAIN_ENV = GOMP_SPINCOUNT=0
 train: $(STAMP)
 	$(TRAIN_ENV) $(BIN)/python -m training.train --out $(OUT)/spote-tiny-recipe --seed 0

@@ -11,13 +11,13 @@ at once. Which thread does an operation, and when, does not change what it compu
 weights must be the same to the bit. This benchmark measures both claims.
 
 Each round runs ``make train-open``'s settings, shortened to ``--steps`` stage 1 and ``--steps``
-stage 2 steps, once per environment (``--envs``; the order alternates between rounds, because this
-machine's speed drifts between minutes), each run a fresh process. The base model defaults to the
+stage 2 steps, once per setting (``--envs``; the order alternates between rounds, because a
+machine's speed can drift from minute to minute), each run a fresh process. The base model defaults to the
 shipped weights, which have the same shapes as ``make train-open``'s start, so a step costs the
-same. A stage's seconds per step come from its own ``train_log.jsonl``: (seconds at the last
-step - seconds at step 0) / steps, which leaves out the first batch (the scene pool is drawn then).
-``identical_weights`` compares every run's ``model.safetensors`` tensor by tensor with the first
-run's.
+same. A stage's seconds per step come from its own ``train_log.jsonl``: (seconds at its last
+logged step - seconds at step 0) / (last step - 0), which leaves out the first batch (the scene pool
+is drawn then). ``identical_weights`` compares every run's ``model.safetensors`` with the first
+run's, tensor by tensor, byte for byte.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ TRAIN_OPEN = ["--open-share", "0.5", "--stage1-open-share", "0.7", "--glyph-px",
               "--vision-lr", "1e-3", "--distill-weight", "5.0", "--stage1-start", "100000000", "--lr", "1e-3",
               "--warmup", "100", "--seed", "0", "--tower-layers", "6", "--eval-items", "8", "--open-eval-items", "4"]
 DEFAULT_ENVS = {"spinning (libgomp default)": {}, "GOMP_SPINCOUNT=0": {"GOMP_SPINCOUNT": "0"}}
+# how OpenMP threads wait: cleared from every run's environment, so that an exported one does not leak into a run
+WAIT_SETTINGS = {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"}
 
 
 def seconds_per_step(log_lines: list[str]) -> dict[str, float]:
@@ -58,22 +60,35 @@ def seconds_per_step(log_lines: list[str]) -> dict[str, float]:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    """Whether two safetensors files hold the same tensor names, dtypes, shapes and bytes."""
+    """Whether two safetensors files hold the same tensor names, dtypes, shapes and bytes (bit for bit:
+    a NaN equals the same NaN, -0.0 differs from 0.0). Raises what ``safetensors`` raises for a file
+    that is missing or not safetensors."""
+    import torch
     from safetensors.torch import load_file
 
     x, y = load_file(a), load_file(b)
+
+    def raw(t):
+        return t.contiguous().view(-1).view(torch.uint8)
+
     return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
-                                        and bool((x[k] == y[k]).all()) for k in x)
+                                        and torch.equal(raw(x[k]), raw(y[k])) for k in x)
+
+
+def child_env(parent: dict[str, str], env: dict[str, str], unset: set[str]) -> dict[str, str]:
+    """A run's environment: ``parent`` less ``unset``, then ``env`` over it."""
+    return {**{k: v for k, v in parent.items() if k not in unset}, **env}
 
 
 def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: int, unset: set[str]) -> dict:
-    """One shortened ``make train-open`` in a fresh process, with ``env`` over this process's environment
-    less ``unset`` (so an exported GOMP_SPINCOUNT does not leak into the default run); its per-stage
-    seconds per step and wall time. Raises RuntimeError when the run fails."""
+    """One shortened ``make train-open`` in a fresh process, in ``child_env(os.environ, env, unset)``:
+    {"stage1", "stage2": seconds per step, "wall_seconds": the process's whole run (loading, the scene
+    pool and the final evaluation included)}. Raises RuntimeError when the run fails, ValueError when a
+    stage logged fewer than two steps."""
     cmd = [sys.executable, "-m", "training.train", "--tower-from", str(base), "--lm-from", str(base), *TRAIN_OPEN,
            "--vision-steps", str(steps), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**{k: v for k, v in os.environ.items() if k not in unset}, **env}, capture_output=True, text=True,
+    proc = subprocess.run(cmd, env=child_env(dict(os.environ), env, unset), capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -81,25 +96,33 @@ def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: in
     return {**seconds_per_step((out / "train_log.jsonl").read_text().splitlines()), "wall_seconds": wall}
 
 
-def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run"),
-         rounds: int = typer.Option(2, help="rounds; each runs every environment once"),
+def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (at least 2)"),
+         rounds: int = typer.Option(2, help="rounds; each runs every setting once"),
          base: Path = typer.Option(SHIPPED, help="the model train-open starts from (shapes as make train-open's base)"),
          threads: int = typer.Option(2, help="training.train --threads"),
-         envs: str = typer.Option("", help='JSON {"name": {ENV: value}}; default: libgomp\'s spinning, and GOMP_SPINCOUNT=0'),
+         envs: str = typer.Option("", help='JSON {"name": {"ENV": "value"}}; default: libgomp\'s spinning, and GOMP_SPINCOUNT=0'),
          out: Path = typer.Option(Path("results/training-speed.json"), help="the report")):
+    """Time short train-open runs under each setting and check that they train the same weights."""
     from spote.bench.run import environment
 
     named = json.loads(envs) if envs else DEFAULT_ENVS
+    if steps < 2 or rounds < 1:
+        raise typer.BadParameter(f"--steps must be >= 2 and --rounds >= 1, got {steps} and {rounds}")
+    if not named or not all(isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())
+                            for e in named.values()):
+        raise typer.BadParameter(f'--envs must map names to {{"ENV": "value"}} objects of strings, got {envs!r}')
+    base = base.resolve()  # the runs start in the repository's root
     names = list(named)
-    unset = {k for env in named.values() for k in env}  # every run sets its own, or has libgomp's default
+    unset = WAIT_SETTINGS | {k for env in named.values() for k in env}  # each run: its own, or libgomp's default
     runs = {name: [] for name in named}
     first_model = None
+    compared = 0
     identical = True
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
-                folder = Path(tmp) / f"round{r}-env{names.index(name)}"
+                folder = Path(tmp) / f"round{r}-setting{names.index(name)}"
                 res = run_once(base, steps, named[name], folder, threads, unset)
                 model = folder / "model.safetensors"
                 if first_model is None:
@@ -107,22 +130,25 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run")
                     first_model.write_bytes(model.read_bytes())
                 else:
                     identical = identical and same_weights(first_model, model)
+                    compared += 1
                 runs[name].append(res)
                 print(f"round {r + 1}/{rounds} {name}: stage 1 {res['stage1']:.3f} s/step, "
                       f"stage 2 {res['stage2']:.3f} s/step", flush=True)
-    mean = {name: {k: sum(x[k] for x in v) / len(v) for k in ("stage1", "stage2", "wall_seconds")}
-            for name, v in runs.items()}
-    report = {"steps": steps, "rounds": rounds, "threads": threads, "base": str(base), "environments": named,
-              "seconds_per_step": mean, "per_round": runs, "identical_weights": identical,
-              # the first environment's seconds per step over each other's (> 1: that one is faster)
-              "speedup": {name: {k: mean[names[0]][k] / mean[name][k] for k in ("stage1", "stage2")}
-                          for name in names[1:]},
-              "environment": environment(), "cpu_count": os.cpu_count()}
+    mean = {name: {k: sum(x[k] for x in v) / len(v) for k in ("stage1", "stage2")} for name, v in runs.items()}
+    report = {"steps": steps, "rounds": rounds, "threads": threads, "base": str(base), "settings": named,
+              "seconds_per_step": mean, "per_run": runs,
+              "wall_seconds": {name: sum(x["wall_seconds"] for x in v) / len(v) for name, v in runs.items()},
+              "identical_weights": identical if compared else None, "runs_compared": compared,
+              # the first setting's seconds per step over each other's (> 1: that one is faster)
+              "speedup": {name: {k: mean[names[0]][k] / mean[name][k] if mean[name][k] > 0 else None
+                                 for k in ("stage1", "stage2")} for name in names[1:]},
+              "environment": environment(), "usable_cpus": len(os.sched_getaffinity(0)),
+              "inherited_wait_settings": {k: os.environ[k] for k in sorted(WAIT_SETTINGS) if k in os.environ}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for name in names:
         print(f"{name}: stage 1 {mean[name]['stage1']:.3f} s/step, stage 2 {mean[name]['stage2']:.3f} s/step")
-    print(f"identical weights: {identical}")
+    print(f"identical weights: {report['identical_weights']} ({compared} runs compared with the first)")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ def test_trace_of_a_whole_image_answer_says_so(random_adapter):
     fig = trace_figure(img, res, input_size=random_adapter.input_size)
     views = [ax for ax in fig.axes if ax.get_title().startswith("model input")]
     assert len(views) == 1 and "the whole image answered" in views[0].get_xlabel()
+    # a closed search that stopped on the whole image: the standout rule is not why, whatever its bar
+    sure = PolicyConfig(exit_entropy_per_ln_k=10.0, standout_z=1e9)
+    res = run_method("spote", random_adapter, img, "what letter is in the red box ?", list("ABCDEF"), sure)
+    assert res.evidence_box is None and res.reward_standout is None
+    label = next(ax for ax in trace_figure(img, res, input_size=random_adapter.input_size).axes
+                 if ax.get_title().startswith("model input")).get_xlabel()
+    assert "no spotlight beat it" in label and "stand out" not in label
 
 
 def test_trace_of_an_open_search_that_kept_the_whole_image_says_why(random_adapter):

@@ -10,9 +10,10 @@ Presence questions are labelled by what the view shows (a close-up of empty wate
 
 On few cores run it with ``GOMP_SPINCOUNT=0`` in the environment, as ``make train`` and ``make
 train-open`` do: the compute's OpenMP threads then sleep as soon as they wait, instead of spinning on
-a core that the scene-drawing DataLoader worker needs. The weights are the same to the bit and the
-wall time about a quarter shorter on 2 cores (``make bench-train-speed``). It must be set before torch
-is imported, which is why it is the environment's and not this script's.
+a core that the scene-drawing DataLoader worker needs. ``make train-open`` then wrote the same
+weights to the bit in 16% less wall time on 2 cores (82.7 -> 69.6 min; ``make bench-train-speed``
+compares the two on short runs). libgomp reads it when torch is imported, so it is set in the
+environment, not by this script.
 
 Open items (``open_share`` > 0; SpotBench's codes in document fields): the tokenizer spells codes
 one character per token (``build_processor(open_items=True)``); stage 1 reads single code glyphs

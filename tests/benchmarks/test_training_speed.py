@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.training_speed import main, same_weights, seconds_per_step
+import typer
+
+from benchmarks.training_speed import SHIPPED, child_env, main, same_weights, seconds_per_step
 
 
 def _log(records):
@@ -28,27 +30,45 @@ def test_seconds_per_step_needs_two_steps_of_a_stage():
                                {"stage": 2, "step": 0, "seconds": 1.0}]))
 
 
-def test_same_weights_sees_one_changed_value_a_dtype_and_a_missing_tensor(tmp_path):
-    w = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4)}
+def test_same_weights_compares_bits(tmp_path):
+    w = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4),
+         "c": torch.tensor([float("nan"), 0.0])}
     paths = {}
     for name, tensors in {"w": w, "copy": {k: v.clone() for k, v in w.items()},
                           "one_value": {**w, "a": w["a"].clone().index_put_((torch.tensor(1), torch.tensor(2)),
                                                                             torch.tensor(5.0 + 1e-6))},
-                          "dtype": {**w, "b": w["b"].double()}, "missing": {"a": w["a"]}}.items():
+                          "negative_zero": {**w, "c": torch.tensor([float("nan"), -0.0])},
+                          "dtype": {**w, "b": w["b"].double()}, "missing": {"a": w["a"], "b": w["b"]}}.items():
         paths[name] = tmp_path / f"{name}.safetensors"
         save_file(tensors, paths[name])
-    assert same_weights(paths["w"], paths["copy"])
+    assert same_weights(paths["w"], paths["copy"])  # the same NaN is the same bits
     assert not same_weights(paths["w"], paths["one_value"])
+    assert not same_weights(paths["w"], paths["negative_zero"])  # == would call -0.0 and 0.0 equal
     assert not same_weights(paths["w"], paths["dtype"])
     assert not same_weights(paths["w"], paths["missing"])
+
+
+def test_a_run_gets_its_own_wait_setting_and_no_inherited_one():
+    parent = {"PATH": "/bin", "GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+    unset = {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"}
+    assert child_env(parent, {}, unset) == {"PATH": "/bin"}  # the default run spins as libgomp does by default
+    assert child_env(parent, {"GOMP_SPINCOUNT": "100"}, unset) == {"PATH": "/bin", "GOMP_SPINCOUNT": "100"}
+
+
+@pytest.mark.parametrize("steps, rounds, envs", [(1, 1, ""), (2, 0, ""), (2, 1, '{"a": {"GOMP_SPINCOUNT": 0}}'),
+                                                 (2, 1, "{}")])
+def test_bad_settings_are_refused_before_any_run(tmp_path, steps, rounds, envs):
+    with pytest.raises(typer.BadParameter):
+        main(steps=steps, rounds=rounds, base=SHIPPED, threads=2, envs=envs, out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_the_spin_setting_changes_no_weight(tmp_path):
     """Two real 2-step train-open runs from the shipped weights, libgomp spinning and not."""
     out = tmp_path / "speed.json"
-    main(steps=2, rounds=1, threads=2, envs="", out=out)
+    main(steps=2, rounds=1, base=SHIPPED, threads=2, envs="", out=out)
     report = json.loads(out.read_text())
-    assert report["identical_weights"] is True
+    assert report["identical_weights"] is True and report["runs_compared"] == 1
     assert set(report["seconds_per_step"]) == {"spinning (libgomp default)", "GOMP_SPINCOUNT=0"}
     for per in report["seconds_per_step"].values():
         assert per["stage1"] > 0 and per["stage2"] > 0

@@ -105,10 +105,13 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
     """Time short train-open runs under each setting and check that they train the same weights."""
     from spote.bench.run import environment
 
-    named = json.loads(envs) if envs else DEFAULT_ENVS
+    try:
+        named = json.loads(envs) if envs else DEFAULT_ENVS
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"--envs is not JSON: {err}") from None
     if steps < 2 or rounds < 1:
         raise typer.BadParameter(f"--steps must be >= 2 and --rounds >= 1, got {steps} and {rounds}")
-    if not named or not all(isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())
+    if not isinstance(named, dict) or not named or not all(isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())
                             for e in named.values()):
         raise typer.BadParameter(f'--envs must map names to {{"ENV": "value"}} objects of strings, got {envs!r}')
     base = base.resolve()  # the runs start in the repository's root

@@ -56,7 +56,7 @@ def test_a_run_gets_its_own_wait_setting_and_no_inherited_one():
 
 
 @pytest.mark.parametrize("steps, rounds, envs", [(1, 1, ""), (2, 0, ""), (2, 1, '{"a": {"GOMP_SPINCOUNT": 0}}'),
-                                                 (2, 1, "{}")])
+                                                 (2, 1, "{}"), (2, 1, "not json"), (2, 1, "[1]")])
 def test_bad_settings_are_refused_before_any_run(tmp_path, steps, rounds, envs):
     with pytest.raises(typer.BadParameter):
         main(steps=steps, rounds=rounds, base=SHIPPED, threads=2, envs=envs, out=tmp_path / "x.json")

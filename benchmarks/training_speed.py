@@ -17,11 +17,12 @@ shipped weights, which have the same shapes as ``make train-open``'s start, so a
 same. A stage's seconds per step come from its own ``train_log.jsonl``: (seconds at its last
 logged step - seconds at step 0) / (last step - 0), which leaves out the first batch (the scene pool
 is drawn then). ``identical_weights`` compares every run's ``model.safetensors`` with the first
-run's, tensor by tensor, byte for byte.
+run's, byte for byte.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import subprocess
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import typer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "spote" / "weights" / "spote-tiny"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "spote" / "weights" / "spote-tiny"
 # make train-open's settings (Makefile), except the step counts, the folders and the final evaluation
 TRAIN_OPEN = ["--open-share", "0.5", "--stage1-open-share", "0.7", "--glyph-px", "11", "24", "--order-weight", "0.5",
               "--vision-lr", "1e-3", "--distill-weight", "5.0", "--stage1-start", "100000000", "--lr", "1e-3",
@@ -60,19 +62,11 @@ def seconds_per_step(log_lines: list[str]) -> dict[str, float]:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    """Whether two safetensors files hold the same tensor names, dtypes, shapes and bytes (bit for bit:
-    a NaN equals the same NaN, -0.0 differs from 0.0). Raises what ``safetensors`` raises for a file
-    that is missing or not safetensors."""
-    import torch
-    from safetensors.torch import load_file
-
-    x, y = load_file(a), load_file(b)
-
-    def raw(t):
-        return t.contiguous().view(-1).view(torch.uint8)
-
-    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
-                                        and torch.equal(raw(x[k]), raw(y[k])) for k in x)
+    """Whether two safetensors files are the same bytes: the same tensor names, dtypes and shapes in the
+    header and the same bits (a NaN equals the same NaN, -0.0 differs from 0.0). ``save_pretrained``
+    writes the same header for the same tensors, so equal weights are equal files. Raises OSError for a
+    file that cannot be read."""
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def child_env(parent: dict[str, str], env: dict[str, str], unset: set[str]) -> dict[str, str]:
@@ -89,7 +83,7 @@ def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: in
            "--vision-steps", str(steps), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=child_env(dict(os.environ), env, unset), capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"training.train exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
@@ -111,8 +105,9 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
         raise typer.BadParameter(f"--envs is not JSON: {err}") from None
     if steps < 2 or rounds < 1:
         raise typer.BadParameter(f"--steps must be >= 2 and --rounds >= 1, got {steps} and {rounds}")
-    if not isinstance(named, dict) or not named or not all(isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())
-                            for e in named.values()):
+    strings = all(isinstance(e, dict) and all(isinstance(v, str) for v in e.values()) for e in named.values()) \
+        if isinstance(named, dict) else False
+    if not named or not strings:
         raise typer.BadParameter(f'--envs must map names to {{"ENV": "value"}} objects of strings, got {envs!r}')
     base = base.resolve()  # the runs start in the repository's root
     names = list(named)
@@ -127,10 +122,9 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
             for name in order:
                 folder = Path(tmp) / f"round{r}-setting{names.index(name)}"
                 res = run_once(base, steps, named[name], folder, threads, unset)
-                model = folder / "model.safetensors"
+                model = folder / "model.safetensors"  # every run has its own folder until the end
                 if first_model is None:
-                    first_model = Path(tmp) / "first.safetensors"
-                    first_model.write_bytes(model.read_bytes())
+                    first_model = model
                 else:
                     identical = identical and same_weights(first_model, model)
                     compared += 1

@@ -72,3 +72,28 @@ def test_the_spin_setting_changes_no_weight(tmp_path):
     assert set(report["seconds_per_step"]) == {"spinning (libgomp default)", "GOMP_SPINCOUNT=0"}
     for per in report["seconds_per_step"].values():
         assert per["stage1"] > 0 and per["stage2"] > 0
+
+
+def test_the_benchmark_trains_with_make_train_opens_settings():
+    """TRAIN_OPEN copies the Makefile's train-open flags (a step then costs what it costs there): they must agree,
+    but for what the benchmark sets itself (steps, folders, the final evaluation's size)."""
+    from benchmarks.training_speed import ROOT, TRAIN_OPEN
+
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    recipe = next(line for line in text.splitlines() if "training.train --tower-from $(BASE)" in line).split()
+    own = {"--tower-from", "--lm-from", "--vision-steps", "--steps", "--out"}
+
+    def flags(args):
+        got, i = {}, 0
+        while i < len(args):
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            got[args[i]] = args[i + 1:j]
+            i = j
+        return got
+
+    make = flags(recipe[recipe.index("training.train") + 1:])
+    bench = flags(TRAIN_OPEN)
+    assert {k: v for k, v in make.items() if k not in own} == {k: v for k, v in bench.items()
+                                                                if k not in {"--eval-items", "--open-eval-items"}}

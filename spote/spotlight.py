@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -176,7 +177,12 @@ class ViewRenderer:
 
     def __init__(self, image: Image.Image, size: int):
         self.image, self.size = image, size
-        self.global_view = letterbox(image, size)
+
+    @cached_property
+    def global_view(self) -> Image.Image:
+        """The whole image letterboxed to ``size`` x ``size``, drawn when first asked for: a renderer
+        used for close-ups only never pays for it."""
+        return letterbox(self.image, self.size)
 
     def render(self, box: Box | None, mode: str = "zoom", strength: float = 1.0) -> list[Image.Image]:
         if mode not in MODES:

@@ -107,9 +107,10 @@ def _corrupt_view(rng, view: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def sample_views(rng, item: Item) -> tuple[list[Image.Image], str]:
-    """One training example: the views the model sees and the label they support."""
-    renderer = ViewRenderer(item.image, IMAGE_SIZE)
+def sample_views(rng, item: Item, renderer: ViewRenderer | None = None) -> tuple[list[Image.Image], str]:
+    """One training example: the views the model sees and the label they support. ``renderer``: the
+    item's own, to reuse its global view across the examples drawn from one scene."""
+    renderer = renderer or ViewRenderer(item.image, IMAGE_SIZE)
     w, h = item.image.size
     u = rng.random()
     if u < 0.2:
@@ -209,9 +210,10 @@ def _glyph_run_box(rng, item: Item) -> Box:
     return Box.square((x0 + x1) / 2 + jx, (y0 + y1) / 2 + jy, side)
 
 
-def sample_open_views(rng, item: Item) -> tuple[list[Image.Image], OpenLabel]:
-    """One open training example: the views and their target (``read_alone`` / ``read_with_context``)."""
-    renderer = ViewRenderer(item.image, IMAGE_SIZE)
+def sample_open_views(rng, item: Item, renderer: ViewRenderer | None = None) -> tuple[list[Image.Image], OpenLabel]:
+    """One open training example: the views and their target (``read_alone`` / ``read_with_context``);
+    ``renderer`` as in ``sample_views``."""
+    renderer = renderer or ViewRenderer(item.image, IMAGE_SIZE)
     w, h = item.image.size
     u = rng.random()
     if u < 0.2:
@@ -391,8 +393,9 @@ class ViewStream(torch.utils.data.IterableDataset):
             examples = []
             while len(examples) < self.batch_size:
                 item = next(scenes)
+                renderer = ViewRenderer(item.image, IMAGE_SIZE)  # its global view drawn once for the k examples
                 for _ in range(self.k):
-                    views, label = sample_open_views(rng, item) if item.open else sample_views(rng, item)
+                    views, label = (sample_open_views if item.open else sample_views)(rng, item, renderer)
                     question = open_question(words, item, self.open_phrasing) if item.open else item.question
                     examples.append((views, question, item.choices, label))
             if self.open_share:

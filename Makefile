@@ -17,7 +17,7 @@ PROC_BIN   := $(PROC_VENV)/bin
 PROC_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 PROC_STAMP := $(PROC_VENV)/.installed-$(shell (cat pyproject.toml; echo "$(PROC_TORCH)") | sha1sum | cut -c1-12)
 
-.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-fast bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-reads bench-endpoint bench-gpu bench-train-speed scaling train train-open clean
+.PHONY: install install-processors lint test test-processors demo bench bench-budget bench-cost bench-cost-fast bench-cost-ablation bench-loop bench-policy bench-grid bench-robust bench-ablation bench-anchor bench-pipeline bench-scale bench-reads bench-endpoint bench-gpu bench-train-speed bench-train-speed-code bench-draw scaling train train-open clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -185,6 +185,15 @@ bench-gpu: $(STAMP)
 # training wall time: libgomp's spinning threads against GOMP_SPINCOUNT=0 (TRAIN_ENV), short train-open runs, same weights (~12 min)
 bench-train-speed: $(STAMP)
 	$(BIN)/python -m benchmarks.training_speed --steps 75 --rounds 2 --out results/training-speed.json
+
+# training wall time: the training code of f5e540a (scenes drawn the plain way) against this checkout's, both with TRAIN_ENV,
+# short train-open runs, same weights (~10 min on 2 cores)
+bench-train-speed-code: $(STAMP)
+	$(BIN)/python -m benchmarks.training_speed --against f5e540a --steps 40 --rounds 2 --out results/training-speed-code.json
+
+# drawing SpotBench scenes the plain way against the fast one (same pixels), and train-open's batches on one thread (~2 min)
+bench-draw: $(STAMP)
+	$(BIN)/python -m benchmarks.drawing_speed --pages 100 --batches 20 --out results/drawing-speed.json
 
 scaling: $(STAMP)
 	$(BIN)/python -m benchmarks.scaling --out results/scaling.json

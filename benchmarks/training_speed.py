@@ -18,6 +18,10 @@ same. A stage's seconds per step come from its own ``train_log.jsonl``: (seconds
 logged step - seconds at step 0) / (last step - 0), which leaves out the first batch (the scene pool
 is drawn then). ``identical_weights`` compares every run's ``model.safetensors`` with the first
 run's, byte for byte.
+
+``--against REV`` compares code instead of settings: the training code of commit REV (its files
+written out with ``git archive``) against this checkout's, both under the Makefile's ``TRAIN_ENV``
+(``make bench-train-speed-code``: the scene drawing made cheaper, the same batches, so the same weights).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ TRAIN_OPEN = ["--open-share", "0.5", "--stage1-open-share", "0.7", "--glyph-px",
               "--vision-lr", "1e-3", "--distill-weight", "5.0", "--stage1-start", "100000000", "--lr", "1e-3",
               "--warmup", "100", "--seed", "0", "--tower-layers", "6", "--eval-items", "8", "--open-eval-items", "4"]
 DEFAULT_ENVS = {"spinning (libgomp default)": {}, "GOMP_SPINCOUNT=0": {"GOMP_SPINCOUNT": "0"}}
+TRAIN_ENV = {"GOMP_SPINCOUNT": "0"}  # the Makefile's TRAIN_ENV: what --against runs both trees with
 # how OpenMP threads wait: cleared from every run's environment, so that an exported one does not leak into a run
 WAIT_SETTINGS = {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"}
 
@@ -74,8 +79,10 @@ def child_env(parent: dict[str, str], env: dict[str, str], unset: set[str]) -> d
     return {**{k: v for k, v in parent.items() if k not in unset}, **env}
 
 
-def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: int, unset: set[str]) -> dict:
-    """One shortened ``make train-open`` in a fresh process, in ``child_env(os.environ, env, unset)``:
+def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: int, unset: set[str],
+             code: Path = ROOT) -> dict:
+    """One shortened ``make train-open`` in a fresh process, in ``child_env(os.environ, env, unset)``,
+    with the ``training`` and ``spote`` packages of the tree at ``code`` (they come first on the path):
     {"stage1", "stage2": seconds per step, "wall_seconds": the process's whole run (loading, the scene
     pool and the final evaluation included)}. Raises RuntimeError when the run fails, ValueError when a
     stage logged fewer than two steps."""
@@ -83,11 +90,37 @@ def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: in
            "--vision-steps", str(steps), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=child_env(dict(os.environ), env, unset), capture_output=True, text=True,
-                          cwd=ROOT)
+                          cwd=code)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"training.train exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
     return {**seconds_per_step((out / "train_log.jsonl").read_text().splitlines()), "wall_seconds": wall}
+
+
+def commit_of(rev: str) -> str:
+    """The full hash of the commit ``rev`` names in this repository. Raises typer.BadParameter when it
+    names none (or git cannot tell)."""
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode or not proc.stdout.strip():
+        raise typer.BadParameter(f"--against {rev!r} names no commit of {ROOT}")
+    return proc.stdout.strip()
+
+
+def export_tree(commit: str, dest: Path) -> Path:
+    """The files of ``commit`` written to ``dest`` (``git archive``), to run that commit's code."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def checkout_state() -> dict:
+    """This checkout's commit and whether its tracked files differ from it (``git``; None where git cannot tell)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    return {"commit": head.stdout.strip() or None if head.returncode == 0 else None,
+            "modified": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
 def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (at least 2)"),
@@ -95,8 +128,11 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
          base: Path = typer.Option(SHIPPED, help="the model train-open starts from (shapes as make train-open's base)"),
          threads: int = typer.Option(2, help="training.train --threads"),
          envs: str = typer.Option("", help='JSON {"name": {"ENV": "value"}}; default: libgomp\'s spinning, and GOMP_SPINCOUNT=0'),
+         against: str = typer.Option("", help="a commit: its training code against this checkout's, both with "
+                                              "the Makefile's TRAIN_ENV (instead of --envs)"),
          out: Path = typer.Option(Path("results/training-speed.json"), help="the report")):
-    """Time short train-open runs under each setting and check that they train the same weights."""
+    """Time short train-open runs under each setting (or each tree's code, ``--against``) and check that
+    they train the same weights."""
     from spote.bench.run import environment
 
     try:
@@ -109,6 +145,12 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
         if isinstance(named, dict) else False
     if not named or not strings:
         raise typer.BadParameter(f'--envs must map names to {{"ENV": "value"}} objects of strings, got {envs!r}')
+    commit = None
+    if against:
+        if envs:
+            raise typer.BadParameter("--against runs both trees with the Makefile's TRAIN_ENV; give it without --envs")
+        commit = commit_of(against)
+        named = {f"{against} ({commit[:7]})": dict(TRAIN_ENV), "this checkout": dict(TRAIN_ENV)}
     base = base.resolve()  # the runs start in the repository's root
     names = list(named)
     unset = WAIT_SETTINGS | {k for env in named.values() for k in env}  # each run: its own, or libgomp's default
@@ -117,11 +159,14 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
     compared = 0
     identical = True
     with tempfile.TemporaryDirectory() as tmp:
+        code = {name: ROOT for name in names}
+        if commit:
+            code[names[0]] = export_tree(commit, Path(tmp) / "against")
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
                 folder = Path(tmp) / f"round{r}-setting{names.index(name)}"
-                res = run_once(base, steps, named[name], folder, threads, unset)
+                res = run_once(base, steps, named[name], folder, threads, unset, code[name])
                 model = folder / "model.safetensors"  # every run has its own folder until the end
                 if first_model is None:
                     first_model = model
@@ -133,6 +178,8 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
                       f"stage 2 {res['stage2']:.3f} s/step", flush=True)
     mean = {name: {k: sum(x[k] for x in v) / len(v) for k in ("stage1", "stage2")} for name, v in runs.items()}
     report = {"steps": steps, "rounds": rounds, "threads": threads, "base": str(base), "settings": named,
+              "code": {name: commit if commit and name == names[0] else "this checkout" for name in names},
+              "checkout": checkout_state(),
               "seconds_per_step": mean, "per_run": runs,
               "wall_seconds": {name: sum(x["wall_seconds"] for x in v) / len(v) for name, v in runs.items()},
               "identical_weights": identical if compared else None, "runs_compared": compared,

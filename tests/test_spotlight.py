@@ -43,6 +43,18 @@ def test_zoom_reads_source_pixels_not_the_downscaled_view():
     assert (whole[..., 0] > 200).sum() <= 4    # and is a speck in the whole view
 
 
+def test_global_view_is_drawn_once_and_only_when_asked_for():
+    img = Image.new("RGB", (900, 600), (10, 200, 30))
+    img.paste((250, 250, 0), (100, 100, 400, 300))
+    r = ViewRenderer(img, 64)
+    r.render(Box(100, 100, 300, 300), "zoom")
+    assert "global_view" not in vars(r)  # close-ups alone do not draw it
+    first = r.global_view
+    assert first.tobytes() == letterbox(img, 64).tobytes()
+    assert r.global_view is first and r.render(None)[0] is first
+    assert r.render(Box(100, 100, 300, 300), "zoom+context")[0] is first
+
+
 def test_letterbox_keeps_aspect_and_pads():
     img = Image.new("RGB", (200, 100), (255, 255, 255))
     v = np.asarray(letterbox(img, 64))

@@ -3,7 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from spote.bench.scenes import TASKS, item_digest, make_item, spotbench
+from benchmarks.drawing_speed import noise_texture_plain, page_plain
+from spote.bench.scenes import TASKS, ScalarDraws, _noise_texture, _page, item_digest, make_item, spotbench
 
 
 def test_deterministic_per_seed_and_split():
@@ -177,3 +178,48 @@ def test_collapse_variants_put_a_partial_reading_in_a_legible_close_up():
         widest_legible = min(b[3] - b[1] for b in small) * WHOLE_VIEW_PX / LEGIBLE_CAP_PX  # view side, scene px
         assert all(b[3] - b[1] > widest_legible for b in prefix)  # such a view cannot hold a large glyph
         assert it.evidence[0] >= max(b[2] for b in prefix) - 1  # the evidence is the small part only
+
+
+# ----------------------------------------------------------------------------- fast drawing, same pixels
+# The scene generator draws its text bars and noise the fast way (ScalarDraws, a line at a time, per
+# channel); benchmarks/drawing_speed.py keeps the plain way. The shipped weights were trained on, and
+# every documented benchmark figure measured on, scenes drawn the plain way: a pixel or a draw apart fails.
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scalar_draws_are_numpys_scalar_draws_and_leave_the_generator_as_they_do(seed):
+    spec = np.random.default_rng(100 + seed)
+    # small ranges (the page's), a range of one value (numpy draws nothing), and ranges near 2**32,
+    # where a third of the words fall in the sliver that is redrawn
+    ranges = [(int(lo), int(lo + n)) for lo, n in zip(spec.integers(-50, 50, 9000), spec.integers(2, 200, 9000))]
+    ranges[::97] = [(7, 8)] * len(ranges[::97])
+    ranges[::89] = [(0, 3_000_000_000)] * len(ranges[::89])
+    plain, fast = np.random.default_rng(seed), np.random.default_rng(seed)
+    draws = ScalarDraws(fast)
+    assert [draws.integers(lo, hi) for lo, hi in ranges] == [int(plain.integers(lo, hi)) for lo, hi in ranges]
+    assert draws.used > ScalarDraws.CHUNK  # the bulk draw was topped up at least once
+    draws.close()
+    assert fast.bit_generator.state == plain.bit_generator.state
+    assert fast.random(5).tolist() == plain.random(5).tolist()
+
+
+@pytest.mark.parametrize("w,h", [(480, 480), (1279, 733), (641, 1200), (45, 30), (200, 21)])
+def test_page_has_the_plain_drawings_pixels_and_leaves_the_same_stream(w, h):
+    for seed in range(3):
+        plain, fast = np.random.default_rng([seed, w]), np.random.default_rng([seed, w])
+        expected = page_plain(plain, w, h)
+        page, d = _page(fast, w, h)
+        assert page.mode == "RGB" and page.size == (w, h)
+        assert page.tobytes() == expected.tobytes()
+        assert fast.bit_generator.state == plain.bit_generator.state
+        d.rectangle([0, 0, 3, 3], fill=(255, 0, 0))  # the drawing handed back draws on the page
+        assert page.getpixel((1, 1)) == (255, 0, 0)
+
+
+def test_noise_texture_has_the_broadcast_sums_bits():
+    for w, h, base, amp, grain in [(640, 480, (95, 130, 70), 22, 48), (1000, 999, (120, 120, 124), 10, 32)]:
+        plain, fast = np.random.default_rng(w), np.random.default_rng(w)
+        expected = noise_texture_plain(plain, w, h, base, amp, grain)
+        got = _noise_texture(fast, w, h, base, amp, grain)
+        assert got.dtype == np.float32 and got.shape == (h, w, 3)
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))

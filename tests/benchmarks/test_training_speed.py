@@ -1,4 +1,4 @@
-"""`make bench-train-speed`: seconds per step from a training log, the weights compared bit for bit, and
+"""`make bench-train-speed` and `bench-train-speed-code`: seconds per step from a training log, the weights compared bit for bit, and
 the claim the Makefile's GOMP_SPINCOUNT=0 rests on (it changes no weight) on a real short run."""
 
 import json
@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 import typer
 
-from benchmarks.training_speed import SHIPPED, child_env, main, same_weights, seconds_per_step
+from benchmarks.training_speed import (ROOT, SHIPPED, TRAIN_ENV, child_env, commit_of, export_tree, main,
+                                       same_weights, seconds_per_step)
 
 
 def _log(records):
@@ -59,14 +60,14 @@ def test_a_run_gets_its_own_wait_setting_and_no_inherited_one():
                                                  (2, 1, "{}"), (2, 1, "not json"), (2, 1, "[1]")])
 def test_bad_settings_are_refused_before_any_run(tmp_path, steps, rounds, envs):
     with pytest.raises(typer.BadParameter):
-        main(steps=steps, rounds=rounds, base=SHIPPED, threads=2, envs=envs, out=tmp_path / "x.json")
+        main(steps=steps, rounds=rounds, base=SHIPPED, threads=2, envs=envs, against="", out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
 
 def test_the_spin_setting_changes_no_weight(tmp_path):
     """Two real 2-step train-open runs from the shipped weights, libgomp spinning and not."""
     out = tmp_path / "speed.json"
-    main(steps=2, rounds=1, base=SHIPPED, threads=2, envs="", out=out)
+    main(steps=2, rounds=1, base=SHIPPED, threads=2, envs="", against="", out=out)
     report = json.loads(out.read_text())
     assert report["identical_weights"] is True and report["runs_compared"] == 1
     assert set(report["seconds_per_step"]) == {"spinning (libgomp default)", "GOMP_SPINCOUNT=0"}
@@ -97,3 +98,37 @@ def test_the_benchmark_trains_with_make_train_opens_settings():
     bench = flags(TRAIN_OPEN)
     assert {k: v for k, v in make.items() if k not in own} == {k: v for k, v in bench.items()
                                                                 if k not in {"--eval-items", "--open-eval-items"}}
+
+
+@pytest.mark.parametrize("against, envs", [("no-such-commit-0000", ""), ("HEAD", '{"a": {}}')])
+def test_against_refuses_what_names_no_commit_and_settings_beside_it(tmp_path, against, envs):
+    with pytest.raises(typer.BadParameter, match="--against"):
+        main(steps=2, rounds=1, base=SHIPPED, threads=2, envs=envs, against=against, out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_export_tree_writes_the_commits_own_files(tmp_path):
+    import subprocess
+
+    commit = commit_of("HEAD")
+    assert len(commit) == 40 and commit_of(commit[:10]) == commit
+    tree = export_tree(commit, tmp_path / "tree")
+    shown = subprocess.run(["git", "show", f"{commit}:training/train.py"], cwd=ROOT, capture_output=True, check=True)
+    assert (tree / "training" / "train.py").read_bytes() == shown.stdout
+    assert (tree / "spote" / "bench" / "scenes.py").is_file() and not (tree / ".git").exists()
+
+
+def test_against_runs_both_trees_with_the_makefiles_train_env():
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("TRAIN_ENV ="))
+    assert dict(kv.split("=", 1) for kv in line.split("=", 1)[1].split()) == TRAIN_ENV
+
+
+def test_a_commits_code_against_this_checkouts_trains_the_same_weights(tmp_path):
+    """Two real 2-step train-open runs: this commit's code written out, and the checkout itself."""
+    out = tmp_path / "code.json"
+    main(steps=2, rounds=1, base=SHIPPED, threads=2, envs="", against="HEAD", out=out)
+    report = json.loads(out.read_text())
+    assert report["identical_weights"] is True and report["runs_compared"] == 1
+    head = commit_of("HEAD")
+    assert report["code"] == {f"HEAD ({head[:7]})": head, "this checkout": "this checkout"}
+    assert report["checkout"]["commit"] == head and all(v == TRAIN_ENV for v in report["settings"].values())

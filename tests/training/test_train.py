@@ -337,6 +337,20 @@ def test_open_loss_is_cross_entropy_on_sure_targets_and_uniform_on_unsure_ones()
     assert x.grad[0, 1, [4, 5]].lt(0).all() and x.grad[0, [0, 2, 3, 4]].abs().sum() == 0  # only the unsure position
 
 
+def test_a_scenes_renderer_shared_by_its_examples_draws_what_fresh_ones_do():
+    from training.train import IMAGE_SIZE, sample_open_views, sample_views
+
+    for item in (make_item(0, "train", 3), make_item(0, "train", 8, kind="boat"), make_open_item(0, "train", 5)):
+        sample = sample_open_views if item.open else sample_views
+        shared = ViewRenderer(item.image, IMAGE_SIZE)
+        a, b = np.random.default_rng(1), np.random.default_rng(1)
+        for _ in range(12):
+            views, label = sample(a, item, shared)
+            fresh_views, fresh_label = sample(b, item)
+            assert label == fresh_label and [v.tobytes() for v in views] == [v.tobytes() for v in fresh_views]
+        assert "global_view" in vars(shared)  # some of the 12 showed the whole image
+
+
 def test_open_share_zero_draws_the_closed_streams_and_open_share_mixes_codes_in():
     from training.train import CloseViewStream, ViewStream
 

@@ -187,9 +187,10 @@ bench-train-speed: $(STAMP)
 	$(BIN)/python -m benchmarks.training_speed --steps 75 --rounds 2 --out results/training-speed.json
 
 # training wall time: the training code of f5e540a (scenes drawn the plain way) against this checkout's, both with TRAIN_ENV,
-# short train-open runs, same weights (~10 min on 2 cores)
+# short train-open runs, same weights (~10 min on 2 cores; AGAINST=REV for another commit)
+AGAINST ?= f5e540a
 bench-train-speed-code: $(STAMP)
-	$(BIN)/python -m benchmarks.training_speed --against f5e540a --steps 40 --rounds 2 --out results/training-speed-code.json
+	$(BIN)/python -m benchmarks.training_speed --against $(AGAINST) --steps 40 --rounds 2 --out results/training-speed-code.json
 
 # drawing SpotBench scenes the plain way against the fast one (same pixels), and train-open's batches on one thread (~2 min)
 bench-draw: $(STAMP)

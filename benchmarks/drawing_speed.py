@@ -3,14 +3,16 @@
     python -m benchmarks.drawing_speed --pages 100 --batches 20 --out results/drawing-speed.json
 
 ``training.train`` draws its scenes in one DataLoader worker beside the two compute threads, so on
-two cores every second of drawing is taken from the compute. A document scene's text bars were drawn
-one ``ImageDraw.rectangle`` and one scalar ``rng.integers`` at a time, and a noise texture's channels
-were summed by broadcasting; ``spote.bench.scenes`` now draws both faster, with the same pixels and
-the same random stream (``ScalarDraws``). This benchmark times the plain way (kept here:
-``page_plain``, ``noise_texture_plain``; tests/bench/test_scenes.py checks the fast one against
-them) against the fast one on the same sizes in one run, checks that every output is the same to
-the bit, and times the batches of ``make train-open``'s two stages on one thread, as its data worker
-draws them (the first batch, which draws the scene pool, left out).
+two cores every second of drawing is taken from the compute. ``spote.bench.scenes`` draws a document
+page's text bars from bulk random words a line at a time (``ScalarDraws``) and sums a noise
+texture per channel. The plain way, one ``ImageDraw.rectangle`` and one scalar ``rng.integers`` at a
+time and a broadcast sum, is kept here (``page_plain``, ``noise_texture_plain``) as the reference:
+the shipped weights and every documented figure rest on scenes with its pixels, so the fast way must
+match it bit for bit (tests/bench/test_scenes.py). This benchmark times the two on the same sizes in
+one run, checks that every output and the generator's state after it are the same, and times the
+batches of ``make train-open``'s two stages on one thread, as its data worker draws them (the
+first batch, which draws the scene pool, left out). If any output differed it times no batch,
+writes the report and exits with 1.
 """
 
 from __future__ import annotations
@@ -97,16 +99,39 @@ def seconds_per_batch(stream, batches: int) -> float:
 def main(pages: int = typer.Option(100, help="page and texture sizes compared"),
          batches: int = typer.Option(20, help="batches timed per training stage"),
          out: Path = typer.Option(Path("results/drawing-speed.json"), help="the report")):
-    """Time drawing the plain way against the fast one, and make train-open's batches."""
+    """Time drawing the plain way against the fast one, and make train-open's batches. Raises
+    typer.BadParameter for a count below 1 or an ``out`` that is a folder, before any work; if the two
+    ways' outputs differed, writes the report without batch timings and exits with 1 (typer.Exit)."""
     if pages < 1 or batches < 1:
         raise typer.BadParameter(f"--pages and --batches must be >= 1, got {pages} and {batches}")
+    if out.is_dir():
+        raise typer.BadParameter(f"--out {out} is a folder; give the report's file name")
     import torch
 
+    from benchmarks.training_speed import checkout_state
     from spote.bench.run import environment
-    from spote.bench.scenes import _noise_texture, _page
-    from training.train import FINETUNE_START, CloseViewStream, ViewStream
 
-    torch.set_num_threads(1)  # as the data worker draws
+    report = {**compare_drawing(pages), "environment": environment(), "usable_cpus": len(os.sched_getaffinity(0)),
+              "checkout": checkout_state()}
+    same = report["page"]["identical"] and report["noise_texture"]["identical"]
+    if same:  # timing batches drawn wrong would say nothing
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the data worker draws
+        try:
+            report.update(time_batches(batches))
+        finally:
+            torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    if not same:
+        print(f"the fast drawing differs from the plain one: see page / noise_texture in {out}")
+        raise typer.Exit(1)
+
+
+def compare_drawing(pages: int) -> dict:
+    """The plain and the fast way on ``pages`` scene sizes: {"page", "noise_texture": ``compare``'s}."""
+    from spote.bench.scenes import _noise_texture, _page
+
     sizes = scene_sizes(pages)
     page = compare(page_plain, lambda rng, w, h: _page(rng, w, h)[0], sizes, lambda a, b: a.tobytes() == b.tobytes())
     print(f"page: plain {page['plain_ms']:.1f} ms, fast {page['fast_ms']:.1f} ms, identical {page['identical']}", flush=True)
@@ -116,15 +141,19 @@ def main(pages: int = typer.Option(100, help="page and texture sizes compared"),
                     lambda a, b: a.dtype == b.dtype and np.array_equal(a.view(np.uint32), b.view(np.uint32)))
     print(f"noise texture: plain {noise['plain_ms']:.1f} ms, fast {noise['fast_ms']:.1f} ms, "
           f"identical {noise['identical']}", flush=True)
+    return {"page": page, "noise_texture": noise}
+
+
+def time_batches(batches: int) -> dict:
+    """Seconds per batch of make train-open's two stages (``seconds_per_batch``), on this thread count."""
+    from training.train import FINETUNE_START, CloseViewStream, ViewStream
+
     streams = {"stage1": seconds_per_batch(CloseViewStream(0, **STAGE1), batches),
                "stage2": seconds_per_batch(ViewStream(0, start=FINETUNE_START, **STAGE2), batches)}
     print(f"train-open batches on one thread: stage 1 {streams['stage1']:.3f} s, stage 2 {streams['stage2']:.3f} s")
-    report = {"page": page, "noise_texture": noise, "seconds_per_batch": streams, "batches": batches,
-              "stages": {"stage1": {**STAGE1, "glyph_px": list(STAGE1["glyph_px"])},
-                         "stage2": {**STAGE2, "start": FINETUNE_START}},
-              "environment": environment(), "usable_cpus": len(os.sched_getaffinity(0))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    return {"seconds_per_batch": streams, "batches": batches,
+            "stages": {"stage1": {**STAGE1, "glyph_px": list(STAGE1["glyph_px"])},
+                       "stage2": {**STAGE2, "start": FINETUNE_START}}}
 
 
 if __name__ == "__main__":

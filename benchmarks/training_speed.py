@@ -1,6 +1,8 @@
-"""Training wall time on few cores: OpenMP's spin-waiting threads against sleeping ones, same weights.
+"""Training wall time on few cores: OpenMP's spin-waiting threads against sleeping ones, or one
+commit's training code against this checkout's; the same weights either way.
 
     python -m benchmarks.training_speed --steps 75 --rounds 2 --out results/training-speed.json
+    python -m benchmarks.training_speed --against f5e540a --steps 40 --rounds 2 --out results/training-speed-code.json
 
 ``training.train`` runs its compute in the main process (``--threads`` OpenMP threads) and draws
 its scenes in one DataLoader worker process. On 2 cores that is three busy threads on two cores.
@@ -22,6 +24,8 @@ run's, byte for byte.
 ``--against REV`` compares code instead of settings: the training code of commit REV (its files
 written out with ``git archive``) against this checkout's, both under the Makefile's ``TRAIN_ENV``
 (``make bench-train-speed-code``: the scene drawing made cheaper, the same batches, so the same weights).
+Each run imports ``training`` and ``spote`` from its own tree (``PYTHONPATH``), which is checked
+before the first run and reported (``imports``).
 """
 
 from __future__ import annotations
@@ -79,18 +83,37 @@ def child_env(parent: dict[str, str], env: dict[str, str], unset: set[str]) -> d
     return {**{k: v for k, v in parent.items() if k not in unset}, **env}
 
 
+def tree_env(parent: dict[str, str], code: Path) -> dict[str, str]:
+    """``parent`` with the tree at ``code`` first on ``PYTHONPATH``: ``-m training.train`` run in it
+    then imports that tree's ``training`` and ``spote``, not the installed (editable) checkout's, even
+    where ``PYTHONSAFEPATH`` keeps the working folder off the path."""
+    return {**parent, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [parent.get("PYTHONPATH")])])}
+
+
+def imported_from(code: Path) -> dict[str, str]:
+    """Where a run in the tree at ``code`` imports ``spote`` and ``training`` from (their folders).
+    Raises RuntimeError when either comes from outside ``code``."""
+    proc = subprocess.run([sys.executable, "-c", "import spote, training; print(spote.__file__); print(training.__file__)"],
+                          env=tree_env(dict(os.environ), code), cwd=code, capture_output=True, text=True)
+    paths = dict(zip(("spote", "training"), (Path(x).parent for x in proc.stdout.split())))
+    if proc.returncode or len(paths) < 2 or not all(p.resolve().is_relative_to(code.resolve()) for p in paths.values()):
+        raise RuntimeError(f"a run in {code} would not import its own spote and training: {proc.stdout.split()} "
+                           f"{proc.stderr.strip().splitlines()[-1:]}")
+    return {name: str(p.resolve()) for name, p in paths.items()}
+
+
 def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: int, unset: set[str],
              code: Path = ROOT) -> dict:
     """One shortened ``make train-open`` in a fresh process, in ``child_env(os.environ, env, unset)``,
-    with the ``training`` and ``spote`` packages of the tree at ``code`` (they come first on the path):
+    with the ``training`` and ``spote`` packages of the tree at ``code`` (``tree_env``):
     {"stage1", "stage2": seconds per step, "wall_seconds": the process's whole run (loading, the scene
     pool and the final evaluation included)}. Raises RuntimeError when the run fails, ValueError when a
     stage logged fewer than two steps."""
     cmd = [sys.executable, "-m", "training.train", "--tower-from", str(base), "--lm-from", str(base), *TRAIN_OPEN,
            "--vision-steps", str(steps), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=child_env(dict(os.environ), env, unset), capture_output=True, text=True,
-                          cwd=code)
+    proc = subprocess.run(cmd, env=tree_env(child_env(dict(os.environ), env, unset), code), capture_output=True,
+                          text=True, cwd=code)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"training.train exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
@@ -99,26 +122,37 @@ def run_once(base: Path, steps: int, env: dict[str, str], out: Path, threads: in
 
 def commit_of(rev: str) -> str:
     """The full hash of the commit ``rev`` names in this repository. Raises typer.BadParameter when it
-    names none (or git cannot tell)."""
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
-                          capture_output=True, text=True)
+    names none, git is missing or this is no git checkout."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise typer.BadParameter("--against needs git, which is not on PATH") from None
     if proc.returncode or not proc.stdout.strip():
-        raise typer.BadParameter(f"--against {rev!r} names no commit of {ROOT}")
+        raise typer.BadParameter(f"--against {rev!r} names no commit of {ROOT} (a shallow clone? git fetch --unshallow)")
     return proc.stdout.strip()
 
 
 def export_tree(commit: str, dest: Path) -> Path:
-    """The files of ``commit`` written to ``dest`` (``git archive``), to run that commit's code."""
+    """The ``spote`` and ``training`` folders of ``commit`` written to ``dest`` (``git archive``): what
+    a training run imports. Raises FileExistsError if ``dest`` exists, CalledProcessError if git or
+    tar fails."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", commit, "spote", "training"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
 def checkout_state() -> dict:
-    """This checkout's commit and whether its tracked files differ from it (``git``; None where git cannot tell)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    """This checkout's commit and whether the code a run imports (``spote``, ``training``,
+    ``benchmarks``) differs from it, untracked files included; None where git cannot tell."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spote", "training", "benchmarks"], cwd=ROOT,
+                               capture_output=True, text=True)
+    except FileNotFoundError:  # no git
+        return {"commit": None, "modified": None}
     return {"commit": head.stdout.strip() or None if head.returncode == 0 else None,
             "modified": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
@@ -145,6 +179,8 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
         if isinstance(named, dict) else False
     if not named or not strings:
         raise typer.BadParameter(f'--envs must map names to {{"ENV": "value"}} objects of strings, got {envs!r}')
+    if out.is_dir():
+        raise typer.BadParameter(f"--out {out} is a folder; give the report's file name")
     commit = None
     if against:
         if envs:
@@ -162,6 +198,7 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
         code = {name: ROOT for name in names}
         if commit:
             code[names[0]] = export_tree(commit, Path(tmp) / "against")
+        imports = {name: imported_from(code[name]) for name in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
@@ -179,7 +216,7 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
     mean = {name: {k: sum(x[k] for x in v) / len(v) for k in ("stage1", "stage2")} for name, v in runs.items()}
     report = {"steps": steps, "rounds": rounds, "threads": threads, "base": str(base), "settings": named,
               "code": {name: commit if commit and name == names[0] else "this checkout" for name in names},
-              "checkout": checkout_state(),
+              "checkout": checkout_state(), "imports": imports,
               "seconds_per_step": mean, "per_run": runs,
               "wall_seconds": {name: sum(x["wall_seconds"] for x in v) / len(v) for name, v in runs.items()},
               "identical_weights": identical if compared else None, "runs_compared": compared,

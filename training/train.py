@@ -110,7 +110,7 @@ def _corrupt_view(rng, view: Image.Image) -> Image.Image:
 def sample_views(rng, item: Item, renderer: ViewRenderer | None = None) -> tuple[list[Image.Image], str]:
     """One training example: the views the model sees and the label they support. ``renderer``: the
     item's own, to reuse its global view across the examples drawn from one scene."""
-    renderer = renderer or ViewRenderer(item.image, IMAGE_SIZE)
+    renderer = renderer if renderer is not None else ViewRenderer(item.image, IMAGE_SIZE)
     w, h = item.image.size
     u = rng.random()
     if u < 0.2:
@@ -213,7 +213,7 @@ def _glyph_run_box(rng, item: Item) -> Box:
 def sample_open_views(rng, item: Item, renderer: ViewRenderer | None = None) -> tuple[list[Image.Image], OpenLabel]:
     """One open training example: the views and their target (``read_alone`` / ``read_with_context``);
     ``renderer`` as in ``sample_views``."""
-    renderer = renderer or ViewRenderer(item.image, IMAGE_SIZE)
+    renderer = renderer if renderer is not None else ViewRenderer(item.image, IMAGE_SIZE)
     w, h = item.image.size
     u = rng.random()
     if u < 0.2:

@@ -131,22 +131,26 @@ class ScalarDraws:
     generator left where they leave it, at a fifth of their cost.
 
     A scalar ``Generator.integers`` call costs ~3.5 us, and a page of text makes thousands of them.
-    For ``hi - lo`` below 2**32 numpy maps one 32-bit word of the bit generator's stream to the range
+    For ``hi - lo`` up to 2**32 numpy maps one 32-bit word of the bit generator's stream to the range
     by Lemire's multiply-and-reject method (numpy/random/src/distributions/distributions.c,
     ``buffered_bounded_lemire_uint32``; Lemire 2019, "Fast random integer generation in an
     interval"); here the words are drawn in bulk and mapped the same way. ``close()`` rewinds the
     generator and draws exactly the words used, so what is drawn after it is what the scalar calls
-    would have left. tests/bench/test_scenes.py checks both against scalar calls."""
+    would have left. ``rng`` must not be drawn from between the first ``integers`` and ``close()``
+    (``close()`` raises RuntimeError if it was: those draws would be lost). tests/bench/test_scenes.py
+    checks values and state against scalar calls."""
 
-    CHUNK = 8192  # words drawn at a time: a page takes 3 per text bar, 2,000-7,000 in all
+    CHUNK = 8192  # words drawn at a time; a page takes 3 per text bar (1,000-12,000), more are drawn when needed
 
     def __init__(self, rng: np.random.Generator):
         self.rng, self.start = rng, rng.bit_generator.state
+        self.after_bulk = self.start  # the state after the last bulk draw: close() checks nothing else drew
         self.words: list[int] = []
         self.used = 0
 
     def integers(self, lo: int, hi: int) -> int:
-        """One integer in [lo, hi), as ``int(rng.integers(lo, hi))``; needs 1 <= hi - lo < 2**32."""
+        """One integer in [lo, hi), as ``int(rng.integers(lo, hi))``. Raises ValueError unless
+        1 <= hi - lo <= 2**32 (numpy raises for an empty range and draws 64-bit words beyond)."""
         n, i = hi - lo, self.used
         if i < len(self.words) and n > 1:
             m = self.words[i] * n  # the high 32 bits of word * n are the value ...
@@ -157,6 +161,8 @@ class ScalarDraws:
 
     def _bounded(self, lo: int, n: int) -> int:
         """``integers`` in full: a range of one value draws nothing; a low part under the threshold redraws."""
+        if not 1 <= n <= 2**32:
+            raise ValueError(f"ScalarDraws.integers needs 1 <= hi - lo <= 2**32, got {n}")
         if n == 1:
             return lo
         m = self._word() * n
@@ -169,11 +175,15 @@ class ScalarDraws:
     def _word(self) -> int:
         if self.used == len(self.words):
             self.words += self.rng.integers(0, 2**32, size=self.CHUNK, dtype=np.uint32).tolist()
+            self.after_bulk = self.rng.bit_generator.state
         self.used += 1
         return self.words[self.used - 1]
 
     def close(self) -> None:
-        """Leave the generator as the scalar calls would: rewound, then exactly the words used drawn."""
+        """Leave the generator as the scalar calls would: rewound, then exactly the words used drawn.
+        Raises RuntimeError if something else drew from it meanwhile (its draws would be undone)."""
+        if self.rng.bit_generator.state != self.after_bulk:
+            raise RuntimeError("the generator was drawn from while ScalarDraws held it; those draws would be lost")
         self.rng.bit_generator.state = self.start
         self.rng.integers(0, 2**32, size=self.used, dtype=np.uint32)
 

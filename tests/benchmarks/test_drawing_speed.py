@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import typer
 
 from benchmarks.drawing_speed import compare, main, scene_sizes
@@ -47,6 +48,7 @@ def test_bad_counts_are_refused_before_any_work(tmp_path, pages, batches):
 
 def test_a_short_real_run_reports_identical_drawings_and_both_stages(tmp_path):
     out = tmp_path / "drawing.json"
+    threads = torch.get_num_threads()
     main(pages=3, batches=1, out=out)
     report = json.loads(out.read_text())
     for part in ("page", "noise_texture"):
@@ -54,3 +56,29 @@ def test_a_short_real_run_reports_identical_drawings_and_both_stages(tmp_path):
         assert report[part]["plain_ms"] > 0 and report[part]["fast_ms"] > 0
     assert report["seconds_per_batch"]["stage1"] > 0 and report["seconds_per_batch"]["stage2"] > 0
     assert report["stages"]["stage1"]["batch_size"] == 128 and report["stages"]["stage2"]["open_share"] == 0.5
+    assert torch.get_num_threads() == threads  # the benchmark times on one thread and gives the caller's back
+
+
+def test_an_out_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(typer.BadParameter, match="is a folder"):
+        main(pages=1, batches=1, out=tmp_path)
+
+
+def test_a_fast_drawing_a_pixel_apart_exits_1_and_times_no_batch(tmp_path, monkeypatch):
+    import spote.bench.scenes as scenes
+
+    real = scenes._page
+
+    def one_pixel_apart(rng, w, h):
+        page, d = real(rng, w, h)
+        page.putpixel((0, 0), (0, 0, 0))
+        return page, d
+
+    monkeypatch.setattr(scenes, "_page", one_pixel_apart)
+    out = tmp_path / "drawing.json"
+    with pytest.raises(typer.Exit) as exited:
+        main(pages=2, batches=1, out=out)
+    assert exited.value.exit_code == 1
+    report = json.loads(out.read_text())
+    assert report["page"]["identical"] is False and report["noise_texture"]["identical"] is True
+    assert "seconds_per_batch" not in report

@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 import typer
 
-from benchmarks.training_speed import (ROOT, SHIPPED, TRAIN_ENV, child_env, commit_of, export_tree, main,
+from benchmarks.training_speed import (ROOT, SHIPPED, TRAIN_ENV, child_env, commit_of, export_tree,
+                                       imported_from, main,
                                        same_weights, seconds_per_step)
 
 
@@ -107,7 +108,7 @@ def test_against_refuses_what_names_no_commit_and_settings_beside_it(tmp_path, a
     assert not (tmp_path / "x.json").exists()
 
 
-def test_export_tree_writes_the_commits_own_files(tmp_path):
+def test_export_tree_writes_the_commits_own_files_and_a_run_there_imports_them(tmp_path):
     import subprocess
 
     commit = commit_of("HEAD")
@@ -116,6 +117,9 @@ def test_export_tree_writes_the_commits_own_files(tmp_path):
     shown = subprocess.run(["git", "show", f"{commit}:training/train.py"], cwd=ROOT, capture_output=True, check=True)
     assert (tree / "training" / "train.py").read_bytes() == shown.stdout
     assert (tree / "spote" / "bench" / "scenes.py").is_file() and not (tree / ".git").exists()
+    assert imported_from(tree) == {name: str((tree / name).resolve()) for name in ("spote", "training")}
+    with pytest.raises(RuntimeError, match="would not import its own"):
+        imported_from(tmp_path)  # no spote or training there: the installed checkout's would be used
 
 
 def test_against_runs_both_trees_with_the_makefiles_train_env():
@@ -132,3 +136,6 @@ def test_a_commits_code_against_this_checkouts_trains_the_same_weights(tmp_path)
     head = commit_of("HEAD")
     assert report["code"] == {f"HEAD ({head[:7]})": head, "this checkout": "this checkout"}
     assert report["checkout"]["commit"] == head and all(v == TRAIN_ENV for v in report["settings"].values())
+    exported, own = report["imports"][f"HEAD ({head[:7]})"], report["imports"]["this checkout"]
+    assert own == {name: str(ROOT / name) for name in ("spote", "training")}
+    assert all(not p.startswith(str(ROOT)) and p.endswith(name) for name, p in exported.items())

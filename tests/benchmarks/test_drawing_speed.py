@@ -82,3 +82,23 @@ def test_a_fast_drawing_a_pixel_apart_exits_1_and_times_no_batch(tmp_path, monke
     report = json.loads(out.read_text())
     assert report["page"]["identical"] is False and report["noise_texture"]["identical"] is True
     assert "seconds_per_batch" not in report
+
+
+def test_the_timed_batches_are_make_train_opens():
+    """STAGE1 / STAGE2 copy make train-open's stream settings (TRAIN_OPEN, itself checked against the
+    Makefile) and training.train's batch size: they must agree."""
+    import inspect
+
+    from benchmarks.drawing_speed import STAGE1, STAGE2
+    from benchmarks.training_speed import TRAIN_OPEN
+    from training.train import train
+
+    def value(flag, n=1):
+        i = TRAIN_OPEN.index(flag)
+        return [float(v) for v in TRAIN_OPEN[i + 1:i + 1 + n]]
+
+    assert [STAGE1["open_share"]] == value("--stage1-open-share") and list(STAGE1["glyph_px"]) == value("--glyph-px", 2)
+    assert [STAGE1["start"]] == value("--stage1-start") and [STAGE2["open_share"]] == value("--open-share")
+    batch = inspect.signature(train).parameters["batch_size"].default
+    assert STAGE2["batch_size"] == batch and STAGE1["batch_size"] == 2 * batch  # pretrain_vision's is twice stage 2's
+    assert STAGE1["pool"] == min(256, 2 * STAGE1["batch_size"])  # as pretrain_vision sizes the pool

@@ -3,7 +3,7 @@
     python -m benchmarks.drawing_speed --pages 100 --batches 20 --out results/drawing-speed.json
 
 ``training.train`` draws its scenes in one DataLoader worker beside the two compute threads, so on
-two cores every second of drawing is taken from the compute. ``spote.bench.scenes`` draws a document
+two cores the drawing competes with the compute for the cores. ``spote.bench.scenes`` draws a document
 page's text bars from bulk random words a line at a time (``ScalarDraws``) and sums a noise
 texture per channel. The plain way, one ``ImageDraw.rectangle`` and one scalar ``rng.integers`` at a
 time and a broadcast sum, is kept here (``page_plain``, ``noise_texture_plain``) as the reference:

@@ -51,12 +51,11 @@ def page_plain(rng, w, h) -> Image.Image:
 
 
 def noise_texture_plain(rng, w, h, base, amp, grain) -> np.ndarray:
-    """``spote.bench.scenes._noise_texture`` summed the plain way: (h, w, 1) broadcast against (3,)."""
-    lw, lh = max(2, w // grain), max(2, h // grain)
-    low = rng.normal(0, 1, (lh, lw, 1)).astype(np.float32)
-    low_img = Image.fromarray(((low[..., 0] * 40) + 128).clip(0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
-    tex = (np.asarray(low_img, np.float32)[..., None] - 128) / 40 * amp
-    fine = rng.normal(0, amp * 0.35, (h, w, 1)).astype(np.float32)
+    """``spote.bench.scenes._noise_texture`` summed the plain way: (h, w, 1) broadcast against (3,)
+    (its layers, ``_texture_layers``, are the same either way)."""
+    from spote.bench.scenes import _texture_layers
+
+    tex, fine = _texture_layers(rng, w, h, amp, grain)
     return (np.asarray(base, np.float32)[None, None, :] + tex + fine).clip(0, 255)
 
 
@@ -70,14 +69,15 @@ def compare(plain, fast, sizes: list[tuple[int, int]], same) -> dict:
     """Milliseconds per call of ``plain(rng, w, h)`` and ``fast(rng, w, h)`` over ``sizes``, each from
     a generator seeded alike, alternating which goes first; ``identical``: ``same(a, b)`` held for every
     pair of outputs and both generators were left in the same state."""
-    spent = {"plain": 0.0, "fast": 0.0}
+    ways = {"plain": plain, "fast": fast}
+    spent = {name: 0.0 for name in ways}
     identical = True
     for i, (w, h) in enumerate(sizes):
         out = {}
-        rngs = {name: np.random.default_rng([i, w, h]) for name in spent}
+        rngs = {name: np.random.default_rng([i, w, h]) for name in ways}
         for name in (("plain", "fast") if i % 2 == 0 else ("fast", "plain")):
             t = time.perf_counter()
-            out[name] = (plain if name == "plain" else fast)(rngs[name], w, h)
+            out[name] = ways[name](rngs[name], w, h)
             spent[name] += time.perf_counter() - t
         identical = identical and same(out["plain"], out["fast"]) and \
             rngs["plain"].bit_generator.state == rngs["fast"].bit_generator.state

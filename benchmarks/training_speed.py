@@ -198,7 +198,8 @@ def main(steps: int = typer.Option(75, help="stage 1 and stage 2 steps per run (
         code = {name: ROOT for name in names}
         if commit:
             code[names[0]] = export_tree(commit, Path(tmp) / "against")
-        imports = {name: imported_from(code[name]) for name in names}
+        trees = {tree: imported_from(tree) for tree in set(code.values())}  # one check per tree, not per setting
+        imports = {name: trees[code[name]] for name in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:

@@ -91,13 +91,20 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _noise_texture(rng, w, h, base, amp, grain) -> np.ndarray:
-    """Smooth random texture: low-res noise upsampled, plus fine grain."""
+def _texture_layers(rng, w, h, amp, grain) -> tuple[np.ndarray, np.ndarray]:
+    """A noise texture's two (h, w, 1) float32 layers: low-res noise upsampled (``grain`` px cells) and
+    fine grain, both scaled by ``amp`` (grey levels)."""
     lw, lh = max(2, w // grain), max(2, h // grain)
     low = rng.normal(0, 1, (lh, lw, 1)).astype(np.float32)
     low_img = Image.fromarray(((low[..., 0] * 40) + 128).clip(0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
     tex = (np.asarray(low_img, np.float32)[..., None] - 128) / 40 * amp
     fine = rng.normal(0, amp * 0.35, (h, w, 1)).astype(np.float32)
+    return tex, fine
+
+
+def _noise_texture(rng, w, h, base, amp, grain) -> np.ndarray:
+    """Smooth random texture: low-res noise upsampled, plus fine grain, about ``base`` (RGB)."""
+    tex, fine = _texture_layers(rng, w, h, amp, grain)
     # (base + tex) + fine, per channel: the same float32 sums as broadcasting (h, w, 1) against (3,),
     # at half the cost (numpy's broadcast loop runs 3 elements at a time)
     out = np.stack([(c + tex[..., 0]) + fine[..., 0] for c in np.asarray(base, np.float32)], axis=-1)
@@ -188,6 +195,9 @@ class ScalarDraws:
         self.rng.integers(0, 2**32, size=self.used, dtype=np.uint32)
 
 
+_GREYS = [v for g in range(1, 256) for v in (g, g, g)]  # palette entries 1-255 of a page: grey g is (g, g, g)
+
+
 def _page(rng, w, h) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     """A page of small text: lines of short dark-gray bars with word gaps.
 
@@ -220,7 +230,7 @@ def _page(rng, w, h) -> tuple[Image.Image, ImageDraw.ImageDraw]:
         y += lh + draw(6, 14)
     draws.close()
     page = Image.frombytes("P", (w, h), grey.tobytes())  # index 0 the paper, index g the grey (g, g, g)
-    page.putpalette(paper + [v for g in range(1, 256) for v in (g, g, g)])
+    page.putpalette(paper + _GREYS)
     page = page.convert("RGB")
     return page, ImageDraw.Draw(page)
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import typer
 
-from benchmarks.training_speed import (ROOT, SHIPPED, TRAIN_ENV, child_env, commit_of, export_tree,
+from benchmarks.training_speed import (ROOT, SHIPPED, TRAIN_ENV, checkout_state, child_env, commit_of, export_tree,
                                        imported_from, main,
                                        same_weights, seconds_per_step)
 
@@ -101,15 +101,7 @@ def test_the_benchmark_trains_with_make_train_opens_settings():
                                                                 if k not in {"--eval-items", "--open-eval-items"}}
 
 
-def _in_git_checkout() -> bool:
-    import shutil
-    import subprocess
-
-    return shutil.which("git") is not None and subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
-                                                             capture_output=True).returncode == 0
-
-
-needs_git = pytest.mark.skipif(not _in_git_checkout(), reason="--against needs a git checkout (this is a source tree)")
+needs_git = pytest.mark.skipif(checkout_state()["commit"] is None, reason="--against needs a git checkout (this is a source tree)")
 
 
 @pytest.mark.parametrize("against, envs", [("no-such-commit-0000", ""), ("HEAD", '{"a": {}}')])

@@ -27,6 +27,11 @@ views (side over the page's short side, reward, share of the field held), then t
 teacher-forced on the whole image, on the best view and on a square of the page's short side centred on
 the field: per token p and entropy, and what each generates: why a view that holds nothing new wins.
 
+``whole-anchors`` reads each variant's fields on the whole image (SpotBench's question) and reports, per
+anchor threshold, how many places of the greedy answer fall below it and how many of those hold the
+right character: where the whole image is sure enough to give SPOT-E an anchor, and whether an anchor
+there would keep a right character or a wrong one.
+
 ``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
 (the documents job's default question file asks "what is the reference code ?") and reports each
 phrasing's exact match: whether a model trained on one phrasing answers another.
@@ -318,6 +323,54 @@ def answer_windows(model: str = typer.Option(None, help="default: the shipped sp
                       "variants": {v: answer_windows_table(adapter, [make_open_item(seed, split, i, variant=v)
                                                                      for i in range(n)]) for v in variant}}, indent=2))
 
+
+def whole_image_readings(adapter, items) -> list[dict]:
+    """The whole image's greedy answer on each item as SPOT-E's anchors see it: ``variant``, ``entropies``
+    (nats, one per answer token), ``hits`` (per token: the code's character at the same place; characters
+    compared as ``spote.bench.run.normalise_code`` does) and ``length_right`` (as many characters as the code)."""
+    from spote.bench.run import normalise_code
+
+    out = []
+    for it in items:
+        gen = adapter.generate([ViewRenderer(it.image, adapter.input_size).global_view], it.question)
+        gold = normalise_code(it.answer)
+        chars = [normalise_code(adapter.decode_answer([t])) for t in gen.token_ids]
+        out.append({"variant": it.meta["variant"], "entropies": list(gen.entropies),
+                    "hits": [i < len(gold) and c == gold[i] for i, c in enumerate(chars)],
+                    "length_right": len(normalise_code(gen.text)) == len(gold)})
+    return out
+
+
+def anchor_table(readings: list[dict], epsilons: list[float]) -> dict:
+    """Where the whole image would give anchors, over ``readings`` (``whole_image_readings``): ``n``, ``places``
+    (answer tokens in all), ``length_right`` (share), ``median_entropy`` and ``max_entropy`` over all places
+    (nats), and per threshold (nats, as a string): ``anchors`` (places below it), ``right`` (of those, the
+    places holding the code's character) and ``items`` (readings with at least one). At ``inf`` every place
+    counts, so ``right`` is the whole image's per-place character hits."""
+    ents = np.asarray([e for r in readings for e in r["entropies"]], float)
+    hits = np.asarray([h for r in readings for h in r["hits"]], bool)
+    by_eps = {str(eps): {"anchors": int((ents < eps).sum()), "right": int(((ents < eps) & hits).sum()),
+                         "items": sum(any(e < eps for e in r["entropies"]) for r in readings)} for eps in epsilons}
+    return {"n": len(readings), "places": len(ents),
+            "length_right": float(np.mean([r["length_right"] for r in readings])) if readings else None,
+            "median_entropy": float(np.median(ents)) if len(ents) else None,
+            "max_entropy": float(ents.max()) if len(ents) else None, "by_epsilon": by_eps}
+
+
+@app.command("whole-anchors")
+def whole_anchors(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 100, seed: int = 0,
+                  split: str = "val", epsilon: list[float] = typer.Option([0.1, 0.5, 1.0, 2.0, 3.0, float("inf")])):
+    """SpotBench's first ``n`` open items, all and per variant: where the whole image is sure, and right."""
+    from spote.bench.scenes import CODE_ALPHABET, open_items
+    from spote.loading import load_adapter
+
+    readings = whole_image_readings(load_adapter(model), list(open_items(split, n, seed)))
+    variants = {"all": readings}
+    for r in readings:
+        variants.setdefault(r["variant"], []).append(r)
+    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
+                      "uniform_entropy": float(np.log(len(CODE_ALPHABET))),
+                      "variants": {v: anchor_table(rs, epsilon) for v, rs in variants.items()}}, indent=2))
 
 if __name__ == "__main__":
     app()

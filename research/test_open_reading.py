@@ -5,6 +5,7 @@ import pytest
 from research.open_reading import (by_size_table, glyph_px, oracle_box, phrasing_exact_match, standout_table,
                                    teacher_forced_places, winning_views_report)
 from spote.bench.scenes import make_open_item
+from spote.spotlight import ViewRenderer
 from tests.conftest import random_adapter, random_tiny_dir  # noqa: F401 (fixtures: a random spote-tiny)
 
 
@@ -144,3 +145,35 @@ def test_winning_views_are_the_runs_best_rewards_and_each_place_reads_the_whole_
     # the best view read again scores its logged reward (with this adapter; boxes are logged at whole pixels, and
     # the shipped model's reading of a box moved by a fraction of a pixel can differ in the third decimal)
     assert rep["teacher_forced"]["best view"]["reward"] == pytest.approx(rewards[0], abs=1e-4)
+
+
+def test_anchor_table_counts_places_below_each_threshold_and_the_right_ones():
+    from research.open_reading import anchor_table
+
+    readings = [{"variant": "mixed", "entropies": [0.8, 2.5], "hits": [True, False], "length_right": False},
+                {"variant": "mixed", "entropies": [1.5, 3.55, 3.55], "hits": [False, False, True], "length_right": True},
+                {"variant": "small", "entropies": [], "hits": [], "length_right": False}]
+    t = anchor_table(readings, [1.0, 2.0, 3.0, float("inf")])
+    assert (t["n"], t["places"], t["length_right"]) == (3, 5, 1 / 3)
+    assert t["median_entropy"] == 2.5 and t["max_entropy"] == 3.55
+    assert t["by_epsilon"]["1.0"] == {"anchors": 1, "right": 1, "items": 1}
+    assert t["by_epsilon"]["2.0"] == {"anchors": 2, "right": 1, "items": 2}
+    assert t["by_epsilon"]["3.0"] == {"anchors": 3, "right": 1, "items": 2}
+    assert t["by_epsilon"]["inf"] == {"anchors": 5, "right": 2, "items": 2}  # an empty answer has no anchor
+    empty = anchor_table([], [1.0])
+    assert empty["places"] == 0 and empty["median_entropy"] is None and empty["by_epsilon"]["1.0"]["anchors"] == 0
+
+
+def test_whole_image_readings_mark_the_characters_the_whole_image_gets_right(shipped_adapter):
+    """Per-place hits agree with the answer's own text: all places right and the length right is exact match."""
+    from research.open_reading import whole_image_readings
+    from spote.bench.run import exact_match
+
+    items = [make_open_item(0, "val", i, variant=v) for i, v in enumerate(["large"] * 4 + ["small"] * 2)]
+    readings = whole_image_readings(shipped_adapter, items)
+    for it, r in zip(items, readings):
+        whole = shipped_adapter.generate([ViewRenderer(it.image, shipped_adapter.input_size).global_view], it.question)
+        assert len(r["entropies"]) == len(r["hits"]) == len(whole.token_ids)
+        assert (all(r["hits"]) and r["length_right"]) == exact_match(whole.text, it.answer)
+        assert r["variant"] == it.meta["variant"]
+    assert any(any(r["hits"]) for r in readings[:4])  # large glyphs: some read on the whole page

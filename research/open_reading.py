@@ -32,6 +32,11 @@ anchor threshold, how many places of the greedy answer fall below it and how man
 right character: where the whole image is sure enough to give SPOT-E an anchor, and whether an anchor
 there would keep a right character or a wrong one.
 
+``prefixed`` reads each field from the oracle's view (the whole page and the close-up) three ways: plainly;
+after the whole image's leading characters read below a threshold, given as the answer's start (the
+anchors kept by force); and, on mixed fields, after the code's true large characters: whether any way
+of keeping what the whole image read lets the model read a mixed code.
+
 ``phrasing`` reads the same fields from the oracle's view asked in SpotBench's words and in others
 (the documents job's default question file asks "what is the reference code ?") and reports each
 phrasing's exact match: whether a model trained on one phrasing answers another.
@@ -371,6 +376,61 @@ def whole_anchors(model: str = typer.Option(None, help="default: the shipped spo
     print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
                       "uniform_entropy": float(np.log(len(CODE_ALPHABET))),
                       "variants": {v: anchor_table(rs, epsilon) for v, rs in variants.items()}}, indent=2))
+
+def generate_after(adapter, views, question: str, start_ids: list[int], max_new_tokens: int = 12) -> str:
+    """The greedy answer on ``views`` when its first tokens are given (``start_ids``), as text, start included."""
+    import torch
+
+    tok = adapter.tokenizer
+    text = adapter.prompt_text(len(views), question) + (tok.decode(start_ids) if start_ids else "")
+    batch = adapter.encode([views], [text])
+    with torch.inference_mode():
+        out = adapter.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, batch["input_ids"].shape[1]:].tolist()
+    if tok.eos_token_id in new:
+        new = new[:new.index(tok.eos_token_id)]
+    return adapter.decode_answer(list(start_ids) + new)
+
+
+def prefixed_table(adapter, items, epsilons: list[float]) -> dict:
+    """Per variant, codes read exactly from the oracle's view (``mode`` zoom+context): ``plain``; ``start<eps``,
+    after the whole image's leading answer tokens whose entropy is below ``eps`` nats; and, for mixed
+    fields, ``true_large_start``, after the code's large (whole-view legible) characters. Each: [read, items]."""
+    from spote.bench.run import exact_match, normalise_code
+
+    counts: dict = {}
+
+    def add(variant, key, hit):
+        c = counts.setdefault(variant, {}).setdefault(key, [0, 0])
+        c[0] += int(hit)
+        c[1] += 1
+
+    for it in items:
+        r = ViewRenderer(it.image, adapter.input_size)
+        whole = adapter.generate([r.global_view], it.question)
+        views = r.render(oracle_box(it, adapter.input_size), "zoom+context")
+        v = it.meta["variant"]
+        add(v, "plain", exact_match(generate_after(adapter, views, it.question, []), it.answer))
+        for eps in epsilons:
+            k = next((i for i, h in enumerate(whole.entropies) if h >= eps), len(whole.entropies))
+            add(v, f"start<{eps}", exact_match(generate_after(adapter, views, it.question, whole.token_ids[:k]), it.answer))
+        if v == "mixed":
+            large = normalise_code(it.answer)[:sum(it.meta["legible_whole"])]
+            ids = adapter.tokenizer(large, add_special_tokens=False)["input_ids"]  # spelled as the model spells it
+            add(v, "true_large_start", exact_match(generate_after(adapter, views, it.question, ids), it.answer))
+    return counts
+
+
+@app.command("prefixed")
+def prefixed(model: str = typer.Option(None, help="default: the shipped spote-tiny"), n: int = 100, seed: int = 0,
+             split: str = "val", epsilon: list[float] = typer.Option([1.0, 2.0, 3.0])):
+    """SpotBench's first ``n`` open items: the oracle's view read plainly, or after the whole image's sure start."""
+    from spote.bench.scenes import open_items
+    from spote.loading import load_adapter
+
+    print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
+                      "variants": prefixed_table(load_adapter(model), list(open_items(split, n, seed)), epsilon)},
+                     indent=2))
 
 if __name__ == "__main__":
     app()

@@ -177,3 +177,29 @@ def test_whole_image_readings_mark_the_characters_the_whole_image_gets_right(shi
         assert (all(r["hits"]) and r["length_right"]) == exact_match(whole.text, it.answer)
         assert r["variant"] == it.meta["variant"]
     assert any(any(r["hits"]) for r in readings[:4])  # large glyphs: some read on the whole page
+
+
+def test_generate_after_the_greedy_answers_own_start_gives_the_same_answer(shipped_adapter):
+    """Given the first tokens greedy decoding chose, decoding goes on as it did: the start survives being
+    written into the prompt and read back (codes spelled "T", "##T", ...)."""
+    from research.open_reading import generate_after, oracle_box
+
+    for i in range(4):
+        it = make_open_item(0, "val", i)
+        views = ViewRenderer(it.image, shipped_adapter.input_size).render(oracle_box(it, shipped_adapter.input_size),
+                                                                          "zoom+context")
+        plain = shipped_adapter.generate(views, it.question)
+        assert generate_after(shipped_adapter, views, it.question, []) == plain.text
+        for k in range(1, len(plain.token_ids) + 1):
+            assert generate_after(shipped_adapter, views, it.question, plain.token_ids[:k]) == plain.text
+
+
+def test_prefixed_table_counts_every_item_once_per_way(shipped_adapter):
+    from research.open_reading import prefixed_table
+
+    items = [make_open_item(0, "val", i, variant=v) for i, v in enumerate(["mixed", "mixed", "small"])]
+    t = prefixed_table(shipped_adapter, items, [1.0, 100.0])
+    assert set(t) == {"mixed", "small"}
+    assert {k: n for k, (_, n) in t["mixed"].items()} == {"plain": 2, "start<1.0": 2, "start<100.0": 2, "true_large_start": 2}
+    assert {k: n for k, (_, n) in t["small"].items()} == {"plain": 1, "start<1.0": 1, "start<100.0": 1}
+    assert all(0 <= hit <= n for v in t.values() for hit, n in v.values())

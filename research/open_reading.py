@@ -330,9 +330,12 @@ def answer_windows(model: str = typer.Option(None, help="default: the shipped sp
 
 
 def whole_image_readings(adapter, items) -> list[dict]:
-    """The whole image's greedy answer on each item as SPOT-E's anchors see it: ``variant``, ``entropies``
-    (nats, one per answer token), ``hits`` (per token: the code's character at the same place; characters
-    compared as ``spote.bench.run.normalise_code`` does) and ``length_right`` (as many characters as the code)."""
+    """The whole image's greedy answer on each item, place by place: ``variant``, ``entropies`` (nats, one per
+    answer token, as ``spote.core.find_anchors`` reads them), ``hits`` (per token: the code's character at the
+    same place, characters compared as ``spote.bench.run.normalise_code`` does; a place is a token, which
+    holds one character with tokenizers that spell codes, as spote-tiny's does) and ``length_right`` (as many
+    characters as the code). An empty answer has no places here; SPOT-E anchors its end step instead
+    (``spote.core.Reader.baseline``), which no code character can match."""
     from spote.bench.run import normalise_code
 
     out = []
@@ -348,18 +351,25 @@ def whole_image_readings(adapter, items) -> list[dict]:
 
 def anchor_table(readings: list[dict], epsilons: list[float]) -> dict:
     """Where the whole image would give anchors, over ``readings`` (``whole_image_readings``): ``n``, ``places``
-    (answer tokens in all), ``length_right`` (share), ``median_entropy`` and ``max_entropy`` over all places
-    (nats), and per threshold (nats, as a string): ``anchors`` (places below it), ``right`` (of those, the
-    places holding the code's character) and ``items`` (readings with at least one). At ``inf`` every place
-    counts, so ``right`` is the whole image's per-place character hits."""
+    (answer tokens in all), ``length_right`` (share), ``min_entropy``, ``median_entropy`` and ``max_entropy``
+    over all places (nats; None without places), and per threshold (nats, as a string): ``anchors`` (places
+    below it, ``spote.bench.run.anchor_positions``), ``right`` (of those, the places holding the code's
+    character) and ``items`` (readings with at least one). At ``inf`` every place counts, so ``right`` is
+    the whole image's per-place character hits."""
+    from spote.bench.run import anchor_positions
+
     ents = np.asarray([e for r in readings for e in r["entropies"]], float)
-    hits = np.asarray([h for r in readings for h in r["hits"]], bool)
-    by_eps = {str(eps): {"anchors": int((ents < eps).sum()), "right": int(((ents < eps) & hits).sum()),
-                         "items": sum(any(e < eps for e in r["entropies"]) for r in readings)} for eps in epsilons}
+    by_eps = {}
+    for eps in epsilons:
+        anchored = [anchor_positions(r["entropies"], eps) for r in readings]
+        by_eps[str(eps)] = {"anchors": sum(map(len, anchored)),
+                            "right": sum(r["hits"][i] for r, pos in zip(readings, anchored) for i in pos),
+                            "items": sum(bool(pos) for pos in anchored)}
+    stats = {k: (float(f(ents)) if len(ents) else None) for k, f in
+             (("min_entropy", np.min), ("median_entropy", np.median), ("max_entropy", np.max))}
     return {"n": len(readings), "places": len(ents),
             "length_right": float(np.mean([r["length_right"] for r in readings])) if readings else None,
-            "median_entropy": float(np.median(ents)) if len(ents) else None,
-            "max_entropy": float(ents.max()) if len(ents) else None, "by_epsilon": by_eps}
+            **stats, "by_epsilon": by_eps}
 
 
 @app.command("whole-anchors")
@@ -377,13 +387,27 @@ def whole_anchors(model: str = typer.Option(None, help="default: the shipped spo
                       "uniform_entropy": float(np.log(len(CODE_ALPHABET))),
                       "variants": {v: anchor_table(rs, epsilon) for v, rs in variants.items()}}, indent=2))
 
+
 def generate_after(adapter, views, question: str, start_ids: list[int], max_new_tokens: int = 12) -> str:
-    """The greedy answer on ``views`` when its first tokens are given (``start_ids``), as text, start included."""
+    """The greedy answer on ``views`` (a local adapter's model) when its first tokens are ``start_ids``, as
+    text, the start included. The start goes in as token ids after the prompt, not as text, so that a
+    continuation token ("##T") stays what it is; ``max_new_tokens`` counts after it.
+
+    Raises:
+        ValueError: the processor returns other per-token inputs than ``input_ids`` and ``attention_mask``
+            (the start could not be appended to them), or ``encode``'s "question too long".
+    """
     import torch
 
     tok = adapter.tokenizer
-    text = adapter.prompt_text(len(views), question) + (tok.decode(start_ids) if start_ids else "")
-    batch = adapter.encode([views], [text])
+    batch = adapter.encode([views], [adapter.prompt_text(len(views), question)])
+    if start_ids:
+        per_token = [k for k, v in batch.items() if torch.is_tensor(v) and v.shape == batch["input_ids"].shape]
+        if sorted(per_token) != ["attention_mask", "input_ids"]:
+            raise ValueError(f"cannot append an answer's start to the per-token inputs {sorted(per_token)}")
+        start = torch.tensor([start_ids], dtype=batch["input_ids"].dtype)
+        batch["input_ids"] = torch.cat([batch["input_ids"], start], 1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(start)], 1)
     with torch.inference_mode():
         out = adapter.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, batch["input_ids"].shape[1]:].tolist()
@@ -392,32 +416,39 @@ def generate_after(adapter, views, question: str, start_ids: list[int], max_new_
     return adapter.decode_answer(list(start_ids) + new)
 
 
+def leading_run(flags) -> int:
+    """How many of ``flags`` are true before the first false one."""
+    return next((i for i, f in enumerate(flags) if not f), len(flags))
+
+
 def prefixed_table(adapter, items, epsilons: list[float]) -> dict:
     """Per variant, codes read exactly from the oracle's view (``mode`` zoom+context): ``plain``; ``start<eps``,
-    after the whole image's leading answer tokens whose entropy is below ``eps`` nats; and, for mixed
-    fields, ``true_large_start``, after the code's large (whole-view legible) characters. Each: [read, items]."""
+    after the whole image's leading answer tokens whose entropy is below ``eps`` nats (the plain read where
+    the first is not); and, for mixed fields, ``true_large_start``, after the code's leading large (whole-view
+    legible) characters. Each: [read, items, items given a start]."""
     from spote.bench.run import exact_match, normalise_code
 
     counts: dict = {}
 
-    def add(variant, key, hit):
-        c = counts.setdefault(variant, {}).setdefault(key, [0, 0])
-        c[0] += int(hit)
-        c[1] += 1
+    def add(variant, key, hit, started):
+        c = counts.setdefault(variant, {}).setdefault(key, [0, 0, 0])
+        c[0], c[1], c[2] = c[0] + int(hit), c[1] + 1, c[2] + int(started)
 
     for it in items:
         r = ViewRenderer(it.image, adapter.input_size)
         whole = adapter.generate([r.global_view], it.question)
         views = r.render(oracle_box(it, adapter.input_size), "zoom+context")
         v = it.meta["variant"]
-        add(v, "plain", exact_match(generate_after(adapter, views, it.question, []), it.answer))
+        add(v, "plain", exact_match(generate_after(adapter, views, it.question, []), it.answer), False)
         for eps in epsilons:
-            k = next((i for i, h in enumerate(whole.entropies) if h >= eps), len(whole.entropies))
-            add(v, f"start<{eps}", exact_match(generate_after(adapter, views, it.question, whole.token_ids[:k]), it.answer))
+            k = leading_run([h < eps for h in whole.entropies])
+            add(v, f"start<{eps}", exact_match(generate_after(adapter, views, it.question, whole.token_ids[:k]),
+                                               it.answer), k > 0)
         if v == "mixed":
-            large = normalise_code(it.answer)[:sum(it.meta["legible_whole"])]
+            large = normalise_code(it.answer)[:leading_run(it.meta["legible_whole"])]
             ids = adapter.tokenizer(large, add_special_tokens=False)["input_ids"]  # spelled as the model spells it
-            add(v, "true_large_start", exact_match(generate_after(adapter, views, it.question, ids), it.answer))
+            add(v, "true_large_start", exact_match(generate_after(adapter, views, it.question, ids), it.answer),
+                bool(ids))
     return counts
 
 
@@ -431,6 +462,7 @@ def prefixed(model: str = typer.Option(None, help="default: the shipped spote-ti
     print(json.dumps({"model": model or "spote-tiny", "split": split, "seed": seed, "n": n,
                       "variants": prefixed_table(load_adapter(model), list(open_items(split, n, seed)), epsilon)},
                      indent=2))
+
 
 if __name__ == "__main__":
     app()

@@ -152,14 +152,15 @@ def test_anchor_table_counts_places_below_each_threshold_and_the_right_ones():
 
     readings = [{"variant": "mixed", "entropies": [0.8, 2.5], "hits": [True, False], "length_right": False},
                 {"variant": "mixed", "entropies": [1.5, 3.55, 3.55], "hits": [False, False, True], "length_right": True},
-                {"variant": "small", "entropies": [], "hits": [], "length_right": False}]
+                {"variant": "small", "entropies": [], "hits": [], "length_right": False},
+                {"variant": "large", "entropies": [1.0], "hits": [True], "length_right": True}]
     t = anchor_table(readings, [1.0, 2.0, 3.0, float("inf")])
-    assert (t["n"], t["places"], t["length_right"]) == (3, 5, 1 / 3)
-    assert t["median_entropy"] == 2.5 and t["max_entropy"] == 3.55
-    assert t["by_epsilon"]["1.0"] == {"anchors": 1, "right": 1, "items": 1}
-    assert t["by_epsilon"]["2.0"] == {"anchors": 2, "right": 1, "items": 2}
-    assert t["by_epsilon"]["3.0"] == {"anchors": 3, "right": 1, "items": 2}
-    assert t["by_epsilon"]["inf"] == {"anchors": 5, "right": 2, "items": 2}  # an empty answer has no anchor
+    assert (t["n"], t["places"], t["length_right"]) == (4, 6, 0.5)
+    assert (t["min_entropy"], t["median_entropy"], t["max_entropy"]) == (0.8, 2.0, 3.55)
+    assert t["by_epsilon"]["1.0"] == {"anchors": 1, "right": 1, "items": 1}  # below, as find_anchors: 1.0 is not
+    assert t["by_epsilon"]["2.0"] == {"anchors": 3, "right": 2, "items": 3}
+    assert t["by_epsilon"]["3.0"] == {"anchors": 4, "right": 2, "items": 3}
+    assert t["by_epsilon"]["inf"] == {"anchors": 6, "right": 3, "items": 3}  # an empty answer has no place
     empty = anchor_table([], [1.0])
     assert empty["places"] == 0 and empty["median_entropy"] is None and empty["by_epsilon"]["1.0"]["anchors"] == 0
 
@@ -198,8 +199,33 @@ def test_prefixed_table_counts_every_item_once_per_way(shipped_adapter):
     from research.open_reading import prefixed_table
 
     items = [make_open_item(0, "val", i, variant=v) for i, v in enumerate(["mixed", "mixed", "small"])]
-    t = prefixed_table(shipped_adapter, items, [1.0, 100.0])
+    t = prefixed_table(shipped_adapter, items, [0.0, 100.0])
     assert set(t) == {"mixed", "small"}
-    assert {k: n for k, (_, n) in t["mixed"].items()} == {"plain": 2, "start<1.0": 2, "start<100.0": 2, "true_large_start": 2}
-    assert {k: n for k, (_, n) in t["small"].items()} == {"plain": 1, "start<1.0": 1, "start<100.0": 1}
-    assert all(0 <= hit <= n for v in t.values() for hit, n in v.values())
+    assert {k: n for k, (_, n, _) in t["mixed"].items()} == {"plain": 2, "start<0.0": 2, "start<100.0": 2,
+                                                             "true_large_start": 2}
+    assert {k: n for k, (_, n, _) in t["small"].items()} == {"plain": 1, "start<0.0": 1, "start<100.0": 1}
+    for v in t.values():
+        assert v["start<0.0"] == [v["plain"][0], v["plain"][1], 0]  # no start: the plain read
+        assert v["start<100.0"][2] == v["start<100.0"][1]           # every item started (the whole answer)
+    assert t["mixed"]["true_large_start"][2] == 2
+
+
+def test_prefixed_table_starts_from_the_whole_answer_and_the_true_large_characters(shipped_adapter, monkeypatch):
+    import research.open_reading as orr
+    from spote.bench.run import normalise_code
+
+    item = make_open_item(0, "val", 0, variant="mixed")
+    seen = []
+    real = orr.generate_after
+    monkeypatch.setattr(orr, "generate_after", lambda a, v, q, ids, **kw: seen.append(list(ids)) or real(a, v, q, ids, **kw))
+    orr.prefixed_table(shipped_adapter, [item], [100.0])
+    whole = shipped_adapter.generate([ViewRenderer(item.image, shipped_adapter.input_size).global_view], item.question)
+    large = normalise_code(item.answer)[:orr.leading_run(item.meta["legible_whole"])]
+    assert large and seen[0] == [] and seen[1] == whole.token_ids
+    assert shipped_adapter.decode_answer(seen[2]) == large
+
+
+def test_leading_run_counts_until_the_first_false():
+    from research.open_reading import leading_run
+
+    assert [leading_run(f) for f in ([], [False], [True, True], [True, False, True])] == [0, 0, 2, 1]

@@ -380,6 +380,8 @@ class RunLease:
                 now = self._read()
                 if now is None:  # released: that driver finished or gave up
                     break
+                if now.get("unreadable"):  # damaged since: no sign of a live holder, keep watching
+                    continue
                 if (now.get("token"), now.get("beat")) != (seen.get("token"), seen.get("beat")):
                     raise RunInUse(f"{what} is being written by another driver ({self._holder(now)}); "
                                    "wait for it to finish, or use another --run-id")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 
 import fsspec
 
@@ -51,9 +52,10 @@ def join(uri: str, *parts: str) -> str:
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    """A whole file in one request (s3fs's ``cat_file`` is one GET; ``open`` would HEAD first and
+    then fail its ETag check when the object is rewritten in between). Raises FileNotFoundError."""
     fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return fs.cat_file(path)
 
 
 def content_hash(data: bytes) -> str:
@@ -90,12 +92,27 @@ def write_bytes(uri: str, data: bytes, storage_options=None) -> None:
 
 
 def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
+    """Write a whole file. A reader sees the old bytes or the new ones, never a part: an object
+    store's PUT is atomic; on a local disk the bytes go to a hidden file in the same folder that
+    ``os.replace`` then puts in place (one rename on one file system)."""
     fs, p = filesystem(uri, storage_options)
     parent = p.rsplit("/", 1)[0]
-    if getattr(fs, "auto_mkdir", None) is not None or "file" in str(fs.protocol):
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(p, "wb") as f:
-        f.write(data)
+    if not is_local(fs):
+        if getattr(fs, "auto_mkdir", None) is not None:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(p, "wb") as f:
+            f.write(data)
+        return
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(p)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -71,6 +72,21 @@ def test_a_damaged_lease_is_waited_out_like_a_dead_one(lease_uri, content):
     try:
         assert time.monotonic() - t0 >= FAST["stale_s"]
         assert "is not a lease record" in said[0] and "taking the run over" in said[-1]
+        assert _record(lease_uri)["token"] == lease.token
+    finally:
+        lease.release()
+
+
+def test_a_lease_damaged_while_watched_is_not_taken_for_a_live_holder(lease_uri):
+    dead = {"token": "dead", "beat": 7, "host": "node-3", "pid": 4242}
+    write_text(lease_uri, json.dumps(dead))
+    damage = threading.Timer(0.2, write_bytes, (lease_uri, b"{\"token\": \"de"))   # a part-written record
+    damage.start()
+    said = []
+    lease = RunLease(lease_uri, log=said.append, **FAST).acquire("run night")
+    try:
+        damage.join()
+        assert "taking the run over" in said[-1]
         assert _record(lease_uri)["token"] == lease.token
     finally:
         lease.release()

@@ -124,7 +124,10 @@ class LocalCluster:
         return env
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        """Rewrite the record whole: ``stop`` in another process reads the old one or the new one."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "LocalCluster":

@@ -59,17 +59,31 @@ def _fingerprint(info: dict) -> dict:
 
 
 def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: Path = CACHE_DIR) -> Path:
-    """Copy a remote checkpoint folder to the cache once; re-copy files whose size/ETag changed."""
+    """Copy a remote checkpoint folder to the cache once; re-copy files whose size/ETag changed.
+
+    Actors on one machine that load the same checkpoint at once share one copy: the first takes a
+    file lock on the cache folder (``filelock``, as the hub cache does) and copies, the others wait
+    for it and then find every file up to date. The lock goes with a process that dies.
+
+    Returns the local folder. Raises FileNotFoundError (nothing under ``uri``) and IOError (a copied
+    file's size differs from the store's).
+    """
     import fsspec
+    from filelock import FileLock
 
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    local = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
-    manifest_path = local / ".spote-manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     found = fs.find(root, detail=True)
     if not found:
         raise FileNotFoundError(f"no checkpoint files under {uri}")
+    local = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local.mkdir(parents=True, exist_ok=True)
+    with FileLock(local / ".spote-fetch.lock"):
+        return _fetch_into(fs, root, found, local)
+
+
+def _fetch_into(fs, root: str, found: dict, local: Path) -> Path:
+    manifest_path = local / ".spote-manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for path, info in found.items():
         rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else Path(path).name
         target = local / rel
@@ -84,7 +98,9 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
             raise IOError(f"integrity check failed for {path}: got {tmp.stat().st_size} bytes, expected {want['size']}")
         tmp.replace(target)
         manifest[rel] = want
-        manifest_path.write_text(json.dumps(manifest, indent=1))
+        manifest_tmp = manifest_path.with_suffix(".part")
+        manifest_tmp.write_text(json.dumps(manifest, indent=1))
+        manifest_tmp.replace(manifest_path)  # a crash mid-write leaves the previous manifest, not half of one
     return local
 
 

@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from spote.loading import DEFAULT_MODEL, ModelNotFound, check_model, load_adapter, resolve
+from spote.loading import DEFAULT_MODEL, ModelNotFound, check_model, fetch_checkpoint, load_adapter, resolve
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
@@ -168,3 +169,51 @@ def test_pipeline_by_hub_id(hub_cache, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "_runs" / "hub" / "summary.json").read_text())
     assert summary["items_ok"] == 2 and summary["model"] == f"{REPO}@v1"
+
+
+def _upload_shipped(s3) -> str:
+    root = f"spote/models/tiny-{time.time_ns()}"
+    for f in DEFAULT_MODEL.iterdir():
+        s3.pipe_file(f"{root}/{f.name}", f.read_bytes())
+    return f"s3://{root}"
+
+
+def _s3_options(s3_server) -> dict:
+    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
+
+
+def test_a_remote_checkpoint_is_copied_once_and_again_when_it_changes(s3, s3_server, tmp_path):
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    for f in DEFAULT_MODEL.iterdir():
+        assert (local / f.name).read_bytes() == f.read_bytes()
+    s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": true}')           # changed at the source
+    (local / "tokenizer.json").write_bytes(b"{")                            # truncated in the cache
+    assert fetch_checkpoint(uri, opts, cache_dir=tmp_path) == local
+    assert (local / "config.json").read_bytes() == b'{"changed": true}'
+    assert (local / "tokenizer.json").read_bytes() == (DEFAULT_MODEL / "tokenizer.json").read_bytes()
+
+
+def test_actors_fetching_one_checkpoint_at_once_all_get_it_whole(s3, s3_server, tmp_path):
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    code = ("import json, sys; from pathlib import Path; from spote.loading import fetch_checkpoint; "
+            "print(fetch_checkpoint(sys.argv[1], json.loads(sys.argv[2]), cache_dir=Path(sys.argv[3])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, json.dumps(opts), str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outs]
+    local = Path(outs[0][0].strip())
+    assert {Path(out.strip()) for out, _ in outs} == {local}
+    for f in DEFAULT_MODEL.iterdir():
+        assert (local / f.name).read_bytes() == f.read_bytes()
+    assert json.loads((local / ".spote-manifest.json").read_text()).keys() == {f.name for f in DEFAULT_MODEL.iterdir()}
+
+
+def test_a_remote_checkpoint_that_is_not_there_is_one_line(s3, s3_server, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint files under"):
+        fetch_checkpoint(f"s3://spote/models/absent-{time.time_ns()}", _s3_options(s3_server), cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())                            # nothing is left in the cache for it
+    with pytest.raises(ModelNotFound) as err:
+        resolve(f"s3://spote/models/absent-{time.time_ns()}", _s3_options(s3_server))
+    message = str(err.value)
+    assert "\n" not in message and "could not be fetched" in message and "no checkpoint files under" in message

@@ -162,3 +162,33 @@ def test_unrelated_ray_head_survives_local_cluster_start_and_stop(other_ray, tmp
     dead = [pid for pid, t in daemons.items() if not _alive(pid, t)]
     assert not dead, f"daemons {dead} of the unrelated Ray head were stopped"
     assert _runs_a_task(port), "the unrelated Ray head no longer runs tasks"
+
+
+def test_the_cluster_record_is_read_whole_while_it_is_rewritten(tmp_path):
+    """``start`` rewrites the record as each node comes up; a ``stop`` reading it then gets a whole one."""
+    import json
+    import threading
+
+    record = tmp_path / "cluster.json"
+    stop = threading.Event()
+
+    def rewrite():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            LocalCluster(nodes=[{"role": "worker", "pid": i, "start_time": i, "log": "x" * 200}
+                                for i in range(n % 50 + 1)]).save(record)
+
+    LocalCluster().save(record)
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    sizes = []
+    try:
+        for _ in range(2000):
+            sizes.append(len(LocalCluster.load(record).nodes))   # json.loads raises on a part-written record
+    finally:
+        stop.set()
+        writer.join()
+    assert len(set(sizes)) > 1                                     # the reads did overlap the rewrites
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.json"]
+    assert json.loads(record.read_text())["nodes"]

@@ -126,8 +126,11 @@ class LocalCluster:
     def save(self, path: Path) -> None:
         """Rewrite the record whole: ``stop`` in another process reads the old one or the new one."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(asdict(self)))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> "LocalCluster":

@@ -136,8 +136,14 @@ def _drop_meta_outputs(paths: RunPaths, storage_options=None) -> None:
     if not fs.exists(meta):
         return
     for entry in fs.ls(meta, detail=False):
-        if entry.rstrip("/").rsplit("/", 1)[-1] not in KEPT_META:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        # the lease is rewritten through a hidden temporary file beside it (storage.write_bytes)
+        if name in KEPT_META or any(name.startswith(f".{kept}.") for kept in KEPT_META):
+            continue
+        try:
             retrying(fs.rm, entry, recursive=True)
+        except FileNotFoundError:  # gone since the listing
+            pass
 
 
 def _drop_replaced(paths: RunPaths, storage_options=None) -> None:

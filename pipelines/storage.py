@@ -52,8 +52,10 @@ def join(uri: str, *parts: str) -> str:
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
-    """A whole file in one request (s3fs's ``cat_file`` is one GET; ``open`` would HEAD first and
-    then fail its ETag check when the object is rewritten in between). Raises FileNotFoundError."""
+    """A whole file. On S3 an object up to s3fs's block size (50 MiB) is one GET, so a small file
+    rewritten meanwhile (a run lease) reads as the old bytes or the new ones; ``open`` would send a
+    HEAD first and fail its ETag check instead. Larger objects come in ranged GETs. Raises
+    FileNotFoundError."""
     fs, path = filesystem(uri, storage_options)
     return fs.cat_file(path)
 
@@ -96,7 +98,7 @@ def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
     store's PUT is atomic; on a local disk the bytes go to a hidden file in the same folder that
     ``os.replace`` then puts in place (one rename on one file system)."""
     fs, p = filesystem(uri, storage_options)
-    parent = p.rsplit("/", 1)[0]
+    parent = p.rsplit("/", 1)[0] or "/"
     if not is_local(fs):
         if getattr(fs, "auto_mkdir", None) is not None:
             fs.makedirs(parent, exist_ok=True)

@@ -62,8 +62,9 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
     """Copy a remote checkpoint folder to the cache once; re-copy files whose size/ETag changed.
 
     Actors on one machine that load the same checkpoint at once share one copy: the first takes a
-    file lock on the cache folder (``filelock``, as the hub cache does) and copies, the others wait
-    for it and then find every file up to date. The lock goes with a process that dies.
+    file lock beside the cache folder (``<folder>.lock``, ``filelock``, as the hub cache does) and
+    copies, the others wait for it and then find every file up to date. The lock goes with a
+    process that dies.
 
     Returns the local folder. Raises FileNotFoundError (nothing under ``uri``) and IOError (a copied
     file's size differs from the store's).
@@ -72,12 +73,15 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
     from filelock import FileLock
 
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    found = fs.find(root, detail=True)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint files under {uri}")
     local = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
-    with FileLock(local / ".spote-fetch.lock"):
+    local.parent.mkdir(parents=True, exist_ok=True)
+    # listed under the lock: a process that waited compares the store as it is now with what the
+    # holder copied, not with a listing taken before the holder's copy
+    with FileLock(local.with_name(local.name + ".lock")):
+        found = fs.find(root, detail=True)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint files under {uri}")
+        local.mkdir(exist_ok=True)
         return _fetch_into(fs, root, found, local)
 
 

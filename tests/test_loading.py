@@ -212,8 +212,35 @@ def test_actors_fetching_one_checkpoint_at_once_all_get_it_whole(s3, s3_server, 
 def test_a_remote_checkpoint_that_is_not_there_is_one_line(s3, s3_server, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint files under"):
         fetch_checkpoint(f"s3://spote/models/absent-{time.time_ns()}", _s3_options(s3_server), cache_dir=tmp_path)
-    assert not list(tmp_path.iterdir())                            # nothing is left in the cache for it
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]       # no cache folder is made for it
     with pytest.raises(ModelNotFound) as err:
         resolve(f"s3://spote/models/absent-{time.time_ns()}", _s3_options(s3_server))
     message = str(err.value)
     assert "\n" not in message and "could not be fetched" in message and "no checkpoint files under" in message
+
+
+def test_a_fetch_that_waited_for_another_copies_the_store_as_it_is_then(s3, s3_server, tmp_path):
+    """The store is listed once the lock is held: a checkpoint changed while this process waited is
+    copied as it now is, its sizes checked against the new listing."""
+    from filelock import FileLock
+
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    code = ("import json, sys; from pathlib import Path; import filelock; from spote.loading import fetch_checkpoint\n"
+            "take = filelock.FileLock.acquire\n"
+            "def acquire(self, *a, **k):\n"
+            "    print('waiting', flush=True); return take(self, *a, **k)\n"
+            "filelock.FileLock.acquire = acquire\n"
+            "print(fetch_checkpoint(sys.argv[1], json.loads(sys.argv[2]), cache_dir=Path(sys.argv[3])))")
+    holder = FileLock(local.with_name(local.name + ".lock"))
+    holder.acquire()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, uri, json.dumps(opts), str(tmp_path)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "waiting"
+        s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": "while it waited"}')
+    finally:
+        holder.release()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-1000:]
+    assert (local / "config.json").read_bytes() == b'{"changed": "while it waited"}'

@@ -3,7 +3,6 @@
 import json
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -80,16 +79,39 @@ def test_a_damaged_lease_is_waited_out_like_a_dead_one(lease_uri, content):
 def test_a_lease_damaged_while_watched_is_not_taken_for_a_live_holder(lease_uri):
     dead = {"token": "dead", "beat": 7, "host": "node-3", "pid": 4242}
     write_text(lease_uri, json.dumps(dead))
-    damage = threading.Timer(0.2, write_bytes, (lease_uri, b"{\"token\": \"de"))   # a part-written record
-    damage.start()
     said = []
-    lease = RunLease(lease_uri, log=said.append, **FAST).acquire("run night")
+
+    def log(message):
+        said.append(message)
+        if "watching it" in message:                               # damaged once the watch has begun
+            write_bytes(lease_uri, b'{"token": "de')               # a part-written record
+
+    lease = RunLease(lease_uri, log=log, **FAST).acquire("run night")
     try:
-        damage.join()
-        assert "taking the run over" in said[-1]
+        assert "watching it" in said[0] and "taking the run over" in said[-1]
         assert _record(lease_uri)["token"] == lease.token
     finally:
         lease.release()
+
+
+def test_a_commit_beside_a_beating_lease_keeps_the_lease(tmp_path):
+    """A commit clears the run's folder while the lease beats there, through its temporary file."""
+    from pipelines.runs import RunPaths, _drop_meta_outputs
+    from pipelines.storage import join
+
+    paths = RunPaths(str(tmp_path), "night")
+    said = []
+    lease = RunLease(paths.lease, log=said.append, **{**FAST, "beat_s": 0.0005}).acquire()
+    try:
+        for i in range(300):
+            write_text(join(paths.meta, "summary.json"), json.dumps({"i": i}))
+            _drop_meta_outputs(paths)                                # raises if it races a beat
+            assert not os.path.exists(join(paths.meta, "summary.json"))
+        lease.check()
+        assert lease._beat > 10 and not [m for m in said if "could not renew" in m]
+    finally:
+        lease.release()
+    assert _record(paths.lease) is None
 
 
 def test_a_lease_path_that_is_a_folder_fails_at_once_naming_it(tmp_path, capsys):

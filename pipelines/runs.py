@@ -350,15 +350,19 @@ class RunLease:
     _thread: threading.Thread | None = None
 
     def _read(self) -> dict | None:
-        """The lease record, None when there is none; a file that is not a JSON object (caught half
-        written, or damaged) reads as an unreadable record that is waited out like any other."""
+        """The lease record, None when there is none; a file that is not a lease record (not JSON, or
+        JSON without a string ``token`` and an integer ``beat``: damaged, or written by hand) reads as
+        an unreadable record, waited out like a dead driver's and overwritten by a live one's beat."""
         try:
             record = json.loads(retrying(read_bytes, self.uri, self.storage_options))
         except FileNotFoundError:
             return None
         except ValueError:
             record = None
-        return record if isinstance(record, dict) else {"token": "?", "beat": -1, "unreadable": True}
+        if (isinstance(record, dict) and isinstance(record.get("token"), str)
+                and isinstance(record.get("beat"), int) and not isinstance(record.get("beat"), bool)):
+            return record
+        return {"token": "?", "beat": -1, "unreadable": True}
 
     def _write(self) -> None:
         record = {"token": self.token, "beat": self._beat, "host": socket.gethostname(), "pid": os.getpid(),

@@ -65,7 +65,8 @@ def test_a_dead_holders_lease_is_waited_out_then_taken_over(lease_uri):
         lease.release()
 
 
-@pytest.mark.parametrize("content", [b"[]", b"5", b"null", b"", b"\x00\xffnot json{"])
+@pytest.mark.parametrize("content", [b"[]", b"5", b"null", b"", b"\x00\xffnot json{", b"{}", b'{"token": 5, "beat": 1}',
+                                     b'{"token": "x"}', b'{"token": "x", "beat": true}'])
 def test_a_damaged_lease_is_waited_out_like_a_dead_one(lease_uri, content):
     write_bytes(lease_uri, content)
     said = []
@@ -131,6 +132,27 @@ def test_a_released_lease_lets_the_waiting_driver_in_at_once(lease_uri):
     lease = RunLease(lease_uri, log=lambda m: None, **{**FAST, "stale_s": 60.0}).acquire()
     assert _record(lease_uri)["token"] == lease.token
     lease.release()
+
+
+@pytest.mark.parametrize("content", [b"{}", b"not json", b'{"beat": 3}'])
+def test_a_live_holder_rewrites_a_lease_damaged_under_it_and_keeps_the_run(lease_uri, content):
+    lease = RunLease(lease_uri, log=lambda m: None, **FAST).acquire()
+    try:
+        write_bytes(lease_uri, content)                             # by hand, while the run goes on
+        deadline = time.monotonic() + 10
+        while (_record_or_none(lease_uri) or {}).get("token") != lease.token and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _record(lease_uri)["token"] == lease.token           # its next beat wrote it whole again
+        lease.check("run night")                                    # and the run may still commit
+    finally:
+        lease.release()
+
+
+def _record_or_none(uri: str) -> dict | None:
+    try:
+        return _record(uri)
+    except ValueError:
+        return None
 
 
 def test_a_driver_whose_lease_was_taken_over_must_not_commit(lease_uri):

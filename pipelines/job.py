@@ -627,11 +627,12 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         return _already_committed(job, opts, paths, so, after_commit, settings)
-    if plan.sources or read_plan_stats(paths, so) is not None:
-        init_ray(opts.num_actors)
-        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
+    # the lease first: a second driver of a run in progress is refused before it starts a Ray
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
     try:
+        if plan.sources or read_plan_stats(paths, so) is not None:
+            init_ray(opts.num_actors)
+            check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it
         committed_meanwhile = committed and not opts.force
         if not committed_meanwhile:
@@ -661,9 +662,10 @@ def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, af
     check_same_settings(paths.run_id, summary.get("settings"), settings, committed=True)
     print(f"[{job}] run {paths.run_id} is already committed; nothing to do ({paths.results})")
     fs, staging = filesystem(paths.staging, so)
-    if fs.exists(staging):  # an interrupted --force (or a commit killed in its last step) left it
-        print(f"[{job}] run {paths.run_id}: an unfinished re-run left {paths.staging}; the committed results "
-              "stand. --force redoes the run from scratch (and clears it)")
+    if fs.exists(staging):  # a --force re-run in progress, or one interrupted (or a commit killed in its last step)
+        print(f"[{job}] run {paths.run_id}: {paths.staging} holds a re-run's staging (one under way now, or one "
+              "that was interrupted); the committed results stand. If none is running, --force redoes the run "
+              "from scratch (and clears it)")
     if after_commit is not None:
         results = RunResults(paths.results, so, None)
         if results.has_rows():

@@ -30,6 +30,9 @@ def parse_storage_options(text: str | None) -> dict:
             extra = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"--storage-options is not valid JSON: {err}") from err
+        if not isinstance(extra, dict):
+            raise ValueError(f"--storage-options must be a JSON object of fsspec options, like "
+                             f'\'{{"anon": true}}\', not {type(extra).__name__}')
         if "endpoint_url" in extra:
             opts["endpoint_url"] = extra.pop("endpoint_url")
         opts.update(extra)

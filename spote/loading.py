@@ -5,7 +5,8 @@
 1. ``None`` or ``"spote-tiny"``: the shipped model (``spote/weights/spote-tiny``).
 2. A URI with a scheme (``s3://bucket/models/x``, ``gs://...``): a remote checkpoint folder, copied once
    into ``SPOTE_CACHE``; every file's size (and ETag where the store gives one) is recorded and re-checked,
-   so a changed or truncated copy is fetched again.
+   so a changed or truncated copy is fetched again, and a file the store no longer has is removed. The
+   same files are taken as from the hub (safetensors, configs, tokenizer, chat template), never pickles.
 3. An existing local folder (or ``file://`` path).
 4. A Hugging Face hub id (``Qwen/Qwen2.5-VL-3B-Instruct``), at ``revision`` (branch, tag or commit;
    default ``main``), through the standard hub cache (``HF_HOME`` / ``HF_HUB_CACHE``; with
@@ -58,53 +59,149 @@ def _fingerprint(info: dict) -> dict:
     return {"size": int(info.get("size") or 0), "etag": etag.strip('"') if isinstance(etag, str) else None}
 
 
-def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: Path = CACHE_DIR) -> Path:
-    """Copy a remote checkpoint folder to the cache once; re-copy files whose size/ETag changed.
+def list_checkpoint(uri: str, storage_options: dict | None = None,
+                    trust_remote_code: bool = False) -> tuple[object, str, dict[str, dict]]:
+    """The files of a remote checkpoint folder that loading it uses -> (fs, folder path, {relative path: info}).
 
-    Actors on one machine that load the same checkpoint at once share one copy: the first takes a
-    file lock beside the cache folder (``<folder>.lock``, ``filelock``, as the hub cache does) and
-    copies, the others wait for it and then find every file up to date. The lock goes with a
-    process that dies.
+    Kept as for a hub id: ``HUB_ALLOW`` less ``HUB_IGNORE`` (``huggingface_hub.utils.filter_repo_objects``),
+    ``*.py`` only with ``trust_remote_code``; a trailing ``/`` on ``uri`` names the same folder.
 
-    Returns the local folder. Raises FileNotFoundError (nothing under ``uri``) and IOError (a copied
-    file's size differs from the store's).
+    Raises:
+        FileNotFoundError: nothing under ``uri``; no ``config.json``; no safetensors weights.
+        NotADirectoryError: ``uri`` names a file, not a folder.
     """
     import fsspec
-    from filelock import FileLock
+    from huggingface_hub.utils import filter_repo_objects
 
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    local = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    local.parent.mkdir(parents=True, exist_ok=True)
-    # listed under the lock: a process that waited compares the store as it is now with what the
-    # holder copied, not with a listing taken before the holder's copy
-    with FileLock(local.with_name(local.name + ".lock")):
-        found = fs.find(root, detail=True)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint files under {uri}")
+    root = root.rstrip("/")
+    found = fs.find(root, detail=True)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint files under {uri}")
+    if root in found:
+        raise NotADirectoryError(f"{uri} is a file; name the checkpoint folder that holds it")
+    files = {path[len(root) + 1:]: info for path, info in found.items() if path.startswith(root + "/")}
+    allow = HUB_ALLOW + (["*.py"] if trust_remote_code else [])
+    kept = {rel: files[rel] for rel in filter_repo_objects(files, allow_patterns=allow, ignore_patterns=HUB_IGNORE)}
+    if "config.json" not in kept:
+        raise FileNotFoundError(f"no config.json under {uri}: not a saved transformers checkpoint")
+    if not any(rel.endswith(".safetensors") for rel in kept):
+        raise FileNotFoundError(f"no safetensors weights under {uri} (pickled .bin weights are never loaded)")
+    return fs, root, kept
+
+
+def check_safetensors_sizes(fs, root: str, files: dict[str, dict]) -> None:
+    """Each ``.safetensors`` file is as long as its header says, read with two small ranged reads.
+
+    The format (github.com/huggingface/safetensors, "Format"): 8 bytes, the header's length N as a
+    little-endian u64; N bytes of JSON giving each tensor's ``data_offsets`` [begin, end) into the
+    byte buffer that follows. A whole file is 8 + N + the largest ``end`` bytes long.
+
+    Raises:
+        OSError: a file that is cut short, padded, or whose header is not a safetensors header.
+    """
+    for rel, info in files.items():
+        if not rel.endswith(".safetensors"):
+            continue
+        path, size = f"{root}/{rel}", int(info.get("size") or 0)
+        try:
+            n = int.from_bytes(fs.cat_file(path, start=0, end=8), "little") if size >= 8 else -1
+            header = json.loads(fs.cat_file(path, start=8, end=8 + n)) if 0 < n <= size - 8 else None
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            header = None
+        if header is None:
+            raise OSError(f"{rel} is not a safetensors file ({size} bytes, no readable header)")
+        if size != 8 + n + end:
+            raise OSError(f"{rel} is {size} bytes but its header describes {8 + n + end}: cut short or damaged")
+
+
+def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: Path = CACHE_DIR,
+                     trust_remote_code: bool = False) -> Path:
+    """A local copy of a remote checkpoint folder, kept equal to the store: files are copied once,
+    copied again when their size or ETag changes, and removed when the store no longer has them.
+    Only the files ``list_checkpoint`` keeps are copied (never pickled weights).
+
+    Actors on one machine that load the same checkpoint at once share one copy: the first takes a
+    file lock beside the cache folder (``<folder>.lock``, ``filelock``, as the hub cache does), lists
+    the store and copies; the others wait, list the store as it is then, and find their copy up to
+    date. The lock goes with a process that dies. A cache on a read-only file system is used as it
+    is when its copy is up to date.
+
+    Returns the local folder. Raises what ``list_checkpoint`` raises, and OSError (a copied file's
+    size differs from the store's; a read-only cache whose copy is missing or out of date).
+    """
+    from filelock import FileLock
+
+    local = Path(cache_dir) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(local.with_name(local.name + ".lock"))
+        lock.acquire()
+    except OSError as err:  # a read-only cache (a pre-filled one mounted read-only, say)
+        fs, root, files = list_checkpoint(uri, storage_options, trust_remote_code)
+        if _up_to_date(local, files):
+            return local
+        raise OSError(f"the model cache {local} cannot be written ({_first_line(err)}) and holds no up-to-date "
+                      f"copy of {uri}; point SPOTE_CACHE at a writable folder") from None
+    try:
+        # listed under the lock: a process that waited compares the store as it is now with what the
+        # holder copied, not with a listing taken before the holder's copy
+        fs, root, files = list_checkpoint(uri, storage_options, trust_remote_code)
         local.mkdir(exist_ok=True)
-        return _fetch_into(fs, root, found, local)
+        return _mirror(fs, root, files, local)
+    finally:
+        lock.release()
 
 
-def _fetch_into(fs, root: str, found: dict, local: Path) -> Path:
-    manifest_path = local / ".spote-manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    for path, info in found.items():
-        rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else Path(path).name
-        target = local / rel
-        want = _fingerprint(info)
-        have = manifest.get(rel)
-        if target.exists() and have == want and target.stat().st_size == want["size"]:
+MANIFEST = ".spote-manifest.json"
+
+
+def _read_manifest(local: Path) -> dict:
+    try:
+        return json.loads((local / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _up_to_date(local: Path, files: dict[str, dict]) -> bool:
+    manifest = _read_manifest(local)
+    return all(manifest.get(rel) == _fingerprint(info) and (local / rel).is_file()
+               and (local / rel).stat().st_size == _fingerprint(info)["size"] for rel, info in files.items())
+
+
+def _mirror(fs, root: str, files: dict[str, dict], local: Path) -> Path:
+    manifest_path = local / MANIFEST
+    manifest = _read_manifest(local)
+
+    def save_manifest():
+        tmp = manifest_path.with_suffix(".part")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(manifest_path)  # a crash mid-write leaves the previous manifest, not half of one
+
+    for rel, info in files.items():
+        target, want = local / rel, _fingerprint(info)
+        if manifest.get(rel) == want and target.is_file() and target.stat().st_size == want["size"]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
-        fs.get(path, str(tmp))
-        if tmp.stat().st_size != want["size"]:
-            raise IOError(f"integrity check failed for {path}: got {tmp.stat().st_size} bytes, expected {want['size']}")
+        tmp = target.with_name(target.name + ".part")
+        fs.get(f"{root}/{rel}", str(tmp))
+        got = tmp.stat().st_size
+        if got != want["size"]:
+            tmp.unlink()
+            raise OSError(f"integrity check failed for {rel}: got {got} bytes, expected {want['size']}")
         tmp.replace(target)
         manifest[rel] = want
-        manifest_tmp = manifest_path.with_suffix(".part")
-        manifest_tmp.write_text(json.dumps(manifest, indent=1))
-        manifest_tmp.replace(manifest_path)  # a crash mid-write leaves the previous manifest, not half of one
+        save_manifest()
+    # what the store no longer has (a re-sharded checkpoint's old single file, a dropped template)
+    # must not be loaded beside what it has now
+    gone = [p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() not in files
+            and p.name != MANIFEST]
+    for p in gone:
+        p.unlink()
+    if set(manifest) - set(files):
+        manifest = {rel: fp for rel, fp in manifest.items() if rel in files}
+        save_manifest()
     return local
 
 
@@ -213,7 +310,7 @@ def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None 
         if revision:
             raise ValueError(f"--revision applies to hub ids only, not to {s}")
         try:
-            return fetch_checkpoint(s, storage_options)
+            return fetch_checkpoint(s, storage_options, trust_remote_code=trust_remote_code)
         except Exception as err:  # missing, no credentials, unreachable store: all mean "cannot load this model"
             raise ModelNotFound(f"model {s!r} could not be fetched: {_first_line(err)}") from None
     p = Path(s.removeprefix("file://")).expanduser()
@@ -234,22 +331,19 @@ def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None 
 
 def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None) -> None:
     """Fail fast where a job starts: the model can be found, checked without fetching its weights
-    (a remote folder is listed, a hub id's ``config.json`` alone is fetched into the cache).
+    (a remote folder is listed and its safetensors headers read, a hub id's ``config.json`` alone is
+    fetched into the cache).
 
     Raises:
         ModelNotFound, ValueError: as ``resolve``.
     """
     s = "" if path_or_uri is None else str(path_or_uri)
     if _is_remote(s) and not revision:
-        import fsspec
-
         try:
-            fs, root = fsspec.core.url_to_fs(s, **(storage_options or {}))
-            found = fs.find(root)
-        except Exception as err:  # missing bucket, no credentials, unreachable store
-            raise ModelNotFound(f"model {s!r} could not be listed: {_first_line(err)}") from None
-        if not found:
-            raise ModelNotFound(f"model {s!r} not found: no checkpoint files under it")
+            fs, root, files = list_checkpoint(s, storage_options)
+            check_safetensors_sizes(fs, root, files)
+        except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
+            raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err)}") from None
         return
     local = Path(s.removeprefix("file://")).expanduser()
     if _is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file://") or not is_hub_id(s):

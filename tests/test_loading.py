@@ -178,6 +178,19 @@ def _upload_shipped(s3) -> str:
     return f"s3://{root}"
 
 
+# what loading the shipped model needs of its folder (its model card and training log are not copied)
+NEEDED = {"config.json", "generation_config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
+          "tokenizer_config.json", "chat_template.jinja", "training_report.json"}
+
+
+def _copied(local: Path) -> set[str]:
+    """The files of a local copy, each checked byte for byte against the shipped folder."""
+    names = {p.name for p in local.iterdir() if p.name != ".spote-manifest.json"}
+    for name in names:
+        assert (local / name).read_bytes() == (DEFAULT_MODEL / name).read_bytes(), name
+    return names
+
+
 def _s3_options(s3_server) -> dict:
     return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
 
@@ -185,8 +198,7 @@ def _s3_options(s3_server) -> dict:
 def test_a_remote_checkpoint_is_copied_once_and_again_when_it_changes(s3, s3_server, tmp_path):
     uri, opts = _upload_shipped(s3), _s3_options(s3_server)
     local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
-    for f in DEFAULT_MODEL.iterdir():
-        assert (local / f.name).read_bytes() == f.read_bytes()
+    assert _copied(local) == NEEDED
     s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": true}')           # changed at the source
     (local / "tokenizer.json").write_bytes(b"{")                            # truncated in the cache
     assert fetch_checkpoint(uri, opts, cache_dir=tmp_path) == local
@@ -204,9 +216,8 @@ def test_actors_fetching_one_checkpoint_at_once_all_get_it_whole(s3, s3_server, 
     assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outs]
     local = Path(outs[0][0].strip())
     assert {Path(out.strip()) for out, _ in outs} == {local}
-    for f in DEFAULT_MODEL.iterdir():
-        assert (local / f.name).read_bytes() == f.read_bytes()
-    assert json.loads((local / ".spote-manifest.json").read_text()).keys() == {f.name for f in DEFAULT_MODEL.iterdir()}
+    assert _copied(local) == NEEDED
+    assert json.loads((local / ".spote-manifest.json").read_text()).keys() == NEEDED
 
 
 def test_a_remote_checkpoint_that_is_not_there_is_one_line(s3, s3_server, tmp_path):
@@ -244,3 +255,91 @@ def test_a_fetch_that_waited_for_another_copies_the_store_as_it_is_then(s3, s3_s
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-1000:]
     assert (local / "config.json").read_bytes() == b'{"changed": "while it waited"}'
+
+
+def test_a_file_the_store_no_longer_has_is_removed_from_the_copy(s3, s3_server, tmp_path):
+    """A checkpoint re-saved in shards: the old single weights file must not be loaded beside them."""
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    weights = (DEFAULT_MODEL / "model.safetensors").read_bytes()
+    s3.rm_file(f"{uri[5:]}/model.safetensors")
+    s3.rm_file(f"{uri[5:]}/chat_template.jinja")
+    s3.pipe_file(f"{uri[5:]}/model-00001-of-00001.safetensors", weights)
+    s3.pipe_file(f"{uri[5:]}/model.safetensors.index.json", b'{"weight_map": {}}')
+    assert fetch_checkpoint(uri, opts, cache_dir=tmp_path) == local
+    names = {p.name for p in local.iterdir()} - {".spote-manifest.json"}
+    assert names == NEEDED - {"model.safetensors", "chat_template.jinja"} | {"model-00001-of-00001.safetensors",
+                                                                             "model.safetensors.index.json"}
+    assert json.loads((local / ".spote-manifest.json").read_text()).keys() == names
+
+
+def test_a_trailing_slash_names_the_same_copy(s3, s3_server, tmp_path):
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    assert fetch_checkpoint(uri + "/", opts, cache_dir=tmp_path) == fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+
+
+def _store(s3, files: dict[str, bytes]) -> str:
+    root = f"spote/models/made-{time.time_ns()}"
+    for name, data in files.items():
+        s3.pipe_file(f"{root}/{name}", data)
+    return f"s3://{root}"
+
+
+def _shipped(*names: str) -> dict[str, bytes]:
+    return {n: (DEFAULT_MODEL / n).read_bytes() for n in names}
+
+
+@pytest.mark.parametrize("files, suffix, expected", [
+    ({**_shipped("config.json", "tokenizer.json"), "pytorch_model.bin": b"pickle"}, "",
+     "no safetensors weights under"),
+    (_shipped("model.safetensors", "tokenizer.json"), "", "no config.json under"),
+    (_shipped("config.json", "model.safetensors"), "/config.json", "is a file; name the checkpoint folder"),
+])
+def test_a_remote_folder_that_is_not_a_checkpoint_is_one_line_before_any_copy(s3, s3_server, tmp_path, files,
+                                                                               suffix, expected):
+    uri, opts = _store(s3, files) + suffix, _s3_options(s3_server)
+    with pytest.raises(OSError, match=expected):
+        fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() or p.suffix == ".part"]   # nothing copied
+    with pytest.raises(ModelNotFound) as err:
+        check_model(uri, opts)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pickled_weights_beside_safetensors_are_never_copied(s3, s3_server, tmp_path):
+    uri = _store(s3, {**_shipped(*NEEDED), "pytorch_model.bin": b"pickle", "extra.pt": b"pickle"})
+    local = fetch_checkpoint(uri, _s3_options(s3_server), cache_dir=tmp_path)
+    assert _copied(local) == NEEDED
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda w: w[:-100], "cut short or damaged"),
+    (lambda w: w + b"\0" * 8, "cut short or damaged"),
+    (lambda w: b"\xff" * 8 + w[8:], "not a safetensors file"),
+    (lambda w: w[:5], "not a safetensors file"),
+])
+def test_damaged_remote_weights_fail_the_start_up_check(s3, s3_server, change, expected):
+    weights = change((DEFAULT_MODEL / "model.safetensors").read_bytes())
+    uri = _store(s3, {**_shipped(*(NEEDED - {"model.safetensors"})), "model.safetensors": weights})
+    with pytest.raises(ModelNotFound, match=expected):
+        check_model(uri, _s3_options(s3_server))
+    check_model(_upload_shipped(s3), _s3_options(s3_server))      # the whole file passes
+
+
+def test_a_read_only_cache_is_used_when_its_copy_is_up_to_date(s3, s3_server, tmp_path):
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    cache, mount = tmp_path / "cache", tmp_path / "ro"
+    local = fetch_checkpoint(uri, opts, cache_dir=cache)
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(cache), str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount a read-only folder here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        assert fetch_checkpoint(uri, opts, cache_dir=mount) == mount / local.name
+        s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": true}')
+        with pytest.raises(OSError, match="cannot be written .* holds no up-to-date copy"):
+            fetch_checkpoint(uri, opts, cache_dir=mount)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -54,3 +54,21 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
 def test_a_write_makes_the_missing_folders(tmp_path):
     write_bytes(str(tmp_path / "a" / "b" / "c.json"), b"{}")
     assert (tmp_path / "a" / "b" / "c.json").read_bytes() == b"{}"
+
+
+@pytest.mark.parametrize("text, expected", [("5", "not int"), ('["x"]', "not list"), ("null", "not NoneType"),
+                                            ("{anon: true}", "not valid JSON")])
+def test_storage_options_that_are_not_a_json_object_are_one_clear_error(text, expected):
+    from pipelines.storage import parse_storage_options
+
+    with pytest.raises(ValueError, match=expected) as err:
+        parse_storage_options(text)
+    assert "--storage-options" in str(err.value)
+
+
+def test_storage_options_merge_over_the_endpoint_in_the_environment(monkeypatch):
+    from pipelines.storage import parse_storage_options
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert parse_storage_options('{"anon": true}') == {"anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    assert parse_storage_options('{"endpoint_url": "http://h:1"}') == {"client_kwargs": {"endpoint_url": "http://h:1"}}

@@ -197,7 +197,7 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
     again = run_job("vqa", opts, [dict(r) for r in rows])                 # a plain re-run: still committed
     assert again["items_in"] == len(rows)
     said = capsys.readouterr().out
-    assert "already committed" in said and "an unfinished re-run left" in said
+    assert "already committed" in said and "holds a re-run's staging" in said
     redone = run_job("vqa", forced, [dict(r) for r in rows])              # --force again: redone from scratch
     assert redone["items_resumed"] == 0 and sorted(_results(out, "kept")["id"]) == sorted(r["id"] for r in rows)
     assert not Path(paths.staging).exists()

@@ -75,6 +75,7 @@ def list_checkpoint(uri: str, storage_options: dict | None = None,
 
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     root = root.rstrip("/")
+    fs.invalidate_cache(root)  # s3fs keeps listings per instance; the store may have changed since
     found = fs.find(root, detail=True)
     if not found:
         raise FileNotFoundError(f"no checkpoint files under {uri}")
@@ -85,9 +86,20 @@ def list_checkpoint(uri: str, storage_options: dict | None = None,
     kept = {rel: files[rel] for rel in filter_repo_objects(files, allow_patterns=allow, ignore_patterns=HUB_IGNORE)}
     if "config.json" not in kept:
         raise FileNotFoundError(f"no config.json under {uri}: not a saved transformers checkpoint")
-    if not any(rel.endswith(".safetensors") for rel in kept):
+    if not any(rel.endswith(".safetensors") and "/" not in rel for rel in kept):  # transformers looks at the top
         raise FileNotFoundError(f"no safetensors weights under {uri} (pickled .bin weights are never loaded)")
+    if "model.safetensors.index.json" in kept:
+        try:
+            shards = set(json.loads(fs.cat_file(f"{root}/model.safetensors.index.json"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise FileNotFoundError(f"model.safetensors.index.json under {uri} has no readable weight_map") from None
+        if missing := sorted(str(x) for x in shards - set(kept)):
+            raise FileNotFoundError(f"model.safetensors.index.json under {uri} names shards it does not hold: "
+                                    f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
     return fs, root, kept
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the safetensors library refuses longer headers
 
 
 def check_safetensors_sizes(fs, root: str, files: dict[str, dict]) -> None:
@@ -106,8 +118,12 @@ def check_safetensors_sizes(fs, root: str, files: dict[str, dict]) -> None:
         path, size = f"{root}/{rel}", int(info.get("size") or 0)
         try:
             n = int.from_bytes(fs.cat_file(path, start=0, end=8), "little") if size >= 8 else -1
-            header = json.loads(fs.cat_file(path, start=8, end=8 + n)) if 0 < n <= size - 8 else None
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            fits = 0 < n <= min(size - 8, SAFETENSORS_MAX_HEADER)
+            header = json.loads(fs.cat_file(path, start=8, end=8 + n)) if fits else None
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            if not all(type(e) is int for e in ends):
+                raise TypeError("data_offsets are not integers")
+            end = max(ends, default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             header = None
         if header is None:
@@ -131,9 +147,12 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
     Returns the local folder. Raises what ``list_checkpoint`` raises, and OSError (a copied file's
     size differs from the store's; a read-only cache whose copy is missing or out of date).
     """
+    import fsspec
     from filelock import FileLock
 
-    local = Path(cache_dir) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    # keyed by the folder as fsspec names it: s3://m/x, s3://m/x/ and the like share one copy
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    local = Path(cache_dir) / hashlib.sha256(fs.unstrip_protocol(root.rstrip("/")).encode()).hexdigest()[:16]
     try:
         local.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(local.with_name(local.name + ".lock"))
@@ -165,9 +184,12 @@ def _read_manifest(local: Path) -> dict:
 
 
 def _up_to_date(local: Path, files: dict[str, dict]) -> bool:
+    """The copy holds exactly the store's files, each of the recorded size and ETag."""
     manifest = _read_manifest(local)
-    return all(manifest.get(rel) == _fingerprint(info) and (local / rel).is_file()
-               and (local / rel).stat().st_size == _fingerprint(info)["size"] for rel, info in files.items())
+    held = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()} - {MANIFEST}
+    return set(manifest) == held == set(files) and all(
+        manifest[rel] == _fingerprint(info) and (local / rel).stat().st_size == _fingerprint(info)["size"]
+        for rel, info in files.items())
 
 
 def _mirror(fs, root: str, files: dict[str, dict], local: Path) -> Path:
@@ -199,6 +221,9 @@ def _mirror(fs, root: str, files: dict[str, dict], local: Path) -> Path:
             and p.name != MANIFEST]
     for p in gone:
         p.unlink()
+    for folder in sorted((p for p in local.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
     if set(manifest) - set(files):
         manifest = {rel: fp for rel, fp in manifest.items() if rel in files}
         save_manifest()

@@ -338,8 +338,44 @@ def test_a_read_only_cache_is_used_when_its_copy_is_up_to_date(s3, s3_server, tm
         if subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
             pytest.skip("cannot remount read-only here")
         assert fetch_checkpoint(uri, opts, cache_dir=mount) == mount / local.name
+        s3.rm_file(f"{uri[5:]}/chat_template.jinja")                # the copy now holds a file the store has not
+        with pytest.raises(OSError, match="cannot be written .* holds no up-to-date copy"):
+            fetch_checkpoint(uri, opts, cache_dir=mount)
+        fetch_checkpoint(uri, opts, cache_dir=cache)                 # brought up to date where it can be written
+        assert fetch_checkpoint(uri, opts, cache_dir=mount) == mount / local.name
         s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": true}')
         with pytest.raises(OSError, match="cannot be written .* holds no up-to-date copy"):
             fetch_checkpoint(uri, opts, cache_dir=mount)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_nested_file_the_store_drops_goes_with_its_empty_folder(s3, s3_server, tmp_path):
+    uri, opts = _store(s3, {**_shipped(*NEEDED), "sub/nested/extra.json": b"{}"}), _s3_options(s3_server)
+    local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    assert (local / "sub" / "nested" / "extra.json").read_bytes() == b"{}"
+    assert "sub/nested/extra.json" in json.loads((local / ".spote-manifest.json").read_text())
+    s3.rm_file(f"{uri[5:]}/sub/nested/extra.json")
+    fetch_checkpoint(uri, opts, cache_dir=tmp_path)
+    assert not (local / "sub").exists()
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({**_shipped("config.json"), "sub/model.safetensors": (DEFAULT_MODEL / "model.safetensors").read_bytes()},
+     "no safetensors weights under"),
+    ({**_shipped("config.json"), "model-00001-of-00002.safetensors": (DEFAULT_MODEL / "model.safetensors").read_bytes(),
+      "model.safetensors.index.json": json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                                 "b": "model-00002-of-00002.safetensors"}}).encode()},
+     "names shards it does not hold: model-00002-of-00002.safetensors"),
+    ({**_shipped("config.json", "model.safetensors"), "model.safetensors.index.json": b"[]"}, "no readable weight_map"),
+])
+def test_weights_transformers_could_not_load_fail_the_start_up_check(s3, s3_server, files, expected):
+    with pytest.raises(ModelNotFound, match=expected):
+        check_model(_store(s3, files), _s3_options(s3_server))
+
+
+def test_a_safetensors_header_with_offsets_that_are_not_integers_is_not_safetensors(s3, s3_server):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, "4"]}}).encode()
+    weights = len(header).to_bytes(8, "little") + header + b"\0" * 4
+    with pytest.raises(ModelNotFound, match="not a safetensors file"):
+        check_model(_store(s3, {**_shipped("config.json"), "model.safetensors": weights}), _s3_options(s3_server))

@@ -218,13 +218,14 @@ def test_a_forced_commit_replaces_the_committed_rows_only_at_the_commit(run_path
     reset_staging(run_paths)                                        # what --force does first
     write_bytes(run_paths.staged + "/new-0.parquet", b"new rows")
     write_text(run_paths.staged_meta + "/report.html", "new report")  # written before the commit, in staging
-    write_text(run_paths.lease, "{}")                               # the forced run's driver holds the lease
+    write_text(run_paths.lease, json.dumps({"token": "forced", "beat": 0}))  # the forced run's driver holds the lease
     recover_interrupted_commit(run_paths)                           # the next start while it runs: rows stay
     assert _parts(run_paths.results) == {"/old-0.parquet": b"old rows"} and is_committed(run_paths)
     assert _outputs(run_paths)["/report.html"] == b"old report"     # the old rows keep their own report
     commit(run_paths, {"items_in": 1})
     assert _parts(run_paths.results) == {"/new-0.parquet": b"new rows"} and is_committed(run_paths)
-    assert _outputs(run_paths) == {"/report.html": b"new report", "/lease.json": b"{}"}  # no old scene file
+    assert _outputs(run_paths) == {"/report.html": b"new report",                  # no old scene file
+                                   "/lease.json": json.dumps({"token": "forced", "beat": 0}).encode()}
     assert not _exists(run_paths.staging)
 
 

@@ -627,15 +627,14 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         return _already_committed(job, opts, paths, so, after_commit, settings)
-    # the lease first: a second driver of a run in progress is refused before it starts a Ray
+    if plan.sources or read_plan_stats(paths, so) is not None:
+        init_ray(opts.num_actors)
+        check_resources(opts)  # before any work, the lease too: a request the cluster cannot hold would wait forever
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
     try:
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it
         committed_meanwhile = committed and not opts.force
         if not committed_meanwhile:
-            if plan.sources or read_plan_stats(paths, so) is not None:
-                init_ray(opts.num_actors)
-                check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
             if opts.force:  # a fresh staging area; the committed rows stay until the new commit
                 recover_interrupted_commit(paths, so)  # a commit killed half way: its rows out of results/ first
                 reset_staging(paths, so)

@@ -183,13 +183,18 @@ def _read_manifest(local: Path) -> dict:
         return {}
 
 
+def _is_current(local: Path, manifest: dict, rel: str, info: dict) -> bool:
+    """The copy of ``rel`` was recorded with the store's size and ETag, and still has that size."""
+    want, target = _fingerprint(info), local / rel
+    return manifest.get(rel) == want and target.is_file() and target.stat().st_size == want["size"]
+
+
 def _up_to_date(local: Path, files: dict[str, dict]) -> bool:
     """The copy holds exactly the store's files, each of the recorded size and ETag."""
     manifest = _read_manifest(local)
     held = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()} - {MANIFEST}
     return set(manifest) == held == set(files) and all(
-        manifest[rel] == _fingerprint(info) and (local / rel).stat().st_size == _fingerprint(info)["size"]
-        for rel, info in files.items())
+        _is_current(local, manifest, rel, info) for rel, info in files.items())
 
 
 def _mirror(fs, root: str, files: dict[str, dict], local: Path) -> Path:
@@ -202,9 +207,9 @@ def _mirror(fs, root: str, files: dict[str, dict], local: Path) -> Path:
         tmp.replace(manifest_path)  # a crash mid-write leaves the previous manifest, not half of one
 
     for rel, info in files.items():
-        target, want = local / rel, _fingerprint(info)
-        if manifest.get(rel) == want and target.is_file() and target.stat().st_size == want["size"]:
+        if _is_current(local, manifest, rel, info):
             continue
+        target, want = local / rel, _fingerprint(info)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
         fs.get(f"{root}/{rel}", str(tmp))

@@ -4,7 +4,6 @@ S3 API (moto's server over HTTP on 127.0.0.1)."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -41,18 +40,14 @@ def shipped_adapter():
     return load_adapter(None, device="cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_server():
     """The S3 endpoint itself, so a test can take it down and bring it back (state stays in-process)."""
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    from cluster.local import free_port
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
     server.start()
     yield server
     server.stop()

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cluster.local import free_port
 from openai_server import launch
 from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, topk_entropy)
 from spote.bench.scenes import make_open_item, spotbench
@@ -33,12 +33,6 @@ ROOT = Path(__file__).parents[2]
 SHIPPED = ROOT / "spote" / "weights" / "spote-tiny"
 KEY_ENV, KEY = "SPOTE_TEST_ENDPOINT_KEY", "sk-spote-test-7d1f0c9b2e4a"
 INPUT = 64  # spote-tiny's input size: views rendered at it reach the model unresampled on both sides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +186,7 @@ def test_failures_are_one_line_naming_the_endpoint_never_the_key(server, key):
 def test_server_down_gives_an_error_row(key):
     from pipelines.stages import SpotePredictor
 
-    url = f"http://127.0.0.1:{_free_port()}/v1"   # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/v1"   # nothing listens there
     predictor = SpotePredictor(model="spote-tiny", endpoint=url, policy={"budget": 4},
                                endpoint_options={"api_key_env": KEY_ENV, "max_retries": 1, "timeout_s": 5})
     image = Image.new("RGB", (80, 60), (10, 120, 10))
@@ -219,7 +213,7 @@ def test_cli_ask_through_the_endpoint(server, tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in item.choices
     assert KEY not in res.stdout + res.stderr
 
-    down = f"http://127.0.0.1:{_free_port()}/v1"
+    down = f"http://127.0.0.1:{free_port()}/v1"
     res = _cli(["-m", "spote.cli", "ask", str(tmp_path / "x.png"), item.question, "--endpoint", down, *common,
                 "--endpoint-options", json.dumps({"view_size": INPUT, "max_retries": 0})], {KEY_ENV: KEY})
     lines = res.stderr.strip().splitlines()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -20,3 +22,12 @@ def ray_local(s3_server):
 @pytest.fixture(scope="session")
 def fast_policy():
     return '{"budget": 4, "group_size": 2, "steps": 1}'
+
+
+@pytest.fixture(params=["local", "s3"])
+def lease_uri(request, tmp_path):
+    """Where a run's lease would be: in a folder, and on S3 (a fresh prefix per test)."""
+    if request.param == "local":
+        return str(tmp_path / "_runs" / "r" / "lease.json")
+    request.getfixturevalue("s3")
+    return f"s3://spote/lease-{request.node.name.replace('[', '-').rstrip(']')}-{time.time_ns()}/lease.json"

@@ -13,14 +13,6 @@ from pipelines.storage import read_bytes, retrying, write_bytes, write_text
 FAST = {"beat_s": 0.1, "stale_s": 1.0, "settle_s": 0.05, "poll_s": 0.05}
 
 
-@pytest.fixture(params=["local", "s3"])
-def lease_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "_runs" / "r" / "lease.json")
-    request.getfixturevalue("s3")
-    return f"s3://spote/lease-{request.node.name.replace('[', '-').rstrip(']')}-{time.time_ns()}/lease.json"
-
-
 def _record(uri: str) -> dict | None:
     try:
         return json.loads(retrying(read_bytes, uri))  # a read racing a beat can fail its ETag check

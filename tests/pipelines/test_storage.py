@@ -3,22 +3,14 @@
 import json
 import os
 import threading
-import time
 
 import pytest
 
 from pipelines.storage import read_bytes, retrying, write_bytes, write_text
 
 
-@pytest.fixture(params=["local", "s3"])
-def uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "_runs" / "r" / "lease.json")
-    request.getfixturevalue("s3")
-    return f"s3://spote/storage-{time.time_ns()}/lease.json"
-
-
-def test_a_file_rewritten_while_read_is_always_read_whole(uri):
+def test_a_file_rewritten_while_read_is_always_read_whole(lease_uri):
+    uri = lease_uri
     write_text(uri, json.dumps({"beat": 0, "pad": "x" * 4000}))
     stop = threading.Event()
 

@@ -26,9 +26,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -118,22 +116,15 @@ def read_ledger(output: str, so=None) -> pa.Table:
 
 
 def write_ledger(output: str, table: pa.Table, so=None) -> None:
-    """Replace the ledger in one step: a rename on a local disk, one object put on a store."""
+    """Replace the ledger in one step (``storage.write_bytes``: a rename on a local disk, one object put
+    on a store)."""
     import io
 
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
     pq.write_table(table.cast(LEDGER_SCHEMA), buf)
-    uri = join(output, LEDGER)
-    fs, path = filesystem(uri, so)
-    if "file" in str(fs.protocol) or "local" in str(fs.protocol):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        Path(tmp).write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    else:
-        write_bytes(uri, buf.getvalue(), so)
+    write_bytes(join(output, LEDGER), buf.getvalue(), so)
 
 
 def page_count(uri: str, so=None, data: bytes | None = None) -> int:

@@ -627,10 +627,13 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
         return _already_committed(job, opts, paths, so, after_commit, settings)
+    # a live driver of this run refuses this one here, before Ray starts; the lease is taken only after the
+    # resource check, so a job refused for resources writes nothing under its output
+    lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).wait_out(f"run {run_id}")
     if plan.sources or read_plan_stats(paths, so) is not None:
         init_ray(opts.num_actors)
-        check_resources(opts)  # before any work, the lease too: a request the cluster cannot hold would wait forever
-    lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).acquire(f"run {run_id}")
+        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
+    lease.acquire(f"run {run_id}")
     try:
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it
         committed_meanwhile = committed and not opts.force

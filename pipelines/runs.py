@@ -346,6 +346,7 @@ class RunLease:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     lost: bool = False
     _beat: int = 0
+    _waited_out: tuple | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -376,27 +377,43 @@ class RunLease:
         job = f", Ray job {record['ray_job_id']}" if record.get("ray_job_id") else ""
         return f"pid {record.get('pid', '?')} on {record.get('host', '?')}{job}"
 
-    def acquire(self, what: str = "this run") -> "RunLease":
-        """Wait out an earlier holder's lease, take it, start beating. Raises ``RunInUse``."""
+    def wait_out(self, what: str = "this run") -> "RunLease":
+        """Watch an earlier holder's lease, writing nothing: raises ``RunInUse`` as soon as a live
+        driver renews it; returns once there is none or it has stayed still for ``stale_s`` seconds.
+        A job calls this before it starts Ray, so a second driver of a live run is refused within one
+        beat; ``acquire`` then takes a lease still as it was here without watching it again."""
         seen = self._read()
-        if seen is not None:
-            found = (f"{self.uri} is not a lease record" if seen.get("unreadable")
-                     else f"found the lease of a driver that wrote it ({self._holder(seen)})")
-            self.log(f"{what}: {found}; watching it for up to {self.stale_s:.0f} s: a live driver renews it, "
-                     "a dead one's goes still")
-            since = time.monotonic()
-            while time.monotonic() - since < self.stale_s:
-                time.sleep(self.poll_s)
-                now = self._read()
-                if now is None:  # released: that driver finished or gave up
-                    break
-                if now.get("unreadable"):  # damaged since: no sign of a live holder, keep watching
-                    continue
-                if (now.get("token"), now.get("beat")) != (seen.get("token"), seen.get("beat")):
-                    raise RunInUse(f"{what} is being written by another driver ({self._holder(now)}); "
-                                   "wait for it to finish, or use another --run-id")
-            else:
-                self.log(f"{what}: the lease stayed still for {self.stale_s:.0f} s; taking the run over")
+        self._waited_out = None
+        if seen is not None and self._watch(seen, what):
+            self._waited_out = (seen.get("token"), seen.get("beat"))
+        return self
+
+    def _watch(self, seen: dict, what: str) -> bool:
+        """Watch ``seen`` for up to ``stale_s``: True if it stayed still, False if it was released."""
+        found = (f"{self.uri} is not a lease record" if seen.get("unreadable")
+                 else f"found the lease of a driver that wrote it ({self._holder(seen)})")
+        self.log(f"{what}: {found}; watching it for up to {self.stale_s:.0f} s: a live driver renews it, "
+                 "a dead one's goes still")
+        since = time.monotonic()
+        while time.monotonic() - since < self.stale_s:
+            time.sleep(self.poll_s)
+            now = self._read()
+            if now is None:  # released: that driver finished or gave up
+                return False
+            if now.get("unreadable"):  # damaged since: no sign of a live holder, keep watching
+                continue
+            if (now.get("token"), now.get("beat")) != (seen.get("token"), seen.get("beat")):
+                raise RunInUse(f"{what} is being written by another driver ({self._holder(now)}); "
+                               "wait for it to finish, or use another --run-id")
+        self.log(f"{what}: the lease stayed still for {self.stale_s:.0f} s; taking the run over")
+        return True
+
+    def acquire(self, what: str = "this run") -> "RunLease":
+        """Wait out an earlier holder's lease (unless ``wait_out`` already saw this one go still), take
+        it, start beating. Raises ``RunInUse``."""
+        seen = self._read()
+        if seen is not None and (seen.get("token"), seen.get("beat")) != self._waited_out:
+            self._watch(seen, what)
         self._write()
         time.sleep(self.settle_s)
         now = self._read()

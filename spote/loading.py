@@ -325,12 +325,26 @@ def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool
 
 def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None = None,
             revision: str | None = None, trust_remote_code: bool = False) -> Path:
-    """The local folder of a model named as ``load_adapter`` takes it (resolution order: module docstring).
+    """The local folder of a model named as ``load_adapter`` takes it (resolution order: module
+    docstring), its top-level safetensors files checked against their headers.
 
     Raises:
-        ModelNotFound: nothing found; the one-line message names the folder, hub id and cache tried.
+        ModelNotFound: nothing found (the one-line message names the folder, hub id and cache tried), or
+            weights cut short or damaged.
         ValueError: ``revision`` given for something other than a hub id.
     """
+    import fsspec
+
+    folder = _find(path_or_uri, storage_options, revision, trust_remote_code)
+    weights = {p.name: {"size": p.stat().st_size} for p in folder.glob("*.safetensors")}
+    try:
+        check_safetensors_sizes(fsspec.filesystem("file"), str(folder), weights)
+    except OSError as err:  # safetensors itself would say only "incomplete metadata, file not fully covered"
+        raise ModelNotFound(f"model {str(path_or_uri or 'spote-tiny')!r} cannot be loaded: {err}") from None
+    return folder
+
+
+def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
     if path_or_uri is None or str(path_or_uri) in ("", "spote-tiny"):
         if revision:
             raise ValueError("--revision applies to hub ids only, not to the shipped spote-tiny")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -313,12 +314,25 @@ def test_pickled_weights_beside_safetensors_are_never_copied(s3, s3_server, tmp_
     assert _copied(local) == NEEDED
 
 
-@pytest.mark.parametrize("change, expected", [
+DAMAGED_WEIGHTS = [
     (lambda w: w[:-100], "cut short or damaged"),
     (lambda w: w + b"\0" * 8, "cut short or damaged"),
     (lambda w: b"\xff" * 8 + w[8:], "not a safetensors file"),
     (lambda w: w[:5], "not a safetensors file"),
-])
+]
+
+
+@pytest.mark.parametrize("change, expected", DAMAGED_WEIGHTS)
+def test_damaged_local_weights_are_one_line_at_the_check_and_at_load(tmp_path, change, expected):
+    folder = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    (folder / "model.safetensors").write_bytes(change((DEFAULT_MODEL / "model.safetensors").read_bytes()))
+    for load in (check_model, load_adapter):
+        with pytest.raises(ModelNotFound, match=f"model '{folder}' cannot be loaded: model.safetensors .*{expected}"):
+            load(str(folder))
+
+
+@pytest.mark.parametrize("change, expected", DAMAGED_WEIGHTS)
 def test_damaged_remote_weights_fail_the_start_up_check(s3, s3_server, change, expected):
     weights = change((DEFAULT_MODEL / "model.safetensors").read_bytes())
     uri = _store(s3, {**_shipped(*(NEEDED - {"model.safetensors"})), "model.safetensors": weights})

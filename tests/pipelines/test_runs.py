@@ -251,3 +251,52 @@ def test_a_first_commit_killed_while_moving_still_moves_its_parts_back(run_paths
     write_text(run_paths.staged_meta + "/scenes/s.q0.geojson", '{"again": 1}')  # the next start writes them again
     commit(run_paths, {"items_in": 1})
     assert _outputs(run_paths) == {"/report.html": b"report", "/scenes/s.q0.geojson": b'{"again": 1}'}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_second_driver_of_a_live_run_is_refused_before_ray_starts(where, tmp_path, monkeypatch, request):
+    from pipelines import job
+    from pipelines.runs import RunPaths
+    from pipelines.vqa import plan_manifest
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "image_uri": str(tmp_path / "a.png"), "question": "q ?"}) + "\n")
+    if where == "s3":
+        request.getfixturevalue("s3")
+    output = str(tmp_path / "out") if where == "local" else f"s3://spote/second-driver-{time.time_ns()}"
+    holder = RunLease(RunPaths(output, "night").lease, log=lambda m: None, **FAST).acquire()
+    started = []
+    monkeypatch.setattr(job, "init_ray", lambda *a, **k: started.append("ray"))
+    try:
+        with pytest.raises(RunInUse, match="run night is being written by another driver"):
+            job.run_job("vqa", job.JobOptions(str(manifest), output, run_id="night"), plan_manifest(str(manifest)))
+        assert started == []                                     # refused before Ray, within a beat
+        assert _record(holder.uri)["token"] == holder.token       # and the holder's lease untouched
+    finally:
+        holder.release()
+
+
+def test_a_lease_waited_out_before_ray_starts_is_taken_without_a_second_watch(lease_uri):
+    dead = {"token": "dead", "beat": 7, "host": "node-3", "pid": 4242}
+    write_text(lease_uri, json.dumps(dead))
+    said = []
+    lease = RunLease(lease_uri, log=said.append, **FAST).wait_out("run night")
+    assert _record(lease_uri) == dead                            # watching writes nothing
+    lease.acquire("run night")
+    try:
+        assert [m for m in said if "watching it" in m] == [said[0]]
+        assert _record(lease_uri)["token"] == lease.token
+    finally:
+        lease.release()
+
+
+def test_a_lease_rewritten_after_the_wait_is_watched_again(lease_uri):
+    write_text(lease_uri, json.dumps({"token": "dead", "beat": 7}))
+    lease = RunLease(lease_uri, log=lambda m: None, **FAST).wait_out("run night")
+    # another driver came in while this one started Ray
+    holder = RunLease(lease_uri, log=lambda m: None, **FAST).wait_out().acquire()
+    try:
+        with pytest.raises(RunInUse, match="being written by another driver"):
+            lease.acquire("run night")
+    finally:
+        holder.release()

@@ -64,3 +64,18 @@ def test_storage_options_merge_over_the_endpoint_in_the_environment(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     assert parse_storage_options('{"anon": true}') == {"anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
     assert parse_storage_options('{"endpoint_url": "http://h:1"}') == {"client_kwargs": {"endpoint_url": "http://h:1"}}
+
+
+def test_a_parquet_file_whose_table_cannot_be_written_leaves_the_old_one(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.geo import write_parquet_file
+
+    path = tmp_path / "results" / "part-00000.parquet"
+    good = pa.table({"id": ["a", "b"]})
+    write_parquet_file(good, str(path))
+    bad = pa.table({"x": pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval())})
+    with pytest.raises(pa.ArrowNotImplementedError):                 # Parquet has no such type
+        write_parquet_file(bad, str(path))
+    assert pq.read_table(path).equals(good) and os.listdir(path.parent) == [path.name]

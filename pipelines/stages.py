@@ -131,6 +131,7 @@ class SpotePredictor:
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
                  device: str | None = None, threads: int = 1, timeout_s: float | None = None,
                  revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # an actor's output is a log: no \r redraws
         import torch
 
         from spote.core import PolicyConfig

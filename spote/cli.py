@@ -288,9 +288,14 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
 def run_cli(typer_app: typer.Typer) -> None:
     """Run a command-line app, a usage error (a value that is not a number, an unknown option or
     command, a missing argument) printed as one line ``error: ...`` with exit code 2 instead of a
-    framed box: batch scripts grep one line. ``--help`` and an empty command line print the help."""
+    framed box: batch scripts grep one line. ``--help`` and an empty command line print the help.
+    Off a terminal (a log, a pipe) the hub's and transformers' progress bars are off unless
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` says otherwise: their ``\r`` redraws clutter a log."""
+    import os
     import sys
 
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is first imported
     try:
         code = typer_app(standalone_mode=False)
     except _click_exceptions("NoArgsIsHelpError") as err:

@@ -174,7 +174,9 @@ class HFAdapter:
                 ``max_position_embeddings`` ("question too long").
         """
         images = [list(views) for views in views_batch]
-        batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        # verbose=False: the length is checked below against the model's positions, in one clear error, not
+        # warned about by the tokenizer against its model_max_length
+        batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True, verbose=False)
         text_config = getattr(self.model.config, "text_config", None) or self.model.config
         limit = getattr(text_config, "max_position_embeddings", None)
         if limit and batch["input_ids"].shape[1] > limit:  # past the positions it was trained on it reads noise
@@ -183,9 +185,10 @@ class HFAdapter:
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
     def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
-        full = self.tokenizer(prompt + answer, add_special_tokens=False).input_ids
-        base = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        ids = full[len(base):] if full[: len(base)] == base else self.tokenizer(answer, add_special_tokens=False).input_ids
+        full = self.tokenizer(prompt + answer, add_special_tokens=False, verbose=False).input_ids
+        base = self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
+        ids = (full[len(base):] if full[: len(base)] == base
+               else self.tokenizer(answer, add_special_tokens=False, verbose=False).input_ids)
         if not ids:
             raise ValueError(f"choice {answer!r} tokenises to nothing")
         return ids

@@ -113,6 +113,8 @@ def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name does: whole after a power loss too
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -336,8 +336,8 @@ def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None 
     import fsspec
 
     folder = _find(path_or_uri, storage_options, revision, trust_remote_code)
-    weights = {p.name: {"size": p.stat().st_size} for p in folder.glob("*.safetensors")}
-    try:
+    try:  # a hub snapshot's link to a missing blob fails here too
+        weights = {p.name: {"size": p.stat().st_size} for p in folder.glob("*.safetensors")}
         check_safetensors_sizes(fsspec.filesystem("file"), str(folder), weights)
     except OSError as err:  # safetensors itself would say only "incomplete metadata, file not fully covered"
         raise ModelNotFound(f"model {str(path_or_uri or 'spote-tiny')!r} cannot be loaded: {err}") from None

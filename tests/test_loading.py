@@ -332,6 +332,16 @@ def test_damaged_local_weights_are_one_line_at_the_check_and_at_load(tmp_path, c
             load(str(folder))
 
 
+def test_weights_linked_to_a_missing_blob_are_one_line(tmp_path):
+    """As in a hub snapshot whose blob was deleted: the link is there, its target is not."""
+    folder = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "blobs" / "0123abcd")
+    with pytest.raises(ModelNotFound, match=f"model '{folder}' cannot be loaded: .*No such file"):
+        check_model(str(folder))
+
+
 @pytest.mark.parametrize("change, expected", DAMAGED_WEIGHTS)
 def test_damaged_remote_weights_fail_the_start_up_check(s3, s3_server, change, expected):
     weights = change((DEFAULT_MODEL / "model.safetensors").read_bytes())

@@ -33,6 +33,8 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
+from spote.images import BadImage, frame_count
+
 from .job import JobOptions, JobRefused, group_partitions, job_command, run_job, run_settings
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
@@ -128,7 +130,8 @@ def write_ledger(output: str, table: pa.Table, so=None) -> None:
 
 
 def page_count(uri: str, so=None, data: bytes | None = None) -> int:
-    """Pages of a PDF, frames of a (multi-page) image; raises for an unreadable PDF."""
+    """Pages of a PDF, frames of a (multi-page) image. Raises ``UnreadablePDF`` for an unreadable PDF,
+    ``BadImage`` for an image whose pages cannot be counted (cut short)."""
     if uri.lower().endswith(".pdf"):
         pdf = open_pdf(data if data is not None else read_bytes(uri, so))
         try:
@@ -140,10 +143,11 @@ def page_count(uri: str, so=None, data: bytes | None = None) -> int:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data if data is not None else read_bytes(uri, so))) as im:
-            return max(1, int(getattr(im, "n_frames", 1)))
+        im = Image.open(io.BytesIO(data if data is not None else read_bytes(uri, so)))
     except Exception:  # an unreadable image is one page; its loader says what is wrong with it
         return 1
+    with im:
+        return frame_count(im)  # BadImage for a multi-page file cut short: not one clean page
 
 
 def plan_pages(doc: dict, questions: list[dict], so=None):
@@ -161,6 +165,8 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
         n_pages, err = page_count(uri, so), ""
         if n_pages == 0:
             n_pages, err = 1, "unreadable PDF: it has no pages"
+    except BadImage as e:
+        n_pages, err = 1, f"unreadable image: {e}"
     except Exception as e:
         n_pages, err = 1, f"unreadable PDF: {e}" if isinstance(e, UnreadablePDF) else f"unreadable PDF: {type(e).__name__}: {e}"
     for page in range(n_pages):
@@ -246,6 +252,8 @@ class PageLoader(RowLoader):
             return f"{self.failure}: {err}"
         if isinstance(err, PageTooLarge):
             return f"page too large: {err}; lower --dpi"
+        if not str(row.get("source", "")).lower().endswith(".pdf"):  # a page image's decoder failed
+            return f"unreadable image: {type(err).__name__}: {err}"
         return super().describe(row, err)
 
     def read(self, row: dict):
@@ -264,20 +272,10 @@ class PageLoader(RowLoader):
         return render_page(self._pdf, row["page"], scale)
 
     def _frame(self, page: int):
-        """Frame ``page`` of a (multi-page) image; page 0 is the image itself."""
-        import io
+        """Frame ``page`` of a (multi-page) image, decoded as its first frame is; page 0 is the image itself."""
+        from spote.images import load_image
 
-        from PIL import Image
-
-        from spote.images import BadImage, load_image
-
-        if page == 0:
-            return load_image(self._data, self.max_pixels)
-        with Image.open(io.BytesIO(self._data)) as im:
-            if page >= getattr(im, "n_frames", 1):
-                raise BadImage(f"page {page} of {getattr(im, 'n_frames', 1)}: no such frame")
-            im.seek(page)
-            return load_image(im.copy(), self.max_pixels)
+        return load_image(self._data, self.max_pixels, frame=page)
 
 
 def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,

@@ -177,8 +177,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def array_to_image(arr: np.ndarray) -> Image.Image:
     """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
 
-    uint8 is shown as stored; every other dtype is stretched robustly (``stretch_to_uint8``; the alpha
-    channel of HxWx4 is dropped before the stretch and composited on white after it)."""
+    uint8 is shown as stored; every other dtype is stretched robustly (``stretch_to_uint8``). The alpha
+    channel of HxWx4 is not stretched: it is scaled from its type's full range (an integer type's
+    maximum, 1.0 for floats, as PNG and TIFF store it) and composited on white after the stretch."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -190,10 +191,21 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     if arr.dtype == bool:
         return Image.fromarray(arr.astype(np.uint8) * 255).convert("RGB")
     if arr.ndim == 3 and arr.shape[2] == 4:
-        alpha = stretch_to_uint8(arr[..., 3])
+        alpha = alpha_to_uint8(arr[..., 3])
         rgb = stretch_to_uint8(arr[..., :3])
         return to_rgb(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
     return Image.fromarray(stretch_to_uint8(arr)).convert("RGB")
+
+
+def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
+    """An alpha channel of any numeric type -> uint8 opacity: an integer type's maximum (65535 in 16 bits) or
+    1.0 for floats is opaque (255); NaN is transparent. A stretch would turn a constant, opaque alpha into
+    half-transparent grey."""
+    a = np.asarray(alpha)
+    full = float(np.iinfo(a.dtype).max) if a.dtype.kind in "ui" else 1.0
+    with np.errstate(invalid="ignore"):
+        scaled = np.nan_to_num(a.astype(np.float64) / full * 255, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
 def _deep_colour(im: Image.Image) -> bool:
@@ -206,9 +218,12 @@ def _deep_colour(im: Image.Image) -> bool:
     return im.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode
 
 
-def _read_deep_colour(data: bytes) -> np.ndarray | None:
-    """HxWxC array of a 16-bit colour file at full depth (rasterio, else tifffile), None if neither reads it."""
+def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
+    """HxWxC array of frame ``frame`` of a 16-bit colour file at full depth (rasterio for the first frame,
+    else tifffile), None if neither reads it."""
     try:
+        if frame:
+            raise LookupError("rasterio opens a file's first image only")
         import warnings
 
         from rasterio.errors import NotGeoreferencedWarning
@@ -223,19 +238,33 @@ def _read_deep_colour(data: bytes) -> np.ndarray | None:
     try:
         import tifffile
 
-        return np.asarray(tifffile.imread(io.BytesIO(data)))
+        return np.asarray(tifffile.imread(io.BytesIO(data), key=frame))
     except Exception:
         return None
 
 
-def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def frame_count(im: Image.Image) -> int:
+    """Frames (pages) of an opened image: 1 for a single image. Raises ``BadImage`` where the file is cut
+    short or damaged so that they cannot be counted (Pillow raises on a multi-page TIFF cut mid-way)."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception as err:  # TypeError, OSError, struct.error, EOFError: whatever its reader trips over
+        raise BadImage(f"corrupt or truncated image: its pages cannot be counted ({type(err).__name__}: {err})") from err
+
+
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> Image.Image:
     """Open a path, bytes, file object, array or PIL image as upright RGB, refusing bombs and broken files.
 
     A PIL image with an EXIF orientation is turned upright too; arrays carry none and are taken as they are.
+    ``frame``: which frame (page) of a multi-frame file (multi-page TIFF, GIF, WebP), 0-based; every frame is
+    decoded as the first is (16-bit colour at full depth, stretched; its own orientation).
 
     Raises:
-        BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``.
+        BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``, no
+            frame ``frame``.
     """
+    if frame and not isinstance(source, (str, Path, bytes, bytearray, memoryview, io.IOBase)):
+        raise ValueError(f"frame {frame}: only a file, bytes or a file object have frames")
     if isinstance(source, Image.Image):
         _check_size(*source.size, max_pixels)
         source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
@@ -252,8 +281,12 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = None  # we check the header size ourselves, with our own message
     try:
         with Image.open(source) as im:
+            if frame:
+                if frame >= (n := frame_count(im)):
+                    raise BadImage(f"page {frame} of {n}: no such frame")
+                im.seek(frame)
             _check_size(*im.size, max_pixels)
-            deep = _read_deep_colour(_bytes_of(source)) if _deep_colour(im) else None
+            deep = _read_deep_colour(_bytes_of(source), frame) if _deep_colour(im) else None
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
                 return _upright_image(array_to_image(deep), exif_orientation(im))  # as stored: turn it
             was_deep = _deep_colour(im)

@@ -77,6 +77,55 @@ def test_one_hot_pixel_cannot_darken_a_12_bit_colour_png(tmp_path):
     assert 100 < out.mean() < 155, out.mean()  # Pillow alone keeps the top byte: mean ~7 of 255
 
 
+@pytest.mark.parametrize("dtype, opaque", [(np.uint16, 65535), (np.float32, 1.0)])
+def test_an_opaque_alpha_channel_changes_no_pixel(tmp_path, dtype, opaque):
+    """Alpha is opacity on its type's full range, not data to stretch: a constant, opaque one must not
+    turn the image half-transparent grey (it did, stretched to 128)."""
+    import rasterio
+
+    rgb = _twelve_bit_scene(np.random.default_rng(2), channels=3).astype(dtype)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], opaque, dtype)])
+    assert np.array_equal(np.asarray(load_image(rgba)), np.asarray(load_image(rgb)))
+    half = rgba.copy()
+    half[..., 3] = opaque / 2 if dtype == np.float32 else 32768
+    assert np.abs(np.asarray(load_image(half), float) - (np.asarray(load_image(rgb), float) + 255) / 2).max() <= 1
+    if dtype == np.uint16:  # a 16-bit RGBA PNG, as a file: decoded at full depth, the same pixels
+        with rasterio.Env(), rasterio.open(tmp_path / "rgba16.png", "w", driver="PNG", width=128, height=96, count=4,
+                                           dtype="uint16") as ds:
+            ds.write(np.moveaxis(rgba, -1, 0))
+        assert np.array_equal(np.asarray(load_image(tmp_path / "rgba16.png")), np.asarray(load_image(rgb)))
+
+
+def test_every_frame_of_a_16_bit_colour_tiff_is_decoded_as_the_first(tmp_path):
+    """A multi-page 16-bit colour scan: Pillow keeps a frame's top byte (12-bit data: 0-15 of 255), so
+    frames after the first must go through the same full-depth read and stretch."""
+    import tifffile
+
+    rgb = _twelve_bit_scene(np.random.default_rng(3), channels=3)
+    with tifffile.TiffWriter(tmp_path / "scan.tif") as tw:
+        for page in (rgb, rgb[::-1], rgb):
+            tw.write(page, photometric="rgb")
+    first = np.asarray(load_image(tmp_path / "scan.tif"))
+    assert 100 < first.mean() < 155
+    assert np.array_equal(np.asarray(load_image(tmp_path / "scan.tif", frame=1)), first[::-1])
+    assert np.array_equal(np.asarray(load_image((tmp_path / "scan.tif").read_bytes(), frame=2)), first)
+    with pytest.raises(BadImage, match="page 3 of 3: no such frame"):
+        load_image(tmp_path / "scan.tif", frame=3)
+
+
+def test_a_multi_page_tiff_cut_short_cannot_be_counted_as_one_clean_page(tmp_path):
+    from spote.images import frame_count
+
+    page = Image.fromarray(_twelve_bit_scene(np.random.default_rng(4), channels=3).astype(np.uint8))
+    buf = io.BytesIO()
+    page.save(buf, "TIFF", save_all=True, append_images=[page.rotate(90), page.rotate(180)])
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert frame_count(im) == 3
+    with Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2])) as im:
+        with pytest.raises(BadImage, match="corrupt or truncated image: its pages cannot be counted"):
+            frame_count(im)
+
+
 def test_float_images_ignore_nan_and_inf():
     rng = np.random.default_rng(2)
     arr = rng.normal(0.2, 0.05, (64, 64)).astype(np.float32)

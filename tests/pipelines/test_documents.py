@@ -154,6 +154,28 @@ def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray
                                                                                               "2024-02/scan.png"}
 
 
+def _three_page_tiff(path: Path, keep: float = 1.0) -> None:
+    import io
+
+    buf = io.BytesIO()
+    _page(0).save(buf, "TIFF", save_all=True, append_images=[_page(1), _page(2)])
+    path.write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * keep)])
+
+
+def test_a_multi_page_scan_cut_short_is_an_error_row_never_one_clean_page(tmp_path):
+    one_q = [{"question": "q ?"}]
+    _three_page_tiff(tmp_path / "half.tif", keep=0.5)              # its pages cannot even be counted
+    rows = list(plan_pages({"uri": str(tmp_path / "half.tif"), "rel": "half.tif", "fingerprint": "f"}, one_q))
+    assert [(r["page"], r["status"]) for r in rows] == [(0, "error")]
+    assert rows[0]["error"].startswith("unreadable image: corrupt or truncated image: its pages cannot be counted")
+    _three_page_tiff(tmp_path / "tail.tif", keep=0.95)             # three pages counted, the last one cut
+    rows = list(plan_pages({"uri": str(tmp_path / "tail.tif"), "rel": "tail.tif", "fingerprint": "f"}, one_q))
+    loader = PageLoader()
+    out = [loader.load(r) for r in rows]
+    assert [o["status"] for o in out] == ["ok", "ok", "error"]
+    assert out[2]["error"].startswith("unreadable image: ")          # not "unreadable PDF"
+
+
 def test_fingerprints_from_the_listing_and_hash_only_where_it_gives_none(tmp_path):
     assert listed_fingerprint({"etag": "abc", "size": 3, "mtime": "1"}) == "etag:abc"
     assert listed_fingerprint({"etag": "", "size": 3, "mtime": "17.5"}) == "size-mtime:3:17.5"

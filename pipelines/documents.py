@@ -302,7 +302,8 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
             if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)
     return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
-                empty_reason="no document is new or changed since the last committed run"), len(docs), \
+                empty_reason=("no document is new or changed since the last committed run" if docs
+                              else "the input holds no documents")), len(docs), \
         len(stale & {d["uri"] for d in docs})
 
 

@@ -119,14 +119,17 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     if fs.isfile(root):
         found = {root: fs.info(root)}
     else:
-        found = fs.find(root, detail=True)
+        found = _find_local(fs, root) if is_local(fs) else fs.find(root, detail=True)
     accepted, skipped = [], []
     for path in sorted(found):
         info = found[path]
-        if info.get("type", "file") != "file":
-            continue
         rel = relative_path(root, path)
         name = PurePosixPath(rel).name
+        if info.get("type") == "directory":  # a store's folder marker object
+            continue
+        if info.get("type", "file") != "file":  # a link that cannot be followed, a FIFO, a socket
+            skipped.append({"source": rel, "reason": info.get("skip_reason") or "not a regular file"})
+            continue
         reason = "hidden file" if name.startswith(".") else reason_to_skip(rel)
         if reason:
             skipped.append({"source": rel, "reason": reason})
@@ -136,6 +139,41 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
         accepted.append({"uri": source_uri(input_uri, path), "rel": rel, "size": int(info.get("size") or 0),
                          "mtime": str(mtime if mtime is not None else ""), "etag": str(etag).strip('"')})
     return accepted, skipped
+
+
+def _find_local(fs, root: str) -> dict[str, dict]:
+    """``fs.find(root, detail=True)`` on a local folder, with symbolic links followed as a shell's ``find -L``
+    would: a link to a file is that file (its size and mtime), a linked folder is read under the link's
+    name. fsspec lists a link as type ``other`` and does not follow it. A link that dangles, or names a
+    folder read already (the input, a folder in it, another link's) or one holding the input (a loop),
+    stays type ``other`` with a ``skip_reason``."""
+    import os
+
+    real_root = os.path.realpath(root)
+    walked, found, folders = {real_root}, {}, [root]
+    while folders:
+        for path, info in fs.find(folders.pop(), detail=True).items():
+            if not info.get("islink"):
+                found[path] = info
+                continue
+            real = os.path.realpath(path)
+            if os.path.isfile(real):
+                st = os.stat(real)
+                found[path] = {**info, "type": "file", "size": st.st_size, "mtime": st.st_mtime}
+            elif not os.path.isdir(real):
+                found[path] = {**info, "skip_reason": "broken symbolic link"}
+            elif any(_within(real, w) for w in walked) or _within(real_root, real):
+                found[path] = {**info, "skip_reason": "symbolic link to a folder read already, or holding the input"}
+            else:
+                walked.add(real)
+                folders.append(path)
+    return found
+
+
+def _within(path: str, folder: str) -> bool:
+    import os
+
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def skip_by_extension(accepted_exts: Iterable[str], what: str) -> Callable[[str], str | None]:

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.documents import (DEFAULT_QUESTIONS, LEDGER, PageLoader, list_documents, listed_fingerprint, plan_pages,
-                                 read_ledger, run)
+from pipelines.documents import (DEFAULT_QUESTIONS, LEDGER, PageLoader, list_documents, listed_fingerprint,
+                                 plan_documents, plan_pages, read_ledger, run)
 from pipelines.job import JobOptions
 from pipelines.pdfs import open_pdf
 from pipelines.questions import load_questions
@@ -203,6 +203,9 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
     assert "nothing to do (no input it can read; skipped 1: 1 x not a document format this job reads: .txt)" in proc.stdout
     assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
+    (inbox / "notes.txt").unlink()                                  # a first run on nothing at all
+    plan, seen, _ = plan_documents(str(inbox), str(tmp_path / "out2"), [{"question": "q ?"}])
+    assert seen == 0 and plan.empty_reason == "the input holds no documents"
 
 
 def test_a_mistyped_input_folder_is_refused_before_any_run_is_committed(tmp_path):

@@ -1,0 +1,37 @@
+"""Listing a job's input: every file under it, named or skipped with a reason."""
+
+import os
+
+from pipelines.planning import list_sources, skip_by_extension
+
+
+def test_symbolic_links_are_followed_and_those_that_cannot_be_are_named(tmp_path):
+    """fsspec lists a link as type "other" and does not follow it; such inputs were dropped without a word."""
+    outside, inbox = tmp_path / "archive", tmp_path / "inbox"
+    (outside / "2024").mkdir(parents=True)
+    (inbox / "sub").mkdir(parents=True)
+    (outside / "a.jpg").write_bytes(b"a" * 3)
+    (outside / "2024" / "b.jpg").write_bytes(b"b" * 5)
+    (inbox / "sub" / "c.jpg").write_bytes(b"c" * 7)
+    (inbox / "link.jpg").symlink_to(outside / "a.jpg")
+    (inbox / "linked").symlink_to(outside)                     # a folder kept elsewhere, linked in
+    (inbox / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (inbox / "sub" / "loop").symlink_to(inbox)                 # would list the inbox forever
+    (inbox / "again").symlink_to(inbox / "sub")                # would list sub/ twice
+    os.mkfifo(inbox / "pipe.jpg")
+    accepted, skipped = list_sources(str(inbox), None, skip_by_extension([".jpg"], "image"))
+    assert {a["rel"]: a["size"] for a in accepted} == {"link.jpg": 3, "linked/a.jpg": 3, "linked/2024/b.jpg": 5,
+                                                       "sub/c.jpg": 7}
+    assert {a["uri"] for a in accepted} >= {str(inbox / "linked" / "2024" / "b.jpg")}
+    assert {s["source"]: s["reason"] for s in skipped} == {
+        "dangling.jpg": "broken symbolic link", "pipe.jpg": "not a regular file",
+        "sub/loop": "symbolic link to a folder read already, or holding the input",
+        "again": "symbolic link to a folder read already, or holding the input"}
+
+
+def test_a_link_given_as_the_input_is_read(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "input").symlink_to(tmp_path / "real")
+    accepted, skipped = list_sources(str(tmp_path / "input"), None, skip_by_extension([".jpg"], "image"))
+    assert [a["rel"] for a in accepted] == ["a.jpg"] and skipped == []

@@ -39,7 +39,8 @@ from .job import JobOptions, JobRefused, group_partitions, job_command, run_job,
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
-from .stages import RowLoader
+from .stages import PASSING_FAILURES, RowLoader
+from .stats import OTHER_REASONS, error_reason
 from .storage import filesystem, join, parse_storage_options, read_bytes, write_bytes
 
 app = typer.Typer(add_completion=False)
@@ -177,18 +178,36 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
                    "evidence_box_pt": None, "status": "error" if err else "", "error": err}
 
 
+def documents_to_read_again(results) -> set[str]:
+    """Sources with a row that failed for a passing reason (``PASSING_FAILURES``: a timeout, an endpoint
+    or model error, a storage read): left out of the ledger, so the next run reads them again."""
+    stats = results.stats
+    if stats is not None and not (set(stats.errors_by_reason) & {*PASSING_FAILURES, OTHER_REASONS}):
+        return set()  # the statistics already say there is none: no pass over the rows
+
+    def passing(row) -> bool:
+        return row["status"] == "error" and error_reason(row["error"]) in PASSING_FAILURES
+
+    return set(results.dataset(["source", "status", "error"]).filter(passing).unique("source"))
+
+
 def documents_done(results) -> pa.Table:
     """Ledger rows (LEDGER_SCHEMA, without run_id and settings) of the documents all of whose pages are among
-    ``results`` (a RunResults), counted with Ray Data group-bys."""
+    ``results`` (a RunResults), counted with Ray Data group-bys, less ``documents_to_read_again``."""
     from ray.data.aggregate import Count, CountDistinct, Max
 
     ds = results.dataset(["source", "document", "fingerprint", "page", "pages"])
     n = results.stats.items if results.stats is not None else ds.count()
     rows = ds.groupby(["source", "document", "fingerprint"], num_partitions=group_partitions(n)).aggregate(
         Count(), CountDistinct("page"), Max("pages")).take_all()
-    done = [r for r in rows if r["count_distinct(page)"] >= (r["max(pages)"] or 1)]
-    if len(done) < len(rows):
-        print(f"[documents] {len(rows) - len(done)} document(s) with pages missing are left out of the ledger")
+    whole = [r for r in rows if r["count_distinct(page)"] >= (r["max(pages)"] or 1)]
+    if len(whole) < len(rows):
+        print(f"[documents] {len(rows) - len(whole)} document(s) with pages missing are left out of the ledger")
+    again = documents_to_read_again(results)
+    done = [r for r in whole if r["source"] not in again]
+    if len(done) < len(whole):
+        print(f"[documents] {len(whole) - len(done)} document(s) with a page that failed for a passing reason "
+              f"({', '.join(PASSING_FAILURES)}) are left out of the ledger: the next run reads them again")
     return pa.table({"source": [r["source"] for r in done], "document": [r["document"] for r in done],
                      "fingerprint": [r["fingerprint"] for r in done], "pages": [r["max(pages)"] for r in done],
                      "items": [r["count()"] for r in done]})

@@ -38,6 +38,11 @@ JOB_COLUMN_TYPES = {"bounds": ("list", "float64"), "stretch_range": "string", "p
 RESULT_COLUMNS = tuple(RESULT_TYPES)
 
 
+# error reasons (``stats.error_reason``: the text before the first ':') of failures that may not happen
+# again: a time limit, a server or model fault, a storage read. A nightly job reads such items again.
+PASSING_FAILURES = ("timeout", "endpoint error", "model error", "could not read")
+
+
 def error_row(row: dict, reason: str) -> dict:
     return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
 

@@ -259,6 +259,34 @@ def test_a_run_stamps_an_older_ledger_with_its_settings(tmp_path):
     assert read_ledger(str(out)).column("run_id").to_pylist() == ["r1", "r1"]
 
 
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_documents_that_failed_for_a_passing_reason_stay_out_of_the_ledger(ray_local, tmp_path, with_stats):
+    """A timeout, an endpoint or model error, a storage read: the next night must read those documents
+    again. A document that cannot be read (a broken PDF) is recorded: reading it again gives the same."""
+    import pyarrow as pa
+
+    from pipelines.documents import update_ledger
+    from pipelines.job import RunResults
+    from pipelines.stats import RunStats
+
+    rows = [("a.pdf", 0, "ok", ""), ("a.pdf", 1, "ok", ""),
+            ("b.pdf", 0, "ok", ""), ("b.pdf", 1, "error", "timeout: answering took longer than 1 s"),
+            ("c.pdf", 0, "error", "unreadable PDF: truncated"),
+            ("d.png", 0, "error", "endpoint error: 503 after 3 retries"),
+            ("e.png", 0, "error", "model error: RuntimeError: CUDA error"),
+            ("f.png", 0, "error", "could not read: f.png: ConnectionError: reset")]
+    table = pa.table({"id": [f"{d}/p{p}" for d, p, _, _ in rows], "source": [d for d, _, _, _ in rows],
+                      "document": [d for d, _, _, _ in rows], "fingerprint": ["fp"] * len(rows),
+                      "page": [p for _, p, _, _ in rows], "pages": [2 if d in ("a.pdf", "b.pdf") else 1 for d, *_ in rows],
+                      "status": [st for *_, st, _ in rows], "error": [e for *_, e in rows]})
+    (tmp_path / "results").mkdir()
+    pq.write_table(table, tmp_path / "results" / "part-0.parquet")
+    stats = RunStats.of_table(table) if with_stats else None
+    said = update_ledger(str(tmp_path / "out"), RunResults(str(tmp_path / "results"), {}, stats), "night")
+    assert sorted(read_ledger(str(tmp_path / "out")).column("source").to_pylist()) == ["a.pdf", "c.pdf"]
+    assert said == 2
+
+
 def test_documents_refuses_a_dpi_out_of_range_in_one_line(tmp_path):
     from pipelines.job import JobRefused
 

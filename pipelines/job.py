@@ -419,19 +419,25 @@ def group_partitions(rows: int) -> int:
 
 def conform(table, *, schema):
     """Ray Data UDF: cast the columns a result schema names (a block of error rows alone would
-    otherwise carry null-typed lists that other blocks, and readers, cannot merge with)."""
+    otherwise carry null-typed lists that other blocks, and readers, cannot merge with), and store a
+    missing number (NaN in the batches: an error row's confidence, an image page's points per pixel)
+    as null, which SQL aggregates skip (``avg(confidence)`` over NaN is NaN)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     for name in table.column_names:
         idx = schema.get_field_index(name)
-        if idx >= 0 and table.schema.field(name).type != schema.field(idx).type:
-            col = table.column(name)
-            target = schema.field(idx).type
+        if idx < 0:
+            continue
+        col, target = table.column(name), schema.field(idx).type
+        if col.type != target:
             if pa.types.is_null(col.type) or (pa.types.is_list(col.type) and pa.types.is_null(col.type.value_type)):
                 col = pa.array(col.to_pylist(), type=target)
             else:
                 col = col.cast(target)
-            table = table.set_column(table.column_names.index(name), name, col)
+        if pa.types.is_floating(target):
+            col = pc.if_else(pc.is_nan(col), pa.scalar(None, target), col)
+        table = table.set_column(table.column_names.index(name), name, col)
     return table
 
 

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -119,6 +120,10 @@ def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, t
     assert (meta / "_SUCCESS").exists() and (meta / "report.html").exists() and (meta / "entropy.png").exists()
     assert json.loads((meta / "summary.json").read_text())["items_ok"] == len(rows) - 3
     assert not Path(RunPaths(str(out), "r1").staging).exists()
+    table = pq.read_table(RunPaths(str(out), "r1").results)
+    for name in ("confidence", "entropy_initial", "entropy_final"):      # missing numbers are null, never NaN
+        col = table.column(name)
+        assert col.null_count == 3 and not pc.any(pc.is_nan(col)).as_py(), name
 
     again = run_job("vqa", opts, plan_manifest(opts.input))               # committed: a no-op
     assert again["run_id"] == "r1" and len(_results(out, "r1")) == len(rows)
@@ -252,6 +257,8 @@ def test_job_columns_conform_to_the_plan_schema():
     fixed = conform(block, schema=result_schema(TILE_SCHEMA))
     assert fixed.schema.field("bounds").type == pa.list_(pa.float64())
     assert fixed.schema.field("entropy_trace").type == pa.list_(pa.float64())
+    scored = conform(pa.table({"confidence": [0.5, float("nan")], "answer": ["a", ""]}), schema=result_schema(TILE_SCHEMA))
+    assert scored.column("confidence").to_pylist() == [0.5, None]       # SQL's avg() skips a null, not a NaN
 
 
 def test_pipeline_bench_splits_latencies_in_thirds():

@@ -79,6 +79,12 @@ _FIELD_TYPES = {
 }
 _TYPE_WORDS = {"int": "an integer", "float": "a finite number", "float | None": "a finite number or null",
                "bool": "true or false", "str": "a string"}
+# PolicyConfig fields that only make sense from a lower bound up (counts, weights, rates, ranges); the
+# fields with narrower ranges are checked one by one in __post_init__
+_AT_LEAST = {"first_group": 0, "steps": 0, "anchor_weight": 0, "anchor_epsilon": 0, "exit_entropy_per_ln_k": 0,
+             "exit_entropy": 0, "learning_rate": 0, "kl_weight": 0, "clip": 0, "inner_epochs": 0, "grid": 1,
+             "jitter": 0, "plateau_patience": 0, "relevance_sharpness": 0, "saliency_weight": 0, "saliency_peaks": 0,
+             "probe_below": 0, "read_chunk": 0, "greedy_steps": 0}
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,13 @@ class PolicyConfig:
                 raise ValueError(f"{f.name} must be {_TYPE_WORDS[f.type]}, got {shown}")
             if value is not None and f.type != "str":  # a numpy scalar becomes the Python one: results stay JSON
                 object.__setattr__(self, f.name, {"int": int, "bool": bool}.get(f.type, float)(value))
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) is not None and getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.clarity_c <= 0:
+            raise ValueError(f"clarity_c must be > 0 (gamma = H / (H + c) is 0/0 at c = 0 on a sure reading), got {self.clarity_c}")
+        if not 0 <= self.anchor_min_prob <= 1:
+            raise ValueError(f"anchor_min_prob must be a probability in [0, 1], got {self.anchor_min_prob}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:

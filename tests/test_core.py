@@ -647,6 +647,20 @@ def test_config_rejects_bad_values():
     for bad_rescale in (-0.1, 0.3):
         with pytest.raises(ValueError, match=r"answer_rescale must be in \[0, 0.25\]"):
             PolicyConfig(answer_rescale=bad_rescale)
+    # every count, weight and rate below its floor names the field (a negative PPO clip or saliency peak count
+    # used to run, and search with nonsense)
+    from spote.core import _AT_LEAST
+
+    for name, low in _AT_LEAST.items():
+        below = low - 1 if isinstance(getattr(PolicyConfig(), name), int) else low - 0.5
+        with pytest.raises(ValueError, match=f"^{name} must be >= {low}, got {below}$"):
+            PolicyConfig(**{name: below})
+        assert getattr(PolicyConfig(**{name: low}), name) == low          # the floor itself is allowed
+    with pytest.raises(ValueError, match="clarity_c must be > 0"):
+        PolicyConfig(clarity_c=0.0)
+    for bad_p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"anchor_min_prob must be a probability in \[0, 1\]"):
+            PolicyConfig(anchor_min_prob=bad_p)
     # wrong types and non-finite numbers (e.g. from --policy JSON) name the field, before any arithmetic
     for bad, words in (({"peaks_first": "false"}, "peaks_first must be true or false"),
                        ({"settle_after": float("nan")}, "settle_after must be an integer"),

@@ -181,6 +181,8 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     channel of HxWx4 is not stretched: it is scaled from its type's full range (an integer type's
     maximum, 1.0 for floats, as PNG and TIFF store it) and composited on white after the stretch."""
     arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":  # complex, strings, objects: no pixel values to show
+        raise BadImage(f"unsupported array dtype {arr.dtype}; expected integers, floats or booleans")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
@@ -277,6 +279,8 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, Path)) and not Path(source).exists():
         raise BadImage(f"no such file: {source}")
+    elif isinstance(source, (str, Path)) and Path(source).is_dir():
+        raise BadImage(f"{source} is a folder, not an image file")
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we check the header size ourselves, with our own message
     try:

@@ -170,6 +170,14 @@ def test_corrupt_and_empty_files():
         load_image("/nonexistent/x.png")
 
 
+def test_a_folder_or_an_array_without_pixel_values_is_a_bad_image(tmp_path):
+    with pytest.raises(BadImage, match=f"^{tmp_path} is a folder, not an image file$"):
+        load_image(tmp_path)
+    for arr in (np.ones((8, 8), np.complex64), np.array([["a", "b"], ["c", "d"]]), np.empty((8, 8), object)):
+        with pytest.raises(BadImage, match=f"unsupported array dtype {arr.dtype}"):
+            load_image(arr)
+
+
 def test_corruptions_change_pixels():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     for kind in ("noise", "blur", "jpeg"):

@@ -9,13 +9,21 @@ A question file is a YAML or JSON list of entries, each a mapping with
   letter, then letters, digits or ``_``, at most 64; unique in the file (case-insensitively, as SQL
   column names are). An entry without one is named by its position: ``q0``, ``q1``, ...
 
+Every value is the text written: YAML 1.1's implicit types are not applied, so ``[on, off]``, ``[007, 010]``,
+``12:30`` or ``1.10`` stay those words, and a JSON number or ``true`` is its text as written too. The one
+type kept is null (``null``, ``~`` or no value at all): an entry's key given no value is as if left out.
+
 The whole file is checked before any work: every problem found is named in one ``ValueError``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections import Counter
+
+from spote.images import check_choices
 
 from .storage import read_bytes
 
@@ -27,6 +35,37 @@ FIELD_RULE = "a letter, then letters, digits or '_' (at most 64)"
 def default_field(index: int) -> str:
     """The field name of an entry that gives none: its position in the file, ``q<index>`` (0-based)."""
     return f"q{index}"
+
+
+class _Mapping(dict):
+    """A mapping of the file, with ``repeated``: each key given more than once -> how many times."""
+
+    repeated: dict[str, int]
+
+
+@functools.cache
+def _text_loader() -> type:
+    """A YAML loader that keeps every scalar as the text written (no implicit booleans, numbers, dates or
+    sexagesimals: the user's answers are words, ``on``, ``007``, ``12:30``), null aside, and that notes a key
+    repeated in a mapping (YAML's usual loaders keep the last one without a word)."""
+    import yaml
+
+    class TextLoader(yaml.BaseLoader):
+        def construct_mapping(self, node, deep=False):
+            mapping = _Mapping(super().construct_mapping(node, deep=deep))
+            # made above: the loader returns the same key objects
+            times = Counter(self.construct_object(key_node, deep=deep) for key_node, _ in node.value)
+            mapping.repeated = {key: n for key, n in times.items() if n > 1}
+            return mapping
+
+    # null is YAML's and JSON's word for "no value", never meant as text: PyYAML's own pattern for it
+    null = "tag:yaml.org,2002:null"
+    for start, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items():
+        for tag, pattern in resolvers:
+            if tag == null:
+                TextLoader.add_implicit_resolver(tag, pattern, [start])
+    TextLoader.add_constructor(null, lambda loader, node: None)
+    return TextLoader
 
 
 def load_questions(uri: str, storage_options=None) -> list[dict]:
@@ -50,7 +89,7 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
         raise FileNotFoundError(f"question file {uri}: no such file") from None
     except IsADirectoryError:
         raise ValueError(f"question file {uri} is a folder; give a YAML or JSON file") from None
-    loader = yaml.SafeLoader(text)  # YAML is a superset of JSON; the nodes keep each entry's line
+    loader = _text_loader()(text)  # YAML is a superset of JSON; the nodes keep each entry's line
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -83,6 +122,7 @@ def _entry(entry, index: int) -> tuple[dict | None, str | None, list[str]]:
         return None, None, [f"expected a mapping with a 'question', got {_kind(entry)}"]
     problems = [f"unknown key {k!r} (an entry has {', '.join(QUESTION_KEYS)})" for k in entry
                 if k not in QUESTION_KEYS]
+    problems += [f"key {k!r} is given {n} times; give it once" for k, n in getattr(entry, "repeated", {}).items()]
     question = entry.get("question")
     if "question" not in entry:
         problems.append("no 'question'")
@@ -108,20 +148,18 @@ def _choices(raw) -> tuple[list[str] | None, str]:
     """(the choices as text, or None for an open question; a problem, or "")."""
     if raw is None:
         return None, ""
-    if isinstance(raw, str):
-        raw = [c.strip() for c in raw.split(",") if c.strip()]
-    if not isinstance(raw, list) or any(isinstance(c, (list, dict)) or c is None for c in raw):
+    if not (isinstance(raw, str) or isinstance(raw, list) and all(isinstance(c, str) for c in raw)):
         return None, f"choices must be a list of strings (or 'a,b,c'), got {_kind(raw)}"
-    # YAML 1.1 reads a bare yes/no as a boolean and digits as numbers: the answers are their text
-    choices = [("yes" if c else "no") if isinstance(c, bool) else str(c).strip() for c in raw]
-    if any(not c for c in choices):
-        return None, f"choices must not be empty strings, got {choices}"
-    if len(choices) < 2:
-        return None, (f"choices needs at least two answers, got {choices} "
+    # a single answer gets the file's own hint; the rest (an empty choice as in "a,,b", a repeated one) is
+    # refused as `spote ask --choices` refuses it
+    items = (raw.split(",") if raw.strip() else []) if isinstance(raw, str) else raw
+    if len(items) < 2:
+        return None, (f"choices needs at least two answers, got {[c.strip() for c in items]} "
                       "(leave choices out to ask an open question)")
-    if len(set(choices)) != len(choices):
-        return None, f"duplicate choices: {choices}"
-    return choices, ""
+    try:
+        return list(check_choices(items)), ""
+    except ValueError as err:
+        return None, str(err)
 
 
 def _yaml_problem(err) -> str:
@@ -132,9 +170,10 @@ def _yaml_problem(err) -> str:
 
 
 def _kind(value) -> str:
-    """A value's kind for an error message: ``a list [...]``, ``a number 3``, ``nothing``."""
+    """A value's kind for an error message: ``a list [...]``, ``text 'x'``, ``nothing``."""
     if value is None:
         return "nothing"
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    kind = next((k for t, k in ((str, "text"), (list, "a list"), (dict, "a mapping")) if isinstance(value, t)),
+                type(value).__name__)
     shown = repr(value)
-    return f"{kinds.get(type(value), type(value).__name__)} {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    return f"{kind} {shown if len(shown) <= 60 else shown[:57] + '...'}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -88,19 +90,30 @@ def policy_with_flags(overrides: dict, **flags) -> dict:
     return merged
 
 
-def check_output_file(path: Path, flag: str) -> None:
-    """Refuse, before any model loads, an output ``path`` that cannot be written: a folder, or a parent that
-    cannot be made or written. Raises AskError naming ``flag``."""
-    import os
-
+def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None) -> None:
+    """Refuse, before any model loads, an output ``path`` that cannot be written: a folder, a name whose
+    extension is not one of ``types`` (when given), a parent that cannot be made, or a file that cannot be
+    created there. Raises AskError naming ``flag``."""
     if path.is_dir():
         raise AskError(f"{flag} {path} is a directory; give a file name")
+    if types is not None and path.suffix[1:].lower() not in types:
+        known = ", ".join(sorted(types))
+        raise AskError(f"{flag} {path}: no file type in the name; end it with one of: {known}" if not path.suffix
+                       else f"{flag} {path}: cannot write a {path.suffix!r} file; end the name with one of: {known}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise AskError(f"{flag} {path}: cannot make its folder ({err.strerror or err})") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise AskError(f"{flag} {path}: not writable")
+    # the file itself is made (and removed): permission bits alone pass a root user, or a /proc or read-only
+    # mount that refuses any new file; an existing file is opened to append, which leaves it as it was
+    existed = os.path.lexists(path)  # a link to nowhere is the user's too: not removed
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise AskError(f"{flag} {path}: cannot write it ({err.strerror or err})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def _check_image_path(image: Path) -> None:
@@ -167,7 +180,10 @@ def ask(
         except ValueError as err:  # --policy is valid alone: an option (--mode, --budget) is out of range
             raise AskError(str(err)) from err
         if trace is not None:  # before the search: a trace that cannot be written would lose its answer
-            check_output_file(trace, "--trace")
+            from matplotlib.figure import Figure
+
+            # savefig picks its writer by the name's extension and has none for, say, .txt
+            check_output_file(trace, "--trace", types=Figure().canvas.get_supported_filetypes())
         _check_image_path(image)
         img = load_image(image, max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
@@ -192,23 +208,28 @@ def ask(
         raise typer.Exit(1)
     except ValueError as err:  # what only the model can check, e.g. a question longer than it reads
         _fail(str(err))
+    trace_error = None
     if trace:
         from .trace import plot_trace
 
         try:
             plot_trace(img, result, trace, q, input_size=adapter.input_size)
-        except OSError as err:
-            _fail(f"cannot write the trace {trace}: {err.strerror or err}")
+        except Exception as err:  # what the early check cannot see (a disk full, .pgf without LaTeX): one line,
+            # after the answer, which the search paid for
+            first = str(getattr(err, "strerror", None) or err).strip().splitlines()
+            trace_error = f"cannot write the trace {trace}: {first[0] if first else type(err).__name__}"
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
-        return
-    # an empty open answer is the model ending at once: nothing read (confidence 0); say so rather than print nothing
-    typer.echo(f"answer:      {result.answer if result.answer else '(nothing read)'}")
-    typer.echo(f"confidence:  {result.confidence:.3f}")
-    typer.echo("entropy:     " + " -> ".join(f"{h:.3f}" for h in result.entropy_trace) + "  (nats)")
-    typer.echo(f"passes:      {result.forward_passes}  ({result.seconds:.2f} s, mode {result.mode})")
-    if trace:
-        typer.echo(f"trace:       {trace}")
+    else:
+        # an empty open answer is the model ending at once: nothing read (confidence 0); say so rather than print nothing
+        typer.echo(f"answer:      {result.answer if result.answer else '(nothing read)'}")
+        typer.echo(f"confidence:  {result.confidence:.3f}")
+        typer.echo("entropy:     " + " -> ".join(f"{h:.3f}" for h in result.entropy_trace) + "  (nats)")
+        typer.echo(f"passes:      {result.forward_passes}  ({result.seconds:.2f} s, mode {result.mode})")
+        if trace and not trace_error:
+            typer.echo(f"trace:       {trace}")
+    if trace_error:
+        _fail(trace_error)
 
 
 @app.command()

@@ -91,6 +91,15 @@ def _malformed_cases(tmp: Path) -> dict:
         "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
         "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
         "trace cannot be written": ([str(SAMPLE), q, "--trace", "/proc/no-such-folder/t.png"], "--trace"),
+        # refused before the model loads (a missing one would be named first), not after the search; the file
+        # types are matplotlib's
+        "trace not a picture": ([str(SAMPLE), q, "--trace", str(tmp / "t.txt"), "--model", str(tmp / "no-model")],
+                                "--trace " + str(tmp / "t.txt") + ": cannot write a '.txt' file; end the name with "
+                                "one of: "),
+        "trace without a file type": ([str(SAMPLE), q, "--trace", str(tmp / "trace"), "--model", str(tmp / "no-model")],
+                                      "no file type in the name; end it with one of: "),
+        "trace where no file can be made": ([str(SAMPLE), q, "--trace", "/proc/t.png", "--model", str(tmp / "no-model")],
+                                            "--trace /proc/t.png: cannot write it (No such file or directory)"),
         "negative seed": ([str(SAMPLE), q, "--seed", "-1"], "seed must be >= 0"),
         "empty choice": ([str(SAMPLE), q, "--choices", "yes,,no"], "empty choice"),
         "policy and flag disagree": ([str(SAMPLE), q, "--policy", '{"mode": "zoom"}', "--mode", "highlight"],
@@ -114,6 +123,36 @@ def test_ask_malformed_inputs_print_one_line_and_exit_2(tmp_path):
         assert res.stdout == "", name
 
 
+def test_ask_trace_types_are_what_matplotlib_writes_and_the_check_leaves_no_file(tmp_path):
+    """The early check makes the trace file to see that it can, and removes it; an existing file is kept as it was."""
+    from matplotlib.figure import Figure
+
+    types = Figure().canvas.get_supported_filetypes()
+    res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "t.txt")])
+    _one_error_line(res.stderr, "end the name with one of: " + ", ".join(sorted(types)))
+    for name in ("new/t.png", "T.PDF"):  # matplotlib reads the extension in any case
+        res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / name),
+                                  "--model", str(tmp_path / "no-model")])
+        _one_error_line(res.stderr, "not found")  # past the trace check, refused at the model
+        assert not (tmp_path / name).exists()
+    (tmp_path / "old.png").write_bytes(b"an older trace")
+    res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "old.png"),
+                              "--model", str(tmp_path / "no-model")])
+    _one_error_line(res.stderr, "not found")
+    assert (tmp_path / "old.png").read_bytes() == b"an older trace"
+
+
+@pytest.mark.skipif(__import__("shutil").which("xelatex") is not None, reason="xelatex writes .pgf here")
+def test_a_trace_that_fails_when_written_is_one_line_after_the_answer(random_tiny_dir, tmp_path):
+    """matplotlib lists .pgf but needs LaTeX to write it: a failure the early check cannot see. The answer the
+    search paid for is still printed, then one line, exit 2. As a real process: no traceback box."""
+    proc = _python_m("spote.cli", "ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
+                     str(random_tiny_dir), "--budget", "4", "--trace", str(tmp_path / "t.pgf"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    _one_error_line(proc.stderr, f"error: cannot write the trace {tmp_path / 't.pgf'}: 'xelatex' not found")
+    assert "answer:" in proc.stdout and "trace:" not in proc.stdout
+
+
 def _python_m(module: str, *argv: str):
     """``python -m module argv...`` as a real process from the checkout (stdout and stderr as text)."""
     import subprocess
@@ -125,7 +164,7 @@ def _python_m(module: str, *argv: str):
 
 def test_ask_malformed_inputs_as_a_real_process(tmp_path):
     cases = _malformed_cases(tmp_path)
-    for name in ("garbage image", "directory", "policy not JSON", "missing model"):
+    for name in ("garbage image", "directory", "policy not JSON", "missing model", "trace not a picture"):
         argv, says = cases[name]
         proc = _python_m("spote.cli", "ask", *argv)
         assert proc.returncode == 2, (name, proc.stderr[-2000:])

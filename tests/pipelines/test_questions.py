@@ -49,6 +49,37 @@ def test_files_without_field_names_keep_working_and_are_named_by_position(tmp_pa
     assert qs[2]["choices"] == ""
 
 
+def test_every_value_is_kept_as_the_text_written(tmp_path):
+    """YAML 1.1 would read these as booleans (on, true, Yes), octal (010 is 8), base 60 (12:30 is 750) and
+    floats (1.10 is 1.1): the answers the model compares are the words in the file."""
+    uri = _write(tmp_path, "- {field: on, question: 'is the light on ?', choices: [on, off]}\n"
+                           "- {question: 'is it true ?', choices: [true, false]}\n"
+                           "- {question: 'agreed ?', choices: [Yes, No]}\n"
+                           "- {question: 'which agent ?', choices: [007, 010, 012]}\n"
+                           "- {question: 'which slot ?', choices: [12:30, 13:45]}\n"
+                           "- {question: 'which version ?', choices: [1.10, 1.2]}\n"
+                           "- {question: 1.10, field: no}\n")
+    qs = load_questions(uri)
+    assert [json.loads(q["choices"]) for q in qs[:6]] == [["on", "off"], ["true", "false"], ["Yes", "No"],
+                                                           ["007", "010", "012"], ["12:30", "13:45"], ["1.10", "1.2"]]
+    assert qs[0]["field"] == "on" and qs[6] == {"question": "1.10", "choices": "", "field": "no"}
+
+
+def test_json_numbers_and_booleans_are_their_text_as_written(tmp_path):
+    uri = _write(tmp_path, '[{"question": "which version ?", "choices": [1.10, 7, 1e3, true]}]', "q.json")
+    assert json.loads(load_questions(uri)[0]["choices"]) == ["1.10", "7", "1e3", "true"]
+
+
+def test_a_key_given_null_or_no_value_is_as_if_left_out(tmp_path):
+    yaml_uri = _write(tmp_path, "- question: what is written ?\n  choices:\n  field: ~\n"
+                                "- {question: 'and here ?', choices: null}\n")
+    json_uri = _write(tmp_path, '[{"question": "what is written ?", "choices": null, "field": null},'
+                                ' {"question": "and here ?", "choices": null}]', "q.json")
+    expected = [{"question": "what is written ?", "choices": "", "field": "q0"},
+                {"question": "and here ?", "choices": "", "field": "q1"}]
+    assert load_questions(yaml_uri) == expected and load_questions(json_uri) == expected
+
+
 BAD_FILES = {
     "unknown key": ("- question: what is the date ?\n  choice: [a, b]\n",
                     "entry 1 (line 1): unknown key 'choice' (an entry has question, choices, field)"),
@@ -62,15 +93,27 @@ BAD_FILES = {
                                            "entry 2 (line 2): field 'q1' is also entry 1 (line 1)'s"),
     "field not a name": ("- {field: total amount, question: 'what is the total ?'}\n",
                          "entry 1 (line 1): field 'total amount' is not a name: use a letter, then letters"),
-    "field a number": ("- {field: 7, question: 'what is the total ?'}\n", "field 7 is not a name"),
+    "field a number": ("- {field: 7, question: 'what is the total ?'}\n", "field '7' is not a name"),
     "choices a mapping": ("- question: is it signed ?\n  choices: {yes: 1}\n",
                           "entry 1 (line 1): choices must be a list of strings (or 'a,b,c'), got a mapping"),
     "choices nested": ("- question: which ?\n  choices: [[a], [b]]\n",
                        "choices must be a list of strings (or 'a,b,c'), got a list [['a'], ['b']]"),
-    "choices a number": ("- question: how many ?\n  choices: 3\n", "choices must be a list of strings"),
+    "choices a number": ("- question: how many ?\n  choices: 3\n",  # the text '3', one answer
+                         "choices needs at least two answers, got ['3']"),
     "one choice": ("- question: is it signed ?\n  choices: [yes]\n",
                    "choices needs at least two answers, got ['yes'] (leave choices out to ask an open question)"),
     "duplicate choices": ("- question: which ?\n  choices: [a, b, a]\n", "duplicate choices: ['a', 'b', 'a']"),
+    # refused as `spote ask --choices a,,b` refuses it, not read as two answers
+    "empty choice": ("- question: which ?\n  choices: a,,b\n", "entry 1 (line 1): empty choice in ['a', '', 'b']"),
+    "empty choice in a list": ("- question: which ?\n  choices: [a, '', b]\n", "empty choice in ['a', '', 'b']"),
+    "trailing comma": ("- {question: 'which ?', choices: 'a,b,'}\n", "empty choice in ['a', 'b', '']"),
+    "null choice": ("- question: which ?\n  choices: [a, ~]\n",
+                    "choices must be a list of strings (or 'a,b,c'), got a list ['a', None]"),
+    # YAML's loaders keep the last of a repeated key without a word
+    "repeated key": ("- field: date\n  question: what is the date ?\n- field: total\n  question: what is the total ?\n"
+                     "  question: what is the sum ?\n", "entry 2 (line 3): key 'question' is given 2 times; give it once"),
+    "repeated key in JSON": ('[{"question": "a ?", "choices": "x,y", "choices": "x,z", "choices": "y,z"}]',
+                             "entry 1 (line 1): key 'choices' is given 3 times; give it once"),
     "entry not a mapping": ("- what is the date ?\n", "entry 1 (line 1): expected a mapping with a 'question', got text"),
     "not a list": ("question: what is the date ?\n", "expected a non-empty list of {question, choices, field} entries, "
                                                     "got a mapping"),
@@ -110,7 +153,8 @@ def test_a_binary_file_is_not_a_question_file(tmp_path):
         load_questions(str(tmp_path / "q.yaml"))
 
 
-@pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file"])
+@pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file", "repeated key",
+                                  "empty choice"])
 def test_the_documents_command_refuses_a_bad_question_file_in_one_line(tmp_path, kind):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -39,6 +39,7 @@ from .job import JobOptions, JobRefused, group_partitions, job_command, run_job,
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
+from .runs import RunPaths, is_committed
 from .stages import PASSING_FAILURES, RowLoader
 from .stats import OTHER_REASONS, error_reason
 from .storage import filesystem, join, parse_storage_options, read_bytes, write_bytes
@@ -353,7 +354,11 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "
              "skipped)" if unlisted else "")
-          + (f"; skipped {len(plan.skipped)} files that are not documents" if plan.skipped else ""))
+          + (f"; skipped {len(plan.skipped)} files (not documents, hidden, or links that cannot be followed: "
+             "skipped_sources in the summary)" if plan.skipped else ""))
+    if plan.sources and not opts.force and is_committed(RunPaths(opts.output, opts.run_id), so):
+        print(f"[documents] run {opts.run_id} was committed before these arrived: the next night's run (--run-date) "
+              "reads them; this one stands as committed")
 
     def after_commit(results, paths, so_):
         n = update_ledger(opts.output, results, paths.run_id, so_, settings)

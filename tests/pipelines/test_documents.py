@@ -41,7 +41,7 @@ def _ledger(out: Path) -> dict:
     return {r["source"]: r for r in t.to_pylist()}
 
 
-def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_path, fast_policy):
+def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_path, fast_policy, capsys):
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     _pdf(inbox / "a.pdf", 2, 0)
@@ -114,6 +114,13 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     assert len({r["settings"] for r in ledger.values()}) == 1 and ledger[str(inbox / "a.pdf")]["settings"]
     night5 = run(opts, str(qs), dpi=50, run_date="2026-11-28")               # the same questions: nothing new
     assert night5["documents_processed"] == 0
+
+    _pdf(inbox / "late.pdf", 1, 5)                                            # arrives after night 5 was committed
+    capsys.readouterr()
+    again = run(opts, str(qs), dpi=50, run_date="2026-11-28")
+    said = capsys.readouterr().out
+    assert again["documents_processed"] == 0 and "late.pdf" not in str(_ledger(out))
+    assert "run documents-2026-11-28 was committed before these arrived: the next night's run" in said
 
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,

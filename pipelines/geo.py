@@ -8,7 +8,11 @@ scenes have no map footprint (null geometry); their roll-up is in upright scene 
 GeoParquet (https://geoparquet.org, version ``GEOPARQUET_VERSION``): WKB columns written by shapely,
 CRS as PROJJSON from pyproj, one ``geo`` metadata key naming ``geometry`` (primary) and
 ``evidence_geometry``. A run whose scenes share one CRS is written in it; a run with several CRSs is
-written in OGC:CRS84 (lon/lat), the ``crs`` column still naming each scene's own.
+written in OGC:CRS84 (lon/lat), the ``crs`` column still naming each scene's own: each footprint edge
+cut into ``DENSIFY`` segments before it is transformed, and one over the antimeridian or a pole split
+or closed there (the ``antimeridian`` package, after RFC 7946 section 3.1.9). A scene whose CRS PROJ
+cannot transform to lon/lat (a local engineering grid) has null map geometry in such a run and null
+evidence lon/lat in any run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ GEOPARQUET_VERSION = "1.1.0"
 ROWS_PER_FILE = 1_000_000
 WGS84 = "EPSG:4326"
 CRS84 = "OGC:CRS84"
+DENSIFY = 16  # points per footprint edge transformed into lon/lat
 
 
 def _affine(header: SceneHeader, x: float, y: float) -> tuple[float, float]:
@@ -125,20 +130,45 @@ class ResultGeometry:
         self._transformers: dict[tuple[str, str], object] = {}
 
     def _transformer(self, src: str, dst: str):
+        """pyproj's transformer from ``src`` to ``dst``; None where PROJ has none (a local engineering
+        grid, another planet's datum): that scene's rows get null map geometry, the run goes on."""
         from pyproj import Transformer
+        from pyproj.exceptions import CRSError, ProjError
 
         key = (src, dst)
         if key not in self._transformers:
-            self._transformers[key] = Transformer.from_crs(src, dst, always_xy=True)
+            try:
+                self._transformers[key] = Transformer.from_crs(src, dst, always_xy=True)
+            except (ProjError, CRSError):
+                self._transformers[key] = None
         return self._transformers[key]
 
     def _to(self, geom, src: str, dst: str):
+        """``geom`` from ``src`` to ``dst``; None where it cannot be (no transformer, points outside the
+        projection's domain). Into lon/lat each edge is first cut into ``DENSIFY`` segments (a straight
+        edge in a projection is a curve in lon/lat), and a footprint across the antimeridian or around a
+        pole is split or closed there (the ``antimeridian`` package): four transformed corners made a
+        band round the globe of a tile over 180 degrees, and a self-crossing ring of one over a pole."""
         import shapely
+        from shapely.geometry.polygon import orient
 
         if geom is None or src == dst:
             return geom
         t = self._transformer(src, dst)
-        return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+        if t is None:
+            return None
+        lonlat = dst in (CRS84, WGS84)
+        if lonlat:
+            geom = shapely.segmentize(orient(geom), geom.exterior.length / (4 * DENSIFY))
+        with np.errstate(invalid="ignore"):
+            out = shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+        if not np.isfinite(shapely.get_coordinates(out)).all():
+            return None
+        if lonlat:
+            import antimeridian
+
+            out = antimeridian.fix_polygon(out, fix_winding=True)
+        return out
 
     def columns(self, table) -> dict[str, list]:
         """geometry, evidence_geometry (shapely or None) and evidence_lon, evidence_lat (degrees or None)."""
@@ -152,9 +182,12 @@ class ResultGeometry:
             if header is not None and header.crs and row["tile_width"]:
                 tile, evidence = tile_and_evidence(header, row)
             lon = lat = None
-            if evidence is not None:
+            to_lonlat = self._transformer(header.crs, WGS84) if evidence is not None else None
+            if to_lonlat is not None:
                 c = evidence.centroid
-                lon, lat = self._transformer(header.crs, WGS84).transform(c.x, c.y)
+                lon, lat = to_lonlat.transform(c.x, c.y)
+                if not (np.isfinite(lon) and np.isfinite(lat)):
+                    lon = lat = None
             src = header.crs if header is not None else None
             out["geometry"].append(self._to(tile, src, self.crs))
             out["evidence_geometry"].append(self._to(evidence, src, self.crs))

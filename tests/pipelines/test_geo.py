@@ -122,3 +122,56 @@ def test_roll_up_files_are_geojson_and_geoparquet(tmp_path):
     gdf = geopandas.read_parquet(tmp_path / "scenes" / "s1.detections.parquet")
     assert gdf.crs == CRS("EPSG:32633") and len(gdf) == 2 and gdf.geometry.is_valid.all()
     assert sorted(gdf["n_tiles"]) == [1, 2]
+
+
+def _scene(crs, transform, w, h):
+    return SceneHeader(width=w, height=h, stored_width=w, stored_height=h, bands=3, dtype="uint8", crs=crs,
+                       transform=tuple(transform)[:6], orientation=1, palette=False, default_bands=(1, 2, 3),
+                       has_overviews=False)
+
+
+def _whole_tiles(headers: dict, boxes: list) -> pa.Table:
+    return pa.table({"source": list(headers), "tile_col_off": [0] * len(headers), "tile_row_off": [0] * len(headers),
+                     "tile_width": [h.width for h in headers.values()],
+                     "tile_height": [h.height for h in headers.values()],
+                     "evidence_box": pa.array(boxes, pa.list_(pa.int64()))})
+
+
+SITE_GRID = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+
+
+def test_a_scene_whose_crs_has_no_way_to_lon_lat_gets_null_map_columns_and_the_run_goes_on(tmp_path):
+    """PROJ has no transformation from a local engineering grid: rewriting the run used to raise ProjError
+    after every tile was answered, so the run could never be committed."""
+    from pipelines.geo import ResultGeometry
+
+    headers = {"site.tif": _scene(SITE_GRID, from_origin(1000, 2000, 0.5, 0.5), 100, 100),
+               "utm.tif": _scene("EPSG:32633", from_origin(500000, 4650000, 10, 10), 100, 100)}
+    table = _whole_tiles(headers, [[0, 0, 10, 10], [0, 0, 10, 10]])
+    columns = ResultGeometry(headers).columns(table)
+    assert columns["geometry"][0] is None and columns["evidence_lon"][0] is None   # not placeable in CRS84
+    assert columns["geometry"][1].is_valid and 14 < columns["evidence_lon"][1] < 16
+    alone = ResultGeometry({"site.tif": headers["site.tif"]}).columns(table.slice(0, 1))
+    assert alone["geometry"][0].equals(shapely.box(1000, 1950, 1050, 2000))        # in its own grid it has a footprint
+    assert alone["evidence_lon"][0] is None                                          # but no lon/lat
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert rewrite_staged_as_geoparquet(table, str(staging), headers) == "OGC:CRS84"
+
+
+def test_footprints_in_lon_lat_over_the_antimeridian_and_a_pole_are_valid_and_their_true_size():
+    """Four transformed corners made a tile over 180 degrees a band round the globe (65 square degrees for a
+    30 x 20 km tile) and a tile over the North Pole a self-crossing ring."""
+    from pipelines.geo import ResultGeometry
+
+    headers = {"fiji.tif": _scene("EPSG:32760", from_origin(806000, 8230000, 100, 100), 300, 200),  # across 180 E
+               "pole.tif": _scene("EPSG:3413", from_origin(-10000, 10000, 100, 100), 200, 300),     # over 90 N
+               "italy.tif": _scene("EPSG:32633", from_origin(500000, 4650000, 10, 10), 300, 200)}
+    geometry = ResultGeometry(headers)
+    assert geometry.crs == "OGC:CRS84"
+    fiji, pole, italy = geometry.columns(_whole_tiles(headers, [None, None, None]))["geometry"]
+    assert fiji.geom_type == "MultiPolygon" and fiji.is_valid                      # split at the antimeridian
+    assert {round(b, 6) for b in (fiji.bounds[0], fiji.bounds[2])} == {-180.0, 180.0}
+    assert 0.04 < fiji.area < 0.06                                                  # 0.27 x 0.19 degrees
+    assert pole.is_valid and pole.bounds[3] == 90 and pole.contains(shapely.Point(0, 89.95))
+    assert italy.is_valid and italy.within(shapely.box(14.9, 41.9, 15.1, 42.1))

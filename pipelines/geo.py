@@ -278,15 +278,16 @@ def _geojson(geom) -> dict:
     return json.loads(shapely.to_geojson(geom))
 
 
-def detections_feature_collection(scene: str, question: str, detections, crs: str) -> dict:
-    """One scene's detections for one question as a GeoJSON FeatureCollection, in the scene's CRS
-    (pixel coordinates where it has none)."""
+def detections_feature_collection(scene: str, question: str, detections, crs: str, map_coords: bool = False) -> dict:
+    """One scene's detections for one question as a GeoJSON FeatureCollection, in the scene's CRS; its
+    ``crs`` property is ``unknown`` for map coordinates without a CRS (a geotransform alone) and ``pixel``
+    for upright scene pixels (no geotransform)."""
     feats = [{"type": "Feature", "geometry": _geojson(d.geometry),
               "properties": {"question": question, "ids": d.ids, "tiles": d.tiles, "n_tiles": len(d.ids),
                              "confidence_max": d.confidence_max, "localised": d.localised}}
              for d in detections]
     fc = {"type": "FeatureCollection", "features": feats,
-          "properties": {"scene": scene, "question": question, "crs": crs or "pixel"}}
+          "properties": {"scene": scene, "question": question, "crs": crs or ("unknown" if map_coords else "pixel")}}
     if crs:  # the pre-RFC 7946 member GDAL/QGIS read, since the coordinates are not WGS84
         fc["crs"] = {"type": "name", "properties": {"name": crs}}
     return fc
@@ -326,7 +327,8 @@ def write_rollup(table, meta_uri: str, headers: dict[str, SceneHeader], storage_
         for qi, grp in scene_df.groupby("question_index"):
             detections = scene_detections(grp, header)
             question = str(grp["question"].iloc[0])
-            fc = detections_feature_collection(scene, question, detections, crs)
+            fc = detections_feature_collection(scene, question, detections, crs,
+                                               map_coords=header is not None and header.georeferenced)
             feats = fc["features"]
             write_text(join(meta_uri, "scenes", f"{scene}.q{qi}.geojson"), json.dumps(fc), storage_options)
             yes = grp[(grp["status"] == "ok") & (grp["answer"].astype(str).str.lower() == "yes")]

@@ -175,3 +175,16 @@ def test_footprints_in_lon_lat_over_the_antimeridian_and_a_pole_are_valid_and_th
     assert 0.04 < fiji.area < 0.06                                                  # 0.27 x 0.19 degrees
     assert pole.is_valid and pole.bounds[3] == 90 and pole.contains(shapely.Point(0, 89.95))
     assert italy.is_valid and italy.within(shapely.box(14.9, 41.9, 15.1, 42.1))
+
+
+def test_a_scene_with_a_geotransform_but_no_crs_is_labelled_as_map_coordinates_of_unknown_crs(tmp_path):
+    """Its roll-up is in map coordinates (through the transform): labelled "pixel", it misled a reader."""
+    no_crs = _header("EPSG:32633")
+    no_crs = SceneHeader(**{**no_crs.__dict__, "crs": ""})
+    table = pa.table(_rows("s1.tif", [(0, 0, 400, 400)], [[10, 10, 50, 50]]))
+    write_rollup(table, str(tmp_path), {"s1.tif": no_crs})
+    fc = json.loads((tmp_path / "scenes" / "s1.q0.geojson").read_text())
+    assert fc["properties"]["crs"] == "unknown" and "crs" not in fc
+    assert fc["features"][0]["geometry"]["coordinates"][0][0][0] > 500000          # easting, not a pixel column
+    write_rollup(table, str(tmp_path / "png"), {"s1.tif": _header("")})
+    assert json.loads((tmp_path / "png" / "scenes" / "s1.q0.geojson").read_text())["properties"]["crs"] == "pixel"

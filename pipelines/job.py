@@ -299,7 +299,10 @@ def job_command(fn):
 
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         try:
-            return fn(opts=JobOptions(kwargs["input"], kwargs["output"], **common), **kwargs)
+            opts = JobOptions(kwargs["input"], kwargs["output"], **common)
+            opts.policy_overrides()  # a bad --policy stops the job here, before it lists its input
+            check_output_writable(opts.output)
+            return fn(opts=opts, **kwargs)
         except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                 PermissionError, AccountingError, RunInUse) as err:
             if _is_ray_error(err):  # a task's failure: Ray's own report says where
@@ -316,6 +319,29 @@ def job_command(fn):
 LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
 GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
 MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
+
+def check_output_writable(output_uri: str) -> None:
+    """Refuse (JobRefused), before Ray starts, a local ``output`` that is a file or where no folder can be
+    made (under a file, on a read-only or virtual file system such as /proc). Nothing is left behind: a
+    probe folder is made and removed in the nearest folder that exists. An object store's prefix is
+    checked by the job's first write."""
+    import tempfile
+
+    if "://" in output_uri and not output_uri.startswith("file://"):
+        return
+    path = os.path.abspath(output_uri.removeprefix("file://"))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JobRefused(f"--output {output_uri} is a file; give a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise JobRefused(f"--output {output_uri}: {existing} is a file, so no folder can be made under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".spote-probe-", dir=existing))
+    except OSError as err:
+        raise JobRefused(f"--output {output_uri}: no folder can be made in {existing} ({err.strerror or err})") from None
+
 
 def check_output_outside_input(input_uri: str, output_uri: str) -> None:
     """Refuse an ``output`` at or under ``input`` (JobRefused): the next run would list this run's results,

@@ -97,3 +97,32 @@ def test_job_options_out_of_range_are_refused_naming_the_flag(flag, value, says)
         JobOptions("in", "out", **{flag: value})
     JobOptions("in", "out")  # the defaults hold
     JobOptions("in", "out", item_timeout_seconds=0.0)  # no limit, as the flag's help says
+
+
+def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tmp_path):
+    """A file, a path under a file, a virtual file system: each used to start Ray first, then fail with a raw
+    OSError naming the lease file."""
+    from typer.testing import CliRunner
+
+    from pipelines import vqa
+
+    (tmp_path / "a_file").write_text("x")
+    cases = {str(tmp_path / "a_file"): "is a file; give a folder",
+             str(tmp_path / "a_file" / "out"): "is a file, so no folder can be made under it",
+             "/proc/spote-out": "no folder can be made in /proc"}
+    for output, says in cases.items():
+        res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", output])
+        assert res.exit_code == 2, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --output {output}") and says in lines[0], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]            # the probe left nothing behind
+
+
+def test_a_bad_policy_is_refused_before_the_job_lists_its_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines import satellite
+
+    res = CliRunner().invoke(satellite.app, ["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "out"),
+                                             "--questions", str(tmp_path / "absent.yaml"), "--policy", '{"budget": 0}'])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --policy: budget must be >= 1 forward pass", res.output

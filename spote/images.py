@@ -300,6 +300,8 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                 rgb = Image.fromarray(stretch_to_uint8(np.asarray(rgb)))
             return _upright_image(rgb, exif_orientation(im))
     except UnidentifiedImageError as err:
+        if _bytes_of(source).lstrip()[:5] == b"%PDF-":  # a PDF under an image's name: say so, not "broken"
+            raise BadImage("not an image: the file is a PDF (the documents job reads PDFs)") from err
         raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):

@@ -170,6 +170,13 @@ def test_corrupt_and_empty_files():
         load_image("/nonexistent/x.png")
 
 
+def test_a_pdf_under_an_image_name_is_named_as_a_pdf(tmp_path):
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "page.pdf")
+    (tmp_path / "scan.png").write_bytes((tmp_path / "page.pdf").read_bytes())
+    with pytest.raises(BadImage, match=r"^not an image: the file is a PDF"):
+        load_image(tmp_path / "scan.png")
+
+
 def test_a_folder_or_an_array_without_pixel_values_is_a_bad_image(tmp_path):
     with pytest.raises(BadImage, match=f"^{tmp_path} is a folder, not an image file$"):
         load_image(tmp_path)

@@ -40,9 +40,9 @@ from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
 from .runs import RunPaths, is_committed
-from .stages import PASSING_FAILURES, RowLoader
+from .stages import PASSING_FAILURES, RowLoader, SourceReadError, read_source
 from .stats import OTHER_REASONS, error_reason
-from .storage import filesystem, join, parse_storage_options, read_bytes, write_bytes
+from .storage import filesystem, join, parse_storage_options, write_bytes
 
 app = typer.Typer(add_completion=False)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".webp", ".bmp", ".dib", ".gif",
@@ -81,12 +81,18 @@ def listed_fingerprint(entry: dict) -> str:
 
 
 def content_fingerprint(uri: str, so=None) -> str:
-    """SHA-256 of the content, streamed (for stores whose listing gives neither ETag nor mtime)."""
+    """SHA-256 of the content, streamed (for stores whose listing gives neither ETag nor mtime). Raises
+    FileNotFoundError for a missing object, ``SourceReadError`` where the bytes cannot be fetched."""
     fs, path = filesystem(uri, so)
     h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise SourceReadError(f"{type(err).__name__}: {err}") from err
     return f"sha256:{h.hexdigest()}"
 
 
@@ -134,8 +140,9 @@ def write_ledger(output: str, table: pa.Table, so=None) -> None:
 def page_count(uri: str, so=None, data: bytes | None = None) -> int:
     """Pages of a PDF, frames of a (multi-page) image. Raises ``UnreadablePDF`` for an unreadable PDF,
     ``BadImage`` for an image whose pages cannot be counted (cut short)."""
+    data = data if data is not None else read_source(uri, so)
     if uri.lower().endswith(".pdf"):
-        pdf = open_pdf(data if data is not None else read_bytes(uri, so))
+        pdf = open_pdf(data)
         try:
             return len(pdf)
         finally:
@@ -145,7 +152,7 @@ def page_count(uri: str, so=None, data: bytes | None = None) -> int:
     from PIL import Image
 
     try:
-        im = Image.open(io.BytesIO(data if data is not None else read_bytes(uri, so)))
+        im = Image.open(io.BytesIO(data))
     except Exception:  # an unreadable image is one page; its loader says what is wrong with it
         return 1
     with im:
@@ -159,14 +166,18 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
     hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows.
     """
     uri, name, fp = doc["uri"], doc["rel"], doc.get("fingerprint") or ""
-    if not fp:
-        fp = content_fingerprint(uri, so)
-        if fp == doc.get("previous"):
-            return
     try:
+        if not fp:
+            fp = content_fingerprint(uri, so)
+            if fp == doc.get("previous"):
+                return
         n_pages, err = page_count(uri, so), ""
         if n_pages == 0:
             n_pages, err = 1, "unreadable PDF: it has no pages"
+    except FileNotFoundError:  # listed, then gone before this task ran
+        n_pages, err = 1, f"missing object: {uri}"
+    except SourceReadError as e:  # a passing failure: the ledger leaves the document for the next run
+        n_pages, err = 1, f"could not read: {uri}: {e}"
     except BadImage as e:
         n_pages, err = 1, f"unreadable image: {e}"
     except Exception as e:
@@ -280,7 +291,7 @@ class PageLoader(RowLoader):
         if row["source"] != self._uri:
             if self._pdf is not None:
                 self._pdf.close()
-            self._uri, self._pdf, self._data = None, None, read_bytes(row["source"], self.so)
+            self._uri, self._pdf, self._data = None, None, read_source(row["source"], self.so)
             self._pdf = open_pdf(self._data) if row["source"].lower().endswith(".pdf") else None
             self._uri = row["source"]
         if self._pdf is None:

@@ -43,6 +43,22 @@ RESULT_COLUMNS = tuple(RESULT_TYPES)
 PASSING_FAILURES = ("timeout", "endpoint error", "model error", "could not read")
 
 
+class SourceReadError(Exception):
+    """A source's bytes could not be fetched (a connection reset, a throttled store, a permission):
+    a passing failure, reported as ``could not read: <source>: ...``. A source that is not there at all
+    raises FileNotFoundError instead ("missing object")."""
+
+
+def read_source(uri: str, storage_options=None) -> bytes:
+    """``storage.read_bytes`` (retried), its failures other than a missing object as ``SourceReadError``."""
+    try:
+        return read_bytes(uri, storage_options)
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except Exception as err:
+        raise SourceReadError(f"{type(err).__name__}: {err}") from err
+
+
 def error_row(row: dict, reason: str) -> dict:
     return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
 
@@ -90,6 +106,9 @@ class RowLoader:
         except FileNotFoundError:
             self.forget()
             return error_row(row, f"missing object: {row['source']}")
+        except SourceReadError as err:
+            self.forget()
+            return error_row(row, f"could not read: {row['source']}: {err}")
         except Exception as err:
             self.forget()
             if isinstance(err, BadImage) and self.image_errors_as_image:
@@ -123,7 +142,7 @@ class ImageLoader(RowLoader):
 
         data = row.get("image_bytes")
         if data is None or len(data) == 0:
-            data = read_bytes(row["source"], self.storage_options)
+            data = read_source(row["source"], self.storage_options)
         return load_image(data, self.max_pixels)
 
     def describe(self, row: dict, err: Exception) -> str:  # storage errors, permissions, ...

@@ -266,6 +266,32 @@ def test_a_run_stamps_an_older_ledger_with_its_settings(tmp_path):
     assert read_ledger(str(out)).column("run_id").to_pylist() == ["r1", "r1"]
 
 
+def test_a_store_read_that_fails_is_could_not_read_in_the_planner_and_the_loader(tmp_path, monkeypatch):
+    """The reason the ledger leaves for the next night, as the real planner and loader write it: a failed
+    read used to come out as "unreadable PDF: ConnectionError" or "unreadable image: ...", recorded as done."""
+    from pipelines import stages
+    from pipelines.stats import error_reason
+
+    _pdf(tmp_path / "a.pdf", 2, 0)
+    _page(1).save(tmp_path / "b.png")
+    rows = {name: list(plan_pages({"uri": str(tmp_path / name), "rel": name, "fingerprint": "f"}, [{"question": "q ?"}]))
+            for name in ("a.pdf", "b.png")}
+    assert [r["status"] for r in rows["a.pdf"]] == ["", ""]
+    gone = list(plan_pages({"uri": str(tmp_path / "gone.pdf"), "rel": "gone.pdf", "fingerprint": ""}, [{"question": "q ?"}]))
+    assert gone[0]["error"] == f"missing object: {tmp_path / 'gone.pdf'}"  # listed, then deleted: not passing
+
+    def reset(uri, storage_options=None):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(stages, "read_bytes", reset)              # the store fails from here on
+    for name in ("a.pdf", "b.png"):
+        planned = list(plan_pages({"uri": str(tmp_path / name), "rel": name, "fingerprint": "f"}, [{"question": "q ?"}]))
+        assert [r["error"] for r in planned] == [f"could not read: {tmp_path / name}: ConnectionError: connection reset by peer"]
+        loaded = PageLoader().load(rows[name][0])
+        assert loaded["status"] == "error" and error_reason(loaded["error"]) == "could not read", loaded["error"]
+        assert error_reason(planned[0]["error"]) in stages.PASSING_FAILURES
+
+
 @pytest.mark.parametrize("with_stats", [False, True])
 def test_documents_that_failed_for_a_passing_reason_stay_out_of_the_ledger(ray_local, tmp_path, with_stats):
     """A timeout, an endpoint or model error, a storage read: the next night must read those documents

@@ -76,3 +76,25 @@ def test_launcher_and_runtime_env():
     assert doc["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
     (env,) = _load("runtime_env.yaml")
     assert "pip" in env and "env_vars" in env
+
+
+# what the Ray image ships already (ray, Arrow, pandas) or the jobs only try (tifffile: a fallback decoder)
+IN_THE_IMAGE = {"ray", "pyarrow", "pandas", "tifffile"}
+
+
+def test_the_runtime_env_and_the_launcher_install_every_package_the_pipeline_tasks_import():
+    """A package the `pipelines` extra gained but these hand-written lists lacked fails a job on a cluster only
+    after its tiles were answered (antimeridian, in the GeoParquet rewrite)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]["pipelines"]
+    needed = {Requirement(r).name.lower() for r in extra} - IN_THE_IMAGE
+    (env,) = _load("runtime_env.yaml")
+    in_env = {Requirement(r).name.lower() for r in env["pip"]["packages"]}
+    (launcher,) = _load("launcher/aws-gpu.yaml")
+    pip_lines = [shlex.split(c) for c in launcher["setup_commands"] if c.startswith("pip install")]
+    in_launcher = {Requirement(a).name.lower() for line in pip_lines for a in line[2:] if not a.startswith("-")}
+    assert needed <= in_env, needed - in_env
+    assert needed <= in_launcher, needed - in_launcher

@@ -119,7 +119,7 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     if fs.isfile(root):
         found = {root: fs.info(root)}
     else:
-        found = _find_local(fs, root) if is_local(fs) else fs.find(root, detail=True)
+        found = _find_local(root) if is_local(fs) else fs.find(root, detail=True)
     accepted, skipped = [], []
     for path in sorted(found):
         info = found[path]
@@ -141,32 +141,68 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     return accepted, skipped
 
 
-def _find_local(fs, root: str) -> dict[str, dict]:
-    """``fs.find(root, detail=True)`` on a local folder, with symbolic links followed as a shell's ``find -L``
-    would: a link to a file is that file (its size and mtime), a linked folder is read under the link's
-    name. fsspec lists a link as type ``other`` and does not follow it. A link that dangles, or names a
-    folder read already (the input, a folder in it, another link's) or one holding the input (a loop),
-    stays type ``other`` with a ``skip_reason``."""
+def _find_local(root: str) -> dict[str, dict]:
+    """Every file under a local folder, as ``fs.find(root, detail=True)`` gives it ({path: {"type", "size",
+    "mtime"}}), with symbolic links followed and nothing left out without a reason. fsspec lists a link as
+    type ``other`` and does not follow it, and leaves out a folder it cannot list (its ``on_error`` does
+    not reach subfolders), so this walks with ``os.walk``.
+
+    A link to a file is that file (its size and mtime); a linked folder is read under the link's name.
+    Each folder and file is read once (unlike ``find -L``): a link to a folder read already (the input, a
+    folder in it, another link's) or holding the input is not followed, and a file reached by a second
+    name (a link to a file of the input, two links into one folder) is read under its own name, or the
+    first in order. What is not read is type ``other`` with a ``skip_reason``: a link that dangles or
+    loops, a FIFO, a socket or a link to one, a folder that cannot be listed, a second name."""
+    import errno
     import os
+    import stat
 
     real_root = os.path.realpath(root)
-    walked, found, folders = {real_root}, {}, [root]
+    walked, found, folders = [real_root], {}, [(root, False)]
+
+    def file_info(st, linked: bool) -> dict:
+        return {"type": "file", "size": st.st_size, "mtime": st.st_mtime, "linked": linked}
+
     while folders:
-        for path, info in fs.find(folders.pop(), detail=True).items():
-            if not info.get("islink"):
-                found[path] = info
-                continue
-            real = os.path.realpath(path)
-            if os.path.isfile(real):
-                st = os.stat(real)
-                found[path] = {**info, "type": "file", "size": st.st_size, "mtime": st.st_mtime}
-            elif not os.path.isdir(real):
-                found[path] = {**info, "skip_reason": "broken symbolic link"}
-            elif any(_within(real, w) for w in walked) or _within(real_root, real):
-                found[path] = {**info, "skip_reason": "symbolic link to a folder read already, or holding the input"}
-            else:
-                walked.add(real)
-                folders.append(path)
+        folder, linked = folders.pop()
+        failed: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=failed.append):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    if name in filenames:  # folders are walked by os.walk itself
+                        st = os.stat(path)
+                        found[path] = (file_info(st, linked) if stat.S_ISREG(st.st_mode)
+                                       else {"type": "other", "skip_reason": "not a regular file"})
+                    continue
+                try:
+                    st = os.stat(path)  # follows the link
+                except OSError as err:
+                    reason = "symbolic link that loops" if err.errno == errno.ELOOP else "broken symbolic link"
+                    found[path] = {"type": "other", "skip_reason": reason}
+                    continue
+                real = os.path.realpath(path)
+                if stat.S_ISREG(st.st_mode):
+                    found[path] = file_info(st, True)
+                elif not stat.S_ISDIR(st.st_mode):
+                    found[path] = {"type": "other", "skip_reason": "symbolic link to something that is not a file or folder"}
+                elif any(_within(real, w) for w in walked) or _within(real_root, real):
+                    found[path] = {"type": "other",
+                                   "skip_reason": "symbolic link to a folder read already, or holding the input"}
+                else:
+                    walked.append(real)
+                    folders.append((path, True))
+        for err in failed:
+            found[str(err.filename or folder)] = {"type": "other",
+                                                  "skip_reason": f"folder cannot be read ({err.strerror or err})"}
+    first_name: dict[tuple[int, int], str] = {}
+    for path in sorted(found, key=lambda p: (found[p].get("linked", False), p)):  # own names first
+        if found[path]["type"] != "file":
+            continue
+        st = os.stat(path)
+        kept = first_name.setdefault((st.st_dev, st.st_ino), path)
+        if kept != path:
+            found[path] = {"type": "other", "skip_reason": f"a second name of {relative_path(root, kept)} (read once)"}
     return found
 
 

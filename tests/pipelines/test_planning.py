@@ -19,14 +19,42 @@ def test_symbolic_links_are_followed_and_those_that_cannot_be_are_named(tmp_path
     (inbox / "sub" / "loop").symlink_to(inbox)                 # would list the inbox forever
     (inbox / "again").symlink_to(inbox / "sub")                # would list sub/ twice
     os.mkfifo(inbox / "pipe.jpg")
+    (inbox / "to-pipe.jpg").symlink_to(inbox / "pipe.jpg")
+    (inbox / "self.jpg").symlink_to(inbox / "self.jpg")           # a link to itself
+    (inbox / "c-again.jpg").symlink_to(inbox / "sub" / "c.jpg")    # a second name of a file of the input
     accepted, skipped = list_sources(str(inbox), None, skip_by_extension([".jpg"], "image"))
-    assert {a["rel"]: a["size"] for a in accepted} == {"link.jpg": 3, "linked/a.jpg": 3, "linked/2024/b.jpg": 5,
-                                                       "sub/c.jpg": 7}
+    assert {a["rel"]: a["size"] for a in accepted} == {"link.jpg": 3, "linked/2024/b.jpg": 5, "sub/c.jpg": 7}
     assert {a["uri"] for a in accepted} >= {str(inbox / "linked" / "2024" / "b.jpg")}
     assert {s["source"]: s["reason"] for s in skipped} == {
         "dangling.jpg": "broken symbolic link", "pipe.jpg": "not a regular file",
+        "self.jpg": "symbolic link that loops",
+        "to-pipe.jpg": "symbolic link to something that is not a file or folder",
+        "c-again.jpg": "a second name of sub/c.jpg (read once)",
+        "linked/a.jpg": "a second name of link.jpg (read once)",      # outside/a.jpg, reached twice
         "sub/loop": "symbolic link to a folder read already, or holding the input",
         "again": "symbolic link to a folder read already, or holding the input"}
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_dropped(tmp_path, monkeypatch):
+    """fsspec's find leaves out a folder it cannot list (permission denied); a root user cannot be denied
+    here, so listing one folder is made to fail as the kernel fails it."""
+    import os as os_module
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "b.jpg").write_bytes(b"b")
+    real_scandir = os_module.scandir
+
+    def scandir(path="."):
+        if str(path).rstrip("/").endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os_module, "scandir", scandir)
+    accepted, skipped = list_sources(str(tmp_path), None, skip_by_extension([".jpg"], "image"))
+    assert [a["rel"] for a in accepted] == ["ok/a.jpg"]
+    assert skipped == [{"source": "locked", "reason": "folder cannot be read (Permission denied)"}]
 
 
 def test_a_link_given_as_the_input_is_read(tmp_path):

@@ -368,8 +368,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
           + (f"; skipped {len(plan.skipped)} files (not documents, hidden, or links that cannot be followed: "
              "skipped_sources in the summary)" if plan.skipped else ""))
     if plan.sources and not opts.force and is_committed(RunPaths(opts.output, opts.run_id), so):
-        print(f"[documents] run {opts.run_id} was committed before these arrived: the next night's run (--run-date) "
-              "reads them; this one stands as committed")
+        print(f"[documents] run {opts.run_id} is committed and stands; the {len(plan.sources)} document(s) above "
+              "(new or changed since, or left for a retry) are read by the next night's run (--run-date)")
 
     def after_commit(results, paths, so_):
         n = update_ledger(opts.output, results, paths.run_id, so_, settings)

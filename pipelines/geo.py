@@ -8,11 +8,11 @@ scenes have no map footprint (null geometry); their roll-up is in upright scene 
 GeoParquet (https://geoparquet.org, version ``GEOPARQUET_VERSION``): WKB columns written by shapely,
 CRS as PROJJSON from pyproj, one ``geo`` metadata key naming ``geometry`` (primary) and
 ``evidence_geometry``. A run whose scenes share one CRS is written in it; a run with several CRSs is
-written in OGC:CRS84 (lon/lat), the ``crs`` column still naming each scene's own: each footprint edge
-cut into ``DENSIFY`` segments before it is transformed, and one over the antimeridian or a pole split
-or closed there (the ``antimeridian`` package, after RFC 7946 section 3.1.9). A scene whose CRS PROJ
-cannot transform to lon/lat (a local engineering grid) has null map geometry in such a run and null
-evidence lon/lat in any run.
+written in OGC:CRS84 (lon/lat), the ``crs`` column still naming each scene's own: each footprint's
+edges cut into pieces of at most 1/(4 ``DENSIFY``) of its perimeter before it is transformed, and one
+over the antimeridian or a pole split or closed there (the ``antimeridian`` package, after RFC 7946
+section 3.1.9). A scene whose CRS PROJ cannot transform to lon/lat (a local engineering grid) has null
+map geometry in such a run and null evidence lon/lat in any run.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ GEOPARQUET_VERSION = "1.1.0"
 ROWS_PER_FILE = 1_000_000
 WGS84 = "EPSG:4326"
 CRS84 = "OGC:CRS84"
-DENSIFY = 16  # points per footprint edge transformed into lon/lat
+DENSIFY = 16  # into lon/lat, footprint edges are cut into pieces of at most 1/(4 DENSIFY) of the perimeter
 
 
 def _affine(header: SceneHeader, x: float, y: float) -> tuple[float, float]:
@@ -145,8 +145,9 @@ class ResultGeometry:
 
     def _to(self, geom, src: str, dst: str):
         """``geom`` from ``src`` to ``dst``; None where it cannot be (no transformer, points outside the
-        projection's domain). Into lon/lat each edge is first cut into ``DENSIFY`` segments (a straight
-        edge in a projection is a curve in lon/lat), and a footprint across the antimeridian or around a
+        projection's domain). Into lon/lat the edges are first cut into pieces of at most 1/(4 ``DENSIFY``)
+        of the perimeter (a straight edge in a projection is a curve in lon/lat), and a footprint across
+        the antimeridian or around a
         pole is split or closed there (the ``antimeridian`` package): four transformed corners made a
         band round the globe of a tile over 180 degrees, and a self-crossing ring of one over a pole."""
         import shapely
@@ -157,7 +158,8 @@ class ResultGeometry:
         t = self._transformer(src, dst)
         if t is None:
             return None
-        lonlat = dst in (CRS84, WGS84)
+        # a box of zero area (an evidence box of zero width) is not a ring to cut, split or close
+        lonlat = dst in (CRS84, WGS84) and geom.area > 0
         if lonlat:
             geom = shapely.segmentize(orient(geom), geom.exterior.length / (4 * DENSIFY))
         with np.errstate(invalid="ignore"):

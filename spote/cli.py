@@ -106,14 +106,16 @@ def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None)
         raise AskError(f"{flag} {path}: cannot make its folder ({err.strerror or err})") from None
     # the file itself is made (and removed): permission bits alone pass a root user, or a /proc or read-only
     # mount that refuses any new file; an existing file is opened to append, which leaves it as it was
-    existed = os.path.lexists(path)  # a link to nowhere is the user's too: not removed
+    if path.exists() and not path.is_file():  # a FIFO would block the open below, a device take the bytes
+        raise AskError(f"{flag} {path}: not a regular file")
+    existed = path.exists()  # follows a link: a dangling link's target is made here, then removed, the link kept
     try:
         with open(path, "a"):
             pass
     except OSError as err:
         raise AskError(f"{flag} {path}: cannot write it ({err.strerror or err})") from None
     if not existed:
-        path.unlink(missing_ok=True)
+        Path(os.path.realpath(path)).unlink(missing_ok=True)
 
 
 def _check_image_path(image: Path) -> None:

@@ -263,8 +263,11 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
 
     Raises:
         BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``, no
-            frame ``frame``.
+            frame ``frame`` (or a negative one).
+        ValueError: ``frame`` given for an array or a PIL image, which have one frame.
     """
+    if frame < 0:
+        raise BadImage(f"frame {frame}: frames are counted from 0")
     if frame and not isinstance(source, (str, Path, bytes, bytearray, memoryview, io.IOBase)):
         raise ValueError(f"frame {frame}: only a file, bytes or a file object have frames")
     if isinstance(source, Image.Image):
@@ -301,7 +304,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             return _upright_image(rgb, exif_orientation(im))
     except UnidentifiedImageError as err:
         if _bytes_of(source).lstrip()[:5] == b"%PDF-":  # a PDF under an image's name: say so, not "broken"
-            raise BadImage("not an image: the file is a PDF (the documents job reads PDFs)") from err
+            raise BadImage("not an image: the file is a PDF; name it .pdf") from err
         raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):

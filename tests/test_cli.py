@@ -140,6 +140,15 @@ def test_ask_trace_types_are_what_matplotlib_writes_and_the_check_leaves_no_file
                               "--model", str(tmp_path / "no-model")])
     _one_error_line(res.stderr, "not found")
     assert (tmp_path / "old.png").read_bytes() == b"an older trace"
+    (tmp_path / "link.png").symlink_to(tmp_path / "elsewhere" / "t.png")  # a link to nowhere: its target is
+    (tmp_path / "elsewhere").mkdir()                                      # made by the check, then removed
+    res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "link.png"),
+                              "--model", str(tmp_path / "no-model")])
+    _one_error_line(res.stderr, "not found")
+    assert (tmp_path / "link.png").is_symlink() and not (tmp_path / "elsewhere" / "t.png").exists()
+    os.mkfifo(tmp_path / "pipe.png")                                      # opening it would wait for a reader
+    res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "pipe.png")])
+    _one_error_line(res.stderr, "pipe.png: not a regular file")
 
 
 @pytest.mark.skipif(__import__("shutil").which("xelatex") is not None, reason="xelatex writes .pgf here")

@@ -111,6 +111,8 @@ def test_every_frame_of_a_16_bit_colour_tiff_is_decoded_as_the_first(tmp_path):
     assert np.array_equal(np.asarray(load_image((tmp_path / "scan.tif").read_bytes(), frame=2)), first)
     with pytest.raises(BadImage, match="page 3 of 3: no such frame"):
         load_image(tmp_path / "scan.tif", frame=3)
+    with pytest.raises(BadImage, match="frame -1: frames are counted from 0"):
+        load_image(tmp_path / "scan.tif", frame=-1)
 
 
 def test_a_multi_page_tiff_cut_short_cannot_be_counted_as_one_clean_page(tmp_path):

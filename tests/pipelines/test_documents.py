@@ -120,7 +120,7 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     again = run(opts, str(qs), dpi=50, run_date="2026-11-28")
     said = capsys.readouterr().out
     assert again["documents_processed"] == 0 and "late.pdf" not in str(_ledger(out))
-    assert "run documents-2026-11-28 was committed before these arrived: the next night's run" in said
+    assert "run documents-2026-11-28 is committed and stands; the 1 document(s) above" in said
 
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,

@@ -169,7 +169,9 @@ def test_footprints_in_lon_lat_over_the_antimeridian_and_a_pole_are_valid_and_th
                "italy.tif": _scene("EPSG:32633", from_origin(500000, 4650000, 10, 10), 300, 200)}
     geometry = ResultGeometry(headers)
     assert geometry.crs == "OGC:CRS84"
-    fiji, pole, italy = geometry.columns(_whole_tiles(headers, [None, None, None]))["geometry"]
+    columns = geometry.columns(_whole_tiles(headers, [[10, 10, 10, 40], None, [0, 0, 0, 0]]))  # zero-area boxes too
+    fiji, pole, italy = columns["geometry"]
+    assert columns["evidence_geometry"][0].area == 0 and 179 < abs(columns["evidence_lon"][0]) <= 180
     assert fiji.geom_type == "MultiPolygon" and fiji.is_valid                      # split at the antimeridian
     assert {round(b, 6) for b in (fiji.bounds[0], fiji.bounds[2])} == {-180.0, 180.0}
     assert 0.04 < fiji.area < 0.06                                                  # 0.27 x 0.19 degrees

@@ -115,7 +115,10 @@ def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tm
         assert res.exit_code == 2, res.output
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --output {output}") and says in lines[0], res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]            # the probe left nothing behind
+    # a place a folder can be made passes the check (the job then stops at its missing input), leaving nothing
+    res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "new" / "out")])
+    assert res.exit_code == 2 and "--input" in res.stderr and "--output" not in res.stderr, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]            # no probe folder, no output
 
 
 def test_a_bad_policy_is_refused_before_the_job_lists_its_input(tmp_path):

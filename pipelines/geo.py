@@ -139,8 +139,11 @@ class ResultGeometry:
         if key not in self._transformers:
             try:
                 self._transformers[key] = Transformer.from_crs(src, dst, always_xy=True)
-            except (ProjError, CRSError):
+            except (ProjError, CRSError) as err:
                 self._transformers[key] = None
+                name = src if len(src) <= 80 else src[:77] + "..."
+                print(f"[satellite] no transformation from {name} to {dst} ({err}); the map columns of its scenes' "
+                      "rows are null")
         return self._transformers[key]
 
     def _to(self, geom, src: str, dst: str):

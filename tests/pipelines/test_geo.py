@@ -140,7 +140,7 @@ def _whole_tiles(headers: dict, boxes: list) -> pa.Table:
 SITE_GRID = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
 
 
-def test_a_scene_whose_crs_has_no_way_to_lon_lat_gets_null_map_columns_and_the_run_goes_on(tmp_path):
+def test_a_scene_whose_crs_has_no_way_to_lon_lat_gets_null_map_columns_and_the_run_goes_on(tmp_path, capsys):
     """PROJ has no transformation from a local engineering grid: rewriting the run used to raise ProjError
     after every tile was answered, so the run could never be committed."""
     from pipelines.geo import ResultGeometry
@@ -151,6 +151,8 @@ def test_a_scene_whose_crs_has_no_way_to_lon_lat_gets_null_map_columns_and_the_r
     columns = ResultGeometry(headers).columns(table)
     assert columns["geometry"][0] is None and columns["evidence_lon"][0] is None   # not placeable in CRS84
     assert columns["geometry"][1].is_valid and 14 < columns["evidence_lon"][1] < 16
+    said = capsys.readouterr().out
+    assert 'no transformation from LOCAL_CS["site grid"' in said and "rows are null" in said   # said, not silent
     alone = ResultGeometry({"site.tif": headers["site.tif"]}).columns(table.slice(0, 1))
     assert alone["geometry"][0].equals(shapely.box(1000, 1950, 1050, 2000))        # in its own grid it has a footprint
     assert alone["evidence_lon"][0] is None                                          # but no lon/lat

@@ -261,7 +261,10 @@ def _answers_section(stats) -> str:
 def pick_gallery(df, run_id: str, unsure: int = GALLERY_UNSURE, sure: int = GALLERY_SURE):
     """(row positions of the least confident answered rows, a sample of the confident ones): a top-k and a
     seeded sample over the confidence column, so only these rows' sources are read again."""
-    conf = df["confidence"].where(df["status"] == "ok")
+    import pandas as pd
+
+    # numbers, whatever the rows held: a run with no answered row has only nulls there (an object column)
+    conf = pd.to_numeric(df["confidence"], errors="coerce").where(df["status"] == "ok")
     answered = conf.dropna()
     low = answered.nsmallest(min(unsure, max(1, len(answered) // 2))).index.tolist()  # a small run keeps some sure ones
     pool = answered[(answered >= SURE_CONFIDENCE) & ~answered.index.isin(low)]

@@ -181,3 +181,18 @@ def test_hostile_names_through_a_whole_run(ray_local, random_tiny_dir, tmp_path,
     for value in (HOSTILE["id"], HOSTILE["question"], str(good), str(tmp_path / HOSTILE["other"]), "<b>2</b>"):
         assert value in text, value
     assert any(a in text for a in ("<yes>", "no&"))
+
+
+def test_a_run_with_no_answered_row_gets_its_report(tmp_path):
+    """Every row an error, its numbers null (as the job stores them): the gallery's pick must not fail on a
+    column of nothing but nulls, or the run could never be committed."""
+    import pandas as pd
+
+    rows = [_row(id=f"e{i}", status="error", error="unreadable scene: complex-valued bands", answer="",
+                 confidence=None, entropy_initial=None, entropy_final=None, entropy_trace=[], boxes=[],
+                 forward_passes=0, evidence_box=None) for i in range(3)]
+    assert pick_gallery(pd.DataFrame(rows), "r") == ([], [])
+    table = RunStats.of_table(typed_table({k: [r[k] for r in rows] for k in rows[0]}))
+    summary = summarise(table, "r", 3, 1.0, "m", {})
+    write_report(table, summary, str(tmp_path / "meta"), loader=(ImageLoader, {}), timeout_s=120)
+    assert "complex-valued bands" in "".join(parse(tmp_path / "meta" / "report.html").text)

@@ -6,14 +6,19 @@ ERDAS .img and the other formats in ``SCENE_FORMATS`` that the installed GDAL ha
 Memory bound of one loader process: the tile being read (``tile_size^2 x bands``, as stored plus a
 float64 copy during the stretch, plus one mask byte per pixel and band) and GDAL's block cache, capped
 at ``GDAL_CACHE_MB``. A tile over ``max_tile_pixels`` is refused before any work. The scene stretch
-reads an overview where the file has one, else at most ``SAMPLE_GRID^2`` windows of ``SAMPLE_WINDOW^2``
-pixels. Remote scenes are read by range requests (rasterio's fsspec opener), never downloaded whole.
+reads the coarsest overview that keeps ``OVERVIEW_MIN_SIDE`` pixels a side, if that overview is at most
+``OVERVIEW_MAX_PIXELS``; else (no overviews, or none that size: a long narrow strip) at most
+``SAMPLE_GRID^2`` windows of ``SAMPLE_WINDOW^2`` pixels. Remote scenes are read by range requests
+(rasterio's fsspec opener), never downloaded whole.
 (GDAL refuses progressive JPEGs whose decoder would need more than libjpeg's memory limit, with its
 own message, which becomes the scene's error row.)
 
 Pixels a viewer would not show are invalid: nodata values, internal masks and alpha bands (GDAL's mask
 bands, ``read_masks``), and NaN/inf. They are left out of the stretch percentiles and shown as
-``NEUTRAL_FILL`` grey; a tile without a single valid pixel is not read into an image at all.
+``NEUTRAL_FILL`` grey; a tile without a single valid pixel is not read into an image at all. Valid data of
+one value (a stretch range with lo == hi) is drawn mid-grey one step darker, ``CONSTANT_GREY``, so it is
+never the nodata value. Complex-valued bands (SAR SLC) are refused: they are not an image until converted
+to amplitude.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ GDAL_CACHE_MB = 256
 SCENE_PERCENTILES = (2.0, 98.0)  # of the valid pixels, per band: QGIS' default cumulative cut
 SAMPLE_GRID = 16                 # scene stretch without overviews: a 16 x 16 grid of sample windows ...
 SAMPLE_WINDOW = 32               # ... of 32 x 32 pixels (262,144 pixels per band at most)
-OVERVIEW_MIN_SIDE = 256          # the coarsest overview read for the scene stretch keeps this many pixels a side
+OVERVIEW_MIN_SIDE = 256          # the coarsest overview read for the scene stretch keeps this many pixels a side ...
+OVERVIEW_MAX_PIXELS = 1024 ** 2  # ... and holds at most this many (else the sample grid is read)
+# valid data of one value: apply_range's mid-grey (127.5) rounds to NEUTRAL_FILL, the nodata colour
+CONSTANT_GREY = NEUTRAL_FILL - 1
+COMPLEX_BANDS = "complex-valued bands (e.g. SAR SLC) are not images; convert them to amplitude (|z|) first"
 
 # extension -> GDAL drivers that read it (the first the installed GDAL has is used)
 _JP2 = ("JP2OpenJPEG", "JP2KAK", "JP2ECW", "JP2MrSID", "JPEG2000")
@@ -45,6 +54,30 @@ SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".tifw", ".jgw", ".jpgw"
 
 class SceneError(ValueError):
     """A scene or a request about it that cannot be served; the message says why."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error row: ``<Type>: <message>``, or a ``SceneError``'s own message (it says why).
+
+    rasterio (1.4) raises a failed read as "Read failed. See previous exception for details." and chains
+    GDAL's error stack behind it as CPLE_* exceptions (``__cause__``; an open failure as ``__context__``);
+    only those say what is wrong ("gone.tif: No such file or directory"), so their messages are added, most
+    recent first, each once."""
+    from rasterio._err import CPLE_BaseError
+
+    if isinstance(err, SceneError):
+        return str(err)
+    own = str(err).replace(" See previous exception for details.", "").strip().rstrip(".")
+    parts = [own] if own else []
+    seen, cause = {id(err)}, err.__cause__ if err.__cause__ is not None else err.__context__
+    while cause is not None and id(cause) not in seen and len(seen) < 20:
+        seen.add(id(cause))
+        if isinstance(cause, CPLE_BaseError):
+            msg = " ".join(str(cause).split()).rstrip(".")
+            if msg and not any(msg in p for p in parts):
+                parts.append(msg)
+        cause = cause.__cause__ if cause.__cause__ is not None else cause.__context__
+    return f"{type(err).__name__}: {': '.join(parts[:2])}{''.join('; ' + p for p in parts[2:])}"
 
 
 def readable_extensions() -> dict[str, str]:
@@ -114,6 +147,8 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
     """The ``SceneHeader`` of an open dataset (``uri`` is used to look for an EXIF orientation)."""
     from rasterio.enums import ColorInterp
 
+    if all(np.dtype(d).kind == "c" for d in ds.dtypes):  # no band could be shown: refused before any tile
+        raise SceneError(COMPLEX_BANDS)
     georef = ds.crs is not None or not ds.transform.is_identity
     orientation = 1 if georef or not uri else _exif_orientation(uri, storage_options)
     width, height = upright_size(ds.width, ds.height, orientation)
@@ -169,12 +204,22 @@ def check_bands(bands: tuple[int, ...] | None, header: SceneHeader, name: str) -
 
 
 def tile_pixel_cap(tile_size: int, max_tile_pixels: int) -> None:
-    """Raises SceneError when one tile would be over the pixel cap (checked before any work)."""
-    if tile_size <= 0:
-        raise SceneError(f"--tile-size must be positive, got {tile_size}")
+    """Raises SceneError, naming the flag at fault and its valid range, when ``--max-tile-pixels`` is not
+    positive, ``--tile-size`` is not positive, or one tile would be over the cap (checked before any work;
+    the cap first, as the valid tile sizes follow from it)."""
+    from math import isqrt
+
+    if max_tile_pixels < 1:
+        raise SceneError(f"--max-tile-pixels {max_tile_pixels}: must be a positive number of pixels per tile "
+                         "(1 or more)")
+    largest = isqrt(max_tile_pixels)
+    if tile_size < 1:
+        raise SceneError(f"--tile-size {tile_size}: must be 1 to {largest:,} pixels (a square tile within "
+                         f"--max-tile-pixels {max_tile_pixels:,})")
     if tile_size * tile_size > max_tile_pixels:
         raise SceneError(f"--tile-size {tile_size}: one tile is {tile_size}x{tile_size} = {tile_size ** 2:,} pixels, "
-                         f"over the cap of {max_tile_pixels:,} pixels per tile; use a smaller --tile-size")
+                         f"over the cap of {max_tile_pixels:,} pixels per tile; use a --tile-size of at most "
+                         f"{largest:,} (or raise --max-tile-pixels)")
 
 
 @dataclass
@@ -191,6 +236,8 @@ class Pixels:
 
 def _read(ds, header: SceneHeader, bands: tuple[int, ...], window=None, out_shape=None) -> Pixels:
     """Values and validity of a stored-frame window (or a decimated read of the scene)."""
+    if any(np.dtype(ds.dtypes[b - 1]).kind == "c" for b in bands):  # (numpy's percentile would raise TypeError)
+        raise SceneError(COMPLEX_BANDS)
     kw = {"window": window} if window is not None else {}
     if out_shape is not None:
         kw["out_shape"] = (len(bands), *out_shape)
@@ -228,36 +275,82 @@ def tile_ranges(px: Pixels, percentiles=SCENE_PERCENTILES) -> Ranges | None:
     return [robust_range(px.values[..., c], px.valid, percentiles) for c in range(px.values.shape[-1])]
 
 
-def scene_ranges(ds, header: SceneHeader, bands: tuple[int, ...], percentiles=SCENE_PERCENTILES) -> Ranges | None:
-    """Per-channel stretch ranges of the whole scene, from its valid pixels: an overview where the file has
-    one, else a regular grid of sample windows. None for 8-bit data (shown as stored)."""
+def stretch_sample_reads(ds, header: SceneHeader, bands: tuple[int, ...]) -> list[dict]:
+    """The reads the scene stretch makes, as ``_read`` keyword arguments (``out_shape`` or ``window``): the
+    coarsest overview that keeps ``OVERVIEW_MIN_SIDE`` pixels a side, if it holds at most
+    ``OVERVIEW_MAX_PIXELS``; else a regular grid of sample windows (at most ``SAMPLE_GRID^2 x
+    SAMPLE_WINDOW^2`` pixels). Without that bound a strip whose overviews are all too narrow, or a file
+    with only a fine overview, was read whole (a decimated read by factor 1), growing with the scene."""
     from rasterio.windows import Window
 
-    if header.palette or np.dtype(header.dtype) == np.uint8:
-        return None
     W, H = header.stored_width, header.stored_height
     if header.has_overviews:
-        factors = ds.overviews(bands[0])
-        f = max([x for x in factors if min(W, H) // x >= OVERVIEW_MIN_SIDE] or [1])
-        samples = [_read(ds, header, bands, out_shape=(max(1, H // f), max(1, W // f)))]
-    else:
-        n_x, n_y = min(SAMPLE_GRID, max(1, W // SAMPLE_WINDOW)), min(SAMPLE_GRID, max(1, H // SAMPLE_WINDOW))
-        sw, sh = min(SAMPLE_WINDOW, W), min(SAMPLE_WINDOW, H)
-        xs = np.linspace(0, W - sw, n_x).round().astype(int)
-        ys = np.linspace(0, H - sh, n_y).round().astype(int)
-        samples = [_read(ds, header, bands, window=Window(int(x), int(y), sw, sh)) for y in ys for x in xs]
+        fits = [f for f in ds.overviews(bands[0])
+                if min(W, H) // f >= OVERVIEW_MIN_SIDE and (W // f) * (H // f) <= OVERVIEW_MAX_PIXELS]
+        if fits:
+            f = max(fits)
+            return [{"out_shape": (H // f, W // f)}]
+    n_x, n_y = min(SAMPLE_GRID, max(1, W // SAMPLE_WINDOW)), min(SAMPLE_GRID, max(1, H // SAMPLE_WINDOW))
+    sw, sh = min(SAMPLE_WINDOW, W), min(SAMPLE_WINDOW, H)
+    xs = np.linspace(0, W - sw, n_x).round().astype(int)
+    ys = np.linspace(0, H - sh, n_y).round().astype(int)
+    return [{"window": Window(int(x), int(y), sw, sh)} for y in ys for x in xs]
+
+
+def scene_ranges(ds, header: SceneHeader, bands: tuple[int, ...], percentiles=SCENE_PERCENTILES) -> Ranges | None:
+    """Per-channel stretch ranges of the whole scene, from the valid pixels of ``stretch_sample_reads``
+    (an overview or a grid of sample windows); a channel is None when no sampled pixel is valid (sparse
+    data the samples missed: ``tile_stretch`` then falls back to each tile's own range). None for 8-bit
+    data (shown as stored)."""
+    if header.palette or np.dtype(header.dtype) == np.uint8:
+        return None
+    samples = [_read(ds, header, bands, **kw) for kw in stretch_sample_reads(ds, header, bands)]
     values = np.concatenate([s.values.reshape(-1, s.values.shape[-1]) for s in samples])
     valid = np.concatenate([s.valid.reshape(-1) for s in samples])
     return [robust_range(values[:, c], valid, percentiles) for c in range(values.shape[-1])]
 
 
+def tile_stretch(px: Pixels, scene: Ranges | None) -> Ranges | None:
+    """The ranges a tile is drawn with under ``--stretch scene``: the scene's, unless they miss the tile's
+    valid data, then the tile's own (``tile_ranges``; what the row's ``stretch_range`` records).
+
+    The scene's ranges miss a tile when a channel has none (no sampled pixel was valid: a small valid patch
+    in a large nodata scene; drawn with it, every pixel would be the nodata grey) or when they would draw
+    every valid pixel of a channel alike although the tile holds different values: all of them at or
+    below ``lo`` (black), at or above ``hi`` (white), or a one-value scene range (mid-grey)."""
+    if px.is_8bit:
+        return None
+    if scene is None or not px.valid.any():
+        return tile_ranges(px) if scene is None else scene
+    for c, rng in enumerate(scene):
+        if rng is None:
+            return tile_ranges(px)
+        values = px.values[..., c][px.valid]
+        vmin, vmax, (lo, hi) = values.min(), values.max(), rng
+        if vmin < vmax and (hi <= lo or vmax <= lo or vmin >= hi):
+            return tile_ranges(px)
+    return scene
+
+
+def _stretch_channel(values: np.ndarray, lo_hi, valid: np.ndarray) -> np.ndarray:
+    out = apply_range(values, lo_hi, valid)
+    if lo_hi is not None and lo_hi[1] <= lo_hi[0]:
+        # apply_range draws one value as mid-grey, 127.5, rounded to 128 = NEUTRAL_FILL: valid data of one
+        # value looked exactly like nodata. Still mid-grey, rounded the other way.
+        shown = valid & np.isfinite(values) if values.dtype.kind == "f" else valid
+        out[shown] = CONSTANT_GREY
+    return out
+
+
 def to_rgb8(px: Pixels, ranges: Ranges | None) -> np.ndarray:
-    """(h, w, 3) uint8: 8-bit values as stored (``ranges`` None), others stretched per channel over ``ranges``;
-    invalid pixels ``NEUTRAL_FILL``. Grey (C = 1) is repeated into three channels."""
+    """(h, w, 3) uint8: 8-bit values as stored (``ranges`` None), others stretched per channel over ``ranges``
+    (a one-value range: ``CONSTANT_GREY``); invalid pixels ``NEUTRAL_FILL``. Grey (C = 1) is repeated into
+    three channels."""
     if ranges is None:
         out = np.where(px.valid[..., None], px.values, NEUTRAL_FILL).astype(np.uint8)
     else:
-        out = np.stack([apply_range(px.values[..., c], ranges[c], px.valid) for c in range(px.values.shape[-1])], -1)
+        out = np.stack([_stretch_channel(px.values[..., c], ranges[c], px.valid) for c in range(px.values.shape[-1])],
+                       -1)
     return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 

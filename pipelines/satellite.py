@@ -17,8 +17,10 @@ Pixels are read per tile window in CPU loader actors, within the memory bound st
 ``pipelines.rasters``. Non-georeferenced images are tiled upright (their EXIF orientation applied).
 Bands become RGB by selection (``--bands``, default: the file's red/green/blue, else band 1 as grey);
 8-bit data is shown as stored, other data stretched per band over the 2-98 percentiles of its valid
-pixels, once per scene (``--stretch scene``, from an overview or a pixel sample) or per tile. Invalid
-pixels (nodata, masks, alpha, NaN) are grey; a tile with no valid pixel is a ``skipped`` row.
+pixels, once per scene (``--stretch scene``, from an overview or a pixel sample; a tile whose valid data
+that range misses, e.g. a small valid patch no sample landed on, is drawn with its own) or per tile. Each
+row's ``stretch_range`` is the range its tile was drawn with. Invalid pixels (nodata, masks, alpha, NaN)
+are grey; a tile with no valid pixel is a ``skipped`` row.
 
 Before the commit, each staged Parquet part is rewritten as GeoParquet by its own Ray task, and the
 roll-up is computed with Ray Data group-bys: no result table passes through the driver.
@@ -43,9 +45,9 @@ from .job import JobOptions, job_command, run_job
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema
 from .questions import load_questions
 from .rasters import (
-    GDAL_CACHE_MB, SCENE_PERCENTILES, SIDECAR_SUFFIXES, SceneError, SceneHeader, check_bands, open_scene, parse_bands,
-    read_header, read_tile, readable_extensions, scene_header, scene_ranges, stretch_bands, tile_pixel_cap,
-    tile_ranges, to_rgb8,
+    GDAL_CACHE_MB, SCENE_PERCENTILES, SIDECAR_SUFFIXES, SceneError, SceneHeader, check_bands, describe_error,
+    open_scene, parse_bands, read_header, read_tile, readable_extensions, scene_header, scene_ranges, stretch_bands,
+    tile_pixel_cap, tile_ranges, tile_stretch, to_rgb8,
 )
 from .stages import RowLoader, SkipItem
 from .storage import filesystem, join, parse_storage_options, write_text
@@ -134,9 +136,12 @@ class SceneTileLoader(RowLoader):
         px = read_tile(ds, header, self._bands, c, r, w, h)
         if not px.valid.any():
             raise SkipItem("no valid pixels: the tile is all nodata or masked")
-        ranges = self._ranges if self.stretch == "scene" else tile_ranges(px)
+        ranges = tile_stretch(px, self._ranges) if self.stretch == "scene" else tile_ranges(px)
         row["stretch_range"] = json.dumps(ranges) if ranges is not None else ""
         return to_rgb8(px, ranges)
+
+    def describe(self, row: dict, err: Exception) -> str:
+        return f"{self.failure}: {describe_error(err)}"  # GDAL's own message, not rasterio's pointer to it
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -190,7 +195,7 @@ def plan_tiles(scene: dict, questions: list[dict], tile: int, overlap: int, stor
         try:
             hdr = _header_from_json(scene["header"]) if scene.get("header") else scene_header(uri, storage_options)
         except Exception as err:  # an unreadable scene is one error row per question, not a failed job
-            error = f"{type(err).__name__}: {err}"
+            error = describe_error(err)
     if hdr is None:
         for qi, q in enumerate(questions):
             yield {"id": f"{name}/unreadable/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
@@ -218,7 +223,7 @@ def read_headers(scenes: list[dict], storage_options=None, bands: tuple[int, ...
         try:
             hdr = scene_header(s["uri"], storage_options)
         except Exception as err:  # an unreadable scene becomes error rows, not a failed job
-            s["header"], s["error"] = "", f"{type(err).__name__}: {err}"
+            s["header"], s["error"] = "", describe_error(err)
             continue
         check_bands(bands, hdr, PurePosixPath(s["rel"]).name)
         headers[s["uri"]] = hdr
@@ -312,7 +317,8 @@ def write_scene_detections(scene: str, header: SceneHeader | None, by_question: 
     crs = _scene_crs(header)
     records = []
     for qi, (question, detections) in sorted(by_question.items()):
-        fc = detections_feature_collection(scene, question, detections, crs)
+        fc = detections_feature_collection(scene, question, detections, crs,
+                                           map_coords=header is not None and header.georeferenced)
         write_text(_geojson_path(meta, scene, qi), json.dumps(fc), storage_options)
         records += [(int(qi), question, d) for d in detections]
     t = pa.table({"scene": pa.array([scene] * len(records), pa.string()),
@@ -406,9 +412,10 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     """
     if stretch not in STRETCH_MODES:
         raise SceneError(f"--stretch {stretch!r}: expected one of {', '.join(STRETCH_MODES)}")
+    tile_pixel_cap(tile_size, max_tile_pixels)  # first: the overlap's valid range depends on a valid tile size
     if overlap < 0 or overlap >= tile_size:
-        raise SceneError(f"--overlap {overlap}: must be at least 0 and smaller than --tile-size ({tile_size})")
-    tile_pixel_cap(tile_size, max_tile_pixels)
+        raise SceneError(f"--overlap {overlap}: must be 0 to {tile_size - 1} (at least 0 and smaller than "
+                         f"--tile-size {tile_size})")
     band_sel = parse_bands(bands)
     so = parse_storage_options(opts.storage_options)
     scenes, skipped = list_scenes(opts.input, so)

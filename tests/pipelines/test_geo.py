@@ -192,3 +192,9 @@ def test_a_scene_with_a_geotransform_but_no_crs_is_labelled_as_map_coordinates_o
     assert fc["features"][0]["geometry"]["coordinates"][0][0][0] > 500000          # easting, not a pixel column
     write_rollup(table, str(tmp_path / "png"), {"s1.tif": _header("")})
     assert json.loads((tmp_path / "png" / "scenes" / "s1.q0.geojson").read_text())["properties"]["crs"] == "pixel"
+    from pipelines.geo import scene_detections
+    from pipelines.satellite import write_scene_detections                       # the job's own path
+
+    df = table.to_pandas()
+    write_scene_detections("s1", no_crs, {0: ("q ?", scene_detections(df, no_crs))}, str(tmp_path / "job"))
+    assert json.loads((tmp_path / "job" / "scenes" / "s1.q0.geojson").read_text())["properties"]["crs"] == "unknown"

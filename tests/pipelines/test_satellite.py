@@ -515,3 +515,197 @@ def test_staged_parts_become_geoparquet_in_tasks_and_the_rollup_matches_the_in_m
     want = json.loads((tmp_path / "in-memory" / "scenes" / "s1.tif.q0.geojson").read_text())
     assert got == want
     assert len(geopandas.read_parquet(meta / "scenes" / "s1.tif.detections.parquet")) == 2
+
+
+# ------------------------------------------------------------------ scene stretch: sparse data, strips, constant data
+def _sample_gap_patch(path, side=20):
+    """(row, col) of a side x side patch no scene-stretch sample window touches (a 16 x 16 grid of 32 px
+    windows on 1024 px leaves 34 px gaps: 98-132, ...), checked against the reads the stretch makes."""
+    from pipelines.rasters import stretch_sample_reads
+
+    hdr = scene_header(str(path))
+    with rasterio.open(path) as ds:
+        reads = stretch_sample_reads(ds, hdr, hdr.default_bands)
+    r0 = c0 = 100
+    for kw in reads:
+        win = kw["window"]
+        assert not (win.row_off < r0 + side and r0 < win.row_off + win.height
+                    and win.col_off < c0 + side and c0 < win.col_off + win.width), win
+    return np.s_[r0:r0 + side, c0:c0 + side]
+
+
+def test_valid_data_no_scene_sample_lands_on_is_drawn_with_the_tile_range(tmp_path):
+    """A 20 x 20 valid patch in a nodata scene, between the sample windows: the scene range is null and
+    every tile was drawn nodata grey (answered from a blank image); now such a tile uses its own range."""
+    from pipelines.rasters import scene_ranges
+
+    data = np.zeros((1, 1024, 1024), np.uint16)
+    path = _write(tmp_path / "island.tif", data, nodata=0)
+    patch = _sample_gap_patch(path)
+    data[0][patch] = np.arange(3000, 3400).reshape(20, 20)
+    _write(tmp_path / "island.tif", data, nodata=0)
+    hdr = scene_header(path)
+    with rasterio.open(path) as ds:
+        assert scene_ranges(ds, hdr, (1,)) == [None]  # the premise: no sample saw a valid pixel
+    out = SceneTileLoader(stretch="scene").load(_row(path, 0, 0, 256, 256))
+    assert out["status"] == "ok"
+    assert json.loads(out["stretch_range"]) == [pytest.approx([3008, 3391], abs=0.1)]  # the tile's 2-98 %
+    rgb = _pixels(out)
+    assert rgb[patch].min() == 0 and rgb[patch].max() == 255 and rgb[patch].std() > 50
+    valid = np.zeros(rgb.shape[:2], bool)
+    valid[patch] = True
+    assert (rgb[~valid] == NEUTRAL_FILL).all()
+    far = SceneTileLoader(stretch="scene").load(_row(path, 512, 512, 256, 256))
+    assert far["status"] == "skipped"  # a tile of nodata only is still not answered
+
+
+def test_a_tile_whose_data_the_scene_range_misses_is_drawn_with_its_own(tmp_path):
+    """Background 100-200 everywhere the samples look, a 3000-3400 patch between them: a tile holding only
+    the patch was all white under the scene range (every value above its top); a tile holding both keeps
+    the scene range (the patch white, the background as in every other tile)."""
+    rng = np.random.default_rng(9)
+    data = rng.integers(100, 201, (1, 1024, 1024)).astype(np.uint16)
+    path = _write(tmp_path / "s.tif", data)
+    patch = _sample_gap_patch(path)
+    data[0][patch] = rng.integers(3000, 3401, (20, 20))
+    _write(tmp_path / "s.tif", data)
+    loader = SceneTileLoader(stretch="scene")
+    wide = loader.load(_row(path, 0, 0, 256, 256))
+    (lo, hi), = json.loads(wide["stretch_range"])
+    assert 100 <= lo < 110 and 190 < hi <= 200  # the scene's range
+    assert (_pixels(wide)[patch] == 255).all()
+    only = loader.load(_row(path, 100, 100, 20, 20))
+    (tlo, thi), = json.loads(only["stretch_range"])
+    assert 3000 <= tlo < 3050 and 3350 < thi <= 3400  # the tile's own range ...
+    assert _pixels(only).std() > 50  # ... so the patch is not one flat white
+    assert loader.load(_row(path, 600, 600, 256, 256))["stretch_range"] == wide["stretch_range"]
+
+
+def test_valid_data_of_one_value_is_not_drawn_as_nodata(tmp_path):
+    """One value (a range with lo == hi) was drawn mid-grey 128, the nodata colour: a constant tile looked
+    empty. It is mid-grey one step darker, CONSTANT_GREY (127); nodata stays NEUTRAL_FILL (128)."""
+    from pipelines.rasters import CONSTANT_GREY
+
+    assert CONSTANT_GREY != NEUTRAL_FILL
+    flat = np.full((1, 64, 64), 0.25, np.float32)
+    flat[:, :, :20] = -9999
+    path = _write(tmp_path / "flat.tif", flat, nodata=-9999)
+    for stretch in ("scene", "tile"):
+        rgb = _pixels(SceneTileLoader(stretch=stretch).load(_row(path, 0, 0, 64, 64)))
+        assert (rgb[:, 20:] == CONSTANT_GREY).all() and (rgb[:, :20] == NEUTRAL_FILL).all(), stretch
+    # one value where the samples look, a patch between them: the one-value scene range would draw the
+    # patch's tile flat grey; it gets the tile's range, the other tiles the scene's (CONSTANT_GREY)
+    data = np.full((1, 1024, 1024), 100, np.uint16)
+    path = _write(tmp_path / "calm.tif", data)
+    patch = _sample_gap_patch(path)
+    data[0][patch] = 3000
+    _write(tmp_path / "calm.tif", data)
+    loader = SceneTileLoader(stretch="scene")
+    rgb = _pixels(loader.load(_row(path, 64, 64, 128, 128)))
+    inside = np.s_[patch[0].start - 64:patch[0].stop - 64, patch[1].start - 64:patch[1].stop - 64]
+    assert (rgb[inside] == 255).all() and rgb.min() == 0
+    calm = loader.load(_row(path, 600, 600, 128, 128))
+    assert json.loads(calm["stretch_range"]) == [[100.0, 100.0]] and (_pixels(calm) == CONSTANT_GREY).all()
+
+
+def _stretch_pixels(path):
+    """Pixels per band the scene stretch reads (``stretch_sample_reads``: what ``scene_ranges`` reads)."""
+    from pipelines.rasters import stretch_sample_reads
+
+    hdr = scene_header(str(path))
+    with rasterio.open(path) as ds:
+        reads = stretch_sample_reads(ds, hdr, hdr.default_bands)
+    return sum(kw["window"].width * kw["window"].height if "window" in kw else kw["out_shape"][0] * kw["out_shape"][1]
+               for kw in reads), reads
+
+
+@pytest.mark.parametrize("shape, factors", [((200, 4000), [2, 4, 8]), ((600, 8000), [2])])
+def test_scene_stretch_reads_a_bounded_sample_when_no_overview_is_small_enough(tmp_path, shape, factors):
+    """A strip whose overviews are all under 256 px on the short side was read whole at full resolution
+    (9,000,000 px for 300 x 30000, growing with the strip); so was a file whose only overview is still over
+    OVERVIEW_MAX_PIXELS. Both read the sample grid, as a file without overviews does."""
+    from rasterio.enums import Resampling
+
+    from pipelines.rasters import OVERVIEW_MAX_PIXELS, OVERVIEW_MIN_SIDE, SAMPLE_GRID, SAMPLE_WINDOW, scene_ranges
+
+    h, w = shape
+    assert all(min(h, w) // f < OVERVIEW_MIN_SIDE or (h // f) * (w // f) > OVERVIEW_MAX_PIXELS for f in factors)
+    data = np.random.default_rng(10).integers(1000, 3000, (1, h, w)).astype(np.uint16)
+    path = _write(tmp_path / "strip.tif", data, tiled=True)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews(factors, Resampling.nearest)
+    assert scene_header(path).has_overviews
+    pixels, reads = _stretch_pixels(path)
+    assert pixels <= SAMPLE_GRID ** 2 * SAMPLE_WINDOW ** 2 < h * w, (pixels, reads[:1])
+    assert all("window" in kw for kw in reads)  # the sample grid, not a (whole) overview
+    hdr = scene_header(path)
+    with rasterio.open(path) as ds:
+        (lo, hi), = scene_ranges(ds, hdr, (1,))
+    assert 1000 <= lo < 1100 and 2900 < hi < 3000
+    # a scene with an overview of the right size still reads that overview alone
+    square = _write(tmp_path / "square.tif", data[:, :200, :200].repeat(4, 1).repeat(4, 2), tiled=True)
+    with rasterio.open(square, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.nearest)
+    assert _stretch_pixels(square) == (400 * 400, [{"out_shape": (400, 400)}])
+
+
+# ------------------------------------------------------------------ error rows carry the cause
+def test_error_rows_carry_gdals_message_and_complex_data_is_refused_by_name(tmp_path):
+    from pipelines.satellite import read_headers
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    full = _write(tmp_path / "full.tif", np.random.default_rng(11).integers(0, 255, (3, 300, 300)).astype(np.uint8))
+    raw = Path(full).read_bytes()
+    (scenes / "truncated.tif").write_bytes(raw[: len(raw) // 3])
+    (scenes / "missing_src.vrt").write_text(
+        '<VRTDataset rasterXSize="200" rasterYSize="200"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{tmp_path / "gone.tif"}</SourceFilename><SourceBand>1</SourceBand>'
+        '</SimpleSource></VRTRasterBand></VRTDataset>')
+    slc = (np.ones((1, 64, 64), np.float32) + 1j * np.ones((1, 64, 64), np.float32)).astype(np.complex64)
+    _write(scenes / "slc.tif", slc)
+    # a VRT of a real band and a complex one: readable, until the complex band is asked for
+    _write(tmp_path / "amp.tif", np.ones((1, 64, 64), np.float32))
+    _write(tmp_path / "slc_src.tif", slc)
+    (scenes / "mixed.vrt").write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64">' + "".join(
+            f'<VRTRasterBand dataType="{t}" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">'
+            f'{tmp_path / src}</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+            for i, (t, src) in enumerate((("Float32", "amp.tif"), ("CFloat32", "slc_src.tif")), 1)) + '</VRTDataset>')
+    complex_row = "unreadable scene: complex-valued bands (e.g. SAR SLC) are not images; convert them to amplitude"
+    # (the truncated file's tile lies in its lost part)
+    errors = {name: SceneTileLoader().load(_row(scenes / name, off, off, 64, 64))["error"]
+              for name, off in (("truncated.tif", 136), ("missing_src.vrt", 136), ("slc.tif", 0))}
+    errors["mixed.vrt"] = SceneTileLoader(bands=(2,)).load(_row(scenes / "mixed.vrt", 0, 0, 64, 64))["error"]
+    for name, error in errors.items():
+        assert error.startswith("unreadable scene: ") and "See previous exception" not in error, (name, error)
+        assert "\n" not in error
+    assert f"{tmp_path / 'gone.tif'}: No such file or directory" in errors["missing_src.vrt"]
+    assert "truncated.tif" in errors["truncated.tif"] and "TIFFRead" in errors["truncated.tif"]
+    assert errors["slc.tif"].startswith(complex_row) and errors["mixed.vrt"].startswith(complex_row)
+    assert SceneTileLoader().load(_row(scenes / "mixed.vrt", 0, 0, 64, 64))["status"] == "ok"  # band 1 is real
+    # the driver's header pass refuses an all-complex scene: one error row per question, before any tile
+    listed, _ = list_scenes(str(scenes))
+    read_headers(listed)
+    rows = [r for s in listed for r in plan_tiles(s, QUESTIONS, 64, 0) if r.get("status") == "error"]
+    assert [(r["id"], r["error"][:len(complex_row)]) for r in rows] == [("slc.tif/unreadable/q0", complex_row)]
+
+
+# ------------------------------------------------------------------ flags: the one at fault, its valid range
+@pytest.mark.parametrize("flags, expected", [
+    (["--tile-size", "0"], "error: --tile-size 0: must be 1 to 6,324 pixels"),
+    (["--tile-size", "-5"], "error: --tile-size -5: must be 1 to 6,324 pixels"),
+    (["--max-tile-pixels", "0"], "error: --max-tile-pixels 0: must be a positive number of pixels per tile (1 or"),
+    (["--max-tile-pixels", "-1"], "error: --max-tile-pixels -1: must be a positive number of pixels per tile (1 or"),
+    (["--tile-size", "100", "--max-tile-pixels", "2500"],
+     "error: --tile-size 100: one tile is 100x100 = 10,000 pixels, over the cap of 2,500 pixels per tile; use a "
+     "--tile-size of at most 50"),
+    (["--tile-size", "100", "--overlap", "100"], "error: --overlap 100: must be 0 to 99"),
+])
+def test_bad_tile_flags_name_the_flag_at_fault_in_one_line(tmp_path, flags, expected):
+    args = ["--input", str(tmp_path / "scenes"), "--output", str(tmp_path / "out"), "--questions",
+            str(tmp_path / "q.json"), *flags]
+    res = CliRunner().invoke(app, args)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(expected), res.output
+    assert not (tmp_path / "out").exists()

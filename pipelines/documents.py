@@ -40,7 +40,7 @@ from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
 from .runs import RunPaths, is_committed
-from .stages import PASSING_FAILURES, RowLoader, SourceReadError, read_source
+from .stages import PASSING_FAILURES, RowLoader, SourceReadError, read_source, source_read_errors
 from .stats import OTHER_REASONS, error_reason
 from .storage import filesystem, join, parse_storage_options, write_bytes
 
@@ -85,14 +85,9 @@ def content_fingerprint(uri: str, so=None) -> str:
     FileNotFoundError for a missing object, ``SourceReadError`` where the bytes cannot be fetched."""
     fs, path = filesystem(uri, so)
     h = hashlib.sha256()
-    try:
-        with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise SourceReadError(f"{type(err).__name__}: {err}") from err
+    with source_read_errors(), fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return f"sha256:{h.hexdigest()}"
 
 

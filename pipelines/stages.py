@@ -4,6 +4,8 @@ the SPOT-E actor that holds one frozen VLM and answers row by row, never raising
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import socket
@@ -49,14 +51,22 @@ class SourceReadError(Exception):
     raises FileNotFoundError instead ("missing object")."""
 
 
-def read_source(uri: str, storage_options=None) -> bytes:
-    """``storage.read_bytes`` (retried), its failures other than a missing object as ``SourceReadError``."""
+@contextlib.contextmanager
+def source_read_errors():
+    """Within the block, a failure to fetch a source's bytes, other than a missing object, is re-raised as
+    ``SourceReadError``."""
     try:
-        return read_bytes(uri, storage_options)
+        yield
     except (FileNotFoundError, IsADirectoryError):
         raise
     except Exception as err:
         raise SourceReadError(f"{type(err).__name__}: {err}") from err
+
+
+def read_source(uri: str, storage_options=None) -> bytes:
+    """``storage.read_bytes`` (retried), its failures other than a missing object as ``SourceReadError``."""
+    with source_read_errors():
+        return read_bytes(uri, storage_options)
 
 
 def error_row(row: dict, reason: str) -> dict:

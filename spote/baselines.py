@@ -54,6 +54,8 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         answer, dist = answer_text, None
         confidence = float(np.exp(sum(token_logp))) if token_logp else 0.0
         token_confidences = [float(np.exp(lp)) for lp in token_logp]
+        if not answer:  # an empty answer read nothing: no box holds its evidence
+            evidence_box = None
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=dist, entropy_trace=trace, reward_trace=[],
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],

@@ -928,6 +928,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         from_neighbour = None if clear() else k > 0
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
         token_logp, answer_ids = list(gen.logprobs), gen.token_ids
+        if not answer:  # an empty answer read nothing: no box holds its evidence
+            evidence = None
     return SpotResult(
         answer=answer, confidence=round(confidence, 6), distribution=distribution,
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,

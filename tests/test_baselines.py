@@ -130,7 +130,8 @@ class _AnswerOnFoundViews:
 @pytest.mark.parametrize("answer", ["empty", "one token at p 0.5"])
 def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_adapter, method, answer):
     """Confidence is the given answer's: the product of its tokens' p as generated, 0 for an empty answer
-    (no token read), never the whole image's answer's probability on the found view."""
+    (no token read), never the whole image's answer's probability on the found view. The evidence box is the
+    view the answer was read on; an empty answer read nothing there and has none."""
     from spote.adapters.base import Generation
 
     tok = random_adapter.tokenizer.convert_tokens_to_ids("7")
@@ -139,7 +140,8 @@ def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_a
     res = run_method(method, adapter, _image(320, 240, seed=4), "what is the code in the reference field ?", None,
                      PolicyConfig(budget=40, exit_entropy=0.0), max_passes=40, n_windows=40)
     # a view was found and the answer read on it (spote: once, jointly, on the centred agreed window)
-    assert res.evidence_box is not None and adapter.calls == 2
+    assert adapter.calls == 2
+    assert (res.evidence_box is not None) == (answer != "empty")
     assert res.answer == gen.text and res.answer_token_ids == gen.token_ids
     assert res.confidence == (0.0 if answer == "empty" else 0.5)
     assert res.token_confidences == ([] if answer == "empty" else [pytest.approx(0.5)])

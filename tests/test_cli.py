@@ -223,11 +223,15 @@ def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
     """spote-tiny's language model has 512 positions: a longer prompt is refused, not read as noise. As a real
     process: stderr is that one line, without the tokenizer's own warning or a loading bar above it."""
     long_question = "is the box in the corner of the form, " * 120 + "ticked ?"
-    for choices in (["--choices", "yes,no"], []):
-        proc = _python_m("spote.cli", "ask", str(SAMPLE), long_question, *choices, "--model", str(random_tiny_dir))
+    many_choices = ",".join(f"choice {i}" for i in range(300))
+    for question, choices, names in ((long_question, ["--choices", "yes,no"], "its choices and images"),
+                                     (long_question, [], "its images"),
+                                     ("what is in the box ?", ["--choices", many_choices], "its choices and images")):
+        proc = _python_m("spote.cli", "ask", str(SAMPLE), question, *choices, "--model", str(random_tiny_dir))
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
-        _one_error_line(proc.stderr, "error: question too long: with its images the prompt takes")
+        _one_error_line(proc.stderr, f"error: question too long: with {names} the prompt takes")
         assert "the model reads at most 512" in proc.stderr
+        assert ("shorten the question or its choices" in proc.stderr) == bool(choices)
 
 
 def test_ask_takes_mode_seed_and_relevance_from_the_policy_unless_a_flag_gives_them(random_tiny_dir):

@@ -30,6 +30,20 @@ class ViewBatchTooLarge(RuntimeError):
     """A single view set does not fit in accelerator memory, even at batch size 1."""
 
 
+class PromptTooLong(ValueError):
+    """A prompt, images included, longer than the language model's ``max_position_embeddings``.
+
+    ``tokens`` is the prompt's length and ``limit`` the model's; the message names what to shorten.
+    """
+
+    def __init__(self, tokens: int, limit: int, what: str = "question"):
+        self.tokens, self.limit = tokens, limit
+        shorten = "the question or its choices" if what == "choices" else "the question"
+        with_ = "its choices and images" if what == "choices" else "its images"
+        super().__init__(f"question too long: with {with_} the prompt takes {tokens} tokens, and the model "
+                         f"reads at most {limit}; shorten {shorten}")
+
+
 @dataclass
 class Generation:
     text: str
@@ -170,7 +184,7 @@ class HFAdapter:
         rejects any batch of more than one prompt).
 
         Raises:
-            ValueError: a prompt, images included, longer than the language model's
+            PromptTooLong: a prompt, images included, longer than the language model's
                 ``max_position_embeddings`` ("question too long").
         """
         images = [list(views) for views in views_batch]
@@ -180,8 +194,7 @@ class HFAdapter:
         text_config = getattr(self.model.config, "text_config", None) or self.model.config
         limit = getattr(text_config, "max_position_embeddings", None)
         if limit and batch["input_ids"].shape[1] > limit:  # past the positions it was trained on it reads noise
-            raise ValueError(f"question too long: with its images the prompt takes {batch['input_ids'].shape[1]} "
-                             f"tokens, and the model reads at most {limit}; shorten the question")
+            raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
     def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
@@ -226,8 +239,17 @@ class HFAdapter:
 
         Single-token choices: one pass, the next-token logits restricted to the choices.
         Multi-token choices: teacher-forced, length-normalised log-likelihood of each choice.
+
+        Raises:
+            PromptTooLong: the prompt, its choices listed in it (and, teacher-forced, one choice after it)
+                and its images, is longer than the model reads; the message names the choices.
         """
-        choices = list(choices)
+        try:
+            return self._choice_logprobs(views_batch, question, list(choices))
+        except PromptTooLong as err:  # the choices are in the prompt: the user may have to shorten those
+            raise PromptTooLong(err.tokens, err.limit, what="choices") from None
+
+    def _choice_logprobs(self, views_batch, question: str, choices: list[str]) -> torch.Tensor:
         n_img = len(views_batch[0])
         prompt = self.prompt_text(n_img, question, choices)
         cont = [self._continuation_ids(prompt, c) for c in choices]

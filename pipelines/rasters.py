@@ -301,10 +301,21 @@ def scene_ranges(ds, header: SceneHeader, bands: tuple[int, ...], percentiles=SC
     """Per-channel stretch ranges of the whole scene, from the valid pixels of ``stretch_sample_reads``
     (an overview or a grid of sample windows); a channel is None when no sampled pixel is valid (sparse
     data the samples missed: ``tile_stretch`` then falls back to each tile's own range). None for 8-bit
-    data (shown as stored)."""
+    data (shown as stored). A sample that cannot be read (a file cut short, a damaged block) is left out:
+    the readable tiles of such a scene are still drawn, and only the lost ones become error rows; where no
+    sample can be read every channel is None, and each tile is drawn with its own range."""
+    from rasterio.errors import RasterioIOError
+
     if header.palette or np.dtype(header.dtype) == np.uint8:
         return None
-    samples = [_read(ds, header, bands, **kw) for kw in stretch_sample_reads(ds, header, bands)]
+    samples = []
+    for kw in stretch_sample_reads(ds, header, bands):
+        try:
+            samples.append(_read(ds, header, bands, **kw))
+        except RasterioIOError:  # the tile reads that need this part of the file will fail, with GDAL's message
+            continue
+    if not samples:
+        return [None] * len(bands)
     values = np.concatenate([s.values.reshape(-1, s.values.shape[-1]) for s in samples])
     valid = np.concatenate([s.valid.reshape(-1) for s in samples])
     return [robust_range(values[:, c], valid, percentiles) for c in range(values.shape[-1])]

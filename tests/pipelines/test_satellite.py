@@ -709,3 +709,28 @@ def test_bad_tile_flags_name_the_flag_at_fault_in_one_line(tmp_path, flags, expe
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(expected), res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_scene_is_still_tiled_where_it_can_be_read(tmp_path):
+    """A 16-bit scene cut short (a copy that stopped mid-file): under ``--stretch scene`` its stretch
+    sample reads the lost part too. That failure made every tile an error row, even those in the readable
+    part; now the stretch uses the samples that could be read, readable tiles are answered and only the
+    lost ones are error rows, with GDAL's message."""
+    from pipelines.rasters import scene_ranges
+
+    rng = np.random.default_rng(5)
+    full = _write(tmp_path / "full.tif", rng.integers(1000, 4000, (1, 1024, 1024)).astype(np.uint16),
+                  tiled=True, blockxsize=256, blockysize=256)
+    raw = Path(full).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raw[: len(raw) // 2])  # tiles are stored row by row: the top half survives
+    hdr = scene_header(str(cut))
+    with rasterio.open(cut) as ds:
+        (lo, hi), = scene_ranges(ds, hdr, (1,))
+    assert 1000 <= lo < 1100 and 3900 < hi < 4000  # from the samples in the readable half
+    top = SceneTileLoader(stretch="scene").load(_row(cut, 0, 0, 256, 256))
+    assert top["status"] == "ok", top["error"]
+    assert json.loads(top["stretch_range"]) == [pytest.approx([lo, hi])]
+    bottom = SceneTileLoader(stretch="scene").load(_row(cut, 0, 768, 256, 256))
+    assert bottom["status"] == "error" and bottom["error"].startswith("unreadable scene: ")
+    assert "TIFFRead" in bottom["error"] or "cut.tif" in bottom["error"], bottom["error"]

@@ -1,7 +1,8 @@
 """Satellite results on the map: tile and evidence footprints, GeoParquet 1.1, and the per-scene roll-up.
 
 Footprints are polygons through the scene's affine transform (its four corners, so rotated or sheared
-transforms stay exact), in the scene's CRS. A tile's evidence is the answer's ``evidence_box`` (pixels
+transforms stay exact), in the scene's CRS; a scene georeferenced by ground control points alone (raw L1
+and SAR products) maps through GDAL's GCP transformer, each edge at ``GCP_EDGE_PIECES`` points. A tile's evidence is the answer's ``evidence_box`` (pixels
 of the tile image, upright) moved to scene pixels and through the same transform. Non-georeferenced
 scenes have no map footprint (null geometry); their roll-up is in upright scene pixels.
 
@@ -32,17 +33,15 @@ ROWS_PER_FILE = 1_000_000
 WGS84 = "EPSG:4326"
 CRS84 = "OGC:CRS84"
 DENSIFY = 16  # into lon/lat, footprint edges are cut into pieces of at most 1/(4 DENSIFY) of the perimeter
-
-
-def _affine(header: SceneHeader, x: float, y: float) -> tuple[float, float]:
-    a, b, c, d, e, f = header.transform
-    return a * x + b * y + c, d * x + e * y + f
+GCP_EDGE_PIECES = 8  # through GCPs, each edge of a pixel box is mapped at this many points (corners included)
 
 
 def scene_polygon(header: SceneHeader, x0: float, y0: float, x1: float, y1: float, *, map_coords: bool = True):
     """The upright-scene pixel box [x0, y0, x1, y1] as a shapely Polygon: map coordinates in the scene CRS
-    (through the stored frame and the affine), or upright pixels when ``map_coords`` is False or the scene
-    is not georeferenced (then None if ``map_coords``)."""
+    (through the stored frame and ``SceneHeader.to_map``), or upright pixels when ``map_coords`` is False or
+    the scene is not georeferenced (then None if ``map_coords``). Through an affine transform the four
+    corners are exact; through GCPs (a polynomial) each edge is cut into ``GCP_EDGE_PIECES`` first, since a
+    straight pixel edge is a curve on the map."""
     from shapely.geometry import Polygon
 
     corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
@@ -50,8 +49,14 @@ def scene_polygon(header: SceneHeader, x0: float, y0: float, x1: float, y1: floa
         return Polygon(corners)
     if not header.georeferenced:
         return None
-    stored = [stored_point(x, y, header.stored_width, header.stored_height, header.orientation) for x, y in corners]
-    return Polygon([_affine(header, x, y) for x, y in stored])
+    if not header.transform:
+        t = np.arange(GCP_EDGE_PIECES) / GCP_EDGE_PIECES
+        corners = [(ax + (bx - ax) * k, ay + (by - ay) * k)
+                   for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1]) for k in t]
+    stored = np.array([stored_point(x, y, header.stored_width, header.stored_height, header.orientation)
+                       for x, y in corners], float)
+    xs, ys = header.to_map(stored[:, 0], stored[:, 1])
+    return Polygon(np.column_stack([xs, ys]))
 
 
 def tile_and_evidence(header: SceneHeader, row, map_coords: bool = True):

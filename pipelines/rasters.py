@@ -23,6 +23,8 @@ to amplitude.
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -137,10 +139,56 @@ class SceneHeader:
     palette: bool
     default_bands: tuple[int, ...]   # 1-based: red, green, blue by colour interpretation, else band 1 as grey
     has_overviews: bool
+    # ground control points (col, row, x, y) in stored pixels and ``crs`` units, for a scene with no affine
+    # transform (raw L1 and SAR products); () otherwise
+    gcps: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def georeferenced(self) -> bool:
-        return bool(self.transform)
+        return bool(self.transform or self.gcps)
+
+    def to_map(self, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates (in ``crs``) of stored-pixel points (``cols``, ``rows``: x and y in pixels, 0 at
+        the top-left corner of the first pixel): through the affine transform, or through GDAL's GCP
+        transformer (a polynomial fitted to the GCPs, of the order their number allows, as gdalwarp uses).
+
+        Raises:
+            ValueError: the scene is not georeferenced.
+        """
+        cols, rows = np.atleast_1d(np.asarray(cols, float)), np.atleast_1d(np.asarray(rows, float))
+        if self.transform:
+            a, b, c, d, e, f = self.transform
+            return a * cols + b * rows + c, d * cols + e * rows + f
+        if not self.gcps:
+            raise ValueError("the scene is not georeferenced")
+        xs, ys = _gcp_transformer(self.gcps).xy(rows, cols, offset="ul")
+        return np.asarray(xs, float), np.asarray(ys, float)
+
+
+_GCP_TRANSFORMERS: dict = {}
+GCP_TRANSFORMERS_KEPT = 16
+
+
+def _gcp_transformer(gcps: tuple[tuple[float, float, float, float], ...]):
+    """rasterio's ``GCPTransformer`` for (col, row, x, y) points, kept for the next footprint of the scene:
+    building one fits the polynomial (about 1 ms for 231 GCPs), per footprint too slow for millions of
+    tiles. It holds a GDAL object, which must be closed before the interpreter unloads GDAL (or its
+    destructor fails at exit): the oldest is closed past ``GCP_TRANSFORMERS_KEPT``, the rest at exit."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import GCPTransformer
+
+    if gcps not in _GCP_TRANSFORMERS:
+        if not _GCP_TRANSFORMERS:
+            atexit.register(_close_gcp_transformers)
+        if len(_GCP_TRANSFORMERS) >= GCP_TRANSFORMERS_KEPT:
+            _GCP_TRANSFORMERS.pop(next(iter(_GCP_TRANSFORMERS))).close()
+        _GCP_TRANSFORMERS[gcps] = GCPTransformer([GroundControlPoint(row=r, col=c, x=x, y=y) for c, r, x, y in gcps])
+    return _GCP_TRANSFORMERS[gcps]
+
+
+def _close_gcp_transformers() -> None:
+    while _GCP_TRANSFORMERS:
+        _GCP_TRANSFORMERS.popitem()[1].close()
 
 
 def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
@@ -149,8 +197,11 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
 
     if all(np.dtype(d).kind == "c" for d in ds.dtypes):  # no band could be shown: refused before any tile
         raise SceneError(COMPLEX_BANDS)
+    gcps, gcp_crs = ds.gcps
     georef = ds.crs is not None or not ds.transform.is_identity
-    orientation = 1 if georef or not uri else _exif_orientation(uri, storage_options)
+    # GCPs alone (no affine, a CRS for them, at least 3 to fit a plane through): mapped through GDAL's GCP transformer
+    by_gcps = not georef and gcp_crs is not None and len(gcps) >= 3
+    orientation = 1 if georef or by_gcps or not uri else _exif_orientation(uri, storage_options)
     width, height = upright_size(ds.width, ds.height, orientation)
     ci = list(ds.colorinterp)
     palette = ds.count == 1 and ci[0] == ColorInterp.palette
@@ -159,10 +210,31 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
     else:
         colour = [i + 1 for i, c in enumerate(ci) if c != ColorInterp.alpha]
         default = tuple(colour[:3]) if len(colour) >= 3 else tuple(colour[:1] or [1])
-    return SceneHeader(width=width, height=height, stored_width=ds.width, stored_height=ds.height, bands=ds.count,
-                       dtype=str(ds.dtypes[0]), crs=ds.crs.to_string() if ds.crs else "",
-                       transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
-                       palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)))
+    header = SceneHeader(width=width, height=height, stored_width=ds.width, stored_height=ds.height,
+                         bands=ds.count, dtype=str(ds.dtypes[0]),
+                         crs=ds.crs.to_string() if ds.crs else gcp_crs.to_string() if by_gcps else "",
+                         transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
+                         palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)),
+                         gcps=tuple((g.col, g.row, g.x, g.y) for g in gcps) if by_gcps else ())
+    return header if not by_gcps else _fitted_or_not_georeferenced(header, uri)
+
+
+def _fitted_or_not_georeferenced(header: SceneHeader, uri: str) -> SceneHeader:
+    """``header`` if its GCPs map the scene's corners to finite points; else the scene is not georeferenced
+    (GCPs all on one line, or NaN in them: GDAL cannot fit them), said once, not failed at the commit."""
+    from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio exports no public name for their base)
+
+    w, h = header.stored_width, header.stored_height
+    try:
+        xs, ys = header.to_map([0, w, 0, w], [0, 0, h, h])
+        fitted = bool(np.isfinite(xs).all() and np.isfinite(ys).all())
+    except CPLE_BaseError:
+        fitted = False
+    if fitted:
+        return header
+    print(f"[satellite] {uri or 'a scene'}: its {len(header.gcps)} ground control points cannot be fitted to a "
+          "mapping (on one line, or not finite); the scene is tiled as not georeferenced")
+    return dataclasses.replace(header, crs="", gcps=())
 
 
 def scene_header(uri: str, storage_options=None) -> SceneHeader:

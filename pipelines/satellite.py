@@ -40,7 +40,9 @@ import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
 
-from .geo import ResultGeometry, detections_feature_collection, scene_detections, with_geometry, write_parquet_file
+from .geo import (
+    ResultGeometry, detections_feature_collection, scene_detections, scene_polygon, with_geometry, write_parquet_file,
+)
 from .job import JobOptions, job_command, run_job
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema
 from .questions import load_questions
@@ -78,16 +80,11 @@ def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple
     return [(c, r, min(tile, width), min(tile, height)) for r in starts(height) for c in starts(width)]
 
 
-def window_bounds(transform, col: int, row: int, w: int, h: int) -> list[float]:
-    """Geographic [minx, miny, maxx, maxy] of a pixel window under an affine transform (a, b, c, d, e, f)."""
-    if not transform:
-        return []
-    a, b, c, d, e, f = transform
-    xs, ys = [], []
-    for px, py in ((col, row), (col + w, row), (col, row + h), (col + w, row + h)):
-        xs.append(a * px + b * py + c)
-        ys.append(d * px + e * py + f)
-    return [min(xs), min(ys), max(xs), max(ys)]
+def window_bounds(header: SceneHeader, col: int, row: int, w: int, h: int) -> list[float]:
+    """[minx, miny, maxx, maxy] in the scene's CRS of a stored-pixel window (its footprint's bounds, through
+    the affine transform or the GCPs); [] for a scene that is not georeferenced."""
+    poly = scene_polygon(header, col, row, col + w, row + h)
+    return [] if poly is None else [float(v) for v in poly.bounds]
 
 
 def to_rgb(bands, band_idx: list[int], valid=None):
@@ -179,7 +176,10 @@ def _header_json(header: SceneHeader) -> str:
 
 def _header_from_json(text: str) -> SceneHeader:
     d = json.loads(text)
-    return SceneHeader(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def frozen(v):  # JSON lists back to the header's (nested) tuples
+        return tuple(frozen(x) for x in v) if isinstance(v, list) else v
+
+    return SceneHeader(**{k: frozen(v) for k, v in d.items()})
 
 
 def plan_tiles(scene: dict, questions: list[dict], tile: int, overlap: int, storage_options=None):
@@ -203,7 +203,7 @@ def plan_tiles(scene: dict, questions: list[dict], tile: int, overlap: int, stor
                    "bounds": [], "stretch_range": "", "status": "error", "error": f"unreadable scene: {error}"}
         return
     for (c, r, w, h) in tile_windows(hdr.width, hdr.height, tile, overlap):
-        bounds = window_bounds(hdr.transform, c, r, w, h)  # georeferenced scenes are never re-oriented
+        bounds = window_bounds(hdr, c, r, w, h)  # georeferenced scenes are never re-oriented
         for qi, q in enumerate(questions):
             yield {"id": f"{name}/r{r}_c{c}/q{qi}", "source": uri, **q, "scene": name, "question_index": qi,
                    "tile_col_off": c, "tile_row_off": r, "tile_width": w, "tile_height": h,

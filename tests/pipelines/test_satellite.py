@@ -1,7 +1,9 @@
+import dataclasses
 import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -28,8 +30,14 @@ def test_tile_windows_cover_the_scene_with_overlap():
 
 
 def test_window_bounds_follow_the_geotransform():
-    t = list(from_origin(500000, 4600000, 0.5, 0.5))[:6]
-    assert window_bounds(t, 100, 200, 50, 40) == [500050.0, 4599880.0, 500075.0, 4599900.0]
+    from pipelines.rasters import SceneHeader
+
+    t = tuple(from_origin(500000, 4600000, 0.5, 0.5))[:6]
+    header = SceneHeader(width=1000, height=1000, stored_width=1000, stored_height=1000, bands=1, dtype="uint8",
+                         crs="EPSG:32633", transform=t, orientation=1, palette=False, default_bands=(1,),
+                         has_overviews=False)
+    assert window_bounds(header, 100, 200, 50, 40) == [500050.0, 4599880.0, 500075.0, 4599900.0]
+    assert window_bounds(dataclasses.replace(header, crs="", transform=()), 100, 200, 50, 40) == []
 
 
 def test_to_rgb_stretches_16_bit_multiband():
@@ -734,3 +742,69 @@ def test_a_truncated_scene_is_still_tiled_where_it_can_be_read(tmp_path):
     bottom = SceneTileLoader(stretch="scene").load(_row(cut, 0, 768, 256, 256))
     assert bottom["status"] == "error" and bottom["error"].startswith("unreadable scene: ")
     assert "TIFFRead" in bottom["error"] or "cut.tif" in bottom["error"], bottom["error"]
+
+
+def test_a_scene_georeferenced_by_gcps_alone_has_map_footprints(tmp_path):
+    """Raw L1 and SAR products carry ground control points, no affine transform: their tiles used to have
+    no map geometry at all. The GCPs here follow a known mapping with a bilinear term (a warped grid), so
+    each tile's corners are known on the map; the planned bounds and the footprints must land on them,
+    through the header's JSON round trip (the driver's header pass travels with the plan)."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from pipelines.geo import ResultGeometry
+    from pipelines.satellite import _header_from_json, _header_json, plan_tiles
+
+    def truth(col, row):  # map x, y of a stored pixel point: 10 m pixels, x sheared along the rows
+        return 500000 + 10 * col + 0.002 * col * row, 4600000 - 10 * row
+
+    path = tmp_path / "l1.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=300, count=1, dtype="uint8") as ds:
+        ds.write(np.full((1, 300, 400), 90, np.uint8))
+        ds.gcps = ([GroundControlPoint(row=r, col=c, x=truth(c, r)[0], y=truth(c, r)[1])
+                    for r in (0, 100, 200, 300) for c in (0, 200, 400)], CRS.from_epsg(32633))
+    hdr = _header_from_json(_header_json(scene_header(str(path))))
+    assert hdr.georeferenced and hdr.crs == "EPSG:32633" and hdr.transform == () and len(hdr.gcps) == 12
+    rows = list(plan_tiles({"uri": str(path), "rel": "l1.tif", "header": _header_json(hdr)},
+                           [{"question": "is there a boat ?", "choices": '["yes", "no"]'}], 200, 0))
+    by_id = {r["id"]: r for r in rows}
+    tile = by_id["l1.tif/r100_c200/q0"]
+    corners = [truth(c, r) for c, r in ((200, 100), (400, 100), (400, 300), (200, 300))]
+    xs, ys = zip(*corners)
+    assert tile["crs"] == "EPSG:32633"
+    assert tile["bounds"] == pytest.approx([min(xs), min(ys), max(xs), max(ys)], abs=1e-3)
+    table = pa.table({"source": [str(path)], "tile_col_off": [200], "tile_row_off": [100], "tile_width": [200],
+                      "tile_height": [200], "evidence_box": [[50.0, 50.0, 100.0, 100.0]]})
+    cols = ResultGeometry({str(path): hdr}).columns(table)
+    footprint = cols["geometry"][0]
+    for corner in corners:  # the warped tile's true corners are vertices of its footprint
+        assert min(np.hypot(x - corner[0], y - corner[1]) for x, y in footprint.exterior.coords) < 1e-3
+    # area: the mapping's Jacobian |det| = 10 (10 + 0.002 row) m^2 a pixel, integrated over the tile
+    assert footprint.area == pytest.approx(200 * 10 * (10 * 200 + 0.001 * (300 ** 2 - 100 ** 2)), rel=1e-6)
+    ex, ey = truth(275, 175)  # the evidence box's centre, in stored pixels
+    centre = cols["evidence_geometry"][0].centroid
+    assert (centre.x, centre.y) == pytest.approx((ex, ey), abs=0.5)
+    assert cols["evidence_lon"][0] == pytest.approx(15.0, abs=0.1) and 41 < cols["evidence_lat"][0] < 42
+
+
+@pytest.mark.parametrize("points", ["on one line", "not finite"])
+def test_gcps_gdal_cannot_fit_leave_the_scene_not_georeferenced(tmp_path, points, capsys):
+    """GCPs on one line (or with NaN) cannot be fitted: the scene is tiled as not georeferenced and the
+    log says why, where the footprints would otherwise fail the run's commit."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from pipelines.geo import ResultGeometry
+
+    spots = ((0, 0), (0, 100), (0, 200)) if points == "on one line" else ((0, 0), (0, 100), (100, 0))
+    x = float("nan") if points == "not finite" else 500000.0
+    path = tmp_path / "bad_gcps.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=1, dtype="uint8") as ds:
+        ds.write(np.full((1, 200, 200), 90, np.uint8))
+        ds.gcps = ([GroundControlPoint(row=r, col=c, x=x + c, y=4600000.0 - r) for r, c in spots], CRS.from_epsg(32633))
+    hdr = scene_header(str(path))
+    assert not hdr.georeferenced and hdr.crs == "" and hdr.gcps == ()
+    assert "3 ground control points cannot be fitted" in capsys.readouterr().out
+    table = pa.table({"source": [str(path)], "tile_col_off": [0], "tile_row_off": [0], "tile_width": [200],
+                      "tile_height": [200], "evidence_box": [[5.0, 5.0, 50.0, 50.0]]})
+    assert ResultGeometry({str(path): hdr}).columns(table)["geometry"] == [None]

@@ -150,7 +150,7 @@ class SceneHeader:
     def to_map(self, cols, rows) -> tuple[np.ndarray, np.ndarray]:
         """Map coordinates (in ``crs``) of stored-pixel points (``cols``, ``rows``: x and y in pixels, 0 at
         the top-left corner of the first pixel): through the affine transform, or through GDAL's GCP
-        transformer (a polynomial fitted to the GCPs, of the order their number allows, as gdalwarp uses).
+        transformer (a polynomial fitted to the GCPs, its order chosen by GDAL from their number, as gdalwarp does).
 
         Raises:
             ValueError: the scene is not georeferenced.

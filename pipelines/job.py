@@ -41,8 +41,10 @@ def init_ray(num_actors: int, address: str | None = None):
     else:
         # headroom beyond the actors: the loaders (LOADER_CPUS each), a read task, and on a resume Ray Data's
         # CheckpointFilter actor (1 CPU); without it the resumed read waits forever behind the actors
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"env_vars": _forwarded_env()})
+        # no runtime_env env_vars: the local cluster's workers inherit this process's environment (storage
+        # credentials, SPOTE_CACHE, PYTHONPATH), and Ray writes a runtime env's env_vars in plain text to
+        # its runtime_env_agent.log, readable by every user of the machine
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False, log_to_driver=True)
         _STARTED_HERE["local"] = True
 
 
@@ -156,12 +158,6 @@ def _ask_autoscaler(req: ResourceRequest | None) -> None:
         request_resources(bundles=[bundle] * req.actors if req and bundle else [])
     except Exception as err:  # an old or absent autoscaler: waiting still shows whether nodes appear
         print(f"[resources] could not ask the autoscaler: {type(err).__name__}: {err}")
-
-
-def _forwarded_env() -> dict:
-    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "SPOTE_CACHE",
-            "PYTHONPATH")
-    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 @dataclass(frozen=True)

@@ -335,3 +335,39 @@ def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
     broken = predictor.predict({**row, "choices": "", "height": 0, "width": 96})  # no pixels to make an image of
     assert broken["status"] == "error" and broken["error"].startswith("model error: ")
     assert {error_reason(blank["error"]), error_reason(broken["error"])} == {"bad choices", "model error"}
+
+
+@pytest.mark.slow
+def test_storage_secrets_from_the_environment_reach_the_actors_but_no_log(s3, tmp_path):
+    """A fresh process reading its manifest and images from S3 with credentials in the environment only:
+    the local Ray it starts inherits them (every item is answered), and the secret is in no file Ray
+    writes. Handing them to Ray as ``runtime_env`` env_vars wrote them, in plain text, to the
+    world-readable ``runtime_env_agent.log``."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    secret = "spote-test-secret-4f1d2c"
+    for name in ("a.png", "b.png"):
+        s3.put(str(SAMPLES / "test-7-00000.png"), f"spote/env-secret/{name}")
+    s3.pipe("spote/env-secret/m.jsonl", b'{"id": "a", "image_uri": "a.png", "question": "what letter ?", '
+                                        b'"choices": "A,B,C"}\n{"id": "b", "image_uri": "b.png", "question": "is it ?"}\n')
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "PYTHONPATH": str(SAMPLES.parents[2]), "OMP_NUM_THREADS": "1", "RAY_TMPDIR": ray_tmp,
+           "RAY_USAGE_STATS_ENABLED": "0", "AWS_SECRET_ACCESS_KEY": secret}
+    out = tmp_path / "out"
+    try:
+        res = subprocess.run([sys.executable, "-m", "pipelines.vqa", "--input", "s3://spote/env-secret/m.jsonl",
+                              "--output", str(out), "--run-id", "env", "--policy", '{"budget": 4}'],
+                             capture_output=True, text=True, env=env, cwd=SAMPLES.parents[2], timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        df = _results(out, "env").set_index("id")
+        assert sorted(df.index) == ["a", "b"] and (df.status == "ok").all(), df.error.tolist()
+        assert any(Path(ray_tmp).rglob("*.log"))  # Ray logged here
+        leaked = [str(p) for folder in (out, Path(ray_tmp)) for p in folder.rglob("*")
+                  if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
+        assert not leaked and secret not in res.stdout + res.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

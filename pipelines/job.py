@@ -650,6 +650,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
     model_kwargs = opts.predictor_kwargs(so)
+    if plan.input_version:  # an input edited since a run is another run (see planning.listing_version)
+        job_settings = {**(job_settings or {}), "input_files": plan.input_version}
     settings = run_settings(opts, policy, job_settings)
     run_id = check_run_id(opts.run_id or default_run_id(job, json.dumps(settings, sort_keys=True)))
     paths = RunPaths(opts.output, run_id)

@@ -8,6 +8,7 @@ pages or rows. The plan is Parquet under the run's staging folder, so a restarte
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Iterable
@@ -47,6 +48,7 @@ class Plan:
     skipped: list[dict] = field(default_factory=list)
     count_sources: bool = False   # count distinct ``source`` values in the plan (documents_processed)
     empty_reason: str = ""        # what to say when there are no sources although the input was read
+    input_version: str = ""       # ``listing_version`` of the input, part of the run's settings ("" = not kept)
 
     @staticmethod
     def of_rows(rows: list[dict], schema: pa.Schema | None = None) -> "Plan":
@@ -139,6 +141,19 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
         accepted.append({"uri": source_uri(input_uri, path), "rel": rel, "size": int(info.get("size") or 0),
                          "mtime": str(mtime if mtime is not None else ""), "etag": str(etag).strip('"')})
     return accepted, skipped
+
+
+def listing_version(sources: list[dict]) -> str:
+    """The version of an input as its listing shows it (``list_sources``' entries): the number of files,
+    their bytes and a digest of each one's relative path, size, modification time and ETag, e.g.
+    ``"2 files, 1,280 bytes, digest 3f9a0c1d2e4b5a69"``. Part of a run's settings (hashed into the default
+    run id), so that a manifest or a scene edited, added or removed is a new run, not a committed one
+    returned as if it answered the new input; the same rule as make's and rsync's (no file is read)."""
+    h = hashlib.blake2b(digest_size=8)
+    for s in sorted(sources, key=lambda s: s["rel"]):
+        h.update(json.dumps([s["rel"], s.get("size", 0), s.get("mtime", ""), s.get("etag", "")]).encode() + b"\n")
+    size = sum(int(s.get("size") or 0) for s in sources)
+    return f"{len(sources)} file{'' if len(sources) == 1 else 's'}, {size:,} bytes, digest {h.hexdigest()}"
 
 
 def _find_local(root: str) -> dict[str, dict]:

@@ -44,7 +44,7 @@ from .geo import (
     ResultGeometry, detections_feature_collection, scene_detections, scene_polygon, with_geometry, write_parquet_file,
 )
 from .job import JobOptions, job_command, run_job
-from .planning import Plan, check_source_ids_unique, list_sources, plan_schema
+from .planning import Plan, check_source_ids_unique, list_sources, listing_version, plan_schema
 from .questions import load_questions
 from .rasters import (
     GDAL_CACHE_MB, SCENE_PERCENTILES, SIDECAR_SUFFIXES, SceneError, SceneHeader, check_bands, describe_error,
@@ -242,7 +242,8 @@ def plan_scenes(input_uri: str, questions: list[dict], tile: int, overlap: int, 
     expand = functools.partial(plan_tiles, questions=questions, tile=tile, overlap=overlap,
                                storage_options=storage_options)
     keys = ("uri", "rel", "header", "error")
-    return Plan([{k: s.get(k, "") for k in keys} for s in scenes], expand, TILE_SCHEMA, skipped=skipped or [])
+    return Plan([{k: s.get(k, "") for k in keys} for s in scenes], expand, TILE_SCHEMA, skipped=skipped or [],
+                input_version=listing_version(scenes))
 
 
 # ------------------------------------------------------------------------------------------------ GeoParquet

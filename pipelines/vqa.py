@@ -21,7 +21,7 @@ import json
 import typer
 
 from .job import JobOptions, job_command, run_job
-from .planning import Plan, list_sources, plan_schema, skip_by_extension
+from .planning import Plan, list_sources, listing_version, plan_schema, skip_by_extension
 from .storage import filesystem, join, parse_storage_options
 
 app = typer.Typer(add_completion=False)
@@ -157,7 +157,7 @@ def plan_manifest(uri: str, storage_options=None) -> Plan:
     several = len(parts) > 1
     sources = [{"uri": p["uri"], "rel": p["rel"], "prefix": f"{p['rel']}/" if several else ""} for p in parts]
     return Plan(sources, functools.partial(manifest_rows, storage_options=storage_options), MANIFEST_SCHEMA,
-                ids_from_sources=False, skipped=skipped)
+                ids_from_sources=False, skipped=skipped, input_version=listing_version(parts))
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> list[dict]:

@@ -371,3 +371,32 @@ def test_storage_secrets_from_the_environment_reach_the_actors_but_no_log(s3, tm
         assert not leaked and secret not in res.stdout + res.stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_edited_manifest_is_a_new_run_not_the_committed_one(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    """The default run id hashed the input's path, not what it holds: a manifest edited, or given a new
+    row, and run again the same day got "already committed; nothing to do" and the old answers. The
+    input's listing (size, mtime, ETag of each file) is now part of the run's settings: the default run id
+    changes with it, and a run id given again (committed, or killed and resumed) refuses the edited input,
+    naming it, instead of answering the old one."""
+    import os
+
+    image = SAMPLES / "test-7-00000.png"
+    manifest = tmp_path / "m.jsonl"
+    first = [{"id": "a", "image_uri": str(image), "question": "what letter ?", "choices": "A,B,C"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in first))
+    out = tmp_path / "out"
+    opts = JobOptions(str(manifest), str(out), str(random_tiny_dir), policy=fast_policy)
+    one = run_job("vqa", opts, plan_manifest(opts.input))
+    assert one["items_in"] == 1 and one["settings"]["input_files"].startswith("1 file, ")
+    assert run_job("vqa", opts, plan_manifest(opts.input))["run_id"] == one["run_id"]  # unchanged: the same run
+    with manifest.open("a") as f:
+        f.write(json.dumps({"id": "b", "image_uri": str(image), "question": "is it ?"}) + "\n")
+    os.utime(manifest, (1e9, 1e9))  # a second edit within the file system's mtime resolution still shows
+    two = run_job("vqa", opts, plan_manifest(opts.input))
+    assert two["run_id"] != one["run_id"] and two["items_in"] == 2
+    assert sorted(_results(out, two["run_id"])["id"]) == ["a", "b"]
+    pinned = JobOptions(**{**opts.__dict__, "run_id": one["run_id"]})
+    with pytest.raises(ValueError, match=rf"run {one['run_id']} is committed with other settings \(input_files "
+                                         r"'1 file, .* -> '1 file, .*\): ask for it with the same ones"):
+        run_job("vqa", pinned, plan_manifest(opts.input))

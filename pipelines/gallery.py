@@ -97,7 +97,7 @@ def scene_overview(uri: str, storage_options=None, bands: list[int] | None = Non
         from rasterio.enums import Resampling
 
         fs, path = filesystem(uri, storage_options)
-        src = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else fs.open(path, "rb")
+        src = path if "://" not in uri or uri.startswith("file:") else fs.open(path, "rb")
         with rasterio.open(src) as ds:
             s = min(1.0, side / max(ds.width, ds.height))
             shape = (max(1, round(ds.height * s)), max(1, round(ds.width * s)))

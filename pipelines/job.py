@@ -22,8 +22,8 @@ from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounti
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
-from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes, retrying,
-                      stable_cwd)
+from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes,
+                      redact_uri, retrying, stable_cwd)
 
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
@@ -505,7 +505,7 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
     default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
     from spote.core import PolicyConfig
 
-    source = opts.input.removeprefix("file://")
+    source = redact_uri(opts.input.removeprefix("file://"))  # a presigned URL's signature is not recorded
     if "://" not in source:
         source = os.path.abspath(source)
     endpoint = {k: v for k, v in opts.endpoint_config().items() if k != "concurrency"} if opts.endpoint else None

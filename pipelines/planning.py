@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from .storage import filesystem, is_local
+from .storage import filesystem, is_local, redact_uri
 
 # every item row carries these; a job's plan schema adds its own columns
 BASE_FIELDS = (("id", pa.string()), ("source", pa.string()), ("question", pa.string()), ("choices", pa.string()),
@@ -126,6 +126,8 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     for path in sorted(found):
         info = found[path]
         rel = relative_path(root, path)
+        if redact_uri(input_uri) != input_uri:  # an http(s) URL's query (a signature?) is no part of its name
+            rel = rel.split("?", 1)[0].split("#", 1)[0]
         name = PurePosixPath(rel).name
         if info.get("type") == "directory":  # a store's folder marker object
             continue

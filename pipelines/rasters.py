@@ -32,7 +32,7 @@ import numpy as np
 
 from spote.images import NEUTRAL_FILL, apply_range, robust_range, stored_window, upright_array, upright_size
 
-from .storage import filesystem
+from .storage import filesystem, local_path
 
 GDAL_CACHE_MB = 256
 SCENE_PERCENTILES = (2.0, 98.0)  # of the valid pixels, per band: QGIS' default cumulative cut
@@ -106,7 +106,7 @@ def open_scene(uri: str, storage_options=None):
         if "://" in uri and not uri.startswith("file://"):
             fs, path = filesystem(uri, storage_options)
             return rasterio.open(path, opener=fs)
-        return rasterio.open(uri.removeprefix("file://"))
+        return rasterio.open(local_path(uri))
 
 
 def _exif_orientation(uri: str, storage_options=None) -> int:

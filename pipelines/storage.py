@@ -41,13 +41,48 @@ def parse_storage_options(text: str | None) -> dict:
     return opts
 
 
+def local_path(uri: str) -> str:
+    """A ``file:`` URI as the local path it names, percent-decoded (RFC 8089: ``file:///tmp/a%20b.png`` is
+    ``/tmp/a b.png``, as ``Path.as_uri()`` writes it; ``file://localhost/...`` is local too); anything else
+    as it is."""
+    if not uri.startswith("file:"):
+        return uri
+    from urllib.parse import unquote
+
+    rest = uri[len("file:"):]
+    host = ""
+    if rest.startswith("//"):  # file://host/path; no query or fragment is split off: "#" and "?" are in names
+        host, _, path = rest[2:].partition("/")
+        rest = "/" + path
+    if host not in ("", "localhost"):
+        raise ValueError(f"{uri}: a file URI on another host ({host}) cannot be read here")
+    return unquote(rest)
+
+
 def filesystem(uri: str, storage_options: dict | None = None):
     """(fs, path) for a local path or any fsspec URI; s3 listings are never cached (they change under us)."""
+    uri = local_path(uri)
     opts = dict(storage_options or {})
     if uri.startswith("s3://"):
         opts.setdefault("use_listings_cache", False)
         return fsspec.core.url_to_fs(uri, **opts)
     return fsspec.core.url_to_fs(uri)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as it may be recorded or shown: an http(s) URL without user:password and without its query
+    string or fragment, either of which may carry a credential (a presigned URL's signature, ``?token=``).
+    Other URIs and local paths are returned as they are (``?`` and ``#`` are part of an S3 key or a
+    file name)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return uri
+    try:
+        parts = urlsplit(uri)
+        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+    except ValueError:
+        return "<unparseable URL>"
 
 
 def join(uri: str, *parts: str) -> str:

@@ -22,12 +22,13 @@ import typer
 
 from .job import JobOptions, job_command, run_job
 from .planning import Plan, list_sources, listing_version, plan_schema, skip_by_extension
-from .storage import filesystem, join, parse_storage_options
+from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
 MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv")
 MANIFEST_SCHEMA = plan_schema()
 NEEDED = ("image_uri", "question")
+CSV_FIELD_LIMIT = 64 * 2 ** 20  # characters in one CSV field (the csv module's own limit is 131,072)
 _BAD = "\0unparsable"   # key of a record standing for a line that could not be parsed
 
 
@@ -35,14 +36,23 @@ class ManifestError(ValueError):
     """A manifest part cannot be read as a manifest; the message names the part and why."""
 
 
-def _text(value) -> str:
-    """A field as the text it was written as (JSON numbers arrive as their literal text)."""
+def _text(value, name: str = "a value") -> str:
+    """A field as the text it was written as (JSON numbers arrive as their literal text; Parquet binary is
+    decoded as UTF-8). Raises ValueError for a value that is not one piece of text (a list, a mapping,
+    bytes that are not UTF-8): its Python form (``['a', 'b']``, ``b'x.png'``) was taken for the text."""
     if value is None:
         return ""
     if isinstance(value, float) and value != value:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name} is bytes that are not UTF-8 text") from None
+    if isinstance(value, (dict, list, tuple, set)) or type(value).__name__ == "ndarray":
+        raise ValueError(f"{name} must be text, got a {type(value).__name__}")
     return str(value)
 
 
@@ -57,13 +67,13 @@ def _choices_json(value) -> str:
             value = [c.strip() for c in value.split(",")]  # an empty choice stays, for check_choices to name
     if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):  # a Parquet list arrives as an array
         raise ValueError(f"choices must be a list or a comma-separated string, got a {type(value).__name__}")
-    return json.dumps([_text(c) for c in list(value)])
+    return json.dumps([_text(c, "each choice") for c in list(value)])
 
 
 def _records(uri: str, storage_options=None):
     """(position, record dict) of one manifest part, streamed; every value as written."""
     fs, path = filesystem(uri, storage_options)
-    lower = uri.lower()
+    lower = redact_uri(uri).lower()  # an http(s) URL's query is no part of its format
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -78,10 +88,19 @@ def _records(uri: str, storage_options=None):
     elif lower.endswith((".jsonl", ".ndjson")):
         with fs.open(path, "rb") as f:
             i = 0
-            for n, line in enumerate(io.TextIOWrapper(f, encoding="utf-8-sig")):
-                if not line.strip():
+            for n, raw in enumerate(f):  # bytes, line by line: one line that is not UTF-8 is that line's problem
+                try:
+                    line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
+                except UnicodeDecodeError as err:
+                    if i == 0:  # a first line that is not text: not a manifest at all (an image renamed .jsonl)
+                        raise ManifestError(f"{uri}: line {n + 1} is not UTF-8 text ({err.reason} at byte "
+                                            f"{err.start}); is it a JSONL manifest?") from None
+                    line = None
+                if line is not None and not line.strip():
                     continue
                 try:
+                    if line is None:
+                        raise ManifestError(f"{uri}: line {n + 1} is not UTF-8 text")
                     rec = _json_record(uri, line, n + 1)
                 except ManifestError as err:  # one bad line is one error row, not a failed job
                     rec = {"image_uri": "", "question": "", _BAD: str(err)}
@@ -93,16 +112,23 @@ def _records(uri: str, storage_options=None):
         with fs.open(path, "rb") as f:
             data = json.load(io.TextIOWrapper(f, encoding="utf-8-sig"), parse_int=str, parse_float=str,
                              parse_constant=str)
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ManifestError(f"{uri}: a .json manifest must be a list of objects")
-        if data:
+        if not isinstance(data, list):
+            raise ManifestError(f"{uri}: a .json manifest must be a list of objects, got a {type(data).__name__}")
+        if data and isinstance(data[0], dict):
             _check_columns(uri, data[0].keys())
-        yield from enumerate(data)
+        for i, rec in enumerate(data):  # an element that is not an object is that row's problem
+            yield i, rec if isinstance(rec, dict) else {
+                "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is a {type(rec).__name__}, not an object"}
     elif lower.endswith(".csv"):
+        csv.field_size_limit(CSV_FIELD_LIMIT)
         with fs.open(path, "rb") as f:
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
             _check_columns(uri, reader.fieldnames or [])
             for i, rec in enumerate(reader):
+                if None in rec:  # DictReader's key for the fields past the header's: the row was split wrongly
+                    rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} has "
+                           f"{len(reader.fieldnames) + len(rec[None])} fields, the header {len(reader.fieldnames)} "
+                           "(a comma in a field that is not quoted?)"}
                 yield i, rec
     else:
         raise ManifestError(f"manifest must be .parquet, .jsonl or .csv: {uri}")
@@ -113,6 +139,8 @@ def _json_record(uri: str, line: str, line_no: int) -> dict:
         rec = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
     except json.JSONDecodeError as err:
         raise ManifestError(f"{uri}: line {line_no} is not JSON: {err}") from err
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise ManifestError(f"{uri}: line {line_no} is nested too deeply to read") from None
     if not isinstance(rec, dict):
         raise ManifestError(f"{uri}: line {line_no} is not a JSON object")
     return rec
@@ -129,31 +157,71 @@ def _check_columns(uri: str, columns) -> None:
 def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
     """Item rows of one manifest part ``{"uri", "rel", "prefix"}``: id, source, question, choices."""
     uri = part["uri"]
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    name = redact_uri(uri)  # relative image paths are under the manifest's folder, not its query
+    base = name.rsplit("/", 1)[0] if "/" in name else "."
     prefix = part.get("prefix") or ""
-    for i, rec in _records(uri, storage_options):
-        src = _text(rec.get("image_uri"))
-        if src and "://" not in src and not src.startswith("/"):
-            src = join(base, src)
-        given = _text(rec.get("id"))
-        row = {"id": given if given else f"{prefix}row-{i:08d}", "source": src, "question": _text(rec.get("question"))}
+    i = -1
+    try:
+        for i, rec in _records(uri, storage_options):
+            yield _manifest_row(uri, base, prefix, i, rec)
+    except (ManifestError, ValueError, csv.Error, RecursionError) as err:
+        # a part that stops reading part way (a truncated .json array, a damaged CSV or Parquet file): the
+        # rows read so far stand, and one error row says where and why the rest was not read
+        why = str(err) if str(err).startswith(uri) else f"{uri}: {err}"
+        yield {"id": f"{prefix}unreadable-after-row-{i:08d}" if i >= 0 else f"{prefix}unreadable", "source": uri,
+               "question": "", "choices": "", "status": "error",
+               "error": f"bad manifest: {why}" + (f" (after row {i}; the rows after it were not read)" if i >= 0 else "")}
+
+
+def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
+    """One item row of a manifest record (``i``: its position in the part)."""
+    fields, bad = {}, []
+    for name in ("image_uri", "id", "question"):
         try:
-            row["choices"] = _choices_json(rec.get("choices"))
-        except ValueError as err:  # json.JSONDecodeError included
-            row.update(choices="", status="error", error=f"unreadable choices: {err}")
-        if not src:
-            row.update(status="error", error=f"missing image_uri: row {i} of {uri} has none")
-        if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name
-            row.update(status="error", error=f"bad manifest line: {rec[_BAD]}")
-        yield row
+            fields[name] = _text(rec.get(name), name)
+        except ValueError as err:
+            fields[name], bad = "", [*bad, str(err)]
+    src = fields["image_uri"]
+    if src and "://" not in src and not src.startswith("/"):
+        src = join(base, src)
+    row = {"id": fields["id"] or f"{prefix}row-{i:08d}", "source": src, "question": fields["question"]}
+    try:
+        row["choices"] = _choices_json(rec.get("choices"))
+    except ValueError as err:  # json.JSONDecodeError included
+        row.update(choices="", status="error", error=f"unreadable choices: {err}")
+    if not src and not bad:
+        row.update(status="error", error=f"missing image_uri: row {i} of {uri} has none")
+    if bad:
+        row.update(status="error", error=f"bad manifest field: row {i} of {uri}: {'; '.join(bad)}")
+    if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name
+        row.update(status="error", error=f"bad manifest line: {rec[_BAD]}")
+    return row
+
+
+def _check_part(uri: str, storage_options=None) -> None:
+    """ManifestError, naming the part, when its start shows it is no manifest of its kind or lacks the
+    needed columns (a .json array: its first bytes only, since it is read whole in a task)."""
+    if redact_uri(uri).lower().endswith(".json"):
+        fs, path = filesystem(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            start = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
+        if not start.startswith("["):
+            got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"
+            raise ManifestError(f"{uri}: a .json manifest must be a list of objects, got {got}")
+        return
+    try:
+        next(_records(uri, storage_options), None)
+    except ManifestError:
+        raise
+    except (ValueError, csv.Error) as err:  # Arrow's "magic bytes not found", a CSV that is not text, ...
+        raise ManifestError(f"{uri}: cannot be read as a {redact_uri(uri).rsplit('.', 1)[-1].upper()} manifest: {err}") from None
 
 
 def plan_manifest(uri: str, storage_options=None) -> Plan:
     """The manifest's parts (listed here) and how a task turns one part into rows."""
     parts, skipped = list_sources(uri, storage_options, skip_by_extension(MANIFEST_EXTS, "manifest"))
-    for p in parts:  # a part without the needed columns stops the run here, in one line (.json arrays: in tasks)
-        if not p["uri"].lower().endswith(".json"):
-            next(_records(p["uri"], storage_options), None)
+    for p in parts:  # a part that is no manifest, or lacks the needed columns, stops the run here in one line
+        _check_part(p["uri"], storage_options)
     several = len(parts) > 1
     sources = [{"uri": p["uri"], "rel": p["rel"], "prefix": f"{p['rel']}/" if several else ""} for p in parts]
     return Plan(sources, functools.partial(manifest_rows, storage_options=storage_options), MANIFEST_SCHEMA,

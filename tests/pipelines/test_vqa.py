@@ -400,3 +400,128 @@ def test_an_edited_manifest_is_a_new_run_not_the_committed_one(ray_local, random
     with pytest.raises(ValueError, match=rf"run {one['run_id']} is committed with other settings \(input_files "
                                          r"'1 file, .* -> '1 file, .*\): ask for it with the same ones"):
         run_job("vqa", pinned, plan_manifest(opts.input))
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("obj.json", b'{"id": "o", "image_uri": "a.png", "question": "q ?"}', "must be a list of objects, got a JSON object"),
+    ("empty.json", b"", "must be a list of objects, got an empty file"),
+    ("image.json", None, "must be a list of objects, got no JSON array"),
+    ("image.jsonl", None, "line 1 is not UTF-8 text"),
+    ("image.parquet", None, "cannot be read as a PARQUET manifest"),
+    ("image.csv", None, "cannot be read as a CSV manifest"),
+])
+def test_a_part_that_is_no_manifest_is_one_error_naming_it_before_any_work(tmp_path, name, content, says):
+    """An object or an empty file named .json, or an image named as a manifest, stopped the job inside a
+    Ray task with four tracebacks (or one line naming no file); it is refused while the driver plans."""
+    path = tmp_path / name
+    path.write_bytes((SAMPLES / "test-7-00000.png").read_bytes() if content is None else content)
+    with pytest.raises(ManifestError) as err:
+        plan_manifest(str(path))
+    assert str(err.value).startswith(str(path)) and says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_line_or_field_deep_in_a_manifest_is_that_rows_error(tmp_path):
+    """Problems of one line or one field are that row's error row, wherever they are: a byte that is not
+    UTF-8 past the first 8 KB (it stopped the whole file), a line nested past the decoder's recursion
+    limit (it killed the job), an element of a .json array that is no object, a CSV row split into more
+    fields than the header (its extra text was dropped and the row answered), a field that is not text
+    (its Python form was asked: ``{'text': 'what ?'}``), Parquet binary (decoded, not ``b'...'``)."""
+    good = [json.dumps({"id": f"g{i}", "image_uri": "a.png", "question": "what letter ?"}) for i in range(200)]
+    lines = [g.encode() for g in good[:150]] + [
+        b'{"id": "latin1", "image_uri": "a.png", "question": "caf\xe9 ?"}',
+        b'{"id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        json.dumps({"id": "nested-question", "image_uri": "a.png", "question": {"text": "what ?"}}).encode(),
+        json.dumps({"id": "listed-uri", "image_uri": ["a.png"], "question": "q ?"}).encode(),
+        json.dumps({"id": "nested-choices", "image_uri": "a.png", "question": "q ?", "choices": [["A", "B"], "C"]}).encode(),
+    ] + [g.encode() for g in good[150:]]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rows = read_manifest(str(tmp_path / "m.jsonl"))
+    assert len(rows) == 205 and sum("status" not in r for r in rows) == 200
+    errors = [r["error"] for r in rows if r.get("status") == "error"]
+    assert errors[0].startswith("bad manifest line: ") and "line 151 is not UTF-8 text" in errors[0]
+    assert "line 152 is nested too deeply to read" in errors[1]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["nested-question"]["error"].endswith("question must be text, got a dict")
+    assert by_id["listed-uri"]["error"].startswith("bad manifest field: row 153 of ")
+    assert by_id["listed-uri"]["error"].endswith("image_uri must be text, got a list")
+    assert by_id["nested-choices"]["error"] == "unreadable choices: each choice must be text, got a list"
+
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "x", "image_uri": "a.png", "question": "q ?"}, 5]))
+    rows = read_manifest(str(tmp_path / "a.json"))
+    assert rows[0]["id"] == "x" and "status" not in rows[0]
+    assert rows[1]["status"] == "error" and rows[1]["error"].endswith("element 1 is a str, not an object")
+
+    long_question = "is it " + "very " * 40_000 + "red ?"  # 200,000 characters: over the csv module's own limit
+    (tmp_path / "m.csv").write_text(f"id,image_uri,question\nlong,a.png,{long_question}\n"
+                                    "split,a.png,what letter, if any, is in the red box ?\nfine,a.png,q ?\n")
+    rows = {r["id"]: r for r in read_manifest(str(tmp_path / "m.csv"))}
+    assert rows["long"]["question"] == long_question and "status" not in rows["long"]
+    split = next(r for r in rows.values() if r.get("status") == "error")
+    assert "line 3 has 5 fields, the header 3" in split["error"] and "fine" in rows
+
+    pq.write_table(pa.table({"id": pa.array([b"b1", b"b2"], pa.binary()),
+                             "image_uri": pa.array([b"a.png", b"\xff.png"], pa.binary()),
+                             "question": pa.array([b"what ?", b"q ?"], pa.binary())}), tmp_path / "m.parquet")
+    rows = read_manifest(str(tmp_path / "m.parquet"))
+    assert (rows[0]["id"], Path(rows[0]["source"]).name, rows[0]["question"]) == ("b1", "a.png", "what ?")
+    assert rows[1]["error"].endswith("image_uri is bytes that are not UTF-8 text")
+
+
+def test_a_part_that_stops_reading_part_way_keeps_its_rows_and_says_where(tmp_path):
+    """A .json array cut short fails only when read whole, in its task: one error row names the part and
+    why, instead of a failed job; the other parts' rows stand."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"id": "a1", "image_uri": "a.png", "question": "q ?"}) + "\n")
+    (folder / "b.json").write_text(json.dumps([{"id": "b1", "image_uri": "a.png", "question": "q ?"}] * 3)[:60])
+    rows = read_manifest(str(folder))
+    assert [r["id"] for r in rows] == ["a1", "b.json/unreadable"]
+    assert rows[1]["status"] == "error" and rows[1]["error"].startswith(f"bad manifest: {folder}/b.json: ")
+
+
+def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(ray_local, random_tiny_dir, tmp_path,
+                                                                               fast_policy):
+    """An http(s) manifest URL with a query (a presigned URL's signature, ``?token=``) was taken for an
+    unknown format (its name ended ``.jsonl?token=...``: an empty run) and recorded whole in the summary.
+    It is read, and the summary and report hold the URL without its query."""
+    import functools
+    import http.server
+    import threading
+
+    secret = "SECRETTOKEN42"
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "m.jsonl").write_text(json.dumps({"id": "h1", "image_uri": str(SAMPLES / "test-7-00000.png"),
+                                                          "question": "what letter ?", "choices": "A,B,C"}) + "\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/m.jsonl?token={secret}"
+    try:
+        out = tmp_path / "out"
+        summary = run_job("vqa", JobOptions(url, str(out), str(random_tiny_dir), policy=fast_policy, run_id="signed"),
+                          plan_manifest(url))
+    finally:
+        server.shutdown()
+    assert summary["items_in"] == summary["items_ok"] == 1
+    assert summary["settings"]["input"] == url.split("?")[0]
+    leaked = [str(p) for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked
+
+
+def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):
+    """``Path.as_uri()`` writes ``file:///.../sp%20ace.png``; it was looked up with the ``%20`` kept and
+    became a "missing object" row. File URIs are decoded (``file://localhost/`` is local too); written
+    unencoded they still read."""
+    from pipelines.stages import ImageLoader
+
+    image = tmp_path / "sp ace" / "a b#1.png"
+    image.parent.mkdir()
+    image.write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
+    uris = [image.as_uri(), image.as_uri().replace("file://", "file://localhost"), f"file://{image}"]
+    assert "%20" in uris[0] and "%23" in uris[0]
+    for uri in uris:
+        out = ImageLoader().load({"id": "x", "source": uri, "question": "what letter ?", "choices": ""})
+        assert out["status"] == "ok", (uri, out.get("error"))
+    other_host = ImageLoader().load({"id": "x", "source": f"file://fileserver{image}", "question": "q ?", "choices": ""})
+    assert other_host["status"] == "error" and "on another host (fileserver)" in other_host["error"]

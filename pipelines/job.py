@@ -193,6 +193,11 @@ class JobOptions:
             raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
         if not self.resource_wait_seconds >= 0:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
+        if self.num_actors < 1:  # before Ray starts (check_resources would say so after)
+            raise JobRefused(f"--num-actors must be >= 1 (VLM actors), got {self.num_actors}")
+        for name in ("input", "output"):  # "" would be the working directory
+            if not getattr(self, name).strip():
+                raise JobRefused(f"--{name} is empty: give a folder, a file or a URI")
         check_output_outside_input(self.input, self.output)
 
     def endpoint_config(self) -> dict:
@@ -758,6 +763,8 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
                         PolicyConfig(**policy).__dict__, extra)
     summary.update(settings=settings, items_resumed=items_resumed, plan_seconds=round(plan_seconds, 2),
                    skipped_sources=summarise_skipped(plan.skipped))
+    if summary["seconds"] > 0:  # this driver's rate: rows a killed driver staged before it are not its work
+        summary["items_per_second"] = round((stats.items - items_resumed) / summary["seconds"], 3)
     if stats.items:
         write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
                      timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))

@@ -3,7 +3,8 @@
     python -m pipelines.vqa --input manifest.jsonl --output out/          # local Ray, spote-tiny
     python -m pipelines.vqa --input s3://b/manifest/ --output s3://b/out --num-actors 8 --num-gpus-per-actor 1
 
-The manifest is a Parquet, JSONL (or JSON array) or CSV file, or a folder/prefix of such parts;
+The manifest is a Parquet, JSONL (or JSON array) or CSV file (the text formats may be gzipped, ``.jsonl.gz``),
+or a folder/prefix of such parts;
 the driver lists the parts and Ray Data tasks read them, so the driver never holds the rows.
 Every field is kept exactly as written: ids ``"007"``, ``"0070"`` and ``"1e3"`` stay those strings
 (JSON numbers keep their literal text). ``choices`` is a list or a comma-separated string; relative
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gzip
 import io
 import json
 
@@ -25,7 +27,7 @@ from .planning import Plan, list_sources, listing_version, plan_schema, skip_by_
 from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
-MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv")
+MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".csv.gz")
 MANIFEST_SCHEMA = plan_schema()
 NEEDED = ("image_uri", "question")
 CSV_FIELD_LIMIT = 64 * 2 ** 20  # characters in one CSV field (the csv module's own limit is 131,072)
@@ -74,6 +76,8 @@ def _records(uri: str, storage_options=None):
     """(position, record dict) of one manifest part, streamed; every value as written."""
     fs, path = filesystem(uri, storage_options)
     lower = redact_uri(uri).lower()  # an http(s) URL's query is no part of its format
+    gz = {"compression": "gzip"} if lower.endswith(".gz") and not lower.endswith(".parquet.gz") else {}
+    lower = lower.removesuffix(".gz") if gz else lower
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -86,7 +90,7 @@ def _records(uri: str, storage_options=None):
                     yield i, rec
                     i += 1
     elif lower.endswith((".jsonl", ".ndjson")):
-        with fs.open(path, "rb") as f:
+        with fs.open(path, "rb", **gz) as f:
             i = 0
             for n, raw in enumerate(f):  # bytes, line by line: one line that is not UTF-8 is that line's problem
                 try:
@@ -109,7 +113,7 @@ def _records(uri: str, storage_options=None):
                 yield i, rec
                 i += 1
     elif lower.endswith(".json"):
-        with fs.open(path, "rb") as f:
+        with fs.open(path, "rb", **gz) as f:
             data = json.load(io.TextIOWrapper(f, encoding="utf-8-sig"), parse_int=str, parse_float=str,
                              parse_constant=str)
         if not isinstance(data, list):
@@ -121,9 +125,11 @@ def _records(uri: str, storage_options=None):
                 "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is a {type(rec).__name__}, not an object"}
     elif lower.endswith(".csv"):
         csv.field_size_limit(CSV_FIELD_LIMIT)
-        with fs.open(path, "rb") as f:
+        with fs.open(path, "rb", **gz) as f:
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
-            _check_columns(uri, reader.fieldnames or [])
+            if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
+                return
+            _check_columns(uri, reader.fieldnames)
             for i, rec in enumerate(reader):
                 if None in rec:  # DictReader's key for the fields past the header's: the row was split wrongly
                     rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} has "
@@ -164,7 +170,7 @@ def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
     try:
         for i, rec in _records(uri, storage_options):
             yield _manifest_row(uri, base, prefix, i, rec)
-    except (ManifestError, ValueError, csv.Error, RecursionError) as err:
+    except (ManifestError, ValueError, csv.Error, RecursionError, gzip.BadGzipFile, EOFError) as err:
         # a part that stops reading part way (a truncated .json array, a damaged CSV or Parquet file): the
         # rows read so far stand, and one error row says where and why the rest was not read
         why = str(err) if str(err).startswith(uri) else f"{uri}: {err}"
@@ -201,9 +207,10 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
 def _check_part(uri: str, storage_options=None) -> None:
     """ManifestError, naming the part, when its start shows it is no manifest of its kind or lacks the
     needed columns (a .json array: its first bytes only, since it is read whole in a task)."""
-    if redact_uri(uri).lower().endswith(".json"):
+    if redact_uri(uri).lower().endswith((".json", ".json.gz")):
         fs, path = filesystem(uri, storage_options)
-        with fs.open(path, "rb") as f:
+        gz = {"compression": "gzip"} if redact_uri(uri).lower().endswith(".gz") else {}
+        with fs.open(path, "rb", **gz) as f:
             start = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):
             got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"
@@ -213,7 +220,7 @@ def _check_part(uri: str, storage_options=None) -> None:
         next(_records(uri, storage_options), None)
     except ManifestError:
         raise
-    except (ValueError, csv.Error) as err:  # Arrow's "magic bytes not found", a CSV that is not text, ...
+    except (ValueError, csv.Error, gzip.BadGzipFile, EOFError) as err:  # Arrow's "magic bytes not found", ...
         raise ManifestError(f"{uri}: cannot be read as a {redact_uri(uri).rsplit('.', 1)[-1].upper()} manifest: {err}") from None
 
 

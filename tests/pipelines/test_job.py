@@ -89,12 +89,16 @@ def test_an_output_at_or_under_the_input_is_refused(src, dst, inside):
     ("endpoint_concurrency", 0, "--endpoint-concurrency must be >= 1"),
     ("item_timeout_seconds", -1.0, r"--item-timeout-seconds must be >= 0 seconds \(0: no limit\)"),
     ("resource_wait_seconds", -1.0, "--resource-wait-seconds must be >= 0"),
+    ("num_actors", 0, r"--num-actors must be >= 1 \(VLM actors\), got 0"),
+    ("input", "", "--input is empty"), ("output", " ", "--output is empty"),
 ])
 def test_job_options_out_of_range_are_refused_naming_the_flag(flag, value, says):
+    """Refused on the options, before Ray starts (--num-actors 0 used to start it first; --input "" listed
+    the working directory)."""
     from pipelines.job import JobOptions, JobRefused
 
     with pytest.raises(JobRefused, match=says):
-        JobOptions("in", "out", **{flag: value})
+        JobOptions(**{"input": "in", "output": "out", flag: value})
     JobOptions("in", "out")  # the defaults hold
     JobOptions("in", "out", item_timeout_seconds=0.0)  # no limit, as the flag's help says
 

@@ -169,6 +169,7 @@ def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_loca
     monkeypatch.undo()
     summary = run_job("vqa", opts, [dict(r) for r in rows])
     assert summary["items_resumed"] == len(rows)                          # nothing answered twice
+    assert summary["items_per_second"] == 0  # this driver answered none: resumed rows are not its rate
     assert sorted(_results(out, "halfway")["id"]) == sorted(r["id"] for r in rows)
 
 
@@ -525,3 +526,24 @@ def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):
         assert out["status"] == "ok", (uri, out.get("error"))
     other_host = ImageLoader().load({"id": "x", "source": f"file://fileserver{image}", "question": "q ?", "choices": ""})
     assert other_host["status"] == "error" and "on another host (fileserver)" in other_host["error"]
+
+
+def test_gzipped_manifests_are_read_and_an_empty_csv_is_an_empty_part(tmp_path):
+    """``m.jsonl.gz`` was skipped as an unknown format (an empty run, exit 0); gzipped JSONL, JSON and CSV
+    are read as they are. A file named .gz that is not gzip is refused naming it. An empty CSV has no
+    rows, as an empty JSONL part (it was refused for its missing header)."""
+    import gzip
+
+    recs = [{"id": "g1", "image_uri": "a.png", "question": "what ?"}, {"id": "g2", "image_uri": "b.png", "question": "q ?"}]
+    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(r) for r in recs).encode()))
+    (tmp_path / "m.json.gz").write_bytes(gzip.compress(json.dumps(recs).encode()))
+    (tmp_path / "m.csv.gz").write_bytes(gzip.compress(b"id,image_uri,question\ng1,a.png,what ?\ng2,b.png,q ?\n"))
+    for name in ("m.jsonl.gz", "m.json.gz", "m.csv.gz"):
+        rows = read_manifest(str(tmp_path / name))
+        assert [(r["id"], Path(r["source"]).name, r["question"]) for r in rows] == [
+            ("g1", "a.png", "what ?"), ("g2", "b.png", "q ?")], name
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps(recs[0]))
+    with pytest.raises(ManifestError, match=r"plain\.jsonl\.gz: cannot be read as a GZ manifest: Not a gzipped file"):
+        plan_manifest(str(tmp_path / "plain.jsonl.gz"))
+    (tmp_path / "empty.csv").write_text("")
+    assert read_manifest(str(tmp_path / "empty.csv")) == []

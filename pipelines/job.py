@@ -598,8 +598,10 @@ def check_plan_ids_unique(paths: RunPaths, so: dict, rows: int, examples: int = 
     if found:
         n = clashes.count()
         named = ", ".join(f"{r['id']!r} x{r['count()']}" for r in found)
+        auto = any(re.fullmatch(r"(.*/)?row-\d{8}", str(r["id"])) for r in found)
         raise ValueError(f"duplicate ids in the input: {n} ids appear more than once ({named}{', ...' if n > len(found) else ''}); "
-                         "every row needs its own id")
+                         "every row needs its own id" + ("; a row without an id is given row-<n> (its position), "
+                                                         "which a given id may repeat" if auto else ""))
 
 
 def _count_duplicates(uri: str, so: dict, rows: int) -> int:

@@ -91,6 +91,12 @@ def test_duplicate_ids_refused_before_any_work(ray_local, random_tiny_dir, tmp_p
         run_job("vqa", opts, plan_manifest(opts.input))
     paths = RunPaths(str(tmp_path / "out"), "dupes")
     assert not Path(paths.staged).exists() and not Path(paths.marker).exists()   # nothing was answered
+    # a given id that repeats one given to a row without an id: the message says where the other came from
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": "row-00000001", "image_uri": "a.png", "question": "q ?"}, {"image_uri": "b.png", "question": "q ?"}]))
+    with pytest.raises(ValueError, match=r"'row-00000001' x2\); every row needs its own id; a row without an id "
+                                         r"is given row-<n> \(its position\)"):
+        run_job("vqa", JobOptions(**{**opts.__dict__, "run_id": "auto-dupes"}), plan_manifest(opts.input))
 
 
 def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, tmp_path, fast_policy):

@@ -180,14 +180,14 @@ class JobOptions:
     rows_per_part: int = 256
     revision: str | None = None
     endpoint: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    endpoint_concurrency: int = 8
+    api_key_env: str | None = None       # None: --endpoint-options' api_key_env, else OPENAI_API_KEY
+    endpoint_concurrency: int | None = None  # None: --endpoint-options' concurrency, else 8
     endpoint_options: str | None = None
 
     def __post_init__(self):  # one line naming the flag, before any job lists its input or Ray starts
         for name, least, what in (("batch_size", 1, "rows per actor call"), ("rows_per_part", 1, "rows per staged part"),
                                   ("endpoint_concurrency", 1, "requests in flight")):
-            if getattr(self, name) < least:
+            if getattr(self, name) is not None and getattr(self, name) < least:
                 raise JobRefused(f"--{name.replace('_', '-')} must be >= {least} ({what}), got {getattr(self, name)}")
         if not self.item_timeout_seconds >= 0:
             raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
@@ -201,14 +201,12 @@ class JobOptions:
         check_output_outside_input(self.input, self.output)
 
     def endpoint_config(self) -> dict:
-        """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable)."""
-        try:
-            extra = json.loads(self.endpoint_options) if self.endpoint_options else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--endpoint-options is not valid JSON: {err}") from err
-        if not isinstance(extra, dict):
-            raise ValueError("--endpoint-options must be a JSON object")
-        return {**extra, "api_key_env": self.api_key_env, "concurrency": self.endpoint_concurrency}
+        """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable): the
+        fields of ``--endpoint-options``, with ``--api-key-env`` / ``--endpoint-concurrency`` where given,
+        which must agree with the same fields there (``spote.cli.endpoint_options``; ValueError if not)."""
+        from spote.cli import endpoint_options
+
+        return endpoint_options(self.api_key_env, self.endpoint_concurrency, self.endpoint_options or "{}")
 
     def predictor_kwargs(self, storage_options: dict | None) -> dict:
         """What each SPOT-E actor loads, checked here first so that a model that cannot be found or bad
@@ -277,9 +275,12 @@ COMMON_FLAGS = (
     ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
     ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
                                                          "http://host:8000/v1: black-box mode, no model in the actors")),
-    ("api_key_env", str, typer.Option("OPENAI_API_KEY", help="environment variable with the endpoint's API key "
-                                                              "(set it where the actors run)")),
-    ("endpoint_concurrency", int, typer.Option(8, help="endpoint requests in flight at most, per actor")),
+    ("api_key_env", Optional[str], typer.Option(None, show_default=False, help="environment variable with the "
+                                                "endpoint's API key, set where the actors run (default: "
+                                                "OPENAI_API_KEY, or api_key_env in --endpoint-options)")),
+    ("endpoint_concurrency", Optional[int], typer.Option(None, show_default=False, help="endpoint requests in "
+                                                         "flight at most, per actor (default: 8, or concurrency in "
+                                                         "--endpoint-options)")),
     ("endpoint_options", Optional[str], typer.Option(None, help='more EndpointConfig fields as JSON, e.g. '
                                                                  '{"max_images": 1, "view_size": 448}')),
 )

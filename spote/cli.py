@@ -25,21 +25,41 @@ ENDPOINT_OPTIONS_HELP = ('more EndpointConfig fields as JSON, e.g. \'{"max_image
 MODEL_OPTION = typer.Option(None, "--model", help=MODEL_HELP)
 REVISION_OPTION = typer.Option(None, "--revision", help="hub id only: branch, tag or commit (default: main)")
 ENDPOINT_OPTION = typer.Option(None, "--endpoint", help=ENDPOINT_HELP)
-API_KEY_ENV_OPTION = typer.Option("OPENAI_API_KEY", "--api-key-env",
-                                  help="environment variable holding the endpoint's API key")
-ENDPOINT_CONCURRENCY_OPTION = typer.Option(8, "--endpoint-concurrency", help="endpoint requests in flight at most")
+# None when left out, so that api_key_env / concurrency in --endpoint-options are not overridden by a default
+API_KEY_ENV_OPTION = typer.Option(None, "--api-key-env", show_default=False,
+                                  help="environment variable holding the endpoint's API key "
+                                       "(default: OPENAI_API_KEY, or api_key_env in --endpoint-options)")
+ENDPOINT_CONCURRENCY_OPTION = typer.Option(None, "--endpoint-concurrency", show_default=False,
+                                           help="endpoint requests in flight at most (default: 8, or concurrency "
+                                                "in --endpoint-options)")
 ENDPOINT_OPTIONS_OPTION = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP)
 
 
-def endpoint_options(api_key_env: str, concurrency: int, options: str) -> dict:
-    """The ``endpoint_options`` of ``load_adapter`` from the command-line flags."""
+def endpoint_options(api_key_env: str | None, concurrency: int | None, options: str) -> dict:
+    """The ``endpoint_options`` of ``load_adapter`` from the command-line flags: the fields of
+    ``--endpoint-options`` (JSON), with ``--api-key-env`` / ``--endpoint-concurrency`` where given (None: left
+    out, so the JSON's field or the EndpointConfig default holds). A flag that sets the same field as the JSON
+    must agree with it, as flags and ``--policy`` do. Types and ranges are checked by ``EndpointConfig``.
+
+    Raises:
+        ValueError: the JSON is not an object, or a flag and the JSON set one field to two values.
+    """
     try:
         extra = json.loads(options)
     except json.JSONDecodeError as err:
         raise ValueError(f"--endpoint-options is not valid JSON: {err}") from None
     if not isinstance(extra, dict):
         raise ValueError("--endpoint-options must be a JSON object")
-    return {**extra, "api_key_env": api_key_env, "concurrency": concurrency}
+    merged = dict(extra)
+    for name, flag, value in (("api_key_env", "--api-key-env", api_key_env),
+                              ("concurrency", "--endpoint-concurrency", concurrency)):
+        if value is None:
+            continue
+        if name in extra and extra[name] != value:
+            raise ValueError(f"--endpoint-options sets {name} to {extra[name]!r} and {flag} sets it to {value!r}; "
+                             "give one")
+        merged[name] = value
+    return merged
 
 
 class AskError(Exception):
@@ -141,8 +161,8 @@ def ask(
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,
-    api_key_env: str = API_KEY_ENV_OPTION,
-    endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV_OPTION,
+    endpoint_concurrency: Optional[int] = ENDPOINT_CONCURRENCY_OPTION,
     endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     mode: Optional[str] = typer.Option(None, help="highlight | zoom | zoom+context (default: the policy's, zoom+context)"),
     method: str = typer.Option("spote", help="spote or a peer: baseline, api, vicrop, grid, naive_entropy, random, zoomeye, scaffold"),
@@ -181,6 +201,11 @@ def ask(
             cfg = PolicyConfig(**overrides)
         except ValueError as err:  # --policy is valid alone: an option (--mode, --budget) is out of range
             raise AskError(str(err)) from err
+        ep_options = endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts)
+        if endpoint:  # bad endpoint flags (URL, option types) in one line, before any request
+            from .adapters.endpoint import endpoint_config
+
+            endpoint_config(endpoint, model, **ep_options)
         if trace is not None:  # before the search: a trace that cannot be written would lose its answer
             from matplotlib.figure import Figure
 
@@ -194,7 +219,7 @@ def ask(
         _fail(str(err))
     try:
         adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=cfg.use_relevance,
-                               endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
+                               endpoint_options=ep_options)
     except ModelNotFound as err:
         _fail(str(err))
     except Exception as err:  # no config or weights, a broken checkpoint, bad endpoint flags: the model the user named
@@ -220,8 +245,8 @@ def ask(
             # after the answer, which the search paid for
             first = str(getattr(err, "strerror", None) or err).strip().splitlines()
             trace_error = f"cannot write the trace {trace}: {first[0] if first else type(err).__name__}"
-    if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+    if as_json:  # strict JSON: a NaN or infinity (which no JSON parser need read) is written null
+        typer.echo(json.dumps(json.loads(json.dumps(result.to_dict()), parse_constant=lambda _: None), allow_nan=False))
     else:
         # an empty open answer is the model ending at once: nothing read (confidence 0); say so rather than print nothing
         typer.echo(f"answer:      {result.answer if result.answer else '(nothing read)'}")

@@ -40,20 +40,28 @@ the view says about the rest of the baseline's answer.
 Requests. A group's view sets are sent concurrently (``concurrency`` at most, a thread pool over the
 official ``openai`` client). The client retries 408/409/429/5xx responses, connection errors and
 timeouts ``max_retries`` times with exponential back-off (0.5 s doubling up to 8 s, minus up to 25%
-random jitter), honouring ``Retry-After``; each attempt has ``timeout_s``. A request that still fails
-raises ``EndpointError``, whose one-line message names the endpoint (without credentials) and the
-failure; the pipelines turn it into that item's error row. The API key is read from the environment
+random jitter), honouring ``Retry-After``; each attempt ends within ``timeout_s`` in all, however slowly
+the server sends (``deadline_http_client``). A request that still fails, or an answer without usable
+log-probabilities (none, or NaN / infinite ones), raises ``EndpointError``, whose one-line message names
+the endpoint (without credentials) and the failure; the pipelines turn it into that item's error row. A
+URL no request could use (not http/https, no host, a bad port) or one carrying user:password or a query
+string is refused by ``EndpointConfig`` before any request. The API key is read from the environment
 variable ``api_key_env`` (``OPENAI_API_KEY`` by default) and is kept only inside the client: it is
-never part of a config, name, message or result.
+never part of a config, name, message or result, and a server's error text loses every word holding 6 or
+more consecutive characters of it (``scrub``).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import math
 import os
+import re
 import threading
+import time
+import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -82,7 +90,7 @@ class EndpointConfig:
     model: str                         # the model name the server knows
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (unset: no key, for local servers)
     concurrency: int = 8               # requests in flight at most (a group's views are sent together)
-    timeout_s: float = 60.0            # per request attempt, seconds
+    timeout_s: float = 60.0            # per request attempt, seconds in all (connect to the last byte)
     max_retries: int = 4               # the client's retries on 408/409/429/5xx, connection errors, timeouts
     max_images: int = 2                # images per request the server accepts; 1 turns zoom+context into zoom
     view_size: int = 512               # side of every rendered view in pixels (the smallest spotlight window too)
@@ -93,18 +101,61 @@ class EndpointConfig:
     closed_set_instruction: str = "Answer with exactly one of the choices and nothing else."  # system message; "" for none
 
     def __post_init__(self):
-        if not self.url or "://" not in self.url:
-            raise ValueError(f"endpoint must be a URL such as http://127.0.0.1:8000/v1, got {safe_url(self.url)!r}")
-        if not self.model:
+        """Raises ValueError naming the field: a value of the wrong type or out of range, or a URL that is
+        not ``http(s)://host[:port]/path`` (checked here, before any request: a bad URL is not retried)."""
+        check_url(self.url)
+        if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("an endpoint needs --model NAME: the model name the server serves")
-        if self.concurrency < 1 or self.max_images < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("endpoint concurrency and max_images must be >= 1, max_retries >= 0, timeout_s > 0")
-        if not 1 <= self.top_logprobs <= 20:
-            raise ValueError("top_logprobs must be in 1..20 (the OpenAI API's range)")
+        for name, least, most in _INT_RANGES:
+            value = getattr(self, name)
+            # bool is an int in Python; JSON's true is no count
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most):
+                bound = f"in {least}..{most}" if most else f">= {least}"
+                raise ValueError(f"endpoint option {name} must be an integer {bound}, got {value!r}")
+        if (not isinstance(self.timeout_s, (int, float)) or isinstance(self.timeout_s, bool)
+                or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
+            raise ValueError(f"endpoint option timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+        for name in ("api_key_env", "closed_set_instruction"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"endpoint option {name} must be a string, got {getattr(self, name)!r}")
         if self.image_format not in ("png", "jpeg"):
-            raise ValueError(f"image_format must be png or jpeg, got {self.image_format!r}")
-        if not 16 <= self.view_size <= 4096:
-            raise ValueError(f"view_size must be in 16..4096 pixels, got {self.view_size}")
+            raise ValueError(f"endpoint option image_format must be png or jpeg, got {self.image_format!r}")
+
+
+# integer fields: (name, least, most or None); top_logprobs' 20 is the OpenAI API's limit
+_INT_RANGES = (("concurrency", 1, None), ("max_retries", 0, None), ("max_images", 1, None), ("view_size", 16, 4096),
+               ("top_logprobs", 1, 20), ("jpeg_quality", 1, 100), ("max_new_tokens", 1, None))
+
+
+def check_url(url) -> None:
+    """Refuse an endpoint URL that no request could use, before any request (a bad URL is not retried):
+    scheme other than http/https, no host, a port outside 1..65535, unparseable. Also refuse one with
+    user:password or a query string: httpx would send user:password as Basic auth in place of the key,
+    and either would be echoed in messages; the key belongs in the environment variable ``api_key_env``.
+
+    Raises:
+        ValueError: one line naming the problem, the URL shown without credentials.
+    """
+    example = "a URL such as http://127.0.0.1:8000/v1"
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"endpoint must be {example}, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is no number or outside 0..65535
+    except ValueError as err:
+        raise ValueError(f"endpoint {safe_url(url)!r} is not a valid URL ({err}); give {example}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"endpoint {safe_url(url)!r}: the scheme must be http or https; give {example}")
+    if not parts.hostname:
+        raise ValueError(f"endpoint {safe_url(url)!r} names no host; give {example}")
+    if port == 0:
+        raise ValueError(f"endpoint {safe_url(url)!r}: port 0 is no server's port (1..65535)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"endpoint {safe_url(url)!r}: the URL carries user:password; remove it and put the "
+                         "API key in the environment variable named by --api-key-env")
+    if parts.query:
+        raise ValueError(f"endpoint {safe_url(url)!r}: the URL carries a query string; remove it (an API key "
+                         "belongs in the environment variable named by --api-key-env)")
 
 
 def safe_url(url: str) -> str:
@@ -112,10 +163,29 @@ def safe_url(url: str) -> str:
     try:
         parts = urlsplit(str(url))
         host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
         netloc = host + (f":{parts.port}" if parts.port else "")
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "<unparseable URL>"
+
+
+SECRET_RUN = 6  # this many consecutive characters of a key in a word make the word a secret
+
+
+def scrub(text: str, secrets, public=()) -> str:
+    """``text`` with every secret replaced by ``***``, and with it every word (between spaces, quotes,
+    brackets, commas, ``=``) that holds ``SECRET_RUN`` or more consecutive characters of one: a server may
+    echo a key masked (OpenAI's ``sk-proj-****...abcd``), cut, or as a prefix or suffix. Words in
+    ``public`` (the model name, the URL) stay, whatever they share with a key."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+        if len(secret) >= SECRET_RUN:
+            words = re.split(r"""([\s'"`,;()\[\]{}<>=]+)""", text)
+            text = "".join("***" if w not in public and any(w[i:i + SECRET_RUN] in secret
+                                                            for i in range(len(w) - SECRET_RUN + 1)) else w
+                           for w in words)
+    return text
 
 
 def encode_view(image: Image.Image, fmt: str = "png", quality: int = 90) -> str:
@@ -131,6 +201,10 @@ def encode_view(image: Image.Image, fmt: str = "png", quality: int = 90) -> str:
 def _norm(text: str) -> str:
     # byte-level BPE and SentencePiece servers may return raw word-start markers
     return text.replace("\u2581", " ").replace("\u0120", " ").strip().casefold()
+
+
+def _is_logprob(lp: float) -> bool:
+    return math.isfinite(lp) and lp <= 1e-3  # a little above 0: a server's float rounding of log 1
 
 
 def topk_entropy(logprobs: list[float]) -> float:
@@ -228,6 +302,90 @@ class Served:
     top: list[list[tuple[str, float]]]
 
 
+def deadline_http_client(config: EndpointConfig):
+    """The openai client's HTTP client, each attempt of which ends within ``config.timeout_s`` seconds in all
+    (None, the client's own, where the installed httpx has no pool backend to wrap).
+
+    httpx's timeouts bound each socket operation alone (connect, write, one read), so a server that trickles
+    its answer a byte at a time holds a request for as long as it likes. Here every operation of an attempt
+    (connect, TLS, writes, each read of the headers and the body) waits at most what is left of the attempt's
+    ``timeout_s``, through httpcore's pluggable network backend; running out raises httpcore's timeout, which
+    the openai client retries and reports as a timeout like any other. The proxy the environment names for
+    the endpoint (``HTTPS_PROXY``, ``NO_PROXY``, ...) is kept: a client given its own transport ignores them.
+    """
+    import openai
+
+    # the httpx the openai client is built on (httpx, or the httpx2 fork), and its httpcore
+    httpx = importlib.import_module(next(c for c in openai.DefaultHttpxClient.__mro__
+                                         if not c.__module__.startswith("openai")).__module__.split(".")[0])
+    httpcore = importlib.import_module(httpx.__name__.replace("httpx", "httpcore"))
+    deadline = threading.local()  # the attempt's end (time.monotonic), per thread: one attempt at a time each
+
+    def left(timeout, timed_out):
+        end = getattr(deadline, "end", None)
+        if end is None:
+            return timeout
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise timed_out(f"the attempt took more than {config.timeout_s:g} s in all")
+        return remaining if timeout is None else min(timeout, remaining)
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def read(self, max_bytes, timeout=None):
+            return self.inner.read(max_bytes, left(timeout, httpcore.ReadTimeout))
+
+        def write(self, buffer, timeout=None):
+            return self.inner.write(buffer, left(timeout, httpcore.WriteTimeout))
+
+        def close(self):
+            self.inner.close()
+
+        def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+            return Stream(self.inner.start_tls(ssl_context, server_hostname, left(timeout, httpcore.ConnectTimeout)))
+
+        def get_extra_info(self, info):
+            return self.inner.get_extra_info(info)
+
+    class Backend(httpcore.NetworkBackend):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+            return Stream(self.inner.connect_tcp(host, port, left(timeout, httpcore.ConnectTimeout), local_address,
+                                                 socket_options))
+
+        def connect_unix_socket(self, path, timeout=None, socket_options=None):
+            return Stream(self.inner.connect_unix_socket(path, left(timeout, httpcore.ConnectTimeout), socket_options))
+
+        def sleep(self, seconds):
+            self.inner.sleep(seconds)
+
+    class Transport(httpx.HTTPTransport):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            # httpx builds its httpcore pool without a way to pass a backend: swap it in (an AttributeError
+            # here, should httpx rename it, leaves the openai client's own, per-operation timeouts)
+            self._pool._network_backend = Backend(self._pool._network_backend)
+
+        def handle_request(self, request):
+            # the body is read after this returns, in the same thread, so the deadline stays until the next attempt
+            deadline.end = time.monotonic() + config.timeout_s
+            return super().handle_request(request)
+
+    host = urlsplit(config.url).hostname or ""
+    proxies = urllib.request.getproxies()
+    proxy = None if urllib.request.proxy_bypass(host) else proxies.get(urlsplit(config.url).scheme, proxies.get("all"))
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(20, config.concurrency))
+    try:
+        transport = Transport(proxy=proxy, limits=limits)
+    except AttributeError:  # another httpx: each socket operation is still bounded by timeout_s, not the attempt
+        return None
+    return openai.DefaultHttpxClient(transport=transport)
+
+
 class EndpointAdapter:
     """The adapter interface (``spote.adapters.base``) over an OpenAI-compatible chat-completions server.
 
@@ -247,7 +405,7 @@ class EndpointAdapter:
         self._secrets = tuple(s for s in (key,) if s)
         # servers without authentication (a local vLLM) accept any key; the client insists on one
         self.client = OpenAI(base_url=config.url, api_key=key or "no-key", timeout=config.timeout_s,
-                             max_retries=config.max_retries)
+                             max_retries=config.max_retries, http_client=deadline_http_client(config))
         self.input_size = config.view_size
         self.max_images = config.max_images
         self.batch_size = 64  # view sets per read in the exhaustive peers (grid); requests stay bounded by concurrency
@@ -293,6 +451,7 @@ class EndpointAdapter:
         import openai
 
         cfg = self.config
+        public = {cfg.model, safe_url(cfg.url), urlsplit(cfg.url).hostname}  # what the line names on purpose
         if isinstance(err, openai.APITimeoutError):
             what = f"no answer within {cfg.timeout_s:g} s (after {cfg.max_retries} retries)"
         elif isinstance(err, openai.APIConnectionError):
@@ -301,16 +460,15 @@ class EndpointAdapter:
         elif isinstance(err, openai.APIStatusError):
             code = err.status_code
             retried = code in (408, 409, 429) or code >= 500
-            detail = " ".join(str(getattr(err, "message", "") or "").split())[:300]
+            # scrubbed before it is cut short: a cut could leave a piece of the key too short to be recognised
+            detail = scrub(" ".join(str(getattr(err, "message", "") or "").split()), self._secrets, public)[:300]
             what = f"HTTP {code}{f' after {cfg.max_retries} retries' if retried else ''}: {detail}"
             if code == 400 and self.max_images > 1 and "image" in detail.lower():
                 what += " (a server that takes one image per request needs max_images 1)"
         else:
             what = f"{type(err).__name__}: {err}"
-        line = " ".join(f"endpoint {safe_url(cfg.url)} (model {cfg.model!r}): {what}".split())
-        for secret in self._secrets:
-            line = line.replace(secret, "***")
-        return line
+        return scrub(" ".join(f"endpoint {safe_url(cfg.url)} (model {cfg.model!r}): {what}".split()), self._secrets,
+                     public)
 
     def _request(self, views: list[Image.Image], text: str, max_tokens: int, closed_set: bool) -> Served:
         cfg = self.config
@@ -331,10 +489,20 @@ class EndpointAdapter:
             raise EndpointError(self._describe(ValueError("the response has no choices"))) from None
         if content is None:
             raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
-        tokens = [c.token for c in content]
-        return Served(text=(choice.message.content or "").strip(), tokens=tokens,
-                      logprobs=[float(c.logprob) for c in content],
-                      top=[[(t.token, float(t.logprob)) for t in (c.top_logprobs or [])] for c in content])
+        try:
+            logprobs = [float(c.logprob) for c in content]
+            # a position without top_logprobs has its own token as its top-1 (a lower bound of its entropy,
+            # -log p), never an empty top-k, whose entropy would read 0 nats: certain
+            top = [[(t.token, float(t.logprob)) for t in (c.top_logprobs or [])] or [(c.token, float(c.logprob))]
+                   for c in content]
+        except (TypeError, ValueError):  # a logprob that is null or no number
+            raise EndpointError(self._describe(ValueError(NO_LOGPROBS))) from None
+        bad = [lp for lp in logprobs + [lp for row in top for _, lp in row] if not _is_logprob(lp)]
+        if bad:  # NaN would read as 0 nats (max(0, nan) is 0): a sure answer that stops the search at once
+            raise EndpointError(self._describe(ValueError(
+                f"the server returned a log-probability that is not one ({bad[0]!r}: not finite, or above 0)")))
+        return Served(text=(choice.message.content or "").strip(), tokens=[c.token for c in content],
+                      logprobs=logprobs, top=top)
 
     def _request_all(self, views_batch, text: str, max_tokens: int, closed_set: bool) -> list[Served]:
         """One request per view set, ``concurrency`` at a time; the first failure fails the whole group."""
@@ -363,8 +531,15 @@ class EndpointAdapter:
 
     # ------------------------------------------------------------------ open ended
     def _generation(self, s: Served) -> Generation:
+        """The open answer of ``s``; an empty answer (no text: the model ended at once, or only spoke
+        whitespace) has no tokens, so its confidence is 0 as in-process. Raises EndpointError for an answer
+        whose tokens came without log-probabilities."""
+        if not s.text:
+            return Generation("", [], [], [])
+        if not s.tokens:  # text without tokens: nothing to score it by (the entropy would read 0: certain)
+            raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
         ids = [self.tokenizer.intern(t) for t in s.tokens]
-        ents = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
+        ents = [topk_entropy([lp for _, lp in top]) for top in s.top]
         text = drop_continuation_prefix(s.text, s.tokens[0] if s.tokens else None)  # as in-process
         return Generation(text, ids, ents, list(s.logprobs))
 
@@ -387,7 +562,9 @@ class EndpointAdapter:
         served = self._request_all(views_batch, prompt, max(1, L), closed_set=False)
         lps, ents = torch.empty(len(served), L), torch.empty(len(served), L)
         for b, s in enumerate(served):
-            own = [topk_entropy([lp for _, lp in top]) if top else 0.0 for top in s.top]
+            if s.text and not s.tokens:  # as in generate: an answer without log-probabilities reads nothing
+                raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
+            own = [topk_entropy([lp for _, lp in top]) for top in s.top]
             fallback = base if base is not None and len(base) == L else [sum(own) / len(own) if own else 0.0] * L
             same_prefix = True  # positions 0..t-1 of the view's answer equal the baseline's
             for t in range(L):
@@ -406,15 +583,26 @@ class EndpointAdapter:
 ENDPOINT_OPTIONS = tuple(f.name for f in fields(EndpointConfig) if f.name not in ("url", "model"))
 
 
-def open_endpoint(url: str, model: str | None, **options) -> EndpointAdapter:
-    """An ``EndpointAdapter`` for ``url`` serving ``model``; ``options`` are ``EndpointConfig`` fields.
+def endpoint_config(url: str, model: str | None, **options) -> EndpointConfig:
+    """The ``EndpointConfig`` for ``url`` serving ``model``; ``options`` are its other fields. Checks
+    everything that can be checked without a request, so a command can refuse bad flags at once.
 
     Raises:
-        ValueError: no model name, a malformed URL, unknown or out-of-range options.
+        ValueError: no model name, a URL no request could use, unknown options, a value of the wrong type
+            or out of range (one line, naming the option).
     """
     unknown = sorted(set(options) - set(ENDPOINT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown endpoint options {unknown}; known: {list(ENDPOINT_OPTIONS)}")
     if model is None or not str(model).strip():
         raise ValueError("--endpoint needs --model NAME: the model name the server serves")
-    return EndpointAdapter(EndpointConfig(url=str(url), model=str(model), **options))
+    return EndpointConfig(url=url, model=str(model), **options)
+
+
+def open_endpoint(url: str, model: str | None, **options) -> EndpointAdapter:
+    """An ``EndpointAdapter`` for ``url`` serving ``model``; ``options`` are ``EndpointConfig`` fields.
+
+    Raises:
+        ValueError: as ``endpoint_config``.
+    """
+    return EndpointAdapter(endpoint_config(url, model, **options))

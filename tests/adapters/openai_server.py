@@ -14,6 +14,9 @@ S3 server. It speaks the subset of the wire format SPOT-E uses:
   next ``times`` completions with that status (status 200: a normal answer without ``logprobs``, as
   ``transformers serve`` gives); ``GET /fixture/stats`` counts chat-completion answers by status. A
   question containing ``[reject]`` is answered 400 (a request the server refuses, never retried).
+  ``{"mode": NAME, "times": n}`` instead misbehaves as a broken server might (``MODES``): answers with
+  NaN / +inf log-probabilities, empty ``top_logprobs`` or ``logprobs.content``, a null ``message.content``,
+  a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
 
 With ``--require-key-env NAME`` every request must carry ``Authorization: Bearer $NAME`` (else 401).
 
@@ -135,13 +138,21 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         if self.path.rstrip("/") == "/fixture/faults":
-            self.server.set_faults(int(body["status"]), int(body.get("times", 1)))
+            if body.get("mode") not in (None, *MODES):
+                return self._error(400, f"unknown mode {body['mode']!r}; known: {list(MODES)}")
+            self.server.set_faults(int(body.get("status", 200)), int(body.get("times", 1)), body.get("mode"),
+                                   float(body.get("interval_s", 0.5)))
             return self._send(200, {"ok": True})
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._error(404, f"no route {self.path}")
         if not self._authorised():
             return self._error(401, "invalid API key")
-        fault = self.server.take_fault()
+        fault, mode, interval = self.server.take_fault()
+        if mode == "echo-key":  # as OpenAI's 401 does (first 8 and last 4 characters), and worse
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            masked = key[:8] + "*" * max(0, len(key) - 12) + key[-4:]
+            return self._error(401, f"Incorrect API key provided: {masked}. Key tail '{key[-9:]}', "
+                                    f"middle {key[4:12]}.")
         with_logprobs = bool(body.get("logprobs")) and fault != 200
         if fault and fault != 200:
             return self._error(fault, "injected fault", {"retry-after-ms": "20"} if fault == 429 else None)
@@ -157,14 +168,57 @@ class Handler(BaseHTTPRequestHandler):
             text, content, finish = self.server.vlm.complete(body["messages"], max_tokens, top_k)
         except (ValueError, KeyError) as err:
             return self._error(400, str(err))
-        self._send(200, {
+        if mode and content:
+            text, content = misbehave(mode, text, content)
+        answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "logprobs": {"content": content} if with_logprobs else None,
                          "finish_reason": finish}],
             "usage": {"prompt_tokens": 0, "completion_tokens": len(content), "total_tokens": len(content)},
-        })
+        }
+        if mode == "trickle":
+            return self._trickle(answer, interval)
+        self._send(200, answer)
+
+    def _trickle(self, body: dict, interval: float):
+        """A slow-loris answer: headers at once, then the body one byte every ``interval`` seconds, so
+        that no single read waits long although the whole answer takes len(body) * interval."""
+        data = json.dumps(body).encode()
+        self.server.count(200)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:  # the client gave up: what a deadline should do
+            self.close_connection = True
+
+
+# what a broken server sends (faults' "mode"); each maps (text, logprobs content) to the broken pair
+MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "trickle", "echo-key")
+
+
+def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, list[dict]]:
+    if mode == "nan-top":        # json.dumps writes NaN / Infinity, as some servers do
+        content[0]["top_logprobs"][-1]["logprob"] = float("nan")
+    elif mode == "inf-top":
+        content[0]["top_logprobs"][-1]["logprob"] = float("inf")
+    elif mode == "nan-token":
+        content[0]["logprob"] = float("nan")
+    elif mode == "empty-top":
+        for c in content:
+            c["top_logprobs"] = []
+    elif mode == "empty-content":
+        content = []
+    elif mode == "null-message":
+        text = None
+    return text, content
 
 
 class FixtureServer(ThreadingHTTPServer):
@@ -174,20 +228,22 @@ class FixtureServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.vlm, self.model_name, self.api_key = vlm, model_name, api_key
         self.stats: Counter = Counter()
-        self._faults: list[int] = []
+        self._faults: list[tuple[int, str | None, float]] = []
         self._lock = threading.Lock()
 
     def count(self, status: int):
         with self._lock:
             self.stats[str(status)] += 1
 
-    def set_faults(self, status: int, times: int):
+    def set_faults(self, status: int, times: int, mode: str | None = None, interval: float = 0.5):
+        """The next ``times`` completions: answered with ``status`` (200 and no mode: without logprobs), or
+        with ``mode``'s misbehaviour (status ignored)."""
         with self._lock:
-            self._faults = [status] * times
+            self._faults = [(None if mode else status, mode, interval)] * times
 
-    def take_fault(self) -> int | None:
+    def take_fault(self) -> tuple[int | None, str | None, float]:
         with self._lock:
-            return self._faults.pop(0) if self._faults else None
+            return self._faults.pop(0) if self._faults else (None, None, 0.0)
 
 
 def launch(model: str, served_name: str = "spote-tiny", require_key_env: str | None = None, env: dict | None = None,

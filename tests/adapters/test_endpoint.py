@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from PIL import Image
 
 from cluster.local import free_port
 from openai_server import launch
-from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, topk_entropy)
+from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, scrub, topk_entropy)
 from spote.bench.scenes import make_open_item, spotbench
 from spote.core import PolicyConfig, spote
 from spote.spotlight import ViewRenderer
@@ -260,3 +261,163 @@ def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
         assert not leaked and KEY not in res.stdout + res.stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- flags, URLs, broken servers
+def _ask(args, env):
+    from typer.testing import CliRunner
+
+    from spote.cli import app
+
+    return CliRunner().invoke(app, ["ask", *args], env=env)
+
+
+def test_cli_endpoint_options_fields_win_over_flag_defaults_and_flags_must_agree(server, tmp_path):
+    """api_key_env and concurrency in --endpoint-options are used (the flags' defaults once won, sending
+    OPENAI_API_KEY to a server configured for another key); a flag saying otherwise is refused."""
+    Image.new("RGB", (INPUT, INPUT), (200, 30, 30)).save(tmp_path / "x.png")
+    env = {KEY_ENV: KEY, "OPENAI_API_KEY": "sk-decoy-not-this-server-s-key"}
+    common = [str(tmp_path / "x.png"), "is there a boat ?", "--choices", "yes,no", "--endpoint", server,
+              "--model", "spote-tiny", "--budget", "4", "--json"]
+    opts = json.dumps({"view_size": INPUT, "api_key_env": KEY_ENV, "concurrency": 2, "max_retries": 0})
+    res = _ask([*common, "--endpoint-options", opts], env)
+    assert res.exit_code == 0, res.output                       # the key from KEY_ENV reached the server
+    assert "sk-decoy" not in res.output and KEY not in res.output
+    res = _ask([*common, "--endpoint-options", opts, "--api-key-env", KEY_ENV, "--endpoint-concurrency", "2"], env)
+    assert res.exit_code == 0, res.output                       # flags that agree are fine
+    for flags, named in ((["--api-key-env", "OPENAI_API_KEY"], "api_key_env"),
+                         (["--endpoint-concurrency", "3"], "concurrency")):
+        res = _ask([*common, "--endpoint-options", opts, *flags], env)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and named in lines[0] and flags[0] in lines[0], res.output
+    for flags in (["--endpoint-concurrency", "0"], ["--endpoint-options", '{"concurrency": 0}'],
+                  ["--endpoint-options", '{"concurrency": true}']):
+        res = _ask([*common, *flags], env)
+        assert res.exit_code == 2 and "concurrency must be an integer >= 1" in res.output, res.output
+
+
+def test_cli_endpoint_options_merge():
+    from spote.cli import endpoint_options
+
+    assert endpoint_options(None, None, '{"api_key_env": "K", "concurrency": 3}') == {"api_key_env": "K", "concurrency": 3}
+    assert endpoint_options("K", 4, "{}") == {"api_key_env": "K", "concurrency": 4}
+    assert endpoint_options(None, None, "{}") == {}             # EndpointConfig's defaults hold
+    with pytest.raises(ValueError, match="--endpoint-options sets api_key_env to 'K' and --api-key-env sets it to 'L'"):
+        endpoint_options("L", None, '{"api_key_env": "K"}')
+
+
+@pytest.mark.parametrize("mode", ["nan-top", "inf-top", "nan-token"])
+def test_non_finite_logprobs_are_an_endpoint_error(server, key, mode):
+    """NaN read as 0 nats (max(0, nan) is 0): a sure answer that stopped the search after one pass."""
+    remote = _endpoint(server, max_retries=0)
+    view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
+    item = _spelled()
+    for call in (lambda: remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]),
+                 lambda: remote.generate(item[0], item[1])):
+        _control(server, "/fixture/faults", {"mode": mode, "times": 1})
+        with pytest.raises(EndpointError, match="log-probability that is not one") as err:
+            call()
+        assert server in str(err.value) and KEY not in str(err.value)
+
+
+def _spelled():
+    """(views, question) that spote-tiny answers with a few tokens: a SpotBench code the whole view shows."""
+    item = make_open_item(0, "test", 2, variant="large")
+    return [ViewRenderer(item.image, INPUT).global_view], item.question
+
+
+def test_open_answers_refuse_useless_logprobs(server, key):
+    remote = _endpoint(server, max_retries=0)
+    view, question = _spelled()
+    honest = remote.generate(view, question)
+    assert honest.text and honest.token_ids
+    # tokens without a top-k: each scored by its own log p (-log p, as the closed set reads a top-1), never 0 nats
+    _control(server, "/fixture/faults", {"mode": "empty-top", "times": 1})
+    gen = remote.generate(view, question)
+    assert gen.entropies == pytest.approx([-lp for lp in gen.logprobs])
+    assert all(h > 0 for h in gen.entropies) and gen.text == honest.text
+    # an answer without tokens: refused, as the closed set refuses one (it would read 0 nats, confidence 0)
+    _control(server, "/fixture/faults", {"mode": "empty-content", "times": 1})
+    with pytest.raises(EndpointError, match="no logprobs"):
+        remote.generate(view, question)
+    _control(server, "/fixture/faults", {"mode": "empty-content", "times": 1})
+    with pytest.raises(EndpointError, match="no logprobs"):
+        remote.teacher_forced([view], question, honest.token_ids)
+    # no text: an empty answer, with no tokens, so its confidence is 0 (not the tokens' product)
+    _control(server, "/fixture/faults", {"mode": "null-message", "times": 1})
+    gen = remote.generate(view, question)
+    assert gen.text == "" and gen.token_ids == [] and gen.logprobs == [] and gen.entropies == []
+
+
+def test_an_attempt_ends_within_timeout_s_however_slowly_the_server_sends(server, key):
+    """httpx's timeout bounds each read alone: a body trickled a byte every 0.5 s held a request for
+    minutes with timeout_s 2. Each attempt now ends within timeout_s in all, and is retried as a timeout."""
+    import time
+
+    remote = _endpoint(server, timeout_s=2, max_retries=1)
+    view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
+    before = _control(server, "/fixture/stats")
+    _control(server, "/fixture/faults", {"mode": "trickle", "times": 2, "interval_s": 0.5})
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError, match="no answer within 2 s") as err:
+        remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+    took = time.monotonic() - t0
+    assert took < 2 * 2 + 4, took              # two attempts of 2 s, the back-off and the reading of the image
+    assert _control(server, "/fixture/stats")["200"] - before.get("200", 0) == 2
+    assert KEY not in str(err.value)
+    assert remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]).shape == (1, 2)  # then served
+
+
+def test_scrub_hides_pieces_of_the_key():
+    k = "sk-SECRET-abcdef1234567890"
+    text = f"key sk-SECRE*********7890 is wrong; tail '{k[-8:]}', middle T-abcd-x, head={k[:6]}; nothing else"
+    out = scrub(text, [k])
+    assert out == "key *** is wrong; tail '***', middle ***, head=***; nothing else", out
+    assert scrub("short abc", ["abc"]) == "short ***" and scrub("port 8000", [k]) == "port 8000"
+
+
+def test_server_echoing_parts_of_the_key_is_scrubbed(server, key):
+    remote = _endpoint(server, max_retries=0)
+    _control(server, "/fixture/faults", {"mode": "echo-key", "times": 1})
+    with pytest.raises(EndpointError, match="HTTP 401") as err:
+        remote.generate([Image.new("RGB", (INPUT, INPUT))], "what is this ?")
+    msg = str(err.value).replace("'spote-tiny'", "")       # the model name shares "spote-" with this key
+    assert "Incorrect API key provided" in msg and not any(KEY[i:i + 6] in msg for i in range(len(KEY) - 5)), msg
+
+
+@pytest.mark.parametrize("url, says", [
+    ("https://user:sk-secret@api.example.com/v1", "user:password"),
+    ("https://api.example.com/v1?api-key=sk-secret", "query string"),
+    ("ftp://127.0.0.1:8000/v1", "scheme must be http or https"),
+    ("http://127.0.0.1:99999/v1", "not a valid URL"),
+    ("http://127.0.0.1:0/v1", "port 0"),
+    ("http:///v1", "names no host"),
+    ("http://[::1/v1", "not a valid URL"),
+    ("127.0.0.1:8000/v1", "scheme must be http or https"),
+])
+def test_bad_endpoint_urls_are_refused_at_once(url, says, tmp_path):
+    import time
+
+    with pytest.raises(ValueError, match=says) as err:
+        open_endpoint(url, "spote-tiny", api_key_env=KEY_ENV)
+    assert "sk-secret" not in str(err.value)
+    Image.new("RGB", (INPUT, INPUT)).save(tmp_path / "x.png")
+    t0 = time.monotonic()
+    res = _ask([str(tmp_path / "x.png"), "what is this ?", "--endpoint", url, "--model", "spote-tiny"], {})
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and says in lines[0] and "sk-secret" not in res.output, res.output
+    assert time.monotonic() - t0 < 5                              # no request, no retries
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"timeout_s": "3"}, "timeout_s must be a number of seconds > 0, got '3'"),
+    ({"timeout_s": float("nan")}, "timeout_s must be a number"),
+    ({"max_retries": 1.5}, "max_retries must be an integer >= 0"),
+    ({"view_size": "448"}, "view_size must be an integer in 16..4096"),
+    ({"top_logprobs": 21}, "top_logprobs must be an integer in 1..20"),
+    ({"api_key_env": 5}, "api_key_env must be a string"),
+    ({"image_format": "gif"}, "image_format must be png or jpeg"),
+])
+def test_endpoint_option_types_are_checked_by_name(options, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        open_endpoint("http://127.0.0.1:8000/v1", "spote-tiny", **options)

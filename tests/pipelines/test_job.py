@@ -133,3 +133,21 @@ def test_a_bad_policy_is_refused_before_the_job_lists_its_input(tmp_path):
     res = CliRunner().invoke(satellite.app, ["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "out"),
                                              "--questions", str(tmp_path / "absent.yaml"), "--policy", '{"budget": 0}'])
     assert res.exit_code == 2 and res.stderr.strip() == "error: --policy: budget must be >= 1 forward pass", res.output
+
+
+def test_endpoint_options_fields_are_not_overridden_by_flag_defaults():
+    """``api_key_env`` and ``concurrency`` given in --endpoint-options were replaced by the defaults of
+    --api-key-env / --endpoint-concurrency, so the actors sent OPENAI_API_KEY to a server configured for
+    another key. The JSON's fields hold; a flag that sets one of them must agree with it."""
+    from pipelines.job import JobOptions
+
+    def config(**kw):
+        return JobOptions("in", "out", endpoint="http://127.0.0.1:8000/v1", **kw).endpoint_config()
+
+    given = config(endpoint_options='{"api_key_env": "VLLM_KEY", "concurrency": 2}')
+    assert given["api_key_env"] == "VLLM_KEY" and given["concurrency"] == 2
+    assert config(endpoint_options='{"api_key_env": "VLLM_KEY"}', api_key_env="VLLM_KEY")["api_key_env"] == "VLLM_KEY"
+    assert config(api_key_env="MY_KEY", endpoint_concurrency=3) == {"api_key_env": "MY_KEY", "concurrency": 3}
+    with pytest.raises(ValueError, match="--endpoint-options sets api_key_env to 'VLLM_KEY' and --api-key-env sets it "
+                                         "to 'OPENAI_API_KEY'; give one"):
+        config(endpoint_options='{"api_key_env": "VLLM_KEY"}', api_key_env="OPENAI_API_KEY")

@@ -55,6 +55,19 @@ def _read_image(image, storage_options: dict | None):
     return load_image(image)
 
 
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _digest(options: dict | None) -> str:
+    """A SHA-256 of ``options`` (JSON, keys sorted; what JSON cannot hold by its ``repr``)."""
+    import hashlib
+    import json
+
+    text = json.dumps(options or {}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def answer(image, question: str, choices=None, *, model=None, revision: str | None = None,
            endpoint: str | None = None, endpoint_options: dict | None = None, method: str = "spote",
            storage_options: dict | None = None, **policy_overrides) -> "SpotResult":
@@ -94,7 +107,6 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
     """
-    import json
     from dataclasses import fields
 
     from .baselines import ANSWER_METHODS, run_method
@@ -113,8 +125,11 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     cfg = PolicyConfig(**policy_overrides)
     img = _read_image(image, storage_options)
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
-        key = (str(model) if model is not None else None, revision, endpoint,
-               json.dumps(endpoint_options or {}, sort_keys=True), cfg.use_relevance)
+        # every argument that can change what loads: the same s3:// name on another store (storage_options)
+        # is another model; options can hold secrets, so the key keeps only a hash of them
+        remote = model is not None and _is_remote(str(model))
+        key = (str(model) if model is not None else None, revision, endpoint, _digest(endpoint_options),
+               _digest(storage_options) if remote else None, cfg.use_relevance)
         if key not in _ADAPTERS:
             _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
                                           relevance=cfg.use_relevance, storage_options=storage_options)

@@ -273,6 +273,16 @@ def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) ->
     return clarity - cfg.anchor_weight * penalty
 
 
+def _check_finite(scores: torch.Tensor) -> None:
+    """Raises ValueError when the model's first scores (log-probabilities, entropies) are NaN or +infinity:
+    broken weights (a NaN tensor) would otherwise give an answer of confidence NaN. A log-probability of
+    -infinity is a choice of probability 0, which a sound model can give."""
+    scores = scores.float()
+    if torch.isnan(scores).any() or torch.isposinf(scores).any():
+        raise ValueError("the model gives non-finite scores (NaN or infinity) reading the image: its weights "
+                         "(or the dtype they run in) are broken")
+
+
 class Reader:
     """Reads a question off batches of view sets with one adapter: closed set or teacher-forced span."""
 
@@ -285,8 +295,10 @@ class Reader:
     def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
         if self.choices is not None:
             logp = self.adapter.choice_logprobs([views], self.question, self.choices)[0]
+            _check_finite(logp)
             return Reading(logp=logp), self.choices[int(logp.argmax())]
         gen = self.adapter.generate(views, self.question)
+        _check_finite(torch.tensor([*gen.logprobs, *gen.entropies, gen.end_logp or 0.0, gen.end_entropy or 0.0]))
         if not gen.token_ids and gen.end_entropy is not None:
             # An empty answer is the model's choice to end at once: that step is its span, so an unsure
             # empty answer is not taken for a clear one (an empty span has entropy 0), and views are

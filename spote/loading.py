@@ -132,7 +132,7 @@ def check_safetensors_sizes(fs, root: str, files: dict[str, dict]) -> None:
             raise OSError(f"{rel} is {size} bytes but its header describes {8 + n + end}: cut short or damaged")
 
 
-def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: Path = CACHE_DIR,
+def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: Path | None = None,
                      trust_remote_code: bool = False) -> Path:
     """A local copy of a remote checkpoint folder, kept equal to the store: files are copied once,
     copied again when their size or ETag changes, and removed when the store no longer has them.
@@ -152,7 +152,7 @@ def fetch_checkpoint(uri: str, storage_options: dict | None = None, cache_dir: P
 
     # keyed by the folder as fsspec names it: s3://m/x, s3://m/x/ and the like share one copy
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    local = Path(cache_dir) / hashlib.sha256(fs.unstrip_protocol(root.rstrip("/")).encode()).hexdigest()[:16]
+    local = Path(cache_dir or CACHE_DIR) / hashlib.sha256(fs.unstrip_protocol(root.rstrip("/")).encode()).hexdigest()[:16]
     try:
         local.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(local.with_name(local.name + ".lock"))
@@ -329,19 +329,84 @@ def resolve(path_or_uri: str | os.PathLike | None, storage_options: dict | None 
     docstring), its top-level safetensors files checked against their headers.
 
     Raises:
-        ModelNotFound: nothing found (the one-line message names the folder, hub id and cache tried), or
-            weights cut short or damaged.
+        ModelNotFound: nothing found (the one-line message names the folder, hub id and cache tried), weights
+            cut short or damaged, or a folder ``check_folder`` refuses.
         ValueError: ``revision`` given for something other than a hub id.
     """
     import fsspec
 
     folder = _find(path_or_uri, storage_options, revision, trust_remote_code)
     try:  # a hub snapshot's link to a missing blob fails here too
+        check_folder(folder, trust_remote_code)
         weights = {p.name: {"size": p.stat().st_size} for p in folder.glob("*.safetensors")}
         check_safetensors_sizes(fsspec.filesystem("file"), str(folder), weights)
     except OSError as err:  # safetensors itself would say only "incomplete metadata, file not fully covered"
         raise ModelNotFound(f"model {str(path_or_uri or 'spote-tiny')!r} cannot be loaded: {err}") from None
     return folder
+
+
+# the JSON files transformers reads from a checkpoint folder (a broken one fails there naming no file)
+CHECKPOINT_JSON = ["config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "processor_config.json",
+                   "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json"]
+# a tokenizer is one of these (fast tokenizer, sentencepiece, BPE/WordPiece vocabulary, tiktoken)
+TOKENIZER_FILES = ["tokenizer.json", "*.model", "vocab.json", "vocab.txt", "*.tiktoken"]
+
+
+def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
+    """What can be known of a local checkpoint folder from its files, without loading the weights:
+    its JSON files parse, ``config.json``'s ``model_type`` is one transformers knows, safetensors weights
+    are there (and every shard their index names), and so are a tokenizer and a chat template (in any
+    place transformers looks: ``chat_template.jinja``, ``chat_template.json``, or a ``chat_template``
+    field of ``tokenizer_config.json`` or ``processor_config.json``).
+
+    Whether the weights hold every tensor the model needs is checked when they load (``load_adapter``):
+    checkpoints name tensors as their transformers version did, and only loading maps old names to new.
+
+    Raises:
+        OSError: the first problem found, in one line naming the file.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    parsed = {}
+
+    def parse(name: str) -> None:
+        if (folder / name).is_file():
+            try:
+                parsed[name] = json.loads((folder / name).read_bytes())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise OSError(f"{name} in {folder} is not valid JSON ({err})") from None
+
+    parse("config.json")
+    config = parsed.get("config.json")
+    if not isinstance(config, dict):
+        raise OSError(f"config.json in {folder} is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and "auto_map" in config):
+        known = "" if model_type is None else f" ({model_type!r})"
+        raise OSError(f"config.json in {folder} names no model_type this transformers knows{known}"
+                      + ("; its auto_map needs trust_remote_code" if "auto_map" in config else ""))
+    # before the other files: .bin weights beside a stray (or empty) index are "no safetensors", as on the hub
+    if not any(folder.glob("*.safetensors")):
+        raise OSError(f"no safetensors weights in {folder} (pickled .bin weights are never loaded)")
+    for name in CHECKPOINT_JSON:
+        parse(name)
+    if "model.safetensors.index.json" in parsed:
+        index = parsed["model.safetensors.index.json"]
+        shards = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(shards, dict) or not shards:
+            raise OSError(f"model.safetensors.index.json in {folder} has no readable weight_map")
+        if missing := sorted(str(x) for x in set(shards.values()) if not (folder / str(x)).is_file()):
+            raise OSError(f"model.safetensors.index.json in {folder} names shards it does not hold: "
+                          f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
+        raise OSError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})")
+    fields = [parsed.get(n) for n in ("chat_template.json", "tokenizer_config.json", "processor_config.json")]
+    jinja = folder / "chat_template.jinja"
+    if not (jinja.is_file() and jinja.read_text(errors="replace").strip()
+            or any(isinstance(f, dict) and f.get("chat_template") for f in fields)):
+        raise OSError(f"no chat template in {folder} (chat_template.jinja, chat_template.json, or a chat_template "
+                      f"field of tokenizer_config.json or processor_config.json)")
 
 
 def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
@@ -403,6 +468,103 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# the spellings of torch's float dtypes taken for ``dtype`` (also with a ``torch.`` prefix)
+DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+          "float64": torch.float64, "double": torch.float64, "fp64": torch.float64}
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """``dtype`` as ``from_pretrained`` takes it: a torch float dtype, ``"auto"`` (the checkpoint's own),
+    or None (the default for the device).
+
+    Raises:
+        ValueError: anything else (``"float31"``, ``torch.int8``), naming the accepted values.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        if name == "auto":
+            return "auto"
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} or auto")
+
+
+def check_device(device: str | None) -> str:
+    """``device``, or the default one, once torch can put a model there.
+
+    Raises:
+        ValueError: a name torch does not know or SPOT-E does not run on (``"gpu"``), or a CUDA/MPS device
+            this torch does not see.
+    """
+    device = str(device or default_device())
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:  # torch's own message lists two dozen backends
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA device (a CPU build, or no GPU); use cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no MPS device; use cpu")
+    return device
+
+
+class _HoldLoadReport:
+    """Holds back what transformers warns of while weights load (its multi-line LOAD REPORT, "checkpoint
+    seem corrupted"): a checkpoint that does not cover the model is refused in one line instead; the
+    warnings of a checkpoint that is not refused (unexpected keys alone, say) are logged after all."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger, self.held = logging.getLogger("transformers.modeling_utils"), []
+        self.logger.addFilter(self)
+        return self
+
+    def filter(self, record) -> bool:
+        if record.levelno >= 30:  # logging.WARNING
+            self.held.append(record)
+            return False
+        return True
+
+    def __exit__(self, *exc):
+        self.logger.removeFilter(self)
+
+    def release(self) -> None:
+        for record in self.held:
+            self.logger.handle(record)
+
+
+def check_loading_info(info: dict, name: str, folder: Path) -> None:
+    """Every tensor the model needs came from the checkpoint, in its shape: SPOT-E reads a frozen, trained
+    model, and transformers fills what a checkpoint lacks with random values, warning only. ``info`` is
+    ``from_pretrained(..., output_loading_info=True)``'s, whose ``missing_keys`` already leave out tied
+    weights and the keys the model class declares ignorable.
+
+    Raises:
+        ModelNotFound: one line naming the first few missing or misshapen tensors.
+    """
+    def some(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+    where = f"model {name!r} cannot be loaded: the weights in {folder}"
+    if missing := info.get("missing_keys"):
+        raise ModelNotFound(f"{where} miss {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "
+                            f"{some(missing)}")
+    if mismatched := info.get("mismatched_keys"):
+        key, got, want = sorted(mismatched, key=lambda m: m[0])[0]
+        raise ModelNotFound(f"{where} hold {len(mismatched)} tensor{'s' * (len(mismatched) > 1)} of the wrong "
+                            f"shape: {key} is {list(got)}, the model needs {list(want)}"
+                            + (f" (and {some(k for k, _, _ in mismatched)})" if len(mismatched) > 1 else ""))
+
+
 def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str | None = None,
                  endpoint_options: dict | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, relevance: bool = True, trust_remote_code: bool = False,
@@ -417,10 +579,16 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
             ``EndpointAdapter``; ``endpoint_options`` are ``EndpointConfig`` fields (``api_key_env``,
             ``concurrency``, ``timeout_s``, ``max_retries``, ``max_images``, ``view_size``, ...).
 
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default: cuda when torch sees one).
+        dtype: a torch float dtype or its name (``bfloat16``, ``bf16``, ``torch.float16``, ``fp32``, ...) or
+            ``auto`` (the checkpoint's own); default bfloat16 on CUDA, else float32.
+
     Raises:
-        ModelNotFound: the model cannot be found (one-line message naming what was tried).
+        ModelNotFound: the model cannot be found (one-line message naming what was tried), or cannot be loaded
+            as found: files ``check_folder`` refuses, weights cut short, weights that miss tensors the model
+            needs or hold them in the wrong shape, a processor without a chat template.
         ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist, a
-            CUDA ``device`` where torch sees none.
+            ``dtype`` or ``device`` that is not one of those above, a CUDA/MPS ``device`` torch does not see.
     """
     if endpoint:
         from .adapters.endpoint import open_endpoint
@@ -430,26 +598,31 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
         return open_endpoint(endpoint, path_or_uri, **(endpoint_options or {}))
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    local = resolve(path_or_uri, storage_options, revision, trust_remote_code)
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch sees no CUDA device (a CPU build, or no GPU); use cpu")
+    # before anything is fetched or loaded: a bad flag is the user's, and cheap to say
+    device, dtype = check_device(device), check_dtype(dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    name = str(path_or_uri or "spote-tiny")
+    local = resolve(path_or_uri, storage_options, revision, trust_remote_code)
     config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
     cls = adapter_registry().get(config.model_type, HFAdapter)
     wants_attention = relevance and cls.supports_relevance
     kwargs = {"attn_implementation": "eager"} if wants_attention else {}
-    model = AutoModelForImageTextToText.from_pretrained(
-        local, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+    with _HoldLoadReport() as report:
+        # a misshapen tensor is reported in loading_info (and refused below) rather than raised after the report
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            local, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True,
+            ignore_mismatched_sizes=True, **kwargs)
+    check_loading_info(info, name, local)
+    report.release()
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(local, trust_remote_code=trust_remote_code)
     adapter = cls(model, processor, batch_size=batch_size or (32 if device.startswith("cuda") else 64))
+    if not getattr(processor, "chat_template", None):  # else apply_chat_template fails at the first question
+        raise ModelNotFound(f"model {name!r} cannot be loaded: its processor has no chat template ({local})")
     if not wants_attention:
         adapter.supports_relevance = False
-    adapter.name = str(path_or_uri or "spote-tiny") + (f"@{revision}" if revision else "")
+    adapter.name = name + (f"@{revision}" if revision else "")
     return adapter
 
 

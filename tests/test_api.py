@@ -87,3 +87,26 @@ def test_encoded_jpeg_bytes(item, shipped_adapter):
     res = spote.answer(buf.getvalue(), Q, CHOICES, model=shipped_adapter, budget=16)
     assert res.answer in CHOICES and 0 <= res.confidence <= 1
     assert Image.open(io.BytesIO(buf.getvalue())).size == item.image.size
+
+
+def test_the_same_model_uri_on_another_store_is_another_model(item, s3, s3_server, tmp_path, monkeypatch):
+    """A loaded model is reused for the same name only with the same storage options: the same s3:// path
+    on another store (here one that does not answer) is not the model already loaded from the first."""
+    import time
+
+    import spote.loading
+    from spote.loading import DEFAULT_MODEL, ModelNotFound
+
+    monkeypatch.setattr(spote.loading, "CACHE_DIR", tmp_path)
+    root = f"spote/models/api-{time.time_ns()}"
+    for f in DEFAULT_MODEL.iterdir():
+        s3.pipe_file(f"{root}/{f.name}", f.read_bytes())
+    store_a = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
+    store_b = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+               "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}, "retries": 1}
+    res = spote.answer(item.image, Q, CHOICES, model=f"s3://{root}", storage_options=store_a, budget=4)
+    assert res.answer in CHOICES
+    with pytest.raises(ModelNotFound, match="could not be fetched"):
+        spote.answer(item.image, Q, CHOICES, model=f"s3://{root}", storage_options=store_b, budget=4)
+    keys = [k for k in spote._ADAPTERS if k[0] == f"s3://{root}"]
+    assert len(keys) == 1 and "testing" not in repr(keys)          # the options' secrets are not kept in the key

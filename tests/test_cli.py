@@ -308,3 +308,59 @@ def test_an_empty_command_line_prints_the_help_alone_as_a_real_process():
     proc = _python_m("spote.cli")
     assert proc.returncode == 2 and "ask" in proc.stdout and "bench" in proc.stdout
     assert proc.stderr == ""  # not even a blank line: a wrapper that treats any stderr as failure stays quiet
+
+
+def _with_nan_weights(folder: Path) -> Path:
+    """The shipped model with one tensor all NaN (a checkpoint broken in training or on disk)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from spote.loading import DEFAULT_MODEL
+
+    shutil.copytree(DEFAULT_MODEL, folder)
+    sd = load_file(DEFAULT_MODEL / "model.safetensors")
+    sd["language_model.model.norm.weight"] = torch.full_like(sd["language_model.model.norm.weight"], float("nan"))
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("choices", [["--choices", "0,1,2,3,4,5,6,7,8,9"], []], ids=["closed", "open"])
+def test_a_model_that_gives_nan_scores_is_one_line_not_an_answer_of_confidence_nan(tmp_path, choices):
+    folder = _with_nan_weights(tmp_path / "nan")
+    res = runner.invoke(app, ["ask", str(SAMPLE), "what digit is in the red box ?", *choices, "--model", str(folder),
+                              "--budget", "4", "--json"])
+    assert res.exit_code == 2, res.output
+    assert "NaN" not in res.stdout and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]  # beside the load's progress bar
+    assert len(errors) == 1 and "non-finite scores (NaN or infinity)" in errors[0], res.stderr
+
+
+def _bench_model_cases(tmp: Path) -> dict:
+    import shutil
+
+    from spote.loading import DEFAULT_MODEL
+
+    not_json, pickled, bad_tokenizer = tmp / "not-json", tmp / "pickled", tmp / "bad-tokenizer"
+    for folder in (not_json, pickled, bad_tokenizer):
+        shutil.copytree(DEFAULT_MODEL, folder)
+    (not_json / "config.json").write_text("model_type: llava")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    (bad_tokenizer / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}')   # JSON, not a tokenizer
+    return {
+        "dtype float31": (["--dtype", "float31"], "dtype 'float31': expected one of float32"),
+        "device gpu": (["--device", "gpu"], "device 'gpu': expected one of cpu, cuda"),
+        "config not JSON": (["--model", str(not_json)], f"config.json in {not_json} is not valid JSON"),
+        "pickled weights": (["--model", str(pickled)], f"no safetensors weights in {pickled} (pickled .bin weights"),
+        "tokenizer transformers refuses": (["--model", str(bad_tokenizer)], f"cannot load the model {bad_tokenizer}: "),
+    }
+
+
+def test_bench_refuses_a_model_it_cannot_load_in_one_line_as_ask_does(tmp_path):
+    for name, (argv, says) in _bench_model_cases(tmp_path).items():
+        res = runner.invoke(app, ["bench", "--n", "1", "--methods", "baseline", "--no-plot",
+                                  "--out", str(tmp_path / "b.json"), *argv])
+        assert res.exit_code == 2, (name, res.output)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and says in errors[0] and "Traceback" not in res.stderr, (name, res.stderr)

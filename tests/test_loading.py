@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -403,3 +404,149 @@ def test_a_safetensors_header_with_offsets_that_are_not_integers_is_not_safetens
     weights = len(header).to_bytes(8, "little") + header + b"\0" * 4
     with pytest.raises(ModelNotFound, match="not a safetensors file"):
         check_model(_store(s3, {**_shipped("config.json"), "model.safetensors": weights}), _s3_options(s3_server))
+
+
+# --- weights that do not cover the model are refused, not filled with random values ----------------------------
+
+def _shipped_tensors() -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(DEFAULT_MODEL / "model.safetensors")
+
+
+def _checkpoint_with(folder: Path, weights: dict[str, dict], extra: dict[str, str] | None = None) -> Path:
+    """The shipped model's files with ``weights`` ({file name: tensors}) in place of its model.safetensors."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(DEFAULT_MODEL, folder)
+    (folder / "model.safetensors").unlink()
+    for name, tensors in weights.items():
+        save_file(tensors, folder / name, metadata={"format": "pt"})
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def _dummy(sd):
+    import torch
+
+    return {"model.safetensors": {"dummy": torch.zeros(1)}}, None
+
+
+def _one_layer_dropped(sd):
+    return {"model.safetensors": {k: v for k, v in sd.items() if ".model.layers.0." not in k}}, None
+
+
+def _sharded_two_dropped(sd):
+    keys = sorted(sd)
+    first, second = keys[:len(keys) // 2], keys[len(keys) // 2:]
+    shards = {"model-00001-of-00002.safetensors": {k: sd[k] for k in first[2:]},     # 2 tensors left out
+              "model-00002-of-00002.safetensors": {k: sd[k] for k in second}}
+    index = {"metadata": {}, "weight_map": {k: name for name, part in (("model-00001-of-00002.safetensors", first),
+                                                                         ("model-00002-of-00002.safetensors", second))
+                                            for k in part}}
+    return shards, {"model.safetensors.index.json": json.dumps(index)}
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_dummy, r"miss 13\d tensors the model needs: "),
+    (_one_layer_dropped, r"miss 9 tensors the model needs: model\.language_model\.layers\.0\.input_layernorm"),
+    (_sharded_two_dropped, r"miss \d tensors the model needs: "),
+])
+def test_weights_that_miss_tensors_the_model_needs_are_refused(tmp_path, capfd, make, expected):
+    weights, extra = make(_shipped_tensors())
+    folder = _checkpoint_with(tmp_path / "m", weights, extra)
+    with pytest.raises(ModelNotFound, match=f"model '{folder}' cannot be loaded: the weights in {folder} {expected}"
+                       ) as err:
+        load_adapter(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+    assert "LOAD REPORT" not in capfd.readouterr().err                # the one line, not transformers' table
+
+
+def test_a_tensor_of_the_wrong_shape_is_one_line(tmp_path, capfd):
+    import torch
+
+    sd = _shipped_tensors()
+    sd["language_model.model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    folder = _checkpoint_with(tmp_path / "m", {"model.safetensors": sd})
+    with pytest.raises(ModelNotFound, match=r"1 tensor of the wrong shape: model\.language_model\.layers\.1\.mlp"
+                                            r"\.up_proj\.weight is \[3, 3\], the model needs \[320, 128\]"):
+        load_adapter(str(folder), device="cpu")
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+
+def test_weights_missing_tensors_are_refused_from_the_hub_cache_and_s3(tmp_path, monkeypatch, s3, s3_server):
+    import spote.loading
+
+    folder = _checkpoint_with(tmp_path / "m", _one_layer_dropped(_shipped_tensors())[0])
+    files = {p.name: p for p in folder.iterdir()}
+    lay_out_hub_cache(tmp_path / "hub", "acme/holed", files, MAIN)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="miss 9 tensors the model needs"):
+        load_adapter("acme/holed", device="cpu")
+    monkeypatch.setattr(spote.loading, "CACHE_DIR", tmp_path / "cache")
+    uri = _store(s3, {name: p.read_bytes() for name, p in files.items()})
+    with pytest.raises(ModelNotFound, match=f"model '{uri}' cannot be loaded: .* miss 9 tensors the model needs"):
+        load_adapter(uri, device="cpu", storage_options=_s3_options(s3_server))
+
+
+@pytest.mark.parametrize("dtype, expected", [("bf16", "bfloat16"), ("torch.float16", "float16"), ("FP32", "float32"),
+                                             ("auto", "float32")])                  # auto: the checkpoint's own
+def test_dtype_takes_the_spellings_of_torch_float_dtypes(dtype, expected):
+    adapter = load_adapter(None, device="cpu", dtype=dtype)
+    assert str(next(adapter.model.parameters()).dtype) == f"torch.{expected}"
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"dtype": "float31"}, "dtype 'float31': expected one of float32, "),
+    ({"dtype": "int8"}, "dtype 'int8': expected one of"),
+    ({"dtype": __import__("torch").int8}, "dtype torch.int8: expected one of"),
+    ({"device": "gpu"}, "device 'gpu': expected one of cpu, cuda, cuda:N, mps"),
+    ({"device": "meta"}, "device 'meta': expected one of"),
+])
+def test_a_bad_dtype_or_device_is_refused_before_the_model_is_looked_for(kwargs, says):
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}"):
+        load_adapter("/no/such/model", **kwargs)
+
+
+def _broken_folder(tmp: Path, case: str) -> tuple[Path, str]:
+    """The shipped model's files, broken as ``case`` says -> (folder, what the one line says)."""
+    folder = tmp / case
+    shutil.copytree(DEFAULT_MODEL, folder)
+    if case in ("pickled", "pickled+empty index"):
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+        if case == "pickled+empty index":
+            (folder / "model.safetensors.index.json").write_text("")
+        return folder, f"no safetensors weights in {folder} (pickled .bin weights are never loaded)"
+    if case == "unknown model_type":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such-arch"}))
+        return folder, f"config.json in {folder} names no model_type this transformers knows ('no-such-arch')"
+    if case == "index names a missing shard":
+        (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+        index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        return folder, (f"model.safetensors.index.json in {folder} names shards it does not hold: "
+                        "model-00002-of-00002.safetensors")
+    if case == "no tokenizer":
+        (folder / "tokenizer.json").unlink()
+        return folder, f"no tokenizer in {folder}"
+    if case == "no chat template":
+        (folder / "chat_template.jinja").unlink()
+        return folder, f"no chat template in {folder}"
+    if case == "tokenizer not JSON":
+        (folder / "tokenizer.json").write_text("<html>rate limited</html>")
+        return folder, f"tokenizer.json in {folder} is not valid JSON"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["pickled", "pickled+empty index", "unknown model_type", "index names a missing shard",
+                                  "no tokenizer", "no chat template", "tokenizer not JSON"])
+def test_a_folder_that_cannot_load_fails_the_start_up_check_and_the_load_in_one_line(tmp_path, case):
+    folder, says = _broken_folder(tmp_path, case)
+    for load in (check_model, load_adapter):
+        with pytest.raises(ModelNotFound) as err:
+            load(str(folder))
+        assert str(err.value).startswith(f"model '{folder}' cannot be loaded: {says}"), str(err.value)
+        assert "\n" not in str(err.value)

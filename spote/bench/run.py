@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..core import PolicyConfig
 from ..images import corrupt as corrupt_image
-from ..loading import load_adapter
+from ..loading import ModelNotFound, load_adapter
 from ..baselines import METHODS, run_method
 from ..spotlight import Box, ViewRenderer
 from .gpu import GpuMemoryPeak, torch_peak_mb
@@ -161,8 +161,8 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
     cfg = cfg or PolicyConfig(mode=mode, seed=seed)
     if budget is not None:
         cfg = replace(cfg, budget=budget)
-    adapter = adapter or load_adapter(model, device=device, dtype=dtype, revision=revision, endpoint=endpoint,
-                                      endpoint_options=endpoint_options)
+    adapter = adapter or _load(model, device=device, dtype=dtype, revision=revision, endpoint=endpoint,
+                               endpoint_options=endpoint_options)
     rows = {m: [] for m in methods}
     t_start = time.time()
     with GpuMemoryPeak() as gpu:
@@ -184,6 +184,25 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
     if plot:
         plot_bench(report, out.with_suffix(".png"))
     return report
+
+
+def _load(model, **kwargs):
+    """``load_adapter``, a checkpoint that transformers refuses in its own words (a tokenizer it cannot
+    read, say) given as one line, as ``spote ask`` gives it.
+
+    Raises:
+        ModelNotFound, ValueError, EndpointError: as ``load_adapter``; ModelNotFound for any other failure.
+    """
+    from ..adapters.endpoint import EndpointError
+
+    try:
+        return load_adapter(model, **kwargs)
+    except (ModelNotFound, ValueError, EndpointError):
+        raise
+    except Exception as err:
+        text = str(err).strip().splitlines()
+        raise ModelNotFound(f"cannot load the model {model or 'spote-tiny'}: "
+                            f"{text[0] if text else type(err).__name__}") from err
 
 
 def environment() -> dict:

@@ -64,7 +64,8 @@ def list_checkpoint(uri: str, storage_options: dict | None = None,
     """The files of a remote checkpoint folder that loading it uses -> (fs, folder path, {relative path: info}).
 
     Kept as for a hub id: ``HUB_ALLOW`` less ``HUB_IGNORE`` (``huggingface_hub.utils.filter_repo_objects``),
-    ``*.py`` only with ``trust_remote_code``; a trailing ``/`` on ``uri`` names the same folder.
+    ``*.py`` only with ``trust_remote_code``, of the folder's top level only (not its subfolders: a training
+    run's intermediate checkpoints); a trailing ``/`` on ``uri`` names the same folder.
 
     Raises:
         FileNotFoundError: nothing under ``uri``; no ``config.json``; no safetensors weights.
@@ -76,7 +77,9 @@ def list_checkpoint(uri: str, storage_options: dict | None = None,
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     root = root.rstrip("/")
     fs.invalidate_cache(root)  # s3fs keeps listings per instance; the store may have changed since
-    found = fs.find(root, detail=True)
+    # the folder's own files only: transformers reads a checkpoint's top level, and a training output folder
+    # holds every intermediate checkpoint (checkpoint-100/...) and optimizer state below it
+    found = fs.find(root, maxdepth=1, detail=True)
     if not found:
         raise FileNotFoundError(f"no checkpoint files under {uri}")
     if root in found:

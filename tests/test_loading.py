@@ -198,9 +198,14 @@ def _s3_options(s3_server) -> dict:
 
 
 def test_a_remote_checkpoint_is_copied_once_and_again_when_it_changes(s3, s3_server, tmp_path):
+    """Only the folder's own files are copied: a training output folder's intermediate checkpoints below it
+    (``checkpoint-100/model.safetensors``, ...) were copied too, several times the model's size."""
     uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    for step in (100, 200):
+        s3.pipe_file(f"{uri[5:]}/checkpoint-{step}/model.safetensors", (DEFAULT_MODEL / "model.safetensors").read_bytes())
+        s3.pipe_file(f"{uri[5:]}/checkpoint-{step}/config.json", (DEFAULT_MODEL / "config.json").read_bytes())
     local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
-    assert _copied(local) == NEEDED
+    assert _copied(local) == NEEDED and not list(local.glob("checkpoint-*"))
     s3.pipe_file(f"{uri[5:]}/config.json", b'{"changed": true}')           # changed at the source
     (local / "tokenizer.json").write_bytes(b"{")                            # truncated in the cache
     assert fetch_checkpoint(uri, opts, cache_dir=tmp_path) == local

@@ -106,6 +106,7 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         ValueError: empty question, fewer than two or duplicate choices, an unknown policy field or method.
         spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
+        TypeError: ``model`` is neither a name nor an adapter.
     """
     from dataclasses import fields
 
@@ -134,6 +135,9 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
                                           relevance=cfg.use_relevance, storage_options=storage_options)
         adapter = _ADAPTERS[key]
-    else:
+    elif hasattr(model, "forward_passes") and hasattr(model, "tokenizer"):  # an adapter load_adapter returned
         adapter = model
+    else:
+        raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter from load_adapter, "
+                        f"got {type(model).__name__}")
     return run_method(method, adapter, img, q, ch, cfg)

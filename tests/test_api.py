@@ -79,6 +79,9 @@ def test_bad_arguments_are_refused_before_any_work(item, shipped_adapter):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="oracle")
     with pytest.raises(ValueError, match="seed must be >= 0"):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, seed=-1)
+    with pytest.raises(TypeError, match="model must be a folder, URI or hub id .* or an adapter from load_adapter, "
+                                        "got int"):
+        spote.answer(item.image, Q, CHOICES, model=123)  # it failed inside the search, on a missing attribute
 
 
 def test_encoded_jpeg_bytes(item, shipped_adapter):

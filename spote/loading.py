@@ -413,6 +413,8 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
 
 
 def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
+    if revision is not None and not str(revision).strip():  # "" read the hub cache's refs/ folder as a ref
+        raise ValueError("--revision is empty: give a branch, tag or commit, or leave it out for main")
     if path_or_uri is None or str(path_or_uri) in ("", "spote-tiny"):
         if revision:
             raise ValueError("--revision applies to hub ids only, not to the shipped spote-tiny")

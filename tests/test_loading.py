@@ -108,6 +108,13 @@ def test_model_not_found_names_what_was_tried(offline, name, revision, expected)
         assert str(offline) in message                            # the cache that was searched
 
 
+@pytest.mark.parametrize("revision", ["", "  "])
+def test_an_empty_revision_is_refused_naming_the_flag(offline, revision):
+    """``--revision ""`` was looked up as the cache's ``refs/`` folder (IsADirectoryError)."""
+    with pytest.raises(ValueError, match="--revision is empty: give a branch, tag or commit"):
+        resolve(REPO, revision=revision)
+
+
 def test_hub_unreachable_is_one_line(hub_cache, monkeypatch, tmp_path):
     # online mode, but this machine cannot reach huggingface.co: the cache is looked at, then a clear line
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -306,11 +307,24 @@ def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool
     at = f"hub id {repo_id!r} at revision {revision or 'main'!r}"
     where = f"hub cache {cache}" + ("; HF_HUB_OFFLINE=1, so no download" if offline else "")
     allow = ["config.json"] if config_only else HUB_ALLOW + (["*.py"] if trust_remote_code else [])
+    short = bool(revision and re.fullmatch(r"[0-9a-f]{7,39}", revision))
+    hint = "; a commit is named by its full 40-character hash" if short else ""
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline,
-                                        allow_patterns=allow, ignore_patterns=HUB_IGNORE))
+        folder = None
+        if revision and re.fullmatch(r"[0-9a-f]{40}", revision) and not offline:
+            # a commit never changes: its snapshot in the cache, weights included, is that commit; asking the
+            # hub first cost an unreachable hub's retries (23-40 s) before the cache was read
+            try:
+                local = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True,
+                                               allow_patterns=allow, ignore_patterns=HUB_IGNORE))
+                folder = local if config_only or any(local.glob("*.safetensors")) else None
+            except LocalEntryNotFoundError:
+                folder = None
+        if folder is None:
+            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline,
+                                            allow_patterns=allow, ignore_patterns=HUB_IGNORE))
     except RevisionNotFoundError:
-        raise ModelNotFound(f"{at}: the hub has no such revision ({where})") from None
+        raise ModelNotFound(f"{at}: the hub has no such revision ({where}){hint}") from None
     except GatedRepoError:
         raise ModelNotFound(f"{at}: gated repository; accept its terms on the hub and log in (HF_TOKEN)") from None
     except RepositoryNotFoundError:
@@ -318,7 +332,7 @@ def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool
     except LocalEntryNotFoundError as err:
         reason = "not in the cache" if offline else "not in the cache and the hub is unreachable"
         detail = "" if offline else f"; {_first_line(err.__cause__ or err)}"
-        raise ModelNotFound(f"{at}: {reason} ({where}){detail}") from None
+        raise ModelNotFound(f"{at}: {reason} ({where}){detail}{hint}") from None
     except (HfHubHTTPError, HFValidationError, OSError) as err:
         raise ModelNotFound(f"{at}: {_first_line(err)} ({where})") from None
     if not config_only and not any(folder.glob("*.safetensors")):

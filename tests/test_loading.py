@@ -128,6 +128,23 @@ def test_hub_unreachable_is_one_line(hub_cache, monkeypatch, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_pinned_commit_in_the_cache_is_read_without_asking_the_hub(hub_cache, monkeypatch, tmp_path, caplog):
+    """A commit never changes, so its snapshot in the cache is that commit: with the hub unreachable (and
+    HF_HUB_OFFLINE unset) a full commit hash took 23-40 s of retries, printed, before the cache was used.
+    A short hash says a commit is named in full."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")   # nothing listens on the discard port
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    with caplog.at_level("WARNING"):
+        assert resolve(REPO, revision=V1).name == V1
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]  # the hub was not asked
+    with pytest.raises(ModelNotFound, match="a commit is named by its full 40-character hash"):
+        resolve(REPO, revision=V1[:7])
+
+
 def _run(args, env_extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

@@ -303,7 +303,7 @@ def job_command(fn):
         try:
             opts = JobOptions(kwargs["input"], kwargs["output"], **common)
             opts.policy_overrides()  # a bad --policy stops the job here, before it lists its input
-            check_output_writable(opts.output)
+            check_output_writable(opts.output, parse_storage_options(opts.storage_options))
             return fn(opts=opts, **kwargs)
         except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                 PermissionError, AccountingError, RunInUse) as err:
@@ -322,13 +322,25 @@ LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
 GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
 MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
 
-def check_output_writable(output_uri: str) -> None:
+def check_output_writable(output_uri: str, storage_options: dict | None = None) -> None:
     """Refuse (JobRefused), before Ray starts, a local ``output`` that is a file or where no folder can be
-    made (under a file, on a read-only or virtual file system such as /proc). Nothing is left behind: a
-    probe folder is made and removed in the nearest folder that exists. An object store's prefix is
-    checked by the job's first write."""
+    made (under a file, on a read-only or virtual file system such as /proc), and an ``s3://`` output
+    whose bucket does not exist (the store's own "The specified bucket does not exist" named neither the
+    bucket nor the flag). Nothing is left behind: a probe folder is made and removed in the nearest folder
+    that exists. Whether an object store's prefix can be written is checked by the job's first write."""
     import tempfile
 
+    if output_uri.startswith("s3://"):
+        bucket = output_uri[len("s3://"):].split("/", 1)[0]
+        try:
+            fs, _ = filesystem(f"s3://{bucket}", storage_options)
+            exists = fs.exists(bucket)
+        except Exception:  # no credentials to ask with, a store that forbids the question: the first write says
+            return
+        if not exists:
+            raise JobRefused(f"--output {output_uri}: the bucket {bucket!r} does not exist (or these credentials "
+                             "cannot see it)")
+        return
     if "://" in output_uri and not output_uri.startswith("file://"):
         return
     path = os.path.abspath(output_uri.removeprefix("file://"))

@@ -125,6 +125,21 @@ def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]            # no probe folder, no output
 
 
+def test_an_s3_output_in_a_bucket_that_does_not_exist_is_one_line_naming_it(s3, tmp_path):
+    """The store's own "The specified bucket does not exist" named neither the bucket nor --output."""
+    from typer.testing import CliRunner
+
+    from pipelines import vqa
+
+    output = "s3://no-such-bucket-spote/res"
+    res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", output])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (f"error: --output {output}: the bucket 'no-such-bucket-spote' does not exist (or "
+                                  "these credentials cannot see it)")
+    res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", "s3://spote/new/out"])
+    assert res.exit_code == 2 and "--input" in res.stderr and "--output" not in res.stderr, res.output
+
+
 def test_a_bad_policy_is_refused_before_the_job_lists_its_input(tmp_path):
     from typer.testing import CliRunner
 

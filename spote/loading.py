@@ -394,6 +394,11 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
             except (ValueError, UnicodeDecodeError) as err:
                 raise OSError(f"{name} in {folder} is not valid JSON ({err})") from None
 
+    for name in CHECKPOINT_JSON:  # a hub snapshot's link to a blob that is gone reads as a missing file
+        if (folder / name).is_symlink() and not (folder / name).exists():
+            raise OSError(f"{name} in {folder} is a link to a file that is gone ({os.readlink(folder / name)})")
+    if not (folder / "config.json").is_file():
+        raise OSError(f"no config.json in {folder}: not a saved transformers checkpoint")
     parse("config.json")
     config = parsed.get("config.json")
     if not isinstance(config, dict):
@@ -446,7 +451,10 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
         if revision:
             raise ValueError(f"--revision applies to hub ids only, not to the local folder {p}")
         if not (p / "config.json").is_file():  # transformers would say only that it found no model_type
-            raise ModelNotFound(f"model folder {p} has no config.json: not a saved transformers checkpoint")
+            gone = (p / "config.json").is_symlink()
+            raise ModelNotFound(f"model folder {p} has no config.json" + (
+                f" (a link to a file that is gone, {os.readlink(p / 'config.json')})" if gone
+                else ": not a saved transformers checkpoint"))
         return p
     tried = f"no folder {p.absolute()}" + (" (a file, not a folder)" if p.exists() else "")
     if s.startswith("file://") or not is_hub_id(s):

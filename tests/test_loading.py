@@ -108,6 +108,17 @@ def test_model_not_found_names_what_was_tried(offline, name, revision, expected)
         assert str(offline) in message                            # the cache that was searched
 
 
+def test_a_hub_snapshot_whose_config_blob_is_gone_says_so(tmp_path, monkeypatch):
+    """A snapshot's config.json linking to a removed blob was reported as a config without a model_type."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = lay_out_hub_cache(tmp_path, "acme/gone-config", {p.name: p for p in DEFAULT_MODEL.iterdir() if p.is_file()},
+                             MAIN)
+    (snap / "config.json").resolve().unlink()
+    with pytest.raises(ModelNotFound, match=r"config\.json in .* is a link to a file that is gone"):
+        resolve("acme/gone-config")
+
+
 @pytest.mark.parametrize("revision", ["", "  "])
 def test_an_empty_revision_is_refused_naming_the_flag(offline, revision):
     """``--revision ""`` was looked up as the cache's ``refs/`` folder (IsADirectoryError)."""
@@ -567,15 +578,20 @@ def _broken_folder(tmp: Path, case: str) -> tuple[Path, str]:
     if case == "tokenizer not JSON":
         (folder / "tokenizer.json").write_text("<html>rate limited</html>")
         return folder, f"tokenizer.json in {folder} is not valid JSON"
+    if case == "config link dangling":  # a hub snapshot whose blob was removed ("Should have a model_type key")
+        (folder / "config.json").unlink()
+        (folder / "config.json").symlink_to(folder / "gone-blob")
+        return folder, f"model folder {folder} has no config.json (a link to a file that is gone"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["pickled", "pickled+empty index", "unknown model_type", "index names a missing shard",
-                                  "no tokenizer", "no chat template", "tokenizer not JSON"])
+                                  "no tokenizer", "no chat template", "tokenizer not JSON", "config link dangling"])
 def test_a_folder_that_cannot_load_fails_the_start_up_check_and_the_load_in_one_line(tmp_path, case):
     folder, says = _broken_folder(tmp_path, case)
     for load in (check_model, load_adapter):
         with pytest.raises(ModelNotFound) as err:
             load(str(folder))
-        assert str(err.value).startswith(f"model '{folder}' cannot be loaded: {says}"), str(err.value)
+        expected = says if says.startswith("model folder") else f"model '{folder}' cannot be loaded: {says}"
+        assert str(err.value).startswith(expected), str(err.value)
         assert "\n" not in str(err.value)

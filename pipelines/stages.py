@@ -64,7 +64,12 @@ def source_read_errors():
 
 
 def read_source(uri: str, storage_options=None) -> bytes:
-    """``storage.read_bytes`` (retried), its failures other than a missing object as ``SourceReadError``."""
+    """``storage.read_bytes`` (retried), its failures other than a missing object as ``SourceReadError``.
+    A store URI naming a bucket and no object is a missing object, not a passing failure (s3fs refuses it
+    with a ParamValidationError, which a nightly job would retry every night)."""
+    scheme, _, rest = uri.partition("://")
+    if scheme in ("s3", "gs", "gcs", "az", "abfs") and "/" not in rest.strip("/"):
+        raise FileNotFoundError(f"{uri} names a bucket, not an object")
     with source_read_errors():
         return read_bytes(uri, storage_options)
 

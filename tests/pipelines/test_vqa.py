@@ -553,3 +553,14 @@ def test_gzipped_manifests_are_read_and_an_empty_csv_is_an_empty_part(tmp_path):
         plan_manifest(str(tmp_path / "plain.jsonl.gz"))
     (tmp_path / "empty.csv").write_text("")
     assert read_manifest(str(tmp_path / "empty.csv")) == []
+
+
+def test_a_uri_naming_a_bucket_is_a_missing_object_not_a_passing_failure(s3):
+    """``s3://bucket`` (no key) was ``could not read: ParamValidationError``, a passing failure a nightly job
+    retries for ever; it names no object."""
+    from pipelines.stages import ImageLoader
+
+    so = {"key": "testing", "secret": "testing"}
+    for uri in ("s3://spote", "s3://spote/"):
+        out = ImageLoader(storage_options=so).load({"id": "x", "source": uri, "question": "what ?", "choices": ""})
+        assert out["status"] == "error" and out["error"] == f"missing object: {uri}", out["error"]

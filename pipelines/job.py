@@ -332,14 +332,13 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
 
     if output_uri.startswith("s3://"):
         bucket = output_uri[len("s3://"):].split("/", 1)[0]
-        try:
+        try:  # HEAD bucket: s3fs maps 404 (NoSuchBucket) to FileNotFoundError; its exists() says False for anything
             fs, _ = filesystem(f"s3://{bucket}", storage_options)
-            exists = fs.exists(bucket)
-        except Exception:  # no credentials to ask with, a store that forbids the question: the first write says
-            return
-        if not exists:
-            raise JobRefused(f"--output {output_uri}: the bucket {bucket!r} does not exist (or these credentials "
-                             "cannot see it)")
+            fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise JobRefused(f"--output {output_uri}: the bucket {bucket!r} does not exist") from None
+        except Exception:  # denied to a role limited to a prefix, no credentials, a store down: the first write says
+            pass
         return
     if "://" in output_uri and not output_uri.startswith("file://"):
         return

@@ -19,6 +19,7 @@ import functools
 import gzip
 import io
 import json
+import zlib
 
 import typer
 
@@ -75,7 +76,8 @@ def _choices_json(value) -> str:
 def _records(uri: str, storage_options=None):
     """(position, record dict) of one manifest part, streamed; every value as written."""
     fs, path = filesystem(uri, storage_options)
-    lower = redact_uri(uri).lower()  # an http(s) URL's query is no part of its format
+    uri = redact_uri(uri)  # named in messages and rows without an http(s) URL's query (a signature?)
+    lower = uri.lower()
     gz = {"compression": "gzip"} if lower.endswith(".gz") and not lower.endswith(".parquet.gz") else {}
     lower = lower.removesuffix(".gz") if gz else lower
     if lower.endswith(".parquet"):
@@ -163,18 +165,18 @@ def _check_columns(uri: str, columns) -> None:
 def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
     """Item rows of one manifest part ``{"uri", "rel", "prefix"}``: id, source, question, choices."""
     uri = part["uri"]
-    name = redact_uri(uri)  # relative image paths are under the manifest's folder, not its query
+    name = redact_uri(uri)  # in rows and messages, and as the folder of relative image paths: without its query
     base = name.rsplit("/", 1)[0] if "/" in name else "."
     prefix = part.get("prefix") or ""
     i = -1
     try:
         for i, rec in _records(uri, storage_options):
-            yield _manifest_row(uri, base, prefix, i, rec)
-    except (ManifestError, ValueError, csv.Error, RecursionError, gzip.BadGzipFile, EOFError) as err:
+            yield _manifest_row(name, base, prefix, i, rec)
+    except (ManifestError, ValueError, csv.Error, RecursionError, gzip.BadGzipFile, EOFError, zlib.error) as err:
         # a part that stops reading part way (a truncated .json array, a damaged CSV or Parquet file): the
         # rows read so far stand, and one error row says where and why the rest was not read
-        why = str(err) if str(err).startswith(uri) else f"{uri}: {err}"
-        yield {"id": f"{prefix}unreadable-after-row-{i:08d}" if i >= 0 else f"{prefix}unreadable", "source": uri,
+        why = str(err) if str(err).startswith(name) else f"{name}: {err}"
+        yield {"id": f"{prefix}unreadable-after-row-{i:08d}" if i >= 0 else f"{prefix}unreadable", "source": name,
                "question": "", "choices": "", "status": "error",
                "error": f"bad manifest: {why}" + (f" (after row {i}; the rows after it were not read)" if i >= 0 else "")}
 
@@ -207,21 +209,28 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
 def _check_part(uri: str, storage_options=None) -> None:
     """ManifestError, naming the part, when its start shows it is no manifest of its kind or lacks the
     needed columns (a .json array: its first bytes only, since it is read whole in a task)."""
-    if redact_uri(uri).lower().endswith((".json", ".json.gz")):
+    name = redact_uri(uri)  # as messages name it: without an http(s) URL's query
+    if name.lower().endswith((".json", ".json.gz")):
         fs, path = filesystem(uri, storage_options)
-        gz = {"compression": "gzip"} if redact_uri(uri).lower().endswith(".gz") else {}
+        gz = {"compression": "gzip"} if name.lower().endswith(".gz") else {}
         with fs.open(path, "rb", **gz) as f:
-            start = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
+            start = f.read(65536).decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):
             got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"
-            raise ManifestError(f"{uri}: a .json manifest must be a list of objects, got {got}")
+            raise ManifestError(f"{name}: a .json manifest must be a list of objects, got {got}")
+        try:  # the first element shows the columns, as a JSONL part's first line does
+            first, _ = json.JSONDecoder().raw_decode(start[1:].lstrip())
+        except ValueError:  # an empty array, or a first element longer than what was read: the task says
+            return
+        if isinstance(first, dict):
+            _check_columns(name, first.keys())
         return
     try:
         next(_records(uri, storage_options), None)
     except ManifestError:
         raise
-    except (ValueError, csv.Error, gzip.BadGzipFile, EOFError) as err:  # Arrow's "magic bytes not found", ...
-        raise ManifestError(f"{uri}: cannot be read as a {redact_uri(uri).rsplit('.', 1)[-1].upper()} manifest: {err}") from None
+    except (ValueError, csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as err:  # Arrow's "magic bytes not found", ...
+        raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
 
 
 def plan_manifest(uri: str, storage_options=None) -> Plan:

@@ -564,3 +564,42 @@ def test_a_uri_naming_a_bucket_is_a_missing_object_not_a_passing_failure(s3):
     for uri in ("s3://spote", "s3://spote/"):
         out = ImageLoader(storage_options=so).load({"id": "x", "source": uri, "question": "what ?", "choices": ""})
         assert out["status"] == "error" and out["error"] == f"missing object: {uri}", out["error"]
+
+
+def test_a_signed_manifest_url_is_named_without_its_query_in_rows_and_messages(tmp_path):
+    """Error rows and messages named the manifest by its full URL, signature included; a .json part whose
+    first element lacks the needed columns committed a run of one error row where a .jsonl was refused; a
+    corrupt gzip stream (zlib.error) escaped every handler."""
+    import functools
+    import gzip
+    import http.server
+    import threading
+
+    secret = "SECRETSIG"
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "m.jsonl").write_text(json.dumps({"id": "a", "image_uri": None, "question": "q ?"}) + "\n" +
+                                 json.dumps({"id": "b", "image_uri": "x.png", "question": {"k": 1}}) + "\n")
+    (www / "cols.json").write_text(json.dumps([{"img": "x.png", "q": "q ?"}]))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        rows = read_manifest(f"{base}/m.jsonl?X-Amz-Signature={secret}")
+        with pytest.raises(ManifestError) as err:
+            plan_manifest(f"{base}/cols.json?X-Amz-Signature={secret}")
+    finally:
+        server.shutdown()
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert rows[0]["error"] == f"missing image_uri: row 0 of {base}/m.jsonl has none"
+    assert all(secret not in json.dumps(r) for r in rows)
+    assert str(err.value) == f"manifest needs columns image_uri and question; {base}/cols.json has ['img', 'q']"
+
+    raw = bytearray(gzip.compress("\n".join(json.dumps({"id": f"r{i}", "image_uri": "a.png", "question": "q ?"})
+                                            for i in range(2000)).encode()))
+    raw[10:50] = bytes(40)  # the deflate stream's start garbled: zlib.error, not a gzip header error
+    (tmp_path / "bad.jsonl.gz").write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match=r"bad\.jsonl\.gz: cannot be read as a GZ manifest"):
+        plan_manifest(str(tmp_path / "bad.jsonl.gz"))

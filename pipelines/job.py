@@ -525,20 +525,33 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
     source = redact_uri(opts.input.removeprefix("file://"))  # a presigned URL's signature is not recorded
     if "://" not in source:
         source = os.path.abspath(source)
-    endpoint = {k: v for k, v in opts.endpoint_config().items() if k != "concurrency"} if opts.endpoint else None
+    endpoint = None
+    if opts.endpoint:  # the resolved options, so that spelling a default out changes nothing; not those that
+        # leave the answers alone (how many requests at once, where the key is read from)
+        from spote.adapters.endpoint import endpoint_config
+
+        resolved = asdict(endpoint_config(opts.endpoint, opts.model or "", **opts.endpoint_config()))
+        endpoint = {k: v for k, v in resolved.items() if k not in ("url", "model", "concurrency", "api_key_env")}
     settings = {"input": source, "model": opts.model_label(), "endpoint_options": endpoint,
                 "policy": asdict(PolicyConfig(**policy)), **(job_settings or {})}
     return json.loads(json.dumps(settings, sort_keys=True))  # as plan.json gives it back (tuples -> lists)
+
+
+LATER_SETTINGS = ("input_files",)  # settings added after runs were first recorded (see check_same_settings)
 
 
 def check_same_settings(run_id: str, started: dict | None, now: dict, committed: bool = False) -> None:
     """ValueError, naming each difference, when a run is resumed (or, ``committed``, asked for again)
     with other settings than it ran with: resumed, its rows would mix two runs' and the summary name
     only the second's; committed, the old rows would be returned as if they answered the new
-    settings. Settings recorded by an older version (none) are not checked."""
+    settings. Settings recorded by an older version (none) are not checked, nor a ``LATER_SETTINGS`` one
+    the run did not record."""
     if started is None or started == now:
         return
-    diffs = _differences("", started, now)
+    # a setting added since runs were first recorded is not checked against a run that lacks it
+    diffs = _differences("", started, {k: v for k, v in now.items() if k in started or k not in LATER_SETTINGS})
+    if not diffs:
+        return
     was, again, redo = ("is committed", "ask for it", "redo it") if committed else ("was started", "resume it",
                                                                                    "start it over")
     raise ValueError(f"run {run_id} {was} with other settings ({'; '.join(diffs)}): {again} with the same ones, give "

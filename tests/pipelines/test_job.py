@@ -167,3 +167,22 @@ def test_endpoint_options_fields_are_not_overridden_by_flag_defaults():
     with pytest.raises(ValueError, match="--endpoint-options sets api_key_env to 'VLLM_KEY' and --api-key-env sets it "
                                          "to 'OPENAI_API_KEY'; give one"):
         config(endpoint_options='{"api_key_env": "VLLM_KEY"}', api_key_env="OPENAI_API_KEY")
+
+
+def test_spelling_an_endpoint_default_out_is_the_same_run_and_older_settings_resume():
+    """A run's settings hold the endpoint's resolved options (not the flags as typed: `--api-key-env
+    OPENAI_API_KEY` and `{"timeout_s": 60}` were other runs than no flag at all), less those that leave
+    the answers alone; a setting an older version did not record (input_files) does not refuse a resume."""
+    from pipelines.job import JobOptions, check_same_settings, run_settings
+
+    def settings(**kw):
+        return run_settings(JobOptions("in", "out", model="m", endpoint="http://127.0.0.1:8000/v1", **kw), {})
+
+    plain = settings()
+    assert settings(api_key_env="OPENAI_API_KEY") == plain == settings(endpoint_options='{"timeout_s": 60}')
+    assert settings(endpoint_concurrency=3) == plain and settings(api_key_env="OTHER_KEY") == plain
+    assert settings(endpoint_options='{"view_size": 448}') != plain
+    now = {**plain, "input_files": "1 file, 10 bytes, digest 00"}
+    check_same_settings("r", plain, now)  # recorded before input_files existed: resumes
+    with pytest.raises(ValueError, match=r"input_files '1 file, 10 bytes, digest 00' -> '1 file, 12 bytes"):
+        check_same_settings("r", now, {**now, "input_files": "1 file, 12 bytes, digest 01"})

@@ -71,7 +71,7 @@ def ray_data_ms(manifest: str, cpus: int, fused: bool) -> float:
     rows = read_manifest(manifest)
     for r in rows:
         r.update(status="", error="")
-    opts = JobOptions(manifest, "", cpus_per_actor=cpus)
+    opts = JobOptions(manifest, tempfile.gettempdir(), cpus_per_actor=cpus)  # nothing is written: the dataset is read back
     stages = {"loader": (CheckOnlyLoader, {}), "predictor": DecodingPredictor} if fused else {}
     import ray
 

@@ -312,13 +312,16 @@ def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool
     try:
         folder = None
         if revision and re.fullmatch(r"[0-9a-f]{40}", revision) and not offline:
-            # a commit never changes: its snapshot in the cache, weights included, is that commit; asking the
-            # hub first cost an unreachable hub's retries (23-40 s) before the cache was read
+            # a commit never changes: a whole snapshot of it in the cache is that commit, and the hub need not
+            # be asked (an unreachable one is retried for a while first); a partial one (a download cut short,
+            # a config-only check) is completed from the hub
             try:
                 local = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True,
                                                allow_patterns=allow, ignore_patterns=HUB_IGNORE))
-                folder = local if config_only or any(local.glob("*.safetensors")) else None
-            except LocalEntryNotFoundError:
+                if not config_only:
+                    check_folder(local, trust_remote_code)
+                folder = local
+            except (LocalEntryNotFoundError, OSError):
                 folder = None
         if folder is None:
             folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline,

@@ -22,8 +22,8 @@ from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounti
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
-from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, parse_storage_options, read_bytes,
-                      redact_uri, retrying, stable_cwd)
+from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, local_path, parse_storage_options,
+                      read_bytes, redact_uri, retrying, stable_cwd)
 
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
@@ -342,7 +342,7 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
         return
     if "://" in output_uri and not output_uri.startswith("file://"):
         return
-    path = os.path.abspath(output_uri.removeprefix("file://"))
+    path = os.path.abspath(local_path(output_uri))
     if os.path.exists(path) and not os.path.isdir(path):
         raise JobRefused(f"--output {output_uri} is a file; give a folder")
     existing = path
@@ -362,7 +362,7 @@ def check_output_outside_input(input_uri: str, output_uri: str) -> None:
     def place(uri: str) -> str:
         if "://" in uri and not uri.startswith("file://"):
             return uri.rstrip("/")
-        return os.path.realpath(uri.removeprefix("file://"))
+        return os.path.realpath(local_path(uri))
 
     src, dst = place(input_uri), place(output_uri)
     if dst == src or dst.startswith(src + "/"):
@@ -522,7 +522,7 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
     default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
     from spote.core import PolicyConfig
 
-    source = redact_uri(opts.input.removeprefix("file://"))  # a presigned URL's signature is not recorded
+    source = redact_uri(local_path(opts.input))  # a presigned URL's signature is not recorded
     if "://" not in source:
         source = os.path.abspath(source)
     endpoint = None

@@ -56,7 +56,9 @@ def local_path(uri: str) -> str:
         rest = "/" + path
     if host not in ("", "localhost"):
         raise ValueError(f"{uri}: a file URI on another host ({host}) cannot be read here")
-    return unquote(rest)
+    decoded = unquote(rest)
+    # a name that holds "%20" itself (a download saved as is), written into a URI unencoded, is that name
+    return rest if decoded != rest and not os.path.exists(decoded) and os.path.exists(rest) else decoded
 
 
 def filesystem(uri: str, storage_options: dict | None = None):

@@ -532,6 +532,10 @@ def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):
         assert out["status"] == "ok", (uri, out.get("error"))
     other_host = ImageLoader().load({"id": "x", "source": f"file://fileserver{image}", "question": "q ?", "choices": ""})
     assert other_host["status"] == "error" and "on another host (fileserver)" in other_host["error"]
+    literal = tmp_path / "saved%20as%20is.png"  # a download kept under its encoded name, written unencoded
+    literal.write_bytes(image.read_bytes())
+    out = ImageLoader().load({"id": "x", "source": f"file://{literal}", "question": "q ?", "choices": ""})
+    assert out["status"] == "ok", out.get("error")
 
 
 def test_gzipped_manifests_are_read_and_an_empty_csv_is_an_empty_part(tmp_path):

@@ -350,19 +350,15 @@ def test_open_answers_refuse_useless_logprobs(server, key):
 
 
 def test_an_attempt_ends_within_timeout_s_however_slowly_the_server_sends(server, key):
-    """httpx's timeout bounds each read alone: a body trickled a byte every 0.5 s held a request for
-    minutes with timeout_s 2. Each attempt now ends within timeout_s in all, and is retried as a timeout."""
-    import time
-
+    """httpx's timeout bounds each read alone: a body trickled a byte every 0.5 s (no read waits 2 s) held a
+    request for minutes with timeout_s 2, and then answered. Each attempt now ends within timeout_s in all
+    ("no answer within 2 s"), and is retried as a timeout (the server saw both attempts)."""
     remote = _endpoint(server, timeout_s=2, max_retries=1)
     view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
     before = _control(server, "/fixture/stats")
     _control(server, "/fixture/faults", {"mode": "trickle", "times": 2, "interval_s": 0.5})
-    t0 = time.monotonic()
     with pytest.raises(EndpointError, match="no answer within 2 s") as err:
         remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
-    took = time.monotonic() - t0
-    assert took < 2 * 2 + 4, took              # two attempts of 2 s, the back-off and the reading of the image
     assert _control(server, "/fixture/stats")["200"] - before.get("200", 0) == 2
     assert KEY not in str(err.value)
     assert remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]).shape == (1, 2)  # then served
@@ -396,17 +392,14 @@ def test_server_echoing_parts_of_the_key_is_scrubbed(server, key):
     ("127.0.0.1:8000/v1", "scheme must be http or https"),
 ])
 def test_bad_endpoint_urls_are_refused_at_once(url, says, tmp_path):
-    import time
-
+    """Refused before any request (exit 2, a flag at fault), where they were retried 4 times (exit 1)."""
     with pytest.raises(ValueError, match=says) as err:
         open_endpoint(url, "spote-tiny", api_key_env=KEY_ENV)
     assert "sk-secret" not in str(err.value)
     Image.new("RGB", (INPUT, INPUT)).save(tmp_path / "x.png")
-    t0 = time.monotonic()
     res = _ask([str(tmp_path / "x.png"), "what is this ?", "--endpoint", url, "--model", "spote-tiny"], {})
     lines = res.output.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1 and says in lines[0] and "sk-secret" not in res.output, res.output
-    assert time.monotonic() - t0 < 5                              # no request, no retries
 
 
 @pytest.mark.parametrize("options, says", [

@@ -378,7 +378,7 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     its JSON files parse, ``config.json``'s ``model_type`` is one transformers knows, safetensors weights
     are there (and every shard their index names), and so are a tokenizer and a chat template (in any
     place transformers looks: ``chat_template.jinja``, ``chat_template.json``, or a ``chat_template``
-    field of ``tokenizer_config.json`` or ``processor_config.json``).
+    field of ``processor_config.json``: where the processor reads it, not the tokenizer's config).
 
     Whether the weights hold every tensor the model needs is checked when they load (``load_adapter``):
     checkpoints name tensors as their transformers version did, and only loading maps old names to new.
@@ -426,12 +426,13 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
                           f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
     if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
         raise OSError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})")
-    fields = [parsed.get(n) for n in ("chat_template.json", "tokenizer_config.json", "processor_config.json")]
+    # where the processor reads its template from (transformers' ProcessorMixin: not the tokenizer's config)
+    fields = [parsed.get(n) for n in ("chat_template.json", "processor_config.json")]
     jinja = folder / "chat_template.jinja"
     if not (jinja.is_file() and jinja.read_text(errors="replace").strip()
             or any(isinstance(f, dict) and f.get("chat_template") for f in fields)):
         raise OSError(f"no chat template in {folder} (chat_template.jinja, chat_template.json, or a chat_template "
-                      f"field of tokenizer_config.json or processor_config.json)")
+                      f"field of processor_config.json)")
 
 
 def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:

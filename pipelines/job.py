@@ -203,8 +203,9 @@ class JobOptions:
     def endpoint_config(self) -> dict:
         """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable): the
         fields of ``--endpoint-options``, with ``--api-key-env`` / ``--endpoint-concurrency`` where given,
-        which must agree with the same fields there (``spote.cli.endpoint_options``; ValueError if not)."""
-        from spote.cli import endpoint_options
+        which must agree with the same fields there (``spote.adapters.endpoint.endpoint_options``; ValueError
+        if not)."""
+        from spote.adapters.endpoint import endpoint_options
 
         return endpoint_options(self.api_key_env, self.endpoint_concurrency, self.endpoint_options or "{}")
 

@@ -171,7 +171,7 @@ GCP_TRANSFORMERS_KEPT = 16
 
 def _gcp_transformer(gcps: tuple[tuple[float, float, float, float], ...]):
     """rasterio's ``GCPTransformer`` for (col, row, x, y) points, kept for the next footprint of the scene:
-    building one fits the polynomial (about 1 ms for 231 GCPs), per footprint too slow for millions of
+    building one fits the polynomial, work to do once per scene, not once per footprint of millions of
     tiles. It holds a GDAL object, which must be closed before the interpreter unloads GDAL (or its
     destructor fails at exit): the oldest is closed past ``GCP_TRANSFORMERS_KEPT``, the rest at exit."""
     from rasterio.control import GroundControlPoint

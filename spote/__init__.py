@@ -55,10 +55,6 @@ def _read_image(image, storage_options: dict | None):
     return load_image(image)
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
 def _digest(options: dict | None) -> str:
     """A SHA-256 of ``options`` (JSON, keys sorted; what JSON cannot hold by its ``repr``)."""
     import hashlib
@@ -128,6 +124,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         # every argument that can change what loads: the same s3:// name on another store (storage_options)
         # is another model; options can hold secrets, so the key keeps only a hash of them
+        from .loading import _is_remote
+
         remote = model is not None and _is_remote(str(model))
         key = (str(model) if model is not None else None, revision, endpoint, _digest(endpoint_options),
                _digest(storage_options) if remote else None, cfg.use_relevance)

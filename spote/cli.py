@@ -35,33 +35,6 @@ ENDPOINT_CONCURRENCY_OPTION = typer.Option(None, "--endpoint-concurrency", show_
 ENDPOINT_OPTIONS_OPTION = typer.Option("{}", "--endpoint-options", help=ENDPOINT_OPTIONS_HELP)
 
 
-def endpoint_options(api_key_env: str | None, concurrency: int | None, options: str) -> dict:
-    """The ``endpoint_options`` of ``load_adapter`` from the command-line flags: the fields of
-    ``--endpoint-options`` (JSON), with ``--api-key-env`` / ``--endpoint-concurrency`` where given (None: left
-    out, so the JSON's field or the EndpointConfig default holds). A flag that sets the same field as the JSON
-    must agree with it, as flags and ``--policy`` do. Types and ranges are checked by ``EndpointConfig``.
-
-    Raises:
-        ValueError: the JSON is not an object, or a flag and the JSON set one field to two values.
-    """
-    try:
-        extra = json.loads(options)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--endpoint-options is not valid JSON: {err}") from None
-    if not isinstance(extra, dict):
-        raise ValueError("--endpoint-options must be a JSON object")
-    merged = dict(extra)
-    for name, flag, value in (("api_key_env", "--api-key-env", api_key_env),
-                              ("concurrency", "--endpoint-concurrency", concurrency)):
-        if value is None:
-            continue
-        if name in extra and extra[name] != value:
-            raise ValueError(f"--endpoint-options sets {name} to {extra[name]!r} and {flag} sets it to {value!r}; "
-                             "give one")
-        merged[name] = value
-    return merged
-
-
 class AskError(Exception):
     """A malformed ``spote ask`` input; printed as one line ``error: ...``, exit code 2."""
 
@@ -184,7 +157,7 @@ def ask(
     A malformed input (unreadable image, bad choices, bad --policy, missing model) prints one line
     ``error: ...`` and exits with code 2; an endpoint that fails after its retries, with code 1.
     """
-    from .adapters.endpoint import EndpointError
+    from .adapters.endpoint import EndpointError, endpoint_options
     from .baselines import ANSWER_METHODS, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
@@ -269,8 +242,8 @@ def bench(
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,
-    api_key_env: str = API_KEY_ENV_OPTION,
-    endpoint_concurrency: int = ENDPOINT_CONCURRENCY_OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV_OPTION,
+    endpoint_concurrency: Optional[int] = ENDPOINT_CONCURRENCY_OPTION,
     endpoint_opts: str = ENDPOINT_OPTIONS_OPTION,
     corrupt: str = typer.Option("none", help="none | noise | blur | jpeg"),
     mode: Optional[str] = typer.Option(None, help="highlight | zoom | zoom+context (default: the policy's, zoom+context)"),
@@ -285,7 +258,7 @@ def bench(
                                         "each method's JSON gains their figures under \"open\""),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
-    from .adapters.endpoint import EndpointError
+    from .adapters.endpoint import EndpointError, endpoint_options
     from .bench.run import run_bench
     from .core import PolicyConfig
     from .loading import ModelNotFound

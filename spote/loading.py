@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -552,14 +553,12 @@ class _HoldLoadReport:
     warnings of a checkpoint that is not refused (unexpected keys alone, say) are logged after all."""
 
     def __enter__(self):
-        import logging
-
         self.logger, self.held = logging.getLogger("transformers.modeling_utils"), []
         self.logger.addFilter(self)
         return self
 
     def filter(self, record) -> bool:
-        if record.levelno >= 30:  # logging.WARNING
+        if record.levelno >= logging.WARNING:
             self.held.append(record)
             return False
         return True

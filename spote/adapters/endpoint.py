@@ -56,6 +56,7 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import json
 import math
 import os
 import re
@@ -581,6 +582,34 @@ class EndpointAdapter:
 
 
 ENDPOINT_OPTIONS = tuple(f.name for f in fields(EndpointConfig) if f.name not in ("url", "model"))
+
+
+def endpoint_options(api_key_env: str | None, concurrency: int | None, options: str) -> dict:
+    """The ``endpoint_options`` of ``load_adapter`` from the command-line flags (``spote ask``, ``spote bench``,
+    every job): the fields of
+    ``--endpoint-options`` (JSON), with ``--api-key-env`` / ``--endpoint-concurrency`` where given (None: left
+    out, so the JSON's field or the EndpointConfig default holds). A flag that sets the same field as the JSON
+    must agree with it, as flags and ``--policy`` do. Types and ranges are checked by ``EndpointConfig``.
+
+    Raises:
+        ValueError: the JSON is not an object, or a flag and the JSON set one field to two values.
+    """
+    try:
+        extra = json.loads(options)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--endpoint-options is not valid JSON: {err}") from None
+    if not isinstance(extra, dict):
+        raise ValueError("--endpoint-options must be a JSON object")
+    merged = dict(extra)
+    for name, flag, value in (("api_key_env", "--api-key-env", api_key_env),
+                              ("concurrency", "--endpoint-concurrency", concurrency)):
+        if value is None:
+            continue
+        if name in extra and extra[name] != value:
+            raise ValueError(f"--endpoint-options sets {name} to {extra[name]!r} and {flag} sets it to {value!r}; "
+                             "give one")
+        merged[name] = value
+    return merged
 
 
 def endpoint_config(url: str, model: str | None, **options) -> EndpointConfig:

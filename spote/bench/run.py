@@ -191,13 +191,17 @@ def _load(model, **kwargs):
     read, say) given as one line, as ``spote ask`` gives it.
 
     Raises:
-        ModelNotFound, ValueError, EndpointError: as ``load_adapter``; ModelNotFound for any other failure.
+        ModelNotFound, ValueError, EndpointError: as ``load_adapter``; ModelNotFound for a checkpoint
+            transformers refuses otherwise. Out of memory and a missing package are raised as they are:
+            they are not the model's fault, and their own message says what to change.
     """
+    import torch
+
     from ..adapters.endpoint import EndpointError
 
     try:
         return load_adapter(model, **kwargs)
-    except (ModelNotFound, ValueError, EndpointError):
+    except (ModelNotFound, ValueError, EndpointError, ImportError, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as err:
         text = str(err).strip().splitlines()

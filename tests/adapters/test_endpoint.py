@@ -297,7 +297,7 @@ def test_cli_endpoint_options_fields_win_over_flag_defaults_and_flags_must_agree
 
 
 def test_cli_endpoint_options_merge():
-    from spote.cli import endpoint_options
+    from spote.adapters.endpoint import endpoint_options
 
     assert endpoint_options(None, None, '{"api_key_env": "K", "concurrency": 3}') == {"api_key_env": "K", "concurrency": 3}
     assert endpoint_options("K", 4, "{}") == {"api_key_env": "K", "concurrency": 4}

@@ -95,13 +95,26 @@ def list_checkpoint(uri: str, storage_options: dict | None = None,
         raise FileNotFoundError(f"no safetensors weights under {uri} (pickled .bin weights are never loaded)")
     if "model.safetensors.index.json" in kept:
         try:
-            shards = set(json.loads(fs.cat_file(f"{root}/model.safetensors.index.json"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise FileNotFoundError(f"model.safetensors.index.json under {uri} has no readable weight_map") from None
-        if missing := sorted(str(x) for x in shards - set(kept)):
-            raise FileNotFoundError(f"model.safetensors.index.json under {uri} names shards it does not hold: "
-                                    f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+            index = json.loads(fs.cat_file(f"{root}/model.safetensors.index.json"))
+        except ValueError:
+            index = None
+        check_shards(index, set(kept), f"under {uri}")
     return fs, root, kept
+
+
+def check_shards(index, held: set[str], where: str) -> None:
+    """A sharded checkpoint's ``model.safetensors.index.json`` (parsed; None if it does not parse) names
+    only shards among ``held`` (file names in the folder).
+
+    Raises:
+        FileNotFoundError: no readable ``weight_map``, or shards the folder does not hold (the first three).
+    """
+    shards = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(shards, dict):
+        raise FileNotFoundError(f"model.safetensors.index.json {where} has no readable weight_map")
+    if missing := sorted({str(x) for x in shards.values()} - held):
+        raise FileNotFoundError(f"model.safetensors.index.json {where} names shards it does not hold: "
+                                f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
 
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the safetensors library refuses longer headers
@@ -418,13 +431,8 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     for name in CHECKPOINT_JSON:
         parse(name)
     if "model.safetensors.index.json" in parsed:
-        index = parsed["model.safetensors.index.json"]
-        shards = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(shards, dict) or not shards:
-            raise OSError(f"model.safetensors.index.json in {folder} has no readable weight_map")
-        if missing := sorted(str(x) for x in set(shards.values()) if not (folder / str(x)).is_file()):
-            raise OSError(f"model.safetensors.index.json in {folder} names shards it does not hold: "
-                          f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+        check_shards(parsed["model.safetensors.index.json"], {p.name for p in folder.iterdir() if p.is_file()},
+                     f"in {folder}")
     if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
         raise OSError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})")
     # where the processor reads its template from (transformers' ProcessorMixin: not the tokenizer's config)

@@ -415,12 +415,15 @@ def test_a_read_only_cache_is_used_when_its_copy_is_up_to_date(s3, s3_server, tm
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
-def test_a_nested_file_the_store_drops_goes_with_its_empty_folder(s3, s3_server, tmp_path):
+def test_a_nested_file_is_not_copied_and_one_an_old_copy_holds_goes_with_its_empty_folder(s3, s3_server, tmp_path):
+    """transformers reads a checkpoint's top level: a subfolder of the store is not copied, and one a copy
+    made before holds (copies used to take subfolders too) is removed with its folders."""
     uri, opts = _store(s3, {**_shipped(*NEEDED), "sub/nested/extra.json": b"{}"}), _s3_options(s3_server)
     local = fetch_checkpoint(uri, opts, cache_dir=tmp_path)
-    assert (local / "sub" / "nested" / "extra.json").read_bytes() == b"{}"
-    assert "sub/nested/extra.json" in json.loads((local / ".spote-manifest.json").read_text())
-    s3.rm_file(f"{uri[5:]}/sub/nested/extra.json")
+    assert not (local / "sub").exists()
+    assert "sub/nested/extra.json" not in json.loads((local / ".spote-manifest.json").read_text())
+    (local / "sub" / "nested").mkdir(parents=True)
+    (local / "sub" / "nested" / "extra.json").write_bytes(b"{}")
     fetch_checkpoint(uri, opts, cache_dir=tmp_path)
     assert not (local / "sub").exists()
 

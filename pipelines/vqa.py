@@ -73,12 +73,17 @@ def _choices_json(value) -> str:
     return json.dumps([_text(c, "each choice") for c in list(value)])
 
 
+def _compression(name: str) -> dict:
+    """``fs.open``'s keyword for a part's name (lower case): gzip for the text formats' ``.gz``."""
+    return {"compression": "gzip"} if name.endswith(".gz") and not name.endswith(".parquet.gz") else {}
+
+
 def _records(uri: str, storage_options=None):
     """(position, record dict) of one manifest part, streamed; every value as written."""
     fs, path = filesystem(uri, storage_options)
     uri = redact_uri(uri)  # named in messages and rows without an http(s) URL's query (a signature?)
     lower = uri.lower()
-    gz = {"compression": "gzip"} if lower.endswith(".gz") and not lower.endswith(".parquet.gz") else {}
+    gz = _compression(lower)
     lower = lower.removesuffix(".gz") if gz else lower
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -212,7 +217,7 @@ def _check_part(uri: str, storage_options=None) -> None:
     name = redact_uri(uri)  # as messages name it: without an http(s) URL's query
     if name.lower().endswith((".json", ".json.gz")):
         fs, path = filesystem(uri, storage_options)
-        gz = {"compression": "gzip"} if name.lower().endswith(".gz") else {}
+        gz = _compression(name.lower())
         with fs.open(path, "rb", **gz) as f:
             start = f.read(65536).decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):

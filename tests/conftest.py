@@ -4,6 +4,7 @@ S3 API (moto's server over HTTP on 127.0.0.1)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,14 @@ def s3(s3_server):
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="spote")
     return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_server, use_listings_cache=False)
+
+
+@pytest.fixture
+def files_holding():
+    """``files_holding(secret, *folders)``: the files under ``folders`` whose bytes hold ``secret`` (sockets
+    skipped), for tests that a credential reached no output, report or log."""
+    def find(secret: str, *folders) -> list[str]:
+        return [str(p) for folder in folders for p in Path(folder).rglob("*")
+                if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
+
+    return find

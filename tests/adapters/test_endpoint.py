@@ -223,7 +223,7 @@ def test_cli_ask_through_the_endpoint(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
+def test_vqa_pipeline_through_the_endpoint(server, tmp_path, files_holding):
     """A fresh process with its own local Ray, whose actors inherit the key from the environment."""
     rows = []
     for item in spotbench("test", 3, 0):
@@ -256,9 +256,7 @@ def test_vqa_pipeline_through_the_endpoint(server, tmp_path):
         assert summary["items_ok"] == 3 and summary["items_error"] == 2 and server in summary["model"]
         # the key is nowhere: results, summary, report, the job's output, Ray's logs
         assert any(Path(ray_tmp).rglob("*.log"))                                   # Ray logged here
-        leaked = [str(p) for folder in (out, Path(ray_tmp)) for p in folder.rglob("*")
-                  if p.is_file() and not p.is_socket() and KEY.encode() in p.read_bytes()]
-        assert not leaked and KEY not in res.stdout + res.stderr
+        assert not files_holding(KEY, out, ray_tmp) and KEY not in res.stdout + res.stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

@@ -345,7 +345,7 @@ def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
 
 
 @pytest.mark.slow
-def test_storage_secrets_from_the_environment_reach_the_actors_but_no_log(s3, tmp_path):
+def test_storage_secrets_from_the_environment_reach_the_actors_but_no_log(s3, tmp_path, files_holding):
     """A fresh process reading its manifest and images from S3 with credentials in the environment only:
     the local Ray it starts inherits them (every item is answered), and the secret is in no file Ray
     writes. Handing them to Ray as ``runtime_env`` env_vars wrote them, in plain text, to the
@@ -373,9 +373,7 @@ def test_storage_secrets_from_the_environment_reach_the_actors_but_no_log(s3, tm
         df = _results(out, "env").set_index("id")
         assert sorted(df.index) == ["a", "b"] and (df.status == "ok").all(), df.error.tolist()
         assert any(Path(ray_tmp).rglob("*.log"))  # Ray logged here
-        leaked = [str(p) for folder in (out, Path(ray_tmp)) for p in folder.rglob("*")
-                  if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
-        assert not leaked and secret not in res.stdout + res.stderr
+        assert not files_holding(secret, out, ray_tmp) and secret not in res.stdout + res.stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -487,7 +485,7 @@ def test_a_part_that_stops_reading_part_way_keeps_its_rows_and_says_where(tmp_pa
 
 
 def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(ray_local, random_tiny_dir, tmp_path,
-                                                                               fast_policy):
+                                                                               fast_policy, files_holding):
     """An http(s) manifest URL with a query (a presigned URL's signature, ``?token=``) was taken for an
     unknown format (its name ended ``.jsonl?token=...``: an empty run) and recorded whole in the summary.
     It is read, and the summary and report hold the URL without its query."""
@@ -512,8 +510,7 @@ def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(r
         server.shutdown()
     assert summary["items_in"] == summary["items_ok"] == 1
     assert summary["settings"]["input"] == url.split("?")[0]
-    leaked = [str(p) for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-    assert not leaked
+    assert not files_holding(secret, out)
 
 
 def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):

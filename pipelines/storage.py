@@ -14,6 +14,8 @@ import uuid
 
 import fsspec
 
+from spote.uris import local_path
+
 # connection-level messages of s3fs/botocore/aiohttp that Ray Data should retry when writing files
 TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot connect to host", "Connection reset",
                             "Connection refused", "EndpointConnectionError", "ServerDisconnectedError", "Read timeout")
@@ -39,26 +41,6 @@ def parse_storage_options(text: str | None) -> dict:
     if opts.get("endpoint_url"):
         opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
     return opts
-
-
-def local_path(uri: str) -> str:
-    """A ``file:`` URI as the local path it names, percent-decoded (RFC 8089: ``file:///tmp/a%20b.png`` is
-    ``/tmp/a b.png``, as ``Path.as_uri()`` writes it; ``file://localhost/...`` is local too); anything else
-    as it is."""
-    if not uri.startswith("file:"):
-        return uri
-    from urllib.parse import unquote
-
-    rest = uri[len("file:"):]
-    host = ""
-    if rest.startswith("//"):  # file://host/path; no query or fragment is split off: "#" and "?" are in names
-        host, _, path = rest[2:].partition("/")
-        rest = "/" + path
-    if host not in ("", "localhost"):
-        raise ValueError(f"{uri}: a file URI on another host ({host}) cannot be read here")
-    decoded = unquote(rest)
-    # a name that holds "%20" itself (a download saved as is), written into a URI unencoded, is that name
-    return rest if decoded != rest and not os.path.exists(decoded) and os.path.exists(rest) else decoded
 
 
 def filesystem(uri: str, storage_options: dict | None = None):

@@ -41,8 +41,9 @@ def __getattr__(name: str):
 def _read_image(image, storage_options: dict | None):
     """A path, fsspec URI (``s3://``, ``https://``, ...), bytes, PIL image or HxWxC array as an RGB image."""
     from .images import BadImage, load_image
+    from .uris import is_remote, local_path
 
-    if isinstance(image, str) and "://" in image and not image.startswith("file://"):
+    if isinstance(image, str) and is_remote(image):
         import fsspec
 
         try:
@@ -50,8 +51,11 @@ def _read_image(image, storage_options: dict | None):
                 image = f.read()
         except FileNotFoundError as err:
             raise BadImage(f"no such object: {image}") from err
-    elif isinstance(image, str) and image.startswith("file://"):
-        image = image.removeprefix("file://")
+    elif isinstance(image, str):
+        try:
+            image = local_path(image)
+        except ValueError as err:
+            raise BadImage(str(err)) from None
     return load_image(image)
 
 
@@ -124,9 +128,9 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         # every argument that can change what loads: the same s3:// name on another store (storage_options)
         # is another model; options can hold secrets, so the key keeps only a hash of them
-        from .loading import _is_remote
+        from .uris import is_remote
 
-        remote = model is not None and _is_remote(str(model))
+        remote = model is not None and is_remote(str(model))
         key = (str(model) if model is not None else None, revision, endpoint, _digest(endpoint_options),
                _digest(storage_options) if remote else None, cfg.use_relevance)
         if key not in _ADAPTERS:

@@ -34,6 +34,7 @@ import torch
 
 from .adapters.base import HFAdapter
 from .adapters.llava import LlavaAdapter
+from .uris import is_remote, local_path
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "spote-tiny"
 CACHE_DIR = Path(os.environ.get("SPOTE_CACHE", Path.home() / ".cache" / "spote" / "models"))
@@ -50,10 +51,6 @@ def adapter_registry() -> dict[str, type[HFAdapter]]:
         "idefics3": Idefics3Adapter,
         "smolvlm": Idefics3Adapter,
     }
-
-
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
 
 
 def _fingerprint(info: dict) -> dict:
@@ -452,14 +449,14 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
             raise ValueError("--revision applies to hub ids only, not to the shipped spote-tiny")
         return DEFAULT_MODEL
     s = str(path_or_uri)
-    if _is_remote(s):
+    if is_remote(s):
         if revision:
             raise ValueError(f"--revision applies to hub ids only, not to {s}")
         try:
             return fetch_checkpoint(s, storage_options, trust_remote_code=trust_remote_code)
         except Exception as err:  # missing, no credentials, unreachable store: all mean "cannot load this model"
             raise ModelNotFound(f"model {s!r} could not be fetched: {_first_line(err)}") from None
-    p = Path(s.removeprefix("file://")).expanduser()
+    p = Path(local_path(s)).expanduser()
     if p.is_dir():
         if revision:
             raise ValueError(f"--revision applies to hub ids only, not to the local folder {p}")
@@ -470,7 +467,7 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
                 else ": not a saved transformers checkpoint"))
         return p
     tried = f"no folder {p.absolute()}" + (" (a file, not a folder)" if p.exists() else "")
-    if s.startswith("file://") or not is_hub_id(s):
+    if s.startswith("file:") or not is_hub_id(s):
         raise ModelNotFound(f"model {s!r} not found: {tried}; not a hub id (ORG/NAME) either")
     try:
         return fetch_hub(s, revision, trust_remote_code)
@@ -487,15 +484,15 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         ModelNotFound, ValueError: as ``resolve``.
     """
     s = "" if path_or_uri is None else str(path_or_uri)
-    if _is_remote(s) and not revision:
+    if is_remote(s) and not revision:
         try:
             fs, root, files = list_checkpoint(s, storage_options)
             check_safetensors_sizes(fs, root, files)
         except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
             raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err)}") from None
         return
-    local = Path(s.removeprefix("file://")).expanduser()
-    if _is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file://") or not is_hub_id(s):
+    local = Path(local_path(s)).expanduser()
+    if is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file:") or not is_hub_id(s):
         resolve(path_or_uri, storage_options, revision)  # no download on these paths
         return
     try:

@@ -25,14 +25,20 @@ def test_exports():
 
 
 def test_every_image_form_gives_the_same_answer(item, shipped_adapter, tmp_path):
-    path = tmp_path / "scene.png"
+    path = tmp_path / "my scans" / "scene #1.png"  # as_uri() writes file:///.../my%20scans/scene%20%231.png
+    path.parent.mkdir()
     item.image.save(path)
-    forms = [str(path), path, f"file://{path}", path.read_bytes(), item.image, np.asarray(item.image)]
+    forms = [str(path), path, f"file://{path}", path.as_uri(), path.read_bytes(), item.image, np.asarray(item.image)]
     results = [spote.answer(f, Q, CHOICES, model=shipped_adapter, budget=24) for f in forms]
     first = results[0]
     assert isinstance(first, spote.SpotResult) and first.forward_passes <= 24
     for r in results[1:]:
         assert (r.answer, r.confidence, r.evidence_box) == (first.answer, first.confidence, first.evidence_box)
+
+
+def test_a_file_uri_on_another_host_is_a_bad_image(shipped_adapter):
+    with pytest.raises(spote.BadImage, match="on another host"):
+        spote.answer("file://fileserver/share/scene.png", Q, CHOICES, model=shipped_adapter)
 
 
 def test_evidence_box_is_in_source_pixels(item, shipped_adapter):

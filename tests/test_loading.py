@@ -68,6 +68,10 @@ def offline(hub_cache, monkeypatch):
 def test_resolution_order(tmp_path):
     assert resolve(None) == resolve("spote-tiny") == DEFAULT_MODEL
     assert resolve(str(DEFAULT_MODEL)) == resolve(f"file://{DEFAULT_MODEL}") == DEFAULT_MODEL
+    spaced = tmp_path / "my models" / "tiny"  # as_uri() percent-encodes the space
+    shutil.copytree(DEFAULT_MODEL, spaced)
+    assert resolve(spaced.as_uri()) == resolve(f"file:{spaced}") == spaced
+    check_model(spaced.as_uri())
     with pytest.raises(ValueError, match="hub ids only"):
         resolve(str(DEFAULT_MODEL), revision="main")
 

@@ -1,0 +1,34 @@
+"""Where a path or URI points: a local file (a plain path or a ``file:`` URI, RFC 8089) or an object in a
+remote store that fsspec reads (``s3://``, ``https://``, ...)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote
+
+
+def is_remote(uri: str) -> bool:
+    """True for a URI with a scheme other than ``file:`` (``s3://b/k``, ``https://h/p``)."""
+    return "://" in uri and not uri.startswith("file:")
+
+
+def local_path(uri: str) -> str:
+    """A ``file:`` URI as the local path it names, percent-decoded (RFC 8089: ``file:///tmp/a%20b.png`` is
+    ``/tmp/a b.png``, as ``Path.as_uri()`` writes it; ``file://localhost/...`` and ``file:/tmp/x`` are local
+    too); anything else as it is.
+
+    Raises:
+        ValueError: a ``file:`` URI naming another host (``file://server/share/x``).
+    """
+    if not uri.startswith("file:"):
+        return uri
+    rest = uri[len("file:"):]
+    host = ""
+    if rest.startswith("//"):  # file://host/path; no query or fragment is split off: "#" and "?" are in names
+        host, _, path = rest[2:].partition("/")
+        rest = "/" + path
+    if host not in ("", "localhost"):
+        raise ValueError(f"{uri}: a file URI on another host ({host}) cannot be read here")
+    decoded = unquote(rest)
+    # a name that holds "%20" itself (a download saved as is), written into a URI unencoded, is that name
+    return rest if decoded != rest and not os.path.exists(decoded) and os.path.exists(rest) else decoded

@@ -215,11 +215,11 @@ class JobOptions:
         from spote.loading import check_model
 
         if self.endpoint:
-            from spote.adapters.endpoint import EndpointConfig
+            from spote.adapters.endpoint import endpoint_config
 
             if self.revision:
                 raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
-            EndpointConfig(url=self.endpoint, model=self.model or "", **self.endpoint_config())  # validates
+            endpoint_config(self.endpoint, self.model, **self.endpoint_config())  # validates
         else:
             check_model(self.model, storage_options, self.revision)
         return {"model": self.model, "revision": self.revision, "endpoint": self.endpoint,

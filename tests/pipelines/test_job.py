@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipelines.job import (GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, _count_duplicates, file_based_parquet_reads,
@@ -167,6 +169,22 @@ def test_endpoint_options_fields_are_not_overridden_by_flag_defaults():
     with pytest.raises(ValueError, match="--endpoint-options sets api_key_env to 'VLLM_KEY' and --api-key-env sets it "
                                          "to 'OPENAI_API_KEY'; give one"):
         config(endpoint_options='{"api_key_env": "VLLM_KEY"}', api_key_env="OPENAI_API_KEY")
+
+
+def test_endpoint_flags_are_checked_before_any_work():
+    """The job checks its endpoint flags as ``spote ask`` does, before Ray: no model name, an unknown
+    option and a URL no request could use are one line each."""
+    from pipelines.job import JobOptions
+
+    def kwargs(**kw):
+        return JobOptions("in", "out", **{"endpoint": "http://127.0.0.1:8000/v1", "model": "served", **kw}).predictor_kwargs(None)
+
+    assert kwargs()["endpoint_options"] == {}
+    for bad, message in ((dict(model=None), "--endpoint needs --model NAME"), (dict(model="  "), "--endpoint needs --model"),
+                         (dict(endpoint_options='{"temprature": 0}'), "unknown endpoint options ['temprature']"),
+                         (dict(endpoint="ftp://127.0.0.1/v1"), "ftp"), (dict(revision="main"), "--revision applies")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            kwargs(**bad)
 
 
 def test_spelling_an_endpoint_default_out_is_the_same_run_and_older_settings_resume():

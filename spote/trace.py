@@ -75,7 +75,11 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
 
 
 def _spotlights(ax, image, result, question, evidence) -> None:
-    ax.imshow(image)
+    w, h = image.size if hasattr(image, "getbbox") else (image.shape[1], image.shape[0])
+    # boxes are pixel edges ([0, 0, w, h] is the whole image); imshow's default grid puts pixel centres on
+    # integers, which would shift every box by half a pixel and clip one on the image's right or lower edge
+    extreme = max(w / h, h / w) > 20  # a 1 x 1000 strip drawn to scale is under one screen pixel wide
+    ax.imshow(image, extent=(0, w, h, 0), aspect="auto" if extreme else "equal")
     ax.set_axis_off()
     steps = max(result.box_steps, default=-1) + 1
     cmap = plt.get_cmap("viridis", max(steps, 1))
@@ -91,8 +95,10 @@ def _spotlights(ax, image, result, question, evidence) -> None:
     if evidence:
         x0, y0, x1, y1 = evidence
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec="white", ls=":", label="evidence"))
+    # the user's text is drawn as written: "$5 and $x" is no TeX math (mathtext would garble it or fail)
     ax.set_title(f"{question}\nanswer: {result.answer}  (confidence {result.confidence:.2f}, "
-                 f"{result.forward_passes} passes)", fontsize=10)
+                 f"{result.forward_passes} passes)" + (f"\n(stretched to show: {w} x {h} px)" if extreme else ""),
+                 fontsize=10, parse_math=False)
 
 
 def _curves(ax, result) -> None:

@@ -68,3 +68,31 @@ def test_trace_of_an_open_search_that_kept_the_whole_image_says_why(random_adapt
     fig = trace_figure(img, res, input_size=random_adapter.input_size)
     label = next(ax for ax in fig.axes if ax.get_title().startswith("model input")).get_xlabel()
     assert "did not stand out" in label and f"{res.reward_standout:.2f} < standout_z 1e+09" in label
+
+
+def test_trace_draws_text_as_written_and_boxes_on_pixel_edges(random_adapter, tmp_path):
+    """A question with "$" was parsed as TeX: "$\\foo{$" failed the picture (reported as a write error) and
+    "$5 and $x" was drawn as italic math. Boxes are pixel edges: on an 8 x 8 image the box [0, 0, 8, 8]
+    was half a pixel off and clipped on the right."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    question = "is it $\\foo{$ or $5 and $x^{ ?"
+    res = run_method("spote", random_adapter, img, question, ["$\\alpha$", "b"], PolicyConfig(**SEARCH))
+    out = plot_trace(img, res, tmp_path / "t.png", question)
+    assert Image.open(out).size[0] > 100
+    fig = trace_figure(img, res, question)
+    spot = fig.axes[0]
+    assert spot.get_title().startswith(question)
+    fig.canvas.draw()  # mathtext would raise here
+    (x0, x1), (y1, y0) = spot.get_xlim(), spot.get_ylim()
+    assert (x0, y0, x1, y1) == (0, 0, 8, 8)
+    for box in [*res.boxes, res.evidence_box or [0, 0, 8, 8]]:
+        assert x0 <= box[0] < box[2] <= x1 and y0 <= box[1] < box[3] <= y1, box
+
+
+def test_a_long_strip_is_drawn_wide_enough_to_see(random_adapter):
+    img = Image.fromarray(np.full((1000, 2, 3), 200, dtype=np.uint8))
+    res = run_method("baseline", random_adapter, img, "is there a boat ?", ["yes", "no"], PolicyConfig())
+    fig = trace_figure(img, res, "is there a boat ?")
+    fig.canvas.draw()
+    bbox = fig.axes[0].get_images()[0].get_window_extent()
+    assert bbox.width > 20 and "1000" in fig.axes[0].get_title()

@@ -296,7 +296,8 @@ def plot_bench(report: dict, out: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("mean forward passes per item (log)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"SpotBench {report['split']} n={report['n_items']} seed={report['seed']} ({report['model']})", fontsize=10)
+    ax.set_title(f"SpotBench {report['split']} n={report['n_items']} seed={report['seed']} ({report['model']})", fontsize=10,
+                 parse_math=False)  # a model path is no TeX math
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -204,12 +204,12 @@ class SpotePredictor:
         base = {k: row.get(k) for k in row if k not in ("pixels", "height", "width", "image_bytes")}
         base.update(model=self.model_name, policy=self.policy_json, answer="", confidence=float("nan"),
                     token_confidences=None, entropy_initial=float("nan"), entropy_final=float("nan"), entropy_trace=[], boxes=[],
-                    forward_passes=0, latency_ms=0.0, actor=self.actor, evidence_box=None)
+                    forward_passes=0, latency_ms=None, actor=self.actor, evidence_box=None)
         if "evidence_box_pt" in base:  # planned empty (read back as NaN); set below for a PDF page's box
             base["evidence_box_pt"] = None
         if row.get("status") in ("error", "skipped"):
             return base
-        t0 = time.perf_counter()
+        t0, passes0 = time.perf_counter(), self.adapter.forward_passes
         adapter = self.adapter
         if self.timeout_s:  # checked before every model call: the loop stops between forward passes
             adapter = DeadlineAdapter(self.adapter, time.monotonic() + self.timeout_s, self.timeout_s)
@@ -220,14 +220,14 @@ class SpotePredictor:
         try:
             image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             res = spote(adapter, image, row["question"], choices, self.cfg)
-        except ItemTimeout as err:
+        except ItemTimeout as err:  # the passes and time spent before it failed are still spent
             return {**base, "status": "error", "error": f"timeout: {err}",
-                    "latency_ms": (time.perf_counter() - t0) * 1000}
+                    "forward_passes": self.adapter.forward_passes - passes0, "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow
             from spote.adapters.endpoint import EndpointError
 
             what = f"endpoint error: {err}" if isinstance(err, EndpointError) else f"model error: {type(err).__name__}: {err}"
-            return {**base, "status": "error", "error": what,
+            return {**base, "status": "error", "error": what, "forward_passes": self.adapter.forward_passes - passes0,
                     "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
         out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                "token_confidences": res.token_confidences,

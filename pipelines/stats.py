@@ -47,7 +47,7 @@ class RunStats:
     Counts: ``items`` (rows), ``by_status`` {status: rows}, ``errors_by_reason`` {reason: rows}
     (at most ``MAX_REASONS`` reasons, the rest under ``OTHER_REASONS``). Over ``ok`` rows: sums for
     the means of ``entropy_initial``/``entropy_final`` (nats), ``forward_passes``, ``latency_ms``;
-    ``early_exit`` (rows answered in one forward pass); histograms on fixed edges
+    ``early_exit`` (rows the whole image answered, no spotlight tried: an ``entropy_trace`` of one value); histograms on fixed edges
     (``ENTROPY_EDGES``, ``CONFIDENCE_EDGES``, ``LATENCY_EDGES``) and ``forward_passes_counts``.
     ``id_digest``: the sum of the ids' 64-bit hashes mod 2**64. Samples, each a list of row dicts
     with every result column: ``least_confident`` (the ``LEAST_CONFIDENT_K`` ok rows of lowest
@@ -126,7 +126,12 @@ class RunStats:
             fp, lat, conf = _floats(ok, "forward_passes"), _floats(ok, "latency_ms"), _floats(ok, "confidence")
             s.entropy_initial_sum, s.entropy_final_sum = float(np.nansum(ei)), float(np.nansum(ef))
             s.forward_passes_sum, s.latency_ms_sum = float(np.nansum(fp)), float(np.nansum(lat))
-            s.early_exit = int((fp <= 1).sum())
+            if "entropy_trace" in ok.column_names:  # the whole image alone: its entropy and no step after it
+                # (not ``forward_passes <= 1``: a closed set of multi-token choices costs a pass per choice)
+                steps = pc.list_value_length(ok.column("entropy_trace")).to_numpy(zero_copy_only=False)
+                s.early_exit = int((steps == 1).sum())
+            else:
+                s.early_exit = int((fp <= 1).sum())
             s.entropy_initial_hist, s.entropy_final_hist = _hist(ei, ENTROPY_EDGES), _hist(ef, ENTROPY_EDGES)
             s.confidence_hist, s.latency_ms_hist = _hist(conf, CONFIDENCE_EDGES), _hist(lat, LATENCY_EDGES)
             fpv, fpc = np.unique(fp[np.isfinite(fp)].astype(np.int64), return_counts=True)

@@ -107,6 +107,7 @@ def test_answering_over_the_limit_stops_between_forward_passes(random_tiny_dir):
     assert out["status"] == "error" and out["error"].startswith("timeout: answering took longer than 1 s")
     passes = int(out["error"].split("stopped after ")[1].split()[0])
     assert 1 <= passes < ENDLESS["budget"]
+    assert out["forward_passes"] == passes and out["latency_ms"] >= 1000  # what the row cost before it stopped
     assert pred.predict({**row, "id": "b"})["error"].startswith("timeout: ")  # the actor goes on
 
 

@@ -204,3 +204,30 @@ def test_spelling_an_endpoint_default_out_is_the_same_run_and_older_settings_res
     check_same_settings("r", plain, now)  # recorded before input_files existed: resumes
     with pytest.raises(ValueError, match=r"input_files '1 file, 10 bytes, digest 00' -> '1 file, 12 bytes"):
         check_same_settings("r", now, {**now, "input_files": "1 file, 12 bytes, digest 01"})
+
+
+def test_an_empty_run_reads_back_as_an_empty_table_with_its_columns(ray_local, tmp_path):
+    """A run with no items committed a results folder with no file: pandas read no columns, DuckDB said
+    "No files found", geopandas "Missing geo metadata". It now holds one file of no rows."""
+    import duckdb
+    import geopandas
+    import pandas as pd
+
+    from pipelines import satellite
+    from pipelines.runs import RunPaths
+    from pipelines.stages import RESULT_COLUMNS
+    from pipelines.vqa import plan_manifest
+    from pipelines.job import JobOptions, run_job
+
+    (tmp_path / "m.jsonl").write_text("")
+    run_job("vqa", JobOptions(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), run_id="nothing"),
+            plan_manifest(str(tmp_path / "m.jsonl")))
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "q.json").write_text('[{"question": "is there a boat ?", "choices": ["yes", "no"]}]')
+    satellite.run(JobOptions(str(tmp_path / "scenes"), str(tmp_path / "sat"), run_id="nothing"), str(tmp_path / "q.json"))
+    for out in ("out", "sat"):
+        results = RunPaths(str(tmp_path / out), "nothing").results
+        df = pd.read_parquet(results)
+        assert len(df) == 0 and set(RESULT_COLUMNS) <= set(df.columns), out
+        assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{results}/*.parquet')").fetchall() == [(0,)]
+    assert len(geopandas.read_parquet(RunPaths(str(tmp_path / "sat"), "nothing").results)) == 0

@@ -14,11 +14,21 @@ edges cut into pieces of at most 1/(4 ``DENSIFY``) of its perimeter before it is
 over the antimeridian or a pole split or closed there (the ``antimeridian`` package, after RFC 7946
 section 3.1.9). A scene whose CRS PROJ cannot transform to lon/lat (a local engineering grid) has null
 map geometry in such a run and null evidence lon/lat in any run.
+
+Longitudes: every lon/lat the job writes (evidence lon/lat, footprints in OGC:CRS84 or in a scene's own
+geographic CRS, the planned ``bounds``, the roll-up) passes through ``lonlat_geometry``, which puts each
+longitude in [-180, 180] and splits a shape over the antimeridian there, so a geographic scene whose grid
+runs past 180 (or is laid out 0-360) is written as any other. Its inputs are continuous: a scene's own
+coordinates, computed on before they are written (centroids, merged detections), are never wrapped.
+A ``bbox`` in a geographic CRS follows RFC 7946 section 5.2 (``lonlat_bbox``): over the antimeridian
+its west longitude is greater than its east one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +44,121 @@ WGS84 = "EPSG:4326"
 CRS84 = "OGC:CRS84"
 DENSIFY = 16  # into lon/lat, footprint edges are cut into pieces of at most 1/(4 DENSIFY) of the perimeter
 GCP_EDGE_PIECES = 8  # through GCPs, each edge of a pixel box is mapped at this many points (corners included)
+# in a geographic CRS a footprint's edges are cut into pieces of at most this many degrees before its
+# longitudes are wrapped: a jump of over 180 degrees between two vertices then only ever means "over the
+# antimeridian" (a tile of a coarse global grid, 360 degrees wide, is not taken for a sliver)
+MAX_EDGE_DEGREES = 90.0
+
+
+@functools.lru_cache(maxsize=64)
+def is_lonlat(crs: str | None) -> bool:
+    """Whether ``crs`` is geographic with its longitude in degrees (x is the longitude: rasterio and
+    ``always_xy`` transformers put it first): the CRSs whose longitudes are normalised. A geographic CRS in
+    other units (grads) is written as it is in its own CRS, and normalised in lon/lat (OGC:CRS84)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    if not crs:
+        return False
+    try:
+        c = CRS.from_user_input(crs)
+    except CRSError:
+        return False
+    return c.is_geographic and any(a.direction == "east" and math.isclose(a.unit_conversion_factor, math.pi / 180)
+                                   for a in c.axis_info)
+
+
+def _wrap(x: np.ndarray) -> np.ndarray:
+    """Longitudes into [-180, 180] by whole turns (180 and -180 kept as they are)."""
+    x = np.asarray(x, float)
+    return np.where((x < -180) | (x > 180), x - 360 * np.floor((x + 180) / 360), x)  # one rounding: 180.1 - 360
+
+
+def lonlat_geometry(geom):
+    """``geom`` in lon/lat degrees (x the longitude, any number of turns off [-180, 180]) as it is written:
+    every longitude in [-180, 180], and a shape over the antimeridian split there (RFC 7946 section 3.1.9).
+
+    The one place longitudes are normalised. A polygon goes through the ``antimeridian`` package (split
+    into a MultiPolygon, one around a pole closed through it, counter-clockwise), its crossings found on
+    the straight edges as drawn (planar edges, GeoParquet's default). A point moves by whole turns; a line
+    or a zero-area box (an evidence box of zero width) too, or is cut into a MultiLineString where it
+    crosses. Consecutive vertices must be less than 180 degrees apart in their unwrapped longitudes (a
+    footprint cut into pieces, ``MAX_EDGE_DEGREES`` or ``DENSIFY``), or an edge is taken the short way."""
+    import antimeridian
+    import shapely
+    from shapely.geometry import LineString
+
+    if geom is None or geom.is_empty:
+        return geom
+    wrapped = shapely.transform(geom, lambda xy: np.column_stack([_wrap(xy[:, 0]), xy[:, 1]]))
+    kind = geom.geom_type
+    if kind in ("Polygon", "MultiPolygon") and geom.area > 0:
+        fix = antimeridian.fix_polygon if kind == "Polygon" else antimeridian.fix_multi_polygon
+        fixed = fix(wrapped, fix_winding=True, great_circle=False)
+        # a tile of a global grid 360 degrees wide (0-360) or more (-180.125-180.125, cell-centred) comes
+        # back as halves that touch or overlap: one shape, as on the globe
+        return fixed if fixed.is_valid else shapely.make_valid(shapely.union_all(shapely.get_parts(fixed)))
+    if kind in ("Point", "MultiPoint"):
+        return wrapped
+    lines = [LineString(p.exterior.coords if p.geom_type == "Polygon" else p.coords)
+             for p in shapely.get_parts(wrapped)]
+    cut = [antimeridian.fix_line_string(line, great_circle=False) for line in lines]
+    if all(c.geom_type == "LineString" for c in cut):
+        return wrapped  # nothing crosses: the same shape, its longitudes in range
+    return shapely.MultiLineString([part for c in cut for part in shapely.get_parts(c)])
+
+
+def lonlat_bbox(geoms) -> list[float] | None:
+    """[west, south, east, north] of lon/lat geometries as ``lonlat_geometry`` writes them (RFC 7946
+    section 5.2, GeoParquet 1.1's ``bbox`` for a geographic CRS): the shortest span of longitudes holding
+    every part, so over the antimeridian west > east ([179.9, -17, -179.9, -16.8] for a strip split at 180,
+    not [-180, -17, 180, -16.8], the whole globe). None when there is no geometry."""
+    import shapely
+
+    parts = shapely.get_parts(np.array([g for g in geoms if g is not None and not g.is_empty], dtype=object))
+    if not len(parts):
+        return None
+    b = shapely.bounds(parts)
+    south, north = float(b[:, 1].min()), float(b[:, 3].max())
+    spans = b[np.argsort(b[:, 0]), :][:, [0, 2]]
+    merged = [list(spans[0])]
+    for lo, hi in spans[1:]:
+        if lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    # the box is the circle less its widest gap between the parts' longitudes: the gap across 180 (an
+    # ordinary box), or one between two parts (a box over the antimeridian, from the gap's east side)
+    across_180 = merged[0][0] + 360 - merged[-1][1]
+    width, i = max(((merged[i + 1][0] - merged[i][1], i) for i in range(len(merged) - 1)), default=(0.0, 0))
+    if width <= across_180:
+        return [float(merged[0][0]), south, float(merged[-1][1]), north]
+    return [float(merged[i + 1][0]), south, float(merged[i][1]), north]
+
+
+def in_crs(geom, crs: str | None):
+    """``geom`` in the scene CRS ``crs`` as it is written: in a geographic CRS (``is_lonlat``) its edges cut
+    at ``MAX_EDGE_DEGREES`` and its longitudes normalised (``lonlat_geometry``); else as it is."""
+    import shapely
+
+    if geom is None or not is_lonlat(crs):
+        return geom
+    if geom.area > 0:
+        geom = shapely.segmentize(geom, MAX_EDGE_DEGREES)
+    return lonlat_geometry(geom)
+
+
+def geometry_bbox(geoms, crs: str | None) -> list[float] | None:
+    """The ``bbox`` of geometries as written in ``crs``: RFC 7946 (``lonlat_bbox``) in a geographic CRS,
+    else [xmin, ymin, xmax, ymax]; None when there is none."""
+    import shapely
+
+    present = [g for g in geoms if g is not None and not g.is_empty]
+    if not present:
+        return None
+    if is_lonlat(crs):
+        return lonlat_bbox(present)
+    return [float(v) for v in shapely.total_bounds(np.array(present, dtype=object))]
 
 
 def scene_polygon(header: SceneHeader, x0: float, y0: float, x1: float, y1: float, *, map_coords: bool = True):
@@ -80,13 +205,12 @@ def _projjson(crs: str | None):
 
 
 def _column_meta(geoms: np.ndarray, crs: str | None) -> dict:
-    import shapely
-
     present = [g for g in geoms if g is not None]
     types = sorted({g.geom_type for g in present})
     meta = {"encoding": "WKB", "geometry_types": types, "crs": _projjson(crs)}  # explicit null: CRS unknown
-    if present:
-        meta["bbox"] = [float(v) for v in shapely.total_bounds(np.array(present, dtype=object))]
+    bbox = geometry_bbox(present, crs)
+    if bbox is not None:
+        meta["bbox"] = bbox
     return meta
 
 
@@ -154,31 +278,27 @@ class ResultGeometry:
     def _to(self, geom, src: str, dst: str):
         """``geom`` from ``src`` to ``dst``; None where it cannot be (no transformer, points outside the
         projection's domain). Into lon/lat the edges are first cut into pieces of at most 1/(4 ``DENSIFY``)
-        of the perimeter (a straight edge in a projection is a curve in lon/lat), and a footprint across
-        the antimeridian or around a
-        pole is split or closed there (the ``antimeridian`` package): four transformed corners made a
-        band round the globe of a tile over 180 degrees, and a self-crossing ring of one over a pole."""
+        of the perimeter (a straight edge in a projection is a curve in lon/lat). In lon/lat, transformed or
+        a geographic scene's own CRS, the longitudes are normalised and a footprint across the antimeridian
+        or around a pole split or closed there (``lonlat_geometry``): four transformed corners made a band
+        round the globe of a tile over 180 degrees, a self-crossing ring of one over a pole, and a
+        geographic scene's grid past 180 was written past 180."""
         import shapely
         from shapely.geometry.polygon import orient
 
         if geom is None or src == dst:
-            return geom
+            return in_crs(geom, dst)
         t = self._transformer(src, dst)
         if t is None:
             return None
-        # a box of zero area (an evidence box of zero width) is not a ring to cut, split or close
-        lonlat = dst in (CRS84, WGS84) and geom.area > 0
-        if lonlat:
+        lonlat = is_lonlat(dst)
+        if lonlat and geom.area > 0:  # a box of zero area (an evidence box of zero width) is not a ring to cut
             geom = shapely.segmentize(orient(geom), geom.exterior.length / (4 * DENSIFY))
         with np.errstate(invalid="ignore"):
             out = shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
         if not np.isfinite(shapely.get_coordinates(out)).all():
             return None
-        if lonlat:
-            import antimeridian
-
-            out = antimeridian.fix_polygon(out, fix_winding=True)
-        return out
+        return lonlat_geometry(out) if lonlat else out
 
     def columns(self, table) -> dict[str, list]:
         """geometry, evidence_geometry (shapely or None) and evidence_lon, evidence_lat (degrees or None)."""
@@ -194,9 +314,14 @@ class ResultGeometry:
             lon = lat = None
             to_lonlat = self._transformer(header.crs, WGS84) if evidence is not None else None
             if to_lonlat is not None:
-                c = evidence.centroid
+                from shapely.geometry import Point
+
+                c = evidence.centroid  # in the scene's continuous coordinates, then normalised like the footprint
                 lon, lat = to_lonlat.transform(c.x, c.y)
-                if not (np.isfinite(lon) and np.isfinite(lat)):
+                if np.isfinite(lon) and np.isfinite(lat):
+                    p = lonlat_geometry(Point(lon, lat))
+                    lon, lat = float(p.x), float(p.y)
+                else:
                     lon = lat = None
             src = header.crs if header is not None else None
             out["geometry"].append(self._to(tile, src, self.crs))
@@ -317,7 +442,11 @@ def scene_detections(df, header: SceneHeader | None) -> list[Detection]:
         ids.append(rec.id)
         tiles.append([int(rec.tile_col_off), int(rec.tile_row_off), int(rec.tile_width), int(rec.tile_height)])
         conf.append(float(rec.confidence))
-    return merge_detections(footprints, localised, ids, tiles, conf)
+    detections = merge_detections(footprints, localised, ids, tiles, conf)  # merged in continuous coordinates
+    if map_coords:
+        for d in detections:
+            d.geometry = in_crs(d.geometry, header.crs)
+    return detections
 
 
 def write_rollup(table, meta_uri: str, headers: dict[str, SceneHeader], storage_options=None) -> dict:

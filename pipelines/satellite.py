@@ -41,7 +41,8 @@ import typer
 from spote.images import DEFAULT_MAX_PIXELS
 
 from .geo import (
-    ResultGeometry, detections_feature_collection, scene_detections, scene_polygon, with_geometry, write_parquet_file,
+    ResultGeometry, detections_feature_collection, geometry_bbox, in_crs, scene_detections, scene_polygon,
+    with_geometry, write_parquet_file,
 )
 from .job import JobOptions, job_command, run_job
 from .planning import Plan, check_source_ids_unique, list_sources, listing_version, plan_schema
@@ -82,9 +83,11 @@ def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple
 
 def window_bounds(header: SceneHeader, col: int, row: int, w: int, h: int) -> list[float]:
     """[minx, miny, maxx, maxy] in the scene's CRS of a stored-pixel window (its footprint's bounds, through
-    the affine transform or the GCPs); [] for a scene that is not georeferenced."""
-    poly = scene_polygon(header, col, row, col + w, row + h)
-    return [] if poly is None else [float(v) for v in poly.bounds]
+    the affine transform or the GCPs); [] for a scene that is not georeferenced. In a geographic CRS the
+    longitudes are in [-180, 180] and a window over the antimeridian has minx > maxx (RFC 7946 section 5.2,
+    as the GeoParquet ``bbox``: ``geo.geometry_bbox``)."""
+    poly = in_crs(scene_polygon(header, col, row, col + w, row + h), header.crs)
+    return [] if poly is None else geometry_bbox([poly], header.crs)
 
 
 def to_rgb(bands, band_idx: list[int], valid=None):

@@ -198,3 +198,112 @@ def test_a_scene_with_a_geotransform_but_no_crs_is_labelled_as_map_coordinates_o
     df = table.to_pandas()
     write_scene_detections("s1", no_crs, {0: ("q ?", scene_detections(df, no_crs))}, str(tmp_path / "job"))
     assert json.loads((tmp_path / "job" / "scenes" / "s1.q0.geojson").read_text())["properties"]["crs"] == "unknown"
+
+
+# ------------------------------------------------------------------ longitudes: [-180, 180], split at the antimeridian
+FIJI_4326 = _scene("EPSG:4326", from_origin(179.9, -16.8, 0.0005, 0.0005), 400, 400)   # lon 179.9 .. 180.1
+FIJI_UTM = _scene("EPSG:32760", from_origin(817000, 8120000, 10, 10), 400, 400)        # lon ~179.98 .. -179.98
+
+
+def _tile_rows(source: str, tiles: list, boxes: list) -> pa.Table:
+    return pa.table({"source": [source] * len(tiles), "tile_col_off": [t[0] for t in tiles],
+                     "tile_row_off": [t[1] for t in tiles], "tile_width": [t[2] for t in tiles],
+                     "tile_height": [t[3] for t in tiles], "evidence_box": pa.array(boxes, pa.list_(pa.int64()))})
+
+
+def _longitudes(geom) -> np.ndarray:
+    return shapely.get_coordinates(geom)[:, 0]
+
+
+@pytest.mark.parametrize("run", ["one geographic CRS", "several CRSs"])
+def test_evidence_lon_is_within_180_and_inside_its_own_evidence_geometry(run):
+    """A lon/lat scene whose grid runs past 180 gave evidence_lon 180.0585, where a UTM scene of the same
+    place gave -179.99; in a mixed run the point then lay outside its own (split) evidence geometry."""
+    from pipelines.geo import ResultGeometry
+
+    headers = {"fiji.tif": FIJI_4326} if run == "one geographic CRS" else {"fiji.tif": FIJI_4326, "utm.tif": FIJI_UTM}
+    table = pa.concat_tables([_tile_rows(s, [(144, 0, 256, 256)], [[90, 90, 256, 256]]) for s in headers])
+    cols = ResultGeometry(headers).columns(table)
+    expected = {"fiji.tif": 179.9 + (144 + 173) * 0.0005 - 360, "utm.tif": -179.9933}    # the box centre's longitude
+    for i, source in enumerate(headers):
+        lon, lat, evidence = cols["evidence_lon"][i], cols["evidence_lat"][i], cols["evidence_geometry"][i]
+        assert -180 <= lon <= 180 and lon == pytest.approx(expected[source], abs=1e-4)
+        assert evidence.is_valid and evidence.covers(shapely.Point(lon, lat))
+        assert (np.abs(_longitudes(evidence)) <= 180).all() and (np.abs(_longitudes(cols["geometry"][i])) <= 180).all()
+
+
+@pytest.mark.parametrize("origin, crosses", [(179.9, True), (-180.1, True), (200.0, False), (359.95, False)])
+def test_a_lon_lat_scene_past_180_has_valid_footprints_in_range_split_at_the_antimeridian(origin, crosses):
+    """One EPSG:4326 scene, written in its own CRS: its tiles reached 180.1 (or 200-210 for a grid laid out
+    0-360) and were not split, where the mixed-CRS path split them."""
+    from pipelines.geo import ResultGeometry
+
+    header = _scene("EPSG:4326", from_origin(origin, -16.8, 0.0005, 0.0005), 400, 400)
+    geometry = ResultGeometry({"s.tif": header})
+    assert geometry.crs == "EPSG:4326"
+    tiles = [(0, 0, 400, 400), (144, 0, 256, 256), (0, 0, 400, 400)]
+    cols = geometry.columns(_tile_rows("s.tif", tiles, [None, [0, 0, 256, 10], [0, 5, 400, 5]]))
+    for tile in cols["geometry"] + [cols["evidence_geometry"][1]]:
+        assert tile.is_valid and (np.abs(_longitudes(tile)) <= 180).all()
+        assert tile.geom_type == ("MultiPolygon" if crosses else "Polygon")
+    line = cols["evidence_geometry"][2]                              # an evidence box of zero height: a line
+    assert (np.abs(_longitudes(line)) <= 180).all() and line.geom_type == ("MultiLineString" if crosses else "Polygon")
+    assert -180 <= cols["evidence_lon"][2] <= 180
+    whole = cols["geometry"][0]
+    assert whole.area == pytest.approx(0.2 * 0.2)                                 # as large as on the ground
+    assert whole.covers(shapely.Point(origin + 0.1 - 360 * (origin + 0.1 > 180), -16.9))
+
+
+def test_a_global_lon_lat_tile_is_one_valid_shape():
+    """A tile of a global 0-360 grid, all its longitudes at once: two halves of the globe touching at 0
+    (an invalid MultiPolygon) were one shape."""
+    from pipelines.geo import ResultGeometry
+
+    headers = {"gfs.tif": _scene("EPSG:4326", from_origin(0, 90, 0.25, 0.25), 1440, 720)}
+    tile = ResultGeometry(headers).columns(_tile_rows("gfs.tif", [(0, 0, 1440, 720)], [None]))["geometry"][0]
+    assert tile.is_valid and tile.bounds == (-180, -90, 180, 90) and tile.area == pytest.approx(360 * 180)
+
+
+def test_geoparquet_bbox_over_the_antimeridian_runs_west_to_east(tmp_path):
+    """GeoParquet 1.1 (bbox after RFC 7946 section 5.2): over the antimeridian west > east. The split
+    footprints' plain bounds, [-180, -17, 180, -16.8], claimed the whole globe for a 0.2 degree area."""
+    table = pa.table(_rows("fiji.tif", [(0, 0, 400, 400), (144, 0, 256, 256)], [None, [30, 90, 256, 256]]))
+    for name, headers in (("one", {"fiji.tif": FIJI_4326}), ("mixed", {"fiji.tif": FIJI_4326, "u.tif": FIJI_UTM})):
+        staging = tmp_path / name
+        staging.mkdir()
+        rewrite_staged_as_geoparquet(table, str(staging), headers)
+        geo = json.loads(pq.read_schema(staging / "part-00000.parquet").metadata[b"geo"])
+        assert geo["columns"]["geometry"]["bbox"] == pytest.approx([179.9, -17.0, -179.9, -16.8])
+        west, south, east, north = geo["columns"]["evidence_geometry"]["bbox"]
+        assert (west, east) == pytest.approx((179.9 + 174 * 0.0005, 179.9 + 400 * 0.0005 - 360))
+
+
+def test_a_lon_lat_bbox_is_the_shortest_span_of_longitudes():
+    from pipelines.geo import lonlat_bbox
+
+    # RFC 7946's own example: points in Fiji either side of 180; data apart keeps an ordinary box
+    assert lonlat_bbox([shapely.Point(177, -20), shapely.Point(-178, -16)]) == [177, -20, -178, -16]
+    assert lonlat_bbox([shapely.box(-100, 0, -90, 1), shapely.box(10, 0, 20, 1)]) == [-100, 0, 20, 1]
+    assert lonlat_bbox([shapely.box(-180, 0, 180, 1)]) == [-180, 0, 180, 1]
+
+
+def test_the_roll_up_of_a_lon_lat_scene_over_the_antimeridian_is_merged_then_split(tmp_path):
+    """One boat seen from two tiles either side of 180 is one detection (merged where the coordinates run
+    on), written with its longitudes in range and split at 180, in the GeoJSON and the GeoParquet."""
+    from pipelines.geo import scene_detections
+    from pipelines.satellite import write_scene_detections
+
+    tiles = [(0, 0, 256, 256), (144, 0, 256, 256)]
+    table = pa.table(_rows("fiji.tif", tiles, [[180, 100, 256, 140], [36, 100, 112, 140]], scene="fiji.tif"))
+    write_rollup(table, str(tmp_path / "mem"), {"fiji.tif": FIJI_4326})
+    write_scene_detections("fiji.tif", FIJI_4326, {0: ("q ?", scene_detections(table.to_pandas(), FIJI_4326))},
+                           str(tmp_path / "job"))
+    for out in ("mem", "job"):
+        fc = json.loads((tmp_path / out / "scenes" / "fiji.tif.q0.geojson").read_text())
+        assert len(fc["features"]) == 1 and fc["features"][0]["properties"]["n_tiles"] == 2
+        geom = shapely.geometry.shape(fc["features"][0]["geometry"])
+        assert geom.geom_type == "MultiPolygon" and geom.is_valid and (np.abs(_longitudes(geom)) <= 180).all()
+        assert geom.area == pytest.approx(0.038 * 0.02)
+        parquet = tmp_path / out / "scenes" / "fiji.tif.detections.parquet"
+        bbox = json.loads(pq.read_schema(parquet).metadata[b"geo"])["columns"]["geometry"]["bbox"]
+        assert bbox == pytest.approx([179.99, -16.87, -179.972, -16.85])

@@ -40,6 +40,45 @@ def test_window_bounds_follow_the_geotransform():
     assert window_bounds(dataclasses.replace(header, crs="", transform=()), 100, 200, 50, 40) == []
 
 
+def test_a_lon_lat_geotiff_past_180_is_planned_and_placed_within_180(tmp_path):
+    """An EPSG:4326 GeoTIFF at Fiji whose pixel grid runs to 180.1: its planned bounds, footprints and
+    evidence lon/lat were written past 180 (evidence_lon 180.0585), its footprints unsplit."""
+    import geopandas
+    import shapely
+
+    from pipelines.geo import rewrite_staged_as_geoparquet
+    from pipelines.satellite import _header_json
+
+    path = tmp_path / "fiji.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=400, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=from_origin(179.9, -16.8, 0.0005, 0.0005)) as ds:
+        ds.write(np.full((3, 400, 400), 90, np.uint8))
+    hdr = scene_header(str(path))
+    rows = {r["id"]: r for r in plan_tiles({"uri": str(path), "rel": "fiji.tif", "header": _header_json(hdr)},
+                                           QUESTIONS, 256, 112)}
+    assert set(rows) == {f"fiji.tif/r{r}_c{c}/q0" for r in (0, 144) for c in (0, 144)}
+    for row in rows.values():
+        assert all(-180 <= x <= 180 for x in row["bounds"][::2])
+    assert rows["fiji.tif/r0_c144/q0"]["bounds"] == pytest.approx([179.972, -16.928, -179.9, -16.8])  # west > east
+    assert rows["fiji.tif/r0_c0/q0"]["bounds"] == pytest.approx([179.9, -16.928, -179.972, -16.8])
+
+    ids = sorted(rows)
+    table = pa.table({"id": ids, "source": [str(path)] * 4, "scene": ["fiji.tif"] * 4,
+                      "tile_col_off": [rows[i]["tile_col_off"] for i in ids],
+                      "tile_row_off": [rows[i]["tile_row_off"] for i in ids],
+                      "tile_width": [256] * 4, "tile_height": [256] * 4,
+                      "evidence_box": pa.array([None, [90, 90, 256, 256], None, None], pa.list_(pa.int64()))})
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert rewrite_staged_as_geoparquet(table, str(staging), {str(path): hdr}) == "EPSG:4326"
+    gdf = geopandas.read_parquet(staging)
+    assert gdf.geometry.is_valid.all() and (gdf.geometry.geom_type == "MultiPolygon").all()
+    assert gdf.geometry.bounds[["minx", "maxx"]].abs().le(180).all().all()
+    lon, lat = gdf["evidence_lon"].iloc[1], gdf["evidence_lat"].iloc[1]
+    assert lon == pytest.approx(180.0585 - 360) and lat == pytest.approx(-16.8865)
+    assert gdf["evidence_geometry"].iloc[1].covers(shapely.Point(lon, lat))
+
+
 def test_to_rgb_stretches_16_bit_multiband():
     bands = np.stack([np.full((4, 4), v, np.uint16) for v in (100, 2000, 40000, 7)])
     bands[:, 0, 0] = 0

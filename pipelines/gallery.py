@@ -9,7 +9,6 @@ import base64
 import io
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 THUMB_SIDE = 320      # pixels, the longer side of a gallery thumbnail
@@ -42,7 +41,7 @@ def png_uri(data: bytes) -> str:
 
 def thumbnail(image: Image.Image, evidence_box=None, side: int = THUMB_SIDE) -> Picture:
     """``image`` shrunk to ``side`` pixels on its longer side, the evidence box ([x0, y0, x1, y1] in
-    ``image`` pixels, or None: the whole image answered) drawn in red."""
+    ``image`` pixels, or None: the whole image answered) drawn in cyan."""
     w, h = image.size
     s = min(1.0, side / max(w, h))
     small = image.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
@@ -84,56 +83,36 @@ def row_thumbnails(rows: list[dict], loader_spec, timeout_s: float | None) -> di
     return pictures
 
 
-def scene_overview(uri: str, storage_options=None, bands: list[int] | None = None,
-                   side: int = OVERVIEW_SIDE) -> tuple[Image.Image, float]:
+def scene_overview(uri: str, storage_options=None, bands: tuple[int, ...] | list[int] | None = None,
+                   stretch: str = "scene", side: int = OVERVIEW_SIDE) -> tuple[Image.Image, float]:
     """(RGB overview of a whole scene at most ``side`` pixels on its longer side, scale = overview / scene
-    pixels). GeoTIFF/JPEG 2000 through rasterio's decimated (overview-aware) read of ``bands`` (0-based,
-    as the job maps them to R, G, B), stretched over the 2-98 percentiles of valid pixels; PNG/JPEG
-    through PIL, upright by EXIF orientation, as the tiles are cut."""
-    from .storage import filesystem
+    pixels), drawn by the rule the job's tiles are drawn by (``satellite.SceneTileLoader``), so the overview
+    and the tiles of a scene look alike: read through rasterio as the tiles are (a decimated,
+    overview-aware read), ``bands`` 1-based as ``--bands`` gives them (None: the scene's own colour bands,
+    else band 1 as grey: ``rasters.check_bands``), upright, 8-bit data as stored, other data over the
+    scene's stretch range (``stretch`` "scene", ``rasters.scene_ranges``) or, under ``--stretch tile``
+    where every tile has its own range, over the overview's own; invalid pixels grey (``rasters.to_rgb8``).
 
-    if uri.lower().endswith((".tif", ".tiff", ".jp2", ".vrt", ".img")):
-        import rasterio
-        from rasterio.enums import Resampling
+    Raises:
+        SceneError: a band the scene does not have, or complex-valued bands.
+    """
+    from pathlib import PurePosixPath
 
-        fs, path = filesystem(uri, storage_options)
-        src = path if "://" not in uri or uri.startswith("file:") else fs.open(path, "rb")
-        with rasterio.open(src) as ds:
-            s = min(1.0, side / max(ds.width, ds.height))
-            shape = (max(1, round(ds.height * s)), max(1, round(ds.width * s)))
-            idx = [b + 1 for b in (bands or [0, 1, 2]) if 0 <= b < ds.count] if ds.count >= 3 else [1, 1, 1]
-            if len(idx) != 3:
-                idx = [1, 2, 3]
-            data = ds.read(indexes=idx, out_shape=(3, *shape), resampling=Resampling.average, masked=True)
-        return Image.fromarray(_stretch(data)), shape[1] / ds.width
-    from PIL import ImageOps
+    from spote.images import upright_array
 
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f, Image.open(f) as im:
-        full_w, full_h = im.size  # stored size, from the header
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that turn the image a quarter
-            full_w, full_h = full_h, full_w
-        im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
-        upright = ImageOps.exif_transpose(im).convert("RGB")
-    upright.thumbnail((side, side))
-    return upright, upright.width / full_w
+    from .rasters import Pixels, _read, check_bands, open_scene, read_header, scene_ranges, tile_ranges, tile_stretch, to_rgb8
 
-
-def _stretch(data: np.ma.MaskedArray) -> np.ndarray:
-    """(3, h, w) masked array -> (h, w, 3) uint8 over each band's 2-98 percentiles of valid, finite pixels;
-    invalid pixels grey."""
-    out = np.zeros((*data.shape[1:], 3), np.uint8)
-    for i in range(3):
-        band = np.ma.masked_invalid(data[i].astype(np.float64))
-        valid = band.compressed()
-        if valid.size == 0:
-            out[..., i] = 128
-            continue
-        lo, hi = np.percentile(valid, [2, 98])
-        scaled = np.zeros(band.shape) if hi <= lo else (band.filled(lo) - lo) / (hi - lo)
-        out[..., i] = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
-        out[..., i][np.ma.getmaskarray(band)] = 128
-    return out
+    with open_scene(uri, storage_options) as ds:
+        header = read_header(ds, uri, storage_options)
+        selected = check_bands(tuple(bands) if bands else None, header, PurePosixPath(uri).name)
+        s = min(1.0, side / max(header.stored_width, header.stored_height))
+        stored = _read(ds, header, selected, out_shape=(max(1, round(header.stored_height * s)),
+                                                        max(1, round(header.stored_width * s))))
+        px = Pixels(upright_array(stored.values, header.orientation), upright_array(stored.valid, header.orientation))
+        # the tiles' own choice of range (tile_stretch: the scene's, unless it misses the data shown)
+        ranges = tile_stretch(px, scene_ranges(ds, header, selected)) if stretch == "scene" else tile_ranges(px)
+    rgb = to_rgb8(px, ranges)
+    return Image.fromarray(rgb), rgb.shape[1] / header.width
 
 
 def draw_scene(overview: Image.Image, scale: float, tiles: list[tuple[list[int], list[int] | None]]) -> Picture:

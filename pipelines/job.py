@@ -808,9 +808,8 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
                    skipped_sources=summarise_skipped(plan.skipped))
     if summary["seconds"] > 0:  # this driver's rate: rows a killed driver staged before it are not its work
         summary["items_per_second"] = round((stats.items - items_resumed) / summary["seconds"], 3)
-    if stats.items:
-        write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
-                     timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
+    write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
+                 timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
     if post_commit is not None:
         post_commit(RunResults(paths.staged, so, stats), paths, so)
     lease.check(f"run {run_id}")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import html
+import pickle
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .storage import join, write_bytes, write_text
 
@@ -47,13 +52,112 @@ def summarise(stats, run_id: str, items_in: int, seconds: float, model: str, pol
 GALLERY_UNSURE = 12
 GALLERY_SURE = 6
 SURE_CONFIDENCE = 0.9
+# confident rows kept per block and run: after the GALLERY_UNSURE least confident rows are left out, at
+# least GALLERY_SURE of them remain (where the run has that many)
+CONFIDENT_KEPT = GALLERY_SURE + GALLERY_UNSURE
 MAX_SCENES = 12
 PROBLEM_ROWS_SHOWN = 25  # rows listed per reason
+QUESTIONS_SHOWN = 100    # questions with answer counts (those with the most answered rows) ...
+ANSWERS_SHOWN = 20       # ... and answers listed per question (the most frequent)
+# characters of a user's or a file's text shown in a card, table cell or heading; past them an ellipsis,
+# the text (up to TITLE_SHOWN characters) in the tooltip. Unbroken long texts wrap (STYLE: overflow-wrap).
+TEXT_SHOWN = 200
+VALUE_SHOWN = 1000       # ... of a value in the run's settings table
+TITLE_SHOWN = 5000
+TOKENS_SHOWN = 40        # per-token confidences listed in a card
+
+
+@dataclass
+class Tally:
+    """What the report needs from every row of a run that ``RunStats`` does not keep (its answer counts and
+    samples are capped): exact answer counts per question, and the confident rows the gallery chooses from.
+    Built per block of rows (``of_table``) and merged (``merge``), as ``RunStats`` is, so the driver holds
+    one count per distinct (field, question, answer) and ``CONFIDENT_KEPT`` rows, never the rows.
+
+    ``answers``: {(field or "", question): {answer: ok rows}}. ``confident``: (id hash, row) of the
+    ``CONFIDENT_KEPT`` ok rows of confidence >= ``SURE_CONFIDENCE`` with the smallest id hashes
+    (``planning.id_hashes``, as ``RunStats.random_sample``): the same run always offers the same ones."""
+
+    answers: dict = field(default_factory=dict)
+    confident: list = field(default_factory=list)
+    caveat: str = ""  # why the counts may not be exact (``of_stats``), said on the page
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> "Tally":
+        from collections import Counter
+
+        from .planning import id_hashes
+
+        t = cls()
+        if not table.num_rows or "status" not in table.column_names:
+            return t
+        ok = table.filter(pc.equal(table.column("status"), "ok"))
+        if not ok.num_rows:
+            return t
+        if {"question", "answer"} <= set(ok.column_names):
+            fields = ok.column("field").to_pylist() if "field" in ok.column_names else [None] * ok.num_rows
+            pairs = Counter(((f or "", "" if q is None else str(q)), "" if a is None else str(a))
+                            for f, q, a in zip(fields, ok.column("question").to_pylist(), ok.column("answer").to_pylist()))
+            for (question, answer), n in pairs.items():
+                t.answers.setdefault(question, {})[answer] = n
+        if "confidence" in ok.column_names and "id" in ok.column_names:
+            conf = np.asarray(pc.cast(ok.column("confidence"), pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+            sure = np.flatnonzero(conf >= SURE_CONFIDENCE)  # NaN (no confidence) is not sure
+            if len(sure):
+                hashes = id_hashes(ok.column("id").take(pa.array(sure)))
+                pick = np.argsort(hashes, kind="stable")[:CONFIDENT_KEPT]
+                rows = ok.take(pa.array(sure[pick])).to_pylist()
+                t.confident = [(int(hashes[i]), row) for i, row in zip(pick, rows)]
+        return t
+
+    @classmethod
+    def of_stats(cls, stats) -> "Tally":
+        """From ``RunStats`` alone, for a caller without the rows: exact only while its caps are not reached
+        (answer counts under ``stats.MAX_QUESTIONS``/``MAX_ANSWERS``, confident rows of its random sample)."""
+        from .stats import MAX_ANSWERS, MAX_QUESTIONS, OTHER_ANSWERS
+
+        sure = [(h, r) for h, r in stats.random_sample
+                if r.get("status") == "ok" and _finite_or_nan(r.get("confidence")) >= SURE_CONFIDENCE]
+        capped = len(stats.answers) >= MAX_QUESTIONS or any(OTHER_ANSWERS in c for c in stats.answers.values())
+        caveat = (f"from the run statistics alone, which keep {MAX_QUESTIONS} questions and {MAX_ANSWERS} "
+                  f"answers each (the rest as {OTHER_ANSWERS!r}): not exact" if capped else "")
+        return cls({("", q): dict(c) for q, c in stats.answers.items()}, sure[:CONFIDENT_KEPT], caveat)
+
+    def merge(self, other: "Tally") -> "Tally":
+        for question, counts in other.answers.items():
+            mine = self.answers.setdefault(question, {})
+            for answer, n in counts.items():
+                mine[answer] = mine.get(answer, 0) + n
+        self.confident = sorted(self.confident + other.confident, key=lambda hr: hr[0])[:CONFIDENT_KEPT]
+        return self
+
+
+def _finite_or_nan(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def partial_tally(table: pa.Table) -> pa.Table:
+    """Ray Data UDF: one block of result rows -> one row holding its pickled ``Tally``."""
+    return pa.table({"tally": pa.array([pickle.dumps(Tally.of_table(table))], pa.binary())})
+
+
+def tally_run(results) -> Tally:
+    """The ``Tally`` of every row of ``results`` (a ``RunResults``), merged one block at a time."""
+    total = Tally()
+    parts = results.dataset().map_batches(partial_tally, batch_format="pyarrow", batch_size=None)
+    for batch in parts.iter_batches(batch_format="pyarrow", batch_size=None):
+        for blob in batch.column("tally").to_pylist():
+            total.merge(pickle.loads(blob))
+    return total
 
 
 def write_report(stats, summary: dict, meta_uri: str, storage_options=None, loader=None,
                  timeout_s: float | None = 600.0, results=None) -> None:
-    """``entropy.png`` (histograms) and ``report.html``, a self-contained page a reviewer works from.
+    """``report.html``, a self-contained page a reviewer works from, and ``entropy.png`` (its histograms,
+    written where any row was answered).
 
     The page (no network fetches: pictures are ``data:`` URIs, the style is inline): the run's figures
     for people; entropy before/after and forward-pass histograms; answer counts per question; a gallery
@@ -61,56 +165,97 @@ def write_report(stats, summary: dict, meta_uri: str, storage_options=None, load
     question, field name and answer, confidence, an open answer's per-token confidences, link to the
     source), re-read with ``loader`` ((class, kwargs), the job's loader) for those rows only; error and
     skipped rows grouped by reason; for tiled scenes an overview per scene and question with the "yes"
-    tiles and their evidence. Every value that comes from a user or a file is escaped.
+    tiles and their evidence, drawn with the loader's ``bands`` and ``stretch``. A run of no items gets a
+    short page saying so. Every value that comes from a user or a file is escaped, isolated and
+    neutralised (``show``).
 
     ``stats`` is the run's ``RunStats`` (counts, histograms and capped samples, never the whole table);
-    ``results`` (a ``RunResults``), where given, is queried for the "yes" tiles of at most ``MAX_SCENES``
-    scenes.
+    ``results`` (a ``RunResults``), where given, is read once more for exact answer counts and the
+    confident rows (``tally_run``), and queried for the "yes" tiles of at most ``MAX_SCENES`` scenes;
+    without it the page is built from ``stats`` alone (``Tally.of_stats``).
     """
-    from .gallery import png_uri
-
-    import pandas as pd
-
-    sample = stats.sample_rows()
-    df = pd.DataFrame(sample)
-    plots = _histograms(stats, summary)
-    write_bytes(join(meta_uri, "entropy.png"), plots, storage_options)
-    sections = [_figures_section(df, summary), f"<section><h2>Entropy and passes</h2><img class='plot' src='{png_uri(plots)}' "
-                f"alt='histograms of answer entropy before and after SPOT-E, and of forward passes per item'></section>",
-                _answers_section(stats), _gallery_section(sample, df, loader, timeout_s, summary),
+    if not stats.items:  # nothing to plot, count or show: the run's figures and why it had no items
+        write_text(join(meta_uri, "report.html"), _page(summary, [_figures_section(summary), _empty_section(summary)]),
+                   storage_options)
+        return
+    columns = {name for row in stats.sample_rows() for name in row}
+    tally = tally_run(results) if results is not None else Tally.of_stats(stats)
+    sections = [_figures_section(summary), _plots_section(stats, summary, meta_uri, storage_options),
+                _answers_section(tally.answers, tally.caveat),
+                _gallery_section(stats.least_confident, [r for _, r in tally.confident], loader, timeout_s),
                 _problems_section(stats)]
-    if results is not None and {"scene", "tile_col_off", "tile_row_off", "tile_width", "tile_height"} <= set(df.columns):
-        sections.append(_scenes_section(_scene_rows(results), storage_options, (loader or (None, {}))[1].get("bands")))
-    run_id = esc(summary.get("run_id"))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>SPOT-E run {run_id}</title>"
+    if results is not None and {"scene", "tile_col_off", "tile_row_off", "tile_width", "tile_height"} <= columns:
+        kwargs = (loader or (None, {}))[1]
+        sections.append(_scenes_section(_scene_rows(results), storage_options, kwargs.get("bands"),
+                                        kwargs.get("stretch", "scene")))
+    write_text(join(meta_uri, "report.html"), _page(summary, sections), storage_options)
+
+
+def _page(summary: dict, sections: list[str]) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>SPOT-E run "
+            f"{esc(_cut(clean(summary.get('run_id')), TEXT_SHOWN))}</title>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head><body>"
-            f"<header><h1>SPOT-E run <span class='runid'>{run_id}</span></h1>"
+            f"<header><h1>SPOT-E run <span class='runid'>{show(summary.get('run_id'))}</span></h1>"
             f"<p class='lede'>{_lede(summary)}</p></header>{''.join(sections)}</body></html>")
-    write_text(join(meta_uri, "report.html"), page, storage_options)
+
+
+# A user's or a file's text must not change how the page reads: a right-to-left override in a file name
+# ("invoice-\u202efdp.exe" shows as "invoice-exe.pdf") or in an id would reorder what follows it.
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+# control characters (but tab and newline), and lone surrogates (which UTF-8 cannot hold)
+_CONTROL = "\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff"
+BIDI_CONTROLS = re.compile(f"[{_BIDI}]")
+CONTROLS = re.compile(f"[{_CONTROL}]")
+UNSHOWABLE = re.compile(f"[{_CONTROL}{_BIDI}]")
+
+
+def clean(value) -> str:
+    """A user's or a file's text as the page may hold it: bidi controls as visible marks (``[U+202E]``),
+    control characters but tab and newline (a NUL from a question) and lone surrogates as U+FFFD."""
+    text = CONTROLS.sub("\ufffd", "" if value is None else str(value))
+    return BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
 
 
 def esc(value) -> str:
-    """Text from a user or a file (names, ids, questions, answers, error texts) as HTML text or attribute value."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text from a user or a file (names, ids, questions, answers, error texts) as HTML text or attribute
+    value: ``clean``, then escaped."""
+    return html.escape(clean(value), quote=True)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "\u2026"
+
+
+def show(value, limit: int = TEXT_SHOWN, css_class: str = "") -> str:
+    """Text from a user or a file as page text: ``esc``, isolated (right-to-left text stays within itself,
+    the page's own words around it keep their order: a ``<bdi>``, or a span of ``css_class``, whose style
+    isolates it) and at most ``limit`` characters, then an ellipsis; a shortened text carries the whole
+    (up to ``TITLE_SHOWN``) in its tooltip."""
+    text = clean(value)
+    title = f" title='{html.escape(_cut(text, TITLE_SHOWN), quote=True)}'" if len(text) > limit else ""
+    shown = html.escape(_cut(text, limit), quote=True)
+    return f"<span class='{css_class}'{title}>{shown}</span>" if css_class else f"<bdi{title}>{shown}</bdi>"
 
 
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1240px;padding:16px 24px;
-color:#1d2228;background:#fafbfc}
+color:#1d2228;background:#fafbfc;overflow-wrap:anywhere;word-break:break-word}
 h1{font-size:24px;margin:8px 0 2px}h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid #d8dde3;padding-bottom:4px}
 h3{font-size:16px;margin:16px 0 6px}.lede{color:#4a5560;margin:0 0 8px}.runid{font-family:ui-monospace,monospace}
-table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;border-bottom:1px solid #e6e9ed;text-align:left;
-vertical-align:top}th{font-weight:600;color:#3a444e}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;margin:6px 0;max-width:100%}td,th{padding:3px 10px;border-bottom:1px solid #e6e9ed;text-align:left;
+vertical-align:top}th{font-weight:600;color:#3a444e;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal;word-break:normal;white-space:nowrap}
 .figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:10px}
 .figure{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:8px 12px}
 .figure .v{font-size:20px;font-weight:600}.figure .k{color:#5b6670;font-size:13px}
 img.plot{max-width:100%;background:#fff;border:1px solid #e1e5ea}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px}
-.card{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:8px;overflow-wrap:anywhere}
+.card{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:8px;min-width:0;overflow:hidden}
 .card img{width:100%;height:auto;display:block;border-radius:3px;background:#eee}
-.card .q{margin:6px 0 2px;color:#333}.card .a{font-weight:600}.card .field{font-family:ui-monospace,monospace;color:#3a444e}.card .meta{color:#5b6670;font-size:13px}
+.card .q{margin:6px 0 2px;color:#333}.card .a{font-weight:600}
+.field{font-family:ui-monospace,monospace;color:#3a444e;unicode-bidi:isolate}.card .meta{color:#5b6670;font-size:13px}
 .noimg{height:120px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#6b7680;
-font-size:13px;text-align:center;padding:6px}
+font-size:13px;text-align:center;padding:6px;overflow:hidden}
 .bar{display:inline-block;height:10px;background:#4c8bd6;border-radius:2px;vertical-align:middle}
 .scene img{max-width:100%;border:1px solid #e1e5ea}.muted{color:#6b7680}code{font-family:ui-monospace,monospace}
 """
@@ -152,10 +297,11 @@ def _lede(summary: dict) -> str:
              f"{fmt_count(summary.get('items_error'))} errors"]
     if summary.get("items_skipped"):
         parts.append(f"{fmt_count(summary['items_skipped'])} skipped")
-    return esc(", ".join(parts) + f"; model {summary.get('model')}; {fmt_seconds(summary.get('seconds'))}")
+    return (f"{esc(', '.join(parts))}; model {show(summary.get('model'))}; "
+            f"{esc(fmt_seconds(summary.get('seconds')))}")
 
 
-def _figures_section(df, summary: dict) -> str:
+def _figures_section(summary: dict) -> str:
     skipped = int(summary.get("items_skipped") or 0)
     figures = [
         ("items in", fmt_count(summary.get("items_in"))), ("answered", fmt_count(summary.get("items_ok"))),
@@ -163,7 +309,7 @@ def _figures_section(df, summary: dict) -> str:
         ("answer entropy, whole image (mean)", _nats(summary.get("entropy_initial_mean"))),
         ("answer entropy, after SPOT-E (mean)", _nats(summary.get("entropy_final_mean"))),
         ("forward passes per item (mean)", fmt_number(summary.get("forward_passes_mean"), 2)),
-        ("answered in one pass", fmt_percent(summary.get("early_exit_rate"))),
+        ("answered by the whole image", fmt_percent(summary.get("early_exit_rate"))),
         ("latency per item (mean)", _ms(summary.get("latency_ms_mean"))),
         ("latency per item (95th percentile)", _ms(summary.get("latency_ms_p95"))),
         ("wall time", fmt_seconds(summary.get("seconds"))),
@@ -174,12 +320,23 @@ def _figures_section(df, summary: dict) -> str:
     shown = {"run_id", "items_in", "items_out", "items_ok", "items_error", "items_skipped", "entropy_initial_mean",
              "entropy_final_mean", "forward_passes_mean", "early_exit_rate", "latency_ms_mean", "latency_ms_p95",
              "seconds", "items_per_second", "policy", "errors_by_reason", "skipped_by_reason"}
-    rest = "".join(f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{esc(_fmt_any(v))}</td></tr>"
+    rest = "".join(f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{show(_fmt_any(v), VALUE_SHOWN)}</td></tr>"
                    for k, v in summary.items() if k not in shown)
     policy = summary.get("policy") or {}
     pol = ", ".join(f"{k}={_fmt_any(v)}" for k, v in policy.items())
     return (f"<section><h2>Figures</h2><div class='figures'>{cards}</div>"
-            f"<h3>Run</h3><table>{rest}</table><p class='muted'>policy: <code>{esc(pol)}</code></p></section>")
+            f"<h3>Run</h3><table>{rest}</table><p class='muted'>policy: <code>{show(pol, VALUE_SHOWN)}</code></p>"
+            f"</section>")
+
+
+def _empty_section(summary: dict) -> str:
+    """A run of no items: that, and what the listing skipped (``summary['skipped_sources']``), if anything."""
+    skipped = summary.get("skipped_sources") or {}
+    reasons = "".join(f"<tr><td>{show(reason)}</td><td class='num'>{fmt_count(n)}</td></tr>"
+                      for reason, n in (skipped.get("by_reason") or {}).items())
+    why = (f"<p>The input held {fmt_count(skipped.get('count'))} files the job does not process:</p>"
+           f"<table><tr><th>reason</th><th>files</th></tr>{reasons}</table>") if skipped.get("count") else ""
+    return f"<section><h2>No items</h2><p>This run had no items: nothing was asked or answered.</p>{why}</section>"
 
 
 def _nats(x) -> str:
@@ -202,6 +359,19 @@ def _fmt_any(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt_any(x) for x in v)
     return str(v)
+
+
+def _plots_section(stats, summary: dict, meta_uri: str, storage_options) -> str:
+    """The histograms (also written as ``entropy.png``); with no answered row there is nothing to plot (an
+    empty histogram's axis would run from -0.04 to 0.04), so a line says so and no file is written."""
+    from .gallery import png_uri
+
+    if not stats.ok:
+        return "<section><h2>Entropy and passes</h2><p class='muted'>no answered rows: nothing to plot</p></section>"
+    plots = _histograms(stats, summary)
+    write_bytes(join(meta_uri, "entropy.png"), plots, storage_options)
+    return (f"<section><h2>Entropy and passes</h2><img class='plot' src='{png_uri(plots)}' "
+            f"alt='histograms of answer entropy before and after SPOT-E, and of forward passes per item'></section>")
 
 
 def _histograms(stats, summary: dict) -> bytes:
@@ -240,96 +410,142 @@ def _histograms(stats, summary: dict) -> bytes:
     return buf.getvalue()
 
 
-def _answers_section(stats) -> str:
-    answers = stats.answers
+def _answers_section(answers: dict, caveat: str = "") -> str:
+    """Exact answer counts (``Tally.answers``): for the ``QUESTIONS_SHOWN`` questions with the most answered
+    rows, each one's ``ANSWERS_SHOWN`` most frequent answers and how many more answers and rows are not
+    listed (a line under the table, so it cannot be taken for an answer); then how many questions are
+    not shown."""
     if not answers:
         return "<section><h2>Answers per question</h2><p class='muted'>no answered items</p></section>"
+    totals = {q: sum(counts.values()) for q, counts in answers.items()}
+    shown = sorted(sorted(totals, key=lambda q: (-totals[q], q))[:QUESTIONS_SHOWN])
     blocks = []
-    for question in sorted(answers):
-        counts = sorted(answers[question].items(), key=lambda kv: -kv[1])
-        total, top = sum(n for _, n in counts), counts[0][1]
+    for question in shown:
+        field_name, text = question
+        counts = sorted(answers[question].items(), key=lambda kv: (-kv[1], kv[0]))
+        total, top = totals[question], counts[0][1]
         rows = "".join(
-            f"<tr><td>{esc(ans)}</td><td class='num'>{fmt_count(n)}</td><td class='num'>{fmt_percent(n / total)}</td>"
+            f"<tr><td>{show(ans) if ans else _muted('(empty)')}</td><td class='num'>{fmt_count(n)}</td>"
+            f"<td class='num'>{fmt_percent(n / total)}</td>"
             f"<td><span class='bar' style='width:{max(2, round(160 * n / top))}px'></span></td></tr>"
-            for ans, n in counts[:20])
-        more = f"<p class='muted'>{len(counts) - 20} more answers</p>" if len(counts) > 20 else ""
-        blocks.append(f"<h3>{esc(question)}</h3><table><tr><th>answer</th><th>items</th><th>share</th><th></th></tr>"
-                      f"{rows}</table>{more}")
-    return f"<section><h2>Answers per question</h2>{''.join(blocks)}</section>"
+            for ans, n in counts[:ANSWERS_SHOWN])
+        rest = counts[ANSWERS_SHOWN:]
+        folded = sum(n for _, n in rest)
+        more = (f"<p class='muted'>not listed: {_n(len(rest), 'more distinct answer')}, {_n(folded, 'item')} "
+                f"({fmt_percent(folded / total)})</p>") if rest else ""
+        heading = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(text)
+        blocks.append(f"<h3>{heading}</h3><table><tr><th>answer</th><th>items</th><th>share</th><th></th></tr>"
+                      f"{rows}</table><p class='muted'>{_n(total, 'answered item')}, "
+                      f"{_n(len(counts), 'distinct answer')}</p>{more}")
+    hidden = len(totals) - len(shown)
+    if hidden:
+        rows_hidden = sum(totals.values()) - sum(totals[q] for q in shown)
+        blocks.append(f"<p class='muted'>{_n(hidden, 'more question')} ({_n(rows_hidden, 'answered item')}) not "
+                      f"shown: the {fmt_count(len(shown))} with the most answered items are; the results table has "
+                      f"every row.</p>")
+    warning = f"<p><strong>Answer counts {esc(caveat)}.</strong></p>" if caveat else ""
+    return f"<section><h2>Answers per question</h2>{warning}{''.join(blocks)}</section>"
 
 
-def pick_gallery(df, run_id: str, unsure: int = GALLERY_UNSURE, sure: int = GALLERY_SURE):
-    """(row positions of the least confident answered rows, a sample of the confident ones): a top-k and a
-    seeded sample over the confidence column, so only these rows' sources are read again."""
+def _n(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless one ("1 item", "2 items")."""
+    return f"{fmt_count(n)} {noun}{'' if n == 1 else 's'}"
+
+
+def _muted(text: str) -> str:
+    return f"<span class='muted'>{esc(text)}</span>"
+
+
+def pick_gallery(df, unsure: int = GALLERY_UNSURE, sure: int = GALLERY_SURE) -> tuple[list, list]:
+    """(index labels of the ``unsure`` least confident answered rows, lowest first; of up to ``sure`` rows
+    of confidence >= ``SURE_CONFIDENCE`` not among them, the ones of smallest id hash, most confident
+    first). No row is in both; a run of at most ``unsure`` answered rows shows them all as least
+    confident. Rows with no confidence are in neither.
+
+    ``df`` (columns ``id``, ``status``, ``confidence``) holds the candidates: every row, or the run's
+    ``RunStats.least_confident`` and ``Tally.confident`` rows, which hold every row either list can take.
+    """
     import pandas as pd
+
+    from .planning import id_hashes
 
     # numbers, whatever the rows held: a run with no answered row has only nulls there (an object column)
     conf = pd.to_numeric(df["confidence"], errors="coerce").where(df["status"] == "ok")
     answered = conf.dropna()
-    low = answered.nsmallest(min(unsure, max(1, len(answered) // 2))).index.tolist()  # a small run keeps some sure ones
+    low = answered.sort_values(kind="stable").index[:unsure].tolist()
     pool = answered[(answered >= SURE_CONFIDENCE) & ~answered.index.isin(low)]
-    seed = int.from_bytes(str(run_id).encode()[:8].ljust(8, b"\0"), "little") % (2 ** 32)
-    high = pool.sample(min(sure, len(pool)), random_state=seed).sort_values(ascending=False).index.tolist()
+    hashes = pd.Series(id_hashes(pa.array(df.loc[pool.index, "id"].astype(str).tolist(), pa.string())), pool.index)
+    chosen = hashes.sort_values(kind="stable").index[:sure]
+    high = pool[chosen].sort_values(ascending=False, kind="stable").index.tolist()
     return low, high
 
 
-def _gallery_section(sample: list[dict], df, loader, timeout_s, summary) -> str:
+def _gallery_section(least_confident: list[dict], confident: list[dict], loader, timeout_s) -> str:
+    import pandas as pd
+
     from .gallery import row_thumbnails
 
-    if not len(df) or "confidence" not in df:
+    candidates = list({r.get("id"): r for r in [*least_confident, *confident]}.values())
+    df = pd.DataFrame(candidates)
+    if not len(df) or not {"id", "status", "confidence"} <= set(df.columns):
         return "<section><h2>Gallery</h2><p class='muted'>no answered items</p></section>"
-    low, high = pick_gallery(df, summary.get("run_id", ""))
-    rows = [sample[df.index.get_loc(i)] for i in low + high]
+    low, high = pick_gallery(df)
+    rows = [candidates[i] for i in low + high]
     pictures = {}
     if loader is not None and rows:
         try:
             pictures = row_thumbnails(rows, loader, timeout_s)
         except Exception as err:  # the report never costs the run: cards without pictures, saying why
             print(f"[report] thumbnails skipped: {type(err).__name__}: {err}")
-    by_id = {r["id"]: r for r in rows}
 
-    def cards(index) -> str:
-        return "".join(_card(by_id[df.at[i, "id"]], pictures.get(df.at[i, "id"])) for i in index) or \
-            "<p class='muted'>none</p>"
+    def cards(index, empty: str) -> str:
+        return "".join(_card(candidates[i], pictures.get(candidates[i]["id"])) for i in index) or \
+            f"<p class='muted'>{esc(empty)}</p>"
 
+    shown_above = any(_finite_or_nan(candidates[i].get("confidence")) >= SURE_CONFIDENCE for i in low)
     return (f"<section><h2>Gallery</h2><p class='muted'>Each picture is what the model was given; the cyan box is "
             f"the view the answer came from (no box: the whole image answered).</p>"
             f"<h3>Least confident answers: check these first</h3>"
-            f"<div class='cards'>{cards(low)}</div>"
+            f"<div class='cards'>{cards(low, 'none')}</div>"
             f"<h3>A sample of confident answers (confidence &ge; {fmt_percent(SURE_CONFIDENCE)})</h3>"
-            f"<div class='cards'>{cards(high)}</div></section>")
+            f"<div class='cards'>{cards(high, 'none besides those above' if shown_above else 'none')}</div></section>")
 
 
 def source_href(source: str) -> str:
-    """A link to the source: file:// for local paths; other URIs (s3://, https://) as they are."""
+    """A link to the source: file:// for local paths (percent-encoded); other URIs (s3://, https://) as they
+    are, but for control and bidi characters, percent-encoded (a link is never where a name reorders)."""
     from pathlib import Path
+    from urllib.parse import quote
 
     if "://" in source:
-        return source
+        return UNSHOWABLE.sub(lambda m: quote(m.group(), safe="", errors="replace"), source)
     return Path(source).absolute().as_uri()
 
 
 def _card(row: dict, picture) -> str:
     if picture is not None and picture.uri:
         img = (f"<img src='{picture.uri}' width='{picture.width}' height='{picture.height}' "
-               f"alt='{esc(row['id'])}' title='{esc(picture.note)}'>")
+               f"alt='{esc(_cut(clean(row['id']), TEXT_SHOWN))}' title='{esc(picture.note)}'>")
     else:
-        img = f"<div class='noimg'>{esc(picture.note if picture else 'no preview')}</div>"
+        img = f"<div class='noimg'>{show(picture.note if picture else 'no preview')}</div>"
     where = _where(row)
-    field = f"<span class='field'>{esc(row['field'])}</span>: " if row.get("field") else ""
-    return (f"<div class='card'>{img}<div class='q'>{esc(row.get('question'))}</div>"
-            f"<div>{field}<span class='a'>{esc(row.get('answer'))}</span> &middot; confidence "
+    field_name = f"{show(row['field'], css_class='field')}: " if row.get("field") else ""
+    return (f"<div class='card'>{img}<div class='q'>{show(row.get('question'))}</div>"
+            f"<div>{field_name}<span class='a'>{show(row.get('answer'))}</span> &middot; confidence "
             f"{fmt_percent(row.get('confidence'))} &middot; {_passes(row.get('forward_passes'))}</div>"
             f"{_token_confidences(row.get('token_confidences'))}"
-            f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{esc(row.get('source'))}</a>"
-            f"{esc(where)}<br>id <code>{esc(row.get('id'))}</code></div></div>")
+            f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{show(row.get('source'))}</a>"
+            f"{esc(where)}<br>id <code>{show(row.get('id'))}</code></div></div>")
 
 
 def _token_confidences(values) -> str:
-    """An open answer's per-token confidences, in order, as a line of percentages ('' for closed answers)."""
+    """An open answer's per-token confidences, in order, as a line of percentages ('' for closed answers);
+    past ``TOKENS_SHOWN`` of them, how many there are."""
     if values is None or not len(values):
         return ""
-    return f"<div class='meta'>per token: {esc(', '.join(fmt_percent(v) for v in values))}</div>"
+    listed = ", ".join(fmt_percent(v) for v in list(values)[:TOKENS_SHOWN])
+    more = f", &hellip; ({fmt_count(len(values))} tokens)" if len(values) > TOKENS_SHOWN else ""
+    return f"<div class='meta'>per token: {esc(listed)}{more}</div>"
 
 
 def _passes(n) -> str:
@@ -351,10 +567,10 @@ def _problems_section(stats) -> str:
                                      ("skipped", stats.skipped_by_reason, stats.skipped_examples)):
         for reason, n in counts.items():
             shown = examples.get(reason, [])[:PROBLEM_ROWS_SHOWN]
-            rows = "".join(f"<tr><td><code>{esc(r.get('id'))}</code></td><td>{esc(r.get('source'))}</td>"
-                           f"<td>{esc(r.get('error'))}</td></tr>" for r in shown)
+            rows = "".join(f"<tr><td><code>{show(r.get('id'))}</code></td><td>{show(r.get('source'))}</td>"
+                           f"<td>{show(r.get('error'))}</td></tr>" for r in shown)
             more = f"<p class='muted'>{fmt_count(n - len(shown))} more</p>" if n > len(shown) else ""
-            blocks.append((n, f"<h3>{esc(status)}: {esc(reason)} ({fmt_count(n)})</h3><table><tr><th>id</th>"
+            blocks.append((n, f"<h3>{esc(status)}: {show(reason)} ({fmt_count(n)})</h3><table><tr><th>id</th>"
                               f"<th>source</th><th>reason</th></tr>{rows}</table>{more}"))
     if not blocks:
         return "<section><h2>Errors and skipped items</h2><p class='muted'>none</p></section>"
@@ -383,24 +599,27 @@ def _box_or_none(box):
     return None if box is None or len(box) != 4 else [int(v) for v in box]
 
 
-def _scenes_section(df, storage_options, bands) -> str:
+def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
+    """An overview per scene and question, drawn as the tiles are (the job's 1-based ``bands`` and its
+    ``stretch``: ``gallery.scene_overview``), with the "yes" tiles and their evidence."""
     from .gallery import draw_scene, scene_overview
 
     blocks = []
     scenes = df.groupby("source", sort=True)
     for source, grp in scenes:
         try:
-            overview, scale = scene_overview(str(source), storage_options, bands)
+            overview, scale = scene_overview(str(source), storage_options, bands, stretch)
         except Exception as err:  # an unreadable scene has its error rows; the report goes on
-            blocks.append(f"<h3>{esc(source)}</h3><p class='muted'>no overview: {esc(type(err).__name__)}: {esc(err)}</p>")
+            blocks.append(f"<h3>{show(source)}</h3><p class='muted'>no overview: {esc(type(err).__name__)}: "
+                          f"{show(err)}</p>")
             continue
         for question, q in grp.groupby("question", sort=True):
             yes = q[(q["status"] == "ok") & (q["answer"].astype(str).str.lower() == "yes")]
             tiles = [([int(r.tile_col_off), int(r.tile_row_off), int(r.tile_width), int(r.tile_height)],
                       _box_or_none(getattr(r, "evidence_box", None))) for r in yes.itertuples()]
             pic = draw_scene(overview, scale, tiles)
-            blocks.append(f"<div class='scene'><h3>{esc(source)}: {esc(question)}</h3><img src='{pic.uri}' "
-                          f"width='{pic.width}' height='{pic.height}' alt='{esc(source)}'>"
+            blocks.append(f"<div class='scene'><h3>{show(source)}: {show(question)}</h3><img src='{pic.uri}' "
+                          f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(source), TEXT_SHOWN))}'>"
                           f"<p class='muted'>{fmt_count(len(yes))} of {fmt_count(len(q))} tiles answered yes; "
                           f"{esc(pic.note)}</p></div>")
     hidden = df.attrs.get("scenes_total", scenes.ngroups) - scenes.ngroups

@@ -1,15 +1,19 @@
 """report.html: self-contained, figures for people, a gallery from the sources, everything escaped."""
 
 import base64
+import html as htmlmod
 import io
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
-from pipelines.gallery import draw_scene, thumbnail
-from pipelines.report import fmt_number, fmt_seconds, pick_gallery, source_href, summarise, write_report
+from pipelines.gallery import draw_scene, scene_overview, thumbnail
+from pipelines.planning import id_hashes
+from pipelines.report import TEXT_SHOWN, fmt_number, fmt_seconds, pick_gallery, source_href, summarise, write_report
 from pipelines.stages import ImageLoader, typed_table
 from pipelines.stats import RunStats
 
@@ -133,10 +137,11 @@ def test_gallery_picks_the_least_confident_and_a_sample_of_sure_ones():
     import pandas as pd
 
     conf = [0.2, 0.95, 0.5, 0.99, 0.3, 0.97, float("nan"), 0.92]
-    df = pd.DataFrame({"confidence": conf, "status": ["ok"] * 6 + ["error", "ok"]})
-    low, high = pick_gallery(df, "r", unsure=3, sure=2)
+    df = pd.DataFrame({"id": list("abcdefgh"), "confidence": conf, "status": ["ok"] * 6 + ["error", "ok"]})
+    low, high = pick_gallery(df, unsure=3, sure=2)
     assert low == [0, 4, 2] and len(high) == 2 and set(high) <= {1, 3, 5, 7}
-    assert pick_gallery(df, "r", unsure=3, sure=2) == (low, high)     # the same run shows the same sample
+    assert conf[high[0]] >= conf[high[1]]                              # most confident first
+    assert pick_gallery(df.iloc[::-1], unsure=3, sure=2) == (low, high)  # chosen by id, not by row order
 
 
 def _decode(uri: str) -> np.ndarray:
@@ -174,7 +179,7 @@ def test_hostile_names_through_a_whole_run(ray_local, random_tiny_dir, tmp_path,
     page = parse(Path(RunPaths(opts.output, "hostile").meta) / "report.html")
     assert {t for t, _ in page.elements} <= {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2",
                                             "h3", "p", "span", "section", "div", "img", "table", "tr", "th", "td",
-                                            "a", "code", "br"}
+                                            "a", "code", "br", "bdi"}
     assert not [(t, a) for t, a in page.elements for name in a if name.lower().startswith("on")]
     assert_self_contained(page)
     text = "".join(page.text)
@@ -191,8 +196,244 @@ def test_a_run_with_no_answered_row_gets_its_report(tmp_path):
     rows = [_row(id=f"e{i}", status="error", error="unreadable scene: complex-valued bands", answer="",
                  confidence=None, entropy_initial=None, entropy_final=None, entropy_trace=[], boxes=[],
                  forward_passes=0, evidence_box=None) for i in range(3)]
-    assert pick_gallery(pd.DataFrame(rows), "r") == ([], [])
+    assert pick_gallery(pd.DataFrame(rows)) == ([], [])
     table = RunStats.of_table(typed_table({k: [r[k] for r in rows] for k in rows[0]}))
     summary = summarise(table, "r", 3, 1.0, "m", {})
     write_report(table, summary, str(tmp_path / "meta"), loader=(ImageLoader, {}), timeout_s=120)
-    assert "complex-valued bands" in "".join(parse(tmp_path / "meta" / "report.html").text)
+    page = parse(tmp_path / "meta" / "report.html")
+    assert "complex-valued bands" in "".join(page.text)
+    # no histogram of nothing (its axis ran from -0.04 to 0.04): a line saying so, and no entropy.png
+    assert not [a for a in page.imgs() if "plot" in a.get("class", "")] and "no answered rows" in "".join(page.text)
+    assert not (tmp_path / "meta" / "entropy.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _html(path) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _strip(fragment: str) -> str:
+    return htmlmod.unescape(re.sub(r"<[^>]*>", "", fragment)).strip()
+
+
+def answer_counts(page: str) -> dict:
+    """{question heading: ({answer: items}, the lines under its table)} from the "Answers per question" section."""
+    section = page.split("<h2>Answers per question</h2>")[1].split("</section>")[0]
+    out = {}
+    for block in section.split("<h3>")[1:]:
+        heading, body = block.split("</h3>", 1)
+        rows = re.findall(r"<tr><td>(.*?)</td><td class='num'>([\d,]+)</td>", body)
+        out[_strip(heading)] = ({_strip(a): int(n.replace(",", "")) for a, n in rows}, _strip(body.split("</table>")[-1]))
+    return out
+
+
+def gallery_ids(page: str) -> tuple[list, list]:
+    """(ids of the least confident cards, ids of the confident cards), in page order."""
+    gallery = page.split("<h2>Gallery</h2>")[1].split("</section>")[0]
+    low, high = gallery.split("<h3>A sample of confident answers")
+
+    def ids(part):
+        return [_strip(m) for m in re.findall(r"id <code>(.*?)</code>", part)]
+
+    return ids(low), ids(high)
+
+
+def _stats(rows: list[dict], block: int = 256) -> tuple[RunStats, list]:
+    """The run's RunStats merged per block, as the job collects them, and the blocks (the run's rows)."""
+    blocks = [typed_table({k: [r.get(k) for r in rows[i:i + block]] for k in rows[0]})
+              for i in range(0, len(rows), block)]
+    stats = RunStats()
+    for b in blocks:
+        stats.merge(RunStats.of_table(b))
+    return stats, blocks
+
+
+class Rows:
+    """A run's rows as ``RunResults`` offers them to the report (a Ray dataset, block by block)."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def dataset(self, columns=None):
+        import ray
+
+        ds = ray.data.from_arrow(self.blocks)
+        return ds.select_columns(columns) if columns else ds
+
+
+def _write(tmp_path, rows, results=False, loader=None, run_id="r") -> str:
+    stats, blocks = _stats(rows)
+    summary = summarise(stats, run_id, len(rows), 1.0, "m", {})
+    meta = tmp_path / "meta"
+    write_report(stats, summary, str(meta), loader=loader, timeout_s=120, results=Rows(blocks) if results else None)
+    return _html(meta / "report.html")
+
+
+# ---------------------------------------------------------------------------------------------- answers
+def test_answer_counts_are_exact_for_every_row(ray_local, tmp_path):
+    """Counts over every answered row, not the first answers or questions seen: the most frequent answer is
+    listed even after 50 rare ones, what is not listed is counted exactly, a real answer "(other answers)" is
+    an answer like any other, and questions not shown are said to be."""
+    qa = [("what colour ?", f"rare-{i}") for i in range(50)] + [("what colour ?", "blue")] * 500
+    qa += [("what is the code ?", f"code-{i}") for i in range(1000)]
+    qa += [("is it ok ?", "yes")] * 3 + [("is it ok ?", "(other answers)")] * 5
+    qa += [(f"question {k:03d} ?", "a") for k in range(150)]
+    rows = [_row(id=f"i{i}", question=q, answer=a, confidence=0.5) for i, (q, a) in enumerate(qa)]
+    counts = answer_counts(_write(tmp_path, rows, results=True))
+
+    colour, note = counts["what colour ?"]
+    assert colour["blue"] == 500 and len(colour) == 20
+    assert "31 more distinct answers, 31 items" in note                # 51 answers, 20 listed (blue and 19 rare)
+    code, note = counts["what is the code ?"]
+    assert len(code) == 20 and set(code.values()) == {1} and "980 more distinct answers, 980 items" in note
+    ok, note = counts["is it ok ?"]
+    assert ok == {"(other answers)": 5, "yes": 3} and "not listed" not in note
+    assert len(counts) == 100                                           # the 3 big questions and 97 of 150
+    section = _html(tmp_path / "meta" / "report.html").split("<h2>Answers per question</h2>")[1]
+    assert "53 more questions (53 answered items) not shown" in _strip(section.split("</section>")[0])
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+def test_confident_cards_are_chosen_from_every_confident_row(ray_local, tmp_path):
+    """20 confident rows in 2,000: the gallery shows 6 of them, the same 6 every time (those of smallest id
+    hash), whichever rows the statistics' random sample happened to hold."""
+    rows = [_row(id=f"item-{i:05d}", confidence=0.95 if i % 100 == 7 else 0.5 + i / 10_000) for i in range(2000)]
+    low, high = gallery_ids(_write(tmp_path, rows, results=True))
+    sure = [r["id"] for r in rows if r["confidence"] >= 0.9]
+    by_hash = [sure[i] for i in np.argsort(id_hashes(pa.array(sure)))]
+    assert sorted(high) == sorted(by_hash[:6])
+    assert low == [f"item-{i:05d}" for i in range(13) if i != 7]       # the 12 least confident, lowest first
+
+
+def test_gallery_shows_every_answered_row_of_a_small_run(tmp_path):
+    """A run of 5 answered rows shows all 5 (they are its least confident), whatever their confidence; a
+    larger one the 12 least confident, then up to 6 others of confidence >= 0.9, none in both."""
+    rows = [_row(id=f"s{i}", confidence=c) for i, c in enumerate([0.99, 0.2, 0.77, 0.95, 0.78])]
+    low, high = gallery_ids(_write(tmp_path, rows))
+    assert low == ["s1", "s2", "s4", "s3", "s0"] and high == []
+    rows = [_row(id=f"m{i}", confidence=c) for i, c in enumerate([*np.linspace(0.3, 0.6, 20), *[0.95] * 10])]
+    low, high = gallery_ids(_write(tmp_path, rows))
+    assert low == [f"m{i}" for i in range(12)] and len(high) == 6 and not set(low) & set(high)
+    assert all(rows[int(i[1:])]["confidence"] >= 0.9 for i in high)
+
+
+# ---------------------------------------------------------------------------------------------- text
+SPOOF = "invoice-\u202efdp.exe"
+
+
+def test_text_cannot_reorder_the_page_or_carry_control_characters(tmp_path):
+    """A right-to-left override in a file name, an id or an answer is shown as a visible mark, each user text
+    is isolated (<bdi>), and a NUL from a question never reaches the page."""
+    src = _image(tmp_path / SPOOF, (90, 90, 200))
+    rows = [_row(id="spoof-\u202e1 si sihT", source=src, question="is it\x00 safe ?\x1b", answer="yes\u2066",
+                 confidence=0.1),
+            _row(id="plain", source=src, status="error", error=f"unreadable image: {SPOOF}", answer="",
+                 confidence=float("nan"))]
+    page = _write(tmp_path, rows, loader=(ImageLoader, {}))
+    for char in ("\u202e", "\u2066", "\x00", "\x1b"):
+        assert char not in page, repr(char)
+    parsed = Page()
+    parsed.feed(page)
+    assert_self_contained(parsed)
+    text = "".join(parsed.text)
+    assert "invoice-[U+202E]fdp.exe" in text and "spoof-[U+202E]1 si sihT" in text and "is it\ufffd safe ?" in text
+    # every such text is a <bdi> of its own, so what follows it keeps its order
+    assert len(re.findall(r"<bdi>[^<]*invoice-\[U\+202E\]fdp\.exe</bdi>", page)) >= 2   # card link, error table
+    assert "<bdi>spoof-[U+202E]1 si sihT</bdi>" in page
+    assert [a for t, a in parsed.elements if t == "a"][0]["href"] == source_href(src)   # the link still works
+    assert "%E2%80%AE" in source_href(src) and "\u202e" not in source_href("s3://b/" + SPOOF)
+
+
+def test_long_texts_are_cut_with_an_ellipsis(tmp_path):
+    """A 10,000-character id, question and answer, and 300 token confidences: a card shows at most
+    TEXT_SHOWN characters of each (the rest in its tooltip), and unbroken texts may wrap anywhere."""
+    rows = [_row(id="I" * 10_000, question="Q" * 10_000, answer="A" * 10_000, confidence=0.2,
+                 token_confidences=[0.5] * 300),
+            _row(id="e", status="error", error="unreadable image: " + "E" * 10_000, confidence=float("nan"))]
+    page = _write(tmp_path, rows)
+    parsed = Page()
+    parsed.feed(page)
+    text = "".join(parsed.text)
+    runs = [len(m.group()) for m in re.finditer(r"([IQAE])\1{99,}", text)]   # the id, question, answer, error
+    assert len(runs) >= 4 and max(runs) <= TEXT_SHOWN and "\u2026" in text
+    titles = [a["title"] for t, a in parsed.elements if t == "bdi" and "title" in a]
+    assert "A" * 4000 in "".join(titles)                                # the text is there, in the tooltip
+    assert text.count("50.0 %") <= 40 and "(300 tokens)" in text
+    assert "overflow-wrap:anywhere" in "".join(parsed.style)
+
+
+# ---------------------------------------------------------------------------------------------- empty run
+def test_a_run_of_no_items_gets_a_short_report(tmp_path):
+    stats = RunStats()
+    summary = summarise(stats, "empty", 0, 0.5, "m", {},
+                        {"skipped_sources": {"count": 1, "by_reason": {"not a raster format: .txt": 1},
+                                             "named": ["notes.txt"]}})
+    write_report(stats, summary, str(tmp_path / "meta"), loader=(ImageLoader, {}))
+    page = parse(tmp_path / "meta" / "report.html")
+    text = "".join(page.text)
+    assert "This run had no items" in text and "not a raster format: .txt" in text
+    assert "Gallery" not in text and not page.imgs() and not (tmp_path / "meta" / "entropy.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+def _scene(path: Path, data: np.ndarray, **kw) -> str:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype.name, crs="EPSG:32633", transform=from_origin(400000, 5050000, 10, 10),
+                       **kw) as ds:
+        ds.write(data)
+    return str(path)
+
+
+def _bright(rgb: np.ndarray) -> list:
+    """Per channel R, G, B: the quadrants (TL, TR, BL, BR) where it is bright."""
+    h, w = rgb.shape[0] // 2, rgb.shape[1] // 2
+    quads = {"TL": rgb[:h, :w], "TR": rgb[:h, w:], "BL": rgb[h:, :w], "BR": rgb[h:, w:]}
+    return [[q for q, v in quads.items() if v[..., c].mean() > 128] for c in range(3)]
+
+
+def test_scene_overview_shows_the_bands_the_tiles_show(tmp_path):
+    """``--bands`` is 1-based, for the tiles and the overview alike: band k carries a bright quadrant of its own."""
+    a = np.full((4, 200, 200), 20, np.uint8)
+    a[0, :100, :100] = a[1, :100, 100:] = a[2, 100:, :100] = a[3, 100:, 100:] = 250
+    four, three = _scene(tmp_path / "four.tif", a), _scene(tmp_path / "three.tif", a[:3])
+    assert _bright(np.asarray(scene_overview(four, None, (3, 2, 1))[0])) == [["BL"], ["TR"], ["TL"]]
+    assert _bright(np.asarray(scene_overview(three, None, (3, 2, 1))[0])) == [["BL"], ["TR"], ["TL"]]
+    assert _bright(np.asarray(scene_overview(three, None, None)[0])) == [["TL"], ["TR"], ["BL"]]   # its own bands
+    grey = np.asarray(scene_overview(four, None, (4,))[0])
+    assert _bright(grey) == [["BR"]] * 3                                 # one band: grey, as the tiles are
+
+
+def test_scene_overview_is_drawn_as_the_tiles_are(tmp_path):
+    """8-bit data as stored, other data over the scene's (or, under --stretch tile, its own) 2-98 % range,
+    nodata grey: the overview of a scene small enough to be shown whole is its one tile, pixel for pixel."""
+    from pipelines.satellite import SceneTileLoader
+
+    rng = np.random.default_rng(5)
+    dull = rng.integers(100, 150, (3, 120, 160)).astype(np.uint8)          # 8-bit: not stretched
+    deep = rng.normal(900, 120, (3, 120, 160)).clip(0, 4000).astype(np.uint16)
+    deep[:, 10:20, 10:30] = 0                                               # nodata
+    scenes = {"dull.tif": _scene(tmp_path / "dull.tif", dull), "deep.tif": _scene(tmp_path / "deep.tif", deep, nodata=0)}
+    for name, uri in scenes.items():
+        for stretch in ("scene", "tile"):
+            overview, scale = scene_overview(uri, None, None, stretch)
+            tile = SceneTileLoader(bands=None, stretch=stretch).read(
+                {"source": uri, "tile_col_off": 0, "tile_row_off": 0, "tile_width": 160, "tile_height": 120})
+            assert scale == 1.0 and np.array_equal(np.asarray(overview), tile), (name, stretch)
+    assert np.array_equal(np.asarray(scene_overview(scenes["dull.tif"])[0]), np.moveaxis(dull, 0, -1))
+
+
+def test_an_empty_run_commits_its_short_report(tmp_path, random_tiny_dir, fast_policy):
+    """An input of no items still commits a run; its report says there were none."""
+    from pipelines.job import JobOptions, run_job
+    from pipelines.runs import RunPaths
+
+    (tmp_path / "m.jsonl").write_text("")
+    opts = JobOptions(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy,
+                      run_id="empty")
+    run_job("vqa", opts, [])
+    report = Path(RunPaths(opts.output, "empty").meta) / "report.html"
+    assert report.exists(), "no report.html"
+    assert "This run had no items" in "".join(parse(report).text)

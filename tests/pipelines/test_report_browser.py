@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,43 @@ def test_satellite_report_shows_each_scene(ray_local, random_tiny_dir, tmp_path,
     assert by_scene["s1.tif"] == (400, 300) and by_scene["s2.png"] == (300, 200)   # whole scenes, upright
     shot = screenshot(report, tmp_path / "sat.png", height=4000)
     assert picture_blocks(shot) >= 4 * 300 * 200 // 16 ** 2 // 2           # the overviews, at least half shown
+
+
+def layout(html: Path, width: int = 1280) -> dict:
+    """The page's layout in the browser: {scrollWidth, clientWidth, tallest card (px)}, measured by a script
+    added to a copy of the page (the report itself has none)."""
+    probe = ("<script>addEventListener('load',()=>{const d=document.documentElement;const p=document.createElement('pre');"
+             "p.id='probe';p.textContent=JSON.stringify({scrollWidth:d.scrollWidth,clientWidth:d.clientWidth,"
+             "card:Math.max(0,...[...document.querySelectorAll('.card')].map(c=>c.offsetHeight))});"
+             "document.body.appendChild(p)})</script>")
+    copy = html.with_name("probe.html")
+    copy.write_text(html.read_text(encoding="utf-8").replace("</body>", probe + "</body>"), encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={width},1000", "--dump-dom",
+                          copy.resolve().as_uri()], check=True, capture_output=True, text=True, timeout=180).stdout
+    return json.loads(html_unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
+
+
+def test_long_unbroken_texts_keep_the_page_in_the_window(tmp_path):
+    """10,000-character ids, questions, answers, file names and error texts without a space: the page is no
+    wider than the window and no card grows to hundreds of lines."""
+    from pipelines.report import summarise, write_report
+    from pipelines.stages import ImageLoader, typed_table
+    from pipelines.stats import RunStats
+
+    from test_report import _image, _row
+
+    deep = tmp_path
+    for _ in range(15):                          # a 3,000-character path (each name at most 255 bytes)
+        deep = deep / ("D" * 200)
+    deep.mkdir(parents=True)
+    src = _image(deep / ("F" * 200 + ".png"), (90, 120, 60))
+    rows = [_row(id="I" * 10_000, source=src, question="Q" * 10_000, answer="A" * 10_000, confidence=0.2,
+                 token_confidences=[0.5] * 300, field="f" * 5000),
+            _row(id="J" * 10_000, source=src, status="error", error="unreadable image: " + "E" * 10_000,
+                 confidence=float("nan"), answer="")]
+    stats = RunStats.of_table(typed_table({k: [r.get(k) for r in rows] for k in rows[0]}))
+    write_report(stats, summarise(stats, "R" * 10_000, 2, 1.0, "M" * 10_000, {}), str(tmp_path / "meta"),
+                 loader=(ImageLoader, {}), timeout_s=120)
+    got = layout(tmp_path / "meta" / "report.html")
+    assert got["scrollWidth"] <= got["clientWidth"] and 0 < got["card"] < 2000, got   # was 100,000s wide, 10,000s tall

@@ -29,16 +29,36 @@ from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, loca
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
 
 
+# a local Ray started by the job holds at most this many actors per core: each holds a frozen model, and
+# more would start hundreds of workers on a laptop before failing
+LOCAL_ACTORS_PER_CORE = 4
+
+
 def init_ray(num_actors: int, address: str | None = None):
-    """Join the cluster of ``ray job submit`` (RAY_ADDRESS) or start a local one with CPU headroom."""
+    """Join the cluster of ``ray job submit`` (RAY_ADDRESS) or start a local one with CPU headroom.
+
+    Raises:
+        JobRefused: the cluster at RAY_ADDRESS cannot be reached (checked with one TCP connection first:
+            Ray itself retries a dead address for minutes, then fails with a traceback), or more actors than
+            a local Ray of this machine holds (``LOCAL_ACTORS_PER_CORE`` per core).
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as err:
+            raise JobRefused(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {_first_line(err)}") from None
     else:
+        cores = os.cpu_count() or 1
+        if num_actors > LOCAL_ACTORS_PER_CORE * cores:
+            raise JobRefused(f"--num-actors {num_actors} on a local Ray of {cores} cores: at most "
+                             f"{LOCAL_ACTORS_PER_CORE * cores} here (each actor holds a model); lower it, or join "
+                             "a cluster that has the room (RAY_ADDRESS, or ray job submit)")
         # headroom beyond the actors: the loaders (LOADER_CPUS each), a read task, and on a resume Ray Data's
         # CheckpointFilter actor (1 CPU); without it the resumed read waits forever behind the actors
         # no runtime_env env_vars: the local cluster's workers inherit this process's environment (storage
@@ -46,6 +66,28 @@ def init_ray(num_actors: int, address: str | None = None):
         # its runtime_env_agent.log, readable by every user of the machine
         ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False, log_to_driver=True)
         _STARTED_HERE["local"] = True
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """JobRefused unless a TCP connection to ``address`` (``host:port`` of a GCS, ``ray://host:port`` of a Ray
+    client server) opens within ``timeout_s``. ``auto``, ``local`` and addresses without a port are left to
+    Ray."""
+    import socket
+
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit() or address in ("auto", "local"):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise JobRefused(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({err.strerror or err}): start it "
+                         "or fix the address; without RAY_ADDRESS the job starts a local Ray") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def cluster_is_fixed() -> bool:
@@ -195,9 +237,14 @@ class JobOptions:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
         if self.num_actors < 1:  # before Ray starts (check_resources would say so after)
             raise JobRefused(f"--num-actors must be >= 1 (VLM actors), got {self.num_actors}")
+        if not self.cpus_per_actor > 0:  # 0 would let Ray place any number of actors, each with no CPU
+            raise JobRefused(f"--cpus-per-actor must be > 0 (CPUs, and torch threads, per actor), got {self.cpus_per_actor}")
+        if not self.num_gpus_per_actor >= 0:
+            raise JobRefused(f"--num-gpus-per-actor must be >= 0 (0 runs on CPU), got {self.num_gpus_per_actor}")
         for name in ("input", "output"):  # "" would be the working directory
             if not getattr(self, name).strip():
                 raise JobRefused(f"--{name} is empty: give a folder, a file or a URI")
+            check_not_in_job_package(f"--{name}", getattr(self, name))
         check_output_outside_input(self.input, self.output)
 
     def endpoint_config(self) -> dict:
@@ -312,6 +359,10 @@ def job_command(fn):
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C: what is staged is kept; say how to go on (130: killed by SIGINT)
+            typer.echo("interrupted: the parts staged so far are kept; run the same command again (the same "
+                       "--run-id, or the same input and settings) to resume", err=True)
+            raise typer.Exit(130) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)
     command.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in COMMON_FLAGS}}
@@ -322,6 +373,19 @@ def job_command(fn):
 LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
 GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
 MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
+
+def check_not_in_job_package(flag: str, uri: str, cwd: str | None = None) -> None:
+    """Refuse (JobRefused) a relative local path when the job runs in the working dir ``ray job submit
+    --working-dir`` unpacked (``.../runtime_resources/working_dir_files/_ray_pkg_*``): Ray unpacks it again
+    for every job and node and deletes it with the cluster's temp dir, so results written there are lost
+    (and a lease there wiped by a node unpacking it anew), and an input there gets new file times per
+    submission, so a killed run could never resume."""
+    cwd = cwd or os.getcwd()
+    if "://" in uri or os.path.isabs(os.path.expanduser(uri)) or "/working_dir_files/" not in cwd + "/":
+        return
+    raise JobRefused(f"{flag} {uri} is relative to the job's working dir, which Ray unpacks anew for every job "
+                     "and deletes with the cluster; give an absolute path or an s3:// URI")
+
 
 def check_output_writable(output_uri: str, storage_options: dict | None = None) -> None:
     """Refuse (JobRefused), before Ray starts, a local ``output`` that is a file or where no folder can be

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pipelines.job import (GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, _count_duplicates, file_based_parquet_reads,
-                          group_partitions)
+from pipelines.job import (GROUP_ROWS_PER_PARTITION, MAX_GROUP_PARTITIONS, JobRefused, _count_duplicates,
+                          file_based_parquet_reads, group_partitions)
 
 
 @pytest.mark.parametrize("rows, partitions", [(0, 1), (1, 1), (GROUP_ROWS_PER_PARTITION, 1),
@@ -231,3 +231,66 @@ def test_an_empty_run_reads_back_as_an_empty_table_with_its_columns(ray_local, t
         assert len(df) == 0 and set(RESULT_COLUMNS) <= set(df.columns), out
         assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{results}/*.parquet')").fetchall() == [(0,)]
     assert len(geopandas.read_parquet(RunPaths(str(tmp_path / "sat"), "nothing").results)) == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on leaving: nothing listens there
+
+
+def _vqa(tmp_path, *flags, env=None):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image_uri": str(sample), "question": "what letter ?"}))
+    return subprocess.run([sys.executable, "-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output",
+                           str(tmp_path / "out"), *flags], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_cluster_that_cannot_be_reached_is_one_line_at_once(tmp_path):
+    """RAY_ADDRESS naming a dead GCS: Ray retried for 858 s, then printed a traceback; a ray:// address took
+    55 s and 148 lines. One TCP connection decides first."""
+    from pipelines.job import check_reachable
+
+    port = _free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(JobRefused, match=re.escape(f"cannot reach the Ray cluster at RAY_ADDRESS={address}")):
+            check_reachable(address)
+    res = _vqa(tmp_path, env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: cannot reach the Ray cluster"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_more_actors_than_a_local_ray_holds_are_refused_at_once(tmp_path):
+    """--num-actors 100000 without a cluster sized the local Ray to fit them and started a hundred workers on
+    two cores; --cpus-per-actor 0 and a negative GPU count were taken or refused only after Ray started."""
+    res = _vqa(tmp_path, "--num-actors", "100000", env={"RAY_ADDRESS": ""})
+    assert res.returncode == 2 and "--num-actors 100000 on a local Ray of" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    from pipelines.job import JobOptions
+
+    with pytest.raises(JobRefused, match="--cpus-per-actor must be > 0"):
+        JobOptions("in", "out", cpus_per_actor=0)
+    with pytest.raises(JobRefused, match="--num-gpus-per-actor must be >= 0"):
+        JobOptions("in", "out", num_gpus_per_actor=-1)
+
+
+def test_relative_paths_in_a_submitted_jobs_unpacked_working_dir_are_refused():
+    """Under ray job submit --working-dir, a relative --output landed in Ray's unpacked package, which the
+    cluster's stop deleted with the results; a relative input there got new file times per submission."""
+    from pipelines.job import check_not_in_job_package
+
+    pkg = "/tmp/spote-ray-x/session_1/runtime_resources/working_dir_files/_ray_pkg_ab12"
+    with pytest.raises(JobRefused, match="--output out/cluster is relative to the job's working dir"):
+        check_not_in_job_package("--output", "out/cluster", cwd=pkg)
+    for fine in ("/data/out", "s3://bucket/out"):
+        check_not_in_job_package("--output", fine, cwd=pkg)
+    check_not_in_job_package("--output", "out/cluster", cwd="/home/me/project")

@@ -294,3 +294,29 @@ def test_relative_paths_in_a_submitted_jobs_unpacked_working_dir_are_refused():
     for fine in ("/data/out", "s3://bucket/out"):
         check_not_in_job_package("--output", fine, cwd=pkg)
     check_not_in_job_package("--output", "out/cluster", cwd="/home/me/project")
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, random_tiny_dir):
+    """Ctrl-C on a driver ended with no word (or Ray's dumps); it says what is kept and how to go on."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sample = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"image_uri": str(sample), "question": f"what letter {i} ?"})
+                                                for i in range(40)))
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output",
+                             str(tmp_path / "out"), "--model", str(random_tiny_dir), "--run-id", "ctrl-c"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (tmp_path / "out" / "_runs" / "ctrl-c").exists():
+        time.sleep(0.5)  # the run is under way once its lease is taken
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted: the parts staged so far are kept" in err, err[-3000:]

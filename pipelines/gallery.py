@@ -100,13 +100,13 @@ def scene_overview(uri: str, storage_options=None, bands: tuple[int, ...] | list
 
     from spote.images import upright_array
 
-    from .rasters import Pixels, _read, check_bands, open_scene, read_header, scene_ranges, tile_ranges, tile_stretch, to_rgb8
+    from .rasters import Pixels, check_bands, open_scene, read_header, read_pixels, scene_ranges, tile_ranges, tile_stretch, to_rgb8
 
     with open_scene(uri, storage_options) as ds:
         header = read_header(ds, uri, storage_options)
         selected = check_bands(tuple(bands) if bands else None, header, PurePosixPath(uri).name)
         s = min(1.0, side / max(header.stored_width, header.stored_height))
-        stored = _read(ds, header, selected, out_shape=(max(1, round(header.stored_height * s)),
+        stored = read_pixels(ds, header, selected, out_shape=(max(1, round(header.stored_height * s)),
                                                         max(1, round(header.stored_width * s))))
         px = Pixels(upright_array(stored.values, header.orientation), upright_array(stored.valid, header.orientation))
         # the tiles' own choice of range (tile_stretch: the scene's, unless it misses the data shown)

@@ -306,8 +306,13 @@ class Pixels:
         return self.values.dtype == np.uint8
 
 
-def _read(ds, header: SceneHeader, bands: tuple[int, ...], window=None, out_shape=None) -> Pixels:
-    """Values and validity of a stored-frame window (or a decimated read of the scene)."""
+def read_pixels(ds, header: SceneHeader, bands: tuple[int, ...], window=None, out_shape=None) -> Pixels:
+    """Values and validity of a stored-frame window (or a decimated read of the scene, ``out_shape`` (rows,
+    columns) in pixels); ``bands`` are 1-based.
+
+    Raises:
+        SceneError: complex-valued bands.
+    """
     if any(np.dtype(ds.dtypes[b - 1]).kind == "c" for b in bands):  # (numpy's percentile would raise TypeError)
         raise SceneError(COMPLEX_BANDS)
     kw = {"window": window} if window is not None else {}
@@ -333,7 +338,7 @@ def read_tile(ds, header: SceneHeader, bands: tuple[int, ...], col: int, row: in
     from rasterio.windows import Window
 
     sc, sr, sw, sh = stored_window(col, row, w, h, header.stored_width, header.stored_height, header.orientation)
-    px = _read(ds, header, bands, window=Window(sc, sr, sw, sh))
+    px = read_pixels(ds, header, bands, window=Window(sc, sr, sw, sh))
     return Pixels(upright_array(px.values, header.orientation), upright_array(px.valid, header.orientation))
 
 
@@ -348,7 +353,7 @@ def tile_ranges(px: Pixels, percentiles=SCENE_PERCENTILES) -> Ranges | None:
 
 
 def stretch_sample_reads(ds, header: SceneHeader, bands: tuple[int, ...]) -> list[dict]:
-    """The reads the scene stretch makes, as ``_read`` keyword arguments (``out_shape`` or ``window``): the
+    """The reads the scene stretch makes, as ``read_pixels`` keyword arguments (``out_shape`` or ``window``): the
     coarsest overview that keeps ``OVERVIEW_MIN_SIDE`` pixels a side, if it holds at most
     ``OVERVIEW_MAX_PIXELS``; else a regular grid of sample windows (at most ``SAMPLE_GRID^2 x
     SAMPLE_WINDOW^2`` pixels). Without that bound a strip whose overviews are all too narrow, or a file
@@ -383,7 +388,7 @@ def scene_ranges(ds, header: SceneHeader, bands: tuple[int, ...], percentiles=SC
     samples = []
     for kw in stretch_sample_reads(ds, header, bands):
         try:
-            samples.append(_read(ds, header, bands, **kw))
+            samples.append(read_pixels(ds, header, bands, **kw))
         except RasterioIOError:  # the tile reads that need this part of the file will fail, with GDAL's message
             continue
     if not samples:

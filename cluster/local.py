@@ -14,9 +14,13 @@ The cluster owns what it starts and nothing else, so it can run beside a user's 
 run, another cluster) on the same machine:
 
 - its own temp dir (``/tmp/spote-ray-*``): session files, logs and Ray's ``ray_current_cluster``
-  address file live there, so ``ray.init()`` elsewhere never attaches to this cluster;
-- its own ports: the GCS, dashboard, client server and dashboard agent ports are picked free,
-  and workers bind random ports instead of Ray's shared default range;
+  address file live there, so ``ray.init()`` elsewhere never attaches to this cluster. ``start``
+  creates it with a marker file holding a random token, which the record keeps; ``stop`` removes
+  the folder only when it is a ``spote-ray-*`` folder of this user whose marker matches the record,
+  and leaves anything else alone with a line saying so;
+- its own ports: the GCS and dashboard ports are checked free (bound on 127.0.0.1, 0.0.0.0 and
+  ``::``) before any node starts, or picked free when 0 / None; the client server and dashboard agent
+  ports are picked free, and workers bind random ports instead of Ray's shared default range;
 - each node is a ``ray start --block`` that we launch as the leader of a new session, and we
   record its pid (= session id) with its start time. Every process Ray starts for the node (GCS,
   raylet, dashboard, agents, workers, job drivers) stays in that session; the workers get process
@@ -29,12 +33,24 @@ run, another cluster) on the same machine:
 Processes are read from ``/proc``, so this is Linux only, like Ray's multi-node mode on one
 machine. The CLI records its cluster in ``$SPOTE_LOCAL_CLUSTER_STATE`` (default
 ``/tmp/spote-local-cluster.json``) so that ``status`` and ``stop`` find it from another process.
+A file there that is not a cluster record of this user (not JSON, other fields, another owner) is
+refused with one line and never overwritten or removed: it may belong to something else.
+
+The cluster is not private to this machine. Ray 2.60 replaces ``--node-ip-address=127.0.0.1`` with
+the machine's own address (``services.resolve_ip_for_localhost``), and has no option to bind its
+gRPC servers to loopback: the GCS, raylets and workers listen on every interface (``*:<port>``), the
+client server, dashboard agent and runtime env agent on the machine's address or 0.0.0.0. Only the
+dashboard and job server are bound to 127.0.0.1. With token auth disabled, anyone who can reach the
+machine's GCS port can run code on the cluster while it runs.
 """
 
 from __future__ import annotations
 
+import errno
+import hmac
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -50,6 +66,19 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 STATE = Path(os.environ.get("SPOTE_LOCAL_CLUSTER_STATE", Path(tempfile.gettempdir()) / "spote-local-cluster.json"))
+TEMP_PREFIX = "spote-ray-"         # every temp dir this tool creates is named so ...
+TEMP_MARKER = ".spote-local-cluster"  # ... and holds this file, whose token the record keeps
+# the fields of a record as ``save`` writes them; ``temp_token`` is optional (records written before it
+# existed load, but their temp dir is never removed)
+RECORD_FIELDS = ("gcs_port", "dashboard_port", "head_cpus", "workers", "cpus_per_worker", "gpus_per_worker",
+                 "temp_dir", "owns_temp_dir", "nodes")
+NODE_FIELDS = {"role": str, "pid": int, "start_time": int, "log": str}
+RECORD_HELP = "remove it if nothing else uses it, or set SPOTE_LOCAL_CLUSTER_STATE to another path"
+
+
+class ClusterError(Exception):
+    """A bad setting, record or port, found before anything starts; the CLI prints it as one line
+    ``error: ...`` with exit code 2."""
 
 
 def free_port() -> int:
@@ -57,6 +86,88 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_taken(port: int) -> Optional[str]:
+    """Why ``port`` cannot be listened on (e.g. another Ray's GCS holds it), or None when it is free.
+
+    Bound on 127.0.0.1, 0.0.0.0 and, where the machine has IPv6, ``::``: a server on any of them
+    (Ray's gRPC servers listen on ``*``) holds the port for ours. ``SO_REUSEADDR`` as servers set
+    it, so a port left in TIME_WAIT by a cluster that just stopped counts as free.
+    """
+    hosts = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    for family, host in hosts:
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as err:
+                if family == socket.AF_INET6 and err.errno == errno.EADDRNOTAVAIL:
+                    continue
+                return "in use" if err.errno == errno.EADDRINUSE else f"cannot be bound on {host}: {err.strerror}"
+    return None
+
+
+def check_record_path(path: Path) -> None:
+    """Raise ClusterError unless the record can be written at ``path`` (as ``save`` writes it)."""
+    if path.is_dir():
+        raise ClusterError(f"cannot write the cluster record {path}: it is a folder")
+    parent = path.parent
+    if not parent.exists():
+        raise ClusterError(f"cannot write the cluster record {path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise ClusterError(f"cannot write the cluster record {path}: {parent} is not a folder")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise ClusterError(f"cannot write the cluster record {path}: {err.strerror}") from None
+    probe.unlink(missing_ok=True)
+
+
+def _check_record(data, path: Path) -> None:
+    """Raise ClusterError unless ``data`` (parsed JSON) is a record as ``save`` writes it."""
+    def bad(what: str):
+        raise ClusterError(f"{path} is not a local cluster record ({what}); {RECORD_HELP}")
+
+    if not isinstance(data, dict):
+        kinds = {list: "an array", str: "a string", bool: "true/false", int: "a number", float: "a number"}
+        bad(f"JSON {kinds.get(type(data), 'null')}, not an object")
+    unknown = sorted(set(data) - set(RECORD_FIELDS) - {"temp_token"})
+    missing = [k for k in RECORD_FIELDS if k not in data]
+    if unknown:
+        bad(f"unknown fields {unknown}")
+    if missing:
+        bad(f"missing fields {missing}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for k in ("gcs_port", "dashboard_port"):
+        if not (data[k] is None or is_int(data[k])):
+            bad(f"{k} is {data[k]!r}, not a port")
+    for k in ("head_cpus", "workers", "cpus_per_worker", "gpus_per_worker"):
+        if not is_int(data[k]):
+            bad(f"{k} is {data[k]!r}, not a whole number")
+    for k in ("temp_dir", "temp_token"):
+        if not (data.get(k) is None or isinstance(data[k], str)):
+            bad(f"{k} is {data[k]!r}, not a string")
+    if not isinstance(data["owns_temp_dir"], bool):
+        bad(f"owns_temp_dir is {data['owns_temp_dir']!r}, not true/false")
+    if not isinstance(data["nodes"], list):
+        bad("nodes is not a list")
+    for i, node in enumerate(data["nodes"]):
+        if not isinstance(node, dict) or set(node) != set(NODE_FIELDS):
+            bad(f"nodes[{i}] is not an object of {sorted(NODE_FIELDS)}")
+        for k, kind in NODE_FIELDS.items():
+            if not isinstance(node[k], kind) or (kind is int and isinstance(node[k], bool)):
+                bad(f"nodes[{i}].{k} is {node[k]!r}")
+        if node["pid"] < 2:  # 0 and 1 are never a node's session; session 1 is the whole machine's init
+            bad(f"nodes[{i}].pid is {node['pid']}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +208,9 @@ class LocalCluster:
     gpus_per_worker: int = 0
     temp_dir: Optional[str] = None
     owns_temp_dir: bool = False
+    # the content of the marker file in a temp dir that ``start`` created; ``stop`` removes the
+    # temp dir only when its marker still holds it
+    temp_token: Optional[str] = None
     # one record per started node: {"role", "pid", "start_time", "log"}; the pid is also the
     # node's session id. Kept after ``stop``: ``processes()`` then shows what, if anything, is left.
     nodes: list = field(default_factory=list)
@@ -134,7 +248,103 @@ class LocalCluster:
 
     @classmethod
     def load(cls, path: Path) -> "LocalCluster":
-        return cls(**json.loads(path.read_text()))
+        """The record at ``path``; ClusterError, naming the file and what is wrong, for anything that
+        is not a record ``save`` wrote for this user (another user's file, not JSON, other fields)."""
+        try:
+            st = os.lstat(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise ClusterError(f"{path} is a folder, not a local cluster record; set SPOTE_LOCAL_CLUSTER_STATE "
+                                   f"to a file path")
+            if not os.path.isfile(path) or os.path.islink(path):
+                raise ClusterError(f"{path} is not a local cluster record (not a regular file); {RECORD_HELP}")
+            if st.st_uid != os.getuid():
+                raise ClusterError(f"{path} belongs to user id {st.st_uid}, not to you; set "
+                                   f"SPOTE_LOCAL_CLUSTER_STATE to a path of your own")
+            text = path.read_text()
+        except OSError as err:
+            raise ClusterError(f"cannot read the cluster record {path}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise ClusterError(f"{path} is not a local cluster record (not text); {RECORD_HELP}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            what = "empty" if not text.strip() else f"not JSON: {err.msg} at line {err.lineno}"
+            raise ClusterError(f"{path} is not a local cluster record ({what}); {RECORD_HELP}") from None
+        _check_record(data, path)
+        return cls(**data)
+
+    def validate(self) -> None:
+        """Raise ClusterError naming the first setting out of range (by its ``start`` flag)."""
+        def whole(name: str, flag: str, low: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ClusterError(f"{flag} must be a whole number >= {low}, got {v!r}")
+
+        whole("workers", "--workers", 0)
+        whole("head_cpus", "--head-cpus", 0)
+        whole("cpus_per_worker", "--cpus-per-worker", 0)
+        whole("gpus_per_worker", "--gpus-per-worker", 0)
+        for name, flag in (("gcs_port", "--gcs-port"), ("dashboard_port", "--dashboard-port")):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 65535):
+                raise ClusterError(f"{flag} must be a port from 1 to 65535 (0 picks a free one), got {v!r}")
+        if self.gcs_port and self.gcs_port == self.dashboard_port:
+            raise ClusterError(f"--gcs-port and --dashboard-port are both {self.gcs_port}")
+
+    def check_ports(self) -> None:
+        """Raise ClusterError when a port asked for is held: a node started on it would fail, or join
+        the cluster that holds it."""
+        for port, flag in ((self.gcs_port, "--gcs-port"), (self.dashboard_port, "--dashboard-port")):
+            if port and (why := port_taken(port)):
+                raise ClusterError(f"port {port} ({flag}) is {why}; pass a free port with {flag}, "
+                                   f"or {flag} 0 to pick one")
+
+    def make_temp_dir(self) -> str:
+        """Create this cluster's temp dir, ``spote-ray-*`` with a marker file holding a fresh token."""
+        # short on purpose: Ray's socket paths under it must stay within 107 bytes
+        temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        token = secrets.token_hex(16)
+        fd = os.open(Path(temp_dir) / TEMP_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        self.temp_dir, self.owns_temp_dir, self.temp_token = temp_dir, True, token
+        return temp_dir
+
+    def temp_dir_not_ours(self) -> Optional[str]:
+        """Why the recorded temp dir is not one ``make_temp_dir`` created for this record (None when
+        it is): not named ``spote-ray-*``, not a folder of this user, no marker, or another token."""
+        path = Path(self.temp_dir)
+        if not path.is_absolute() or not path.name.startswith(TEMP_PREFIX):
+            return f"not a {TEMP_PREFIX}* folder"
+        try:
+            st = os.lstat(path)
+        except OSError as err:
+            return err.strerror
+        if os.path.islink(path) or not os.path.isdir(path):
+            return "not a folder"
+        if st.st_uid != os.getuid():
+            return f"it belongs to user id {st.st_uid}"
+        if not self.temp_token:
+            return "the record holds no token for it"
+        try:
+            fd = os.open(path / TEMP_MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                marker = f.read(256)
+        except OSError:
+            return f"it holds no {TEMP_MARKER} marker"
+        if not hmac.compare_digest(marker, self.temp_token.encode()):
+            return f"its {TEMP_MARKER} marker does not match the record"
+        return None
+
+    def remove_temp_dir(self) -> Optional[str]:
+        """Remove the temp dir if this cluster created it; else a line saying why it was left alone
+        (None when there was nothing to say: a temp dir the caller gave, or one already gone)."""
+        if not (self.owns_temp_dir and self.temp_dir) or not os.path.lexists(self.temp_dir):
+            return None
+        if why := self.temp_dir_not_ours():
+            return f"left {self.temp_dir} in place: {why} (stop removes only a temp dir that start created)"
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return None
 
     def start(self, record: Optional[Path] = None) -> "LocalCluster":
         """Start the head, then the workers, one at a time.
@@ -145,10 +355,15 @@ class LocalCluster:
         """
         if self.processes():
             raise RuntimeError("this LocalCluster is already running")
+        # every check before anything is created or started: a bad setting, record path or port
+        # must not leave half a cluster behind
+        self.validate()
+        self.check_ports()
+        if record is not None:
+            check_record_path(record)
         self.nodes = []
         if self.temp_dir is None:
-            # short on purpose: Ray's socket paths under it must stay within 107 bytes
-            self.temp_dir, self.owns_temp_dir = tempfile.mkdtemp(prefix="spote-ray-"), True
+            self.make_temp_dir()
         Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
         record = record or Path(self.temp_dir) / "spote-cluster.json"
         self.gcs_port = self.gcs_port or free_port()
@@ -178,6 +393,8 @@ class LocalCluster:
         overload the GCS of a small machine past Ray's startup timeout.
         """
         ray_bin = str(Path(sys.executable).with_name("ray"))
+        # Ray 2.60 turns a loopback --node-ip-address into the machine's own address and binds its gRPC
+        # servers on every interface regardless (see the module's docstring)
         cmd = [ray_bin, "start", "--block", *args, "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                f"--dashboard-agent-listen-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats"]
@@ -244,6 +461,8 @@ class LocalCluster:
         table = process_table()
         sessions = set()
         for node in self.nodes:
+            if node["pid"] < 2 or node["pid"] == os.getsid(0):  # init's session, or our own: never a node's
+                continue
             leader = table.get(node["pid"])
             if leader is None or leader.start_time == node["start_time"]:
                 sessions.add(node["pid"])
@@ -259,8 +478,10 @@ class LocalCluster:
                     stack.append(child)
         return {pid: table[pid].start_time for pid in ours if not table[pid].exited}
 
-    def stop(self, grace: float = 15.0) -> None:
-        """End the processes this cluster started and nothing else: SIGTERM, ``grace`` seconds, SIGKILL."""
+    def stop(self, grace: float = 15.0) -> Optional[str]:
+        """End the processes this cluster started and nothing else: SIGTERM, ``grace`` seconds, SIGKILL.
+        Then remove the temp dir if this cluster created it; returns a line saying why it was left
+        in place otherwise (``remove_temp_dir``)."""
         termed: set[tuple[int, int]] = set()
 
         def still_ours() -> dict[int, int]:
@@ -284,8 +505,7 @@ class LocalCluster:
         self._reap()
         if alive:
             raise RuntimeError(f"processes {sorted(alive)} of the local cluster survived SIGKILL")
-        if self.owns_temp_dir and self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return self.remove_temp_dir()
 
     def _reap(self) -> None:
         for p in self._popen:
@@ -308,31 +528,74 @@ def _signal(procs: dict[int, int], sig: int) -> None:
                 pass
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _load_state() -> Optional[LocalCluster]:
+    """The record at STATE, None when there is none; a file that is not a record is an error."""
+    if not os.path.lexists(STATE):
+        return None
+    try:
+        return LocalCluster.load(STATE)
+    except ClusterError as err:
+        _fail(str(err))
+
+
 @app.command()
-def start(workers: int = 2, cpus_per_worker: int = 2, gpus_per_worker: int = 0, head_cpus: int = 2,
-          gcs_port: int = 6390, dashboard_port: int = 8275):
+def start(workers: int = typer.Option(2, help="worker nodes (0: the head only)"),
+          cpus_per_worker: int = typer.Option(2, help="CPUs each worker node advertises (whole number >= 0)"),
+          gpus_per_worker: int = typer.Option(0, help="fake GPUs each worker node advertises (whole number >= 0)"),
+          head_cpus: int = typer.Option(2, help="CPUs the head advertises (whole number >= 0)"),
+          gcs_port: int = typer.Option(6390, help="GCS port; refused when in use; 0 picks a free one"),
+          dashboard_port: int = typer.Option(8275, help="dashboard / job server port; refused when in use; "
+                                                        "0 picks a free one")):
     """Start a head and WORKERS worker nodes on this machine."""
-    if STATE.exists() and LocalCluster.load(STATE).processes():
-        typer.echo(f"a local cluster recorded in {STATE} is running; stop it first", err=True)
-        raise typer.Exit(1)
     c = LocalCluster(gcs_port, dashboard_port, head_cpus, workers, cpus_per_worker, gpus_per_worker)
+    try:
+        c.validate()
+    except ClusterError as err:
+        _fail(str(err))
+    old = _load_state()
+    if old is not None and old.processes():
+        _fail(f"a local cluster recorded in {STATE} is running; stop it first (python -m cluster.local stop)")
+    try:
+        check_record_path(STATE)
+        c.check_ports()
+    except ClusterError as err:
+        _fail(str(err))
+    if old is not None and (note := old.remove_temp_dir()):  # a stale record: nothing of it runs
+        typer.echo(note, err=True)
     try:
         c.start(record=STATE)
         c.wait_for_job_server()
-    except BaseException:
-        c.stop()
+    except ClusterError as err:  # found before any node started; the record was not written
+        _fail(str(err))
+    except BaseException as err:
+        try:
+            note = c.stop()
+        except RuntimeError as stop_err:  # a process survived SIGKILL
+            note = str(stop_err)
         STATE.unlink(missing_ok=True)
-        raise
+        if not isinstance(err, Exception):
+            raise  # Ctrl-C: "aborted"
+        first, _, rest = str(err).partition("\n")
+        if rest:
+            typer.echo(rest, err=True)  # the failed node's log
+        if note:
+            typer.echo(note, err=True)
+        _fail(f"the local cluster did not come up: {first}")
     typer.echo(f"cluster up: RAY_ADDRESS={c.address}  job server: {c.dashboard}")
 
 
 @app.command()
 def status():
     """Show the nodes and resources of the running local cluster."""
-    if not STATE.exists():
+    c = _load_state()
+    if c is None:
         typer.echo("no local cluster")
         raise typer.Exit(1)
-    c = LocalCluster.load(STATE)
     if not c.processes():
         typer.echo(f"the local cluster recorded in {STATE} is not running")
         raise typer.Exit(1)
@@ -348,11 +611,17 @@ def status():
 @app.command()
 def stop():
     """Stop the processes of the local cluster that ``start`` recorded, and no other."""
-    if not STATE.exists():
+    c = _load_state()
+    if c is None:
         typer.echo("no local cluster")
         return
-    LocalCluster.load(STATE).stop()
-    STATE.unlink()
+    try:
+        note = c.stop()
+    except RuntimeError as err:  # a process survived SIGKILL: keep the record, to stop it again
+        _fail(str(err))
+    STATE.unlink(missing_ok=True)
+    if note:
+        typer.echo(note, err=True)
     typer.echo("stopped")
 
 

@@ -176,7 +176,7 @@ def test_the_cluster_record_is_read_whole_while_it_is_rewritten(tmp_path):
         n = 0
         while not stop.is_set():
             n += 1
-            LocalCluster(nodes=[{"role": "worker", "pid": i, "start_time": i, "log": "x" * 200}
+            LocalCluster(nodes=[{"role": "worker", "pid": 1000 + i, "start_time": i, "log": "x" * 200}
                                 for i in range(n % 50 + 1)]).save(record)
 
     LocalCluster().save(record)

@@ -474,8 +474,20 @@ class RunResults:
     stats: RunStats | None  # None where the run was committed earlier and not re-read
 
     def has_rows(self) -> bool:
+        """Whether any result row is there (a run of no items holds one Parquet file of no rows)."""
+        if self.stats is not None:
+            return self.stats.items > 0
+        import pyarrow.parquet as pq
+
         fs, path = filesystem(self.uri, self.storage_options)
-        return _has_parquet(fs, path)
+        if not fs.exists(path):
+            return False
+        for f in fs.find(path):
+            if f.endswith(".parquet"):
+                with fs.open(f, "rb") as fh:  # the footer alone says how many rows
+                    if pq.ParquetFile(fh).metadata.num_rows:
+                        return True
+        return False
 
     def dataset(self, columns: list[str] | None = None):
         """The rows as a lazy Ray dataset (Ray must be up: see ``has_rows`` first)."""

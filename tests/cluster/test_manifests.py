@@ -96,3 +96,36 @@ def test_the_runtime_env_and_the_launcher_install_every_package_the_project_impo
     in_launcher = {Requirement(a).name.lower() for line in pip_lines for a in line[2:] if not a.startswith("-")}
     assert needed <= in_env, needed - in_env
     assert needed <= in_launcher, needed - in_launcher
+
+
+def test_the_nightly_pod_waits_for_its_rayjob_to_end(tmp_path):
+    """concurrencyPolicy Forbid covers the CronJob's pod only: a pod that ended right after `kubectl apply`
+    let the next night start beside a slow one. The pod's script (run here with sh, a stand-in kubectl
+    that reports Running, Running, then the end state, and a sleep that returns at once) ends with the
+    RayJob, and fails where it failed."""
+    import os
+    import subprocess
+
+    (doc,) = _load("kuberay/cronjob-documents.yaml")
+    container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0].replace("/manifests/", f"{tmp_path}/manifests/")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "rayjob-documents.yaml").write_text((CLUSTER / "kuberay" / "rayjob-documents.yaml").read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for end, code in (("Complete", 0), ("Failed", 1)):
+        calls = tmp_path / f"calls-{end}"
+        (bin_dir / "kubectl").write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = apply ]; then cat > {tmp_path}/applied.yaml; exit 0; fi\n'
+            f'echo "$@" >> {calls}; n=$(wc -l < {calls})\n'
+            f'if [ "$n" -lt 3 ]; then printf Running; else printf {end}; fi\n')
+        for f in ("sleep", "kubectl"):
+            (bin_dir / f).chmod(0o755)
+        res = subprocess.run(["/bin/sh", "-c", script], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == code, (end, res.stderr)
+        asked = calls.read_text().splitlines()
+        assert len(asked) == 3 and all(a.startswith("get rayjob spote-documents-") for a in asked), asked
+        assert "name: spote-documents-" in (tmp_path / "applied.yaml").read_text()

@@ -601,8 +601,18 @@ def status():
         raise typer.Exit(1)
     import ray
 
+    import socket
+
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address=c.address, log_to_driver=False)
+    host, _, port = c.address.rpartition(":")
+    try:  # Ray retries an address that does not answer for minutes, then prints a traceback
+        socket.create_connection((host, int(port)), timeout=10).close()
+        ray.init(address=c.address, log_to_driver=False)
+    except (OSError, ValueError) as err:  # ConnectionError included
+        lines = str(err).strip().splitlines()
+        typer.echo(f"error: the local cluster recorded in {STATE} runs, but its GCS at {c.address} does not "
+                   f"answer: {lines[0] if lines else type(err).__name__}", err=True)
+        raise typer.Exit(2) from None
     for node in ray.nodes():
         typer.echo(f"{node['NodeID'][:8]} alive={node['Alive']} {node['Resources']}")
     ray.shutdown()

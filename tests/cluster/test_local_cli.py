@@ -237,3 +237,21 @@ def test_a_port_in_use_is_refused_naming_the_flag(flag, other, held_port, env, m
 def test_port_taken_sees_listeners_and_not_free_ports(held_port):
     assert local.port_taken(held_port) == "in use"
     assert local.port_taken(local.free_port()) is None
+
+
+def test_status_of_a_cluster_whose_gcs_does_not_answer_is_one_line(env, monkeypatch, capsys):
+    """A record whose processes live but whose GCS port nothing answers on: ``status`` waited on Ray's
+    retries, then printed its traceback."""
+    state, _ = env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    live = subprocess.Popen(["sleep", "60"], start_new_session=True)  # ours, in a session of its own
+    try:
+        node = {"role": "head", "pid": live.pid, "start_time": local.read_proc(live.pid).start_time, "log": ""}
+        state.write_text(json.dumps(_record(gcs_port=closed, nodes=[node])))
+        line = _one_error_line(*_cli(monkeypatch, capsys, "status"))
+        assert "does not answer" in line and str(closed) in line
+    finally:
+        live.kill()
+        live.wait()

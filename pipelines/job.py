@@ -66,6 +66,25 @@ def init_ray(num_actors: int, address: str | None = None):
         # its runtime_env_agent.log, readable by every user of the machine
         ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False, log_to_driver=True)
         _STARTED_HERE["local"] = True
+    _terminate_as_interrupt()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``ray job stop``) on a job's driver, ended as Ctrl-C is: the run lease released,
+    what is staged kept, one line saying how to resume."""
+
+
+def _terminate_as_interrupt() -> None:
+    """Take SIGTERM back from Ray, whose handler (installed by ``ray.init``) dumps a C++ stack and aborts,
+    so that ``job_command`` ends the job as for Ctrl-C. Only the main thread can set a handler."""
+    import signal
+    import threading
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -359,10 +378,11 @@ def job_command(fn):
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:  # Ctrl-C: what is staged is kept; say how to go on (130: killed by SIGINT)
-            typer.echo("interrupted: the parts staged so far are kept; run the same command again (the same "
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is staged is kept; say how to go on
+            what, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+            typer.echo(f"{what}: the parts staged so far are kept; run the same command again (the same "
                        "--run-id, or the same input and settings) to resume", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(code) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)
     command.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in COMMON_FLAGS}}

@@ -296,8 +296,10 @@ def test_relative_paths_in_a_submitted_jobs_unpacked_working_dir_are_refused():
     check_not_in_job_package("--output", "out/cluster", cwd="/home/me/project")
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path, random_tiny_dir):
-    """Ctrl-C on a driver ended with no word (or Ray's dumps); it says what is kept and how to go on."""
+@pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, code, word):
+    """Ctrl-C on a driver ended with no word, SIGTERM (kill, ray job stop) with Ray's C++ stack dump (exit
+    134); both say what is kept and how to go on."""
     import json
     import os
     import signal
@@ -317,6 +319,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, random_tiny_dir):
     while time.monotonic() < deadline and not (tmp_path / "out" / "_runs" / "ctrl-c").exists():
         time.sleep(0.5)  # the run is under way once its lease is taken
     time.sleep(3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted: the parts staged so far are kept" in err, err[-3000:]
+    assert proc.returncode == code and f"{word}: the parts staged so far are kept" in err, err[-3000:]
+    assert "*** SIGTERM received" not in err

@@ -269,16 +269,22 @@ def _geoparquet_part(uri: str, tmp_uri: str, geometry: ResultGeometry, storage_o
 
 
 def rewrite_parts_as_geoparquet(staged_uri: str, tmp_uri: str, headers: dict[str, SceneHeader],
-                                storage_options=None) -> int:
-    """Every staged Parquet part rewritten as GeoParquet, one Ray task per part (the driver reads no rows).
-    The run's geometry CRS comes from ``headers`` (one CRS, else OGC:CRS84). Returns the parts rewritten."""
-    import ray
-
+                                storage_options=None, in_process: bool = False) -> int:
+    """Every staged Parquet part rewritten as GeoParquet, one Ray task per part (the driver reads no rows),
+    or here, one after another, with ``in_process`` (a run of no items: one part of no rows, and no Ray
+    started). The run's geometry CRS comes from ``headers`` (one CRS, else OGC:CRS84). Returns the parts
+    rewritten."""
     fs, staged = filesystem(staged_uri, storage_options)
     proto = staged_uri.split("://", 1)[0] + "://" if "://" in staged_uri else ""
-    parts = [p for p in fs.find(staged) if p.endswith(".parquet")]
+    parts = [p for p in fs.find(staged) if p.endswith(".parquet")] if fs.exists(staged) else []
     if not parts:
         return 0
+    if in_process:
+        return sum(_geoparquet_part(proto + p if proto and not p.startswith(proto) else p,
+                                    join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"), ResultGeometry(headers),
+                                    storage_options) for i, p in enumerate(parts))
+    import ray
+
     geometry = ray.put(ResultGeometry(headers))
     task = ray.remote(num_cpus=0.5)(_geoparquet_part)
     refs = [task.remote(proto + p if proto and not p.startswith(proto) else p,
@@ -396,7 +402,9 @@ def geo_outputs(headers: dict[str, SceneHeader], scene_sources: dict[str, str], 
     (``rollup.json``, GeoJSON and GeoParquet detections under the run's ``scenes/``)."""
 
     def write(results, paths, storage_options) -> None:
-        if not results.has_rows():
+        if not results.has_rows():  # its one part of no rows still becomes GeoParquet, as every run's parts do
+            rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options,
+                                        in_process=True)
             write_text(join(paths.staged_meta, "rollup.json"), "{}", storage_options)
             return
         rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options)

@@ -166,7 +166,7 @@ def _check_record(data, path: Path) -> None:
         for k, kind in NODE_FIELDS.items():
             if not isinstance(node[k], kind) or (kind is int and isinstance(node[k], bool)):
                 bad(f"nodes[{i}].{k} is {node[k]!r}")
-        if node["pid"] < 2:  # 0 and 1 are never a node's session; session 1 is the whole machine's init
+        if node["pid"] < 2:  # pid 0 is no process and 1 is init: signalling either's group reaches every process
             bad(f"nodes[{i}].pid is {node['pid']}")
 
 
@@ -461,7 +461,7 @@ class LocalCluster:
         table = process_table()
         sessions = set()
         for node in self.nodes:
-            if node["pid"] < 2 or node["pid"] == os.getsid(0):  # init's session, or our own: never a node's
+            if node["pid"] < 2 or node["pid"] == os.getsid(0):  # init's process group, or this process's: never a node's
                 continue
             leader = table.get(node["pid"])
             if leader is None or leader.start_time == node["start_time"]:
@@ -600,8 +600,6 @@ def status():
         typer.echo(f"the local cluster recorded in {STATE} is not running")
         raise typer.Exit(1)
     import ray
-
-    import socket
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     host, _, port = c.address.rpartition(":")

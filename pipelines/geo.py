@@ -36,7 +36,7 @@ import numpy as np
 from spote.images import stored_point
 
 from .rasters import SceneHeader
-from .storage import filesystem, join, write_bytes, write_text
+from .storage import filesystem, join, write_parquet_file, write_text
 
 GEOPARQUET_VERSION = "1.1.0"
 ROWS_PER_FILE = 1_000_000
@@ -227,17 +227,6 @@ def with_geometry(table, columns: dict[str, np.ndarray], primary: str, crs: str 
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = json.dumps(geo).encode()
     return table.replace_schema_metadata(meta)
-
-
-def write_parquet_file(table, uri: str, storage_options=None) -> None:
-    """One Parquet file, the table's schema metadata (``geo``) kept, written whole (``storage.write_bytes``)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    write_bytes(uri, buf.getvalue(), storage_options)
 
 
 def write_parquet(table, folder_uri: str, storage_options=None) -> list[str]:

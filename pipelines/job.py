@@ -23,7 +23,7 @@ from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
 from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, local_path, parse_storage_options,
-                      read_bytes, redact_uri, retrying, stable_cwd, write_bytes)
+                      read_bytes, redact_uri, retrying, stable_cwd, write_parquet_file)
 
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
@@ -514,19 +514,6 @@ class RunResults:
         return _read(self.uri, self.storage_options, columns)
 
 
-def _write_empty_part(schema, uri: str, so: dict) -> None:
-    """A run with no items still commits one Parquet file, of no rows, with the result columns: pandas,
-    DuckDB and geopandas then read the run as an empty table with its columns, not as a folder with no
-    file (DuckDB: "No files found"; pandas: no columns)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(schema.empty_table(), buf)
-    write_bytes(uri, buf.getvalue(), so)
-
-
 def _has_parquet(fs, path: str) -> bool:
     return fs.exists(path) and any(f.endswith(".parquet") for f in fs.find(path))
 
@@ -892,7 +879,9 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
         finally:
             ctx.checkpoint_config = previous
     elif items_in == 0 and not _has_parquet(fs, staged):
-        _write_empty_part(result_schema(plan.schema), join(paths.staged, "empty-run.parquet"), so)
+        # a run of no items still commits one file, of no rows, with the result columns: pandas, DuckDB and
+        # geopandas then read it as an empty table with its columns, not as a folder with no file
+        write_parquet_file(result_schema(plan.schema).empty_table(), join(paths.staged, "empty-run.parquet"), so)
     stats = collect_stats(_read(paths.staged, so)) if _has_parquet(fs, staged) else RunStats()
     stable_cwd()  # a Ray job's working dir may have been extracted again while the datasets ran
     check_accounting(items_in, int(planned["id_digest"]), stats.items, stats.id_digest,

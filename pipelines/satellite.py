@@ -42,7 +42,7 @@ from spote.images import DEFAULT_MAX_PIXELS
 
 from .geo import (
     ResultGeometry, detections_feature_collection, geometry_bbox, in_crs, scene_detections, scene_polygon,
-    with_geometry, write_parquet_file,
+    with_geometry,
 )
 from .job import JobOptions, job_command, run_job
 from .planning import Plan, check_source_ids_unique, list_sources, listing_version, plan_schema
@@ -53,7 +53,7 @@ from .rasters import (
     tile_pixel_cap, tile_ranges, tile_stretch, to_rgb8,
 )
 from .stages import RowLoader, SkipItem
-from .storage import filesystem, join, parse_storage_options, write_text
+from .storage import filesystem, join, parse_storage_options, write_parquet_file, write_text
 
 app = typer.Typer(add_completion=False)
 STRETCH_MODES = ("scene", "tile")
@@ -279,18 +279,16 @@ def rewrite_parts_as_geoparquet(staged_uri: str, tmp_uri: str, headers: dict[str
     parts = [p for p in fs.find(staged) if p.endswith(".parquet")] if fs.exists(staged) else []
     if not parts:
         return 0
+    moves = [(proto + p if proto and not p.startswith(proto) else p, join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"))
+             for i, p in enumerate(parts)]  # (part, where its rewrite is written first)
     if in_process:
-        return sum(_geoparquet_part(proto + p if proto and not p.startswith(proto) else p,
-                                    join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"), ResultGeometry(headers),
-                                    storage_options) for i, p in enumerate(parts))
+        geometry = ResultGeometry(headers)
+        return sum(_geoparquet_part(part, tmp, geometry, storage_options) for part, tmp in moves)
     import ray
 
     geometry = ray.put(ResultGeometry(headers))
     task = ray.remote(num_cpus=0.5)(_geoparquet_part)
-    refs = [task.remote(proto + p if proto and not p.startswith(proto) else p,
-                        join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"), geometry, storage_options)
-            for i, p in enumerate(parts)]
-    return sum(ray.get(refs))
+    return sum(ray.get([task.remote(part, tmp, geometry, storage_options) for part, tmp in moves]))
 
 
 # ------------------------------------------------------------------------------------------------ roll-up

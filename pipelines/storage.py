@@ -111,6 +111,17 @@ def write_text(uri: str, text: str, storage_options=None) -> None:
     write_bytes(uri, text.encode(), storage_options)
 
 
+def write_parquet_file(table, uri: str, storage_options=None) -> None:
+    """One Parquet file, the table's schema metadata (GeoParquet's ``geo``) kept, written whole (``storage.write_bytes``)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes(uri, buf.getvalue(), storage_options)
+
+
 def write_bytes(uri: str, data: bytes, storage_options=None) -> None:
     retrying(_write_bytes, uri, data, storage_options)
 

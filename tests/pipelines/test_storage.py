@@ -70,7 +70,7 @@ def test_a_parquet_file_whose_table_cannot_be_written_leaves_the_old_one(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.geo import write_parquet_file
+    from pipelines.storage import write_parquet_file
 
     path = tmp_path / "results" / "part-00000.parquet"
     good = pa.table({"id": ["a", "b"]})

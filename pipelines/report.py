@@ -65,22 +65,32 @@ TEXT_SHOWN = 200
 VALUE_SHOWN = 1000       # ... of a value in the run's settings table
 TITLE_SHOWN = 5000
 TOKENS_SHOWN = 40        # per-token confidences listed in a card
+# distinct (field, question, answer) counted exactly: past it, the most frequent (``Tally``); bounds the
+# driver's memory (at most twice as many counts, ~100 bytes each) on runs with an open answer per page
+ANSWERS_KEPT = 50_000
 
 
 @dataclass
 class Tally:
     """What the report needs from every row of a run that ``RunStats`` does not keep (its answer counts and
-    samples are capped): exact answer counts per question, and the confident rows the gallery chooses from.
+    samples are capped): answer counts per question, and the confident rows the gallery chooses from.
     Built per block of rows (``of_table``) and merged (``merge``), as ``RunStats`` is, so the driver holds
-    one count per distinct (field, question, answer) and ``CONFIDENT_KEPT`` rows, never the rows.
+    at most ``2 * ANSWERS_KEPT`` counts and ``CONFIDENT_KEPT`` rows, never the rows.
 
-    ``answers``: {(field or "", question): {answer: ok rows}}. ``confident``: (id hash, row) of the
+    ``answers``: {(field or "", question): {answer: ok rows}}, exact while a run has at most
+    ``ANSWERS_KEPT`` distinct (field, question, answer); past that, each time the counts reach twice as
+    many, only the ``ANSWERS_KEPT`` largest are kept (an open field read on a million pages has about a
+    million distinct answers), and ``undercount`` grows by the largest count dropped: no kept count is
+    low by more than ``undercount`` rows, and no answer given more often than ``undercount`` is missing
+    (each drop loses at most that much of any one answer). ``confident``: (id hash, row) of the
     ``CONFIDENT_KEPT`` ok rows of confidence >= ``SURE_CONFIDENCE`` with the smallest id hashes
     (``planning.id_hashes``, as ``RunStats.random_sample``): the same run always offers the same ones."""
 
     answers: dict = field(default_factory=dict)
     confident: list = field(default_factory=list)
     caveat: str = ""  # why the counts may not be exact (``of_stats``), said on the page
+    undercount: int = 0
+    kept: int = 0     # counts held in ``answers``
 
     @classmethod
     def of_table(cls, table: pa.Table) -> "Tally":
@@ -100,6 +110,8 @@ class Tally:
                             for f, q, a in zip(fields, ok.column("question").to_pylist(), ok.column("answer").to_pylist()))
             for (question, answer), n in pairs.items():
                 t.answers.setdefault(question, {})[answer] = n
+            t.kept = len(pairs)
+            t._bound()
         if "confidence" in ok.column_names and "id" in ok.column_names:
             conf = np.asarray(pc.cast(ok.column("confidence"), pa.float64()).to_numpy(zero_copy_only=False), np.float64)
             sure = np.flatnonzero(conf >= SURE_CONFIDENCE)  # NaN (no confidence) is not sure
@@ -127,9 +139,34 @@ class Tally:
         for question, counts in other.answers.items():
             mine = self.answers.setdefault(question, {})
             for answer, n in counts.items():
+                self.kept += answer not in mine
                 mine[answer] = mine.get(answer, 0) + n
+        # a count kept here may have lost up to self.undercount and the other's up to other.undercount
+        self.undercount += other.undercount
         self.confident = sorted(self.confident + other.confident, key=lambda hr: hr[0])[:CONFIDENT_KEPT]
+        self._bound()
         return self
+
+    def _bound(self) -> None:
+        """Past ``2 * ANSWERS_KEPT`` counts, keep the ``ANSWERS_KEPT`` largest (ties: any), add the largest
+        dropped count to ``undercount`` and say so in ``caveat``."""
+        if self.kept > 2 * ANSWERS_KEPT:
+            self._drop_least_frequent()
+        if self.undercount:
+            self.caveat = (f"keep the {fmt_count(ANSWERS_KEPT)} most frequent answers of a run with more "
+                           f"distinct ones: a count may be low by up to {_n(self.undercount, 'item')}, and an "
+                           f"answer given that often or less may be missing; the results table has every row")
+
+    def _drop_least_frequent(self) -> None:
+        flat = sorted(((n, q, a) for q, counts in self.answers.items() for a, n in counts.items()),
+                      key=lambda nqa: -nqa[0])
+        self.undercount += flat[ANSWERS_KEPT][0]
+        for _, question, answer in flat[ANSWERS_KEPT:]:
+            counts = self.answers[question]
+            del counts[answer]
+            if not counts:
+                del self.answers[question]
+        self.kept = ANSWERS_KEPT
 
 
 def _finite_or_nan(v) -> float:

@@ -293,6 +293,51 @@ def test_answer_counts_are_exact_for_every_row(ray_local, tmp_path):
     assert "53 more questions (53 answered items) not shown" in _strip(section.split("</section>")[0])
 
 
+def test_answer_counts_of_an_open_field_on_many_pages_stay_bounded_and_say_how_far_off(monkeypatch):
+    """Past ``ANSWERS_KEPT`` distinct answers the tally keeps the most frequent and says by how much a count
+    may be low: every kept count is within that of the truth, every answer given more often is kept, and
+    the page says so. (A cap of 40 stands in for 50,000.)"""
+    import pipelines.report as report
+
+    monkeypatch.setattr(report, "ANSWERS_KEPT", 40)
+    rng = np.random.default_rng(0)
+    # a code read once per page, a few codes read on many pages, and a closed question beside them
+    codes = [f"code-{i}" for i in range(3000)] + [f"common-{k}" for k in range(5) for _ in range(60 + 20 * k)]
+    codes = list(rng.permutation(codes))
+    rows = [_row(id=f"p{i}", field="reference", question="what is the code ?", answer=a) for i, a in enumerate(codes)]
+    rows += [_row(id=f"t{i}", question="is it ticked ?", answer="yes" if i % 3 else "no") for i in range(900)]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    total = report.Tally()
+    for start in range(0, len(rows), 100):
+        total.merge(report.Tally.of_table(pa.Table.from_pylist(rows[start:start + 100])))
+        assert total.kept == sum(map(len, total.answers.values())) <= 80
+
+    truth: dict = {}
+    for r in rows:
+        key = (r.get("field") or "", r["question"])
+        truth.setdefault(key, {}).setdefault(r["answer"], 0)
+        truth[key][r["answer"]] += 1
+    assert 0 < total.undercount < 60
+    for question, counts in truth.items():
+        for answer, n in counts.items():
+            kept = total.answers.get(question, {}).get(answer)
+            if n > total.undercount:
+                assert kept is not None, f"{answer} given {n} times is missing"
+            if kept is not None:
+                assert n - total.undercount <= kept <= n
+    page = _strip(report._answers_section(total.answers, total.caveat))
+    assert f"may be low by up to {total.undercount} items" in page and "most frequent answers" in page
+
+
+def test_answer_counts_under_the_cap_are_exact_and_carry_no_caveat():
+    import pipelines.report as report
+
+    rows = [_row(id=f"p{i}", answer=f"a{i % 7}") for i in range(300)]
+    t = report.Tally.of_table(pa.Table.from_pylist(rows[:150])).merge(report.Tally.of_table(pa.Table.from_pylist(rows[150:])))
+    assert t.answers == {("", "q ?"): {f"a{k}": 43 if k < 6 else 42 for k in range(7)}}
+    assert t.undercount == 0 and t.caveat == "" and t.kept == 7
+
+
 # ---------------------------------------------------------------------------------------------- gallery
 def test_confident_cards_are_chosen_from_every_confident_row(ray_local, tmp_path):
     """20 confident rows in 2,000: the gallery shows 6 of them, the same 6 every time (those of smallest id

@@ -215,9 +215,11 @@ def documents_done(results) -> pa.Table:
     if len(done) < len(whole):
         print(f"[documents] {len(whole) - len(done)} document(s) with a page that failed for a passing reason "
               f"({', '.join(PASSING_FAILURES)}) are left out of the ledger: the next run reads them again")
+    # typed: with no document done the lists are empty, and untyped they would be null columns
     return pa.table({"source": [r["source"] for r in done], "document": [r["document"] for r in done],
                      "fingerprint": [r["fingerprint"] for r in done], "pages": [r["max(pages)"] for r in done],
-                     "items": [r["count()"] for r in done]})
+                     "items": [r["count()"] for r in done]},
+                    schema=pa.schema([LEDGER_SCHEMA.field(n) for n in ("source", "document", "fingerprint", "pages", "items")]))
 
 
 def update_ledger(output: str, results, run_id: str, so=None, settings: str = "") -> int:

@@ -320,6 +320,30 @@ def test_documents_that_failed_for_a_passing_reason_stay_out_of_the_ledger(ray_l
     assert said == 2
 
 
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_a_night_where_every_document_failed_for_a_passing_reason_leaves_the_ledger_as_it_was(
+        ray_local, tmp_path, with_stats):
+    """An endpoint down all night: no document is done, the ledger keeps what it held, nothing raises."""
+    import pyarrow as pa
+
+    from pipelines.documents import LEDGER_SCHEMA, update_ledger, write_ledger
+    from pipelines.job import RunResults
+    from pipelines.stats import RunStats
+
+    earlier = pa.table({"source": ["old.pdf"], "document": ["old.pdf"], "fingerprint": ["fp0"], "run_id": ["n0"],
+                        "pages": [1], "items": [1], "settings": ["s"]}, schema=LEDGER_SCHEMA)
+    write_ledger(str(tmp_path / "out"), earlier)
+    docs = ["a.pdf", "b.png"]
+    table = pa.table({"id": [f"{d}/p0" for d in docs], "source": docs, "document": docs, "fingerprint": ["fp"] * 2,
+                      "page": [0, 0], "pages": [1, 1], "status": ["error"] * 2,
+                      "error": ["endpoint error: 503 after 3 retries", "timeout: answering took longer than 1 s"]})
+    (tmp_path / "results").mkdir()
+    pq.write_table(table, tmp_path / "results" / "part-0.parquet")
+    stats = RunStats.of_table(table) if with_stats else None
+    assert update_ledger(str(tmp_path / "out"), RunResults(str(tmp_path / "results"), {}, stats), "night", settings="s") == 0
+    assert read_ledger(str(tmp_path / "out")).to_pylist() == earlier.to_pylist()
+
+
 def test_documents_refuses_a_dpi_out_of_range_in_one_line(tmp_path):
     from pipelines.job import JobRefused
 

@@ -92,7 +92,10 @@ def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 # ---------------------------------------------------------------- listing
 
 def source_uri(input_uri: str, path: str) -> str:
-    """An fsspec path found under ``input_uri`` as a URI with the input's protocol."""
+    """An fsspec path found under ``input_uri`` as a URI with the input's protocol; under a local path or
+    a ``file:`` URI, the plain local path (one name per file, however the input was spelled)."""
+    if input_uri.startswith("file:"):
+        return path
     proto = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
     return proto + path if proto and not path.startswith(proto) else path
 

@@ -141,7 +141,7 @@ def _entry(entry, index: int) -> tuple[dict | None, str | None, list[str]]:
         problems.append(choice_problem)
     if problems:
         return None, name, problems
-    return {"question": question.strip(), "choices": json.dumps(choices) if choices else "", "field": name}, name, []
+    return {"question": question.strip(), "choices": json.dumps(choices, ensure_ascii=False) if choices else "", "field": name}, name, []
 
 
 def _choices(raw) -> tuple[list[str] | None, str]:

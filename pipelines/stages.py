@@ -197,6 +197,7 @@ class SpotePredictor:
         from PIL import Image
 
         from spote.core import spote
+        from spote.adapters.base import PromptTooLong
         from spote.images import check_choices
 
         from .timelimit import DeadlineAdapter, ItemTimeout
@@ -223,6 +224,9 @@ class SpotePredictor:
         except ItemTimeout as err:  # the passes and time spent before it failed are still spent
             return {**base, "status": "error", "error": f"timeout: {err}",
                     "forward_passes": self.adapter.forward_passes - passes0, "latency_ms": (time.perf_counter() - t0) * 1000}
+        except PromptTooLong as err:  # the input's fault, and lasting: "question too long: ...", not a model error
+            return {**base, "status": "error", "error": str(err), "forward_passes": self.adapter.forward_passes - passes0,
+                    "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow
             from spote.adapters.endpoint import EndpointError
 

@@ -40,6 +40,13 @@ def test_yaml_and_json_files_give_the_same_questions(tmp_path):
     assert json.loads(qs[1]["choices"]) == ["yes", "no"] and json.loads(qs[2]["choices"]) == ["EUR", "USD", "GBP"]
 
 
+def test_choices_are_stored_as_written_so_a_query_finds_them(tmp_path):
+    """``WHERE choices LIKE '%日本%'`` must find a row: no ``\\u`` escapes in the stored text."""
+    qs = load_questions(_write(tmp_path, "- field: country\n  question: which country ?\n  choices: [日本, Ελλάδα, yes]\n"))
+    assert "日本" in qs[0]["choices"] and "Ελλάδα" in qs[0]["choices"] and "\\u" not in qs[0]["choices"]
+    assert json.loads(qs[0]["choices"]) == ["日本", "Ελλάδα", "yes"]
+
+
 def test_files_without_field_names_keep_working_and_are_named_by_position(tmp_path):
     uri = _write(tmp_path, "- question: is the red box ticked ?\n  choices: [yes, no]\n"
                            "- {question: 'count ?', choices: '1,2'}\n- question: what is written ?\n")

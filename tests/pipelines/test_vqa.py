@@ -332,7 +332,7 @@ def test_manifest_rows_name_a_missing_image_uri_and_choices_that_are_not_a_list(
 def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
     """Bad choices reach the model stage as "bad choices: ..."; a failure inside the model as "model error: ...",
     the exception's class after it: ``errors_by_reason`` counts kinds, not class names or paths."""
-    from pipelines.stages import SpotePredictor
+    from pipelines.stages import PASSING_FAILURES, SpotePredictor
     from pipelines.stats import error_reason
 
     predictor = SpotePredictor(model=str(random_tiny_dir), policy={"budget": 3, "group_size": 2})
@@ -344,6 +344,10 @@ def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
     broken = predictor.predict({**row, "choices": "", "height": 0, "width": 96})  # no pixels to make an image of
     assert broken["status"] == "error" and broken["error"].startswith("model error: ")
     assert {error_reason(blank["error"]), error_reason(broken["error"])} == {"bad choices", "model error"}
+    # a question the model cannot read whole is the input's fault, lasting: its own reason, not a passing one
+    long = predictor.predict({**row, "choices": "", "question": "what is the code in the account field ? " * 80})
+    assert long["status"] == "error" and error_reason(long["error"]) == "question too long", long["error"]
+    assert "shorten the question" in long["error"] and error_reason(long["error"]) not in PASSING_FAILURES
 
 
 @pytest.mark.slow
@@ -606,3 +610,16 @@ def test_a_signed_manifest_url_is_named_without_its_query_in_rows_and_messages(t
     (tmp_path / "bad.jsonl.gz").write_bytes(bytes(raw))
     with pytest.raises(ManifestError, match=r"bad\.jsonl\.gz: cannot be read as a GZ manifest"):
         plan_manifest(str(tmp_path / "bad.jsonl.gz"))
+
+
+def test_manifest_choices_are_stored_as_written(tmp_path):
+    """No ``\\u`` escapes in the ``choices`` column: a query for the text the user wrote finds the row."""
+    from pipelines.vqa import read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "image_uri": "a.png", "question": "which ?", "choices": ["日本", "ελλάδα"]},
+                                   ensure_ascii=True) + "\n" + json.dumps({"id": "b", "image_uri": "b.png",
+                                                                          "question": "which ?", "choices": "日本,x"}) + "\n")
+    rows = read_manifest(str(manifest))
+    assert ["日本" in r["choices"] and "\\u" not in r["choices"] for r in rows] == [True, True]
+    assert [json.loads(r["choices"]) for r in rows] == [["日本", "ελλάδα"], ["日本", "x"]]

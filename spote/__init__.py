@@ -68,6 +68,21 @@ def _digest(options: dict | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_text_arguments(question, choices) -> None:
+    """Raise TypeError for a question or a choice that is not text: ``str()`` would turn ``b"what"`` into the
+    question ``"b'what'"`` and ``None`` into the choice ``"None"``, and the model would answer those."""
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if choices is None or isinstance(choices, str):
+        return
+    if not isinstance(choices, (list, tuple)):
+        raise TypeError(f"choices must be a list or tuple of str, a comma-separated str or None, "
+                        f"got {type(choices).__name__}")
+    for i, c in enumerate(choices):
+        if not isinstance(c, str):
+            raise TypeError(f"each choice must be a str, got {type(c).__name__} at choices[{i}]")
+
+
 def answer(image, question: str, choices=None, *, model=None, revision: str | None = None,
            endpoint: str | None = None, endpoint_options: dict | None = None, method: str = "spote",
            storage_options: dict | None = None, **policy_overrides) -> "SpotResult":
@@ -77,8 +92,11 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         image: a file path, an fsspec URI (``s3://...``, ``https://...``), encoded bytes, a PIL image,
             or an HxW / HxWxC (C = 1, 3, 4) numpy array. Any size: views are rendered from the full-resolution
             pixels. High-bit-depth and float arrays are stretched to 8 bits.
-        question: the question, non-empty.
-        choices: a closed answer set (a list or ``"a,b,c"``, at least two, distinct), or None for an open answer.
+        question: the question, a non-empty ``str``.
+        choices: a closed answer set (a list or tuple of ``str``, or ``"a,b,c"``; at least two, distinct), or
+            None for an open answer: the model writes it, at most 32 tokens (``spote.adapters.base.MAX_NEW_TOKENS``;
+            through an endpoint its ``max_new_tokens``, default 32). A longer answer is cut there:
+            ``SpotResult.answer_cut_off`` is then True.
         model: whatever ``load_adapter`` takes (None for the shipped ``spote-tiny``, a model folder, an
             ``s3://`` checkpoint, a Hugging Face hub id such as ``"Qwen/Qwen2.5-VL-3B-Instruct"``), or an adapter
             already loaded by ``load_adapter`` (no reload). With ``endpoint``: the model name the server serves.
@@ -88,33 +106,47 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             ``OPENAI_API_KEY`` (or ``endpoint_options={"api_key_env": "NAME"}``).
         endpoint_options: ``spote.adapters.endpoint.EndpointConfig`` fields: ``concurrency``, ``timeout_s``,
             ``max_retries``, ``max_images``, ``view_size``, ``top_logprobs``, ``image_format``, ...
-        method: ``"spote"`` or a peer for comparison: ``baseline``, ``naive_entropy``, ``grid``, ``random``,
-            ``vicrop``, ``api``.
+        method: ``"spote"`` or a peer for comparison (``spote.baselines``): ``baseline``, ``api``, ``vicrop``,
+            ``grid``, ``naive_entropy``, ``random``, ``zoomeye``, ``scaffold``.
         storage_options: fsspec options for a remote image or checkpoint (e.g. ``{"endpoint_url": ...}``).
-        **policy_overrides: ``PolicyConfig`` fields, e.g. ``budget=32``, ``mode="zoom"``.
+        **policy_overrides: ``PolicyConfig`` fields, e.g. ``budget=32``, ``mode="zoom"``. A ``budget`` (forward
+            passes) holds every search method to it, as ``spote ask --budget`` does; without one each runs at
+            its own defaults (spote's ``PolicyConfig.budget``, 96; grid reads every window of its grid, zoomeye
+            up to 256 passes, scaffold two steps of 4). The whole image is read whatever it costs (one pass per
+            choice where choices span several tokens); ``api`` and ``vicrop`` cost 2-3 passes whatever the budget.
 
     Returns:
-        SpotResult: ``answer``; ``confidence`` (probability of the answer, 0-1: for an open answer the product of
-        its token probabilities); ``entropy_trace`` (answer-span entropy in nats, the whole image first, then
-        after each step); ``evidence_box`` ([x0, y0, x1, y1] in source pixels of the window the answer was read
-        on, None when the whole image answered; for an open answer the window where the best views agree,
-        centred on the salient thing there, the answer decoded from shifted and rescaled copies of it);
-        ``forward_passes``; ``seconds``.
+        SpotResult (its docstring has every field): ``answer``; ``confidence`` (probability of the answer, 0-1,
+        6 significant digits: for an open answer the product of its ``token_confidences``, 0 only for an empty
+        answer); ``entropy_trace`` (answer entropy in nats, the whole image first, then after each step);
+        ``evidence_box`` ([x0, y0, x1, y1] in pixels of the original image of the window the answer was read on,
+        None when the whole image answered; for an open answer the window where the best views agree, centred
+        on the salient thing there, the answer decoded from shifted and rescaled copies of it);
+        ``forward_passes``; ``seconds``; for an open answer also ``token_confidences`` (the probability of each
+        answer token, in order), ``answer_token_ids`` (the model's token ids, one per token confidence),
+        ``answer_cut_off`` (True where the token cap ended the answer) and, after a search that beat the whole
+        image, ``reward_standout`` (a robust z of how far the best view's reward stands out of the rest; below
+        ``standout_z`` the whole image answers).
 
     Raises:
         BadImage: the image cannot be read (missing, empty, corrupt, over the pixel cap, bad array shape).
-        ValueError: empty question, fewer than two or duplicate choices, an unknown policy field or method.
+        TypeError: ``question`` is not a ``str``; ``choices`` is not None, a ``str``, a list or a tuple, or one
+            of them is not a ``str``; ``model`` is neither a name nor an adapter.
+        ValueError: empty question, fewer than two, empty or duplicate choices, an unknown policy field or
+            method, a policy value out of range.
+        spote.adapters.base.PromptTooLong: a ``ValueError``: the question (or, closed set, its choices), with
+            the images, is longer than the model reads.
         spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
-        TypeError: ``model`` is neither a name nor an adapter.
     """
     from dataclasses import fields
 
-    from .baselines import ANSWER_METHODS, run_method
+    from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
     from .images import check_choices, check_question
     from .loading import load_adapter
 
+    _check_text_arguments(question, choices)
     q = check_question(question)
     ch = check_choices(choices)
     known = {f.name for f in fields(PolicyConfig)}
@@ -142,4 +174,6 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     else:
         raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter from load_adapter, "
                         f"got {type(model).__name__}")
-    return run_method(method, adapter, img, q, ch, cfg)
+    # a budget given holds the peers to it too, as `spote ask --budget` and `spote bench --budget` do
+    held = held_to_budget(cfg.budget if "budget" in policy_overrides else None)
+    return run_method(method, adapter, img, q, ch, cfg, **held)

@@ -14,7 +14,8 @@
 Every search method takes a forward-pass budget, so that methods can be compared at matched cost
 (``spote bench --budget B``): spote, naive_entropy and zoomeye stop when they reach it; grid reads
 its windows coarse to fine and random draws windows until it is spent; scaffold runs
-``(B - 1) // 4`` steps of 4.
+``(B - 1) // 4`` steps of 4. ``held_to_budget`` gives the keyword arguments of ``run_method`` that
+hold a method to ``B``; spote and naive_entropy read it from ``PolicyConfig.budget``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, spote, view_mode,
-                   window_grid)
+from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, significant,
+                   spote, view_mode, window_grid)
 from .spotlight import Box, ViewRenderer
 
 METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")
@@ -36,17 +37,28 @@ ANSWER_METHODS = tuple(m for m in METHODS if m != "oracle")
 SEARCH_METHODS = ("spote", "naive_entropy", "random", "grid", "zoomeye", "scaffold")
 
 
+def held_to_budget(budget: int | None) -> dict:
+    """The keyword arguments of ``run_method`` that hold every search method to ``budget`` forward passes,
+    as ``spote bench --budget`` does (grid, zoomeye and random stop there, scaffold runs ``(budget - 1) // 4``
+    steps of 4; spote and naive_entropy take theirs from ``PolicyConfig.budget``, which should be the same
+    number; api and vicrop cost 2-3 whatever it is); ``{}`` for None: each method at its own
+    defaults (grid's every window, zoomeye's ``ZOOMEYE_MAX_PASSES``, scaffold's two steps). The whole image
+    is read whatever it costs: one pass, or one per choice where choices span several tokens."""
+    return {} if budget is None else {"max_passes": budget, "n_windows": budget}
+
+
 def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode,
-            token_ids=None, token_logp=None):
+            token_ids=None, token_logp=None, cut_off=None):
     """A method's SpotResult. Closed set: the answer and confidence are ``reading``'s top choice. Open
     ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated; default: the
     span ``reading`` generated); its confidence is their product, as spote's, and 0 for an empty answer
-    (no token was read)."""
+    (no token was read); ``cut_off``: whether its generation stopped at the token cap."""
     token_confidences = None
     if choices is not None:
         answer = choices[int(reading.logp.argmax())]
         confidence = float(reading.logp.exp().max())
         dist = _distribution(choices, reading.logp)
+        cut_off = None
     else:
         if token_logp is None:  # the reading's span, unless the answer is empty (its span is the end token)
             token_logp = [] if token_ids is not None and not token_ids else reading.span_logp.tolist()
@@ -57,22 +69,23 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         if not answer:  # an empty answer read nothing: no box holds its evidence
             evidence_box = None
     return SpotResult(
-        answer=answer, confidence=round(confidence, 6), distribution=dist, entropy_trace=trace, reward_trace=[],
+        answer=answer, confidence=significant(confidence), distribution=dist, entropy_trace=trace, reward_trace=[],
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
         policy=asdict(cfg), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
-        token_confidences=token_confidences,
+        token_confidences=token_confidences, answer_cut_off=cut_off,
     )
 
 
 def _open_answer(adapter, renderer, mode, reader, choices, box, text):
-    """(text, token ids, token log-probs) of the answer: for an open question whose search found a better
-    view, generated once on it; otherwise the baseline's (``text``, ``reader.answer_ids``, and None: the
-    baseline reading's own span log p, which ``_result`` takes); ids None for a closed set."""
+    """(text, token ids, token log-probs, cut off) of the answer: for an open question whose search found a
+    better view, generated once on it; otherwise the baseline's (``text``, ``reader.answer_ids``, None: the
+    baseline reading's own span log p, which ``_result`` takes, and ``reader.cut_off``); ids None for a
+    closed set."""
     if choices is None and box is not None:
         gen = adapter.generate(renderer.render(box, mode), reader.question)
-        return gen.text, gen.token_ids, list(gen.logprobs)
-    return text, reader.answer_ids, None
+        return gen.text, gen.token_ids, list(gen.logprobs), gen.cut_off
+    return text, reader.answer_ids, None, reader.cut_off
 
 
 def _generation_passes(choices) -> int:
@@ -93,9 +106,10 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
         for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
-    text, ids, token_logp = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
+    text, ids, token_logp, cut_off = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
-                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp)
+                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp,
+                   cut_off)
 
 
 def run_baseline(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -145,7 +159,7 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     else:
         base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode, reader.answer_ids)
+                   box.as_list(), cfg.mode, reader.answer_ids, cut_off=reader.cut_off)
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices):
@@ -160,7 +174,7 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
-                   reader.answer_ids)
+                   reader.answer_ids, cut_off=reader.cut_off)
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
@@ -176,7 +190,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode, reader.answer_ids)
+                   box.as_list(), mode, reader.answer_ids, cut_off=reader.cut_off)
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
@@ -238,9 +252,9 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
             if rd.entropy < best.entropy:
                 best, best_box = rd, k
         trace.append(best.entropy)
-    text, ids, token_logp = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
+    text, ids, token_logp, cut_off = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
     return _result("zoomeye", adapter, passes0, t0, cfg, best, choices, text, trace, seen,
-                   best_box.as_list() if best_box else None, mode, ids, token_logp)
+                   best_box.as_list() if best_box else None, mode, ids, token_logp, cut_off)
 
 
 def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:

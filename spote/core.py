@@ -290,6 +290,7 @@ class Reader:
         self.adapter, self.question, self.choices = adapter, question, choices
         self.span_ids: list[int] | None = None    # the tokens scored on every view (open ended)
         self.answer_ids: list[int] | None = None  # the baseline's answer tokens: span_ids, or [] for an empty answer
+        self.cut_off: bool | None = None  # open ended: the baseline's answer hit the token cap (None: not known)
         self.prompt_views = None
 
     def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
@@ -298,6 +299,7 @@ class Reader:
             _check_finite(logp)
             return Reading(logp=logp), self.choices[int(logp.argmax())]
         gen = self.adapter.generate(views, self.question)
+        self.cut_off = gen.cut_off
         _check_finite(torch.tensor([*gen.logprobs, *gen.entropies, gen.end_logp or 0.0, gen.end_entropy or 0.0]))
         if not gen.token_ids and gen.end_entropy is not None:
             # An empty answer is the model's choice to end at once: that step is its span, so an unsure
@@ -680,6 +682,67 @@ def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int)
 # ============================================================================ the loop
 @dataclass
 class SpotResult:
+    """What one question about one image came to: the answer, how sure the model is of it, where it was read.
+
+    Boxes are ``[x0, y0, x1, y1]`` in pixels of the original image as a viewer shows it (EXIF orientation
+    applied), whole pixels, x0 < x1 and y0 < y1. Entropies are in nats. ``to_dict`` gives the JSON record,
+    the fields named in ``RECORD_KEYS``, which ``spote ask --json`` prints.
+
+    Attributes:
+        answer: the choice picked (closed set), or the text the model wrote (open ended; ``""`` where it
+            ended the answer at once: nothing was read).
+        confidence: probability of ``answer``, 0-1, to 6 significant digits. Closed set: its probability
+            among the choices on the view it was read on (the top of ``distribution``). Open ended: the
+            product of ``token_confidences``; 0 only for an empty answer.
+        distribution: closed set: ``{choice: probability}`` on the view the answer was read on (6 decimals);
+            None for an open answer.
+        entropy_trace: the answer's entropy (nats) on the whole image first, then on the best view so far
+            after each group of views read (the peers: the whole image and their best view; ``api`` and
+            ``vicrop``: the one view they read). Closed set: the entropy of the distribution over the
+            choices; open ended: the mean per-token entropy of the whole image's answer, read on each view.
+        reward_trace: the best reward (nats: the entropy a view gains over the whole image, weighted, less the anchor
+            penalty; ``reward``) after each group read; empty for the peers, which have no reward.
+        anchors: closed set: ``[choice]``, the whole image's answer where it is almost sure of it
+            (``anchor_min_prob``), else ``[]``; open ended: ``[{"position": t, "token": text}]``, the whole
+            image's answer tokens below ``anchor_epsilon`` nats, which a view is penalised for unsettling.
+        boxes: every window read, in reading order (the whole image is not listed).
+        chosen_boxes: the best-rewarded window of each group read (the peers: ``[evidence_box]``, or ``[]``).
+        forward_passes: model passes the answer cost, everything included: one per sequence run through the
+            model (an open answer decoded jointly from n copies of a window costs n).
+        seconds: wall-clock time of the answer, model load excluded.
+        mode: how views were rendered: ``highlight``, ``zoom`` or ``zoom+context`` (the whole image beside
+            the zoom).
+        policy: the ``PolicyConfig`` the search ran with, as a dict (for ``naive_entropy`` and ``scaffold``
+            the configuration they derive from the one given).
+        box_steps, box_rewards, box_entropies: for each of ``boxes``: the group that read it, its reward and
+            its answer entropy (nats); spote's loop only (empty for the peers).
+        method: what answered: ``spote`` or a peer (``spote.baselines.METHODS``).
+        evidence_box: the window the answer was read on; for an open answer after a search, where the best
+            views agree, centred on the salient thing there. None where the whole image answered (nothing
+            searched, no view beat it, or an open search's best did not stand out: ``reward_standout`` below
+            ``standout_z``), and for an empty open answer.
+        token_confidences: open ended: the probability of each token of ``answer``, in generation order, each
+            given the tokens before it, on the view(s) the answer was generated from (decoded jointly from
+            several copies: the renormalised mean over them); their product is ``confidence``. ``[]`` for an
+            empty answer, None for a closed set.
+        answer_token_ids: open ended: the answer's token ids in the model's vocabulary, one per
+            ``token_confidences``; None for a closed set.
+        answer_from_neighbour: open ended, after a search: True where a neighbour of the agreed window
+            answered (``answer_step`` > 0), False where the agreed window did; None otherwise (closed set,
+            the whole image, a clear window).
+        answer_readings: open ended, after a search: each place read for the answer (the centred agreed
+            window first, then its neighbours with ``answer_step`` > 0; the clear window alone where the
+            search stopped on one) as (window in pixels, unrounded, since the reading changes under a
+            sub-pixel shift; text; per-token log p in nats); None otherwise.
+        reward_standout: open ended, after a search that beat the whole image: how far its best reward
+            stands out of those of the views that may answer, a robust z (``standout``; at most 1e6); None
+            otherwise (closed set, which the rule leaves alone; no view beat the whole image; no search).
+        answer_cut_off: open ended: True where the model was still writing when the answer reached the
+            token cap (``spote.adapters.base.MAX_NEW_TOKENS``, 32 tokens): the answer may be incomplete;
+            False where the model ended it; None for a closed set, or where the adapter cannot tell (an
+            endpoint).
+    """
+
     answer: str
     confidence: float
     distribution: dict | None
@@ -698,22 +761,12 @@ class SpotResult:
     box_entropies: list[float] = field(default_factory=list, repr=False)
     method: str = "spote"
     evidence_box: list[int] | None = None
-    # open-ended answers: p of each generated token of ``answer``, in generation order (their product is
-    # ``confidence`` for a non-empty answer; an empty one has confidence 0); None for a closed-set answer
     token_confidences: list[float] | None = None
-    answer_token_ids: list[int] | None = field(default=None, repr=False)  # open ended: the answer's tokens
-    # open ended, after a search: True where a neighbour of the agreed window answered (answer_step > 0), False
-    # where the agreed window did; None otherwise (closed set, the whole image, a clear window)
+    answer_token_ids: list[int] | None = field(default=None, repr=False)
     answer_from_neighbour: bool | None = field(default=None, repr=False)
-    # open ended, after a search: each place read (the centred agreed window first, then its neighbours with
-    # answer_step > 0; the clear window alone where the search stopped on one) as (window [x0, y0, x1, y1] in
-    # source pixels, unrounded, since the reading changes under a sub-pixel shift; text; per-token log p in
-    # nats); None otherwise
     answer_readings: list[tuple[list[float], str, list[float]]] | None = field(default=None, repr=False)
-    # open ended, after a search that beat the whole image: how far its best reward stands out of the views that
-    # may answer (``standout``; at most 1e6); None otherwise (closed set, which the rule leaves alone; no view beat
-    # the whole image; no search ran)
     reward_standout: float | None = field(default=None, repr=False)
+    answer_cut_off: bool | None = field(default=None, repr=False)
 
     RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
                    "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
@@ -739,6 +792,12 @@ def in_probe_band(cfg: PolicyConfig, entropy: float, tau: float) -> bool:
 def view_mode(cfg: PolicyConfig, adapter) -> str:
     """The rendering a run uses: ``zoom+context`` needs a model that takes two images, else ``zoom``."""
     return cfg.mode if cfg.mode != "zoom+context" or adapter.max_images >= 2 else "zoom"
+
+
+def significant(x: float, digits: int = 6) -> float:
+    """``x`` to ``digits`` significant digits: a probability of 1e-9 stays 1e-9, where rounding to that many
+    decimal places would make it 0, the confidence of an empty answer."""
+    return float(f"{x:.{digits}g}")
 
 
 def _distribution(choices, logp: torch.Tensor) -> dict:
@@ -904,6 +963,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     final = best["reading"]
     evidence = best["box"]
     token_logp = None  # open ended: log p of each token of the answer given
+    cut_off = None  # open ended: did the answer's generation stop at the token cap?
     from_neighbour = None  # open ended, after a search: did a neighbour of the agreed window answer?
     answer_ids = None
     all_readings = None  # open ended, after a search: every place's reading
@@ -921,6 +981,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         answer_ids = reader.answer_ids  # [] for an empty answer, whose scored span is the end token
         token_logp = base.span_logp.tolist() if answer_ids else []
         answer, confidence, distribution = base_answer, float(np.exp(sum(token_logp))) if token_logp else 0.0, None
+        cut_off = reader.cut_off
     else:
         if clear():  # the search stopped on a legible window: it answers there as it is, in one generation
             places, n_views = [evidence], 1
@@ -939,11 +1000,11 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         evidence, gen = places[k], readings[k]
         from_neighbour = None if clear() else k > 0
         answer, confidence, distribution = gen.text, float(np.exp(sum(gen.logprobs))) if gen.logprobs else 0.0, None
-        token_logp, answer_ids = list(gen.logprobs), gen.token_ids
+        token_logp, answer_ids, cut_off = list(gen.logprobs), gen.token_ids, gen.cut_off
         if not answer:  # an empty answer read nothing: no box holds its evidence
             evidence = None
     return SpotResult(
-        answer=answer, confidence=round(confidence, 6), distribution=distribution,
+        answer=answer, confidence=significant(confidence), distribution=distribution,
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
         anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
@@ -951,7 +1012,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
         answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour, answer_readings=all_readings,
-        reward_standout=None if z is None else round(z, 3),
+        reward_standout=None if z is None else round(z, 3), answer_cut_off=cut_off,
     )
 
 

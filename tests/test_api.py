@@ -119,3 +119,67 @@ def test_the_same_model_uri_on_another_store_is_another_model(item, s3, s3_serve
         spote.answer(item.image, Q, CHOICES, model=f"s3://{root}", storage_options=store_b, budget=4)
     keys = [k for k in spote._ADAPTERS if k[0] == f"s3://{root}"]
     assert len(keys) == 1 and "testing" not in repr(keys)          # the options' secrets are not kept in the key
+
+
+def _noise(w=640, h=480, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("method", ["spote", "naive_entropy", "random", "grid", "zoomeye", "scaffold"])
+@pytest.mark.parametrize("question, choices", [(Q, CHOICES), ("what is the code ?", None)], ids=["closed", "open"])
+def test_a_budget_holds_every_search_method(random_adapter, method, question, choices):
+    """``budget`` caps the peers as ``spote ask --budget`` does (grid read all 751 windows of this image,
+    zoomeye 22 passes, scaffold 9), an open answer's generation included."""
+    res = spote.answer(_noise(), question, choices, model=random_adapter, method=method, budget=4)
+    assert 1 <= res.forward_passes <= 4 and res.method == method
+
+
+def test_without_a_budget_grid_reads_its_whole_grid(random_adapter):
+    from spote.core import window_grid
+
+    img = _noise(200, 150, seed=1)
+    windows, _ = window_grid(*img.size, random_adapter.input_size, spote.PolicyConfig().min_window)
+    res = spote.answer(img, Q, CHOICES, model=random_adapter, method="grid")
+    assert res.forward_passes == 1 + len(windows)
+
+
+@pytest.mark.parametrize("question, choices, words", [
+    (b"what digit ?", CHOICES, "question must be a str, got bytes"),
+    (["what digit ?"], CHOICES, "question must be a str, got list"),
+    (123, CHOICES, "question must be a str, got int"),
+    (Q, [None, "x"], r"each choice must be a str, got NoneType at choices\[0\]"),
+    (Q, ["1", 2], r"each choice must be a str, got int at choices\[1\]"),
+    (Q, [b"yes", b"no"], r"each choice must be a str, got bytes at choices\[0\]"),
+    (Q, 123, "choices must be a list or tuple of str, a comma-separated str or None, got int"),
+    (Q, {"yes": 1, "no": 0}, "choices must be a list or tuple of str, .* got dict"),
+])
+def test_arguments_that_are_not_text_are_type_errors(item, random_adapter, question, choices, words):
+    """No argument is turned into text with ``str()``: ``b"what"`` would be asked as ``"b'what'"`` and
+    ``None`` offered as the choice ``"None"``."""
+    with pytest.raises(TypeError, match=words):
+        spote.answer(item.image, question, choices, model=random_adapter)
+
+
+def test_a_question_longer_than_the_model_reads_is_a_value_error(item, random_adapter):
+    from spote.adapters.base import PromptTooLong
+
+    with pytest.raises(PromptTooLong, match="question too long") as err:
+        spote.answer(item.image, "what is written " * 2000 + "?", model=random_adapter, method="baseline")
+    assert isinstance(err.value, ValueError)
+
+
+def test_the_public_docstrings_cover_what_answer_accepts_and_returns():
+    """Every method ``answer`` runs, every error it documents and every SpotResult field is described."""
+    import dataclasses
+    import re
+
+    from spote.baselines import ANSWER_METHODS
+
+    doc = spote.answer.__doc__
+    for name in (*ANSWER_METHODS, "PromptTooLong", "TypeError", "token_confidences", "answer_token_ids",
+                 "reward_standout", "answer_cut_off", "32 tokens"):
+        assert name in doc, name
+    described = set()
+    for names in re.findall(r"^ {8}(\w+(?:, \w+)*):", spote.SpotResult.__doc__, re.M):
+        described.update(names.split(", "))
+    assert {f.name for f in dataclasses.fields(spote.SpotResult)} <= described

@@ -147,6 +147,22 @@ def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_a
     assert res.token_confidences == ([] if answer == "empty" else [pytest.approx(0.5)])
 
 
+@pytest.mark.parametrize("method", ["spote", "grid", "random", "zoomeye"])
+def test_an_unsure_answer_read_on_a_found_view_keeps_its_confidence_and_cut_off(random_adapter, method):
+    """An answer of 8 tokens at p e^-3 each has confidence e^-24 (4e-11), not 0 (an empty answer's), and
+    an answer the token cap ended says so, whichever view it was read on."""
+    from spote.adapters.base import Generation
+
+    tok = random_adapter.tokenizer.convert_tokens_to_ids("7")
+    gen = Generation("77777777", [tok] * 8, [2.0] * 8, [-3.0] * 8, cut_off=True)
+    adapter = _AnswerOnFoundViews(random_adapter, gen)
+    res = run_method(method, adapter, _image(320, 240, seed=4), "what is the code in the reference field ?", None,
+                     PolicyConfig(budget=40, exit_entropy=0.0), max_passes=40, n_windows=40)
+    assert adapter.calls == 2 and res.evidence_box is not None and res.answer == gen.text
+    assert res.confidence == pytest.approx(np.exp(-24.0), rel=1e-5)
+    assert res.token_confidences == [pytest.approx(np.exp(-3.0))] * 8 and res.answer_cut_off is True
+
+
 class _AlwaysAnswers(_AnswerOnFoundViews):
     """The random tiny model, except that every generation gives ``answer``."""
 

@@ -3,8 +3,11 @@
 import math
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
+from spote.adapters.base import MAX_NEW_TOKENS
+from spote.baselines import held_to_budget, run_method
 from spote.core import PolicyConfig, spote
 from spote.spotlight import Box, ViewRenderer
 
@@ -51,4 +54,37 @@ def test_spotlight_answer_has_the_token_confidences_of_its_own_generation(random
 
 def test_closed_set_answer_has_no_token_confidences(random_adapter):
     res = spote(random_adapter, _form(), "is the form signed ?", ("yes", "no"), PolicyConfig(budget=4, group_size=2))
-    assert res.answer in ("yes", "no") and res.token_confidences is None
+    assert res.answer in ("yes", "no") and res.token_confidences is None and res.answer_cut_off is None
+
+
+def _noise(w=640, h=480, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("method", ["spote", "baseline", "grid"])
+def test_an_unsure_open_answer_has_a_confidence_above_zero(random_adapter, method):
+    """The random model writes 32 tokens it is unsure of: their product is far below 1e-6, which rounding to
+    6 decimal places made 0, the confidence of an empty answer. It stays their product."""
+    res = run_method(method, random_adapter, _noise(), Q, None, PolicyConfig(budget=4), **held_to_budget(4))
+    product = math.prod(res.token_confidences)
+    assert res.answer and 0 < product < 1e-7
+    assert res.confidence > 0 and res.confidence == pytest.approx(product, rel=1e-5)
+
+
+def test_an_answer_the_token_cap_ended_is_marked_cut_off(random_adapter):
+    view = [ViewRenderer(_noise(), random_adapter.input_size).global_view]
+    gen = random_adapter.generate(view, Q)
+    assert len(gen.token_ids) == MAX_NEW_TOKENS and gen.cut_off is True and gen.end_entropy is None
+    short = random_adapter.generate(view, Q, max_new_tokens=3)
+    assert len(short.token_ids) == 3 and short.cut_off is True
+    for method in ("spote", "baseline", "vicrop"):
+        res = run_method(method, random_adapter, _noise(), Q, None, PolicyConfig(budget=1))
+        assert len(res.answer_token_ids) == MAX_NEW_TOKENS and res.answer_cut_off is True, method
+
+
+def test_an_answer_the_model_ended_is_not_cut_off(shipped_adapter):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (67, 67, 3), dtype=np.uint8))
+    gen = shipped_adapter.generate([ViewRenderer(img, shipped_adapter.input_size).global_view], "what is written ?")
+    assert 0 < len(gen.token_ids) < MAX_NEW_TOKENS and gen.end_entropy is not None and gen.cut_off is False
+    res = run_method("baseline", shipped_adapter, img, "what is written ?", None, PolicyConfig())
+    assert res.answer == gen.text and res.answer_cut_off is False

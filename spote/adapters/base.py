@@ -24,6 +24,8 @@ from PIL import Image
 from ..prompt import format_question
 
 GENERIC_QUESTION = "what is in the image ?"
+# an open answer's length cap, in tokens: codes, words and short phrases, the answers SPOT-E reads, fit well within it
+MAX_NEW_TOKENS = 32
 
 
 class ViewBatchTooLarge(RuntimeError):
@@ -52,6 +54,7 @@ class Generation:
     logprobs: list[float]   # log p of each generated token
     end_entropy: float | None = None  # nats, at the step that ended the answer (None: not known, or cut off)
     end_logp: float | None = None     # log p of that end-of-answer token
+    cut_off: bool | None = None       # True: the cap on new tokens ended the answer, not the model (None: not known)
 
 
 WORDPIECE_PREFIX = "##"  # a WordPiece continuation token's prefix
@@ -289,19 +292,21 @@ class HFAdapter:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.inference_mode()
-    def generate(self, views: list[Image.Image], question: str, max_new_tokens: int = 32) -> Generation:
-        """Greedy answer on one view set, with each token's entropy (nats) and log p."""
+    def generate(self, views: list[Image.Image], question: str, max_new_tokens: int = MAX_NEW_TOKENS) -> Generation:
+        """Greedy answer on one view set, at most ``max_new_tokens`` tokens, with each token's entropy (nats)
+        and log p."""
         return self.generate_agreed([views], question, max_new_tokens)
 
     @torch.inference_mode()
     def generate_agreed(self, views_batch: list[list[Image.Image]], question: str,
-                        max_new_tokens: int = 32) -> Generation:
+                        max_new_tokens: int = MAX_NEW_TOKENS) -> Generation:
         """One greedy answer read jointly off several view sets (e.g. one window shifted by a few pixels).
 
         At each step the next token is the argmax of the mean log p over the ``B`` view sets (a product of
         experts, renormalised): a token every view finds likely beats one a single view is sure of. The
         returned entropies (nats) and log p are those of that mean distribution; with ``B = 1`` it is plain
         greedy decoding. Costs ``B`` forward passes (one generation per view set, sharing each step's token).
+        The answer stops at the end token or after ``max_new_tokens`` tokens (then ``cut_off`` is True).
         The ``B`` view sets run as one batch, whatever ``batch_size`` is: rows of one decoding cannot be split.
 
         Raises:
@@ -335,7 +340,8 @@ class HFAdapter:
             ids.append(tok)
             ents.append(entropy)
             lps.append(float(logp[tok]))
-        return Generation(self.decode_answer(ids), ids, ents, lps, *end)
+        cut_off = end[0] is None and len(out.scores) >= max_new_tokens
+        return Generation(self.decode_answer(ids), ids, ents, lps, *end, cut_off=cut_off)
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer's text, without a WordPiece decoder's prefix on its first token ("##T", "##Q" -> "TQ")."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterable
@@ -85,20 +86,44 @@ def policy_with_flags(overrides: dict, **flags) -> dict:
 
 def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None) -> None:
     """Refuse, before any model loads, an output ``path`` that cannot be written: a folder, a name whose
-    extension is not one of ``types`` (when given), a parent that cannot be made, or a file that cannot be
-    created there. Raises AskError naming ``flag``."""
+    extension is not one of ``types`` (when given), a parent that is a file or cannot be made, or a file that
+    cannot be created there. Leaves nothing behind: the folders made to try it and the file are removed (a
+    refused run leaves no trace, and the writer makes them again). Raises AskError naming ``flag``."""
     if path.is_dir():
         raise AskError(f"{flag} {path} is a directory; give a file name")
     if types is not None and path.suffix[1:].lower() not in types:
         known = ", ".join(sorted(types))
         raise AskError(f"{flag} {path}: no file type in the name; end it with one of: {known}" if not path.suffix
                        else f"{flag} {path}: cannot write a {path.suffix!r} file; end the name with one of: {known}")
+    missing, folder = [], path.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise AskError(f"{flag} {path}: cannot make its folder ({err.strerror or err})") from None
-    # the file itself is made (and removed): permission bits alone pass a root user, or a /proc or read-only
-    # mount that refuses any new file; an existing file is opened to append, which leaves it as it was
+        while not folder.exists():  # a dangling link counts as missing: its mkdir below says so
+            missing.append(folder)
+            folder = folder.parent
+    except OSError as err:  # a folder on the way that may not be searched
+        raise AskError(f"{flag} {path}: cannot reach {folder}: {_why_not(err, folder.parent)}") from None
+    if not folder.is_dir():  # mkdir would say "File exists" or "Not a directory"
+        raise AskError(f"{flag} {path}: {folder} is a file, not a folder")
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except OSError as err:
+                raise AskError(f"{flag} {path}: cannot make its folder {folder}: {_why_not(err, folder.parent)}") from None
+            made.append(folder)
+        _try_file(path, flag)
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:  # something else wrote into it meanwhile: it stays
+                break
+
+
+def _try_file(path: Path, flag: str) -> None:
+    """Make the file (and remove it): permission bits alone pass a root user, or a /proc or read-only mount
+    that refuses any new file. An existing file is opened to append, which leaves it as it was."""
     if path.exists() and not path.is_file():  # a FIFO would block the open below, a device take the bytes
         raise AskError(f"{flag} {path}: not a regular file")
     existed = path.exists()  # follows a link: a dangling link's target is made here, then removed, the link kept
@@ -106,9 +131,25 @@ def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None)
         with open(path, "a"):
             pass
     except OSError as err:
-        raise AskError(f"{flag} {path}: cannot write it ({err.strerror or err})") from None
+        if path.is_symlink() and not existed and err.errno == errno.ENOENT:
+            raise AskError(f"{flag} {path}: it links to {os.readlink(path)}, in a folder that does not exist") from None
+        why = "no permission to write it" if existed and err.errno in (errno.EACCES, errno.EPERM) else _why_not(err, path.parent)
+        raise AskError(f"{flag} {path}: cannot write it: {why}") from None
     if not existed:
         Path(os.path.realpath(path)).unlink(missing_ok=True)
+
+
+def _why_not(err: OSError, folder: Path) -> str:
+    """Why nothing could be made in ``folder``, an existing folder, in words rather than errno's."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}"
+    if err.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left in {folder}"
+    if err.errno == errno.ENOENT:  # the folder is there, yet refuses a new name: /proc, /sys
+        return f"{folder} takes no new files or folders (a virtual file system)"
+    return err.strerror or str(err)
 
 
 def _check_image_path(image: Path) -> None:
@@ -158,7 +199,7 @@ def ask(
     ``error: ...`` and exits with code 2; an endpoint that fails after its retries, with code 1.
     """
     from .adapters.endpoint import EndpointError, endpoint_options
-    from .baselines import ANSWER_METHODS, run_method
+    from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
     from .loading import ModelNotFound, load_adapter
@@ -187,6 +228,8 @@ def ask(
         _check_image_path(image)
         img = load_image(image, max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
+        if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
+            _fail(f"{image} is {err.kind}: spote ask reads images; {err.advice}")
         _fail(str(err) if str(image) in str(err) else f"{image}: {err}")
     except (AskError, ValueError) as err:
         _fail(str(err))
@@ -201,7 +244,7 @@ def ask(
     try:
         # given a budget, every search method is held to it, as `spote bench --budget` does; without one each
         # runs at its own defaults (scaffold's two steps, grid's every window, zoomeye's 256 passes)
-        held = {} if budget is None and "budget" not in overrides else {"max_passes": cfg.budget, "n_windows": cfg.budget}
+        held = held_to_budget(None if budget is None and "budget" not in overrides else cfg.budget)
         result = run_method(method, adapter, img, q, ch, cfg, **held)
     except EndpointError as err:
         typer.echo(f"error: {err}", err=True)
@@ -258,6 +301,8 @@ def bench(
                                         "each method's JSON gains their figures under \"open\""),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
+    from dataclasses import replace
+
     from .adapters.endpoint import EndpointError, endpoint_options
     from .bench.run import run_bench
     from .core import PolicyConfig
@@ -266,8 +311,15 @@ def bench(
     try:  # the same one-line errors as `ask`, before any model loads
         if n == 0 and open_items == 0:
             raise AskError("nothing to run: --n and --open-items are both 0")
-        if not [m for m in methods.split(",") if m.strip()]:
+        from .baselines import METHODS
+
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names:
             raise AskError("--methods names no method")
+        unknown = [m for m in names if m not in METHODS]
+        if unknown:
+            raise AskError(f"--methods: unknown method{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(map(repr, unknown))}; expected some of {', '.join(METHODS)}")
         from .bench.scenes import SPLITS
         from .images import CORRUPTIONS
 
@@ -277,7 +329,12 @@ def bench(
             raise AskError(f"--corrupt {corrupt!r}: expected one of {list(CORRUPTIONS)}")
         # --seed draws SpotBench's items and seeds each search, unless --policy gives the search its own seed
         cfg = PolicyConfig(**{"seed": seed, **policy_with_flags(parse_policy(policy), mode=mode)})
-        check_output_file(out, "--out")
+        if budget is not None:
+            try:
+                replace(cfg, budget=budget)  # as run_bench holds the search to it
+            except ValueError as err:
+                raise AskError(f"--budget {budget}: {err}") from err
+        check_output_file(out, "--out")  # last: every flag is checked before anything is made
     except (AskError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

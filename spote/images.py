@@ -35,7 +35,14 @@ _PIL_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 
 class BadImage(ValueError):
-    """The input cannot be used as an image; the message says why."""
+    """The input cannot be used as an image; the message says why.
+
+    ``kind``: where the file is another known format instead of an image, what it is ("a PDF", "a Word
+    document (.docx)", ...), and ``advice``, what to do with it; both None otherwise."""
+
+    def __init__(self, message: str, kind: str | None = None, advice: str | None = None):
+        super().__init__(message)
+        self.kind, self.advice = kind, advice
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
@@ -263,7 +270,8 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
 
     Raises:
         BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``, no
-            frame ``frame`` (or a negative one).
+            frame ``frame`` (or a negative one); a known format that is no image (a PDF, an Office
+            document, a web page: ``other_format``) with its ``kind`` and ``advice`` set.
         ValueError: ``frame`` given for an array or a PIL image, which have one frame.
     """
     if frame < 0:
@@ -303,8 +311,14 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                 rgb = Image.fromarray(stretch_to_uint8(np.asarray(rgb)))
             return _upright_image(rgb, exif_orientation(im))
     except UnidentifiedImageError as err:
-        if _bytes_of(source).lstrip()[:5] == b"%PDF-":  # a PDF under an image's name: say so, not "broken"
-            raise BadImage("not an image: the file is a PDF; name it .pdf") from err
+        data = _bytes_of(source)
+        name = Path(source).name if isinstance(source, (str, Path)) else None
+        other = other_format(data, name)
+        if other is not None:  # a PDF, an Office document, a web page: say what it is, not "broken"
+            kind, advice = other
+            raise BadImage(f"the file is {kind}, not an image: {advice}", kind, advice) from err
+        if data[:4] in TIFF_MAGIC:
+            raise BadImage(_tiff_refusal(data)) from err
         raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):
@@ -312,6 +326,80 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
         raise BadImage(f"corrupt or truncated image: {err}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+# a ZIP holding one of these is that kind of document (Office Open XML by its folders, OpenDocument and EPUB
+# by the "mimetype" member they start with)
+_ZIP_DOCUMENTS = (("word/", "a Word document (.docx)"), ("xl/", "an Excel workbook (.xlsx)"),
+                  ("ppt/", "a PowerPoint presentation (.pptx)"))
+
+
+def other_format(data: bytes, name: str | None = None) -> tuple[str, str] | None:
+    """(what the file is, what to do with it) where ``data`` is a known format that is no image: a PDF, a
+    ZIP archive (an Office or OpenDocument file, an EPUB), an HTML page or an SVG drawing; None otherwise.
+    ``name``: the file's name, where it has one (the advice for a PDF depends on it)."""
+    head = data[:2048].lstrip()
+    if head[:5] == b"%PDF-":
+        # pipelines.documents takes a file for a PDF by its name
+        named = name is not None and name.lower().endswith(".pdf")
+        return "a PDF", ("render the page as an image first, or run pipelines.documents, which reads PDFs"
+                         + ("" if named else " named .pdf"))
+    if data[:4] in _ZIP_MAGIC:
+        return _zip_kind(data), "export the page or picture it holds as an image (PNG, JPEG) and give that"
+    lower = head[:1024].lower()
+    if lower.startswith((b"<!doctype html", b"<html")) or (lower.startswith(b"<") and b"<html" in lower):
+        return "an HTML page", "save the image itself, not the web page that shows it"
+    if lower.startswith(b"<") and b"<svg" in lower:
+        return "an SVG drawing", "render it as a PNG first (e.g. rsvg-convert or Inkscape)"
+    return None
+
+
+def _zip_kind(data: bytes) -> str:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+            mimetype = z.read("mimetype")[:80].decode("ascii", "replace") if "mimetype" in names else ""
+    except Exception:  # a damaged archive is still an archive
+        return "a ZIP archive"
+    if "opendocument" in mimetype:
+        return "an OpenDocument file (.odt, .ods, .odp)"
+    if "epub" in mimetype:
+        return "an EPUB book"
+    for folder, kind in _ZIP_DOCUMENTS:
+        if any(n.startswith(folder) for n in names):
+            return kind
+    return "a ZIP archive"
+
+
+def _tiff_refusal(data: bytes) -> str:
+    """Why Pillow refused a TIFF (often a GeoTIFF: many bands, 64-bit or complex samples), and what to do."""
+    import logging
+
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    quiet, log.disabled = log.disabled, True  # its warnings about a damaged file would print beside the error
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            bands, dtype = tif.pages[0].samplesperpixel, tif.pages[0].dtype
+    except Exception:
+        bands = dtype = None
+    finally:
+        log.disabled = quiet
+    if dtype is None:  # tifffile reads the header of any TIFF layout: one it cannot read is damaged
+        return "corrupt or truncated image: a TIFF whose first page cannot be read"
+    satellite = "or run pipelines.satellite, which reads such rasters"
+    what = f"a TIFF of {bands} band{'' if bands == 1 else 's'} of {dtype}"
+    if dtype.kind == "c":
+        return f"{what}: complex values (e.g. SAR SLC) are no image; convert them to amplitude (|z|) first"
+    if bands not in (1, 3, 4):
+        return (f"{what}, which is no single image: save 1 or 3 of its bands first (e.g. gdal_translate -b 1 -b 2 "
+                f"-b 3 -ot Byte -scale), {satellite} and picks bands (--bands)")
+    return f"{what}, which cannot be decoded: save it as 8 or 16 bits first (e.g. gdal_translate -ot Byte -scale), {satellite}"
 
 
 def _bytes_of(source) -> bytes:

@@ -66,6 +66,12 @@ def _malformed_cases(tmp: Path) -> dict:
     (tmp / "a-folder").mkdir()
     (tmp / "not-a-model").mkdir()
     (tmp / "dangling.png").symlink_to(tmp / "gone.png")
+    (tmp / "settings.yaml").write_text("budget: 3\n")
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "white").save(tmp / "page.pdf")
+    (tmp / "scan.png").write_bytes((tmp / "page.pdf").read_bytes())
+    (tmp / "page.html").write_text("<!doctype html><html><body><img src='page.png'></body></html>")
     q = "is there a boat ?"
     cases = {}
     if os.geteuid() != 0:  # root reads any file: a permission-less file is unreadable only to others
@@ -99,7 +105,17 @@ def _malformed_cases(tmp: Path) -> dict:
         "trace without a file type": ([str(SAMPLE), q, "--trace", str(tmp / "trace"), "--model", str(tmp / "no-model")],
                                       "no file type in the name; end it with one of: "),
         "trace where no file can be made": ([str(SAMPLE), q, "--trace", "/proc/t.png", "--model", str(tmp / "no-model")],
-                                            "--trace /proc/t.png: cannot write it (No such file or directory)"),
+                                            "--trace /proc/t.png: cannot write it: /proc takes no new files"),
+        "trace under a file": ([str(SAMPLE), q, "--trace", str(tmp / "settings.yaml" / "t.png")],
+                               f"--trace {tmp / 'settings.yaml' / 't.png'}: {tmp / 'settings.yaml'} is a file, not a folder"),
+        # a PDF: what spote ask reads, and what reads PDFs; under an image's name, the name pipelines.documents needs
+        "pdf": ([str(tmp / "page.pdf"), q], f"error: {tmp / 'page.pdf'} is a PDF: spote ask reads images; render the "
+                                            "page as an image first, or run pipelines.documents, which reads PDFs"),
+        "pdf named as an image": ([str(tmp / "scan.png"), q], f"{tmp / 'scan.png'} is a PDF: spote ask reads images; "
+                                                              "render the page as an image first, or run "
+                                                              "pipelines.documents, which reads PDFs named .pdf"),
+        "web page": ([str(tmp / "page.html"), q], f"{tmp / 'page.html'} is an HTML page: spote ask reads images; "
+                                                  "save the image itself"),
         "negative seed": ([str(SAMPLE), q, "--seed", "-1"], "seed must be >= 0"),
         "empty choice": ([str(SAMPLE), q, "--choices", "yes,,no"], "empty choice"),
         "policy and flag disagree": ([str(SAMPLE), q, "--policy", '{"mode": "zoom"}', "--mode", "highlight"],
@@ -113,6 +129,17 @@ def _one_error_line(stderr: str, says: str) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr
     assert "Traceback" not in stderr
+
+
+def test_a_trace_of_a_question_no_font_draws_prints_no_warnings(random_tiny_dir, tmp_path):
+    """A Japanese question printed matplotlib's UserWarning, with its source line, for each missing glyph. As a
+    real process: pytest would catch the warnings before they reached stderr."""
+    png = tmp_path / "t.png"
+    proc = _python_m("spote.cli", "ask", str(SAMPLE), "日本語の質問は何ですか？", "--choices", "yes,no", "--model",
+                     str(random_tiny_dir), "--budget", "4", "--trace", str(png))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr[-2000:]
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"trace:       {png}" in proc.stdout
 
 
 def test_ask_malformed_inputs_print_one_line_and_exit_2(tmp_path):
@@ -130,11 +157,12 @@ def test_ask_trace_types_are_what_matplotlib_writes_and_the_check_leaves_no_file
     types = Figure().canvas.get_supported_filetypes()
     res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "t.txt")])
     _one_error_line(res.stderr, "end the name with one of: " + ", ".join(sorted(types)))
-    for name in ("new/t.png", "T.PDF"):  # matplotlib reads the extension in any case
+    for name in ("new/deeper/t.png", "T.PDF"):  # matplotlib reads the extension in any case
         res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / name),
                                   "--model", str(tmp_path / "no-model")])
         _one_error_line(res.stderr, "not found")  # past the trace check, refused at the model
         assert not (tmp_path / name).exists()
+    assert not (tmp_path / "new").exists()  # nor the folders made to try it
     (tmp_path / "old.png").write_bytes(b"an older trace")
     res = runner.invoke(app, ["ask", str(SAMPLE), "q ?", "--trace", str(tmp_path / "old.png"),
                               "--model", str(tmp_path / "no-model")])
@@ -252,13 +280,38 @@ def test_ask_takes_mode_seed_and_relevance_from_the_policy_unless_a_flag_gives_t
     (["--methods", " , "], "--methods names no method"),
     (["--split", "nope"], "--split 'nope': expected one of"),
     (["--corrupt", "nope"], "--corrupt 'nope': expected one of"),
-    (["--out", "/proc/no-such-folder/b.json"], "--out /proc/no-such-folder/b.json: cannot make its folder"),
+    (["--out", "/proc/no-such-folder/b.json"], "--out /proc/no-such-folder/b.json: cannot make its folder "
+                                               "/proc/no-such-folder: /proc takes no new files or folders"),
+    (["--out", "/proc/b.json"], "--out /proc/b.json: cannot write it: /proc takes no new files or folders"),
     (["--policy", '{"mode": "zoom"}', "--mode", "highlight"], "--policy sets mode"),
+    (["--methods", "foo,spote"], "--methods: unknown method 'foo'; expected some of baseline, "),
+    (["--methods", "baseline,foo, bar"], "--methods: unknown methods 'foo', 'bar'; expected some of "),
+    (["--budget", "0"], "--budget 0: budget must be >= 1"),
 ])
 def test_bench_refuses_a_run_it_cannot_do_in_one_line_before_loading_a_model(argv, says, tmp_path):
     res = runner.invoke(app, ["bench", "--model", str(tmp_path / "no-such-model"), "--no-plot", *argv])
     assert res.exit_code == 2, res.output
     _one_error_line(res.stderr, says)
+
+
+def test_bench_out_under_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "settings.yaml").write_text("budget: 3\n")
+    out = tmp_path / "settings.yaml" / "b.json"
+    res = runner.invoke(app, ["bench", "--model", str(tmp_path / "no-such-model"), "--no-plot", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, f"--out {out}: {tmp_path / 'settings.yaml'} is a file, not a folder")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--methods", "foo,spote"], ["--split", "nope"], ["--budget", "0"], ["--n", "0"],
+    ["--model", "/no/such/model"],  # refused at the model, after every flag
+], ids=["methods", "split", "budget", "nothing to run", "model"])
+def test_a_refused_bench_run_makes_no_folder(argv, tmp_path):
+    """A run refused for its flags (or its model) made the --out folders first."""
+    out = tmp_path / "new" / "deeper" / "b.json"
+    res = runner.invoke(app, ["bench", "--no-plot", "--out", str(out), *argv])
+    assert res.exit_code == 2, res.output
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is there to use")

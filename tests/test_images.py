@@ -172,11 +172,72 @@ def test_corrupt_and_empty_files():
         load_image("/nonexistent/x.png")
 
 
-def test_a_pdf_under_an_image_name_is_named_as_a_pdf(tmp_path):
+def test_a_pdf_is_named_as_a_pdf_with_advice_that_fits_its_name(tmp_path):
+    """A PDF said "not an image: the file is a PDF; name it .pdf", even when it was named .pdf. Under an
+    image's name (as pipelines.documents, which reads PDFs by their name, passes bytes) the name is the hint."""
     Image.new("RGB", (40, 30), "white").save(tmp_path / "page.pdf")
     (tmp_path / "scan.png").write_bytes((tmp_path / "page.pdf").read_bytes())
-    with pytest.raises(BadImage, match=r"^not an image: the file is a PDF"):
-        load_image(tmp_path / "scan.png")
+    with pytest.raises(BadImage) as named:
+        load_image(tmp_path / "page.pdf")
+    assert str(named.value) == ("the file is a PDF, not an image: render the page as an image first, or run "
+                                "pipelines.documents, which reads PDFs")
+    assert (named.value.kind, named.value.advice) == ("a PDF", str(named.value).split(": ", 1)[1])
+    for source in (tmp_path / "scan.png", (tmp_path / "page.pdf").read_bytes()):
+        with pytest.raises(BadImage, match=r"^the file is a PDF, not an image: .*which reads PDFs named \.pdf$"):
+            load_image(source)
+
+
+def _zip(members: dict) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in members.items():
+            z.writestr(name, text)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, kind", [
+    (_zip({"[Content_Types].xml": "<Types/>", "word/document.xml": "<w:document/>"}), "a Word document (.docx)"),
+    (_zip({"[Content_Types].xml": "<Types/>", "xl/workbook.xml": "<workbook/>"}), "an Excel workbook (.xlsx)"),
+    (_zip({"mimetype": "application/vnd.oasis.opendocument.text", "content.xml": "<x/>"}),
+     "an OpenDocument file (.odt, .ods, .odp)"),
+    (_zip({"a.txt": "hello"}), "a ZIP archive"),
+    (b"PK\x03\x04 cut short", "a ZIP archive"),
+    (b"\n  <!DOCTYPE html>\n<html><body><img src=x.png></body></html>", "an HTML page"),
+    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG drawing"),
+], ids=["docx", "xlsx", "odt", "zip", "zip cut short", "html", "svg"])
+def test_other_known_formats_say_what_they_are_and_what_to_do(data, kind):
+    """An Office document, a web page or a drawing is no broken image: the message names what it is, and what
+    to give instead (not a name that would not help)."""
+    with pytest.raises(BadImage) as err:
+        load_image(data)
+    assert err.value.kind == kind and str(err.value).startswith(f"the file is {kind}, not an image: ")
+    assert err.value.advice and "name it" not in str(err.value)
+
+
+def _tiff(arr, **kw) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, says", [
+    (_tiff(np.zeros((6, 16, 16), np.int16), photometric="minisblack", planarconfig="separate"),
+     "a TIFF of 6 bands of int16, which is no single image: save 1 or 3 of its bands first"),
+    (_tiff(np.zeros((16, 16), np.float64)),
+     "a TIFF of 1 band of float64, which cannot be decoded: save it as 8 or 16 bits first"),
+    (_tiff(np.zeros((16, 16), np.complex64)),
+     "a TIFF of 1 band of complex64: complex values (e.g. SAR SLC) are no image; convert them to amplitude"),
+    (b"II*\x00" + b"\x07" * 50, "corrupt or truncated image: a TIFF whose first page cannot be read"),
+], ids=["6 bands", "float64", "complex", "damaged header"])
+def test_a_tiff_pillow_cannot_decode_says_what_it_holds(data, says):
+    """A GeoTIFF-like raster (many bands, 64-bit or complex samples) was "unknown or broken format"."""
+    with pytest.raises(BadImage) as err:
+        load_image(data)
+    assert str(err.value).startswith(says) and err.value.kind is None
 
 
 def test_a_folder_or_an_array_without_pixel_values_is_a_bad_image(tmp_path):

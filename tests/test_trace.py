@@ -1,5 +1,7 @@
 """spote ask --trace: the spotlights, what the model saw (rendered views), and the entropy per step."""
 
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +50,30 @@ def test_trace_of_a_whole_image_answer_says_so(random_adapter):
     res = run_method("baseline", random_adapter, img, "what letter is in the red box ?", list("ABCDEF"), PolicyConfig())
     fig = trace_figure(img, res, input_size=random_adapter.input_size)
     views = [ax for ax in fig.axes if ax.get_title().startswith("model input")]
-    assert len(views) == 1 and "the whole image answered" in views[0].get_xlabel()
-    # a closed search that stopped on the whole image: the standout rule is not why, whatever its bar
+    label = views[0].get_xlabel()
+    assert len(views) == 1 and "the whole image answered" in label and "no spotlight tried" in label
+    assert "beat" not in label  # the baseline reads no spotlight: none could beat the whole image
+    # a closed search that stopped on the whole image at once: nothing was tried, so nothing lost to it; the
+    # standout rule is not why either, whatever its bar
     sure = PolicyConfig(exit_entropy_per_ln_k=10.0, standout_z=1e9)
     res = run_method("spote", random_adapter, img, "what letter is in the red box ?", list("ABCDEF"), sure)
-    assert res.evidence_box is None and res.reward_standout is None
-    label = next(ax for ax in trace_figure(img, res, input_size=random_adapter.input_size).axes
-                 if ax.get_title().startswith("model input")).get_xlabel()
-    assert "no spotlight beat it" in label and "stand out" not in label
+    assert res.evidence_box is None and res.reward_standout is None and len(res.entropy_trace) == 1
+    label = _view_label(trace_figure(img, res, input_size=random_adapter.input_size))
+    assert "the whole image answered confidently" in label and "no spotlight tried" in label
+    assert "beat" not in label and "stand out" not in label
+
+
+def _view_label(fig) -> str:
+    return next(ax for ax in fig.axes if ax.get_title().startswith("model input")).get_xlabel()
+
+
+def test_trace_of_a_search_whose_spotlights_lost_says_none_beat_the_whole_image(random_adapter):
+    """Spotlights were read and none answered: "no spotlight beat it", not "no spotlight tried"."""
+    img, res = _run(random_adapter, "zoom")
+    assert res.boxes
+    lost = replace(res, evidence_box=None, reward_standout=None)
+    label = _view_label(trace_figure(img, lost, input_size=random_adapter.input_size))
+    assert "the whole image answered" in label and "no spotlight beat it" in label and "tried" not in label
 
 
 def test_trace_of_an_open_search_that_kept_the_whole_image_says_why(random_adapter):
@@ -96,3 +114,65 @@ def test_a_long_strip_is_drawn_wide_enough_to_see(random_adapter):
     fig.canvas.draw()
     bbox = fig.axes[0].get_images()[0].get_window_extent()
     assert bbox.width > 20 and "1000" in fig.axes[0].get_title()
+
+
+def _title_extent(fig, ax):
+    return ax.title.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_a_long_question_is_wrapped_to_its_panel(random_adapter):
+    """Nine times a question on one line ran off the figure's left edge and over the middle panel's titles."""
+    img, res = _run(random_adapter, "zoom")
+    question = " ".join(["what is the code in the account field ?"] * 9)
+    fig = trace_figure(img, res, question, input_size=random_adapter.input_size)
+    fig.canvas.draw()
+    spot = fig.axes[0]
+    title = _title_extent(fig, spot)
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    for ax in fig.axes[1:]:  # every other panel's title lies wholly to the right of this one
+        if ax.get_title():
+            assert title.x1 < _title_extent(fig, ax).x0, ax.get_title()
+    lines = spot.get_title().splitlines()
+    assert len(lines) > 3 and " ".join(lines[:-1]) == question  # wrapped between words, nothing lost
+    # a question with no spaces (as Chinese is written) is broken inside its one word
+    fig = trace_figure(img, res, "x" * 400, input_size=random_adapter.input_size)
+    fig.canvas.draw()
+    assert "".join(fig.axes[0].get_title().splitlines()[:-1]) == "x" * 400
+    assert _title_extent(fig, fig.axes[0]).x1 < _title_extent(fig, fig.axes[1]).x0
+
+
+def test_characters_no_font_has_are_drawn_without_warnings(random_adapter, tmp_path):
+    """A Japanese question printed a UserWarning (with its source line) for each glyph DejaVu Sans lacks."""
+    img, res = _run(random_adapter, "zoom")
+    question = "日本語の質問は何ですか？"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_trace(img, res, tmp_path / "t.png", question, input_size=random_adapter.input_size)
+    assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught]
+    assert Image.open(tmp_path / "t.png").size == (1760, 616)
+
+
+def test_fallback_fonts_are_the_installed_ones(monkeypatch):
+    from matplotlib import font_manager
+
+    from spote import trace
+
+    installed = font_manager.fontManager.ttflist[0].name
+    monkeypatch.setattr(trace, "FALLBACK_FONTS", ("No Such Font At All", installed))
+    trace._installed_fallbacks.cache_clear()
+    try:
+        assert trace.font_families()[-1] == installed and "No Such Font At All" not in trace.font_families()
+    finally:
+        trace._installed_fallbacks.cache_clear()
+
+
+def test_an_empty_answer_is_nothing_read_and_one_pass_is_singular(random_adapter):
+    """The CLI prints an empty open answer as "(nothing read)": the picture says the same, not "answer:   ";
+    and "1 pass", not "1 passes"."""
+    img = Image.open(SAMPLE).convert("RGB")
+    res = run_method("baseline", random_adapter, img, "what is the code ?", None, PolicyConfig())
+    assert res.forward_passes == 1
+    title = trace_figure(img, replace(res, answer="", confidence=0.0), "what is the code ?").axes[0].get_title()
+    assert "answer: (nothing read)  (confidence 0.00, 1 pass)" in title
+    title = trace_figure(img, replace(res, answer="K7", forward_passes=2), "what is the code ?").axes[0].get_title()
+    assert "answer: K7  (confidence" in title and ", 2 passes)" in title

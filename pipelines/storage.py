@@ -45,16 +45,21 @@ def parse_storage_options(text: str | None) -> dict:
 
 def filesystem(uri: str, storage_options: dict | None = None):
     """(fs, path) for a local path or any fsspec URI; s3 listings are never cached (they change under us).
-    A local path comes back absolute and normalised (``../in/./a.pdf`` as ``/work/in/a.pdf``): it names
-    sources in results and the documents ledger, and one file must have one name however ``--input``
-    was spelled."""
+    A local path comes back absolute, normalised and with links to folders resolved (``../in/./a.pdf``, or
+    a link to the folder, as ``/work/in/a.pdf``): it names sources in results and the documents ledger, and
+    one file must have one name however ``--input`` was spelled. A link to a file keeps its own name,
+    which is the item's name (its id) in a job."""
     uri = local_path(uri)
     opts = dict(storage_options or {})
     if uri.startswith("s3://"):
         opts.setdefault("use_listings_cache", False)
         return fsspec.core.url_to_fs(uri, **opts)
     fs, path = fsspec.core.url_to_fs(uri)
-    return (fs, os.path.normpath(path)) if is_local(fs) else (fs, path)
+    if not is_local(fs):
+        return fs, path
+    if os.path.isdir(path):
+        return fs, os.path.realpath(path)
+    return fs, os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
 
 
 def redact_uri(uri: str) -> str:

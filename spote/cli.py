@@ -334,6 +334,9 @@ def bench(
                 replace(cfg, budget=budget)  # as run_bench holds the search to it
             except ValueError as err:
                 raise AskError(f"--budget {budget}: {err}") from err
+        if plot and out.suffix.lower() == ".png":  # the chart goes to out.with_suffix(".png"): it would replace the JSON
+            raise AskError(f"--out {out}: names the results JSON, and the chart is written beside it as .png; "
+                           f"give a name ending .json")
         check_output_file(out, "--out")  # last: every flag is checked before anything is made
     except (AskError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -270,8 +270,9 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
 
     Raises:
         BadImage: missing or empty file, unknown or corrupt format, zero size, over ``max_pixels``, no
-            frame ``frame`` (or a negative one); a known format that is no image (a PDF, an Office
-            document, a web page: ``other_format``) with its ``kind`` and ``advice`` set.
+            frame ``frame`` (or a negative one), a ``source`` of another type (None, a list); a known
+            format that is no image (a PDF, an Office document, a web page: ``other_format``) with its
+            ``kind`` and ``advice`` set.
         ValueError: ``frame`` given for an array or a PIL image, which have one frame.
     """
     if frame < 0:
@@ -292,6 +293,9 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
         raise BadImage(f"no such file: {source}")
     elif isinstance(source, (str, Path)) and Path(source).is_dir():
         raise BadImage(f"{source} is a folder, not an image file")
+    elif not isinstance(source, (str, Path)) and not hasattr(source, "read"):  # Image.open would fail on .read
+        raise BadImage(f"not an image: got {type(source).__name__}; give a path, a URI, bytes, a file object, "
+                       f"a PIL image or an HxW / HxWxC numpy array")
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we check the header size ourselves, with our own message
     try:

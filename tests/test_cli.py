@@ -294,6 +294,15 @@ def test_bench_refuses_a_run_it_cannot_do_in_one_line_before_loading_a_model(arg
     _one_error_line(res.stderr, says)
 
 
+def test_bench_out_named_like_its_chart_is_refused(tmp_path):
+    """The chart is written to ``--out`` with the suffix .png: an --out ending .png lost the JSON to it."""
+    out = tmp_path / "bench.png"
+    res = runner.invoke(app, ["bench", "--model", str(tmp_path / "no-such-model"), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    _one_error_line(res.stderr, f"--out {out}: names the results JSON, and the chart is written beside it as .png")
+    assert not out.exists()
+
+
 def test_bench_out_under_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "settings.yaml").write_text("budget: 3\n")
     out = tmp_path / "settings.yaml" / "b.json"

@@ -526,15 +526,18 @@ def test_an_output_inside_the_input_is_refused_before_any_listing(tmp_path, outp
 
 
 def test_one_file_has_one_source_however_the_input_is_spelled(tmp_path, monkeypatch):
-    """The ledger is keyed by ``source``: ``../in``, ``./in/``, ``in//`` and the absolute path must give
-    the same names, or a second night with the same files reads every document again."""
+    """The ledger is keyed by ``source``: ``../in``, ``./in/``, ``in//``, a link to the folder and the
+    absolute path must give the same names, or a second night with the same files reads every document again."""
     (tmp_path / "in" / "2024").mkdir(parents=True)
     (tmp_path / "in" / "2024" / "scan.png").write_bytes(b"x")
     (tmp_path / "in" / "a.pdf").write_bytes(b"%PDF-1.4")
     (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "in")
     monkeypatch.chdir(tmp_path / "work")
-    spellings = ["../in", "../in/", "./../work/../in", str(tmp_path / "in"), f"{tmp_path}//in/./", (tmp_path / "in").as_uri()]
+    spellings = ["../in", "../in/", "./../work/../in", str(tmp_path / "in"), f"{tmp_path}//in/./", (tmp_path / "in").as_uri(),
+                 "link", str(tmp_path / "work" / "link") + "/"]
     listed = {s: [(d["uri"], d["rel"], d["fingerprint"]) for d in list_documents(s)[0]] for s in spellings}
     first = listed[spellings[0]]
-    assert [u for u, _, _ in first] == [str(tmp_path / "in" / "2024" / "scan.png"), str(tmp_path / "in" / "a.pdf")]
+    real = Path(os.path.realpath(tmp_path / "in"))
+    assert [u for u, _, _ in first] == [str(real / "2024" / "scan.png"), str(real / "a.pdf")]
     assert all(v == first for v in listed.values()), listed

@@ -63,3 +63,15 @@ def test_a_link_given_as_the_input_is_read(tmp_path):
     (tmp_path / "input").symlink_to(tmp_path / "real")
     accepted, skipped = list_sources(str(tmp_path / "input"), None, skip_by_extension([".jpg"], "image"))
     assert [a["rel"] for a in accepted] == ["a.jpg"] and skipped == []
+
+
+def test_a_link_to_a_file_given_as_the_input_keeps_its_name(tmp_path):
+    """The file's name is the item's id: a link named ``scan.jpg`` to a content-addressed ``ab12cd.jpg`` is
+    ``scan.jpg``, in its folder with links resolved."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "ab12cd.jpg").write_bytes(b"a")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "scan.jpg").symlink_to(tmp_path / "store" / "ab12cd.jpg")
+    (tmp_path / "here").symlink_to(tmp_path / "real")
+    accepted, _ = list_sources(str(tmp_path / "here" / "scan.jpg"), None, skip_by_extension([".jpg"], "image"))
+    assert [(a["rel"], a["uri"]) for a in accepted] == [("scan.jpg", str(tmp_path / "real" / "scan.jpg"))]

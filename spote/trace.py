@@ -57,8 +57,10 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
     ax_curve = fig.add_subplot(grid[:, 2])
     title = _spotlights(ax_img, image, result, question, evidence)
     ax = None
+    view_axes = []
     for i, (view_title, view) in enumerate(views):
         ax = fig.add_subplot(grid[i, 1])
+        view_axes.append(ax)
         ax.imshow(view)
         ax.set_title(view_title, fontsize=8.5)
         ax.set_xticks([])
@@ -70,17 +72,26 @@ def trace_figure(image, result, question: str = "", evidence=None, input_size: i
     if not result.evidence_box:
         ax.set_xlabel(whole_image_reason(result), fontsize=8.5)
     _curves(ax_curve, result)
-    # the question and answer are wrapped to their column as laid out without them, then laid out again with
-    # the lines they take; a title wider than its column would run over the next one
-    ax_img.title.set_text("")
+    # the question and answer, and each view's caption, are wrapped to their column as laid out without them,
+    # then laid out again with the lines they take; a title wider than its column would run over the next one
+    titles = [(ax_img, title)] + [(a, t) for a, (t, _) in zip(view_axes, views)]
+    for a, _ in titles:
+        a.title.set_text("")
     with quiet_glyphs():
         fig.tight_layout()
         for _ in range(3):
-            slot = ax_img.get_subplotspec().get_position(fig).width * fig.bbox.width
-            lines = wrap_text(title, 0.96 * slot, ax_img.title.get_fontproperties(), fig.canvas.get_renderer())
-            if lines == ax_img.title.get_text():
+            changed = False
+            for a, text in titles:
+                # the question: its column; a view's caption: as wide as the view is drawn (it keeps its
+                # aspect, narrower than its cell), so that it stays clear of the next column's axis labels
+                a.apply_aspect()
+                slot = (a.get_subplotspec().get_position(fig) if a is ax_img else a.get_position()).width * fig.bbox.width
+                lines = wrap_text(text, 0.96 * slot, a.title.get_fontproperties(), fig.canvas.get_renderer())
+                if lines != a.title.get_text():
+                    a.title.set_text(lines)
+                    changed = True
+            if not changed:
                 break
-            ax_img.title.set_text(lines)
             fig.tight_layout()
     return fig
 

@@ -141,6 +141,25 @@ def test_a_long_question_is_wrapped_to_its_panel(random_adapter):
     assert _title_extent(fig, fig.axes[0]).x1 < _title_extent(fig, fig.axes[1]).x0
 
 
+def test_view_captions_keep_clear_of_the_entropy_chart(random_adapter):
+    """With a long question the middle column narrows: its captions ("model input the answer came from: zoom
+    (given beside the whole image)") ran into the entropy chart's axis label."""
+    img, res = _run(random_adapter, "zoom+context")
+    assert res.evidence_box, "the run must show a view the answer came from"
+    question = " ".join(["what is the code in the account field ?"] * 9)
+    fig = trace_figure(img, res, question, input_size=random_adapter.input_size)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    curve = fig.axes[1]
+    label = curve.yaxis.label.get_window_extent(renderer)
+    captions = [ax for ax in fig.axes[2:] if ax.get_title()]
+    said = [" ".join(ax.get_title().split()) for ax in captions]
+    assert "model input the answer came from: zoom (given beside the whole image)" in said, said  # wrapped, whole
+    for ax in captions:
+        extent = _title_extent(fig, ax)
+        assert extent.x1 < min(label.x0, curve.get_window_extent(renderer).x0), ax.get_title()
+
+
 def test_characters_no_font_has_are_drawn_without_warnings(random_adapter, tmp_path):
     """A Japanese question printed a UserWarning (with its source line) for each glyph DejaVu Sans lacks."""
     img, res = _run(random_adapter, "zoom")

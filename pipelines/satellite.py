@@ -45,7 +45,7 @@ from .geo import (
     with_geometry,
 )
 from .job import JobOptions, job_command, run_job
-from .planning import Plan, check_source_ids_unique, list_sources, listing_version, plan_schema
+from .planning import Plan, check_source_ids_unique, list_sources, listing_version, plan_schema, source_uri
 from .questions import load_questions
 from .rasters import (
     GDAL_CACHE_MB, SCENE_PERCENTILES, SIDECAR_SUFFIXES, SceneError, SceneHeader, check_bands, describe_error,
@@ -275,11 +275,10 @@ def rewrite_parts_as_geoparquet(staged_uri: str, tmp_uri: str, headers: dict[str
     started). The run's geometry CRS comes from ``headers`` (one CRS, else OGC:CRS84). Returns the parts
     rewritten."""
     fs, staged = filesystem(staged_uri, storage_options)
-    proto = staged_uri.split("://", 1)[0] + "://" if "://" in staged_uri else ""
     parts = [p for p in fs.find(staged) if p.endswith(".parquet")] if fs.exists(staged) else []
     if not parts:
         return 0
-    moves = [(proto + p if proto and not p.startswith(proto) else p, join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"))
+    moves = [(source_uri(staged_uri, p), join(tmp_uri, f"{i:06d}-{PurePosixPath(p).name}"))
              for i, p in enumerate(parts)]  # (part, where its rewrite is written first)
     if in_process:
         geometry = ResultGeometry(headers)
@@ -400,12 +399,13 @@ def geo_outputs(headers: dict[str, SceneHeader], scene_sources: dict[str, str], 
     (``rollup.json``, GeoJSON and GeoParquet detections under the run's ``scenes/``)."""
 
     def write(results, paths, storage_options) -> None:
-        if not results.has_rows():  # its one part of no rows still becomes GeoParquet, as every run's parts do
-            rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options,
-                                        in_process=True)
+        # a run of no rows has one part of no rows, which still becomes GeoParquet as every run's parts do
+        empty = not results.has_rows()
+        rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options,
+                                    in_process=empty)
+        if empty:
             write_text(join(paths.staged_meta, "rollup.json"), "{}", storage_options)
             return
-        rewrite_parts_as_geoparquet(results.uri, join(paths.staging, "geoparquet-tmp"), headers, storage_options)
         rollup = scene_rollup(results, paths.staged_meta, headers, scene_sources, questions, storage_options)
         write_text(join(paths.staged_meta, "rollup.json"), json.dumps(rollup, indent=2), storage_options)
 

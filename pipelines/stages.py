@@ -221,12 +221,10 @@ class SpotePredictor:
         try:
             image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             res = spote(adapter, image, row["question"], choices, self.cfg)
-        except ItemTimeout as err:  # the passes and time spent before it failed are still spent
-            return {**base, "status": "error", "error": f"timeout: {err}",
+        except (ItemTimeout, PromptTooLong) as err:  # the passes and time spent before it failed are still spent
+            # a too-long question is the input's fault, and lasting: "question too long: ...", not a model error
+            return {**base, "status": "error", "error": f"timeout: {err}" if isinstance(err, ItemTimeout) else str(err),
                     "forward_passes": self.adapter.forward_passes - passes0, "latency_ms": (time.perf_counter() - t0) * 1000}
-        except PromptTooLong as err:  # the input's fault, and lasting: "question too long: ...", not a model error
-            return {**base, "status": "error", "error": str(err), "forward_passes": self.adapter.forward_passes - passes0,
-                    "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow
             from spote.adapters.endpoint import EndpointError
 

@@ -18,7 +18,9 @@ import csv
 import functools
 import gzip
 import io
+import itertools
 import json
+import os
 import zlib
 
 import typer
@@ -32,6 +34,7 @@ MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv", ".jsonl.gz", 
 MANIFEST_SCHEMA = plan_schema()
 NEEDED = ("image_uri", "question")
 CSV_FIELD_LIMIT = 64 * 2 ** 20  # characters in one CSV field (the csv module's own limit is 131,072)
+COLUMNS_LOOKAHEAD = 100  # records of a JSON part that show its columns (one lacking a field is that row's error)
 _BAD = "\0unparsable"   # key of a record standing for a line that could not be parsed
 
 
@@ -115,8 +118,6 @@ def _records(uri: str, storage_options=None):
                     rec = _json_record(uri, line, n + 1)
                 except ManifestError as err:  # one bad line is one error row, not a failed job
                     rec = {"image_uri": "", "question": "", _BAD: str(err)}
-                if i == 0:
-                    _check_columns(uri, rec.keys())
                 yield i, rec
                 i += 1
     elif lower.endswith(".json"):
@@ -125,8 +126,6 @@ def _records(uri: str, storage_options=None):
                              parse_constant=str)
         if not isinstance(data, list):
             raise ManifestError(f"{uri}: a .json manifest must be a list of objects, got a {type(data).__name__}")
-        if data and isinstance(data[0], dict):
-            _check_columns(uri, data[0].keys())
         for i, rec in enumerate(data):  # an element that is not an object is that row's problem
             yield i, rec if isinstance(rec, dict) else {
                 "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is a {type(rec).__name__}, not an object"}
@@ -167,6 +166,21 @@ def _check_columns(uri: str, columns) -> None:
         raise ManifestError(f"manifest needs columns image_uri and question; {uri} has {columns}")
 
 
+def _check_records(uri: str, records) -> None:
+    """The columns of a JSON part, whose records each have their own keys: refused (ManifestError) only
+    when none of its first ``COLUMNS_LOOKAHEAD`` records has both needed fields (the manifest names them
+    otherwise); a record that lacks one among records that have them is that row's error, not the part's."""
+    first = None
+    for _, rec in itertools.islice(records, COLUMNS_LOOKAHEAD):
+        if not isinstance(rec, dict) or _BAD in rec:
+            continue
+        if all(c in rec for c in NEEDED):
+            return
+        first = first if first is not None else list(rec)
+    if first is not None:
+        _check_columns(uri, first)
+
+
 def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
     """Item rows of one manifest part ``{"uri", "rel", "prefix"}``: id, source, question, choices."""
     uri = part["uri"]
@@ -195,6 +209,8 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
         except ValueError as err:
             fields[name], bad = "", [*bad, str(err)]
     src = fields["image_uri"]
+    if src.startswith("~"):  # as a shell and pandas read it: the home folder of the user running the job
+        src = os.path.expanduser(src)
     if src and "://" not in src and not src.startswith("/"):
         src = join(base, src)
     row = {"id": fields["id"] or f"{prefix}row-{i:08d}", "source": src, "question": fields["question"]}
@@ -204,6 +220,8 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
         row.update(choices="", status="error", error=f"unreadable choices: {err}")
     if not src and not bad:
         row.update(status="error", error=f"missing image_uri: row {i} of {uri} has none")
+    elif "question" not in rec and _BAD not in rec and not bad:
+        row.update(status="error", error=f"missing question: row {i} of {uri} has none")
     if bad:
         row.update(status="error", error=f"bad manifest field: row {i} of {uri}: {'; '.join(bad)}")
     if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name
@@ -223,19 +241,30 @@ def _check_part(uri: str, storage_options=None) -> None:
         if not start.startswith("["):
             got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"
             raise ManifestError(f"{name}: a .json manifest must be a list of objects, got {got}")
-        try:  # the first element shows the columns, as a JSONL part's first line does
-            first, _ = json.JSONDecoder().raw_decode(start[1:].lstrip())
-        except ValueError:  # an empty array, or a first element longer than what was read: the task says
-            return
-        if isinstance(first, dict):
-            _check_columns(name, first.keys())
+        _check_records(name, enumerate(_leading_elements(start[1:])))
         return
     try:
-        next(_records(uri, storage_options), None)
+        if name.lower().endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+            _check_records(name, _records(uri, storage_options))
+        else:
+            next(_records(uri, storage_options), None)
     except ManifestError:
         raise
     except (ValueError, csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as err:  # Arrow's "magic bytes not found", ...
         raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
+
+
+def _leading_elements(text: str):
+    """The elements of a JSON array whose text (after its ``[``) starts ``text``, as far as they are whole
+    there: a .json part is read whole only in its task, so the plan sees its first bytes."""
+    decoder, pos = json.JSONDecoder(), 0
+    while True:
+        pos = len(text) - len(text[pos:].lstrip(" \t\r\n,"))
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except ValueError:  # the end of the array, or an element longer than what was read
+            return
+        yield value
 
 
 def plan_manifest(uri: str, storage_options=None) -> Plan:

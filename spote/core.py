@@ -740,7 +740,7 @@ class SpotResult:
         answer_cut_off: open ended: True where the model was still writing when the answer reached the
             token cap (``spote.adapters.base.MAX_NEW_TOKENS``, 32 tokens): the answer may be incomplete;
             False where the model ended it; None for a closed set, or where the adapter cannot tell (an
-            endpoint).
+            endpoint whose server gives no ``finish_reason``).
     """
 
     answer: str

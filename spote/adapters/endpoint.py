@@ -295,12 +295,14 @@ class TokenTable:
 
 @dataclass
 class Served:
-    """One answer from the server: token texts, their log p, and each position's top-k."""
+    """One answer from the server: token texts, their log p, each position's top-k, and why it ended
+    (``finish_reason``: "stop", "length", ...; None where the server does not say)."""
 
     text: str
     tokens: list[str]
     logprobs: list[float]
     top: list[list[tuple[str, float]]]
+    finish_reason: str | None = None
 
 
 def deadline_http_client(config: EndpointConfig):
@@ -502,8 +504,9 @@ class EndpointAdapter:
         if bad:  # NaN would read as 0 nats (max(0, nan) is 0): a sure answer that stops the search at once
             raise EndpointError(self._describe(ValueError(
                 f"the server returned a log-probability that is not one ({bad[0]!r}: not finite, or above 0)")))
+        finish = getattr(choice, "finish_reason", None)
         return Served(text=(choice.message.content or "").strip(), tokens=[c.token for c in content],
-                      logprobs=logprobs, top=top)
+                      logprobs=logprobs, top=top, finish_reason=finish if isinstance(finish, str) else None)
 
     def _request_all(self, views_batch, text: str, max_tokens: int, closed_set: bool) -> list[Served]:
         """One request per view set, ``concurrency`` at a time; the first failure fails the whole group."""
@@ -533,16 +536,18 @@ class EndpointAdapter:
     # ------------------------------------------------------------------ open ended
     def _generation(self, s: Served) -> Generation:
         """The open answer of ``s``; an empty answer (no text: the model ended at once, or only spoke
-        whitespace) has no tokens, so its confidence is 0 as in-process. Raises EndpointError for an answer
-        whose tokens came without log-probabilities."""
+        whitespace) has no tokens, so its confidence is 0 as in-process. ``cut_off`` from the server's
+        ``finish_reason`` (OpenAI API): "length" (the token cap ended it) True, "stop" False, else None (not
+        known). Raises EndpointError for an answer whose tokens came without log-probabilities."""
+        cut_off = {"length": True, "stop": False}.get(s.finish_reason)
         if not s.text:
-            return Generation("", [], [], [])
+            return Generation("", [], [], [], cut_off=cut_off)
         if not s.tokens:  # text without tokens: nothing to score it by (the entropy would read 0: certain)
             raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
         ids = [self.tokenizer.intern(t) for t in s.tokens]
         ents = [topk_entropy([lp for _, lp in top]) for top in s.top]
         text = drop_continuation_prefix(s.text, s.tokens[0] if s.tokens else None)  # as in-process
-        return Generation(text, ids, ents, list(s.logprobs))
+        return Generation(text, ids, ents, list(s.logprobs), cut_off=cut_off)
 
     def generate(self, views: list[Image.Image], question: str, max_new_tokens: int | None = None) -> Generation:
         """Greedy answer with per-token log p and top-k entropy estimates (nats)."""

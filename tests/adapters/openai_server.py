@@ -16,7 +16,7 @@ S3 server. It speaks the subset of the wire format SPOT-E uses:
   question containing ``[reject]`` is answered 400 (a request the server refuses, never retried).
   ``{"mode": NAME, "times": n}`` instead misbehaves as a broken server might (``MODES``): answers with
   NaN / +inf log-probabilities, empty ``top_logprobs`` or ``logprobs.content``, a null ``message.content``,
-  a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
+  no ``finish_reason`` (null, as a server that does not say), a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
 
 With ``--require-key-env NAME`` every request must carry ``Authorization: Bearer $NAME`` (else 401).
 
@@ -170,6 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(400, str(err))
         if mode and content:
             text, content = misbehave(mode, text, content)
+        if mode == "no-finish":
+            finish = None
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server.model_name,
@@ -201,7 +203,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 # what a broken server sends (faults' "mode"); each maps (text, logprobs content) to the broken pair
-MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "trickle", "echo-key")
+MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "no-finish", "trickle",
+         "echo-key")
 
 
 def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, list[dict]]:

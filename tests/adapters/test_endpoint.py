@@ -347,6 +347,22 @@ def test_open_answers_refuse_useless_logprobs(server, key):
     assert gen.text == "" and gen.token_ids == [] and gen.logprobs == [] and gen.entropies == []
 
 
+def test_an_answer_the_token_cap_ended_is_marked_cut_off_from_finish_reason(server, key):
+    """The server's ``finish_reason`` says who ended the answer: "stop" (the model) False, "length" (the cap)
+    True, none given None, as in-process marks an answer the cap ended."""
+    remote = _endpoint(server, max_retries=0)
+    view, question = _spelled()
+    whole = remote.generate(view, question)
+    assert len(whole.token_ids) >= 2 and whole.cut_off is False
+    capped = remote.generate(view, question, max_new_tokens=1)
+    assert len(capped.token_ids) == 1 and capped.cut_off is True
+    _control(server, "/fixture/faults", {"mode": "no-finish", "times": 1})
+    assert remote.generate(view, question).cut_off is None
+    item = make_open_item(0, "test", 2, variant="large")
+    res = spote(remote, item.image, item.question, None, PolicyConfig(budget=4, group_size=4, use_relevance=False))
+    assert res.answer and res.answer_cut_off is False
+
+
 def test_an_attempt_ends_within_timeout_s_however_slowly_the_server_sends(server, key):
     """httpx's timeout bounds each read alone: a body trickled a byte every 0.5 s (no read waits 2 s) held a
     request for minutes with timeout_s 2, and then answered. Each attempt now ends within timeout_s in all

@@ -623,3 +623,31 @@ def test_manifest_choices_are_stored_as_written(tmp_path):
     rows = read_manifest(str(manifest))
     assert ["日本" in r["choices"] and "\\u" not in r["choices"] for r in rows] == [True, True]
     assert [json.loads(r["choices"]) for r in rows] == [["日本", "ελλάδα"], ["日本", "x"]]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_a_first_record_lacking_a_field_is_that_rows_error_and_wrong_names_refuse_the_part(tmp_path, fmt):
+    """JSON records each carry their own keys: a first record without ``question`` (or ``image_uri``) is that
+    row's error and the rows after it are read; a part none of whose first records has both fields names
+    them otherwise and is refused before any work, in one line."""
+    def write(name, recs):
+        path = tmp_path / f"{name}.{fmt}"
+        path.write_text("\n".join(json.dumps(r) for r in recs) if fmt == "jsonl" else json.dumps(recs))
+        return str(path)
+
+    good = [{"id": f"r{i}", "image_uri": "a.png", "question": "q ?"} for i in range(3)]
+    rows = read_manifest(write("m", [{"id": "nq", "image_uri": "a.png"}, {"id": "nu", "question": "q ?"}, *good]))
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == 5 and all("status" not in by_id[f"r{i}"] for i in range(3))
+    assert by_id["nq"]["error"] == f"missing question: row 0 of {tmp_path}/m.{fmt} has none"
+    assert by_id["nu"]["error"] == f"missing image_uri: row 1 of {tmp_path}/m.{fmt} has none"
+    with pytest.raises(ManifestError, match=r"needs columns image_uri and question; .* has \['img', 'q'\]"):
+        plan_manifest(write("cols", [{"img": "a.png", "q": "q ?"}] * 5))
+
+
+def test_a_home_relative_image_path_is_read_from_the_home_folder(tmp_path, monkeypatch):
+    """``~/x.png`` in a manifest is the home folder's x.png, as a shell reads it (not a folder named ``~``
+    beside the manifest)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "image_uri": "~/x.png", "question": "q ?"}))
+    assert read_manifest(str(tmp_path / "m.jsonl"))[0]["source"] == f"{tmp_path}/home/x.png"

@@ -70,6 +70,7 @@ TEMP_PREFIX = "spote-ray-"         # every temp dir this tool creates is named s
 TEMP_MARKER = ".spote-local-cluster"  # ... and holds this file, whose token the record keeps
 # the fields of a record as ``save`` writes them; ``temp_token`` is optional (records written before it
 # existed load, but their temp dir is never removed)
+STATUS_TIMEOUT_S = 10  # seconds ``status`` waits for the cluster's answer
 RECORD_FIELDS = ("gcs_port", "dashboard_port", "head_cpus", "workers", "cpus_per_worker", "gpus_per_worker",
                  "temp_dir", "owns_temp_dir", "nodes")
 NODE_FIELDS = {"role": str, "pid": int, "start_time": int, "log": str}
@@ -599,21 +600,21 @@ def status():
     if not c.processes():
         typer.echo(f"the local cluster recorded in {STATE} is not running")
         raise typer.Exit(1)
-    import ray
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    host, _, port = c.address.rpartition(":")
-    try:  # Ray retries an address that does not answer for minutes, then prints a traceback
-        socket.create_connection((host, int(port)), timeout=10).close()
-        ray.init(address=c.address, log_to_driver=False)
-    except (OSError, ValueError) as err:  # ConnectionError included
+    try:  # the state API over the dashboard, each request bounded: ray.init waits on a GCS that does not answer
+        nodes = list_nodes(address=c.dashboard, timeout=STATUS_TIMEOUT_S, raise_on_missing_output=False)
+    except (OSError, ValueError, RayStateApiException) as err:  # requests' errors are OSErrors
         lines = str(err).strip().splitlines()
-        typer.echo(f"error: the local cluster recorded in {STATE} runs, but its GCS at {c.address} does not "
-                   f"answer: {lines[0] if lines else type(err).__name__}", err=True)
+        typer.echo(f"error: the local cluster recorded in {STATE} runs, but it does not answer within "
+                   f"{STATUS_TIMEOUT_S} s (GCS {c.address}, dashboard {c.dashboard}): "
+                   f"{lines[0] if lines else type(err).__name__}", err=True)
         raise typer.Exit(2) from None
-    for node in ray.nodes():
-        typer.echo(f"{node['NodeID'][:8]} alive={node['Alive']} {node['Resources']}")
-    ray.shutdown()
+    for node in nodes:
+        typer.echo(f"{node.node_id[:8]} {node.state.lower()} {'head' if node.is_head_node else 'worker'} "
+                   f"{node.resources_total}")
 
 
 @app.command()

@@ -245,19 +245,33 @@ def test_port_taken_sees_listeners_and_not_free_ports(held_port):
     assert local.port_taken(local.free_port()) is None
 
 
-def test_status_of_a_cluster_whose_gcs_does_not_answer_is_one_line(env, monkeypatch, capsys):
-    """A record whose processes live but whose GCS port nothing answers on: ``status`` waited on Ray's
-    retries, then printed its traceback."""
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("server", ["closed", "silent"])
+def test_status_of_a_cluster_that_does_not_answer_is_one_line(server, env, monkeypatch, capsys):
+    """A record whose processes live but whose ports nothing answers on (closed), or where a frozen process
+    holds them (silent: the connection is taken, no byte comes back): ``status`` waited on Ray's retries and
+    printed a traceback, or waited for ever; now one line within ``STATUS_TIMEOUT_S``."""
     state, _ = env
-    with socket.socket() as s:
+    monkeypatch.setattr(local, "STATUS_TIMEOUT_S", 2)
+    held = []
+    for _ in range(2):  # the GCS and the dashboard
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+        if server == "silent":
+            s.listen(8)  # the kernel takes connections into the backlog; nothing reads them
+        held.append(s)
+    gcs, dashboard = (s.getsockname()[1] for s in held)
+    if server == "closed":
+        for s in held:
+            s.close()
     live = subprocess.Popen(["sleep", "60"], start_new_session=True)  # ours, in a session of its own
     try:
         node = {"role": "head", "pid": live.pid, "start_time": local.read_proc(live.pid).start_time, "log": ""}
-        state.write_text(json.dumps(_record(gcs_port=closed, nodes=[node])))
+        state.write_text(json.dumps(_record(gcs_port=gcs, dashboard_port=dashboard, nodes=[node])))
         line = _one_error_line(*_cli(monkeypatch, capsys, "status"))
-        assert "does not answer" in line and str(closed) in line
+        assert "does not answer within 2 s" in line and f":{gcs}" in line and f":{dashboard}" in line
     finally:
         live.kill()
         live.wait()
+        for s in held:
+            s.close()

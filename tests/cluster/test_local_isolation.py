@@ -150,6 +150,12 @@ def test_unrelated_ray_head_survives_local_cluster_start_and_stop(other_ray, tmp
         assert not set(started) & ({head.pid} | set(daemons))
         assert Path(ours.temp_dir).is_dir() and ours.temp_dir != tempfile.gettempdir()
 
+        proc = _cli("status", env=env)  # our two nodes, never the other head's
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        listed = proc.stdout.strip().splitlines()
+        assert len(listed) == 2 and all(" alive " in line for line in listed), proc.stdout
+        assert sorted(line.split()[2] for line in listed) == ["head", "worker"], proc.stdout
+
         proc = _cli("stop", env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert not ours.processes(), "the local cluster left processes behind"

@@ -78,7 +78,7 @@ def lonlat_geometry(geom):
     """``geom`` in lon/lat degrees (x the longitude, any number of turns off [-180, 180]) as it is written:
     every longitude in [-180, 180], and a shape over the antimeridian split there (RFC 7946 section 3.1.9).
 
-    The one place longitudes are normalised. A polygon goes through the ``antimeridian`` package (split
+    The one place longitudes are normalised (and latitudes held to [-90, 90]). A polygon goes through the ``antimeridian`` package (split
     into a MultiPolygon, one around a pole closed through it, counter-clockwise), its crossings found on
     the straight edges as drawn (planar edges, GeoParquet's default). A point moves by whole turns; a line
     or a zero-area box (an evidence box of zero width) too, or is cut into a MultiLineString where it
@@ -90,7 +90,9 @@ def lonlat_geometry(geom):
 
     if geom is None or geom.is_empty:
         return geom
-    wrapped = shapely.transform(geom, lambda xy: np.column_stack([_wrap(xy[:, 0]), xy[:, 1]]))
+    # a latitude past a pole (a cell-centred global grid's half pixel, -90.125 to 90.125) is no place on
+    # Earth: it is held at the pole, which the pixels there show
+    wrapped = shapely.transform(geom, lambda xy: np.column_stack([_wrap(xy[:, 0]), np.clip(xy[:, 1], -90, 90)]))
     kind = geom.geom_type
     if kind in ("Polygon", "MultiPolygon") and geom.area > 0:
         fix = antimeridian.fix_polygon if kind == "Polygon" else antimeridian.fix_multi_polygon

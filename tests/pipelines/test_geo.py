@@ -264,6 +264,20 @@ def test_a_global_lon_lat_tile_is_one_valid_shape():
     assert tile.is_valid and tile.bounds == (-180, -90, 180, 90) and tile.area == pytest.approx(360 * 180)
 
 
+def test_a_cell_centred_global_grid_past_the_poles_is_held_to_latitudes_within_90():
+    """A global grid of cells centred on the poles reaches half a cell past each (90.125): no latitude
+    written lies beyond a pole, and the shapes stay valid."""
+    from pipelines.geo import ResultGeometry
+
+    headers = {"g.tif": _scene("EPSG:4326", from_origin(-180.125, 90.125, 0.25, 0.25), 1441, 721)}
+    cols = ResultGeometry(headers).columns(_tile_rows("g.tif", [(0, 0, 1441, 721), (720, 0, 8, 8)],
+                                                      [None, [0, 0, 2, 2]]))
+    whole, polar = cols["geometry"]
+    assert whole.is_valid and whole.bounds == (-180, -90, 180, 90) and whole.area == pytest.approx(360 * 180)
+    assert polar.is_valid and polar.bounds == pytest.approx((-0.125, 88.125, 1.875, 90))
+    assert cols["evidence_geometry"][1].bounds[3] == 90 and cols["evidence_lat"][1] <= 90
+
+
 def test_geoparquet_bbox_over_the_antimeridian_runs_west_to_east(tmp_path):
     """GeoParquet 1.1 (bbox after RFC 7946 section 5.2): over the antimeridian west > east. The split
     footprints' plain bounds, [-180, -17, 180, -16.8], claimed the whole globe for a 0.2 degree area."""

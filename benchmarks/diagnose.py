@@ -84,7 +84,7 @@ def main(n: int = 30, reps: int = 3, seed: int = 11, cpus: int = 2):
     with tempfile.TemporaryDirectory() as tmp:
         manifest = str(make_corpus(Path(tmp), n, seed))
         # room for the idle loop actor beside the job's loader and SPOT-E actors
-        ray.init(num_cpus=2 * cpus + 2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2 * cpus + 2, include_dashboard=False)
         local = WarmLoop(manifest, cpus)
         actor = ray.remote(num_cpus=cpus)(WarmLoop).remote(manifest, cpus)
         local.ms_per_item(), ray.get(actor.ms_per_item.remote())  # warm both

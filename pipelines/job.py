@@ -64,7 +64,10 @@ def init_ray(num_actors: int, address: str | None = None):
         # no runtime_env env_vars: the local cluster's workers inherit this process's environment (storage
         # credentials, SPOTE_CACHE, PYTHONPATH), and Ray writes a runtime env's env_vars in plain text to
         # its runtime_env_agent.log, readable by every user of the machine
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False, log_to_driver=True)
+        # address "local": a Ray of its own even where a `ray start` cluster runs on this machine, which
+        # ray.init() without an address joins (read from ray_current_cluster), and refuses num_cpus there
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
+                 log_to_driver=True)
         _STARTED_HERE["local"] = True
     _terminate_as_interrupt()
 

@@ -83,7 +83,10 @@ def test_stop_signals_recorded_sessions_and_their_escaped_children_only():
 @pytest.fixture
 def other_ray():
     """An unrelated Ray head with its own session, temp dir and ports; stopped by its own pid."""
-    temp = tempfile.mkdtemp(prefix="other-ray-")  # short: Ray's socket paths must fit 107 bytes
+    # short: Ray's socket paths must fit 107 bytes. Named .../ray, so that RAY_TMPDIR=<its parent> makes it the
+    # default temp dir, whose ray_current_cluster file `ray start` writes and ray.init() reads
+    temp = str(Path(tempfile.mkdtemp(prefix="other-ray-")) / "ray")
+    Path(temp).mkdir()
     port = free_port()
     cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
            "--include-dashboard=false", f"--temp-dir={temp}", f"--ray-client-server-port={free_port()}",
@@ -96,7 +99,7 @@ def other_ray():
         yield head, port
     finally:
         _end_session(head)
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(Path(temp).parent, ignore_errors=True)
 
 
 def _runs_a_task(port: int) -> bool:
@@ -168,6 +171,32 @@ def test_unrelated_ray_head_survives_local_cluster_start_and_stop(other_ray, tmp
     dead = [pid for pid, t in daemons.items() if not _alive(pid, t)]
     assert not dead, f"daemons {dead} of the unrelated Ray head were stopped"
     assert _runs_a_task(port), "the unrelated Ray head no longer runs tasks"
+
+
+def test_a_job_beside_a_users_ray_start_cluster_runs_on_its_own_ray_and_leaves_it_alone(other_ray, tmp_path):
+    """A job without RAY_ADDRESS on a machine where the user ran `ray start` (recorded in the default temp
+    dir's ray_current_cluster): ray.init() joined that cluster and refused num_cpus, so every job failed
+    with "num_cpus and num_gpus must not be provided". It starts a Ray of its own, and the user's head
+    keeps running."""
+    head, port = other_ray
+    leader = read_proc(head.pid)
+    temp_root = Path(head.args[[a.startswith("--temp-dir=") for a in head.args].index(True)].split("=", 1)[1]).parent
+    assert (temp_root / "ray" / "ray_current_cluster").read_text().strip().endswith(f":{port}")
+    env = {k: v for k, v in RAY_ENV.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(temp_root),
+                                                                      "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.vqa", "--input",
+                           str(REPO / "pipelines" / "samples" / "vqa" / "manifest.jsonl"), "--output", str(out),
+                           "--model", str(REPO / "spote" / "weights" / "spote-tiny"), "--run-id", "beside",
+                           "--policy", '{"budget": 4, "group_size": 2, "steps": 1}'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    n_in = len((REPO / "pipelines" / "samples" / "vqa" / "manifest.jsonl").read_text().splitlines())
+    assert len(list((out / "results" / "run_id=beside").glob("*.parquet"))) >= 1
+    import pyarrow.parquet as pq
+    assert pq.read_table(out / "results" / "run_id=beside").num_rows == n_in
+    assert _alive(head.pid, leader.start_time), "the user's Ray head was stopped"
+    assert _runs_a_task(port), "the user's Ray head no longer runs tasks"
 
 
 def test_the_cluster_record_is_read_whole_while_it_is_rewritten(tmp_path):

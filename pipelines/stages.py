@@ -59,6 +59,8 @@ def source_read_errors():
         yield
     except (FileNotFoundError, IsADirectoryError):
         raise
+    except NotADirectoryError as err:  # "a.png/b.png" under a file a.png: nothing is there, every night
+        raise FileNotFoundError(str(err)) from err
     except Exception as err:
         raise SourceReadError(f"{type(err).__name__}: {err}") from err
 
@@ -121,6 +123,9 @@ class RowLoader:
         except FileNotFoundError:
             self.forget()
             return error_row(row, f"missing object: {row['source']}")
+        except IsADirectoryError:  # not a passing failure: it is a folder tomorrow too
+            self.forget()
+            return error_row(row, f"unreadable image: {row['source']} is a folder, not an image file")
         except SourceReadError as err:
             self.forget()
             return error_row(row, f"could not read: {row['source']}: {err}")

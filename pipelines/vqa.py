@@ -132,18 +132,35 @@ def _records(uri: str, storage_options=None):
     elif lower.endswith(".csv"):
         csv.field_size_limit(CSV_FIELD_LIMIT)
         with fs.open(path, "rb", **gz) as f:
-            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
+            # bytes that are not UTF-8 (a Latin-1 export) decoded as lone surrogates, so that they are the
+            # row's problem: a strict decoder fails a whole chunk of rows, and every row after it
+            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
+            if not all(_is_utf8(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
+                raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
             _check_columns(uri, reader.fieldnames)
             for i, rec in enumerate(reader):
                 if None in rec:  # DictReader's key for the fields past the header's: the row was split wrongly
                     rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} has "
                            f"{len(reader.fieldnames) + len(rec[None])} fields, the header {len(reader.fieldnames)} "
                            "(a comma in a field that is not quoted?)"}
+                elif not all(_is_utf8(v) for v in rec.values() if v):
+                    rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} is not UTF-8 "
+                                                                  "text (saved in another encoding?)",
+                           **({"id": rec["id"]} if _is_utf8(rec.get("id") or "") and rec.get("id") else {})}
                 yield i, rec
     else:
         raise ManifestError(f"manifest must be .parquet, .jsonl or .csv: {uri}")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (decoded with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_record(uri: str, line: str, line_no: int) -> dict:
@@ -211,7 +228,9 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
     src = fields["image_uri"]
     if src.startswith("~"):  # as a shell and pandas read it: the home folder of the user running the job
         src = os.path.expanduser(src)
-    if src and "://" not in src and not src.startswith("/"):
+    # a URI (s3://, https://; file:/a and file:///a, which the loader reads as RFC 8089 says) as written; a
+    # path relative to the part's folder
+    if src and "://" not in src and not src.startswith(("/", "file:")):
         src = join(base, src)
     row = {"id": fields["id"] or f"{prefix}row-{i:08d}", "source": src, "question": fields["question"]}
     try:

@@ -419,7 +419,7 @@ def test_an_edited_manifest_is_a_new_run_not_the_committed_one(ray_local, random
     ("image.json", None, "must be a list of objects, got no JSON array"),
     ("image.jsonl", None, "line 1 is not UTF-8 text"),
     ("image.parquet", None, "cannot be read as a PARQUET manifest"),
-    ("image.csv", None, "cannot be read as a CSV manifest"),
+    ("image.csv", None, "the header line is not UTF-8 text; is it a CSV manifest?"),
 ])
 def test_a_part_that_is_no_manifest_is_one_error_naming_it_before_any_work(tmp_path, name, content, says):
     """An object or an empty file named .json, or an image named as a manifest, stopped the job inside a
@@ -528,11 +528,16 @@ def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):
     image = tmp_path / "sp ace" / "a b#1.png"
     image.parent.mkdir()
     image.write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
-    uris = [image.as_uri(), image.as_uri().replace("file://", "file://localhost"), f"file://{image}"]
+    uris = [image.as_uri(), image.as_uri().replace("file://", "file://localhost"), f"file://{image}",
+            image.as_uri().replace("file://", "file:")]  # file:/a, RFC 8089's form without an authority
     assert "%20" in uris[0] and "%23" in uris[0]
     for uri in uris:
         out = ImageLoader().load({"id": "x", "source": uri, "question": "what letter ?", "choices": ""})
         assert out["status"] == "ok", (uri, out.get("error"))
+    # in a manifest elsewhere, each is the file it names (file:/a was joined to the manifest's folder)
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"id": str(i), "image_uri": u, "question": "q ?"})
+                                                for i, u in enumerate(uris)))
+    assert [r["source"] for r in read_manifest(str(tmp_path / "m.jsonl"))] == uris
     other_host = ImageLoader().load({"id": "x", "source": f"file://fileserver{image}", "question": "q ?", "choices": ""})
     assert other_host["status"] == "error" and "on another host (fileserver)" in other_host["error"]
     literal = tmp_path / "saved%20as%20is.png"  # a download kept under its encoded name, written unencoded
@@ -651,3 +656,42 @@ def test_a_home_relative_image_path_is_read_from_the_home_folder(tmp_path, monke
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "image_uri": "~/x.png", "question": "q ?"}))
     assert read_manifest(str(tmp_path / "m.jsonl"))[0]["source"] == f"{tmp_path}/home/x.png"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_csv_line_in_another_encoding_is_that_rows_error_and_every_other_row_is_read(tmp_path, gz):
+    """One Latin-1 byte (an Excel export) in row 150 of a CSV: the strict decoder failed the chunk around it,
+    so the rows from 139 on were one `bad manifest` row naming row 138; in a small file the whole job was
+    refused. Only that line is an error row (its id kept); a header that is not UTF-8 refuses the part."""
+    import gzip
+
+    lines = [b"id,image_uri,question"] + [f"r{i},a.png,what is {i} ?".encode() for i in range(300)]
+    lines[151] = b"r150,a.png,caf\xe9 ?"
+    data = b"\n".join(lines) + b"\n"
+    name = tmp_path / ("m.csv.gz" if gz else "m.csv")
+    name.write_bytes(gzip.compress(data) if gz else data)
+    rows = read_manifest(str(name))
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(300)]
+    bad = [r for r in rows if r.get("status") == "error"]
+    assert [r["id"] for r in bad] == ["r150"]
+    assert bad[0]["error"] == f"bad manifest line: {name}: line 152 is not UTF-8 text (saved in another encoding?)"
+    (tmp_path / "h.csv").write_bytes(b"id,image_\xe9uri,question\nr0,a.png,q ?\n")
+    with pytest.raises(ManifestError, match="the header line is not UTF-8 text"):
+        plan_manifest(str(tmp_path / "h.csv"))
+
+
+def test_a_folder_or_a_path_through_a_file_is_a_lasting_error_not_a_passing_one(tmp_path):
+    """A folder as ``image_uri`` was "could not read: ... IsADirectoryError", a passing failure that a nightly
+    job reads again every night; a path through a file ("a.png/b.png") likewise. They are an unreadable
+    image and a missing object."""
+    from pipelines.stages import PASSING_FAILURES, ImageLoader
+    from pipelines.stats import error_reason
+
+    image = tmp_path / "a.png"
+    image.write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
+    said = {src: ImageLoader().load({"id": "x", "source": src, "question": "q ?", "choices": ""})["error"]
+            for src in (str(tmp_path), f"{tmp_path}/", f"{image}/b.png")}
+    assert said[str(tmp_path)] == f"unreadable image: {tmp_path} is a folder, not an image file"
+    assert said[f"{tmp_path}/"].startswith("unreadable image: ")
+    assert said[f"{image}/b.png"] == f"missing object: {image}/b.png"
+    assert not {error_reason(e) for e in said.values()} & set(PASSING_FAILURES)

@@ -3,8 +3,10 @@
 PY       ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-STAMP    := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TORCH    ?= torch==2.13.0
+# the stamp names the torch asked for too, so another TORCH is installed (pip keeps an installed torch that
+# satisfies it: a CUDA build goes into a VENV of its own)
+STAMP    := $(VENV)/.installed-$(shell (cat pyproject.toml; echo "$(TORCH)") | sha1sum | cut -c1-12)
 OUT      ?= out
 N        ?= 600
 SEED     ?= 0
@@ -58,7 +60,7 @@ demo: $(STAMP)
 	$(BIN)/python -m pipelines.vqa --input pipelines/samples/vqa/manifest.jsonl --output $(OUT)/demo
 	@echo "results: $(OUT)/demo (Parquet), report: $(OUT)/demo/_runs/*/report.html"
 
-# every method on the same N items; grid evaluates every window (~850 per item), so this takes ~1 h on 2 cores
+# every method on the same N items; grid evaluates every window (560-3,300 per item), so this takes hours on 2 cores
 bench: $(STAMP)
 	$(BIN)/spote bench --split test --n $(N) --seed $(SEED) --methods baseline,oracle,grid,vicrop,api,naive_entropy,random,spote \
 	  --out results/bench-test-seed$(SEED).json
@@ -178,7 +180,8 @@ bench-reads: $(STAMP)
 bench-endpoint: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.endpoint --n 50 --out results/bench-endpoint.json
 
-# GPU rows of docs/benchmark.md (SpotBench bf16 + fp32, pipeline bench on one GPU); install a CUDA torch: make bench-gpu TORCH=torch
+# GPU rows of docs/benchmark.md (SpotBench bf16 + fp32, pipeline bench on one GPU); in an environment of its own with a CUDA
+# torch (pip keeps a CPU torch already installed in .venv): make bench-gpu VENV=.venv-gpu TORCH=torch
 bench-gpu: $(STAMP)
 	PY=$(BIN)/python bash benchmarks/gpu_bench.sh results/gpu 600 300
 

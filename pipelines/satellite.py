@@ -153,7 +153,7 @@ def _reason_to_skip(exts: dict[str, str]):
         suffix = PurePosixPath(lower).suffix
         if suffix in exts:
             return None
-        return f"not a raster format the installed GDAL reads: {suffix or '(no extension)'}"
+        return f"not a scene format this job tiles: {suffix or '(no extension)'}"
 
     return reason
 
@@ -453,7 +453,7 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
 @job_command
 def main(
     input: str = typer.Option(..., help="a scene, or a folder/prefix of scenes (GeoTIFF, PNG, JPEG, JPEG 2000, VRT, "
-                                        ".img, ... whatever the installed GDAL reads)"),
+                                        "ERDAS .img, WebP, BMP, NITF: those the installed GDAL has a driver for)"),
     output: str = typer.Option(...),
     questions: str = typer.Option(..., help="JSON or YAML list of {question, choices}"),
     tile_size: int = typer.Option(512, help="tile side in pixels; one tile must stay under --max-tile-pixels"),

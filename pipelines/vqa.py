@@ -9,7 +9,8 @@ the driver lists the parts and Ray Data tasks read them, so the driver never hol
 Every field is kept exactly as written: ids ``"007"``, ``"0070"`` and ``"1e3"`` stay those strings
 (JSON numbers keep their literal text). ``choices`` is a list or a comma-separated string; relative
 image paths are resolved against the part's folder. A row without an id gets ``row-<n>`` (its
-position in the file; ``<part>/row-<n>`` when the manifest has several parts).
+position in the file from 0, eight digits: ``row-00000003``; ``<part>/row-<n>`` when the manifest has several
+parts).
 """
 
 from __future__ import annotations

@@ -186,8 +186,9 @@ def ask(
                                          "several tokens"),
     policy: Optional[str] = typer.Option(None, help='PolicyConfig overrides as JSON, e.g. \'{"min_window": 1.5}\''),
     seed: Optional[int] = typer.Option(None, help="the search's random seed (default: the policy's, 0)"),
-    black_box: Optional[bool] = typer.Option(None, help="ignore attention: uniform initial policy "
-                                                       "(use_relevance false in --policy says the same)"),
+    black_box: Optional[bool] = typer.Option(None, help="ignore attention (as with a model that gives none): the "
+                                                       "policy starts from image saliency alone (use_relevance false "
+                                                       "in --policy says the same)"),
     trace: Optional[Path] = typer.Option(None, help="write a PNG: the spotlights, what the model saw, entropy per step"),
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,

@@ -303,7 +303,7 @@ def test_scene_formats_rasterio_reads_are_accepted_and_the_rest_named(tmp_path):
     found = [s["uri"] for s in scenes_found]
     assert [s["rel"] for s in scenes_found] == ["S2/GRANULE/T33UUP_B04.jp2", "base.tif", "mosaic.vrt", "scene.img"]
     reasons = {PurePosixPath(s["source"]).name: s["reason"].split(":")[0] for s in skipped}
-    assert reasons["notes.txt"] == "not a raster format the installed GDAL reads"
+    assert reasons["notes.txt"] == "not a scene format this job tiles"
     assert reasons["base.tif.aux.xml"] == "sidecar file (read with its scene)"
     assert len(found) + len(skipped) == sum(1 for p in scenes.rglob("*") if p.is_file())  # every file accounted for
     for p in found:  # each is read tile by tile like a GeoTIFF
@@ -319,7 +319,7 @@ def test_an_input_with_nothing_to_do_ends_cleanly(tmp_path):
     summary = run(JobOptions(str(scenes), str(tmp_path / "out"), run_id="empty"), str(tmp_path / "q.json"))
     assert summary["items_in"] == 0 and summary["skipped_sources"]["count"] == 1
     assert summary["skipped_sources"]["named"] == [{"source": "readme.txt",
-                                                    "reason": "not a raster format the installed GDAL reads: .txt"}]
+                                                    "reason": "not a scene format this job tiles: .txt"}]
     assert is_committed(RunPaths(str(tmp_path / "out"), "empty"))  # an empty run, committed
     res = CliRunner().invoke(app, ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"),
                                    "--questions", str(tmp_path / "q.json")])
@@ -452,7 +452,7 @@ def test_listing_accepts_readable_formats_and_names_what_it_skips(tmp_path):
     assert [s["rel"] for s in scenes] == ["2024-01/scene.tif", "2024-02/scene.tif", "B04.jp2", "ortho.bmp", "ortho.webp"]
     assert {s["source"]: s["reason"] for s in skipped} == {
         ".DS_Store": "hidden file", "2024-01/scene.tif.aux.xml": "sidecar file (read with its scene)",
-        "notes.txt": "not a raster format the installed GDAL reads: .txt"}
+        "notes.txt": "not a scene format this job tiles: .txt"}
 
 
 def test_tiles_are_planned_per_scene_with_ids_from_the_relative_path(tmp_path):
@@ -512,7 +512,7 @@ def test_no_scenes_ends_cleanly_with_a_clear_message(tmp_path, capsys):
     opts = JobOptions(str(tmp_path / "scenes"), str(tmp_path / "out"), run_id="none")
     summary = run(opts, str(tmp_path / "q.json"))
     assert summary["items_in"] == 0 and summary["scenes"] == 0 and summary["skipped_sources"]["count"] == 1
-    assert ("nothing to do (no input it can read; skipped 1: 1 x not a raster format the installed GDAL reads: .md)"
+    assert ("nothing to do (no input it can read; skipped 1: 1 x not a scene format this job tiles: .md)"
             in capsys.readouterr().out)
     assert json.loads((Path(RunPaths(str(tmp_path / "out"), "none").meta) / "rollup.json").read_text()) == {}
 

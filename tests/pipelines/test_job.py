@@ -310,7 +310,7 @@ def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, co
 
     sample = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"image_uri": str(sample), "question": f"what letter {i} ?"})
-                                                for i in range(40)))
+                                                for i in range(400)))  # more than a loaded machine answers in 3 s
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output",
                              str(tmp_path / "out"), "--model", str(random_tiny_dir), "--run-id", "ctrl-c"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -89,14 +89,20 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
         raise FileNotFoundError(f"question file {uri}: no such file") from None
     except IsADirectoryError:
         raise ValueError(f"question file {uri} is a folder; give a YAML or JSON file") from None
-    loader = _text_loader()(text)  # YAML is a superset of JSON; the nodes keep each entry's line
+    loader = None
     try:
+        loader = _text_loader()(text)  # YAML is a superset of JSON; the nodes keep each entry's line
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as err:  # raised as the loader reads the text: a character YAML refuses
+        raise ValueError(f"{uri}: not valid YAML or JSON: {_reader_problem(err, text)}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{uri}: not valid YAML or JSON: {_yaml_problem(err)}") from None
+    except RecursionError:  # PyYAML composes and constructs nested nodes recursively
+        raise ValueError(f"{uri}: nested too deeply to read (a question file is a flat list of entries)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, list) or not data:
         raise ValueError(f"{uri}: expected a non-empty list of {{question, choices, field}} entries, "
                          f"got {_kind(data)}")
@@ -167,6 +173,18 @@ def _yaml_problem(err) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or " ".join(str(err).split())
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _reader_problem(err, text: str) -> str:
+    """A character YAML does not allow (a form feed or an escape pasted from a PDF, a NUL) as one short line
+    naming it and where it is (1-based line and column)."""
+    pos = getattr(err, "position", None)
+    char = getattr(err, "character", None)
+    if not isinstance(pos, int) or not isinstance(char, int):  # PyYAML gives the character's code point
+        return " ".join(str(err).split())
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"control character U+{char:04X} at line {line}, column {column} (YAML allows none; remove it)"
 
 
 def _kind(value) -> str:

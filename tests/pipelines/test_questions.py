@@ -127,6 +127,12 @@ BAD_FILES = {
     "empty file": ("", "expected a non-empty list of {question, choices, field} entries, got nothing"),
     "not YAML": ("- {field: date, question: what is the date ?}\n",
                  "not valid YAML or JSON: expected ',' or '}', but got '?' at line 1, column 44"),
+    # PyYAML refuses these as it reads the text, before it parses: a ReaderError, which was a traceback
+    "form feed pasted from a PDF": ("- field: total\n  question: \"what is the total\x0c ?\"\n",
+                                    "control character U+000C at line 2, column 31 (YAML allows none; remove it)"),
+    "NUL bytes": ("\x00\x00\x00", "control character U+0000 at line 1, column 1"),
+    "nested too deeply": ("- question: which ?\n  choices: " + "[" * 5000 + "]" * 5000 + "\n",
+                          "nested too deeply to read"),
 }
 
 
@@ -161,7 +167,7 @@ def test_a_binary_file_is_not_a_question_file(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file", "repeated key",
-                                  "empty choice"])
+                                  "empty choice", "form feed pasted from a PDF", "nested too deeply"])
 def test_the_documents_command_refuses_a_bad_question_file_in_one_line(tmp_path, kind):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

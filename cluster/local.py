@@ -590,6 +590,52 @@ def start(workers: int = typer.Option(2, help="worker nodes (0: the head only)")
     typer.echo(f"cluster up: RAY_ADDRESS={c.address}  job server: {c.dashboard}")
 
 
+def _list_nodes(dashboard: str, timeout_s: float) -> list:
+    """The cluster's nodes from the dashboard's state API (``ray.util.state.list_nodes``; ``ray.init``
+    would wait on a GCS that does not answer), within ``timeout_s`` seconds in all: the request runs in a
+    daemon thread, since a server that sends a byte now and then meets every per-read timeout.
+
+    Raises:
+        OSError: nothing listens at the dashboard (says so), or the request failed (its first line).
+        TimeoutError: no answer within ``timeout_s``.
+    """
+    import threading
+    from urllib.parse import urlsplit
+
+    from ray.util.state import list_nodes
+
+    url = urlsplit(dashboard)
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=timeout_s).close()
+    except OSError as err:
+        raise OSError(f"does not answer: nothing listens there ({err.strerror or err})") from None
+    result: dict = {}
+
+    def ask():
+        try:
+            result["nodes"] = list_nodes(address=dashboard, timeout=int(max(1, timeout_s)),
+                                         raise_on_missing_output=False)
+        except Exception as err:  # requests' and the state API's errors, reported by the caller
+            result["error"] = err
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"does not answer within {timeout_s:g} s")
+    if "error" in result:
+        err = cause = result["error"]
+        while cause is not None:  # the state API wraps requests' read timeout in its own error
+            if isinstance(cause, TimeoutError) or type(cause).__name__ in ("ReadTimeout", "ConnectTimeout", "Timeout"):
+                raise TimeoutError(f"does not answer within {timeout_s:g} s")
+            cause = cause.__cause__ or cause.__context__
+        lines = str(err).strip().splitlines()
+        # the state API's message leads with the URL and then guesses (dependencies, --include-dashboard)
+        first = lines[0].split(". ")[0] if lines else type(err).__name__
+        raise OSError(f"did not answer: {first}")
+    return result["nodes"]
+
+
 @app.command()
 def status():
     """Show the nodes and resources of the running local cluster."""
@@ -600,17 +646,12 @@ def status():
     if not c.processes():
         typer.echo(f"the local cluster recorded in {STATE} is not running")
         raise typer.Exit(1)
-    from ray.util.state import list_nodes
-    from ray.util.state.exception import RayStateApiException
-
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    try:  # the state API over the dashboard, each request bounded: ray.init waits on a GCS that does not answer
-        nodes = list_nodes(address=c.dashboard, timeout=STATUS_TIMEOUT_S, raise_on_missing_output=False)
-    except (OSError, ValueError, RayStateApiException) as err:  # requests' errors are OSErrors
-        lines = str(err).strip().splitlines()
-        typer.echo(f"error: the local cluster recorded in {STATE} runs, but it does not answer within "
-                   f"{STATUS_TIMEOUT_S} s (GCS {c.address}, dashboard {c.dashboard}): "
-                   f"{lines[0] if lines else type(err).__name__}", err=True)
+    try:
+        nodes = _list_nodes(c.dashboard, STATUS_TIMEOUT_S)
+    except (OSError, ValueError, TimeoutError) as err:
+        typer.echo(f"error: the local cluster recorded in {STATE} runs, but its dashboard {c.dashboard} "
+                   f"(GCS {c.address}) {err}", err=True)
         raise typer.Exit(2) from None
     for node in nodes:
         typer.echo(f"{node.node_id[:8]} {node.state.lower()} {'head' if node.is_head_node else 'worker'} "

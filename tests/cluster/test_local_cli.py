@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import sys
 import tempfile
 from pathlib import Path
@@ -245,32 +246,56 @@ def test_port_taken_sees_listeners_and_not_free_ports(held_port):
     assert local.port_taken(local.free_port()) is None
 
 
+def _dribble(listener: socket.socket, stop: threading.Event) -> None:
+    """A server that answers every connection one byte of an HTTP response at a time, 0.2 s apart."""
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            continue
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 100:
+                if stop.wait(0.2):
+                    break
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("server", ["closed", "silent"])
-def test_status_of_a_cluster_that_does_not_answer_is_one_line(server, env, monkeypatch, capsys):
-    """A record whose processes live but whose ports nothing answers on (closed), or where a frozen process
-    holds them (silent: the connection is taken, no byte comes back): ``status`` waited on Ray's retries and
-    printed a traceback, or waited for ever; now one line within ``STATUS_TIMEOUT_S``."""
+@pytest.mark.parametrize("server, says", [("closed", "does not answer: nothing listens there"),
+                                          ("silent", "does not answer within 2 s"),
+                                          ("dribble", "does not answer within 2 s")])
+def test_status_of_a_cluster_that_does_not_answer_is_one_line(server, says, env, monkeypatch, capsys):
+    """A record whose processes live but whose ports nothing answers on (closed), where a frozen process
+    holds them (silent: the connection is taken, no byte comes back), or where a server sends a byte now
+    and then (dribble: each read meets its timeout, the answer never ends): ``status`` waited on Ray's
+    retries and printed a traceback, or waited for ever; now one line within ``STATUS_TIMEOUT_S``."""
     state, _ = env
     monkeypatch.setattr(local, "STATUS_TIMEOUT_S", 2)
-    held = []
+    held, stop = [], threading.Event()
     for _ in range(2):  # the GCS and the dashboard
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        if server == "silent":
+        if server != "closed":
             s.listen(8)  # the kernel takes connections into the backlog; nothing reads them
         held.append(s)
     gcs, dashboard = (s.getsockname()[1] for s in held)
     if server == "closed":
         for s in held:
             s.close()
+    if server == "dribble":
+        threading.Thread(target=_dribble, args=(held[1], stop), daemon=True).start()
     live = subprocess.Popen(["sleep", "60"], start_new_session=True)  # ours, in a session of its own
     try:
         node = {"role": "head", "pid": live.pid, "start_time": local.read_proc(live.pid).start_time, "log": ""}
         state.write_text(json.dumps(_record(gcs_port=gcs, dashboard_port=dashboard, nodes=[node])))
         line = _one_error_line(*_cli(monkeypatch, capsys, "status"))
-        assert "does not answer within 2 s" in line and f":{gcs}" in line and f":{dashboard}" in line
+        assert says in line and f":{gcs}" in line and f":{dashboard}" in line, line
     finally:
+        stop.set()
         live.kill()
         live.wait()
         for s in held:

@@ -142,6 +142,9 @@ class SceneHeader:
     # ground control points (col, row, x, y) in stored pixels and ``crs`` units, for a scene with no affine
     # transform (raw L1 and SAR products); () otherwise
     gcps: tuple[tuple[float, float, float, float], ...] = ()
+    # a multi-page TIFF's pages after the first, as GDAL describes them ("Page 2 (128P x 128L x 3B)"): GDAL
+    # opens the first page as the scene, so these are not tiled; the job names them among skipped sources
+    other_pages: tuple[str, ...] = ()
 
     @property
     def georeferenced(self) -> bool:
@@ -215,8 +218,20 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
                          crs=ds.crs.to_string() if ds.crs else gcp_crs.to_string() if by_gcps else "",
                          transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
                          palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)),
-                         gcps=tuple((g.col, g.row, g.x, g.y) for g in gcps) if by_gcps else ())
+                         gcps=tuple((g.col, g.row, g.x, g.y) for g in gcps) if by_gcps else (),
+                         other_pages=_other_pages(ds))
     return header if not by_gcps else _fitted_or_not_georeferenced(header, uri)
+
+
+def _other_pages(ds) -> tuple[str, ...]:
+    """GDAL's descriptions of a multi-page TIFF's pages after the first (its GTiff subdatasets, named
+    ``GTIFF_DIR:<n>:<path>``); () for a file of one page or another format."""
+    if ds.driver != "GTiff":
+        return ()
+    tags = ds.tags(ns="SUBDATASETS")
+    pages = sorted((int(k.split("_")[1]), v) for k, v in tags.items()
+                   if k.endswith("_DESC") and str(tags.get(k[:-5] + "_NAME", "")).startswith("GTIFF_DIR:"))
+    return tuple(desc for _, desc in pages[1:])
 
 
 def _fitted_or_not_georeferenced(header: SceneHeader, uri: str) -> SceneHeader:

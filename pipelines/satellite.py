@@ -173,6 +173,22 @@ def list_scenes(input_uri: str, storage_options=None) -> tuple[list[dict], list[
         raise SceneError(str(err)) from None
 
 
+def other_pages(scenes: list[dict], headers: dict[str, SceneHeader]) -> list[dict]:
+    """Skipped-source entries for the pages after the first of multi-page TIFFs, which are not tiled (GDAL
+    opens a file's first page as the scene), each said once as the driver plans."""
+    skipped = []
+    for s in scenes:
+        pages = headers[s["uri"]].other_pages if s["uri"] in headers else ()
+        if not pages:
+            continue
+        n = len(pages) + 1
+        print(f"[satellite] {s['rel']}: a TIFF of {n} pages; only its first is tiled (the others are named among "
+              "skipped sources)")
+        skipped += [{"source": f"{s['uri']}: {desc} of {n}", "reason": "page of a multi-page TIFF (only the first "
+                     "page is tiled)"} for desc in pages]
+    return skipped
+
+
 def _header_json(header: SceneHeader) -> str:
     return json.dumps(dataclasses.asdict(header))
 
@@ -430,10 +446,11 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     so = parse_storage_options(opts.storage_options)
     scenes, skipped = list_scenes(opts.input, so)
     headers = read_headers(scenes, so, band_sel)
+    skipped = skipped + other_pages(scenes, headers)
     questions = load_questions(questions_uri, so)
     plan = plan_scenes(opts.input, questions, tile_size, overlap, so, scenes=scenes, skipped=skipped)
     print(f"[satellite] {len(scenes)} scenes under {opts.input}"
-          + (f"; skipped {len(skipped)} files that are not scenes" if skipped else ""))
+          + (f"; skipped {len(skipped)} sources it does not tile (in the summary)" if skipped else ""))
     loader = (SceneTileLoader, {"storage_options": so, "bands": band_sel, "stretch": stretch,
                                 "max_tile_pixels": max_tile_pixels})
     hook = geo_outputs(headers, {s["rel"]: s["uri"] for s in scenes}, [q["question"] for q in questions])

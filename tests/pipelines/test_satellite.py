@@ -847,3 +847,24 @@ def test_gcps_gdal_cannot_fit_leave_the_scene_not_georeferenced(tmp_path, points
     table = pa.table({"source": [str(path)], "tile_col_off": [0], "tile_row_off": [0], "tile_width": [200],
                       "tile_height": [200], "evidence_box": [[5.0, 5.0, 50.0, 50.0]]})
     assert ResultGeometry({str(path): hdr}).columns(table)["geometry"] == [None]
+
+
+def test_the_pages_of_a_multi_page_tiff_past_the_first_are_named_among_skipped_sources(tmp_path, s3):
+    """GDAL opens a multi-page TIFF's first page as the scene; the job tiled it and said nothing of the rest (a
+    thumbnail first hid the real scene after it). Every page after the first is a skipped source, with its size,
+    locally and on a store; a TIFF of one page has none."""
+    from pipelines.satellite import other_pages, read_headers
+    from pipelines.storage import parse_storage_options
+
+    pages = [Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)) for i, (h, w) in enumerate([(8, 8), (96, 128),
+                                                                                                 (64, 64)])]
+    pages[0].save(tmp_path / "thumb-first.tif", save_all=True, append_images=pages[1:])
+    _write(tmp_path / "one.tif", np.zeros((3, 32, 32), np.uint8))
+    s3.put(str(tmp_path / "thumb-first.tif"), "spote/pages/thumb-first.tif")
+    for where, so in ((str(tmp_path), None), ("s3://spote/pages", parse_storage_options(None))):
+        scenes, _ = list_scenes(where, so)
+        skipped = other_pages(scenes, read_headers(scenes, so))
+        first = f"{where}/thumb-first.tif"
+        assert [s["source"] for s in skipped] == [f"{first}: Page 2 (128P x 96L x 3B) of 3",
+                                                  f"{first}: Page 3 (64P x 64L x 3B) of 3"], where
+        assert {s["reason"] for s in skipped} == {"page of a multi-page TIFF (only the first page is tiled)"}

@@ -9,8 +9,9 @@ multi-page TIFF, GIF or WebP) and plan a row per page and question. A document's
 under the input (``2024-01/scan.png`` and ``2024-02/scan.png`` are two documents).
 
 Incremental: a ledger (``_ledger/documents.parquet`` in the output, one row per document) keeps
-each document's fingerprint: ``etag:...`` where the store has ETags, else ``size-mtime:...``, and a
-SHA-256 of the content (computed in the planning task) only where the store gives neither. A run
+each document's fingerprint: ``etag:...`` where the store has ETags, else ``size-mtime:...`` with a
+SHA-256 of the content (``size-mtime:...|sha256:...``; a file whose time alone changed is compared by its
+content), else the SHA-256 alone; hashes are computed in the planning tasks. A run
 processes only documents that are new or changed since the last *committed* run, or that were answered
 under other settings (``settings``: a hash of the questions, dpi, model, endpoint options and policy,
 so a changed question file re-reads every document once), writes under
@@ -158,14 +159,22 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
     """Item rows of one document (runs in a Ray task): every page x every question.
 
     ``doc``: {"uri", "rel", "fingerprint", "previous"}. Without a listed fingerprint the content is
-    hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows.
+    hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows. A listed size and
+    modification time is kept with the content's hash (``size-mtime:...|sha256:...``), so that a file whose
+    time alone changed (``touch``, a copy that does not keep times) gives no rows either.
     """
     uri, name, fp = doc["uri"], doc["rel"], doc.get("fingerprint") or ""
+    previous_content = (doc.get("previous") or "").rsplit("|", 1)[-1]
     try:
         if not fp:
             fp = content_fingerprint(uri, so)
-            if fp == doc.get("previous"):
+            if fp == previous_content:
                 return
+        elif fp.startswith("size-mtime:"):
+            content = content_fingerprint(uri, so)
+            if content == previous_content:
+                return
+            fp = f"{fp}|{content}"
         n_pages, err = page_count(uri, so), ""
         if n_pages == 0:
             n_pages, err = 1, "unreadable PDF: it has no pages"
@@ -326,13 +335,23 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
                              "give this input another --run-id")
     stale = {r["source"] for r in ledger if r["settings"] and settings and r["settings"] != settings}
     known = {r["source"]: r["fingerprint"] for r in ledger if r["run_id"] != redo_run and r["source"] not in stale}
+    # the ledger's "size-mtime:...|sha256:..." is unchanged when the listing gives the same size and time; with
+    # the time alone changed the planning task compares the content's hash
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
-            if not d["fingerprint"] or known.get(d["uri"]) != d["fingerprint"]]
+            if not d["fingerprint"] or known.get(d["uri"], "").split("|", 1)[0] != d["fingerprint"]]
     expand = functools.partial(plan_pages, questions=questions, so=so)
     return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
                 empty_reason=("no document is new or changed since the last committed run" if docs
                               else "the input holds no documents")), len(docs), \
         len(stale & {d["uri"] for d in docs})
+
+
+def _time_alone_changed(listed: str, previous: str) -> bool:
+    """Whether a listed ``size-mtime:<size>:<mtime>`` has the size of the ledger's ``previous`` and a content
+    hash to compare with (a ledger row written with it)."""
+    if not (listed.startswith("size-mtime:") and "|sha256:" in previous):
+        return False
+    return listed.split(":")[1] == previous.split("|", 1)[0].split(":")[1]
 
 
 def _not_a_date(text: str) -> bool:
@@ -357,11 +376,14 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     plan, seen, restated = plan_documents(opts.input, opts.output, questions, so,
                                           redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])
+    retimed = sum(1 for d in plan.sources if _time_alone_changed(d["fingerprint"], d["previous"]))
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "
              "skipped)" if unlisted else "")
+          + (f"; {retimed} of them with only a new modification time, hashed in the planning tasks (unchanged ones "
+             "are then skipped)" if retimed else "")
           + (f"; skipped {len(plan.skipped)} files (not documents, hidden, or links that cannot be followed: "
              "skipped_sources in the summary)" if plan.skipped else ""))
     if plan.sources and not opts.force and is_committed(RunPaths(opts.output, opts.run_id), so):

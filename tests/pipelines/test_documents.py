@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,40 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     said = capsys.readouterr().out
     assert again["documents_processed"] == 0 and "late.pdf" not in str(_ledger(out))
     assert "run documents-2026-11-28 is committed and stands; the 1 document(s) above" in said
+
+
+def test_a_file_whose_time_alone_changed_is_not_read_again(ray_local, random_tiny_dir, tmp_path, fast_policy,
+                                                           capsys):
+    """A size-and-time fingerprint read a touched file again (a copy or a restore that does not keep times
+    re-read every document); the content's hash, kept beside it, tells: a touched file gives no rows, one
+    changed within the same size is read again."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    _pdf(inbox / "a.pdf", 1, 0)
+    Image.new("RGB", (400, 300), "white").save(inbox / "scan.bmp")
+    qs = tmp_path / "q.yaml"
+    qs.write_text(ONE_QUESTION)
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy)
+    assert run(opts, str(qs), dpi=50, run_date="2026-11-24")["documents_processed"] == 2
+    first = _ledger(out)
+    assert all(re.fullmatch(r"size-mtime:\d+:[\d.]+\|sha256:[0-9a-f]{64}", r["fingerprint"]) for r in first.values())
+
+    for name in ("a.pdf", "scan.bmp"):
+        os.utime(inbox / name, (1_900_000_000, 1_900_000_000))              # touched: the same bytes
+    capsys.readouterr()
+    touched = run(opts, str(qs), dpi=50, run_date="2026-11-25")
+    assert "2 of them with only a new modification time, hashed" in capsys.readouterr().out
+    assert touched["documents_processed"] == 0 and touched["items_in"] == 0
+    assert _ledger(out) == first
+
+    scan = Image.new("RGB", (400, 300), "white")
+    scan.putpixel((0, 0), (0, 0, 0))
+    scan.save(inbox / "scan.bmp")                                             # new content ...
+    assert (inbox / "scan.bmp").stat().st_size == int(first[str(inbox / "scan.bmp")]["fingerprint"].split(":")[1])
+    os.utime(inbox / "scan.bmp", (1_900_000_100, 1_900_000_100))              # ... of the same size
+    changed = run(opts, str(qs), dpi=50, run_date="2026-11-26")
+    assert changed["documents_processed"] == 1
+    assert _ledger(out)[str(inbox / "scan.bmp")]["run_id"] == "documents-2026-11-26"
 
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,

@@ -311,15 +311,23 @@ def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, co
     sample = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa" / "test-7-00000.png"
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"image_uri": str(sample), "question": f"what letter {i} ?"})
                                                 for i in range(400)))  # more than a loaded machine answers in 3 s
+    # SIGINT as a terminal delivers it: a test run in the background of a shell (nohup ... &) inherits it
+    # ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output",
                              str(tmp_path / "out"), "--model", str(random_tiny_dir), "--run-id", "ctrl-c"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": ""})
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (tmp_path / "out" / "_runs" / "ctrl-c").exists():
-        time.sleep(0.5)  # the run is under way once its lease is taken
-    time.sleep(3)
-    proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=120)
+                            env={**os.environ, "RAY_ADDRESS": ""},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (tmp_path / "out" / "_runs" / "ctrl-c").exists():
+            time.sleep(0.5)  # the run is under way once its lease is taken
+        time.sleep(3)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # ours: never left running
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == code and f"{word}: the parts staged so far are kept" in err, err[-3000:]
     assert "*** SIGTERM received" not in err

@@ -607,6 +607,8 @@ def _list_nodes(dashboard: str, timeout_s: float) -> list:
     url = urlsplit(dashboard)
     try:
         socket.create_connection((url.hostname, url.port), timeout=timeout_s).close()
+    except TimeoutError:  # a full accept queue, or a host that drops the packets: something may listen
+        raise TimeoutError(f"does not answer within {timeout_s:g} s") from None
     except OSError as err:
         raise OSError(f"does not answer: nothing listens there ({err.strerror or err})") from None
     result: dict = {}

@@ -111,6 +111,9 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
     for i, entry in enumerate(data):
         where = f"entry {i + 1} (line {lines[i]})"
         question, name, entry_problems = _entry(entry, i)
+        if (odd := _lone_surrogate(entry)) is not None:  # "\ud800" in JSON or YAML: text no file can hold
+            question, entry_problems = None, [*entry_problems, f"holds {odd}, an escaped lone surrogate, which is no "
+                                                               "character"]
         if name is not None and name.lower() in seen:
             entry_problems.append(f"field {name!r} is also {seen[name.lower()]}'s (field names must be unique)")
         elif name is not None:
@@ -173,6 +176,18 @@ def _yaml_problem(err) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or " ".join(str(err).split())
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _lone_surrogate(value) -> str | None:
+    """The first lone surrogate (``\\ud800``) in the strings of ``value``, escaped, or None."""
+    if isinstance(value, str):
+        odd = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+        return None if odd is None else f"\\u{ord(odd):04x}"
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return next((odd for v in value if (odd := _lone_surrogate(v)) is not None), None)
+    return None
 
 
 def _reader_problem(err, text: str) -> str:

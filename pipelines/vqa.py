@@ -60,7 +60,11 @@ def _text(value, name: str = "a value") -> str:
             raise ValueError(f"{name} is bytes that are not UTF-8 text") from None
     if isinstance(value, (dict, list, tuple, set)) or type(value).__name__ == "ndarray":
         raise ValueError(f"{name} must be text, got a {type(value).__name__}")
-    return str(value)
+    text = str(value)
+    odd = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    if odd is not None:  # "\ud800" in JSON: no character, and no Arrow string can hold it
+        raise ValueError(f"{name} holds \\u{ord(odd):04x}, an escaped lone surrogate, which is no character")
+    return text
 
 
 def _choices_json(value) -> str:

@@ -131,6 +131,11 @@ BAD_FILES = {
     "form feed pasted from a PDF": ("- field: total\n  question: \"what is the total\x0c ?\"\n",
                                     "control character U+000C at line 2, column 31 (YAML allows none; remove it)"),
     "NUL bytes": ("\x00\x00\x00", "control character U+0000 at line 1, column 1"),
+    # JSON's and YAML's escapes can name half a UTF-16 pair, which no file or Arrow string holds: the job
+    # failed in its planning tasks with a traceback
+    "escaped lone surrogate": ('- question: "a\\ud800b ?"\n', "entry 1 (line 1): holds \\ud800, an escaped lone "
+                                                             "surrogate, which is no character"),
+    "escaped lone surrogate in a choice": ('[{"question": "ok ?", "choices": ["x", "y\\udc00"]}]', "holds \\udc00"),
     "nested too deeply": ("- question: which ?\n  choices: " + "[" * 5000 + "]" * 5000 + "\n",
                           "nested too deeply to read"),
 }
@@ -167,7 +172,8 @@ def test_a_binary_file_is_not_a_question_file(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file", "repeated key",
-                                  "empty choice", "form feed pasted from a PDF", "nested too deeply"])
+                                  "empty choice", "form feed pasted from a PDF", "nested too deeply",
+                                  "escaped lone surrogate"])
 def test_the_documents_command_refuses_a_bad_question_file_in_one_line(tmp_path, kind):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

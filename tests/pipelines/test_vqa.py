@@ -695,3 +695,19 @@ def test_a_folder_or_a_path_through_a_file_is_a_lasting_error_not_a_passing_one(
     assert said[f"{tmp_path}/"].startswith("unreadable image: ")
     assert said[f"{image}/b.png"] == f"missing object: {image}/b.png"
     assert not {error_reason(e) for e in said.values()} & set(PASSING_FAILURES)
+
+
+def test_an_escaped_lone_surrogate_is_that_fields_error(tmp_path):
+    """``"\\ud800"`` in a JSON manifest is half a UTF-16 pair, no character: Arrow refused the planned rows
+    and the whole job failed with a traceback; it is that row's field error."""
+    lines = ['{"id": "a", "image_uri": "x.png", "question": "q\\ud800 ?"}',
+             '{"id": "b", "image_uri": "x.png", "question": "q ?", "choices": ["a", "b\\udfff"]}',
+             '{"id": "c", "image_uri": "x.png", "question": "q ?"}']
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    rows = {r["id"]: r for r in read_manifest(str(tmp_path / "m.jsonl"))}
+    assert rows["a"]["error"].endswith("question holds \\ud800, an escaped lone surrogate, which is no character")
+    assert rows["b"]["error"] == "unreadable choices: each choice holds \\udfff, an escaped lone surrogate, which is no character"
+    assert "status" not in rows["c"]
+    from pipelines.planning import rows_table
+    from pipelines.vqa import MANIFEST_SCHEMA
+    assert rows_table([{**r, "run_id": "r"} for r in rows.values()], MANIFEST_SCHEMA).num_rows == 3

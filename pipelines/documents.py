@@ -11,7 +11,7 @@ under the input (``2024-01/scan.png`` and ``2024-02/scan.png`` are two documents
 Incremental: a ledger (``_ledger/documents.parquet`` in the output, one row per document) keeps
 each document's fingerprint: ``etag:...`` where the store has ETags, else ``size-mtime:...`` with a
 SHA-256 of the content (``size-mtime:...|sha256:...``; a file whose time alone changed is compared by its
-content), else the SHA-256 alone; hashes are computed in the planning tasks. A run
+content, in the driver, and its ledger row refreshed), else the SHA-256 alone, computed in the planning tasks. A run
 processes only documents that are new or changed since the last *committed* run, or that were answered
 under other settings (``settings``: a hash of the questions, dpi, model, endpoint options and policy,
 so a changed question file re-reads every document once), writes under
@@ -231,23 +231,31 @@ def documents_done(results) -> pa.Table:
                     schema=pa.schema([LEDGER_SCHEMA.field(n) for n in ("source", "document", "fingerprint", "pages", "items")]))
 
 
-def update_ledger(output: str, results, run_id: str, so=None, settings: str = "") -> int:
+def update_ledger(output: str, results, run_id: str, so=None, settings: str = "",
+                  refreshed: dict[str, str] | None = None) -> int:
     """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
     the run's ``settings`` (``answer_settings``); returns their number. Rows of an older ledger, kept
     without settings and taken as answered under this run's, are stamped with them, so that a later
     change of settings re-reads them too. For a run committed earlier (asked for again: ``results``
     without statistics) only documents the ledger lacks, or holds for this run, are recorded: a later
-    night's row for a document that changed since must stand, or that document would be read again."""
+    night's row for a document that changed since must stand, or that document would be read again.
+    ``refreshed`` ({source: fingerprint}): documents whose time alone changed, their content the same: their
+    rows take the new fingerprint and keep their run, so that the next night does not hash them again."""
     import pyarrow.compute as pc
 
     old = read_ledger(output, so)
+    if refreshed:
+        sources = old.column("source").to_pylist()
+        fingerprints = [refreshed.get(s, f) for s, f in zip(sources, old.column("fingerprint").to_pylist())]
+        old = old.set_column(old.schema.get_field_index("fingerprint"), "fingerprint",
+                             pa.array(fingerprints, pa.string()))
     legacy = pc.equal(pc.fill_null(old.column("settings"), ""), "")
     stamped = bool(settings) and bool(pc.any(legacy).as_py())
     if stamped:
         old = old.set_column(old.schema.get_field_index("settings"), "settings",
                              pc.if_else(legacy, pa.scalar(settings), old.column("settings")))
     if not results.has_rows():
-        if stamped:
+        if stamped or refreshed:
             write_ledger(output, old, so)
         return 0
     done = documents_done(results)
@@ -316,11 +324,13 @@ class PageLoader(RowLoader):
 
 
 def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
-                   redo_run: str | None = None, settings: str = "") -> tuple[Plan, int, int]:
+                   redo_run: str | None = None, settings: str = "") -> tuple[Plan, int, int, dict[str, str]]:
     """(plan of the new or changed documents, documents seen, documents planned again because the
-    ledger holds their answers under other ``settings``): the driver lists and compares with the
-    ledger; tasks count pages and hash documents the listing gave no fingerprint for. A ledger row
-    without settings (an older ledger) counts as answered under these.
+    ledger holds their answers under other ``settings``, documents whose time alone changed as {source:
+    new fingerprint}): the driver lists and compares with the ledger, and hashes a file whose size is the
+    ledger's and time is not (the same content: not planned, its ledger row refreshed by ``update_ledger``);
+    tasks count pages and hash documents the listing gave no fingerprint for. A ledger row without settings
+    (an older ledger) counts as answered under these.
     ``redo_run`` (``--force``): the documents the ledger holds for that run are planned again too,
     so a forced re-run of a night answers its documents anew instead of committing an empty run;
     ValueError if the input no longer holds one of them (its answers would be dropped for good)."""
@@ -339,11 +349,20 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
     # the time alone changed the planning task compares the content's hash
     todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
             if not d["fingerprint"] or known.get(d["uri"], "").split("|", 1)[0] != d["fingerprint"]]
+    refreshed = {}
+    for d in [d for d in todo if _time_alone_changed(d["fingerprint"], d["previous"])]:
+        try:
+            content = content_fingerprint(d["uri"], so)
+        except Exception:  # gone, or unreadable now: the planning task says which, as for any document
+            continue
+        if content == d["previous"].rsplit("|", 1)[-1]:
+            refreshed[d["uri"]] = f"{d['fingerprint']}|{content}"
+    todo = [d for d in todo if d["uri"] not in refreshed]
     expand = functools.partial(plan_pages, questions=questions, so=so)
     return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,
                 empty_reason=("no document is new or changed since the last committed run" if docs
                               else "the input holds no documents")), len(docs), \
-        len(stale & {d["uri"] for d in docs})
+        len(stale & {d["uri"] for d in docs}), refreshed
 
 
 def _time_alone_changed(listed: str, previous: str) -> bool:
@@ -373,17 +392,16 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
     job_settings = {"questions": questions, "dpi": dpi}
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings))
-    plan, seen, restated = plan_documents(opts.input, opts.output, questions, so,
-                                          redo_run=opts.run_id if opts.force else None, settings=settings)
+    plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
+                                                     redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])
-    retimed = sum(1 for d in plan.sources if _time_alone_changed(d["fingerprint"], d["previous"]))
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "
              "skipped)" if unlisted else "")
-          + (f"; {retimed} of them with only a new modification time, hashed in the planning tasks (unchanged ones "
-             "are then skipped)" if retimed else "")
+          + (f"; {len(refreshed)} more with only a new modification time and the same content (hashed), not read "
+             "again" if refreshed else "")
           + (f"; skipped {len(plan.skipped)} files (not documents, hidden, or links that cannot be followed: "
              "skipped_sources in the summary)" if plan.skipped else ""))
     if plan.sources and not opts.force and is_committed(RunPaths(opts.output, opts.run_id), so):
@@ -391,7 +409,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
               "(new or changed since, or left for a retry) are read by the next night's run (--run-date)")
 
     def after_commit(results, paths, so_):
-        n = update_ledger(opts.output, results, paths.run_id, so_, settings)
+        n = update_ledger(opts.output, results, paths.run_id, so_, settings, refreshed)
         print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),

@@ -144,18 +144,26 @@ def test_a_file_whose_time_alone_changed_is_not_read_again(ray_local, random_tin
         os.utime(inbox / name, (1_900_000_000, 1_900_000_000))              # touched: the same bytes
     capsys.readouterr()
     touched = run(opts, str(qs), dpi=50, run_date="2026-11-25")
-    assert "2 of them with only a new modification time, hashed" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "0 new or changed" in said and "2 more with only a new modification time and the same content" in said
     assert touched["documents_processed"] == 0 and touched["items_in"] == 0
-    assert _ledger(out) == first
+    refreshed = _ledger(out)   # the new time kept, with the same content and run: not hashed again
+    assert {k: {**r, "fingerprint": None} for k, r in refreshed.items()} == {
+        k: {**r, "fingerprint": None} for k, r in first.items()}
+    assert all(r["fingerprint"].startswith(f"size-mtime:{r['fingerprint'].split(':')[1]}:1900000000")
+               and r["fingerprint"].split("|")[1] == first[k]["fingerprint"].split("|")[1] for k, r in refreshed.items())
+    capsys.readouterr()
+    assert run(opts, str(qs), dpi=50, run_date="2026-11-26")["items_in"] == 0  # the next night: nothing hashed
+    assert "modification time" not in capsys.readouterr().out
 
     scan = Image.new("RGB", (400, 300), "white")
     scan.putpixel((0, 0), (0, 0, 0))
     scan.save(inbox / "scan.bmp")                                             # new content ...
     assert (inbox / "scan.bmp").stat().st_size == int(first[str(inbox / "scan.bmp")]["fingerprint"].split(":")[1])
     os.utime(inbox / "scan.bmp", (1_900_000_100, 1_900_000_100))              # ... of the same size
-    changed = run(opts, str(qs), dpi=50, run_date="2026-11-26")
+    changed = run(opts, str(qs), dpi=50, run_date="2026-11-27")
     assert changed["documents_processed"] == 1
-    assert _ledger(out)[str(inbox / "scan.bmp")]["run_id"] == "documents-2026-11-26"
+    assert _ledger(out)[str(inbox / "scan.bmp")]["run_id"] == "documents-2026-11-27"
 
 
 def test_same_name_in_two_folders_multipage_frames_and_every_readable_format(ray_local, random_tiny_dir, tmp_path,
@@ -246,7 +254,7 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert "nothing to do (no input it can read; skipped 1: 1 x not a document format this job reads: .txt)" in proc.stdout
     assert Path(RunPaths(str(tmp_path / "out"), "documents-2026-12-02").marker).exists()
     (inbox / "notes.txt").unlink()                                  # a first run on nothing at all
-    plan, seen, _ = plan_documents(str(inbox), str(tmp_path / "out2"), [{"question": "q ?"}])
+    plan, seen, _, _ = plan_documents(str(inbox), str(tmp_path / "out2"), [{"question": "q ?"}])
     assert seen == 0 and plan.empty_reason == "the input holds no documents"
 
 
@@ -272,12 +280,12 @@ def test_a_ledger_without_settings_counts_as_answered_under_these(tmp_path):
                              "fingerprint": [d["fingerprint"] for d in docs], "run_id": ["r1", "r1"],
                              "pages": [1, 1], "items": [1, 1]}), out / LEDGER)   # an older ledger: no settings column
     assert read_ledger(str(out)).column("settings").to_pylist() == ["", ""]
-    plan, seen, restated = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
+    plan, seen, restated, _ = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
     assert (len(plan.sources), seen, restated) == (0, 2, 0)
     ledger = read_ledger(str(out)).to_pylist()
     ledger[0]["settings"], ledger[1]["settings"] = "0123456789abcdef", "fedcba9876543210"
     pq.write_table(pa.Table.from_pylist(ledger), out / LEDGER)
-    plan, seen, restated = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
+    plan, seen, restated, _ = plan_documents(str(inbox), str(out), [], settings="0123456789abcdef")
     assert [d["uri"] for d in plan.sources] == [docs[1]["uri"]] and restated == 1
     assert plan.sources[0]["previous"] == ""   # a content hash equal to the ledger's must not skip it
 

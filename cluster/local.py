@@ -603,6 +603,7 @@ def _list_nodes(dashboard: str, timeout_s: float) -> list:
     from urllib.parse import urlsplit
 
     from ray.util.state import list_nodes
+    from requests.exceptions import Timeout
 
     url = urlsplit(dashboard)
     try:
@@ -628,7 +629,7 @@ def _list_nodes(dashboard: str, timeout_s: float) -> list:
     if "error" in result:
         err = cause = result["error"]
         while cause is not None:  # the state API wraps requests' read timeout in its own error
-            if isinstance(cause, TimeoutError) or type(cause).__name__ in ("ReadTimeout", "ConnectTimeout", "Timeout"):
+            if isinstance(cause, (TimeoutError, Timeout)):
                 raise TimeoutError(f"does not answer within {timeout_s:g} s")
             cause = cause.__cause__ or cause.__context__
         lines = str(err).strip().splitlines()

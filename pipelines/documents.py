@@ -158,10 +158,11 @@ def page_count(uri: str, so=None, data: bytes | None = None) -> int:
 def plan_pages(doc: dict, questions: list[dict], so=None):
     """Item rows of one document (runs in a Ray task): every page x every question.
 
-    ``doc``: {"uri", "rel", "fingerprint", "previous"}. Without a listed fingerprint the content is
-    hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows. A listed size and
-    modification time is kept with the content's hash (``size-mtime:...|sha256:...``), so that a file whose
-    time alone changed (``touch``, a copy that does not keep times) gives no rows either.
+    ``doc``: {"uri", "rel", "fingerprint", "previous"[, "content"]}. Without a listed fingerprint the content
+    is hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows. A listed size
+    and modification time is kept with the content's hash (``size-mtime:...|sha256:...``; ``content``: the
+    hash the driver computed already, for a file whose time alone changed), and the same content gives no
+    rows either.
     """
     uri, name, fp = doc["uri"], doc["rel"], doc.get("fingerprint") or ""
     previous_content = (doc.get("previous") or "").rsplit("|", 1)[-1]
@@ -171,7 +172,7 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
             if fp == previous_content:
                 return
         elif fp.startswith("size-mtime:"):
-            content = content_fingerprint(uri, so)
+            content = doc.get("content") or content_fingerprint(uri, so)
             if content == previous_content:
                 return
             fp = f"{fp}|{content}"
@@ -347,16 +348,16 @@ def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,
     known = {r["source"]: r["fingerprint"] for r in ledger if r["run_id"] != redo_run and r["source"] not in stale}
     # the ledger's "size-mtime:...|sha256:..." is unchanged when the listing gives the same size and time; with
     # the time alone changed the planning task compares the content's hash
-    todo = [{**d, "previous": known.get(d["uri"], "")} for d in docs
+    todo = [{**d, "previous": known.get(d["uri"], ""), "content": ""} for d in docs
             if not d["fingerprint"] or known.get(d["uri"], "").split("|", 1)[0] != d["fingerprint"]]
     refreshed = {}
     for d in [d for d in todo if _time_alone_changed(d["fingerprint"], d["previous"])]:
         try:
-            content = content_fingerprint(d["uri"], so)
+            d["content"] = content_fingerprint(d["uri"], so)  # the planning task takes it, not hashing again
         except Exception:  # gone, or unreadable now: the planning task says which, as for any document
             continue
-        if content == d["previous"].rsplit("|", 1)[-1]:
-            refreshed[d["uri"]] = f"{d['fingerprint']}|{content}"
+        if d["content"] == d["previous"].rsplit("|", 1)[-1]:
+            refreshed[d["uri"]] = f"{d['fingerprint']}|{d['content']}"
     todo = [d for d in todo if d["uri"] not in refreshed]
     expand = functools.partial(plan_pages, questions=questions, so=so)
     return Plan(todo, expand, PAGE_SCHEMA, skipped=skipped, count_sources=True,

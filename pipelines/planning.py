@@ -25,6 +25,14 @@ CHUNK_ROWS = 4096          # item rows per table an expansion task yields
 SKIPPED_NAMED = 100        # skipped sources named in the summary (all are counted)
 
 
+def lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate in ``text``, escaped (``\\ud800``), or None. JSON's and YAML's escapes can
+    name half a UTF-16 pair, and ``surrogateescape`` decodes bytes that are not UTF-8 to one; no Arrow
+    string (nor any file) can hold it."""
+    odd = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    return None if odd is None else f"\\u{ord(odd):04x}"
+
+
 def plan_schema(*job_fields: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema([*BASE_FIELDS, *job_fields, ("run_id", pa.string())])
 

@@ -25,6 +25,7 @@ from collections import Counter
 
 from spote.images import check_choices
 
+from .planning import lone_surrogate
 from .storage import read_bytes
 
 QUESTION_KEYS = ("question", "choices", "field")
@@ -181,8 +182,7 @@ def _yaml_problem(err) -> str:
 def _lone_surrogate(value) -> str | None:
     """The first lone surrogate (``\\ud800``) in the strings of ``value``, escaped, or None."""
     if isinstance(value, str):
-        odd = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
-        return None if odd is None else f"\\u{ord(odd):04x}"
+        return lone_surrogate(value)
     if isinstance(value, dict):
         value = [*value.keys(), *value.values()]
     if isinstance(value, (list, tuple)):

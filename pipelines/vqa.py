@@ -27,7 +27,7 @@ import zlib
 import typer
 
 from .job import JobOptions, job_command, run_job
-from .planning import Plan, list_sources, listing_version, plan_schema, skip_by_extension
+from .planning import Plan, list_sources, listing_version, lone_surrogate, plan_schema, skip_by_extension
 from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
@@ -61,9 +61,8 @@ def _text(value, name: str = "a value") -> str:
     if isinstance(value, (dict, list, tuple, set)) or type(value).__name__ == "ndarray":
         raise ValueError(f"{name} must be text, got a {type(value).__name__}")
     text = str(value)
-    odd = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
-    if odd is not None:  # "\ud800" in JSON: no character, and no Arrow string can hold it
-        raise ValueError(f"{name} holds \\u{ord(odd):04x}, an escaped lone surrogate, which is no character")
+    if (odd := lone_surrogate(text)) is not None:  # "\ud800" in JSON: no character
+        raise ValueError(f"{name} holds {odd}, an escaped lone surrogate, which is no character")
     return text
 
 
@@ -142,7 +141,7 @@ def _records(uri: str, storage_options=None):
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
-            if not all(_is_utf8(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
+            if any(lone_surrogate(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
                 raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
             _check_columns(uri, reader.fieldnames)
             for i, rec in enumerate(reader):
@@ -150,22 +149,13 @@ def _records(uri: str, storage_options=None):
                     rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} has "
                            f"{len(reader.fieldnames) + len(rec[None])} fields, the header {len(reader.fieldnames)} "
                            "(a comma in a field that is not quoted?)"}
-                elif not all(_is_utf8(v) for v in rec.values() if v):
+                elif any(lone_surrogate(v) for v in rec.values() if v):
                     rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} is not UTF-8 "
                                                                   "text (saved in another encoding?)",
-                           **({"id": rec["id"]} if _is_utf8(rec.get("id") or "") and rec.get("id") else {})}
+                           **({"id": rec["id"]} if rec.get("id") and not lone_surrogate(rec["id"]) else {})}
                 yield i, rec
     else:
         raise ManifestError(f"manifest must be .parquet, .jsonl or .csv: {uri}")
-
-
-def _is_utf8(text: str) -> bool:
-    """False for text holding bytes that were not UTF-8 (decoded with ``surrogateescape``)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _json_record(uri: str, line: str, line_no: int) -> dict:

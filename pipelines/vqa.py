@@ -247,11 +247,18 @@ def _check_part(uri: str, storage_options=None) -> None:
     """ManifestError, naming the part, when its start shows it is no manifest of its kind or lacks the
     needed columns (a .json array: its first bytes only, since it is read whole in a task)."""
     name = redact_uri(uri)  # as messages name it: without an http(s) URL's query
-    if name.lower().endswith((".json", ".json.gz")):
+    lower = name.lower()
+    if not lower.endswith(".parquet"):
         fs, path = filesystem(uri, storage_options)
-        gz = _compression(name.lower())
-        with fs.open(path, "rb", **gz) as f:
-            start = f.read(65536).decode("utf-8-sig", errors="replace").lstrip()
+        try:
+            with fs.open(path, "rb", **_compression(lower)) as f:
+                head = f.read(65536)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
+        if (why := _not_utf8_text(head)) is not None:
+            raise ManifestError(f"{name}: {why}")
+    if lower.endswith((".json", ".json.gz")):
+        start = head.decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):
             got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"
             raise ManifestError(f"{name}: a .json manifest must be a list of objects, got {got}")
@@ -266,6 +273,19 @@ def _check_part(uri: str, storage_options=None) -> None:
         raise
     except (ValueError, csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as err:  # Arrow's "magic bytes not found", ...
         raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
+
+
+def _not_utf8_text(head: bytes) -> str | None:
+    """Why the first bytes of a text manifest show it is UTF-16 (Excel's and PowerShell's "Unicode"),
+    or None. Without a byte-order mark UTF-16 decodes as UTF-8 without an error, every other byte a
+    NUL, so that the header's names would hold NULs and match no column."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is UTF-16 or UTF-32 text (it starts with a byte-order mark), not UTF-8; save it as UTF-8"
+    sample = head[:256] if len(head) % 2 == 0 else head[:min(len(head) - 1, 256)]
+    for nul, other in ((sample[1::2], sample[0::2]), (sample[0::2], sample[1::2])):
+        if len(sample) >= 4 and not nul.strip(b"\x00") and b"\x00" not in other:
+            return "is UTF-16 text (every other byte is NUL), not UTF-8; save it as UTF-8"
+    return None
 
 
 def _leading_elements(text: str):

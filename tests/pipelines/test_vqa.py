@@ -711,3 +711,26 @@ def test_an_escaped_lone_surrogate_is_that_fields_error(tmp_path):
     from pipelines.planning import rows_table
     from pipelines.vqa import MANIFEST_SCHEMA
     assert rows_table([{**r, "run_id": "r"} for r in rows.values()], MANIFEST_SCHEMA).num_rows == 3
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("name", ["m.csv", "m.jsonl", "m.json", "m.csv.gz"])
+def test_a_utf16_manifest_is_refused_in_one_line_naming_its_encoding(tmp_path, encoding, name):
+    """Excel's and PowerShell's "Unicode" CSV is UTF-16: without a byte-order mark it decoded as UTF-8
+    with a NUL after every character, so the part was refused for columns ``['i\\x00m\\x00...']``."""
+    import gzip
+
+    if name.startswith("m.csv"):
+        text = "id,image_uri,question\na,x.png,what ?\n"
+    elif name == "m.jsonl":
+        text = json.dumps({"id": "a", "image_uri": "x.png", "question": "what ?"}) + "\n"
+    else:
+        text = json.dumps([{"id": "a", "image_uri": "x.png", "question": "what ?"}])
+    data = text.encode(encoding)
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(ManifestError) as err:
+        plan_manifest(str(tmp_path / name))
+    assert str(err.value).startswith(f"{tmp_path / name}: is UTF-16"), str(err.value)
+    assert str(err.value).endswith("not UTF-8; save it as UTF-8") and "\\x00" not in str(err.value)
+    (tmp_path / name).write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    assert [r["id"] for r in read_manifest(str(tmp_path / name))] == ["a"]  # the same text as UTF-8 reads

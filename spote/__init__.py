@@ -11,6 +11,7 @@ Heavy modules (torch, transformers) load on first use, so ``import spote`` stays
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -39,18 +40,32 @@ def __getattr__(name: str):
 
 
 def _read_image(image, storage_options: dict | None):
-    """A path, fsspec URI (``s3://``, ``https://``, ...), bytes, PIL image or HxWxC array as an RGB image."""
+    """A path, fsspec URI (``s3://``, ``https://``, ...), bytes, PIL image or HxWxC array as an RGB image.
+
+    Raises:
+        BadImage: what ``load_image`` refuses; a URI naming no object, or a folder (a prefix); a store that
+            cannot be read (no credentials, unreachable, options its filesystem does not take), in one line.
+    """
     from .images import BadImage, load_image
     from .uris import is_remote, local_path
 
     if isinstance(image, str) and is_remote(image):
         import fsspec
 
+        uri = image
         try:
-            with fsspec.open(image, "rb", **(storage_options or {})) as f:
+            fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+            with fs.open(path, "rb") as f:
                 image = f.read()
+            if not image and fs.isdir(path):  # S3 keeps a "folder" as a zero-byte object or as keys under it
+                raise IsADirectoryError(path)
         except FileNotFoundError as err:
-            raise BadImage(f"no such object: {image}") from err
+            raise BadImage(f"no such object: {uri}") from err
+        except IsADirectoryError as err:
+            raise BadImage(f"{uri} is a folder (a prefix), not an image object") from err
+        except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise BadImage(f"cannot read {uri}: {type(err).__name__}: {first}".rstrip(": ")) from err
     elif isinstance(image, str):
         try:
             image = local_path(image)
@@ -156,6 +171,10 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     if method not in ANSWER_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(ANSWER_METHODS)}")
     cfg = PolicyConfig(**policy_overrides)
+    if endpoint_options and not endpoint:
+        raise ValueError("endpoint_options apply to an endpoint, and no endpoint is given")
+    if isinstance(model, str) and not model.strip():
+        raise ValueError("model is an empty name; give None for the shipped spote-tiny, or a folder, URI or hub id")
     img = _read_image(image, storage_options)
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         # every argument that can change what loads: the same s3:// name on another store (storage_options)
@@ -163,13 +182,19 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         from .uris import is_remote
 
         remote = model is not None and is_remote(str(model))
-        key = (str(model) if model is not None else None, revision, endpoint, _digest(endpoint_options),
+        # a folder by its real path: "m" in another working folder is another model
+        name = (str(model) if model is None or endpoint or remote or not os.path.isdir(model)
+                else os.path.realpath(model))
+        key = (name if model is not None else None, revision, endpoint, _digest(endpoint_options),
                _digest(storage_options) if remote else None, cfg.use_relevance)
         if key not in _ADAPTERS:
             _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
                                           relevance=cfg.use_relevance, storage_options=storage_options)
         adapter = _ADAPTERS[key]
     elif hasattr(model, "forward_passes") and hasattr(model, "tokenizer"):  # an adapter load_adapter returned
+        if revision or endpoint or endpoint_options:
+            raise ValueError("revision, endpoint and endpoint_options choose a model to load; model is one already "
+                             "loaded: give them to load_adapter instead")
         adapter = model
     else:
         raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter from load_adapter, "

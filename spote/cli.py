@@ -45,6 +45,17 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def check_endpoint_flags(endpoint: str | None, options: dict) -> None:
+    """Raise AskError for endpoint flags without ``--endpoint`` (they would be ignored), and for an
+    ``--api-key-env`` naming a variable that is not set (every request would go without a key)."""
+    if options and not endpoint:
+        raise AskError(f"--endpoint-options, --api-key-env and --endpoint-concurrency apply to --endpoint, which "
+                       f"is not given (they set {sorted(options)})")
+    name = options.get("api_key_env")
+    if endpoint and name and name != "OPENAI_API_KEY" and not os.environ.get(name):
+        raise AskError(f"--api-key-env {name}: no such environment variable is set (or it is empty)")
+
+
 def parse_policy(text: str | None) -> dict:
     """``--policy`` JSON: an object of PolicyConfig fields. Raises AskError naming the problem."""
     from dataclasses import fields
@@ -152,18 +163,29 @@ def _why_not(err: OSError, folder: Path) -> str:
     return err.strerror or str(err)
 
 
-def _check_image_path(image: Path) -> None:
+def _image_input(image: Path) -> Path | bytes:
+    """``image`` to read: the path of a regular file, or the bytes of a pipe (``<(cmd)``, ``/dev/stdin``),
+    which can be read only once. Raises AskError for a missing, empty or unreadable file or a folder."""
     if not image.exists():
         raise AskError(f"no such file: {image}")
     if image.is_dir():
         raise AskError(f"{image} is a directory; give an image file")
+    whole = not image.is_file()
     try:
         with open(image, "rb") as f:
-            first = f.read(1)
+            first = f.read() if whole else f.read(1)
     except OSError as err:
         raise AskError(f"cannot read {image}: {err.strerror or err}") from err
     if not first:
         raise AskError(f"empty file (0 bytes): {image}")
+    return first if whole else image
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @app.command()
@@ -217,6 +239,7 @@ def ask(
         except ValueError as err:  # --policy is valid alone: an option (--mode, --budget) is out of range
             raise AskError(str(err)) from err
         ep_options = endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts)
+        check_endpoint_flags(endpoint, ep_options)
         if endpoint:  # bad endpoint flags (URL, option types) in one line, before any request
             from .adapters.endpoint import endpoint_config
 
@@ -224,10 +247,12 @@ def ask(
         if trace is not None:  # before the search: a trace that cannot be written would lose its answer
             from matplotlib.figure import Figure
 
+            if _same_file(trace, image):
+                raise AskError(f"--trace {trace} is the input image, which it would overwrite; give another name")
+
             # savefig picks its writer by the name's extension and has none for, say, .txt
             check_output_file(trace, "--trace", types=Figure().canvas.get_supported_filetypes())
-        _check_image_path(image)
-        img = load_image(image, max_pixels)
+        img = load_image(_image_input(image), max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
             _fail(f"{image} is {err.kind}: spote ask reads images; {err.advice}")
@@ -317,6 +342,9 @@ def bench(
         names = [m.strip() for m in methods.split(",") if m.strip()]
         if not names:
             raise AskError("--methods names no method")
+        if len(set(names)) < len(names):  # the same method twice would be run twice and its results keyed once
+            twice = sorted({m for m in names if names.count(m) > 1})
+            raise AskError(f"--methods names {', '.join(map(repr, twice))} more than once")
         unknown = [m for m in names if m not in METHODS]
         if unknown:
             raise AskError(f"--methods: unknown method{'s' if len(unknown) > 1 else ''} "
@@ -338,6 +366,7 @@ def bench(
         if plot and out.suffix.lower() == ".png":  # the chart goes to out.with_suffix(".png"): it would replace the JSON
             raise AskError(f"--out {out}: names the results JSON, and the chart is written beside it as .png; "
                            f"give a name ending .json")
+        check_endpoint_flags(endpoint, endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts))
         check_output_file(out, "--out")  # last: every flag is checked before anything is made
     except (AskError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

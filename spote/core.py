@@ -176,8 +176,8 @@ class PolicyConfig:
             raise ValueError(f"scale_step must be 1.1-4 (the ratio of one window side to the next), got {self.scale_step}")
         if self.budget < 1:
             raise ValueError("budget must be >= 1 forward pass")
-        if self.seed < 0:  # numpy's generators refuse it, deep inside a search
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:  # numpy refuses a negative seed, torch one past 64-bit, deep inside a search
+            raise ValueError(f"seed must be 0 to 2**63 - 1, got {self.seed}")
         if self.settle_after < 0:
             raise ValueError(f"settle_after must be >= 0 forward passes (0: never settle), got {self.settle_after}")
         if not 0 < self.settle_p <= 1:

@@ -4,8 +4,10 @@ What the model sees is what an image viewer shows:
 
 - EXIF orientation (all eight values, JPEG, PNG ``eXIf``, TIFF tag 274) is applied, so the image is
   upright and every box SPOT-E reports is in that upright frame (``ImageOps.exif_transpose`` semantics).
-- 8-bit images are shown as stored. High-bit-depth (16/32-bit integer) and float images are stretched
-  robustly to 8 bits: the 0.5th and 99.5th percentiles of the *finite* values (all channels together, so
+- 8-bit images are shown as stored. 16-bit images whose values use the 16-bit range (their 99.5th
+  percentile at least ``FULL_RANGE_SHARE`` of 65535: a scan, a photo developed to 16 bits) are shown as a
+  viewer shows them, value / 257. Other 16-bit images (12-bit sensor counts, reflectances x 10000, which
+  a viewer shows almost black), 32-bit integer and float images are stretched robustly to 8 bits: the 0.5th and 99.5th percentiles of the *finite* values (all channels together, so
   colours keep their balance) map to 0 and 255; NaN and +-inf never set the range and are shown as a
   neutral grey (``NEUTRAL_FILL``); one hot pixel cannot darken the image. 16-bit colour PNG/TIFF are
   decoded at full depth (rasterio or tifffile when installed; otherwise Pillow's 8 most significant bits,
@@ -25,6 +27,7 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 scene; larger ones are cut into tiles by the pipeline
 STRETCH_PERCENTILES = (0.5, 99.5)  # of the finite values; the range a high-bit-depth image is stretched over
+FULL_RANGE_SHARE = 0.25  # a 16-bit image whose 99.5th percentile reaches this share of 65535 is scaled, not stretched
 NEUTRAL_FILL = 128  # 8-bit value shown where a pixel has no valid data (NaN, inf, nodata)
 EXIF_ORIENTATION = 0x0112
 
@@ -167,12 +170,22 @@ def stretch_to_uint8(arr: np.ndarray, valid: np.ndarray | None = None,
     return apply_range(arr, robust_range(arr, valid, percentiles), valid)
 
 
+def pixels_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """An image file's or array's pixels -> uint8 as a viewer shows them: 16-bit values that use the 16-bit
+    range scaled by 1/257 (``FULL_RANGE_SHARE``), everything else stretched (``stretch_to_uint8``)."""
+    a = np.asarray(arr)
+    if a.dtype == np.uint16 and a.size:
+        if float(np.percentile(a, STRETCH_PERCENTILES[1])) >= FULL_RANGE_SHARE * 65535:
+            return np.round(a / 257.0).astype(np.uint8)
+    return stretch_to_uint8(a)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; 16-bit/32-bit/float images are stretched robustly (``stretch_to_uint8``)."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(stretch_to_uint8(np.asarray(image))).convert("RGB")
+        return Image.fromarray(pixels_to_uint8(np.asarray(image))).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -184,7 +197,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def array_to_image(arr: np.ndarray) -> Image.Image:
     """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
 
-    uint8 is shown as stored; every other dtype is stretched robustly (``stretch_to_uint8``). The alpha
+    uint8 is shown as stored, uint16 that uses its range scaled (``pixels_to_uint8``); every other dtype is
+    stretched robustly (``stretch_to_uint8``). The alpha
     channel of HxWx4 is not stretched: it is scaled from its type's full range (an integer type's
     maximum, 1.0 for floats, as PNG and TIFF store it) and composited on white after the stretch."""
     arr = np.asarray(arr)
@@ -201,9 +215,9 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
         return Image.fromarray(arr.astype(np.uint8) * 255).convert("RGB")
     if arr.ndim == 3 and arr.shape[2] == 4:
         alpha = alpha_to_uint8(arr[..., 3])
-        rgb = stretch_to_uint8(arr[..., :3])
+        rgb = pixels_to_uint8(arr[..., :3])
         return to_rgb(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
-    return Image.fromarray(stretch_to_uint8(arr)).convert("RGB")
+    return Image.fromarray(pixels_to_uint8(arr)).convert("RGB")
 
 
 def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
@@ -306,6 +320,10 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                 im.seek(frame)
             _check_size(*im.size, max_pixels)
             deep = _read_deep_colour(_bytes_of(source), frame) if _deep_colour(im) else None
+            if deep is not None and deep.ndim == 3 and deep.shape[2] > 3 and im.mode == "RGB":
+                # Pillow opened it as RGB: its 4th sample is no alpha (TIFF ExtraSamples "unspecified", a NIR
+                # band), and shown as one it would fade the image to white
+                deep = deep[..., :3]
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
                 return _upright_image(array_to_image(deep), exif_orientation(im))  # as stored: turn it
             was_deep = _deep_colour(im)
@@ -322,7 +340,12 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             kind, advice = other
             raise BadImage(f"the file is {kind}, not an image: {advice}", kind, advice) from err
         if data[:4] in TIFF_MAGIC:
+            if (pixels := _read_tiff_page(data, frame)) is not None:  # a layout Pillow does not decode
+                return array_to_image(pixels)
             raise BadImage(_tiff_refusal(data)) from err
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise BadImage("a HEIC/HEIF photo, which cannot be decoded here: convert it to JPEG or PNG first "
+                           "(e.g. heif-convert, or export from the phone or Photos as 'Most Compatible')") from err
         raise BadImage("not a readable image (unknown or broken format)") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):
@@ -377,6 +400,37 @@ def _zip_kind(data: bytes) -> str:
         if any(n.startswith(folder) for n in names):
             return kind
     return "a ZIP archive"
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO/IEC 23008-12
+
+
+def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
+    """HxW or HxWxC pixels of page ``frame`` of a TIFF Pillow cannot decode (planar bands, a 4-band layout it
+    lacks), read with tifffile where it holds 1, 3 or 4 bands of integers or floats; a 4th band that the
+    file does not mark as alpha (ExtraSamples 1 or 2, TIFF 6.0 section 18) is left out. None otherwise."""
+    import logging
+
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    quiet, log.disabled = log.disabled, True
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[frame]
+            bands = page.samplesperpixel
+            if page.dtype is None or page.dtype.kind not in "uif" or bands not in (1, 3, 4):
+                return None
+            pixels = page.asarray()
+            if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
+                pixels = np.moveaxis(pixels, 0, -1)
+            if bands == 4 and not (len(page.extrasamples) and page.extrasamples[0] in (1, 2)):
+                pixels = pixels[..., :3]
+            return pixels if pixels.ndim in (2, 3) else None
+    except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
+        return None
+    finally:
+        log.disabled = quiet
 
 
 def _tiff_refusal(data: bytes) -> str:

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import torch
 
-from .adapters.base import HFAdapter
+from .adapters.base import HFAdapter, PromptTooLong
 from .adapters.llava import LlavaAdapter
 from .uris import is_remote, local_path
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "spote-tiny"
-CACHE_DIR = Path(os.environ.get("SPOTE_CACHE", Path.home() / ".cache" / "spote" / "models"))
+# an empty SPOTE_CACHE is unset, as for HF_HOME: Path("") would be the current folder
+CACHE_DIR = Path(os.environ.get("SPOTE_CACHE") or Path.home() / ".cache" / "spote" / "models")
 
 
 def adapter_registry() -> dict[str, type[HFAdapter]]:
@@ -621,9 +622,11 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
     Raises:
         ModelNotFound: the model cannot be found (one-line message naming what was tried), or cannot be loaded
             as found: files ``check_folder`` refuses, weights cut short, weights that miss tensors the model
-            needs or hold them in the wrong shape, a processor without a chat template.
+            needs or hold them in the wrong shape, a processor without a chat template, files that load but
+            fail one pass on a blank image (``probe``).
         ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist, a
-            ``dtype`` or ``device`` that is not one of those above, a CUDA/MPS ``device`` torch does not see.
+            ``dtype`` or ``device`` that is not one of those above, a CUDA/MPS ``device`` torch does not see,
+            a ``batch_size`` that is not a whole number >= 1.
     """
     if endpoint:
         from .adapters.endpoint import open_endpoint
@@ -635,6 +638,8 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
 
     # before anything is fetched or loaded: a bad flag is the user's, and cheap to say
     device, dtype = check_device(device), check_dtype(dtype)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a whole number of view sets >= 1 (or None), got {batch_size!r}")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     name = str(path_or_uri or "spote-tiny")
@@ -658,7 +663,39 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
     if not wants_attention:
         adapter.supports_relevance = False
     adapter.name = name + (f"@{revision}" if revision else "")
+    probe(adapter, name, local)
     return adapter
+
+
+def probe(adapter: HFAdapter, name: str, folder) -> None:
+    """One pass of the loaded model on a blank image, so that files that load but disagree (a chat template
+    that does not render or lacks the image placeholder, an ``image_token_index`` or ``patch_size`` that
+    does not match the model, a processor size the vision tower was not built for) are refused at load,
+    naming the model, rather than failing every question with transformers' words. Not counted in
+    ``forward_passes``.
+
+    Raises:
+        ModelNotFound: one line naming the model, its folder and what failed.
+    """
+    from PIL import Image
+
+    where = f"model {name!r} cannot be loaded ({folder})"
+    try:
+        prompt = adapter.prompt_text(1, "what is this ?")
+    except Exception as err:  # jinja2's TemplateError, or a template that raises on a plain message
+        raise ModelNotFound(f"{where}: its chat template does not render: {_first_line(err)}") from None
+    side = adapter.input_size or 64
+    try:
+        before = adapter.forward_passes
+        adapter._forward(adapter.encode([[Image.new("RGB", (side, side), (255, 255, 255))]], [prompt]), last=1)
+        adapter.forward_passes = before
+    except PromptTooLong:  # a model that reads little: its questions will say so, each in its own words
+        return
+    except torch.OutOfMemoryError:  # the batch halving handles memory: not a wrong file
+        return
+    except Exception as err:
+        raise ModelNotFound(f"{where}: one pass on a blank image fails, so its config.json, processor files and "
+                            f"chat template disagree: {_first_line(err)}") from None
 
 
 def weights_checksum(model) -> str:

@@ -52,7 +52,16 @@ class Box:
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
     def as_list(self) -> list[int]:
-        return [int(round(v)) for v in (self.x0, self.y0, self.x1, self.y1)]
+        """``[x0, y0, x1, y1]`` rounded to whole pixels, at least one pixel wide and high: a window under a
+        pixel across (an image 1 pixel high) would round to no pixel at all."""
+        x0, y0, x1, y1 = (int(round(v)) for v in (self.x0, self.y0, self.x1, self.y1))
+        if x1 <= x0:  # the pixel the box starts in, which lies inside the image as x0 does
+            x0 = math.floor(self.x0)
+            x1 = x0 + 1
+        if y1 <= y0:
+            y0 = math.floor(self.y0)
+            y1 = y0 + 1
+        return [x0, y0, x1, y1]
 
     def intersection(self, other: "Box") -> float:
         w = min(self.x1, other.x1) - max(self.x0, other.x0)

@@ -1,6 +1,7 @@
 """The public API: ``spote.answer`` takes every image form it documents and gives the same record."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_bad_arguments_are_refused_before_any_work(item, shipped_adapter):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="magic")
     with pytest.raises(ValueError, match="unknown method 'oracle'"):  # it needs a ground-truth box: benchmarks only
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="oracle")
-    with pytest.raises(ValueError, match="seed must be >= 0"):
+    with pytest.raises(ValueError, match="seed must be 0 to 2\*\*63 - 1"):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, seed=-1)
     with pytest.raises(TypeError, match="model must be a folder, URI or hub id .* or an adapter from load_adapter, "
                                         "got int"):
@@ -186,3 +187,42 @@ def test_the_public_docstrings_cover_what_answer_accepts_and_returns():
     for names in re.findall(r"^ {8}(\w+(?:, \w+)*):", spote.SpotResult.__doc__, re.M):
         described.update(names.split(", "))
     assert {f.name for f in dataclasses.fields(spote.SpotResult)} <= described
+
+
+def test_answer_refuses_arguments_it_would_ignore(shipped_adapter):
+    img = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="^model is an empty name"):
+        spote.answer(img, "what ?", ["a", "b"], model="")
+    with pytest.raises(ValueError, match="^revision, endpoint and endpoint_options choose a model to load"):
+        spote.answer(img, "what ?", ["a", "b"], model=shipped_adapter, revision="v1")
+    with pytest.raises(ValueError, match="^endpoint_options apply to an endpoint"):
+        spote.answer(img, "what ?", ["a", "b"], endpoint_options={"timeout_s": 5})
+
+
+def test_a_relative_model_folder_is_the_folder_in_the_working_folder_of_each_call(tmp_path, monkeypatch):
+    """The loaded models were keyed by the name as written: ``model="m"`` in another working folder
+    answered with the first folder's model."""
+    import shutil
+
+    from spote.loading import DEFAULT_MODEL
+
+    for name in ("a", "b"):
+        shutil.copytree(DEFAULT_MODEL, tmp_path / name / "m")
+    img = np.zeros((32, 32, 3), np.uint8)
+    loaded = []
+    for name in ("a", "b", "a"):
+        monkeypatch.chdir(tmp_path / name)
+        spote.answer(img, "what ?", ["a", "b"], model="m", budget=1)
+        loaded.append(next(a for k, a in spote._ADAPTERS.items() if k[0] == os.path.realpath(tmp_path / name / "m")))
+    assert loaded[0] is not loaded[1] and loaded[0] is loaded[2]
+
+
+def test_a_remote_image_that_cannot_be_read_is_a_bad_image(s3):
+    s3.pipe("spote/imgs/a.png", b"")
+    s3.pipe("spote/imgs/sub/b.png", b"x")
+    with pytest.raises(spote.BadImage, match="^s3://spote/imgs/sub is a folder \\(a prefix\\), not an image object$"):
+        spote.answer("s3://spote/imgs/sub", "what ?", ["a", "b"])
+    with pytest.raises(spote.BadImage, match="^cannot read s3://spote/imgs/sub/b.png: TypeError"):
+        spote.answer("s3://spote/imgs/sub/b.png", "what ?", ["a", "b"], storage_options={"nope": 1})
+    with pytest.raises(spote.BadImage, match="^no such object: s3://spote/imgs/none.png$"):
+        spote.answer("s3://spote/imgs/none.png", "what ?", ["a", "b"])

@@ -63,6 +63,7 @@ def _malformed_cases(tmp: Path) -> dict:
     (tmp / "garbage.png").write_bytes(b"this is not a png")
     (tmp / "truncated.png").write_bytes(SAMPLE.read_bytes()[:200])
     (tmp / "empty.png").write_bytes(b"")
+    (tmp / "photo.png").write_bytes(SAMPLE.read_bytes())
     (tmp / "a-folder").mkdir()
     (tmp / "not-a-model").mkdir()
     (tmp / "dangling.png").symlink_to(tmp / "gone.png")
@@ -116,7 +117,16 @@ def _malformed_cases(tmp: Path) -> dict:
                                                               "pipelines.documents, which reads PDFs named .pdf"),
         "web page": ([str(tmp / "page.html"), q], f"{tmp / 'page.html'} is an HTML page: spote ask reads images; "
                                                   "save the image itself"),
-        "negative seed": ([str(SAMPLE), q, "--seed", "-1"], "seed must be >= 0"),
+        "negative seed": ([str(SAMPLE), q, "--seed", "-1"], "seed must be 0 to 2**63 - 1, got -1"),
+        "seed past 64 bits": ([str(SAMPLE), q, "--seed", str(2**64)], f"seed must be 0 to 2**63 - 1, got {2**64}"),
+        # the trace would have overwritten the user's image
+        "trace is the image": ([str(tmp / "photo.png"), q, "--trace", str(tmp / "photo.png")],
+                               f"--trace {tmp / 'photo.png'} is the input image, which it would overwrite"),
+        "api key variable unset": ([str(SAMPLE), q, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
+                                    "--api-key-env", "SPOTE_TEST_NO_SUCH_KEY"],
+                                   "--api-key-env SPOTE_TEST_NO_SUCH_KEY: no such environment variable is set"),
+        "endpoint flags without an endpoint": ([str(SAMPLE), q, "--endpoint-options", '{"timeout_s": 5}'],
+                                               "apply to --endpoint, which is not given (they set ['timeout_s'])"),
         "empty choice": ([str(SAMPLE), q, "--choices", "yes,,no"], "empty choice"),
         "policy and flag disagree": ([str(SAMPLE), q, "--policy", '{"mode": "zoom"}', "--mode", "highlight"],
                                      "--policy sets mode to 'zoom' and a flag sets it to 'highlight'"),
@@ -252,10 +262,13 @@ def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
     process: stderr is that one line, without the tokenizer's own warning or a loading bar above it."""
     long_question = "is the box in the corner of the form, " * 120 + "ticked ?"
     many_choices = ",".join(f"choice {i}" for i in range(300))
-    for question, choices, names in ((long_question, ["--choices", "yes,no"], "its choices and images"),
-                                     (long_question, [], "its images"),
-                                     ("what is in the box ?", ["--choices", many_choices], "its choices and images")):
-        proc = _python_m("spote.cli", "ask", str(SAMPLE), question, *choices, "--model", str(random_tiny_dir))
+    # the many choices on the shipped model, whose vocabulary tells "choice 10" from "choice 11" (the untrained
+    # tokenizer reads both as <unk> <unk>, which is refused first)
+    for question, choices, model in ((long_question, ["--choices", "yes,no"], str(random_tiny_dir)),
+                                     (long_question, [], str(random_tiny_dir)),
+                                     ("what is in the box ?", ["--choices", many_choices], "spote-tiny")):
+        names = "its choices and images" if choices else "its images"
+        proc = _python_m("spote.cli", "ask", str(SAMPLE), question, *choices, "--model", model)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
         _one_error_line(proc.stderr, f"error: question too long: with {names} the prompt takes")
         assert "the model reads at most 512" in proc.stderr
@@ -426,3 +439,33 @@ def test_bench_refuses_a_model_it_cannot_load_in_one_line_as_ask_does(tmp_path):
         assert res.exit_code == 2, (name, res.output)
         errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and says in errors[0] and "Traceback" not in res.stderr, (name, res.stderr)
+
+
+def test_a_trace_named_as_the_input_leaves_the_image_as_it_was(tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(SAMPLE.read_bytes())
+    link = tmp_path / "link.png"
+    link.symlink_to(photo)
+    res = runner.invoke(app, ["ask", str(photo), "what letter ?", "--choices", "A,B", "--trace", str(link)])
+    assert res.exit_code == 2 and "is the input image, which it would overwrite" in res.output
+    assert photo.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_an_image_through_a_pipe_is_read_once_whole(random_tiny_dir):
+    """``spote ask <(cat x.png)`` and ``/dev/stdin``: the first byte was read to check the file, then the
+    image reopened without it: "not a readable image"."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", "/dev/stdin", "what letter ?", "--choices",
+                           "A,B", "--model", str(random_tiny_dir), "--budget", "2", "--json"],
+                          input=SAMPLE.read_bytes(), capture_output=True, env=env, timeout=300)  # stdin a pipe
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["answer"] in ("A", "B")
+
+
+def test_bench_refuses_a_method_named_twice(tmp_path):
+    res = runner.invoke(app, ["bench", "--n", "1", "--methods", "baseline,spote,baseline", "--out",
+                              str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "--methods names 'baseline' more than once" in res.output

@@ -602,3 +602,53 @@ def test_a_folder_that_cannot_load_fails_the_start_up_check_and_the_load_in_one_
         expected = says if says.startswith("model folder") else f"model '{folder}' cannot be loaded: {says}"
         assert str(err.value).startswith(expected), str(err.value)
         assert "\n" not in str(err.value)
+
+
+def _edited_copy(tmp_path, name: str, edit) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(DEFAULT_MODEL, folder)
+    edit(folder)
+    return folder
+
+
+def _set_json(folder: Path, file: str, **values) -> None:
+    data = json.loads((folder / file).read_text())
+    data.update(values)
+    (folder / file).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("name, edit, says", [
+    ("template", lambda f: (f / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content "),
+     "its chat template does not render: TemplateSyntaxError"),
+    ("no-placeholder", lambda f: (f / "chat_template.jinja").write_text("{% for m in messages %}user: question"
+                                                                         "{% endfor %}assistant:"),
+     "one pass on a blank image fails, so its config.json, processor files and chat template disagree"),
+    ("token-index", lambda f: _set_json(f, "config.json", image_token_index=5),
+     "one pass on a blank image fails, so its config.json, processor files and chat template disagree"),
+    ("patch-size", lambda f: _set_json(f, "processor_config.json", patch_size=4),
+     "one pass on a blank image fails, so its config.json, processor files and chat template disagree"),
+])
+def test_files_that_load_but_disagree_are_refused_at_load_naming_the_model(tmp_path, name, edit, says):
+    """A chat template with a syntax error was a 210-line traceback at the first question; an image token
+    index, patch size or template that does not match the model failed every question with transformers'
+    words ("Image features and image tokens do not match") naming no file."""
+    folder = _edited_copy(tmp_path, name, edit)
+    with pytest.raises(ModelNotFound) as err:
+        load_adapter(str(folder), device="cpu")
+    assert str(err.value).startswith(f"model {str(folder)!r} cannot be loaded ({folder}): {says}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_load_probe_is_not_counted_and_batch_size_is_checked():
+    adapter = load_adapter(None, device="cpu", batch_size=3)
+    assert adapter.forward_passes == 0 and adapter.batch_size == 3
+    for bad in (0, -1, 2.5, "8", True):
+        with pytest.raises(ValueError, match="^batch_size must be a whole number of view sets >= 1"):
+            load_adapter(None, device="cpu", batch_size=bad)
+
+
+def test_an_empty_spote_cache_is_the_default_not_the_working_folder(tmp_path):
+    env = {**os.environ, "SPOTE_CACHE": "", "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", "from spote.loading import CACHE_DIR; print(CACHE_DIR)"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip() == str(tmp_path / ".cache" / "spote" / "models"), out.stderr

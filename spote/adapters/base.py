@@ -173,7 +173,31 @@ class HFAdapter:
         return self.default_input_size
 
     # ------------------------------------------------------------------ prompts
+    def markers(self) -> tuple[str, ...]:
+        """The texts this model reads as its own markers, not words: the tokenizer's special tokens and the
+        processor's image placeholders (``<image>``, ``<|image_pad|>``, ...), longest first."""
+        if getattr(self, "_markers", None) is None:
+            found = set(getattr(self.tokenizer, "all_special_tokens", None) or [])
+            found.update(getattr(self.tokenizer, "additional_special_tokens", None) or [])
+            for name in ("image_token", "fake_image_token", "global_image_token", "video_token"):
+                value = getattr(self.processor, name, None)
+                if isinstance(value, str):
+                    found.add(value)
+            self._markers = tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=True))
+        return self._markers
+
+    def check_text(self, question: str, choices=None) -> None:
+        """Raise ValueError where the question or a choice holds one of the model's markers (``markers``):
+        ``<image>`` in a question asks the processor for an image that is not there, and a special token
+        ends or restructures the prompt."""
+        for what, text in (("the question", question), *((f"choice {c!r}", c) for c in (choices or ()))):
+            for marker in self.markers():
+                if marker in text:
+                    raise ValueError(f"{what} holds {marker!r}, which this model reads as a marker of its own "
+                                     "(a special token), not as text; reword it")
+
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:
+        self.check_text(question, choices)
         content = [{"type": "image"} for _ in range(n_images)]
         content.append({"type": "text", "text": format_question(question, choices)})
         return self.processor.apply_chat_template([{"role": "user", "content": content}],
@@ -255,6 +279,7 @@ class HFAdapter:
     def _choice_logprobs(self, views_batch, question: str, choices: list[str]) -> torch.Tensor:
         n_img = len(views_batch[0])
         prompt = self.prompt_text(n_img, question, choices)
+        self._check_distinct(choices)
         cont = [self._continuation_ids(prompt, c) for c in choices]
         first = [ids[0] for ids in cont]
         if all(len(ids) == 1 for ids in cont) and len(set(first)) == len(first):
@@ -268,6 +293,19 @@ class HFAdapter:
             return torch.cat(self._chunked(len(views_batch), run))
         scores = torch.stack([self._sequence_logprob(views_batch, prompt, ids) / len(ids) for ids in cont], dim=1)
         return torch.log_softmax(scores, dim=-1)
+
+    def _check_distinct(self, choices: list[str]) -> None:
+        """Raise ValueError for choices the model reads as the same tokens (words its vocabulary lacks all
+        read ``<unk>``): they would score the same, and the first of them would always be the answer."""
+        seen: dict[tuple, str] = {}
+        for choice in choices:
+            ids = self.tokenizer(choice, add_special_tokens=False, verbose=False).input_ids
+            if (twin := seen.setdefault(tuple(ids), choice)) != choice:
+                unk = getattr(self.tokenizer, "unk_token_id", None)
+                why = (f" (both read {self.tokenizer.unk_token!r}: words its vocabulary lacks)"
+                       if unk is not None and unk in ids else "")
+                raise ValueError(f"choices {twin!r} and {choice!r} are the same tokens to this model{why}, so it "
+                                 "cannot tell them apart; reword one of them")
 
     def _sequence_logprob(self, views_batch, prompt: str, ids: list[int]) -> torch.Tensor:
         lp, _ = self.teacher_forced(views_batch, prompt, ids)

@@ -1,0 +1,34 @@
+"""What the shipped model cannot read as text is refused before it is scored: its markers in a question
+or a choice, and choices it reads as the same tokens."""
+
+import pytest
+from PIL import Image
+
+VIEW = [Image.new("RGB", (64, 64), (255, 255, 255))]
+
+
+@pytest.mark.parametrize("question, choices, says", [
+    ("what is in the <image> box ?", ["A", "B"], "the question holds '<image>'"),
+    ("what letter ?", ["A", "<image>"], "choice '<image>' holds '<image>'"),
+])
+def test_a_marker_of_the_model_in_the_text_is_refused(shipped_adapter, question, choices, says):
+    """``<image>`` in a question asked the processor for a second image: "Found total 2 <image> tokens and 1
+    images", naming neither the question nor the token."""
+    with pytest.raises(ValueError, match=f"^{says}, which this model reads as a marker of its own"):
+        shipped_adapter.choice_logprobs([VIEW], question, choices)
+
+
+def test_a_marker_in_an_open_question_is_refused(shipped_adapter):
+    with pytest.raises(ValueError, match="^the question holds '<image>'"):
+        shipped_adapter.generate(VIEW, "what is the code in the <image> field ?")
+
+
+def test_choices_read_as_the_same_tokens_are_refused(shipped_adapter):
+    """spote-tiny's vocabulary lacks 'Red' and 'Blue': both read <unk>, scored the same, and the first
+    choice was always the answer, at confidence 1/K."""
+    tok = shipped_adapter.tokenizer
+    if tok("Red", add_special_tokens=False).input_ids != tok("Blue", add_special_tokens=False).input_ids:
+        pytest.skip("this tokenizer tells Red from Blue")
+    with pytest.raises(ValueError, match=r"^choices 'Red' and 'Blue' are the same tokens to this model"):
+        shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["Red", "yellow", "Blue"])
+    assert shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["red", "yellow", "blue"]).shape == (1, 3)

@@ -381,6 +381,15 @@ def job_command(fn):
                 raise
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
             raise typer.Exit(2) from None
+        except Exception as err:
+            from .storage import transient_errors
+
+            if _is_ray_error(err) or not isinstance(err, transient_errors()[1:]):  # OSError's kin: not all passing
+                raise
+            # a store that stayed unreachable through every retry (botocore's errors are no OSError): one line
+            typer.echo(f"error: storage unreachable: {type(err).__name__}: {err}; the parts staged so far are kept: "
+                       "run the same command again when it is back", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is staged is kept; say how to go on
             what, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
             typer.echo(f"{what}: the parts staged so far are kept; run the same command again (the same "
@@ -815,8 +824,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     if summary["items_in"] == 0:
         print(f"[{job}] run {run_id}: nothing to do ({_nothing_reason(plan)}); committed an empty run -> {paths.results}")
     else:
+        skipped = f"{summary['items_skipped']} skipped, " if summary.get("items_skipped") else ""
         print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
-              f"{summary['items_error']} errors, {summary['items_per_second']} items/s, "
+              f"{summary['items_error']} errors, {skipped}{summary['items_per_second']} items/s, "
               f"early exit {summary['early_exit_rate']} -> {paths.results}")
     return summary
 

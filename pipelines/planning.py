@@ -129,10 +129,20 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     # prefix exists only through its objects, so an empty one is an empty input, not an error
     if is_local(fs) and not fs.exists(root):
         raise FileNotFoundError(f"--input {input_uri}: no such file or folder")
-    if fs.isfile(root):
-        found = {root: fs.info(root)}
-    else:
-        found = _find_local(root) if is_local(fs) else fs.find(root, detail=True)
+    try:
+        if fs.isfile(root):
+            found = {root: fs.info(root)}
+        else:
+            found = _find_local(root) if is_local(fs) else fs.find(root, detail=True)
+    except (FileNotFoundError, PermissionError) as err:  # s3fs: "The specified bucket does not exist", "Forbidden"
+        if str(input_uri) in str(err):
+            raise
+        what = ("no such bucket or container" if isinstance(err, FileNotFoundError)
+                else "access denied (check the credentials and their permissions)")
+        raise type(err)(f"--input {redact_uri(input_uri)}: {what}: {err}") from None
+    # a named file (its name ends as the job's inputs do) that is not there is a typo, not an empty prefix
+    if not found and not is_local(fs) and PurePosixPath(root).suffix and reason_to_skip(PurePosixPath(root).name) is None:
+        raise FileNotFoundError(f"--input {redact_uri(input_uri)}: no such object, and no objects under it")
     accepted, skipped = [], []
     for path in sorted(found):
         info = found[path]

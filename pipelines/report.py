@@ -439,7 +439,8 @@ def _histograms(stats, summary: dict) -> bytes:
     axes[1].set_xlabel("forward passes per item")
     axes[1].set_ylabel("items")
     axes[1].xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"{fmt_count(summary.get('items_ok'))} answered, {fmt_count(summary.get('items_error'))} errors")
+    skipped = f", {fmt_count(summary['items_skipped'])} skipped" if summary.get("items_skipped") else ""
+    fig.suptitle(f"{fmt_count(summary.get('items_ok'))} answered, {fmt_count(summary.get('items_error'))} errors{skipped}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -312,7 +312,8 @@ def check_accounting(planned: int, planned_digest: int, staged: int, staged_dige
     distinct = staged - dupes
     missing = max(0, planned - distinct)
     raise AccountingError(f"accounting failed: {planned} in, {staged} out, {missing} missing, {dupes} duplicated"
-                          + ("" if missing or dupes else " (ids differ from the plan)"))
+                          + ("" if missing or dupes else " (ids differ from the plan)")
+                          + "; nothing was committed: run again with --force to redo this run from the start")
 
 
 class RunInUse(RuntimeError):
@@ -432,8 +433,9 @@ class RunLease:
                     self.lost = True
                     return
                 self.renew()
-            except OSError as err:  # one missed beat is not fatal; stale_s allows several
-                self.log(f"[lease] could not renew: {err}")
+            except Exception as err:  # one missed beat is not fatal (stale_s allows several); a dead thread
+                # would be: the lease would go stale while this driver works on, and another take the run over
+                self.log(f"[lease] could not renew: {type(err).__name__}: {err}")
 
     def renew(self) -> None:
         """Write the lease with the counter one up (each beat)."""

@@ -131,8 +131,9 @@ class RowLoader:
             return error_row(row, f"could not read: {row['source']}: {err}")
         except Exception as err:
             self.forget()
-            if isinstance(err, BadImage) and self.image_errors_as_image:
-                return error_row(row, f"unreadable image: {err}")
+            if isinstance(err, BadImage) and self.image_errors_as_image:  # named by its source, as every reason is
+                why = str(err) if str(row.get("source") or "") in str(err) else f"{row['source']}: {err}"
+                return error_row(row, f"unreadable image: {why}")
             return error_row(row, self.describe(row, err))
         return {**row, "status": "ok", "error": "", "pixels": pixels.tobytes(), "height": pixels.shape[0],
                 "width": pixels.shape[1]}

@@ -95,8 +95,23 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def retrying(fn, *args, attempts: int = 6, first_wait: float = 0.5, **kwargs):
-    """Call ``fn``, retrying connection-level storage errors with exponential back-off.
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes of connection-level storage failures, which another try may not meet: the
+    builtins' (``OSError`` and its ``ConnectionError`` / ``TimeoutError``), and botocore's, which s3fs
+    raises as they are and which are no ``OSError`` (``EndpointConnectionError``, ``ConnectTimeoutError``,
+    ``ReadTimeoutError``, ``ConnectionClosedError``: its ``ConnectionError`` and ``HTTPClientError``)."""
+    found: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 support installed: nothing of botocore's can be raised
+        return found
+    return (*found, BotoConnectionError, HTTPClientError)
+
+
+def retrying(fn, *args, attempts: int = 8, first_wait: float = 0.5, **kwargs):
+    """Call ``fn``, retrying connection-level storage errors (``transient_errors``) with exponential
+    back-off: waits of 0.5, 1, 2, ... s, about a minute over the 8 attempts.
 
     Object stores blip (a restarted endpoint, a throttled request); a run must ride that out
     rather than fail or, worse, commit half its rows.
@@ -107,7 +122,7 @@ def retrying(fn, *args, attempts: int = 6, first_wait: float = 0.5, **kwargs):
             return fn(*args, **kwargs)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
             raise  # the same on every try
-        except (OSError, ConnectionError, TimeoutError) as err:
+        except transient_errors() as err:
             if attempt == attempts - 1:
                 raise
             print(f"[storage] {type(err).__name__}: {err}; retrying in {wait:.1f}s")

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from pipelines.planning import list_sources, skip_by_extension
 
 
@@ -75,3 +77,17 @@ def test_a_link_to_a_file_given_as_the_input_keeps_its_name(tmp_path):
     (tmp_path / "here").symlink_to(tmp_path / "real")
     accepted, _ = list_sources(str(tmp_path / "here" / "scan.jpg"), None, skip_by_extension([".jpg"], "image"))
     assert [(a["rel"], a["uri"]) for a in accepted] == [("scan.jpg", str(tmp_path / "real" / "scan.jpg"))]
+
+
+def test_a_store_input_that_names_no_object_or_no_bucket_is_refused_naming_it(s3):
+    """A mistyped manifest key on S3 committed an empty run under the night's run id (a local typo was
+    refused); a bucket that does not exist was "error: The specified bucket does not exist", naming nothing."""
+    from pipelines.vqa import MANIFEST_EXTS
+
+    so = {"key": "testing", "secret": "testing"}
+    skip = skip_by_extension(MANIFEST_EXTS, "manifest")
+    with pytest.raises(FileNotFoundError, match=r"^--input s3://spote/m/manifset\.jsonl: no such object"):
+        list_sources("s3://spote/m/manifset.jsonl", so, skip)
+    assert list_sources("s3://spote/nightly/2026-12-06/", so, skip) == ([], [])  # an empty prefix: nothing arrived
+    with pytest.raises(FileNotFoundError, match=r"^--input s3://no-such-bucket-h/m\.jsonl: no such bucket"):
+        list_sources("s3://no-such-bucket-h/m.jsonl", so, skip)

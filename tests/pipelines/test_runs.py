@@ -300,3 +300,49 @@ def test_a_lease_rewritten_after_the_wait_is_watched_again(lease_uri):
             lease.acquire("run night")
     finally:
         holder.release()
+
+
+def test_the_lease_beats_on_through_a_store_error_that_is_no_oserror(tmp_path):
+    """botocore's EndpointConnectionError is no OSError: one missed beat during an S3 outage ended the
+    beating thread, the lease went stale while the driver worked on, and a second driver took the run over
+    (561 rows staged twice, a run refused on every resume)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    said = []
+    lease = RunLease(str(tmp_path / "lease.json"), log=said.append, **FAST)
+    real_renew, fails = lease.renew, [2]
+
+    def renew():
+        if fails[0]:
+            fails[0] -= 1
+            raise EndpointConnectionError(endpoint_url="http://store/lease.json")
+        real_renew()
+
+    lease.renew = renew
+    lease.acquire()
+    deadline = time.monotonic() + 10
+    while fails[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = _record(lease.uri)["beat"]
+    while _record(lease.uri)["beat"] == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _record(lease.uri)["beat"] > first and not lease.lost  # beating again after the outage
+    assert any(m.startswith("[lease] could not renew: EndpointConnectionError") for m in said), said
+    lease.release()
+
+
+def test_storage_retries_botocore_connection_errors(capsys):
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise EndpointConnectionError(endpoint_url="http://store/x")
+        if len(calls) == 2:
+            raise ReadTimeoutError(endpoint_url="http://store/x")
+        return b"ok"
+
+    assert retrying(flaky, first_wait=0.01) == b"ok" and len(calls) == 3
+    assert "[storage] EndpointConnectionError" in capsys.readouterr().out

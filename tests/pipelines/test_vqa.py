@@ -109,7 +109,9 @@ def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, t
     assert sorted(df["id"]) == sorted(r["id"] for r in rows)            # every item exactly once
     assert set(RESULT_COLUMNS) <= set(df.columns)
     errors = df.set_index("id")["error"]
-    assert errors["bad-corrupt"].startswith("unreadable image")
+    source = df.set_index("id")["source"]
+    # named by its source, as every other reason is
+    assert errors["bad-corrupt"].startswith(f"unreadable image: {source['bad-corrupt']}: ")
     assert errors["bad-missing"].startswith("missing object")
     assert errors["bad-question"] == "empty question"
     ok = df[df.status == "ok"]

@@ -69,7 +69,8 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         if not answer:  # an empty answer read nothing: no box holds its evidence
             evidence_box = None
     return SpotResult(
-        answer=answer, confidence=significant(confidence), distribution=dist, entropy_trace=trace, reward_trace=[],
+        answer=answer, confidence=significant(confidence), distribution=dist,
+        entropy_trace=[round(float(h), 5) for h in trace], reward_trace=[],  # nats, rounded as spote's
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
         policy=asdict(cfg), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
@@ -107,7 +108,8 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
     text, ids, token_logp, cut_off = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
-    return _result(method, adapter, passes0, t0, cfg, best, choices, text, [base.entropy, best.entropy],
+    trace = [base.entropy, best.entropy] if windows else [base.entropy]  # the whole image alone is one step
+    return _result(method, adapter, passes0, t0, cfg, best, choices, text, trace,
                    [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp,
                    cut_off)
 

@@ -204,3 +204,14 @@ def test_an_unsure_empty_open_answer_is_searched_not_taken_as_clear(random_adapt
         assert (res.forward_passes > 1) == searched
         if searched:  # the views' readings of the end step: finite entropies, below ln(vocabulary)
             assert all(0 <= h <= np.log(len(random_adapter.tokenizer)) + 1e-6 for h in res.entropy_trace[1:])
+
+
+@pytest.mark.parametrize("choices", [["A", "B", "C"], None], ids=["closed", "open"])
+def test_the_baseline_trace_is_its_one_pass_rounded_as_spotes(random_adapter, choices):
+    """The baseline's entropy trace held the whole image twice, unrounded (``1.7855300903320312``), and its
+    trace picture showed a step 1 that never happened."""
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    res = run_method("baseline", random_adapter, img, "what letter ?", choices, PolicyConfig())
+    assert len(res.entropy_trace) == 1 and res.entropy_trace[0] == round(res.entropy_trace[0], 5)
+    grid = run_method("grid", random_adapter, img, "what letter ?", choices, PolicyConfig(), budget=4)
+    assert len(grid.entropy_trace) == 2 and grid.entropy_trace[0] == res.entropy_trace[0]

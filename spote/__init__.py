@@ -39,7 +39,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'spote' has no attribute {name!r}")
 
 
-def _read_image(image, storage_options: dict | None):
+def _read_image(image, storage_options: dict | None, max_pixels: int | None = None):
     """A path, fsspec URI (``s3://``, ``https://``, ...), bytes, PIL image or HxWxC array as an RGB image.
 
     Raises:
@@ -71,7 +71,7 @@ def _read_image(image, storage_options: dict | None):
             image = local_path(image)
         except ValueError as err:
             raise BadImage(str(err)) from None
-    return load_image(image)
+    return load_image(image) if max_pixels is None else load_image(image, max_pixels)
 
 
 def _digest(options: dict | None) -> str:

@@ -190,7 +190,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 @app.command()
 def ask(
-    image: Path = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...)"),
+    image: str = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...), or an fsspec URI "
+                                          "(s3://bucket/key.png, https://...; credentials from the environment)"),
     question: str = typer.Argument(..., help="the question"),
     choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no; without it the "
                                                      "question is open-ended and the model writes the answer"),
@@ -225,6 +226,7 @@ def ask(
     from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
+    from .uris import is_remote, local_path
     from .loading import ModelNotFound, load_adapter
 
     try:
@@ -247,12 +249,17 @@ def ask(
         if trace is not None:  # before the search: a trace that cannot be written would lose its answer
             from matplotlib.figure import Figure
 
-            if _same_file(trace, image):
+            if _same_file(trace, Path(image)):
                 raise AskError(f"--trace {trace} is the input image, which it would overwrite; give another name")
 
             # savefig picks its writer by the name's extension and has none for, say, .txt
             check_output_file(trace, "--trace", types=Figure().canvas.get_supported_filetypes())
-        img = load_image(_image_input(image), max_pixels)
+        if is_remote(image):  # a Path would have read "s3://b/k" as the folder "s3:/b"
+            from . import _read_image
+
+            img = _read_image(image, None, max_pixels)
+        else:
+            img = load_image(_image_input(Path(local_path(image))), max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
             _fail(f"{image} is {err.kind}: spote ask reads images; {err.advice}")

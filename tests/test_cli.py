@@ -469,3 +469,15 @@ def test_bench_refuses_a_method_named_twice(tmp_path):
     res = runner.invoke(app, ["bench", "--n", "1", "--methods", "baseline,spote,baseline", "--out",
                               str(tmp_path / "b.json")])
     assert res.exit_code == 2 and "--methods names 'baseline' more than once" in res.output
+
+
+def test_ask_reads_an_image_uri_and_names_one_it_cannot_read(s3, random_tiny_dir):
+    """``spote ask s3://b/k.png`` was "no such file: s3:/b/k.png": the argument was a path, which folds
+    the URI's double slash."""
+    s3.pipe("spote/ask/page.png", SAMPLE.read_bytes())
+    res = runner.invoke(app, ["ask", "s3://spote/ask/page.png", "what letter ?", "--choices", "A,B", "--model",
+                              str(random_tiny_dir), "--budget", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in ("A", "B")
+    res = runner.invoke(app, ["ask", "s3://spote/ask/none.png", "what letter ?", "--choices", "A,B"])
+    assert res.exit_code == 2 and "no such object: s3://spote/ask/none.png" in res.output

@@ -387,7 +387,7 @@ def job_command(fn):
             if _is_ray_error(err) or not isinstance(err, transient_errors()[1:]):  # OSError's kin: not all passing
                 raise
             # a store that stayed unreachable through every retry (botocore's errors are no OSError): one line
-            typer.echo(f"error: storage unreachable: {type(err).__name__}: {err}; the parts staged so far are kept: "
+            typer.echo(f"error: storage unreachable: {type(err).__name__}: {err}; whatever was staged is kept: "
                        "run the same command again when it is back", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is staged is kept; say how to go on

@@ -212,7 +212,8 @@ def ask(
     black_box: Optional[bool] = typer.Option(None, help="ignore attention (as with a model that gives none): the "
                                                        "policy starts from image saliency alone (use_relevance false "
                                                        "in --policy says the same)"),
-    trace: Optional[Path] = typer.Option(None, help="write a PNG: the spotlights, what the model saw, entropy per step"),
+    trace_name: Optional[str] = typer.Option(None, "--trace", help="write a PNG (a local file): the spotlights, what "
+                                             "the model saw, entropy per step"),
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON only"),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                    help="refuse a larger image before decoding it (decompression-bomb guard)"),
@@ -226,10 +227,14 @@ def ask(
     from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
     from .images import BadImage, check_choices, check_question, load_image
-    from .uris import is_remote, local_path
     from .loading import ModelNotFound, load_adapter
+    from .uris import is_remote, local_path
 
+    trace = None
     try:
+        if trace_name is not None and is_remote(trace_name):  # a Path would fold "s3://b/k" into a folder "s3:"
+            raise AskError(f"--trace {trace_name}: the trace is written to a local file; give a local path")
+        trace = Path(local_path(trace_name)) if trace_name is not None else None
         q = check_question(question)
         ch = check_choices(choices)
         if method not in ANSWER_METHODS:

@@ -195,7 +195,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
-    """HxW, HxWx1, HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
+    """HxW, HxWx1, HxWx2 (grey + alpha), HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
 
     uint8 is shown as stored, uint16 that uses its range scaled (``pixels_to_uint8``); every other dtype is
     stretched robustly (``stretch_to_uint8``). The alpha
@@ -206,8 +206,10 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
         raise BadImage(f"unsupported array dtype {arr.dtype}; expected integers, floats or booleans")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha (PNG colour type 4, a 2-sample TIFF)
+        arr = np.dstack([arr[..., 0], arr[..., 0], arr[..., 0], arr[..., 1]])
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise BadImage(f"unsupported array shape {arr.shape}; expected HxW or HxWx(1|3|4)")
+        raise BadImage(f"unsupported array shape {arr.shape}; expected HxW or HxWx(1|2|3|4)")
     _check_size(arr.shape[1], arr.shape[0], DEFAULT_MAX_PIXELS)
     if arr.dtype == np.uint8:
         return to_rgb(Image.fromarray(arr))
@@ -258,12 +260,7 @@ def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
                 return np.moveaxis(ds.read(), 0, -1)
     except Exception:
         pass
-    try:
-        import tifffile
-
-        return np.asarray(tifffile.imread(io.BytesIO(data), key=frame))
-    except Exception:
-        return None
+    return _read_tiff_page(data, frame) if data[:4] in TIFF_MAGIC else None
 
 
 def frame_count(im: Image.Image) -> int:
@@ -319,6 +316,9 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                     raise BadImage(f"page {frame} of {n}: no such frame")
                 im.seek(frame)
             _check_size(*im.size, max_pixels)
+            if im.format == "TIFF" and _pillow_misreads(im):
+                if (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
+                    return _upright_image(array_to_image(pixels), exif_orientation(im))
             deep = _read_deep_colour(_bytes_of(source), frame) if _deep_colour(im) else None
             if deep is not None and deep.ndim == 3 and deep.shape[2] > 3 and im.mode == "RGB":
                 # Pillow opened it as RGB: its 4th sample is no alpha (TIFF ExtraSamples "unspecified", a NIR
@@ -405,6 +405,16 @@ def _zip_kind(data: bytes) -> str:
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO/IEC 23008-12
 
 
+def _pillow_misreads(im: Image.Image) -> bool:
+    """True for a TIFF page whose samples Pillow decodes wrongly or not at all: planar bands of more than 8
+    bits (its raw modes read them as interleaved), or 2 samples per pixel deeper than 8 bits."""
+    tags = getattr(im, "tag_v2", {})
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    deep = any(int(b) > 8 for b in bits)
+    return deep and (tags.get(284, 1) == 2 or tags.get(277, 1) == 2)
+
+
 def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
     """HxW or HxWxC pixels of page ``frame`` of a TIFF Pillow cannot decode (planar bands, a 4-band layout it
     lacks), read with tifffile where it holds 1, 3 or 4 bands of integers or floats; a 4th band that the
@@ -419,13 +429,14 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[frame]
             bands = page.samplesperpixel
-            if page.dtype is None or page.dtype.kind not in "uif" or bands not in (1, 3, 4):
+            if page.dtype is None or page.dtype.kind not in "uif" or bands not in (1, 2, 3, 4):
                 return None
             pixels = page.asarray()
             if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
                 pixels = np.moveaxis(pixels, 0, -1)
-            if bands == 4 and not (len(page.extrasamples) and page.extrasamples[0] in (1, 2)):
-                pixels = pixels[..., :3]
+            if bands in (2, 4) and not (len(page.extrasamples) and page.extrasamples[0] in (1, 2)):
+                pixels = pixels[..., :bands - 1]  # the extra sample is no alpha: leave it out
+                pixels = pixels[..., 0] if bands == 2 else pixels
             return pixels if pixels.ndim in (2, 3) else None
     except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
         return None

@@ -122,6 +122,9 @@ def _malformed_cases(tmp: Path) -> dict:
         # the trace would have overwritten the user's image
         "trace is the image": ([str(tmp / "photo.png"), q, "--trace", str(tmp / "photo.png")],
                                f"--trace {tmp / 'photo.png'} is the input image, which it would overwrite"),
+        # a path would have folded it into a local folder "s3:" and written the trace there
+        "trace to a store": ([str(SAMPLE), q, "--trace", "s3://bucket/t.png"],
+                             "--trace s3://bucket/t.png: the trace is written to a local file; give a local path"),
         "api key variable unset": ([str(SAMPLE), q, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
                                     "--api-key-env", "SPOTE_TEST_NO_SUCH_KEY"],
                                    "--api-key-env SPOTE_TEST_NO_SUCH_KEY: no such environment variable is set"),

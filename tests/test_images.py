@@ -379,3 +379,33 @@ def test_a_heic_photo_is_named_with_what_to_do():
     data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
     with pytest.raises(BadImage, match="^a HEIC/HEIF photo, which cannot be decoded here: convert it to JPEG or PNG"):
         load_image(data)
+
+
+@pytest.mark.parametrize("layout", ["planar rgb", "planar rgb + band", "planar rgba", "grey + alpha", "grey + band"])
+def test_16_bit_tiffs_pillow_misreads_are_read_with_tifffile(layout):
+    """Planar 16-bit bands were read by Pillow as interleaved (1% of pixels right, no error), or refused
+    ("unknown raw mode"); 16-bit grey + alpha was refused as "2 bands ... no single image"."""
+    rgb = _photo()
+    wide, grey = rgb.astype(np.uint16) * 257, rgb[..., 0].astype(np.uint16) * 257
+    band, opaque = np.full(grey.shape, 2000, np.uint16), np.full(grey.shape, 65535, np.uint16)
+    arr, kw, want = {
+        "planar rgb": (np.moveaxis(wide, -1, 0), {"photometric": "rgb", "planarconfig": "separate"}, rgb),
+        "planar rgb + band": (np.moveaxis(np.dstack([wide, band]), -1, 0), {
+            "photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unspecified"]}, rgb),
+        "planar rgba": (np.moveaxis(np.dstack([wide, opaque]), -1, 0), {
+            "photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unassalpha"]}, rgb),
+        "grey + alpha": (np.dstack([grey, opaque]), {"photometric": "minisblack", "extrasamples": ["unassalpha"]},
+                         np.repeat(rgb[..., :1], 3, axis=2)),
+        "grey + band": (np.dstack([grey, band]), {"photometric": "minisblack", "extrasamples": ["unspecified"]},
+                        np.repeat(rgb[..., :1], 3, axis=2)),
+    }[layout]
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    assert np.array_equal(np.asarray(load_image(buf.getvalue())), want)
+
+
+def test_a_grey_and_alpha_array_is_an_image():
+    """HxWx2 (what a 16-bit grey + alpha PNG decodes to) was "unsupported array shape (20, 30, 2)"."""
+    grey = _photo()[..., 0]
+    shown = np.asarray(load_image(np.dstack([grey, np.full(grey.shape, 255, np.uint8)])))
+    assert np.array_equal(shown, np.repeat(grey[..., None], 3, axis=2))

@@ -66,7 +66,7 @@ def test_model_by_folder_is_loaded_once(random_tiny_dir, item):
     (b"", spote.BadImage, "empty"),
     (b"not an image", spote.BadImage, "not a readable image"),
     ("/no/such/file.png", spote.BadImage, "no such file"),
-    (np.zeros((4, 4, 2), np.uint8), spote.BadImage, "array shape"),
+    (np.zeros((4, 4, 5), np.uint8), spote.BadImage, "array shape"),  # HxWx2 is grey + alpha
     (None, spote.BadImage, "not an image: got NoneType"),
     (5, spote.BadImage, "not an image: got int"),
     ([[1, 2], [3, 4]], spote.BadImage, "not an image: got list"),

@@ -384,7 +384,10 @@ def job_command(fn):
         except Exception as err:
             from .storage import transient_errors
 
-            if _is_ray_error(err) or not isinstance(err, transient_errors()[1:]):  # OSError's kin: not all passing
+            # of OSError's kin only a connection or a time limit: the rest (a full disk, a bad path) are no outage
+            outage = isinstance(err, transient_errors()) and (
+                not isinstance(err, OSError) or isinstance(err, (ConnectionError, TimeoutError)))
+            if _is_ray_error(err) or not outage:
                 raise
             # a store that stayed unreachable through every retry (botocore's errors are no OSError): one line
             typer.echo(f"error: storage unreachable: {type(err).__name__}: {err}; whatever was staged is kept: "

@@ -107,6 +107,8 @@ def _records(uri: str, storage_options=None):
         with fs.open(path, "rb", **gz) as f:
             i = 0
             for n, raw in enumerate(f):  # bytes, line by line: one line that is not UTF-8 is that line's problem
+                if n == 0 and (why := _not_utf8_text(raw)) is not None:  # UTF-16: no manifest line is readable
+                    raise ManifestError(f"{uri}: {why}")
                 try:
                     line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
                 except UnicodeDecodeError as err:
@@ -141,6 +143,8 @@ def _records(uri: str, storage_options=None):
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
+            if (why := _not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
+                raise ManifestError(f"{uri}: {why}")
             if any(lone_surrogate(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
                 raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
             _check_columns(uri, reader.fieldnames)
@@ -248,16 +252,15 @@ def _check_part(uri: str, storage_options=None) -> None:
     needed columns (a .json array: its first bytes only, since it is read whole in a task)."""
     name = redact_uri(uri)  # as messages name it: without an http(s) URL's query
     lower = name.lower()
-    if not lower.endswith(".parquet"):
+    if lower.endswith((".json", ".json.gz")):
         fs, path = filesystem(uri, storage_options)
         try:
             with fs.open(path, "rb", **_compression(lower)) as f:
                 head = f.read(65536)
         except (gzip.BadGzipFile, EOFError, zlib.error) as err:
-            raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
+            raise ManifestError(f"{name}: cannot be read as a JSON manifest: {err}") from None
         if (why := _not_utf8_text(head)) is not None:
             raise ManifestError(f"{name}: {why}")
-    if lower.endswith((".json", ".json.gz")):
         start = head.decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):
             got = "an empty file" if not start else "a JSON object" if start.startswith("{") else "no JSON array"

@@ -140,7 +140,12 @@ def robust_range(values: np.ndarray, valid: np.ndarray | None = None,
     vals = vals[keep]
     if vals.size == 0:
         return None
-    lo, hi = (float(v) for v in np.percentile(vals, percentiles))
+    return _range_from(vals, np.percentile(vals, percentiles))
+
+
+def _range_from(vals: np.ndarray, cuts) -> tuple[float, float]:
+    """(lo, hi) from the two percentile values ``cuts`` of ``vals``, or their min/max where the cuts coincide."""
+    lo, hi = (float(v) for v in cuts)
     if hi <= lo:
         lo, hi = float(vals.min()), float(vals.max())
     return lo, hi
@@ -175,8 +180,10 @@ def pixels_to_uint8(arr: np.ndarray) -> np.ndarray:
     range scaled by 1/257 (``FULL_RANGE_SHARE``), everything else stretched (``stretch_to_uint8``)."""
     a = np.asarray(arr)
     if a.dtype == np.uint16 and a.size:
-        if float(np.percentile(a, STRETCH_PERCENTILES[1])) >= FULL_RANGE_SHARE * 65535:
+        cuts = np.percentile(a, STRETCH_PERCENTILES)  # one pass: the top one decides, both stretch otherwise
+        if float(cuts[1]) >= FULL_RANGE_SHARE * 65535:
             return np.round(a / 257.0).astype(np.uint8)
+        return apply_range(a, _range_from(a, cuts))
     return stretch_to_uint8(a)
 
 
@@ -257,7 +264,9 @@ def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with MemoryFile(data) as mem, mem.open() as ds:
-                return np.moveaxis(ds.read(), 0, -1)
+                from rasterio.enums import ColorInterp
+
+                return _without_unmarked_band(np.moveaxis(ds.read(), 0, -1), ds.colorinterp[-1] == ColorInterp.alpha)
     except Exception:
         pass
     return _read_tiff_page(data, frame) if data[:4] in TIFF_MAGIC else None
@@ -320,10 +329,6 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                 if (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
                     return _upright_image(array_to_image(pixels), exif_orientation(im))
             deep = _read_deep_colour(_bytes_of(source), frame) if _deep_colour(im) else None
-            if deep is not None and deep.ndim == 3 and deep.shape[2] > 3 and im.mode == "RGB":
-                # Pillow opened it as RGB: its 4th sample is no alpha (TIFF ExtraSamples "unspecified", a NIR
-                # band), and shown as one it would fade the image to white
-                deep = deep[..., :3]
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
                 return _upright_image(array_to_image(deep), exif_orientation(im))  # as stored: turn it
             was_deep = _deep_colour(im)
@@ -415,6 +420,15 @@ def _pillow_misreads(im: Image.Image) -> bool:
     return deep and (tags.get(284, 1) == 2 or tags.get(277, 1) == 2)
 
 
+def _without_unmarked_band(pixels: np.ndarray, last_is_alpha: bool) -> np.ndarray:
+    """HxWx2 / HxWx4 pixels without their last band where the file does not mark it as alpha (TIFF
+    ExtraSamples "unspecified", TIFF 6.0 section 18: a near-infrared band, which shown as opacity would fade
+    the image to white); other shapes as they are."""
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4) and not last_is_alpha:
+        return pixels[..., 0] if pixels.shape[2] == 2 else pixels[..., :3]
+    return pixels
+
+
 def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
     """HxW or HxWxC pixels of page ``frame`` of a TIFF Pillow cannot decode (planar bands, a 4-band layout it
     lacks), read with tifffile where it holds 1, 3 or 4 bands of integers or floats; a 4th band that the
@@ -434,9 +448,7 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
             pixels = page.asarray()
             if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
                 pixels = np.moveaxis(pixels, 0, -1)
-            if bands in (2, 4) and not (len(page.extrasamples) and page.extrasamples[0] in (1, 2)):
-                pixels = pixels[..., :bands - 1]  # the extra sample is no alpha: leave it out
-                pixels = pixels[..., 0] if bands == 2 else pixels
+            pixels = _without_unmarked_band(pixels, len(page.extrasamples) > 0 and page.extrasamples[0] in (1, 2))
             return pixels if pixels.ndim in (2, 3) else None
     except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
         return None

@@ -189,12 +189,16 @@ class HFAdapter:
     def check_text(self, question: str, choices=None) -> None:
         """Raise ValueError where the question or a choice holds one of the model's markers (``markers``):
         ``<image>`` in a question asks the processor for an image that is not there, and a special token
-        ends or restructures the prompt."""
+        ends or restructures the prompt. Checked once per question: a search builds its prompt at every step."""
+        key = (question, tuple(choices or ()))
+        if key == getattr(self, "_text_checked", None):
+            return
         for what, text in (("the question", question), *((f"choice {c!r}", c) for c in (choices or ()))):
             for marker in self.markers():
                 if marker in text:
                     raise ValueError(f"{what} holds {marker!r}, which this model reads as a marker of its own "
                                      "(a special token), not as text; reword it")
+        self._text_checked = key
 
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:
         self.check_text(question, choices)
@@ -296,7 +300,10 @@ class HFAdapter:
 
     def _check_distinct(self, choices: list[str]) -> None:
         """Raise ValueError for choices the model reads as the same tokens (words its vocabulary lacks all
-        read ``<unk>``): they would score the same, and the first of them would always be the answer."""
+        read ``<unk>``): they would score the same, and the first of them would always be the answer.
+        Checked once per set of choices, not at every batch of views."""
+        if tuple(choices) == getattr(self, "_distinct_checked", None):
+            return
         seen: dict[tuple, str] = {}
         for choice in choices:
             ids = self.tokenizer(choice, add_special_tokens=False, verbose=False).input_ids
@@ -306,6 +313,7 @@ class HFAdapter:
                        if unk is not None and unk in ids else "")
                 raise ValueError(f"choices {twin!r} and {choice!r} are the same tokens to this model{why}, so it "
                                  "cannot tell them apart; reword one of them")
+        self._distinct_checked = tuple(choices)
 
     def _sequence_logprob(self, views_batch, prompt: str, ids: list[int]) -> torch.Tensor:
         lp, _ = self.teacher_forced(views_batch, prompt, ids)

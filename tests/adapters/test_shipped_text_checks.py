@@ -32,3 +32,24 @@ def test_choices_read_as_the_same_tokens_are_refused(shipped_adapter):
     with pytest.raises(ValueError, match=r"^choices 'Red' and 'Blue' are the same tokens to this model"):
         shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["Red", "yellow", "Blue"])
     assert shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["red", "yellow", "blue"]).shape == (1, 3)
+
+
+def test_the_text_checks_run_once_per_question_and_never_pass_a_later_bad_one(shipped_adapter, monkeypatch):
+    """A search scores many batches of views for one question: the markers are read and the choices
+    tokenized once for it, and a bad question or choice set after a good one is still refused."""
+    calls = []
+    markers = type(shipped_adapter).markers
+    monkeypatch.setattr(type(shipped_adapter), "markers", lambda self: calls.append(1) or markers(self))
+    shipped_adapter.choice_logprobs([VIEW, VIEW], "what letter now ?", ["A", "B"])
+    first = len(calls)
+    assert first >= 1
+    for _ in range(3):
+        shipped_adapter.choice_logprobs([VIEW, VIEW], "what letter now ?", ["A", "B"])
+    assert len(calls) == first
+    with pytest.raises(ValueError, match="^the question holds '<image>'"):
+        shipped_adapter.choice_logprobs([VIEW], "what <image> letter now ?", ["A", "B"])
+    tok = shipped_adapter.tokenizer
+    if tok("Red", add_special_tokens=False).input_ids == tok("Blue", add_special_tokens=False).input_ids:
+        shipped_adapter.choice_logprobs([VIEW], "what letter now ?", ["red", "blue"])
+        with pytest.raises(ValueError, match=r"^choices 'Red' and 'Blue' are the same tokens"):
+            shipped_adapter.choice_logprobs([VIEW], "what letter now ?", ["Red", "Blue"])

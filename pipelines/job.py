@@ -284,11 +284,11 @@ class JobOptions:
         from spote.loading import check_model
 
         if self.endpoint:
-            from spote.adapters.endpoint import endpoint_config
+            from spote.adapters.endpoint import check_served_model, endpoint_config
 
             if self.revision:
                 raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
-            endpoint_config(self.endpoint, self.model, **self.endpoint_config())  # validates
+            check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
         else:
             check_model(self.model, storage_options, self.revision)
         return {"model": self.model, "revision": self.revision, "endpoint": self.endpoint,

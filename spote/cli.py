@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
@@ -190,8 +191,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 @app.command()
 def ask(
-    image: str = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...), or an fsspec URI "
-                                          "(s3://bucket/key.png, https://...; credentials from the environment)"),
+    image: str = typer.Argument(..., help="image file (any size; PNG, JPEG, TIFF, ...), - for standard input, or "
+                                          "an fsspec URI (s3://bucket/key.png, https://...; credentials from the "
+                                          "environment)"),
     question: str = typer.Argument(..., help="the question"),
     choices: Optional[str] = typer.Option(None, help="comma-separated answer set, e.g. yes,no; without it the "
                                                      "question is open-ended and the model writes the answer"),
@@ -259,7 +261,12 @@ def ask(
 
             # savefig picks its writer by the name's extension and has none for, say, .txt
             check_output_file(trace, "--trace", types=Figure().canvas.get_supported_filetypes())
-        if is_remote(image):  # a Path would have read "s3://b/k" as the folder "s3:/b"
+        if image == "-":  # standard input, as cat and convert read "-"
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise AskError("empty standard input (0 bytes): pipe an image into `spote ask -`")
+            img = load_image(data, max_pixels)
+        elif is_remote(image):  # a Path would have read "s3://b/k" as the folder "s3:/b"
             from . import _read_image
 
             img = _read_image(image, None, max_pixels)
@@ -267,8 +274,9 @@ def ask(
             img = load_image(_image_input(Path(local_path(image))), max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
-            _fail(f"{image} is {err.kind}: spote ask reads images; {err.advice}")
-        _fail(str(err) if str(image) in str(err) else f"{image}: {err}")
+            _fail(f"{'standard input' if image == '-' else image} is {err.kind}: spote ask reads images; {err.advice}")
+        name = "standard input" if image == "-" else image
+        _fail(str(err) if name in str(err) else f"{name}: {err}")
     except (AskError, ValueError) as err:
         _fail(str(err))
     try:

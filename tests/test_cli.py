@@ -454,18 +454,29 @@ def test_a_trace_named_as_the_input_leaves_the_image_as_it_was(tmp_path):
     assert photo.read_bytes() == SAMPLE.read_bytes()
 
 
-def test_an_image_through_a_pipe_is_read_once_whole(random_tiny_dir):
+@pytest.mark.parametrize("name", ["/dev/stdin", "-"])
+def test_an_image_through_a_pipe_is_read_once_whole(random_tiny_dir, name):
     """``spote ask <(cat x.png)`` and ``/dev/stdin``: the first byte was read to check the file, then the
-    image reopened without it: "not a readable image"."""
+    image reopened without it: "not a readable image". ``-`` is standard input, as for cat."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", "/dev/stdin", "what letter ?", "--choices",
+    proc = subprocess.run([sys.executable, "-m", "spote.cli", "ask", name, "what letter ?", "--choices",
                            "A,B", "--model", str(random_tiny_dir), "--budget", "2", "--json"],
                           input=SAMPLE.read_bytes(), capture_output=True, env=env, timeout=300)  # stdin a pipe
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["answer"] in ("A", "B")
+
+
+@pytest.mark.parametrize("data, says", [(b"", "empty standard input (0 bytes)"),
+                                         (b"%PDF-1.7\n", "standard input is a PDF"),
+                                         (b"not an image", "standard input: ")])
+def test_standard_input_that_is_no_image_is_one_line(data, says):
+    res = runner.invoke(app, ["ask", "-", "what letter ?", "--choices", "A,B"], input=data)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in errors[0], res.stderr
 
 
 def test_bench_refuses_a_method_named_twice(tmp_path):

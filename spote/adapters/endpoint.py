@@ -633,10 +633,43 @@ def endpoint_config(url: str, model: str | None, **options) -> EndpointConfig:
     return EndpointConfig(url=url, model=str(model), **options)
 
 
+LISTING_TIMEOUT_S = 10.0  # the model listing asked once at open: a server that is slow to list is not judged
+
+
+def check_served_model(config: EndpointConfig) -> None:
+    """Refuse a model name the server does not serve, before any question: the server lists what it serves
+    (``GET /models``, OpenAI's API, answered by vLLM, SGLang and OpenAI) and ``config.model`` is not there.
+    Asked once, without retries; a server that cannot be reached now or does not list its models is not
+    judged here (its first request says why).
+
+    Raises:
+        spote.loading.ModelNotFound: the listing names other models (one line naming up to eight of them).
+    """
+    from openai import OpenAI
+
+    from ..loading import ModelNotFound
+
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    try:
+        with OpenAI(base_url=config.url, api_key=key or "no-key", timeout=min(LISTING_TIMEOUT_S, config.timeout_s),
+                    max_retries=0) as client:
+            served = [str(m.id) for m in client.models.list()]
+    except Exception:  # unreachable, 401, 404 (no listing), an odd body: the completions will say
+        return
+    if served and config.model not in served:
+        names = ", ".join(repr(m) for m in served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
+        raise ModelNotFound(f"endpoint {safe_url(config.url)} does not serve a model {config.model!r}; it serves "
+                            f"{names}: give --model one of those")
+
+
 def open_endpoint(url: str, model: str | None, **options) -> EndpointAdapter:
     """An ``EndpointAdapter`` for ``url`` serving ``model``; ``options`` are ``EndpointConfig`` fields.
 
     Raises:
         ValueError: as ``endpoint_config``.
+        spote.loading.ModelNotFound: the server lists the models it serves, and ``model`` is not one
+            (``check_served_model``).
     """
-    return EndpointAdapter(endpoint_config(url, model, **options))
+    config = endpoint_config(url, model, **options)
+    check_served_model(config)
+    return EndpointAdapter(config)

@@ -222,6 +222,28 @@ def test_cli_ask_through_the_endpoint(server, tmp_path):
     assert KEY not in res.stdout + res.stderr
 
 
+def test_a_model_the_server_does_not_serve_is_refused_at_load(server, key, tmp_path):
+    """The server's 404 came at the first question, after the image was read, and exited 1 as an outage
+    does: a wrong --model is the user's input, named at load with what the server serves, exit 2."""
+    from spote.loading import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match=r"does not serve a model 'spote-tiny-7b'; it serves 'spote-tiny': "):
+        open_endpoint(server, "spote-tiny-7b", api_key_env=KEY_ENV)
+    assert _endpoint(server).name.startswith("spote-tiny @ ")  # the served name opens
+    # a listing the server refuses (here 401, no key) is not judged: the completions say why
+    assert open_endpoint(server, "spote-tiny-7b", api_key_env="SPOTE_TEST_UNSET_KEY").config.model == "spote-tiny-7b"
+    item = next(iter(spotbench("test", 1, 0)))
+    item.image.save(tmp_path / "x.png")
+    res = _cli(["-m", "spote.cli", "ask", str(tmp_path / "x.png"), item.question, "--endpoint", server,
+                "--model", "spote-tiny-7b", "--api-key-env", KEY_ENV], {KEY_ENV: KEY})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "does not serve a model 'spote-tiny-7b'" in lines[0], res.stderr
+    from pipelines.job import JobOptions  # a job refuses it before any work, as a model that cannot be found
+
+    with pytest.raises(ModelNotFound, match="does not serve a model 'spote-tiny-7b'"):
+        JobOptions("in", "out", endpoint=server, model="spote-tiny-7b", api_key_env=KEY_ENV).predictor_kwargs(None)
+
+
 @pytest.mark.slow
 def test_vqa_pipeline_through_the_endpoint(server, tmp_path, files_holding):
     """A fresh process with its own local Ray, whose actors inherit the key from the environment."""

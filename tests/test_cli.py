@@ -229,6 +229,11 @@ def test_bench_open_items_flag(random_tiny_dir, tmp_path):
     data = json.loads(out.read_text())
     assert data["n_open_items"] == 2 and data["methods"]["oracle"]["open"]["n"] == 2
     assert sum(data["methods"]["oracle"]["n_by_evidence_size"].values()) == 1
+    assert "SpotBench test n=1" in res.output and "open items n=2" in res.output
+    res = runner.invoke(app, ["bench", "--n", "0", "--open-items", "1", "--methods", "baseline", "--model",
+                              str(random_tiny_dir), "--no-plot", "--out", str(out)])
+    assert res.exit_code == 0 and "open items n=1" in res.output, res.output
+    assert "SpotBench test n=0" not in res.output  # no closed-set table of dashes
     res = runner.invoke(app, ["bench", "--open-items", "-1", "--model", str(random_tiny_dir)])
     assert res.exit_code == 2
 

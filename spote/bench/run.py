@@ -269,7 +269,8 @@ def print_table(report: dict) -> None:
         t.add_row(m, f(s["accuracy"]), f(s["forward_passes_mean"], 1), f(s["seconds_per_item"]),
                   f(s["evidence_hit_rate"]), f(s["accuracy_collapse_items"]), f(s["forward_passes_mean_easy"], 2),
                   f(s["auroc"]))
-    Console().print(t)
+    if report["n_items"]:  # --n 0 --open-items K: no closed-set item to show
+        Console().print(t)
     opened = {m: s["open"] for m, s in report["methods"].items() if s.get("open", {}).get("n")}
     if opened:
         t = Table(title=f"open items n={next(iter(opened.values()))['n']}")

@@ -121,6 +121,10 @@ def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None)
         for folder in reversed(missing):
             try:
                 folder.mkdir()
+            except FileExistsError:  # "sub/.." once "sub" is made: the name was missing only on the way there
+                if folder.is_dir():
+                    continue
+                raise AskError(f"{flag} {path}: {folder} is a file, not a folder") from None
             except OSError as err:
                 raise AskError(f"{flag} {path}: cannot make its folder {folder}: {_why_not(err, folder.parent)}") from None
             made.append(folder)

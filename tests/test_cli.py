@@ -500,3 +500,13 @@ def test_ask_reads_an_image_uri_and_names_one_it_cannot_read(s3, random_tiny_dir
     assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in ("A", "B")
     res = runner.invoke(app, ["ask", "s3://spote/ask/none.png", "what letter ?", "--choices", "A,B"])
     assert res.exit_code == 2 and "no such object: s3://spote/ask/none.png" in res.output
+
+
+def test_a_trace_name_through_a_folder_to_be_made_and_back_is_written(random_tiny_dir, tmp_path, monkeypatch):
+    """``--trace sub/../t.png`` with no ``sub``: the check made ``sub``, then ``sub/..``, which exists, and
+    refused the run with "cannot make its folder sub/..: File exists"."""
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["ask", str(SAMPLE), "what letter ?", "--choices", "A,B", "--model", str(random_tiny_dir),
+                              "--budget", "2", "--trace", "sub/../t.png"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

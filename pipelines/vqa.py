@@ -15,15 +15,18 @@ parts).
 
 from __future__ import annotations
 
+import base64
 import csv
 import functools
 import gzip
 import io
 import itertools
 import json
+import math
 import os
 import zlib
 
+import pyarrow as pa
 import typer
 
 from .job import JobOptions, job_command, run_job
@@ -32,8 +35,9 @@ from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
 MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".csv.gz")
-MANIFEST_SCHEMA = plan_schema()
+MANIFEST_SCHEMA = plan_schema(("manifest_fields", pa.string()))
 NEEDED = ("image_uri", "question")
+READ_FIELDS = (*NEEDED, "id", "choices")  # the manifest fields the job reads; any other is carried, as written
 CSV_FIELD_LIMIT = 64 * 2 ** 20  # characters in one CSV field (the csv module's own limit is 131,072)
 COLUMNS_LOOKAHEAD = 100  # records of a JSON part that show its columns (one lacking a field is that row's error)
 _BAD = "\0unparsable"   # key of a record standing for a line that could not be parsed
@@ -216,6 +220,36 @@ def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
                "error": f"bad manifest: {why}" + (f" (after row {i}; the rows after it were not read)" if i >= 0 else "")}
 
 
+def _plain(value):
+    """A manifest value as JSON can hold it: NaN and infinities None, bytes their UTF-8 text (else
+    ``"base64:..."``), dates and decimals their text, arrays lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)) or type(value).__name__ == "ndarray":
+        return [_plain(v) for v in list(value)]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def manifest_fields(rec: dict) -> str:
+    """The record's fields the job does not read (``READ_FIELDS``), as one JSON object, in the manifest's
+    order: a label, a site, a reference, carried into the results beside the answer. Values as written (a
+    JSON or CSV number as its text, Parquet's typed values as JSON types); "" when there are none."""
+    extra = {str(k): _plain(v) for k, v in rec.items() if k not in READ_FIELDS and k != _BAD}
+    if not extra:
+        return ""
+    text = json.dumps(extra, ensure_ascii=False)
+    return json.dumps(extra) if lone_surrogate(text) else text  # "\ud800" in JSON: escaped, as Arrow can hold it
+
+
 def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
     """One item row of a manifest record (``i``: its position in the part)."""
     fields, bad = {}, []
@@ -231,7 +265,8 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
     # path relative to the part's folder
     if src and "://" not in src and not src.startswith(("/", "file:")):
         src = join(base, src)
-    row = {"id": fields["id"] or f"{prefix}row-{i:08d}", "source": src, "question": fields["question"]}
+    row = {"id": fields["id"] or f"{prefix}row-{i:08d}", "source": src, "question": fields["question"],
+           "manifest_fields": manifest_fields(rec)}
     try:
         row["choices"] = _choices_json(rec.get("choices"))
     except ValueError as err:  # json.JSONDecodeError included

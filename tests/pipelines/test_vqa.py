@@ -10,7 +10,7 @@ from PIL import Image
 from pipelines.job import JobOptions, run_job
 from pipelines.runs import RunPaths
 from pipelines.stages import RESULT_COLUMNS
-from pipelines.vqa import ManifestError, plan_manifest, read_manifest
+from pipelines.vqa import MANIFEST_SCHEMA, ManifestError, plan_manifest, read_manifest
 
 SAMPLES = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa"
 AS_WRITTEN = ["007", "0070", "1e3", "7", "0.50", "-0", "NaN", "true"]
@@ -24,7 +24,8 @@ def test_manifest_formats(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "m.csv").write_text('image_uri,question,choices,id\na.png,is there a boat ?,"yes,no",x1\nb.png,q ?,,\n')
     rows = read_manifest(str(tmp_path / "m.csv"))
-    assert rows[0] == {"id": "x1", "source": f"{tmp_path}/a.png", "question": "is there a boat ?", "choices": '["yes", "no"]'}
+    assert rows[0] == {"id": "x1", "source": f"{tmp_path}/a.png", "question": "is there a boat ?", "choices": '["yes", "no"]',
+                       "manifest_fields": ""}
     assert rows[1]["id"] == "row-00000001" and rows[1]["choices"] == ""
     pq.write_table(pa.table({"image_uri": ["a.png"], "question": ["q ?"], "choices": [["a", "b"]]}), tmp_path / "m.parquet")
     assert read_manifest(str(tmp_path / "m.parquet"))[0]["choices"] == '["a", "b"]'
@@ -53,6 +54,40 @@ def test_manifest_ids_and_fields_kept_exactly_as_written(tmp_path, fmt):
     assert [r["question"] for r in rows] == [f"is {i} there ?" for i in AS_WRITTEN]
     assert [Path(r["source"]).name for r in rows] == [f"{i}.png" for i in AS_WRITTEN]
     assert {r["choices"] for r in rows} == {'["01", "1", "1e3"]'}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "json"])
+def test_fields_the_job_does_not_read_are_carried_as_written(tmp_path, fmt):
+    """A manifest's own columns (a label, a site, the truth) were dropped: results could be joined back by
+    id only. They ride along as one JSON object, in the manifest's order; rows without any carry ""."""
+    import datetime
+
+    path = tmp_path / f"m.{fmt}"
+    if fmt in ("jsonl", "json"):
+        recs = [{"site": "Oslo", "id": "a", "image_uri": "a.png", "question": "q ?", "truth": "K7", "score": 0.50,
+                 "tags": ["x", 2], "meta": {"camera": "é"}},
+                {"id": "b", "image_uri": "b.png", "question": "q ?"}]
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) if fmt == "jsonl" else json.dumps(recs))
+        want = {"site": "Oslo", "truth": "K7", "score": "0.5", "tags": ["x", "2"], "meta": {"camera": "é"}}
+    elif fmt == "csv":
+        path.write_text("site,id,image_uri,question,truth,score\nOslo,a,a.png,q ?,K7,0.50\n,b,b.png,q ?,,\n")
+        want = {"site": "Oslo", "truth": "K7", "score": "0.50"}
+    else:
+        pq.write_table(pa.table({"site": ["Oslo", None], "id": ["a", "b"], "image_uri": ["a.png", "b.png"],
+                                 "question": ["q ?", "q ?"], "score": [0.5, float("nan")], "raw": [b"\xff", b"ok"],
+                                 "day": [datetime.date(2026, 12, 6), None]}), path)
+        want = {"site": "Oslo", "score": 0.5, "raw": "base64:/w==", "day": "2026-12-06"}
+    rows = {r["id"]: r for r in read_manifest(str(path))}
+    assert json.loads(rows["a"]["manifest_fields"]) == want
+    assert list(json.loads(rows["a"]["manifest_fields"])) == list(want)  # the manifest's order
+    b = rows["b"]["manifest_fields"]
+    if fmt == "csv":  # a CSV row has every column: its empty cells are empty text
+        assert json.loads(b) == {"site": "", "truth": "", "score": ""}
+    elif fmt == "parquet":
+        assert json.loads(b) == {"site": None, "score": None, "raw": "ok", "day": None}  # NaN is no JSON
+    else:
+        assert b == ""
+    assert MANIFEST_SCHEMA.field("manifest_fields").type == pa.string()
 
 
 def test_jsonl_numbers_keep_their_literal_text(tmp_path):
@@ -116,6 +151,9 @@ def test_vqa_local_every_item_once_with_error_rows(ray_local, random_tiny_dir, t
     assert errors["bad-question"] == "empty question"
     ok = df[df.status == "ok"]
     assert len(ok) == len(rows) - 3 and (ok.forward_passes <= 4).all() and ok.answer.str.len().gt(0).all()
+    truth = {json.loads(line)["id"]: json.loads(line).get("answer") for line in open(opts.input)}
+    carried = df.set_index("id")["manifest_fields"]  # the manifest's own "answer" (ground truth) rides along
+    assert all(json.loads(carried[i] or "{}").get("answer") == truth[i] for i in truth)
     assert summary["items_in"] == summary["items_out"] == len(rows) and summary["items_error"] == 3
     assert summary["items_resumed"] == 0 and summary["skipped_sources"]["count"] == 0
     assert not (out / "_staging").exists()  # nothing of the run in flight is left once it is committed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -77,7 +78,8 @@ class Tally:
     Built per block of rows (``of_table``) and merged (``merge``), as ``RunStats`` is, so the driver holds
     at most ``2 * ANSWERS_KEPT`` counts and ``CONFIDENT_KEPT`` rows, never the rows.
 
-    ``answers``: {(field or "", question): {answer: ok rows}}, exact while a run has at most
+    ``answers``: {(field or "", question, choices): {answer: ok rows}} (one question of a file asked twice
+    with other choices is two questions), exact while a run has at most
     ``ANSWERS_KEPT`` distinct (field, question, answer); past that, each time the counts reach twice as
     many, only the ``ANSWERS_KEPT`` largest are kept (an open field read on a million pages has about a
     million distinct answers), and ``undercount`` grows by the largest count dropped: no kept count is
@@ -105,9 +107,12 @@ class Tally:
         if not ok.num_rows:
             return t
         if {"question", "answer"} <= set(ok.column_names):
-            fields = ok.column("field").to_pylist() if "field" in ok.column_names else [None] * ok.num_rows
-            pairs = Counter(((f or "", "" if q is None else str(q)), "" if a is None else str(a))
-                            for f, q, a in zip(fields, ok.column("question").to_pylist(), ok.column("answer").to_pylist()))
+            blank = [None] * ok.num_rows
+            fields = ok.column("field").to_pylist() if "field" in ok.column_names else blank
+            choices = ok.column("choices").to_pylist() if "choices" in ok.column_names else blank
+            pairs = Counter(((f or "", "" if q is None else str(q), c or ""), "" if a is None else str(a))
+                            for f, q, c, a in zip(fields, ok.column("question").to_pylist(), choices,
+                                                  ok.column("answer").to_pylist()))
             for (question, answer), n in pairs.items():
                 t.answers.setdefault(question, {})[answer] = n
             t.kept = len(pairs)
@@ -133,7 +138,7 @@ class Tally:
         capped = len(stats.answers) >= MAX_QUESTIONS or any(OTHER_ANSWERS in c for c in stats.answers.values())
         caveat = (f"from the run statistics alone, which keep {MAX_QUESTIONS} questions and {MAX_ANSWERS} "
                   f"answers each (the rest as {OTHER_ANSWERS!r}): not exact" if capped else "")
-        return cls({("", q): dict(c) for q, c in stats.answers.items()}, sure[:CONFIDENT_KEPT], caveat)
+        return cls({("", q, ""): dict(c) for q, c in stats.answers.items()}, sure[:CONFIDENT_KEPT], caveat)
 
     def merge(self, other: "Tally") -> "Tally":
         for question, counts in other.answers.items():
@@ -457,9 +462,12 @@ def _answers_section(answers: dict, caveat: str = "") -> str:
         return "<section><h2>Answers per question</h2><p class='muted'>no answered items</p></section>"
     totals = {q: sum(counts.values()) for q, counts in answers.items()}
     shown = sorted(sorted(totals, key=lambda q: (-totals[q], q))[:QUESTIONS_SHOWN])
+    asked = {}  # (field, question) -> its choice sets: the choices are shown where they tell questions apart
+    for field_name, text, choices in answers:
+        asked.setdefault((field_name, text), set()).add(choices)
     blocks = []
     for question in shown:
-        field_name, text = question
+        field_name, text, choices = question
         counts = sorted(answers[question].items(), key=lambda kv: (-kv[1], kv[0]))
         total, top = totals[question], counts[0][1]
         rows = "".join(
@@ -471,7 +479,8 @@ def _answers_section(answers: dict, caveat: str = "") -> str:
         folded = sum(n for _, n in rest)
         more = (f"<p class='muted'>not listed: {_n(len(rest), 'more distinct answer')}, {_n(folded, 'item')} "
                 f"({fmt_percent(folded / total)})</p>") if rest else ""
-        heading = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(text)
+        heading = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(text) + (
+            _choices_note(choices) if len(asked[(field_name, text)]) > 1 else "")
         blocks.append(f"<h3>{heading}</h3><table><tr><th>answer</th><th>items</th><th>share</th><th></th></tr>"
                       f"{rows}</table><p class='muted'>{_n(total, 'answered item')}, "
                       f"{_n(len(counts), 'distinct answer')}</p>{more}")
@@ -483,6 +492,15 @@ def _answers_section(answers: dict, caveat: str = "") -> str:
                       f"every row.</p>")
     warning = f"<p><strong>Answer counts {esc(caveat)}.</strong></p>" if caveat else ""
     return f"<section><h2>Answers per question</h2>{warning}{''.join(blocks)}</section>"
+
+
+def _choices_note(choices: str) -> str:
+    """The choices of a closed-set question (a JSON list), shown after it muted: `` (yes, no)``; "" for none."""
+    try:
+        listed = json.loads(choices) if choices else None
+    except ValueError:
+        listed = None
+    return f" <span class='muted'>({show(', '.join(map(str, listed)))})</span>" if isinstance(listed, list) else ""
 
 
 def _n(n: int, noun: str) -> str:
@@ -616,8 +634,8 @@ def _problems_section(stats) -> str:
     return f"<section><h2>Errors and skipped items</h2>{''.join(b for _, b in blocks)}</section>"
 
 
-SCENE_COLUMNS = ["source", "question", "status", "answer", "evidence_box", "tile_col_off", "tile_row_off",
-                 "tile_width", "tile_height"]
+SCENE_COLUMNS = ["source", "question_index", "field", "question", "status", "answer", "evidence_box", "tile_col_off",
+                 "tile_row_off", "tile_width", "tile_height"]
 
 
 def _scene_rows(results):
@@ -651,12 +669,16 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
             blocks.append(f"<h3>{show(source)}</h3><p class='muted'>no overview: {esc(type(err).__name__)}: "
                           f"{show(err)}</p>")
             continue
-        for question, q in grp.groupby("question", sort=True):
+        # one overview per question of the file (its position): two entries may share their words
+        for _, q in grp.groupby("question_index", sort=True, dropna=False):
+            question = q["question"].iloc[0]
+            field_name = q["field"].iloc[0] if "field" in q and isinstance(q["field"].iloc[0], str) else ""
             yes = q[(q["status"] == "ok") & (q["answer"].astype(str).str.lower() == "yes")]
             tiles = [([int(r.tile_col_off), int(r.tile_row_off), int(r.tile_width), int(r.tile_height)],
                       _box_or_none(getattr(r, "evidence_box", None))) for r in yes.itertuples()]
             pic = draw_scene(overview, scale, tiles)
-            blocks.append(f"<div class='scene'><h3>{show(source)}: {show(question)}</h3><img src='{pic.uri}' "
+            title = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(question)
+            blocks.append(f"<div class='scene'><h3>{show(source)}: {title}</h3><img src='{pic.uri}' "
                           f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(source), TEXT_SHOWN))}'>"
                           f"<p class='muted'>{fmt_count(len(yes))} of {fmt_count(len(q))} tiles answered yes; "
                           f"{esc(pic.note)}</p></div>")

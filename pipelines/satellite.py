@@ -58,7 +58,7 @@ from .storage import filesystem, join, parse_storage_options, write_parquet_file
 app = typer.Typer(add_completion=False)
 STRETCH_MODES = ("scene", "tile")
 SHUFFLE_PARTITIONS = 64  # most hash partitions of a roll-up group-by
-TILE_FIELDS = (("scene", pa.string()), ("question_index", pa.int64()), ("tile_col_off", pa.int64()),
+TILE_FIELDS = (("scene", pa.string()), ("question_index", pa.int64()), ("field", pa.string()), ("tile_col_off", pa.int64()),
                ("tile_row_off", pa.int64()), ("tile_width", pa.int64()), ("tile_height", pa.int64()),
                ("crs", pa.string()), ("bounds", pa.list_(pa.float64())), ("stretch_range", pa.string()))
 TILE_SCHEMA = plan_schema(*TILE_FIELDS)

@@ -314,7 +314,7 @@ def test_answer_counts_of_an_open_field_on_many_pages_stay_bounded_and_say_how_f
 
     truth: dict = {}
     for r in rows:
-        key = (r.get("field") or "", r["question"])
+        key = (r.get("field") or "", r["question"], r["choices"])
         truth.setdefault(key, {}).setdefault(r["answer"], 0)
         truth[key][r["answer"]] += 1
     assert 0 < total.undercount < 60
@@ -329,12 +329,28 @@ def test_answer_counts_of_an_open_field_on_many_pages_stay_bounded_and_say_how_f
     assert f"may be low by up to {total.undercount} items" in page and "most frequent answers" in page
 
 
+def test_questions_that_share_their_words_are_counted_apart(ray_local, tmp_path):
+    """A question file may ask the same words twice (other choices, or other field names): the page added
+    their answers together ("8 answered items" for two questions of 4 each). Each is counted under its own
+    heading; the choices are shown where they are what tells two apart."""
+    rows = [_row(id=f"a{i}", question="is there a boat ?", answer="yes") for i in range(4)]
+    rows += [_row(id=f"b{i}", question="is there a boat ?", choices='["yes", "no", "unsure"]', answer="unsure")
+             for i in range(3)]
+    rows += [_row(id=f"c{i}", field=name, question="what is the code ?", choices="", answer="K7")
+             for name in ("reference", "invoice") for i in range(2)]
+    rows = [{"field": None, **r} for r in rows]
+    counts = answer_counts(_write(tmp_path, rows, results=True))
+    assert counts["is there a boat ? (yes, no)"][0] == {"yes": 4}
+    assert counts["is there a boat ? (yes, no, unsure)"][0] == {"unsure": 3}
+    assert counts["reference: what is the code ?"][0] == {"K7": 2} and counts["invoice: what is the code ?"][0] == {"K7": 2}
+
+
 def test_answer_counts_under_the_cap_are_exact_and_carry_no_caveat():
     import pipelines.report as report
 
     rows = [_row(id=f"p{i}", answer=f"a{i % 7}") for i in range(300)]
     t = report.Tally.of_table(pa.Table.from_pylist(rows[:150])).merge(report.Tally.of_table(pa.Table.from_pylist(rows[150:])))
-    assert t.answers == {("", "q ?"): {f"a{k}": 43 if k < 6 else 42 for k in range(7)}}
+    assert t.answers == {("", "q ?", '["yes", "no"]'): {f"a{k}": 43 if k < 6 else 42 for k in range(7)}}
     assert t.undercount == 0 and t.caveat == "" and t.kept == 7
 
 
@@ -482,3 +498,21 @@ def test_an_empty_run_commits_its_short_report(tmp_path, random_tiny_dir, fast_p
     report = Path(RunPaths(opts.output, "empty").meta) / "report.html"
     assert report.exists(), "no report.html"
     assert "This run had no items" in "".join(parse(report).text)
+
+
+def test_scene_overviews_are_per_question_of_the_file_even_when_two_share_their_words(tmp_path):
+    """Two entries of a question file with the same words (other choices): the overview added their tiles
+    together, "8 of 12 tiles answered yes" for a scene of 6 tiles. One overview per entry, named by field."""
+    import pandas as pd
+
+    import pipelines.report as report
+
+    scene = _scene(tmp_path / "s.tif", np.full((3, 100, 100), 90, np.uint8))
+    rows = [{"source": scene, "question_index": qi, "field": f"q{qi}", "question": "is there a boat ?",
+             "status": "ok", "answer": "yes" if t < 2 + qi else "no", "evidence_box": None,
+             "tile_col_off": 50 * (t % 2), "tile_row_off": 50 * (t // 2), "tile_width": 50, "tile_height": 50}
+            for qi in (0, 1) for t in range(4)]
+    page = _strip(report._scenes_section(pd.DataFrame(rows, columns=report.SCENE_COLUMNS), None, None))
+    assert page.count(" of 4 tiles answered yes") == 2, page
+    assert "q0: is there a boat ?" in page and "2 of 4 tiles answered yes" in page
+    assert "q1: is there a boat ?" in page and "3 of 4 tiles answered yes" in page

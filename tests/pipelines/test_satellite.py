@@ -121,6 +121,7 @@ def test_satellite_job_end_to_end(ray_local, random_tiny_dir, tmp_path, fast_pol
     assert summary["stretch"]["mode"] == "scene"
     df = pq.read_table(RunPaths(str(tmp_path / "out"), "sat").results).to_pandas()
     assert df["id"].is_unique and len(df) == summary["items_in"]
+    assert (df.field == "q" + df.question_index.astype(str)).all()  # the question file's names, as documents carry
     assert summary["settings"]["tile_size"] == 400 and summary["settings"]["bands"] == [3, 2, 1]
     with pytest.raises(ValueError, match=r"run sat is committed with other settings \(tile_size 400 -> 512\)"):
         run(opts, str(tmp_path / "q.json"), tile_size=512, overlap=100, bands="3,2,1")   # not 400 px tiles for 512

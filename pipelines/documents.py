@@ -392,7 +392,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
         raise JobRefused(f"--run-date must be a date as YYYY-MM-DD (the night the run stands for), got {run_date!r}")
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
     job_settings = {"questions": questions, "dpi": dpi}
-    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings))
+    model_commit = opts.predictor_kwargs(so).get("model_commit")  # a hub branch that moved: other answers
+    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_commit))
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
                                                      redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])

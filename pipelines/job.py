@@ -280,7 +280,10 @@ class JobOptions:
 
     def predictor_kwargs(self, storage_options: dict | None) -> dict:
         """What each SPOT-E actor loads, checked here first so that a model that cannot be found or bad
-        endpoint flags fail the job before any work (``ModelNotFound`` / ``ValueError``, one line)."""
+        endpoint flags fail the job before any work (``ModelNotFound`` / ``ValueError``, one line). A hub
+        id's revision (``main`` when none is given) is pinned to the commit it names now, ``model_commit``:
+        every actor loads that commit, and the run records it (``run_settings``), so a branch that moves
+        mid-run or between a crash and its resume never mixes two models' answers in one run."""
         from spote.loading import check_model
 
         if self.endpoint:
@@ -289,10 +292,11 @@ class JobOptions:
             if self.revision:
                 raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
             check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
+            commit = None
         else:
-            check_model(self.model, storage_options, self.revision)
-        return {"model": self.model, "revision": self.revision, "endpoint": self.endpoint,
-                "endpoint_options": self.endpoint_config() if self.endpoint else None}
+            commit = check_model(self.model, storage_options, self.revision)
+        return {"model": self.model, "revision": commit or self.revision, "endpoint": self.endpoint,
+                "endpoint_options": self.endpoint_config() if self.endpoint else None, "model_commit": commit}
 
     def model_label(self) -> str:
         """The model as runs name it: ``NAME``, ``NAME@REVISION`` or ``NAME @ ENDPOINT`` (no credentials)."""
@@ -627,9 +631,10 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
     return ds
 
 
-def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = None) -> dict:
-    """What a run's rows depend on: the input (a local path made absolute), the model (``model_label``)
-    and its endpoint options, the whole policy (defaults filled in, so spelling a default out changes
+def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = None,
+                 model_commit: str | None = None) -> dict:
+    """What a run's rows depend on: the input (a local path made absolute), the model (``model_label``;
+    for a hub id also ``model_commit``, the commit its revision named when the run started) and its endpoint options, the whole policy (defaults filled in, so spelling a default out changes
     nothing) and the job's own settings. Recorded with the plan and in the summary, hashed into the
     default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
     from spote.core import PolicyConfig
@@ -646,10 +651,12 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
         endpoint = {k: v for k, v in resolved.items() if k not in ("url", "model", "concurrency", "api_key_env")}
     settings = {"input": source, "model": opts.model_label(), "endpoint_options": endpoint,
                 "policy": asdict(PolicyConfig(**policy)), **(job_settings or {})}
+    if model_commit:  # only where there is one: every other run keeps the settings, and so the run id, it had
+        settings["model_commit"] = model_commit
     return json.loads(json.dumps(settings, sort_keys=True))  # as plan.json gives it back (tuples -> lists)
 
 
-LATER_SETTINGS = ("input_files",)  # settings added after runs were first recorded (see check_same_settings)
+LATER_SETTINGS = ("input_files", "model_commit")  # settings added after runs were first recorded (see check_same_settings)
 
 
 def check_same_settings(run_id: str, started: dict | None, now: dict, committed: bool = False) -> None:
@@ -794,9 +801,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
     model_kwargs = opts.predictor_kwargs(so)
+    model_commit = model_kwargs.pop("model_commit", None)
     if plan.input_version:  # an input edited since a run is another run (see planning.listing_version)
         job_settings = {**(job_settings or {}), "input_files": plan.input_version}
-    settings = run_settings(opts, policy, job_settings)
+    settings = run_settings(opts, policy, job_settings, model_commit)
     run_id = check_run_id(opts.run_id or default_run_id(job, json.dumps(settings, sort_keys=True)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:

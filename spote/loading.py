@@ -476,10 +476,14 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
         raise ModelNotFound(f"model {s!r} not found: {tried}; {err}") from None
 
 
-def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None) -> None:
+def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None) -> str | None:
     """Fail fast where a job starts: the model can be found, checked without fetching its weights
     (a remote folder is listed and its safetensors headers read, a hub id's ``config.json`` alone is
     fetched into the cache).
+
+    Returns:
+        For a hub id, the commit (40 hex digits) its revision names now: a branch or tag moves, so a job
+        loads and records this commit, never the name. None for every other model.
 
     Raises:
         ModelNotFound, ValueError: as ``resolve``.
@@ -491,15 +495,17 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
             check_safetensors_sizes(fs, root, files)
         except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
             raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err)}") from None
-        return
+        return None
     local = Path(local_path(s)).expanduser()
     if is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file:") or not is_hub_id(s):
         resolve(path_or_uri, storage_options, revision)  # no download on these paths
-        return
+        return None
     try:
-        fetch_hub(s, revision, config_only=True)
+        folder = fetch_hub(s, revision, config_only=True)
     except ModelNotFound as err:
         raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
+    # huggingface_hub keeps a revision's files in snapshots/<commit>/
+    return folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
 
 
 def default_device() -> str:

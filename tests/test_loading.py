@@ -210,6 +210,36 @@ def test_pipeline_by_hub_id(hub_cache, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "_runs" / "hub" / "summary.json").read_text())
     assert summary["items_ok"] == 2 and summary["model"] == f"{REPO}@v1"
+    assert summary["settings"]["model_commit"] == V1  # the commit v1 named when the run started, loaded by every actor
+
+
+def test_a_job_pins_a_hub_revision_to_its_commit_and_a_moved_branch_is_another_run(hub_cache, monkeypatch, tmp_path):
+    """A run resumed after the hub's main moved (a new commit) answered its remaining items with the new
+    weights and committed both models' answers under one name. The job loads and records the commit the
+    revision names when it starts: a moved branch is other settings."""
+    import shutil
+
+    from pipelines.job import JobOptions, check_same_settings, run_settings
+
+    cache = tmp_path / "hub"
+    shutil.copytree(hub_cache, cache, symlinks=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    opts = JobOptions("in", "out", model=REPO)
+    before = opts.predictor_kwargs(None)
+    assert before["revision"] == before["model_commit"] == MAIN
+    assert JobOptions("in", "out", model=REPO, revision="v1").predictor_kwargs(None)["revision"] == V1
+    started = run_settings(opts, {}, None, before["model_commit"])
+    (cache / ("models--" + REPO.replace("/", "--")) / "refs" / "main").write_text(V1)  # main moves on
+    after = opts.predictor_kwargs(None)
+    assert after["revision"] == V1
+    now = run_settings(opts, {}, None, after["model_commit"])
+    with pytest.raises(ValueError, match=f"model_commit '{MAIN}' -> '{V1}'"):
+        check_same_settings("nightly", started, now)
+    # models that are no hub id keep the settings (and so the run ids) they had
+    local = JobOptions("in", "out", model=str(DEFAULT_MODEL))
+    assert local.predictor_kwargs(None)["model_commit"] is None
+    assert "model_commit" not in run_settings(local, {}, None, None)
 
 
 def _upload_shipped(s3) -> str:

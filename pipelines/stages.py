@@ -203,7 +203,7 @@ class SpotePredictor:
         from PIL import Image
 
         from spote.core import spote
-        from spote.adapters.base import PromptTooLong
+        from spote.adapters.base import PromptTooLong, UnreadableText
         from spote.images import check_choices
 
         from .timelimit import DeadlineAdapter, ItemTimeout
@@ -227,8 +227,9 @@ class SpotePredictor:
         try:
             image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
             res = spote(adapter, image, row["question"], choices, self.cfg)
-        except (ItemTimeout, PromptTooLong) as err:  # the passes and time spent before it failed are still spent
-            # a too-long question is the input's fault, and lasting: "question too long: ...", not a model error
+        except (ItemTimeout, PromptTooLong, UnreadableText) as err:  # the passes and time spent before it are spent
+            # a question too long or unreadable is the input's fault, and lasting: "question too long: ...",
+            # "unreadable question: ...", not a model error
             return {**base, "status": "error", "error": f"timeout: {err}" if isinstance(err, ItemTimeout) else str(err),
                     "forward_passes": self.adapter.forward_passes - passes0, "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow

@@ -20,6 +20,7 @@ palette/alpha/CMYK/grey modes.
 from __future__ import annotations
 
 import io
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -494,9 +495,24 @@ def _bytes_of(source) -> bytes:
         source.seek(pos)
 
 
+def shows_nothing(text: str) -> bool:
+    """True where ``text`` has no character that shows: only spaces, line breaks, controls and format
+    characters (Unicode categories Z*, Cc, Cf: a zero-width space U+200B, a byte-order mark U+FEFF)."""
+    return all(c.isspace() or unicodedata.category(c)[0] == "Z" or unicodedata.category(c) in ("Cc", "Cf")
+               for c in text)
+
+
 def check_question(question: str) -> str:
+    """The question, stripped.
+
+    Raises:
+        ValueError: ``"empty question"``, where it is None, blank or shows nothing (``shows_nothing``).
+    """
     if question is None or not str(question).strip():
         raise ValueError("empty question")
+    if shows_nothing(str(question)):
+        odd = ", ".join(dict.fromkeys(f"U+{ord(c):04X}" for c in str(question) if not c.isspace()))
+        raise ValueError(f"empty question: it holds only characters that show nothing ({odd})")
     return str(question).strip()
 
 
@@ -513,7 +529,7 @@ def check_choices(choices) -> tuple[str, ...] | None:
     elif not isinstance(choices, (list, tuple)):
         raise ValueError(f"choices must be a list or a comma-separated string, got a {type(choices).__name__}")
     choices = tuple(str(c).strip() for c in choices)
-    if "" in choices:
+    if any(shows_nothing(c) for c in choices):  # "" and a zero-width space alike
         raise ValueError(f"empty choice in {list(choices)}")
     if len(choices) < 2:
         raise ValueError(f"need at least two choices, got {list(choices)}")

@@ -148,7 +148,7 @@ def test_a_trace_of_a_question_no_font_draws_prints_no_warnings(random_tiny_dir,
     """A Japanese question printed matplotlib's UserWarning, with its source line, for each missing glyph. As a
     real process: pytest would catch the warnings before they reached stderr."""
     png = tmp_path / "t.png"
-    proc = _python_m("spote.cli", "ask", str(SAMPLE), "日本語の質問は何ですか？", "--choices", "yes,no", "--model",
+    proc = _python_m("spote.cli", "ask", str(SAMPLE), "what letter is 日本語の質問は何ですか？", "--choices", "yes,no", "--model",
                      str(random_tiny_dir), "--budget", "4", "--trace", str(png))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Warning" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr[-2000:]

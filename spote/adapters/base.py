@@ -46,6 +46,15 @@ class PromptTooLong(ValueError):
                          f"reads at most {limit}; shorten {shorten}")
 
 
+class UnreadableText(ValueError):
+    """A question or choices this model cannot read as asked: one of its markers in the text, choices it
+    reads as the same tokens, a question every token of which is unknown to it. The message says which
+    and what to do; it starts ``"unreadable question: "``, the reason a job's error row carries."""
+
+    def __init__(self, why: str):
+        super().__init__(f"unreadable question: {why}")
+
+
 @dataclass
 class Generation:
     text: str
@@ -196,8 +205,15 @@ class HFAdapter:
         for what, text in (("the question", question), *((f"choice {c!r}", c) for c in (choices or ()))):
             for marker in self.markers():
                 if marker in text:
-                    raise ValueError(f"{what} holds {marker!r}, which this model reads as a marker of its own "
-                                     "(a special token), not as text; reword it")
+                    raise UnreadableText(f"{what} holds {marker!r}, which this model reads as a marker of its own "
+                                         "(a special token), not as text; reword it")
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None:  # a word-piece vocabulary folds what it lacks (a long word, an emoji) into one <unk>
+            ids = self.tokenizer(question, add_special_tokens=False, verbose=False).input_ids
+            if ids and all(i == unk for i in ids):
+                raise UnreadableText(f"the question reads as nothing this model knows: every token of it is "
+                                     f"{self.tokenizer.unk_token!r} (words or characters outside its vocabulary); "
+                                     "reword it")
         self._text_checked = key
 
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:
@@ -311,8 +327,8 @@ class HFAdapter:
                 unk = getattr(self.tokenizer, "unk_token_id", None)
                 why = (f" (both read {self.tokenizer.unk_token!r}: words its vocabulary lacks)"
                        if unk is not None and unk in ids else "")
-                raise ValueError(f"choices {twin!r} and {choice!r} are the same tokens to this model{why}, so it "
-                                 "cannot tell them apart; reword one of them")
+                raise UnreadableText(f"choices {twin!r} and {choice!r} are the same tokens to this model{why}, so "
+                                     "it cannot tell them apart; reword one of them")
         self._distinct_checked = tuple(choices)
 
     def _sequence_logprob(self, views_batch, prompt: str, ids: list[int]) -> torch.Tensor:

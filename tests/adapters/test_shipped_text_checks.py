@@ -14,12 +14,12 @@ VIEW = [Image.new("RGB", (64, 64), (255, 255, 255))]
 def test_a_marker_of_the_model_in_the_text_is_refused(shipped_adapter, question, choices, says):
     """``<image>`` in a question asked the processor for a second image: "Found total 2 <image> tokens and 1
     images", naming neither the question nor the token."""
-    with pytest.raises(ValueError, match=f"^{says}, which this model reads as a marker of its own"):
+    with pytest.raises(ValueError, match=f"^unreadable question: {says}, which this model reads as a marker of its own"):
         shipped_adapter.choice_logprobs([VIEW], question, choices)
 
 
 def test_a_marker_in_an_open_question_is_refused(shipped_adapter):
-    with pytest.raises(ValueError, match="^the question holds '<image>'"):
+    with pytest.raises(ValueError, match="^unreadable question: the question holds '<image>'"):
         shipped_adapter.generate(VIEW, "what is the code in the <image> field ?")
 
 
@@ -29,7 +29,7 @@ def test_choices_read_as_the_same_tokens_are_refused(shipped_adapter):
     tok = shipped_adapter.tokenizer
     if tok("Red", add_special_tokens=False).input_ids != tok("Blue", add_special_tokens=False).input_ids:
         pytest.skip("this tokenizer tells Red from Blue")
-    with pytest.raises(ValueError, match=r"^choices 'Red' and 'Blue' are the same tokens to this model"):
+    with pytest.raises(ValueError, match=r"^unreadable question: choices 'Red' and 'Blue' are the same tokens to this model"):
         shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["Red", "yellow", "Blue"])
     assert shipped_adapter.choice_logprobs([VIEW], "what colour ?", ["red", "yellow", "blue"]).shape == (1, 3)
 
@@ -46,10 +46,31 @@ def test_the_text_checks_run_once_per_question_and_never_pass_a_later_bad_one(sh
     for _ in range(3):
         shipped_adapter.choice_logprobs([VIEW, VIEW], "what letter now ?", ["A", "B"])
     assert len(calls) == first
-    with pytest.raises(ValueError, match="^the question holds '<image>'"):
+    with pytest.raises(ValueError, match="^unreadable question: the question holds '<image>'"):
         shipped_adapter.choice_logprobs([VIEW], "what <image> letter now ?", ["A", "B"])
     tok = shipped_adapter.tokenizer
     if tok("Red", add_special_tokens=False).input_ids == tok("Blue", add_special_tokens=False).input_ids:
         shipped_adapter.choice_logprobs([VIEW], "what letter now ?", ["red", "blue"])
-        with pytest.raises(ValueError, match=r"^choices 'Red' and 'Blue' are the same tokens"):
+        with pytest.raises(ValueError, match=r"^unreadable question: choices 'Red' and 'Blue' are the same tokens"):
             shipped_adapter.choice_logprobs([VIEW], "what letter now ?", ["Red", "Blue"])
+
+
+@pytest.mark.parametrize("question", ["x" * 20000, "🛥️", "⛵⛵"])
+def test_a_question_the_model_reads_as_nothing_but_unknown_tokens_is_refused(shipped_adapter, question):
+    """spote-tiny's word-piece vocabulary folds a word it lacks (a 20,000-character run, an emoji) into one
+    <unk>: the model saw no question and answered 'AAA' at the confidence of a guess."""
+    tok = shipped_adapter.tokenizer
+    if tok.unk_token_id is None or set(tok(question, add_special_tokens=False).input_ids) != {tok.unk_token_id}:
+        pytest.skip("this tokenizer reads the question")
+    with pytest.raises(ValueError, match="^unreadable question: the question reads as nothing this model knows"):
+        shipped_adapter.generate(VIEW, question)
+    shipped_adapter.generate(VIEW, "what is the code " + question)  # a question with words it knows is read
+
+
+@pytest.mark.parametrize("question", ["\u200b\u200c\ufeff", "\u2060 \u00ad", "\x00\x01"])
+def test_a_question_of_characters_that_show_nothing_is_empty(question):
+    from spote.images import check_question
+
+    with pytest.raises(ValueError, match="^empty question: it holds only characters that show nothing"):
+        check_question(question)
+    assert check_question(" k7 \u200b") == "k7 \u200b"

@@ -388,6 +388,9 @@ def test_predictor_errors_group_under_fixed_reasons(random_tiny_dir):
     long = predictor.predict({**row, "choices": "", "question": "what is the code in the account field ? " * 80})
     assert long["status"] == "error" and error_reason(long["error"]) == "question too long", long["error"]
     assert "shorten the question" in long["error"] and error_reason(long["error"]) not in PASSING_FAILURES
+    for question in ("what is in the <image> box ?", "x" * 5000):  # a marker of the model's own; <unk> alone
+        unread = predictor.predict({**row, "choices": "", "question": question})
+        assert error_reason(unread["error"]) == "unreadable question" not in PASSING_FAILURES, unread["error"]
 
 
 @pytest.mark.slow

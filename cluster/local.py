@@ -236,6 +236,12 @@ class LocalCluster:
         env.pop("RAY_ADDRESS", None)  # a node must never join whatever cluster the caller points at
         # SIGTERM ends a node at once: its default is to drain for 30 s first, for rolling upgrades
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # a job's entrypoint (`ray job submit -- python -m pipelines.vqa`) runs with the head node's PATH: its
+        # `python` must be the environment this cluster was started from, activated or not (`.venv/bin/python
+        # -m cluster.local start`), not whatever python comes first on the caller's PATH
+        here = str(Path(sys.executable).parent)
+        rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != here]
+        env["PATH"] = os.pathsep.join([here, *rest])
         return env
 
     def save(self, path: Path) -> None:

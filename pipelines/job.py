@@ -290,7 +290,7 @@ class JobOptions:
             from spote.adapters.endpoint import check_served_model, endpoint_config
 
             if self.revision:
-                raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
+                raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it serves")
             check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
             commit = None
         else:

@@ -447,12 +447,12 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
         raise ValueError("--revision is empty: give a branch, tag or commit, or leave it out for main")
     if path_or_uri is None or str(path_or_uri) in ("", "spote-tiny"):
         if revision:
-            raise ValueError("--revision applies to hub ids only, not to the shipped spote-tiny")
+            raise ValueError("a revision (--revision, revision=) applies to hub ids only, not to the shipped spote-tiny")
         return DEFAULT_MODEL
     s = str(path_or_uri)
     if is_remote(s):
         if revision:
-            raise ValueError(f"--revision applies to hub ids only, not to {s}")
+            raise ValueError(f"a revision (--revision, revision=) applies to hub ids only, not to {s}")
         try:
             return fetch_checkpoint(s, storage_options, trust_remote_code=trust_remote_code)
         except Exception as err:  # missing, no credentials, unreachable store: all mean "cannot load this model"
@@ -460,7 +460,7 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
     p = Path(local_path(s)).expanduser()
     if p.is_dir():
         if revision:
-            raise ValueError(f"--revision applies to hub ids only, not to the local folder {p}")
+            raise ValueError(f"a revision (--revision, revision=) applies to hub ids only, not to the local folder {p}")
         if not (p / "config.json").is_file():  # transformers would say only that it found no model_type
             gone = (p / "config.json").is_symlink()
             raise ModelNotFound(f"model folder {p} has no config.json" + (
@@ -638,7 +638,7 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
         from .adapters.endpoint import open_endpoint
 
         if revision:
-            raise ValueError("--revision applies to hub ids; an endpoint serves whatever it serves")
+            raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it serves")
         return open_endpoint(endpoint, path_or_uri, **(endpoint_options or {}))
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

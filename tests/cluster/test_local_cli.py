@@ -300,3 +300,11 @@ def test_status_of_a_cluster_that_does_not_answer_is_one_line(server, says, env,
         live.wait()
         for s in held:
             s.close()
+
+
+def test_nodes_find_the_python_of_the_environment_that_started_them(monkeypatch):
+    """A job's ``python`` comes from the head node's PATH: it must be this environment's, activated or not."""
+    here = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/local/bin", "/usr/bin", here]))
+    path = local.LocalCluster()._node_env()["PATH"].split(os.pathsep)
+    assert path[0] == here and path.count(here) == 1 and path[1:] == ["/usr/local/bin", "/usr/bin"]

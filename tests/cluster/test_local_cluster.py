@@ -38,11 +38,11 @@ def _ray(*args, cluster, timeout=600):
     return subprocess.run([ray_bin, *args], env=cluster.env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _submit(cluster, sid, argv, wait=True):
+def _submit(cluster, sid, argv, wait=True, python=sys.executable):
     cmd = ["job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--submission-id", sid]
     if not wait:
         cmd.append("--no-wait")
-    return _ray(*cmd, "--", sys.executable, *argv, cluster=cluster)
+    return _ray(*cmd, "--", python, *argv, cluster=cluster)
 
 
 def _status(cluster, sid) -> str:
@@ -65,8 +65,11 @@ def test_nodes_have_fake_gpus(cluster):
 
 
 def test_job_submit_end_to_end_on_gpu_actors(cluster, random_tiny_dir, tmp_path):
+    """Submitted as the docs show it, ``-- python -m pipelines.vqa``: the entrypoint's ``python`` is the one of
+    the environment the cluster was started from (it was the first on the caller's PATH: without the venv
+    activated, "No module named 'typer'")."""
     out = tmp_path / "out"
-    proc = _submit(cluster, "spote-e2e", ["-m", "pipelines.vqa", "--input", str(SAMPLES / "manifest.jsonl"),
+    proc = _submit(cluster, "spote-e2e", python="python", argv=["-m", "pipelines.vqa", "--input", str(SAMPLES / "manifest.jsonl"),
                                           "--output", str(out), "--model", str(random_tiny_dir), "--num-actors", "2",
                                           "--num-gpus-per-actor", "1", "--policy", '{"budget": 4, "group_size": 2}',
                                           "--run-id", "e2e"])

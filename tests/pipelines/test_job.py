@@ -182,7 +182,7 @@ def test_endpoint_flags_are_checked_before_any_work():
     assert kwargs()["endpoint_options"] == {}
     for bad, message in ((dict(model=None), "--endpoint needs --model NAME"), (dict(model="  "), "--endpoint needs --model"),
                          (dict(endpoint_options='{"temprature": 0}'), "unknown endpoint options ['temprature']"),
-                         (dict(endpoint="ftp://127.0.0.1/v1"), "ftp"), (dict(revision="main"), "--revision applies")):
+                         (dict(endpoint="ftp://127.0.0.1/v1"), "ftp"), (dict(revision="main"), "(--revision, revision=) applies")):
         with pytest.raises(ValueError, match=re.escape(message)):
             kwargs(**bad)
 

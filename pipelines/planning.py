@@ -33,6 +33,19 @@ def lone_surrogate(text: str) -> str | None:
     return None if odd is None else f"\\u{ord(odd):04x}"
 
 
+def not_utf8_text(head: bytes) -> str | None:
+    """Why the first bytes of a text file (a manifest, a question file) show it is UTF-16 (Excel's and
+    PowerShell's "Unicode"), or None. Without a byte-order mark UTF-16 decodes as UTF-8 without an error,
+    every other byte a NUL, so that names would hold NULs and match nothing."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is UTF-16 or UTF-32 text (it starts with a byte-order mark), not UTF-8; save it as UTF-8"
+    sample = head[:256] if len(head) % 2 == 0 else head[:min(len(head) - 1, 256)]
+    for nul, other in ((sample[1::2], sample[0::2]), (sample[0::2], sample[1::2])):
+        if len(sample) >= 4 and not nul.strip(b"\x00") and b"\x00" not in other:
+            return "is UTF-16 text (every other byte is NUL), not UTF-8; save it as UTF-8"
+    return None
+
+
 def plan_schema(*job_fields: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema([*BASE_FIELDS, *job_fields, ("run_id", pa.string())])
 

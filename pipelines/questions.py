@@ -23,9 +23,9 @@ import json
 import re
 from collections import Counter
 
-from spote.images import check_choices
+from spote.images import check_choices, shows_nothing
 
-from .planning import lone_surrogate
+from .planning import lone_surrogate, not_utf8_text
 from .storage import read_bytes
 
 QUESTION_KEYS = ("question", "choices", "field")
@@ -83,9 +83,13 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
     import yaml
 
     try:
-        text = read_bytes(uri, storage_options).decode("utf-8")
+        data = read_bytes(uri, storage_options)
+        if (why := not_utf8_text(data[:65536])) is not None:  # UTF-16 without a mark decodes, NULs and all
+            raise ValueError(f"{uri}: {why}")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{uri}: not a text file ({err.reason} at byte {err.start})") from None
+        raise ValueError(f"{uri}: not UTF-8 text ({err.reason} at byte {err.start}: saved in another encoding, or "
+                         "no text file); save it as UTF-8") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"question file {uri}: no such file") from None
     except IsADirectoryError:
@@ -116,7 +120,9 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
             question, entry_problems = None, [*entry_problems, f"holds {odd}, an escaped lone surrogate, which is no "
                                                                "character"]
         if name is not None and name.lower() in seen:
-            entry_problems.append(f"field {name!r} is also {seen[name.lower()]}'s (field names must be unique)")
+            own = "" if isinstance(entry, dict) and entry.get("field") is not None else \
+                " (its name by position: it gives no field)"
+            entry_problems.append(f"field {name!r}{own} is also {seen[name.lower()]}'s (field names must be unique)")
         elif name is not None:
             seen[name.lower()] = where
         problems += [f"{where}: {p}" for p in entry_problems]
@@ -136,7 +142,7 @@ def _entry(entry, index: int) -> tuple[dict | None, str | None, list[str]]:
     question = entry.get("question")
     if "question" not in entry:
         problems.append("no 'question'")
-    elif question is None or (isinstance(question, str) and not question.strip()):
+    elif question is None or (isinstance(question, str) and shows_nothing(question)):
         problems.append("empty question")
     elif not isinstance(question, str):
         problems.append(f"question must be text, got {_kind(question)}")

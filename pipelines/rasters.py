@@ -290,19 +290,23 @@ def check_bands(bands: tuple[int, ...] | None, header: SceneHeader, name: str) -
     return bands
 
 
+MIN_TILE_SIZE = 32  # pixels: a smaller tile shows too little to answer from, and cuts a scene into a flood of them
+
+
 def tile_pixel_cap(tile_size: int, max_tile_pixels: int) -> None:
-    """Raises SceneError, naming the flag at fault and its valid range, when ``--max-tile-pixels`` is not
-    positive, ``--tile-size`` is not positive, or one tile would be over the cap (checked before any work;
-    the cap first, as the valid tile sizes follow from it)."""
+    """Raises SceneError, naming the flag at fault and its valid range, when ``--max-tile-pixels`` is below
+    one ``MIN_TILE_SIZE`` tile, ``--tile-size`` is below ``MIN_TILE_SIZE`` (``--tile-size 1`` planned 350,000
+    tiles of a 700 x 500 scene), or one tile would be over the cap (checked before any work; the cap first,
+    as the valid tile sizes follow from it)."""
     from math import isqrt
 
-    if max_tile_pixels < 1:
-        raise SceneError(f"--max-tile-pixels {max_tile_pixels}: must be a positive number of pixels per tile "
-                         "(1 or more)")
+    if max_tile_pixels < MIN_TILE_SIZE ** 2:
+        raise SceneError(f"--max-tile-pixels {max_tile_pixels}: must be at least {MIN_TILE_SIZE ** 2:,} pixels "
+                         f"per tile (one {MIN_TILE_SIZE}x{MIN_TILE_SIZE} tile)")
     largest = isqrt(max_tile_pixels)
-    if tile_size < 1:
-        raise SceneError(f"--tile-size {tile_size}: must be 1 to {largest:,} pixels (a square tile within "
-                         f"--max-tile-pixels {max_tile_pixels:,})")
+    if tile_size < MIN_TILE_SIZE:
+        raise SceneError(f"--tile-size {tile_size}: must be {MIN_TILE_SIZE} to {largest:,} pixels (a square tile "
+                         f"within --max-tile-pixels {max_tile_pixels:,})")
     if tile_size * tile_size > max_tile_pixels:
         raise SceneError(f"--tile-size {tile_size}: one tile is {tile_size}x{tile_size} = {tile_size ** 2:,} pixels, "
                          f"over the cap of {max_tile_pixels:,} pixels per tile; use a --tile-size of at most "

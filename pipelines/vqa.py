@@ -30,7 +30,8 @@ import pyarrow as pa
 import typer
 
 from .job import JobOptions, job_command, run_job
-from .planning import Plan, list_sources, listing_version, lone_surrogate, plan_schema, skip_by_extension
+from .planning import (Plan, list_sources, listing_version, lone_surrogate, not_utf8_text, plan_schema,
+                       skip_by_extension)
 from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
@@ -111,7 +112,7 @@ def _records(uri: str, storage_options=None):
         with fs.open(path, "rb", **gz) as f:
             i = 0
             for n, raw in enumerate(f):  # bytes, line by line: one line that is not UTF-8 is that line's problem
-                if n == 0 and (why := _not_utf8_text(raw)) is not None:  # UTF-16: no manifest line is readable
+                if n == 0 and (why := not_utf8_text(raw)) is not None:  # UTF-16: no manifest line is readable
                     raise ManifestError(f"{uri}: {why}")
                 try:
                     line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
@@ -147,7 +148,7 @@ def _records(uri: str, storage_options=None):
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
-            if (why := _not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
+            if (why := not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
                 raise ManifestError(f"{uri}: {why}")
             if any(lone_surrogate(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
                 raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
@@ -294,7 +295,7 @@ def _check_part(uri: str, storage_options=None) -> None:
                 head = f.read(65536)
         except (gzip.BadGzipFile, EOFError, zlib.error) as err:
             raise ManifestError(f"{name}: cannot be read as a JSON manifest: {err}") from None
-        if (why := _not_utf8_text(head)) is not None:
+        if (why := not_utf8_text(head)) is not None:
             raise ManifestError(f"{name}: {why}")
         start = head.decode("utf-8-sig", errors="replace").lstrip()
         if not start.startswith("["):
@@ -311,19 +312,6 @@ def _check_part(uri: str, storage_options=None) -> None:
         raise
     except (ValueError, csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as err:  # Arrow's "magic bytes not found", ...
         raise ManifestError(f"{name}: cannot be read as a {name.rsplit('.', 1)[-1].upper()} manifest: {err}") from None
-
-
-def _not_utf8_text(head: bytes) -> str | None:
-    """Why the first bytes of a text manifest show it is UTF-16 (Excel's and PowerShell's "Unicode"),
-    or None. Without a byte-order mark UTF-16 decodes as UTF-8 without an error, every other byte a
-    NUL, so that the header's names would hold NULs and match no column."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "is UTF-16 or UTF-32 text (it starts with a byte-order mark), not UTF-8; save it as UTF-8"
-    sample = head[:256] if len(head) % 2 == 0 else head[:min(len(head) - 1, 256)]
-    for nul, other in ((sample[1::2], sample[0::2]), (sample[0::2], sample[1::2])):
-        if len(sample) >= 4 and not nul.strip(b"\x00") and b"\x00" not in other:
-            return "is UTF-16 text (every other byte is NUL), not UTF-8; save it as UTF-8"
-    return None
 
 
 def _leading_elements(text: str):

@@ -97,7 +97,9 @@ BAD_FILES = {
     "duplicate field": ("- {field: date, question: 'what is the date ?'}\n- {field: Date, question: 'when ?'}\n",
                         "entry 2 (line 2): field 'Date' is also entry 1 (line 1)'s (field names must be unique)"),
     "field clashes with a position name": ("- {field: q1, question: 'a ?'}\n- {question: 'b ?'}\n",
-                                           "entry 2 (line 2): field 'q1' is also entry 1 (line 1)'s"),
+                                           "entry 2 (line 2): field 'q1' (its name by position: it gives no field) "
+                                           "is also entry 1 (line 1)'s"),
+    "question of invisible characters": ("- question: \"\\u200b\\ufeff\"\n", "entry 1 (line 1): empty question"),
     "field not a name": ("- {field: total amount, question: 'what is the total ?'}\n",
                          "entry 1 (line 1): field 'total amount' is not a name: use a letter, then letters"),
     "field a number": ("- {field: 7, question: 'what is the total ?'}\n", "field '7' is not a name"),
@@ -167,8 +169,19 @@ def test_every_problem_of_a_file_is_named_at_once(tmp_path):
 
 def test_a_binary_file_is_not_a_question_file(tmp_path):
     (tmp_path / "q.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
-    with pytest.raises(ValueError, match="not a text file"):
+    with pytest.raises(ValueError, match="not UTF-8 text .*or no text file"):
         load_questions(str(tmp_path / "q.yaml"))
+
+
+@pytest.mark.parametrize("encoding, says", [("latin-1", "not UTF-8 text (invalid continuation byte"),
+                                            ("utf-16", "is UTF-16 or UTF-32 text"), ("utf-16-le", "is UTF-16 text")])
+def test_a_question_file_in_another_encoding_says_so(tmp_path, encoding, says):
+    """A Latin-1 file said "not a text file", and a UTF-16 one without a mark the same: both are text, in
+    another encoding than UTF-8, which is what the user must change."""
+    (tmp_path / "q.yaml").write_bytes("- question: quelle est la référence ?\n".encode(encoding))
+    with pytest.raises(ValueError) as err:
+        load_questions(str(tmp_path / "q.yaml"))
+    assert says in str(err.value) and str(err.value).endswith("save it as UTF-8"), str(err.value)
 
 
 @pytest.mark.parametrize("kind", ["unknown key", "duplicate field", "not YAML", "missing file", "repeated key",

@@ -741,10 +741,11 @@ def test_error_rows_carry_gdals_message_and_complex_data_is_refused_by_name(tmp_
 
 # ------------------------------------------------------------------ flags: the one at fault, its valid range
 @pytest.mark.parametrize("flags, expected", [
-    (["--tile-size", "0"], "error: --tile-size 0: must be 1 to 6,324 pixels"),
-    (["--tile-size", "-5"], "error: --tile-size -5: must be 1 to 6,324 pixels"),
-    (["--max-tile-pixels", "0"], "error: --max-tile-pixels 0: must be a positive number of pixels per tile (1 or"),
-    (["--max-tile-pixels", "-1"], "error: --max-tile-pixels -1: must be a positive number of pixels per tile (1 or"),
+    (["--tile-size", "0"], "error: --tile-size 0: must be 32 to 6,324 pixels"),
+    (["--tile-size", "-5"], "error: --tile-size -5: must be 32 to 6,324 pixels"),
+    (["--tile-size", "1", "--overlap", "0"], "error: --tile-size 1: must be 32 to 6,324 pixels"),
+    (["--max-tile-pixels", "0"], "error: --max-tile-pixels 0: must be at least 1,024 pixels per tile"),
+    (["--max-tile-pixels", "-1"], "error: --max-tile-pixels -1: must be at least 1,024 pixels per tile"),
     (["--tile-size", "100", "--max-tile-pixels", "2500"],
      "error: --tile-size 100: one tile is 100x100 = 10,000 pixels, over the cap of 2,500 pixels per tile; use a "
      "--tile-size of at most 50"),

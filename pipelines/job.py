@@ -374,6 +374,7 @@ def job_command(fn):
         from spote.loading import ModelNotFound
 
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
+        opts = None
         try:
             opts = JobOptions(kwargs["input"], kwargs["output"], **common)
             opts.policy_overrides()  # a bad --policy stops the job here, before it lists its input
@@ -386,12 +387,17 @@ def job_command(fn):
             typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
             raise typer.Exit(2) from None
         except Exception as err:
-            from .storage import transient_errors
-
-            # of OSError's kin only a connection or a time limit: the rest (a full disk, a bad path) are no outage
-            outage = isinstance(err, transient_errors()) and (
-                not isinstance(err, OSError) or isinstance(err, (ConnectionError, TimeoutError)))
-            if _is_ray_error(err) or not outage:
+            if _is_ray_error(err):
+                # a task's failure reaches the driver without its cause (Ray Data re-raises it as a user-code
+                # error holding the task's traceback as text): where the store is down now, that is why
+                outage = store_outage(opts.output, parse_storage_options(opts.storage_options)) if opts else None
+                if outage is None:
+                    raise  # Ray's own report says where
+                typer.echo(f"error: a Ray task failed and the store is unreachable: {type(outage).__name__}: "
+                           f"{_first_line(outage)}; whatever was staged is kept: run the same command again when it "
+                           "is back", err=True)
+                raise typer.Exit(1) from None
+            if not is_outage(err):
                 raise
             # a store that stayed unreachable through every retry (botocore's errors are no OSError): one line
             typer.echo(f"error: storage unreachable: {type(err).__name__}: {err}; whatever was staged is kept: "
@@ -501,6 +507,30 @@ def check_run_id(run_id: str) -> str:
 
 def _is_ray_error(err: Exception) -> bool:
     return type(err).__module__.startswith("ray.")
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` is a store's outage: a transient storage error (``storage.transient_errors``) and, of
+    OSError's kin, only a connection failure or a time limit (a full disk or a bad path is no outage)."""
+    from .storage import transient_errors
+
+    return isinstance(err, transient_errors()) and (
+        not isinstance(err, OSError) or isinstance(err, (ConnectionError, TimeoutError)))
+
+
+def store_outage(uri: str, storage_options: dict | None = None) -> BaseException | None:
+    """The outage of the object store holding ``uri`` now (``is_outage``), found by one look at ``uri``
+    (the store client's own retries only), or None: a local path, a store that answers (whatever it
+    says: a missing path, a refusal), or a failure that is no outage."""
+    if "://" not in uri or uri.startswith("file://"):
+        return None
+    try:
+        fs, path = filesystem(uri, storage_options)
+        fs.invalidate_cache()
+        fs.info(path)
+    except Exception as err:  # FileNotFoundError and PermissionError are answers: the store is up
+        return err if is_outage(err) and not isinstance(err, (FileNotFoundError, PermissionError)) else None
+    return None
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,40 @@ def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, co
             proc.communicate()
     assert proc.returncode == code and f"{word}: the parts staged so far are kept" in err, err[-3000:]
     assert "*** SIGTERM received" not in err
+
+
+def _unreachable_store() -> str:
+    import json
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+
+
+def test_a_ray_task_failing_while_the_store_is_down_is_one_line_not_rays_report():
+    """A part's write in a Ray task reaches the driver as Ray's error, its cause only text in the task's
+    traceback, so it passed through as Ray's whole report. Where the store is down then, one line says so
+    and how to go on (exit 1, a passing failure); a task failing while the store is up keeps Ray's report."""
+    import typer
+    from ray.exceptions import RayTaskError
+    from typer.testing import CliRunner
+
+    from pipelines.job import job_command
+
+    def failing(input: str = typer.Option(...), output: str = typer.Option(...), opts=None):
+        raise RayTaskError("write", "Traceback ...\nbotocore.exceptions.EndpointConnectionError: ...",
+                           RuntimeError("the write failed"))
+
+    app = typer.Typer()
+    app.command()(job_command(failing))
+    res = CliRunner().invoke(app, ["--input", "s3://bucket/in/", "--output", "s3://bucket/out",
+                                   "--storage-options", _unreachable_store()])
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: a Ray task failed and the store is unreachable: "), res.stderr
+    assert "whatever was staged is kept" in lines[0]
+    res = CliRunner().invoke(app, ["--input", "in/", "--output", "out"])  # a local output: no outage to blame
+    assert isinstance(res.exception, RayTaskError)

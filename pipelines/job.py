@@ -339,7 +339,7 @@ COMMON_FLAGS = (
     ("batch_size", int, typer.Option(4, help="rows per actor call")),
     ("storage_options", Optional[str], typer.Option(None, help='fsspec/s3fs options as JSON, e.g. {"endpoint_url": "..."}')),
     ("policy", Optional[str], typer.Option(None, help='PolicyConfig overrides as JSON, e.g. {"budget": 32}')),
-    ("run_id", Optional[str], typer.Option(None, help="default: derived from the inputs and the date")),
+    ("run_id", Optional[str], typer.Option(None, help="default: <job>-<date>-<hash of the input and settings> (documents: documents-<--run-date>)")),
     ("force", bool, typer.Option(False, help="re-run a committed run id")),
     ("item_timeout_seconds", float, typer.Option(600.0, help="reading, and answering, each at most this long per item; "
                                                  "over it the item is an error row 'timeout: ...' (0: no limit)")),
@@ -503,6 +503,11 @@ def check_run_id(run_id: str) -> str:
         raise JobRefused(f"run id {run_id!r} reads back as a number or a date in hive readers: add a word, "
                          f"e.g. 'run-{run_id}'")
     return run_id
+
+
+def _share(rate: float | None) -> str:
+    """A rate for the summary line: three significant digits (0.417), "-" where nothing was answered."""
+    return "-" if rate is None else f"{rate:.3g}"
 
 
 def _is_ray_error(err: Exception) -> bool:
@@ -868,7 +873,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         skipped = f"{summary['items_skipped']} skipped, " if summary.get("items_skipped") else ""
         print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
               f"{summary['items_error']} errors, {skipped}{summary['items_per_second']} items/s, "
-              f"early exit {summary['early_exit_rate']} -> {paths.results}")
+              f"early exit {_share(summary['early_exit_rate'])} -> {paths.results}")
     return summary
 
 

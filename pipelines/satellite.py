@@ -472,7 +472,7 @@ def main(
     input: str = typer.Option(..., help="a scene, or a folder/prefix of scenes (GeoTIFF, PNG, JPEG, JPEG 2000, VRT, "
                                         "ERDAS .img, WebP, BMP, NITF: those the installed GDAL has a driver for)"),
     output: str = typer.Option(...),
-    questions: str = typer.Option(..., help="JSON or YAML list of {question, choices}"),
+    questions: str = typer.Option(..., help="JSON or YAML list of {question, choices, field} asked of every tile"),
     tile_size: int = typer.Option(512, help="tile side in pixels; one tile must stay under --max-tile-pixels"),
     overlap: int = typer.Option(64, help="pixels shared by neighbouring tiles"),
     bands: Optional[str] = typer.Option(None, help="1-based band numbers mapped to R,G,B (or one band as grey); "

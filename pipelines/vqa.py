@@ -355,7 +355,7 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> list[dict]:
 @app.command()
 @job_command
 def main(
-    input: str = typer.Option(..., help="manifest: Parquet, JSONL or CSV file, or a folder of parts (local or s3://)"),
+    input: str = typer.Option(..., help="manifest: Parquet, JSONL, JSON array or CSV file (the text formats also .gz), or a folder of parts (local or s3://)"),
     output: str = typer.Option(..., help="output folder or prefix (local or s3://)"),
     *, opts: JobOptions,
 ):

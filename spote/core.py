@@ -768,9 +768,9 @@ class SpotResult:
     reward_standout: float | None = field(default=None, repr=False)
     answer_cut_off: bool | None = field(default=None, repr=False)
 
-    RECORD_KEYS = ("answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                   "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
-                   "reward_standout")
+    RECORD_KEYS = ("method", "answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors",
+                   "boxes", "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy",
+                   "token_confidences", "answer_cut_off", "reward_standout")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD_KEYS}

@@ -180,9 +180,10 @@ def test_budget_is_never_exceeded(random_adapter, budget):
 def test_result_record_is_json_and_complete(random_adapter):
     res = spote(random_adapter, _image(), Q, CHOICES, PolicyConfig(budget=20, exit_entropy_per_ln_k=0.0))
     rec = json.loads(json.dumps(res.to_dict()))
-    assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
-                        "reward_standout"}
+    assert set(rec) == {"method", "answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors",
+                        "boxes", "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy",
+                        "token_confidences", "answer_cut_off", "reward_standout"}
+    assert rec["method"] == "spote" and rec["answer_cut_off"] is None  # a closed set is never cut off
     assert rec["answer"] in CHOICES and abs(sum(rec["distribution"].values()) - 1) < 1e-4
     assert len(rec["entropy_trace"]) == len(rec["reward_trace"]) + 1 == len(rec["chosen_boxes"]) + 1
     assert all(len(b) == 4 for b in rec["boxes"])

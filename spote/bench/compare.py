@@ -81,6 +81,8 @@ def main(path: str, a: str, b: str, *flags: str) -> None:
         rows, a, b = two_runs(rows, [json.loads(line) for line in open(a)], b), "before", "after"
     if "--collapse" in flags:
         rows = collapse_items(rows)
+        if not rows:
+            raise SystemExit(f"{path}: no collapse-tempting items in these rows (--collapse keeps those only)")
     only_a, only_b, lost = disagreements(rows, a, b)
     kinds = sorted(set(only_a) | set(only_b))
     agree = agreement(rows, a, b)

@@ -54,3 +54,11 @@ def test_collapse_flag_keeps_only_collapse_tempting_items(tmp_path, capsys):
     assert "only baseline right 2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(str(path), "baseline", "spote", "--colapse")
+
+
+def test_collapse_on_rows_without_collapse_items_says_so(tmp_path):
+    """It said "rows need both methods", of a file holding both."""
+    rows = [_row("baseline", "a", "boat", True), _row("spote", "a", "boat", True)]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(SystemExit, match="no collapse-tempting items"):
+        main(str(tmp_path / "items.jsonl"), "baseline", "spote", "--collapse")

@@ -290,7 +290,8 @@ class JobOptions:
             from spote.adapters.endpoint import check_served_model, endpoint_config
 
             if self.revision:
-                raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it serves")
+                raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it "
+                                 "serves")
             check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
             commit = None
         else:
@@ -669,8 +670,9 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
 def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = None,
                  model_commit: str | None = None) -> dict:
     """What a run's rows depend on: the input (a local path made absolute), the model (``model_label``;
-    for a hub id also ``model_commit``, the commit its revision named when the run started) and its endpoint options, the whole policy (defaults filled in, so spelling a default out changes
-    nothing) and the job's own settings. Recorded with the plan and in the summary, hashed into the
+    for a hub id also ``model_commit``, the commit its revision named when the run started) and its
+    endpoint options, the whole policy (defaults filled in, so spelling a default out changes nothing)
+    and the job's own settings. Recorded with the plan and in the summary, hashed into the
     default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
     from spote.core import PolicyConfig
 

@@ -267,7 +267,10 @@ def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
             with MemoryFile(data) as mem, mem.open() as ds:
                 from rasterio.enums import ColorInterp
 
-                return _without_unmarked_band(np.moveaxis(ds.read(), 0, -1), ds.colorinterp[-1] == ColorInterp.alpha)
+                # a TIFF says itself what its extra band is; GDAL calls straight and premultiplied alpha alike
+                alpha = (_tiff_alpha(data, frame) if data[:4] in TIFF_MAGIC
+                         else "straight" if ds.colorinterp[-1] == ColorInterp.alpha else None)
+                return _extra_band(np.moveaxis(ds.read(), 0, -1), alpha)
     except Exception:
         pass
     return _read_tiff_page(data, frame) if data[:4] in TIFF_MAGIC else None
@@ -421,13 +424,37 @@ def _pillow_misreads(im: Image.Image) -> bool:
     return deep and (tags.get(284, 1) == 2 or tags.get(277, 1) == 2)
 
 
-def _without_unmarked_band(pixels: np.ndarray, last_is_alpha: bool) -> np.ndarray:
-    """HxWx2 / HxWx4 pixels without their last band where the file does not mark it as alpha (TIFF
-    ExtraSamples "unspecified", TIFF 6.0 section 18: a near-infrared band, which shown as opacity would fade
-    the image to white); other shapes as they are."""
-    if pixels.ndim == 3 and pixels.shape[2] in (2, 4) and not last_is_alpha:
+def _extra_band(pixels: np.ndarray, alpha: str | None) -> np.ndarray:
+    """HxWx2 / HxWx4 pixels with their last band as straight alpha, which ``array_to_image`` composites:
+    ``alpha`` None drops a band the file does not mark as alpha (TIFF ExtraSamples "unspecified", TIFF 6.0
+    section 18: a near-infrared band, which shown as opacity would fade the image to white);
+    ``"premultiplied"`` (ExtraSamples 1, associated alpha) divides the colour by the alpha, which
+    composited again would darken it; ``"straight"`` keeps it as it is. Other shapes as they are."""
+    if pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
+        return pixels
+    if alpha is None:
         return pixels[..., 0] if pixels.shape[2] == 2 else pixels[..., :3]
+    if alpha == "premultiplied":
+        full = float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind in "ui" else 1.0
+        share = pixels[..., -1:].astype(np.float64) / full
+        colour = pixels[..., :-1].astype(np.float64) / np.where(share > 0, share, 1.0)
+        colour = np.clip(colour, 0, full) if pixels.dtype.kind in "ui" else colour
+        return np.concatenate([colour.astype(pixels.dtype), pixels[..., -1:]], axis=-1)
     return pixels
+
+
+def _tiff_alpha(data: bytes, frame: int = 0) -> str | None:
+    """What page ``frame`` of a TIFF marks its first extra sample as: ``"premultiplied"`` (ExtraSamples 1),
+    ``"straight"`` (2), or None (unspecified, none, or a header tifffile cannot read). Tags only: no pixel
+    is decoded."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            extra = tif.pages[frame].extrasamples
+    except Exception:
+        return None
+    return {1: "premultiplied", 2: "straight"}.get(int(extra[0])) if len(extra) else None
 
 
 def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
@@ -449,7 +476,8 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
             pixels = page.asarray()
             if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
                 pixels = np.moveaxis(pixels, 0, -1)
-            pixels = _without_unmarked_band(pixels, len(page.extrasamples) > 0 and page.extrasamples[0] in (1, 2))
+            extra = page.extrasamples
+            pixels = _extra_band(pixels, {1: "premultiplied", 2: "straight"}.get(int(extra[0])) if len(extra) else None)
             return pixels if pixels.ndim in (2, 3) else None
     except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
         return None

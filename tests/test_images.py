@@ -360,6 +360,22 @@ def test_tiffs_pillow_cannot_decode_are_read_as_their_bands_show():
     assert (np.asarray(load_image(_tiff(alpha16, photometric="rgb", extrasamples=["unassalpha"]))) == 255).all()
 
 
+@pytest.mark.parametrize("planar", [False, True])
+def test_premultiplied_16_bit_alpha_is_composited_once(planar):
+    """A 16-bit TIFF with associated alpha (ExtraSamples 1: the colour already multiplied by it) was taken
+    for straight alpha and multiplied again: a half-transparent green read [127, 191, 127], where a viewer
+    and the file's 8-bit twin show [128, 255, 128]."""
+    half = np.zeros((8, 8, 4), np.uint16)
+    half[..., 1], half[..., 3] = 32768, 32768          # green at alpha 1/2, premultiplied: G = 65535 * 1/2
+    kw = {"photometric": "rgb", "extrasamples": ["assocalpha"]}
+    data = _tiff(np.moveaxis(half, -1, 0), planarconfig="separate", **kw) if planar else _tiff(half, **kw)
+    assert np.abs(np.asarray(load_image(data)).astype(int) - [128, 255, 128]).max() <= 1
+    straight = half.copy()
+    straight[..., 1] = 65535                            # the same pixel with straight alpha
+    assert np.abs(np.asarray(load_image(_tiff(straight, photometric="rgb", extrasamples=["unassalpha"])))
+                  .astype(int) - [128, 255, 128]).max() <= 1
+
+
 def test_16_bit_images_that_use_their_range_are_shown_as_a_viewer_shows_them():
     """A 16-bit PNG or TIFF of a photo (value x 257) was contrast-stretched over its 0.5-99.5 percentiles,
     which moved every pixel and changed the answer; 12-bit counts in 16 bits are still stretched."""

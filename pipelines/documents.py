@@ -40,7 +40,6 @@ from .job import JobOptions, JobRefused, group_partitions, job_command, run_job,
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
-from .runs import RunPaths, is_committed
 from .stages import PASSING_FAILURES, RowLoader, SourceReadError, read_source, source_read_errors
 from .stats import OTHER_REASONS, error_reason
 from .storage import filesystem, join, parse_storage_options, write_bytes
@@ -406,16 +405,16 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
              "again" if refreshed else "")
           + (f"; skipped {len(plan.skipped)} files (not documents, hidden, or links that cannot be followed: "
              "skipped_sources in the summary)" if plan.skipped else ""))
-    if plan.sources and not opts.force and is_committed(RunPaths(opts.output, opts.run_id), so):
-        print(f"[documents] run {opts.run_id} is committed and stands; the {len(plan.sources)} document(s) above "
-              "(new or changed since, or left for a retry) are read by the next night's run (--run-date)")
+    # said once the committed run is found to have these settings (with others the run is refused instead)
+    stands = (f"run {opts.run_id} stands; the {len(plan.sources)} document(s) above (new or changed since, or left "
+              "for a retry) are read by the next night's run (--run-date)") if plan.sources and not opts.force else ""
 
     def after_commit(results, paths, so_):
         n = update_ledger(opts.output, results, paths.run_id, so_, settings, refreshed)
         print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
-                   after_commit=after_commit, job_settings=job_settings,
+                   after_commit=after_commit, job_settings=job_settings, committed_note=stands,
                    extra_summary=lambda stats, planned: {"documents_seen": seen,
                                                          "documents_processed": planned.get("sources_planned") or 0,
                                                          "run_date": run_date, "dpi": dpi})

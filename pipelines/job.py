@@ -818,7 +818,7 @@ def finish_interrupted_commits(paths: RunPaths, so: dict) -> int:
 
 
 def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
-            after_commit=None, predictor=None, job_settings: dict | None = None) -> dict:
+            after_commit=None, predictor=None, job_settings: dict | None = None, committed_note: str = "") -> dict:
     """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
     (resumable) -> statistics from per-block partials -> exactly-once check -> commit.
 
@@ -828,7 +828,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     ``paths.meta``), ``after_commit(RunResults, paths, so)`` after it, also when the run
     id was already committed (so it must be idempotent). ``job_settings``: the job's own flags that
     change its rows (JSON values: questions, tile size, dpi, ...), part of the run's settings
-    (``run_settings``). Returns the summary.
+    (``run_settings``). ``committed_note``: printed where the run id was committed already with these
+    settings (what the committed run leaves to a later one). Returns the summary.
     Raises ValueError for an id clash or a run id started with other settings (before any work), ``RunInUse`` when another driver is writing
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
     are not every planned item exactly once (nothing is committed then).
@@ -845,7 +846,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     run_id = check_run_id(opts.run_id or default_run_id(job, json.dumps(settings, sort_keys=True)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:
-        return _already_committed(job, opts, paths, so, after_commit, settings)
+        return _already_committed(job, opts, paths, so, after_commit, settings, committed_note)
     # a live driver of this run refuses this one here, before Ray starts; the lease is taken only after the
     # resource check, so a job refused for resources writes nothing under its output
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).wait_out(f"run {run_id}")
@@ -865,7 +866,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     finally:
         lease.release()
     if committed_meanwhile:
-        return _already_committed(job, opts, paths, so, after_commit, settings)
+        return _already_committed(job, opts, paths, so, after_commit, settings, committed_note)
     if after_commit is not None:
         after_commit(RunResults(paths.results, so, stats), paths, so)
     items_resumed = summary["items_resumed"]
@@ -879,10 +880,13 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     return summary
 
 
-def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit, settings: dict) -> dict:
+def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit, settings: dict,
+                       note: str = "") -> dict:
     summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
     check_same_settings(paths.run_id, summary.get("settings"), settings, committed=True)
     print(f"[{job}] run {paths.run_id} is already committed; nothing to do ({paths.results})")
+    if note:
+        print(f"[{job}] {note}")
     fs, staging = filesystem(paths.staging, so)
     if fs.exists(staging):  # a --force re-run in progress, or one interrupted (or a commit killed in its last step)
         print(f"[{job}] run {paths.run_id}: {paths.staging} holds a re-run's staging (one under way now, or one "

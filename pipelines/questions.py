@@ -119,12 +119,14 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
         if (odd := _lone_surrogate(entry)) is not None:  # "\ud800" in JSON or YAML: text no file can hold
             question, entry_problems = None, [*entry_problems, f"holds {odd}, an escaped lone surrogate, which is no "
                                                                "character"]
+        by_position = not (isinstance(entry, dict) and entry.get("field") is not None)
         if name is not None and name.lower() in seen:
-            own = "" if isinstance(entry, dict) and entry.get("field") is not None else \
-                " (its name by position: it gives no field)"
-            entry_problems.append(f"field {name!r}{own} is also {seen[name.lower()]}'s (field names must be unique)")
+            theirs, theirs_by_position = seen[name.lower()]
+            mine = " (its name by position: it gives no field)" if by_position else ""
+            whose = f"{theirs}'s name by position (it gives no field)" if theirs_by_position else f"{theirs}'s"
+            entry_problems.append(f"field {name!r}{mine} is also {whose} (field names must be unique)")
         elif name is not None:
-            seen[name.lower()] = where
+            seen[name.lower()] = (where, by_position)
         problems += [f"{where}: {p}" for p in entry_problems]
         questions.append(question)
     if problems:

@@ -439,9 +439,11 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     if stretch not in STRETCH_MODES:
         raise SceneError(f"--stretch {stretch!r}: expected one of {', '.join(STRETCH_MODES)}")
     tile_pixel_cap(tile_size, max_tile_pixels)  # first: the overlap's valid range depends on a valid tile size
-    if overlap < 0 or overlap >= tile_size:
-        raise SceneError(f"--overlap {overlap}: must be 0 to {tile_size - 1} (at least 0 and smaller than "
-                         f"--tile-size {tile_size})")
+    # an overlap of half a tile already puts every object up to half a tile wholly inside some tile; past it
+    # the tiles multiply (--tile-size 32 --overlap 31: a tile per pixel, 3.8 million for two small scenes)
+    if overlap < 0 or overlap > tile_size // 2:
+        raise SceneError(f"--overlap {overlap}: must be 0 to {tile_size // 2} (at most half of --tile-size "
+                         f"{tile_size}: an object up to the overlap then lies wholly inside some tile)")
     band_sel = parse_bands(bands)
     so = parse_storage_options(opts.storage_options)
     scenes, skipped = list_scenes(opts.input, so)
@@ -474,7 +476,7 @@ def main(
     output: str = typer.Option(...),
     questions: str = typer.Option(..., help="JSON or YAML list of {question, choices, field} asked of every tile"),
     tile_size: int = typer.Option(512, help="tile side in pixels; one tile must stay under --max-tile-pixels"),
-    overlap: int = typer.Option(64, help="pixels shared by neighbouring tiles"),
+    overlap: int = typer.Option(64, help="pixels shared by neighbouring tiles (at most half of --tile-size)"),
     bands: Optional[str] = typer.Option(None, help="1-based band numbers mapped to R,G,B (or one band as grey); "
                                                    "default: the file's red/green/blue bands, else band 1"),
     stretch: str = typer.Option("scene", help="scene: one 2-98 percentile stretch per scene (from an overview or a sample of "

@@ -183,6 +183,10 @@ def _check_columns(uri: str, columns) -> None:
     columns = list(columns)
     if _BAD in columns:
         return
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # a record keeps one value per name: the other column's values would be lost without a word
+        raise ManifestError(f"{uri}: the header names {', '.join(repr(c) for c in twice)} more than once; give each "
+                            "column its own name")
     if any(c not in columns for c in NEEDED):
         raise ManifestError(f"manifest needs columns image_uri and question; {uri} has {columns}")
 
@@ -217,7 +221,7 @@ def manifest_rows(part: dict, storage_options=None) -> "iter[dict]":
         # rows read so far stand, and one error row says where and why the rest was not read
         why = str(err) if str(err).startswith(name) else f"{name}: {err}"
         yield {"id": f"{prefix}unreadable-after-row-{i:08d}" if i >= 0 else f"{prefix}unreadable", "source": name,
-               "question": "", "choices": "", "status": "error",
+               "question": "", "choices": "", "manifest_fields": "", "status": "error",
                "error": f"bad manifest: {why}" + (f" (after row {i}; the rows after it were not read)" if i >= 0 else "")}
 
 

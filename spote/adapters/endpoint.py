@@ -659,7 +659,7 @@ def check_served_model(config: EndpointConfig) -> None:
     if served and config.model not in served:
         names = ", ".join(repr(m) for m in served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
         raise ModelNotFound(f"endpoint {safe_url(config.url)} does not serve a model {config.model!r}; it serves "
-                            f"{names}: give --model one of those")
+                            f"{names}: name one of those as the model (--model, model=)")
 
 
 def open_endpoint(url: str, model: str | None, **options) -> EndpointAdapter:

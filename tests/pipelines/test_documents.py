@@ -121,7 +121,11 @@ def test_documents_incremental_and_idempotent(ray_local, random_tiny_dir, tmp_pa
     again = run(opts, str(qs), dpi=50, run_date="2026-11-28")
     said = capsys.readouterr().out
     assert again["documents_processed"] == 0 and "late.pdf" not in str(_ledger(out))
-    assert "run documents-2026-11-28 is committed and stands; the 1 document(s) above" in said
+    assert "run documents-2026-11-28 is already committed" in said
+    assert "run documents-2026-11-28 stands; the 1 document(s) above" in said
+    with pytest.raises(ValueError, match="is committed with other settings"):  # said it stood, then refused it
+        run(opts, str(qs), dpi=60, run_date="2026-11-28")
+    assert "stands" not in capsys.readouterr().out
 
 
 def test_a_file_whose_time_alone_changed_is_not_read_again(ray_local, random_tiny_dir, tmp_path, fast_policy,

@@ -99,6 +99,9 @@ BAD_FILES = {
     "field clashes with a position name": ("- {field: q1, question: 'a ?'}\n- {question: 'b ?'}\n",
                                            "entry 2 (line 2): field 'q1' (its name by position: it gives no field) "
                                            "is also entry 1 (line 1)'s"),
+    "field clashes with an earlier position name": ("- {question: 'a ?'}\n- {field: q0, question: 'b ?'}\n",
+                                                   "entry 2 (line 2): field 'q0' is also entry 1 (line 1)'s name by "
+                                                   "position (it gives no field)"),
     "question of invisible characters": ("- question: \"\\u200b\\ufeff\"\n", "entry 1 (line 1): empty question"),
     "field not a name": ("- {field: total amount, question: 'what is the total ?'}\n",
                          "entry 1 (line 1): field 'total amount' is not a name: use a letter, then letters"),

@@ -749,7 +749,8 @@ def test_error_rows_carry_gdals_message_and_complex_data_is_refused_by_name(tmp_
     (["--tile-size", "100", "--max-tile-pixels", "2500"],
      "error: --tile-size 100: one tile is 100x100 = 10,000 pixels, over the cap of 2,500 pixels per tile; use a "
      "--tile-size of at most 50"),
-    (["--tile-size", "100", "--overlap", "100"], "error: --overlap 100: must be 0 to 99"),
+    (["--tile-size", "100", "--overlap", "100"], "error: --overlap 100: must be 0 to 50"),
+    (["--tile-size", "32", "--overlap", "31"], "error: --overlap 31: must be 0 to 16 (at most half of --tile-size"),
 ])
 def test_bad_tile_flags_name_the_flag_at_fault_in_one_line(tmp_path, flags, expected):
     args = ["--input", str(tmp_path / "scenes"), "--output", str(tmp_path / "out"), "--questions",

@@ -531,6 +531,21 @@ def test_a_part_that_stops_reading_part_way_keeps_its_rows_and_says_where(tmp_pa
     rows = read_manifest(str(folder))
     assert [r["id"] for r in rows] == ["a1", "b.json/unreadable"]
     assert rows[1]["status"] == "error" and rows[1]["error"].startswith(f"bad manifest: {folder}/b.json: ")
+    assert rows[1]["manifest_fields"] == ""  # as every other row without such fields, not null
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_column_named_twice_is_refused_naming_it(tmp_path, fmt):
+    """A header ``image_uri,question,x,x``: a record keeps one value per name, so the first ``x`` column
+    was lost from ``manifest_fields`` without a word."""
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        path.write_text("image_uri,question,x,x,id\na.png,q ?,first,second,a\n")
+    else:
+        pq.write_table(pa.Table.from_arrays([pa.array(["a.png"]), pa.array(["q ?"]), pa.array(["first"]),
+                                             pa.array(["second"])], names=["image_uri", "question", "x", "x"]), path)
+    with pytest.raises(ManifestError, match=f"^{path}: the header names 'x' more than once"):
+        plan_manifest(str(path))
 
 
 def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(ray_local, random_tiny_dir, tmp_path,

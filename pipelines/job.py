@@ -686,7 +686,9 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
 
         resolved = asdict(endpoint_config(opts.endpoint, opts.model or "", **opts.endpoint_config()))
         endpoint = {k: v for k, v in resolved.items() if k not in ("url", "model", "concurrency", "api_key_env")}
-    settings = {"input": source, "model": opts.model_label(), "endpoint_options": endpoint,
+    # a hub id is its commit: the revision that named it (main, a tag, the commit itself) changes nothing
+    model = str(opts.model) if model_commit else opts.model_label()
+    settings = {"input": source, "model": model, "endpoint_options": endpoint,
                 "policy": asdict(PolicyConfig(**policy)), **(job_settings or {})}
     if model_commit:  # only where there is one: every other run keeps the settings, and so the run id, it had
         settings["model_commit"] = model_commit

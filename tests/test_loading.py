@@ -230,6 +230,8 @@ def test_a_job_pins_a_hub_revision_to_its_commit_and_a_moved_branch_is_another_r
     assert before["revision"] == before["model_commit"] == MAIN
     assert JobOptions("in", "out", model=REPO, revision="v1").predictor_kwargs(None)["revision"] == V1
     started = run_settings(opts, {}, None, before["model_commit"])
+    spelled = JobOptions("in", "out", model=REPO, revision="main")  # main written out is the same commit, the same run
+    assert run_settings(spelled, {}, None, spelled.predictor_kwargs(None)["model_commit"]) == started
     (cache / ("models--" + REPO.replace("/", "--")) / "refs" / "main").write_text(V1)  # main moves on
     after = opts.predictor_kwargs(None)
     assert after["revision"] == V1

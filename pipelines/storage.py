@@ -22,11 +22,11 @@ TRANSIENT_STORAGE_ERRORS = ("Could not connect to the endpoint URL", "Cannot con
 
 
 def parse_storage_options(text: str | None) -> dict:
-    """``--storage-options`` JSON, merged over the S3 endpoint/credentials found in the environment."""
+    """``--storage-options`` JSON, merged over the S3 endpoint/credentials found in the environment: an
+    endpoint the JSON names (``endpoint_url``, or ``client_kwargs.endpoint_url`` as s3fs takes it) wins
+    over ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT_URL``."""
     opts: dict = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
-    if endpoint:
-        opts["endpoint_url"] = endpoint
     if text:
         try:
             extra = json.loads(text)
@@ -35,11 +35,15 @@ def parse_storage_options(text: str | None) -> dict:
         if not isinstance(extra, dict):
             raise ValueError(f"--storage-options must be a JSON object of fsspec options, like "
                              f'\'{{"anon": true}}\', not {type(extra).__name__}')
-        if "endpoint_url" in extra:
-            opts["endpoint_url"] = extra.pop("endpoint_url")
+        client = extra.get("client_kwargs")
+        if isinstance(client, dict) and client.get("endpoint_url"):
+            endpoint = client["endpoint_url"]
+        if extra.get("endpoint_url"):
+            endpoint = extra["endpoint_url"]
+        extra.pop("endpoint_url", None)
         opts.update(extra)
-    if opts.get("endpoint_url"):
-        opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
+    if endpoint:
+        opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "endpoint_url": endpoint}
     return opts
 
 

@@ -16,9 +16,10 @@ def test_ask_json_prints_exactly_the_record(random_tiny_dir):
                               "--model", str(random_tiny_dir), "--budget", "12", "--json"])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(rec) == {"answer", "confidence", "distribution", "entropy_trace", "reward_trace", "anchors", "boxes",
-                        "chosen_boxes", "evidence_box", "forward_passes", "seconds", "mode", "policy", "token_confidences",
-                        "reward_standout"}
+    from spote.core import SpotResult
+
+    assert set(rec) == set(SpotResult.RECORD_KEYS) and rec["method"] == "spote"
+    assert {"answer", "confidence", "entropy_trace", "evidence_box", "forward_passes", "answer_cut_off"} <= set(rec)
     assert rec["forward_passes"] <= 12
     # the evidence box is one of the views the run looked at, or null when the whole image answered
     assert rec["evidence_box"] is None or rec["evidence_box"] in rec["boxes"]

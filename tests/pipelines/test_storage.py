@@ -64,6 +64,11 @@ def test_storage_options_merge_over_the_endpoint_in_the_environment(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     assert parse_storage_options('{"anon": true}') == {"anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
     assert parse_storage_options('{"endpoint_url": "http://h:1"}') == {"client_kwargs": {"endpoint_url": "http://h:1"}}
+    # s3fs's own spelling names the endpoint too: the environment's replaced it without a word
+    named = '{"client_kwargs": {"endpoint_url": "http://h:2", "region_name": "eu-west-1"}}'
+    assert parse_storage_options(named) == {"client_kwargs": {"endpoint_url": "http://h:2", "region_name": "eu-west-1"}}
+    assert parse_storage_options('{"client_kwargs": {"region_name": "eu-west-1"}}') == {
+        "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9"}}
 
 
 def test_a_parquet_file_whose_table_cannot_be_written_leaves_the_old_one(tmp_path):

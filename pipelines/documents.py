@@ -391,8 +391,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
         raise JobRefused(f"--run-date must be a date as YYYY-MM-DD (the night the run stands for), got {run_date!r}")
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
     job_settings = {"questions": questions, "dpi": dpi}
-    model_commit = opts.predictor_kwargs(so).get("model_commit")  # a hub branch that moved: other answers
-    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_commit))
+    model_kwargs = opts.predictor_kwargs(so)  # a hub branch that moved (model_commit): other answers
+    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"]))
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
                                                      redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])
@@ -415,6 +415,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
                    after_commit=after_commit, job_settings=job_settings, committed_note=stands,
+                   model_kwargs=model_kwargs,
                    extra_summary=lambda stats, planned: {"documents_seen": seen,
                                                          "documents_processed": planned.get("sources_planned") or 0,
                                                          "run_date": run_date, "dpi": dpi})

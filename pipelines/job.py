@@ -534,8 +534,8 @@ def store_outage(uri: str, storage_options: dict | None = None) -> BaseException
         fs, path = filesystem(uri, storage_options)
         fs.invalidate_cache()
         fs.info(path)
-    except Exception as err:  # FileNotFoundError and PermissionError are answers: the store is up
-        return err if is_outage(err) and not isinstance(err, (FileNotFoundError, PermissionError)) else None
+    except Exception as err:  # a missing path or a refusal is an answer (no outage): the store is up
+        return err if is_outage(err) else None
     return None
 
 
@@ -820,7 +820,8 @@ def finish_interrupted_commits(paths: RunPaths, so: dict) -> int:
 
 
 def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
-            after_commit=None, predictor=None, job_settings: dict | None = None, committed_note: str = "") -> dict:
+            after_commit=None, predictor=None, job_settings: dict | None = None, committed_note: str = "",
+            model_kwargs: dict | None = None) -> dict:
     """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
     (resumable) -> statistics from per-block partials -> exactly-once check -> commit.
 
@@ -831,7 +832,9 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     id was already committed (so it must be idempotent). ``job_settings``: the job's own flags that
     change its rows (JSON values: questions, tile size, dpi, ...), part of the run's settings
     (``run_settings``). ``committed_note``: printed where the run id was committed already with these
-    settings (what the committed run leaves to a later one). Returns the summary.
+    settings (what the committed run leaves to a later one). ``model_kwargs``: ``opts.predictor_kwargs(...)``
+    where the caller needed it already (the model is then checked once: a hub fetch, an endpoint's
+    listing). Returns the summary.
     Raises ValueError for an id clash or a run id started with other settings (before any work), ``RunInUse`` when another driver is writing
     the same run (its lease still beats; see ``RunLease``), and AccountingError when the staged rows
     are not every planned item exactly once (nothing is committed then).
@@ -840,7 +843,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         plan = Plan.of_rows(plan)
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
-    model_kwargs = opts.predictor_kwargs(so)
+    model_kwargs = dict(model_kwargs) if model_kwargs is not None else opts.predictor_kwargs(so)
     model_commit = model_kwargs.pop("model_commit", None)
     if plan.input_version:  # an input edited since a run is another run (see planning.listing_version)
         job_settings = {**(job_settings or {}), "input_files": plan.input_version}

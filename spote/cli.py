@@ -277,9 +277,9 @@ def ask(
         else:
             img = load_image(_image_input(Path(local_path(image))), max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
-        if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
-            _fail(f"{'standard input' if image == '-' else image} is {err.kind}: spote ask reads images; {err.advice}")
         name = "standard input" if image == "-" else image
+        if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
+            _fail(f"{name} is {err.kind}: spote ask reads images; {err.advice}")
         _fail(str(err) if name in str(err) else f"{name}: {err}")
     except (AskError, ValueError) as err:
         _fail(str(err))

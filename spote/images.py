@@ -451,10 +451,15 @@ def _tiff_alpha(data: bytes, frame: int = 0) -> str | None:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            extra = tif.pages[frame].extrasamples
+            return _alpha_of(tif.pages[frame].extrasamples)
     except Exception:
         return None
-    return {1: "premultiplied", 2: "straight"}.get(int(extra[0])) if len(extra) else None
+
+
+def _alpha_of(extrasamples) -> str | None:
+    """A TIFF page's ExtraSamples (TIFF 6.0 section 18) as ``_extra_band`` takes them: 1 premultiplied
+    (associated) alpha, 2 straight (unassociated) alpha, anything else or none no alpha."""
+    return {1: "premultiplied", 2: "straight"}.get(int(extrasamples[0])) if len(extrasamples) else None
 
 
 def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
@@ -476,8 +481,7 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
             pixels = page.asarray()
             if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
                 pixels = np.moveaxis(pixels, 0, -1)
-            extra = page.extrasamples
-            pixels = _extra_band(pixels, {1: "premultiplied", 2: "straight"}.get(int(extra[0])) if len(extra) else None)
+            pixels = _extra_band(pixels, _alpha_of(page.extrasamples))
             return pixels if pixels.ndim in (2, 3) else None
     except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
         return None

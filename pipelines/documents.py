@@ -392,7 +392,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
     job_settings = {"questions": questions, "dpi": dpi}
     model_kwargs = opts.predictor_kwargs(so)  # a hub branch that moved (model_commit): other answers
-    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"]))
+    settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"],
+                                            model_kwargs["model_fingerprint"]))
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
                                                      redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])

@@ -283,8 +283,10 @@ class JobOptions:
         endpoint flags fail the job before any work (``ModelNotFound`` / ``ValueError``, one line). A hub
         id's revision (``main`` when none is given) is pinned to the commit it names now, ``model_commit``:
         every actor loads that commit, and the run records it (``run_settings``), so a branch that moves
-        mid-run or between a crash and its resume never mixes two models' answers in one run."""
-        from spote.loading import check_model
+        mid-run or between a crash and its resume never mixes two models' answers in one run. A folder
+        (local, remote, the shipped model) has no commit: its ``checkpoint_fingerprint``, ``model_fingerprint``,
+        is recorded the same way, and each actor checks the folder it loaded still has it."""
+        from spote.loading import check_model, checkpoint_fingerprint
 
         if self.endpoint:
             from spote.adapters.endpoint import check_served_model, endpoint_config
@@ -293,11 +295,13 @@ class JobOptions:
                 raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it "
                                  "serves")
             check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
-            commit = None
+            commit = fingerprint = None
         else:
             commit = check_model(self.model, storage_options, self.revision)
+            fingerprint = None if commit else checkpoint_fingerprint(self.model, storage_options)
         return {"model": self.model, "revision": commit or self.revision, "endpoint": self.endpoint,
-                "endpoint_options": self.endpoint_config() if self.endpoint else None, "model_commit": commit}
+                "endpoint_options": self.endpoint_config() if self.endpoint else None, "model_commit": commit,
+                "model_fingerprint": fingerprint}
 
     def model_label(self) -> str:
         """The model as runs name it: ``NAME``, ``NAME@REVISION`` or ``NAME @ ENDPOINT`` (no credentials)."""
@@ -389,6 +393,9 @@ def job_command(fn):
             raise typer.Exit(2) from None
         except Exception as err:
             if _is_ray_error(err):
+                if changed := _model_changed(err):  # an actor found the model folder changed since the start
+                    typer.echo(f"error: {changed}", err=True)
+                    raise typer.Exit(2) from None
                 # a task's failure reaches the driver without its cause (Ray Data re-raises it as a user-code
                 # error holding the task's traceback as text): where the store is down now, that is why
                 outage = store_outage(opts.output, parse_storage_options(opts.storage_options)) if opts else None
@@ -513,6 +520,16 @@ def _share(rate: float | None) -> str:
 
 def _is_ray_error(err: Exception) -> bool:
     return type(err).__module__.startswith("ray.")
+
+
+def _model_changed(err: BaseException) -> str | None:
+    """The message of a ``ModelChanged`` an actor raised when it loaded, from a Ray error (which holds the
+    actor's traceback as text only), or None."""
+    while err is not None:
+        if found := re.search(r"ModelChanged: (.+)", str(err)):
+            return found.group(1).strip()
+        err = err.__cause__
+    return None
 
 
 def is_outage(err: BaseException) -> bool:
@@ -668,9 +685,10 @@ def answer_dataset(ds, opts: JobOptions, policy: dict, so: dict, schema=None, lo
 
 
 def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = None,
-                 model_commit: str | None = None) -> dict:
+                 model_commit: str | None = None, model_fingerprint: str | None = None) -> dict:
     """What a run's rows depend on: the input (a local path made absolute), the model (``model_label``;
-    for a hub id also ``model_commit``, the commit its revision named when the run started) and its
+    for a hub id also ``model_commit``, the commit its revision named when the run started; for a folder
+    ``model_fingerprint``, what it held then, ``spote.loading.checkpoint_fingerprint``) and its
     endpoint options, the whole policy (defaults filled in, so spelling a default out changes nothing)
     and the job's own settings. Recorded with the plan and in the summary, hashed into the
     default run id; a resume or a re-run of the run id must match it (``check_same_settings``)."""
@@ -690,12 +708,14 @@ def run_settings(opts: JobOptions, policy: dict, job_settings: dict | None = Non
     model = str(opts.model) if model_commit else opts.model_label()
     settings = {"input": source, "model": model, "endpoint_options": endpoint,
                 "policy": asdict(PolicyConfig(**policy)), **(job_settings or {})}
-    if model_commit:  # only where there is one: every other run keeps the settings, and so the run id, it had
+    if model_commit:  # only where there is one: an endpoint's run keeps the settings, and so the run id, it had
         settings["model_commit"] = model_commit
+    if model_fingerprint:
+        settings["model_fingerprint"] = model_fingerprint
     return json.loads(json.dumps(settings, sort_keys=True))  # as plan.json gives it back (tuples -> lists)
 
 
-LATER_SETTINGS = ("input_files", "model_commit")  # settings added after runs were first recorded (see check_same_settings)
+LATER_SETTINGS = ("input_files", "model_commit", "model_fingerprint")  # settings added after runs were first recorded (see check_same_settings)
 
 
 def check_same_settings(run_id: str, started: dict | None, now: dict, committed: bool = False) -> None:
@@ -844,10 +864,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     so = parse_storage_options(opts.storage_options)
     policy = opts.policy_overrides()
     model_kwargs = dict(model_kwargs) if model_kwargs is not None else opts.predictor_kwargs(so)
-    model_commit = model_kwargs.pop("model_commit", None)
+    model_commit = model_kwargs.pop("model_commit", None)  # the actors get model_fingerprint, to check what they load
     if plan.input_version:  # an input edited since a run is another run (see planning.listing_version)
         job_settings = {**(job_settings or {}), "input_files": plan.input_version}
-    settings = run_settings(opts, policy, job_settings, model_commit)
+    settings = run_settings(opts, policy, job_settings, model_commit, model_kwargs.get("model_fingerprint"))
     run_id = check_run_id(opts.run_id or default_run_id(job, json.dumps(settings, sort_keys=True)))
     paths = RunPaths(opts.output, run_id)
     if is_committed(paths, so) and not opts.force:

@@ -175,18 +175,24 @@ class SpotePredictor:
 
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
                  device: str | None = None, threads: int = 1, timeout_s: float | None = None,
-                 revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None):
+                 revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None,
+                 model_fingerprint: str | None = None):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # an actor's output is a log: no \r redraws
         import torch
 
         from spote.core import PolicyConfig
-        from spote.loading import load_adapter
+        from spote.loading import ModelChanged, checkpoint_fingerprint, load_adapter
 
         torch.set_num_threads(max(1, threads))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.adapter = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
                                     device=device, storage_options=storage_options)
+        # the folder the run started with (JobOptions.predictor_kwargs), not weights saved over it since
+        if model_fingerprint and (now := checkpoint_fingerprint(model, storage_options)) != model_fingerprint:
+            raise ModelChanged(f"model {model or 'spote-tiny'!r} holds other files than when the run started "
+                               f"({now[:15]}..., was {model_fingerprint[:15]}...): its answers so far came from the "
+                               f"files it started with; put them back to resume it, or start another run")
         self.cfg = PolicyConfig(**(policy or {}))
         self.model_name = self.adapter.name
         self.actor = f"{socket.gethostname()}:{os.getpid()}"

@@ -255,6 +255,10 @@ class ModelNotFound(FileNotFoundError):
     """The model named cannot be found; the message (one line) names every place that was tried."""
 
 
+class ModelChanged(RuntimeError):
+    """A model folder holds other files than when a run started (``checkpoint_fingerprint``)."""
+
+
 # What a checkpoint needs from a hub repository: weights as safetensors, configs, tokenizer, chat template.
 HUB_ALLOW = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 # Never pickled weights (or other formats) even where a repository carries them beside safetensors.
@@ -506,6 +510,60 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
     # huggingface_hub keeps a revision's files in snapshots/<commit>/
     return folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
+
+
+SMALL_FILE = 1 << 20       # bytes: configs, tokenizer and template files up to this size are hashed whole
+WEIGHT_SAMPLES = 16        # blocks read from each safetensors file's tensor data ...
+WEIGHT_SAMPLE_BYTES = 4096  # ... of this many bytes each
+
+
+def checkpoint_fingerprint(path_or_uri, storage_options: dict | None = None) -> str | None:
+    """What a checkpoint folder holds now, cheaply enough to check at every job start and actor load: a
+    hub commit names its content, a folder (local, remote, the shipped spote-tiny) has no such name, and
+    weights saved over it between a run's crash and its resume would mix two models' answers in one run.
+
+    SHA-256 over the files loading reads (``list_checkpoint``), each by its name and size, and: files of
+    up to ``SMALL_FILE`` bytes whole; larger ones by the store's ETag where it gives one (S3: a hash of the
+    content), else, for safetensors, their header (every tensor's name, dtype, shape and offsets) and
+    ``WEIGHT_SAMPLES`` blocks of ``WEIGHT_SAMPLE_BYTES`` spread evenly over the tensor data. Sampled, not a
+    full hash (that would read every byte of a many-GB model at each start): a checkpoint retrained or
+    fine-tuned over the folder changes every block; an edit of a few tensors alone may go unseen.
+
+    Returns:
+        ``"sha256:"`` and 64 hex digits; None for a hub id (its commit is the name, see ``check_model``).
+
+    Raises:
+        ModelNotFound: the folder cannot be listed or read (as ``check_model``).
+    """
+    s = "" if path_or_uri is None else str(path_or_uri)
+    if s in ("", "spote-tiny"):
+        s = str(DEFAULT_MODEL)
+    elif not is_remote(s):
+        local = Path(local_path(s)).expanduser()
+        if not local.is_dir():
+            return None  # a hub id
+        s = str(local.absolute())
+    h = hashlib.sha256()
+    try:
+        fs, root, files = list_checkpoint(s, storage_options)
+        for rel in sorted(files):
+            info = files[rel]
+            size = int(info.get("size") or 0)
+            etag = _fingerprint(info)["etag"]
+            h.update(json.dumps([rel, size, etag if size > SMALL_FILE else None]).encode())
+            path = f"{root}/{rel}"
+            if size <= SMALL_FILE:
+                h.update(fs.cat_file(path))
+            elif etag is None and rel.endswith(".safetensors"):
+                n = int.from_bytes(fs.cat_file(path, start=0, end=8), "little")
+                h.update(fs.cat_file(path, start=8, end=8 + n))
+                data, span = 8 + n, max(0, size - 8 - n - WEIGHT_SAMPLE_BYTES)
+                for i in range(WEIGHT_SAMPLES):
+                    start = data + span * i // max(1, WEIGHT_SAMPLES - 1)
+                    h.update(fs.cat_file(path, start=start, end=start + WEIGHT_SAMPLE_BYTES))
+    except Exception as err:  # gone, no credentials, unreachable store
+        raise ModelNotFound(f"model {s!r} cannot be read: {_first_line(err)}") from None
+    return f"sha256:{h.hexdigest()}"
 
 
 def default_device() -> str:

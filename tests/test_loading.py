@@ -684,3 +684,51 @@ def test_an_empty_spote_cache_is_the_default_not_the_working_folder(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from spote.loading import CACHE_DIR; print(CACHE_DIR)"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.stdout.strip() == str(tmp_path / ".cache" / "spote" / "models"), out.stderr
+
+
+def test_a_checkpoint_fingerprint_sees_weights_saved_over_a_folder_and_nothing_else(tmp_path):
+    """What a folder holds, read cheaply: a copy elsewhere (new paths and times) is the same; weights saved over
+    it (same size and header, other data), a changed template, or a file added beside the weights are not;
+    what loading never reads (a model card, a training run's checkpoint-N/ below) changes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from spote.loading import checkpoint_fingerprint
+
+    model = tmp_path / "a" / "model"
+    shutil.copytree(DEFAULT_MODEL, model)
+    first = checkpoint_fingerprint(str(model))
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", first)
+    assert checkpoint_fingerprint(None) == checkpoint_fingerprint("spote-tiny") == checkpoint_fingerprint(DEFAULT_MODEL)
+    assert checkpoint_fingerprint(REPO) is None                       # a hub id: its commit names it
+    time.sleep(0.01)
+    shutil.copytree(model, tmp_path / "b", copy_function=shutil.copyfile)   # new paths, new times
+    assert checkpoint_fingerprint(str(tmp_path / "b")) == first
+    (model / "README.md").write_text("notes")
+    (model / "checkpoint-100").mkdir()
+    shutil.copy(model / "model.safetensors", model / "checkpoint-100")
+    assert checkpoint_fingerprint(f"file://{model}/") == first
+    weights = model / "model.safetensors"
+    size, tensors = weights.stat().st_size, load_file(weights)
+    save_file({k: v + 0.001 for k, v in tensors.items()}, weights, metadata={"format": "pt"})  # a fine-tune saved over it
+    assert weights.stat().st_size == size and checkpoint_fingerprint(str(model)) not in (first, None)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert checkpoint_fingerprint(str(model)) == first                 # the same bytes back: the same
+    (model / "chat_template.jinja").write_text((model / "chat_template.jinja").read_text() + " ")
+    assert checkpoint_fingerprint(str(model)) != first
+    with pytest.raises(ModelNotFound, match="cannot be read"):
+        checkpoint_fingerprint(str(tmp_path / "a"))                   # a folder that holds no checkpoint
+
+
+def test_a_remote_checkpoint_fingerprint_follows_the_store(s3, s3_server):
+    """On S3 the weights are known by their ETags (no ranged reads): a re-upload of other weights is another
+    fingerprint, the same bytes uploaded again the same one."""
+    from spote.loading import checkpoint_fingerprint
+
+    uri, opts = _upload_shipped(s3), _s3_options(s3_server)
+    first = checkpoint_fingerprint(uri, opts)
+    assert first.startswith("sha256:") and checkpoint_fingerprint(uri + "/", opts) == first
+    data = (DEFAULT_MODEL / "model.safetensors").read_bytes()
+    s3.pipe_file(f"{uri[5:]}/model.safetensors", data[:-8] + bytes(8))      # the last values changed
+    assert checkpoint_fingerprint(uri, opts) != first
+    s3.pipe_file(f"{uri[5:]}/model.safetensors", data)
+    assert checkpoint_fingerprint(uri, opts) == first

@@ -154,3 +154,47 @@ def test_a_checkpoint_commit_killed_inside_its_move_keeps_the_part(where, ray_lo
     df = _committed_results(paths, where, s3)
     want = _manifest_ids(manifest)
     assert sorted(df["id"]) == sorted(want)                   # every item exactly once
+
+
+def _weights_saved_over(folder: Path) -> None:
+    """Other weights of the same tensors saved over ``folder`` (a fine-tune written to the same place): the
+    file keeps its size and its header, only the tensor data differ."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    size = path.stat().st_size
+    tensors = load_file(path)
+    save_file({k: v * 1.5 + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, path,
+              metadata={"format": "pt"})
+    assert path.stat().st_size == size
+
+
+def test_weights_saved_over_the_model_folder_before_a_resume_are_another_run(ray_local, random_tiny_dir, tmp_path,
+                                                                             fast_policy):
+    """A run staged with a local model folder, the folder's weights then overwritten (a fine-tune saved to the
+    same place) and the run resumed: the rest of its items were answered by the new weights and committed
+    with the old ones' under one model name. The run records what the folder held when it started
+    (``model_fingerprint``): the resume is refused, naming it, and each actor checks what it loads."""
+    import shutil
+
+    from benchmarks.pipeline_throughput import make_corpus
+    from pipelines.job import _model_changed
+
+    model = tmp_path / "model"
+    shutil.copytree(random_tiny_dir, model)
+    manifest = make_corpus(tmp_path, 4, seed=6)
+    opts = JobOptions(str(manifest), str(tmp_path / "out"), str(model), policy=fast_policy, run_id="ft",
+                      batch_size=2, rows_per_part=2)
+    with pytest.raises(_StopBeforeCommit):
+        run_job("vqa", opts, plan_manifest(str(manifest)), post_commit=_stop_before_commit)
+    started = opts.predictor_kwargs(None)
+    assert started["model_fingerprint"].startswith("sha256:") and started["model_commit"] is None
+    _weights_saved_over(model)
+    with pytest.raises(ValueError, match=r"run ft was started with other settings \(model_fingerprint 'sha256:"):
+        run_job("vqa", opts, plan_manifest(str(manifest)))
+    # an actor that loads a folder changed after the driver looked refuses to answer for the run
+    with pytest.raises(Exception) as caught:
+        run_job("vqa", dataclasses.replace(opts, run_id="ft2"), plan_manifest(str(manifest)),
+                model_kwargs=started)
+    # Ray passes the actor's error on as text: the job's CLI prints the message found in it, one line
+    assert "holds other files than when the run started" in (_model_changed(caught.value) or "")

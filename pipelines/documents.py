@@ -34,7 +34,8 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from spote.images import BadImage, frame_count
+from spote.images import BadImage
+from spote.images import page_count as image_page_count
 
 from .job import JobOptions, JobRefused, group_partitions, job_command, run_job, run_settings
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
@@ -142,16 +143,7 @@ def page_count(uri: str, so=None, data: bytes | None = None) -> int:
             return len(pdf)
         finally:
             pdf.close()
-    import io
-
-    from PIL import Image
-
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Exception:  # an unreadable image is one page; its loader says what is wrong with it
-        return 1
-    with im:
-        return frame_count(im)  # BadImage for a multi-page file cut short: not one clean page
+    return image_page_count(data)  # BadImage for a multi-page file cut short: not one clean page
 
 
 def plan_pages(doc: dict, questions: list[dict], so=None):

@@ -110,15 +110,21 @@ def open_scene(uri: str, storage_options=None):
 
 
 def _exif_orientation(uri: str, storage_options=None) -> int:
-    """EXIF orientation from the file's header (Pillow reads only the header); 1 when none or unreadable."""
+    """The orientation of the file's first image, from its header: a TIFF's tag 274 (tifffile, whatever its
+    samples: Pillow opens no float RGB TIFF), else EXIF (Pillow); 1 when none or unreadable."""
     from PIL import Image
 
-    from spote.images import exif_orientation
+    from spote.images import TIFF_MAGIC, exif_orientation, tiff_pages
 
     try:
         fs, path = filesystem(uri, storage_options)
-        with fs.open(path, "rb") as f, Image.open(f) as im:
-            return exif_orientation(im)
+        with fs.open(path, "rb") as f:
+            if f.read(4) in TIFF_MAGIC:
+                f.seek(0)
+                return next((o for ifd, o in tiff_pages(f) or [] if ifd == 0), 1)  # GDAL reads the first image
+            f.seek(0)
+            with Image.open(f) as im:
+                return exif_orientation(im)
     except Exception:  # formats Pillow does not know carry no EXIF orientation we could honour
         return 1
 

@@ -232,7 +232,7 @@ def ask(
     from .adapters.endpoint import EndpointError, endpoint_options
     from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
-    from .images import BadImage, check_choices, check_question, load_image
+    from .images import BadImage, ImageTooLarge, check_choices, check_question, load_image
     from .loading import ModelNotFound, load_adapter
     from .uris import is_remote, local_path
 
@@ -280,6 +280,8 @@ def ask(
         name = "standard input" if image == "-" else image
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
             _fail(f"{name} is {err.kind}: spote ask reads images; {err.advice}")
+        if isinstance(err, ImageTooLarge):
+            err = ImageTooLarge(f"{err}, or raise --max-pixels")
         _fail(str(err) if name in str(err) else f"{name}: {err}")
     except (AskError, ValueError) as err:
         _fail(str(err))

@@ -49,12 +49,17 @@ class BadImage(ValueError):
         self.kind, self.advice = kind, advice
 
 
+class ImageTooLarge(BadImage):
+    """More pixels than the decompression-bomb guard lets through (``max_pixels``)."""
+
+
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise BadImage(f"zero-size image ({width} x {height})")
     if width * height > max_pixels:
-        raise BadImage(f"image too large: {width} x {height} = {width * height:,} pixels exceeds the limit of "
-                       f"{max_pixels:,} (decompression-bomb guard); tile it or raise max_pixels (spote ask --max-pixels)")
+        # no flag named: a job's loader has none, and spote ask adds its own
+        raise ImageTooLarge(f"image too large: {width} x {height} = {width * height:,} pixels exceeds the limit of "
+                            f"{max_pixels:,} (decompression-bomb guard); downscale or tile it first")
 
 
 # ---------------------------------------------------------------------------------------------- orientation
@@ -277,12 +282,85 @@ def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
 
 
 def frame_count(im: Image.Image) -> int:
-    """Frames (pages) of an opened image: 1 for a single image. Raises ``BadImage`` where the file is cut
-    short or damaged so that they cannot be counted (Pillow raises on a multi-page TIFF cut mid-way)."""
+    """Frames (pages) of an opened image: 1 for a single image, and for an MPO JPEG, whose other images are
+    a camera's previews, depth maps or second eye (CIPA DC-007), not pages. Raises ``BadImage`` where the
+    file is cut short or damaged so that they cannot be counted (Pillow raises on a multi-page TIFF cut
+    mid-way). A TIFF's pages are better counted from its bytes (``page_count``)."""
+    if im.format == "MPO":
+        return 1
     try:
         return max(1, int(getattr(im, "n_frames", 1)))
     except Exception as err:  # TypeError, OSError, struct.error, EOFError: whatever its reader trips over
         raise BadImage(f"corrupt or truncated image: its pages cannot be counted ({type(err).__name__}: {err})") from err
+
+
+def tiff_pages(data) -> list[tuple[int, int]] | None:
+    """(IFD index, orientation) of each page of a TIFF, in order, read from its tags with tifffile: every
+    image of the file's IFD chain but the reduced-resolution ones (NewSubfileType bit 0, TIFF 6.0 section 8:
+    the thumbnails scanners write beside a page), whatever its pixels (Pillow cannot open a float RGB page,
+    nor count past one); orientation 1-8 (tag 274; 1 when absent or invalid). ``data``: the file's bytes, or
+    a seekable file object (only the tags are read). None where tifffile cannot walk the whole chain (cut
+    short, damaged: it complains and stops), which is then Pillow's to count or refuse."""
+    import logging
+
+    import tifffile
+
+    class Complaints(logging.Handler):  # tifffile logs a chain that points past the file's end, and stops there
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.heard = False
+
+        def emit(self, record):
+            self.heard = True
+
+    log, complaints = logging.getLogger("tifffile"), Complaints()
+    log.addHandler(complaints)
+    propagate, log.propagate = log.propagate, False
+    try:
+        with tifffile.TiffFile(io.BytesIO(data) if isinstance(data, bytes) else data) as tif:
+            found = []
+            for i, page in enumerate(tif.pages):
+                tag = page.tags.get(EXIF_ORIENTATION)
+                value = tag.value if tag is not None and isinstance(tag.value, int) else 1
+                found.append((i, value if 1 <= value <= 8 else 1, int(page.subfiletype or 0) & 1))
+    except Exception:
+        return None
+    finally:
+        log.removeHandler(complaints)
+        log.propagate = propagate
+    if complaints.heard:  # cut short or damaged: the pages cannot be counted from the tags
+        return None
+    full = [(i, o) for i, o, reduced in found if not reduced]
+    return (full or [(i, o) for i, o, _ in found[:1]]) or None
+
+
+def page_count(data: bytes) -> int:
+    """Pages of an image file's bytes: a TIFF's by ``tiff_pages``, else ``frame_count``'s (1 for a file
+    Pillow cannot open: its loader says what is wrong with it). Raises ``BadImage`` as ``frame_count``."""
+    if data[:4] in TIFF_MAGIC and (pages := tiff_pages(data)) is not None:
+        return len(pages)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception:
+        return 1
+    with im:
+        return frame_count(im)
+
+
+def _stored_tiff(data: bytes, ifd: int) -> bytes:
+    """``data`` with page ``ifd``'s Orientation tag set to 1, so that Pillow decodes the pixels as stored:
+    Pillow 13 turns a TIFF page upright itself while it loads, and scrambles L, P, RGBA, CMYK and 16-bit
+    pages of orientations 5-8 doing it; ``load_image`` turns the stored pixels as it does every format's."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        tag = tif.pages[ifd].tags.get(EXIF_ORIENTATION)
+        if tag is None or tag.value == 1 or tag.valuebytecount not in (2, 4):  # SHORT, or LONG from some writers
+            return data
+        fixed = bytearray(data)
+        n = tag.valuebytecount
+        fixed[tag.valueoffset:tag.valueoffset + n] = (1).to_bytes(n, "little" if tif.byteorder == "<" else "big")
+        return bytes(fixed)
 
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> Image.Image:
@@ -305,6 +383,11 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
         raise ValueError(f"frame {frame}: only a file, bytes or a file object have frames")
     if isinstance(source, Image.Image):
         _check_size(*source.size, max_pixels)
+        if source.format == "TIFF" and exif_orientation(source) != 1 and getattr(source, "filename", None):
+            # not loaded yet (loading drops the tag): from its file, as Pillow would turn some pages wrongly
+            pages = [ifd for ifd, _ in tiff_pages(Path(source.filename).read_bytes()) or []]
+            if source.tell() in pages:
+                return load_image(source.filename, max_pixels, pages.index(source.tell()))
         source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
         return _upright_image(to_rgb(source), exif_orientation(source))
     if isinstance(source, np.ndarray):
@@ -320,27 +403,41 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
     elif not isinstance(source, (str, Path)) and not hasattr(source, "read"):  # Image.open would fail on .read
         raise BadImage(f"not an image: got {type(source).__name__}; give a path, a URI, bytes, a file object, "
                        f"a PIL image or an HxW / HxWxC numpy array")
+    # a TIFF's pages and orientations come from its tags (tifffile): Pillow counts no page past one it cannot
+    # decode, counts thumbnails as pages, and turns some pages upright wrongly; it then decodes the stored pixels
+    tiff, orientation = None, None
+    if _head(source) in TIFF_MAGIC and (pages := tiff_pages(data := _bytes_of(source))) is not None:
+        if frame >= len(pages):
+            raise BadImage(f"page {frame} of {len(pages)}: no such frame")
+        tiff, (frame, orientation) = data, pages[frame]
+        source = io.BytesIO(_stored_tiff(tiff, frame))
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we check the header size ourselves, with our own message
     try:
         with Image.open(source) as im:
+            if frame and tiff is None and frame >= (n := frame_count(im)):
+                raise BadImage(f"page {frame} of {n}: no such frame")
             if frame:
-                if frame >= (n := frame_count(im)):
-                    raise BadImage(f"page {frame} of {n}: no such frame")
-                im.seek(frame)
+                try:
+                    im.seek(frame)
+                except (OSError, SyntaxError, ValueError, EOFError):  # a TIFF page Pillow cannot decode
+                    if tiff is None or (pixels := _read_tiff_page(tiff, frame)) is None:
+                        raise
+                    return _upright_image(array_to_image(pixels), orientation)
             _check_size(*im.size, max_pixels)
-            if im.format == "TIFF" and _pillow_misreads(im):
-                if (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
-                    return _upright_image(array_to_image(pixels), exif_orientation(im))
-            deep = _read_deep_colour(_bytes_of(source), frame) if _deep_colour(im) else None
+            was_deep, misread = _deep_colour(im), im.format == "TIFF" and _pillow_misreads(im)
+            if orientation is None:
+                orientation = exif_orientation(im)  # the frame's own (a PNG's EXIF loads its pixels: tile first)
+            if misread and (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
+                return _upright_image(array_to_image(pixels), orientation)
+            deep = _read_deep_colour(_bytes_of(source), frame) if was_deep else None
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
-                return _upright_image(array_to_image(deep), exif_orientation(im))  # as stored: turn it
-            was_deep = _deep_colour(im)
-            im.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
+                return _upright_image(array_to_image(deep), orientation)  # as stored: turn it
+            im.load()  # a TIFF's orientation tag is cleared above: Pillow decodes it as stored
             rgb = to_rgb(im)
             if was_deep:  # no full-depth reader: the top byte, stretched like the full value would be
                 rgb = Image.fromarray(stretch_to_uint8(np.asarray(rgb)))
-            return _upright_image(rgb, exif_orientation(im))
+            return _upright_image(rgb, orientation)
     except UnidentifiedImageError as err:
         data = _bytes_of(source)
         name = Path(source).name if isinstance(source, (str, Path)) else None
@@ -350,7 +447,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             raise BadImage(f"the file is {kind}, not an image: {advice}", kind, advice) from err
         if data[:4] in TIFF_MAGIC:
             if (pixels := _read_tiff_page(data, frame)) is not None:  # a layout Pillow does not decode
-                return array_to_image(pixels)
+                return _upright_image(array_to_image(pixels), orientation or 1)
             raise BadImage(_tiff_refusal(data)) from err
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
             raise BadImage("a HEIC/HEIF photo, which cannot be decoded here: convert it to JPEG or PNG first "
@@ -514,6 +611,18 @@ def _tiff_refusal(data: bytes) -> str:
         return (f"{what}, which is no single image: save 1 or 3 of its bands first (e.g. gdal_translate -b 1 -b 2 "
                 f"-b 3 -ot Byte -scale), {satellite} and picks bands (--bands)")
     return f"{what}, which cannot be decoded: save it as 8 or 16 bits first (e.g. gdal_translate -ot Byte -scale), {satellite}"
+
+
+def _head(source, n: int = 4) -> bytes:
+    """The first ``n`` bytes of a path or file object (its position kept)."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            return f.read(n)
+    pos = source.tell()
+    try:
+        return source.read(n)
+    finally:
+        source.seek(pos)
 
 
 def _bytes_of(source) -> bytes:

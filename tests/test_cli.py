@@ -259,8 +259,8 @@ def test_max_pixels_refuses_a_larger_image_in_one_line_and_raising_it_reads_it(r
     res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
                               str(random_tiny_dir), "--max-pixels", "1000"])
     assert res.exit_code == 2, res.output
-    _one_error_line(res.stderr, "exceeds the limit of 1,000 (decompression-bomb guard); tile it or raise max_pixels "
-                                "(spote ask --max-pixels)")
+    _one_error_line(res.stderr, "exceeds the limit of 1,000 (decompression-bomb guard); downscale or tile it first, "
+                                "or raise --max-pixels")
     res = runner.invoke(app, ["ask", str(SAMPLE), "is the red box ticked ?", "--choices", "yes,no", "--model",
                               str(random_tiny_dir), "--max-pixels", "1000000", "--budget", "4"])
     assert res.exit_code == 0, res.output

@@ -299,6 +299,78 @@ def test_lossless_files_with_any_exif_orientation_load_upright(orientation, fmt)
                           np.asarray(upright))
 
 
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "1", "LA"])
+def test_tiff_scans_of_every_mode_load_upright(mode, orientation, tmp_path):
+    """Pillow 13 turns a TIFF upright itself while it loads, and scrambled grey, palette, RGBA, CMYK and
+    16-bit pages of orientations 5-8 into stripes (a portrait scan); every mode now loads as a viewer shows it."""
+    stored = np.zeros((30, 48), np.uint8)
+    stored[2:10, 3:20] = 255                                   # a white block near the stored top-left
+    im = Image.fromarray(stored.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(stored).convert(mode)
+    im.save(tmp_path / "scan.tif", tiffinfo={0x0112: orientation})
+    want = np.asarray(Image.fromarray(stored).transpose(_UPRIGHT[orientation]))
+    for source in (tmp_path / "scan.tif", Image.open(tmp_path / "scan.tif")):   # a path, and an opened image
+        got = np.asarray(load_image(source).convert("L"))
+        assert got.shape == want.shape and np.array_equal(got > 128, want > 128), (mode, orientation)
+
+
+# the transpose that turns what is stored under each orientation upright (ImageOps.exif_transpose's)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint16])
+def test_tiffs_pillow_cannot_open_are_turned_upright_too(dtype, tmp_path):
+    """A float or 32-bit RGB TIFF is read with tifffile, which ignored its Orientation tag."""
+    import tifffile
+
+    stored = np.zeros((30, 48, 3), dtype)
+    stored[2:10, 3:20] = 200
+    tifffile.imwrite(tmp_path / "f.tif", stored, photometric="rgb", extratags=[(0x0112, "H", 1, 6, True)])
+    got = np.asarray(load_image(tmp_path / "f.tif").convert("L"))
+    want = np.asarray(Image.fromarray((stored[..., 0] > 0).astype(np.uint8) * 255).transpose(_UPRIGHT[6]))
+    assert got.shape == want.shape == (48, 30) and np.array_equal(got > 128, want > 128)
+
+
+def test_a_tiffs_pages_are_its_full_images_whatever_their_samples(tmp_path):
+    """Pillow counted no page past one it cannot decode (a float page first: 1 page of 3; a float page
+    second: the file refused as cut short), and counted a scanner's thumbnail (NewSubfileType 1) and an MPO
+    photo's preview as pages."""
+    import tifffile
+
+    from spote.images import page_count
+
+    page = np.full((40, 30, 3), 255, np.uint8)
+    page[5:15, 5:15] = 0
+    with tifffile.TiffWriter(tmp_path / "float_first.tif") as tw:
+        tw.write(page.astype(np.float32), photometric="rgb")
+        tw.write(page, photometric="rgb")
+        tw.write(page[::-1].copy(), photometric="rgb")
+    with tifffile.TiffWriter(tmp_path / "float_second.tif") as tw:
+        tw.write(page, photometric="rgb")
+        tw.write(page.astype(np.float32), photometric="rgb", extratags=[(0x0112, "H", 1, 3, True)])
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tw:
+        tw.write(page, photometric="rgb")
+        tw.write(page[::4, ::4].copy(), photometric="rgb", subfiletype=1)   # a reduced-resolution image
+        tw.write(page[::-1].copy(), photometric="rgb")
+    for name, n in (("float_first.tif", 3), ("float_second.tif", 2), ("thumb.tif", 2)):
+        data = (tmp_path / name).read_bytes()
+        assert page_count(data) == n, name
+        pages = [np.asarray(load_image(data, frame=k)) for k in range(n)]
+        assert all(p.shape == (40, 30, 3) for p in pages), name    # never the 10 x 8 thumbnail
+        with pytest.raises(BadImage, match=f"page {n} of {n}: no such frame"):
+            load_image(data, frame=n)
+    first, second = (load_image((tmp_path / "float_second.tif").read_bytes(), frame=k) for k in (0, 1))
+    assert np.array_equal(np.asarray(second), np.asarray(first)[::-1, ::-1])   # page 1's own orientation (3)
+    assert np.array_equal(np.asarray(load_image((tmp_path / "thumb.tif").read_bytes(), frame=1)), page[::-1])
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), "white").save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (30, 20))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO" and page_count(buf.getvalue()) == 1
+    with pytest.raises(BadImage, match="page 1 of 1: no such frame"):
+        load_image(buf.getvalue(), frame=1)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_phone_jpeg_with_any_orientation_is_what_a_viewer_shows(orientation, tmp_path):
     upright = _upright_picture(64, 40)

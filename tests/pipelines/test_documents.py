@@ -230,6 +230,24 @@ def test_a_multi_page_scan_cut_short_is_an_error_row_never_one_clean_page(tmp_pa
     assert out[2]["error"].startswith("unreadable image: ")          # not "unreadable PDF"
 
 
+def test_every_page_of_a_scan_is_planned_and_read_whatever_its_samples(tmp_path):
+    """A multi-page TIFF whose first page is float RGB was planned as one page (its other pages lost
+    without a row), and one whose second page is float was refused whole as cut short."""
+    import tifffile
+
+    page = np.full((60, 40, 3), 255, np.uint8)
+    page[5:15, 5:15] = 0
+    with tifffile.TiffWriter(tmp_path / "scan.tif") as tw:
+        tw.write(page.astype(np.float32), photometric="rgb")
+        tw.write(page, photometric="rgb")
+        tw.write(page.astype(np.float32), photometric="rgb")
+    rows = list(plan_pages({"uri": str(tmp_path / "scan.tif"), "rel": "scan.tif", "fingerprint": "f"},
+                           [{"question": "q ?"}]))
+    assert [r["page"] for r in rows] == [0, 1, 2]
+    loader = PageLoader()
+    assert [loader.load(r)["status"] for r in rows] == ["ok", "ok", "ok"]
+
+
 def test_fingerprints_from_the_listing_and_hash_only_where_it_gives_none(tmp_path):
     assert listed_fingerprint({"etag": "abc", "size": 3, "mtime": "1"}) == "etag:abc"
     assert listed_fingerprint({"etag": "", "size": 3, "mtime": "17.5"}) == "size-mtime:3:17.5"

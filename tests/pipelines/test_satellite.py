@@ -377,6 +377,19 @@ def test_phone_jpeg_scenes_are_tiled_upright(tmp_path, orientation):
     assert np.abs(_pixels(out).astype(int) - viewer[120:270, 50:150]).mean() < 3
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_a_tiffs_orientation_is_read_from_its_tags_whatever_its_samples(tmp_path, dtype):
+    """A float RGB TIFF (no georeference) was tiled as stored: its orientation was asked of Pillow, which
+    cannot open it, and read as 1."""
+    import tifffile
+
+    stored = np.zeros((120, 200, 3), dtype)
+    stored[5:35, 5:55] = 200
+    tifffile.imwrite(tmp_path / "scan.tif", stored, photometric="rgb", extratags=[(0x0112, "H", 1, 6, True)])
+    hdr = scene_header(str(tmp_path / "scan.tif"))
+    assert (hdr.width, hdr.height, hdr.orientation) == (120, 200, 6)
+
+
 def test_remote_scenes_are_tiled_through_fsspec(s3, tmp_path):
     from pipelines.storage import parse_storage_options
 

@@ -101,12 +101,25 @@ def open_scene(uri: str, storage_options=None):
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        if "://" in uri and not uri.startswith("file://"):
-            fs, path = filesystem(uri, storage_options)
-            return rasterio.open(path, opener=fs)
-        return rasterio.open(local_path(uri))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            if "://" in uri and not uri.startswith("file://"):
+                fs, path = filesystem(uri, storage_options)
+                return rasterio.open(path, opener=fs)
+            return rasterio.open(local_path(uri))
+    except rasterio.errors.RasterioIOError:
+        if _is_empty(uri, storage_options):  # GDAL says only "not recognized as a supported file format"
+            raise SceneError("empty file (0 bytes)") from None
+        raise
+
+
+def _is_empty(uri: str, storage_options=None) -> bool:
+    try:
+        fs, path = filesystem(uri, storage_options)
+        return fs.size(path) == 0
+    except Exception:  # gone, or unreachable: GDAL's own message says it
+        return False
 
 
 def _exif_orientation(uri: str, storage_options=None) -> int:

@@ -449,6 +449,11 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             if (pixels := _read_tiff_page(data, frame)) is not None:  # a layout Pillow does not decode
                 return _upright_image(array_to_image(pixels), orientation or 1)
             raise BadImage(_tiff_refusal(data)) from err
+        if (bits := _jpeg_precision(data)) not in (None, 8):  # 12-bit (medical, astronomy, some cameras): GDAL's
+            if frame == 0 and (pixels := _read_deep_colour(data)) is not None:
+                return array_to_image(pixels)
+            raise BadImage(f"a {bits}-bit JPEG, which cannot be decoded here: convert it to a 16-bit PNG or TIFF "
+                           "first (e.g. gdal_translate -ot UInt16)") from err
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
             raise BadImage("a HEIC/HEIF photo, which cannot be decoded here: convert it to JPEG or PNG first "
                            "(e.g. heif-convert, or export from the phone or Photos as 'Most Compatible')") from err
@@ -611,6 +616,20 @@ def _tiff_refusal(data: bytes) -> str:
         return (f"{what}, which is no single image: save 1 or 3 of its bands first (e.g. gdal_translate -b 1 -b 2 "
                 f"-b 3 -ot Byte -scale), {satellite} and picks bands (--bands)")
     return f"{what}, which cannot be decoded: save it as 8 or 16 bits first (e.g. gdal_translate -ot Byte -scale), {satellite}"
+
+
+def _jpeg_precision(data: bytes) -> int | None:
+    """The sample precision (bits) of a JPEG's frame header (ITU T.81 B.2.2: the byte after an SOFn
+    marker's length), or None for no JPEG or none found."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 < len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
+            return data[i + 4] if i + 4 < len(data) else None
+        i += 2 + length
+    return None
 
 
 def _head(source, n: int = 4) -> bytes:

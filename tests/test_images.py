@@ -3,7 +3,7 @@ import io
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from spote.images import BadImage, check_choices, check_question, corrupt, load_image
 
@@ -497,3 +497,20 @@ def test_a_grey_and_alpha_array_is_an_image():
     grey = _photo()[..., 0]
     shown = np.asarray(load_image(np.dstack([grey, np.full(grey.shape, 255, np.uint8)])))
     assert np.array_equal(shown, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_a_12_bit_jpeg_is_read_at_its_depth(tmp_path):
+    """Pillow cannot open a 12-bit JPEG (medical and scientific cameras write them), which read as "not a
+    readable image (unknown or broken format)"; GDAL reads it."""
+    import rasterio
+
+    stored = np.zeros((40, 60, 3), np.uint16)
+    stored[5:15, 5:25] = 4000                                  # a bright block on 12-bit black
+    with rasterio.open(tmp_path / "j12.jpg", "w", driver="JPEG", width=60, height=40, count=3, dtype="uint16",
+                       NBITS=12) as ds:
+        ds.write(np.moveaxis(stored, -1, 0))
+    data = (tmp_path / "j12.jpg").read_bytes()
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(data))
+    grey = np.asarray(load_image(data).convert("L"))
+    assert grey.shape == (40, 60) and grey[8, 10] > 200 and grey[30, 50] < 50

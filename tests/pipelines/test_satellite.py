@@ -750,6 +750,12 @@ def test_error_rows_carry_gdals_message_and_complex_data_is_refused_by_name(tmp_
     read_headers(listed)
     rows = [r for s in listed for r in plan_tiles(s, QUESTIONS, 64, 0) if r.get("status") == "error"]
     assert [(r["id"], r["error"][:len(complex_row)]) for r in rows] == [("slc.tif/unreadable/q0", complex_row)]
+    # an empty file says so (GDAL: "not recognized as a supported file format")
+    (scenes / "empty.tif").write_bytes(b"")
+    listed, _ = list_scenes(str(scenes))
+    read_headers(listed)
+    rows = [r for s in listed for r in plan_tiles(s, QUESTIONS, 64, 0) if r["id"].startswith("empty.tif/")]
+    assert [r["error"] for r in rows] == ["unreadable scene: empty file (0 bytes)"]
 
 
 # ------------------------------------------------------------------ flags: the one at fault, its valid range

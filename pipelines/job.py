@@ -16,7 +16,8 @@ import typer
 
 from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
-from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, commit, committed_checkpoint_rows, default_run_id,
+from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
+                   committed_checkpoint_rows, default_run_id,
                    interrupted_commits, is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan, reset_staging,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
@@ -60,7 +61,8 @@ def init_ray(num_actors: int, address: str | None = None):
                              f"{LOCAL_ACTORS_PER_CORE * cores} here (each actor holds a model); lower it, or join "
                              "a cluster that has the room (RAY_ADDRESS, or ray job submit)")
         # headroom beyond the actors: the loaders (LOADER_CPUS each), a read task, and on a resume Ray Data's
-        # CheckpointFilter actor (1 CPU); without it the resumed read waits forever behind the actors
+        # CheckpointFilter actor (1 CPU); without it the resumed read waits forever behind the actors (a
+        # cluster joined instead is checked for the same, check_resources)
         # no runtime_env env_vars: the local cluster's workers inherit this process's environment (storage
         # credentials, SPOTE_CACHE, PYTHONPATH), and Ray writes a runtime env's env_vars in plain text to
         # its runtime_env_agent.log, readable by every user of the machine
@@ -128,19 +130,25 @@ class InsufficientResources(JobRefused):
 
 @dataclass(frozen=True)
 class ResourceRequest:
-    """What a job's actors ask of the cluster: ``actors`` SPOT-E actors of ``cpus``/``gpus`` each, and the
-    CPU loader (``loader_cpus``, on any node)."""
+    """What a job asks of the cluster at once: ``actors`` SPOT-E actors of ``cpus``/``gpus`` each, the CPU
+    loader (``loader_cpus``), and ``task_cpus`` for Ray Data's own work beside them (each on any node):
+    a read task (1 CPU), and on a resume its ``CheckpointFilter`` actor (1 CPU), which holds its CPU for the
+    whole run; without them the read waits forever behind the actors."""
 
     actors: int
     cpus: float
     gpus: float
     loader_cpus: float
+    task_cpus: float = 0.0
 
     def describe(self) -> str:
         each = f"{_amount(self.cpus, 'CPU')}" + (f" + {_amount(self.gpus, 'GPU')}" if self.gpus else "")
+        others = f"{_amount(self.loader_cpus, 'CPU')} for the loader" + (
+            f" and {_amount(self.task_cpus, 'CPU')} for Ray Data's read" + (" and checkpoint filter" if
+                                                                           self.task_cpus > READ_CPUS else "")
+            if self.task_cpus else "")
         return (f"{self.actors} actor(s) x ({each}) = {_amount(self.actors * self.cpus, 'CPU')}"
-                + (f" + {_amount(self.actors * self.gpus, 'GPU')}" if self.gpus else "")
-                + f", plus {_amount(self.loader_cpus, 'CPU')} for the loader")
+                + (f" + {_amount(self.actors * self.gpus, 'GPU')}" if self.gpus else "") + f", plus {others}")
 
     def shortfall(self, nodes: list[dict]) -> str | None:
         """Why ``nodes`` (each a {resource: amount} of one alive node) cannot hold the request, or None.
@@ -160,7 +168,7 @@ class ResourceRequest:
         have = (f"the cluster has {_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} on {len(nodes)} node(s) ("
                 + ", ".join(f"{_amount(r.get('CPU', 0), 'CPU')}/{_amount(r.get('GPU', 0), 'GPU')}" for r in nodes)
                 + f"), room for {fits} such actor(s)")
-        if fits < self.actors or cpus + 1e-9 < self.actors * self.cpus + self.loader_cpus:
+        if fits < self.actors or cpus + 1e-9 < self.actors * self.cpus + self.loader_cpus + self.task_cpus:
             return have
         return None
 
@@ -175,8 +183,14 @@ def _alive_nodes() -> list[dict]:
     return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
-def check_resources(opts: JobOptions, fixed: bool | None = None, poll_seconds: float = 5.0) -> ResourceRequest:
-    """Check the actors' request against the cluster before any work (Ray would wait for it forever).
+READ_CPUS = 1.0  # Ray Data's read task; on a resume its CheckpointFilter actor takes as much again
+
+
+def check_resources(opts: JobOptions, fixed: bool | None = None, poll_seconds: float = 5.0,
+                    resuming: bool = False) -> ResourceRequest:
+    """Check the job's request against the cluster before any work (Ray would wait for it forever):
+    the actors, the loader and Ray Data's read, and on a resume (``resuming``: staged parts to keep) its
+    checkpoint filter too (``ResourceRequest``).
 
     A fixed cluster (the local one init_ray started) that cannot hold it fails at once; a cluster we
     joined may autoscale, so the request is put to its autoscaler and waited for at most
@@ -185,7 +199,8 @@ def check_resources(opts: JobOptions, fixed: bool | None = None, poll_seconds: f
     Raises:
         InsufficientResources: naming what was asked and what exists.
     """
-    req = ResourceRequest(opts.num_actors, opts.cpus_per_actor, opts.num_gpus_per_actor, LOADER_CPUS)
+    req = ResourceRequest(opts.num_actors, opts.cpus_per_actor, opts.num_gpus_per_actor, LOADER_CPUS,
+                          READ_CPUS * (2 if resuming else 1))
     if opts.num_actors < 1 or opts.cpus_per_actor < 0 or opts.num_gpus_per_actor < 0:
         raise InsufficientResources(f"asked for {req.describe()}: need at least one actor and no negative amounts")
     fixed = cluster_is_fixed() if fixed is None else fixed
@@ -877,7 +892,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).wait_out(f"run {run_id}")
     if plan.sources or read_plan_stats(paths, so) is not None:
         init_ray(opts.num_actors)
-        check_resources(opts)  # before any work: a request the cluster cannot hold would wait forever
+        # before any work: a request the cluster cannot hold would wait forever (a resume's checkpoint filter too)
+        check_resources(opts, resuming=any(checkpoint_files(paths, so)))
     lease.acquire(f"run {run_id}")
     try:
         committed = is_committed(paths, so)  # again: the driver waited out may have committed it

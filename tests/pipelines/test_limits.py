@@ -66,6 +66,30 @@ def test_more_gpus_than_the_cluster_has_fails_at_once_naming_both(ray_local, tmp
     assert check_resources(_opts(tmp_path, num_actors=1)).actors == 1
 
 
+def test_a_resume_asks_for_ray_datas_read_and_checkpoint_filter_too():
+    """A resume on a joined cluster of 3 CPUs (1 actor of 1 CPU) waited forever: the check counted the actor
+    and the loader (1.5 CPUs), but Ray Data's read task and, on a resume, its CheckpointFilter actor hold a
+    CPU each beside them (3.5 asked of 3)."""
+    from pipelines.job import LOADER_CPUS, READ_CPUS, ResourceRequest
+
+    nodes = [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    first = ResourceRequest(1, 1.0, 1.0, LOADER_CPUS, READ_CPUS)
+    resume = ResourceRequest(1, 1.0, 1.0, LOADER_CPUS, 2 * READ_CPUS)
+    assert first.shortfall(nodes) is None
+    assert "room for 1 such actor" in resume.shortfall(nodes)
+    assert resume.describe().endswith("plus 0.5 CPUs for the loader and 2 CPUs for Ray Data's read and checkpoint "
+                                      "filter")
+    assert resume.shortfall([*nodes, {"CPU": 1.0}]) is None
+
+
+def test_a_resume_the_cluster_cannot_hold_is_refused_before_any_work(ray_local, tmp_path):
+    cpus = ray_local.cluster_resources()["CPU"]
+    actors = int(cpus - 0.5 - 2 * 1.0) + 1             # fits a first run, not a resume
+    assert check_resources(_opts(tmp_path, num_actors=actors), fixed=True).actors == actors
+    with pytest.raises(InsufficientResources, match="checkpoint filter"):
+        check_resources(_opts(tmp_path, num_actors=actors), fixed=True, resuming=True)
+
+
 def test_a_cluster_that_may_autoscale_is_waited_for_boundedly(ray_local, tmp_path, capsys):
     with pytest.raises(InsufficientResources, match="after waiting 1 s"):
         check_resources(_opts(tmp_path, num_gpus_per_actor=2, resource_wait_seconds=1), fixed=False, poll_seconds=0.2)

@@ -408,8 +408,8 @@ def job_command(fn):
             raise typer.Exit(2) from None
         except Exception as err:
             if _is_ray_error(err):
-                if changed := _model_changed(err):  # an actor found the model folder changed since the start
-                    typer.echo(f"error: {changed}", err=True)
+                if refused := _model_refused(err):  # an actor could not load the model, or found it changed
+                    typer.echo(f"error: {refused}", err=True)
                     raise typer.Exit(2) from None
                 # a task's failure reaches the driver without its cause (Ray Data re-raises it as a user-code
                 # error holding the task's traceback as text): where the store is down now, that is why
@@ -459,10 +459,13 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
     """Refuse (JobRefused), before Ray starts, a local ``output`` that is a file or where no folder can be
     made (under a file, on a read-only or virtual file system such as /proc), and an ``s3://`` output
     whose bucket does not exist (the store's own "The specified bucket does not exist" named neither the
-    bucket nor the flag). Nothing is left behind: a probe folder is made and removed in the nearest folder
+    bucket nor the flag), and a path holding a ``?`` (a glob wildcard to Ray Data's readers). Nothing is left behind: a probe folder is made and removed in the nearest folder
     that exists. Whether an object store's prefix can be written is checked by the job's first write."""
     import tempfile
 
+    if "?" in output_uri.split("://", 1)[-1]:
+        raise JobRefused(f"--output {output_uri}: a '?' in the path is a wildcard to Ray Data's Parquet reader, "
+                         "which then finds none of the run's own parts (the run committed empty); name it without one")
     if output_uri.startswith("s3://"):
         bucket = output_uri[len("s3://"):].split("/", 1)[0]
         try:  # HEAD bucket: s3fs maps 404 (NoSuchBucket) to FileNotFoundError; its exists() says False for anything
@@ -537,11 +540,12 @@ def _is_ray_error(err: Exception) -> bool:
     return type(err).__module__.startswith("ray.")
 
 
-def _model_changed(err: BaseException) -> str | None:
-    """The message of a ``ModelChanged`` an actor raised when it loaded, from a Ray error (which holds the
-    actor's traceback as text only), or None."""
+def _model_refused(err: BaseException) -> str | None:
+    """The message of a ``ModelNotFound`` or ``ModelChanged`` an actor raised when it loaded (a model the
+    driver's checks could not judge: a hub snapshot still to download, a folder changed since), from a Ray
+    error, which holds the actor's traceback as text only; or None."""
     while err is not None:
-        if found := re.search(r"ModelChanged: (.+)", str(err)):
+        if found := re.search(r"\b(?:ModelChanged|ModelNotFound): (.+)", str(err)):
             return found.group(1).strip()
         err = err.__cause__
     return None

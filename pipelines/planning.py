@@ -135,16 +135,18 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
 
     accepted: [{"uri", "rel", "size", "mtime", "etag"}] sorted by path; the metadata is what the
     store's listing gives (no extra requests). skipped: [{"source", "reason"}] where
-    ``reason_to_skip(rel)`` gave a reason, and hidden files.
+    ``reason_to_skip(rel)`` gave a reason, and hidden files, of a folder; a file named itself that the job
+    does not read raises ValueError (a nightly job would commit an empty run and exit 0).
     """
     fs, root = filesystem(input_uri, storage_options)
     # a mistyped local path would otherwise commit an empty run under the night's run id; on a store a
     # prefix exists only through its objects, so an empty one is an empty input, not an error
     if is_local(fs) and not fs.exists(root):
         raise FileNotFoundError(f"--input {input_uri}: no such file or folder")
+    named_file = False
     try:
         if fs.isfile(root):
-            found = {root: fs.info(root)}
+            found, named_file = {root: fs.info(root)}, True
         else:
             found = _find_local(root) if is_local(fs) else fs.find(root, detail=True)
     except (FileNotFoundError, PermissionError) as err:  # s3fs: "The specified bucket does not exist", "Forbidden"
@@ -168,7 +170,9 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
         if info.get("type", "file") != "file":  # a link that cannot be followed, a FIFO, a socket
             skipped.append({"source": rel, "reason": info.get("skip_reason") or "not a regular file"})
             continue
-        reason = "hidden file" if name.startswith(".") else reason_to_skip(rel)
+        reason = "hidden file" if name.startswith(".") and not named_file else reason_to_skip(rel)
+        if reason and named_file:  # named on purpose: not a folder's stray file, and no empty run to commit
+            raise ValueError(f"--input {redact_uri(input_uri)}: the job does not read this file ({reason})")
         if reason:
             skipped.append({"source": rel, "reason": reason})
             continue

@@ -19,7 +19,9 @@ palette/alpha/CMYK/grey modes.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import unicodedata
 from pathlib import Path
 
@@ -273,8 +275,11 @@ def _read_deep_colour(data: bytes, frame: int = 0) -> np.ndarray | None:
                 from rasterio.enums import ColorInterp
 
                 # a TIFF says itself what its extra band is; GDAL calls straight and premultiplied alpha alike
-                alpha = (_tiff_alpha(data, frame) if data[:4] in TIFF_MAGIC
-                         else "straight" if ds.colorinterp[-1] == ColorInterp.alpha else None)
+                try:
+                    alpha = (_tiff_alpha(data, frame) if data[:4] in TIFF_MAGIC
+                             else "straight" if ds.colorinterp[-1] == ColorInterp.alpha else None)
+                except Exception:  # GDAL trips over a broken EXIF block when asked: no alpha known
+                    alpha = None
                 return _extra_band(np.moveaxis(ds.read(), 0, -1), alpha)
     except Exception:
         pass
@@ -294,6 +299,36 @@ def frame_count(im: Image.Image) -> int:
         raise BadImage(f"corrupt or truncated image: its pages cannot be counted ({type(err).__name__}: {err})") from err
 
 
+class _TiffComplaints(logging.Handler):
+    """What tifffile logs while it reads: kept quiet (its warnings about a damaged file would print beside
+    the one-line errors), and whether the chain walker complained (an IFD offset past the file's end: cut
+    short), as opposed to a tag it skips."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.chain_damaged = False
+
+    def emit(self, record):
+        self.chain_damaged = self.chain_damaged or "TiffPages" in record.getMessage()
+
+
+@contextlib.contextmanager
+def _tiff_file(data):
+    """``tifffile.TiffFile`` over ``data`` (bytes or a seekable file object), its log kept quiet; yields
+    (file, complaints), ``complaints.chain_damaged`` set once the pages read so far show a damaged chain."""
+    import tifffile
+
+    log, complaints = logging.getLogger("tifffile"), _TiffComplaints()
+    log.addHandler(complaints)
+    propagate, log.propagate = log.propagate, False
+    try:
+        with tifffile.TiffFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as tif:
+            yield tif, complaints
+    finally:
+        log.removeHandler(complaints)
+        log.propagate = propagate
+
+
 def tiff_pages(data) -> list[tuple[int, int]] | None:
     """(IFD index, orientation) of each page of a TIFF, in order, read from its tags with tifffile: every
     image of the file's IFD chain but the reduced-resolution ones (NewSubfileType bit 0, TIFF 6.0 section 8:
@@ -301,23 +336,8 @@ def tiff_pages(data) -> list[tuple[int, int]] | None:
     nor count past one); orientation 1-8 (tag 274; 1 when absent or invalid). ``data``: the file's bytes, or
     a seekable file object (only the tags are read). None where tifffile cannot walk the whole chain (cut
     short, damaged: it complains and stops), which is then Pillow's to count or refuse."""
-    import logging
-
-    import tifffile
-
-    class Complaints(logging.Handler):  # tifffile logs a chain that points past the file's end, and stops there
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.heard = False
-
-        def emit(self, record):
-            self.heard = True
-
-    log, complaints = logging.getLogger("tifffile"), Complaints()
-    log.addHandler(complaints)
-    propagate, log.propagate = log.propagate, False
     try:
-        with tifffile.TiffFile(io.BytesIO(data) if isinstance(data, bytes) else data) as tif:
+        with _tiff_file(data) as (tif, complaints):
             found = []
             for i, page in enumerate(tif.pages):
                 tag = page.tags.get(EXIF_ORIENTATION)
@@ -325,10 +345,7 @@ def tiff_pages(data) -> list[tuple[int, int]] | None:
                 found.append((i, value if 1 <= value <= 8 else 1, int(page.subfiletype or 0) & 1))
     except Exception:
         return None
-    finally:
-        log.removeHandler(complaints)
-        log.propagate = propagate
-    if complaints.heard:  # cut short or damaged: the pages cannot be counted from the tags
+    if complaints.chain_damaged:  # cut short or damaged: the pages cannot be counted from the tags
         return None
     full = [(i, o) for i, o, reduced in found if not reduced]
     return (full or [(i, o) for i, o, _ in found[:1]]) or None
@@ -336,8 +353,12 @@ def tiff_pages(data) -> list[tuple[int, int]] | None:
 
 def page_count(data: bytes) -> int:
     """Pages of an image file's bytes: a TIFF's by ``tiff_pages``, else ``frame_count``'s (1 for a file
-    Pillow cannot open: its loader says what is wrong with it). Raises ``BadImage`` as ``frame_count``."""
-    if data[:4] in TIFF_MAGIC and (pages := tiff_pages(data)) is not None:
+    Pillow cannot open: its loader says what is wrong with it). Raises ``BadImage`` as ``frame_count``, and
+    for a TIFF whose chain of pages tifffile cannot walk whole (cut short, damaged)."""
+    if data[:4] in TIFF_MAGIC:
+        if (pages := tiff_pages(data)) is None:  # Pillow counts what it reaches: one clean page, or two of three
+            raise BadImage("corrupt or truncated image: its pages cannot be counted (a TIFF whose chain of pages "
+                           "is damaged or cut short)")
         return len(pages)
     try:
         im = Image.open(io.BytesIO(data))
@@ -347,13 +368,23 @@ def page_count(data: bytes) -> int:
         return frame_count(im)
 
 
+def _tiff_orientation(data: bytes, ifd: int) -> int:
+    """Page ``ifd``'s orientation tag (1-8; 1 when absent, invalid or unreadable), for a TIFF whose chain
+    ``tiff_pages`` could not walk whole."""
+    try:
+        with _tiff_file(data) as (tif, _):
+            tag = tif.pages[ifd].tags.get(EXIF_ORIENTATION)
+            value = tag.value if tag is not None and isinstance(tag.value, int) else 1
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def _stored_tiff(data: bytes, ifd: int) -> bytes:
     """``data`` with page ``ifd``'s Orientation tag set to 1, so that Pillow decodes the pixels as stored:
     Pillow 13 turns a TIFF page upright itself while it loads, and scrambles L, P, RGBA, CMYK and 16-bit
     pages of orientations 5-8 doing it; ``load_image`` turns the stored pixels as it does every format's."""
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+    with _tiff_file(data) as (tif, _):
         tag = tif.pages[ifd].tags.get(EXIF_ORIENTATION)
         if tag is None or tag.value == 1 or tag.valuebytecount not in (2, 4):  # SHORT, or LONG from some writers
             return data
@@ -426,18 +457,19 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                     return _upright_image(array_to_image(pixels), orientation)
             _check_size(*im.size, max_pixels)
             was_deep, misread = _deep_colour(im), im.format == "TIFF" and _pillow_misreads(im)
-            if orientation is None:
-                orientation = exif_orientation(im)  # the frame's own (a PNG's EXIF loads its pixels: tile first)
+            # the frame's own, for pixels read as stored (a PNG's EXIF loads its pixels: the tile is read first)
+            stored = orientation if orientation is not None else exif_orientation(im)
             if misread and (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
-                return _upright_image(array_to_image(pixels), orientation)
+                return _upright_image(array_to_image(pixels), stored)
             deep = _read_deep_colour(_bytes_of(source), frame) if was_deep else None
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
-                return _upright_image(array_to_image(deep), orientation)  # as stored: turn it
-            im.load()  # a TIFF's orientation tag is cleared above: Pillow decodes it as stored
+                return _upright_image(array_to_image(deep), stored)  # as stored: turn it
+            im.load()  # a TIFF whose tag was cleared above is decoded as stored; any other TIFF Pillow turns itself
             rgb = to_rgb(im)
             if was_deep:  # no full-depth reader: the top byte, stretched like the full value would be
                 rgb = Image.fromarray(stretch_to_uint8(np.asarray(rgb)))
-            return _upright_image(rgb, orientation)
+            # what is left to turn: Pillow drops the tag of a TIFF it turned while loading
+            return _upright_image(rgb, orientation if orientation is not None else exif_orientation(im))
     except UnidentifiedImageError as err:
         data = _bytes_of(source)
         name = Path(source).name if isinstance(source, (str, Path)) else None
@@ -447,11 +479,14 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             raise BadImage(f"the file is {kind}, not an image: {advice}", kind, advice) from err
         if data[:4] in TIFF_MAGIC:
             if (pixels := _read_tiff_page(data, frame)) is not None:  # a layout Pillow does not decode
-                return _upright_image(array_to_image(pixels), orientation or 1)
+                turn = orientation if orientation is not None else _tiff_orientation(data, frame)
+                return _upright_image(array_to_image(pixels), turn)
             raise BadImage(_tiff_refusal(data)) from err
         if (bits := _jpeg_precision(data)) not in (None, 8):  # 12-bit (medical, astronomy, some cameras): GDAL's
-            if frame == 0 and (pixels := _read_deep_colour(data)) is not None:
-                return array_to_image(pixels)
+            if (pixels := _read_deep_colour(data)) is not None:
+                if frame:
+                    raise BadImage(f"page {frame} of 1: no such frame") from err
+                return _upright_image(array_to_image(pixels), _jpeg_orientation(data))
             raise BadImage(f"a {bits}-bit JPEG, which cannot be decoded here: convert it to a 16-bit PNG or TIFF "
                            "first (e.g. gdal_translate -ot UInt16)") from err
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
@@ -549,10 +584,8 @@ def _tiff_alpha(data: bytes, frame: int = 0) -> str | None:
     """What page ``frame`` of a TIFF marks its first extra sample as: ``"premultiplied"`` (ExtraSamples 1),
     ``"straight"`` (2), or None (unspecified, none, or a header tifffile cannot read). Tags only: no pixel
     is decoded."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with _tiff_file(data) as (tif, _):
             return _alpha_of(tif.pages[frame].extrasamples)
     except Exception:
         return None
@@ -568,14 +601,8 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
     """HxW or HxWxC pixels of page ``frame`` of a TIFF Pillow cannot decode (planar bands, a 4-band layout it
     lacks), read with tifffile where it holds 1, 3 or 4 bands of integers or floats; a 4th band that the
     file does not mark as alpha (ExtraSamples 1 or 2, TIFF 6.0 section 18) is left out. None otherwise."""
-    import logging
-
-    import tifffile
-
-    log = logging.getLogger("tifffile")
-    quiet, log.disabled = log.disabled, True
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with _tiff_file(data) as (tif, _):
             page = tif.pages[frame]
             bands = page.samplesperpixel
             if page.dtype is None or page.dtype.kind not in "uif" or bands not in (1, 2, 3, 4):
@@ -587,25 +614,15 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
             return pixels if pixels.ndim in (2, 3) else None
     except Exception:  # damaged, or a layout tifffile cannot read either: the refusal says why
         return None
-    finally:
-        log.disabled = quiet
 
 
 def _tiff_refusal(data: bytes) -> str:
     """Why Pillow refused a TIFF (often a GeoTIFF: many bands, 64-bit or complex samples), and what to do."""
-    import logging
-
-    import tifffile
-
-    log = logging.getLogger("tifffile")
-    quiet, log.disabled = log.disabled, True  # its warnings about a damaged file would print beside the error
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with _tiff_file(data) as (tif, _):
             bands, dtype = tif.pages[0].samplesperpixel, tif.pages[0].dtype
     except Exception:
         bands = dtype = None
-    finally:
-        log.disabled = quiet
     if dtype is None:  # tifffile reads the header of any TIFF layout: one it cannot read is damaged
         return "corrupt or truncated image: a TIFF whose first page cannot be read"
     satellite = "or run pipelines.satellite, which reads such rasters"
@@ -618,18 +635,42 @@ def _tiff_refusal(data: bytes) -> str:
     return f"{what}, which cannot be decoded: save it as 8 or 16 bits first (e.g. gdal_translate -ot Byte -scale), {satellite}"
 
 
+def _jpeg_segments(data: bytes):
+    """(marker, payload) of each segment of a JPEG's header, up to its first frame header (SOFn), which is
+    the last one given (ITU T.81 B.1.1: a marker 0xFF xx, a 2-byte big-endian length, the payload)."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        yield marker, data[i + 4:i + 2 + length]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
+            return
+        i += 2 + length
+
+
 def _jpeg_precision(data: bytes) -> int | None:
-    """The sample precision (bits) of a JPEG's frame header (ITU T.81 B.2.2: the byte after an SOFn
-    marker's length), or None for no JPEG or none found."""
+    """The sample precision (bits) of a JPEG's frame header (ITU T.81 B.2.2: the first byte of an SOFn
+    payload), or None for no JPEG or none found."""
     if data[:2] != b"\xff\xd8":
         return None
-    i = 2
-    while i + 4 < len(data) and data[i] == 0xFF:
-        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
-            return data[i + 4] if i + 4 < len(data) else None
-        i += 2 + length
+    for marker, payload in _jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return payload[0] if payload else None
     return None
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation of a JPEG Pillow cannot open (12-bit), from its APP1 "Exif" segment (parsed by
+    Pillow's ``Image.Exif``); 1 when absent, invalid or unreadable."""
+    for marker, payload in _jpeg_segments(data):
+        if marker == 0xE1 and payload.startswith(b"Exif\0\0"):
+            try:
+                exif = Image.Exif()
+                exif.load(payload)
+                value = int(exif.get(EXIF_ORIENTATION, 1))
+            except Exception:  # a broken EXIF block is no reason to refuse the pixels
+                return 1
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def _head(source, n: int = 4) -> bytes:

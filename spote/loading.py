@@ -324,7 +324,9 @@ def fetch_hub(repo_id: str, revision: str | None = None, trust_remote_code: bool
     where = f"hub cache {cache}" + ("; HF_HUB_OFFLINE=1, so no download" if offline else "")
     allow = ["config.json"] if config_only else HUB_ALLOW + (["*.py"] if trust_remote_code else [])
     short = bool(revision and re.fullmatch(r"[0-9a-f]{7,39}", revision))
-    hint = "; a commit is named by its full 40-character hash" if short else ""
+    upper = bool(revision and re.fullmatch(r"[0-9a-fA-F]{7,40}", revision) and revision != revision.lower())
+    hint = ("; a commit is named by its full 40-character hash" if short
+            else f"; commit hashes are lower case ({revision.lower()})" if upper else "")
     try:
         folder = None
         if revision and re.fullmatch(r"[0-9a-f]{40}", revision) and not offline:
@@ -389,10 +391,38 @@ CHECKPOINT_JSON = ["config.json", "generation_config.json", "model.safetensors.i
 TOKENIZER_FILES = ["tokenizer.json", "*.model", "vocab.json", "vocab.txt", "*.tiktoken"]
 
 
+# where an image processor's settings are saved (transformers: its own file, or inside the processor's)
+IMAGE_PROCESSOR_FILES = ["preprocessor_config.json", "processor_config.json"]
+
+
+def check_config(config: dict, where: str, trust_remote_code: bool = False) -> None:
+    """A checkpoint's parsed ``config.json`` names a ``model_type`` transformers loads as an image-text
+    model (``AutoModelForImageTextToText``): not an unknown type, nor a text-only one (``llama``, ``bert``),
+    whose folder would load nowhere or fail at every question. ``where``: "in FOLDER" for the message.
+
+    Raises:
+        OSError: in one line, naming the type and ``where``.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if trust_remote_code and "auto_map" in config:
+        return
+    if model_type not in CONFIG_MAPPING_NAMES:
+        known = "" if model_type is None else f" ({model_type!r})"
+        raise OSError(f"config.json {where} names no model_type this transformers knows{known}"
+                      + ("; its auto_map needs trust_remote_code" if "auto_map" in config else ""))
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise OSError(f"config.json {where} names model_type {model_type!r}, which transformers does not load as "
+                      "an image-text model (AutoModelForImageTextToText): SPOT-E needs a vision-language model")
+
+
 def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     """What can be known of a local checkpoint folder from its files, without loading the weights:
-    its JSON files parse, ``config.json``'s ``model_type`` is one transformers knows, safetensors weights
-    are there (and every shard their index names), and so are a tokenizer and a chat template (in any
+    its JSON files parse, ``config.json``'s ``model_type`` is an image-text one (``check_config``),
+    safetensors weights are there (and every shard their index names), and so are an image processor,
+    a tokenizer and a chat template (in any
     place transformers looks: ``chat_template.jinja``, ``chat_template.json``, or a ``chat_template``
     field of ``processor_config.json``: where the processor reads it, not the tokenizer's config).
 
@@ -402,8 +432,6 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     Raises:
         OSError: the first problem found, in one line naming the file.
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
     parsed = {}
 
     def parse(name: str) -> None:
@@ -422,11 +450,7 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     config = parsed.get("config.json")
     if not isinstance(config, dict):
         raise OSError(f"config.json in {folder} is not a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and "auto_map" in config):
-        known = "" if model_type is None else f" ({model_type!r})"
-        raise OSError(f"config.json in {folder} names no model_type this transformers knows{known}"
-                      + ("; its auto_map needs trust_remote_code" if "auto_map" in config else ""))
+    check_config(config, f"in {folder}", trust_remote_code)
     # before the other files: .bin weights beside a stray (or empty) index are "no safetensors", as on the hub
     if not any(folder.glob("*.safetensors")):
         raise OSError(f"no safetensors weights in {folder} (pickled .bin weights are never loaded)")
@@ -435,6 +459,9 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
     if "model.safetensors.index.json" in parsed:
         check_shards(parsed["model.safetensors.index.json"], {p.name for p in folder.iterdir() if p.is_file()},
                      f"in {folder}")
+    if not any((folder / name).is_file() for name in IMAGE_PROCESSOR_FILES):
+        raise OSError(f"no image processor in {folder} (none of {', '.join(IMAGE_PROCESSOR_FILES)}): a checkpoint "
+                      "saved without its processor (processor.save_pretrained)")
     if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
         raise OSError(f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})")
     # where the processor reads its template from (transformers' ProcessorMixin: not the tokenizer's config)
@@ -497,6 +524,10 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         try:
             fs, root, files = list_checkpoint(s, storage_options)
             check_safetensors_sizes(fs, root, files)
+            config = json.loads(fs.cat_file(f"{root}/config.json"))
+            check_config(config if isinstance(config, dict) else {}, f"under {s}")
+            if not any(name in files for name in IMAGE_PROCESSOR_FILES):
+                raise OSError(f"no image processor under {s} (none of {', '.join(IMAGE_PROCESSOR_FILES)})")
         except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
             raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err)}") from None
         return None
@@ -508,13 +539,20 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         folder = fetch_hub(s, revision, config_only=True)
     except ModelNotFound as err:
         raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
+    try:  # what the config says is known now; the weights only where no download may complete the snapshot
+        config = json.loads((folder / "config.json").read_bytes())
+        check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})")
+    except (OSError, ValueError) as err:
+        raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err).removeprefix('OSError: ')}") from None
+    if hub_offline() and not any(folder.glob("*.safetensors")):
+        raise ModelNotFound(f"model {s!r} cannot be loaded: no safetensors weights in its cached snapshot {folder} "
+                            "(HF_HUB_OFFLINE=1, so no download; pickled .bin weights are never loaded)")
     # huggingface_hub keeps a revision's files in snapshots/<commit>/
     return folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
 
 
 SMALL_FILE = 1 << 20       # bytes: configs, tokenizer and template files up to this size are hashed whole
-WEIGHT_SAMPLES = 16        # blocks read from each safetensors file's tensor data ...
-WEIGHT_SAMPLE_BYTES = 4096  # ... of this many bytes each
+TENSOR_SAMPLE_BYTES = 256  # bytes read from the middle of each tensor of a larger safetensors file
 
 
 def checkpoint_fingerprint(path_or_uri, storage_options: dict | None = None) -> str | None:
@@ -525,9 +563,11 @@ def checkpoint_fingerprint(path_or_uri, storage_options: dict | None = None) -> 
     SHA-256 over the files loading reads (``list_checkpoint``), each by its name and size, and: files of
     up to ``SMALL_FILE`` bytes whole; larger ones by the store's ETag where it gives one (S3: a hash of the
     content), else, for safetensors, their header (every tensor's name, dtype, shape and offsets) and
-    ``WEIGHT_SAMPLES`` blocks of ``WEIGHT_SAMPLE_BYTES`` spread evenly over the tensor data. Sampled, not a
-    full hash (that would read every byte of a many-GB model at each start): a checkpoint retrained or
-    fine-tuned over the folder changes every block; an edit of a few tensors alone may go unseen.
+    ``TENSOR_SAMPLE_BYTES`` from the middle of every tensor. Sampled, not a full hash (that would read
+    every byte of a many-GB model at each start): weights retrained or fine-tuned over the folder, even a
+    single tensor of them (a projector trained alone), change the bytes sampled; an edit of a few values
+    outside a tensor's middle may go unseen. A copy on S3 is known by its ETags, a local one by its bytes,
+    so the two have different fingerprints.
 
     Returns:
         ``"sha256:"`` and 64 hex digits; None for a hub id (its commit is the name, see ``check_model``).
@@ -555,12 +595,16 @@ def checkpoint_fingerprint(path_or_uri, storage_options: dict | None = None) -> 
             if size <= SMALL_FILE:
                 h.update(fs.cat_file(path))
             elif etag is None and rel.endswith(".safetensors"):
-                n = int.from_bytes(fs.cat_file(path, start=0, end=8), "little")
-                h.update(fs.cat_file(path, start=8, end=8 + n))
-                data, span = 8 + n, max(0, size - 8 - n - WEIGHT_SAMPLE_BYTES)
-                for i in range(WEIGHT_SAMPLES):
-                    start = data + span * i // max(1, WEIGHT_SAMPLES - 1)
-                    h.update(fs.cat_file(path, start=start, end=start + WEIGHT_SAMPLE_BYTES))
+                with fs.open(path, "rb") as f:  # the format: check_safetensors_sizes
+                    n = int.from_bytes(f.read(8), "little")
+                    header = f.read(n)
+                    h.update(header)
+                    spans = sorted(tuple(t["data_offsets"]) for k, t in json.loads(header).items()
+                                   if k != "__metadata__")
+                    for begin, end in spans:
+                        take = min(TENSOR_SAMPLE_BYTES, end - begin)
+                        f.seek(8 + n + (begin + end - take) // 2)
+                        h.update(f.read(take))
     except Exception as err:  # gone, no credentials, unreachable store
         raise ModelNotFound(f"model {s!r} cannot be read: {_first_line(err)}") from None
     return f"sha256:{h.hexdigest()}"
@@ -720,7 +764,11 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
     check_loading_info(info, name, local)
     report.release()
     model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(local, trust_remote_code=trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(local, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # transformers' words point at the hub website
+        raise ModelNotFound(f"model {name!r} cannot be loaded: its processor does not load ({local}): "
+                            f"{_first_line(err)}") from None
     adapter = cls(model, processor, batch_size=batch_size or (32 if device.startswith("cuda") else 64))
     if not getattr(processor, "chat_template", None):  # else apply_chat_template fails at the first question
         raise ModelNotFound(f"model {name!r} cannot be loaded: its processor has no chat template ({local})")

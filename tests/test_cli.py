@@ -437,7 +437,8 @@ def _bench_model_cases(tmp: Path) -> dict:
         "device gpu": (["--device", "gpu"], "device 'gpu': expected one of cpu, cuda"),
         "config not JSON": (["--model", str(not_json)], f"config.json in {not_json} is not valid JSON"),
         "pickled weights": (["--model", str(pickled)], f"no safetensors weights in {pickled} (pickled .bin weights"),
-        "tokenizer transformers refuses": (["--model", str(bad_tokenizer)], f"cannot load the model {bad_tokenizer}: "),
+        "tokenizer transformers refuses": (["--model", str(bad_tokenizer)],
+                                           f"cannot be loaded: its processor does not load ({bad_tokenizer}): "),
     }
 
 

@@ -514,3 +514,62 @@ def test_a_12_bit_jpeg_is_read_at_its_depth(tmp_path):
         Image.open(io.BytesIO(data))
     grey = np.asarray(load_image(data).convert("L"))
     assert grey.shape == (40, 60) and grey[8, 10] > 200 and grey[30, 50] < 50
+    with pytest.raises(BadImage, match="page 1 of 1: no such frame"):
+        load_image(data, frame=1)
+    # its EXIF orientation is applied as an 8-bit JPEG's is (Pillow cannot open it to read it)
+    with rasterio.open(tmp_path / "j12-6.jpg", "w", driver="JPEG", width=40, height=60, count=3, dtype="uint16",
+                       NBITS=12) as ds:
+        ds.write(np.moveaxis(np.rot90(stored, 1), -1, 0))     # stored turned, as a camera held upright
+    raw, exif = (tmp_path / "j12-6.jpg").read_bytes(), Image.Exif()
+    exif[0x0112] = 6
+    app1 = exif.tobytes()
+    turned = raw[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + raw[2:]
+    assert np.array_equal(np.asarray(load_image(turned).convert("L")) > 128, grey > 128)
+
+
+def _rotated_tiff(orientation: int, extratags=(), **kw) -> tuple[bytes, np.ndarray]:
+    """A grey TIFF stored turned for ``orientation`` (tifffile), and the upright picture a viewer shows."""
+    import tifffile
+
+    upright = np.full((30, 50), 220, np.uint8)
+    upright[3:10, 35:47] = 0                                   # a dark block upper right
+    stored = np.ascontiguousarray(upright.transpose() if orientation == 5 else np.rot90(upright, {6: 1, 8: -1}.get(
+        orientation, 2)) if orientation != 1 else upright)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stored, extratags=[(0x0112, "H", 1, orientation, True), *extratags], **kw)
+    return buf.getvalue(), upright
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_tiff_tifffile_complains_of_is_turned_once(orientation):
+    """A tag tifffile skips (an unknown field type) made the whole file count as damaged: the orientation
+    tag was left to Pillow, which turned the page, and the loader turned it again."""
+    import tifffile
+
+    data, upright = _rotated_tiff(orientation, extratags=[(65000, "H", 1, 7, True)])
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        entry = tif.pages[0].tags[65000].offset
+    data = data[:entry + 2] + (99).to_bytes(2, "little") + data[entry + 4:]   # field type 99: unknown, skipped
+    got = np.asarray(load_image(data).convert("L"))
+    assert got.shape == upright.shape and np.array_equal(got < 100, upright < 100)
+
+
+def test_a_cut_short_tiff_is_never_one_clean_page_and_its_first_page_stands_upright():
+    """A multi-page TIFF cut short whose pages Pillow cannot open (float RGB) counted as one clean page;
+    its first page (float or 8-bit) came back turned the wrong way."""
+    import tifffile
+
+    from spote.images import page_count
+
+    _, upright = _rotated_tiff(6)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))
+    for dtype in (np.uint8, np.float32):
+        buf = io.BytesIO()
+        with tifffile.TiffWriter(buf) as tw:
+            for _ in range(3):
+                tw.write(np.dstack([stored] * 3).astype(dtype), photometric="rgb", extratags=[(0x0112, "H", 1, 6, True)])
+        cut = buf.getvalue()[:len(buf.getvalue()) // 2]         # the chain cut: page 2's IFD is gone
+        with pytest.raises(BadImage, match="its pages cannot be counted"):
+            page_count(cut)
+        got = np.asarray(load_image(cut).convert("L"))
+        assert got.shape == upright.shape and np.array_equal(got < 100, upright < 100), dtype

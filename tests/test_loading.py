@@ -65,6 +65,36 @@ def offline(hub_cache, monkeypatch):
     return hub_cache
 
 
+def test_a_folder_that_is_no_vision_language_model_is_refused_before_any_work(offline, s3, s3_server, tmp_path):
+    """A text model's config (a type transformers knows, but loads as no image-text model), a folder saved
+    without its processor, and a hub snapshot of pickled weights alone passed the job's start check; every
+    actor then failed inside Ray, after the plan was staged, with hundreds of lines of traceback."""
+    from pipelines.vqa import app
+
+    cases = {
+        str(_edited_copy(tmp_path, "bert", lambda f: _set_json(f, "config.json", model_type="bert"))):
+            "names model_type 'bert', which transformers does not load as an image-text model",
+        str(_edited_copy(tmp_path, "llama", lambda f: _set_json(f, "config.json", model_type="llama"))):
+            "SPOT-E needs a vision-language model",
+        str(_edited_copy(tmp_path, "noproc", lambda f: (f / "processor_config.json").unlink())): "no image processor in",
+        "acme/pickled-only": "no safetensors weights in its cached snapshot",
+    }
+    uri = _upload_shipped(s3)
+    s3.pipe_file(f"{uri[5:]}/config.json", json.dumps({"model_type": "bert"}).encode())
+    cases[uri] = "names model_type 'bert'"
+    for model, expected in cases.items():
+        so = _s3_options(s3_server) if model.startswith("s3://") else None
+        with pytest.raises(ModelNotFound, match=re.escape(expected)):
+            check_model(model, so)
+    manifest = ROOT / "pipelines" / "samples" / "vqa" / "manifest.jsonl"
+    for model in list(cases)[:4]:
+        out = tmp_path / f"out-{Path(model).name}"
+        res = CliRunner().invoke(app, ["--input", str(manifest), "--output", str(out), "--model", model])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output[-2000:]
+        assert res.stderr.startswith("error: model ") and len(res.stderr.strip().splitlines()) == 1
+        assert not out.exists()                                   # nothing staged, no Ray job
+
+
 def test_resolution_order(tmp_path):
     assert resolve(None) == resolve("spote-tiny") == DEFAULT_MODEL
     assert resolve(str(DEFAULT_MODEL)) == resolve(f"file://{DEFAULT_MODEL}") == DEFAULT_MODEL
@@ -100,6 +130,7 @@ def test_hub_model_answers_as_the_shipped_one(offline, shipped_adapter):
 @pytest.mark.parametrize("name, revision, expected", [
     ("acme/absent", None, ["'acme/absent'", "no folder", "revision 'main'", "not in the cache", "HF_HUB_OFFLINE=1"]),
     (REPO, "v9", ["revision 'v9'", "not in the cache"]),
+    (REPO, MAIN.upper(), ["not in the cache", f"commit hashes are lower case ({MAIN})"]),
     ("acme/pickled-only", None, ["no safetensors weights", ".bin"]),
     ("./no/such/folder", None, ["no folder", "not a hub id"]),
 ])
@@ -713,6 +744,10 @@ def test_a_checkpoint_fingerprint_sees_weights_saved_over_a_folder_and_nothing_e
     assert weights.stat().st_size == size and checkpoint_fingerprint(str(model)) not in (first, None)
     save_file(tensors, weights, metadata={"format": "pt"})
     assert checkpoint_fingerprint(str(model)) == first                 # the same bytes back: the same
+    for name in sorted(tensors):                                       # any one tensor trained alone
+        save_file({**tensors, name: tensors[name] + 0.001}, weights, metadata={"format": "pt"})
+        assert checkpoint_fingerprint(str(model)) != first, name
+    save_file(tensors, weights, metadata={"format": "pt"})
     (model / "chat_template.jinja").write_text((model / "chat_template.jinja").read_text() + " ")
     assert checkpoint_fingerprint(str(model)) != first
     with pytest.raises(ModelNotFound, match="cannot be read"):

@@ -389,6 +389,33 @@ def deadline_http_client(config: EndpointConfig):
     return openai.DefaultHttpxClient(transport=transport)
 
 
+def _not_retried(response) -> str | None:
+    """Why the ``openai`` client did not retry a response it would otherwise retry (408, 409, 429, 5xx), from
+    its headers as the client reads them: ``x-should-retry: false``, or a ``Retry-After`` (``retry-after-ms``,
+    seconds or an HTTP date) longer than it waits (``MAX_RETRY_AFTER_DELAY``, 120 s); None if it retried."""
+    import email.utils
+
+    from openai._constants import MAX_RETRY_AFTER_DELAY
+
+    headers = getattr(response, "headers", None) or {}
+    if str(headers.get("x-should-retry", "")).lower() == "false":
+        return "not retried: the server said not to (x-should-retry: false)"
+    wait = None
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            wait = float(headers[header]) / divisor
+            break
+        except (KeyError, TypeError, ValueError):
+            continue
+    if wait is None and headers.get("retry-after"):
+        when = email.utils.parsedate_tz(headers["retry-after"])
+        wait = email.utils.mktime_tz(when) - time.time() if when else None
+    if wait is not None and wait > MAX_RETRY_AFTER_DELAY:
+        return (f"not retried: the server asked to wait {wait:.0f} s (Retry-After), longer than the client waits, "
+                f"{MAX_RETRY_AFTER_DELAY} s")
+    return None
+
+
 class EndpointAdapter:
     """The adapter interface (``spote.adapters.base``) over an OpenAI-compatible chat-completions server.
 
@@ -463,9 +490,11 @@ class EndpointAdapter:
         elif isinstance(err, openai.APIStatusError):
             code = err.status_code
             retried = code in (408, 409, 429) or code >= 500
+            why_not = _not_retried(getattr(err, "response", None)) if retried and cfg.max_retries else None
             # scrubbed before it is cut short: a cut could leave a piece of the key too short to be recognised
             detail = scrub(" ".join(str(getattr(err, "message", "") or "").split()), self._secrets, public)[:300]
-            what = f"HTTP {code}{f' after {cfg.max_retries} retries' if retried else ''}: {detail}"
+            how = f" after {cfg.max_retries} retries" if retried and not why_not else f" ({why_not})" if why_not else ""
+            what = f"HTTP {code}{how}: {detail}"
             if code == 400 and self.max_images > 1 and "image" in detail.lower():
                 what += " (a server that takes one image per request needs max_images 1)"
         else:
@@ -505,8 +534,12 @@ class EndpointAdapter:
             raise EndpointError(self._describe(ValueError(
                 f"the server returned a log-probability that is not one ({bad[0]!r}: not finite, or above 0)")))
         finish = getattr(choice, "finish_reason", None)
-        return Served(text=(choice.message.content or "").strip(), tokens=[c.token for c in content],
-                      logprobs=logprobs, top=top, finish_reason=finish if isinstance(finish, str) else None)
+        text, tokens = (choice.message.content or "").strip(), [c.token for c in content]
+        if len(tokens) > max_tokens:  # a server that ignores the cap: cut where it would have ended the answer
+            tokens, logprobs, top = tokens[:max_tokens], logprobs[:max_tokens], top[:max_tokens]
+            text, finish = "".join(tokens).strip(), "length"
+        return Served(text=text, tokens=tokens, logprobs=logprobs, top=top,
+                      finish_reason=finish if isinstance(finish, str) else None)
 
     def _request_all(self, views_batch, text: str, max_tokens: int, closed_set: bool) -> list[Served]:
         """One request per view set, ``concurrency`` at a time; the first failure fails the whole group."""

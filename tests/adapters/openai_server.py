@@ -11,12 +11,13 @@ S3 server. It speaks the subset of the wire format SPOT-E uses:
   computed from the full softmax, as vLLM returns them.
 * ``GET /v1/models``.
 * Test controls, under ``/fixture/``: ``POST /fixture/faults {"status": 429, "times": 2}`` answers the
-  next ``times`` completions with that status (status 200: a normal answer without ``logprobs``, as
+  next ``times`` completions with that status (``"retry_after": "100000"``: a 429's ``Retry-After``) (status 200: a normal answer without ``logprobs``, as
   ``transformers serve`` gives); ``GET /fixture/stats`` counts chat-completion answers by status. A
   question containing ``[reject]`` is answered 400 (a request the server refuses, never retried).
   ``{"mode": NAME, "times": n}`` instead misbehaves as a broken server might (``MODES``): answers with
   NaN / +inf log-probabilities, empty ``top_logprobs`` or ``logprobs.content``, a null ``message.content``,
-  no ``finish_reason`` (null, as a server that does not say), a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
+  no ``finish_reason`` (null, as a server that does not say), an answer past the token cap it was given
+  (``ignore-cap``, marked "stop"), a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
 
 With ``--require-key-env NAME`` every request must carry ``Authorization: Bearer $NAME`` (else 401).
 
@@ -141,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
             if body.get("mode") not in (None, *MODES):
                 return self._error(400, f"unknown mode {body['mode']!r}; known: {list(MODES)}")
             self.server.set_faults(int(body.get("status", 200)), int(body.get("times", 1)), body.get("mode"),
-                                   float(body.get("interval_s", 0.5)))
+                                   float(body.get("interval_s", 0.5)), body.get("retry_after"))
             return self._send(200, {"ok": True})
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._error(404, f"no route {self.path}")
@@ -155,7 +156,8 @@ class Handler(BaseHTTPRequestHandler):
                                     f"middle {key[4:12]}.")
         with_logprobs = bool(body.get("logprobs")) and fault != 200
         if fault and fault != 200:
-            return self._error(fault, "injected fault", {"retry-after-ms": "20"} if fault == 429 else None)
+            wait = {"retry-after": self.server.retry_after} if self.server.retry_after else {"retry-after-ms": "20"}
+            return self._error(fault, "injected fault", wait if fault == 429 else None)
         if body.get("model") != self.server.model_name:
             return self._error(404, f"model {body.get('model')!r} does not exist")
         texts = [p.get("text", "") for m in body.get("messages", []) if isinstance(m.get("content"), list)
@@ -163,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
         if any("[reject]" in t for t in texts):
             return self._error(400, "request rejected by the server's content policy")
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        if mode == "ignore-cap":  # as a server that does not honour the cap, and says the model stopped
+            max_tokens = 4 * max_tokens + 8
         top_k = int(body.get("top_logprobs") or 0) if with_logprobs else 0
         try:
             text, content, finish = self.server.vlm.complete(body["messages"], max_tokens, top_k)
@@ -172,6 +176,8 @@ class Handler(BaseHTTPRequestHandler):
             text, content = misbehave(mode, text, content)
         if mode == "no-finish":
             finish = None
+        if mode == "ignore-cap":
+            finish = "stop"
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server.model_name,
@@ -204,7 +210,7 @@ class Handler(BaseHTTPRequestHandler):
 
 # what a broken server sends (faults' "mode"); each maps (text, logprobs content) to the broken pair
 MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "no-finish", "trickle",
-         "echo-key")
+         "echo-key", "ignore-cap")
 
 
 def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, list[dict]]:
@@ -232,17 +238,21 @@ class FixtureServer(ThreadingHTTPServer):
         self.vlm, self.model_name, self.api_key = vlm, model_name, api_key
         self.stats: Counter = Counter()
         self._faults: list[tuple[int, str | None, float]] = []
+        self.retry_after: str | None = None  # a 429's Retry-After (set_faults)
         self._lock = threading.Lock()
 
     def count(self, status: int):
         with self._lock:
             self.stats[str(status)] += 1
 
-    def set_faults(self, status: int, times: int, mode: str | None = None, interval: float = 0.5):
-        """The next ``times`` completions: answered with ``status`` (200 and no mode: without logprobs), or
-        with ``mode``'s misbehaviour (status ignored)."""
+    def set_faults(self, status: int, times: int, mode: str | None = None, interval: float = 0.5,
+                   retry_after: str | None = None):
+        """The next ``times`` completions: answered with ``status`` (200 and no mode: without logprobs; a 429
+        with ``Retry-After: retry_after`` where given, else ``retry-after-ms: 20``), or with ``mode``'s
+        misbehaviour (status ignored)."""
         with self._lock:
             self._faults = [(None if mode else status, mode, interval)] * times
+            self.retry_after = retry_after
 
     def take_fault(self) -> tuple[int | None, str | None, float]:
         with self._lock:

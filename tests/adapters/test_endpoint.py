@@ -164,6 +164,14 @@ def test_429_twice_then_answered(server, key):
     # 5xx without Retry-After: the client's exponential back-off with jitter
     _control(server, "/fixture/faults", {"status": 503, "times": 2})
     assert remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]).shape == (1, 2)
+    # a wait longer than the client waits is not retried, and the error says so (it said "after 3 retries")
+    _control(server, "/fixture/faults", {"status": 429, "times": 1, "retry_after": "100000"})
+    before = _control(server, "/fixture/stats")
+    with pytest.raises(EndpointError) as err:
+        remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+    assert _control(server, "/fixture/stats").get("429", 0) - before.get("429", 0) == 1
+    assert "HTTP 429 (not retried: the server asked to wait 100000 s (Retry-After), longer than the client " \
+           "waits, 120 s)" in str(err.value) and "retries" not in str(err.value)
 
 
 def test_failures_are_one_line_naming_the_endpoint_never_the_key(server, key):
@@ -380,6 +388,11 @@ def test_an_answer_the_token_cap_ended_is_marked_cut_off_from_finish_reason(serv
     assert len(capped.token_ids) == 1 and capped.cut_off is True
     _control(server, "/fixture/faults", {"mode": "no-finish", "times": 1})
     assert remote.generate(view, question).cut_off is None
+    # a server that ignores the cap (and says the model stopped): cut at the cap, as the cap would have
+    _control(server, "/fixture/faults", {"mode": "ignore-cap", "times": 1})
+    over = remote.generate(view, question, max_new_tokens=1)
+    assert len(over.token_ids) == len(over.logprobs) == len(over.entropies) == 1 and over.cut_off is True
+    assert over.text == capped.text
     item = make_open_item(0, "test", 2, variant="large")
     res = spote(remote, item.image, item.question, None, PolicyConfig(budget=4, group_size=4, use_relevance=False))
     assert res.answer and res.answer_cut_off is False

@@ -178,7 +178,7 @@ def test_weights_saved_over_the_model_folder_before_a_resume_are_another_run(ray
     import shutil
 
     from benchmarks.pipeline_throughput import make_corpus
-    from pipelines.job import _model_changed
+    from pipelines.job import _model_refused
 
     model = tmp_path / "model"
     shutil.copytree(random_tiny_dir, model)
@@ -197,4 +197,4 @@ def test_weights_saved_over_the_model_folder_before_a_resume_are_another_run(ray
         run_job("vqa", dataclasses.replace(opts, run_id="ft2"), plan_manifest(str(manifest)),
                 model_kwargs=started)
     # Ray passes the actor's error on as text: the job's CLI prints the message found in it, one line
-    assert "holds other files than when the run started" in (_model_changed(caught.value) or "")
+    assert "holds other files than when the run started" in (_model_refused(caught.value) or "")

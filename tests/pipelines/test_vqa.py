@@ -792,3 +792,23 @@ def test_a_utf16_manifest_is_refused_in_one_line_naming_its_encoding(tmp_path, e
     assert str(err.value).endswith("not UTF-8; save it as UTF-8") and "\\x00" not in str(err.value)
     (tmp_path / name).write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     assert [r["id"] for r in read_manifest(str(tmp_path / name))] == ["a"]  # the same text as UTF-8 reads
+
+
+def test_an_input_or_output_that_would_commit_an_empty_run_is_refused(tmp_path):
+    """A manifest named `--input` whose extension the job does not read (JSONL saved as .txt), and an
+    `--output` holding a '?' (Ray Data's Parquet reader globs it, and found none of the run's parts),
+    each committed an empty run and exited 0: a night's items lost without a word."""
+    from typer.testing import CliRunner
+
+    from pipelines.vqa import app
+
+    sample = Path(__file__).parents[2] / "pipelines" / "samples" / "vqa" / "manifest.jsonl"
+    (tmp_path / "manifest.txt").write_text(sample.read_text())
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "manifest.txt"), "--output", str(tmp_path / "out")])
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: --input {tmp_path / 'manifest.txt'}: the job does "
+                                                         "not read this file (") and "Traceback" not in res.output
+    (tmp_path / ".hidden.jsonl").write_text(sample.read_text())   # named on purpose: read, not skipped as hidden
+    assert len(plan_manifest(str(tmp_path / ".hidden.jsonl")).sources) == 1
+    res = CliRunner().invoke(app, ["--input", str(sample), "--output", str(tmp_path / "out?q")])
+    assert res.exit_code == 2 and "a '?' in the path is a wildcard" in res.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out?q").exists()

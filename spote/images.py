@@ -335,7 +335,7 @@ def tiff_pages(data) -> list[tuple[int, int]] | None:
     the thumbnails scanners write beside a page), whatever its pixels (Pillow cannot open a float RGB page,
     nor count past one); orientation 1-8 (tag 274; 1 when absent or invalid). ``data``: the file's bytes, or
     a seekable file object (only the tags are read). None where tifffile cannot walk the whole chain (cut
-    short, damaged: it complains and stops), which is then Pillow's to count or refuse."""
+    short, damaged: it complains and stops); a tag it skips (an unknown field type) is no damage."""
     try:
         with _tiff_file(data) as (tif, complaints):
             found = []

@@ -466,6 +466,9 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
     if "?" in output_uri.split("://", 1)[-1]:
         raise JobRefused(f"--output {output_uri}: a '?' in the path is a wildcard to Ray Data's Parquet reader, "
                          "which then finds none of the run's own parts (the run committed empty); name it without one")
+    if "://" in output_uri and not output_uri.startswith("file://") and any(c in output_uri for c in "[]"):
+        raise JobRefused(f"--output {output_uri}: '[' and ']' in an object store path are a wildcard to fsspec's move, "
+                         "which Ray Data's checkpoints use; name it without them")
     if output_uri.startswith("s3://"):
         bucket = output_uri[len("s3://"):].split("/", 1)[0]
         try:  # HEAD bucket: s3fs maps 404 (NoSuchBucket) to FileNotFoundError; its exists() says False for anything

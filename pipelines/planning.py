@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Iterable
@@ -143,6 +144,9 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     # prefix exists only through its objects, so an empty one is an empty input, not an error
     if is_local(fs) and not fs.exists(root):
         raise FileNotFoundError(f"--input {input_uri}: no such file or folder")
+    if is_local(fs) and not (os.path.isdir(root) or os.path.isfile(root)):  # a FIFO, <(zcat x.gz), a device
+        raise ValueError(f"--input {input_uri}: not a regular file or folder (a pipe or a device); a job lists its "
+                         "input and reads it again on resume: save it to a file first")
     named_file = False
     try:
         if fs.isfile(root):

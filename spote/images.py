@@ -608,6 +608,9 @@ def _read_tiff_page(data: bytes, frame: int = 0) -> np.ndarray | None:
             if page.dtype is None or page.dtype.kind not in "uif" or bands not in (1, 2, 3, 4):
                 return None
             pixels = page.asarray()
+            if page.photometric == 3 and page.colormap is not None and pixels.ndim == 2:  # palette: indices to colour
+                colormap = np.asarray(page.colormap)                  # 3 x 2**bits, 16-bit (TIFF 6.0 section 5)
+                pixels = np.moveaxis(colormap[:, np.clip(pixels, 0, colormap.shape[1] - 1)], 0, -1)
             if pixels.ndim == 3 and pixels.shape[0] == bands and page.planarconfig == 2:  # bands first
                 pixels = np.moveaxis(pixels, 0, -1)
             pixels = _extra_band(pixels, _alpha_of(page.extrasamples))

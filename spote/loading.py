@@ -524,12 +524,18 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         try:
             fs, root, files = list_checkpoint(s, storage_options)
             check_safetensors_sizes(fs, root, files)
-            config = json.loads(fs.cat_file(f"{root}/config.json"))
-            check_config(config if isinstance(config, dict) else {}, f"under {s}")
+            try:
+                config = json.loads(fs.cat_file(f"{root}/config.json"))
+            except ValueError:
+                raise OSError(f"config.json under {s} is not valid JSON") from None
+            if not isinstance(config, dict):
+                raise OSError(f"config.json under {s} is not a JSON object")
+            check_config(config, f"under {s}")
             if not any(name in files for name in IMAGE_PROCESSOR_FILES):
                 raise OSError(f"no image processor under {s} (none of {', '.join(IMAGE_PROCESSOR_FILES)})")
         except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
-            raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err)}") from None
+            said = str(err) if type(err) is OSError else _first_line(err)  # our own words need no class name
+            raise ModelNotFound(f"model {s!r} cannot be loaded: {said}") from None
         return None
     local = Path(local_path(s)).expanduser()
     if is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file:") or not is_hub_id(s):
@@ -544,9 +550,12 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})")
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err).removeprefix('OSError: ')}") from None
-    if hub_offline() and not any(folder.glob("*.safetensors")):
-        raise ModelNotFound(f"model {s!r} cannot be loaded: no safetensors weights in its cached snapshot {folder} "
-                            "(HF_HUB_OFFLINE=1, so no download; pickled .bin weights are never loaded)")
+    if hub_offline():  # no download can complete the snapshot: it is what every actor will load
+        try:
+            check_folder(folder)
+        except OSError as err:
+            raise ModelNotFound(f"model {s!r} cannot be loaded from its cached snapshot (HF_HUB_OFFLINE=1, so no "
+                                f"download): {err}") from None
     # huggingface_hub keeps a revision's files in snapshots/<commit>/
     return folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
 

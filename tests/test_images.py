@@ -573,3 +573,19 @@ def test_a_cut_short_tiff_is_never_one_clean_page_and_its_first_page_stands_upri
             page_count(cut)
         got = np.asarray(load_image(cut).convert("L"))
         assert got.shape == upright.shape and np.array_equal(got < 100, upright < 100), dtype
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_a_palette_tiff_pillow_cannot_open_shows_its_colours(byteorder):
+    """A big-endian BigTIFF palette page is read with tifffile, which gave its palette indices (0 and 1:
+    black) rather than the colours they name."""
+    import tifffile
+
+    indices = np.zeros((30, 50), np.uint8)
+    indices[3:10, 35:47] = 1
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 0] = 65535                                     # index 0 white, 1 black
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, indices, byteorder=byteorder, bigtiff=True, photometric="palette", colormap=colormap)
+    got = np.asarray(load_image(buf.getvalue()).convert("L"))
+    assert np.array_equal(got < 100, indices == 1) and got.max() > 200

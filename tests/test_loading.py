@@ -77,8 +77,13 @@ def test_a_folder_that_is_no_vision_language_model_is_refused_before_any_work(of
         str(_edited_copy(tmp_path, "llama", lambda f: _set_json(f, "config.json", model_type="llama"))):
             "SPOT-E needs a vision-language model",
         str(_edited_copy(tmp_path, "noproc", lambda f: (f / "processor_config.json").unlink())): "no image processor in",
-        "acme/pickled-only": "no safetensors weights in its cached snapshot",
+        "acme/pickled-only": "cannot be loaded from its cached snapshot (HF_HUB_OFFLINE=1, so no download): no "
+                             "safetensors weights in",
     }
+    no_processor = {p.name: p for p in DEFAULT_MODEL.iterdir() if p.is_file() and p.name != "processor_config.json"}
+    lay_out_hub_cache(offline, "acme/no-processor", no_processor, MAIN)       # offline: what every actor loads
+    cases["acme/no-processor"] = "cannot be loaded from its cached snapshot (HF_HUB_OFFLINE=1, so no download): " \
+                                 "no image processor in"
     uri = _upload_shipped(s3)
     s3.pipe_file(f"{uri[5:]}/config.json", json.dumps({"model_type": "bert"}).encode())
     cases[uri] = "names model_type 'bert'"

@@ -398,7 +398,7 @@ def _not_retried(response) -> str | None:
     from openai._constants import MAX_RETRY_AFTER_DELAY
 
     headers = getattr(response, "headers", None) or {}
-    if str(headers.get("x-should-retry", "")).lower() == "false":
+    if headers.get("x-should-retry") == "false":  # compared as the client compares it
         return "not retried: the server said not to (x-should-retry: false)"
     wait = None
     for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
@@ -410,8 +410,8 @@ def _not_retried(response) -> str | None:
     if wait is None and headers.get("retry-after"):
         when = email.utils.parsedate_tz(headers["retry-after"])
         wait = email.utils.mktime_tz(when) - time.time() if when else None
-    if wait is not None and wait > MAX_RETRY_AFTER_DELAY:
-        return (f"not retried: the server asked to wait {wait:.0f} s (Retry-After), longer than the client waits, "
+    if wait is not None and math.isfinite(wait) and wait > MAX_RETRY_AFTER_DELAY:  # "inf": the client backs off
+        return (f"not retried: the server asked to wait {wait:g} s (Retry-After), longer than the client waits, "
                 f"{MAX_RETRY_AFTER_DELAY} s")
     return None
 
@@ -537,7 +537,12 @@ class EndpointAdapter:
         text, tokens = (choice.message.content or "").strip(), [c.token for c in content]
         if len(tokens) > max_tokens:  # a server that ignores the cap: cut where it would have ended the answer
             tokens, logprobs, top = tokens[:max_tokens], logprobs[:max_tokens], top[:max_tokens]
-            text, finish = "".join(tokens).strip(), "length"
+            kept = "".join(tokens)
+            if not (choice.message.content or "").startswith(kept):  # tokens in byte form ("bytes:\xc3", "Ġthe")
+                raise EndpointError(self._describe(ValueError(
+                    f"the server answered past the cap of {max_tokens} tokens, in tokens that do not spell its text, "
+                    "so the answer cannot be cut where the cap is")))
+            text, finish = kept.strip(), "length"
         return Served(text=text, tokens=tokens, logprobs=logprobs, top=top,
                       finish_reason=finish if isinstance(finish, str) else None)
 

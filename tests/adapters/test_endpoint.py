@@ -463,3 +463,22 @@ def test_bad_endpoint_urls_are_refused_at_once(url, says, tmp_path):
 def test_endpoint_option_types_are_checked_by_name(options, says):
     with pytest.raises(ValueError, match=re.escape(says)):
         open_endpoint("http://127.0.0.1:8000/v1", "spote-tiny", **options)
+
+
+@pytest.mark.parametrize("headers, says", [
+    ({"retry-after": "500"}, "not retried: the server asked to wait 500 s (Retry-After)"),
+    ({"retry-after-ms": "200000"}, "not retried: the server asked to wait 200 s"),
+    ({"retry-after": "120.5"}, "wait 120.5 s (Retry-After), longer than the client waits, 120 s"),
+    ({"x-should-retry": "false"}, "not retried: the server said not to"),
+    ({"x-should-retry": "False"}, None),        # the client compares the header exactly, and retries
+    ({"retry-after": "inf"}, None),             # the client backs off and retries
+    ({"retry-after": "30"}, None),
+    ({}, None),
+])
+def test_why_a_retryable_answer_was_not_retried_is_named_as_the_client_decides(headers, says):
+    from types import SimpleNamespace
+
+    from spote.adapters.endpoint import _not_retried
+
+    response = SimpleNamespace(status_code=429, headers=headers)   # the headers, as the client's response has them
+    assert _not_retried(response) == says if says is None else says in _not_retried(response)

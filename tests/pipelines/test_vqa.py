@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -811,4 +812,9 @@ def test_an_input_or_output_that_would_commit_an_empty_run_is_refused(tmp_path):
     assert len(plan_manifest(str(tmp_path / ".hidden.jsonl")).sources) == 1
     res = CliRunner().invoke(app, ["--input", str(sample), "--output", str(tmp_path / "out?q")])
     assert res.exit_code == 2 and "a '?' in the path is a wildcard" in res.stderr
+    res = CliRunner().invoke(app, ["--input", str(sample), "--output", "s3://spote/odd/br[1]"])
+    assert res.exit_code == 2 and "'[' and ']' in an object store path" in res.stderr
+    os.mkfifo(tmp_path / "piped.jsonl")                           # what --input <(zcat m.jsonl.gz) names
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "piped.jsonl"), "--output", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "not a regular file or folder (a pipe or a device)" in res.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out?q").exists()

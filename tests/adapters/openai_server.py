@@ -17,7 +17,8 @@ S3 server. It speaks the subset of the wire format SPOT-E uses:
   ``{"mode": NAME, "times": n}`` instead misbehaves as a broken server might (``MODES``): answers with
   NaN / +inf log-probabilities, empty ``top_logprobs`` or ``logprobs.content``, a null ``message.content``,
   no ``finish_reason`` (null, as a server that does not say), an answer past the token cap it was given
-  (``ignore-cap``, marked "stop"), a body trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
+  (``ignore-cap``, marked "stop"; ``ignore-cap-bytes``: its tokens spelled as byte-level BPE spells them), a body
+  trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
 
 With ``--require-key-env NAME`` every request must carry ``Authorization: Bearer $NAME`` (else 401).
 
@@ -165,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
         if any("[reject]" in t for t in texts):
             return self._error(400, "request rejected by the server's content policy")
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
-        if mode == "ignore-cap":  # as a server that does not honour the cap, and says the model stopped
+        if mode in ("ignore-cap", "ignore-cap-bytes"):  # as a server that does not honour the cap, says it stopped
             max_tokens = 4 * max_tokens + 8
         top_k = int(body.get("top_logprobs") or 0) if with_logprobs else 0
         try:
@@ -176,7 +177,7 @@ class Handler(BaseHTTPRequestHandler):
             text, content = misbehave(mode, text, content)
         if mode == "no-finish":
             finish = None
-        if mode == "ignore-cap":
+        if mode in ("ignore-cap", "ignore-cap-bytes"):
             finish = "stop"
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
@@ -210,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
 
 # what a broken server sends (faults' "mode"); each maps (text, logprobs content) to the broken pair
 MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "no-finish", "trickle",
-         "echo-key", "ignore-cap")
+         "echo-key", "ignore-cap", "ignore-cap-bytes")
 
 
 def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, list[dict]]:
@@ -227,6 +228,9 @@ def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, li
         content = []
     elif mode == "null-message":
         text = None
+    elif mode == "ignore-cap-bytes":  # tokens as byte-level BPE spells them, not as the text reads
+        for c in content:
+            c["token"] = "\u0120" + c["token"]
     return text, content
 
 

@@ -393,6 +393,10 @@ def test_an_answer_the_token_cap_ended_is_marked_cut_off_from_finish_reason(serv
     over = remote.generate(view, question, max_new_tokens=1)
     assert len(over.token_ids) == len(over.logprobs) == len(over.entropies) == 1 and over.cut_off is True
     assert over.text == capped.text
+    # ... in tokens that do not spell its text ("Ġthe"): no cut can be trusted, so no garbled answer
+    _control(server, "/fixture/faults", {"mode": "ignore-cap-bytes", "times": 1})
+    with pytest.raises(EndpointError, match="in tokens that do not spell its text"):
+        remote.generate(view, question, max_new_tokens=1)
     item = make_open_item(0, "test", 2, variant="large")
     res = spote(remote, item.image, item.question, None, PolicyConfig(budget=4, group_size=4, use_relevance=False))
     assert res.answer and res.answer_cut_off is False

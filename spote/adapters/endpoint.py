@@ -389,31 +389,22 @@ def deadline_http_client(config: EndpointConfig):
     return openai.DefaultHttpxClient(transport=transport)
 
 
-def _not_retried(response) -> str | None:
-    """Why the ``openai`` client did not retry a response it would otherwise retry (408, 409, 429, 5xx), from
-    its headers as the client reads them: ``x-should-retry: false``, or a ``Retry-After`` (``retry-after-ms``,
-    seconds or an HTTP date) longer than it waits (``MAX_RETRY_AFTER_DELAY``, 120 s); None if it retried."""
-    import email.utils
-
+def _not_retried(client, response) -> str | None:
+    """Why the ``openai`` ``client`` did not retry a ``response`` it would otherwise retry (408, 409, 429,
+    5xx), asked of the client itself (``_should_retry``; its rules differ between versions): the server
+    said not to (``x-should-retry: false``), or its ``Retry-After`` is longer than the client waits
+    (``MAX_RETRY_AFTER_DELAY``, 120 s in openai 2.x). None where it retried."""
     from openai._constants import MAX_RETRY_AFTER_DELAY
 
-    headers = getattr(response, "headers", None) or {}
-    if headers.get("x-should-retry") == "false":  # compared as the client compares it
+    if response is None or client._should_retry(response):
+        return None
+    if response.headers.get("x-should-retry") == "false":
         return "not retried: the server said not to (x-should-retry: false)"
-    wait = None
-    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
-        try:
-            wait = float(headers[header]) / divisor
-            break
-        except (KeyError, TypeError, ValueError):
-            continue
-    if wait is None and headers.get("retry-after"):
-        when = email.utils.parsedate_tz(headers["retry-after"])
-        wait = email.utils.mktime_tz(when) - time.time() if when else None
-    if wait is not None and math.isfinite(wait) and wait > MAX_RETRY_AFTER_DELAY:  # "inf": the client backs off
-        return (f"not retried: the server asked to wait {wait:g} s (Retry-After), longer than the client waits, "
-                f"{MAX_RETRY_AFTER_DELAY} s")
-    return None
+    wait = client._parse_retry_after_header(response.headers)
+    if wait is None:
+        return "not retried"
+    return (f"not retried: the server asked to wait {wait:g} s (Retry-After), longer than the client waits, "
+            f"{MAX_RETRY_AFTER_DELAY} s")
 
 
 class EndpointAdapter:
@@ -490,7 +481,7 @@ class EndpointAdapter:
         elif isinstance(err, openai.APIStatusError):
             code = err.status_code
             retried = code in (408, 409, 429) or code >= 500
-            why_not = _not_retried(getattr(err, "response", None)) if retried and cfg.max_retries else None
+            why_not = _not_retried(self.client, getattr(err, "response", None)) if retried and cfg.max_retries else None
             # scrubbed before it is cut short: a cut could leave a piece of the key too short to be recognised
             detail = scrub(" ".join(str(getattr(err, "message", "") or "").split()), self._secrets, public)[:300]
             how = f" after {cfg.max_retries} retries" if retried and not why_not else f" ({why_not})" if why_not else ""

@@ -482,7 +482,10 @@ def test_endpoint_option_types_are_checked_by_name(options, says):
 def test_why_a_retryable_answer_was_not_retried_is_named_as_the_client_decides(headers, says):
     from types import SimpleNamespace
 
+    import openai
+
     from spote.adapters.endpoint import _not_retried
 
+    client = openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")
     response = SimpleNamespace(status_code=429, headers=headers)   # the headers, as the client's response has them
-    assert _not_retried(response) == says if says is None else says in _not_retried(response)
+    assert _not_retried(client, response) == says if says is None else says in _not_retried(client, response)

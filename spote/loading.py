@@ -545,17 +545,18 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         folder = fetch_hub(s, revision, config_only=True)
     except ModelNotFound as err:
         raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
-    try:  # what the config says is known now; the weights only where no download may complete the snapshot
-        config = json.loads((folder / "config.json").read_bytes())
-        check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})")
-    except (OSError, ValueError) as err:
-        raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err).removeprefix('OSError: ')}") from None
-    if hub_offline():  # no download can complete the snapshot: it is what every actor will load
+    if hub_offline():  # no download can complete the snapshot: it is what every actor will load, checked whole
         try:
             check_folder(folder)
         except OSError as err:
             raise ModelNotFound(f"model {s!r} cannot be loaded from its cached snapshot (HF_HUB_OFFLINE=1, so no "
                                 f"download): {err}") from None
+    else:  # only the config is here yet: what it says is known now
+        try:
+            config = json.loads((folder / "config.json").read_bytes())
+            check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})")
+        except (OSError, ValueError) as err:
+            raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err).removeprefix('OSError: ')}") from None
     # huggingface_hub keeps a revision's files in snapshots/<commit>/
     return folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
 

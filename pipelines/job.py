@@ -459,8 +459,10 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
     """Refuse (JobRefused), before Ray starts, a local ``output`` that is a file or where no folder can be
     made (under a file, on a read-only or virtual file system such as /proc), and an ``s3://`` output
     whose bucket does not exist (the store's own "The specified bucket does not exist" named neither the
-    bucket nor the flag), and a path holding a ``?`` (a glob wildcard to Ray Data's readers). Nothing is left behind: a probe folder is made and removed in the nearest folder
-    that exists. Whether an object store's prefix can be written is checked by the job's first write."""
+    bucket nor the flag), a path holding a ``?`` (a glob wildcard to Ray Data's readers), and an object
+    store path holding ``[`` or ``]`` (a wildcard to fsspec's move). Nothing is left behind: a probe folder
+    is made and removed in the nearest folder that exists. Whether an object store's prefix can be written
+    is checked by the job's first write."""
     import tempfile
 
     if "?" in output_uri.split("://", 1)[-1]:

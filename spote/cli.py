@@ -280,9 +280,8 @@ def ask(
         name = "standard input" if image == "-" else image
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
             _fail(f"{name} is {err.kind}: spote ask reads images; {err.advice}")
-        if isinstance(err, ImageTooLarge):
-            err = ImageTooLarge(f"{err}, or raise --max-pixels")
-        _fail(str(err) if name in str(err) else f"{name}: {err}")
+        said = f"{err}, or raise --max-pixels" if isinstance(err, ImageTooLarge) else str(err)
+        _fail(said if name in said else f"{name}: {said}")
     except (AskError, ValueError) as err:
         _fail(str(err))
     try:

@@ -18,7 +18,8 @@ from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
                    committed_checkpoint_rows, default_run_id,
-                   interrupted_commits, is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, reset_plan, reset_staging,
+                   interrupted_commits, is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, remove_empty_folder,
+                   reset_plan, reset_staging,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
@@ -807,7 +808,12 @@ def make_plan(plan: Plan, paths: RunPaths, so: dict, run_id: str, settings: dict
         cols = ["id", "status"] + (["source"] if plan.count_sources else [])
         stats = collect_stats(_read(paths.plan, so, cols), with_samples=False, with_sources=plan.count_sources)
         if not plan.ids_from_sources:
-            check_plan_ids_unique(paths, so, rows=stats.items)
+            try:
+                check_plan_ids_unique(paths, so, rows=stats.items)
+            except ValueError:  # a refused input leaves nothing behind: its next run plans afresh anyway
+                reset_plan(paths, so)
+                remove_empty_folder(paths.staging, so)
+                raise
     result = {"items": stats.items, "id_digest": str(stats.id_digest), "planned_errors": stats.by_status.get("error", 0),
               "sources_planned": len(stats.sources) if stats.sources is not None else None, "settings": settings}
     write_plan_stats(paths, result, so)

@@ -121,6 +121,15 @@ def _rm(uri: str, storage_options=None) -> None:
         fs.rm(p, recursive=True)
 
 
+def remove_empty_folder(uri: str, storage_options=None) -> None:
+    """Remove the folder ``uri`` if it holds nothing (a local or mounted one; object stores keep no
+    empty folders)."""
+    fs, p = filesystem(uri, storage_options)
+    with contextlib.suppress(OSError):
+        if fs.isdir(p) and not fs.ls(p, detail=False):
+            fs.rmdir(p)
+
+
 def reset_staging(paths: RunPaths, storage_options=None) -> None:
     """Start a run's staging area afresh (``--force`` on a committed run); the committed rows stay."""
     retrying(_rm, paths.staging, storage_options)
@@ -457,6 +466,8 @@ class RunLease:
             now = self._read()
             if now is not None and now.get("token") == self.token:
                 retrying(_rm, self.uri, self.storage_options)
+                # a run refused or stopped before any output leaves no empty _runs/<id>/ behind
+                remove_empty_folder(posixpath.dirname(self.uri), self.storage_options)
         except OSError as err:
             self.log(f"[lease] could not remove {self.uri}: {err}")
 

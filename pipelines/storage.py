@@ -166,10 +166,9 @@ def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
         with fs.open(p, "wb") as f:
             f.write(data)
         return
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(p)}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with _created(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name does: whole after a power loss too
@@ -179,6 +178,17 @@ def _write_bytes(uri: str, data: bytes, storage_options=None) -> None:
             os.remove(tmp)
         raise
 
+
+def _created(path: str):
+    """``open(path, "wb")``, its folder made first; made again if an empty folder was removed between the
+    two (a driver releasing its lease drops an empty ``_runs/<id>/`` that another may be writing into)."""
+    for last in (False, True):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            return open(path, "wb")
+        except FileNotFoundError:
+            if last:
+                raise
 
 
 def is_local(fs) -> bool:

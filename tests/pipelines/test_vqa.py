@@ -127,6 +127,7 @@ def test_duplicate_ids_refused_before_any_work(ray_local, random_tiny_dir, tmp_p
         run_job("vqa", opts, plan_manifest(opts.input))
     paths = RunPaths(str(tmp_path / "out"), "dupes")
     assert not Path(paths.staged).exists() and not Path(paths.marker).exists()   # nothing was answered
+    assert not Path(paths.staging).exists() and not Path(paths.meta).exists()    # nor left behind: no plan, no lease folder
     # a given id that repeats one given to a row without an id: the message says where the other came from
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"id": "row-00000001", "image_uri": "a.png", "question": "q ?"}, {"image_uri": "b.png", "question": "q ?"}]))

@@ -64,6 +64,8 @@ from typing import Optional
 
 import typer
 
+from pipelines.job import FIXED_SIZE_LABEL
+
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 STATE = Path(os.environ.get("SPOTE_LOCAL_CLUSTER_STATE", Path(tempfile.gettempdir()) / "spote-local-cluster.json"))
 TEMP_PREFIX = "spote-ray-"         # every temp dir this tool creates is named so ...
@@ -379,7 +381,7 @@ class LocalCluster:
             self._launch(record, "head", ["--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}",
                                           "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                                           f"--dashboard-port={self.dashboard_port}",
-                                          f"--ray-client-server-port={free_port()}"])
+                                          f"--ray-client-server-port={free_port()}", f"--labels={FIXED_SIZE_LABEL}=true"])
             for i in range(self.workers):
                 args = [f"--address={self.address}", f"--num-cpus={self.cpus_per_worker}",
                         f"--num-gpus={self.gpus_per_worker}"]

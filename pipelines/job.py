@@ -30,6 +30,10 @@ from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, loca
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
 
+# A node label (``ray start --labels=spote-fixed-size=true``) saying the cluster has no autoscaler and never
+# grows: a job that cannot fit fails at once instead of waiting --resource-wait-seconds. cluster.local sets it.
+FIXED_SIZE_LABEL = "spote-fixed-size"
+
 
 # a local Ray started by the job holds at most this many actors per core: each holds a frozen model, and
 # more would start hundreds of workers on a laptop before failing
@@ -116,9 +120,13 @@ def _first_line(err: Exception) -> str:
 
 
 def cluster_is_fixed() -> bool:
-    """True for the local cluster init_ray started here (its resources never change); a cluster we
-    joined may have an autoscaler, so a shortfall there is waited for (boundedly)."""
-    return _STARTED_HERE["local"]
+    """True for the local cluster init_ray started here, or a joined one whose nodes carry
+    ``FIXED_SIZE_LABEL`` = ``true`` (``python -m cluster.local``): their resources never change. Any other
+    cluster we joined may have an autoscaler, so a shortfall there is waited for (boundedly)."""
+    import ray
+
+    return _STARTED_HERE["local"] or any(
+        (n.get("Labels") or {}).get(FIXED_SIZE_LABEL) == "true" for n in ray.nodes() if n.get("Alive"))
 
 
 class JobRefused(ValueError):

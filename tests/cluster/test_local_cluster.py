@@ -52,14 +52,22 @@ def _status(cluster, sid) -> str:
     return str(JobSubmissionClient(cluster.dashboard).get_job_status(sid).value)
 
 
-def test_nodes_have_fake_gpus(cluster):
+def test_nodes_have_fake_gpus(cluster, tmp_path):
+    """... and the cluster says it never grows: a job asking for more than it holds fails at once, without
+    the wait a joined cluster that may autoscale gets."""
     import ray
+
+    from pipelines.job import InsufficientResources, JobOptions, check_resources, cluster_is_fixed
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         total = ray.cluster_resources()
         assert total.get("GPU") == 2 and total.get("fake_accel") == 2 and len(ray.nodes()) == 3
+        assert cluster_is_fixed()
+        opts = JobOptions(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=3, num_gpus_per_actor=1)
+        with pytest.raises(InsufficientResources, match=r"^not enough resources: asked for 3 actor\(s\)"):
+            check_resources(opts)  # resource_wait_seconds is 300: a wait would say "after waiting"
     finally:
         ray.shutdown()
 

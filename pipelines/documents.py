@@ -106,7 +106,9 @@ def read_ledger(output: str, so=None) -> pa.Table:
         import pyarrow.parquet as pq
 
         with fs.open(p, "rb") as f:
-            table = pq.read_table(f)
+            # read on this thread: read_table's dataset reads run on Arrow's IO threads and hold buffers of this
+            # Python file, and one released while the interpreter exits (a refusal right after this) aborts it
+            table = pq.ParquetFile(f).read()
         if "settings" not in table.column_names:  # written before the settings were kept
             table = table.append_column("settings", pa.array([""] * table.num_rows, pa.string()))
         return table.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)

@@ -606,3 +606,20 @@ def test_one_file_has_one_source_however_the_input_is_spelled(tmp_path, monkeypa
     real = Path(os.path.realpath(tmp_path / "in"))
     assert [u for u, _, _ in first] == [str(real / "2024" / "scan.png"), str(real / "a.pdf")]
     assert all(v == first for v in listed.values()), listed
+
+
+def test_a_process_that_reads_the_ledger_and_exits_at_once_exits_cleanly(tmp_path):
+    """A refusal right after the ledger is read (the same night asked other questions) exits 2. Read through
+    Arrow's dataset scanner, the ledger's buffers could be released on Arrow's IO threads while the
+    interpreter finalised, which aborted the process (SIGABRT, exit 134) in most runs."""
+    import pyarrow as pa
+
+    from pipelines.documents import LEDGER_SCHEMA, write_ledger
+
+    rows = [{"source": f"{tmp_path}/d{i}.pdf", "document": f"d{i}.pdf", "fingerprint": f"{i}", "run_id": "r",
+             "pages": 1, "items": 2, "settings": "s"} for i in range(200)]
+    write_ledger(str(tmp_path), pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA))
+    script = f"import sys\nfrom pipelines.documents import read_ledger\nread_ledger({str(tmp_path)!r})\nsys.exit(2)\n"
+    codes = [subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True,
+                            timeout=120).returncode for _ in range(8)]
+    assert codes == [2] * 8

@@ -34,6 +34,12 @@ def lone_surrogate(text: str) -> str | None:
     return None if odd is None else f"\\u{ord(odd):04x}"
 
 
+def printable_name(path: str) -> str:
+    """A file name the OS gave with bytes that are not UTF-8 (decoded to lone surrogates), shown with those
+    bytes escaped: ``Rechnung_M\\xfcller.png``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if lone_surrogate(path) is not None else path
+
+
 def not_utf8_text(head: bytes) -> str | None:
     """Why the first bytes of a text file (a manifest, a question file) show it is UTF-16 (Excel's and
     PowerShell's "Unicode"), or None. Without a byte-order mark UTF-16 decodes as UTF-8 without an error,
@@ -147,6 +153,9 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     if is_local(fs) and not (os.path.isdir(root) or os.path.isfile(root)):  # a FIFO, <(zcat x.gz), a device
         raise ValueError(f"--input {input_uri}: not a regular file or folder (a pipe or a device); a job lists its "
                          "input and reads it again on resume: save it to a file first")
+    if lone_surrogate(str(input_uri)) is not None:
+        raise ValueError(f"--input {printable_name(str(input_uri))}: the path is not UTF-8 text; rename it (results "
+                         "name their sources as text)")
     named_file = False
     try:
         if fs.isfile(root):
@@ -170,6 +179,9 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
             rel = rel.split("?", 1)[0].split("#", 1)[0]
         name = PurePosixPath(rel).name
         if info.get("type") == "directory":  # a store's folder marker object
+            continue
+        if lone_surrogate(rel) is not None:  # a name in another encoding (an old zip, an SMB share): no id can hold it
+            skipped.append({"source": printable_name(rel), "reason": "file name is not UTF-8 (rename it to read it)"})
             continue
         if info.get("type", "file") != "file":  # a link that cannot be followed, a FIFO, a socket
             skipped.append({"source": rel, "reason": info.get("skip_reason") or "not a regular file"})

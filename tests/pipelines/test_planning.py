@@ -91,3 +91,18 @@ def test_a_store_input_that_names_no_object_or_no_bucket_is_refused_naming_it(s3
     assert list_sources("s3://spote/nightly/2026-12-06/", so, skip) == ([], [])  # an empty prefix: nothing arrived
     with pytest.raises(FileNotFoundError, match=r"^--input s3://no-such-bucket-h/m\.jsonl: no such bucket"):
         list_sources("s3://no-such-bucket-h/m.jsonl", so, skip)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named_with_its_bytes_escaped(tmp_path):
+    """A Latin-1 name (an old zip, an SMB share) reaches Python with lone surrogates, which no Arrow string holds:
+    it is a skipped source, not the end of the whole job; its neighbours are read."""
+    (tmp_path / "good.png").write_bytes(b"x")
+    with open(os.fsencode(tmp_path) + b"/Rechnung_M\xfcller.png", "wb") as f:
+        f.write(b"x")
+    accepted, skipped = list_sources(str(tmp_path), None, skip_by_extension(("png",), "image"))
+    assert [a["rel"] for a in accepted] == ["good.png"]
+    assert skipped == [{"source": "Rechnung_M\\xfcller.png", "reason": "file name is not UTF-8 (rename it to read it)"}]
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(folder)
+    with pytest.raises(ValueError, match=r"caf\\xe9: the path is not UTF-8 text"):
+        list_sources(os.fsdecode(folder), None, skip_by_extension(("png",), "image"))

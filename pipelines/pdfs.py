@@ -11,6 +11,7 @@ by its code, plus what the bytes show (no ``%PDF`` header, no end-of-file marker
 from __future__ import annotations
 
 import io
+import warnings
 
 
 class UnreadablePDF(ValueError):
@@ -30,10 +31,16 @@ def open_pdf(data: bytes):
     if b"%PDF-" not in data[:1024]:
         raise UnreadablePDF(f"not a PDF: {_what_it_is(data)}")
     try:
-        return pdfium.PdfDocument(data)
+        pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError:
-        pass
-    raise UnreadablePDF(_diagnose(data))
+        raise UnreadablePDF(_diagnose(data)) from None
+    # a filled-in form's values, drawn as a viewer draws them: a form saved with /NeedAppearances (as many
+    # form fillers save it) holds no picture of its values, and without the form environment PDFium renders
+    # the fields empty. It must be set up before any page is loaded.
+    with warnings.catch_warnings():  # an XFA form PDFium cannot load: its AcroForm fields still draw
+        warnings.simplefilter("ignore")
+        pdf.init_forms()
+    return pdf
 
 
 def render_page(pdf, index: int, scale: float):

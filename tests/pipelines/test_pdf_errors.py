@@ -98,3 +98,37 @@ def test_a_page_too_large_at_the_dpi_says_so_and_what_to_lower(tmp_path):
     assert big["status"] == "error"
     assert big["error"] == "page too large: page 0 at 720 dpi exceeds 1,000,000 pixels; lower --dpi"
     assert PageLoader(dpi=72, max_pixels=1_000_000).load(row)["status"] == "ok"
+
+
+def _filled_form(value: bytes) -> bytes:
+    """A one-page PDF with a text field holding ``value``, saved as form fillers often save one: /NeedAppearances
+    set and no appearance stream, so a viewer draws the value itself."""
+    field = b"/V (" + value + b") " if value else b""
+    objs = [b"<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields [4 0 R] /NeedAppearances true "
+            b"/DA (/Helv 18 Tf 0 g) /DR << /Font << /Helv 5 0 R >> >> >> >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 100] /Annots [4 0 R] >>",
+            b"<< /Type /Annot /Subtype /Widget /FT /Tx /T (ref) " + field + b"/Rect [20 30 280 70] /F 4 /P 3 0 R "
+            b"/DA (/Helv 18 Tf 0 g) >>",
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for i, obj in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
+
+
+def test_a_filled_in_form_is_rendered_with_its_values(tmp_path):
+    import numpy as np
+
+    def dark(value: bytes) -> int:
+        path = tmp_path / f"form{len(value)}.pdf"
+        path.write_bytes(_filled_form(value))
+        row = PageLoader(dpi=72).load({"source": str(path), "page": 0, "question": "what is the code ?", "status": ""})
+        page = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3)
+        return int((page[30:70, 20:280] < 128).any(-1).sum())   # the field (PDF y 30-70 of 100: rows 30-70)
+
+    assert dark(b"") == 0
+    assert dark(b"K7-3A9Q") > 150   # the value is drawn, as a viewer draws it

@@ -41,8 +41,9 @@ RESULT_COLUMNS = tuple(RESULT_TYPES)
 
 
 # error reasons (``stats.error_reason``: the text before the first ':') of failures that may not happen
-# again: a time limit, a server or model fault, a storage read. A nightly job reads such items again.
-PASSING_FAILURES = ("timeout", "endpoint error", "model error", "could not read")
+# again: a time limit, a server or model fault, a storage read, a file listed and then gone while the run
+# read it (moved away, and maybe back). A nightly job reads such items again.
+PASSING_FAILURES = ("timeout", "endpoint error", "model error", "could not read", "missing object")
 
 
 class SourceReadError(Exception):

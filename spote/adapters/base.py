@@ -209,11 +209,22 @@ class HFAdapter:
                                          "(a special token), not as text; reword it")
         unk = getattr(self.tokenizer, "unk_token_id", None)
         if unk is not None:  # a word-piece vocabulary folds what it lacks (a long word, an emoji) into one <unk>
-            ids = self.tokenizer(question, add_special_tokens=False, verbose=False).input_ids
-            if ids and all(i == unk for i in ids):
-                raise UnreadableText(f"the question reads as nothing this model knows: every token of it is "
-                                     f"{self.tokenizer.unk_token!r} (words or characters outside its vocabulary); "
-                                     "reword it")
+            def unreadable(text: str) -> bool:
+                ids = self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+                return bool(ids) and all(i == unk for i in ids)
+
+            nothing = (f"every token of it is {self.tokenizer.unk_token!r} (words or characters outside its "
+                       "vocabulary)")
+            if unreadable(question):
+                raise UnreadableText(f"the question reads as nothing this model knows: {nothing}; reword it")
+            # a choice read as <unk> alone scores as any word the model lacks, not as itself: the other choices
+            # would win whatever the image shows
+            for choice in choices or ():
+                if unreadable(choice):
+                    hint = (f" ({choice.lower()!r} it reads)" if choice.lower() != choice and not unreadable(choice.lower())
+                            else "")
+                    raise UnreadableText(f"choice {choice!r} reads as nothing this model knows: {nothing}; reword "
+                                         f"it{hint}")
         self._text_checked = key
 
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:

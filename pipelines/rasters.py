@@ -220,9 +220,13 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
     if all(np.dtype(d).kind == "c" for d in ds.dtypes):  # no band could be shown: refused before any tile
         raise SceneError(COMPLEX_BANDS)
     gcps, gcp_crs = ds.gcps
-    georef = ds.crs is not None or not ds.transform.is_identity
+    # rasterio gives the identity for a file without a geotransform: a CRS alone maps no pixel to a place
+    georef = not ds.transform.is_identity
     # GCPs alone (no affine, a CRS for them, at least 3 to fit a plane through): mapped through GDAL's GCP transformer
     by_gcps = not georef and gcp_crs is not None and len(gcps) >= 3
+    if ds.crs is not None and not georef and not by_gcps:
+        print(f"[satellite] {uri or 'a scene'}: it names a CRS but has no geotransform (nothing places its pixels); "
+              "the scene is tiled as not georeferenced")
     orientation = 1 if georef or by_gcps or not uri else _exif_orientation(uri, storage_options)
     width, height = upright_size(ds.width, ds.height, orientation)
     ci = list(ds.colorinterp)
@@ -234,7 +238,7 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
         default = tuple(colour[:3]) if len(colour) >= 3 else tuple(colour[:1] or [1])
     header = SceneHeader(width=width, height=height, stored_width=ds.width, stored_height=ds.height,
                          bands=ds.count, dtype=str(ds.dtypes[0]),
-                         crs=ds.crs.to_string() if ds.crs else gcp_crs.to_string() if by_gcps else "",
+                         crs=ds.crs.to_string() if ds.crs and georef else gcp_crs.to_string() if by_gcps else "",
                          transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
                          palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)),
                          gcps=tuple((g.col, g.row, g.x, g.y) for g in gcps) if by_gcps else (),

@@ -871,6 +871,23 @@ def test_gcps_gdal_cannot_fit_leave_the_scene_not_georeferenced(tmp_path, points
     assert ResultGeometry({str(path): hdr}).columns(table)["geometry"] == [None]
 
 
+def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):
+    """GeoKeys naming a CRS but no tie point or pixel scale: rasterio gives the identity transform, which made
+    pixel (col, row) a (lon, lat); a 1000 x 800 image had footprints over half the globe."""
+    from pipelines.geo import ResultGeometry
+
+    path = tmp_path / "crs_only.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=1000, height=800, count=1, dtype="uint8", crs="EPSG:4326") as ds:
+        ds.write(np.zeros((1, 800, 1000), np.uint8))
+    hdr = scene_header(str(path))
+    assert not hdr.georeferenced and hdr.crs == "" and hdr.transform == ()
+    assert "names a CRS but has no geotransform" in capsys.readouterr().out
+    table = pa.table({"source": [str(path)], "tile_col_off": [0], "tile_row_off": [0], "tile_width": [512],
+                      "tile_height": [512], "evidence_box": [[100.0, 50.0, 110.0, 60.0]]})
+    cols = ResultGeometry({str(path): hdr}).columns(table)
+    assert cols["geometry"] == [None] and cols["evidence_lon"] == [None]
+
+
 def test_the_pages_of_a_multi_page_tiff_past_the_first_are_named_among_skipped_sources(tmp_path, s3):
     """GDAL opens a multi-page TIFF's first page as the scene; the job tiled it and said nothing of the rest (a
     thumbnail first hid the real scene after it). Every page after the first is a skipped source, with its size,

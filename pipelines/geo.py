@@ -289,7 +289,14 @@ class ResultGeometry:
             out = shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
         if not np.isfinite(shapely.get_coordinates(out)).all():
             return None
-        return lonlat_geometry(out) if lonlat else out
+        if not lonlat:
+            return out
+        try:
+            return lonlat_geometry(out)
+        except shapely.errors.GEOSException:
+            # a shape GEOS cannot split at the antimeridian: a tile past a projection's edge near a pole (a
+            # MODIS sinusoidal tile of 80-90 degrees spans many turns of longitude there) has no map geometry
+            return None
 
     def columns(self, table) -> dict[str, list]:
         """geometry, evidence_geometry (shapely or None) and evidence_lon, evidence_lat (degrees or None)."""

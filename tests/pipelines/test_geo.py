@@ -321,3 +321,28 @@ def test_the_roll_up_of_a_lon_lat_scene_over_the_antimeridian_is_merged_then_spl
         parquet = tmp_path / out / "scenes" / "fiji.tif.detections.parquet"
         bbox = json.loads(pq.read_schema(parquet).metadata[b"geo"])["columns"]["geometry"]["bbox"]
         assert bbox == pytest.approx([179.99, -16.87, -179.972, -16.85])
+
+
+def test_a_sinusoidal_tile_at_the_pole_in_a_mixed_crs_run_has_no_map_geometry_and_fails_nothing():
+    """A MODIS sinusoidal tile of 80-90 degrees north (h17v00) reaches past the projection's edge, where a row
+    spans many turns of longitude: GEOS could not split its footprint at the antimeridian ("side location
+    conflict"), and the run failed at its commit, every tile answered. Such a footprint is null; the others
+    stay."""
+    from pipelines.geo import ResultGeometry
+
+    side = 1111950.5197665  # a MODIS tile's side, m
+    sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
+    polar = SceneHeader(width=128, height=128, stored_width=128, stored_height=128, bands=1, dtype="uint8", crs=sinu,
+                        transform=tuple(from_origin(-20015109.354 + 17 * side, 10007554.677, side / 128, side / 128))[:6],
+                        orientation=1, palette=False, default_bands=(1,), has_overviews=False)
+    tiles = [(c, r, 64, 64) for r in (0, 64) for c in (0, 64)]
+    table = pa.table({"source": ["sinu.tif"] * 4 + ["utm.tif"], "tile_col_off": [t[0] for t in tiles] + [0],
+                      "tile_row_off": [t[1] for t in tiles] + [0], "tile_width": [64] * 5, "tile_height": [64] * 5,
+                      "evidence_box": pa.array([[0, 0, 64, 64]] * 5, pa.list_(pa.int64()))})
+    geometry = ResultGeometry({"sinu.tif": polar, "utm.tif": _header()})
+    assert geometry.crs == "OGC:CRS84"
+    cols = geometry.columns(table)
+    assert None in cols["geometry"][:4]
+    assert cols["geometry"][4] is not None and cols["geometry"][4].is_valid
+    lonlat = shapely.get_coordinates(cols["geometry"][4])
+    assert 14 < lonlat[:, 0].min() and lonlat[:, 0].max() < 16     # UTM 33N near its central meridian

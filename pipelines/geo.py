@@ -69,8 +69,12 @@ def is_lonlat(crs: str | None) -> bool:
 
 
 def _wrap(x: np.ndarray) -> np.ndarray:
-    """Longitudes into [-180, 180] by whole turns (180 and -180 kept as they are)."""
+    """Longitudes into [-180, 180] by whole turns (180 and -180 kept as they are). A longitude within 1e-9
+    degrees (0.1 mm) of the antimeridian is put on it: an edge along 180 computed with rounding noise
+    (180.00000000000003 beside 180) straddles it by nothing, and the split there came out invalid."""
     x = np.asarray(x, float)
+    turn = np.round((x - 180) / 360)
+    x = np.where(np.abs(x - 180 - 360 * turn) < 1e-9, 180 + 360 * turn, x)
     return np.where((x < -180) | (x > 180), x - 360 * np.floor((x + 180) / 360), x)  # one rounding: 180.1 - 360
 
 

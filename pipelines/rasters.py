@@ -241,9 +241,20 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
                          crs=ds.crs.to_string() if ds.crs and georef else gcp_crs.to_string() if by_gcps else "",
                          transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
                          palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)),
-                         gcps=tuple((g.col, g.row, g.x, g.y) for g in gcps) if by_gcps else (),
+                         gcps=_unwrapped(gcps, gcp_crs) if by_gcps else (),
                          other_pages=_other_pages(ds))
     return header if not by_gcps else _fitted_or_not_georeferenced(header, uri)
+
+
+def _unwrapped(gcps, crs) -> tuple[tuple[float, float, float, float], ...]:
+    """(col, row, x, y) of each GCP; in a geographic CRS with longitudes both sides of the antimeridian (179.9
+    beside -179.9, as Sentinel-1 products write them) the western ones moved by a turn (180.1), so that the
+    polynomial fitted to them runs across 180 as the ground does, not the long way round the globe."""
+    points = [(g.col, g.row, g.x, g.y) for g in gcps]
+    lons = [x for _, _, x, _ in points]
+    if crs is not None and crs.is_geographic and lons and max(lons) - min(lons) > 180:
+        points = [(c, r, x + 360.0 if x < 0 else x, y) for c, r, x, y in points]
+    return tuple(points)
 
 
 def _other_pages(ds) -> tuple[str, ...]:

@@ -871,6 +871,34 @@ def test_gcps_gdal_cannot_fit_leave_the_scene_not_georeferenced(tmp_path, points
     assert ResultGeometry({str(path): hdr}).columns(table)["geometry"] == [None]
 
 
+def test_gcps_written_both_sides_of_the_antimeridian_map_the_scene_across_it(tmp_path):
+    """GCP longitudes written wrapped (179.9 beside -179.9, as Sentinel-1 products write them): the polynomial
+    was fitted to the raw numbers, and 0.2-degree tiles had footprints hundreds of degrees wide."""
+    from pyproj import Geod
+    from rasterio.control import GroundControlPoint
+
+    from pipelines.geo import ResultGeometry
+
+    path = tmp_path / "dateline.tif"
+    gcps = [GroundControlPoint(row=r, col=c, x=(179.8 + 0.4 * c / 256 + 180) % 360 - 180, y=-16.0 - 0.4 * r / 256)
+            for r in np.linspace(0, 256, 5) for c in np.linspace(0, 256, 5)]
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8", gcps=gcps,
+                       crs="EPSG:4326") as ds:
+        ds.write(np.zeros((1, 256, 256), np.uint8))
+    hdr = scene_header(str(path))
+    assert hdr.georeferenced and hdr.gcps
+    table = pa.table({"source": [str(path)] * 2, "tile_col_off": [0, 128], "tile_row_off": [0, 0],
+                      "tile_width": [128, 128], "tile_height": [128, 128],
+                      "evidence_box": [[0.0, 0.0, 16.0, 16.0], [112.0, 0.0, 128.0, 16.0]]})
+    cols = ResultGeometry({str(path): hdr}).columns(table)
+    geod = Geod(ellps="WGS84")
+    expected = (0.2 * 111.32) * (0.2 * 110.6) * np.cos(np.radians(16.1))   # km^2 of a 0.2 x 0.2 degree cell there
+    for footprint in cols["geometry"]:
+        assert abs(geod.geometry_area_perimeter(footprint)[0]) / 1e6 == pytest.approx(expected, rel=0.03)
+    assert cols["evidence_lon"][0] == pytest.approx(179.8125, abs=0.01)   # 8 px of 256 east of 179.8
+    assert cols["evidence_lon"][1] == pytest.approx(-179.8125, abs=0.01)
+
+
 def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):
     """GeoKeys naming a CRS but no tie point or pixel scale: rasterio gives the identity transform, which made
     pixel (col, row) a (lon, lat); a 1000 x 800 image had footprints over half the globe."""

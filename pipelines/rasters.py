@@ -156,7 +156,7 @@ class SceneHeader:
     transform: tuple[float, ...]     # affine (a, b, c, d, e, f) of *stored* pixels; () when not georeferenced
     orientation: int                 # EXIF orientation applied to non-georeferenced images (1 = as stored)
     palette: bool
-    default_bands: tuple[int, ...]   # 1-based: red, green, blue by colour interpretation, else band 1 as grey
+    default_bands: tuple[int, ...]   # 1-based: red, green, blue by colour interpretation, else the first three not alpha, else band 1 (grey)
     has_overviews: bool
     # ground control points (col, row, x, y) in stored pixels and ``crs`` units, for a scene with no affine
     # transform (raw L1 and SAR products); () otherwise
@@ -371,7 +371,12 @@ def read_pixels(ds, header: SceneHeader, bands: tuple[int, ...], window=None, ou
     kw = {"window": window} if window is not None else {}
     if out_shape is not None:
         kw["out_shape"] = (len(bands), *out_shape)
-    values = ds.read(list(bands), **kw)
+    kinds = {ds.dtypes[b - 1] for b in bands}
+    if len(kinds) > 1:  # a VRT of bands of several types (gdalbuildvrt -separate), which rasterio reads one at a time
+        one = {**kw, "out_shape": kw["out_shape"][1:]} if "out_shape" in kw else kw
+        values = np.stack([ds.read(b, **one).astype(np.result_type(*kinds)) for b in bands])
+    else:
+        values = ds.read(list(bands), **kw)
     valid = (ds.read_masks(list(bands), **kw) > 0).all(0)
     if values.dtype.kind == "f":
         valid &= np.isfinite(values).all(0)

@@ -15,7 +15,8 @@ The driver lists the scenes and reads each one's header (size, bands, CRS, trans
 driver's memory grows with scenes, not tiles. Item ids are ``<path under the input>/r<row>_c<col>/q<i>``.
 Pixels are read per tile window in CPU loader actors, within the memory bound stated in
 ``pipelines.rasters``. Non-georeferenced images are tiled upright (their EXIF orientation applied).
-Bands become RGB by selection (``--bands``, default: the file's red/green/blue, else band 1 as grey);
+Bands become RGB by selection (``--bands``, default: the file's red/green/blue, else its first three bands that are
+not alpha, else band 1 as grey);
 8-bit data is shown as stored, other data stretched per band over the 2-98 percentiles of its valid
 pixels, once per scene (``--stretch scene``, from an overview or a pixel sample; a tile whose valid data
 that range misses, e.g. a small valid patch no sample landed on, is drawn with its own) or per tile. Each
@@ -478,7 +479,7 @@ def main(
     tile_size: int = typer.Option(512, help="tile side in pixels; one tile must stay under --max-tile-pixels"),
     overlap: int = typer.Option(64, help="pixels shared by neighbouring tiles (at most half of --tile-size)"),
     bands: Optional[str] = typer.Option(None, help="1-based band numbers mapped to R,G,B (or one band as grey); "
-                                                   "default: the file's red/green/blue bands, else band 1"),
+                                                   "default: the file's red/green/blue bands, else its first three that are not alpha, else band 1"),
     stretch: str = typer.Option("scene", help="scene: one 2-98 percentile stretch per scene (from an overview or a sample of "
                                               "valid pixels); tile: each tile its own. 8-bit data is shown as stored"),
     max_tile_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="pixel cap per tile. Memory per loader: one tile "

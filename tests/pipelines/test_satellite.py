@@ -899,6 +899,29 @@ def test_gcps_written_both_sides_of_the_antimeridian_map_the_scene_across_it(tmp
     assert cols["evidence_lon"][1] == pytest.approx(-179.8125, abs=0.01)
 
 
+def test_a_vrt_of_bands_of_several_types_is_read(tmp_path):
+    """Byte and UInt16 bands in one VRT (``gdalbuildvrt -separate``): every tile was an error row, rasterio's
+    "more than one 'dtype' found"."""
+    from rasterio.transform import from_origin
+
+    from pipelines.rasters import open_scene, read_pixels
+
+    for name, dtype, value in (("b8.tif", "uint8", 10), ("b16.tif", "uint16", 3000)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=32, height=32, count=1, dtype=dtype,
+                           crs="EPSG:32633", transform=from_origin(500000, 6000000, 10, 10)) as ds:
+            ds.write(np.full((1, 32, 32), value, dtype))
+    bands = "".join(f'<VRTRasterBand dataType="{t}" band="{i}"><SimpleSource><SourceFilename relativeToVRT="1">{f}'
+                    f'</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+                    for i, (t, f) in enumerate([("Byte", "b8.tif"), ("UInt16", "b16.tif"), ("UInt16", "b16.tif")], 1))
+    (tmp_path / "stack.vrt").write_text(f'<VRTDataset rasterXSize="32" rasterYSize="32"><SRS>EPSG:32633</SRS>'
+                                        f'<GeoTransform>500000, 10, 0, 6000000, 0, -10</GeoTransform>{bands}</VRTDataset>')
+    uri = str(tmp_path / "stack.vrt")
+    with open_scene(uri) as ds:
+        pixels = read_pixels(ds, scene_header(uri), (1, 2, 3))
+    assert pixels.values.dtype == np.uint16 and pixels.values.shape == (32, 32, 3)
+    assert (pixels.values[..., 0] == 10).all() and (pixels.values[..., 1:] == 3000).all() and pixels.valid.all()
+
+
 def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):
     """GeoKeys naming a CRS but no tie point or pixel scale: rasterio gives the identity transform, which made
     pixel (col, row) a (lon, lat); a 1000 x 800 image had footprints over half the globe."""

@@ -410,8 +410,16 @@ def merge_detections(footprints: list, localised: list[bool], ids: list[str], ti
 
 
 def _geojson(geom) -> dict:
+    """``geom`` as a GeoJSON geometry, its polygons' exterior rings counter-clockwise and holes clockwise (the
+    right-hand rule of RFC 7946 section 3.1.6; a union of projected footprints came out clockwise)."""
     import shapely
+    from shapely.geometry.polygon import orient
 
+    parts = [orient(p, sign=1.0) if p.geom_type == "Polygon" else p for p in shapely.get_parts(geom)]
+    if geom.geom_type == "Polygon":
+        geom = parts[0]
+    elif geom.geom_type == "MultiPolygon":
+        geom = shapely.MultiPolygon(parts)
     return json.loads(shapely.to_geojson(geom))
 
 

@@ -119,6 +119,11 @@ def test_roll_up_files_are_geojson_and_geoparquet(tmp_path):
     assert fc["crs"]["properties"]["name"] == "EPSG:32633" and len(fc["features"]) == 2
     merged = next(f for f in fc["features"] if f["properties"]["n_tiles"] == 2)
     assert sorted(merged["properties"]["ids"]) == ["s1/r0_c0/q0", "s1/r0_c300/q0"]
+    for feature in fc["features"]:  # RFC 7946 3.1.6: exterior rings counter-clockwise (a union came out clockwise)
+        polygons = [feature["geometry"]["coordinates"]] if feature["geometry"]["type"] == "Polygon" else \
+            feature["geometry"]["coordinates"]
+        for rings in polygons:
+            assert shapely.LinearRing(rings[0]).is_ccw
     gdf = geopandas.read_parquet(tmp_path / "scenes" / "s1.detections.parquet")
     assert gdf.crs == CRS("EPSG:32633") and len(gdf) == 2 and gdf.geometry.is_valid.all()
     assert sorted(gdf["n_tiles"]) == [1, 2]

@@ -500,6 +500,11 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise JobRefused(f"--output {output_uri}: {existing} is a file, so no folder can be made under it")
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    for name in os.path.relpath(path, existing).split(os.sep) if path != existing else ():
+        if len(os.fsencode(name)) > name_max:
+            raise JobRefused(f"--output: the folder name {_short(name, limit=40)!r} is {len(os.fsencode(name))} bytes, "
+                             f"more than the {name_max} this file system allows")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".spote-probe-", dir=existing))
     except OSError as err:

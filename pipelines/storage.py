@@ -6,6 +6,7 @@ succeeds, retries a connection-level error with exponential back-off, or raises.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -113,6 +114,11 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     return (*found, BotoConnectionError, HTTPClientError)
 
 
+# OSErrors of a local disk that another try meets again: a name too long, a read-only or full file system, a
+# loop of links, a file over the size limit
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.EFBIG})
+
+
 def retrying(fn, *args, attempts: int = 8, first_wait: float = 0.5, **kwargs):
     """Call ``fn``, retrying connection-level storage errors (``transient_errors``) with exponential
     back-off: waits of 0.5, 1, 2, ... s, about a minute over the 8 attempts.
@@ -124,10 +130,10 @@ def retrying(fn, *args, attempts: int = 8, first_wait: float = 0.5, **kwargs):
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError):
             raise  # the same on every try
         except transient_errors() as err:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or getattr(err, "errno", None) in PERMANENT_ERRNOS:
                 raise
             print(f"[storage] {type(err).__name__}: {err}; retrying in {wait:.1f}s")
             time.sleep(wait)

@@ -121,6 +121,11 @@ def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tm
         assert res.exit_code == 2, res.output
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --output {output}") and says in lines[0], res.stderr
+    long_name = str(tmp_path / ("a" * 300) / "out")   # ENAMETOOLONG was retried for a minute as a store outage
+    res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", long_name])
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        "error: --output: the folder name 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is 300 bytes, more than the 255 "
+        "this file system allows"), res.output
     # a place a folder can be made passes the check (the job then stops at its missing input), leaving nothing
     res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "new" / "out")])
     assert res.exit_code == 2 and "--input" in res.stderr and "--output" not in res.stderr, res.output

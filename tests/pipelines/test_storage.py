@@ -84,3 +84,24 @@ def test_a_parquet_file_whose_table_cannot_be_written_leaves_the_old_one(tmp_pat
     with pytest.raises(pa.ArrowNotImplementedError):                 # Parquet has no such type
         write_parquet_file(bad, str(path))
     assert pq.read_table(path).equals(good) and os.listdir(path.parent) == [path.name]
+
+
+@pytest.mark.parametrize("code", ["ENAMETOOLONG", "EROFS", "ENOSPC"])
+def test_a_disk_error_another_try_meets_again_is_not_retried(code):
+    """A name too long or a full or read-only disk was retried for a minute as if a store had blinked; a
+    connection reset still is retried."""
+    import errno
+
+    calls = []
+
+    def fail(exc):
+        calls.append(1)
+        raise exc
+
+    with pytest.raises(OSError) as err:
+        retrying(fail, OSError(getattr(errno, code), os.strerror(getattr(errno, code))), first_wait=0.0)
+    assert err.value.errno == getattr(errno, code) and len(calls) == 1
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        retrying(fail, ConnectionResetError("reset"), attempts=3, first_wait=0.0)
+    assert len(calls) == 3

@@ -101,7 +101,11 @@ def check_output_file(path: Path, flag: str, types: Iterable[str] | None = None)
     extension is not one of ``types`` (when given), a parent that is a file or cannot be made, or a file that
     cannot be created there. Leaves nothing behind: the folders made to try it and the file are removed (a
     refused run leaves no trace, and the writer makes them again). Raises AskError naming ``flag``."""
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as err:  # a name longer than the file system allows
+        raise AskError(f"{flag} {path}: {err.strerror or err}") from None
+    if folder:
         raise AskError(f"{flag} {path} is a directory; give a file name")
     if types is not None and path.suffix[1:].lower() not in types:
         known = ", ".join(sorted(types))
@@ -171,19 +175,36 @@ def _why_not(err: OSError, folder: Path) -> str:
 def _image_input(image: Path) -> Path | bytes:
     """``image`` to read: the path of a regular file, or the bytes of a pipe (``<(cmd)``, ``/dev/stdin``),
     which can be read only once. Raises AskError for a missing, empty or unreadable file or a folder."""
-    if not image.exists():
+    try:
+        exists, folder, whole = image.exists(), image.is_dir(), not image.is_file()
+    except OSError as err:  # a name longer than the file system allows
+        raise AskError(f"cannot read {image}: {err.strerror or err}") from None
+    if not exists:
         raise AskError(f"no such file: {image}")
-    if image.is_dir():
+    if folder:
         raise AskError(f"{image} is a directory; give an image file")
-    whole = not image.is_file()
     try:
         with open(image, "rb") as f:
-            first = f.read() if whole else f.read(1)
+            first = _read_stream(f, str(image)) if whole else f.read(1)
     except OSError as err:
         raise AskError(f"cannot read {image}: {err.strerror or err}") from err
     if not first:
         raise AskError(f"empty file (0 bytes): {image}")
     return first if whole else image
+
+
+# the most bytes read from a pipe or a device: far more than any image of DEFAULT_MAX_PIXELS holds (float32
+# RGBA: 640 MB), so that an endless stream (/dev/zero, `yes |`) is refused rather than filling the memory
+MAX_STREAM_BYTES = 1 << 30
+
+
+def _read_stream(f, name: str) -> bytes:
+    """All of a pipe or device ``f``, at most ``MAX_STREAM_BYTES``. Raises AskError past it."""
+    data = f.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise AskError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes without an end; not an image spote ask reads "
+                       "(save a large image to a file)")
+    return data
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -266,7 +287,7 @@ def ask(
             # savefig picks its writer by the name's extension and has none for, say, .txt
             check_output_file(trace, "--trace", types=Figure().canvas.get_supported_filetypes())
         if image == "-":  # standard input, as cat and convert read "-"
-            data = sys.stdin.buffer.read()
+            data = _read_stream(sys.stdin.buffer, "standard input")
             if not data:
                 raise AskError("empty standard input (0 bytes): pipe an image into `spote ask -`")
             img = load_image(data, max_pixels)

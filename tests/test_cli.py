@@ -512,3 +512,26 @@ def test_a_trace_name_through_a_folder_to_be_made_and_back_is_written(random_tin
                               "--budget", "2", "--trace", "sub/../t.png"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_names_longer_than_the_file_system_allows_are_one_line(tmp_path):
+    """ENAMETOOLONG from Path.exists / is_dir was a traceback, exit 1, for the image, --trace and bench --out."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    long = str(tmp_path / ("a" * 300))
+    for argv, flag in ([["ask", f"{long}.png", "q ?", "--choices", "a,b"], f"cannot read {long}.png: File name too long"],
+                       [["ask", str(tmp_path / "ok.png"), "q ?", "--trace", f"{long}.png"], f"--trace {long}.png: File name too long"],
+                       [["bench", "--n", "1", "--methods", "baseline", "--out", f"{long}.json"], f"--out {long}.json: File name too long"]):
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 2 and res.stderr.strip() == f"error: {flag}", res.output
+
+
+def test_an_endless_device_is_refused_past_the_stream_limit(monkeypatch):
+    """/dev/zero (or `yes | spote ask -`) was read without limit until the kernel killed the process."""
+    import spote.cli
+
+    monkeypatch.setattr(spote.cli, "MAX_STREAM_BYTES", 1 << 16)
+    res = runner.invoke(app, ["ask", "/dev/zero", "q ?", "--choices", "a,b"])
+    assert res.exit_code == 2 and res.stderr.strip() == ("error: /dev/zero: more than 65,536 bytes without an end; not an image "
+                                                         "spote ask reads (save a large image to a file)"), res.output

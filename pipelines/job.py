@@ -341,10 +341,14 @@ class JobOptions:
 
         if not self.policy:
             return {}
+        from spote.cli import unique_keys
+
         try:
-            overrides = json.loads(self.policy)
+            overrides = json.loads(self.policy, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise JobRefused(f"--policy is not valid JSON: {err}") from err
+        except ValueError as err:
+            raise JobRefused(f"--policy: {err}") from None
         if not isinstance(overrides, dict):
             raise JobRefused(f"--policy must be a JSON object of PolicyConfig fields, got {self.policy!r}")
         names = {f.name for f in fields(PolicyConfig)}

@@ -29,10 +29,14 @@ def parse_storage_options(text: str | None) -> dict:
     opts: dict = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
     if text:
+        from spote.cli import unique_keys
+
         try:
-            extra = json.loads(text)
+            extra = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise ValueError(f"--storage-options is not valid JSON: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"--storage-options: {err}") from None
         if not isinstance(extra, dict):
             raise ValueError(f"--storage-options must be a JSON object of fsspec options, like "
                              f'\'{{"anon": true}}\', not {type(extra).__name__}')

@@ -57,6 +57,17 @@ def check_endpoint_flags(endpoint: str | None, options: dict) -> None:
         raise AskError(f"--api-key-env {name}: no such environment variable is set (or it is empty)")
 
 
+def unique_keys(pairs: list[tuple]) -> dict:
+    """``json.loads``' ``object_pairs_hook`` for a flag's JSON: a key given twice is refused (ValueError), not
+    the last one taken without a word (``{"budget": 2, "budget": 96}`` ran with 96)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"{key!r} is given twice")
+        seen[key] = value
+    return seen
+
+
 def parse_policy(text: str | None) -> dict:
     """``--policy`` JSON: an object of PolicyConfig fields. Raises AskError naming the problem."""
     from dataclasses import fields
@@ -66,9 +77,11 @@ def parse_policy(text: str | None) -> dict:
     if not text:
         return {}
     try:
-        overrides = json.loads(text)
+        overrides = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise AskError(f"--policy is not valid JSON ({err}): {text!r}") from err
+    except ValueError as err:
+        raise AskError(f"--policy: {err}") from None
     if not isinstance(overrides, dict):
         raise AskError(f"--policy must be a JSON object of PolicyConfig fields, e.g. '{{\"budget\": 32}}'; got {text!r}")
     known = {f.name for f in fields(PolicyConfig)}

@@ -535,3 +535,22 @@ def test_an_endless_device_is_refused_past_the_stream_limit(monkeypatch):
     res = runner.invoke(app, ["ask", "/dev/zero", "q ?", "--choices", "a,b"])
     assert res.exit_code == 2 and res.stderr.strip() == ("error: /dev/zero: more than 65,536 bytes without an end; not an image "
                                                          "spote ask reads (save a large image to a file)"), res.output
+
+
+def test_a_key_given_twice_in_a_flags_json_is_refused():
+    """``{"budget": 2, "budget": 96}`` ran with budget 96 without a word; a question file refuses the same."""
+    from pipelines.job import JobOptions, JobRefused
+    from pipelines.storage import parse_storage_options
+    from spote.adapters.endpoint import endpoint_options
+    from spote.cli import AskError, parse_policy
+
+    twice = '{"budget": 2, "budget": 96}'
+    with pytest.raises(AskError, match=r"^--policy: 'budget' is given twice$"):
+        parse_policy(twice)
+    with pytest.raises(JobRefused, match=r"^--policy: 'budget' is given twice$"):
+        JobOptions("in", "out", policy=twice).policy_overrides()
+    with pytest.raises(ValueError, match=r"^--storage-options: 'anon' is given twice$"):
+        parse_storage_options('{"anon": true, "client_kwargs": {}, "anon": false}')
+    with pytest.raises(ValueError, match=r"^--endpoint-options: 'max_images' is given twice$"):
+        endpoint_options(None, None, '{"max_images": 1, "max_images": 2}')
+    assert parse_policy('{"budget": 2, "group_size": 4}') == {"budget": 2, "group_size": 4}

@@ -628,10 +628,14 @@ def endpoint_options(api_key_env: str | None, concurrency: int | None, options: 
     Raises:
         ValueError: the JSON is not an object, or a flag and the JSON set one field to two values.
     """
+    from ..cli import unique_keys
+
     try:
-        extra = json.loads(options)
+        extra = json.loads(options, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise ValueError(f"--endpoint-options is not valid JSON: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"--endpoint-options: {err}") from None
     if not isinstance(extra, dict):
         raise ValueError("--endpoint-options must be a JSON object")
     merged = dict(extra)

@@ -60,7 +60,11 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             if not image and fs.isdir(path):  # S3 keeps a "folder" as a zero-byte object or as keys under it
                 raise IsADirectoryError(path)
         except FileNotFoundError as err:
-            raise BadImage(f"no such object: {uri}") from err
+            cause = err.__cause__  # fsspec's HTTP filesystem says "not found" for a host it cannot reach too
+            if cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410):
+                raise BadImage(f"no such object: {uri}") from err
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise BadImage(f"cannot read {uri}: {type(cause).__name__}: {first}".rstrip(": ")) from err
         except IsADirectoryError as err:
             raise BadImage(f"{uri} is a folder (a prefix), not an image object") from err
         except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take

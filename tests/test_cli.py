@@ -554,3 +554,29 @@ def test_a_key_given_twice_in_a_flags_json_is_refused():
     with pytest.raises(ValueError, match=r"^--endpoint-options: 'max_images' is given twice$"):
         endpoint_options(None, None, '{"max_images": 1, "max_images": 2}')
     assert parse_policy('{"budget": 2, "group_size": 4}') == {"budget": 2, "group_size": 4}
+
+
+def test_a_url_that_cannot_be_reached_is_not_called_missing(tmp_path):
+    """fsspec's HTTP filesystem raises FileNotFoundError for a refused connection too: it read "no such object",
+    as a 404 does."""
+    import functools
+    import http.server
+    import socket
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:   # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    try:
+        missing = f"http://127.0.0.1:{server.server_address[1]}/none.png"
+        res = runner.invoke(app, ["ask", missing, "q ?", "--choices", "a,b"])
+        assert res.exit_code == 2 and res.stderr.strip() == f"error: no such object: {missing}", res.output
+        down = f"http://127.0.0.1:{closed}/ok.png"
+        res = runner.invoke(app, ["ask", down, "q ?", "--choices", "a,b"])
+        assert res.exit_code == 2 and res.stderr.startswith(f"error: cannot read {down}: ClientConnectorError: "), res.output
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -564,7 +564,11 @@ def test_a_url_that_cannot_be_reached_is_not_called_missing(tmp_path):
     import socket
     import threading
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):   # its request lines would land in the command's captured stderr
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with socket.socket() as s:   # a port nothing listens on

@@ -39,15 +39,28 @@ def png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+MAX_THUMB_ASPECT = 4  # a thumbnail at most 4 times as long as it is wide: a strip (1 x 4000 px) is framed
+
+
 def thumbnail(image: Image.Image, evidence_box=None, side: int = THUMB_SIDE) -> Picture:
     """``image`` shrunk to ``side`` pixels on its longer side, the evidence box ([x0, y0, x1, y1] in
-    ``image`` pixels, or None: the whole image answered) drawn in cyan."""
+    ``image`` pixels, or None: the whole image answered) drawn in cyan. An image longer than
+    ``MAX_THUMB_ASPECT`` times its width (or the other way round) is centred on a grey frame of that shape,
+    so that a strip a pixel wide still shows, and its box."""
     w, h = image.size
     s = min(1.0, side / max(w, h))
     small = image.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+    short = -(-max(small.size) // MAX_THUMB_ASPECT)
+    framed_size = (max(small.width, short), max(small.height, short))
+    dx, dy = (framed_size[0] - small.width) // 2, (framed_size[1] - small.height) // 2
+    if framed_size != small.size:
+        framed = Image.new("RGB", framed_size, (238, 238, 238))
+        framed.paste(small, (dx, dy))
+        small = framed
     note = "no box: the whole image answered"
     if evidence_box is not None and len(evidence_box) == 4:
-        _box(ImageDraw.Draw(small), [float(v) * s for v in evidence_box], EVIDENCE, max(2, round(min(small.size) / 80)))
+        x0, y0, x1, y1 = (float(v) * s for v in evidence_box)
+        _box(ImageDraw.Draw(small), [x0 + dx, y0 + dy, x1 + dx, y1 + dy], EVIDENCE, max(2, round(min(small.size) / 80)))
         note = "cyan box: the view the answer came from"
     return Picture(jpeg_uri(small), small.width, small.height, note)
 

@@ -293,7 +293,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal;w
 img.plot{max-width:100%;background:#fff;border:1px solid #e1e5ea}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:8px;min-width:0;overflow:hidden}
-.card img{width:100%;height:auto;display:block;border-radius:3px;background:#eee}
+.card img{width:100%;height:auto;max-height:360px;object-fit:contain;display:block;border-radius:3px;background:#eee}
 .card .q{margin:6px 0 2px;color:#333}.card .a{font-weight:600}
 .field{font-family:ui-monospace,monospace;color:#3a444e;unicode-bidi:isolate}.card .meta{color:#5b6670;font-size:13px}
 .noimg{height:120px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#6b7680;
@@ -587,7 +587,8 @@ def _card(row: dict, picture) -> str:
     where = _where(row)
     field_name = f"{show(row['field'], css_class='field')}: " if row.get("field") else ""
     return (f"<div class='card'>{img}<div class='q'>{show(row.get('question'))}</div>"
-            f"<div>{field_name}<span class='a'>{show(row.get('answer'))}</span> &middot; confidence "
+            f"<div>{field_name}<span class='a'>{show(row['answer']) if row.get('answer') else _muted('(empty)')}</span>"
+            f" &middot; confidence "
             f"{fmt_percent(row.get('confidence'))} &middot; {_passes(row.get('forward_passes'))}</div>"
             f"{_token_confidences(row.get('token_confidences'))}"
             f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{show(row.get('source'))}</a>"

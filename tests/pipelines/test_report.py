@@ -160,6 +160,19 @@ def test_thumbnail_and_scene_overview_draw_the_boxes():
     assert abs(px[75, 51] - [0, 200, 255]).max() < 60 and abs(px[40, 40] - 128).max() < 10
 
 
+def test_a_strip_a_pixel_wide_is_framed_with_its_box():
+    """A 1 x 4000 image made a 1 x 320 thumbnail, which the page stretched to the card's width: a page 90,000
+    px tall; a 4000 x 1 one a line with its box invisible. At most 4:1, centred on a grey frame."""
+    tall = thumbnail(Image.new("RGB", (1, 4000), (0, 0, 0)), [0, 2000, 1, 2400])
+    assert (tall.width, tall.height) == (80, 320)
+    px = _decode(tall.uri)
+    strip = int(px[100].sum(-1).argmin())
+    assert 36 <= strip <= 42 and px[100, strip].max() < 40 and abs(px[100, 5] - 238).max() < 20   # strip, frame
+    assert abs(px[170, strip] - [0, 200, 255]).max() < 80 and abs(px[100, strip] - [0, 200, 255]).max() > 80  # box
+    wide = thumbnail(Image.new("RGB", (4000, 1), (0, 0, 0)), None)
+    assert (wide.width, wide.height) == (320, 80)
+
+
 def test_hostile_names_through_a_whole_run(ray_local, random_tiny_dir, tmp_path, fast_policy):
     """A vqa run over files and a manifest that carry markup: the committed report is still inert text."""
     import json
@@ -516,3 +529,14 @@ def test_scene_overviews_are_per_question_of_the_file_even_when_two_share_their_
     assert page.count(" of 4 tiles answered yes") == 2, page
     assert "q0: is there a boat ?" in page and "2 of 4 tiles answered yes" in page
     assert "q1: is there a boat ?" in page and "3 of 4 tiles answered yes" in page
+
+
+def test_an_empty_open_answer_reads_empty_on_its_card():
+    """The answer counts said (empty); the gallery card showed nothing before its confidence."""
+    from pipelines.report import _card
+
+    row = {"id": "a", "source": "a.png", "question": "what is the code ?", "answer": "", "confidence": 0.0,
+           "forward_passes": 1, "status": "ok"}
+    assert "<span class='a'><span class='muted'>(empty)</span></span>" in _card(row, None)
+    read = _card({**row, "answer": "K7"}, None)
+    assert "(empty)" not in read and "K7" in read

@@ -380,6 +380,8 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
         raise JobRefused(f"--dpi must be 1-1200 (pixels per inch a PDF page is rendered at), got {dpi}")
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
+    if run_date is not None and not run_date.strip():  # `--run-date "$NIGHT"` with the variable unset in a cron job
+        raise JobRefused("--run-date is empty; give the night as YYYY-MM-DD, or leave the flag out for today (UTC)")
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date) or _not_a_date(run_date):
         raise JobRefused(f"--run-date must be a date as YYYY-MM-DD (the night the run stands for), got {run_date!r}")

@@ -578,6 +578,16 @@ def test_documents_refuses_a_run_date_that_is_not_a_date_in_one_line(tmp_path, r
         run(JobOptions(str(tmp_path / "in"), str(tmp_path / "out")), None, run_date=run_date)
 
 
+@pytest.mark.parametrize("run_date", ["", "  "])
+def test_an_empty_run_date_is_refused_not_taken_for_today(tmp_path, run_date):
+    """``--run-date "$NIGHT"`` with the variable unset answered under today's run id without a word."""
+    from pipelines.job import JobRefused
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobRefused, match=r"^--run-date is empty; give the night as YYYY-MM-DD"):
+        run(JobOptions(str(tmp_path / "in"), str(tmp_path / "out")), None, run_date=run_date)
+
+
 @pytest.mark.parametrize("output", ["in", "in/out", "in/./deeper/out"])
 def test_an_output_inside_the_input_is_refused_before_any_listing(tmp_path, output):
     """The next night would read this night's results, reports and ledger as documents."""

@@ -34,10 +34,11 @@ from typing import Optional
 import pyarrow as pa
 import typer
 
-from spote.images import BadImage
+from spote.images import DEFAULT_MAX_PIXELS, BadImage
 from spote.images import page_count as image_page_count
 
-from .job import JobOptions, JobRefused, group_partitions, job_command, run_job, run_settings
+from .job import (MAX_PIXELS_OPTION, JobOptions, JobRefused, check_max_pixels, group_partitions, job_command,
+                  max_pixels_setting, run_job, run_settings)
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
 from .questions import default_field, load_questions
@@ -272,8 +273,9 @@ class PageLoader(RowLoader):
     last document open."""
 
     failure = "unreadable PDF"
+    max_pixels_flag = "--max-pixels"
 
-    def __init__(self, storage_options=None, dpi: int = 100, max_pixels: int = 40_000_000):
+    def __init__(self, storage_options=None, dpi: int = 100, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.so, self.dpi, self.max_pixels = storage_options, dpi, max_pixels
         self._uri, self._pdf, self._data = None, None, None
 
@@ -290,7 +292,7 @@ class PageLoader(RowLoader):
         if isinstance(err, UnreadablePDF):
             return f"{self.failure}: {err}"
         if isinstance(err, PageTooLarge):
-            return f"page too large: {err}; lower --dpi"
+            return f"page too large: {err}; lower --dpi or raise --max-pixels"
         if not str(row.get("source", "")).lower().endswith(".pdf"):  # a page image's decoder failed
             return f"unreadable image: {type(err).__name__}: {err}"
         return super().describe(row, err)
@@ -375,9 +377,11 @@ def _not_a_date(text: str) -> bool:
     return False
 
 
-def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None) -> dict:
+def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_date: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     if not 1 <= dpi <= 1200:
         raise JobRefused(f"--dpi must be 1-1200 (pixels per inch a PDF page is rendered at), got {dpi}")
+    check_max_pixels(max_pixels)
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
     if run_date is not None and not run_date.strip():  # `--run-date "$NIGHT"` with the variable unset in a cron job
@@ -386,7 +390,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date) or _not_a_date(run_date):
         raise JobRefused(f"--run-date must be a date as YYYY-MM-DD (the night the run stands for), got {run_date!r}")
     opts = JobOptions(**{**opts.__dict__, "run_id": opts.run_id or f"documents-{run_date}"})
-    job_settings = {"questions": questions, "dpi": dpi}
+    job_settings = {"questions": questions, "dpi": dpi, **max_pixels_setting(max_pixels)}
     model_kwargs = opts.predictor_kwargs(so)  # a hub branch that moved (model_commit): other answers
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"],
                                             model_kwargs["model_fingerprint"]))
@@ -410,7 +414,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
         n = update_ledger(opts.output, results, paths.run_id, so_, settings, refreshed)
         print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
-    return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi}),
+    return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi, "max_pixels": max_pixels}),
                    after_commit=after_commit, job_settings=job_settings, committed_note=stands,
                    model_kwargs=model_kwargs,
                    extra_summary=lambda stats, planned: {"documents_seen": seen,
@@ -427,10 +431,11 @@ def main(
                                             "reference code, date, total amount, signed; docs/pipelines.md)"),
     dpi: int = typer.Option(100),
     run_date: Optional[str] = typer.Option(None, help="the night this run stands for (default: today, UTC)"),
+    max_pixels: int = MAX_PIXELS_OPTION,
     *, opts: JobOptions,
 ):
     """Process new or changed documents; results under run_id=documents-<date>."""
-    run(opts, questions, dpi, run_date)
+    run(opts, questions, dpi, run_date, max_pixels)
 
 
 if __name__ == "__main__":

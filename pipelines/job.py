@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from spote.images import DEFAULT_MAX_PIXELS
+
 from .planning import Plan, summarise_skipped
 from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
@@ -246,6 +248,22 @@ def _ask_autoscaler(req: ResourceRequest | None) -> None:
         request_resources(bundles=[bundle] * req.actors if req and bundle else [])
     except Exception as err:  # an old or absent autoscaler: waiting still shows whether nodes appear
         print(f"[resources] could not ask the autoscaler: {type(err).__name__}: {err}")
+
+
+MAX_PIXELS_OPTION = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="pixels an image or rendered page may "
+                                  "hold (the decompression-bomb guard; memory per loader: about 3 bytes a pixel, more "
+                                  "while a large image decodes)")
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    if max_pixels < 1:
+        raise JobRefused(f"--max-pixels must be >= 1 (pixels an image may hold), got {max_pixels}")
+
+
+def max_pixels_setting(max_pixels: int) -> dict:
+    """The job setting of ``--max-pixels``: none at the default (so runs keep the run ids they had), else the
+    number, since it turns error rows into answers."""
+    return {} if max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": max_pixels}
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class RowLoader:
 
     failure = "could not read"   # prefix for unexpected errors
     image_errors_as_image = True  # BadImage -> "unreadable image: ..." (else it counts as a ``failure``)
+    max_pixels_flag: str | None = None  # the job's flag that raises the decompression-bomb guard, named in its rows
 
     def read(self, row: dict):
         raise RuntimeError(f"{type(self).__name__} must implement read()")
@@ -107,7 +108,7 @@ class RowLoader:
         return f"{self.failure}: {type(err).__name__}: {err}"
 
     def load(self, row: dict) -> dict:
-        from spote.images import BadImage, check_question
+        from spote.images import BadImage, ImageTooLarge, check_question
 
         if row.get("status") == "error":
             return error_row(row, row.get("error") or "failed upstream")
@@ -134,6 +135,8 @@ class RowLoader:
             self.forget()
             if isinstance(err, BadImage) and self.image_errors_as_image:  # named by its source, as every reason is
                 why = str(err) if str(row.get("source") or "") in str(err) else f"{row['source']}: {err}"
+                if isinstance(err, ImageTooLarge) and self.max_pixels_flag:
+                    why += f", or raise {self.max_pixels_flag}"
                 return error_row(row, f"unreadable image: {why}")
             return error_row(row, self.describe(row, err))
         return {**row, "status": "ok", "error": "", "pixels": pixels.tobytes(), "height": pixels.shape[0],
@@ -153,6 +156,8 @@ def load_batch(load, batch: dict) -> dict:
 
 class ImageLoader(RowLoader):
     """CPU stage: fetch bytes (or take them from the row), decode with the bomb guard, pass pixels on."""
+
+    max_pixels_flag = "--max-pixels"
 
     def __init__(self, storage_options: dict | None = None, max_pixels: int | None = None):
         from spote.images import DEFAULT_MAX_PIXELS

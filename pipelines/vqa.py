@@ -29,9 +29,10 @@ import zlib
 import pyarrow as pa
 import typer
 
-from .job import JobOptions, job_command, run_job
+from .job import MAX_PIXELS_OPTION, JobOptions, check_max_pixels, job_command, max_pixels_setting, run_job
 from .planning import (Plan, list_sources, listing_version, lone_surrogate, not_utf8_text, plan_schema,
                        skip_by_extension)
+from .stages import ImageLoader
 from .storage import filesystem, join, parse_storage_options, redact_uri
 
 app = typer.Typer(add_completion=False)
@@ -361,10 +362,14 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> list[dict]:
 def main(
     input: str = typer.Option(..., help="manifest: Parquet, JSONL, JSON array or CSV file (the text formats also .gz), or a folder of parts (local or s3://)"),
     output: str = typer.Option(..., help="output folder or prefix (local or s3://)"),
+    max_pixels: int = MAX_PIXELS_OPTION,
     *, opts: JobOptions,
 ):
     """Answer every manifest row; write results, summary and report under OUTPUT."""
-    run_job("vqa", opts, plan_manifest(input, parse_storage_options(opts.storage_options)))
+    check_max_pixels(max_pixels)
+    so = parse_storage_options(opts.storage_options)
+    run_job("vqa", opts, plan_manifest(input, so), loader=(ImageLoader, {"storage_options": so, "max_pixels": max_pixels}),
+            job_settings=max_pixels_setting(max_pixels))
 
 
 if __name__ == "__main__":

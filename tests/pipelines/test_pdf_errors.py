@@ -96,7 +96,7 @@ def test_a_page_too_large_at_the_dpi_says_so_and_what_to_lower(tmp_path):
     row = {"id": "p", "source": str(tmp_path / "p.pdf"), "page": 0, "question": "q ?", "status": "", "error": ""}
     big = PageLoader(dpi=720, max_pixels=1_000_000).load(row)  # 2000 x 3000 px
     assert big["status"] == "error"
-    assert big["error"] == "page too large: page 0 at 720 dpi exceeds 1,000,000 pixels; lower --dpi"
+    assert big["error"] == "page too large: page 0 at 720 dpi exceeds 1,000,000 pixels; lower --dpi or raise --max-pixels"
     assert PageLoader(dpi=72, max_pixels=1_000_000).load(row)["status"] == "ok"
 
 

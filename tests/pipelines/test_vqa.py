@@ -819,3 +819,28 @@ def test_an_input_or_output_that_would_commit_an_empty_run_is_refused(tmp_path):
     res = CliRunner().invoke(app, ["--input", str(tmp_path / "piped.jsonl"), "--output", str(tmp_path / "out")])
     assert res.exit_code == 2 and "not a regular file or folder (a pipe or a device)" in res.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out?q").exists()
+
+
+def test_max_pixels_names_itself_in_the_rows_and_raising_it_reads_the_image(ray_local, random_tiny_dir, tmp_path,
+                                                                            fast_policy):
+    """A 48-megapixel phone photo was an error row under the 40-megapixel guard, which no job flag could raise."""
+    from typer.testing import CliRunner
+
+    from pipelines import vqa
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "photo.jpg")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "p", "image_uri": "photo.jpg", "question": "is there a boat ?",
+                                                  "choices": ["yes", "no"]}) + "\n")
+    common = ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"), "--model", str(random_tiny_dir),
+              "--policy", fast_policy]
+    rows = {}
+    for limit in (3000, 4000):
+        res = CliRunner().invoke(vqa.app, [*common, "--max-pixels", str(limit), "--run-id", f"m{limit}"])
+        assert res.exit_code == 0, res.output
+        rows[limit] = pq.read_table(tmp_path / "out" / "results" / f"run_id=m{limit}").to_pylist()[0]
+    assert rows[3000]["status"] == "error" and rows[3000]["error"].endswith(
+        "64 x 48 = 3,072 pixels exceeds the limit of 3,000 (decompression-bomb guard); downscale or tile it first, "
+        "or raise --max-pixels")
+    assert rows[4000]["status"] == "ok"
+    res = CliRunner().invoke(vqa.app, [*common, "--max-pixels", "0"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --max-pixels must be >= 1 (pixels an image may hold), got 0"

@@ -316,7 +316,13 @@ class PageLoader(RowLoader):
         """Frame ``page`` of a (multi-page) image, decoded as its first frame is; page 0 is the image itself."""
         from spote.images import load_image
 
-        return load_image(self._data, self.max_pixels, frame=page)
+        try:
+            return load_image(self._data, self.max_pixels, frame=page)
+        except BadImage as err:
+            if err.kind == "a PDF":  # the advice for spote ask (run this job) is no advice here
+                raise BadImage("the file is a PDF under an image's name: rename it to .pdf (this job renders a file as "
+                               "a PDF by its name)") from None
+            raise
 
 
 def plan_documents(input_uri: str, output: str, questions: list[dict], so=None,

@@ -132,3 +132,13 @@ def test_a_filled_in_form_is_rendered_with_its_values(tmp_path):
 
     assert dark(b"") == 0
     assert dark(b"K7-3A9Q") > 150   # the value is drawn, as a viewer draws it
+
+
+def test_a_pdf_under_an_image_name_is_told_to_be_renamed(tmp_path):
+    """The advice written for spote ask ("run pipelines.documents, which reads PDFs named .pdf") was given by
+    the documents job itself."""
+    (tmp_path / "scan.jpg").write_bytes(_pdf_bytes(2))
+    out = PageLoader().load({"id": "s", "source": str(tmp_path / "scan.jpg"), "page": 0, "question": "q ?",
+                             "status": "", "error": ""})
+    assert out["error"] == (f"unreadable image: {tmp_path / 'scan.jpg'}: the file is a PDF under an image's name: "
+                            "rename it to .pdf (this job renders a file as a PDF by its name)")

@@ -372,9 +372,11 @@ def merge_detections(footprints: list, localised: list[bool], ids: list[str], ti
     """Merge "yes" footprints that overlap (positive intersection area) into one detection each.
 
     Two whole-tile footprints (no evidence box on either) are not merged with each other: neighbouring tiles
-    overlap by construction, and neither says where its object is. A localised evidence footprint merges
-    with every footprint it overlaps, so the same object seen from two tiles of an overlap counts once.
-    The merged geometry is the union of the localised footprints where there is one, else of the tiles.
+    overlap by construction, and neither says where its object is. Localised evidence footprints that overlap
+    merge, so the same object seen from two tiles of an overlap counts once; a whole-tile footprint joins the
+    one detection it overlaps most, and never joins two: a tile that saw "yes" somewhere is no evidence that
+    two boxes 80 px apart inside it are one object. The merged geometry is the union of the localised
+    footprints where there is one, else of the tiles.
     """
     import shapely
     from shapely.strtree import STRtree
@@ -390,13 +392,21 @@ def merge_detections(footprints: list, localised: list[bool], ids: list[str], ti
 
     if n:
         tree = STRtree(footprints)
-        for i, geom in enumerate(footprints):
+        for i, geom in enumerate(footprints):  # localised with localised
+            if not localised[i]:
+                continue
             for j in tree.query(geom):
                 j = int(j)
-                if j <= i or not (localised[i] or localised[j]):
-                    continue
-                if shapely.intersection(geom, footprints[j]).area > 0:
+                if j > i and localised[j] and shapely.intersection(geom, footprints[j]).area > 0:
                     parent[find(j)] = find(i)
+        for i, geom in enumerate(footprints):  # each whole tile to the localised detection it overlaps most
+            if localised[i]:
+                continue
+            overlaps = [(shapely.intersection(geom, footprints[int(j)]).area, int(j)) for j in tree.query(geom)
+                        if localised[int(j)]]
+            best = max((o for o in overlaps if o[0] > 0), default=None)
+            if best is not None:
+                parent[i] = find(best[1])
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(i)

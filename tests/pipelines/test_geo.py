@@ -105,6 +105,11 @@ def test_roll_up_merges_the_same_object_seen_from_two_tiles():
                             [[0]] * 6, [0.5] * 6)
     assert {tuple(sorted(d.ids)) for d in dets} == {("a", "b"), ("c",), ("d", "e", "f")}
     assert next(d for d in dets if "f" in d.ids).geometry.equals(box(320, 500, 340, 520))
+    # two boxes 80 px apart, each overlapping one whole-tile answer: two objects, not one through the tile, which
+    # joins the one it overlaps most
+    dets = merge_detections([box(0, 0, 400, 400), box(100, 100, 140, 140), box(220, 100, 250, 130)],
+                            [False, True, True], list("tuv"), [[0]] * 3, [0.5] * 3)
+    assert {tuple(sorted(d.ids)) for d in dets} == {("t", "u"), ("v",)}
 
 
 def test_roll_up_files_are_geojson_and_geoparquet(tmp_path):

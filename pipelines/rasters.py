@@ -224,7 +224,10 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
     georef = not ds.transform.is_identity
     # GCPs alone (no affine, a CRS for them, at least 3 to fit a plane through): mapped through GDAL's GCP transformer
     by_gcps = not georef and gcp_crs is not None and len(gcps) >= 3
-    if ds.crs is not None and not georef and not by_gcps:
+    if not georef and not by_gcps and ds.rpcs is not None:  # a Level-1 optical product
+        print(f"[satellite] {uri or 'a scene'}: it is placed by RPCs alone, which this job does not use; the scene is "
+              "tiled as not georeferenced (orthorectify it first, e.g. gdalwarp -rpc -t_srs EPSG:4326)")
+    elif ds.crs is not None and not georef and not by_gcps:
         print(f"[satellite] {uri or 'a scene'}: it names a CRS but has no geotransform (nothing places its pixels); "
               "the scene is tiled as not georeferenced")
     orientation = 1 if georef or by_gcps or not uri else _exif_orientation(uri, storage_options)

@@ -922,6 +922,21 @@ def test_a_vrt_of_bands_of_several_types_is_read(tmp_path):
     assert (pixels.values[..., 0] == 10).all() and (pixels.values[..., 1:] == 3000).all() and pixels.valid.all()
 
 
+def test_a_scene_placed_by_rpcs_alone_says_it_is_tiled_as_not_georeferenced(tmp_path, capsys):
+    """An optical Level-1 product (RPCs, no geotransform, no GCPs) got null geometry without a word."""
+    from rasterio.rpc import RPC
+
+    rpc = RPC(height_off=100, height_scale=500, lat_off=50.0, lat_scale=0.1, line_den_coeff=[1] + [0] * 19,
+              line_num_coeff=[0, 0, -1] + [0] * 17, line_off=150, line_scale=150, long_off=10.0, long_scale=0.1,
+              samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=200, samp_scale=200)
+    path = tmp_path / "l1.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=300, count=1, dtype="uint8", rpcs=rpc) as ds:
+        ds.write(np.zeros((1, 300, 400), np.uint8))
+    hdr = scene_header(str(path))
+    assert not hdr.georeferenced
+    assert "placed by RPCs alone, which this job does not use" in capsys.readouterr().out
+
+
 def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):
     """GeoKeys naming a CRS but no tie point or pixel scale: rasterio gives the identity transform, which made
     pixel (col, row) a (lon, lat); a 1000 x 800 image had footprints over half the globe."""

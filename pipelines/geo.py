@@ -266,8 +266,9 @@ class ResultGeometry:
             except (ProjError, CRSError) as err:
                 self._transformers[key] = None
                 name = src if len(src) <= 80 else src[:77] + "..."
-                print(f"[satellite] no transformation from {name} to {dst} ({err}); the map columns of its scenes' "
-                      "rows are null")
+                nulls = ("evidence_lon and evidence_lat" if dst == WGS84 and dst != self.crs
+                         else "geometry, evidence_geometry, evidence_lon and evidence_lat")
+                print(f"[satellite] no transformation from {name} to {dst} ({err}); its scenes' rows have null {nulls}")
         return self._transformers[key]
 
     def _to(self, geom, src: str, dst: str):

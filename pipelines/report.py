@@ -660,6 +660,7 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
     """An overview per scene and question, drawn as the tiles are (the job's 1-based ``bands`` and its
     ``stretch``: ``gallery.scene_overview``), with the "yes" tiles and their evidence."""
     from .gallery import draw_scene, scene_overview
+    from .rasters import describe_error
 
     blocks = []
     scenes = df.groupby("source", sort=True)
@@ -667,8 +668,9 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
         try:
             overview, scale = scene_overview(str(source), storage_options, bands, stretch)
         except Exception as err:  # an unreadable scene has its error rows; the report goes on
-            blocks.append(f"<h3>{show(source)}</h3><p class='muted'>no overview: {esc(type(err).__name__)}: "
-                          f"{show(err)}</p>")
+            # GDAL's own words, as the scene's rows give them ("gone.tif: No such file or directory"), not rasterio's
+            # "Read failed. See previous exception for details."
+            blocks.append(f"<h3>{show(source)}</h3><p class='muted'>no overview: {show(describe_error(err))}</p>")
             continue
         # one overview per question of the file (its position): two entries may share their words
         for _, q in grp.groupby("question_index", sort=True, dropna=False):

@@ -162,8 +162,11 @@ def test_a_scene_whose_crs_has_no_way_to_lon_lat_gets_null_map_columns_and_the_r
     assert columns["geometry"][0] is None and columns["evidence_lon"][0] is None   # not placeable in CRS84
     assert columns["geometry"][1].is_valid and 14 < columns["evidence_lon"][1] < 16
     said = capsys.readouterr().out
-    assert 'no transformation from LOCAL_CS["site grid"' in said and "rows are null" in said   # said, not silent
+    assert 'no transformation from LOCAL_CS["site grid"' in said and "to OGC:CRS84" in said   # said, not silent
+    assert "rows have null geometry, evidence_geometry, evidence_lon and evidence_lat" in said
     alone = ResultGeometry({"site.tif": headers["site.tif"]}).columns(table.slice(0, 1))
+    said = capsys.readouterr().out   # alone, only its lon/lat are null, and the line says so
+    assert "to EPSG:4326" in said and said.rstrip().endswith("its scenes' rows have null evidence_lon and evidence_lat")
     assert alone["geometry"][0].equals(shapely.box(1000, 1950, 1050, 2000))        # in its own grid it has a footprint
     assert alone["evidence_lon"][0] is None                                          # but no lon/lat
     staging = tmp_path / "staging"

@@ -272,6 +272,8 @@ def ask(
 
     trace = None
     try:
+        if trace_name is not None and not trace_name.strip():  # Path("") is ".": "--trace . is a directory"
+            raise AskError("--trace is empty; give the name of a picture to write, e.g. --trace trace.png")
         if trace_name is not None and is_remote(trace_name):  # a Path would fold "s3://b/k" into a folder "s3:"
             raise AskError(f"--trace {trace_name}: the trace is written to a local file; give a local path")
         trace = Path(local_path(trace_name)) if trace_name is not None else None

@@ -98,6 +98,7 @@ def _malformed_cases(tmp: Path) -> dict:
         "bad mode": ([str(SAMPLE), q, "--mode", "closeup"], "mode must be one of"),
         "unknown method": ([str(SAMPLE), q, "--method", "oracle"], "unknown method 'oracle'"),
         "trace is a folder": ([str(SAMPLE), q, "--trace", str(tmp / "a-folder")], "is a directory"),
+        "trace is empty": ([str(SAMPLE), q, "--trace", ""], "--trace is empty; give the name of a picture"),
         "trace cannot be written": ([str(SAMPLE), q, "--trace", "/proc/no-such-folder/t.png"], "--trace"),
         # refused before the model loads (a missing one would be named first), not after the search; the file
         # types are matplotlib's

@@ -766,7 +766,7 @@ def test_an_escaped_lone_surrogate_is_that_fields_error(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(lines))
     rows = {r["id"]: r for r in read_manifest(str(tmp_path / "m.jsonl"))}
     assert rows["a"]["error"].endswith("question holds \\ud800, an escaped lone surrogate, which is no character")
-    assert rows["b"]["error"] == "unreadable choices: each choice holds \\udfff, an escaped lone surrogate, which is no character"
+    assert rows["b"]["error"] == "unreadable choices: choice 2 holds \\udfff, an escaped lone surrogate, which is no character"
     assert "status" not in rows["c"]
     from pipelines.planning import rows_table
     from pipelines.vqa import MANIFEST_SCHEMA

@@ -844,3 +844,34 @@ def test_max_pixels_names_itself_in_the_rows_and_raising_it_reads_the_image(ray_
     assert rows[4000]["status"] == "ok"
     res = CliRunner().invoke(vqa.app, [*common, "--max-pixels", "0"])
     assert res.exit_code == 2 and res.stderr.strip() == "error: --max-pixels must be >= 1 (pixels an image may hold), got 0"
+
+
+def test_the_docs_recipe_redoes_only_the_failed_rows_with_their_ids_and_fields(ray_local, random_tiny_dir, tmp_path,
+                                                                               fast_policy):
+    """docs/pipelines.md, "Redoing the rows that failed": the recipe's manifest of a run's error rows, run again,
+    answers them under their own ids with the fields the first manifest carried."""
+    import duckdb
+    import pandas as pd
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "a.png")
+    lines = [{"id": "a", "image_uri": "a.png", "question": "is there a boat ?", "choices": ["yes", "no"], "site": 1},
+             {"id": "b", "image_uri": "b.png", "question": "what is the code ?", "label": "K7"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out"
+    run_job("vqa", JobOptions(str(tmp_path / "m.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                              run_id="first"), plan_manifest(str(tmp_path / "m.jsonl")))
+    Image.new("RGB", (64, 48), (20, 20, 20)).save(tmp_path / "b.png")   # the store is back
+    rows = pd.read_parquet(out / "results" / "run_id=first")             # the recipe, as the docs write it
+    with open(tmp_path / "redo.jsonl", "w") as f:
+        for r in rows[rows.status == "error"].itertuples():
+            f.write(json.dumps({"id": r.id, "image_uri": r.source, "question": r.question,
+                                **({"choices": json.loads(r.choices)} if r.choices else {}),
+                                **json.loads(r.manifest_fields or "{}")}) + "\n")
+    run_job("vqa", JobOptions(str(tmp_path / "redo.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                              run_id="redo"), plan_manifest(str(tmp_path / "redo.jsonl")))
+    redo = pd.read_parquet(out / "results" / "run_id=redo")
+    assert list(redo.id) == ["b"] and list(redo.status) == ["ok"] and json.loads(redo.manifest_fields[0]) == {"label": "K7"}
+    latest = duckdb.sql(f"SELECT id, status, run_id FROM read_parquet('{out}/results/**/*.parquet') WHERE run_id IN "
+                        "('first', 'redo') QUALIFY row_number() OVER (PARTITION BY id ORDER BY run_id = 'redo' DESC) = 1 "
+                        "ORDER BY id").fetchall()
+    assert latest == [("a", "ok", "first"), ("b", "ok", "redo")]

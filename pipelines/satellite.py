@@ -120,7 +120,12 @@ class SceneTileLoader(RowLoader):
             self._ds = open_scene(uri, self.so)
             self._header = read_header(self._ds, uri, self.so)
             self._bands = check_bands(self.bands, self._header, PurePosixPath(uri).name)
-            self._ranges = scene_ranges(self._ds, self._header, self._bands) if self.stretch == "scene" else None
+            self._ranges = None
+            if self.stretch == "scene":
+                # sampled through a handle of its own: after a failed read (a VRT whose source is gone) GDAL gives
+                # zeros for that band on later reads of the same handle, and the tiles would be answered from them
+                with open_scene(uri, self.so) as probe:
+                    self._ranges = scene_ranges(probe, self._header, self._bands)
             self._uri = uri
         return self._ds, self._header
 

@@ -937,6 +937,28 @@ def test_a_scene_placed_by_rpcs_alone_says_it_is_tiled_as_not_georeferenced(tmp_
     assert "placed by RPCs alone, which this job does not use" in capsys.readouterr().out
 
 
+def test_a_vrt_whose_source_is_gone_gives_error_rows_not_answers_from_zeros(tmp_path):
+    """The scene stretch's samples failed on the missing band and were left out; later reads of the same GDAL
+    handle gave zeros for that band, and the tiles were answered from them (ok rows)."""
+    from rasterio.transform import from_origin
+
+    from pipelines.satellite import SceneTileLoader
+
+    with rasterio.open(tmp_path / "b16.tif", "w", driver="GTiff", width=128, height=64, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 6000000, 10, 10)) as ds:
+        ds.write((np.arange(128 * 64).reshape(1, 64, 128) % 3000 + 100).astype(np.uint16))
+    bands = "".join(f'<VRTRasterBand dataType="UInt16" band="{i}"><SimpleSource><SourceFilename relativeToVRT="1">{f}'
+                    f'</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+                    for i, f in enumerate(["b16.tif", "gone.tif", "b16.tif"], 1))
+    (tmp_path / "stack.vrt").write_text(f'<VRTDataset rasterXSize="128" rasterYSize="64"><SRS>EPSG:32633</SRS>'
+                                        f'<GeoTransform>500000, 10, 0, 6000000, 0, -10</GeoTransform>{bands}</VRTDataset>')
+    loader = SceneTileLoader(bands=(1, 2, 3))
+    for col in (0, 64):
+        out = loader.load({"id": f"t{col}", "source": str(tmp_path / "stack.vrt"), "question": "q ?", "status": "",
+                           "error": "", "tile_col_off": col, "tile_row_off": 0, "tile_width": 64, "tile_height": 64})
+        assert out["status"] == "error" and out["error"].startswith("unreadable scene: ") and "gone.tif" in out["error"]
+
+
 def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):
     """GeoKeys naming a CRS but no tie point or pixel scale: rasterio gives the identity transform, which made
     pixel (col, row) a (lon, lat); a 1000 x 800 image had footprints over half the globe."""

@@ -220,16 +220,26 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
     if all(np.dtype(d).kind == "c" for d in ds.dtypes):  # no band could be shown: refused before any tile
         raise SceneError(COMPLEX_BANDS)
     gcps, gcp_crs = ds.gcps
-    # rasterio gives the identity for a file without a geotransform: a CRS alone maps no pixel to a place
-    georef = not ds.transform.is_identity
+    # rasterio gives the identity for a file without a geotransform (exactly: a real transform near it is kept)
+    georef = tuple(ds.transform)[:6] != (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     # GCPs alone (no affine, a CRS for them, at least 3 to fit a plane through): mapped through GDAL's GCP transformer
     by_gcps = not georef and gcp_crs is not None and len(gcps) >= 3
-    if not georef and not by_gcps and ds.rpcs is not None:  # a Level-1 optical product
-        print(f"[satellite] {uri or 'a scene'}: it is placed by RPCs alone, which this job does not use; the scene is "
-              "tiled as not georeferenced (orthorectify it first, e.g. gdalwarp -rpc -t_srs EPSG:4326)")
+    points = _gcp_points(gcps, gcp_crs) if by_gcps else ()
+    said = f"[satellite] {uri or 'a scene'}: "
+    if by_gcps and points is None:
+        by_gcps = False
+        _say_once(said + f"its {len(gcps)} ground control points surround a pole, where a polynomial in longitude "
+                  "and latitude cannot be fitted; the scene is tiled as not georeferenced (warp it to a polar CRS "
+                  "first, e.g. gdalwarp -t_srs EPSG:3413)")
+    elif not georef and not by_gcps and ds.rpcs is not None:  # a Level-1 optical product
+        _say_once(said + "it is placed by RPCs alone, which this job does not use; the scene is tiled as not "
+                  "georeferenced (orthorectify it first, e.g. gdalwarp -rpc -t_srs EPSG:4326)")
+    elif not georef and not by_gcps and gcps:
+        _say_once(said + f"it has {len(gcps)} ground control point(s)" + ("" if gcp_crs is not None else " without a CRS")
+                  + ", too few to place it (3 with a CRS at least); the scene is tiled as not georeferenced")
     elif ds.crs is not None and not georef and not by_gcps:
-        print(f"[satellite] {uri or 'a scene'}: it names a CRS but has no geotransform (nothing places its pixels); "
-              "the scene is tiled as not georeferenced")
+        _say_once(said + "it names a CRS but has no geotransform (nothing places its pixels); the scene is tiled as "
+                  "not georeferenced")
     orientation = 1 if georef or by_gcps or not uri else _exif_orientation(uri, storage_options)
     width, height = upright_size(ds.width, ds.height, orientation)
     ci = list(ds.colorinterp)
@@ -240,24 +250,47 @@ def read_header(ds, uri: str = "", storage_options=None) -> SceneHeader:
         colour = [i + 1 for i, c in enumerate(ci) if c != ColorInterp.alpha]
         default = tuple(colour[:3]) if len(colour) >= 3 else tuple(colour[:1] or [1])
     header = SceneHeader(width=width, height=height, stored_width=ds.width, stored_height=ds.height,
-                         bands=ds.count, dtype=str(ds.dtypes[0]),
+                         bands=ds.count, dtype=_common_dtype(ds.dtypes),
                          crs=ds.crs.to_string() if ds.crs and georef else gcp_crs.to_string() if by_gcps else "",
                          transform=tuple(ds.transform)[:6] if georef else (), orientation=orientation,
                          palette=palette, default_bands=default, has_overviews=bool(ds.overviews(1)),
-                         gcps=_unwrapped(gcps, gcp_crs) if by_gcps else (),
+                         gcps=points if by_gcps else (),
                          other_pages=_other_pages(ds))
     return header if not by_gcps else _fitted_or_not_georeferenced(header, uri)
 
 
-def _unwrapped(gcps, crs) -> tuple[tuple[float, float, float, float], ...]:
-    """(col, row, x, y) of each GCP; in a geographic CRS with longitudes both sides of the antimeridian (179.9
-    beside -179.9, as Sentinel-1 products write them) the western ones moved by a turn (180.1), so that the
-    polynomial fitted to them runs across 180 as the ground does, not the long way round the globe."""
+def _common_dtype(dtypes) -> str:
+    """The type that holds every (real) band's values: what ``read_pixels`` gives for bands of several types (a
+    VRT of Byte and UInt16 bands is not 8-bit data to show as stored, and gets the scene stretch)."""
+    real = [d for d in dtypes if np.dtype(d).kind != "c"] or list(dtypes)
+    return str(np.result_type(*real))
+
+
+def _gcp_points(gcps, crs) -> tuple[tuple[float, float, float, float], ...] | None:
+    """(col, row, x, y) of each GCP. In a geographic CRS the longitudes are made contiguous, so that the
+    polynomial fitted to them runs as the ground does, not the long way round the globe: taken into
+    [-180, 180) (a 0-360 layout, 359.8 beside 0.2), then, where they lie both sides of the antimeridian
+    (179.9 beside -179.9, as Sentinel-1 products write them), the western ones moved by a turn (180.1).
+    None where they still span more than half the globe: points around a pole."""
     points = [(g.col, g.row, g.x, g.y) for g in gcps]
-    lons = [x for _, _, x, _ in points]
-    if crs is not None and crs.is_geographic and lons and max(lons) - min(lons) > 180:
+    if crs is None or not crs.is_geographic or not points:
+        return tuple(points)
+    points = [(c, r, (x + 180.0) % 360.0 - 180.0, y) for c, r, x, y in points]
+    if max(p[2] for p in points) - min(p[2] for p in points) > 180:
         points = [(c, r, x + 360.0 if x < 0 else x, y) for c, r, x, y in points]
+    if max(p[2] for p in points) - min(p[2] for p in points) > 180:
+        return None
     return tuple(points)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """Print ``line`` once per process: a scene's header is read by the planner, the stretch and each loader."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line)
 
 
 def _other_pages(ds) -> tuple[str, ...]:
@@ -284,8 +317,8 @@ def _fitted_or_not_georeferenced(header: SceneHeader, uri: str) -> SceneHeader:
         fitted = False
     if fitted:
         return header
-    print(f"[satellite] {uri or 'a scene'}: its {len(header.gcps)} ground control points cannot be fitted to a "
-          "mapping (on one line, or not finite); the scene is tiled as not georeferenced")
+    _say_once(f"[satellite] {uri or 'a scene'}: its {len(header.gcps)} ground control points cannot be fitted to a "
+              "mapping (on one line, or not finite); the scene is tiled as not georeferenced")
     return dataclasses.replace(header, crs="", gcps=())
 
 

@@ -871,16 +871,19 @@ def test_gcps_gdal_cannot_fit_leave_the_scene_not_georeferenced(tmp_path, points
     assert ResultGeometry({str(path): hdr}).columns(table)["geometry"] == [None]
 
 
-def test_gcps_written_both_sides_of_the_antimeridian_map_the_scene_across_it(tmp_path):
-    """GCP longitudes written wrapped (179.9 beside -179.9, as Sentinel-1 products write them): the polynomial
-    was fitted to the raw numbers, and 0.2-degree tiles had footprints hundreds of degrees wide."""
+@pytest.mark.parametrize("west, written", [(179.8, lambda x: (x + 180) % 360 - 180),   # 179.9 beside -179.9
+                                           (359.8, lambda x: x % 360)])                # 359.9 beside 0.1
+def test_gcps_written_both_sides_of_a_wrap_map_the_scene_across_it(tmp_path, west, written):
+    """GCP longitudes written wrapped (179.9 beside -179.9, as Sentinel-1 products write them, or 359.9 beside
+    0.1 in a 0-360 layout): the polynomial was fitted to the raw numbers, and 0.2-degree tiles had footprints
+    hundreds of degrees wide."""
     from pyproj import Geod
     from rasterio.control import GroundControlPoint
 
     from pipelines.geo import ResultGeometry
 
     path = tmp_path / "dateline.tif"
-    gcps = [GroundControlPoint(row=r, col=c, x=(179.8 + 0.4 * c / 256 + 180) % 360 - 180, y=-16.0 - 0.4 * r / 256)
+    gcps = [GroundControlPoint(row=r, col=c, x=written(west + 0.4 * c / 256), y=-16.0 - 0.4 * r / 256)
             for r in np.linspace(0, 256, 5) for c in np.linspace(0, 256, 5)]
     with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8", gcps=gcps,
                        crs="EPSG:4326") as ds:
@@ -895,8 +898,29 @@ def test_gcps_written_both_sides_of_the_antimeridian_map_the_scene_across_it(tmp
     expected = (0.2 * 111.32) * (0.2 * 110.6) * np.cos(np.radians(16.1))   # km^2 of a 0.2 x 0.2 degree cell there
     for footprint in cols["geometry"]:
         assert abs(geod.geometry_area_perimeter(footprint)[0]) / 1e6 == pytest.approx(expected, rel=0.03)
-    assert cols["evidence_lon"][0] == pytest.approx(179.8125, abs=0.01)   # 8 px of 256 east of 179.8
-    assert cols["evidence_lon"][1] == pytest.approx(-179.8125, abs=0.01)
+    east = (west + 180) % 360 - 180   # the west edge in [-180, 180)
+    assert cols["evidence_lon"][0] == pytest.approx(east + 0.0125, abs=0.01)   # 8 px of 256 east of the west edge
+    assert cols["evidence_lon"][1] == pytest.approx((east + 0.3875 + 180) % 360 - 180, abs=0.01)
+
+
+def test_gcps_around_a_pole_leave_the_scene_not_georeferenced_and_say_why(tmp_path, capsys):
+    """A polynomial in longitude and latitude cannot be fitted around a pole: tiles were thousands of km^2 off."""
+    from pyproj import Transformer
+    from rasterio.control import GroundControlPoint
+
+    to_lonlat = Transformer.from_crs("EPSG:3413", "EPSG:4326", always_xy=True)
+    gcps = []
+    for r in np.linspace(0, 300, 5):
+        for c in np.linspace(0, 300, 5):
+            lon, lat = to_lonlat.transform(-150000 + 1000 * c, 150000 - 1000 * r)
+            gcps.append(GroundControlPoint(row=r, col=c, x=lon, y=lat))
+    path = tmp_path / "pole.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=1, dtype="uint8", gcps=gcps,
+                       crs="EPSG:4326") as ds:
+        ds.write(np.zeros((1, 300, 300), np.uint8))
+    hdr = scene_header(str(path))
+    assert not hdr.georeferenced and hdr.crs == ""
+    assert "25 ground control points surround a pole" in capsys.readouterr().out
 
 
 def test_a_vrt_of_bands_of_several_types_is_read(tmp_path):
@@ -904,7 +928,7 @@ def test_a_vrt_of_bands_of_several_types_is_read(tmp_path):
     "more than one 'dtype' found"."""
     from rasterio.transform import from_origin
 
-    from pipelines.rasters import open_scene, read_pixels
+    from pipelines.rasters import open_scene, read_pixels, scene_ranges
 
     for name, dtype, value in (("b8.tif", "uint8", 10), ("b16.tif", "uint16", 3000)):
         with rasterio.open(tmp_path / name, "w", driver="GTiff", width=32, height=32, count=1, dtype=dtype,
@@ -916,8 +940,11 @@ def test_a_vrt_of_bands_of_several_types_is_read(tmp_path):
     (tmp_path / "stack.vrt").write_text(f'<VRTDataset rasterXSize="32" rasterYSize="32"><SRS>EPSG:32633</SRS>'
                                         f'<GeoTransform>500000, 10, 0, 6000000, 0, -10</GeoTransform>{bands}</VRTDataset>')
     uri = str(tmp_path / "stack.vrt")
+    hdr = scene_header(uri)
+    assert hdr.dtype == "uint16"   # not band 1's uint8: the scene is stretched once, not tile by tile
     with open_scene(uri) as ds:
-        pixels = read_pixels(ds, scene_header(uri), (1, 2, 3))
+        pixels = read_pixels(ds, hdr, (1, 2, 3))
+        assert scene_ranges(ds, hdr, (1, 2, 3)) is not None
     assert pixels.values.dtype == np.uint16 and pixels.values.shape == (32, 32, 3)
     assert (pixels.values[..., 0] == 10).all() and (pixels.values[..., 1:] == 3000).all() and pixels.valid.all()
 
@@ -957,6 +984,26 @@ def test_a_vrt_whose_source_is_gone_gives_error_rows_not_answers_from_zeros(tmp_
         out = loader.load({"id": f"t{col}", "source": str(tmp_path / "stack.vrt"), "question": "q ?", "status": "",
                            "error": "", "tile_col_off": col, "tile_row_off": 0, "tile_width": 64, "tile_height": 64})
         assert out["status"] == "error" and out["error"].startswith("unreadable scene: ") and "gone.tif" in out["error"]
+
+
+def test_too_few_gcps_are_said_and_a_transform_near_the_identity_is_kept(tmp_path, capsys):
+    """Two GCPs left a scene not georeferenced without a word; a real transform within 1e-5 of the identity was
+    taken for rasterio's placeholder and dropped."""
+    from affine import Affine
+    from rasterio.control import GroundControlPoint
+
+    two = tmp_path / "two_gcps.tif"
+    with rasterio.open(two, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:4326",
+                       gcps=[GroundControlPoint(row=0, col=0, x=10, y=50), GroundControlPoint(row=64, col=64, x=11, y=49)]) as ds:
+        ds.write(np.zeros((1, 64, 64), np.uint8))
+    assert not scene_header(str(two)).georeferenced
+    assert "it has 2 ground control point(s), too few to place it" in capsys.readouterr().out
+    near = tmp_path / "near_identity.tif"
+    with rasterio.open(near, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=Affine(1.000004, 0, 4e-6, 0, 1, 0)) as ds:
+        ds.write(np.zeros((1, 64, 64), np.uint8))
+    hdr = scene_header(str(near))
+    assert hdr.georeferenced and hdr.transform[0] == pytest.approx(1.000004) and hdr.crs == "EPSG:32633"
 
 
 def test_a_crs_without_a_geotransform_is_not_georeferenced(tmp_path, capsys):

@@ -500,7 +500,7 @@ def test_a_bad_line_or_field_deep_in_a_manifest_is_that_rows_error(tmp_path):
     assert by_id["nested-question"]["error"].endswith("question must be text, got a dict")
     assert by_id["listed-uri"]["error"].startswith("bad manifest field: row 153 of ")
     assert by_id["listed-uri"]["error"].endswith("image_uri must be text, got a list")
-    assert by_id["nested-choices"]["error"] == "unreadable choices: each choice must be text, got a list"
+    assert by_id["nested-choices"]["error"] == "unreadable choices: choice 1 must be text, got a list"
 
     (tmp_path / "a.json").write_text(json.dumps([{"id": "x", "image_uri": "a.png", "question": "q ?"}, 5]))
     rows = read_manifest(str(tmp_path / "a.json"))

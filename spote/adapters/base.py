@@ -209,22 +209,26 @@ class HFAdapter:
                                          "(a special token), not as text; reword it")
         unk = getattr(self.tokenizer, "unk_token_id", None)
         if unk is not None:  # a word-piece vocabulary folds what it lacks (a long word, an emoji) into one <unk>
-            def unreadable(text: str) -> bool:
+            def unknown(text: str) -> tuple[int, int]:
+                """(tokens, how many of them are <unk>)"""
                 ids = self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-                return bool(ids) and all(i == unk for i in ids)
+                return len(ids), sum(i == unk for i in ids)
 
-            nothing = (f"every token of it is {self.tokenizer.unk_token!r} (words or characters outside its "
-                       "vocabulary)")
-            if unreadable(question):
-                raise UnreadableText(f"the question reads as nothing this model knows: {nothing}; reword it")
-            # a choice read as <unk> alone scores as any word the model lacks, not as itself: the other choices
-            # would win whatever the image shows
+            outside = "words or characters outside its vocabulary"
+            n, lacking = unknown(question)
+            if n and lacking == n:
+                raise UnreadableText(f"the question reads as nothing this model knows: every token of it is "
+                                     f"{self.tokenizer.unk_token!r} ({outside}); reword it")
+            # a choice is scored as written: one with an <unk> in it scores as any word the model lacks in that
+            # place, not as itself ('No.' against 'yes' lost on every page at 0.99999, whatever the page showed)
             for choice in choices or ():
-                if unreadable(choice):
-                    hint = (f" ({choice.lower()!r} it reads)" if choice.lower() != choice and not unreadable(choice.lower())
+                n, lacking = unknown(choice)
+                if lacking:
+                    hint = (f" ({choice.lower()!r} it reads)" if choice.lower() != choice and not unknown(choice.lower())[1]
                             else "")
-                    raise UnreadableText(f"choice {choice!r} reads as nothing this model knows: {nothing}; reword "
-                                         f"it{hint}")
+                    what = "every token of it is" if lacking == n else f"{lacking} of its {n} tokens are"
+                    raise UnreadableText(f"choice {choice!r} is not read as written: {what} "
+                                         f"{self.tokenizer.unk_token!r} ({outside}); reword it{hint}")
         self._text_checked = key
 
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:

@@ -11,6 +11,7 @@ by its code, plus what the bytes show (no ``%PDF`` header, no end-of-file marker
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 
@@ -34,12 +35,25 @@ def open_pdf(data: bytes):
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError:
         raise UnreadablePDF(_diagnose(data)) from None
+    import pypdfium2.raw as pdfium_c
+
+    xfa = "XFA" in pdfium.PDFIUM_INFO.flags
+    if pdf.get_formtype() == pdfium_c.FORMTYPE_XFA_FULL and not xfa:  # its pages are a "Please wait..." placeholder
+        pdf.close()
+        raise UnreadablePDF("a dynamic XFA form, whose pages only a renderer with XFA draws (this PDFium has none; "
+                            "they show a placeholder): flatten it, or print it to PDF, first")
     # a filled-in form's values, drawn as a viewer draws them: a form saved with /NeedAppearances (as many
     # form fillers save it) holds no picture of its values, and without the form environment PDFium renders
     # the fields empty. It must be set up before any page is loaded.
-    with warnings.catch_warnings():  # an XFA form PDFium cannot load: its AcroForm fields still draw
-        warnings.simplefilter("ignore")
-        pdf.init_forms()
+    quiet = logging.getLogger("pypdfium2")  # its advice to rebuild with XFA, for a static XFA form's AcroForm half
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # an XFA form PDFium cannot load: its AcroForm fields still draw
+            warnings.simplefilter("ignore")
+            pdf.init_forms()
+    finally:
+        quiet.setLevel(level)
     return pdf
 
 

@@ -142,3 +142,40 @@ def test_a_pdf_under_an_image_name_is_told_to_be_renamed(tmp_path):
                              "status": "", "error": ""})
     assert out["error"] == (f"unreadable image: {tmp_path / 'scan.jpg'}: the file is a PDF under an image's name: "
                             "rename it to .pdf (this job renders a file as a PDF by its name)")
+
+
+def _pdf_of(objects: list[bytes]) -> bytes:
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for i, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+
+
+def test_a_dynamic_xfa_form_is_refused_not_answered_on_its_placeholder(tmp_path, capsys):
+    """A LiveCycle form (/NeedsRendering, XFA alone) renders as its "Please wait..." page without an XFA build of
+    PDFium: it was answered ok on that page and recorded as done."""
+    import pypdfium2
+
+    if "XFA" in pypdfium2.PDFIUM_INFO.flags:
+        pytest.skip("this PDFium draws XFA forms")
+    xfa = (b'<?xml version="1.0"?><xdp:xdp xmlns:xdp="http://ns.adobe.com/xdp/"><template '
+           b'xmlns="http://www.xfa.org/schema/xfa-template/3.3/"><subform name="f"><field name="ref"/></subform>'
+           b'</template></xdp:xdp>')
+    wait = b"BT /F1 14 Tf 50 740 Td (Please wait...) Tj ET"
+    data = _pdf_of([b"<< /Type /Catalog /Pages 2 0 R /NeedsRendering true /AcroForm << /Fields [] /XFA 5 0 R >> >>",
+                    b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 6 0 R >> >> "
+                    b"/Contents 4 0 R >>",
+                    b"<< /Length %d >>\nstream\n" % len(wait) + wait + b"\nendstream",
+                    b"<< /Length %d >>\nstream\n" % len(xfa) + xfa + b"\nendstream",
+                    b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"])
+    with pytest.raises(UnreadablePDF, match=r"^a dynamic XFA form, whose pages only a renderer with XFA draws"):
+        open_pdf(data)
+    (tmp_path / "form.pdf").write_bytes(data)
+    out = PageLoader().load({"id": "f", "source": str(tmp_path / "form.pdf"), "page": 0, "question": "q ?",
+                             "status": "", "error": ""})
+    assert out["status"] == "error" and out["error"].startswith("unreadable PDF: a dynamic XFA form")
+    assert "pypdfium2" not in capsys.readouterr().err

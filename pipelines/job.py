@@ -26,7 +26,7 @@ from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounti
 from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
-from .storage import (TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, local_path, parse_storage_options,
+from .storage import (PERMANENT_ERRNOS, TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, local_path, parse_storage_options,
                       read_bytes, redact_uri, retrying, stable_cwd, write_parquet_file)
 
 
@@ -451,6 +451,11 @@ def job_command(fn):
                            f"{_first_line(outage)}; whatever was staged is kept: run the same command again when it "
                            "is back", err=True)
                 raise typer.Exit(1) from None
+            if isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS:  # a full or read-only disk, a name too long
+                where = f": {err.filename}" if err.filename else ""
+                typer.echo(f"error: {err.strerror or err}{where}; whatever was staged is kept: run the same command "
+                           "again once there is room (or give another --output)", err=True)
+                raise typer.Exit(1) from None
             if not is_outage(err):
                 raise
             # a store that stayed unreachable through every retry (botocore's errors are no OSError): one line
@@ -484,6 +489,10 @@ def check_not_in_job_package(flag: str, uri: str, cwd: str | None = None) -> Non
         return
     raise JobRefused(f"{flag} {uri} is relative to the job's working dir, which Ray unpacks anew for every job "
                      "and deletes with the cluster; give an absolute path or an s3:// URI")
+
+
+# bytes of path a run writes under --output: _staging/<run id, up to 128>/checkpoint/<Ray Data's part names>
+OUTPUT_PATH_HEADROOM = 512
 
 
 def check_output_writable(output_uri: str, storage_options: dict | None = None) -> None:
@@ -522,7 +531,10 @@ def check_output_writable(output_uri: str, storage_options: dict | None = None) 
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise JobRefused(f"--output {output_uri}: {existing} is a file, so no folder can be made under it")
-    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    if len(os.fsencode(path)) + OUTPUT_PATH_HEADROOM > path_max:  # the run's own files lie that much deeper
+        raise JobRefused(f"--output: the path is {len(os.fsencode(path))} bytes; the run's files under it need up to "
+                         f"{OUTPUT_PATH_HEADROOM} more, past the {path_max} this file system allows: give a shorter one")
     for name in os.path.relpath(path, existing).split(os.sep) if path != existing else ():
         if len(os.fsencode(name)) > name_max:
             raise JobRefused(f"--output: the folder name {_short(name, limit=40)!r} is {len(os.fsencode(name))} bytes, "

@@ -126,6 +126,10 @@ def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tm
     assert res.exit_code == 2 and res.stderr.strip() == (
         "error: --output: the folder name 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is 300 bytes, more than the 255 "
         "this file system allows"), res.output
+    deep = tmp_path / "/".join(["d" * 200] * 19)   # every name allowed; the whole too long for the run's files
+    res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", str(deep)])
+    assert res.exit_code == 2 and res.stderr.startswith("error: --output: the path is ") and \
+        "past the 4096 this file system allows" in res.stderr, res.output
     # a place a folder can be made passes the check (the job then stops at its missing input), leaving nothing
     res = CliRunner().invoke(vqa.app, ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "new" / "out")])
     assert res.exit_code == 2 and "--input" in res.stderr and "--output" not in res.stderr, res.output
@@ -373,3 +377,27 @@ def test_a_ray_task_failing_while_the_store_is_down_is_one_line_not_rays_report(
     assert "whatever was staged is kept" in lines[0]
     res = CliRunner().invoke(app, ["--input", "in/", "--output", "out"])  # a local output: no outage to blame
     assert isinstance(res.exception, RayTaskError)
+
+
+def test_a_full_disk_mid_run_is_one_line_not_a_traceback(tmp_path):
+    """ENOSPC while a run wrote its report ended in 230 lines of traceback; it is not retried (another try meets
+    it again), and it says what happened and that the staged parts are kept."""
+    import errno
+
+    import typer
+    from typer.testing import CliRunner
+
+    from pipelines.job import job_command
+
+    app = typer.Typer()
+
+    @app.command()
+    @job_command
+    def main(input: str = typer.Option(...), output: str = typer.Option(...), *, opts: JobOptions):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{output}/_staging/r/meta/report.html")
+
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert res.exit_code == 1 and res.stderr.strip() == (
+        f"error: No space left on device: {tmp_path}/out/_staging/r/meta/report.html; whatever was staged is kept: "
+        "run the same command again once there is room (or give another --output)"), res.output

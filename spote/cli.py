@@ -439,6 +439,9 @@ def bench(
     except (ModelNotFound, EndpointError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2 if isinstance(err, (ModelNotFound, ValueError)) else 1)
+    except OSError as err:  # the results could not be written (a full disk); what was there stays as it was
+        typer.echo(f"error: cannot write {err.filename or out}: {err.strerror or err}", err=True)
+        raise typer.Exit(1)
 
 
 def _click_exceptions(name: str) -> tuple[type, ...]:

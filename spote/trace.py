@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .core import PolicyConfig, exit_threshold  # noqa: E402
 from .spotlight import Box, ViewRenderer  # noqa: E402
+from .uris import replacing  # noqa: E402
 
 DEFAULT_VIEW_SIZE = 384  # pixels, when the model's input size is not given
 NOTHING_READ = "(nothing read)"  # an empty open answer, as `spote ask` prints it
@@ -167,8 +168,8 @@ def plot_trace(image, result, out: str | Path, question: str = "", evidence=None
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with quiet_glyphs():
-            fig.savefig(out, dpi=110)
+        with quiet_glyphs(), replacing(out) as part:
+            fig.savefig(part, dpi=110)
     finally:
         plt.close(fig)
     return out

@@ -3,8 +3,11 @@ remote store that fsspec reads (``s3://``, ``https://``, ...)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from urllib.parse import unquote
+import uuid
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 
 def is_remote(uri: str) -> bool:
@@ -29,6 +32,22 @@ def local_path(uri: str) -> str:
         rest = "/" + path
     if host not in ("", "localhost"):
         raise ValueError(f"{uri}: a file URI on another host ({host}) cannot be read here")
-    decoded = unquote(rest)
+    # percent-escapes are bytes (RFC 3986): "M%FCller.png" names a Latin-1 file, as the OS gives it to Python
+    decoded = os.fsdecode(unquote_to_bytes(rest))
     # a name that holds "%20" itself (a download saved as is), written into a URI unencoded, is that name
     return rest if decoded != rest and not os.path.exists(decoded) and os.path.exists(rest) else decoded
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path):
+    """A temporary name beside ``path`` (the same extension, for writers that pick their format by it) to write;
+    moved over ``path`` when the block ends without an error, removed when it fails: a full disk or a
+    failed write leaves ``path`` as it was, not a file cut short."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -212,7 +212,7 @@ def test_a_relative_model_folder_is_the_folder_in_the_working_folder_of_each_cal
     loaded = []
     for name in ("a", "b", "a"):
         monkeypatch.chdir(tmp_path / name)
-        spote.answer(img, "what ?", ["a", "b"], model="m", budget=1)
+        spote.answer(img, "what ?", ["A", "B"], model="m", budget=1)
         loaded.append(next(a for k, a in spote._ADAPTERS.items() if k[0] == os.path.realpath(tmp_path / name / "m")))
     assert loaded[0] is not loaded[1] and loaded[0] is loaded[2]
 
@@ -226,3 +226,33 @@ def test_a_remote_image_that_cannot_be_read_is_a_bad_image(s3):
         spote.answer("s3://spote/imgs/sub/b.png", "what ?", ["a", "b"], storage_options={"nope": 1})
     with pytest.raises(spote.BadImage, match="^no such object: s3://spote/imgs/none.png$"):
         spote.answer("s3://spote/imgs/none.png", "what ?", ["a", "b"])
+
+
+def test_a_file_uri_of_percent_escaped_bytes_names_the_file_the_os_holds(tmp_path):
+    """``file:///.../M%FCller.png`` names a Latin-1 file that exists: its escapes were decoded as UTF-8 with
+    replacement ("M\\ufffdller.png"), and the file was "no such file"."""
+    import os
+
+    from spote.uris import local_path
+
+    name = os.fsencode(tmp_path) + b"/M\xfcller.png"
+    Image.new("RGB", (8, 8)).save(name, format="PNG")
+    assert os.path.exists(local_path(f"file://{tmp_path}/M%FCller.png"))
+    assert local_path(f"file://{tmp_path}/a%20b.png") == f"{tmp_path}/a b.png"
+
+
+def test_a_failed_write_leaves_the_file_as_it_was_and_no_part(tmp_path):
+    """A full disk left a 0-byte bench JSON or trace PNG where the old one was."""
+    from spote.uris import replacing
+
+    out = tmp_path / "bench.json"
+    out.write_text("old")
+    with pytest.raises(OSError):
+        with replacing(out) as part:
+            part.write_text("half")
+            raise OSError(28, "No space left on device")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+    with replacing(out) as part:
+        assert part.suffix == ".json" and part.parent == tmp_path
+        part.write_text("new")
+    assert out.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]

@@ -271,7 +271,7 @@ def test_a_question_longer_than_the_model_reads_is_one_line(random_tiny_dir):
     """spote-tiny's language model has 512 positions: a longer prompt is refused, not read as noise. As a real
     process: stderr is that one line, without the tokenizer's own warning or a loading bar above it."""
     long_question = "is the box in the corner of the form, " * 120 + "ticked ?"
-    many_choices = ",".join(f"choice {i}" for i in range(300))
+    many_choices = ",".join(f"digit {i}" for i in range(300))
     # the many choices on the shipped model, whose vocabulary tells "choice 10" from "choice 11" (the untrained
     # tokenizer reads both as <unk> <unk>, which is refused first)
     for question, choices, model in ((long_question, ["--choices", "yes,no"], str(random_tiny_dir)),

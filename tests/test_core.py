@@ -363,7 +363,7 @@ def test_an_open_search_whose_best_view_does_not_stand_out_answers_on_the_whole_
     assert standout(glanced.box_rewards) != pytest.approx(standout(glanced.box_rewards[1:]), rel=0.01)  # it would count
     assert glanced.reward_standout == pytest.approx(standout(glanced.box_rewards[1:]), rel=0.01)
     # closed sets answer from their best view whatever the bar: the rule is for open answers
-    choices = ["red", "blue", "green"]
+    choices = ["red", "blue", "yellow"]
     closed = PolicyConfig(budget=40, exit_entropy_per_ln_k=0.0, glance_side=0.0, settle_after=0)
     searched_closed = spote(random_adapter, img, q, choices, closed)
     from_search = searched_closed.evidence_box

@@ -94,7 +94,7 @@ def test_trace_draws_text_as_written_and_boxes_on_pixel_edges(random_adapter, tm
     was half a pixel off and clipped on the right."""
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
     question = "is it $\\foo{$ or $5 and $x^{ ?"
-    res = run_method("spote", random_adapter, img, question, ["$\\alpha$", "b"], PolicyConfig(**SEARCH))
+    res = run_method("spote", random_adapter, img, question, ["A", "B"], PolicyConfig(**SEARCH))
     out = plot_trace(img, res, tmp_path / "t.png", question)
     assert Image.open(out).size[0] > 100
     fig = trace_figure(img, res, question)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..core import PolicyConfig
 from ..images import corrupt as corrupt_image
 from ..loading import ModelNotFound, load_adapter
+from ..uris import replacing
 from ..baselines import METHODS, run_method
 from ..spotlight import Box, ViewRenderer
 from .gpu import GpuMemoryPeak, torch_peak_mb
@@ -178,8 +179,10 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("re
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    (out.with_suffix(".items.jsonl")).write_text("\n".join(json.dumps({"method": m, **r}) for m, rs in rows.items() for r in rs))
+    with replacing(out) as part:
+        part.write_text(json.dumps(report, indent=2))
+    with replacing(out.with_suffix(".items.jsonl")) as part:
+        part.write_text("\n".join(json.dumps({"method": m, **r}) for m, rs in rows.items() for r in rs))
     print_table(report)
     if plot:
         plot_bench(report, out.with_suffix(".png"))
@@ -301,6 +304,7 @@ def plot_bench(report: dict, out: Path) -> Path:
                  parse_math=False)  # a model path is no TeX math
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with replacing(out) as part:
+        fig.savefig(part, dpi=110)
     plt.close(fig)
     return out

@@ -387,7 +387,7 @@ def test_a_full_disk_mid_run_is_one_line_not_a_traceback(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from pipelines.job import job_command
+    from pipelines.job import JobOptions, job_command
 
     app = typer.Typer()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import unicodedata
 from pathlib import Path
 
@@ -688,9 +689,16 @@ def _head(source, n: int = 4) -> bytes:
         source.seek(pos)
 
 
+# the most bytes of a file Pillow cannot identify that are read to say what it is (a PDF, a TIFF layout Pillow
+# does not decode, a 12-bit JPEG): more than any image under the pixel guard holds (float32 RGBA at 40
+# megapixels: 640 MB); past it only the head is read, so a 3 GB file of something else is not loaded whole
+MAX_UNIDENTIFIED_BYTES = 1 << 30
+
+
 def _bytes_of(source) -> bytes:
     if isinstance(source, (str, Path)):
-        return Path(source).read_bytes()
+        with open(source, "rb") as f:
+            return f.read(1 << 20 if os.fstat(f.fileno()).st_size > MAX_UNIDENTIFIED_BYTES else -1)
     pos = source.tell()
     source.seek(0)
     try:

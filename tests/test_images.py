@@ -589,3 +589,25 @@ def test_a_palette_tiff_pillow_cannot_open_shows_its_colours(byteorder):
     tifffile.imwrite(buf, indices, byteorder=byteorder, bigtiff=True, photometric="palette", colormap=colormap)
     got = np.asarray(load_image(buf.getvalue()).convert("L"))
     assert np.array_equal(got < 100, indices == 1) and got.max() > 200
+
+
+def test_a_huge_file_that_is_no_image_is_not_read_whole(tmp_path, monkeypatch):
+    """A 3 GB file of zeros was read whole (3.4 GB of memory) to say it is no image; past the bound only its head
+    is read, and it is still named for what it is not."""
+    import spote.images
+
+    monkeypatch.setattr(spote.images, "MAX_UNIDENTIFIED_BYTES", 1 << 16)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (1 << 21))
+    reads = []
+    real = spote.images._bytes_of
+
+    def counted(source):
+        data = real(source)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(spote.images, "_bytes_of", counted)
+    with pytest.raises(BadImage, match="not a readable image"):
+        load_image(str(big))
+    assert reads and max(reads) <= 1 << 20

@@ -401,3 +401,20 @@ def test_a_full_disk_mid_run_is_one_line_not_a_traceback(tmp_path):
     assert res.exit_code == 1 and res.stderr.strip() == (
         f"error: No space left on device: {tmp_path}/out/_staging/r/meta/report.html; whatever was staged is kept: "
         "run the same command again once there is room (or give another --output)"), res.output
+
+
+def test_paths_that_are_not_utf8_are_refused_naming_the_flag(tmp_path):
+    """A Latin-1 --output or --questions path started Ray, then failed with "'utf-8' codec can't encode
+    character '\\udce4'", naming neither the flag nor the path."""
+    import os
+
+    from pipelines.job import JobOptions
+    from pipelines.questions import load_questions
+
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/Gr\xe4fe")
+    with pytest.raises(JobRefused, match=r"^--output .*/Gr\\xe4fe: the path is not UTF-8 text; rename it$"):
+        JobOptions(str(tmp_path / "in"), odd)
+    with pytest.raises(JobRefused, match=r"^--input .*/Gr\\xe4fe: the path is not UTF-8 text"):
+        JobOptions(odd, str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"^question file .*/Gr\\xe4fe: the path is not UTF-8 text"):
+        load_questions(odd)

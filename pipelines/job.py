@@ -990,6 +990,10 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
         print(f"[{job}] run {run_id}: {summary['items_in']} in ({items_resumed} resumed), {summary['items_ok']} ok, "
               f"{summary['items_error']} errors, {skipped}{summary['items_per_second']} items/s, "
               f"early exit {_share(summary['early_exit_rate'])} -> {paths.results}")
+    files = (summary.get("skipped_sources") or {}).get("count") or 0
+    if files:  # a manifest part or scene the job did not read is said here too, not only in the summary
+        print(f"[{job}] run {run_id}: {files} file(s) under the input not read (skipped_sources in "
+              f"{join(paths.meta, 'summary.json')})")
     return summary
 
 

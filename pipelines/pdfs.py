@@ -122,8 +122,10 @@ def _what_it_is(data: bytes) -> str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return f"the file is a {im.format} image"
+        with Image.open(io.BytesIO(data)) as im:  # an image saved as .pdf: its own extension has it read as one
+            ext = {"JPEG": ".jpg", "TIFF": ".tif"}.get(im.format) or next(
+                (e for e, f in Image.registered_extensions().items() if f == im.format), "")
+            return f"the file is a {im.format} image" + (f" under a PDF's name: rename it to {ext}" if ext else "")
     except (UnidentifiedImageError, OSError, ValueError):
         pass
     head = data[:24]

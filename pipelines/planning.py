@@ -181,7 +181,7 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
         if info.get("type") == "directory":  # a store's folder marker object
             continue
         if lone_surrogate(rel) is not None:  # a name in another encoding (an old zip, an SMB share): no id can hold it
-            skipped.append({"source": printable_name(rel), "reason": "file name is not UTF-8 (rename it to read it)"})
+            skipped.append({"source": printable_name(rel), "reason": "path is not UTF-8 (rename it to read it)"})
             continue
         if info.get("type", "file") != "file":  # a link that cannot be followed, a FIFO, a socket
             skipped.append({"source": rel, "reason": info.get("skip_reason") or "not a regular file"})

@@ -42,7 +42,7 @@ KINDS = {
     "encrypted": (_encrypted(), "encrypted: a password is needed", "no pages"),
     "zero-pages": (_written(PdfWriter()), "the document has no pages", "password"),
     "truncated": (_pdf_bytes(3)[:2000], "truncated: the file ends after 2,000 bytes", "password"),
-    "png-named-pdf": (_png(), "not a PDF: the file is a PNG image", "password"),
+    "png-named-pdf": (_png(), "not a PDF: the file is a PNG image under a PDF's name: rename it to .png", "password"),
     "text-named-pdf": (b"name,amount\nx,1\n", "not a PDF: the file starts with text", "password"),
     "empty": (b"", "empty file (0 bytes)", "password"),
 }

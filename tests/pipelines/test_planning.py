@@ -101,7 +101,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named_with_its_bytes_escape
         f.write(b"x")
     accepted, skipped = list_sources(str(tmp_path), None, skip_by_extension(("png",), "image"))
     assert [a["rel"] for a in accepted] == ["good.png"]
-    assert skipped == [{"source": "Rechnung_M\\xfcller.png", "reason": "file name is not UTF-8 (rename it to read it)"}]
+    assert skipped == [{"source": "Rechnung_M\\xfcller.png", "reason": "path is not UTF-8 (rename it to read it)"}]
     folder = os.fsencode(tmp_path) + b"/caf\xe9"
     os.mkdir(folder)
     with pytest.raises(ValueError, match=r"caf\\xe9: the path is not UTF-8 text"):

@@ -831,13 +831,15 @@ def test_max_pixels_names_itself_in_the_rows_and_raising_it_reads_the_image(ray_
     Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "photo.jpg")
     (tmp_path / "m.jsonl").write_text(json.dumps({"id": "p", "image_uri": "photo.jpg", "question": "is there a boat ?",
                                                   "choices": ["yes", "no"]}) + "\n")
-    common = ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"), "--model", str(random_tiny_dir),
-              "--policy", fast_policy]
+    (tmp_path / "notes.txt").write_text("not a manifest")   # a folder's stray file: said at the end, not only counted
+    common = ["--input", str(tmp_path), "--output", str(tmp_path.parent / f"{tmp_path.name}-out"), "--model",
+              str(random_tiny_dir), "--policy", fast_policy]
     rows = {}
     for limit in (3000, 4000):
         res = CliRunner().invoke(vqa.app, [*common, "--max-pixels", str(limit), "--run-id", f"m{limit}"])
         assert res.exit_code == 0, res.output
-        rows[limit] = pq.read_table(tmp_path / "out" / "results" / f"run_id=m{limit}").to_pylist()[0]
+        assert f"run m{limit}: 2 file(s) under the input not read (skipped_sources in " in res.output, res.output
+        rows[limit] = pq.read_table(tmp_path.parent / f"{tmp_path.name}-out" / "results" / f"run_id=m{limit}").to_pylist()[0]
     assert rows[3000]["status"] == "error" and rows[3000]["error"].endswith(
         "64 x 48 = 3,072 pixels exceeds the limit of 3,000 (decompression-bomb guard); downscale or tile it first, "
         "or raise --max-pixels")

@@ -403,9 +403,10 @@ def merge_detections(footprints: list, localised: list[bool], ids: list[str], ti
         for i, geom in enumerate(footprints):  # each whole tile to the localised detection it overlaps most
             if localised[i]:
                 continue
+            # touching counts for an evidence box of zero width (a line), which overlaps nothing by area
             overlaps = [(shapely.intersection(geom, footprints[int(j)]).area, int(j)) for j in tree.query(geom)
-                        if localised[int(j)]]
-            best = max((o for o in overlaps if o[0] > 0), default=None)
+                        if localised[int(j)] and shapely.intersects(geom, footprints[int(j)])]
+            best = max((o for o in overlaps if o[0] > 0 or footprints[o[1]].area == 0), default=None)
             if best is not None:
                 parent[i] = find(best[1])
     groups: dict[int, list[int]] = {}

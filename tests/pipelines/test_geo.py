@@ -110,6 +110,10 @@ def test_roll_up_merges_the_same_object_seen_from_two_tiles():
     dets = merge_detections([box(0, 0, 400, 400), box(100, 100, 140, 140), box(220, 100, 250, 130)],
                             [False, True, True], list("tuv"), [[0]] * 3, [0.5] * 3)
     assert {tuple(sorted(d.ids)) for d in dets} == {("t", "u"), ("v",)}
+    # an evidence box of zero width inside a whole-tile answer is the same object, not two detections
+    dets = merge_detections([box(0, 0, 400, 400), box(100, 100, 100, 140)], [False, True], list("tu"), [[0]] * 2,
+                            [0.5] * 2)
+    assert [sorted(d.ids) for d in dets] == [["t", "u"]]
 
 
 def test_roll_up_files_are_geojson_and_geoparquet(tmp_path):

@@ -183,8 +183,10 @@ def test_hostile_names_through_a_whole_run(ray_local, random_tiny_dir, tmp_path,
 
     good = Path(_image(tmp_path / HOSTILE["source"], (40, 90, 200)))
     (tmp_path / HOSTILE["other"]).write_bytes(b"not an image <at all>")
-    lines = [{"id": HOSTILE["id"], "image_uri": good.name, "question": HOSTILE["question"], "choices": ["<yes>", "no&"]},
-             {"id": "<b>2</b>", "image_uri": HOSTILE["other"], "question": "is it <ok> ?", "choices": ["yes", "no"]}]
+    # choices with markup are read by no word-piece model, so they are a row's error text (shown escaped)
+    lines = [{"id": HOSTILE["id"], "image_uri": good.name, "question": HOSTILE["question"], "choices": ["yes", "no"]},
+             {"id": "<b>2</b>", "image_uri": HOSTILE["other"], "question": "is it <ok> ?", "choices": ["yes", "no"]},
+             {"id": "<i>3</i>", "image_uri": good.name, "question": "is it ?", "choices": ["<yes>", "no&"]}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     opts = JobOptions(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy,
                       run_id="hostile")

@@ -689,16 +689,19 @@ def _head(source, n: int = 4) -> bytes:
         source.seek(pos)
 
 
-# the most bytes of a file Pillow cannot identify that are read to say what it is (a PDF, a TIFF layout Pillow
-# does not decode, a 12-bit JPEG): more than any image under the pixel guard holds (float32 RGBA at 40
-# megapixels: 640 MB); past it only the head is read, so a 3 GB file of something else is not loaded whole
+# the most bytes of a file Pillow cannot identify that are read to say what it is (a PDF, a 12-bit JPEG): more
+# than such images under the pixel guard hold; past it only the head is read (but of a TIFF, which tifffile
+# decodes whole), so a 3 GB file of something else is not loaded whole
 MAX_UNIDENTIFIED_BYTES = 1 << 30
 
 
 def _bytes_of(source) -> bytes:
     if isinstance(source, (str, Path)):
         with open(source, "rb") as f:
-            return f.read(1 << 20 if os.fstat(f.fileno()).st_size > MAX_UNIDENTIFIED_BYTES else -1)
+            head = f.read(1 << 20)
+            if os.fstat(f.fileno()).st_size > MAX_UNIDENTIFIED_BYTES and head[:4] not in TIFF_MAGIC:
+                return head  # a TIFF layout Pillow does not decode is read whole, by tifffile; anything else is named by its head
+            return head + f.read()
     pos = source.tell()
     source.seek(0)
     try:

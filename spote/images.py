@@ -341,9 +341,7 @@ def tiff_pages(data) -> list[tuple[int, int]] | None:
         with _tiff_file(data) as (tif, complaints):
             found = []
             for i, page in enumerate(tif.pages):
-                tag = page.tags.get(EXIF_ORIENTATION)
-                value = tag.value if tag is not None and isinstance(tag.value, int) else 1
-                found.append((i, value if 1 <= value <= 8 else 1, int(page.subfiletype or 0) & 1))
+                found.append((i, _page_orientation(page), int(page.subfiletype or 0) & 1))
     except Exception:
         return None
     if complaints.chain_damaged:  # cut short or damaged: the pages cannot be counted from the tags
@@ -374,10 +372,15 @@ def _tiff_orientation(data: bytes, ifd: int) -> int:
     ``tiff_pages`` could not walk whole."""
     try:
         with _tiff_file(data) as (tif, _):
-            tag = tif.pages[ifd].tags.get(EXIF_ORIENTATION)
-            value = tag.value if tag is not None and isinstance(tag.value, int) else 1
+            return _page_orientation(tif.pages[ifd])
     except Exception:
         return 1
+
+
+def _page_orientation(page) -> int:
+    """A tifffile page's orientation tag (274): 1-8, or 1 when absent or invalid."""
+    tag = page.tags.get(EXIF_ORIENTATION)
+    value = tag.value if tag is not None and isinstance(tag.value, int) else 1
     return value if 1 <= value <= 8 else 1
 
 
@@ -646,9 +649,14 @@ def _jpeg_segments(data: bytes):
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
         yield marker, data[i + 4:i + 2 + length]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
+        if _is_frame_header(marker):
             return
         i += 2 + length
+
+
+def _is_frame_header(marker: int) -> bool:
+    """A JPEG SOFn marker (ITU T.81 B.1.1.3): 0xC0-0xCF but DHT, JPG and DAC (0xC4, 0xC8, 0xCC)."""
+    return 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
 
 
 def _jpeg_precision(data: bytes) -> int | None:
@@ -657,7 +665,7 @@ def _jpeg_precision(data: bytes) -> int | None:
     if data[:2] != b"\xff\xd8":
         return None
     for marker, payload in _jpeg_segments(data):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        if _is_frame_header(marker):
             return payload[0] if payload else None
     return None
 

@@ -16,7 +16,7 @@ import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
 
-from .planning import Plan, summarise_skipped
+from .planning import Plan, not_utf8_path, summarise_skipped
 from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
                    committed_checkpoint_rows, default_run_id,
@@ -255,15 +255,6 @@ MAX_PIXELS_OPTION = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="pixel
                                   "while a large image decodes)")
 
 
-def check_utf8_path(flag: str, path: str) -> None:
-    """JobRefused for a path the OS gave with bytes that are not UTF-8 (lone surrogates in Python): results,
-    summaries and Arrow name their paths as text, which cannot hold it."""
-    from .planning import lone_surrogate, printable_name
-
-    if lone_surrogate(path) is not None:
-        raise JobRefused(f"{flag} {printable_name(path)}: the path is not UTF-8 text; rename it")
-
-
 def check_max_pixels(max_pixels: int) -> None:
     if max_pixels < 1:
         raise JobRefused(f"--max-pixels must be >= 1 (pixels an image may hold), got {max_pixels}")
@@ -317,7 +308,8 @@ class JobOptions:
         for name in ("input", "output"):  # "" would be the working directory
             if not getattr(self, name).strip():
                 raise JobRefused(f"--{name} is empty: give a folder, a file or a URI")
-            check_utf8_path(f"--{name}", getattr(self, name))
+            if (why := not_utf8_path(f"--{name}", getattr(self, name))) is not None:
+                raise JobRefused(why)
             check_not_in_job_package(f"--{name}", getattr(self, name))
         check_output_outside_input(self.input, self.output)
 

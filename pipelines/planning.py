@@ -40,6 +40,12 @@ def printable_name(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace") if lone_surrogate(path) is not None else path
 
 
+def not_utf8_path(what: str, path: str) -> str | None:
+    """The refusal of a path given by ``what`` (``--input``, ``question file``) whose bytes are not UTF-8, or
+    None: results, summaries and Arrow name their paths as text, which cannot hold it."""
+    return f"{what} {printable_name(path)}: the path is not UTF-8 text; rename it" if lone_surrogate(path) else None
+
+
 def not_utf8_text(head: bytes) -> str | None:
     """Why the first bytes of a text file (a manifest, a question file) show it is UTF-16 (Excel's and
     PowerShell's "Unicode"), or None. Without a byte-order mark UTF-16 decodes as UTF-8 without an error,
@@ -153,9 +159,8 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
     if is_local(fs) and not (os.path.isdir(root) or os.path.isfile(root)):  # a FIFO, <(zcat x.gz), a device
         raise ValueError(f"--input {input_uri}: not a regular file or folder (a pipe or a device); a job lists its "
                          "input and reads it again on resume: save it to a file first")
-    if lone_surrogate(str(input_uri)) is not None:
-        raise ValueError(f"--input {printable_name(str(input_uri))}: the path is not UTF-8 text; rename it (results "
-                         "name their sources as text)")
+    if (why := not_utf8_path("--input", str(input_uri))) is not None:
+        raise ValueError(why)
     named_file = False
     try:
         if fs.isfile(root):

@@ -25,7 +25,7 @@ from collections import Counter
 
 from spote.images import check_choices, shows_nothing
 
-from .planning import lone_surrogate, not_utf8_text, printable_name
+from .planning import lone_surrogate, not_utf8_path, not_utf8_text
 from .storage import read_bytes
 
 QUESTION_KEYS = ("question", "choices", "field")
@@ -82,8 +82,8 @@ def load_questions(uri: str, storage_options=None) -> list[dict]:
     """
     import yaml
 
-    if lone_surrogate(uri) is not None:  # the run records where its questions came from, as text
-        raise ValueError(f"question file {printable_name(uri)}: the path is not UTF-8 text; rename it")
+    if (why := not_utf8_path("question file", uri)) is not None:  # the run records where its questions came from
+        raise ValueError(why)
     try:
         data = read_bytes(uri, storage_options)
         if (why := not_utf8_text(data[:65536])) is not None:  # UTF-16 without a mark decodes, NULs and all

@@ -100,6 +100,17 @@ def test_a_page_too_large_at_the_dpi_says_so_and_what_to_lower(tmp_path):
     assert PageLoader(dpi=72, max_pixels=1_000_000).load(row)["status"] == "ok"
 
 
+def _pdf_of(objects: list[bytes]) -> bytes:
+    """A PDF of ``objects`` (numbered from 1, the first the catalog) with its cross-reference table."""
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for i, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+
+
 def _filled_form(value: bytes) -> bytes:
     """A one-page PDF with a text field holding ``value``, saved as form fillers often save one: /NeedAppearances
     set and no appearance stream, so a viewer draws the value itself."""
@@ -111,13 +122,7 @@ def _filled_form(value: bytes) -> bytes:
             b"<< /Type /Annot /Subtype /Widget /FT /Tx /T (ref) " + field + b"/Rect [20 30 280 70] /F 4 /P 3 0 R "
             b"/DA (/Helv 18 Tf 0 g) >>",
             b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out, offsets = bytearray(b"%PDF-1.7\n"), []
-    for i, obj in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
+    return _pdf_of(objs)
 
 
 def test_a_filled_in_form_is_rendered_with_its_values(tmp_path):
@@ -142,16 +147,6 @@ def test_a_pdf_under_an_image_name_is_told_to_be_renamed(tmp_path):
                              "status": "", "error": ""})
     assert out["error"] == (f"unreadable image: {tmp_path / 'scan.jpg'}: the file is a PDF under an image's name: "
                             "rename it to .pdf (this job renders a file as a PDF by its name)")
-
-
-def _pdf_of(objects: list[bytes]) -> bytes:
-    out, offsets = bytearray(b"%PDF-1.7\n"), []
-    for i, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
 
 
 def test_a_dynamic_xfa_form_is_refused_not_answered_on_its_placeholder(tmp_path, capsys):

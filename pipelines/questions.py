@@ -11,7 +11,8 @@ A question file is a YAML or JSON list of entries, each a mapping with
 
 Every value is the text written: YAML 1.1's implicit types are not applied, so ``[on, off]``, ``[007, 010]``,
 ``12:30`` or ``1.10`` stay those words, and a JSON number or ``true`` is its text as written too. The one
-type kept is null (``null``, ``~`` or no value at all): an entry's key given no value is as if left out.
+type kept is null (``null``, ``~`` or no value at all): an entry's key given no value is as if left out. YAML's
+merge key works (``<<: *yes_no`` takes the keys of the entry anchored ``&yes_no`` that this one does not give).
 
 The whole file is checked before any work: every problem found is named in one ``ValueError``.
 """
@@ -51,19 +52,26 @@ def _text_loader() -> type:
     repeated in a mapping (YAML's usual loaders keep the last one without a word)."""
     import yaml
 
+    merge = "tag:yaml.org,2002:merge"
+
     class TextLoader(yaml.BaseLoader):
+        flatten_mapping = yaml.constructor.SafeConstructor.flatten_mapping  # YAML's merge key, ``<<: *common``
+
         def construct_mapping(self, node, deep=False):
+            # a key written twice is counted before merging: keys merged in are defaults the entry may override
+            times = Counter(self.construct_object(key_node, deep=deep) for key_node, _ in node.value
+                            if key_node.tag != merge)
+            self.flatten_mapping(node)
             mapping = _Mapping(super().construct_mapping(node, deep=deep))
-            # made above: the loader returns the same key objects
-            times = Counter(self.construct_object(key_node, deep=deep) for key_node, _ in node.value)
             mapping.repeated = {key: n for key, n in times.items() if n > 1}
             return mapping
 
-    # null is YAML's and JSON's word for "no value", never meant as text: PyYAML's own pattern for it
+    # null is YAML's and JSON's word for "no value", never meant as text, and ``<<`` its merge key (entries
+    # sharing choices): PyYAML's own patterns for them
     null = "tag:yaml.org,2002:null"
     for start, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items():
         for tag, pattern in resolvers:
-            if tag == null:
+            if tag in (null, merge):
                 TextLoader.add_implicit_resolver(tag, pattern, [start])
     TextLoader.add_constructor(null, lambda loader, node: None)
     return TextLoader

@@ -87,6 +87,17 @@ def test_a_key_given_null_or_no_value_is_as_if_left_out(tmp_path):
     assert load_questions(yaml_uri) == expected and load_questions(json_uri) == expected
 
 
+def test_entries_share_keys_through_yaml_merge_keys(tmp_path):
+    """``<<: *anchor`` was refused as an unknown key ``'<<'``: a form's yes/no questions share their choices."""
+    uri = _write(tmp_path, "- &tick\n  field: signed\n  question: is the form signed ?\n  choices: [yes, no]\n"
+                           "- <<: *tick\n  field: stamped\n  question: is the form stamped ?\n"
+                           "- <<: [*tick]\n  field: dated\n")
+    assert load_questions(uri) == [
+        {"question": "is the form signed ?", "choices": '["yes", "no"]', "field": "signed"},
+        {"question": "is the form stamped ?", "choices": '["yes", "no"]', "field": "stamped"},
+        {"question": "is the form signed ?", "choices": '["yes", "no"]', "field": "dated"}]
+
+
 BAD_FILES = {
     "unknown key": ("- question: what is the date ?\n  choice: [a, b]\n",
                     "entry 1 (line 1): unknown key 'choice' (an entry has question, choices, field)"),
@@ -126,6 +137,10 @@ BAD_FILES = {
                      "  question: what is the sum ?\n", "entry 2 (line 3): key 'question' is given 2 times; give it once"),
     "repeated key in JSON": ('[{"question": "a ?", "choices": "x,y", "choices": "x,z", "choices": "y,z"}]',
                              "entry 1 (line 1): key 'choices' is given 3 times; give it once"),
+    "repeated key beside a merge key": ("- &a {field: a, question: 'x ?'}\n- <<: *a\n  field: b\n  field: c\n",
+                                        "entry 2 (line 2): key 'field' is given 2 times; give it once"),
+    "merge key of a word": ("- {question: 'x ?'}\n- {<<: yes, field: b}\n",
+                            "not valid YAML or JSON: expected a mapping or list of mappings for merging"),
     "entry not a mapping": ("- what is the date ?\n", "entry 1 (line 1): expected a mapping with a 'question', got text"),
     "not a list": ("question: what is the date ?\n", "expected a non-empty list of {question, choices, field} entries, "
                                                     "got a mapping"),

@@ -54,7 +54,7 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
 
         uri = image
         try:
-            fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+            fs, path = fsspec.core.url_to_fs(uri, **_http_timeouts(uri, storage_options))
             with fs.open(path, "rb") as f:
                 image = f.read()
             if not image and fs.isdir(path):  # S3 keeps a "folder" as a zero-byte object or as keys under it
@@ -63,10 +63,14 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             cause = err.__cause__  # fsspec's HTTP filesystem says "not found" for a host it cannot reach too
             if cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410):
                 raise BadImage(f"no such object: {uri}") from err
+            if isinstance(cause, TimeoutError):
+                raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
             first = (str(cause).strip().splitlines() or [""])[0]
             raise BadImage(f"cannot read {uri}: {type(cause).__name__}: {first}".rstrip(": ")) from err
         except IsADirectoryError as err:
             raise BadImage(f"{uri} is a folder (a prefix), not an image object") from err
+        except TimeoutError as err:  # asyncio's and fsspec's (FSTimeoutError) timeouts, which say nothing themselves
+            raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
         except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take
             first = (str(err).strip().splitlines() or [""])[0]
             raise BadImage(f"cannot read {uri}: {type(err).__name__}: {first}".rstrip(": ")) from err
@@ -76,6 +80,26 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
         except ValueError as err:
             raise BadImage(str(err)) from None
     return load_image(image) if max_pixels is None else load_image(image, max_pixels)
+
+
+HTTP_READ_SECONDS = 60.0
+"""How long ``https://`` reads wait for the next bytes before they fail (aiohttp waits 5 minutes in all by
+default, and a download that takes longer than that fails even while bytes arrive)."""
+
+
+def _http_timeouts(uri: str, storage_options: dict | None) -> dict:
+    """``storage_options`` for ``uri``, with an HTTP(S) read timeout of ``HTTP_READ_SECONDS`` between bytes and
+    30 s to connect, unless the options give aiohttp's ``timeout`` themselves."""
+    options = dict(storage_options or {})
+    client = options.get("client_kwargs")
+    if uri.split(":", 1)[0].lower() not in ("http", "https") or not isinstance(client or {}, dict) or \
+            "timeout" in (client or {}):
+        return options
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=HTTP_READ_SECONDS)
+    options["client_kwargs"] = {**(client or {}), "timeout": timeout}
+    return options
 
 
 def _digest(options: dict | None) -> str:

@@ -557,6 +557,56 @@ def test_a_key_given_twice_in_a_flags_json_is_refused():
     assert parse_policy('{"budget": 2, "group_size": 4}') == {"budget": 2, "group_size": 4}
 
 
+@pytest.mark.parametrize("sends", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n\x89PNG"],
+                         ids=["nothing", "headers then stalls"])
+def test_a_server_that_stops_sending_fails_in_one_line(monkeypatch, sends):
+    """A server that accepts the connection and sends nothing (or stops mid-body) held ``spote ask`` for
+    aiohttp's 5 minutes; reads now give up after ``HTTP_READ_SECONDS`` without bytes, and say so."""
+    import socket
+    import threading
+
+    import spote
+
+    monkeypatch.setattr(spote, "HTTP_READ_SECONDS", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:   # closed at the end of the test
+                return
+            conn.recv(65536)
+            conn.sendall(sends)
+            held.append(conn)   # kept open, silent
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
+    try:
+        res = runner.invoke(app, ["ask", url, "q ?", "--choices", "a,b"])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip() == f"error: cannot read {url}: the server sent nothing for 1 s", res.output
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_an_http_timeout_of_ones_own_is_kept():
+    import aiohttp
+
+    from spote import HTTP_READ_SECONDS, _http_timeouts
+
+    mine = aiohttp.ClientTimeout(total=5)
+    assert _http_timeouts("https://h/p.png", {"client_kwargs": {"timeout": mine}})["client_kwargs"]["timeout"] is mine
+    given = _http_timeouts("HTTPS://h/p.png", {"client_kwargs": {"trust_env": True}})["client_kwargs"]
+    assert given["trust_env"] is True and given["timeout"].sock_read == HTTP_READ_SECONDS
+    assert _http_timeouts("s3://b/k.png", {"anon": True}) == {"anon": True}
+
+
 def test_a_url_that_cannot_be_reached_is_not_called_missing(tmp_path):
     """fsspec's HTTP filesystem raises FileNotFoundError for a refused connection too: it read "no such object",
     as a 404 does."""

@@ -37,7 +37,8 @@ import typer
 from spote.images import DEFAULT_MAX_PIXELS, BadImage
 from spote.images import page_count as image_page_count
 
-from .job import (MAX_PIXELS_OPTION, JobOptions, JobRefused, check_max_pixels, group_partitions, job_command,
+from .job import (MAX_PIXELS_OPTION, JobOptions, JobRefused, check_max_pixels, group_partitions, init_ray,
+                  job_command,
                   max_pixels_setting, run_job, run_settings)
 from .pdfs import UnreadablePDF, open_pdf, page_size, render_page
 from .planning import Plan, check_source_ids_unique, list_sources, plan_schema, skip_by_extension
@@ -227,13 +228,17 @@ def documents_done(results) -> pa.Table:
 
 
 def update_ledger(output: str, results, run_id: str, so=None, settings: str = "",
-                  refreshed: dict[str, str] | None = None) -> int:
+                  refreshed: dict[str, str] | None = None, start_ray=None) -> int:
     """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
     the run's ``settings`` (``answer_settings``); returns their number. Rows of an older ledger, kept
     without settings and taken as answered under this run's, are stamped with them, so that a later
-    change of settings re-reads them too. For a run committed earlier (asked for again: ``results``
-    without statistics) only documents the ledger lacks, or holds for this run, are recorded: a later
-    night's row for a document that changed since must stand, or that document would be read again.
+    change of settings re-reads them too.
+
+    For a run committed earlier (asked for again: ``results`` without statistics) the ledger is only
+    mended where the driver stopped between the commit and the ledger write: where the ledger holds no row
+    of the run, the documents it lacks are recorded (``start_ray()`` is called first: the rows are read
+    with Ray Data); rows it holds stand, a later night's, or a fingerprint refreshed since, which the run's
+    older one would put back (that document would be hashed or read again).
     ``refreshed`` ({source: fingerprint}): documents whose time alone changed, their content the same: their
     rows take the new fingerprint and keep their run, so that the next night does not hash them again."""
     import pyarrow.compute as pc
@@ -249,16 +254,19 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     if stamped:
         old = old.set_column(old.schema.get_field_index("settings"), "settings",
                              pc.if_else(legacy, pa.scalar(settings), old.column("settings")))
-    if not results.has_rows():
+    # the ledger is written in one step, so one row of a run committed earlier says its write happened
+    recorded = results.stats is None and bool(pc.any(pc.equal(old.column("run_id"), run_id)).as_py())
+    if recorded or not results.has_rows():
         if stamped or refreshed:
             write_ledger(output, old, so)
         return 0
+    if results.stats is None and start_ray is not None:
+        start_ray()
     done = documents_done(results)
     done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
     done = done.append_column("settings", pa.array([settings] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
     if results.stats is None:  # committed earlier: fill in what a crash before the ledger write left out
-        others = old.filter(pc.not_equal(old.column("run_id"), run_id)).column("source")
-        done = done.filter(pc.invert(pc.is_in(done.column("source"), value_set=others)))
+        done = done.filter(pc.invert(pc.is_in(done.column("source"), value_set=old.column("source"))))
     kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
     write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
     return done.num_rows
@@ -417,8 +425,10 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
               "for a retry) are read by the next night's run (--run-date)") if plan.sources and not opts.force else ""
 
     def after_commit(results, paths, so_):
-        n = update_ledger(opts.output, results, paths.run_id, so_, settings, refreshed)
-        print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
+        n = update_ledger(opts.output, results, paths.run_id, so_, settings, refreshed,
+                          start_ray=lambda: init_ray(opts.num_actors))
+        if n or (results.stats is not None and results.has_rows()):  # a run that read nothing records nothing
+            print(f"[documents] ledger: {n} document(s) recorded for run {paths.run_id}")
 
     return run_job("documents", opts, plan, loader=(PageLoader, {"storage_options": so, "dpi": dpi, "max_pixels": max_pixels}),
                    after_commit=after_commit, job_settings=job_settings, committed_note=stands,

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
+from spote.uris import redact_uri
 
 from .planning import Plan, not_utf8_path, summarise_skipped
 from .report import summarise, write_report
@@ -27,7 +28,7 @@ from .stages import ImageLoader, SpotePredictor
 from .timelimit import TimedLoader
 from .stats import RunStats, collect_stats
 from .storage import (PERMANENT_ERRNOS, TRANSIENT_STORAGE_ERRORS, arrow_fs, filesystem, join, local_path, parse_storage_options,
-                      read_bytes, redact_uri, retrying, stable_cwd, write_parquet_file)
+                      read_bytes, retrying, stable_cwd, write_parquet_file)
 
 
 _STARTED_HERE = {"local": False}  # whether init_ray started the cluster in this process (a fixed one)
@@ -928,7 +929,8 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
     outputs are part of the run: it writes them under ``paths.staged_meta``, which the commit moves to
     ``paths.meta``), ``after_commit(RunResults, paths, so)`` after it, also when the run
-    id was already committed (so it must be idempotent). ``job_settings``: the job's own flags that
+    id was already committed (so it must be idempotent; the results then have no statistics, and Ray is not
+    started for it). ``job_settings``: the job's own flags that
     change its rows (JSON values: questions, tile size, dpi, ...), part of the run's settings
     (``run_settings``). ``committed_note``: printed where the run id was committed already with these
     settings (what the committed run leaves to a later one). ``model_kwargs``: ``opts.predictor_kwargs(...)``
@@ -1001,11 +1003,8 @@ def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, af
         print(f"[{job}] run {paths.run_id}: {paths.staging} holds a re-run's staging (one under way now, or one "
               "that was interrupted); the committed results stand. If none is running, --force redoes the run "
               "from scratch (and clears it)")
-    if after_commit is not None:
-        results = RunResults(paths.results, so, None)
-        if results.has_rows():
-            init_ray(opts.num_actors)
-        after_commit(results, paths, so)
+    if after_commit is not None:  # it starts Ray itself where it must read the rows (most often it need not)
+        after_commit(RunResults(paths.results, so, None), paths, so)
     return summary
 
 

@@ -159,6 +159,9 @@ def test_a_file_whose_time_alone_changed_is_not_read_again(ray_local, random_tin
     capsys.readouterr()
     assert run(opts, str(qs), dpi=50, run_date="2026-11-26")["items_in"] == 0  # the next night: nothing hashed
     assert "modification time" not in capsys.readouterr().out
+    run(opts, str(qs), dpi=50, run_date="2026-11-24")   # the first night again (committed): its older times put
+    assert _ledger(out) == refreshed                      # back made the next night hash both files again
+    assert "ledger:" not in capsys.readouterr().out
 
     scan = Image.new("RGB", (400, 300), "white")
     scan.putpixel((0, 0), (0, 0, 0))
@@ -409,6 +412,42 @@ def test_a_night_where_every_document_failed_for_a_passing_reason_leaves_the_led
     stats = RunStats.of_table(table) if with_stats else None
     assert update_ledger(str(tmp_path / "out"), RunResults(str(tmp_path / "results"), {}, stats), "night", settings="s") == 0
     assert read_ledger(str(tmp_path / "out")).to_pylist() == earlier.to_pylist()
+
+
+def test_a_run_committed_earlier_mends_the_ledger_only_where_its_write_was_lost(ray_local, tmp_path):
+    """Asked again, a committed night records only the documents the ledger lacks, and only where the ledger
+    holds none of its rows (the driver stopped between commit and ledger write); otherwise its rows are not
+    read (no Ray) and every ledger row stands."""
+    import pyarrow as pa
+
+    from pipelines.documents import LEDGER_SCHEMA, update_ledger, write_ledger
+    from pipelines.job import RunResults
+
+    docs = ["a.pdf", "b.png", "c.png"]
+    (tmp_path / "results").mkdir()
+    pq.write_table(pa.table({"id": [f"{d}/p0" for d in docs], "source": docs, "document": docs,
+                             "fingerprint": ["night-1"] * 3, "page": [0] * 3, "pages": [1] * 3, "status": ["ok"] * 3,
+                             "error": [""] * 3}), tmp_path / "results" / "part-0.parquet")
+    committed = RunResults(str(tmp_path / "results"), {}, None)
+    out = str(tmp_path / "out")
+
+    def ledger(rows):
+        return pa.table({"source": [r[0] for r in rows], "document": [r[0] for r in rows],
+                         "fingerprint": [r[1] for r in rows], "run_id": [r[2] for r in rows], "pages": [1] * len(rows),
+                         "items": [1] * len(rows), "settings": ["s"] * len(rows)}, schema=LEDGER_SCHEMA)
+
+    started = []
+    written = ledger([("a.pdf", "touched", "n1"), ("b.png", "night-2", "n2")])   # n1's write happened
+    write_ledger(out, written)
+    assert update_ledger(out, committed, "n1", settings="s", start_ray=lambda: started.append(1)) == 0
+    assert read_ledger(out).to_pylist() == written.to_pylist() and not started
+
+    lost = ledger([("b.png", "night-2", "n2")])                                   # n1's write was lost
+    write_ledger(out, lost)
+    assert update_ledger(out, committed, "n1", settings="s", start_ray=lambda: started.append(1)) == 2
+    assert started == [1]
+    assert {r["source"]: (r["fingerprint"], r["run_id"]) for r in read_ledger(out).to_pylist()} == {
+        "a.pdf": ("night-1", "n1"), "b.png": ("night-2", "n2"), "c.png": ("night-1", "n1")}
 
 
 def test_documents_refuses_a_dpi_out_of_range_in_one_line(tmp_path):

@@ -17,7 +17,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from .storage import filesystem, is_local, redact_uri
+from spote.uris import redact_uri
+
+from .storage import filesystem, is_local
 
 # every item row carries these; a job's plan schema adds its own columns
 BASE_FIELDS = (("id", pa.string()), ("source", pa.string()), ("question", pa.string()), ("choices", pa.string()),

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spote.uris import redact_uri, redact_urls
+
 from .storage import join, write_bytes, write_text
 
 
@@ -568,13 +570,14 @@ def _gallery_section(least_confident: list[dict], confident: list[dict], loader,
 
 
 def source_href(source: str) -> str:
-    """A link to the source: file:// for local paths (percent-encoded); other URIs (s3://, https://) as they
-    are, but for control and bidi characters, percent-encoded (a link is never where a name reorders)."""
+    """A link to the source: file:// for local paths (percent-encoded); other URIs (s3://, https://, file:)
+    as they are, an http(s) URL without its credentials (``redact_uri``), but for control and bidi
+    characters, percent-encoded (a link is never where a name reorders)."""
     from pathlib import Path
     from urllib.parse import quote
 
-    if "://" in source:
-        return UNSHOWABLE.sub(lambda m: quote(m.group(), safe="", errors="replace"), source)
+    if "://" in source or source.startswith("file:"):
+        return UNSHOWABLE.sub(lambda m: quote(m.group(), safe="", errors="replace"), redact_uri(source))
     return Path(source).absolute().as_uri()
 
 
@@ -591,8 +594,15 @@ def _card(row: dict, picture) -> str:
             f" &middot; confidence "
             f"{fmt_percent(row.get('confidence'))} &middot; {_passes(row.get('forward_passes'))}</div>"
             f"{_token_confidences(row.get('token_confidences'))}"
-            f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{show(row.get('source'))}</a>"
+            f"<div class='meta'><a href='{esc(source_href(str(row.get('source'))))}'>{show(_shown_source(row))}</a>"
             f"{esc(where)}<br>id <code>{show(row.get('id'))}</code></div></div>")
+
+
+def _shown_source(row: dict):
+    """The row's source as the report shows it: an http(s) URL without user:password or query (a presigned
+    URL's signature); the results keep it whole, to read it again."""
+    source = row.get("source")
+    return redact_uri(source) if isinstance(source, str) else source
 
 
 def _token_confidences(values) -> str:
@@ -624,7 +634,7 @@ def _problems_section(stats) -> str:
                                      ("skipped", stats.skipped_by_reason, stats.skipped_examples)):
         for reason, n in counts.items():
             shown = examples.get(reason, [])[:PROBLEM_ROWS_SHOWN]
-            rows = "".join(f"<tr><td><code>{show(r.get('id'))}</code></td><td>{show(r.get('source'))}</td>"
+            rows = "".join(f"<tr><td><code>{show(r.get('id'))}</code></td><td>{show(_shown_source(r))}</td>"
                            f"<td>{show(r.get('error'))}</td></tr>" for r in shown)
             more = f"<p class='muted'>{fmt_count(n - len(shown))} more</p>" if n > len(shown) else ""
             blocks.append((n, f"<h3>{esc(status)}: {show(reason)} ({fmt_count(n)})</h3><table><tr><th>id</th>"
@@ -670,7 +680,7 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
         except Exception as err:  # an unreadable scene has its error rows; the report goes on
             # GDAL's own words, as the scene's rows give them ("gone.tif: No such file or directory"), not rasterio's
             # "Read failed. See previous exception for details."
-            blocks.append(f"<h3>{show(source)}</h3><p class='muted'>no overview: {show(describe_error(err))}</p>")
+            blocks.append(f"<h3>{show(redact_uri(str(source)))}</h3><p class='muted'>no overview: {show(redact_urls(describe_error(err)))}</p>")
             continue
         # one overview per question of the file (its position): two entries may share their words
         for _, q in grp.groupby("question_index", sort=True, dropna=False):
@@ -681,8 +691,8 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
                       _box_or_none(getattr(r, "evidence_box", None))) for r in yes.itertuples()]
             pic = draw_scene(overview, scale, tiles)
             title = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(question)
-            blocks.append(f"<div class='scene'><h3>{show(source)}: {title}</h3><img src='{pic.uri}' "
-                          f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(source), TEXT_SHOWN))}'>"
+            blocks.append(f"<div class='scene'><h3>{show(redact_uri(str(source)))}: {title}</h3><img src='{pic.uri}' "
+                          f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(redact_uri(str(source))), TEXT_SHOWN))}'>"
                           f"<p class='muted'>{fmt_count(len(yes))} of {fmt_count(len(q))} tiles answered yes; "
                           f"{esc(pic.note)}</p></div>")
     hidden = df.attrs.get("scenes_total", scenes.ngroups) - scenes.ngroups

@@ -14,6 +14,8 @@ import traceback
 
 import numpy as np
 
+from spote.uris import redact_urls
+
 from .storage import read_bytes
 
 # The result schema's fixed part. Typed explicitly: a block of error rows only has empty traces and
@@ -78,7 +80,8 @@ def read_source(uri: str, storage_options=None) -> bytes:
 
 
 def error_row(row: dict, reason: str) -> dict:
-    return {**row, "status": "error", "error": reason, "pixels": b"", "height": 0, "width": 0}
+    """``row`` failed: its reason recorded without the credentials an http(s) URL in it may carry."""
+    return {**row, "status": "error", "error": redact_urls(reason), "pixels": b"", "height": 0, "width": 0}
 
 
 class SkipItem(Exception):
@@ -87,7 +90,7 @@ class SkipItem(Exception):
 
 
 def skipped_row(row: dict, reason: str) -> dict:
-    return {**row, "status": "skipped", "error": reason, "pixels": b"", "height": 0, "width": 0}
+    return {**row, "status": "skipped", "error": redact_urls(reason), "pixels": b"", "height": 0, "width": 0}
 
 
 class RowLoader:
@@ -242,14 +245,15 @@ class SpotePredictor:
         except (ItemTimeout, PromptTooLong, UnreadableText) as err:  # the passes and time spent before it are spent
             # a question too long or unreadable is the input's fault, and lasting: "question too long: ...",
             # "unreadable question: ...", not a model error
-            return {**base, "status": "error", "error": f"timeout: {err}" if isinstance(err, ItemTimeout) else str(err),
+            why = f"timeout: {err}" if isinstance(err, ItemTimeout) else str(err)
+            return {**base, "status": "error", "error": redact_urls(why),
                     "forward_passes": self.adapter.forward_passes - passes0, "latency_ms": (time.perf_counter() - t0) * 1000}
         except Exception as err:  # "endpoint error" or "model error" groups them; the message (and class) follow
             from spote.adapters.endpoint import EndpointError
 
             what = f"endpoint error: {err}" if isinstance(err, EndpointError) else f"model error: {type(err).__name__}: {err}"
-            return {**base, "status": "error", "error": what, "forward_passes": self.adapter.forward_passes - passes0,
-                    "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": traceback.format_exc(limit=3)}
+            return {**base, "status": "error", "error": redact_urls(what), "forward_passes": self.adapter.forward_passes - passes0,
+                    "latency_ms": (time.perf_counter() - t0) * 1000, "traceback": redact_urls(traceback.format_exc(limit=3))}
         out = {**base, "status": "ok", "error": "", "answer": res.answer, "confidence": res.confidence,
                "token_confidences": res.token_confidences,
                "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],

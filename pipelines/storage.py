@@ -71,22 +71,6 @@ def filesystem(uri: str, storage_options: dict | None = None):
     return fs, os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` as it may be recorded or shown: an http(s) URL without user:password and without its query
-    string or fragment, either of which may carry a credential (a presigned URL's signature, ``?token=``).
-    Other URIs and local paths are returned as they are (``?`` and ``#`` are part of an S3 key or a
-    file name)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    if not uri.lower().startswith(("http://", "https://")):
-        return uri
-    try:
-        parts = urlsplit(uri)
-        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
-    except ValueError:
-        return "<unparseable URL>"
-
-
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
 

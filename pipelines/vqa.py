@@ -29,11 +29,13 @@ import zlib
 import pyarrow as pa
 import typer
 
+from spote.uris import redact_uri
+
 from .job import MAX_PIXELS_OPTION, JobOptions, check_max_pixels, job_command, max_pixels_setting, run_job
 from .planning import (Plan, list_sources, listing_version, lone_surrogate, not_utf8_text, plan_schema,
                        skip_by_extension)
 from .stages import ImageLoader
-from .storage import filesystem, join, parse_storage_options, redact_uri
+from .storage import filesystem, join, parse_storage_options
 
 app = typer.Typer(add_completion=False)
 MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".csv.gz")

@@ -47,14 +47,14 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             cannot be read (no credentials, unreachable, options its filesystem does not take), in one line.
     """
     from .images import BadImage, load_image
-    from .uris import is_remote, local_path
+    from .uris import is_remote, local_path, redact_uri, redact_urls
 
     if isinstance(image, str) and is_remote(image):
         import fsspec
 
-        uri = image
+        uri = redact_uri(image)  # as messages name it: a presigned URL's signature, a password, are not shown
         try:
-            fs, path = fsspec.core.url_to_fs(uri, **_http_timeouts(uri, storage_options))
+            fs, path = fsspec.core.url_to_fs(image, **_http_timeouts(image, storage_options))
             with fs.open(path, "rb") as f:
                 image = f.read()
             if not image and fs.isdir(path):  # S3 keeps a "folder" as a zero-byte object or as keys under it
@@ -65,14 +65,14 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
                 raise BadImage(f"no such object: {uri}") from err
             if isinstance(cause, TimeoutError):
                 raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
-            first = (str(cause).strip().splitlines() or [""])[0]
+            first = redact_urls((str(cause).strip().splitlines() or [""])[0])
             raise BadImage(f"cannot read {uri}: {type(cause).__name__}: {first}".rstrip(": ")) from err
         except IsADirectoryError as err:
             raise BadImage(f"{uri} is a folder (a prefix), not an image object") from err
         except TimeoutError as err:  # asyncio's and fsspec's (FSTimeoutError) timeouts, which say nothing themselves
             raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
         except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take
-            first = (str(err).strip().splitlines() or [""])[0]
+            first = redact_urls((str(err).strip().splitlines() or [""])[0])
             raise BadImage(f"cannot read {uri}: {type(err).__name__}: {first}".rstrip(": ")) from err
     elif isinstance(image, str):
         try:

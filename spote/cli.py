@@ -268,7 +268,7 @@ def ask(
     from .core import PolicyConfig
     from .images import BadImage, ImageTooLarge, check_choices, check_question, load_image
     from .loading import ModelNotFound, load_adapter
-    from .uris import is_remote, local_path
+    from .uris import is_remote, local_path, redact_uri
 
     trace = None
     try:
@@ -313,7 +313,7 @@ def ask(
         else:
             img = load_image(_image_input(Path(local_path(image))), max_pixels)
     except BadImage as err:  # the one line names the file, as a batch script's log needs
-        name = "standard input" if image == "-" else image
+        name = "standard input" if image == "-" else redact_uri(image)  # no signature or password in logs
         if err.kind:  # a PDF, an Office document, a web page: what it is, and what to give instead
             _fail(f"{name} is {err.kind}: spote ask reads images; {err.advice}")
         said = f"{err}, or raise --max-pixels" if isinstance(err, ImageTooLarge) else str(err)

@@ -5,14 +5,37 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
+
+_URL = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
 
 
 def is_remote(uri: str) -> bool:
     """True for a URI with a scheme other than ``file:`` (``s3://b/k``, ``https://h/p``)."""
     return "://" in uri and not uri.startswith("file:")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as it may be recorded or shown: an http(s) URL without user:password and without its query
+    string or fragment, either of which may carry a credential (a presigned URL's signature, ``?token=``).
+    Other URIs and local paths are returned as they are (``?`` and ``#`` are part of an S3 key or a
+    file name)."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return uri
+    try:
+        parts = urlsplit(uri)
+        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def redact_urls(text: str) -> str:
+    """``text`` (a message) with every http(s) URL in it as ``redact_uri`` gives it: an error about a
+    presigned or password-bearing URL names the object, not the credential."""
+    return _URL.sub(lambda m: redact_uri(m.group()), text)
 
 
 def local_path(uri: str) -> str:

@@ -632,6 +632,10 @@ def test_a_url_that_cannot_be_reached_is_not_called_missing(tmp_path):
         down = f"http://127.0.0.1:{closed}/ok.png"
         res = runner.invoke(app, ["ask", down, "q ?", "--choices", "a,b"])
         assert res.exit_code == 2 and res.stderr.startswith(f"error: cannot read {down}: ClientConnectorError: "), res.output
+        for signed in (f"{missing}?X-Amz-Signature=SECRET", missing.replace("http://", "http://u:SECRET@"),
+                       f"{down}?token=SECRET"):   # a credential in the URL is not shown
+            res = runner.invoke(app, ["ask", signed, "q ?", "--choices", "a,b"])
+            assert res.exit_code == 2 and "SECRET" not in res.output and "127.0.0.1" in res.output, res.output
     finally:
         server.shutdown()
         server.server_close()

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -577,6 +578,43 @@ def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(r
     assert summary["items_in"] == summary["items_ok"] == 1
     assert summary["settings"]["input"] == url.split("?")[0]
     assert not files_holding(secret, out)
+
+
+def test_credentials_in_image_urls_reach_no_report_or_error_text(ray_local, random_tiny_dir, tmp_path, fast_policy):
+    """A presigned image URL's signature and a URL's user:password were printed in report.html (cards, links,
+    the errors table) and stored in the error column; a ``file:/a`` source was linked as a path under the
+    driver's folder. The report and error texts name the URL without them; ``source`` keeps it whole, to read
+    it again."""
+    import functools
+    import glob
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "a.png").write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    sources = {"signed": f"http://{host}/a.png?X-Amz-Signature=SECRETSIG1", "password": f"http://alice:SECRETPW@{host}/a.png",
+               "gone": f"http://{host}/gone.png?X-Amz-Signature=SECRETSIG2", "fileuri": f"file:{www}/a.png"}
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": k, "image_uri": v, "question": "what letter ?",
+                                                          "choices": "A,B"}) + "\n" for k, v in sources.items()))
+    out = tmp_path / "out"
+    try:
+        run_job("vqa", JobOptions(str(tmp_path / "m.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                                  run_id="urls"), plan_manifest(str(tmp_path / "m.jsonl")))
+    finally:
+        server.shutdown()
+    rows = {r["id"]: r for r in pq.read_table(out / "results").to_pylist()}
+    assert {k: r["status"] for k, r in rows.items()} == {"signed": "ok", "password": "ok", "gone": "error", "fileuri": "ok"}
+    assert rows["gone"]["error"] == f"missing object: http://{host}/gone.png"
+    assert [rows[k]["source"] for k in sources] == list(sources.values())
+    page = Path(glob.glob(str(out / "_runs" / "urls" / "report.html"))[0]).read_text()
+    assert not re.findall(r"SECRET\w+", page)
+    assert f"http://{host}/a.png" in page and f"href='file:{www}/a.png'" in page
 
 
 def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):

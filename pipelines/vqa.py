@@ -85,7 +85,8 @@ def _choices_json(value) -> str:
             value = [c.strip() for c in value.split(",")]  # an empty choice stays, for check_choices to name
     if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):  # a Parquet list arrives as an array
         raise ValueError(f"choices must be a list or a comma-separated string, got a {type(value).__name__}")
-    return json.dumps([_text(c, f"choice {i + 1}") for i, c in enumerate(list(value))], ensure_ascii=False)
+    # stripped as the model is asked them (check_choices), so that the answer is one of the row's choices
+    return json.dumps([_text(c, f"choice {i + 1}").strip() for i, c in enumerate(list(value))], ensure_ascii=False)
 
 
 def _compression(name: str) -> dict:

@@ -715,6 +715,17 @@ def test_a_signed_manifest_url_is_named_without_its_query_in_rows_and_messages(t
         plan_manifest(str(tmp_path / "bad.jsonl.gz"))
 
 
+def test_manifest_choices_are_stored_as_the_model_is_asked_them(tmp_path):
+    """``["A ", " B"]`` was asked as A, B (the answer ``B``) but stored with its spaces: the answer was not one
+    of the row's own choices, and the report showed two questions for one."""
+    from pipelines.vqa import read_manifest
+
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"id": str(i), "image_uri": "a.png", "question": "which ?",
+                                                            "choices": c})
+                                                for i, c in enumerate([["A ", " B"], '["A ", "\\tB"]', "A , B"])))
+    assert [json.loads(r["choices"]) for r in read_manifest(str(tmp_path / "m.jsonl"))] == [["A", "B"]] * 3
+
+
 def test_manifest_choices_are_stored_as_written(tmp_path):
     """No ``\\u`` escapes in the ``choices`` column: a query for the text the user wrote finds the row."""
     from pipelines.vqa import read_manifest

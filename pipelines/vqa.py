@@ -143,21 +143,29 @@ def _records(uri: str, storage_options=None):
             raise ManifestError(f"{uri}: a .json manifest must be a list of objects, got a {type(data).__name__}")
         for i, rec in enumerate(data):  # an element that is not an object is that row's problem
             yield i, rec if isinstance(rec, dict) else {
-                "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is a {type(rec).__name__}, not an object"}
+                "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is {_json_kind(rec)}, not an object"}
     elif lower.endswith(".csv"):
         csv.field_size_limit(CSV_FIELD_LIMIT)
+        delimiter = _csv_delimiter(fs, path, gz)
         with fs.open(path, "rb", **gz) as f:
             # bytes that are not UTF-8 (a Latin-1 export) decoded as lone surrogates, so that they are the
             # row's problem: a strict decoder fails a whole chunk of rows, and every row after it
-            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""),
+                                    delimiter=delimiter)
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
             if (why := not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
                 raise ManifestError(f"{uri}: {why}")
             if any(lone_surrogate(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
                 raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
+            # header cells left blank (a spreadsheet's trailing empty columns) are named by position
+            blank = {f"column_{k + 1}" for k, name in enumerate(reader.fieldnames) if not name.strip()}
+            reader.fieldnames = [name if name.strip() else f"column_{k + 1}" for k, name in enumerate(reader.fieldnames)]
             _check_columns(uri, reader.fieldnames)
             for i, rec in enumerate(reader):
+                if None not in rec and not any((v or "").strip() for v in rec.values()):
+                    continue  # a row of empty cells (",,,"): a blank line to a spreadsheet, no item
+                rec = {k: v for k, v in rec.items() if k not in blank or v}  # what a blank column holds is kept
                 if None in rec:  # DictReader's key for the fields past the header's: the row was split wrongly
                     rec = {"image_uri": "", "question": "", _BAD: f"{uri}: line {reader.line_num} has "
                            f"{len(reader.fieldnames) + len(rec[None])} fields, the header {len(reader.fieldnames)} "
@@ -169,6 +177,31 @@ def _records(uri: str, storage_options=None):
                 yield i, rec
     else:
         raise ManifestError(f"manifest must be .parquet, .jsonl or .csv: {uri}")
+
+
+def _json_kind(value) -> str:
+    """What a JSON value that is no object is, in JSON's words (numbers are read as their text)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list):
+        return "an array"
+    return "a string or a number"
+
+
+def _csv_delimiter(fs, path: str, gz: dict) -> str:
+    """``","``, or ``";"`` / tab where the header line holds neither a comma nor the needed columns split at
+    commas but does split into them there (a spreadsheet saved where ``,`` is the decimal mark)."""
+    with fs.open(path, "rb", **gz) as f:
+        head = f.readline(65536).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    if "," in head:
+        return ","
+    for other in (";", "\t"):
+        names = [c.strip().strip('"') for c in head.split(other)]
+        if all(n in names for n in NEEDED):
+            return other
+    return ","
 
 
 def _json_record(uri: str, line: str, line_no: int) -> dict:

@@ -506,7 +506,7 @@ def test_a_bad_line_or_field_deep_in_a_manifest_is_that_rows_error(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"id": "x", "image_uri": "a.png", "question": "q ?"}, 5]))
     rows = read_manifest(str(tmp_path / "a.json"))
     assert rows[0]["id"] == "x" and "status" not in rows[0]
-    assert rows[1]["status"] == "error" and rows[1]["error"].endswith("element 1 is a str, not an object")
+    assert rows[1]["status"] == "error" and rows[1]["error"].endswith("element 1 is a string or a number, not an object")
 
     long_question = "is it " + "very " * 40_000 + "red ?"  # 200,000 characters: over the csv module's own limit
     (tmp_path / "m.csv").write_text(f"id,image_uri,question\nlong,a.png,{long_question}\n"
@@ -535,6 +535,30 @@ def test_a_part_that_stops_reading_part_way_keeps_its_rows_and_says_where(tmp_pa
     assert [r["id"] for r in rows] == ["a1", "b.json/unreadable"]
     assert rows[1]["status"] == "error" and rows[1]["error"].startswith(f"bad manifest: {folder}/b.json: ")
     assert rows[1]["manifest_fields"] == ""  # as every other row without such fields, not null
+
+
+def test_spreadsheet_exports_read_as_the_spreadsheet_shows_them(tmp_path):
+    """Excel's trailing empty columns (``id,image_uri,question,,``) stopped the job as a header naming ''
+    twice, one of them gave every row ``{"": ""}`` fields, its ``,,,`` rows became error rows; a
+    semicolon-separated export was refused as one column. Blank header cells are named by position and
+    kept only where a row fills them; rows of empty cells are blank lines; ``;`` or tab is the delimiter
+    where the header splits into the needed columns only there."""
+    from pipelines.vqa import read_manifest
+
+    (tmp_path / "excel.csv").write_text("id,image_uri,question,,\r\na,a.png,what ?,,\r\n,,,,\r\nb,b.png,q ?,,note\r\n"
+                                        ",,,,\r\n")
+    rows = read_manifest(str(tmp_path / "excel.csv"))
+    assert [(r["id"], r["question"], r["manifest_fields"], r.get("status")) for r in rows] == [
+        ("a", "what ?", "", None), ("b", "q ?", '{"column_5": "note"}', None)]
+    for sep in (";", "\t"):
+        (tmp_path / "eu.csv").write_text(sep.join(["id", "image_uri", "question", "choices"]) + "\n"
+                                         + sep.join(["a", "a.png", "how much, in euros ?", "1,5"]) + "\n")
+        rows = read_manifest(str(tmp_path / "eu.csv"))
+        assert [(r["id"], r["question"], json.loads(r["choices"])) for r in rows] == [
+            ("a", "how much, in euros ?", ["1", "5"])], sep
+    (tmp_path / "one.csv").write_text("id;image_uri;q\na;a.png;x\n")   # splits, but not into the needed columns
+    with pytest.raises(ManifestError, match="manifest needs columns image_uri and question"):
+        plan_manifest(str(tmp_path / "one.csv"))
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

@@ -94,6 +94,14 @@ def _generation_passes(choices) -> int:
     return 1 if choices is None else 0
 
 
+def _views_within(passes: int, adapter, question: str, choices) -> int:
+    """How many views fit in ``passes`` forward passes beside the whole image's read and an open answer's
+    generation: each read costs ``Reader.cost_per_view`` passes (one per choice where choices span several
+    tokens)."""
+    cost = Reader(adapter, question, choices).cost_per_view()
+    return max(0, (passes - _generation_passes(choices)) // cost - 1)
+
+
 def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: list[Box]) -> SpotResult:
     """Evaluate the whole image and every window (batched); answer from the lowest entropy."""
     t0, passes0 = time.perf_counter(), adapter.forward_passes
@@ -125,14 +133,14 @@ def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_pas
     order = np.argsort(scale, kind="stable")  # coarse first: a cut-off grid still covers the whole image
     windows = [windows[i] for i in order]
     if max_passes is not None:
-        windows = windows[:max(0, max_passes - 1 - _generation_passes(choices))]
+        windows = windows[:_views_within(max_passes, adapter, question, choices)]
     return _lowest_entropy("grid", adapter, image, question, choices, cfg, windows)
 
 
 def run_random(adapter, image, question, choices=None, cfg=PolicyConfig(), n_windows: int | None = None, **_):
     windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     rng = np.random.default_rng(cfg.seed)
-    n = min(len(windows), max(0, (n_windows if n_windows is not None else cfg.budget) - 1 - _generation_passes(choices)))
+    n = min(len(windows), _views_within(n_windows if n_windows is not None else cfg.budget, adapter, question, choices))
     pick = [windows[i] for i in rng.choice(len(windows), size=n, replace=False)]
     return _lowest_entropy("random", adapter, image, question, choices, cfg, pick)
 
@@ -237,14 +245,15 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
     smallest = cfg.min_window * adapter.input_size
     best, best_box, trace, seen = base, None, [base.entropy], []
     limit = (ZOOMEYE_MAX_PASSES if max_passes is None else max_passes) - _generation_passes(choices)
+    cost = reader.cost_per_view()  # passes a node's read costs
     queue = [(base.entropy, 0, Box.full(*image.size))]  # (entropy, tie-break, node)
     pushed = 1
     while queue and best.entropy > tau:
         room = limit - (adapter.forward_passes - passes0)
         _, _, node = heapq.heappop(queue)
-        kids = [k for k in quadrants(node) if min(k.width, k.height) >= smallest][:max(0, room)]
+        kids = [k for k in quadrants(node) if min(k.width, k.height) >= smallest][:max(0, room // cost)]
         if not kids:
-            if room <= 0:
+            if room < cost:
                 break
             continue
         for k, rd in zip(kids, reader.read([renderer.render(k, mode) for k in kids])):  # one batched pass

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from spote.baselines import SEARCH_METHODS, quadrants, run_grid, run_method, run_zoomeye, scaffold_config
-from spote.core import PolicyConfig, window_grid
+from spote.core import PolicyConfig, Reader, window_grid
 from spote.spotlight import Box
 
 Q, CHOICES = "what digit is in the red box ?", tuple("0123456789")
@@ -25,15 +25,19 @@ def test_quadrants_tile_the_node_exactly():
 
 
 @pytest.mark.parametrize("method", SEARCH_METHODS)
-@pytest.mark.parametrize("budget", [2, 3, 9])
-@pytest.mark.parametrize("question,choices", [(Q, CHOICES), ("what is the code in the reference field ?", None)],
-                         ids=["closed", "open"])
+@pytest.mark.parametrize("budget", [2, 3, 9, 10])
+@pytest.mark.parametrize("question,choices", [(Q, CHOICES), ("what is the code in the reference field ?", None),
+                                              ("what is in the red box ?", ("red box", "blue box", "white box"))],
+                         ids=["closed", "open", "multi-token choices"])
 def test_every_search_method_respects_a_matched_budget(random_adapter, method, budget, question, choices):
-    """An open answer's generation on the found view is a pass too, and counts against the budget."""
+    """An open answer's generation on the found view is a pass too, and counts against the budget. Choices of
+    several tokens cost a pass each per view: grid, random and zoomeye counted views, 30 passes for 10."""
     cfg = PolicyConfig(budget=budget, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
     kw = {"max_passes": budget, "n_windows": budget}
     res = run_method(method, random_adapter, _image(), question, choices, cfg, **kw)
-    assert 1 <= res.forward_passes <= budget
+    whole = Reader(random_adapter, question, choices).cost_per_view()   # the whole image is read whatever it costs
+    assert whole == (3 if choices and len(choices) == 3 else 1)
+    assert 1 <= res.forward_passes <= max(budget, whole)
 
 
 def test_grid_under_a_budget_reads_coarse_windows_first(random_adapter):

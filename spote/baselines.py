@@ -21,7 +21,9 @@ hold a method to ``B``; spote and naive_entropy read it from ``PolicyConfig.budg
 from __future__ import annotations
 
 import heapq
+import threading
 import time
+import weakref
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -294,7 +296,22 @@ RUNNERS = {
 }
 
 
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def adapter_lock(adapter) -> threading.RLock:
+    """The lock a search holds on ``adapter`` while it runs: a search counts its budget on the adapter's pass
+    counter and may switch the model's attention implementation for a relevance pass, so two searches
+    sharing one adapter at once would spend each other's passes and break each other's passes."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(adapter, threading.RLock())
+
+
 def run_method(name: str, adapter, image, question, choices=None, cfg=PolicyConfig(), **kw) -> SpotResult:
+    """Run search method ``name`` (``METHODS``); calls that share ``adapter`` from several threads run one
+    at a time (``adapter_lock``). Raises ValueError for an unknown method."""
     if name not in RUNNERS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
-    return RUNNERS[name](adapter, image, question, choices, cfg, **kw)
+    with adapter_lock(adapter):
+        return RUNNERS[name](adapter, image, question, choices, cfg, **kw)

@@ -806,11 +806,18 @@ def _distribution(choices, logp: torch.Tensor) -> dict:
 
 def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyConfig = PolicyConfig(),
           method: str = "spote") -> SpotResult:
-    """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight."""
+    """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight. torch's random state is
+    seeded with ``cfg.seed`` for the search and given back as it was after it (the caller's own draws go on)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        return _spote(adapter, image, question, choices, cfg, method)
+
+
+def _spote(adapter, image: Image.Image, question: str, choices, cfg: PolicyConfig, method: str) -> SpotResult:
     t0 = time.perf_counter()
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)

@@ -256,3 +256,38 @@ def test_a_failed_write_leaves_the_file_as_it_was_and_no_part(tmp_path):
         assert part.suffix == ".json" and part.parent == tmp_path
         part.write_text("new")
     assert out.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
+@pytest.mark.parametrize("relevance", [True, False], ids=["attention", "black box"])
+def test_threads_sharing_a_model_get_what_one_call_at_a_time_gets(shipped_adapter, relevance):
+    """Two threads on one cached model (a web service) spent each other's budget (9-17 views read of 25),
+    flipped answers, and a relevance pass failed when the other thread switched the attention back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = [make_item(11, "test", i) for i in range(4)]
+
+    def run(item):
+        d = spote.answer(item.image, item.question, item.choices, model=shipped_adapter, budget=12,
+                         use_relevance=relevance).to_dict()
+        d.pop("seconds")
+        return d
+
+    serial = [run(it) for it in items]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(run, items))
+    assert together == serial
+
+
+def test_a_search_leaves_torchs_random_state_as_it_was(item, shipped_adapter):
+    """``torch.manual_seed(cfg.seed)`` in the search reset the caller's generator: its draws repeated after
+    every call."""
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=4)
+    assert torch.equal(torch.rand(3), expected)
+    first = spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=8)
+    torch.rand(5)   # the caller's draws do not change the search's
+    assert spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=8).answer == first.answer

@@ -79,6 +79,8 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             image = local_path(image)
         except ValueError as err:
             raise BadImage(str(err)) from None
+        if image.startswith("~") and not os.path.exists(image):  # as model= and the jobs' manifests read it
+            image = os.path.expanduser(image)
     return load_image(image) if max_pixels is None else load_image(image, max_pixels)
 
 

@@ -206,16 +206,13 @@ def _image_input(image: Path) -> Path | bytes:
     return first if whole else image
 
 
-# the most bytes read from a pipe or a device: far more than any image of DEFAULT_MAX_PIXELS holds (float32
-# RGBA: 640 MB), so that an endless stream (/dev/zero, `yes |`) is refused rather than filling the memory
-MAX_STREAM_BYTES = 1 << 30
-
-
 def _read_stream(f, name: str) -> bytes:
-    """All of a pipe or device ``f``, at most ``MAX_STREAM_BYTES``. Raises AskError past it."""
-    data = f.read(MAX_STREAM_BYTES + 1)
-    if len(data) > MAX_STREAM_BYTES:
-        raise AskError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes without an end; not an image spote ask reads "
+    """All of a pipe or device ``f``, at most ``images.MAX_STREAM_BYTES``. Raises AskError past it."""
+    from . import images
+
+    data = f.read(images.MAX_STREAM_BYTES + 1)
+    if len(data) > images.MAX_STREAM_BYTES:
+        raise AskError(f"{name}: more than {images.MAX_STREAM_BYTES:,} bytes without an end; not an image spote ask reads "
                        "(save a large image to a file)")
     return data
 

@@ -423,14 +423,20 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             pages = [ifd for ifd, _ in tiff_pages(Path(source.filename).read_bytes()) or []]
             if source.tell() in pages:
                 return load_image(source.filename, max_pixels, pages.index(source.tell()))
-        source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
-        return _upright_image(to_rgb(source), exif_orientation(source))
+        try:
+            source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
+            rgb = to_rgb(source)
+        except (ValueError, OSError) as err:  # a closed image, a mode Pillow cannot convert (La, ...)
+            raise BadImage(f"cannot use this PIL image (mode {source.mode}): {err}") from None
+        return _upright_image(rgb, exif_orientation(source))
     if isinstance(source, np.ndarray):
         return array_to_image(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise BadImage("empty file (0 bytes)")
         source = io.BytesIO(bytes(source))
+    elif isinstance(source, str) and not source.strip():  # Path("") is the working folder
+        raise BadImage("empty path: give an image file")
     elif isinstance(source, (str, Path)) and not Path(source).exists():
         raise BadImage(f"no such file: {source}")
     elif isinstance(source, (str, Path)) and Path(source).is_dir():
@@ -438,6 +444,8 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
     elif not isinstance(source, (str, Path)) and not hasattr(source, "read"):  # Image.open would fail on .read
         raise BadImage(f"not an image: got {type(source).__name__}; give a path, a URI, bytes, a file object, "
                        f"a PIL image or an HxW / HxWxC numpy array")
+    elif not isinstance(source, (str, Path)):
+        source = _seekable_binary(source)
     # a TIFF's pages and orientations come from its tags (tifffile): Pillow counts no page past one it cannot
     # decode, counts thumbnails as pages, and turns some pages upright wrongly; it then decodes the stored pixels
     tiff, orientation = None, None
@@ -685,6 +693,36 @@ def _jpeg_orientation(data: bytes) -> int:
     return 1
 
 
+MAX_STREAM_BYTES = 1 << 30
+"""The most bytes read from a pipe, a device or a stream that cannot seek: far more than any image under
+``DEFAULT_MAX_PIXELS`` holds (float32 RGBA: 640 MB), so that an endless one (/dev/zero) is refused rather than
+filling the memory."""
+
+
+def _seekable_binary(f):
+    """A file object as Pillow reads it: a seekable binary one as it is; a pipe or an HTTP body (no seek) read
+    into memory from where it stands, at most ``MAX_STREAM_BYTES``. Raises BadImage for a text-mode file, an
+    empty or an endless stream."""
+    if isinstance(f, io.TextIOBase) or "b" not in getattr(f, "mode", "b"):
+        raise BadImage("a file object opened as text: open the image in binary mode ('rb')")
+    try:
+        if f.seekable():
+            return f
+    except (AttributeError, OSError, ValueError):  # no seekable(), or a closed file (read below says so)
+        pass
+    try:
+        data = f.read(MAX_STREAM_BYTES + 1)
+    except (OSError, ValueError) as err:
+        raise BadImage(f"cannot read the file object: {err}") from None
+    if isinstance(data, str):
+        raise BadImage("a file object that reads text: open the image in binary mode ('rb')")
+    if len(data) > MAX_STREAM_BYTES:
+        raise BadImage(f"more than {MAX_STREAM_BYTES:,} bytes from a stream without an end; not an image to read")
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    return io.BytesIO(data)
+
+
 def _head(source, n: int = 4) -> bytes:
     """The first ``n`` bytes of a path or file object (its position kept)."""
     if isinstance(source, (str, Path)):
@@ -736,7 +774,18 @@ def check_question(question: str) -> str:
     if shows_nothing(str(question)):
         odd = ", ".join(dict.fromkeys(f"U+{ord(c):04X}" for c in str(question) if not c.isspace()))
         raise ValueError(f"empty question: it holds only characters that show nothing ({odd})")
+    _check_encodable("question", str(question))
     return str(question).strip()
+
+
+def _check_encodable(what: str, text: str) -> None:
+    """ValueError for text holding a lone surrogate (``os.fsdecode`` of a byte that is not UTF-8, ``"\\udcfc"``),
+    which no tokenizer reads and no file holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} holds {text[err.start]!r}, half of a UTF-16 pair, which is no character "
+                         "(text decoded from bytes in another encoding?)") from None
 
 
 def check_choices(choices) -> tuple[str, ...] | None:
@@ -752,6 +801,8 @@ def check_choices(choices) -> tuple[str, ...] | None:
     elif not isinstance(choices, (list, tuple)):
         raise ValueError(f"choices must be a list or a comma-separated string, got a {type(choices).__name__}")
     choices = tuple(str(c).strip() for c in choices)
+    for c in choices:
+        _check_encodable(f"choice {c!r}", c)
     if any(shows_nothing(c) for c in choices):  # "" and a zero-width space alike
         raise ValueError(f"empty choice in {list(choices)}")
     if len(choices) < 2:

@@ -291,3 +291,12 @@ def test_a_search_leaves_torchs_random_state_as_it_was(item, shipped_adapter):
     first = spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=8)
     torch.rand(5)   # the caller's draws do not change the search's
     assert spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=8).answer == first.answer
+
+
+def test_an_image_path_under_the_home_folder_is_expanded(tmp_path, monkeypatch, shipped_adapter):
+    """``"~/x.png"`` was "no such file" while ``model=`` and the jobs' manifests expand ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "x.png")
+    assert spote.answer("~/x.png", Q, CHOICES, model=shipped_adapter, budget=2).answer in CHOICES
+    with pytest.raises(spote.BadImage, match=r"^empty path"):
+        spote.answer("", Q, CHOICES, model=shipped_adapter)

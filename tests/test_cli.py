@@ -530,9 +530,9 @@ def test_names_longer_than_the_file_system_allows_are_one_line(tmp_path):
 
 def test_an_endless_device_is_refused_past_the_stream_limit(monkeypatch):
     """/dev/zero (or `yes | spote ask -`) was read without limit until the kernel killed the process."""
-    import spote.cli
+    import spote.images  # noqa: F401 (monkeypatched below)
 
-    monkeypatch.setattr(spote.cli, "MAX_STREAM_BYTES", 1 << 16)
+    monkeypatch.setattr(spote.images, "MAX_STREAM_BYTES", 1 << 16)
     res = runner.invoke(app, ["ask", "/dev/zero", "q ?", "--choices", "a,b"])
     assert res.exit_code == 2 and res.stderr.strip() == ("error: /dev/zero: more than 65,536 bytes without an end; not an image "
                                                          "spote ask reads (save a large image to a file)"), res.output

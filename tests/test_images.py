@@ -611,3 +611,64 @@ def test_a_huge_file_that_is_no_image_is_not_read_whole(tmp_path, monkeypatch):
     with pytest.raises(BadImage, match="not a readable image"):
         load_image(str(big))
     assert reads and max(reads) <= 1 << 20
+
+
+class _Stream(io.RawIOBase):
+    """A binary stream that cannot seek, as an HTTP response body or a socket file reads."""
+
+    def __init__(self, data: bytes):
+        self._data = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self._data.readinto(b)
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_file_objects_that_cannot_seek_are_read_as_their_bytes(tmp_path):
+    """A stream or a pipe raised ``io.UnsupportedOperation: seek`` / ``OSError: Illegal seek``, not BadImage."""
+    import os
+
+    data = _png_bytes()
+    assert np.array_equal(np.asarray(load_image(io.BufferedReader(_Stream(data)))), np.asarray(load_image(data)))
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        assert load_image(pipe).size == (40, 30)
+    with pytest.raises(BadImage, match=r"^empty file \(0 bytes\)$"):
+        load_image(io.BufferedReader(_Stream(b"")))
+
+
+def test_file_objects_and_pil_images_that_cannot_be_used_are_bad_images(tmp_path):
+    """A text-mode file raised TypeError, a closed PIL image and a mode Pillow cannot convert ValueError."""
+    (tmp_path / "a.png").write_bytes(_png_bytes())
+    with open(tmp_path / "a.png", encoding="latin-1") as text, pytest.raises(BadImage, match=r"binary mode \('rb'\)"):
+        load_image(text)
+    with pytest.raises(BadImage, match=r"binary mode"):
+        load_image(io.StringIO("not bytes"))
+    closed = Image.open(tmp_path / "a.png")
+    closed.close()
+    with pytest.raises(BadImage, match=r"^cannot use this PIL image \(mode RGB\): "):
+        load_image(closed)
+    with pytest.raises(BadImage, match=r"^cannot use this PIL image \(mode La\): "):
+        load_image(Image.new("La", (4, 4)))
+    with pytest.raises(BadImage, match=r"^empty path: give an image file$"):
+        load_image("")
+
+
+def test_text_holding_a_lone_surrogate_is_refused_as_a_value_error():
+    """``os.fsdecode`` of a Latin-1 byte gives ``"\\udcfc"``: the tokenizer raised a TypeError on it."""
+    from spote.images import check_choices, check_question
+
+    with pytest.raises(ValueError, match=r"^question holds '\\udcfc', half of a UTF-16 pair"):
+        check_question("what is in M\udcfcller's box ?")
+    with pytest.raises(ValueError, match=r"^choice 'b\\udcfc' holds"):
+        check_choices(["a", "b\udcfc"])

@@ -313,6 +313,10 @@ class JobOptions:
                 raise JobRefused(why)
             check_not_in_job_package(f"--{name}", getattr(self, name))
         check_output_outside_input(self.input, self.output)
+        given = [flag for flag, value in (("--endpoint-options", self.endpoint_options), ("--api-key-env", self.api_key_env),
+                                          ("--endpoint-concurrency", self.endpoint_concurrency)) if value is not None]
+        if given and not self.endpoint:  # they would be ignored: the job would answer with its own model instead
+            raise JobRefused(f"{', '.join(given)} apply to --endpoint, which is not given")
 
     def endpoint_config(self) -> dict:
         """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable): the

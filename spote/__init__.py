@@ -134,9 +134,10 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     """Answer ``question`` about ``image`` with SPOT-E, the model frozen.
 
     Args:
-        image: a file path, an fsspec URI (``s3://...``, ``https://...``), encoded bytes, a PIL image,
-            or an HxW / HxWxC (C = 1, 3, 4) numpy array. Any size: views are rendered from the full-resolution
-            pixels. High-bit-depth and float arrays are stretched to 8 bits.
+        image: a file path, an fsspec URI (``s3://...``, ``https://...``), encoded bytes, a binary file object,
+            a PIL image, or an HxW / HxWxC numpy array (C = 1, 2, 3, 4: grey, grey and alpha, RGB, RGBA). Any
+            size: views are rendered from the full-resolution pixels. High-bit-depth and float arrays are
+            stretched to 8 bits.
         question: the question, a non-empty ``str``.
         choices: a closed answer set (a list or tuple of ``str``, or ``"a,b,c"``; at least two, distinct), or
             None for an open answer: the model writes it, at most 32 tokens (``spote.adapters.base.MAX_NEW_TOKENS``;

@@ -385,7 +385,6 @@ def bench(
                                         "each method's JSON gains their figures under \"open\""),
 ):
     """Run SpotBench and print a table; write the JSON (and a plot)."""
-    from dataclasses import replace
 
     from .adapters.endpoint import EndpointError, endpoint_options
     from .bench.run import run_bench
@@ -415,12 +414,13 @@ def bench(
         if corrupt not in CORRUPTIONS:
             raise AskError(f"--corrupt {corrupt!r}: expected one of {list(CORRUPTIONS)}")
         # --seed draws SpotBench's items and seeds each search, unless --policy gives the search its own seed
-        cfg = PolicyConfig(**{"seed": seed, **policy_with_flags(parse_policy(policy), mode=mode)})
         if budget is not None:
             try:
-                replace(cfg, budget=budget)  # as run_bench holds the search to it
+                PolicyConfig(budget=budget)  # as run_bench holds the search to it
             except ValueError as err:
                 raise AskError(f"--budget {budget}: {err}") from err
+        # --budget and --policy's budget must agree, as in `ask` (--budget 16 with {"budget": 8} ran 16 silently)
+        cfg = PolicyConfig(**{"seed": seed, **policy_with_flags(parse_policy(policy), mode=mode, budget=budget)})
         if plot and out.suffix.lower() == ".png":  # the chart goes to out.with_suffix(".png"): it would replace the JSON
             raise AskError(f"--out {out}: names the results JSON, and the chart is written beside it as .png; "
                            f"give a name ending .json")

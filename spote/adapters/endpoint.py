@@ -106,7 +106,7 @@ class EndpointConfig:
         not ``http(s)://host[:port]/path`` (checked here, before any request: a bad URL is not retried)."""
         check_url(self.url)
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("an endpoint needs --model NAME: the model name the server serves")
+            raise ValueError("an endpoint needs a model name (--model NAME, model=): the model name the server serves")
         for name, least, most in _INT_RANGES:
             value = getattr(self, name)
             # bool is an int in Python; JSON's true is no count
@@ -662,7 +662,7 @@ def endpoint_config(url: str, model: str | None, **options) -> EndpointConfig:
     if unknown:
         raise ValueError(f"unknown endpoint options {unknown}; known: {list(ENDPOINT_OPTIONS)}")
     if model is None or not str(model).strip():
-        raise ValueError("--endpoint needs --model NAME: the model name the server serves")
+        raise ValueError("an endpoint needs a model name (--model NAME, model=): the model name the server serves")
     return EndpointConfig(url=url, model=str(model), **options)
 
 

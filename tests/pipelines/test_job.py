@@ -105,6 +105,29 @@ def test_job_options_out_of_range_are_refused_naming_the_flag(flag, value, says)
     JobOptions("in", "out", item_timeout_seconds=0.0)  # no limit, as the flag's help says
 
 
+@pytest.mark.parametrize("job", ["vqa", "satellite", "documents"])
+def test_endpoint_flags_without_an_endpoint_are_refused(tmp_path, job):
+    """``--endpoint-options`` (even invalid JSON) or ``--api-key-env`` without ``--endpoint`` ran the job on
+    its own model without a word, as ``spote ask`` refuses."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from pipelines.job import JobOptions, JobRefused
+
+    with pytest.raises(JobRefused, match=r"^--endpoint-options, --api-key-env apply to --endpoint, which is not given$"):
+        JobOptions("in", "out", endpoint_options="notjson{", api_key_env="X Y")
+    JobOptions("in", "out", endpoint="http://127.0.0.1:9/v1", model="m", endpoint_concurrency=2)
+    app = importlib.import_module(f"pipelines.{job}").app
+    (tmp_path / "in").mkdir()
+    needs = ["--questions", "is there a boat ?"] if job == "satellite" else []
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                   "--endpoint-concurrency", "4", *needs])
+    assert res.exit_code == 2 and res.stderr.strip() == ("error: --endpoint-concurrency apply to --endpoint, which is "
+                                                         "not given"), res.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_no_folder_can_be_made_at_is_one_line_before_ray_or_listing(tmp_path):
     """A file, a path under a file, a virtual file system: each used to start Ray first, then fail with a raw
     OSError naming the lease file."""
@@ -189,7 +212,7 @@ def test_endpoint_flags_are_checked_before_any_work():
         return JobOptions("in", "out", **{"endpoint": "http://127.0.0.1:8000/v1", "model": "served", **kw}).predictor_kwargs(None)
 
     assert kwargs()["endpoint_options"] == {}
-    for bad, message in ((dict(model=None), "--endpoint needs --model NAME"), (dict(model="  "), "--endpoint needs --model"),
+    for bad, message in ((dict(model=None), "an endpoint needs a model name (--model NAME, model=)"), (dict(model="  "), "needs a model name"),
                          (dict(endpoint_options='{"temprature": 0}'), "unknown endpoint options ['temprature']"),
                          (dict(endpoint="ftp://127.0.0.1/v1"), "ftp"), (dict(revision="main"), "(--revision, revision=) applies")):
         with pytest.raises(ValueError, match=re.escape(message)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import json
@@ -438,30 +439,16 @@ def job_command(fn):
             opts.policy_overrides()  # a bad --policy stops the job here, before it lists its input
             check_output_writable(opts.output, parse_storage_options(opts.storage_options))
             return fn(opts=opts, **kwargs)
-        except (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-                PermissionError, AccountingError, RunInUse) as err:
-            if _is_ray_error(err):  # a task's failure: Ray's own report says where
-                raise
-            typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
-            raise typer.Exit(2) from None
         except Exception as err:
             if _is_ray_error(err):
-                if refused := _model_refused(err):  # an actor could not load the model, or found it changed
-                    typer.echo(f"error: {refused}", err=True)
-                    raise typer.Exit(2) from None
-                # a task's failure reaches the driver without its cause (Ray Data re-raises it as a user-code
-                # error holding the task's traceback as text): where the store is down now, that is why
-                outage = store_outage(opts.output, parse_storage_options(opts.storage_options)) if opts else None
-                if outage is None:
-                    raise  # Ray's own report says where
-                typer.echo(f"error: a Ray task failed and the store is unreachable: {type(outage).__name__}: "
-                           f"{_first_line(outage)}; whatever was staged is kept: run the same command again when it "
-                           "is back", err=True)
-                raise typer.Exit(1) from None
+                _say_ray_failure(err, opts)
+                raise  # Ray's own report says where
+            if isinstance(err, (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError,
+                                NotADirectoryError, PermissionError, AccountingError, RunInUse)):
+                typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
+                raise typer.Exit(2) from None
             if isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS:  # a full or read-only disk, a name too long
-                where = f": {err.filename}" if err.filename else ""
-                typer.echo(f"error: {err.strerror or err}{where}; whatever was staged is kept: run the same command "
-                           "again once there is room (or give another --output)", err=True)
+                typer.echo(f"error: {_permanent_line(err.errno, err.strerror or str(err), err.filename)}", err=True)
                 raise typer.Exit(1) from None
             if not is_outage(err):
                 raise
@@ -598,6 +585,56 @@ def _share(rate: float | None) -> str:
 
 def _is_ray_error(err: Exception) -> bool:
     return type(err).__module__.startswith("ray.")
+
+
+def _say_ray_failure(err: Exception, opts: "JobOptions | None") -> None:
+    """Where a Ray error has a cause the user can act on, say it in one line and exit (``typer.Exit``): a model
+    an actor refused (2), a full or read-only disk (1), a store down now (1); else return (Ray's report says where)."""
+    import typer
+
+    if refused := _model_refused(err):  # an actor could not load the model, or found it changed
+        typer.echo(f"error: {refused}", err=True)
+        raise typer.Exit(2) from None
+    if permanent := _permanent_os_error(err):  # a task's write met a full or read-only disk
+        typer.echo(f"error: {_permanent_line(*permanent)}", err=True)
+        raise typer.Exit(1) from None
+    # a task's failure reaches the driver without its cause (Ray Data re-raises it as a user-code error holding
+    # the task's traceback as text): where the store is down now, that is why
+    outage = store_outage(opts.output, parse_storage_options(opts.storage_options)) if opts else None
+    if outage is not None:
+        typer.echo(f"error: a Ray task failed and the store is unreachable: {type(outage).__name__}: "
+                   f"{_first_line(outage)}; whatever was staged is kept: run the same command again when it is back",
+                   err=True)
+        raise typer.Exit(1) from None
+
+
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\] ([^:'\n]+)(?::\s*'([^'\n]*)')?", re.IGNORECASE)
+
+
+def _permanent_os_error(err: BaseException) -> tuple[int, str, str] | None:
+    """(errno, what, where) of a full or read-only disk, a name too long, ... (``PERMANENT_ERRNOS``) behind a
+    Ray error, whose cause a task's write reaches the driver as text only (``[Errno 28] No space left on device:
+    '<path>'``, pyarrow's ``[errno 30] Read-only file system``); or None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS:
+            return err.errno, err.strerror or str(err), err.filename or ""
+        for code, _, where in _ERRNO_TEXT.findall(str(err)):
+            if int(code) in PERMANENT_ERRNOS:  # the system's words: pyarrow's are "Error writing bytes to file"
+                return int(code), os.strerror(int(code)), where
+        err = err.__cause__
+    return None
+
+
+def _permanent_line(code: int, what: str, where: str | None) -> str:
+    """The one line for a write that fails the same on every try (``PERMANENT_ERRNOS``): what, where, what to do."""
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        then = "again once there is room (or give another --output)"
+    elif code == errno.EROFS:
+        then = "again once --output can be written (or give another --output)"
+    else:  # a name too long, a loop of links: the path itself
+        then = "with another --output"
+    return (f"{what}{f': {where}' if where else ''}; whatever was staged is kept: run the same command "
+            f"{then}")
 
 
 def _model_refused(err: BaseException) -> str | None:

@@ -426,6 +426,39 @@ def test_a_full_disk_mid_run_is_one_line_not_a_traceback(tmp_path):
         "run the same command again once there is room (or give another --output)"), res.output
 
 
+ROOM = "once there is room (or give another --output)"
+WRITABLE = "once --output can be written (or give another --output)"
+
+
+@pytest.mark.parametrize("cause, says", [
+    ("OSError: [Errno 28] No space left on device: '/out/_staging/r/checkpoint/p-0.parquet'",
+     f"No space left on device: /out/_staging/r/checkpoint/p-0.parquet; whatever was staged is kept: run the same "
+     f"command again {ROOM}"),
+    ("OSError: [errno 30] Read-only file system", f"Read-only file system; whatever was staged is kept: run the "
+                                                   f"same command again {WRITABLE}"),
+    ("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device",  # pyarrow's
+     f"No space left on device; whatever was staged is kept: run the same command again {ROOM}"),
+    ("OSError: [Errno 36] File name too long: '/out/_staging/r/x'",
+     "File name too long: /out/_staging/r/x; whatever was staged is kept: run the same command with another --output")])
+def test_a_full_disk_met_in_a_ray_task_is_one_line_not_rays_report(tmp_path, cause, says):
+    """A part's write in a Ray task on a full or read-only disk reached the driver as Ray's error, its cause
+    only text in the task's traceback: 560-650 lines, no word of what was kept."""
+    import typer
+    from ray.exceptions import RayTaskError
+    from typer.testing import CliRunner
+
+    from pipelines.job import job_command
+
+    def failing(input: str = typer.Option(...), output: str = typer.Option(...), opts=None):
+        raise RayTaskError("write", f"Traceback (most recent call last):\n  ...\n{cause}\n", RuntimeError("write"))
+
+    app = typer.Typer()
+    app.command()(job_command(failing))
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert res.exit_code == 1 and res.stderr.strip() == f"error: {says}", res.output
+
+
 def test_paths_that_are_not_utf8_are_refused_naming_the_flag(tmp_path):
     """A Latin-1 --output or --questions path started Ray, then failed with "'utf-8' codec can't encode
     character '\\udce4'", naming neither the flag nor the path."""

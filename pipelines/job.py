@@ -23,6 +23,7 @@ from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
                    committed_checkpoint_rows, default_run_id,
                    interrupted_commits, is_committed, prune_uncommitted, read_plan_stats, recover_interrupted_commit, remove_empty_folder,
+                   remove_staging,
                    reset_plan, reset_staging,
                    write_plan_stats)
 from .stages import ImageLoader, SpotePredictor
@@ -1032,6 +1033,28 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     return summary
 
 
+def _clear_stale_staging(job: str, paths: RunPaths, so: dict) -> None:
+    """Beside a committed run, remove a staging area no live driver writes: a commit stopped between its
+    marker and its last step (a kill, a file it could not remove) leaves the plan and checkpoint, and an
+    interrupted ``--force`` re-run its parts, which a new ``--force`` would clear anyway. One that a live
+    driver writes (a ``--force`` re-run under way) is left, and said."""
+    try:
+        lease = RunLease(paths.lease, so, log=lambda m: print(f"[{job}] {m}")).wait_out(f"run {paths.run_id}")
+        lease.acquire(f"run {paths.run_id}")
+    except RunInUse:
+        print(f"[{job}] run {paths.run_id}: a re-run (--force) is under way in another driver; the committed "
+              "results stand until it commits")
+        return
+    try:
+        fs, replacing = filesystem(paths.replacing, so)
+        if is_committed(paths, so) and not fs.exists(replacing):  # a forced commit half done is the next start's
+            remove_staging(paths, so)
+            print(f"[{job}] run {paths.run_id}: removed {paths.staging}, which no driver writes (what a stopped "
+                  "commit or an interrupted --force left); the committed results stand")
+    finally:
+        lease.release()
+
+
 def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, after_commit, settings: dict,
                        note: str = "") -> dict:
     summary = json.loads(read_bytes(join(paths.meta, "summary.json"), so))
@@ -1040,10 +1063,8 @@ def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, af
     if note:
         print(f"[{job}] {note}")
     fs, staging = filesystem(paths.staging, so)
-    if fs.exists(staging):  # a --force re-run in progress, or one interrupted (or a commit killed in its last step)
-        print(f"[{job}] run {paths.run_id}: {paths.staging} holds a re-run's staging (one under way now, or one "
-              "that was interrupted); the committed results stand. If none is running, --force redoes the run "
-              "from scratch (and clears it)")
+    if fs.exists(staging):  # a --force re-run under way, one interrupted, or a commit stopped in its last step
+        _clear_stale_staging(job, paths, so)
     if after_commit is not None:  # it starts Ray itself where it must read the rows (most often it need not)
         after_commit(RunResults(paths.results, so, None), paths, so)
     return summary

@@ -296,6 +296,15 @@ def commit(paths: RunPaths, summary: dict, storage_options=None) -> None:
         Path(results).mkdir(parents=True, exist_ok=True)  # an empty run still has its partition
     write_text(join(paths.meta, "summary.json"), json.dumps(summary, indent=2), storage_options)
     write_text(paths.marker, dt.datetime.now(dt.timezone.utc).isoformat(), storage_options)
+    try:
+        remove_staging(paths, storage_options)
+    except OSError as err:  # committed all the same: the next start of the run id removes what is left
+        print(f"run {paths.run_id} is committed; {paths.staging} could not be removed ({err}): the next start of "
+              "this run removes it")
+
+
+def remove_staging(paths: RunPaths, storage_options=None) -> None:
+    """Remove the run's staging area (plan, parts, checkpoint) and ``_staging/`` if that leaves it empty."""
     retrying(_rm, paths.staging, storage_options)
     fs_s, staging_root = filesystem(join(paths.output, "_staging"), storage_options)
     if is_local(fs_s):  # a store has no empty folders; a local one is left only while another run stages there

@@ -224,6 +224,31 @@ def test_commit_killed_while_moving_parts_is_finished_by_the_next_start(ray_loca
     assert sorted(_results(out, "halfway")["id"]) == sorted(r["id"] for r in rows)
 
 
+def test_a_commit_that_cannot_remove_its_staging_is_committed_and_the_next_start_removes_it(
+        ray_local, random_tiny_dir, tmp_path, fast_policy, monkeypatch, capsys):
+    """A file of the staging area the commit could not remove after its marker: "error: [Errno 1] Operation
+    not permitted" (exit 2) for a committed run, then every later start advised a whole --force re-run."""
+    import pipelines.runs as runs
+
+    out = tmp_path / "out"
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:2]
+    opts = JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy, run_id="left")
+    paths = RunPaths(str(out), "left")
+
+    def locked(paths, so=None):
+        raise PermissionError(1, "Operation not permitted", f"{paths.staging}/plan/x.parquet")
+
+    monkeypatch.setattr(runs, "remove_staging", locked)
+    summary = run_job("vqa", opts, [dict(r) for r in rows])
+    monkeypatch.undo()
+    assert summary["items_ok"] + summary["items_error"] == 2 and Path(paths.marker).exists()
+    assert Path(paths.staging).exists() and "could not be removed" in capsys.readouterr().out
+    run_job("vqa", opts, [dict(r) for r in rows])
+    said = capsys.readouterr().out
+    assert "already committed" in said and "removed" in said and not Path(paths.staging).exists()
+    assert not Path(paths.lease).exists() and len(_results(out, "left")) == 2
+
+
 def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, random_tiny_dir, tmp_path, fast_policy,
                                                                     monkeypatch, capsys):
     import pipelines.job as job
@@ -254,7 +279,8 @@ def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, r
     again = run_job("vqa", opts, [dict(r) for r in rows])                 # a plain re-run: still committed
     assert again["items_in"] == len(rows)
     said = capsys.readouterr().out
-    assert "already committed" in said and "holds a re-run's staging" in said
+    assert "already committed" in said and f"removed {paths.staging}, which no driver writes" in said
+    assert not Path(paths.staging).exists()     # what the failed --force staged: a new --force would clear it
     redone = run_job("vqa", forced, [dict(r) for r in rows])              # --force again: redone from scratch
     assert redone["items_resumed"] == 0 and sorted(_results(out, "kept")["id"]) == sorted(r["id"] for r in rows)
     assert not Path(paths.staging).exists()

@@ -444,6 +444,11 @@ def job_command(fn):
             if _is_ray_error(err):
                 _say_ray_failure(err, opts)
                 raise  # Ray's own report says where
+            if isinstance(err, PermissionError) and opts and "://" in opts.output and not err.filename \
+                    and opts.output not in str(err):  # a store's bare "Forbidden": its credentials, for --output
+                typer.echo(f"error: --output {redact_uri(opts.output)}: access denied (check the credentials and their "
+                           f"permissions): {err}", err=True)
+                raise typer.Exit(2) from None
             if isinstance(err, (JobRefused, ModelNotFound, ValueError, FileNotFoundError, IsADirectoryError,
                                 NotADirectoryError, PermissionError, AccountingError, RunInUse)):
                 typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line

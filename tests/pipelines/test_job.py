@@ -459,6 +459,23 @@ def test_a_full_disk_met_in_a_ray_task_is_one_line_not_rays_report(tmp_path, cau
     assert res.exit_code == 1 and res.stderr.strip() == f"error: {says}", res.output
 
 
+def test_a_store_denying_the_output_names_the_flag_and_the_cause():
+    """Wrong credentials for an s3:// --output said only ``error: Forbidden`` (the input side named both)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from pipelines.job import job_command
+
+    def denied(input: str = typer.Option(...), output: str = typer.Option(...), opts=None):
+        raise PermissionError("Forbidden")
+
+    app = typer.Typer()
+    app.command()(job_command(denied))
+    res = CliRunner().invoke(app, ["--input", "s3://night/in.jsonl", "--output", "s3://night/out"])
+    assert res.exit_code == 2 and res.stderr.strip() == ("error: --output s3://night/out: access denied (check the "
+                                                         "credentials and their permissions): Forbidden"), res.output
+
+
 def test_paths_that_are_not_utf8_are_refused_naming_the_flag(tmp_path):
     """A Latin-1 --output or --questions path started Ray, then failed with "'utf-8' codec can't encode
     character '\\udce4'", naming neither the flag nor the path."""

@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import os
+import posixpath
 import re
 import time
 from dataclasses import asdict, dataclass, fields
@@ -1038,6 +1039,16 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
     return summary
 
 
+def unfinished_runs(paths: RunPaths, so: dict) -> list[str]:
+    """Other run ids with a staging area under the same ``--output`` (started, not committed), sorted."""
+    fs, root = filesystem(join(paths.output, "_staging"), so)
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n and n != paths.run_id and not n.startswith("."))
+
+
 def _clear_stale_staging(job: str, paths: RunPaths, so: dict) -> None:
     """Beside a committed run, remove a staging area no live driver writes: a commit stopped between its
     marker and its last step (a kill, a file it could not remove) leaves the plan and checkpoint, and an
@@ -1105,6 +1116,12 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     items_resumed = committed_checkpoint_rows(paths, so)
     if items_resumed:
         print(f"[{job}] run {run_id}: resuming; {items_resumed} of {items_in} items already staged")
+    elif others := unfinished_runs(paths, so):
+        # a run id is its settings, input listing and date: a retry after midnight UTC or an edited input is
+        # another run, and the one it was meant to resume would stay behind without a word
+        print(f"[{job}] run {run_id} starts anew; {len(others)} other unfinished run(s) under "
+              f"{join(opts.output, '_staging')}: {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} "
+              "(run the same command with --run-id <id> to resume one, or remove its folder)")
     fs, staged = filesystem(paths.staged, so)
     if items_in > items_resumed:
         ctx = ray.data.DataContext.get_current()

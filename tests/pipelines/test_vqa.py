@@ -249,6 +249,19 @@ def test_a_commit_that_cannot_remove_its_staging_is_committed_and_the_next_start
     assert not Path(paths.lease).exists() and len(_results(out, "left")) == 2
 
 
+def test_a_new_run_names_the_unfinished_runs_it_leaves_behind(ray_local, random_tiny_dir, tmp_path, fast_policy, capsys):
+    """A run killed before midnight UTC and retried after it (or after an edit of the input) is another run id:
+    the one it was meant to resume stayed behind without a word."""
+    out = tmp_path / "out"
+    (out / "_staging" / "vqa-20261205-0a1b2c3d" / "plan").mkdir(parents=True)
+    rows = read_manifest(str(SAMPLES / "manifest.jsonl"))[:1]
+    run_job("vqa", JobOptions(str(SAMPLES / "manifest.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
+                              run_id="today"), [dict(r) for r in rows])
+    said = capsys.readouterr().out
+    assert (f"run today starts anew; 1 other unfinished run(s) under {out}/_staging: vqa-20261205-0a1b2c3d (run the "
+            "same command with --run-id <id> to resume one, or remove its folder)") in said
+
+
 def test_a_forced_run_that_fails_leaves_the_committed_run_as_it_was(ray_local, random_tiny_dir, tmp_path, fast_policy,
                                                                     monkeypatch, capsys):
     import pipelines.job as job

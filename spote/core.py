@@ -85,6 +85,10 @@ _AT_LEAST = {"first_group": 0, "steps": 0, "anchor_weight": 0, "anchor_epsilon":
              "exit_entropy": 0, "learning_rate": 0, "kl_weight": 0, "clip": 0, "inner_epochs": 0, "grid": 1,
              "jitter": 0, "plateau_patience": 0, "relevance_sharpness": 0, "saliency_weight": 0, "saliency_peaks": 0,
              "probe_below": 0, "read_chunk": 0, "greedy_steps": 0}
+# ... and up to a bound past which a search runs for hours or out of memory (grid: its map's cells; inner_epochs:
+# Adam steps per GRPO step)
+_AT_MOST = {"grid": 64, "inner_epochs": 64, "saliency_peaks": 256}
+FLOAT_LIMIT = 1e6  # |a float field| at most this: the policy's tensors are float32, where 1e39 overflows mid-search
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,12 @@ class PolicyConfig:
         for name, low in _AT_LEAST.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name, high in _AT_MOST.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"{name} must be <= {high}, got {getattr(self, name)}")
+        for f in fields(self):
+            if f.type.startswith("float") and getattr(self, f.name) is not None and abs(getattr(self, f.name)) > FLOAT_LIMIT:
+                raise ValueError(f"{f.name} must be at most {FLOAT_LIMIT:g} in size, got {getattr(self, f.name)}")
         if self.clarity_c <= 0:
             raise ValueError(f"clarity_c must be > 0 (gamma = H / (H + c) is 0/0 at c = 0 on a sure reading), got {self.clarity_c}")
         if not 0 <= self.anchor_min_prob <= 1:

@@ -657,6 +657,18 @@ def test_config_rejects_bad_values():
         with pytest.raises(ValueError, match=f"^{name} must be >= {low}, got {below}$"):
             PolicyConfig(**{name: below})
         assert getattr(PolicyConfig(**{name: low}), name) == low          # the floor itself is allowed
+    # ... and past a ceiling: grid=2000 ran 281 s for 24 passes, 10**7 asked 728 TiB; clip=1e39 overflowed
+    # float32 mid-search
+    from spote.core import _AT_MOST, FLOAT_LIMIT
+
+    for name, high in _AT_MOST.items():
+        with pytest.raises(ValueError, match=f"^{name} must be <= {high}, got {high + 1}$"):
+            PolicyConfig(**{name: high + 1})
+        assert getattr(PolicyConfig(**{name: high}), name) == high
+    for name in ("clip", "learning_rate", "fine_scale_bias"):
+        with pytest.raises(ValueError, match=f"^{name} must be at most 1e\\+06 in size, got -?1e\\+39$"):
+            PolicyConfig(**{name: 1e39 if name != "fine_scale_bias" else -1e39})
+        assert getattr(PolicyConfig(**{name: FLOAT_LIMIT}), name) == FLOAT_LIMIT
     with pytest.raises(ValueError, match="clarity_c must be > 0"):
         PolicyConfig(clarity_c=0.0)
     for bad_p in (-0.1, 1.5):

@@ -229,8 +229,8 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     _check_size(arr.shape[1], arr.shape[0], DEFAULT_MAX_PIXELS)
     if arr.dtype == np.uint8:
         return to_rgb(Image.fromarray(arr))
-    if arr.dtype == bool:
-        return Image.fromarray(arr.astype(np.uint8) * 255).convert("RGB")
+    if arr.dtype == bool:  # as 0 and 255 in every channel, alpha included (it was dropped: transparent went black)
+        return array_to_image(arr.astype(np.uint8) * 255)
     if arr.ndim == 3 and arr.shape[2] == 4:
         alpha = alpha_to_uint8(arr[..., 3])
         rgb = pixels_to_uint8(arr[..., :3])

@@ -672,3 +672,16 @@ def test_text_holding_a_lone_surrogate_is_refused_as_a_value_error():
         check_question("what is in M\udcfcller's box ?")
     with pytest.raises(ValueError, match=r"^choice 'b\\udcfc' holds"):
         check_choices(["a", "b\udcfc"])
+
+
+def test_a_boolean_array_with_alpha_is_composited_on_white_as_other_types_are():
+    """A bool HxWx4 or HxWx2 array lost its alpha: transparent pixels came out black."""
+    rgba = np.zeros((4, 4, 4), bool)
+    rgba[:2, :, :3] = True          # top half white, bottom black; the left half transparent
+    rgba[:, 2:, 3] = True
+    got = np.asarray(load_image(rgba))
+    assert np.array_equal(got, np.asarray(load_image(rgba.astype(np.uint8) * 255)))
+    assert (got[:, :2] == 255).all() and (got[2:, 2:] == 0).all()
+    ga = np.zeros((4, 4, 2), bool)
+    ga[..., 1] = [[False] * 2 + [True] * 2] * 4
+    assert (np.asarray(load_image(ga))[:, :2] == 255).all() and (np.asarray(load_image(ga))[:, 2:] == 0).all()

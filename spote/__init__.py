@@ -130,7 +130,7 @@ def _check_text_arguments(question, choices) -> None:
 
 def answer(image, question: str, choices=None, *, model=None, revision: str | None = None,
            endpoint: str | None = None, endpoint_options: dict | None = None, method: str = "spote",
-           storage_options: dict | None = None, **policy_overrides) -> "SpotResult":
+           storage_options: dict | None = None, max_pixels: int | None = None, **policy_overrides) -> "SpotResult":
     """Answer ``question`` about ``image`` with SPOT-E, the model frozen.
 
     Args:
@@ -155,6 +155,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         method: ``"spote"`` or a peer for comparison (``spote.baselines``): ``baseline``, ``api``, ``vicrop``,
             ``grid``, ``naive_entropy``, ``random``, ``zoomeye``, ``scaffold``.
         storage_options: fsspec options for a remote image or checkpoint (e.g. ``{"endpoint_url": ...}``).
+        max_pixels: the decompression-bomb guard, in pixels (default ``spote.images.DEFAULT_MAX_PIXELS``, 40
+            million): an image over it is refused as ``BadImage``; raise it for a 48-megapixel photo.
         **policy_overrides: ``PolicyConfig`` fields, e.g. ``budget=32``, ``mode="zoom"``. A ``budget`` (forward
             passes) holds every search method to it, as ``spote ask --budget`` does; without one each runs at
             its own defaults (spote's ``PolicyConfig.budget``, 96; grid reads every window of its grid, zoomeye
@@ -206,7 +208,9 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         raise ValueError("endpoint_options apply to an endpoint, and no endpoint is given")
     if isinstance(model, str) and not model.strip():
         raise ValueError("model is an empty name; give None for the shipped spote-tiny, or a folder, URI or hub id")
-    img = _read_image(image, storage_options)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a whole number of pixels >= 1, got {max_pixels!r}")
+    img = _read_image(image, storage_options, max_pixels)
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         # every argument that can change what loads: the same s3:// name on another store (storage_options)
         # is another model; options can hold secrets, so the key keeps only a hash of them

@@ -210,7 +210,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def array_to_image(arr: np.ndarray) -> Image.Image:
+def array_to_image(arr: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """HxW, HxWx1, HxWx2 (grey + alpha), HxWx3 or HxWx4 arrays of any numeric dtype to RGB.
 
     uint8 is shown as stored, uint16 that uses its range scaled (``pixels_to_uint8``); every other dtype is
@@ -226,11 +226,11 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
         arr = np.dstack([arr[..., 0], arr[..., 0], arr[..., 0], arr[..., 1]])
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise BadImage(f"unsupported array shape {arr.shape}; expected HxW or HxWx(1|2|3|4)")
-    _check_size(arr.shape[1], arr.shape[0], DEFAULT_MAX_PIXELS)
+    _check_size(arr.shape[1], arr.shape[0], max_pixels)
     if arr.dtype == np.uint8:
         return to_rgb(Image.fromarray(arr))
     if arr.dtype == bool:  # as 0 and 255 in every channel, alpha included (it was dropped: transparent went black)
-        return array_to_image(arr.astype(np.uint8) * 255)
+        return array_to_image(arr.astype(np.uint8) * 255, max_pixels)
     if arr.ndim == 3 and arr.shape[2] == 4:
         alpha = alpha_to_uint8(arr[..., 3])
         rgb = pixels_to_uint8(arr[..., :3])
@@ -430,7 +430,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             raise BadImage(f"cannot use this PIL image (mode {source.mode}): {err}") from None
         return _upright_image(rgb, exif_orientation(source))
     if isinstance(source, np.ndarray):
-        return array_to_image(source)
+        return array_to_image(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise BadImage("empty file (0 bytes)")
@@ -466,16 +466,16 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
                 except (OSError, SyntaxError, ValueError, EOFError):  # a TIFF page Pillow cannot decode
                     if tiff is None or (pixels := _read_tiff_page(tiff, frame)) is None:
                         raise
-                    return _upright_image(array_to_image(pixels), orientation)
+                    return _upright_image(array_to_image(pixels, max_pixels), orientation)
             _check_size(*im.size, max_pixels)
             was_deep, misread = _deep_colour(im), im.format == "TIFF" and _pillow_misreads(im)
             # the frame's own, for pixels read as stored (a PNG's EXIF loads its pixels: the tile is read first)
             stored = orientation if orientation is not None else exif_orientation(im)
             if misread and (pixels := _read_tiff_page(_bytes_of(source), frame)) is not None:
-                return _upright_image(array_to_image(pixels), stored)
+                return _upright_image(array_to_image(pixels, max_pixels), stored)
             deep = _read_deep_colour(_bytes_of(source), frame) if was_deep else None
             if deep is not None and deep.ndim == 3 and deep.shape[:2] == (im.height, im.width):
-                return _upright_image(array_to_image(deep), stored)  # as stored: turn it
+                return _upright_image(array_to_image(deep, max_pixels), stored)  # as stored: turn it
             im.load()  # a TIFF whose tag was cleared above is decoded as stored; any other TIFF Pillow turns itself
             rgb = to_rgb(im)
             if was_deep:  # no full-depth reader: the top byte, stretched like the full value would be
@@ -492,13 +492,13 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
         if data[:4] in TIFF_MAGIC:
             if (pixels := _read_tiff_page(data, frame)) is not None:  # a layout Pillow does not decode
                 turn = orientation if orientation is not None else _tiff_orientation(data, frame)
-                return _upright_image(array_to_image(pixels), turn)
+                return _upright_image(array_to_image(pixels, max_pixels), turn)
             raise BadImage(_tiff_refusal(data)) from err
         if (bits := _jpeg_precision(data)) not in (None, 8):  # 12-bit (medical, astronomy, some cameras): GDAL's
             if (pixels := _read_deep_colour(data)) is not None:
                 if frame:
                     raise BadImage(f"page {frame} of 1: no such frame") from err
-                return _upright_image(array_to_image(pixels), _jpeg_orientation(data))
+                return _upright_image(array_to_image(pixels, max_pixels), _jpeg_orientation(data))
             raise BadImage(f"a {bits}-bit JPEG, which cannot be decoded here: convert it to a 16-bit PNG or TIFF "
                            "first (e.g. gdal_translate -ot UInt16)") from err
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:

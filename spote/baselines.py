@@ -24,12 +24,12 @@ import heapq
 import threading
 import time
 import weakref
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 
-from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, significant,
-                   spote, view_mode, window_grid)
+from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, ran_with,
+                   significant, spote, view_mode, window_grid)
 from .spotlight import Box, ViewRenderer
 
 METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")
@@ -75,7 +75,7 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         entropy_trace=[round(float(h), 5) for h in trace], reward_trace=[],  # nats, rounded as spote's
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
-        policy=asdict(cfg), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
+        policy=ran_with(cfg, adapter), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
         token_confidences=token_confidences, answer_cut_off=cut_off,
     )
 
@@ -174,15 +174,18 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
                    box.as_list(), cfg.mode, reader.answer_ids, cut_off=reader.cut_off)
 
 
-def _relevance_or_uniform(adapter, renderer, question, choices):
-    rel = adapter.relevance([renderer.global_view], question, choices) if adapter.supports_relevance else None
+def _relevance_or_uniform(adapter, renderer, question, choices, cfg):
+    """The model's relevance map where the policy and the adapter allow it (``cfg.use_relevance``; black box:
+    None), else a uniform 8 x 8 one."""
+    used = cfg.use_relevance and adapter.supports_relevance
+    rel = adapter.relevance([renderer.global_view], question, choices) if used else None
     return rel if rel is not None else np.ones((8, 8)) / 64
 
 
 def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
-    rel = _relevance_or_uniform(adapter, renderer, question, choices)
+    rel = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
@@ -192,7 +195,7 @@ def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
-    rel = _relevance_or_uniform(adapter, renderer, question, choices)
+    rel = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
     r, c = np.unravel_index(int(np.argmax(rel)), rel.shape)
     cell = renderer.grid_to_source(*rel.shape)[r * rel.shape[1] + c]
     w, h = image.size

@@ -810,6 +810,13 @@ def significant(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def ran_with(cfg: PolicyConfig, adapter) -> dict:
+    """The policy a result records: ``cfg``'s fields, ``use_relevance`` False where the adapter reads no
+    attention (black-box mode: an endpoint, ``load_adapter(relevance=False)``, a model without eager
+    attention), as the search then ran."""
+    return {**asdict(cfg), "use_relevance": cfg.use_relevance and bool(getattr(adapter, "supports_relevance", False))}
+
+
 def _distribution(choices, logp: torch.Tensor) -> dict:
     return {c: round(float(p), 6) for c, p in zip(choices, logp.exp())}
 
@@ -1025,7 +1032,7 @@ def _spote(adapter, image: Image.Image, question: str, choices, cfg: PolicyConfi
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
         anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
-        mode=mode, policy=asdict(cfg), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
+        mode=mode, policy=ran_with(cfg, adapter), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
         answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour, answer_readings=all_readings,

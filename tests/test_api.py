@@ -312,3 +312,19 @@ def test_the_pixel_guard_can_be_raised_from_python(shipped_adapter):
     for bad in (0, 2.5, True, "50000000"):
         with pytest.raises(ValueError, match="max_pixels must be a whole number of pixels >= 1"):
             spote.answer(big, Q, CHOICES, model=shipped_adapter, max_pixels=bad)
+
+
+def test_the_recorded_policy_says_whether_attention_was_read(item, random_tiny_dir):
+    """An adapter loaded black-box ran the black-box search while ``policy['use_relevance']`` said True; api
+    and vicrop read attention even with ``use_relevance=False``."""
+    from spote.loading import load_adapter
+
+    blind = load_adapter(random_tiny_dir, device="cpu", relevance=False)
+    seeing = load_adapter(random_tiny_dir, device="cpu")
+    for method in ("spote", "vicrop", "api"):
+        assert spote.answer(item.image, Q, CHOICES, model=blind, method=method, budget=6).policy["use_relevance"] is False
+    off = spote.answer(item.image, Q, CHOICES, model=seeing, method="vicrop", use_relevance=False)
+    on = spote.answer(item.image, Q, CHOICES, model=seeing, method="vicrop")
+    as_blind = spote.answer(item.image, Q, CHOICES, model=blind, method="vicrop")
+    assert off.policy["use_relevance"] is False and on.policy["use_relevance"] is True
+    assert off.evidence_box == as_blind.evidence_box   # the uniform map's crop, as in black-box mode

@@ -1104,7 +1104,12 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
     if planned is None:
         retrying(reset_plan, paths, so)
         planned = make_plan(plan, paths, so, run_id, settings)
-    check_same_settings(run_id, planned.get("settings"), settings)
+    else:
+        check_same_settings(run_id, planned.get("settings"), settings)
+        if (was := planned.get("sources_planned")) is not None and was != len(plan.sources):
+            # a resume answers the plan its first start made: the listing's changes since are a later run's
+            print(f"[{job}] run {run_id}: resuming the plan of its first start ({was} source(s)); the input lists "
+                  f"{len(plan.sources)} now: what changed since is read by the next run")
     plan_seconds = time.time() - t_plan
     items_in = int(planned["items"])
     finished = finish_interrupted_commits(paths, so)

@@ -414,6 +414,35 @@ def test_a_night_where_every_document_failed_for_a_passing_reason_leaves_the_led
     assert read_ledger(str(tmp_path / "out")).to_pylist() == earlier.to_pylist()
 
 
+def test_a_resumed_night_says_it_reads_its_first_plan_not_the_new_listing(ray_local, random_tiny_dir, tmp_path,
+                                                                         fast_policy, monkeypatch, capsys):
+    """After a crash, a document added before the resume was counted as new in the resume's first line but not
+    read that night (the resume answers the plan of its first start), without a word."""
+    import pipelines.job as job
+
+    inbox, qs = tmp_path / "inbox", tmp_path / "q.yaml"
+    inbox.mkdir()
+    _pdf(inbox / "a.pdf", 1, 0)
+    qs.write_text(ONE_QUESTION)
+    opts = JobOptions(str(inbox), str(tmp_path / "out"), str(random_tiny_dir), policy=fast_policy)
+
+    def crash(paths, summary, so=None):
+        raise OSError("the driver died before the commit")
+
+    monkeypatch.setattr(job, "commit", crash)
+    with pytest.raises(OSError, match="died"):
+        run(opts, str(qs), dpi=50, run_date="2026-11-24")
+    monkeypatch.undo()
+    _pdf(inbox / "late.pdf", 1, 1)
+    capsys.readouterr()
+    resumed = run(opts, str(qs), dpi=50, run_date="2026-11-24")
+    said = capsys.readouterr().out
+    assert ("run documents-2026-11-24: resuming the plan of its first start (1 source(s)); the input lists 2 now: "
+            "what changed since is read by the next run") in said
+    assert resumed["documents_processed"] == 1 and "late.pdf" not in str(_ledger(tmp_path / "out"))
+    assert run(opts, str(qs), dpi=50, run_date="2026-11-25")["documents_processed"] == 1   # read the next night
+
+
 def test_a_run_committed_earlier_mends_the_ledger_only_where_its_write_was_lost(ray_local, tmp_path):
     """Asked again, a committed night records only the documents the ledger lacks, and only where the ledger
     holds none of its rows (the driver stopped between commit and ledger write); otherwise its rows are not

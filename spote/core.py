@@ -88,7 +88,8 @@ _AT_LEAST = {"first_group": 0, "steps": 0, "anchor_weight": 0, "anchor_epsilon":
 # ... and up to a bound past which a search runs for hours or out of memory (grid: its map's cells; inner_epochs:
 # Adam steps per GRPO step)
 _AT_MOST = {"grid": 64, "inner_epochs": 64, "saliency_peaks": 256}
-FLOAT_LIMIT = 1e6  # |a float field| at most this: the policy's tensors are float32, where 1e39 overflows mid-search
+FLOAT_LIMIT = float(np.finfo(np.float32).max)  # |a float field| at most this: the policy's tensors are float32,
+#                                               where 1e39 overflowed mid-search
 
 
 @dataclass(frozen=True)

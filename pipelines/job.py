@@ -406,7 +406,8 @@ COMMON_FLAGS = (
                                                  "over it the item is an error row 'timeout: ...' (0: no limit)")),
     ("resource_wait_seconds", float, typer.Option(300.0, help="on a cluster we joined (it may autoscale): wait at most "
                                                   "this long for the actors' CPUs/GPUs to exist, then fail")),
-    ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part: the unit a killed run keeps and resumes from")),
+    ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part, about (an actor call's --batch-size rows "
+                                                       "stay in one part): the unit a killed run keeps and resumes from")),
     ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
     ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
                                                          "http://host:8000/v1: black-box mode, no model in the actors")),

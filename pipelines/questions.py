@@ -5,8 +5,8 @@ A question file is a YAML or JSON list of entries, each a mapping with
 - ``question`` (text, required): what to ask, e.g. ``what is the reference code ?``;
 - ``choices`` (optional): a list, or ``"a,b,c"``, of at least two distinct answers: a closed-set
   question. Without it the question is open-ended and the model writes its answer;
-- ``field`` (optional): the name the answer is reported under (the results' ``field`` column): a
-  letter, then letters, digits or ``_``, at most 64; unique in the file (case-insensitively, as SQL
+- ``field`` (optional): the name the answer is reported under (the results' ``field`` column): an
+  ASCII letter, then ASCII letters, digits or ``_``, at most 64 (a name any SQL engine takes unquoted); unique in the file (case-insensitively, as SQL
   column names are). An entry without one is named by its position: ``q0``, ``q1``, ...
 
 Every value is the text written: YAML 1.1's implicit types are not applied, so ``[on, off]``, ``[007, 010]``,
@@ -31,7 +31,7 @@ from .storage import read_bytes
 
 QUESTION_KEYS = ("question", "choices", "field")
 FIELD_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-FIELD_RULE = "a letter, then letters, digits or '_' (at most 64)"
+FIELD_RULE = "a letter A-Z or a-z, then such letters, digits 0-9 or '_' (at most 64)"
 
 
 def default_field(index: int) -> str:

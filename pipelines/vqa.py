@@ -80,7 +80,11 @@ def _choices_json(value) -> str:
     if isinstance(value, str):
         value = value.strip()
         if value.startswith("["):
-            value = json.loads(value, parse_int=str, parse_float=str)
+            try:
+                value = json.loads(value, parse_int=str, parse_float=str)
+            except json.JSONDecodeError as err:  # pandas' to_csv writes a list column as "['A', 'B']"
+                raise ValueError(f"{value[:60]!r} is not a JSON list ({err}): write it as JSON, "
+                                 "[\"A\", \"B\"] (double quotes), or as A,B") from None
         else:
             value = [c.strip() for c in value.split(",")]  # an empty choice stays, for check_choices to name
     if not isinstance(value, (list, tuple)) and not hasattr(value, "tolist"):  # a Parquet list arrives as an array

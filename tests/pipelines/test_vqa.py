@@ -787,6 +787,10 @@ def test_manifest_choices_are_stored_as_the_model_is_asked_them(tmp_path):
                                                             "choices": c})
                                                 for i, c in enumerate([["A ", " B"], '["A ", "\\tB"]', "A , B"])))
     assert [json.loads(r["choices"]) for r in read_manifest(str(tmp_path / "m.jsonl"))] == [["A", "B"]] * 3
+    (tmp_path / "pandas.csv").write_text("id,image_uri,question,choices\na,a.png,which ?,\"['A', 'B']\"\n")
+    row = read_manifest(str(tmp_path / "pandas.csv"))[0]   # pandas' to_csv of a list column
+    assert row["status"] == "error" and row["error"].startswith("unreadable choices: \"['A', 'B']\" is not a JSON list")
+    assert row["error"].endswith('write it as JSON, ["A", "B"] (double quotes), or as A,B')
 
 
 def test_manifest_choices_are_stored_as_written(tmp_path):

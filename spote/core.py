@@ -824,15 +824,9 @@ def _distribution(choices, logp: torch.Tensor) -> dict:
 
 def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyConfig = PolicyConfig(),
           method: str = "spote") -> SpotResult:
-    """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight. torch's random state is
-    seeded with ``cfg.seed`` for the search and given back as it was after it (the caller's own draws go on)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed)
-        return _spote(adapter, image, question, choices, cfg, method)
-
-
-def _spote(adapter, image: Image.Image, question: str, choices, cfg: PolicyConfig, method: str) -> SpotResult:
+    """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight. Its draws come from its own
+    generator seeded with ``cfg.seed``: torch's global random state is neither used nor changed (a caller's
+    draws, another thread's search, go on as they were)."""
     t0 = time.perf_counter()
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)

@@ -278,15 +278,22 @@ def test_threads_sharing_a_model_get_what_one_call_at_a_time_gets(shipped_adapte
     assert together == serial
 
 
-def test_a_search_leaves_torchs_random_state_as_it_was(item, shipped_adapter):
+def test_a_search_leaves_torchs_random_state_as_it_was(item, shipped_adapter, random_adapter):
     """``torch.manual_seed(cfg.seed)`` in the search reset the caller's generator: its draws repeated after
-    every call."""
+    every call; saved and restored around each search instead, two threads on two adapters left it at one
+    search's seed. The search draws from its own generator only."""
+    import threading
+
     import torch
 
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=4)
+    threads = [threading.Thread(target=spote.answer, args=(item.image, Q, CHOICES), kwargs={"model": m, "budget": 6})
+               for m in (shipped_adapter, random_adapter)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
     assert torch.equal(torch.rand(3), expected)
     first = spote.answer(item.image, Q, CHOICES, model=shipped_adapter, budget=8)
     torch.rand(5)   # the caller's draws do not change the search's

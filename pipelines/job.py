@@ -318,8 +318,11 @@ class JobOptions:
         check_output_outside_input(self.input, self.output)
         given = [flag for flag, value in (("--endpoint-options", self.endpoint_options), ("--api-key-env", self.api_key_env),
                                           ("--endpoint-concurrency", self.endpoint_concurrency)) if value is not None]
+        if self.endpoint is not None and not self.endpoint.strip():  # "" ran the job on its own model
+            raise JobRefused("--endpoint is empty: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
         if given and not self.endpoint:  # they would be ignored: the job would answer with its own model instead
-            raise JobRefused(f"{', '.join(given)} apply to --endpoint, which is not given")
+            raise JobRefused(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --endpoint, which is not "
+                             "given")
 
     def endpoint_config(self) -> dict:
         """``load_adapter``'s ``endpoint_options`` (no secret: the key stays in its environment variable): the

@@ -175,8 +175,16 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
         what = ("no such bucket or container" if isinstance(err, FileNotFoundError)
                 else "access denied (check the credentials and their permissions)")
         raise type(err)(f"--input {redact_uri(input_uri)}: {what}: {err}") from None
+    except Exception as err:  # an http(s) server's refusal (aiohttp's errors), its text holding the whole URL
+        if type(err).__module__.split(".")[0] != "aiohttp":
+            raise
+        status = getattr(err, "status", None)
+        what = ("access denied" if status in (401, 403) else "the server answered") + f" HTTP {status}" if status \
+            else f"cannot be read: {type(err).__name__}"
+        raise ValueError(f"--input {redact_uri(input_uri)}: {what}") from None
     # a named file (its name ends as the job's inputs do) that is not there is a typo, not an empty prefix
-    if not found and not is_local(fs) and PurePosixPath(root).suffix and reason_to_skip(PurePosixPath(root).name) is None:
+    named = PurePosixPath(redact_uri(root) if root.lower().startswith(("http://", "https://")) else root)
+    if not found and not is_local(fs) and named.suffix and reason_to_skip(named.name) is None:
         raise FileNotFoundError(f"--input {redact_uri(input_uri)}: no such object, and no objects under it")
     accepted, skipped = [], []
     for path in sorted(found):

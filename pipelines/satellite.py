@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import typer
 
 from spote.images import DEFAULT_MAX_PIXELS
+from spote.uris import redact_uri
 
 from .geo import (
     ResultGeometry, detections_feature_collection, geometry_bbox, in_crs, scene_detections, scene_polygon,
@@ -457,7 +458,7 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     skipped = skipped + other_pages(scenes, headers)
     questions = load_questions(questions_uri, so)
     plan = plan_scenes(opts.input, questions, tile_size, overlap, so, scenes=scenes, skipped=skipped)
-    print(f"[satellite] {len(scenes)} scenes under {opts.input}"
+    print(f"[satellite] {len(scenes)} scenes under {redact_uri(opts.input)}"
           + (f"; skipped {len(skipped)} sources it does not tile (in the summary)" if skipped else ""))
     loader = (SceneTileLoader, {"storage_options": so, "bands": band_sel, "stretch": stretch,
                                 "max_tile_pixels": max_tile_pixels})

@@ -154,8 +154,9 @@ def _records(uri: str, storage_options=None):
         with fs.open(path, "rb", **gz) as f:
             # bytes that are not UTF-8 (a Latin-1 export) decoded as lone surrogates, so that they are the
             # row's problem: a strict decoder fails a whole chunk of rows, and every row after it
+            # skipinitialspace: "id, image_uri, question" (a space after each comma) is read as written by hand
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""),
-                                    delimiter=delimiter)
+                                    delimiter=delimiter, skipinitialspace=True)
             if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
                 return
             if (why := not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
@@ -164,7 +165,7 @@ def _records(uri: str, storage_options=None):
                 raise ManifestError(f"{uri}: the header line is not UTF-8 text; is it a CSV manifest?")
             # header cells left blank (a spreadsheet's trailing empty columns) are named by position
             blank = {f"column_{k + 1}" for k, name in enumerate(reader.fieldnames) if not name.strip()}
-            reader.fieldnames = [name if name.strip() else f"column_{k + 1}" for k, name in enumerate(reader.fieldnames)]
+            reader.fieldnames = [name.strip() or f"column_{k + 1}" for k, name in enumerate(reader.fieldnames)]
             _check_columns(uri, reader.fieldnames)
             for i, rec in enumerate(reader):
                 if None not in rec and not any((v or "").strip() for v in rec.values()):
@@ -195,16 +196,14 @@ def _json_kind(value) -> str:
 
 
 def _csv_delimiter(fs, path: str, gz: dict) -> str:
-    """``","``, or ``";"`` / tab where the header line holds neither a comma nor the needed columns split at
-    commas but does split into them there (a spreadsheet saved where ``,`` is the decimal mark)."""
+    """``","``, or ``";"`` / tab where the header line, read as CSV (quotes and all), has the needed columns
+    only when split there (a spreadsheet saved where ``,`` is the decimal mark)."""
     with fs.open(path, "rb", **gz) as f:
         head = f.readline(65536).decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    if "," in head:
-        return ","
-    for other in (";", "\t"):
-        names = [c.strip().strip('"') for c in head.split(other)]
+    for delimiter in (",", ";", "\t"):
+        names = [n.strip() for n in next(csv.reader([head], delimiter=delimiter, skipinitialspace=True), [])]
         if all(n in names for n in NEEDED):
-            return other
+            return delimiter
     return ","
 
 

@@ -47,11 +47,12 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             cannot be read (no credentials, unreachable, options its filesystem does not take), in one line.
     """
     from .images import BadImage, load_image
-    from .uris import is_remote, local_path, redact_uri, redact_urls
+    from .uris import is_remote, local_path, lower_scheme, redact_uri, redact_urls
 
     if isinstance(image, str) and is_remote(image):
         import fsspec
 
+        image = lower_scheme(image)
         uri = redact_uri(image)  # as messages name it: a presigned URL's signature, a password, are not shown
         try:
             fs, path = fsspec.core.url_to_fs(image, **_http_timeouts(image, storage_options))

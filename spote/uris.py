@@ -10,21 +10,35 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
-_URL = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 
 
 def is_remote(uri: str) -> bool:
     """True for a URI with a scheme other than ``file:`` (``s3://b/k``, ``https://h/p``)."""
-    return "://" in uri and not uri.startswith("file:")
+    return "://" in uri and not lower_scheme(uri).startswith("file:")
+
+
+def lower_scheme(uri: str) -> str:
+    """``uri`` with its scheme in lower case (``HTTPS://h/a.png`` -> ``https://h/a.png``): schemes are
+    case-insensitive (RFC 3986, 3.1), fsspec's registry is not ("Protocol not known: HTTPS")."""
+    scheme, sep, rest = uri.partition(":")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+", scheme) and scheme != scheme.lower() and \
+            (rest.startswith("//") or scheme.lower() == "file"):
+        return f"{scheme.lower()}:{rest}"
+    return uri
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` as it may be recorded or shown: an http(s) URL without user:password and without its query
-    string or fragment, either of which may carry a credential (a presigned URL's signature, ``?token=``).
-    Other URIs and local paths are returned as they are (``?`` and ``#`` are part of an S3 key or a
-    file name)."""
-    if not uri.lower().startswith(("http://", "https://")):
+    """``uri`` as it may be recorded or shown: any URI without the ``user:password@`` of its authority
+    (``ftp://``, ``sftp://``, ``smb://`` too), and an http(s) URL also without its query string or fragment,
+    either of which may carry a credential (a presigned URL's signature, ``?token=``). Other URIs keep their
+    ``?`` and ``#`` (part of an S3 key or a file name); local paths are returned as they are."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         return uri
+    if scheme.lower() not in ("http", "https"):
+        authority, slash, path = rest.partition("/")
+        return f"{scheme}://{authority.rsplit('@', 1)[-1]}{slash}{path}"
     try:
         parts = urlsplit(uri)
         return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
@@ -33,8 +47,8 @@ def redact_uri(uri: str) -> str:
 
 
 def redact_urls(text: str) -> str:
-    """``text`` (a message) with every http(s) URL in it as ``redact_uri`` gives it: an error about a
-    presigned or password-bearing URL names the object, not the credential."""
+    """``text`` (a message) with every URI in it as ``redact_uri`` gives it: an error about a presigned or
+    password-bearing URL names the object, not the credential."""
     return _URL.sub(lambda m: redact_uri(m.group()), text)
 
 
@@ -46,6 +60,7 @@ def local_path(uri: str) -> str:
     Raises:
         ValueError: a ``file:`` URI naming another host (``file://server/share/x``).
     """
+    uri = lower_scheme(uri)
     if not uri.startswith("file:"):
         return uri
     rest = uri[len("file:"):]

@@ -123,8 +123,10 @@ def test_endpoint_flags_without_an_endpoint_are_refused(tmp_path, job):
     needs = ["--questions", "is there a boat ?"] if job == "satellite" else []
     res = CliRunner().invoke(app, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                                    "--endpoint-concurrency", "4", *needs])
-    assert res.exit_code == 2 and res.stderr.strip() == ("error: --endpoint-concurrency apply to --endpoint, which is "
-                                                         "not given"), res.output
+    assert res.exit_code == 2 and res.stderr.strip() == ("error: --endpoint-concurrency applies to --endpoint, which "
+                                                         "is not given"), res.output
+    with pytest.raises(JobRefused, match=r"^--endpoint is empty: give the server's base URL"):
+        JobOptions("in", "out", endpoint=" ")
     assert not (tmp_path / "out").exists()
 
 

@@ -595,6 +595,12 @@ def test_spreadsheet_exports_read_as_the_spreadsheet_shows_them(tmp_path):
         rows = read_manifest(str(tmp_path / "eu.csv"))
         assert [(r["id"], r["question"], json.loads(r["choices"])) for r in rows] == [
             ("a", "how much, in euros ?", ["1", "5"])], sep
+    (tmp_path / "quoted.csv").write_text('id;"name, full";image_uri;question\na;"Doe, J";a.png;what ?\n')
+    (tmp_path / "spaced.csv").write_text('id, image_uri, question\na, a.png, "what, if any ?"\n')
+    for name in ("quoted.csv", "spaced.csv"):   # a comma inside a quoted name; a space after each comma
+        rows = read_manifest(str(tmp_path / name))
+        assert [(r["id"], Path(r["source"]).name, r.get("status")) for r in rows] == [("a", "a.png", None)], name
+    assert rows[0]["question"] == "what, if any ?"
     (tmp_path / "one.csv").write_text("id;image_uri;q\na;a.png;x\n")   # splits, but not into the needed columns
     with pytest.raises(ManifestError, match="manifest needs columns image_uri and question"):
         plan_manifest(str(tmp_path / "one.csv"))
@@ -678,6 +684,49 @@ def test_credentials_in_image_urls_reach_no_report_or_error_text(ray_local, rand
     page = Path(glob.glob(str(out / "_runs" / "urls" / "report.html"))[0]).read_text()
     assert not re.findall(r"SECRET\w+", page)
     assert f"http://{host}/a.png" in page and f"href='file:{www}/a.png'" in page
+
+
+def test_an_http_input_the_server_refuses_is_one_line_without_its_credential(tmp_path):
+    """A 403 on an http(s) --input ended in 150 lines of traceback ending with the URL's signature; a 404
+    on a named manifest committed an empty run (exit 0); an image URL written ``HTTP://`` was "Protocol not
+    known"."""
+    import functools
+    import http.server
+    import threading
+
+    from typer.testing import CliRunner
+
+    from pipelines import vqa
+    from pipelines.stages import ImageLoader
+
+    class Refusing(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/403/"):
+                self.send_error(403)
+            else:
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "a.png").write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Refusing, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        for path, says in (("403/m.jsonl?X-Amz-Signature=SECRET", f"error: --input http://{host}/403/m.jsonl: access "
+                                                                   "denied HTTP 403"),
+                           ("none/m.jsonl?token=SECRET", f"error: --input http://{host}/none/m.jsonl: no such object, "
+                                                         "and no objects under it")):
+            res = CliRunner().invoke(vqa.app, ["--input", f"http://{host}/{path}", "--output", str(tmp_path / "out")])
+            assert res.exit_code == 2 and res.stderr.strip() == says and "SECRET" not in res.output, res.output
+        row = ImageLoader().load({"id": "x", "source": f"HTTP://{host}/a.png", "question": "q ?", "choices": ""})
+        assert row["status"] == "ok", row.get("error")
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "out").exists()
 
 
 def test_file_uris_are_percent_decoded_as_rfc_8089_says(tmp_path):

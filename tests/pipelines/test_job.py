@@ -461,12 +461,15 @@ def test_a_full_disk_met_in_a_ray_task_is_one_line_not_rays_report(tmp_path, cau
     assert res.exit_code == 1 and res.stderr.strip() == f"error: {says}", res.output
 
 
-def test_a_store_denying_the_output_names_the_flag_and_the_cause():
+def test_a_store_denying_the_output_names_the_flag_and_the_cause(monkeypatch):
     """Wrong credentials for an s3:// --output said only ``error: Forbidden`` (the input side named both)."""
     import typer
     from typer.testing import CliRunner
 
+    import pipelines.job
     from pipelines.job import job_command
+
+    monkeypatch.setattr(pipelines.job, "check_output_writable", lambda *a: None)  # no store to ask here
 
     def denied(input: str = typer.Option(...), output: str = typer.Option(...), opts=None):
         raise PermissionError("Forbidden")

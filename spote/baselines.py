@@ -50,7 +50,7 @@ def held_to_budget(budget: int | None) -> dict:
 
 
 def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, trace, boxes, evidence_box, mode,
-            token_ids=None, token_logp=None, cut_off=None):
+            token_ids=None, token_logp=None, cut_off=None, read_attention=False):
     """A method's SpotResult. Closed set: the answer and confidence are ``reading``'s top choice. Open
     ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated; default: the
     span ``reading`` generated); its confidence is their product, as spote's, and 0 for an empty answer
@@ -75,7 +75,7 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
         entropy_trace=[round(float(h), 5) for h in trace], reward_trace=[],  # nats, rounded as spote's
         anchors=[], boxes=boxes, chosen_boxes=[evidence_box] if evidence_box else [],
         forward_passes=adapter.forward_passes - passes0, seconds=round(time.perf_counter() - t0, 4), mode=mode,
-        policy=ran_with(cfg, adapter), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
+        policy=ran_with(cfg, read_attention), method=method, evidence_box=evidence_box, answer_token_ids=token_ids,
         token_confidences=token_confidences, answer_cut_off=cut_off,
     )
 
@@ -174,28 +174,28 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
                    box.as_list(), cfg.mode, reader.answer_ids, cut_off=reader.cut_off)
 
 
-def _relevance_or_uniform(adapter, renderer, question, choices, cfg):
-    """The model's relevance map where the policy and the adapter allow it (``cfg.use_relevance``; black box:
-    None), else a uniform 8 x 8 one."""
+def _relevance_or_uniform(adapter, renderer, question, choices, cfg) -> tuple[np.ndarray, bool]:
+    """(the model's relevance map where the policy and the adapter allow it (``cfg.use_relevance``; black
+    box: none), else a uniform 8 x 8 one; whether it is the model's)."""
     used = cfg.use_relevance and adapter.supports_relevance
     rel = adapter.relevance([renderer.global_view], question, choices) if used else None
-    return rel if rel is not None else np.ones((8, 8)) / 64
+    return (rel, True) if rel is not None else (np.ones((8, 8)) / 64, False)
 
 
 def run_api(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
-    rel = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
+    rel, read = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render_map(rel))
     return _result("api", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [], None, "highlight",
-                   reader.answer_ids, cut_off=reader.cut_off)
+                   reader.answer_ids, cut_off=reader.cut_off, read_attention=read)
 
 
 def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_fraction: float = 0.25, **_):
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
-    rel = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
+    rel, read = _relevance_or_uniform(adapter, renderer, question, choices, cfg)
     r, c = np.unravel_index(int(np.argmax(rel)), rel.shape)
     cell = renderer.grid_to_source(*rel.shape)[r * rel.shape[1] + c]
     w, h = image.size
@@ -205,7 +205,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],
-                   box.as_list(), mode, reader.answer_ids, cut_off=reader.cut_off)
+                   box.as_list(), mode, reader.answer_ids, cut_off=reader.cut_off, read_attention=read)
 
 
 def run_spote(adapter, image, question, choices=None, cfg=PolicyConfig(), **_):

@@ -724,7 +724,8 @@ class SpotResult:
         mode: how views were rendered: ``highlight``, ``zoom`` or ``zoom+context`` (the whole image beside
             the zoom).
         policy: the ``PolicyConfig`` the search ran with, as a dict (for ``naive_entropy`` and ``scaffold``
-            the configuration they derive from the one given).
+            the configuration they derive from the one given); its ``use_relevance`` says whether the model's
+            attention was read (``ran_with``).
         box_steps, box_rewards, box_entropies: for each of ``boxes``: the group that read it, its reward and
             its answer entropy (nats); spote's loop only (empty for the peers).
         method: what answered: ``spote`` or a peer (``spote.baselines.METHODS``).
@@ -811,11 +812,12 @@ def significant(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def ran_with(cfg: PolicyConfig, adapter) -> dict:
-    """The policy a result records: ``cfg``'s fields, ``use_relevance`` False where the adapter reads no
-    attention (black-box mode: an endpoint, ``load_adapter(relevance=False)``, a model without eager
-    attention), as the search then ran."""
-    return {**asdict(cfg), "use_relevance": cfg.use_relevance and bool(getattr(adapter, "supports_relevance", False))}
+def ran_with(cfg: PolicyConfig, read_attention: bool) -> dict:
+    """The policy a result records: ``cfg``'s fields, ``use_relevance`` whether the search read the model's
+    attention (False in black-box mode: an endpoint, ``load_adapter(relevance=False)``, a model without
+    eager attention; for a search whose budget left no room for the relevance pass; for a method that
+    reads none: grid, random, zoomeye, the oracle)."""
+    return {**asdict(cfg), "use_relevance": bool(read_attention)}
 
 
 def _distribution(choices, logp: torch.Tensor) -> dict:
@@ -830,6 +832,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     t0 = time.perf_counter()
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)
+    relevance_read = False  # whether the model's attention was read (the result records it)
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)
@@ -927,6 +930,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() - reserve >= 2 + 2 * cost:
                 rel = adapter.relevance([renderer.global_view], question, choices)
                 relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
+                relevance_read = True
             saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
             peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
             policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)
@@ -1027,7 +1031,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         entropy_trace=[round(float(h), 5) for h in entropy_trace], reward_trace=reward_trace,
         anchors=anchors.describe(choices, [adapter.tokenizer.decode([t]) for t in (reader.span_ids or [])]),
         boxes=boxes, chosen_boxes=chosen, forward_passes=used(), seconds=round(time.perf_counter() - t0, 4),
-        mode=mode, policy=ran_with(cfg, adapter), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
+        mode=mode, policy=ran_with(cfg, relevance_read), box_steps=box_steps, box_rewards=box_rewards, box_entropies=box_entropies,
         method=method, evidence_box=evidence.as_list() if evidence is not None else None,
         token_confidences=None if token_logp is None else [math.exp(lp) for lp in token_logp],
         answer_token_ids=answer_ids, answer_from_neighbour=from_neighbour, answer_readings=all_readings,

@@ -335,3 +335,14 @@ def test_the_recorded_policy_says_whether_attention_was_read(item, random_tiny_d
     as_blind = spote.answer(item.image, Q, CHOICES, model=blind, method="vicrop")
     assert off.policy["use_relevance"] is False and on.policy["use_relevance"] is True
     assert off.evidence_box == as_blind.evidence_box   # the uniform map's crop, as in black-box mode
+    # what was read, not what was asked: a budget with no room for the relevance pass, a method that reads none
+    calls = []
+    seeing.relevance, real = (lambda *a, **k: calls.append(1) or real(*a, **k)), seeing.relevance
+    try:
+        for method, budget in (("spote", 3), ("grid", 8), ("zoomeye", 8), ("spote", 96)):
+            calls.clear()
+            res = spote.answer(item.image, Q, CHOICES, model=seeing, method=method, budget=budget)
+            assert res.policy["use_relevance"] is bool(calls), (method, budget, calls)
+    finally:
+        del seeing.relevance
+    assert calls   # the full budget read it

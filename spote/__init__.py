@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from .loading import load_adapter
 
 _ADAPTERS: dict[tuple, Any] = {}  # models loaded by ``answer``, kept so that a second call does not reload
+_ADAPTERS_LOCK = threading.Lock()  # first calls from several threads load one model, one at a time
 
 
 def __getattr__(name: str):
@@ -46,7 +49,7 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
         BadImage: what ``load_image`` refuses; a URI naming no object, or a folder (a prefix); a store that
             cannot be read (no credentials, unreachable, options its filesystem does not take), in one line.
     """
-    from .images import BadImage, load_image
+    from .images import MAX_STREAM_BYTES, BadImage, load_image
     from .uris import is_remote, local_path, lower_scheme, redact_uri, redact_urls
 
     if isinstance(image, str) and is_remote(image):
@@ -54,10 +57,14 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
 
         image = lower_scheme(image)
         uri = redact_uri(image)  # as messages name it: a presigned URL's signature, a password, are not shown
+        t0 = time.monotonic()
         try:
             fs, path = fsspec.core.url_to_fs(image, **_http_timeouts(image, storage_options))
             with fs.open(path, "rb") as f:
-                image = f.read()
+                image = f.read(MAX_STREAM_BYTES + 1)  # a body without an end is no image: not into memory
+            if len(image) > MAX_STREAM_BYTES:
+                raise BadImage(f"{uri}: more than {MAX_STREAM_BYTES:,} bytes; not an image to read (save a large "
+                               "image to a file)")
             if not image and fs.isdir(path):  # S3 keeps a "folder" as a zero-byte object or as keys under it
                 raise IsADirectoryError(path)
         except FileNotFoundError as err:
@@ -65,13 +72,15 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
             if cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410):
                 raise BadImage(f"no such object: {uri}") from err
             if isinstance(cause, TimeoutError):
-                raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
+                raise BadImage(f"cannot read {uri}: {_timed_out(time.monotonic() - t0)}") from err
             first = redact_urls((str(cause).strip().splitlines() or [""])[0])
             raise BadImage(f"cannot read {uri}: {type(cause).__name__}: {first}".rstrip(": ")) from err
         except IsADirectoryError as err:
             raise BadImage(f"{uri} is a folder (a prefix), not an image object") from err
         except TimeoutError as err:  # asyncio's and fsspec's (FSTimeoutError) timeouts, which say nothing themselves
-            raise BadImage(f"cannot read {uri}: the server sent nothing for {HTTP_READ_SECONDS:g} s") from err
+            raise BadImage(f"cannot read {uri}: {_timed_out(time.monotonic() - t0)}") from err
+        except BadImage:
+            raise
         except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take
             first = redact_urls((str(err).strip().splitlines() or [""])[0])
             raise BadImage(f"cannot read {uri}: {type(err).__name__}: {first}".rstrip(": ")) from err
@@ -88,6 +97,17 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
 HTTP_READ_SECONDS = 60.0
 """How long ``https://`` reads wait for the next bytes before they fail (aiohttp waits 5 minutes in all by
 default, and a download that takes longer than that fails even while bytes arrive)."""
+HTTP_TOTAL_SECONDS = 1800.0
+"""How long an ``https://`` image may take in all (a server dripping a byte every few seconds never trips
+``HTTP_READ_SECONDS``): 30 minutes, a gigabyte at 0.6 MB/s."""
+
+
+def _timed_out(seconds: float) -> str:
+    """What an HTTP(S) read that timed out after ``seconds`` met: the whole read past ``HTTP_TOTAL_SECONDS``,
+    or no bytes for ``HTTP_READ_SECONDS`` (the errors do not say which)."""
+    if seconds >= HTTP_TOTAL_SECONDS:
+        return f"no whole image within {HTTP_TOTAL_SECONDS:g} s (the server sends too slowly)"
+    return f"the server sent nothing for {HTTP_READ_SECONDS:g} s"
 
 
 def _http_timeouts(uri: str, storage_options: dict | None) -> dict:
@@ -100,7 +120,7 @@ def _http_timeouts(uri: str, storage_options: dict | None) -> dict:
         return options
     import aiohttp
 
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=HTTP_READ_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=HTTP_TOTAL_SECONDS, sock_connect=30, sock_read=HTTP_READ_SECONDS)
     options["client_kwargs"] = {**(client or {}), "timeout": timeout}
     return options
 
@@ -223,10 +243,12 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
                 else os.path.realpath(model))
         key = (name if model is not None else None, revision, endpoint, _digest(endpoint_options),
                _digest(storage_options) if remote else None, cfg.use_relevance)
-        if key not in _ADAPTERS:
-            _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
-                                          relevance=cfg.use_relevance, storage_options=storage_options)
-        adapter = _ADAPTERS[key]
+        with _ADAPTERS_LOCK:
+            if key not in _ADAPTERS:
+                _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint,
+                                              endpoint_options=endpoint_options, relevance=cfg.use_relevance,
+                                              storage_options=storage_options)
+            adapter = _ADAPTERS[key]
     elif hasattr(model, "forward_passes") and hasattr(model, "tokenizer"):  # an adapter load_adapter returned
         if revision or endpoint or endpoint_options:
             raise ValueError("revision, endpoint and endpoint_options choose a model to load; model is one already "

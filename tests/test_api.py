@@ -346,3 +346,21 @@ def test_the_recorded_policy_says_whether_attention_was_read(item, random_tiny_d
     finally:
         del seeing.relevance
     assert calls   # the full budget read it
+
+
+def test_first_calls_from_several_threads_load_one_model(item, random_tiny_dir, tmp_path, monkeypatch):
+    """Four threads' first calls each loaded the model (four copies of a 7B model), racing transformers' lazy
+    imports (ImportError: cannot import name 'AutoConfig')."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import spote.loading
+
+    folder = tmp_path / "fresh-model"   # a model no earlier test cached
+    shutil.copytree(random_tiny_dir, folder)
+    loads, real = [], spote.loading.load_adapter
+    monkeypatch.setattr(spote.loading, "load_adapter", lambda *a, **k: loads.append(1) or real(*a, **k))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: spote.answer(item.image, Q, CHOICES, model=str(folder), method="baseline")
+                                .answer, range(4)))
+    assert len(loads) == 1 and len(set(answers)) == 1

@@ -595,6 +595,57 @@ def test_a_server_that_stops_sending_fails_in_one_line(monkeypatch, sends):
             conn.close()
 
 
+@pytest.mark.parametrize("kind", ["drips", "never ends"])
+def test_a_server_that_drips_or_never_ends_its_body_is_cut_off(monkeypatch, kind):
+    """A byte every few seconds never tripped the wait between bytes (held for ever); a body without an end
+    was read into memory until it filled it. Reads end at ``HTTP_TOTAL_SECONDS`` and ``MAX_STREAM_BYTES``."""
+    import socket
+    import threading
+    import time
+
+    import spote
+    import spote.images
+
+    monkeypatch.setattr(spote, "HTTP_TOTAL_SECONDS", 2.0)
+    monkeypatch.setattr(spote.images, "MAX_STREAM_BYTES", 1 << 16)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    if kind == "drips":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                        while not stop.is_set():
+                            conn.sendall(b"x")
+                            time.sleep(0.2)
+                    else:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                        while not stop.is_set():
+                            conn.sendall(b"\0" * 65536)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
+    try:
+        res = runner.invoke(app, ["ask", url, "q ?", "--choices", "a,b"])
+    finally:
+        stop.set()
+        listener.close()
+    says = ("no whole image within 2 s (the server sends too slowly)" if kind == "drips"
+            else "more than 65,536 bytes; not an image to read")
+    assert res.exit_code == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
 def test_an_http_timeout_of_ones_own_is_kept():
     import aiohttp
 

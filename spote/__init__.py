@@ -11,6 +11,7 @@ Heavy modules (torch, transformers) load on first use, so ``import spote`` stays
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 import threading
 import time
@@ -84,10 +85,10 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
         except Exception as err:  # no credentials, an unreachable store, options its filesystem does not take
             first = redact_urls((str(err).strip().splitlines() or [""])[0])
             raise BadImage(f"cannot read {uri}: {type(err).__name__}: {first}".rstrip(": ")) from err
-    elif isinstance(image, str):
+    elif isinstance(image, (str, os.PathLike)):
         try:
-            image = local_path(image)
-        except ValueError as err:
+            image = local_path(os.fspath(image))
+        except (ValueError, TypeError) as err:
             raise BadImage(str(err)) from None
         if image.startswith("~") and not os.path.exists(image):  # as model= and the jobs' manifests read it
             image = os.path.expanduser(image)
@@ -212,7 +213,7 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
 
     from .baselines import ANSWER_METHODS, held_to_budget, run_method
     from .core import PolicyConfig
-    from .images import check_choices, check_question
+    from .images import ImageTooLarge, check_choices, check_question
     from .loading import load_adapter
 
     _check_text_arguments(question, choices)
@@ -229,9 +230,13 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         raise ValueError("endpoint_options apply to an endpoint, and no endpoint is given")
     if isinstance(model, str) and not model.strip():
         raise ValueError("model is an empty name; give None for the shipped spote-tiny, or a folder, URI or hub id")
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral)
+                                   or max_pixels < 1):
         raise ValueError(f"max_pixels must be a whole number of pixels >= 1, got {max_pixels!r}")
-    img = _read_image(image, storage_options, max_pixels)
+    try:
+        img = _read_image(image, storage_options, None if max_pixels is None else int(max_pixels))
+    except ImageTooLarge as err:  # the guard is the caller's to raise, as `spote ask --max-pixels` says
+        raise ImageTooLarge(f"{err}, or raise max_pixels=") from None
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         # every argument that can change what loads: the same s3:// name on another store (storage_options)
         # is another model; options can hold secrets, so the key keeps only a hash of them

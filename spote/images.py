@@ -703,19 +703,23 @@ def _seekable_binary(f):
     """A file object as Pillow reads it: a seekable binary one as it is; a pipe or an HTTP body (no seek) read
     into memory from where it stands, at most ``MAX_STREAM_BYTES``. Raises BadImage for a text-mode file, an
     empty or an endless stream."""
-    if isinstance(f, io.TextIOBase) or "b" not in getattr(f, "mode", "b"):
+    if isinstance(f, io.TextIOBase):  # a mode attribute says less: a zip member's is 'r', a GzipFile's an int
         raise BadImage("a file object opened as text: open the image in binary mode ('rb')")
     try:
         if f.seekable():
             return f
     except (AttributeError, OSError, ValueError):  # no seekable(), or a closed file (read below says so)
         pass
-    try:
-        data = f.read(MAX_STREAM_BYTES + 1)
+    chunks, size = [], 0
+    try:  # an unbuffered stream (a raw socket or pipe) returns what has arrived: read until it ends
+        while size <= MAX_STREAM_BYTES and (chunk := f.read(min(1 << 20, MAX_STREAM_BYTES + 1 - size))):
+            if isinstance(chunk, str):
+                raise BadImage("a file object that reads text: open the image in binary mode ('rb')")
+            chunks.append(chunk)
+            size += len(chunk)
     except (OSError, ValueError) as err:
         raise BadImage(f"cannot read the file object: {err}") from None
-    if isinstance(data, str):
-        raise BadImage("a file object that reads text: open the image in binary mode ('rb')")
+    data = b"".join(chunks)
     if len(data) > MAX_STREAM_BYTES:
         raise BadImage(f"more than {MAX_STREAM_BYTES:,} bytes from a stream without an end; not an image to read")
     if not data:

@@ -18,6 +18,10 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not lower_scheme(uri).startswith("file:")
 
 
+# schemes whose URIs hold no credentials and whose keys may hold '@', '?' and '#'
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "hf", "memory", "file"})
+
+
 def lower_scheme(uri: str) -> str:
     """``uri`` with its scheme in lower case (``HTTPS://h/a.png`` -> ``https://h/a.png``): schemes are
     case-insensitive (RFC 3986, 3.1), fsspec's registry is not ("Protocol not known: HTTPS")."""
@@ -34,14 +38,17 @@ def redact_uri(uri: str) -> str:
     either of which may carry a credential (a presigned URL's signature, ``?token=``). Other URIs keep their
     ``?`` and ``#`` (part of an S3 key or a file name); local paths are returned as they are."""
     scheme, sep, rest = uri.partition("://")
-    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
-        return uri
-    if scheme.lower() not in ("http", "https"):
-        authority, slash, path = rest.partition("/")
-        return f"{scheme}://{authority.rsplit('@', 1)[-1]}{slash}{path}"
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or scheme.lower() in OBJECT_STORES:
+        return uri  # an object store's '@', '?' and '#' are a key's characters, and it has no user:password
+    http = scheme.lower() in ("http", "https")
+    before_query = rest.split("?", 1)[0] if http else rest
+    if "@" in before_query:  # past the last '@' of it: a password with an unescaped '/' or '#' is not shown either
+        rest = before_query.rsplit("@", 1)[1] + rest[len(before_query):]
+    if not http:
+        return f"{scheme}://{rest}"
     try:
-        parts = urlsplit(uri)
-        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+        parts = urlsplit(f"{scheme}://{rest}")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     except ValueError:
         return "<unparseable URL>"
 

@@ -305,6 +305,9 @@ def test_an_image_path_under_the_home_folder_is_expanded(tmp_path, monkeypatch, 
     monkeypatch.setenv("HOME", str(tmp_path))
     Image.new("RGB", (64, 48), "white").save(tmp_path / "x.png")
     assert spote.answer("~/x.png", Q, CHOICES, model=shipped_adapter, budget=2).answer in CHOICES
+    from pathlib import Path
+
+    assert spote.answer(Path("~/x.png"), Q, CHOICES, model=shipped_adapter, budget=2).answer in CHOICES
     with pytest.raises(spote.BadImage, match=r"^empty path"):
         spote.answer("", Q, CHOICES, model=shipped_adapter)
 
@@ -313,9 +316,10 @@ def test_the_pixel_guard_can_be_raised_from_python(shipped_adapter):
     """``spote ask --max-pixels`` and the jobs' flag had no ``spote.answer`` counterpart: a 42-megapixel array
     was refused with advice to downscale it."""
     big = np.full((7000, 6000), 200, np.uint8)
-    with pytest.raises(spote.BadImage, match="40,000,000"):
+    with pytest.raises(spote.BadImage, match="40,000,000.*, or raise max_pixels=$"):
         spote.answer(big, Q, CHOICES, model=shipped_adapter, budget=1)
     assert spote.answer(big, Q, CHOICES, model=shipped_adapter, budget=1, max_pixels=50_000_000).answer in CHOICES
+    assert spote.answer(big, Q, CHOICES, model=shipped_adapter, budget=1, max_pixels=np.int64(50_000_000)).answer
     for bad in (0, 2.5, True, "50000000"):
         with pytest.raises(ValueError, match="max_pixels must be a whole number of pixels >= 1"):
             spote.answer(big, Q, CHOICES, model=shipped_adapter, max_pixels=bad)

@@ -685,3 +685,33 @@ def test_a_boolean_array_with_alpha_is_composited_on_white_as_other_types_are():
     ga = np.zeros((4, 4, 2), bool)
     ga[..., 1] = [[False] * 2 + [True] * 2] * 4
     assert (np.asarray(load_image(ga))[:, :2] == 255).all() and (np.asarray(load_image(ga))[:, 2:] == 0).all()
+
+
+def test_binary_streams_of_every_kind_are_read(tmp_path):
+    """A zip member (mode 'r') was refused as text, a GzipFile (mode an int) raised TypeError, and an unbuffered
+    pipe whose bytes came in two writes was "corrupt or truncated" (one read took what had arrived)."""
+    import gzip
+    import os
+    import threading
+    import time
+    import zipfile
+
+    data = _png_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("a.png", data)
+    with zipfile.ZipFile(tmp_path / "a.zip") as z, z.open("a.png") as member:
+        assert load_image(member).size == (40, 30)
+    (tmp_path / "a.png.gz").write_bytes(gzip.compress(data))
+    with gzip.open(tmp_path / "a.png.gz") as gz:
+        assert load_image(gz).size == (40, 30)
+    r, w = os.pipe()
+
+    def write_in_two():
+        os.write(w, data[:100])
+        time.sleep(0.3)
+        os.write(w, data[100:])
+        os.close(w)
+
+    threading.Thread(target=write_in_two).start()
+    with open(r, "rb", buffering=0) as raw:
+        assert load_image(raw).size == (40, 30)

@@ -11,7 +11,10 @@ from spote.uris import is_remote, local_path, lower_scheme, redact_uri, redact_u
     ("ftp://erin:pw@127.0.0.1:1/a.png", "ftp://127.0.0.1:1/a.png"),       # userinfo in any scheme
     ("smb://dom;u:pw@srv/share/x.png", "smb://srv/share/x.png"),
     ("s3://bucket/a?b#c.png", "s3://bucket/a?b#c.png"),                    # '?' and '#' are part of a key
-    ("s3://bucket/me@home.png", "s3://bucket/me@home.png"),               # '@' past the authority is a name
+    ("s3://bucket/me@home.png", "s3://bucket/me@home.png"),               # '@' in a key is a name
+    ("http://alice:pa/55SECRET@h:8/x.png", "http://h:8/x.png"),           # a password with an unescaped '/'
+    ("http://alice:p#SECRET@h/x.png?a=b@c", "http://h/x.png"),            # ... or '#'; an '@' in the query
+    ("ftp://erin:p/w@h/a.png", "ftp://h/a.png"),
     ("/tmp/x?y.png", "/tmp/x?y.png"), ("file:///a%20b.png", "file:///a%20b.png")])
 def test_a_uri_is_shown_without_its_credentials(uri, shown):
     assert redact_uri(uri) == shown

@@ -50,7 +50,7 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
         BadImage: what ``load_image`` refuses; a URI naming no object, or a folder (a prefix); a store that
             cannot be read (no credentials, unreachable, options its filesystem does not take), in one line.
     """
-    from .images import MAX_STREAM_BYTES, BadImage, load_image
+    from .images import MAX_STREAM_BYTES, BadImage, load_image, read_at_most
     from .uris import is_remote, local_path, lower_scheme, redact_uri, redact_urls
 
     if isinstance(image, str) and is_remote(image):
@@ -62,7 +62,7 @@ def _read_image(image, storage_options: dict | None, max_pixels: int | None = No
         try:
             fs, path = fsspec.core.url_to_fs(image, **_http_timeouts(image, storage_options))
             with fs.open(path, "rb") as f:
-                image = f.read(MAX_STREAM_BYTES + 1)  # a body without an end is no image: not into memory
+                image = read_at_most(f)  # a body without an end is no image: not into memory
             if len(image) > MAX_STREAM_BYTES:
                 raise BadImage(f"{uri}: more than {MAX_STREAM_BYTES:,} bytes; not an image to read (save a large "
                                "image to a file)")

@@ -210,7 +210,7 @@ def _read_stream(f, name: str) -> bytes:
     """All of a pipe or device ``f``, at most ``images.MAX_STREAM_BYTES``. Raises AskError past it."""
     from . import images
 
-    data = f.read(images.MAX_STREAM_BYTES + 1)
+    data = images.read_at_most(f)
     if len(data) > images.MAX_STREAM_BYTES:
         raise AskError(f"{name}: more than {images.MAX_STREAM_BYTES:,} bytes without an end; not an image spote ask reads "
                        "(save a large image to a file)")

@@ -699,6 +699,21 @@ MAX_STREAM_BYTES = 1 << 30
 filling the memory."""
 
 
+def read_at_most(f, limit: int | None = None) -> bytes:
+    """A stream's bytes to its end or to ``limit + 1`` (default ``MAX_STREAM_BYTES``), whichever comes first:
+    more than ``limit`` means it is too long (the caller says so). An unbuffered stream (a raw socket or
+    pipe, an HTTP body without a length) returns what has arrived on each read, so it is read until it ends.
+    Raises BadImage for a stream that reads text."""
+    limit = MAX_STREAM_BYTES if limit is None else limit
+    chunks, size = [], 0
+    while size <= limit and (chunk := f.read(min(1 << 20, limit + 1 - size))):
+        if isinstance(chunk, str):
+            raise BadImage("a file object that reads text: open the image in binary mode ('rb')")
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _seekable_binary(f):
     """A file object as Pillow reads it: a seekable binary one as it is; a pipe or an HTTP body (no seek) read
     into memory from where it stands, at most ``MAX_STREAM_BYTES``. Raises BadImage for a text-mode file, an
@@ -710,16 +725,12 @@ def _seekable_binary(f):
             return f
     except (AttributeError, OSError, ValueError):  # no seekable(), or a closed file (read below says so)
         pass
-    chunks, size = [], 0
-    try:  # an unbuffered stream (a raw socket or pipe) returns what has arrived: read until it ends
-        while size <= MAX_STREAM_BYTES and (chunk := f.read(min(1 << 20, MAX_STREAM_BYTES + 1 - size))):
-            if isinstance(chunk, str):
-                raise BadImage("a file object that reads text: open the image in binary mode ('rb')")
-            chunks.append(chunk)
-            size += len(chunk)
+    try:
+        data = read_at_most(f)
     except (OSError, ValueError) as err:
+        if isinstance(err, BadImage):
+            raise
         raise BadImage(f"cannot read the file object: {err}") from None
-    data = b"".join(chunks)
     if len(data) > MAX_STREAM_BYTES:
         raise BadImage(f"more than {MAX_STREAM_BYTES:,} bytes from a stream without an end; not an image to read")
     if not data:

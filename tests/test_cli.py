@@ -1,5 +1,8 @@
+import contextlib
 import json
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -557,90 +560,79 @@ def test_a_key_given_twice_in_a_flags_json_is_refused():
     assert parse_policy('{"budget": 2, "group_size": 4}') == {"budget": 2, "group_size": 4}
 
 
+@contextlib.contextmanager
+def _raw_http_server(respond):
+    """A server on a free local port that reads each request, then hands the connection to ``respond(conn,
+    stop)`` in a thread of its own (``stop``: set when the block ends); yields an image URL on it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def answer(conn):
+        with conn:
+            conn.recv(65536)
+            try:
+                respond(conn, stop)
+            except OSError:   # the client gave up
+                pass
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:   # closed at the end of the block
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
+    finally:
+        stop.set()
+        listener.close()
+
+
 @pytest.mark.parametrize("sends", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n\x89PNG"],
                          ids=["nothing", "headers then stalls"])
 def test_a_server_that_stops_sending_fails_in_one_line(monkeypatch, sends):
     """A server that accepts the connection and sends nothing (or stops mid-body) held ``spote ask`` for
     aiohttp's 5 minutes; reads now give up after ``HTTP_READ_SECONDS`` without bytes, and say so."""
-    import socket
-    import threading
-
     import spote
 
+    def silent(conn, stop):
+        conn.sendall(sends)
+        stop.wait()   # kept open, silent
+
     monkeypatch.setattr(spote, "HTTP_READ_SECONDS", 1.0)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held = []
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:   # closed at the end of the test
-                return
-            conn.recv(65536)
-            conn.sendall(sends)
-            held.append(conn)   # kept open, silent
-
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
-    try:
+    with _raw_http_server(silent) as url:
         res = runner.invoke(app, ["ask", url, "q ?", "--choices", "a,b"])
-        assert res.exit_code == 2, res.output
-        assert res.stderr.strip() == f"error: cannot read {url}: the server sent nothing for 1 s", res.output
-    finally:
-        listener.close()
-        for conn in held:
-            conn.close()
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == f"error: cannot read {url}: the server sent nothing for 1 s", res.output
 
 
 @pytest.mark.parametrize("kind", ["drips", "never ends"])
 def test_a_server_that_drips_or_never_ends_its_body_is_cut_off(monkeypatch, kind):
     """A byte every few seconds never tripped the wait between bytes (held for ever); a body without an end
     was read into memory until it filled it. Reads end at ``HTTP_TOTAL_SECONDS`` and ``MAX_STREAM_BYTES``."""
-    import socket
-    import threading
-    import time
-
     import spote
     import spote.images
 
+    def drips(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            conn.sendall(b"x")
+            stop.wait(0.2)
+
+    def never_ends(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        while not stop.is_set():
+            conn.sendall(b"\0" * 65536)
+
     monkeypatch.setattr(spote, "HTTP_TOTAL_SECONDS", 2.0)
     monkeypatch.setattr(spote.images, "MAX_STREAM_BYTES", 1 << 16)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                try:
-                    if kind == "drips":
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-                        while not stop.is_set():
-                            conn.sendall(b"x")
-                            time.sleep(0.2)
-                    else:
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                        while not stop.is_set():
-                            conn.sendall(b"\0" * 65536)
-                except OSError:
-                    pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
-    try:
+    with _raw_http_server(drips if kind == "drips" else never_ends) as url:
         res = runner.invoke(app, ["ask", url, "q ?", "--choices", "a,b"])
-    finally:
-        stop.set()
-        listener.close()
     says = ("no whole image within 2 s (the server sends too slowly)" if kind == "drips"
             else "more than 65,536 bytes; not an image to read")
     assert res.exit_code == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output

@@ -150,15 +150,16 @@ def _records(uri: str, storage_options=None):
                 "image_uri": "", "question": "", _BAD: f"{uri}: element {i} is {_json_kind(rec)}, not an object"}
     elif lower.endswith(".csv"):
         csv.field_size_limit(CSV_FIELD_LIMIT)
-        delimiter = _csv_delimiter(fs, path, gz)
         with fs.open(path, "rb", **gz) as f:
             # bytes that are not UTF-8 (a Latin-1 export) decoded as lone surrogates, so that they are the
             # row's problem: a strict decoder fails a whole chunk of rows, and every row after it
-            # skipinitialspace: "id, image_uri, question" (a space after each comma) is read as written by hand
-            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""),
-                                    delimiter=delimiter, skipinitialspace=True)
-            if reader.fieldnames is None:  # an empty file: no rows, as an empty JSONL part
+            text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            head = text.readline()
+            if not head:  # an empty file: no rows, as an empty JSONL part
                 return
+            # skipinitialspace: "id, image_uri, question" (a space after each comma) is read as written by hand
+            reader = csv.DictReader(itertools.chain([head], text), delimiter=_csv_delimiter(head),
+                                    skipinitialspace=True)
             if (why := not_utf8_text(",".join(reader.fieldnames).encode("utf-8", "surrogateescape"))) is not None:
                 raise ManifestError(f"{uri}: {why}")
             if any(lone_surrogate(c) for c in reader.fieldnames):  # an image named .csv, or another encoding
@@ -195,11 +196,9 @@ def _json_kind(value) -> str:
     return "a string or a number"
 
 
-def _csv_delimiter(fs, path: str, gz: dict) -> str:
-    """``","``, or ``";"`` / tab where the header line, read as CSV (quotes and all), has the needed columns
-    only when split there (a spreadsheet saved where ``,`` is the decimal mark)."""
-    with fs.open(path, "rb", **gz) as f:
-        head = f.readline(65536).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+def _csv_delimiter(head: str) -> str:
+    """``","``, or ``";"`` / tab where the header line ``head``, read as CSV (quotes and all), has the needed
+    columns only when split there (a spreadsheet saved where ``,`` is the decimal mark)."""
     for delimiter in (",", ";", "\t"):
         names = [n.strip() for n in next(csv.reader([head], delimiter=delimiter, skipinitialspace=True), [])]
         if all(n in names for n in NEEDED):

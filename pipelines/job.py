@@ -459,7 +459,8 @@ def job_command(fn):
                 typer.echo(f"error: {err}", err=True)  # bad input or a job that cannot start as asked: one line
                 raise typer.Exit(2) from None
             if isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS:  # a full or read-only disk, a name too long
-                typer.echo(f"error: {_permanent_line(err.errno, err.strerror or str(err), err.filename)}", err=True)
+                permanent = _permanent_os_error(err)
+                typer.echo(f"error: {_permanent_line(*permanent)}", err=True)
                 raise typer.Exit(1) from None
             if not is_outage(err):
                 raise
@@ -619,7 +620,7 @@ def _say_ray_failure(err: Exception, opts: "JobOptions | None") -> None:
         raise typer.Exit(1) from None
 
 
-_ERRNO_TEXT = re.compile(r"\[errno (\d+)\] ([^:'\n]+)(?::\s*'([^'\n]*)')?", re.IGNORECASE)
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\][^:'\n]+(?::\s*'([^'\n]*)')?", re.IGNORECASE)
 
 
 def _permanent_os_error(err: BaseException) -> tuple[int, str, str] | None:
@@ -629,7 +630,7 @@ def _permanent_os_error(err: BaseException) -> tuple[int, str, str] | None:
     while err is not None:
         if isinstance(err, OSError) and err.errno in PERMANENT_ERRNOS:
             return err.errno, err.strerror or str(err), err.filename or ""
-        for code, _, where in _ERRNO_TEXT.findall(str(err)):
+        for code, where in _ERRNO_TEXT.findall(str(err)):
             if int(code) in PERMANENT_ERRNOS:  # the system's words: pyarrow's are "Error writing bytes to file"
                 return int(code), os.strerror(int(code)), where
         err = err.__cause__

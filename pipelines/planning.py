@@ -183,7 +183,7 @@ def list_sources(input_uri: str, storage_options: dict | None, reason_to_skip: C
             else f"cannot be read: {type(err).__name__}"
         raise ValueError(f"--input {redact_uri(input_uri)}: {what}") from None
     # a named file (its name ends as the job's inputs do) that is not there is a typo, not an empty prefix
-    named = PurePosixPath(redact_uri(root) if root.lower().startswith(("http://", "https://")) else root)
+    named = PurePosixPath(redact_uri(root))  # an http(s) URL's name without its query
     if not found and not is_local(fs) and named.suffix and reason_to_skip(named.name) is None:
         raise FileNotFoundError(f"--input {redact_uri(input_uri)}: no such object, and no objects under it")
     accepted, skipped = [], []

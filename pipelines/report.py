@@ -675,12 +675,13 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
     blocks = []
     scenes = df.groupby("source", sort=True)
     for source, grp in scenes:
+        name = redact_uri(str(source))  # as the page names it: without a URL's credentials
         try:
             overview, scale = scene_overview(str(source), storage_options, bands, stretch)
         except Exception as err:  # an unreadable scene has its error rows; the report goes on
             # GDAL's own words, as the scene's rows give them ("gone.tif: No such file or directory"), not rasterio's
             # "Read failed. See previous exception for details."
-            blocks.append(f"<h3>{show(redact_uri(str(source)))}</h3><p class='muted'>no overview: {show(redact_urls(describe_error(err)))}</p>")
+            blocks.append(f"<h3>{show(name)}</h3><p class='muted'>no overview: {show(redact_urls(describe_error(err)))}</p>")
             continue
         # one overview per question of the file (its position): two entries may share their words
         for _, q in grp.groupby("question_index", sort=True, dropna=False):
@@ -691,8 +692,8 @@ def _scenes_section(df, storage_options, bands, stretch: str = "scene") -> str:
                       _box_or_none(getattr(r, "evidence_box", None))) for r in yes.itertuples()]
             pic = draw_scene(overview, scale, tiles)
             title = (f"{show(field_name, css_class='field')}: " if field_name else "") + show(question)
-            blocks.append(f"<div class='scene'><h3>{show(redact_uri(str(source)))}: {title}</h3><img src='{pic.uri}' "
-                          f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(redact_uri(str(source))), TEXT_SHOWN))}'>"
+            blocks.append(f"<div class='scene'><h3>{show(name)}: {title}</h3><img src='{pic.uri}' "
+                          f"width='{pic.width}' height='{pic.height}' alt='{esc(_cut(clean(name), TEXT_SHOWN))}'>"
                           f"<p class='muted'>{fmt_count(len(yes))} of {fmt_count(len(q))} tiles answered yes; "
                           f"{esc(pic.note)}</p></div>")
     hidden = df.attrs.get("scenes_total", scenes.ngroups) - scenes.ngroups

@@ -1,6 +1,10 @@
+import contextlib
+import functools
+import http.server
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -620,30 +624,38 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path, fmt):
         plan_manifest(str(path))
 
 
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):   # its request lines would land in the test's captured stderr
+        pass
+
+
+@contextlib.contextmanager
+def _http_folder(folder: Path, handler: type = _Quiet):
+    """``folder`` served over HTTP on a free local port by ``handler`` (a quiet ``SimpleHTTPRequestHandler``
+    unless given); yields the base URL, ``http://127.0.0.1:<port>``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_manifest_behind_a_signed_url_is_read_and_its_signature_not_recorded(ray_local, random_tiny_dir, tmp_path,
                                                                                fast_policy, files_holding):
     """An http(s) manifest URL with a query (a presigned URL's signature, ``?token=``) was taken for an
     unknown format (its name ended ``.jsonl?token=...``: an empty run) and recorded whole in the summary.
     It is read, and the summary and report hold the URL without its query."""
-    import functools
-    import http.server
-    import threading
-
     secret = "SECRETTOKEN42"
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "m.jsonl").write_text(json.dumps({"id": "h1", "image_uri": str(SAMPLES / "test-7-00000.png"),
                                                           "question": "what letter ?", "choices": "A,B,C"}) + "\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/m.jsonl?token={secret}"
-    try:
-        out = tmp_path / "out"
+    out = tmp_path / "out"
+    with _http_folder(tmp_path / "www") as base:
+        url = f"{base}/m.jsonl?token={secret}"
         summary = run_job("vqa", JobOptions(url, str(out), str(random_tiny_dir), policy=fast_policy, run_id="signed"),
                           plan_manifest(url))
-    finally:
-        server.shutdown()
     assert summary["items_in"] == summary["items_ok"] == 1
     assert summary["settings"]["input"] == url.split("?")[0]
     assert not files_holding(secret, out)
@@ -654,29 +666,20 @@ def test_credentials_in_image_urls_reach_no_report_or_error_text(ray_local, rand
     the errors table) and stored in the error column; a ``file:/a`` source was linked as a path under the
     driver's folder. The report and error texts name the URL without them; ``source`` keeps it whole, to read
     it again."""
-    import functools
     import glob
-    import http.server
-    import threading
 
     www = tmp_path / "www"
     www.mkdir()
     (www / "a.png").write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
-    sources = {"signed": f"http://{host}/a.png?X-Amz-Signature=SECRETSIG1", "password": f"http://alice:SECRETPW@{host}/a.png",
-               "gone": f"http://{host}/gone.png?X-Amz-Signature=SECRETSIG2", "fileuri": f"file:{www}/a.png"}
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": k, "image_uri": v, "question": "what letter ?",
-                                                          "choices": "A,B"}) + "\n" for k, v in sources.items()))
     out = tmp_path / "out"
-    try:
+    with _http_folder(www) as base:
+        host = base.removeprefix("http://")
+        sources = {"signed": f"http://{host}/a.png?X-Amz-Signature=SECRETSIG1", "password": f"http://alice:SECRETPW@{host}/a.png",
+                   "gone": f"http://{host}/gone.png?X-Amz-Signature=SECRETSIG2", "fileuri": f"file:{www}/a.png"}
+        (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": k, "image_uri": v, "question": "what letter ?",
+                                                              "choices": "A,B"}) + "\n" for k, v in sources.items()))
         run_job("vqa", JobOptions(str(tmp_path / "m.jsonl"), str(out), str(random_tiny_dir), policy=fast_policy,
                                   run_id="urls"), plan_manifest(str(tmp_path / "m.jsonl")))
-    finally:
-        server.shutdown()
     rows = {r["id"]: r for r in pq.read_table(out / "results").to_pylist()}
     assert {k: r["status"] for k, r in rows.items()} == {"signed": "ok", "password": "ok", "gone": "error", "fileuri": "ok"}
     assert rows["gone"]["error"] == f"missing object: http://{host}/gone.png"
@@ -690,16 +693,12 @@ def test_an_http_input_the_server_refuses_is_one_line_without_its_credential(tmp
     """A 403 on an http(s) --input ended in 150 lines of traceback ending with the URL's signature; a 404
     on a named manifest committed an empty run (exit 0); an image URL written ``HTTP://`` was "Protocol not
     known"."""
-    import functools
-    import http.server
-    import threading
-
     from typer.testing import CliRunner
 
     from pipelines import vqa
     from pipelines.stages import ImageLoader
 
-    class Refusing(http.server.SimpleHTTPRequestHandler):
+    class Refusing(_Quiet):
         def do_GET(self):
             if self.path.startswith("/403/"):
                 self.send_error(403)
@@ -708,14 +707,9 @@ def test_an_http_input_the_server_refuses_is_one_line_without_its_credential(tmp
 
         do_HEAD = do_GET
 
-        def log_message(self, *args):
-            pass
-
     (tmp_path / "a.png").write_bytes((SAMPLES / "test-7-00000.png").read_bytes())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Refusing, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
-    try:
+    with _http_folder(tmp_path, Refusing) as base:
+        host = base.removeprefix("http://")
         for path, says in (("403/m.jsonl?X-Amz-Signature=SECRET", f"error: --input http://{host}/403/m.jsonl: access "
                                                                    "denied HTTP 403"),
                            ("none/m.jsonl?token=SECRET", f"error: --input http://{host}/none/m.jsonl: no such object, "
@@ -724,8 +718,6 @@ def test_an_http_input_the_server_refuses_is_one_line_without_its_credential(tmp
             assert res.exit_code == 2 and res.stderr.strip() == says and "SECRET" not in res.output, res.output
         row = ImageLoader().load({"id": "x", "source": f"HTTP://{host}/a.png", "question": "q ?", "choices": ""})
         assert row["status"] == "ok", row.get("error")
-    finally:
-        server.shutdown()
     assert not (tmp_path / "out").exists()
 
 
@@ -792,10 +784,7 @@ def test_a_signed_manifest_url_is_named_without_its_query_in_rows_and_messages(t
     """Error rows and messages named the manifest by its full URL, signature included; a .json part whose
     first element lacks the needed columns committed a run of one error row where a .jsonl was refused; a
     corrupt gzip stream (zlib.error) escaped every handler."""
-    import functools
     import gzip
-    import http.server
-    import threading
 
     secret = "SECRETSIG"
     www = tmp_path / "www"
@@ -803,17 +792,10 @@ def test_a_signed_manifest_url_is_named_without_its_query_in_rows_and_messages(t
     (www / "m.jsonl").write_text(json.dumps({"id": "a", "image_uri": None, "question": "q ?"}) + "\n" +
                                  json.dumps({"id": "b", "image_uri": "x.png", "question": {"k": 1}}) + "\n")
     (www / "cols.json").write_text(json.dumps([{"img": "x.png", "q": "q ?"}]))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _http_folder(www) as base:
         rows = read_manifest(f"{base}/m.jsonl?X-Amz-Signature={secret}")
         with pytest.raises(ManifestError) as err:
             plan_manifest(f"{base}/cols.json?X-Amz-Signature={secret}")
-    finally:
-        server.shutdown()
     assert [r["status"] for r in rows] == ["error", "error"]
     assert rows[0]["error"] == f"missing image_uri: row 0 of {base}/m.jsonl has none"
     assert all(secret not in json.dumps(r) for r in rows)

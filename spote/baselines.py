@@ -109,18 +109,19 @@ def _lowest_entropy(method, adapter, image, question, choices, cfg, windows: lis
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
+    mode = view_mode(cfg, adapter)
     base, text = reader.baseline([renderer.global_view])
     best, best_box = base, None
     chunk = max(1, adapter.batch_size)
     for start in range(0, len(windows), chunk):
         part = windows[start:start + chunk]
-        for b, rd in zip(part, reader.read([renderer.render(b, cfg.mode) for b in part])):
+        for b, rd in zip(part, reader.read([renderer.render(b, mode) for b in part])):
             if rd.entropy < best.entropy:
                 best, best_box = rd, b
-    text, ids, token_logp, cut_off = _open_answer(adapter, renderer, cfg.mode, reader, choices, best_box, text)
+    text, ids, token_logp, cut_off = _open_answer(adapter, renderer, mode, reader, choices, best_box, text)
     trace = [base.entropy, best.entropy] if windows else [base.entropy]  # the whole image alone is one step
     return _result(method, adapter, passes0, t0, cfg, best, choices, text, trace,
-                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, cfg.mode, ids, token_logp,
+                   [b.as_list() for b in windows], best_box.as_list() if best_box else None, mode, ids, token_logp,
                    cut_off)
 
 
@@ -166,12 +167,13 @@ def run_oracle(adapter, image, question, choices=None, cfg=PolicyConfig(), evide
     t0, passes0 = time.perf_counter(), adapter.forward_passes
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
+    mode = view_mode(cfg, adapter)
     if choices is None:
-        base, text = reader.baseline(renderer.render(box, cfg.mode))
+        base, text = reader.baseline(renderer.render(box, mode))
     else:
-        base, text = reader.read([renderer.render(box, cfg.mode)])[0], None
+        base, text = reader.read([renderer.render(box, mode)])[0], None
     return _result("oracle", adapter, passes0, t0, cfg, base, choices, text, [base.entropy], [box.as_list()],
-                   box.as_list(), cfg.mode, reader.answer_ids, cut_off=reader.cut_off)
+                   box.as_list(), mode, reader.answer_ids, cut_off=reader.cut_off)
 
 
 def _relevance_or_uniform(adapter, renderer, question, choices, cfg) -> tuple[np.ndarray, bool]:
@@ -201,7 +203,7 @@ def run_vicrop(adapter, image, question, choices=None, cfg=PolicyConfig(), crop_
     w, h = image.size
     side = min(min(w, h), max(adapter.input_size, crop_fraction * min(w, h)))
     box = Box.square(*cell.centre, side).shifted_inside(w, h)
-    mode = "zoom+context" if adapter.max_images >= 2 else "zoom"
+    mode = view_mode(replace(cfg, mode="zoom+context"), adapter)  # ViCrop's view: the whole image beside the crop
     reader = Reader(adapter, question, choices)
     reading, text = reader.baseline(renderer.render(box, mode))
     return _result("vicrop", adapter, passes0, t0, cfg, reading, choices, text, [reading.entropy], [box.as_list()],

@@ -97,6 +97,17 @@ def test_open_answers_carry_their_token_ids(random_adapter, method):
     assert run_method(method, random_adapter, img, Q, CHOICES, PolicyConfig(budget=6), **kw).answer_token_ids is None
 
 
+@pytest.mark.parametrize("method", ["baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye",
+                                    "scaffold", "oracle", "spote"])
+def test_every_method_reads_one_image_views_on_a_model_that_takes_one_image(random_adapter, method, monkeypatch):
+    """A model that takes one image per prompt (an endpoint's ``max_images: 1``) gets ``zoom`` where the
+    policy asks ``zoom+context``: grid, random and the oracle rendered two images, which the adapter refused."""
+    monkeypatch.setattr(random_adapter, "max_images", 1)
+    kw = {"evidence": (100, 100, 160, 124), "max_passes": 6, "n_windows": 6}
+    res = run_method(method, random_adapter, _image(320, 240, seed=4), Q, CHOICES, PolicyConfig(budget=6), **kw)
+    assert res.mode != "zoom+context" and res.forward_passes >= 1
+
+
 def test_oracle_frames_an_open_field_tightly_and_a_closed_glyph_with_room(random_adapter):
     """Closed evidence (a glyph) is read at twice its side; an open field of several glyphs at 1.05 x its
     long side, at least one model input, so small glyphs stay legible."""

@@ -205,7 +205,7 @@ class SpotePredictor:
         self.cfg = PolicyConfig(**(policy or {}))
         self.model_name = self.adapter.name
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
-        self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)
+        self.policy_json = json.dumps(self.cfg.__dict__, sort_keys=True)  # as asked: the rows not answered
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None  # seconds per item; None: no limit
         # Ray, Arrow and the model are here for the actor's life: move them out of the cyclic GC's
         # reach, so the collections spote's many short-lived objects trigger stay short
@@ -258,7 +258,9 @@ class SpotePredictor:
                "token_confidences": res.token_confidences,
                "entropy_initial": res.entropy_trace[0], "entropy_final": res.entropy_trace[-1],
                "entropy_trace": res.entropy_trace, "boxes": res.boxes, "evidence_box": res.evidence_box,
-               "forward_passes": res.forward_passes, "latency_ms": (time.perf_counter() - t0) * 1000}
+               "forward_passes": res.forward_passes, "latency_ms": (time.perf_counter() - t0) * 1000,
+               # as the search ran: use_relevance False where no attention was read (black box, no room for it)
+               "policy": json.dumps(res.policy, sort_keys=True)}
         ppp = row.get("points_per_pixel")  # a rendered PDF page (null, read back as NaN, for page images)
         if isinstance(ppp, (int, float)) and ppp > 0 and res.evidence_box:
             out["evidence_box_pt"] = [round(v * float(ppp), 2) for v in res.evidence_box]

@@ -206,6 +206,9 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             method, a policy value out of range.
         spote.adapters.base.PromptTooLong: a ``ValueError``: the question (or, closed set, its choices), with
             the images, is longer than the model reads.
+        spote.adapters.base.UnreadableText: a ``ValueError``: this model cannot read the question or choices
+            as asked (one of its markers in the text, choices it reads as the same tokens, a question of
+            tokens all unknown to it).
         spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
     """

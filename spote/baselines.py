@@ -233,7 +233,7 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
 
     The image is a tree: the root is the whole image, a node's children its four quadrants, down
     to ``cfg.min_window`` model input sizes. A priority queue holds the nodes scored so far, best
-    first; the search pops the best node, scores its children in one batched pass, and stops when
+    first; the search pops the best node, scores its children in one batch, and stops when
     a node's answer is clear (entropy <= the same exit threshold tau as spote's), the queue is
     empty, or ``max_passes`` forward passes are spent (``ZOOMEYE_MAX_PASSES`` when not given). The
     answer comes from the clearest node.
@@ -263,7 +263,7 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
             if room < cost:
                 break
             continue
-        for k, rd in zip(kids, reader.read([renderer.render(k, mode) for k in kids])):  # one batched pass
+        for k, rd in zip(kids, reader.read([renderer.render(k, mode) for k in kids])):  # one batch
             seen.append(k.as_list())
             heapq.heappush(queue, (rd.entropy, pushed, k))
             pushed += 1
@@ -276,11 +276,12 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
 
 
 def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:
-    """The SPOT-E authors' reference loop (../shared/PAPER.md): G = 4 highlight spotlights per step,
-    2 GRPO steps (or as many as ``budget`` allows), every group sampled and read in one pass, no early
-    exit, no glance or probe, a uniform 14 x 14 map with Gaussian exploration (std 0.15), learning
-    rate 0.05, best of all candidates (an open answer: one generation on the best one, whether or not it
-    stands out)."""
+    """The SPOT-E authors' reference loop (arXiv 2606.20244, their early scaffold): G = 4 highlight
+    spotlights per step, 2 GRPO steps (or as many as ``budget`` allows), every group sampled and read
+    in one batch, no early exit, no glance or probe, a 14 x 14 map with no image prior (no attention,
+    no saliency; the windows' scale prior ``fine_scale_bias`` stays, as in every policy) with Gaussian
+    exploration (std 0.15), learning rate 0.05, best of all candidates (an open answer: one generation
+    on the best one, whether or not it stands out)."""
     steps = 2 if budget is None else max(1, (budget - 1) // 4)
     passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
     return replace(cfg, group_size=4, first_group=0, read_chunk=0, greedy_steps=0, steps=steps, budget=passes,

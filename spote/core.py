@@ -13,9 +13,11 @@ Read top to bottom:
    evidence across the corners' seams).
 3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
    the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
-   sample a group of G spotlights, render them from the full-resolution pixels, score the whole
-   group in one batched forward pass, reward = clarity + lambda * preservation, group-relative
-   advantages, a clipped policy-gradient step with a KL pull toward the initial policy. The
+   a group of G spotlights (the first ``greedy_steps`` groups the policy's most likely windows, the
+   later ones sampled), rendered from the full-resolution pixels and read in batches of
+   ``read_chunk`` views (every view one forward pass; the group ends at the first clear view),
+   reward = clarity - lambda * anchor penalty (``reward``), group-relative advantages, a clipped
+   policy-gradient step with a KL pull toward the initial logits (plus the current zoom bonus). The
    first group reads the windows centred on the strongest saliency peaks first: small evidence
    is usually the strongest local anomaly, and a window centred on it holds it where a small
    model reads best.
@@ -30,7 +32,7 @@ Read top to bottom:
    answer (``standout``: a robust z below ``standout_z``), which is chance among readings no view improved
    (evidence larger than every window), and the whole image's answer is kept.
 
-Anchors. Open-ended answers: span positions whose baseline entropy is below ``epsilon`` nats;
+Anchors. Open-ended answers: span positions whose baseline entropy is below ``anchor_epsilon`` nats;
 a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
 are a single position, whose entropy *is* the clarity term, so there the anchor is the
 baseline's top choice when the baseline is already almost sure of it (``anchor_min_prob``);
@@ -123,7 +125,8 @@ class PolicyConfig:
     plateau_patience: int = 5      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 0.5
-    saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: uniform
+    saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: no image
+    #                                prior (the scale prior, fine_scale_bias, stays)
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
     glance_side: float = 0.8       # one close look first: a square of this share of the short side on the saliency centroid (0: none)
@@ -134,7 +137,8 @@ class PolicyConfig:
     peaks_first: bool = True       # the greedy first group reads the saliency peaks' finest windows first, strongest first, unjittered
     saliency_size: int = SALIENCY_SIZE  # long side (px) of the copy the saliency map is computed on (512)
     settle_after: int = 24         # closed set: stop after this many passes if no view gave another answer p >= settle_p (0: never);
-    settle_p: float = 0.7          # checked after every read: a chunk, or a whole group with read_chunk=0
+    settle_p: float = 0.7          # ... the probability such another answer must reach; checked after every read
+    #                                (a chunk, or a whole group with read_chunk=0)
     answer_top: int = 8            # open ended: the answer is read where the k best-rewarded windows agree
     #                                (answer_window; 1: on the best window itself)
     answer_centring: float = 1.5   # ... moved, same side, onto the most salient pixels within this many of its sides
@@ -322,7 +326,8 @@ class Reader:
         return Reading(span_entropy=torch.tensor(gen.entropies), span_logp=torch.tensor(gen.logprobs)), gen.text
 
     def read(self, views_batch: list[list[Image.Image]]) -> list[Reading]:
-        """One batched forward pass over the whole group."""
+        """One Reading per view set, from batched forward passes (``adapter.batch_size`` sets at a time; each
+        set counts as one pass in ``adapter.forward_passes``, or one per choice for multi-token choices)."""
         if self.choices is not None:
             logp = self.adapter.choice_logprobs(views_batch, self.question, self.choices)
             return [Reading(logp=row) for row in logp]
@@ -422,7 +427,8 @@ class SpotlightPolicy:
             A[w] = inside / inside.sum()
         self.A = torch.from_numpy(A)
         counts = np.bincount(self.scale_idx)
-        # initial position logits: M0 = s_rel * log(rel / mean rel) + w_sal * log(sal / mean sal)
+        # initial position logits: M0 = s_rel * log(rel / mean rel + 1e-3) + w_sal * log(sal / mean sal + 1e-3)
+        # (the 1e-3 keeps a cell the map gives nothing a finite logit)
         pos0 = np.zeros(g * g)
         if relevance_cells is not None:
             rel = np.asarray(relevance_cells, np.float64).ravel()
@@ -483,6 +489,12 @@ class SpotlightPolicy:
 
         ratio_i = pi(a_i) / pi_old(a_i)
         L = -mean_i min(ratio_i * A_i, clip(ratio_i, 1-eps, 1+eps) * A_i) + beta * KL(pi || pi_0)
+        pi_0 = softmax(initial logits + the current zoom bonus): the pull is toward the prior, not away
+        from the windows inside the best view that ``focus`` favoured since.
+
+        Args:
+            idx: the group's window indices (into ``windows``), length G.
+            advantages: float array of shape [G], the group-relative advantages (r - mean) / std.
         """
         cfg = self.cfg
         a = torch.tensor(idx)
@@ -708,8 +720,9 @@ class SpotResult:
         distribution: closed set: ``{choice: probability}`` on the view the answer was read on (6 decimals);
             None for an open answer.
         entropy_trace: the answer's entropy (nats) on the whole image first, then on the best view so far
-            after each group of views read (the peers: the whole image and their best view; ``api`` and
-            ``vicrop``: the one view they read). Closed set: the entropy of the distribution over the
+            after each group of views read (grid, random: the whole image and their best view; zoomeye: the
+            whole image, then the best node after each node expanded; ``api``, ``vicrop`` and the oracle: the
+            one view they read). Closed set: the entropy of the distribution over the
             choices; open ended: the mean per-token entropy of the whole image's answer, read on each view.
         reward_trace: the best reward (nats: the entropy a view gains over the whole image, weighted, less the anchor
             penalty; ``reward``) after each group read; empty for the peers, which have no reward.

@@ -196,9 +196,11 @@ class HFAdapter:
         return self._markers
 
     def check_text(self, question: str, choices=None) -> None:
-        """Raise ValueError where the question or a choice holds one of the model's markers (``markers``):
-        ``<image>`` in a question asks the processor for an image that is not there, and a special token
-        ends or restructures the prompt. Checked once per question: a search builds its prompt at every step."""
+        """Raise UnreadableText (a ValueError) where the question or a choice holds one of the model's markers
+        (``markers``): ``<image>`` in a question asks the processor for an image that is not there, and a
+        special token ends or restructures the prompt; or where the model reads the question as unknown tokens
+        only, or a choice with any unknown token (it would be scored as any word the model lacks).
+        Checked once per question: a search builds its prompt at every step."""
         key = (question, tuple(choices or ()))
         if key == getattr(self, "_text_checked", None):
             return
@@ -432,7 +434,10 @@ class HFAdapter:
 
     # ------------------------------------------------------------------ relevance
     def image_grid(self, batch: dict) -> list[tuple[int, int]]:
-        """(rows, cols) of the first image's token grid; family adapters override this."""
+        """(rows, cols) of each image's token grid in the batch, in order; family adapters override this.
+
+        Raises:
+            RuntimeError: this adapter reads no attention (black-box mode)."""
         raise RuntimeError(f"{self.family} adapter runs in black-box mode (no relevance map)")
 
     def image_token_positions(self, batch: dict) -> torch.Tensor:

@@ -306,7 +306,6 @@ class Reader:
         self.span_ids: list[int] | None = None    # the tokens scored on every view (open ended)
         self.answer_ids: list[int] | None = None  # the baseline's answer tokens: span_ids, or [] for an empty answer
         self.cut_off: bool | None = None  # open ended: the baseline's answer hit the token cap (None: not known)
-        self.prompt_views = None
 
     def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
         if self.choices is not None:
@@ -349,10 +348,16 @@ class Reader:
 
 # ============================================================================ the spotlight policy
 def window_grid(width: int, height: int, input_size: int, min_window: float = 1.0,
-                aspects=(1.0,), scale_step: float = PolicyConfig.scale_step) -> tuple[list[Box], np.ndarray]:
+                scale_step: float = PolicyConfig.scale_step) -> tuple[list[Box], np.ndarray]:
     """Multi-scale windows: sides short/2, short/(2 s), short/(2 s^2), ... down to ``min_window * input_size``
     (s = ``scale_step``), stride side/2. A thing fits a window at most about ``s`` times its size (where a
-    window of its place is on the grid): with s = 2, a field shows up to half as large as in a tight crop."""
+    window of its place is on the grid): with s = 2, a field shows up to half as large as in a tight crop.
+    The floor side itself is added unless the finest side is already within half a step of it.
+
+    Returns:
+        (boxes, scale_idx): N square windows in source pixels (clipped to the image's sides), and an int
+        array of shape [N], each window's scale, 0 the coarsest.
+    """
     short = min(width, height)
     sides, side = [], short / 2
     floor = min_window * input_size
@@ -364,17 +369,16 @@ def window_grid(width: int, height: int, input_size: int, min_window: float = 1.
     if not sides or sides[-1] > min((1 + scale_step) / 2, 1.5) * floor:
         sides.append(min(floor, short))
     boxes, scale_idx = [], []
-    for k, side in enumerate(sides):
-        for aspect in aspects:
-            bw, bh = min(width, side * math.sqrt(aspect)), min(height, side / math.sqrt(aspect))
-            nx = max(1, math.ceil((width - bw) / (bw / 2)) + 1)
-            ny = max(1, math.ceil((height - bh) / (bh / 2)) + 1)
-            for j in range(ny):
-                for i in range(nx):
-                    x0 = (width - bw) * (i / (nx - 1) if nx > 1 else 0.5)
-                    y0 = (height - bh) * (j / (ny - 1) if ny > 1 else 0.5)
-                    boxes.append(Box(x0, y0, x0 + bw, y0 + bh))
-                    scale_idx.append(k)
+    for k, side in enumerate(sides):  # k = 0 the coarsest scale (fine_scale_bias * k favours the finer)
+        bw, bh = min(width, side), min(height, side)
+        nx = max(1, math.ceil((width - bw) / (bw / 2)) + 1)
+        ny = max(1, math.ceil((height - bh) / (bh / 2)) + 1)
+        for j in range(ny):
+            for i in range(nx):
+                x0 = (width - bw) * (i / (nx - 1) if nx > 1 else 0.5)
+                y0 = (height - bh) * (j / (ny - 1) if ny > 1 else 0.5)
+                boxes.append(Box(x0, y0, x0 + bw, y0 + bh))
+                scale_idx.append(k)
     return boxes, np.asarray(scale_idx)
 
 

@@ -1,7 +1,6 @@
 """Spotlights and the views they render, always from the original full-resolution pixels.
 
-A spotlight is a box in source pixels (centre, scale, aspect) with a strength.
-It renders to what the frozen VLM sees, one of three modes:
+A spotlight is a ``Box`` in source pixels. It renders to what the frozen VLM sees, one of three modes:
 
 - ``highlight``     the whole image, the box kept and the rest dimmed and blurred
                     (the paper's spotlight image ``x' = m*x + (1-m)*B(x)``);
@@ -98,35 +97,6 @@ class Box:
         return Box(x0, y0, x0 + self.width, y0 + self.height)
 
 
-@dataclass(frozen=True)
-class Spotlight:
-    """Centre ``(cx, cy)`` in source pixels; ``scale`` is the box side over the image's short side
-    (for aspect 1); ``aspect`` is width/height; ``strength`` in [0, 1] sets how much the outside is
-    dimmed in highlight mode."""
-
-    cx: float
-    cy: float
-    scale: float
-    aspect: float = 1.0
-    strength: float = 1.0
-
-    def box(self, width: int, height: int) -> Box:
-        """The spotlight's box, shifted (never shrunk, unless larger than the image) to lie inside it."""
-        side = self.scale * min(width, height)
-        bw = min(float(width), side * math.sqrt(self.aspect))
-        bh = min(float(height), side / math.sqrt(self.aspect))
-        x0 = min(max(self.cx - bw / 2, 0.0), width - bw)
-        y0 = min(max(self.cy - bh / 2, 0.0), height - bh)
-        return Box(x0, y0, x0 + bw, y0 + bh)
-
-    @staticmethod
-    def around(box: Box, width: int, height: int, strength: float = 1.0) -> "Spotlight":
-        """The spotlight whose box is (as close as possible to) ``box``."""
-        cx, cy = box.centre
-        side = math.sqrt(max(box.area, 1.0))
-        return Spotlight(cx, cy, side / min(width, height), box.width / max(box.height, 1e-6), strength)
-
-
 def letterbox_transform(width: int, height: int, size: int, box: Box | None = None) -> tuple[Box, float, int, int]:
     """Where ``letterbox`` puts ``box`` (default: the whole ``width`` x ``height`` image) in its
     ``size`` x ``size`` view: the box clipped to the image (source pixels), the scale (view pixels per
@@ -193,7 +163,12 @@ class ViewRenderer:
         used for close-ups only never pays for it."""
         return letterbox(self.image, self.size)
 
-    def render(self, box: Box | None, mode: str = "zoom", strength: float = 1.0) -> list[Image.Image]:
+    def render(self, box: Box | None, mode: str = "zoom") -> list[Image.Image]:
+        """The view set ``box`` renders to in ``mode`` (``MODES``): one image of ``size`` x ``size`` pixels, two
+        for ``zoom+context`` (the global view first); ``[global_view]`` for ``box`` None (the whole image).
+
+        Raises:
+            ValueError: an unknown mode."""
         if mode not in MODES:
             raise ValueError(f"unknown spotlight mode {mode!r}; expected one of {MODES}")
         if box is None:
@@ -203,7 +178,7 @@ class ViewRenderer:
         if mode == "zoom+context":
             return [self.global_view, letterbox(self.image, self.size, box)]
         mask = soft_mask(*self.image.size, self.size, box)
-        return [apply_highlight(self.global_view, mask, strength)]
+        return [apply_highlight(self.global_view, mask)]
 
     def render_map(self, relevance: np.ndarray, temperature: float = 0.25) -> list[Image.Image]:
         """Highlight by a whole relevance map (the ``api`` peer)."""

@@ -115,12 +115,6 @@ def attention_to_grid(attn_row: torch.Tensor, positions: torch.Tensor, rows: int
     return att.cpu().numpy().reshape(rows, cols)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = -sum p log p over the last axis, in nats."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 class HFAdapter:
     """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template.
 

@@ -972,14 +972,14 @@ def finish_interrupted_commits(paths: RunPaths, so: dict) -> int:
     return len(twins)
 
 
-def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, post_commit=None, loader=None,
+def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=None, before_commit=None, loader=None,
             after_commit=None, predictor=None, job_settings: dict | None = None, committed_note: str = "",
             model_kwargs: dict | None = None) -> dict:
     """Plan (sources -> item rows, in tasks) -> load on CPU -> SPOT-E actors -> staged Parquet parts
     (resumable) -> statistics from per-block partials -> exactly-once check -> commit.
 
     ``plan``: a ``Plan``, or a list of item-row dicts for small inputs. ``extra_summary``: a dict or
-    ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``post_commit(RunResults, paths, so)`` runs before the commit (its
+    ``fn(RunStats, planned) -> dict`` (``planned``: plan.json's statistics: items, sources_planned, ...). ``before_commit(RunResults, paths, so)`` runs before the commit (its
     outputs are part of the run: it writes them under ``paths.staged_meta``, which the commit moves to
     ``paths.meta``), ``after_commit(RunResults, paths, so)`` after it, also when the run
     id was already committed (so it must be idempotent; the results then have no statistics, and Ray is not
@@ -1022,7 +1022,7 @@ def run_job(job: str, opts: JobOptions, plan: Plan | list[dict], extra_summary=N
                 recover_interrupted_commit(paths, so)  # a commit killed half way: its rows out of results/ first
                 reset_staging(paths, so)
             summary, stats = _stage_and_commit(job, opts, plan, paths, so, policy, settings, model_kwargs, lease,
-                                               extra_summary, post_commit, loader, predictor)
+                                               extra_summary, before_commit, loader, predictor)
     finally:
         lease.release()
     if committed_meanwhile:
@@ -1092,7 +1092,7 @@ def _already_committed(job: str, opts: JobOptions, paths: RunPaths, so: dict, af
 
 
 def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, so: dict, policy: dict, settings: dict,
-                      model_kwargs: dict, lease: RunLease, extra_summary, post_commit, loader, predictor):
+                      model_kwargs: dict, lease: RunLease, extra_summary, before_commit, loader, predictor):
     """The body of ``run_job`` while this driver holds the run's lease -> (summary, RunStats)."""
     import ray
 
@@ -1162,8 +1162,8 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
         summary["items_per_second"] = round((stats.items - items_resumed) / summary["seconds"], 3)
     write_report(stats, summary, paths.staged_meta, so, loader=loader or (ImageLoader, {"storage_options": so}),
                  timeout_s=opts.item_timeout_seconds, results=RunResults(paths.staged, so, stats))
-    if post_commit is not None:
-        post_commit(RunResults(paths.staged, so, stats), paths, so)
+    if before_commit is not None:
+        before_commit(RunResults(paths.staged, so, stats), paths, so)
     lease.check(f"run {run_id}")
     commit(paths, summary, so)
     return summary, stats

@@ -463,7 +463,7 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     loader = (SceneTileLoader, {"storage_options": so, "bands": band_sel, "stretch": stretch,
                                 "max_tile_pixels": max_tile_pixels})
     hook = geo_outputs(headers, {s["rel"]: s["uri"] for s in scenes}, [q["question"] for q in questions])
-    return run_job("satellite", opts, plan, post_commit=hook, loader=loader,
+    return run_job("satellite", opts, plan, before_commit=hook, loader=loader,
                    job_settings={"questions": questions, "tile_size": tile_size, "overlap": overlap,
                                  "bands": list(band_sel) if band_sel else None, "stretch": stretch,
                                  "max_tile_pixels": max_tile_pixels},

@@ -141,6 +141,9 @@ def run_grid(adapter, image, question, choices=None, cfg=PolicyConfig(), max_pas
 
 
 def run_random(adapter, image, question, choices=None, cfg=PolicyConfig(), n_windows: int | None = None, **_):
+    """Windows of the policy's grid drawn at random (``cfg.seed``), as many as fit in ``n_windows`` forward
+    passes (default ``cfg.budget``; a pass count, as ``held_to_budget`` gives it) beside the whole image's
+    read and an open answer's generation; the lowest entropy answers."""
     windows, _ = window_grid(*image.size, adapter.input_size, cfg.min_window, scale_step=cfg.scale_step)
     rng = np.random.default_rng(cfg.seed)
     n = min(len(windows), _views_within(n_windows if n_windows is not None else cfg.budget, adapter, question, choices))

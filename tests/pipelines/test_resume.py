@@ -140,7 +140,7 @@ def test_a_checkpoint_commit_killed_inside_its_move_keeps_the_part(where, ray_lo
                       rows_per_part=2)
     paths = RunPaths(output, "twin")
     with pytest.raises(_StopBeforeCommit):
-        run_job("vqa", opts, plan_manifest(str(manifest)), post_commit=_stop_before_commit)
+        run_job("vqa", opts, plan_manifest(str(manifest)), before_commit=_stop_before_commit)
     committed, pending = checkpoint_files(paths, so)
     assert len(committed) == n // 2 and not pending
     fs, _ = filesystem(paths.checkpoint, so)
@@ -186,7 +186,7 @@ def test_weights_saved_over_the_model_folder_before_a_resume_are_another_run(ray
     opts = JobOptions(str(manifest), str(tmp_path / "out"), str(model), policy=fast_policy, run_id="ft",
                       batch_size=2, rows_per_part=2)
     with pytest.raises(_StopBeforeCommit):
-        run_job("vqa", opts, plan_manifest(str(manifest)), post_commit=_stop_before_commit)
+        run_job("vqa", opts, plan_manifest(str(manifest)), before_commit=_stop_before_commit)
     started = opts.predictor_kwargs(None)
     assert started["model_fingerprint"].startswith("sha256:") and started["model_commit"] is None
     _weights_saved_over(model)

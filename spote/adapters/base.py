@@ -115,6 +115,24 @@ def attention_to_grid(attn_row: torch.Tensor, positions: torch.Tensor, rows: int
     return att.cpu().numpy().reshape(rows, cols)
 
 
+def with_continuation(batch: dict, ids: torch.Tensor) -> dict:
+    """``batch`` (processor outputs, left-padded prompts) with the token ids ``ids`` ([L]) appended to every
+    prompt: ``input_ids`` and every other per-token tensor of its shape [B, T] grow to [B, T + L]
+    (``attention_mask`` with ones, token-type ids with zeros: text)."""
+    n, t = batch["input_ids"].shape
+    out = dict(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (n, t):
+            if key == "input_ids":
+                tail = ids.to(value.device, value.dtype).expand(n, -1)
+            elif key == "attention_mask":
+                tail = torch.ones(n, len(ids), dtype=value.dtype, device=value.device)
+            else:
+                tail = torch.zeros(n, len(ids), dtype=value.dtype, device=value.device)
+            out[key] = torch.cat([value, tail], dim=1)
+    return out
+
+
 class HFAdapter:
     """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template.
 
@@ -349,13 +367,25 @@ class HFAdapter:
     # ------------------------------------------------------------------ open ended
     @torch.inference_mode()
     def teacher_forced(self, views_batch, prompt: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log p and entropy of the fixed continuation ``ids`` on each view set: [B, L] each."""
-        text = prompt + self.tokenizer.decode(ids)
+        """Per-token log p and entropy (nats) of the fixed continuation ``ids`` on each view set: [B, L] each.
+
+        The ids follow the encoded prompt as they followed it in ``generate``: text decoded and encoded
+        again is not the same tokens for every tokenizer (a SentencePiece ``"▁Paris"`` decodes to
+        ``"Paris"``, which after ``"ASSISTANT:"`` encodes as other pieces), and the positions would no
+        longer be the answer's.
+
+        Raises:
+            PromptTooLong: the prompt, its images and ``ids`` are longer than the model reads.
+        """
         target = torch.tensor(ids)
         L = len(ids)
 
         def run(a, b):
-            batch = self.encode(views_batch[a:b], [text] * (b - a))
+            batch = with_continuation(self.encode(views_batch[a:b], [prompt] * (b - a)), target)
+            limit = getattr(getattr(self.model.config, "text_config", None) or self.model.config,
+                            "max_position_embeddings", None)
+            if limit and batch["input_ids"].shape[1] > limit:
+                raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
             logits = self._forward(batch, last=L + 1).logits[:, -L - 1:-1].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             tok_lp = logp.gather(-1, target.view(1, L, 1).expand(logp.shape[0], L, 1)).squeeze(-1)

@@ -19,7 +19,8 @@ from spote.adapters.idefics3 import Idefics3Adapter
 from spote.adapters.llava import LlavaAdapter
 from spote.adapters.qwen2vl import Qwen2VLAdapter
 from spote.core import PolicyConfig, spote
-from tiny_vlms import CHOICES, IDEFICS_SEQ, IDEFICS_TILE, ROW_COL, Q, qwen_processor_class, random_image, save_checkpoint
+from tiny_vlms import (CHOICES, IDEFICS_SEQ, IDEFICS_TILE, ROW_COL, Q, qwen_processor_class, random_image,
+                       save_checkpoint, save_llava_sentencepiece)
 
 FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"]
 EXPECTED = {"llava": LlavaAdapter, "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen2VLAdapter,
@@ -118,6 +119,37 @@ def test_generate_agreed_decodes_the_views_mean_log_p(adapters, family):
     one = adapter.generate(views[0], Q, max_new_tokens=3)
     assert same.token_ids == one.token_ids
     np.testing.assert_allclose(same.logprobs, one.logprobs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_adapter(tmp_path_factory):
+    from spote.loading import load_adapter
+
+    return load_adapter(save_llava_sentencepiece(tmp_path_factory.mktemp("llava-sp")), device="cpu")
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llava, SentencePiece-style tokenizer"])
+def test_teacher_forcing_scores_the_generated_tokens_where_they_were_generated(adapters, sentencepiece_adapter,
+                                                                                family):
+    """A view's teacher-forced span on the view it was generated on is the generation's own entropies and
+    log p. The span was decoded to text and encoded again after the prompt: a Llama-style tokenizer's
+    ``"▁:"`` decodes to ``":"``, which encodes as another token, so every open answer was scored at the
+    wrong tokens without a word."""
+    adapter = sentencepiece_adapter if "SentencePiece" in family else adapters[family]
+    prompt, first_marked = adapter.prompt_text(1, Q), []
+    for seed in range(4):
+        views = [random_image(seed=seed).resize((adapter.input_size, adapter.input_size))]
+        gen = adapter.generate(views, Q, max_new_tokens=4)
+        if not gen.token_ids:
+            continue
+        first_marked.append(adapter.tokenizer.convert_ids_to_tokens(gen.token_ids[0]).startswith("▁"))
+        lp, ent = adapter.teacher_forced([views, views], prompt, gen.token_ids)
+        assert lp.shape == ent.shape == (2, len(gen.token_ids))
+        np.testing.assert_allclose(ent[0].numpy(), gen.entropies, atol=1e-4)
+        np.testing.assert_allclose(lp[1].numpy(), gen.logprobs, atol=1e-4)
+    assert first_marked
+    if "SentencePiece" in family:
+        assert any(first_marked)  # the case that went wrong is among those checked
 
 
 def _expected_positions(adapter, family, batch) -> torch.Tensor:

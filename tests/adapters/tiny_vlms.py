@@ -165,3 +165,32 @@ def save_checkpoint(family: str, folder, real_processor: bool = False, seed: int
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     return folder
+
+
+def save_llava_sentencepiece(folder, seed: int = 0):
+    """spote-tiny's architecture (random weights) with a LLaVA-1.5-style tokenizer: BPE pieces over
+    SentencePiece's ``▁`` word marker (``Metaspace``, as Llama's), whose decoder drops the first piece's
+    marker, so an answer decoded to text and encoded again after the prompt is other tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from training.build import CHAT_TEMPLATE, build_model, build_processor, build_vocab
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    words = build_vocab(True)
+    tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],
+                            trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="left", model_max_length=512)
+    base = build_processor()
+    processor = type(base)(image_processor=base.image_processor, tokenizer=tokenizer, patch_size=base.patch_size,
+                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                           chat_template=CHAT_TEMPLATE)
+    model = build_model(processor, seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder

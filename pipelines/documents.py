@@ -84,8 +84,10 @@ def listed_fingerprint(entry: dict) -> str:
 
 
 def content_fingerprint(uri: str, so=None) -> str:
-    """SHA-256 of the content, streamed (for stores whose listing gives neither ETag nor mtime). Raises
-    FileNotFoundError for a missing object, ``SourceReadError`` where the bytes cannot be fetched."""
+    """``"sha256:<hex>"`` of the content, streamed: the fingerprint where the listing gives neither ETag
+    nor mtime, and the content check behind a ``size-mtime`` fingerprint (a file touched but not changed
+    is not read again). Raises FileNotFoundError for a missing object, ``SourceReadError`` where the bytes
+    cannot be fetched."""
     fs, path = filesystem(uri, so)
     h = hashlib.sha256()
     with source_read_errors(), fs.open(path, "rb") as f:

@@ -215,6 +215,10 @@ class SpotePredictor:
         gc.freeze()
 
     def predict(self, row: dict) -> dict:
+        """One result row for one item row (``pixels``, ``width``, ``height`` of the decoded image, the
+        question, ``choices`` as JSON): ``ok`` with the answer, or ``error`` with its reason (a timeout, a
+        model or endpoint error, a question too long or unreadable); a row the loader marked ``error`` or
+        ``skipped`` passes through unanswered. Never raises for one item's failure."""
         from PIL import Image
 
         from spote.core import spote

@@ -256,6 +256,8 @@ class Anchors:
 
 
 def find_anchors(base: Reading, cfg: PolicyConfig) -> Anchors:
+    """The whole image's anchors: closed set, its top choice where its probability is >= ``anchor_min_prob``
+    (else none); open ended, the answer positions whose entropy is below ``anchor_epsilon`` nats."""
     if base.logp is not None:
         top = int(base.logp.argmax())
         return Anchors(choice=top if base.logp[top].exp() >= cfg.anchor_min_prob else None)
@@ -612,7 +614,7 @@ def answer_centred(box: Box, sal: np.ndarray, reach: float, width: int, height: 
     """``box`` moved, its size kept, so that it centres on the saliency-weighted mean of the ``top`` share
     (3%) of the most salient pixels in a square of ``reach`` times its side about its centre (``saliency.salient_centre``),
     inside the image; ``box`` itself when ``reach`` is 0 or nothing there is salient. The agreed window
-    has about the field's side but sits a fifth of it off (median IoU 0.6-0.7 with the oracle's
+    has about the field's side but sits a fifth of it off (median IoU 0.67 with the oracle's
     close-up); the field's outline and glyphs are the most salient pixels near it, and centring on
     them holds the field whole (median IoU about 0.9 on val: docs/experiments/agreed-answers.md#centring).
 
@@ -636,7 +638,7 @@ def answer_neighbours(box: Box, step: float, width: int, height: int) -> list[Bo
     """``box`` and its neighbours moved by ``step`` of its width right and left and of its height down and
     up (source pixels), each moved back inside the image where it fits; a neighbour that lands on a window
     already listed is dropped, as it would read the same. 1-5 windows, ``box`` first. The agreed window
-    centres on the field only roughly (median IoU about 0.6 with the oracle's close-up); one of its
+    centres on the field only roughly (median IoU 0.67 on open val items with the oracle's close-up); one of its
     neighbours often holds the field whole, and the surest of their joint readings reads more codes than
     the agreed window's alone (docs/experiments/agreed-answers.md#which-neighbour).
 
@@ -845,7 +847,22 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
           method: str = "spote") -> SpotResult:
     """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight. Its draws come from its own
     generator seeded with ``cfg.seed``: torch's global random state is neither used nor changed (a caller's
-    draws, another thread's search, go on as they were)."""
+    draws, another thread's search, go on as they were).
+
+    Args:
+        adapter: a loaded model (``spote.loading.load_adapter``); its ``forward_passes`` counts the cost.
+        image: RGB, any size (pixels); views are rendered from it at full resolution.
+        question: the text asked; ``choices``: the closed answer set (stripped strings), or None (open ended).
+        cfg: the policy; ``method``: the name the result records (``naive_entropy``, ``scaffold`` run here too).
+
+    Returns:
+        SpotResult: the answer, its confidence, traces (nats), boxes (pixels) and cost.
+
+    Raises:
+        ValueError: the model's scores are NaN or infinite on the whole image.
+        spote.adapters.base.PromptTooLong, spote.adapters.base.UnreadableText: the question as asked.
+        spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
+    """
     t0 = time.perf_counter()
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)

@@ -69,7 +69,7 @@ class EndpointArithmetic:
 
         a = self.adapter
         prompt = a.prompt_text(len(views_batch[0]), question, choices)
-        idx = [a._continuation_ids(prompt, c)[0] for c in choices]
+        idx = [a.continuation_ids(prompt, c)[0] for c in choices]
         rows = []
         for views in views_batch:
             logp = torch.log_softmax(a._forward(a.encode([views], [prompt]), last=1).logits[0, -1].float(), -1)

@@ -215,6 +215,7 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     from dataclasses import fields
 
     from .baselines import ANSWER_METHODS, held_to_budget, run_method
+    from .adapters.base import Adapter
     from .core import PolicyConfig
     from .images import ImageTooLarge, check_choices, check_question
     from .loading import load_adapter
@@ -257,14 +258,17 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
                                               endpoint_options=endpoint_options, relevance=cfg.use_relevance,
                                               storage_options=storage_options)
             adapter = _ADAPTERS[key]
-    elif hasattr(model, "forward_passes") and hasattr(model, "tokenizer"):  # an adapter load_adapter returned
+    elif isinstance(model, Adapter):  # an adapter load_adapter returned, or any object with its members
         if revision or endpoint or endpoint_options:
             raise ValueError("revision, endpoint and endpoint_options choose a model to load; model is one already "
                              "loaded: give them to load_adapter instead")
         adapter = model
     else:
-        raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter from load_adapter, "
-                        f"got {type(model).__name__}")
+        lacking = [m for m in dir(Adapter) if not m.startswith("_") and not hasattr(model, m)]
+        lacking += [m for m in getattr(Adapter, "__annotations__", {}) if m not in lacking and not hasattr(model, m)]
+        raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter (load_adapter, or an "
+                        f"object with the members of spote.adapters.base.Adapter), got {type(model).__name__}"
+                        + (f" without {', '.join(sorted(lacking))}" if lacking and hasattr(model, "forward_passes") else ""))
     # a budget given holds the peers to it too, as `spote ask --budget` and `spote bench --budget` do
     held = held_to_budget(cfg.budget if "budget" in policy_overrides else None)
     return run_method(method, adapter, img, q, ch, cfg, **held)

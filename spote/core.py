@@ -343,7 +343,7 @@ class Reader:
         if self.choices is None:
             return 1
         prompt = self.adapter.prompt_text(1, self.question, self.choices)
-        ids = [self.adapter._continuation_ids(prompt, c) for c in self.choices]
+        ids = [self.adapter.continuation_ids(prompt, c) for c in self.choices]
         single = all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids)
         return 1 if single else len(self.choices)
 

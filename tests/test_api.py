@@ -89,9 +89,12 @@ def test_bad_arguments_are_refused_before_any_work(item, shipped_adapter):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, method="oracle")
     with pytest.raises(ValueError, match="seed must be 0 to 2\*\*63 - 1"):
         spote.answer(item.image, Q, CHOICES, model=shipped_adapter, seed=-1)
-    with pytest.raises(TypeError, match="model must be a folder, URI or hub id .* or an adapter from load_adapter, "
-                                        "got int"):
+    with pytest.raises(TypeError, match=r"model must be a folder, URI or hub id .* or an adapter \(load_adapter, or an "
+                                        r"object with the members of spote.adapters.base.Adapter\), got int$"):
         spote.answer(item.image, Q, CHOICES, model=123)  # it failed inside the search, on a missing attribute
+    half = type("HalfAdapter", (), {"forward_passes": 0, "tokenizer": None, "input_size": 64})()
+    with pytest.raises(TypeError, match="got HalfAdapter without .*choice_logprobs.*teacher_forced"):
+        spote.answer(item.image, Q, CHOICES, model=half)  # taken for an adapter, it failed inside the search
 
 
 def test_encoded_jpeg_bytes(item, shipped_adapter):

@@ -4,7 +4,8 @@ SPOT-E needs only four things from a VLM: (1) a distribution over given choices 
 batch of views, (2) open-ended generation with per-token entropies, (3) teacher-forced
 entropies of a fixed answer on other views, and, optionally, (4) a question-to-image
 relevance map from its attention. ``HFAdapter`` does (1)-(3) for any transformers model
-with a chat template (black-box mode); family adapters add (4) with their grid layout.
+with a chat template (black-box mode); family adapters add (4) with their grid layout. ``Adapter``
+lists the members the search uses.
 An adapter with ``joint_decoding`` also decodes one answer from several view sets at once
 (``generate_agreed``); one without it (an endpoint) answers from one view set.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -64,6 +66,43 @@ class Generation:
     end_entropy: float | None = None  # nats, at the step that ended the answer (None: not known, or cut off)
     end_logp: float | None = None     # log p of that end-of-answer token
     cut_off: bool | None = None       # True: the cap on new tokens ended the answer, not the model (None: not known)
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What SPOT-E's search and its peers use of a model: ``HFAdapter`` (and its family subclasses) and
+    ``EndpointAdapter`` have it, and any object with these members can be given as ``model=`` (a model
+    outside transformers, a server of another API). Views are PIL images of ``input_size`` x ``input_size``
+    pixels; a view set is the images of one prompt (1 to ``max_images``); log p and entropies in nats. An
+    adapter with ``joint_decoding`` True also has ``generate_agreed(views_batch, question, max_new_tokens)``:
+    one greedy ``Generation`` decoded jointly from several view sets."""
+
+    name: str                 # recorded in results ("spote-tiny", "<model> @ <url>")
+    input_size: int           # side, in pixels, of the square views the model is shown
+    batch_size: int           # view sets per batched pass
+    max_images: int           # images per prompt (1: zoom+context falls back to zoom)
+    supports_relevance: bool  # relevance() can return a map (attention is read)
+    joint_decoding: bool      # generate_agreed decodes one answer from several view sets at once
+    forward_passes: int       # sequences run through the model so far: the unit of cost, never reset
+    tokenizer: object         # with eos_token_id and decode(ids) (open answers' tokens)
+
+    def prompt_text(self, n_images: int, question: str, choices=None) -> str:
+        """The prompt for ``n_images`` images and the question (raises UnreadableText as ``check_text``)."""
+
+    def continuation_ids(self, prompt: str, answer: str) -> list[int]:
+        """The token ids ``answer`` (a choice) adds after ``prompt``."""
+
+    def choice_logprobs(self, views_batch: list[list[Image.Image]], question: str, choices) -> torch.Tensor:
+        """log p of each choice given each view set, normalised over the choices: [B, C]."""
+
+    def generate(self, views: list[Image.Image], question: str, max_new_tokens: int = MAX_NEW_TOKENS) -> "Generation":
+        """A greedy open answer on one view set, with each token's entropy and log p."""
+
+    def teacher_forced(self, views_batch, prompt: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p, entropy) of the fixed span ``ids`` after ``prompt`` on each view set: [B, L] each."""
+
+    def relevance(self, views: list[Image.Image], question: str, choices=None) -> np.ndarray | None:
+        """A [rows, cols] map over the first view (sums to 1) of where the question looks; None: none read."""
 
 
 WORDPIECE_PREFIX = "##"  # a WordPiece continuation token's prefix
@@ -154,6 +193,8 @@ class HFAdapter:
                 "without torchvision (their video processor needs it) or SmolVLM without num2words: "
                 'pip install "spote[models]".')
         self.model, self.processor = model.eval(), processor
+        # what results record as the model; load_adapter names it as it was asked for (a folder, a hub id)
+        self.name = getattr(model, "name_or_path", "") or self.family
         if self.supports_relevance and not uses_eager_attention(self.model):
             self.supports_relevance = False  # black-box mode: no attention weights to read
         # Loaded eager for the relevance passes; every other pass runs the faster SDPA kernel.
@@ -273,7 +314,7 @@ class HFAdapter:
             raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
-    def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
+    def continuation_ids(self, prompt: str, answer: str) -> list[int]:
         full = self.tokenizer(prompt + answer, add_special_tokens=False, verbose=False).input_ids
         base = self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
         ids = (full[len(base):] if full[: len(base)] == base
@@ -329,7 +370,7 @@ class HFAdapter:
         n_img = len(views_batch[0])
         prompt = self.prompt_text(n_img, question, choices)
         self._check_distinct(choices)
-        cont = [self._continuation_ids(prompt, c) for c in choices]
+        cont = [self.continuation_ids(prompt, c) for c in choices]
         first = [ids[0] for ids in cont]
         if all(len(ids) == 1 for ids in cont) and len(set(first)) == len(first):
             idx = torch.tensor(first)

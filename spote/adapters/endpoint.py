@@ -450,7 +450,7 @@ class EndpointAdapter:
         """The user turn's text; the server applies its own chat template around it."""
         return format_question(question, choices)
 
-    def _continuation_ids(self, prompt: str, answer: str) -> list[int]:
+    def continuation_ids(self, prompt: str, answer: str) -> list[int]:
         """One id per choice: every choice is read off the same first-token top-k, one request per view set."""
         return [self.tokenizer.intern(answer)]
 

@@ -267,3 +267,16 @@ def test_processor_fallback_to_tokenizer_is_a_clear_error(family_dirs):
 
     with pytest.raises(TypeError, match="not an image-text processor"):
         load_adapter(family_dirs["qwen2_vl"], device="cpu")
+
+
+def test_every_adapter_has_the_members_the_search_uses(adapters):
+    """``spote.adapters.base.Adapter`` lists what the search and its peers call; each family adapter and the
+    endpoint adapter have it, and an object without one of them is not taken for an adapter."""
+    from spote.adapters.base import Adapter
+    from spote.adapters.endpoint import EndpointAdapter, EndpointConfig
+
+    assert all(isinstance(a, Adapter) for a in adapters.values())
+    assert isinstance(EndpointAdapter(EndpointConfig(url="http://127.0.0.1:9/v1", model="m")), Adapter)
+    blind = SimpleNamespace(**{k: getattr(adapters["llava"], k) for k in ("name", "input_size", "batch_size",
+                                                                           "max_images", "forward_passes")})
+    assert not isinstance(blind, Adapter)

@@ -314,7 +314,35 @@ class HFAdapter:
             raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
+    def answer_lead(self) -> str:
+        """The space the chat template writes between its generation prompt and an assistant's answer: ``" "``
+        where the prompt ends ``"ASSISTANT:"`` and the answer turn reads ``"ASSISTANT: Yes"`` (LLaVA-1.5,
+        Idefics3), else ``""`` (ChatML's ``"assistant\n"``, or a template that renders no answer turn).
+        A tokenizer that marks word starts (SentencePiece's ``▁``, byte-level BPE's ``Ġ``) gives the answer
+        other tokens with and without it, and the model answers with it."""
+        if getattr(self, "_answer_lead", None) is None:
+            lead, mark = "", "zqxwvk"
+            for content in ([{"type": "text", "text": mark}], mark):
+                try:
+                    user = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+                    prompt = self.processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+                    full = self.processor.apply_chat_template([*user, {"role": "assistant", "content": content}],
+                                                              tokenize=False)
+                except Exception:  # noqa: BLE001 - a template that cannot render an answer turn: no lead
+                    continue
+                if full.startswith(prompt) and mark in full[len(prompt):]:
+                    lead = full[len(prompt):full.index(mark, len(prompt))]
+                    break
+            self._answer_lead = " " if lead == " " else ""
+        return self._answer_lead
+
     def continuation_ids(self, prompt: str, answer: str) -> list[int]:
+        """The token ids ``answer`` (a choice) adds after ``prompt``, written as the chat template writes an
+        answer (after ``answer_lead``).
+
+        Raises:
+            ValueError: the answer tokenises to nothing."""
+        answer = self.answer_lead() + answer
         full = self.tokenizer(prompt + answer, add_special_tokens=False, verbose=False).input_ids
         base = self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
         ids = (full[len(base):] if full[: len(base)] == base

@@ -280,3 +280,27 @@ def test_every_adapter_has_the_members_the_search_uses(adapters):
     blind = SimpleNamespace(**{k: getattr(adapters["llava"], k) for k in ("name", "input_size", "batch_size",
                                                                            "max_images", "forward_passes")})
     assert not isinstance(blind, Adapter)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llava, SentencePiece-style tokenizer"])
+def test_choices_are_scored_as_the_chat_template_writes_an_answer(adapters, sentencepiece_adapter, family):
+    """A choice's tokens are those the template's answer turn puts after the generation prompt: LLaVA-1.5's
+    ``"ASSISTANT:"`` is answered ``"ASSISTANT: Yes"``, and a SentencePiece tokenizer reads ``"yes"`` glued
+    to the colon as other pieces than the ``"▁yes"`` the model answers with."""
+    adapter = sentencepiece_adapter if "SentencePiece" in family else adapters[family]
+    tok = adapter.tokenizer
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q}]}]
+    prompt = adapter.processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    for choice in ("yes", "no"):
+        full = adapter.processor.apply_chat_template(
+            [*user, {"role": "assistant", "content": [{"type": "text", "text": choice}]}], tokenize=False)
+        if not full.startswith(prompt):  # an answer turn that does not continue the generation prompt: no lead
+            assert adapter.answer_lead() == ""
+            continue
+        prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+        full_ids = tok(full, add_special_tokens=False).input_ids
+        assert full_ids[:len(prompt_ids)] == prompt_ids
+        ids = adapter.continuation_ids(prompt, choice)
+        assert full_ids[len(prompt_ids):len(prompt_ids) + len(ids)] == ids, tok.convert_ids_to_tokens(ids)
+    if "SentencePiece" in family:
+        assert tok.convert_ids_to_tokens(adapter.continuation_ids(prompt, "yes")) == ["▁yes"]

@@ -321,7 +321,8 @@ class Reader:
             # An empty answer is the model's choice to end at once: that step is its span, so an unsure
             # empty answer is not taken for a clear one (an empty span has entropy 0), and views are
             # scored by how sure they are of the first step.
-            self.span_ids, self.answer_ids = [self.adapter.tokenizer.eos_token_id], []
+            end = gen.end_token_id if getattr(gen, "end_token_id", None) is not None else self.adapter.tokenizer.eos_token_id
+            self.span_ids, self.answer_ids = [end], []
             return Reading(span_entropy=torch.tensor([gen.end_entropy]), span_logp=torch.tensor([gen.end_logp])), gen.text
         self.span_ids = self.answer_ids = gen.token_ids
         return Reading(span_entropy=torch.tensor(gen.entropies), span_logp=torch.tensor(gen.logprobs)), gen.text

@@ -66,6 +66,7 @@ class Generation:
     end_entropy: float | None = None  # nats, at the step that ended the answer (None: not known, or cut off)
     end_logp: float | None = None     # log p of that end-of-answer token
     cut_off: bool | None = None       # True: the cap on new tokens ended the answer, not the model (None: not known)
+    end_token_id: int | None = None   # the token that ended the answer (one of the model's end tokens; None: not known)
 
 
 @runtime_checkable
@@ -493,27 +494,38 @@ class HFAdapter:
                              f"(1 to {self.max_images})")
         prompt = self.prompt_text(len(views_batch[0]), question)
         batch = self.encode(views_batch, [prompt] * len(views_batch))
+        ends = self.end_token_ids()
         self.forward_passes += len(views_batch)
         try:
-            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=ends,
                                       logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []),
                                       output_scores=True, return_dict_in_generate=True)
         except torch.OutOfMemoryError as err:
             raise ViewBatchTooLarge(f"{len(views_batch)} view sets decoded jointly do not fit in accelerator memory; "
                                     "lower answer_grid (1: one view set) or input_size") from err
-        ids, ents, lps, end = [], [], [], (None, None)
+        ids, ents, lps, end = [], [], [], (None, None, None)
         for step, scores in enumerate(out.scores):
             tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])
             logp = torch.log_softmax(scores[0].float(), -1)
             entropy = float(-(logp.exp() * logp).sum())
-            if tok == self.tokenizer.eos_token_id:
-                end = (entropy, float(logp[tok]))
+            if tok in ends:
+                end = (entropy, float(logp[tok]), tok)
                 break
             ids.append(tok)
             ents.append(entropy)
             lps.append(float(logp[tok]))
         cut_off = end[0] is None and len(out.scores) >= max_new_tokens
-        return Generation(self.decode_answer(ids), ids, ents, lps, *end, cut_off=cut_off)
+        return Generation(self.decode_answer(ids), ids, ents, lps, end[0], end[1], cut_off=cut_off, end_token_id=end[2])
+
+    def end_token_ids(self) -> list[int]:
+        """The ids that end an answer: the tokenizer's end token and every one the model's generation config
+        names (an int or a list: Llama 3's ``<|eot_id|>`` beside ``<|end_of_text|>``, Qwen's ``<|im_end|>``
+        beside ``<|endoftext|>``), tokenizer's first."""
+        found = [self.tokenizer.eos_token_id]
+        config = getattr(self.model, "generation_config", None)
+        extra = getattr(config, "eos_token_id", None)
+        found += list(extra) if isinstance(extra, (list, tuple)) else [extra]
+        return list(dict.fromkeys(int(i) for i in found if i is not None))
 
     def decode_answer(self, ids: list[int]) -> str:
         """The answer's text, without a WordPiece decoder's prefix on its first token ("##T", "##Q" -> "TQ")."""

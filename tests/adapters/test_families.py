@@ -304,3 +304,20 @@ def test_choices_are_scored_as_the_chat_template_writes_an_answer(adapters, sent
         assert full_ids[len(prompt_ids):len(prompt_ids) + len(ids)] == ids, tok.convert_ids_to_tokens(ids)
     if "SentencePiece" in family:
         assert tok.convert_ids_to_tokens(adapter.continuation_ids(prompt, "yes")) == ["▁yes"]
+
+
+def test_any_end_token_of_the_model_ends_the_answer(sentencepiece_adapter, monkeypatch):
+    """A generation config may name several end tokens (Llama 3's ``<|eot_id|>`` beside the tokenizer's
+    ``<|end_of_text|>``): the one the model stopped on was kept as the answer's last token, its text and
+    confidence included. Here the token this random model writes first is made an end token: the answer is
+    empty, ended on it, and its end step is the span views are scored on."""
+    adapter = sentencepiece_adapter
+    view = [random_image(seed=0).resize((adapter.input_size, adapter.input_size))]
+    first = adapter.generate(view, Q, max_new_tokens=2).token_ids[0]
+    assert first != adapter.tokenizer.eos_token_id
+    monkeypatch.setattr(adapter.model.generation_config, "eos_token_id", [adapter.tokenizer.eos_token_id, first])
+    gen = adapter.generate(view, Q, max_new_tokens=4)
+    assert gen.token_ids == [] and gen.text == "" and gen.end_token_id == first and gen.end_entropy is not None
+    res = spote(adapter, random_image(seed=0), Q, None, PolicyConfig(budget=6, exit_entropy=0.0,
+                                                                      exit_entropy_per_ln_k=0.0))
+    assert res.answer == "" and res.confidence == 0.0

@@ -208,7 +208,7 @@ scaling: $(STAMP)
 # open items (codes in document fields; docs/experiments/open-items-training.md, the twelfth run): its tower deepened
 # to 6 layers (the new ones starting as the identity) and continued for 2200 stage-1 steps on code glyphs with the
 # closed views' tokens held to its own, then its language model for 2600 stage-2 steps, half of them open items
-# (69.6 min on the 2 cores of 2026-12-04, where it took 82.7 before TRAIN_ENV): $(OUT)/spote-tiny-open, the same bits as what
+# (45.5 min on the 2 cores of 2026-12-06; 69.6 on those of 2026-12-04, where it took 82.7 before TRAIN_ENV): $(OUT)/spote-tiny-open, the same bits as what
 # spote/weights/spote-tiny holds. BASE is the closed-set model it starts from; without `make train`, the one shipped
 # until 2026-12-02: mkdir -p out/spote-tiny && git archive e53c2ca spote/weights/spote-tiny | tar -x --strip-components=3 -C out/spote-tiny
 BASE ?= $(OUT)/spote-tiny

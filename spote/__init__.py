@@ -259,16 +259,24 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
                                               storage_options=storage_options)
             adapter = _ADAPTERS[key]
     elif isinstance(model, Adapter):  # an adapter load_adapter returned, or any object with its members
+        if getattr(model, "joint_decoding", False) and not callable(getattr(model, "generate_agreed", None)):
+            raise TypeError(f"model ({type(model).__name__}) says joint_decoding but has no generate_agreed: give it "
+                            "one, or set joint_decoding = False")
         if revision or endpoint or endpoint_options:
             raise ValueError("revision, endpoint and endpoint_options choose a model to load; model is one already "
                              "loaded: give them to load_adapter instead")
         adapter = model
     else:
-        lacking = [m for m in dir(Adapter) if not m.startswith("_") and not hasattr(model, m)]
-        lacking += [m for m in getattr(Adapter, "__annotations__", {}) if m not in lacking and not hasattr(model, m)]
+        members = {m for m in dir(Adapter) if not m.startswith("_")} | set(getattr(Adapter, "__annotations__", {}))
+        lacking = sorted(m for m in members if not hasattr(model, m))
+        hint = ""
+        if hasattr(model, "generate") and hasattr(model, "config"):  # a transformers model itself
+            hint = ("; a transformers model in memory is wrapped with spote.adapters.base.HFAdapter(model, processor) "
+                    "(or the family's adapter), or loaded from its folder with spote.load_adapter")
+        elif len(lacking) < len(members):  # meant as an adapter: say what it lacks
+            hint = f" without {', '.join(lacking)}"
         raise TypeError(f"model must be a folder, URI or hub id (str or path) or an adapter (load_adapter, or an "
-                        f"object with the members of spote.adapters.base.Adapter), got {type(model).__name__}"
-                        + (f" without {', '.join(sorted(lacking))}" if lacking and hasattr(model, "forward_passes") else ""))
+                        f"object with the members of spote.adapters.base.Adapter), got {type(model).__name__}{hint}")
     # a budget given holds the peers to it too, as `spote ask --budget` and `spote bench --budget` do
     held = held_to_budget(cfg.budget if "budget" in policy_overrides else None)
     return run_method(method, adapter, img, q, ch, cfg, **held)

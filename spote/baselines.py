@@ -28,7 +28,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .core import (PolicyConfig, Reader, SpotResult, _distribution, exit_threshold, naive_entropy_config, ran_with,
+from .core import (PolicyConfig, Reader, SpotResult, _distribution, checked_relevance, exit_threshold,
+                   naive_entropy_config, ran_with,
                    significant, spote, view_mode, window_grid)
 from .spotlight import Box, ViewRenderer
 
@@ -183,7 +184,7 @@ def _relevance_or_uniform(adapter, renderer, question, choices, cfg) -> tuple[np
     """(the model's relevance map where the policy and the adapter allow it (``cfg.use_relevance``; black
     box: none), else a uniform 8 x 8 one; whether it is the model's)."""
     used = cfg.use_relevance and adapter.supports_relevance
-    rel = adapter.relevance([renderer.global_view], question, choices) if used else None
+    rel = checked_relevance(adapter.relevance([renderer.global_view], question, choices)) if used else None
     return (rel, True) if rel is not None else (np.ones((8, 8)) / 64, False)
 
 
@@ -306,6 +307,7 @@ RUNNERS = {
 
 
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_BY_ID: dict[int, threading.RLock] = {}  # adapters that cannot be weakly referenced (a dataclass, __slots__)
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -314,7 +316,10 @@ def adapter_lock(adapter) -> threading.RLock:
     counter and may switch the model's attention implementation for a relevance pass, so two searches
     sharing one adapter at once would spend each other's passes and break each other's passes."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(adapter, threading.RLock())
+        try:
+            return _LOCKS.setdefault(adapter, threading.RLock())
+        except TypeError:  # unhashable or no weak reference: kept by id (a lock per adapter ever seen, a few bytes)
+            return _LOCKS_BY_ID.setdefault(id(adapter), threading.RLock())
 
 
 def run_method(name: str, adapter, image, question, choices=None, cfg=PolicyConfig(), **kw) -> SpotResult:

@@ -694,6 +694,23 @@ def surest_reading(logprobs: list[list[float]]) -> int:
     return max(range(len(logprobs)), key=lambda i: mean_token_logp(logprobs[i]))
 
 
+def checked_relevance(relevance) -> np.ndarray | None:
+    """An adapter's relevance map as a float array [rows, cols], or None where it gave none.
+
+    Raises:
+        ValueError: a map that is not 2-D, holds a NaN, an infinity or a negative value, or sums to 0 (a
+            policy built on it would search one corner, or nowhere).
+    """
+    if relevance is None:
+        return None
+    rel = np.asarray(relevance, dtype=np.float64)
+    if rel.ndim != 2 or rel.size == 0 or not np.isfinite(rel).all() or (rel < 0).any() or rel.sum() <= 0:
+        raise ValueError(f"the adapter's relevance map must be a 2-D array of finite non-negative numbers with a "
+                         f"positive sum (or None: no map), got shape {rel.shape}"
+                         + (" holding NaN or infinity" if rel.size and not np.isfinite(rel).all() else ""))
+    return rel
+
+
 def relevance_to_cells(relevance: np.ndarray, renderer: ViewRenderer, grid: int) -> np.ndarray:
     """Sample a token-grid relevance map (over the letterboxed global view) at the policy's cells."""
     rows, cols = relevance.shape
@@ -963,9 +980,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         if not clear() and not settled():
             relevance_cells = None
             if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() - reserve >= 2 + 2 * cost:
-                rel = adapter.relevance([renderer.global_view], question, choices)
-                relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
-                relevance_read = True
+                rel = checked_relevance(adapter.relevance([renderer.global_view], question, choices))
+                if rel is not None:  # None: the adapter read no attention this time (black box)
+                    relevance_cells = relevance_to_cells(rel, renderer, cfg.grid)
+                    relevance_read = True
             saliency = saliency_cells(image, cfg.grid, sal_map) if cfg.saliency_weight > 0 else None
             peaks = saliency_peaks(sal_map, image.size, cfg.saliency_peaks) if sal_map is not None else []
             policy = SpotlightPolicy(*image.size, adapter.input_size, cfg, relevance_cells, saliency, peaks)

@@ -371,3 +371,53 @@ def test_first_calls_from_several_threads_load_one_model(item, random_tiny_dir, 
         answers = list(pool.map(lambda _: spote.answer(item.image, Q, CHOICES, model=str(folder), method="baseline")
                                 .answer, range(4)))
     assert len(loads) == 1 and len(set(answers)) == 1
+
+
+class _Wrapped:
+    """A hand-written adapter: every member of spote.adapters.base.Adapter, by delegation."""
+
+    def __init__(self, inner, **override):
+        self._inner, self._override = inner, override
+
+    def __getattr__(self, name):
+        if name in self._override:
+            return self._override[name]
+        return getattr(self._inner, name)
+
+
+def test_a_hand_written_adapter_is_taken_and_a_broken_one_refused_by_name(item, random_tiny_dir):
+    """Any object with the Adapter members answers: a dataclass (unhashable) was refused deep in the
+    threads' lock; ``relevance`` returning None (allowed) crashed spote; ``joint_decoding`` without
+    ``generate_agreed`` failed after the search's passes; a NaN map steered the search to a corner."""
+    from dataclasses import dataclass
+
+    from spote.adapters.base import Adapter
+    from spote.loading import load_adapter
+
+    inner = load_adapter(random_tiny_dir, device="cpu")
+
+    @dataclass
+    class Delegating:  # a dataclass: __hash__ is None
+        inner: object
+
+        def __getattr__(self, name):
+            return getattr(self.__dict__["inner"], name)
+
+    held = Delegating(inner)
+    assert isinstance(held, Adapter)
+    assert spote.answer(item.image, Q, CHOICES, model=held, budget=8).answer in CHOICES
+    blind = _Wrapped(inner, relevance=lambda *a, **k: None)
+    res = spote.answer(item.image, Q, CHOICES, model=blind, budget=32, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
+    assert res.policy["use_relevance"] is False and res.forward_passes > 3
+    broken = _Wrapped(inner, relevance=lambda *a, **k: np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="relevance map must be a 2-D array of finite non-negative numbers"):
+        spote.answer(item.image, Q, CHOICES, model=broken, budget=32, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
+
+    class NoJoint(_Wrapped):
+        generate_agreed = None
+
+    with pytest.raises(TypeError, match="says joint_decoding but has no generate_agreed"):
+        spote.answer(item.image, "what is the code ?", model=NoJoint(inner), budget=16)
+    with pytest.raises(TypeError, match="got LlavaForConditionalGeneration; a transformers model in memory is "
+                                        "wrapped with spote.adapters.base.HFAdapter"):
+        spote.answer(item.image, Q, CHOICES, model=inner.model)

@@ -155,22 +155,35 @@ def attention_to_grid(attn_row: torch.Tensor, positions: torch.Tensor, rows: int
     return att.cpu().numpy().reshape(rows, cols)
 
 
-def with_continuation(batch: dict, ids: torch.Tensor) -> dict:
+def with_continuation(batch: dict, ids: torch.Tensor, model=None) -> dict:
     """``batch`` (processor outputs, left-padded prompts) with the token ids ``ids`` ([L]) appended to every
-    prompt: ``input_ids`` and every other per-token tensor of its shape [B, T] grow to [B, T + L]
-    (``attention_mask`` with ones, token-type ids with zeros: text)."""
+    prompt, as ``model.generate`` would have them after generating ``ids``: ``input_ids`` [B, T] -> [B, T + L],
+    and the other per-token inputs grown by the model's own generation bookkeeping
+    (``_update_model_kwargs_for_generation``, one token at a time: ``attention_mask`` with ones, Qwen's
+    ``mm_token_type_ids`` with text, PaliGemma's ``token_type_ids`` with its causal suffix, Mllama's
+    ``cross_attention_mask`` with its last position). Without a model that has it (or where it fails),
+    every tensor of shape [B, T, ...] grows by its last position, ``attention_mask`` by ones."""
     n, t = batch["input_ids"].shape
-    out = dict(batch)
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (n, t):
-            if key == "input_ids":
-                tail = ids.to(value.device, value.dtype).expand(n, -1)
-            elif key == "attention_mask":
-                tail = torch.ones(n, len(ids), dtype=value.dtype, device=value.device)
-            else:
-                tail = torch.zeros(n, len(ids), dtype=value.dtype, device=value.device)
-            out[key] = torch.cat([value, tail], dim=1)
-    return out
+    kwargs = {k: v for k, v in batch.items() if k != "input_ids"}
+    update = getattr(model, "_update_model_kwargs_for_generation", None)
+    grown = None
+    if update is not None:
+        try:
+            grown = dict(kwargs)
+            for _ in range(len(ids)):
+                grown = update({}, grown, is_encoder_decoder=False, num_new_tokens=1)
+            grown.pop("cache", None)
+        except Exception:  # noqa: BLE001 - transformers' private bookkeeping changed: the generic growth below
+            grown = None
+    if grown is None:
+        grown = dict(kwargs)
+        for key, value in kwargs.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (n, t):
+                tail = (torch.ones_like(value[:, -1:]) if key == "attention_mask" else value[:, -1:])
+                grown[key] = torch.cat([value, tail.expand(n, len(ids), *value.shape[2:])], dim=1)
+    grown["input_ids"] = torch.cat([batch["input_ids"], ids.to(batch["input_ids"].device,
+                                                                 batch["input_ids"].dtype).expand(n, -1)], dim=1)
+    return grown
 
 
 class HFAdapter:
@@ -309,6 +322,9 @@ class HFAdapter:
         # verbose=False: the length is checked below against the model's positions, in one clear error, not
         # warned about by the tokenizer against its model_max_length
         batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True, verbose=False)
+        # PaliGemma's processor returns training labels with every prompt: a frozen model reads, it is not
+        # scored against them (the loss would be computed on every pass)
+        batch.pop("labels", None)
         text_config = getattr(self.model.config, "text_config", None) or self.model.config
         limit = getattr(text_config, "max_position_embeddings", None)
         if limit and batch["input_ids"].shape[1] > limit:  # past the positions it was trained on it reads noise
@@ -451,7 +467,7 @@ class HFAdapter:
         L = len(ids)
 
         def run(a, b):
-            batch = with_continuation(self.encode(views_batch[a:b], [prompt] * (b - a)), target)
+            batch = with_continuation(self.encode(views_batch[a:b], [prompt] * (b - a)), target, self.model)
             limit = getattr(getattr(self.model.config, "text_config", None) or self.model.config,
                             "max_position_embeddings", None)
             if limit and batch["input_ids"].shape[1] > limit:
@@ -497,25 +513,58 @@ class HFAdapter:
         ends = self.end_token_ids()
         self.forward_passes += len(views_batch)
         try:
-            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=ends,
-                                      logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []),
-                                      output_scores=True, return_dict_in_generate=True)
+            out = self.model.generate(**batch, generation_config=self._greedy_config(max_new_tokens, ends),
+                                      logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []))
         except torch.OutOfMemoryError as err:
             raise ViewBatchTooLarge(f"{len(views_batch)} view sets decoded jointly do not fit in accelerator memory; "
                                     "lower answer_grid (1: one view set) or input_size") from err
         ids, ents, lps, end = [], [], [], (None, None, None)
-        for step, scores in enumerate(out.scores):
+        placeholders = self._image_placeholder_ids()
+        for step, logits in enumerate(out.logits):  # the model's own scores, as teacher forcing reads them
             tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])
-            logp = torch.log_softmax(scores[0].float(), -1)
+            logp = torch.log_softmax(torch.log_softmax(logits.float(), -1).mean(0), -1)  # one view set: its own
             entropy = float(-(logp.exp() * logp).sum())
             if tok in ends:
                 end = (entropy, float(logp[tok]), tok)
                 break
+            if tok in placeholders:  # it stands for image features: no other view can be read with it in the answer
+                raise ValueError(f"the model wrote its image placeholder {self.tokenizer.convert_ids_to_tokens(tok)!r} "
+                                 "into its answer, which cannot be read on other views; is the tokenizer the model's own?")
             ids.append(tok)
             ents.append(entropy)
             lps.append(float(logp[tok]))
-        cut_off = end[0] is None and len(out.scores) >= max_new_tokens
+        cut_off = end[0] is None and len(out.logits) >= max_new_tokens
         return Generation(self.decode_answer(ids), ids, ents, lps, end[0], end[1], cut_off=cut_off, end_token_id=end[2])
+
+    # what a checkpoint's generation_config.json may set that would make greedy decoding other than the argmax
+    # of the model's own log p (Qwen2-VL-Instruct ships repetition_penalty 1.05), each set to its neutral value:
+    # teacher forcing reads the raw log p, and a view is compared with the answer as read the same way
+    _NEUTRAL_DECODING = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                         "min_new_tokens": None, "min_length": 0, "bad_words_ids": None, "suppress_tokens": None,
+                         "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                         "sequence_bias": None, "renormalize_logits": False, "exponential_decay_length_penalty": None,
+                         "encoder_repetition_penalty": 1.0, "temperature": None, "top_k": None, "top_p": None}
+
+    def _greedy_config(self, max_new_tokens: int, ends: list[int]):
+        """The model's generation config (its pad token and the like) with greedy decoding of the raw log p."""
+        import copy
+
+        from transformers import GenerationConfig
+
+        config = copy.deepcopy(getattr(self.model, "generation_config", None) or GenerationConfig())
+        for key, value in self._NEUTRAL_DECODING.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        config.max_new_tokens, config.eos_token_id = max_new_tokens, ends
+        config.output_logits = config.return_dict_in_generate = True
+        return config
+
+    def _image_placeholder_ids(self) -> set[int]:
+        """The token ids that stand for image features in a prompt (``<image>``, ``<|image_pad|>``)."""
+        config = self.model.config
+        found = {getattr(config, "image_token_id", None), getattr(config, "image_token_index", None),
+                 getattr(self.processor, "image_token_id", None)}
+        return {int(i) for i in found if isinstance(i, int)}
 
     def end_token_ids(self) -> list[int]:
         """The ids that end an answer: the tokenizer's end token and every one the model's generation config

@@ -20,7 +20,7 @@ from spote.adapters.llava import LlavaAdapter
 from spote.adapters.qwen2vl import Qwen2VLAdapter
 from spote.core import PolicyConfig, spote
 from tiny_vlms import (CHOICES, IDEFICS_SEQ, IDEFICS_TILE, ROW_COL, Q, qwen_processor_class, random_image,
-                       save_checkpoint, save_llava_sentencepiece)
+                       save_checkpoint, save_llava_sentencepiece, save_mllama, save_paligemma)
 
 FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"]
 EXPECTED = {"llava": LlavaAdapter, "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen2VLAdapter,
@@ -128,14 +128,26 @@ def sentencepiece_adapter(tmp_path_factory):
     return load_adapter(save_llava_sentencepiece(tmp_path_factory.mktemp("llava-sp")), device="cpu")
 
 
-@pytest.mark.parametrize("family", [*FAMILIES, "llava, SentencePiece-style tokenizer"])
+@pytest.fixture(scope="module")
+def more_adapters(tmp_path_factory):
+    """Families whose processors give per-token inputs beside ``input_ids`` that generation grows its own way."""
+    from spote.loading import load_adapter
+
+    return {"paligemma": load_adapter(save_paligemma(tmp_path_factory.mktemp("paligemma")), device="cpu"),
+            "mllama": load_adapter(save_mllama(tmp_path_factory.mktemp("mllama")), device="cpu")}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llava, SentencePiece-style tokenizer", "paligemma", "mllama"])
 def test_teacher_forcing_scores_the_generated_tokens_where_they_were_generated(adapters, sentencepiece_adapter,
-                                                                                family):
+                                                                                more_adapters, family):
     """A view's teacher-forced span on the view it was generated on is the generation's own entropies and
     log p. The span was decoded to text and encoded again after the prompt: a Llama-style tokenizer's
     ``"▁:"`` decodes to ``":"``, which encodes as another token, so every open answer was scored at the
-    wrong tokens without a word."""
-    adapter = sentencepiece_adapter if "SentencePiece" in family else adapters[family]
+    wrong tokens without a word. The span's other inputs grow as generation grows them: PaliGemma's
+    token types (a span marked as prefix sees its own future), Mllama's cross-attention mask (a shape
+    error on every open question)."""
+    adapter = (sentencepiece_adapter if "SentencePiece" in family else more_adapters[family] if family in more_adapters
+               else adapters[family])
     prompt, first_marked = adapter.prompt_text(1, Q), []
     for seed in range(4):
         views = [random_image(seed=seed).resize((adapter.input_size, adapter.input_size))]
@@ -321,3 +333,41 @@ def test_any_end_token_of_the_model_ends_the_answer(sentencepiece_adapter, monke
     res = spote(adapter, random_image(seed=0), Q, None, PolicyConfig(budget=6, exit_entropy=0.0,
                                                                       exit_entropy_per_ln_k=0.0))
     assert res.answer == "" and res.confidence == 0.0
+
+
+@pytest.mark.parametrize("setting", [{"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 1}, {"min_new_tokens": 3},
+                                     {"num_beams": 3}])
+def test_a_checkpoints_decoding_settings_do_not_change_what_greedy_reading_reports(sentencepiece_adapter, monkeypatch,
+                                                                                    setting):
+    """A checkpoint's ``generation_config.json`` may set a repetition penalty (Qwen2-VL-Instruct: 1.05), an
+    n-gram ban, a minimum length or beams: the answer was decoded and its log p read through them, while
+    teacher forcing reads the model's own log p, so on its own view the answer disagreed with itself. The
+    answer is read greedily off the model's own log p whatever the checkpoint sets."""
+    adapter = sentencepiece_adapter
+    view = [random_image(seed=1).resize((adapter.input_size, adapter.input_size))]
+    plain = adapter.generate(view, Q, max_new_tokens=5)
+    for key, value in setting.items():
+        monkeypatch.setattr(adapter.model.generation_config, key, value)
+    gen = adapter.generate(view, Q, max_new_tokens=5)
+    assert gen.token_ids == plain.token_ids and gen.text == plain.text
+    np.testing.assert_allclose(gen.logprobs, plain.logprobs, atol=1e-5)
+    if gen.token_ids:
+        lp, ent = adapter.teacher_forced([view], adapter.prompt_text(1, Q), gen.token_ids)
+        np.testing.assert_allclose(lp[0].numpy(), gen.logprobs, atol=1e-4)
+        np.testing.assert_allclose(ent[0].numpy(), gen.entropies, atol=1e-4)
+
+
+def test_an_answer_holding_the_image_placeholder_is_one_clear_error(tmp_path):
+    """A model that writes its own ``<image>`` token into an answer (a mis-trained or mismatched checkpoint): the
+    views could not be scored with it (the processor's image features no longer matched) and the search failed
+    deep in transformers; it is refused by name."""
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(save_llava_sentencepiece(tmp_path / "m"), device="cpu")
+    view = [random_image(seed=0).resize((adapter.input_size, adapter.input_size))]
+    first = adapter.generate(view, Q, max_new_tokens=1).token_ids[0]
+    head = adapter.model.get_output_embeddings().weight
+    with torch.no_grad():  # the placeholder's output row wins wherever the model's first token would
+        head[adapter.model.config.image_token_id] = head[first] * 1.5
+    with pytest.raises(ValueError, match="the model wrote its image placeholder '<image>' into its answer"):
+        adapter.generate(view, Q, max_new_tokens=4)

@@ -194,3 +194,85 @@ def save_llava_sentencepiece(folder, seed: int = 0):
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     return folder
+
+
+def byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer (word starts marked ``Ġ``) over SpotBench's words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from training.build import build_vocab
+
+    words = build_vocab(True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],
+                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>",
+                                                                                "<image>", "<|image|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   extra_special_tokens={"image_token": "<image>"}, padding_side="left",
+                                   model_max_length=512)
+
+
+def save_paligemma(folder, seed: int = 0):
+    """A tiny PaliGemma (its processor marks the prompt ``token_type_ids`` 0, the bidirectional prefix; generated
+    tokens are 1, the causal suffix) with a chat template added, as a user adds one; weights scaled up from the
+    near-uniform default so that where a token may look changes its log p."""
+    import torch
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tok = byte_level_tokenizer()
+    template = ("{% for message in messages %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+                "{{ '<image>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}")
+    image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, **NORM)
+    image_processor.image_seq_length = 16
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    torch.manual_seed(seed)
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
+        text_config=dict(model_type="gemma", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        image_token_index=processor.image_token_id, projection_dim=32)
+    model = PaliGemmaForConditionalGeneration(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_mllama(folder, seed: int = 0):
+    """A tiny Llama-3.2-Vision (Mllama): its processor gives a ``cross_attention_mask`` [B, T, images, tiles]
+    that grows with every generated token."""
+    import torch
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tok = byte_level_tokenizer()
+    tok.image_token = "<|image|>"
+    template = ("{% for message in messages %}{{ message['role'] + ':' }}{% for c in message['content'] %}"
+                "{% if c['type'] == 'image' %}{{ '<|image|>' }}{% else %}{{ ' ' + c['text'] }}{% endif %}{% endfor %}"
+                "{{ '</s>' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    image_processor = MllamaImageProcessorPil(size={"height": 32, "width": 32}, max_image_tiles=1, **NORM)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    torch.manual_seed(seed)
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2,
+                           intermediate_size=64, vision_output_dim=64, image_size=32, patch_size=8, max_num_tiles=1,
+                           intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]]),
+        text_config=dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, cross_attention_layers=[1],
+                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    MllamaForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder

@@ -340,13 +340,15 @@ class Reader:
         return [Reading(span_entropy=e, span_logp=l) for l, e in zip(lp, ent)]
 
     def cost_per_view(self) -> int:
-        """Forward passes one candidate costs (multi-token choices cost one pass per choice)."""
+        """Forward passes one candidate costs: 1, or one per choice where the choices are not one token apart
+        (``one_token_apart``)."""
         if self.choices is None:
             return 1
+        from .adapters.base import one_token_apart
+
         prompt = self.adapter.prompt_text(1, self.question, self.choices)
         ids = [self.adapter.continuation_ids(prompt, c) for c in self.choices]
-        single = all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids)
-        return 1 if single else len(self.choices)
+        return 1 if one_token_apart(ids) is not None else len(self.choices)
 
 
 # ============================================================================ the spotlight policy

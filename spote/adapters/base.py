@@ -106,6 +106,20 @@ class Adapter(Protocol):
         """A [rows, cols] map over the first view (sums to 1) of where the question looks; None: none read."""
 
 
+def one_token_apart(continuations: list[list[int]]) -> tuple[list[int], list[int]] | None:
+    """``(shared, last)`` where every choice's tokens are the same ``shared`` prefix and then one token of its
+    own, all different (``[[29871, 29896], [29871, 29906]]``: a Llama tokenizer's ``"▁"`` then ``"1"``, ``"2"``):
+    one pass reads them all, the next-token log p after the shared prefix. None where the choices part
+    earlier or run longer: each is then teacher-forced, one pass per choice."""
+    if not continuations or not all(continuations):
+        return None
+    shared = continuations[0][:-1]
+    if any(len(ids) != len(shared) + 1 or ids[:-1] != shared for ids in continuations):
+        return None
+    last = [ids[-1] for ids in continuations]
+    return (shared, last) if len(set(last)) == len(last) else None
+
+
 WORDPIECE_PREFIX = "##"  # a WordPiece continuation token's prefix
 
 
@@ -325,11 +339,16 @@ class HFAdapter:
         # PaliGemma's processor returns training labels with every prompt: a frozen model reads, it is not
         # scored against them (the loss would be computed on every pass)
         batch.pop("labels", None)
+        return self._check_length({k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()})
+
+    def _check_length(self, batch: dict) -> dict:
+        """``batch``; PromptTooLong where its sequences are longer than the language model's positions (past
+        the positions it was trained on it reads noise)."""
         text_config = getattr(self.model.config, "text_config", None) or self.model.config
         limit = getattr(text_config, "max_position_embeddings", None)
-        if limit and batch["input_ids"].shape[1] > limit:  # past the positions it was trained on it reads noise
+        if limit and batch["input_ids"].shape[1] > limit:
             raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
-        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        return batch
 
     def answer_lead(self) -> str:
         """The space the chat template writes between its generation prompt and an assistant's answer: ``" "``
@@ -399,8 +418,9 @@ class HFAdapter:
     def choice_logprobs(self, views_batch: list[list[Image.Image]], question: str, choices) -> torch.Tensor:
         """log p(choice | views, question), normalised over the choices: [B, C].
 
-        Single-token choices: one pass, the next-token logits restricted to the choices.
-        Multi-token choices: teacher-forced, length-normalised log-likelihood of each choice.
+        Single-token choices, or choices that share their tokens but the last (a Llama tokenizer's ``"▁"``
+        before each digit): one pass, the next-token logits restricted to the choices (``one_token_apart``).
+        Other multi-token choices: teacher-forced, length-normalised log-likelihood of each choice.
 
         Raises:
             PromptTooLong: the prompt, its choices listed in it (and, teacher-forced, one choice after it)
@@ -416,12 +436,14 @@ class HFAdapter:
         prompt = self.prompt_text(n_img, question, choices)
         self._check_distinct(choices)
         cont = [self.continuation_ids(prompt, c) for c in choices]
-        first = [ids[0] for ids in cont]
-        if all(len(ids) == 1 for ids in cont) and len(set(first)) == len(first):
-            idx = torch.tensor(first)
+        if (apart := one_token_apart(cont)) is not None:
+            shared, last = apart
+            idx = torch.tensor(last)
 
             def run(a, b):
                 batch = self.encode(views_batch[a:b], [prompt] * (b - a))
+                if shared:  # the tokens every choice starts with, as the model would have written them
+                    batch = self._check_length(with_continuation(batch, torch.tensor(shared), self.model))
                 logits = self._forward(batch, last=1).logits[:, -1].float().cpu()
                 return torch.log_softmax(logits[:, idx], dim=-1)
 
@@ -467,11 +489,8 @@ class HFAdapter:
         L = len(ids)
 
         def run(a, b):
-            batch = with_continuation(self.encode(views_batch[a:b], [prompt] * (b - a)), target, self.model)
-            limit = getattr(getattr(self.model.config, "text_config", None) or self.model.config,
-                            "max_position_embeddings", None)
-            if limit and batch["input_ids"].shape[1] > limit:
-                raise PromptTooLong(int(batch["input_ids"].shape[1]), int(limit))
+            batch = self._check_length(with_continuation(self.encode(views_batch[a:b], [prompt] * (b - a)), target,
+                                                         self.model))
             logits = self._forward(batch, last=L + 1).logits[:, -L - 1:-1].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             tok_lp = logp.gather(-1, target.view(1, L, 1).expand(logp.shape[0], L, 1)).squeeze(-1)

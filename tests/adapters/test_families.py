@@ -371,3 +371,24 @@ def test_an_answer_holding_the_image_placeholder_is_one_clear_error(tmp_path):
         head[adapter.model.config.image_token_id] = head[first] * 1.5
     with pytest.raises(ValueError, match="the model wrote its image placeholder '<image>' into its answer"):
         adapter.generate(view, Q, max_new_tokens=4)
+
+
+def test_choices_one_token_apart_are_read_in_one_pass_after_their_shared_tokens(tmp_path):
+    """A Llama tokenizer writes ``" 1"`` as ``"▁"`` then ``"1"``: numeric choices share their first token, and
+    were teacher-forced one pass per choice. They are read in one pass, the next-token log p after the shared
+    ``"▁"``, which is what teacher forcing each choice gives at its last token."""
+    from spote.core import Reader
+    from spote.loading import load_adapter
+
+    adapter = load_adapter(save_llava_sentencepiece(tmp_path / "m", split_digits=True), device="cpu")
+    choices, question = ["1", "2", "3", "4"], "how many boats ?"
+    prompt = adapter.prompt_text(1, question, choices)
+    cont = [adapter.continuation_ids(prompt, c) for c in choices]
+    assert [adapter.tokenizer.convert_ids_to_tokens(ids) for ids in cont] == [["▁", c] for c in choices]
+    assert Reader(adapter, question, choices).cost_per_view() == 1
+    views = [[random_image(seed=s).resize((adapter.input_size, adapter.input_size))] for s in (0, 1)]
+    before = adapter.forward_passes
+    lp = adapter.choice_logprobs(views, question, choices)
+    assert adapter.forward_passes - before == 2  # one pass per view set, not one per choice
+    last = torch.stack([adapter.teacher_forced(views, prompt, ids)[0][:, -1] for ids in cont], dim=1)
+    torch.testing.assert_close(lp, torch.log_softmax(last, -1), atol=1e-4, rtol=0)

@@ -167,10 +167,11 @@ def save_checkpoint(family: str, folder, real_processor: bool = False, seed: int
     return folder
 
 
-def save_llava_sentencepiece(folder, seed: int = 0):
+def save_llava_sentencepiece(folder, seed: int = 0, split_digits: bool = False):
     """spote-tiny's architecture (random weights) with a LLaVA-1.5-style tokenizer: BPE pieces over
     SentencePiece's ``▁`` word marker (``Metaspace``, as Llama's), whose decoder drops the first piece's
-    marker, so an answer decoded to text and encoded again after the prompt is other tokens."""
+    marker, so an answer decoded to text and encoded again after the prompt is other tokens.
+    ``split_digits``: every digit its own token, as Llama's (``" 1"`` is ``"▁"``, ``"1"``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -179,6 +180,8 @@ def save_llava_sentencepiece(folder, seed: int = 0):
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([tok.pre_tokenizer, pre_tokenizers.Digits(individual_digits=True)])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     words = build_vocab(True)
     tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],

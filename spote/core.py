@@ -300,6 +300,27 @@ def _check_finite(scores: torch.Tensor) -> None:
                          "(or the dtype they run in) are broken")
 
 
+def _choice_logp(adapter, views_batch, question: str, choices) -> torch.Tensor:
+    """``adapter.choice_logprobs`` as a float tensor [B, C] of log-probabilities normalised over the choices.
+
+    Raises:
+        ValueError: another shape, or rows that are not log-probabilities summing to 1 (probabilities, raw
+            scores: a hand-written adapter's slip would read as a confidence above 1).
+    """
+    out = adapter.choice_logprobs(views_batch, question, choices)
+    logp = torch.as_tensor(out.detach().cpu() if isinstance(out, torch.Tensor) else out).float()
+    if tuple(logp.shape) != (len(views_batch), len(choices)):
+        raise ValueError(f"the adapter's choice_logprobs must return [{len(views_batch)}, {len(choices)}] (view sets x "
+                         f"choices), got shape {tuple(logp.shape)}")
+    _check_finite(logp)
+    total = torch.logsumexp(logp, dim=-1)
+    if (total - 0).abs().max() > 1e-3:
+        raise ValueError("the adapter's choice_logprobs must return log-probabilities normalised over the choices "
+                         f"(each row's exp summing to 1), got rows summing to {float(total.exp().min()):.4g}-"
+                         f"{float(total.exp().max()):.4g}")
+    return logp
+
+
 class Reader:
     """Reads a question off batches of view sets with one adapter: closed set or teacher-forced span."""
 
@@ -311,8 +332,7 @@ class Reader:
 
     def baseline(self, views: list[Image.Image]) -> tuple[Reading, str]:
         if self.choices is not None:
-            logp = self.adapter.choice_logprobs([views], self.question, self.choices)[0]
-            _check_finite(logp)
+            logp = _choice_logp(self.adapter, [views], self.question, self.choices)[0]
             return Reading(logp=logp), self.choices[int(logp.argmax())]
         gen = self.adapter.generate(views, self.question)
         self.cut_off = gen.cut_off
@@ -331,7 +351,7 @@ class Reader:
         """One Reading per view set, from batched forward passes (``adapter.batch_size`` sets at a time; each
         set counts as one pass in ``adapter.forward_passes``, or one per choice for multi-token choices)."""
         if self.choices is not None:
-            logp = self.adapter.choice_logprobs(views_batch, self.question, self.choices)
+            logp = _choice_logp(self.adapter, views_batch, self.question, self.choices)
             return [Reading(logp=row) for row in logp]
         if not self.span_ids:
             return [Reading(span_entropy=torch.zeros(0), span_logp=torch.zeros(0)) for _ in views_batch]
@@ -705,11 +725,15 @@ def checked_relevance(relevance) -> np.ndarray | None:
     """
     if relevance is None:
         return None
+    if isinstance(relevance, torch.Tensor):  # any dtype or device, grad or not
+        relevance = relevance.detach().float().cpu().numpy()
     rel = np.asarray(relevance, dtype=np.float64)
-    if rel.ndim != 2 or rel.size == 0 or not np.isfinite(rel).all() or (rel < 0).any() or rel.sum() <= 0:
+    why = ("not 2-D" if rel.ndim != 2 else "empty" if rel.size == 0 else "holding NaN or infinity"
+           if not np.isfinite(rel).all() else "holding negative values" if (rel < 0).any()
+           else "summing to 0" if rel.sum() <= 0 else None)
+    if why:
         raise ValueError(f"the adapter's relevance map must be a 2-D array of finite non-negative numbers with a "
-                         f"positive sum (or None: no map), got shape {rel.shape}"
-                         + (" holding NaN or infinity" if rel.size and not np.isfinite(rel).all() else ""))
+                         f"positive sum (or None: no map), got one of shape {rel.shape} {why}")
     return rel
 
 

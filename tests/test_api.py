@@ -413,6 +413,24 @@ def test_a_hand_written_adapter_is_taken_and_a_broken_one_refused_by_name(item, 
     with pytest.raises(ValueError, match="relevance map must be a 2-D array of finite non-negative numbers"):
         spote.answer(item.image, Q, CHOICES, model=broken, budget=32, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
 
+    zero = _Wrapped(inner, relevance=lambda *a, **k: np.zeros((8, 8)))
+    with pytest.raises(ValueError, match=r"got one of shape \(8, 8\) summing to 0"):
+        spote.answer(item.image, Q, CHOICES, model=zero, budget=32, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
+    import torch
+
+    def as_tensor(*a, **k):  # a map straight from a model: bfloat16, still holding its graph
+        return torch.rand(8, 8, requires_grad=True).to(torch.bfloat16)
+
+    tensor_map = _Wrapped(inner, relevance=as_tensor)
+    assert spote.answer(item.image, Q, CHOICES, model=tensor_map, budget=32, exit_entropy=0.0,
+                        exit_entropy_per_ln_k=0.0).policy["use_relevance"] is True
+    # closed-set scores that are not log-probabilities over the choices: a confidence above 1 was reported
+    probs = _Wrapped(inner, choice_logprobs=lambda *a, **k: inner.choice_logprobs(*a, **k).exp())
+    with pytest.raises(ValueError, match="choice_logprobs must return log-probabilities normalised over the choices"):
+        spote.answer(item.image, Q, CHOICES, model=probs, budget=8)
+    as_numpy = _Wrapped(inner, choice_logprobs=lambda *a, **k: inner.choice_logprobs(*a, **k).numpy())
+    assert spote.answer(item.image, Q, CHOICES, model=as_numpy, budget=8).confidence <= 1
+
     class NoJoint(_Wrapped):
         generate_agreed = None
 

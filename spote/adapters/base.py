@@ -237,6 +237,10 @@ class HFAdapter:
             p.requires_grad_(False)
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            # Llama's tokenizers ship without a pad token; a batch of prompts needs one, and the attention
+            # mask keeps the model from reading it, so the end token serves
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.input_size = input_size or self._guess_input_size()
         self.max_images = max_images
@@ -531,12 +535,19 @@ class HFAdapter:
         batch = self.encode(views_batch, [prompt] * len(views_batch))
         ends = self.end_token_ids()
         self.forward_passes += len(views_batch)
+        greedy, own = self._greedy_config(max_new_tokens, ends), getattr(self.model, "generation_config", None)
         try:
-            out = self.model.generate(**batch, generation_config=self._greedy_config(max_new_tokens, ends),
+            # generate() fills every field left at its default from the model's own config: it reads the
+            # greedy one for the call (searches on one adapter run one at a time: baselines.adapter_lock)
+            self.model.generation_config = greedy
+            out = self.model.generate(**batch, generation_config=greedy,
                                       logits_processor=LogitsProcessorList([MeanOverViews()] if len(views_batch) > 1 else []))
         except torch.OutOfMemoryError as err:
             raise ViewBatchTooLarge(f"{len(views_batch)} view sets decoded jointly do not fit in accelerator memory; "
                                     "lower answer_grid (1: one view set) or input_size") from err
+        finally:
+            if own is not None:
+                self.model.generation_config = own
         ids, ents, lps, end = [], [], [], (None, None, None)
         placeholders = self._image_placeholder_ids()
         for step, logits in enumerate(out.logits):  # the model's own scores, as teacher forcing reads them
@@ -555,28 +566,20 @@ class HFAdapter:
         cut_off = end[0] is None and len(out.logits) >= max_new_tokens
         return Generation(self.decode_answer(ids), ids, ents, lps, end[0], end[1], cut_off=cut_off, end_token_id=end[2])
 
-    # what a checkpoint's generation_config.json may set that would make greedy decoding other than the argmax
-    # of the model's own log p (Qwen2-VL-Instruct ships repetition_penalty 1.05), each set to its neutral value:
-    # teacher forcing reads the raw log p, and a view is compared with the answer as read the same way
-    _NEUTRAL_DECODING = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                         "min_new_tokens": None, "min_length": 0, "bad_words_ids": None, "suppress_tokens": None,
-                         "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
-                         "sequence_bias": None, "renormalize_logits": False, "exponential_decay_length_penalty": None,
-                         "encoder_repetition_penalty": 1.0, "temperature": None, "top_k": None, "top_p": None}
-
     def _greedy_config(self, max_new_tokens: int, ends: list[int]):
-        """The model's generation config (its pad token and the like) with greedy decoding of the raw log p."""
-        import copy
-
+        """A generation config of plain greedy decoding and nothing else: a checkpoint's
+        ``generation_config.json`` may set a repetition penalty (Qwen2-VL-Instruct: 1.05), a minimum length,
+        banned tokens, beams, a time limit, guidance, which would make the answer other than the argmax of
+        the model's own log p, the log p teacher forcing scores every view by. Only its token ids are kept."""
         from transformers import GenerationConfig
 
-        config = copy.deepcopy(getattr(self.model, "generation_config", None) or GenerationConfig())
-        for key, value in self._NEUTRAL_DECODING.items():
-            if hasattr(config, key):
-                setattr(config, key, value)
-        config.max_new_tokens, config.eos_token_id = max_new_tokens, ends
-        config.output_logits = config.return_dict_in_generate = True
-        return config
+        own = getattr(self.model, "generation_config", None)
+        pad = getattr(own, "pad_token_id", None)
+        pad = pad if pad is not None else (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                                           else ends[0])
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=ends,
+                                pad_token_id=pad, bos_token_id=getattr(own, "bos_token_id", None),
+                                output_logits=True, return_dict_in_generate=True)
 
     def _image_placeholder_ids(self) -> set[int]:
         """The token ids that stand for image features in a prompt (``<image>``, ``<|image_pad|>``)."""

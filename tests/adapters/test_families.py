@@ -336,7 +336,10 @@ def test_any_end_token_of_the_model_ends_the_answer(sentencepiece_adapter, monke
 
 
 @pytest.mark.parametrize("setting", [{"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 1}, {"min_new_tokens": 3},
-                                     {"num_beams": 3}])
+                                     {"num_beams": 3}, {"suppress_tokens": "first"}, {"begin_suppress_tokens": "first"},
+                                     {"max_time": 1e-6},
+                                     {"guidance_scale": 3.0}, {"num_beams": 4, "num_return_sequences": 4},
+                                     {"penalty_alpha": 0.6, "top_k": 4}])
 def test_a_checkpoints_decoding_settings_do_not_change_what_greedy_reading_reports(sentencepiece_adapter, monkeypatch,
                                                                                     setting):
     """A checkpoint's ``generation_config.json`` may set a repetition penalty (Qwen2-VL-Instruct: 1.05), an
@@ -346,8 +349,8 @@ def test_a_checkpoints_decoding_settings_do_not_change_what_greedy_reading_repor
     adapter = sentencepiece_adapter
     view = [random_image(seed=1).resize((adapter.input_size, adapter.input_size))]
     plain = adapter.generate(view, Q, max_new_tokens=5)
-    for key, value in setting.items():
-        monkeypatch.setattr(adapter.model.generation_config, key, value)
+    for key, value in setting.items():  # "first": the token plain greedy decoding writes first, banned
+        monkeypatch.setattr(adapter.model.generation_config, key, [plain.token_ids[0]] if value == "first" else value)
     gen = adapter.generate(view, Q, max_new_tokens=5)
     assert gen.token_ids == plain.token_ids and gen.text == plain.text
     np.testing.assert_allclose(gen.logprobs, plain.logprobs, atol=1e-5)
@@ -392,3 +395,21 @@ def test_choices_one_token_apart_are_read_in_one_pass_after_their_shared_tokens(
     assert adapter.forward_passes - before == 2  # one pass per view set, not one per choice
     last = torch.stack([adapter.teacher_forced(views, prompt, ids)[0][:, -1] for ids in cont], dim=1)
     torch.testing.assert_close(lp, torch.log_softmax(last, -1), atol=1e-4, rtol=0)
+
+
+def test_a_tokenizer_without_a_pad_token_is_padded_with_its_end_token(tmp_path):
+    """Llama's tokenizers ship with ``pad_token: null``: every batch of prompts failed ("Asking to pad but the
+    tokenizer does not have a padding token"), and load_adapter blamed the checkpoint's files."""
+    import json
+
+    from spote.loading import load_adapter
+
+    folder = save_llava_sentencepiece(tmp_path / "m")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["pad_token"] = None
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    adapter = load_adapter(folder, device="cpu")
+    assert adapter.tokenizer.pad_token == adapter.tokenizer.eos_token
+    views = [[random_image(seed=s).resize((adapter.input_size, adapter.input_size))] for s in (0, 1)]
+    assert adapter.choice_logprobs(views, Q, list(CHOICES)).shape == (2, 2)
+    assert spote(adapter, random_image(seed=2), Q, None, PolicyConfig(budget=6)).forward_passes <= 6

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .adapters.base import entropy_nats, one_token_apart
 from .saliency import WORKING_SIZE as SALIENCY_SIZE
 from .saliency import salient_centre, saliency_cells, saliency_centroid, saliency_map, saliency_peaks
 from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
@@ -235,13 +236,13 @@ class Reading:
     def entropy(self) -> float:
         """H_ans: the entropy of the choice distribution, or the mean over the answer span (nats)."""
         if self.logp is not None:
-            return float(-(self.logp.exp() * self.logp).sum())
+            return float(entropy_nats(self.logp))
         return float(self.span_entropy.mean()) if len(self.span_entropy) else 0.0
 
 
 def answer_entropy(logp: torch.Tensor) -> torch.Tensor:
-    """H = -sum_c p_c log p_c (nats), over the last axis."""
-    return -(logp.exp() * logp).sum(-1)
+    """H = -sum_c p_c log p_c (nats), over the last axis (a choice of probability 0 adds 0)."""
+    return entropy_nats(logp)
 
 
 @dataclass
@@ -318,7 +319,8 @@ def _choice_logp(adapter, views_batch, question: str, choices) -> torch.Tensor:
         raise ValueError("the adapter's choice_logprobs must return log-probabilities normalised over the choices "
                          f"(each row's exp summing to 1), got rows summing to {float(total.exp().min()):.4g}-"
                          f"{float(total.exp().max()):.4g}")
-    return logp
+    # rounding of a low-precision dtype (bfloat16 rows sum to 1 within 0.5%) taken out, in float32
+    return logp if total.abs().max() <= 1e-6 else torch.log_softmax(logp, dim=-1)
 
 
 class Reader:
@@ -364,8 +366,6 @@ class Reader:
         (``one_token_apart``)."""
         if self.choices is None:
             return 1
-        from .adapters.base import one_token_apart
-
         prompt = self.adapter.prompt_text(1, self.question, self.choices)
         ids = [self.adapter.continuation_ids(prompt, c) for c in self.choices]
         return 1 if one_token_apart(ids) is not None else len(self.choices)
@@ -726,8 +726,21 @@ def checked_relevance(relevance) -> np.ndarray | None:
     if relevance is None:
         return None
     if isinstance(relevance, torch.Tensor):  # any dtype or device, grad or not
+        if relevance.is_complex():
+            raise ValueError("the adapter's relevance map must be real numbers, got a complex tensor")
         relevance = relevance.detach().float().cpu().numpy()
-    rel = np.asarray(relevance, dtype=np.float64)
+    if isinstance(relevance, np.ma.MaskedArray):  # a masked cell holds no relevance
+        relevance = relevance.filled(0)
+    try:
+        rel = np.asarray(relevance)
+        if np.iscomplexobj(rel):
+            raise ValueError("the adapter's relevance map must be real numbers, got complex ones")
+        rel = rel.astype(np.float64)
+    except (TypeError, ValueError) as err:  # a ragged nested list, text
+        if "complex" in str(err):
+            raise
+        raise ValueError(f"the adapter's relevance map must be a 2-D array of numbers, got {type(relevance).__name__} "
+                         f"numpy cannot read as one ({str(err).split('.')[0]})") from None
     why = ("not 2-D" if rel.ndim != 2 else "empty" if rel.size == 0 else "holding NaN or infinity"
            if not np.isfinite(rel).all() else "holding negative values" if (rel < 0).any()
            else "summing to 0" if rel.sum() <= 0 else None)

@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -34,6 +35,7 @@ STRETCH_PERCENTILES = (0.5, 99.5)  # of the finite values; the range a high-bit-
 FULL_RANGE_SHARE = 0.25  # a 16-bit image whose 99.5th percentile reaches this share of 65535 is scaled, not stretched
 NEUTRAL_FILL = 128  # 8-bit value shown where a pixel has no valid data (NaN, inf, nodata)
 EXIF_ORIENTATION = 0x0112
+_PIL_LOAD_LOCK = threading.Lock()  # a caller's PIL image decoded by one thread at a time
 
 # EXIF orientation -> the PIL transpose that makes the stored image upright (as ImageOps.exif_transpose)
 _PIL_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -424,7 +426,8 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> 
             if source.tell() in pages:
                 return load_image(source.filename, max_pixels, pages.index(source.tell()))
         try:
-            source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
+            with _PIL_LOAD_LOCK:  # one lazily opened image given to several threads is decoded once, not at once
+                source.load()  # Pillow's TIFF reader applies (and drops) the orientation tag itself on load
             rgb = to_rgb(source)
         except (ValueError, OSError) as err:  # a closed image, a mode Pillow cannot convert (La, ...)
             raise BadImage(f"cannot use this PIL image (mode {source.mode}): {err}") from None

@@ -385,6 +385,20 @@ class _Wrapped:
         return getattr(self._inner, name)
 
 
+def test_one_lazily_opened_image_shared_by_threads_is_decoded_once(tmp_path, shipped_adapter):
+    """Four threads given one ``Image.open`` not yet decoded: each decoded it at once and most read a "broken
+    PNG file"; the caller's image is decoded by one thread at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "page.png"
+    make_item(0, "test", 3).image.save(path)
+    shared = Image.open(path)  # lazy: decoded on first use
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: spote.answer(shared, Q, CHOICES, model=shipped_adapter, budget=2).answer,
+                                range(4)))
+    assert len(answers) == 4 and all(a in CHOICES for a in answers)
+
+
 def test_a_hand_written_adapter_is_taken_and_a_broken_one_refused_by_name(item, random_tiny_dir):
     """Any object with the Adapter members answers: a dataclass (unhashable) was refused deep in the
     threads' lock; ``relevance`` returning None (allowed) crashed spote; ``joint_decoding`` without
@@ -430,6 +444,32 @@ def test_a_hand_written_adapter_is_taken_and_a_broken_one_refused_by_name(item, 
         spote.answer(item.image, Q, CHOICES, model=probs, budget=8)
     as_numpy = _Wrapped(inner, choice_logprobs=lambda *a, **k: inner.choice_logprobs(*a, **k).numpy())
     assert spote.answer(item.image, Q, CHOICES, model=as_numpy, budget=8).confidence <= 1
+
+    # a choice of probability exactly 0 (log p -inf) made every entropy NaN and skipped the search
+    def with_zero(*a, **k):
+        lp = inner.choice_logprobs(*a, **k).clone()
+        lp[:, -1] = -float("inf")
+        return torch.log_softmax(lp, -1)
+
+    def with_tiny(*a, **k):
+        lp = inner.choice_logprobs(*a, **k).clone()
+        lp[:, -1] = -1e4
+        return torch.log_softmax(lp, -1)
+
+    search = dict(budget=16, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
+    zero_res = spote.answer(item.image, Q, CHOICES, model=_Wrapped(inner, choice_logprobs=with_zero), **search)
+    tiny_res = spote.answer(item.image, Q, CHOICES, model=_Wrapped(inner, choice_logprobs=with_tiny), **search)
+    assert all(np.isfinite(zero_res.entropy_trace)) and zero_res.forward_passes > 1
+    assert (zero_res.answer, zero_res.entropy_trace) == (tiny_res.answer, tiny_res.entropy_trace)
+    # bfloat16 log p (a model on a GPU) sums to 1 only within its precision: read, not refused
+    bf16 = _Wrapped(inner, choice_logprobs=lambda *a, **k: inner.choice_logprobs(*a, **k).to(torch.bfloat16))
+    assert spote.answer(item.image, Q, CHOICES, model=bf16, budget=8).answer in CHOICES
+    masked = _Wrapped(inner, relevance=lambda *a, **k: np.ma.masked_array(np.full((8, 8), 1e6),
+                                                                          mask=np.arange(64).reshape(8, 8) % 8 < 4))
+    assert spote.answer(item.image, Q, CHOICES, model=masked, **search).policy["use_relevance"] is True
+    ragged = _Wrapped(inner, relevance=lambda *a, **k: [[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match="relevance map must be a 2-D array of numbers, got list numpy cannot read"):
+        spote.answer(item.image, Q, CHOICES, model=ragged, **search)
 
     class NoJoint(_Wrapped):
         generate_agreed = None

@@ -106,6 +106,13 @@ class Adapter(Protocol):
         """A [rows, cols] map over the first view (sums to 1) of where the question looks; None: none read."""
 
 
+def entropy_nats(logp: torch.Tensor) -> torch.Tensor:
+    """H = -sum p log p (nats) over the last axis of log-probabilities ``logp``; a probability of 0 (log p
+    -inf, which a model can give) adds 0, as p log p -> 0, not the NaN of 0 * -inf."""
+    terms = logp.exp() * logp
+    return -torch.where(torch.isneginf(logp), torch.zeros_like(terms), terms).sum(-1)
+
+
 def one_token_apart(continuations: list[list[int]]) -> tuple[list[int], list[int]] | None:
     """``(shared, last)`` where every choice's tokens are the same ``shared`` prefix and then one token of its
     own, all different (``[[29871, 29896], [29871, 29906]]``: a Llama tokenizer's ``"▁"`` then ``"1"``, ``"2"``):
@@ -121,6 +128,7 @@ def one_token_apart(continuations: list[list[int]]) -> tuple[list[int], list[int
 
 
 WORDPIECE_PREFIX = "##"  # a WordPiece continuation token's prefix
+_UNSET = object()  # an attribute an object did not have
 
 
 def drop_continuation_prefix(text: str, first_token: str | None, prefix: str | None = WORDPIECE_PREFIX) -> str:
@@ -237,10 +245,13 @@ class HFAdapter:
             p.requires_grad_(False)
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+        if self.tokenizer.pad_token is None:
             # Llama's tokenizers ship without a pad token; a batch of prompts needs one, and the attention
-            # mask keeps the model from reading it, so the end token serves
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            # mask keeps the model from reading it, so the end token serves (the tokenizer's, else the id
+            # the model's configs name)
+            pad = self.tokenizer.eos_token or self._configured_token("pad_token_id", "eos_token_id")
+            if pad is not None:
+                self.tokenizer.pad_token = pad
         self.batch_size = batch_size
         self.input_size = input_size or self._guess_input_size()
         self.max_images = max_images
@@ -498,7 +509,7 @@ class HFAdapter:
             logits = self._forward(batch, last=L + 1).logits[:, -L - 1:-1].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             tok_lp = logp.gather(-1, target.view(1, L, 1).expand(logp.shape[0], L, 1)).squeeze(-1)
-            return tok_lp, -(logp.exp() * logp).sum(-1)
+            return tok_lp, entropy_nats(logp)
 
         parts = self._chunked(len(views_batch), run)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -535,7 +546,7 @@ class HFAdapter:
         batch = self.encode(views_batch, [prompt] * len(views_batch))
         ends = self.end_token_ids()
         self.forward_passes += len(views_batch)
-        greedy, own = self._greedy_config(max_new_tokens, ends), getattr(self.model, "generation_config", None)
+        greedy, own = self._greedy_config(max_new_tokens, ends), self.model.__dict__.get("generation_config", _UNSET)
         try:
             # generate() fills every field left at its default from the model's own config: it reads the
             # greedy one for the call (searches on one adapter run one at a time: baselines.adapter_lock)
@@ -545,15 +556,17 @@ class HFAdapter:
         except torch.OutOfMemoryError as err:
             raise ViewBatchTooLarge(f"{len(views_batch)} view sets decoded jointly do not fit in accelerator memory; "
                                     "lower answer_grid (1: one view set) or input_size") from err
-        finally:
-            if own is not None:
+        finally:  # the model's own, whatever it was (None, or none of its own)
+            if own is _UNSET:
+                del self.model.generation_config
+            else:
                 self.model.generation_config = own
         ids, ents, lps, end = [], [], [], (None, None, None)
         placeholders = self._image_placeholder_ids()
         for step, logits in enumerate(out.logits):  # the model's own scores, as teacher forcing reads them
             tok = int(out.sequences[0, batch["input_ids"].shape[1] + step])
             logp = torch.log_softmax(torch.log_softmax(logits.float(), -1).mean(0), -1)  # one view set: its own
-            entropy = float(-(logp.exp() * logp).sum())
+            entropy = float(entropy_nats(logp))
             if tok in ends:
                 end = (entropy, float(logp[tok]), tok)
                 break
@@ -580,6 +593,18 @@ class HFAdapter:
         return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=ends,
                                 pad_token_id=pad, bos_token_id=getattr(own, "bos_token_id", None),
                                 output_logits=True, return_dict_in_generate=True)
+
+    def _configured_token(self, *keys: str) -> str | None:
+        """The first token the model's generation config or config (or its text config) names under ``keys``
+        (an id, or the first of a list), as text; None where none does."""
+        config = self.model.config
+        for source in (getattr(self.model, "generation_config", None), config, getattr(config, "text_config", None)):
+            for key in keys:
+                value = getattr(source, key, None)
+                value = value[0] if isinstance(value, (list, tuple)) and value else value
+                if isinstance(value, int) and 0 <= value < len(self.tokenizer):
+                    return self.tokenizer.convert_ids_to_tokens(value)
+        return None
 
     def _image_placeholder_ids(self) -> set[int]:
         """The token ids that stand for image features in a prompt (``<image>``, ``<|image_pad|>``)."""

@@ -413,3 +413,22 @@ def test_a_tokenizer_without_a_pad_token_is_padded_with_its_end_token(tmp_path):
     views = [[random_image(seed=s).resize((adapter.input_size, adapter.input_size))] for s in (0, 1)]
     assert adapter.choice_logprobs(views, Q, list(CHOICES)).shape == (2, 2)
     assert spote(adapter, random_image(seed=2), Q, None, PolicyConfig(budget=6)).forward_passes <= 6
+    # no end token in the tokenizer either: the pad (else end) id the model's configs name pads
+    config["eos_token"] = None
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    bare = load_adapter(folder, device="cpu")
+    assert bare.tokenizer.pad_token_id == bare.model.generation_config.pad_token_id is not None
+    assert bare.choice_logprobs(views, Q, list(CHOICES)).shape == (2, 2)
+
+
+def test_generation_leaves_the_models_own_generation_config_as_it_was(sentencepiece_adapter, monkeypatch):
+    """Greedy decoding swaps its own config in for the call; a model whose ``generation_config`` was None was
+    left holding it (every later ``model.generate`` of the user's capped at a few tokens)."""
+    adapter = sentencepiece_adapter
+    view = [random_image(seed=0).resize((adapter.input_size, adapter.input_size))]
+    own = adapter.model.generation_config
+    adapter.generate(view, Q, max_new_tokens=3)
+    assert adapter.model.generation_config is own
+    monkeypatch.setattr(adapter.model, "generation_config", None)
+    adapter.generate(view, Q, max_new_tokens=3)
+    assert adapter.model.generation_config is None

@@ -529,7 +529,9 @@ class HFAdapter:
         experts, renormalised): a token every view finds likely beats one a single view is sure of. The
         returned entropies (nats) and log p are those of that mean distribution; with ``B = 1`` it is plain
         greedy decoding. Costs ``B`` forward passes (one generation per view set, sharing each step's token).
-        The answer stops at the end token or after ``max_new_tokens`` tokens (then ``cut_off`` is True).
+        The answer stops at any of the model's end tokens (``end_token_ids``; ``end_token_id`` says which) or
+        after ``max_new_tokens`` tokens (then ``cut_off`` is True). Decoded under ``_greedy_config``: the
+        checkpoint's own decoding settings are set aside.
         The ``B`` view sets run as one batch, whatever ``batch_size`` is: rows of one decoding cannot be split.
 
         Raises:

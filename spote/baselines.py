@@ -29,8 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from .core import (PolicyConfig, Reader, SpotResult, _distribution, checked_relevance, exit_threshold,
-                   naive_entropy_config, ran_with,
-                   significant, spote, view_mode, window_grid)
+                   naive_entropy_config, ran_with, significant, spote, view_mode, window_grid)
 from .spotlight import Box, ViewRenderer
 
 METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")

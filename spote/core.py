@@ -725,22 +725,20 @@ def checked_relevance(relevance) -> np.ndarray | None:
     """
     if relevance is None:
         return None
-    if isinstance(relevance, torch.Tensor):  # any dtype or device, grad or not
-        if relevance.is_complex():
-            raise ValueError("the adapter's relevance map must be real numbers, got a complex tensor")
-        relevance = relevance.detach().float().cpu().numpy()
+    if isinstance(relevance, torch.Tensor):  # any dtype or device, grad or not (bfloat16 has no numpy twin)
+        relevance = relevance.detach().cpu()
+        relevance = (relevance if relevance.is_complex() else relevance.float()).numpy()
     if isinstance(relevance, np.ma.MaskedArray):  # a masked cell holds no relevance
         relevance = relevance.filled(0)
     try:
         rel = np.asarray(relevance)
-        if np.iscomplexobj(rel):
-            raise ValueError("the adapter's relevance map must be real numbers, got complex ones")
-        rel = rel.astype(np.float64)
+        real = not np.iscomplexobj(rel)  # a cast to float would drop the imaginary part without a word
+        rel = rel.astype(np.float64) if real else rel
     except (TypeError, ValueError) as err:  # a ragged nested list, text
-        if "complex" in str(err):
-            raise
         raise ValueError(f"the adapter's relevance map must be a 2-D array of numbers, got {type(relevance).__name__} "
-                         f"numpy cannot read as one ({str(err).split('.')[0]})") from None
+                         f"numpy cannot read as one ({str(err).splitlines()[0]})") from None
+    if not real:
+        raise ValueError("the adapter's relevance map must be real numbers, got complex ones")
     why = ("not 2-D" if rel.ndim != 2 else "empty" if rel.size == 0 else "holding NaN or infinity"
            if not np.isfinite(rel).all() else "holding negative values" if (rel < 0).any()
            else "summing to 0" if rel.sum() <= 0 else None)

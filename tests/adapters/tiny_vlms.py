@@ -167,28 +167,38 @@ def save_checkpoint(family: str, folder, real_processor: bool = False, seed: int
     return folder
 
 
+def trained_bpe(pre_tokenizer, decoder, vocab_size: int, specials: list[str], unk: str | None = None, **trainer_kw):
+    """A BPE tokenizer with ``pre_tokenizer`` and ``decoder``, trained on SpotBench's words, left-padded, with
+    ``<s>``, ``</s>``, ``<pad>`` and the ``<image>`` placeholder."""
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from training.build import build_vocab
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoder
+    words = build_vocab(True)
+    tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],
+                            trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, **trainer_kw))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token=unk, extra_special_tokens={"image_token": "<image>"}, padding_side="left",
+                                   model_max_length=512)
+
+
 def save_llava_sentencepiece(folder, seed: int = 0, split_digits: bool = False):
     """spote-tiny's architecture (random weights) with a LLaVA-1.5-style tokenizer: BPE pieces over
     SentencePiece's ``▁`` word marker (``Metaspace``, as Llama's), whose decoder drops the first piece's
     marker, so an answer decoded to text and encoded again after the prompt is other tokens.
     ``split_digits``: every digit its own token, as Llama's (``" 1"`` is ``"▁"``, ``"1"``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import decoders, pre_tokenizers
 
-    from training.build import CHAT_TEMPLATE, build_model, build_processor, build_vocab
+    from training.build import CHAT_TEMPLATE, build_model, build_processor
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    words_first = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     if split_digits:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([tok.pre_tokenizer, pre_tokenizers.Digits(individual_digits=True)])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    words = build_vocab(True)
-    tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],
-                            trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"}, padding_side="left", model_max_length=512)
+        words_first = pre_tokenizers.Sequence([words_first, pre_tokenizers.Digits(individual_digits=True)])
+    tokenizer = trained_bpe(words_first, decoders.Metaspace(replacement="▁", prepend_scheme="first"), 400,
+                            ["<unk>", "<s>", "</s>", "<pad>", "<image>"], unk="<unk>")
     base = build_processor()
     processor = type(base)(image_processor=base.image_processor, tokenizer=tokenizer, patch_size=base.patch_size,
                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -201,22 +211,11 @@ def save_llava_sentencepiece(folder, seed: int = 0, split_digits: bool = False):
 
 def byte_level_tokenizer():
     """A GPT-2-style byte-level BPE tokenizer (word starts marked ``Ġ``) over SpotBench's words."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import decoders, pre_tokenizers
 
-    from training.build import build_vocab
-
-    words = build_vocab(True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([" ".join(words[i:i + 8]) for i in range(0, len(words), 8)],
-                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>",
-                                                                                "<image>", "<|image|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   extra_special_tokens={"image_token": "<image>"}, padding_side="left",
-                                   model_max_length=512)
+    return trained_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel(), 600,
+                       ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|image|>"],
+                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
 
 
 def save_paligemma(folder, seed: int = 0):

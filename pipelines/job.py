@@ -62,7 +62,8 @@ def init_ray(num_actors: int, address: str | None = None):
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, log_to_driver=True)
+            with _sigterm_in_ray_init():
+                ray.init(address=address, log_to_driver=True)
         except ConnectionError as err:
             raise JobRefused(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {_first_line(err)}") from None
     else:
@@ -79,10 +80,11 @@ def init_ray(num_actors: int, address: str | None = None):
         # its runtime_env_agent.log, readable by every user of the machine
         # address "local": a Ray of its own even where a `ray start` cluster runs on this machine, which
         # ray.init() without an address joins (read from ray_current_cluster), and refuses num_cpus there
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
-                 log_to_driver=True)
+        with _sigterm_in_ray_init():
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
+                     log_to_driver=True)
         _STARTED_HERE["local"] = True
-    _terminate_as_interrupt()
+    install_stop_handlers()
 
 
 class Terminated(KeyboardInterrupt):
@@ -90,17 +92,89 @@ class Terminated(KeyboardInterrupt):
     what is staged kept, one line saying how to resume."""
 
 
-def _terminate_as_interrupt() -> None:
-    """Take SIGTERM back from Ray, whose handler (installed by ``ray.init``) dumps a C++ stack and aborts,
-    so that ``job_command`` ends the job as for Ctrl-C. Only the main thread can set a handler."""
+# seconds a stopped job run as a program may take to shut down (Ray's processes, the lease's release)
+# before it ends at once
+STOP_GRACE_S = 60.0
+RESUME_HINT = ("the parts staged so far are kept; run the same command again (the same --run-id, or the same input "
+               "and settings) to resume")
+_STOPPING: dict = {}  # "program": the job is the process (run_as_program); "code": the first stop signal's exit code
+
+
+def _stop_now(code: int, why: str) -> None:
+    """End the process at once: ``os._exit`` runs no atexit handler and joins no thread. A local Ray started
+    here ends with it (Ray starts its processes fate-sharing with the driver); staged parts stay, and the
+    next start waits out the run lease this driver leaves."""
+    import sys
+
+    word = "terminated" if code == 143 else "interrupted"
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{word}: {why}; stopped at once; {RESUME_HINT}\n")
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _begin_stop(code: int) -> None:
+    """The first stop signal of a job run as a program: end the process anyway if its clean stop is not
+    over ``STOP_GRACE_S`` later (a Ray shutdown or a thread that never ends would hold it for ever). A
+    second stop signal ends it at once, as a second Ctrl-C does elsewhere. Nothing for in-process callers
+    (a notebook, a test), whose process outlives the job."""
+    import threading
+
+    if not _STOPPING.get("program"):
+        return
+    if "code" in _STOPPING:
+        _stop_now(_STOPPING["code"], "a second stop signal")
+    _STOPPING["code"] = code
+    timer = threading.Timer(STOP_GRACE_S, _stop_now, args=(code, f"shutting down took over {STOP_GRACE_S:.0f} s"))
+    timer.daemon = True  # it must not itself keep the process alive
+    timer.start()
+
+
+def _on_stop_signal(signum, frame) -> None:
+    """SIGINT raises KeyboardInterrupt, SIGTERM ``Terminated``; ``job_command`` turns either into a clean
+    stop that says how to resume (exit 130 / 143)."""
+    import signal
+
+    code = 143 if signum == signal.SIGTERM else 130
+    _begin_stop(code)
+    raise Terminated() if code == 143 else KeyboardInterrupt()
+
+
+def install_stop_handlers() -> None:
+    """Handle SIGINT and SIGTERM with ``_on_stop_signal``: at a program's start, and again after
+    ``ray.init``, whose own SIGTERM handler dumps a C++ stack and aborts. Only the main thread can set a
+    handler; elsewhere the defaults stay."""
     import signal
     import threading
 
-    def terminated(signum, frame):
-        raise Terminated()
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, terminated)
+        signal.signal(signal.SIGINT, _on_stop_signal)
+        signal.signal(signal.SIGTERM, _on_stop_signal)
+
+
+@contextlib.contextmanager
+def _sigterm_in_ray_init():
+    """``ray.init`` sets its own SIGTERM handler while it starts, ``sys.exit(15)``, which ended the job with
+    no word: raise ``Terminated`` instead, so it stops as for a SIGTERM at any other time."""
+    import signal
+
+    try:
+        yield
+    except SystemExit as err:
+        if err.code != signal.SIGTERM:
+            raise
+        _begin_stop(143)
+        raise Terminated() from None
+
+
+def run_as_program(typer_app) -> None:
+    """Run a job's command line as the process (``python -m pipelines.<job>``): ``spote.cli.run_cli`` with
+    the stop signals handled from the start (``_begin_stop``)."""
+    from spote.cli import run_cli
+
+    _STOPPING["program"] = True
+    install_stop_handlers()
+    run_cli(typer_app)
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -436,16 +510,17 @@ def job_command(fn):
 
     @functools.wraps(fn)
     def command(**kwargs):
-        from spote.loading import ModelNotFound
-
         common = {n: kwargs.pop(n) for n, _, _ in COMMON_FLAGS}
         opts = None
         try:
+            import spote.loading  # noqa: F401  torch and transformers, a second or two: inside the Ctrl-C cover
             opts = JobOptions(kwargs["input"], kwargs["output"], **common)
             opts.policy_overrides()  # a bad --policy stops the job here, before it lists its input
             check_output_writable(opts.output, parse_storage_options(opts.storage_options))
             return fn(opts=opts, **kwargs)
         except Exception as err:
+            from spote.loading import ModelNotFound
+
             if _is_ray_error(err):
                 _say_ray_failure(err, opts)
                 raise  # Ray's own report says where
@@ -470,8 +545,7 @@ def job_command(fn):
             raise typer.Exit(1) from None
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is staged is kept; say how to go on
             what, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
-            typer.echo(f"{what}: the parts staged so far are kept; run the same command again (the same "
-                       "--run-id, or the same input and settings) to resume", err=True)
+            typer.echo(f"{what}: {RESUME_HINT}", err=True)
             raise typer.Exit(code) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)

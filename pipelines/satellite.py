@@ -501,6 +501,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from spote.cli import run_cli
+    from pipelines.job import run_as_program
 
-    run_cli(app)
+    run_as_program(app)

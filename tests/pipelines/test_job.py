@@ -330,10 +330,14 @@ def test_relative_paths_in_a_submitted_jobs_unpacked_working_dir_are_refused():
     check_not_in_job_package("--output", "out/cluster", cwd="/home/me/project")
 
 
-@pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
-def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, code, word):
+@pytest.mark.parametrize("sig, times, code, word", [("SIGINT", 1, 130, "interrupted: the parts staged"),
+                                                    ("SIGTERM", 1, 143, "terminated: the parts staged"),
+                                                    ("SIGINT", 2, 130, "interrupted: a second stop signal; stopped at once; "
+                                                                       "the parts staged")])
+def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, times, code, word):
     """Ctrl-C on a driver ended with no word, SIGTERM (kill, ray job stop) with Ray's C++ stack dump (exit
-    134); both say what is kept and how to go on."""
+    134); both say what is kept and how to go on. A second one ends the job at once (a user who does not
+    wait for Ray to shut down), saying the same."""
     import json
     import os
     import signal
@@ -357,14 +361,70 @@ def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, random_tiny_dir, sig, co
         while time.monotonic() < deadline and not (tmp_path / "out" / "_runs" / "ctrl-c").exists():
             time.sleep(0.5)  # the run is under way once its lease is taken
         time.sleep(3)
-        proc.send_signal(getattr(signal, sig))
+        for _ in range(times):
+            proc.send_signal(getattr(signal, sig))
+            time.sleep(0.5)  # two signals at once are one to Python: its handler runs once per signal number
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:  # ours: never left running
             proc.kill()
             proc.communicate()
-    assert proc.returncode == code and f"{word}: the parts staged so far are kept" in err, err[-3000:]
+    assert proc.returncode == code and f"{word} so far are kept; run the same command again" in err, err[-3000:]
     assert "*** SIGTERM received" not in err
+
+
+def test_sigterm_while_ray_starts_ends_as_sigterm_at_any_other_time():
+    """ray.init's own SIGTERM handler, set while it starts, is sys.exit(15): the job ended with exit 15 and
+    no word. It is Terminated (exit 143, how to resume); other exits pass through."""
+    import signal
+
+    from pipelines.job import Terminated, _sigterm_in_ray_init
+
+    with pytest.raises(Terminated):
+        with _sigterm_in_ray_init():
+            raise SystemExit(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        with _sigterm_in_ray_init():
+            raise SystemExit(2)
+    assert exc.value.code == 2
+
+
+def test_a_stopped_job_whose_shutdown_hangs_ends_after_the_grace(tmp_path):
+    """A job run as a program and stopped once, whose shutdown then never ends (here a thread that holds
+    the process, as a hung Ray shutdown or storage call would), ends STOP_GRACE_S later with the same
+    word on how to resume, not never."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "hung.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "from pipelines import job\n"
+        "job.STOP_GRACE_S = 1.0\n"
+        "job._STOPPING['program'] = True\n"
+        "job.install_stop_handlers()\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()  # not a daemon: Python waits for it at exit\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    time.sleep(600)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # ours: never left running
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip() == ("interrupted: shutting down took over 1 s; stopped at once; the parts staged so far are "
+                           "kept; run the same command again (the same --run-id, or the same input and settings) to "
+                           "resume"), err
 
 
 def _unreachable_store() -> str:

@@ -365,7 +365,7 @@ def bench(
     n: int = typer.Option(600, min=0, help="closed items (0: open items alone, with --open-items)"),
     seed: int = typer.Option(0),
     methods: str = typer.Option("baseline,oracle,grid,vicrop,api,naive_entropy,random,spote"),
-    out: Path = typer.Option(Path("results/bench.json")),
+    out: Path = typer.Option(Path("out/bench.json")),
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,

@@ -227,7 +227,7 @@ class HFAdapter:
                 f"{type(processor).__name__} is not an image-text processor (no image_processor). AutoProcessor falls "
                 "back to the bare tokenizer when the family's processor cannot be built, e.g. Qwen2-VL or SmolVLM "
                 "without torchvision (their video processor needs it) or SmolVLM without num2words: "
-                'pip install "spote[models]".')
+                "pip install torchvision num2words (the project's models extra).")
         self.model, self.processor = model.eval(), processor
         # what results record as the model; load_adapter names it as it was asked for (a folder, a hub id)
         self.name = getattr(model, "name_or_path", "") or self.family

@@ -145,7 +145,7 @@ def summarise_closed(rows: list[dict]) -> dict:
     }
 
 
-def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("results/bench.json"), model=None,
+def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("out/bench.json"), model=None,
               corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True,
               device: str | None = None, dtype: str | None = None, budget: int | None = None, adapter=None,
               revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None,

@@ -199,6 +199,38 @@ def process_table() -> dict[int, Proc]:
     return {p.pid: p for p in procs if p is not None}
 
 
+def descendants(roots: set[int], table: dict[int, Proc]) -> set[int]:
+    """The pids of ``table`` below ``roots`` (their children, the children's children, ...), roots
+    excluded."""
+    children: dict[int, list[int]] = {}
+    for p in table.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child not in roots:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def end_own_processes(grace_s: float) -> None:
+    """End every process this one started, and theirs (found now, by parent pid in ``/proc``; nothing
+    where there is no ``/proc``): SIGTERM, up to ``grace_s`` seconds for them to exit, then SIGKILL.
+    Each is signalled only while its pid still names the process found (its start time)."""
+    if not os.path.isdir("/proc"):
+        return
+    table = process_table()
+    ours = {pid: table[pid].start_time for pid in descendants({os.getpid()}, table) if not table[pid].exited}
+    if grace_s > 0:
+        _signal(ours, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while any(_running(pid, t) for pid, t in ours.items()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # an exited child not yet reaped (a zombie) counts as ended
+    _signal(ours, signal.SIGKILL)
+
+
 @dataclass
 class LocalCluster:
     """Ports left as None are picked free at ``start``; so is the temp dir, which ``stop`` removes."""
@@ -476,15 +508,7 @@ class LocalCluster:
             if leader is None or leader.start_time == node["start_time"]:
                 sessions.add(node["pid"])
         ours = {pid for pid, p in table.items() if p.sid in sessions}
-        children: dict[int, list[int]] = {}
-        for p in table.values():
-            children.setdefault(p.ppid, []).append(p.pid)
-        stack = list(ours)
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in ours:
-                    ours.add(child)
-                    stack.append(child)
+        ours |= descendants(ours, table)
         return {pid: table[pid].start_time for pid in ours if not table[pid].exited}
 
     def stop(self, grace: float = 15.0) -> Optional[str]:

@@ -58,11 +58,13 @@ def init_ray(num_actors: int, address: str | None = None):
 
     if ray.is_initialized():
         return
+    if _STOPPING.pop("unset_failure_handler_env", False):  # read by ray's import; Ray's own processes keep theirs
+        os.environ.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
         try:
-            with _sigterm_in_ray_init():
+            with _ray_starting():
                 ray.init(address=address, log_to_driver=True)
         except ConnectionError as err:
             raise JobRefused(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {_first_line(err)}") from None
@@ -80,11 +82,10 @@ def init_ray(num_actors: int, address: str | None = None):
         # its runtime_env_agent.log, readable by every user of the machine
         # address "local": a Ray of its own even where a `ray start` cluster runs on this machine, which
         # ray.init() without an address joins (read from ray_current_cluster), and refuses num_cpus there
-        with _sigterm_in_ray_init():
+        with _ray_starting():
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_actors + 3), include_dashboard=False,
                      log_to_driver=True)
-        _STARTED_HERE["local"] = True
-    install_stop_handlers()
+            _STARTED_HERE["local"] = True
 
 
 class Terminated(KeyboardInterrupt):
@@ -100,30 +101,39 @@ RESUME_HINT = ("the parts staged so far are kept; run the same command again (th
 _STOPPING: dict = {}  # "program": the job is the process (run_as_program); "code": the first stop signal's exit code
 
 
-def _stop_now(code: int, why: str) -> None:
-    """End the process at once: ``os._exit`` runs no atexit handler and joins no thread. A local Ray started
-    here ends with it (Ray starts its processes fate-sharing with the driver); staged parts stay, and the
-    next start waits out the run lease this driver leaves."""
+def _stop_now(code: int, why: str, hint: str = RESUME_HINT) -> None:
+    """End the process at once, and every process it started (a local Ray's, loader children): one
+    line, SIGKILL to those by pid, ``os._exit`` (no atexit handler, no thread joined). Staged parts
+    stay; a lease still held is left to lapse, which the next start waits out."""
     import sys
+
+    from cluster.local import end_own_processes
 
     word = "terminated" if code == 143 else "interrupted"
     with contextlib.suppress(Exception):
-        sys.stderr.write(f"{word}: {why}; stopped at once; {RESUME_HINT}\n")
+        sys.stderr.write(f"{word}: {why}; stopped at once; {hint}\n")
         sys.stderr.flush()
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        end_own_processes(grace_s=0)
     os._exit(code)
 
 
 def _begin_stop(code: int) -> None:
-    """The first stop signal of a job run as a program: end the process anyway if its clean stop is not
-    over ``STOP_GRACE_S`` later (a Ray shutdown or a thread that never ends would hold it for ever). A
-    second stop signal ends it at once, as a second Ctrl-C does elsewhere. Nothing for in-process callers
-    (a notebook, a test), whose process outlives the job."""
+    """A stop signal to a job run as a program: the first starts a timer that ends the process anyway if
+    its clean stop is not over ``STOP_GRACE_S`` later (a Ray shutdown or a thread that never ends would
+    hold it for ever); a second ends it at once, as a second Ctrl-C does elsewhere, and so does one
+    after the job's command has returned (Ray's shutdown at exit, which an exception would cut short
+    with a traceback and Ray's agents left running). Nothing for in-process callers (a notebook, a
+    test), whose process outlives the job."""
     import threading
 
     if not _STOPPING.get("program"):
         return
     if "code" in _STOPPING:
         _stop_now(_STOPPING["code"], "a second stop signal")
+    if _STOPPING.get("finished"):
+        _stop_now(code, "a stop signal while the job shut down", "the lines above say how the run ended")
     _STOPPING["code"] = code
     timer = threading.Timer(STOP_GRACE_S, _stop_now, args=(code, f"shutting down took over {STOP_GRACE_S:.0f} s"))
     timer.daemon = True  # it must not itself keep the process alive
@@ -141,9 +151,9 @@ def _on_stop_signal(signum, frame) -> None:
 
 
 def install_stop_handlers() -> None:
-    """Handle SIGINT and SIGTERM with ``_on_stop_signal``: at a program's start, and again after
-    ``ray.init``, whose own SIGTERM handler dumps a C++ stack and aborts. Only the main thread can set a
-    handler; elsewhere the defaults stay."""
+    """Handle SIGINT and SIGTERM with ``_on_stop_signal``: at a program's start, and again once Ray has
+    started (``ray.init`` sets handlers of its own). Only the main thread can set a handler; elsewhere
+    the defaults stay."""
     import signal
     import threading
 
@@ -153,28 +163,64 @@ def install_stop_handlers() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_in_ray_init():
-    """``ray.init`` sets its own SIGTERM handler while it starts, ``sys.exit(15)``, which ended the job with
-    no word: raise ``Terminated`` instead, so it stops as for a SIGTERM at any other time."""
+def _ray_starting():
+    """Around ``ray.init``: the stop handlers put back after it (its own SIGTERM handler is
+    ``sys.exit(15)`` while it starts, which ended the job with no word). A stop signal while Ray starts
+    ends a job run as a program at once, with what Ray had started (an ``ray.init`` cut short left
+    Ray's agents running for a minute, and its shutdown at exit could crash); elsewhere it raises
+    ``Terminated`` / KeyboardInterrupt as at any other time."""
     import signal
 
     try:
         yield
+        install_stop_handlers()
+    except KeyboardInterrupt as err:  # Terminated too
+        if _STOPPING.get("program"):
+            _stop_now(143 if isinstance(err, Terminated) else 130, "a stop signal while Ray started")
+        raise
     except SystemExit as err:
         if err.code != signal.SIGTERM:
             raise
-        _begin_stop(143)
+        if _STOPPING.get("program"):
+            _stop_now(143, "a stop signal while Ray started")
         raise Terminated() from None
 
 
+def _shut_down_stopped() -> None:
+    """A stopped program's shutdown, here rather than at exit, under ``_begin_stop``'s timer:
+    ``ray.shutdown``, then whatever outlived it ended (the agents of a raylet ended first)."""
+    import sys
+
+    from cluster.local import end_own_processes
+
+    if "ray" in sys.modules:
+        import ray
+
+        with contextlib.suppress(Exception):
+            if ray.is_initialized():
+                ray.shutdown()
+    end_own_processes(grace_s=5.0)
+
+
 def run_as_program(typer_app) -> None:
-    """Run a job's command line as the process (``python -m pipelines.<job>``): ``spote.cli.run_cli`` with
-    the stop signals handled from the start (``_begin_stop``)."""
-    from spote.cli import run_cli
+    """Run a job's command line as the process (``python -m pipelines.<job>``): ``spote.cli.run_cli``
+    with the stop signals handled from the start (``_begin_stop``). Ray's C++ failure signal handler
+    is kept out of this process (it took SIGTERM for a crash: a stack dump, then abort) and Python's
+    ``faulthandler`` reports a crash instead; Ray's own processes keep theirs."""
+    import faulthandler
 
     _STOPPING["program"] = True
+    if "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in os.environ:
+        os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+        _STOPPING["unset_failure_handler_env"] = True
+    from spote.cli import run_cli
+
+    faulthandler.enable()
     install_stop_handlers()
-    run_cli(typer_app)
+    try:
+        run_cli(typer_app)
+    finally:
+        _STOPPING["finished"] = True
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -546,6 +592,8 @@ def job_command(fn):
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is staged is kept; say how to go on
             what, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
             typer.echo(f"{what}: {RESUME_HINT}", err=True)
+            if _STOPPING.get("program"):
+                _shut_down_stopped()
             raise typer.Exit(code) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)

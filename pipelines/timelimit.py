@@ -141,15 +141,14 @@ def _dumps(payload: tuple) -> bytes:
 def _serve(fd: int) -> None:
     """The child: build the loader sent first, then answer rows until the parent closes."""
     conn = Connection(fd)
-    loader_cls, kwargs = pickle.loads(conn.recv_bytes())
-    loader = loader_cls(**kwargs)
-    conn.send("ready")
-    while True:
-        try:
-            row = conn.recv()
-        except EOFError:
-            return
-        conn.send(loader.load(row))
+    try:
+        loader_cls, kwargs = pickle.loads(conn.recv_bytes())
+        loader = loader_cls(**kwargs)
+        conn.send("ready")
+        while True:
+            conn.send(loader.load(conn.recv()))
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        return  # the parent closed or died, or a terminal's Ctrl-C reached its group: a job stopping
 
 
 class DeadlineAdapter:

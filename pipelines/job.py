@@ -101,21 +101,44 @@ RESUME_HINT = ("the parts staged so far are kept; run the same command again (th
 _STOPPING: dict = {}  # "program": the job is the process (run_as_program); "code": the first stop signal's exit code
 
 
+def _ignore_signal(signum, frame) -> None:
+    """A stop signal once the process is ending at once: it is that stop."""
+
+
 def _stop_now(code: int, why: str, hint: str = RESUME_HINT) -> None:
     """End the process at once, and every process it started (a local Ray's, loader children): one
     line, SIGKILL to those by pid, ``os._exit`` (no atexit handler, no thread joined). Staged parts
-    stay; a lease still held is left to lapse, which the next start waits out."""
+    stay; a lease still held is left to lapse, which the next start waits out. Each step is guarded: a
+    stop signal already pending runs its handler in the middle of this (Python runs handlers between
+    any two bytecodes), and must not cut it short."""
+    import signal
     import sys
+    import threading
 
     from cluster.local import end_own_processes
 
+    _STOPPING.setdefault("code", code)  # a signal handled from here on is a second one
+    for _ in range(3):
+        try:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, _ignore_signal)
+                signal.signal(signal.SIGTERM, _ignore_signal)
+            break
+        except BaseException:  # noqa: BLE001  a pending signal's handler raised: this stop is that one too
+            continue
     word = "terminated" if code == 143 else "interrupted"
-    with contextlib.suppress(Exception):
-        sys.stderr.write(f"{word}: {why}; stopped at once; {hint}\n")
-        sys.stderr.flush()
-        sys.stdout.flush()
-    with contextlib.suppress(Exception):
+    try:
+        if not _STOPPING.get("said"):
+            _STOPPING["said"] = True
+            sys.stderr.write(f"{word}: {why}; stopped at once; {hint}\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
         end_own_processes(grace_s=0)
+    except BaseException:  # noqa: BLE001
+        pass
     os._exit(code)
 
 
@@ -146,6 +169,8 @@ def _on_stop_signal(signum, frame) -> None:
     import signal
 
     code = 143 if signum == signal.SIGTERM else 130
+    if _STOPPING.get("program"):
+        install_stop_handlers()  # again: a signal pending behind this one must reach this handler, not ray.init's
     _begin_stop(code)
     raise Terminated() if code == 143 else KeyboardInterrupt()
 
@@ -202,6 +227,18 @@ def _shut_down_stopped() -> None:
     end_own_processes(grace_s=5.0)
 
 
+def _exit_stopped(code: int) -> None:
+    """End a stopped program once its shutdown is done: ``os._exit``, so that no stop signal meets the
+    interpreter's own finalisation, which puts the default handlers back (a late Ctrl-C killed it with
+    -2 after its line)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def run_as_program(typer_app) -> None:
     """Run a job's command line as the process (``python -m pipelines.<job>``): ``spote.cli.run_cli``
     with the stop signals handled from the start (``_begin_stop``). Ray's C++ failure signal handler
@@ -213,6 +250,7 @@ def run_as_program(typer_app) -> None:
     if "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in os.environ:
         os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
         _STOPPING["unset_failure_handler_env"] = True
+    import cluster.local  # noqa: F401  loaded before any stop: an import cut short by a signal cannot be finished in one
     from spote.cli import run_cli
 
     faulthandler.enable()
@@ -594,6 +632,7 @@ def job_command(fn):
             typer.echo(f"{what}: {RESUME_HINT}", err=True)
             if _STOPPING.get("program"):
                 _shut_down_stopped()
+                _exit_stopped(code)
             raise typer.Exit(code) from None
 
     command.__signature__ = sig.replace(parameters=own + shared)

@@ -10,6 +10,9 @@ import json
 import os
 import posixpath
 import re
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -111,10 +114,6 @@ def _stop_now(code: int, why: str, hint: str = RESUME_HINT) -> None:
     stay; a lease still held is left to lapse, which the next start waits out. Each step is guarded: a
     stop signal already pending runs its handler in the middle of this (Python runs handlers between
     any two bytecodes), and must not cut it short."""
-    import signal
-    import sys
-    import threading
-
     from cluster.local import end_own_processes
 
     _STOPPING.setdefault("code", code)  # a signal handled from here on is a second one
@@ -131,15 +130,13 @@ def _stop_now(code: int, why: str, hint: str = RESUME_HINT) -> None:
         if not _STOPPING.get("said"):
             _STOPPING["said"] = True
             sys.stderr.write(f"{word}: {why}; stopped at once; {hint}\n")
-            sys.stderr.flush()
-            sys.stdout.flush()
     except BaseException:  # noqa: BLE001
         pass
     try:
         end_own_processes(grace_s=0)
     except BaseException:  # noqa: BLE001
         pass
-    os._exit(code)
+    _exit_stopped(code)
 
 
 def _begin_stop(code: int) -> None:
@@ -149,8 +146,6 @@ def _begin_stop(code: int) -> None:
     after the job's command has returned (Ray's shutdown at exit, which an exception would cut short
     with a traceback and Ray's agents left running). Nothing for in-process callers (a notebook, a
     test), whose process outlives the job."""
-    import threading
-
     if not _STOPPING.get("program"):
         return
     if "code" in _STOPPING:
@@ -166,8 +161,6 @@ def _begin_stop(code: int) -> None:
 def _on_stop_signal(signum, frame) -> None:
     """SIGINT raises KeyboardInterrupt, SIGTERM ``Terminated``; ``job_command`` turns either into a clean
     stop that says how to resume (exit 130 / 143)."""
-    import signal
-
     code = 143 if signum == signal.SIGTERM else 130
     if _STOPPING.get("program"):
         install_stop_handlers()  # again: a signal pending behind this one must reach this handler, not ray.init's
@@ -179,9 +172,6 @@ def install_stop_handlers() -> None:
     """Handle SIGINT and SIGTERM with ``_on_stop_signal``: at a program's start, and again once Ray has
     started (``ray.init`` sets handlers of its own). Only the main thread can set a handler; elsewhere
     the defaults stay."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_stop_signal)
         signal.signal(signal.SIGTERM, _on_stop_signal)
@@ -194,8 +184,6 @@ def _ray_starting():
     ends a job run as a program at once, with what Ray had started (an ``ray.init`` cut short left
     Ray's agents running for a minute, and its shutdown at exit could crash); elsewhere it raises
     ``Terminated`` / KeyboardInterrupt as at any other time."""
-    import signal
-
     try:
         yield
         install_stop_handlers()
@@ -214,8 +202,6 @@ def _ray_starting():
 def _shut_down_stopped() -> None:
     """A stopped program's shutdown, here rather than at exit, under ``_begin_stop``'s timer:
     ``ray.shutdown``, then whatever outlived it ended (the agents of a raylet ended first)."""
-    import sys
-
     from cluster.local import end_own_processes
 
     if "ray" in sys.modules:
@@ -231,8 +217,6 @@ def _exit_stopped(code: int) -> None:
     """End a stopped program once its shutdown is done: ``os._exit``, so that no stop signal meets the
     interpreter's own finalisation, which puts the default handlers back (a late Ctrl-C killed it with
     -2 after its line)."""
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -23,6 +23,7 @@ from spote.images import DEFAULT_MAX_PIXELS
 from spote.uris import redact_uri
 
 from .planning import Plan, not_utf8_path, summarise_skipped
+from .progress import reporting_progress
 from .report import summarise, write_report
 from .runs import (AccountingError, RunInUse, RunLease, RunPaths, check_accounting, checkpoint_files, commit,
                    committed_checkpoint_rows, default_run_id,
@@ -430,6 +431,7 @@ class JobOptions:
     item_timeout_seconds: float = 600.0
     resource_wait_seconds: float = 300.0
     rows_per_part: int = 256
+    progress_seconds: float = 60.0
     revision: str | None = None
     endpoint: str | None = None
     api_key_env: str | None = None       # None: --endpoint-options' api_key_env, else OPENAI_API_KEY
@@ -445,6 +447,8 @@ class JobOptions:
             raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
         if not self.resource_wait_seconds >= 0:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
+        if not 0 <= self.progress_seconds < float("inf"):
+            raise JobRefused(f"--progress-seconds must be >= 0 seconds (0: no progress lines), got {self.progress_seconds}")
         if self.num_actors < 1:  # before Ray starts (check_resources would say so after)
             raise JobRefused(f"--num-actors must be >= 1 (VLM actors), got {self.num_actors}")
         if not self.cpus_per_actor > 0:  # 0 would let Ray place any number of actors, each with no CPU
@@ -553,6 +557,8 @@ COMMON_FLAGS = (
                                                   "this long for the actors' CPUs/GPUs to exist, then fail")),
     ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part, about (an actor call's --batch-size rows "
                                                        "stay in one part): the unit a killed run keeps and resumes from")),
+    ("progress_seconds", float, typer.Option(60.0, help="say this often how many items are staged, the rate and the "
+                                                        "time left (0: never)")),
     ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
     ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
                                                          "http://host:8000/v1: black-box mode, no model in the actors")),
@@ -1287,7 +1293,8 @@ def _stage_and_commit(job: str, opts: JobOptions, plan: Plan, paths: RunPaths, s
             with file_based_parquet_reads():  # the checkpoint filter reads the checkpoint in this pass
                 ds = answer_dataset(_read(paths.plan, so), opts, policy, so, schema, loader, predictor,
                                     model_kwargs=model_kwargs)
-                ds.write_parquet(staged, filesystem=arrow_fs(fs))
+                with reporting_progress(job, paths, so, items_in, items_resumed, opts.progress_seconds):
+                    ds.write_parquet(staged, filesystem=arrow_fs(fs))
         finally:
             ctx.checkpoint_config = previous
     elif items_in == 0 and not _has_parquet(fs, staged):

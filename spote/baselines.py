@@ -278,15 +278,17 @@ def run_zoomeye(adapter, image, question, choices=None, cfg=PolicyConfig(), max_
                    best_box.as_list() if best_box else None, mode, ids, token_logp, cut_off)
 
 
-def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfig:
+def scaffold_config(cfg: PolicyConfig, budget: int | None = None, open_ended: bool = False) -> PolicyConfig:
     """The SPOT-E authors' reference loop (arXiv 2606.20244, their early scaffold): G = 4 highlight
     spotlights per step, 2 GRPO steps (or as many as ``budget`` allows), every group sampled and read
     in one batch, no early exit, no glance or probe, a 14 x 14 map with no image prior (no attention,
     no saliency; the windows' scale prior ``fine_scale_bias`` stays, as in every policy) with Gaussian
     exploration (std 0.15), learning rate 0.05, best of all candidates (an open answer: one generation
-    on the best one, whether or not it stands out)."""
-    steps = 2 if budget is None else max(1, (budget - 1) // 4)
-    passes = 1 + 4 * steps if budget is None else min(1 + 4 * steps, budget)
+    on the best one, whether or not it stands out). Passes: 1 + 4 x 2 = 9, and an open answer's
+    generation one more (``open_ended``), so that both read their two groups of 4."""
+    answer = 1 if open_ended else 0  # the generation spote() keeps aside before it searches
+    steps = 2 if budget is None else max(1, (budget - 1 - answer) // 4)
+    passes = 1 + answer + 4 * steps if budget is None else min(1 + answer + 4 * steps, budget)
     return replace(cfg, group_size=4, first_group=0, read_chunk=0, greedy_steps=0, steps=steps, budget=passes,
                    mode="highlight", exit_entropy_per_ln_k=0.0,
                    exit_entropy=0.0, glance_side=0.0, probe_side=0.0, plateau_patience=10**6, settle_after=0, use_relevance=False,
@@ -295,7 +297,7 @@ def scaffold_config(cfg: PolicyConfig, budget: int | None = None) -> PolicyConfi
 
 
 def run_scaffold(adapter, image, question, choices=None, cfg=PolicyConfig(), max_passes: int | None = None, **_):
-    return spote(adapter, image, question, choices, scaffold_config(cfg, max_passes), method="scaffold")
+    return spote(adapter, image, question, choices, scaffold_config(cfg, max_passes, choices is None), method="scaffold")
 
 
 RUNNERS = {

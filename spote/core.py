@@ -182,6 +182,8 @@ class PolicyConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        if self.first_group == 1:  # a group of one has no advantage: the search would end before it began
+            raise ValueError("first_group must be 0 (group_size) or >= 2 (advantages are relative to the group)")
         if not 0 <= self.glance_side < 1:
             raise ValueError("glance_side must be in [0, 1): a share of the image's short side (0: no glance)")
         if not 0 <= self.probe_side < 1:
@@ -265,6 +267,9 @@ def find_anchors(base: Reading, cfg: PolicyConfig) -> Anchors:
     return Anchors(positions=[i for i, h in enumerate(base.span_entropy.tolist()) if h < cfg.anchor_epsilon])
 
 
+LOGP_FLOOR = -100.0  # nats: the least log p a reward takes (p = 0 reads as e^-100; no softmax of finite logits goes below it here)
+
+
 def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) -> float:
     """r = gamma * (H_base - H_cand) - lambda * preservation_penalty.
 
@@ -274,17 +279,20 @@ def reward(base: Reading, cand: Reading, anchors: Anchors, cfg: PolicyConfig) ->
                  baseline's token; a view that reads another token confidently has low entropy there,
                  so only this form sees the flip)
     closed set:  penalty = max(0, log p_base[a*] - log p_cand[a*])   (a* the anchored choice)
+
+    log p_cand is taken at least ``LOGP_FLOOR``: a view that gives the anchored token probability 0 (a
+    masked choice) pays a large finite penalty, so that its group's advantages stay defined.
     """
     h_base, h_cand = base.entropy, cand.entropy
     gamma = h_base / (h_base + cfg.clarity_c)
     clarity = gamma * (h_base - h_cand)
     penalty = 0.0
     if base.logp is not None and anchors.choice is not None:
-        penalty = max(0.0, float(base.logp[anchors.choice] - cand.logp[anchors.choice]))
+        penalty = max(0.0, float(base.logp[anchors.choice] - cand.logp[anchors.choice].clamp(min=LOGP_FLOOR)))
     elif base.logp is None and anchors.positions:
         idx = torch.tensor(anchors.positions)
         if cfg.anchor_penalty == "logp":
-            rise = base.span_logp[idx] - cand.span_logp[idx]
+            rise = base.span_logp[idx] - cand.span_logp[idx].clamp(min=LOGP_FLOOR)
         else:
             rise = cand.span_entropy[idx] - base.span_entropy[idx]
         penalty = float(rise.clamp(min=0).mean())

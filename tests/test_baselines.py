@@ -80,6 +80,11 @@ def test_scaffold_never_exits_early(random_adapter):
     res = run_method("scaffold", random_adapter, _image(), Q, CHOICES, PolicyConfig())
     assert res.forward_passes == 9 and res.mode == "highlight"
     assert res.box_steps == [0] * 4 + [1] * 4  # two sampled groups of 4, whatever spote's group settings
+    # an open question reads the same two groups of 4, then generates its answer (one pass more)
+    res = run_method("scaffold", random_adapter, _image(), "what is the code in the reference field ?", None, PolicyConfig())
+    assert res.box_steps == [0] * 4 + [1] * 4 and res.forward_passes <= 10   # 9 where no view beat the whole image
+    assert scaffold_config(PolicyConfig(), budget=32, open_ended=True).steps == 7
+    assert scaffold_config(PolicyConfig(), budget=33, open_ended=True).budget == 30
 
 
 @pytest.mark.parametrize("method", ["baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye",

@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -622,6 +623,9 @@ def test_config_rejects_bad_values():
         PolicyConfig(mode="x")
     with pytest.raises(ValueError):
         PolicyConfig(group_size=1)
+    with pytest.raises(ValueError, match=r"first_group must be 0 \(group_size\) or >= 2"):
+        PolicyConfig(first_group=1)   # accepted before, it ended every search before its first group
+    assert PolicyConfig(first_group=2).first_group == 2
     with pytest.raises(ValueError):
         PolicyConfig(probe_side=1.0)
     with pytest.raises(ValueError, match="settle_after must be >= 0"):
@@ -797,3 +801,17 @@ def test_settle_stops_only_when_no_view_gave_another_answer_conviction(random_ad
         assert res.forward_passes > 90  # searched to the budget
     off = spote(_ScriptedViews(random_adapter, lean, view), _image(), Q, CHOICES, replace(cfg, settle_after=0))
     assert off.forward_passes > 90
+
+
+def test_a_view_giving_the_anchored_choice_probability_zero_keeps_the_search_going(random_adapter):
+    """log p = -inf is a sound answer (a masked choice); its reward must stay finite, else every advantage of
+    the group is NaN, the policy's logits turn NaN and the search ends after one group."""
+    sure = [0.95] + [0.05 / 9] * 9               # the whole image is almost sure of "0": an anchor
+    view = [0.0] + [0.5] + [0.5 / 8] * 8          # every view: "0" impossible, "1" at 0.5 (unclear)
+    cfg = PolicyConfig(exit_entropy_per_ln_k=0.01, settle_after=0, plateau_patience=99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # no invalid value met in the advantages
+        res = spote(_ScriptedViews(random_adapter, sure, view), _image(), Q, CHOICES, cfg)
+    assert all(math.isfinite(r) for r in res.box_rewards) and min(res.box_rewards) < -10
+    assert len(res.boxes) > cfg.group_size   # more than one group was read
+    assert res.answer == CHOICES[0]          # no view beat the whole image: its anchored answer stands

@@ -183,7 +183,7 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             passes) holds every search method to it, as ``spote ask --budget`` does; without one each runs at
             its own defaults (spote's ``PolicyConfig.budget``, 96; grid reads every window of its grid, zoomeye
             up to 256 passes, scaffold two steps of 4). The whole image is read whatever it costs (one pass per
-            choice where choices span several tokens); ``api`` and ``vicrop`` cost 2-3 passes whatever the budget.
+            choice where choices span several tokens); ``api`` and ``vicrop`` cost 1-3 passes whatever the budget (1 in black-box mode).
 
     Returns:
         SpotResult (its docstring has every field): ``answer``; ``confidence`` (probability of the answer, 0-1,
@@ -211,6 +211,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             tokens all unknown to it).
         spote.loading.ModelNotFound: the model cannot be found (a ``FileNotFoundError``; one-line message).
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
+        spote.adapters.base.ViewBatchTooLarge: a ``RuntimeError``: one view set does not fit in accelerator
+            memory even alone (a smaller ``view_size``, or a larger device).
     """
     from dataclasses import fields
 

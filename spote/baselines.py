@@ -43,7 +43,7 @@ def held_to_budget(budget: int | None) -> dict:
     """The keyword arguments of ``run_method`` that hold every search method to ``budget`` forward passes,
     as ``spote bench --budget`` does (grid, zoomeye and random stop there, scaffold runs ``(budget - 1) // 4``
     steps of 4; spote and naive_entropy take theirs from ``PolicyConfig.budget``, which should be the same
-    number; api and vicrop cost 2-3 whatever it is); ``{}`` for None: each method at its own
+    number; api and vicrop cost 1-3 whatever it is); ``{}`` for None: each method at its own
     defaults (grid's every window, zoomeye's ``ZOOMEYE_MAX_PASSES``, scaffold's two steps). The whole image
     is read whatever it costs: one pass, or one per choice where choices span several tokens."""
     return {} if budget is None else {"max_passes": budget, "n_windows": budget}

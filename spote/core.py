@@ -1,36 +1,38 @@
 """SPOT-E: test-time entropy shaping with visual spotlights, for one frozen VLM and one instance.
 
-Read top to bottom:
+Read top to bottom; the steps are numbered as in docs/design.md ("The loop"):
 
-1. ``answer`` on the whole image: a distribution over the choices (or a greedy answer span),
-   its entropy ``H_base`` and the low-entropy *anchors*.
-2. Early exit: ``H_base <= tau`` -> done after one forward pass. For K closed answers
-   tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit (0.92 nats).
-   Unsure: first a *glance*, one square of 0.8 x the short side on the saliency centroid (large
-   evidence the whole image leaves unsure is usually read 1.25x closer); clear -> done after two
-   passes. Almost clear (``H_base <= 2 tau``): then four coarse corner views, since what the whole
-   image nearly shows is usually large; one of them clear -> done; else the centre view (large
-   evidence across the corners' seams).
-3. Otherwise a ``SpotlightPolicy`` (logits over a multi-scale grid of windows, initialised from
-   the model's relative attention when it has one and a model-free saliency map) is tuned *for this instance* with GRPO:
-   a group of G spotlights (the first ``greedy_steps`` groups the policy's most likely windows, the
-   later ones sampled), rendered from the full-resolution pixels and read in batches of
-   ``read_chunk`` views (every view one forward pass; the group ends at the first clear view),
-   reward = clarity - lambda * anchor penalty (``reward``), group-relative advantages, a clipped
-   policy-gradient step with a KL pull toward the initial logits (plus the current zoom bonus). The
-   first group reads the windows centred on the strongest saliency peaks first: small evidence
-   is usually the strongest local anomaly, and a window centred on it holds it where a small
-   model reads best.
-4. Stop when confident, on a reward plateau, after T steps, or when the forward-pass budget is
-   spent. A closed-set run also *settles*: after ``settle_after`` passes, if no view has given any
-   answer but the whole image's a probability >= ``settle_p``, nothing seen contradicts the whole
-   image (mostly an absence being proved, which no close-up makes clear). Answer from the best spotlight by reward; the whole image competes with reward 0,
-   so a run whose every spotlight scores below zero keeps the baseline answer. An open answer is
-   generated anew where the best spotlights agree, that window moved onto the salient thing near it
+1. The whole image: a distribution over the choices (or a greedy answer span), its entropy
+   ``H_base`` and the low-entropy *anchors*. ``H_base <= tau`` -> done after one forward pass. For
+   K closed answers tau = 0.4 * ln K, the same certainty for a yes/no (0.28 nats) as for a digit
+   (0.92 nats); open answers tau = 0.35 nats.
+2. The glance: one square of 0.8 x the short side on the saliency centroid (large evidence the
+   whole image leaves unsure is usually read at this closer look: long / (0.8 short) times the
+   whole image's scale, 1.25x on a square); clear -> done after two passes.
+3. The coarse probe, when almost clear (``H_base <= 2 tau``): four corner views of 0.65 x the short
+   side, since what the whole image nearly shows is usually large; one of them clear -> done; else
+   the centre view (large evidence across the corners' seams).
+4. The spotlight policy (``SpotlightPolicy``): logits over a multi-scale grid of windows,
+   initialised from the model's relative attention when it has one and a model-free saliency map.
+5. GRPO steps, tuning it *for this instance*: a group of G spotlights (the first ``greedy_steps``
+   groups the policy's most likely windows, the later ones sampled), rendered from the
+   full-resolution pixels and read in batches of ``read_chunk`` views (every view one forward pass;
+   the group ends at the first clear view), reward = clarity - lambda * anchor penalty
+   (``reward``), group-relative advantages, a clipped policy-gradient step with a KL pull toward
+   the initial logits (plus the current zoom bonus). The first group reads the windows centred on
+   the strongest saliency peaks first: small evidence is usually the strongest local anomaly, and a
+   window centred on it holds it where a small model reads best. Stop when confident, on a reward
+   plateau, after T steps, or when the forward-pass budget is spent. A closed-set run also
+   *settles*: after ``settle_after`` passes, if no view has given any answer but the whole image's a
+   probability >= ``settle_p``, nothing seen contradicts the whole image (mostly an absence being
+   proved, which no close-up makes clear).
+6. The answer, from the best spotlight by reward; the whole image competes with reward 0, so a run
+   whose every spotlight scores below zero keeps the baseline answer. An open answer is generated
+   anew where the best spotlights agree, that window moved onto the salient thing near it
    (``answer_centred``), decoded jointly from shifted and rescaled copies of it (``answer_window``,
    ``answer_windows``); unless the best reward does not stand out of those of the views that may
-   answer (``standout``: a robust z below ``standout_z``), which is chance among readings no view improved
-   (evidence larger than every window), and the whole image's answer is kept.
+   answer (``standout``: a robust z below ``standout_z``), which is chance among readings no view
+   improved (evidence larger than every window), and the whole image's answer is kept.
 
 Anchors. Open-ended answers: span positions whose baseline entropy is below ``anchor_epsilon`` nats;
 a spotlight is penalised for raising their entropy (the paper's scaffold). Closed-set answers
@@ -126,14 +128,14 @@ class PolicyConfig:
     plateau_patience: int = 5      # steps without a better reward before stopping
     use_relevance: bool = True     # False: black-box mode (no attention read)
     relevance_sharpness: float = 0.5
-    saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False: no image
-    #                                prior (the scale prior, fine_scale_bias, stays)
+    saliency_weight: float = 3.0   # model-free saliency prior (spote/saliency.py); 0 with use_relevance=False,
+    #                                saliency_peaks=0 and glance_side=0: no image prior (the scale prior, fine_scale_bias, stays)
     fine_scale_bias: float = 1.0   # initial logit added per finer scale: the evidence we look for is small
     saliency_peaks: int = 8        # extra windows centred on the strongest saliency peaks (two finest scales)
     glance_side: float = 0.8       # one close look first: a square of this share of the short side on the saliency centroid (0: none)
     probe_side: float = 0.65       # coarse probe: 4 corner squares, then the centre one; share of the short side (0: none)
     probe_below: float = 2.0       # ... only when the whole image is almost clear: H_base <= probe_below * tau
-    read_chunk: int = 4            # read a group k views at a time, ending it at the first clear view (0: one pass)
+    read_chunk: int = 4            # read a group k views at a time, ending it at the first clear view (0: all in one call)
     greedy_steps: int = 1          # the first k steps read the policy's most likely unread windows, in order (no sampling)
     peaks_first: bool = True       # the greedy first group reads the saliency peaks' finest windows first, strongest first, unjittered
     saliency_size: int = SALIENCY_SIZE  # long side (px) of the copy the saliency map is computed on (512)
@@ -416,7 +418,8 @@ def window_grid(width: int, height: int, input_size: int, min_window: float = 1.
 
 
 class SpotlightPolicy:
-    """Per-instance policy over spotlight windows: pi(w) = softmax_w(mean_{cells in w} M + S[scale(w)]).
+    """Per-instance policy over spotlight windows: pi(w) = softmax_w(mean_{cells in w} M + S[scale(w)] + b_w),
+    b_w the adaptive zoom's bonus (``zoom_bonus`` for windows finer than the best so far and centred in it, else 0).
 
     ``M`` (grid x grid position logits) and ``S`` (one logit per scale) are the only tuned
     parameters. Because windows share position cells, rewarding a coarse window raises the finer
@@ -817,7 +820,7 @@ class SpotResult:
             ``standout_z``), and for an empty open answer.
         token_confidences: open ended: the probability of each token of ``answer``, in generation order, each
             given the tokens before it, on the view(s) the answer was generated from (decoded jointly from
-            several copies: the renormalised mean over them); their product is ``confidence``. ``[]`` for an
+            several copies: the renormalised mean of log p over them, a geometric mean of p); their product is ``confidence``. ``[]`` for an
             empty answer, None for a closed set.
         answer_token_ids: open ended: the answer's token ids in the model's vocabulary, one per
             ``token_confidences``; None for a closed set.
@@ -914,7 +917,8 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
 
     Args:
         adapter: a loaded model (``spote.loading.load_adapter``); its ``forward_passes`` counts the cost.
-        image: RGB, any size (pixels); views are rendered from it at full resolution.
+        image: any size (pixels), any mode Pillow converts to RGB (read as RGB); views are rendered from it at
+            full resolution.
         question: the text asked; ``choices``: the closed answer set (stripped strings), or None (open ended).
         cfg: the policy; ``method``: the name the result records (``naive_entropy``, ``scaffold`` run here too).
 
@@ -922,11 +926,15 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         SpotResult: the answer, its confidence, traces (nats), boxes (pixels) and cost.
 
     Raises:
-        ValueError: the model's scores are NaN or infinite on the whole image.
+        ValueError: the model's scores are NaN or infinite on the whole image; a hand-written adapter's
+            ``choice_logprobs`` of another shape or not normalised, or its attention map not a finite grid.
         spote.adapters.base.PromptTooLong, spote.adapters.base.UnreadableText: the question as asked.
+        spote.adapters.base.ViewBatchTooLarge: one view set does not fit in accelerator memory.
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
     """
     t0 = time.perf_counter()
+    if image.mode != "RGB":  # the saliency map and the renderer read three channels
+        image = image.convert("RGB")
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)
     relevance_read = False  # whether the model's attention was read (the result records it)
@@ -944,7 +952,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # ... and, so jointly, off the agreed window's neighbours too, as many as half the budget pays for
     answer_reads = min(5, max(1, (cfg.budget // 2) // answer_views)) if answer_views > 1 and cfg.answer_step > 0 else 1
 
-    # 1. the whole image: answer, entropy, anchors
+    # 1. the whole image: answer, entropy, anchors; clear (H_base <= tau): done
     base, base_answer = reader.baseline([renderer.global_view])
     anchors = find_anchors(base, cfg)
     entropy_trace, reward_trace = [base.entropy], []
@@ -972,7 +980,6 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         reward_trace.append(round(best["reward"], 5))
         return rewards
 
-    # 2. early exit
     tau = exit_threshold(cfg, None if choices is None else len(choices))
     # a spotlight is clear when confident, and not by breaking an anchor (that scores below the whole image)
     clear = lambda: best["box"] is not None and best["reading"].entropy <= tau  # noqa: E731
@@ -981,7 +988,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     base_top = None if choices is None else int(base.logp.argmax())
 
     def read(group: list[Box]) -> list[Reading]:
-        """One batched forward pass over ``group``'s views; notes what each choice was given."""
+        """One batched call over ``group``'s views (a forward pass each); notes what each choice was given."""
         readings = reader.read([renderer.render(b, mode) for b in group])
         if seen is not None:
             for r in readings:
@@ -1005,7 +1012,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
         step = 0
         sal_map = saliency_map(image, cfg.saliency_size) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
-        # 2a. a glance: one closer look at the salient middle settles most large evidence. It counts
+        # 2. a glance: one closer look at the salient middle settles most large evidence. It counts
         # only if clear: a square of most of the image says nothing about where small evidence is,
         # so an unclear glance must not steer the search (which then runs as it would without it)
         if cfg.glance_side and room() >= 1:
@@ -1013,7 +1020,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             glance = read([look])
             record([look], glance, step, lambda k: -1, keep=glance[0].entropy <= tau)
             step += 1
-        # 2b. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
+        # 3. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
         if in_probe_band(cfg, base.entropy, tau):
             for group in coarse_windows(*image.size, cfg.probe_side):
@@ -1021,7 +1028,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                     break
                 record(group, read(group), step, lambda k: -1)
                 step += 1
-        # 3. GRPO on the spotlight policy
+        # 4. the spotlight policy, its logits from the priors
         if not clear() and not settled():
             relevance_cells = None
             if cfg.use_relevance and adapter.supports_relevance and cfg.budget - used() - reserve >= 2 + 2 * cost:
@@ -1038,7 +1045,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             stale = 0
 
             def read_until_clear(group: list[Box]) -> list[Reading]:
-                """The group's readings: one batched pass, or ``read_chunk`` views at a time, ending at
+                """The group's readings: one batched call, or ``read_chunk`` views at a time, ending at
                 the first chunk holding a view that is clear and beats the best so far."""
                 chunk = cfg.read_chunk or len(group)
                 readings: list[Reading] = []
@@ -1050,6 +1057,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                     if settled():
                         break
                 return readings
+            # 5. GRPO steps: read a group, reward it, update the policy; stop when clear, settled or stale
             for step_i in range(cfg.steps):
                 g = min((cfg.first_group or cfg.group_size) if step_i == 0 else cfg.group_size, room())
                 if g < 2:
@@ -1078,7 +1086,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                 if clear() or settled() or stale >= cfg.plateau_patience:
                     break
 
-    # 4. answer from the best spotlight (the whole image if none beat it); an open answer is generated anew
+    # 6. answer from the best spotlight (the whole image if none beat it); an open answer is generated anew
     # where the best windows agree, centred on the salient thing there (and at that window's neighbours,
     # with answer_step), each jointly from shifted and rescaled copies of it; the reading surest per token answers
     final = best["reading"]

@@ -815,3 +815,15 @@ def test_a_view_giving_the_anchored_choice_probability_zero_keeps_the_search_goi
     assert all(math.isfinite(r) for r in res.box_rewards) and min(res.box_rewards) < -10
     assert len(res.boxes) > cfg.group_size   # more than one group was read
     assert res.answer == CHOICES[0]          # no view beat the whole image: its anchored answer stands
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_spote_reads_any_pillow_mode_as_its_rgb_conversion(random_adapter, mode):
+    """spote() is public: a grey scan or a palette image is searched as its RGB conversion (an "L" image
+    failed deep in the saliency map)."""
+    rgb = _image()
+    img = rgb.convert(mode)
+    cfg = PolicyConfig(budget=12, exit_entropy_per_ln_k=0.0)
+    res, same = spote(random_adapter, img, Q, CHOICES, cfg), spote(random_adapter, img.convert("RGB"), Q, CHOICES, cfg)
+    assert (res.answer, res.boxes, res.forward_passes) == (same.answer, same.boxes, same.forward_passes)
+    assert res.forward_passes > 1   # it searched

@@ -260,6 +260,10 @@ def _run_items(adapter, split, n, seed, methods, corrupt, cfg, rows, progress, b
                            anchors_kept=anchors_kept(base.token_ids, anchors, res.answer_token_ids))
                 if res.reward_standout is not None:  # after a search that beat the whole image (1e6: infinitely far)
                     row["standout"] = res.reward_standout
+                if res.token_confidences is not None:
+                    row["token_confidences"] = [round(p, 6) for p in res.token_confidences]
+                if res.answer_readings:  # every place read after the search: its text and log p (nats)
+                    row["readings"] = [[text, round(float(sum(lps)), 5)] for _, text, lps in res.answer_readings]
             rows[m].append(row)
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"  # as pyproject.toml: the changes since the 0.2.0 release (CHANGELOG.md, Unreleased)
 __all__ = ["answer", "load_adapter", "PolicyConfig", "SpotResult", "BadImage", "__version__"]
 
 # public name -> the module that defines it

@@ -479,3 +479,13 @@ def test_a_hand_written_adapter_is_taken_and_a_broken_one_refused_by_name(item, 
     with pytest.raises(TypeError, match="got LlavaForConditionalGeneration; a transformers model in memory is "
                                         "wrapped with spote.adapters.base.HFAdapter"):
         spote.answer(item.image, Q, CHOICES, model=inner.model)
+
+
+def test_the_package_version_is_the_one_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    import spote
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert spote.__version__ == declared

@@ -909,6 +909,33 @@ def _distribution(choices, logp: torch.Tensor) -> dict:
     return {c: round(float(p), 6) for c, p in zip(choices, logp.exp())}
 
 
+COARSE_SCALE = -1  # the scale of a view outside the policy's windows (the glance, the probe): any policy window is finer
+
+
+@dataclass(frozen=True)
+class AnswerPlan:
+    """How an open answer is read after a search: ``copies`` views decoded jointly per place (shifted, and
+    with ``rescaled`` also rescaled, copies of its window), at ``places`` places (the agreed window, then
+    its neighbours). ``copies * places`` passes are kept aside before the search starts."""
+
+    copies: int
+    places: int
+    rescaled: bool
+
+
+def answer_plan(cfg: PolicyConfig, adapter) -> AnswerPlan:
+    """The ``AnswerPlan`` a budget pays for. Joint decoding of g x g shifted copies takes at most a third of
+    the budget, so that a small budget still searches (an endpoint decodes each request alone: 1 copy);
+    the rescaled copies (x 3) are for the window read alone, where they also fit in a third; the
+    neighbours (``answer_step``), read jointly too, as many as half the budget pays for, at most 5."""
+    joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
+    rescaled = (joint and cfg.answer_grid > 1 and cfg.answer_rescale > 0 and cfg.answer_step == 0
+                and 3 * cfg.answer_grid ** 2 <= cfg.budget // 3)
+    copies = (3 if rescaled else 1) * cfg.answer_grid ** 2 if joint else 1
+    places = min(5, max(1, (cfg.budget // 2) // copies)) if copies > 1 and cfg.answer_step > 0 else 1
+    return AnswerPlan(copies, places, bool(rescaled))
+
+
 def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyConfig = PolicyConfig(),
           method: str = "spote") -> SpotResult:
     """Answer ``question`` about ``image`` with a per-instance GRPO-tuned spotlight. Its draws come from its own
@@ -941,16 +968,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     renderer = ViewRenderer(image, adapter.input_size)
     reader = Reader(adapter, question, choices)
     mode = view_mode(cfg, adapter)
-    # an open answer is decoded jointly from answer_views shifted (and, where they fit, rescaled) copies of its
-    # window: at most a third of the budget, so that a small budget still searches; an endpoint decodes each
-    # request alone: one
-    joint = getattr(adapter, "joint_decoding", False) and cfg.answer_grid ** 2 <= cfg.budget // 3
-    # the rescaled copies are for the window read alone: with neighbours each place is read from the g^2 shifts
-    rescaled = (joint and cfg.answer_grid > 1 and cfg.answer_rescale > 0 and cfg.answer_step == 0
-                and 3 * cfg.answer_grid ** 2 <= cfg.budget // 3)
-    answer_views = (3 if rescaled else 1) * cfg.answer_grid ** 2 if joint else 1
-    # ... and, so jointly, off the agreed window's neighbours too, as many as half the budget pays for
-    answer_reads = min(5, max(1, (cfg.budget // 2) // answer_views)) if answer_views > 1 and cfg.answer_step > 0 else 1
+    plan = answer_plan(cfg, adapter)  # open ended: the passes the answer's reading keeps aside
 
     # 1. the whole image: answer, entropy, anchors; clear (H_base <= tau): done
     base, base_answer = reader.baseline([renderer.global_view])
@@ -958,16 +976,16 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     entropy_trace, reward_trace = [base.entropy], []
     boxes, chosen, box_steps, box_rewards, box_entropies = [], [], [], [], []
     candidates: list[tuple[Box, float]] = []  # every window that may answer, with its reward
-    best = {"reward": 0.0, "reading": base, "box": None, "scale": -1}
+    best = {"reward": 0.0, "reading": base, "box": None, "scale": COARSE_SCALE}
     used = lambda: adapter.forward_passes - passes0  # noqa: E731
 
-    def record(group: list[Box], readings: list[Reading], step: int, scale_of, keep: bool = True) -> np.ndarray:
+    def record(group: list[Box], readings: list[Reading], group_no: int, scale_of, keep: bool = True) -> np.ndarray:
         """Score one group against the baseline, log it, keep the best view (unless ``keep`` is off:
         logged and paid for, but no candidate answer and no say in the search); the group's rewards."""
         rewards = np.array([reward(base, r, anchors, cfg) for r in readings])
         for b, r, rd in zip(group, rewards, readings):
             boxes.append(b.as_list())
-            box_steps.append(step)
+            box_steps.append(group_no)
             box_rewards.append(round(float(r), 5))
             if keep:
                 candidates.append((b, float(r)))
@@ -984,15 +1002,15 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
     # a spotlight is clear when confident, and not by breaking an anchor (that scores below the whole image)
     clear = lambda: best["box"] is not None and best["reading"].entropy <= tau  # noqa: E731
     # closed set: the highest p each choice has had on any view read so far (the glance's included)
-    seen = torch.zeros(len(choices)) if choices is not None else None
+    best_p = torch.zeros(len(choices)) if choices is not None else None
     base_top = None if choices is None else int(base.logp.argmax())
 
     def read(group: list[Box]) -> list[Reading]:
         """One batched call over ``group``'s views (a forward pass each); notes what each choice was given."""
         readings = reader.read([renderer.render(b, mode) for b in group])
-        if seen is not None:
+        if best_p is not None:
             for r in readings:
-                torch.maximum(seen, r.logp.exp(), out=seen)
+                torch.maximum(best_p, r.logp.exp(), out=best_p)
         return readings
 
     def settled() -> bool:
@@ -1001,16 +1019,16 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         (closed sets only). Evidence that is there is usually found in those first passes (the first
         group reads the saliency peaks), so a search that has found nothing by then mostly proves an
         absence. The run then answers from its best view so far, which may still lean elsewhere."""
-        if seen is None or not cfg.settle_after or used() < cfg.settle_after:
+        if best_p is None or not cfg.settle_after or used() < cfg.settle_after:
             return False
-        others = torch.cat([seen[:base_top], seen[base_top + 1:]])
+        others = torch.cat([best_p[:base_top], best_p[base_top + 1:]])
         return bool(others.numel() == 0 or others.max() < cfg.settle_p)
     sal_map = None
     if base.entropy > tau and cfg.budget > 1:
         cost = reader.cost_per_view()
-        reserve = 0 if choices is not None else answer_reads * answer_views  # open ended: the answer's generations, kept aside
+        reserve = 0 if choices is not None else plan.places * plan.copies  # open ended: the answer's generations, kept aside
         room = lambda: (cfg.budget - used() - reserve) // cost  # noqa: E731 candidates the budget still pays for
-        step = 0
+        group_no = 0  # every group read, glance and probe included (SpotResult.box_steps)
         sal_map = saliency_map(image, cfg.saliency_size) if cfg.glance_side or cfg.saliency_weight > 0 or cfg.saliency_peaks else None
         # 2. a glance: one closer look at the salient middle settles most large evidence. It counts
         # only if clear: a square of most of the image says nothing about where small evidence is,
@@ -1018,16 +1036,16 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         if cfg.glance_side and room() >= 1:
             look = glance_window(image, cfg.glance_side, sal_map)
             glance = read([look])
-            record([look], glance, step, lambda k: -1, keep=glance[0].entropy <= tau)
-            step += 1
+            record([look], glance, group_no, lambda k: COARSE_SCALE, keep=glance[0].entropy <= tau)
+            group_no += 1
         # 3. almost clear: coarse views first, the four corners, then the centre if no corner is clear;
         # large evidence often needs nothing more
         if in_probe_band(cfg, base.entropy, tau):
             for group in coarse_windows(*image.size, cfg.probe_side):
                 if clear() or room() < len(group):
                     break
-                record(group, read(group), step, lambda k: -1)
-                step += 1
+                record(group, read(group), group_no, lambda k: COARSE_SCALE)
+                group_no += 1
         # 4. the spotlight policy, its logits from the priors
         if not clear() and not settled():
             relevance_cells = None
@@ -1058,26 +1076,26 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
                         break
                 return readings
             # 5. GRPO steps: read a group, reward it, update the policy; stop when clear, settled or stale
-            for step_i in range(cfg.steps):
-                g = min((cfg.first_group or cfg.group_size) if step_i == 0 else cfg.group_size, room())
+            for grpo_step in range(cfg.steps):
+                g = min((cfg.first_group or cfg.group_size) if grpo_step == 0 else cfg.group_size, room())
                 if g < 2:
                     break
-                peaks_first = cfg.peaks_first and step_i == 0 and cfg.greedy_steps > 0  # the greedy first group
-                if step_i < cfg.greedy_steps:
+                peaks_first = cfg.peaks_first and grpo_step == 0 and cfg.greedy_steps > 0  # the greedy first group
+                if grpo_step < cfg.greedy_steps:
                     idx = policy.peaks_then_top(g, evaluated) if peaks_first else policy.top(g, evaluated)
                 else:
                     idx = policy.sample(g, rng, evaluated)
                 if len(idx) < 2:
                     break
                 evaluated.update(idx)
-                centred = set(policy.peak_windows) if peaks_first else set()  # a peak window is centred by design
-                group = [policy.windows[w] if w in centred else policy.jittered(w, rng) for w in idx]
+                unjittered = set(policy.peak_windows) if peaks_first else set()  # a peak window is centred by design
+                group = [policy.windows[w] if w in unjittered else policy.jittered(w, rng) for w in idx]
                 readings = read_until_clear(group)
                 if len(readings) < len(group):
                     idx, group = idx[:len(readings)], group[:len(readings)]
                 before = best["reward"]
-                rewards = record(group, readings, step, lambda k: int(policy.scale_idx[idx[k]]))
-                step += 1
+                rewards = record(group, readings, group_no, lambda k: int(policy.scale_idx[idx[k]]))
+                group_no += 1
                 advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # A_i = (r_i - mean) / std
                 policy.update(idx, advantages)
                 stale = 0 if best["reward"] > before else stale + 1
@@ -1119,10 +1137,10 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
             if cfg.answer_centring:
                 sal_map = saliency_map(image, cfg.saliency_size) if sal_map is None else sal_map
                 agreed = answer_centred(agreed, sal_map, cfg.answer_centring, *image.size)
-            places, n_views = answer_neighbours(agreed, cfg.answer_step, *image.size)[:answer_reads], answer_views
+            places, n_views = answer_neighbours(agreed, cfg.answer_step, *image.size)[:plan.places], plan.copies
         readings = []
         for place in places:
-            views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size, rescaled)[:n_views]]
+            views = [renderer.render(w, mode) for w in answer_windows(place, cfg, *image.size, plan.rescaled)[:n_views]]
             readings.append(adapter.generate_agreed(views, question) if len(views) > 1 else adapter.generate(views[0], question))
         k = surest_reading([r.logprobs for r in readings])
         all_readings = [([p.x0, p.y0, p.x1, p.y1], r.text, list(r.logprobs)) for p, r in zip(places, readings)]

@@ -186,9 +186,9 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             choice where choices span several tokens); ``api`` and ``vicrop`` cost 1-3 passes whatever the budget (1 in black-box mode).
 
     Returns:
-        SpotResult (its docstring has every field): ``answer``; ``confidence`` (probability of the answer, 0-1,
-        6 significant digits: for an open answer the product of its ``token_confidences``, 0 only for an empty
-        answer); ``entropy_trace`` (answer entropy in nats, the whole image first, then after each step);
+        SpotResult (its docstring has every field): ``answer``; ``confidence`` (how sure the model is of the
+        answer, 0-1, 6 significant digits: a closed set's probability; for an open answer the least of its
+        ``token_confidences``, 0 only for an empty answer); ``entropy_trace`` (answer entropy in nats, the whole image first, then after each step);
         ``evidence_box`` ([x0, y0, x1, y1] in pixels of the original image of the window the answer was read on,
         None when the whole image answered; for an open answer the window where the best views agree, centred
         on the salient thing there, the answer decoded from shifted and rescaled copies of it);

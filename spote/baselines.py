@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .core import (PolicyConfig, Reader, SpotResult, _distribution, checked_relevance, exit_threshold,
+from .core import (PolicyConfig, Reader, SpotResult, _distribution, answer_confidence, checked_relevance, exit_threshold,
                    naive_entropy_config, ran_with, significant, spote, view_mode, window_grid)
 from .spotlight import Box, ViewRenderer
 
@@ -53,7 +53,7 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
             token_ids=None, token_logp=None, cut_off=None, read_attention=False):
     """A method's SpotResult. Closed set: the answer and confidence are ``reading``'s top choice. Open
     ended: ``answer_text`` with ``token_logp`` (log p of each of its tokens as generated; default: the
-    span ``reading`` generated); its confidence is their product, as spote's, and 0 for an empty answer
+    span ``reading`` generated); its confidence is the least of their p, as spote's, and 0 for an empty answer
     (no token was read); ``cut_off``: whether its generation stopped at the token cap."""
     token_confidences = None
     if choices is not None:
@@ -66,7 +66,7 @@ def _result(method, adapter, passes0, t0, cfg, reading, choices, answer_text, tr
             token_logp = [] if token_ids is not None and not token_ids else reading.span_logp.tolist()
         token_logp = list(token_logp)
         answer, dist = answer_text, None
-        confidence = float(np.exp(sum(token_logp))) if token_logp else 0.0
+        confidence = answer_confidence(token_logp)
         token_confidences = [float(np.exp(lp)) for lp in token_logp]
         if not answer:  # an empty answer read nothing: no box holds its evidence
             evidence_box = None

@@ -149,7 +149,7 @@ class _AnswerOnFoundViews:
 @pytest.mark.parametrize("method", ["spote", "grid", "random", "zoomeye"])
 @pytest.mark.parametrize("answer", ["empty", "one token at p 0.5"])
 def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_adapter, method, answer):
-    """Confidence is the given answer's: the product of its tokens' p as generated, 0 for an empty answer
+    """Confidence is the given answer's: the least of its tokens' p as generated, 0 for an empty answer
     (no token read), never the whole image's answer's probability on the found view. The evidence box is the
     view the answer was read on; an empty answer read nothing there and has none."""
     from spote.adapters.base import Generation
@@ -169,18 +169,20 @@ def test_an_open_answer_read_on_a_found_view_carries_its_own_confidence(random_a
 
 @pytest.mark.parametrize("method", ["spote", "grid", "random", "zoomeye"])
 def test_an_unsure_answer_read_on_a_found_view_keeps_its_confidence_and_cut_off(random_adapter, method):
-    """An answer of 8 tokens at p e^-3 each has confidence e^-24 (4e-11), not 0 (an empty answer's), and
-    an answer the token cap ended says so, whichever view it was read on."""
+    """An answer of 8 tokens at p e^-3 each, and one at e^-5, has the least as its confidence, e^-5 (its
+    product, e^-26, rounded to 6 significant digits would still be above 0, an empty answer's), and an answer
+    the token cap ended says so, whichever view it was read on."""
     from spote.adapters.base import Generation
 
     tok = random_adapter.tokenizer.convert_tokens_to_ids("7")
-    gen = Generation("77777777", [tok] * 8, [2.0] * 8, [-3.0] * 8, cut_off=True)
+    gen = Generation("777777777", [tok] * 9, [2.0] * 9, [-3.0] * 4 + [-5.0] + [-3.0] * 4, cut_off=True)
     adapter = _AnswerOnFoundViews(random_adapter, gen)
     res = run_method(method, adapter, _image(320, 240, seed=4), "what is the code in the reference field ?", None,
                      PolicyConfig(budget=40, exit_entropy=0.0), max_passes=40, n_windows=40)
     assert adapter.calls == 2 and res.evidence_box is not None and res.answer == gen.text
-    assert res.confidence == pytest.approx(np.exp(-24.0), rel=1e-5)
-    assert res.token_confidences == [pytest.approx(np.exp(-3.0))] * 8 and res.answer_cut_off is True
+    assert res.confidence == pytest.approx(np.exp(-5.0), rel=1e-5)
+    assert res.token_confidences == [pytest.approx(np.exp(-3.0))] * 4 + [pytest.approx(np.exp(-5.0))] + \
+        [pytest.approx(np.exp(-3.0))] * 4 and res.answer_cut_off is True
 
 
 class _AlwaysAnswers(_AnswerOnFoundViews):

@@ -11,7 +11,7 @@ Closed items are scored by accuracy; open items (``n_open``, codes read from doc
   method's answer has the same token at that position. The rate pools every anchor of every item
   (kept anchors / anchors); the same anchors serve every method, so ``baseline`` keeps all of them;
 - exact match on collapse-tempting open items, forward passes per item, and the AUROC of the
-  answer's confidence (the product of its token probabilities) for exact match.
+  answer's confidence (its least sure token's p, ``spote.core.answer_confidence``) for exact match.
 """
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ def test_open_answers_refuse_useless_logprobs(server, key):
     _control(server, "/fixture/faults", {"mode": "empty-content", "times": 1})
     with pytest.raises(EndpointError, match="no logprobs"):
         remote.teacher_forced([view], question, honest.token_ids)
-    # no text: an empty answer, with no tokens, so its confidence is 0 (not the tokens' product)
+    # no text: an empty answer, with no tokens, so its confidence is 0 (no token was read)
     _control(server, "/fixture/faults", {"mode": "null-message", "times": 1})
     gen = remote.generate(view, question)
     assert gen.text == "" and gen.token_ids == [] and gen.logprobs == [] and gen.entropies == []

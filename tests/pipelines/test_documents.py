@@ -576,7 +576,7 @@ def _form_scan(path: Path) -> None:
 def test_default_questions_read_fields_by_name_with_per_token_confidences(ray_local, random_tiny_dir, tmp_path,
                                                                           fast_policy):
     """Every page x default question is a row under its field name; open answers carry one confidence per
-    generated token (their product is the answer's confidence), closed-set answers none. Answers themselves
+    generated token (the least is the answer's confidence), closed-set answers none. Answers themselves
     are not checked: the random-weight model cannot read."""
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
@@ -602,7 +602,7 @@ def test_default_questions_read_fields_by_name_with_per_token_confidences(ray_lo
         else:                                                                 # open: p of each generated token
             conf = np.asarray(row.token_confidences, dtype=float)
             assert conf.ndim == 1 and ((conf > 0) & (conf <= 1)).all(), row.id
-            assert math.isclose(float(np.prod(conf)), row.confidence, abs_tol=1e-6) if len(conf) else \
+            assert math.isclose(float(conf.min()), row.confidence, rel_tol=1e-5) if len(conf) else \
                 row.confidence == 0.0
         if row.document == "invoice.pdf" and row.evidence_box is not None:   # the evidence box in PDF points
             assert np.allclose(row.evidence_box_pt, np.asarray(row.evidence_box) * 72 / 50, atol=0.01)

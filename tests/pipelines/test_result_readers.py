@@ -74,7 +74,7 @@ def test_documents_results_two_nights(ray_local, random_tiny_dir, tmp_path, fast
         for conf, total in zip(df[answered & (df.field == "reference_code")].token_confidences,
                                df[answered & (df.field == "reference_code")].confidence):
             p = np.asarray(list(conf), dtype=float)
-            assert ((p > 0) & (p <= 1)).all() and np.isclose(np.prod(p) if len(p) else 0.0, total, atol=1e-6), reader
+            assert ((p > 0) & (p <= 1)).all() and np.isclose(p.min() if len(p) else 0.0, total, rtol=1e-5), reader
         assert df[~answered | (df.field == "signed")].token_confidences.isna().all(), reader
 
 

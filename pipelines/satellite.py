@@ -29,6 +29,7 @@ roll-up is computed with Ray Data group-bys: no result table passes through the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -118,22 +119,30 @@ class SceneTileLoader(RowLoader):
     def _scene(self, uri: str):
         if uri != self._uri:
             self.forget()
+            self._ranges = None
             self._ds = open_scene(uri, self.so)
             self._header = read_header(self._ds, uri, self.so)
             self._bands = check_bands(self.bands, self._header, PurePosixPath(uri).name)
-            self._ranges = None
             if self.stretch == "scene":
                 # sampled through a handle of its own: after a failed read (a VRT whose source is gone) GDAL gives
-                # zeros for that band on later reads of the same handle, and the tiles would be answered from them
-                with open_scene(uri, self.so) as probe:
+                # zeros for that band on later reads of the same handle, and the tiles would be answered from
+                # them. One handle at a time: rasterio keys an fsspec file by the file object, and fsspec's
+                # read-mode files of one object are equal, so two open at once share one entry and closing the
+                # second failed (KeyError in pyopener_close)
+                probe, self._ds = self._ds, None
+                with probe:
                     self._ranges = scene_ranges(probe, self._header, self._bands)
+                self._ds = open_scene(uri, self.so)
             self._uri = uri
         return self._ds, self._header
 
     def forget(self) -> None:
-        if self._ds is not None:
-            self._ds.close()
-        self._uri, self._ds = None, None
+        """Close the scene kept open. A handle that fails to close is dropped: the next row is another
+        scene's, whose tile must not become an error for it."""
+        ds, self._uri, self._ds = self._ds, None, None
+        if ds is not None:
+            with contextlib.suppress(Exception):
+                ds.close()
 
     def read(self, row: dict):
         ds, header = self._scene(row["source"])

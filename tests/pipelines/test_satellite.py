@@ -1042,3 +1042,23 @@ def test_the_pages_of_a_multi_page_tiff_past_the_first_are_named_among_skipped_s
         assert [s["source"] for s in skipped] == [f"{first}: Page 2 (128P x 96L x 3B) of 3",
                                                   f"{first}: Page 3 (64P x 64L x 3B) of 3"], where
         assert {s["reason"] for s in skipped} == {"page of a multi-page TIFF (only the first page is tiled)"}
+
+
+@pytest.mark.parametrize("stretch", ["scene", "tile"])
+def test_remote_scenes_in_turn_each_read_every_tile(s3, tmp_path, stretch):
+    """One loader reads scene after scene from a store: every tile of each is read. With the scene stretch a
+    second handle of the same object was open beside the tiles' one, and rasterio, keying fsspec files by
+    the file object (equal for one object), failed to close the first: the next scene's first tile became
+    an error row ("SystemError: ... DatasetBase.stop returned a result with an exception set")."""
+    from pipelines.storage import parse_storage_options
+
+    so = parse_storage_options(None)
+    loader = SceneTileLoader(storage_options=so, stretch=stretch)
+    for k in range(3):
+        data = np.random.default_rng(k).integers(0, 4000, (3, 128, 128)).astype(np.uint16)
+        s3.put(_write(tmp_path / f"s{k}.tif", data), f"spote/turns-{stretch}/s{k}.tif")
+    for k in range(3):
+        for c in (0, 64):
+            out = loader.load(_row(f"s3://spote/turns-{stretch}/s{k}.tif", c, 0, 64, 64))
+            assert out["status"] == "ok", (k, c, out.get("error"))
+    loader.forget()

@@ -28,7 +28,7 @@ import functools
 import hashlib
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import pyarrow as pa
@@ -274,6 +274,56 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     return done.num_rows
 
 
+def _modified(info: dict) -> float | None:
+    """A listing entry's modification time in seconds (a local file's ``mtime``, an object's ``LastModified``)."""
+    t = info.get("mtime", info.get("LastModified"))
+    return t.timestamp() if isinstance(t, dt.datetime) else (float(t) if t is not None else None)
+
+
+def nights_committed_since_the_ledger(output: str, so=None, other_than: str | None = None) -> list[str]:
+    """The documents runs under ``output`` whose markers are newer than the ledger, newest first (times from
+    the store, so comparable), but ``other_than`` (the run starting now): runs whose driver stopped between
+    the commit and the ledger write leave their documents out of the ledger. A night that read nothing
+    writes no ledger and is listed too; it records nothing."""
+    fs, runs = filesystem(join(output, "_runs"), so)
+    try:
+        markers = fs.glob(join(runs, "*", "_SUCCESS"), detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    fs_l, ledger = filesystem(join(output, LEDGER), so)
+    written = _modified(fs_l.info(ledger)) if fs_l.exists(ledger) else None
+    newer = sorted(((_modified(info) or 0.0, PurePosixPath(path).parent.name) for path, info in markers.items()
+                    if written is None or (_modified(info) or 0.0) > written), reverse=True)
+    nights = []
+    for _, run_id in newer:
+        fs_s, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
+        try:
+            if run_id != other_than and "documents_seen" in json.loads(fs_s.cat_file(summary)):
+                nights.append(run_id)  # not another job's run in the same --output
+        except (FileNotFoundError, ValueError):
+            continue
+    return nights
+
+
+def mend_lost_ledger_writes(output: str, so=None, other_than: str | None = None, start_ray=None) -> dict[str, int]:
+    """Record in the ledger the documents of the nights ``nights_committed_since_the_ledger`` lists, each under
+    its own settings (its summary's), newest first, so that tonight does not read them again: {run id:
+    documents recorded}, for those that recorded any. ``update_ledger`` records only documents the ledger
+    lacks, so a later night's row of a document stands."""
+    from .job import RunResults
+    from .runs import RunPaths
+
+    mended = {}
+    for run_id in nights_committed_since_the_ledger(output, so, other_than):
+        fs, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
+        settings = answer_settings(json.loads(fs.cat_file(summary)).get("settings") or {})
+        n = update_ledger(output, RunResults(RunPaths(output, run_id).results, so, None), run_id, so, settings,
+                          start_ray=start_ray)
+        if n:
+            mended[run_id] = n
+    return mended
+
+
 class PageTooLarge(Exception):
     """A PDF page that would render to more pixels than the loader accepts at the job's ``--dpi``."""
 
@@ -410,6 +460,9 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     model_kwargs = opts.predictor_kwargs(so)  # a hub branch that moved (model_commit): other answers
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"],
                                             model_kwargs["model_fingerprint"]))
+    for night, n in mend_lost_ledger_writes(opts.output, so, opts.run_id, lambda: init_ray(opts.num_actors)).items():
+        print(f"[documents] run {night} was committed without its ledger write (its driver stopped between the "
+              f"two): its {n} document(s) are recorded now, not read again")
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
                                                      redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])

@@ -703,3 +703,54 @@ def test_a_process_that_reads_the_ledger_and_exits_at_once_exits_cleanly(tmp_pat
     codes = [subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True,
                             timeout=120).returncode for _ in range(8)]
     assert codes == [2] * 8
+
+
+def test_a_night_whose_ledger_write_was_lost_is_recorded_by_the_next_night_not_read_again(
+        ray_local, random_tiny_dir, tmp_path, fast_policy, capsys):
+    """A driver stopped between its commit and its ledger write, and the next run is another night (a cron
+    job, no retry of the same night): the next night records the committed night's documents in the ledger
+    (from its results, under its settings) instead of reading them again."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    qs = tmp_path / "q.yaml"
+    qs.write_text(ONE_QUESTION)
+    opts = JobOptions(str(inbox), str(out), str(random_tiny_dir), policy=fast_policy)
+    _pdf(inbox / "a.pdf", 1, 0)
+    run(opts, str(qs), dpi=50, run_date="2026-11-24")
+    ledger = out / LEDGER
+    before = ledger.read_bytes()
+    _pdf(inbox / "b.pdf", 2, 1)
+    run(opts, str(qs), dpi=50, run_date="2026-11-25")
+    night2 = RunPaths(str(out), "documents-2026-11-25")
+    b_row = _ledger(out)[str(inbox / "b.pdf")]
+    ledger.write_bytes(before)                            # night 2's ledger write lost: the ledger of night 1,
+    old = Path(night2.marker).stat().st_mtime - 60         # written before night 2's commit
+    os.utime(ledger, (old, old))
+    _pdf(inbox / "c.pdf", 1, 2)
+    capsys.readouterr()
+    night3 = run(opts, str(qs), dpi=50, run_date="2026-11-26")
+    said = capsys.readouterr().out
+    assert "run documents-2026-11-25 was committed without its ledger write" in said and "its 1 document(s)" in said
+    assert night3["documents_processed"] == 1                                # c.pdf alone, b.pdf not read again
+    rows = _ledger(out)
+    assert rows[str(inbox / "b.pdf")] == b_row                               # as night 2 would have recorded it
+    assert rows[str(inbox / "c.pdf")]["run_id"] == "documents-2026-11-26"
+    _pdf(inbox / "d.pdf", 1, 3)
+    run(opts, str(qs), dpi=50, run_date="2026-11-27")                        # the ledger is newer than every night:
+    assert "without its ledger write" not in capsys.readouterr().out         # nothing to mend
+
+
+def test_nights_since_the_ledger_are_found_by_the_stores_times(s3, tmp_path):
+    """On a store the marker's and the ledger's LastModified are compared: a night committed after the ledger
+    was written is listed, and none once the ledger is newer; another job's run is not a night."""
+    from pipelines.documents import nights_committed_since_the_ledger, write_ledger, LEDGER_SCHEMA
+    from pipelines.storage import write_text
+
+    out = f"s3://spote/nights-{os.getpid()}"
+    for run_id, summary in (("documents-2026-11-24", {"documents_seen": 1}), ("vqa-1", {"items_in": 3})):
+        write_text(f"{out}/_runs/{run_id}/summary.json", json.dumps(summary))
+        write_text(f"{out}/_runs/{run_id}/_SUCCESS", "2026-11-24T00:00:00+00:00")
+    assert nights_committed_since_the_ledger(out) == ["documents-2026-11-24"]          # no ledger yet
+    assert nights_committed_since_the_ledger(out, other_than="documents-2026-11-24") == []
+    write_ledger(out, LEDGER_SCHEMA.empty_table())
+    assert nights_committed_since_the_ledger(out) == []

@@ -466,7 +466,10 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,
                                                      redo_run=opts.run_id if opts.force else None, settings=settings)
     unlisted = sum(1 for d in plan.sources if not d["fingerprint"])
+    changed = sum(1 for d in plan.sources if d["previous"])  # the ledger holds another fingerprint of it
+    new = len(plan.sources) - changed - restated
     print(f"[documents] {seen} documents, {len(plan.sources)} new or changed since the last committed run"
+          + (f" ({new} new, {changed} changed)" if plan.sources and not opts.force else "")
           + (f" or recorded for run {opts.run_id} (--force)" if opts.force else "")
           + (f" ({restated} answered before under other questions, dpi, model or policy)" if restated else "")
           + (f"; {unlisted} of them without a listed fingerprint, hashed in the planning tasks (unchanged ones are then "

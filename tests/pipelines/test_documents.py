@@ -731,13 +731,18 @@ def test_a_night_whose_ledger_write_was_lost_is_recorded_by_the_next_night_not_r
     night3 = run(opts, str(qs), dpi=50, run_date="2026-11-26")
     said = capsys.readouterr().out
     assert "run documents-2026-11-25 was committed without its ledger write" in said and "its 1 document(s)" in said
+    assert "3 documents, 1 new or changed since the last committed run (1 new, 0 changed)" in said
     assert night3["documents_processed"] == 1                                # c.pdf alone, b.pdf not read again
     rows = _ledger(out)
     assert rows[str(inbox / "b.pdf")] == b_row                               # as night 2 would have recorded it
     assert rows[str(inbox / "c.pdf")]["run_id"] == "documents-2026-11-26"
     _pdf(inbox / "d.pdf", 1, 3)
+    _pdf(inbox / "a.pdf", 1, 4)                                               # a.pdf rewritten
+    os.utime(inbox / "a.pdf", (old + 600, old + 600))
     run(opts, str(qs), dpi=50, run_date="2026-11-27")                        # the ledger is newer than every night:
-    assert "without its ledger write" not in capsys.readouterr().out         # nothing to mend
+    said = capsys.readouterr().out
+    assert "without its ledger write" not in said                            # nothing to mend
+    assert "4 documents, 2 new or changed since the last committed run (1 new, 1 changed)" in said
 
 
 def test_nights_since_the_ledger_are_found_by_the_stores_times(s3, tmp_path):

@@ -230,7 +230,7 @@ def documents_done(results) -> pa.Table:
 
 
 def update_ledger(output: str, results, run_id: str, so=None, settings: str = "",
-                  refreshed: dict[str, str] | None = None, start_ray=None) -> int:
+                  refreshed: dict[str, str] | None = None, start_ray=None, newer_than_ledger: bool = False) -> int:
     """Merge this run's completed documents into the ledger (replaced in one step), each recorded with
     the run's ``settings`` (``answer_settings``); returns their number. Rows of an older ledger, kept
     without settings and taken as answered under this run's, are stamped with them, so that a later
@@ -240,7 +240,10 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     mended where the driver stopped between the commit and the ledger write: where the ledger holds no row
     of the run, the documents it lacks are recorded (``start_ray()`` is called first: the rows are read
     with Ray Data); rows it holds stand, a later night's, or a fingerprint refreshed since, which the run's
-    older one would put back (that document would be hashed or read again).
+    older one would put back (that document would be hashed or read again). With ``newer_than_ledger`` (a run
+    committed after the ledger was last written: every row of the ledger is older) the run's rows replace the
+    ledger's for its documents, as its own write would have: a document it read again after a change takes the
+    fingerprint it read.
     ``refreshed`` ({source: fingerprint}): documents whose time alone changed, their content the same: their
     rows take the new fingerprint and keep their run, so that the next night does not hash them again."""
     import pyarrow.compute as pc
@@ -267,7 +270,7 @@ def update_ledger(output: str, results, run_id: str, so=None, settings: str = ""
     done = documents_done(results)
     done = done.append_column("run_id", pa.array([run_id] * done.num_rows, pa.string()))
     done = done.append_column("settings", pa.array([settings] * done.num_rows, pa.string())).select(LEDGER_SCHEMA.names)
-    if results.stats is None:  # committed earlier: fill in what a crash before the ledger write left out
+    if results.stats is None and not newer_than_ledger:  # committed earlier: fill in what a lost write left out
         done = done.filter(pc.invert(pc.is_in(done.column("source"), value_set=old.column("source"))))
     kept = old.filter(pc.invert(pc.is_in(old.column("source"), value_set=done.column("source"))))
     write_ledger(output, pa.concat_tables([kept, done.cast(LEDGER_SCHEMA)]).sort_by("source"), so)
@@ -281,10 +284,10 @@ def _modified(info: dict) -> float | None:
 
 
 def nights_committed_since_the_ledger(output: str, so=None, other_than: str | None = None) -> list[str]:
-    """The documents runs under ``output`` whose markers are newer than the ledger, newest first (times from
-    the store, so comparable), but ``other_than`` (the run starting now): runs whose driver stopped between
-    the commit and the ledger write leave their documents out of the ledger. A night that read nothing
-    writes no ledger and is listed too; it records nothing."""
+    """The documents runs under ``output`` whose markers are newer than the ledger, oldest first (times from
+    the store, so comparable), but ``other_than``: runs whose driver stopped between the commit and the
+    ledger write leave their documents out of the ledger. A night that read nothing writes no ledger and is
+    listed too; it records nothing."""
     fs, runs = filesystem(join(output, "_runs"), so)
     try:
         markers = fs.glob(join(runs, "*", "_SUCCESS"), detail=True)
@@ -293,7 +296,7 @@ def nights_committed_since_the_ledger(output: str, so=None, other_than: str | No
     fs_l, ledger = filesystem(join(output, LEDGER), so)
     written = _modified(fs_l.info(ledger)) if fs_l.exists(ledger) else None
     newer = sorted(((_modified(info) or 0.0, PurePosixPath(path).parent.name) for path, info in markers.items()
-                    if written is None or (_modified(info) or 0.0) > written), reverse=True)
+                    if written is None or (_modified(info) or 0.0) > written))
     nights = []
     for _, run_id in newer:
         fs_s, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
@@ -307,9 +310,11 @@ def nights_committed_since_the_ledger(output: str, so=None, other_than: str | No
 
 def mend_lost_ledger_writes(output: str, so=None, other_than: str | None = None, start_ray=None) -> dict[str, int]:
     """Record in the ledger the documents of the nights ``nights_committed_since_the_ledger`` lists, each under
-    its own settings (its summary's), newest first, so that tonight does not read them again: {run id:
-    documents recorded}, for those that recorded any. ``update_ledger`` records only documents the ledger
-    lacks, so a later night's row of a document stands."""
+    its own settings (its summary's), oldest first, each replacing the ledger's rows of its documents as its
+    own write would have (a later night's row of a document read by two of them wins), so that tonight does
+    not read them again: {run id: documents recorded}, for those that recorded any. The run starting now is
+    one of them where it was committed before (asked again, or ``--force``: whose plan needs its documents
+    in the ledger)."""
     from .job import RunResults
     from .runs import RunPaths
 
@@ -318,7 +323,7 @@ def mend_lost_ledger_writes(output: str, so=None, other_than: str | None = None,
         fs, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
         settings = answer_settings(json.loads(fs.cat_file(summary)).get("settings") or {})
         n = update_ledger(output, RunResults(RunPaths(output, run_id).results, so, None), run_id, so, settings,
-                          start_ray=start_ray)
+                          start_ray=start_ray, newer_than_ledger=True)
         if n:
             mended[run_id] = n
     return mended
@@ -460,7 +465,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     model_kwargs = opts.predictor_kwargs(so)  # a hub branch that moved (model_commit): other answers
     settings = answer_settings(run_settings(opts, opts.policy_overrides(), job_settings, model_kwargs["model_commit"],
                                             model_kwargs["model_fingerprint"]))
-    for night, n in mend_lost_ledger_writes(opts.output, so, opts.run_id, lambda: init_ray(opts.num_actors)).items():
+    for night, n in mend_lost_ledger_writes(opts.output, so, start_ray=lambda: init_ray(opts.num_actors)).items():
         print(f"[documents] run {night} was committed without its ledger write (its driver stopped between the "
               f"two): its {n} document(s) are recorded now, not read again")
     plan, seen, restated, refreshed = plan_documents(opts.input, opts.output, questions, so,

@@ -447,8 +447,9 @@ class JobOptions:
             raise JobRefused(f"--item-timeout-seconds must be >= 0 seconds (0: no limit), got {self.item_timeout_seconds}")
         if not self.resource_wait_seconds >= 0:
             raise JobRefused(f"--resource-wait-seconds must be >= 0 seconds, got {self.resource_wait_seconds}")
-        if not 0 <= self.progress_seconds < float("inf"):
-            raise JobRefused(f"--progress-seconds must be >= 0 seconds (0: no progress lines), got {self.progress_seconds}")
+        if not (self.progress_seconds == 0 or PROGRESS_SECONDS[0] <= self.progress_seconds <= PROGRESS_SECONDS[1]):
+            raise JobRefused(f"--progress-seconds must be 0 (no progress lines) or {PROGRESS_SECONDS[0]}-"
+                             f"{PROGRESS_SECONDS[1]:,} seconds, got {self.progress_seconds}")
         if self.num_actors < 1:  # before Ray starts (check_resources would say so after)
             raise JobRefused(f"--num-actors must be >= 1 (VLM actors), got {self.num_actors}")
         if not self.cpus_per_actor > 0:  # 0 would let Ray place any number of actors, each with no CPU
@@ -558,7 +559,7 @@ COMMON_FLAGS = (
     ("rows_per_part", int, typer.Option(256, help="rows per staged Parquet part, about (an actor call's --batch-size rows "
                                                        "stay in one part): the unit a killed run keeps and resumes from")),
     ("progress_seconds", float, typer.Option(60.0, help="say this often how many items are staged, the rate and the "
-                                                        "time left (0: never)")),
+                                                        "time left (0.1-86400; 0: never)")),
     ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
     ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
                                                          "http://host:8000/v1: black-box mode, no model in the actors")),
@@ -632,6 +633,7 @@ def job_command(fn):
 
 
 LOADER_CPUS = 0.5  # each CPU loader actor (one or two)
+PROGRESS_SECONDS = (0.1, 86_400)  # a progress line at most ten times a second (each a listing), at least once a day
 GROUP_ROWS_PER_PARTITION = 250_000  # ids per hash partition of an id group-by (about 10-20 MB of ids)
 MAX_GROUP_PARTITIONS = 200  # Ray Data's own default, reached from 50 million rows
 

@@ -25,8 +25,8 @@ from .storage import read_bytes
 # very type: the file keeps its run id when read alone, and the two never clash on merge.
 # ``evidence_box``: [x0, y0, x1, y1] in pixels of the image the loader made for the row (the image, the
 # rendered page, the upright tile), the view the answer came from; null when the whole image answered.
-# ``token_confidences``: an open-ended answer's p of each generated token, in order (``confidence`` is their
-# product); null for a closed-set answer and for rows that were not answered.
+# ``token_confidences``: an open-ended answer's p of each generated token, in order (``confidence`` is the least
+# of them, their product the whole answer's p); null for a closed-set answer and for rows that were not answered.
 RESULT_TYPES = {
     "id": "string", "source": "string", "question": "string", "choices": "string", "answer": "string",
     "confidence": "float64", "token_confidences": ("list", "float64"), "entropy_initial": "float64", "entropy_final": "float64",

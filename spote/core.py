@@ -61,6 +61,7 @@ from PIL import Image
 from .adapters.base import entropy_nats, one_token_apart
 from .saliency import WORKING_SIZE as SALIENCY_SIZE
 from .saliency import salient_centre, saliency_cells, saliency_centroid, saliency_map, saliency_peaks
+from .images import to_rgb
 from .spotlight import MODES, Box, ViewRenderer, letterbox_transform
 
 
@@ -955,8 +956,9 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
 
     Args:
         adapter: a loaded model (``spote.loading.load_adapter``); its ``forward_passes`` counts the cost.
-        image: any size (pixels), any mode Pillow converts to RGB (read as RGB); views are rendered from it at
-            full resolution.
+        image: any size (pixels), any PIL mode (read as ``spote.images.to_rgb`` makes it 8-bit RGB: 16-bit and
+            float pixels stretched, alpha over white, as ``spote.answer`` reads them); views are rendered from it
+            at full resolution.
         question: the text asked; ``choices``: the closed answer set (stripped strings), or None (open ended).
         cfg: the policy; ``method``: the name the result records (``naive_entropy``, ``scaffold`` run here too).
 
@@ -971,8 +973,7 @@ def spote(adapter, image: Image.Image, question: str, choices=None, cfg: PolicyC
         spote.adapters.endpoint.EndpointError: an endpoint request failed after its retries.
     """
     t0 = time.perf_counter()
-    if image.mode != "RGB":  # the saliency map and the renderer read three channels
-        image = image.convert("RGB")
+    image = to_rgb(image)  # the saliency map and the renderer read 8-bit RGB (a 16-bit scan stretched, not clipped)
     passes0 = adapter.forward_passes
     rng = np.random.default_rng(cfg.seed)
     relevance_read = False  # whether the model's attention was read (the result records it)

@@ -817,13 +817,17 @@ def test_a_view_giving_the_anchored_choice_probability_zero_keeps_the_search_goi
     assert res.answer == CHOICES[0]          # no view beat the whole image: its anchored answer stands
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
-def test_spote_reads_any_pillow_mode_as_its_rgb_conversion(random_adapter, mode):
-    """spote() is public: a grey scan or a palette image is searched as its RGB conversion (an "L" image
-    failed deep in the saliency map)."""
-    rgb = _image()
-    img = rgb.convert(mode)
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "F"])
+def test_spote_reads_any_pillow_mode_as_spote_answer_does(random_adapter, mode):
+    """spote() is public: a grey scan, a palette image or a 16-bit scan is searched as spote.answer reads it
+    (``to_rgb``: an "L" image failed deep in the saliency map; a 16-bit one converted by Pillow is all white)."""
+    from spote.images import to_rgb
+
+    grey = np.asarray(_image().convert("L"), np.float64)
+    img = {"I;16": Image.fromarray((grey * 257).astype(np.uint16)), "F": Image.fromarray((grey / 255).astype(np.float32))
+           }.get(mode) or _image().convert(mode)
     cfg = PolicyConfig(budget=12, exit_entropy_per_ln_k=0.0)
-    res, same = spote(random_adapter, img, Q, CHOICES, cfg), spote(random_adapter, img.convert("RGB"), Q, CHOICES, cfg)
+    res, same = spote(random_adapter, img, Q, CHOICES, cfg), spote(random_adapter, to_rgb(img), Q, CHOICES, cfg)
     assert (res.answer, res.boxes, res.forward_passes) == (same.answer, same.boxes, same.forward_passes)
     assert res.forward_passes > 1   # it searched
+    assert np.asarray(to_rgb(img)).std() > 10   # what it read is the picture, not a blank page

@@ -720,9 +720,12 @@ def test_a_night_whose_ledger_write_was_lost_is_recorded_by_the_next_night_not_r
     ledger = out / LEDGER
     before = ledger.read_bytes()
     _pdf(inbox / "b.pdf", 2, 1)
+    _pdf(inbox / "a.pdf", 1, 5)                            # a.pdf changed too: night 2 reads it again
+    os.utime(inbox / "a.pdf", (Path(RunPaths(str(out), "documents-2026-11-24").marker).stat().st_mtime + 30,) * 2)
     run(opts, str(qs), dpi=50, run_date="2026-11-25")
     night2 = RunPaths(str(out), "documents-2026-11-25")
-    b_row = _ledger(out)[str(inbox / "b.pdf")]
+    a_row, b_row = _ledger(out)[str(inbox / "a.pdf")], _ledger(out)[str(inbox / "b.pdf")]
+    assert a_row["run_id"] == "documents-2026-11-25"
     ledger.write_bytes(before)                            # night 2's ledger write lost: the ledger of night 1,
     old = Path(night2.marker).stat().st_mtime - 60         # written before night 2's commit
     os.utime(ledger, (old, old))
@@ -730,15 +733,15 @@ def test_a_night_whose_ledger_write_was_lost_is_recorded_by_the_next_night_not_r
     capsys.readouterr()
     night3 = run(opts, str(qs), dpi=50, run_date="2026-11-26")
     said = capsys.readouterr().out
-    assert "run documents-2026-11-25 was committed without its ledger write" in said and "its 1 document(s)" in said
+    assert "run documents-2026-11-25 was committed without its ledger write" in said and "its 2 document(s)" in said
     assert "3 documents, 1 new or changed since the last committed run (1 new, 0 changed)" in said
     assert night3["documents_processed"] == 1                                # c.pdf alone, b.pdf not read again
     rows = _ledger(out)
-    assert rows[str(inbox / "b.pdf")] == b_row                               # as night 2 would have recorded it
+    assert rows[str(inbox / "b.pdf")] == b_row and rows[str(inbox / "a.pdf")] == a_row   # as night 2 recorded them
     assert rows[str(inbox / "c.pdf")]["run_id"] == "documents-2026-11-26"
     _pdf(inbox / "d.pdf", 1, 3)
     _pdf(inbox / "a.pdf", 1, 4)                                               # a.pdf rewritten
-    os.utime(inbox / "a.pdf", (old + 600, old + 600))
+    os.utime(inbox / "a.pdf", (old + 6000, old + 6000))
     run(opts, str(qs), dpi=50, run_date="2026-11-27")                        # the ledger is newer than every night:
     said = capsys.readouterr().out
     assert "without its ledger write" not in said                            # nothing to mend

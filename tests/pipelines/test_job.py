@@ -91,8 +91,9 @@ def test_an_output_at_or_under_the_input_is_refused(src, dst, inside):
     ("endpoint_concurrency", 0, "--endpoint-concurrency must be >= 1"),
     ("item_timeout_seconds", -1.0, r"--item-timeout-seconds must be >= 0 seconds \(0: no limit\)"),
     ("resource_wait_seconds", -1.0, "--resource-wait-seconds must be >= 0"),
-    ("progress_seconds", -1.0, r"--progress-seconds must be >= 0 seconds \(0: no progress lines\), got -1.0"),
-    ("progress_seconds", float("nan"), "--progress-seconds must be >= 0 seconds"),
+    ("progress_seconds", -1.0, r"--progress-seconds must be 0 \(no progress lines\) or 0.1-86,400 seconds, got -1.0"),
+    ("progress_seconds", float("nan"), "--progress-seconds must be 0"), ("progress_seconds", 1e-9, "--progress-seconds"),
+    ("progress_seconds", 1e10, "--progress-seconds must be 0"), ("progress_seconds", float("inf"), "--progress-seconds"),
     ("num_actors", 0, r"--num-actors must be >= 1 \(VLM actors\), got 0"),
     ("input", "", "--input is empty"), ("output", " ", "--output is empty"),
 ])

@@ -283,10 +283,10 @@ def _modified(info: dict) -> float | None:
     return t.timestamp() if isinstance(t, dt.datetime) else (float(t) if t is not None else None)
 
 
-def nights_committed_since_the_ledger(output: str, so=None, other_than: str | None = None) -> list[str]:
+def nights_committed_since_the_ledger(output: str, so=None) -> list[str]:
     """The documents runs under ``output`` whose markers are newer than the ledger, oldest first (times from
-    the store, so comparable), but ``other_than``: runs whose driver stopped between the commit and the
-    ledger write leave their documents out of the ledger. A night that read nothing writes no ledger and is
+    the store, so comparable): runs whose driver stopped between the commit and the ledger write leave their
+    documents out of the ledger. A night that read nothing writes no ledger and is
     listed too; it records nothing."""
     fs, runs = filesystem(join(output, "_runs"), so)
     try:
@@ -301,14 +301,14 @@ def nights_committed_since_the_ledger(output: str, so=None, other_than: str | No
     for _, run_id in newer:
         fs_s, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
         try:
-            if run_id != other_than and "documents_seen" in json.loads(fs_s.cat_file(summary)):
+            if "documents_seen" in json.loads(fs_s.cat_file(summary)):
                 nights.append(run_id)  # not another job's run in the same --output
         except (FileNotFoundError, ValueError):
             continue
     return nights
 
 
-def mend_lost_ledger_writes(output: str, so=None, other_than: str | None = None, start_ray=None) -> dict[str, int]:
+def mend_lost_ledger_writes(output: str, so=None, start_ray=None) -> dict[str, int]:
     """Record in the ledger the documents of the nights ``nights_committed_since_the_ledger`` lists, each under
     its own settings (its summary's), oldest first, each replacing the ledger's rows of its documents as its
     own write would have (a later night's row of a document read by two of them wins), so that tonight does
@@ -319,7 +319,7 @@ def mend_lost_ledger_writes(output: str, so=None, other_than: str | None = None,
     from .runs import RunPaths
 
     mended = {}
-    for run_id in nights_committed_since_the_ledger(output, so, other_than):
+    for run_id in nights_committed_since_the_ledger(output, so):
         fs, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
         settings = answer_settings(json.loads(fs.cat_file(summary)).get("settings") or {})
         n = update_ledger(output, RunResults(RunPaths(output, run_id).results, so, None), run_id, so, settings,

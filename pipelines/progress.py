@@ -3,8 +3,8 @@
 Ray Data logs its operators' blocks, and "Total Progress: 0/?" until a dataset ends; a night over a
 million tiles wants a line every minute or so that says how far it is and when it will end. The driver
 counts the rows of the run's committed checkpoint files: Ray Data commits a part's ids there once the
-part is written (``pipelines.runs``), so the count is what a killed run would keep. Each file's
-Parquet footer is read once (a committed checkpoint never changes), so a tick costs one listing.
+part is written (``pipelines.runs``), so the count is what a killed run would keep; ``StagedRows``
+reads each file's footer once, so a tick costs one listing.
 """
 from __future__ import annotations
 
@@ -12,29 +12,8 @@ import contextlib
 import threading
 import time
 
-import pyarrow.parquet as pq
-
 from .report import fmt_count, fmt_seconds
-from .runs import RunPaths, checkpoint_files
-from .storage import filesystem
-
-
-class StagedRows:
-    """Rows of a run whose parts are staged and committed: the sum of its committed checkpoint files'
-    row counts. ``count()`` lists the checkpoint folder and reads the footers of files it has not seen."""
-
-    def __init__(self, paths: RunPaths, storage_options: dict | None = None):
-        self.paths, self.storage_options = paths, storage_options
-        self._rows: dict[str, int] = {}
-
-    def count(self) -> int:
-        committed, _ = checkpoint_files(self.paths, self.storage_options)
-        fs, _ = filesystem(self.paths.checkpoint, self.storage_options)
-        for f in committed:
-            if f not in self._rows:
-                with fs.open(f, "rb") as fh:
-                    self._rows[f] = pq.ParquetFile(fh).metadata.num_rows
-        return sum(self._rows[f] for f in committed)
+from .runs import RunPaths, StagedRows
 
 
 def progress_line(job: str, run_id: str, staged: int, total: int, new: int, seconds: float) -> str:

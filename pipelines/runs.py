@@ -247,17 +247,33 @@ def prune_uncommitted(paths: RunPaths, storage_options=None) -> int:
     return removed
 
 
+class StagedRows:
+    """Rows of a run whose staged parts are committed: the row counts of its committed checkpoint files'
+    Parquet footers. ``count()`` lists the checkpoint folder and reads only the footers of files it has not
+    counted before (a committed checkpoint never changes), so counting again as a run goes on costs a listing."""
+
+    def __init__(self, paths: RunPaths, storage_options=None):
+        self.paths, self.storage_options = paths, storage_options
+        self._counted: set[str] = set()
+        self._rows = 0
+
+    def count(self) -> int:
+        import pyarrow.dataset as pads
+
+        from .storage import arrow_fs
+
+        committed, _ = checkpoint_files(self.paths, self.storage_options)
+        new = [f for f in committed if f not in self._counted]
+        if new:
+            fs, _ = filesystem(self.paths.checkpoint, self.storage_options)
+            self._rows += int(pads.dataset(new, format="parquet", filesystem=arrow_fs(fs)).count_rows())
+            self._counted.update(new)
+        return self._rows
+
+
 def committed_checkpoint_rows(paths: RunPaths, storage_options=None) -> int:
     """Rows whose staged parts are committed (read from the checkpoint files' Parquet footers)."""
-    import pyarrow.dataset as pads
-
-    from .storage import arrow_fs
-
-    committed, _ = checkpoint_files(paths, storage_options)
-    if not committed:
-        return 0
-    fs, _ = filesystem(paths.checkpoint, storage_options)
-    return int(pads.dataset(committed, format="parquet", filesystem=arrow_fs(fs)).count_rows())
+    return StagedRows(paths, storage_options).count()
 
 
 def read_plan_stats(paths: RunPaths, storage_options=None) -> dict | None:

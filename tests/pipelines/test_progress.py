@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.job import JobOptions, run_job
-from pipelines.progress import ProgressReporter, StagedRows, progress_line
-from pipelines.runs import PENDING_SUFFIX, RunPaths
+from pipelines.progress import ProgressReporter, progress_line
+from pipelines.runs import PENDING_SUFFIX, RunPaths, StagedRows
 from pipelines.storage import filesystem, join, parse_storage_options
 from pipelines.vqa import plan_manifest
 

@@ -283,10 +283,10 @@ def _modified(info: dict) -> float | None:
     return t.timestamp() if isinstance(t, dt.datetime) else (float(t) if t is not None else None)
 
 
-def nights_committed_since_the_ledger(output: str, so=None) -> list[str]:
-    """The documents runs under ``output`` whose markers are newer than the ledger, oldest first (times from
-    the store, so comparable): runs whose driver stopped between the commit and the ledger write leave their
-    documents out of the ledger. A night that read nothing writes no ledger and is
+def nights_committed_since_the_ledger(output: str, so=None) -> list[tuple[str, dict]]:
+    """(run id, summary) of the documents runs under ``output`` whose markers are newer than the ledger,
+    oldest first (times from the store, so comparable): runs whose driver stopped between the commit and the
+    ledger write leave their documents out of the ledger. A night that read nothing writes no ledger and is
     listed too; it records nothing."""
     fs, runs = filesystem(join(output, "_runs"), so)
     try:
@@ -299,12 +299,13 @@ def nights_committed_since_the_ledger(output: str, so=None) -> list[str]:
                     if written is None or (_modified(info) or 0.0) > written))
     nights = []
     for _, run_id in newer:
-        fs_s, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
+        fs_s, path = filesystem(join(output, "_runs", run_id, "summary.json"), so)
         try:
-            if "documents_seen" in json.loads(fs_s.cat_file(summary)):
-                nights.append(run_id)  # not another job's run in the same --output
+            summary = json.loads(fs_s.cat_file(path))
         except (FileNotFoundError, ValueError):
             continue
+        if "documents_seen" in summary:  # not another job's run in the same --output
+            nights.append((run_id, summary))
     return nights
 
 
@@ -319,9 +320,8 @@ def mend_lost_ledger_writes(output: str, so=None, start_ray=None) -> dict[str, i
     from .runs import RunPaths
 
     mended = {}
-    for run_id in nights_committed_since_the_ledger(output, so):
-        fs, summary = filesystem(join(output, "_runs", run_id, "summary.json"), so)
-        settings = answer_settings(json.loads(fs.cat_file(summary)).get("settings") or {})
+    for run_id, summary in nights_committed_since_the_ledger(output, so):
+        settings = answer_settings(summary.get("settings") or {})
         n = update_ledger(output, RunResults(RunPaths(output, run_id).results, so, None), run_id, so, settings,
                           start_ray=start_ray, newer_than_ledger=True)
         if n:

@@ -758,6 +758,6 @@ def test_nights_since_the_ledger_are_found_by_the_stores_times(s3, tmp_path):
     for run_id, summary in (("documents-2026-11-24", {"documents_seen": 1}), ("vqa-1", {"items_in": 3})):
         write_text(f"{out}/_runs/{run_id}/summary.json", json.dumps(summary))
         write_text(f"{out}/_runs/{run_id}/_SUCCESS", "2026-11-24T00:00:00+00:00")
-    assert nights_committed_since_the_ledger(out) == ["documents-2026-11-24"]          # no ledger yet
+    assert nights_committed_since_the_ledger(out) == [("documents-2026-11-24", {"documents_seen": 1})]  # no ledger yet
     write_ledger(out, LEDGER_SCHEMA.empty_table())
     assert nights_committed_since_the_ledger(out) == []

@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 
 from spote.bench.run import auroc, normalise_code
+from spote.core import mean_token_logp
 
 app = typer.Typer(add_completion=False)
 
@@ -39,6 +40,15 @@ def _logps(row: dict) -> list[float]:
     return [math.log(max(p, 1e-300)) for p in row.get("token_confidences") or []]
 
 
+def _geometric_mean(row: dict) -> float:
+    """exp of the mean log p of the answer's tokens (0 for an empty answer)."""
+    return math.exp(mean_token_logp(_logps(row)))
+
+
+def _least(row: dict) -> float:
+    return min(row.get("token_confidences") or [0.0])
+
+
 def _product(row: dict) -> float:
     """p of the whole answer: the product of its tokens' p (0 for an empty answer)."""
     tokens = row.get("token_confidences") or []
@@ -47,12 +57,12 @@ def _product(row: dict) -> float:
 
 SCORES = {
     "product": _product,
-    "geometric mean": lambda r: math.exp(sum(_logps(r)) / len(_logps(r))) if _logps(r) else 0.0,
-    "least token p": lambda r: min(r.get("token_confidences") or [0.0]),
+    "geometric mean": _geometric_mean,
+    "least token p": _least,
     "agreement": agreement,
     "agreement x product": lambda r: agreement(r) * _product(r),
-    "agreement x geometric mean": lambda r: agreement(r) * (math.exp(sum(_logps(r)) / len(_logps(r))) if _logps(r) else 0.0),
-    "least token p, the whole image's after a search 0": lambda r: min(r.get("token_confidences") or [0.0]) if r.get("readings") else 0.0,
+    "agreement x geometric mean": lambda r: agreement(r) * _geometric_mean(r),
+    "least token p, the whole image's after a search 0": lambda r: _least(r) if r.get("readings") else 0.0,
     "standout z": lambda r: min(r.get("standout") or 0.0, 1e3),
 }
 

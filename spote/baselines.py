@@ -27,9 +27,11 @@ import weakref
 from dataclasses import replace
 
 import numpy as np
+from PIL import Image
 
 from .core import (PolicyConfig, Reader, SpotResult, _distribution, answer_confidence, checked_relevance, exit_threshold,
                    naive_entropy_config, ran_with, significant, spote, view_mode, window_grid)
+from .images import to_rgb
 from .spotlight import Box, ViewRenderer
 
 METHODS = ("baseline", "api", "vicrop", "grid", "naive_entropy", "random", "zoomeye", "scaffold", "oracle", "spote")
@@ -324,9 +326,13 @@ def adapter_lock(adapter) -> threading.RLock:
 
 
 def run_method(name: str, adapter, image, question, choices=None, cfg=PolicyConfig(), **kw) -> SpotResult:
-    """Run search method ``name`` (``METHODS``); calls that share ``adapter`` from several threads run one
-    at a time (``adapter_lock``). Raises ValueError for an unknown method."""
+    """Run search method ``name`` (``METHODS``) on ``image`` (any size in pixels, any PIL mode: read as
+    ``spote.images.to_rgb`` makes it 8-bit RGB, a 16-bit scan stretched, as ``spote.answer`` reads it); calls
+    that share ``adapter`` from several threads run one at a time (``adapter_lock``). Raises ValueError for
+    an unknown method."""
     if name not in RUNNERS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+    if isinstance(image, Image.Image):
+        image = to_rgb(image)  # every method crops and resizes 8-bit RGB (Pillow cannot reduce a 16-bit page)
     with adapter_lock(adapter):
         return RUNNERS[name](adapter, image, question, choices, cfg, **kw)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spote.baselines import SEARCH_METHODS, quadrants, run_grid, run_method, run_zoomeye, scaffold_config
+from spote.baselines import METHODS, SEARCH_METHODS, quadrants, run_grid, run_method, run_zoomeye, scaffold_config
 from spote.core import PolicyConfig, Reader, window_grid
 from spote.spotlight import Box
 
@@ -237,3 +237,21 @@ def test_the_baseline_trace_is_its_one_pass_rounded_as_spotes(random_adapter, ch
     assert len(res.entropy_trace) == 1 and res.entropy_trace[0] == round(res.entropy_trace[0], 5)
     grid = run_method("grid", random_adapter, img, "what letter ?", choices, PolicyConfig(), budget=4)
     assert len(grid.entropy_trace) == 2 and grid.entropy_trace[0] == res.entropy_trace[0]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_reads_any_pillow_mode_as_spote_answer_does(random_adapter, method, mode):
+    """run_method is public: a grey, transparent or 16-bit scan is read as spote.answer reads it (``to_rgb``),
+    not as a crop or a resize of the raw mode gives it (a 16-bit page converted by Pillow is all white)."""
+    from spote.images import to_rgb
+
+    grey = np.asarray(_image().convert("L"), np.float64)
+    img = Image.fromarray((grey * 257).astype(np.uint16)) if mode == "I;16" else _image().convert(mode)
+    if mode == "RGBA":   # a cut-out on a transparent ground: read on white
+        img.putalpha(Image.fromarray(np.where(grey > 128, 255, 0).astype(np.uint8)))
+    cfg = PolicyConfig(budget=6, exit_entropy=0.0, exit_entropy_per_ln_k=0.0)
+    kw = {"max_passes": 6, "n_windows": 6, "evidence": (100, 100, 200, 180)}
+    res, same = (run_method(method, random_adapter, im, Q, CHOICES, cfg, **kw) for im in (img, to_rgb(img)))
+    assert (res.answer, res.boxes, res.forward_passes, res.confidence) == (
+        same.answer, same.boxes, same.forward_passes, same.confidence)

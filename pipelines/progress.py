@@ -32,20 +32,27 @@ def progress_line(job: str, run_id: str, staged: int, total: int, new: int, seco
 class ProgressReporter:
     """Prints ``progress_line`` every ``every_s`` seconds from a daemon thread until ``stop()``.
 
-    A tick that fails (a store that does not answer a listing for a moment) prints nothing: progress is
-    said, never needed, and the run's own reads retry and report. ``say`` prints one line."""
+    The rate is counted from the first tick that found rows of this driver's once a later tick found more:
+    the minutes the actors spend loading their model, and the first part's latency, are spent once, and a
+    rate that held them would over-state the time left all night. Until then it is this driver's rate
+    since ``start``. A tick that fails (a store that does not answer a listing for a moment) prints
+    nothing: progress is said, never needed, and the run's own reads retry and report. ``say`` prints one
+    line; ``clock`` gives seconds."""
 
-    def __init__(self, job: str, run_id: str, staged: StagedRows, total: int, every_s: float, say=None):
+    def __init__(self, job: str, run_id: str, staged: StagedRows, total: int, every_s: float, say=None,
+                 clock=time.monotonic):
         self.job, self.run_id, self.staged, self.total, self.every_s = job, run_id, staged, total, every_s
         self.say = say or (lambda line: print(line, flush=True))
+        self.clock = clock
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="spote-progress", daemon=True)
-        self._t0 = time.monotonic()
-        self._start_rows: int | None = None
+        self._t0 = clock()
+        self._start_rows = 0
+        self._first: tuple[float, int] | None = None  # (time, rows) of the first tick with this driver's rows
 
     def start(self, start_rows: int) -> None:
-        self._start_rows, self._t0 = start_rows, time.monotonic()
+        self._start_rows, self._t0 = start_rows, self.clock()
         self._thread.start()
 
     def tick(self) -> str | None:
@@ -54,8 +61,14 @@ class ProgressReporter:
             staged = self.staged.count()
         except Exception:  # noqa: BLE001  a listing that failed: the next tick tries again
             return None
-        line = progress_line(self.job, self.run_id, staged, self.total, staged - (self._start_rows or 0),
-                             time.monotonic() - self._t0)
+        now = self.clock()
+        if self._first is None and staged > self._start_rows:
+            self._first = (now, staged)
+        if self._first is not None and staged > self._first[1]:  # the steady rate, past loading
+            new, seconds = staged - self._first[1], now - self._first[0]
+        else:
+            new, seconds = staged - self._start_rows, now - self._t0
+        line = progress_line(self.job, self.run_id, staged, self.total, new, seconds)
         with self._lock:
             if self._stop.is_set():  # the run went on to its summary: no stale line after it
                 return None

@@ -68,6 +68,20 @@ def test_reporter_skips_a_failed_count_and_says_nothing_once_stopped():
     assert reporter.tick() is None and len(said) == 1  # after the run's summary: no stale line
 
 
+def test_the_rate_leaves_out_the_minutes_before_the_first_rows():
+    """Actors that load their model for 60 s and then stage 2 items/s: the time left is the steady rate's,
+    not one that spreads the loading over the night."""
+    said, clock = [], iter([0.0, 0.0, 30.0, 60.0, 70.0, 80.0])  # made, started, four ticks
+    reporter = ProgressReporter("vqa", "r", _Counter([0, 10, 30, 30]), 100, every_s=3600, say=said.append,
+                                clock=lambda: next(clock))
+    reporter.start(0)
+    assert reporter.tick().endswith("none yet by this driver in 30.0 s")
+    assert reporter.tick().endswith("(10.0%), 0.167 items/s, about 9 min 00 s left")  # one tick of rows: overall
+    assert reporter.tick().endswith("(30.0%), 2 items/s, about 35.0 s left")            # 20 rows in 10 s
+    assert reporter.tick().endswith("(30.0%), 1 items/s, about 1 min 10 s left")        # 20 rows in 20 s
+    reporter.stop()
+
+
 def test_a_vqa_run_says_how_far_it_is_while_it_answers(ray_local, random_tiny_dir, tmp_path, capsys):
     from benchmarks.pipeline_throughput import make_corpus
 

@@ -433,6 +433,7 @@ class JobOptions:
     rows_per_part: int = 256
     progress_seconds: float = 60.0
     revision: str | None = None
+    trust_remote_code: bool = False      # run the checkpoint's own code (its config's auto_map)
     endpoint: str | None = None
     api_key_env: str | None = None       # None: --endpoint-options' api_key_env, else OPENAI_API_KEY
     endpoint_concurrency: int | None = None  # None: --endpoint-options' concurrency, else 8
@@ -467,6 +468,8 @@ class JobOptions:
                                           ("--endpoint-concurrency", self.endpoint_concurrency)) if value is not None]
         if self.endpoint is not None and not self.endpoint.strip():  # "" ran the job on its own model
             raise JobRefused("--endpoint is empty: give the server's base URL, e.g. http://127.0.0.1:8000/v1")
+        if self.trust_remote_code and self.endpoint:  # the server runs its own code: nothing here would
+            raise JobRefused("--trust-remote-code applies to a model the actors load, not to --endpoint")
         if given and not self.endpoint:  # they would be ignored: the job would answer with its own model instead
             raise JobRefused(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --endpoint, which is not "
                              "given")
@@ -499,9 +502,10 @@ class JobOptions:
             check_served_model(endpoint_config(self.endpoint, self.model, **self.endpoint_config()))  # validates
             commit = fingerprint = None
         else:
-            commit = check_model(self.model, storage_options, self.revision)
+            commit = check_model(self.model, storage_options, self.revision, self.trust_remote_code)
             fingerprint = None if commit else checkpoint_fingerprint(self.model, storage_options)
-        return {"model": self.model, "revision": commit or self.revision, "endpoint": self.endpoint,
+        return {"model": self.model, "revision": commit or self.revision, "trust_remote_code": self.trust_remote_code,
+                "endpoint": self.endpoint,
                 "endpoint_options": self.endpoint_config() if self.endpoint else None, "model_commit": commit,
                 "model_fingerprint": fingerprint}
 
@@ -561,6 +565,9 @@ COMMON_FLAGS = (
     ("progress_seconds", float, typer.Option(60.0, help="say this often how many items are staged, the rate and the "
                                                         "time left (0.1-86400; 0: never)")),
     ("revision", Optional[str], typer.Option(None, help="hub id only: branch, tag or commit (default: main)")),
+    ("trust_remote_code", bool, typer.Option(False, "--trust-remote-code",
+                                              help="run the Python code the checkpoint ships (its config's auto_map); "
+                                                   "only for a model whose code you have read and trust")),
     ("endpoint", Optional[str], typer.Option(None, help="OpenAI-compatible server with logprobs, e.g. "
                                                          "http://host:8000/v1: black-box mode, no model in the actors")),
     ("api_key_env", Optional[str], typer.Option(None, show_default=False, help="environment variable with the "

@@ -185,7 +185,7 @@ class SpotePredictor:
     def __init__(self, model: str | None = None, policy: dict | None = None, storage_options: dict | None = None,
                  device: str | None = None, threads: int = 1, timeout_s: float | None = None,
                  revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None,
-                 model_fingerprint: str | None = None):
+                 model_fingerprint: str | None = None, trust_remote_code: bool = False):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # an actor's output is a log: no \r redraws
         import torch
 
@@ -196,7 +196,7 @@ class SpotePredictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.adapter = load_adapter(model, revision=revision, endpoint=endpoint, endpoint_options=endpoint_options,
-                                    device=device, storage_options=storage_options)
+                                    device=device, storage_options=storage_options, trust_remote_code=trust_remote_code)
         # the folder the run started with (JobOptions.predictor_kwargs), not weights saved over it since
         if model_fingerprint and (now := checkpoint_fingerprint(model, storage_options)) != model_fingerprint:
             raise ModelChanged(f"model {model or 'spote-tiny'!r} holds other files than when the run started "

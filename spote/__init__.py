@@ -151,7 +151,8 @@ def _check_text_arguments(question, choices) -> None:
 
 
 def answer(image, question: str, choices=None, *, model=None, revision: str | None = None,
-           endpoint: str | None = None, endpoint_options: dict | None = None, method: str = "spote",
+           trust_remote_code: bool = False, endpoint: str | None = None, endpoint_options: dict | None = None,
+           method: str = "spote",
            storage_options: dict | None = None, max_pixels: int | None = None, **policy_overrides) -> "SpotResult":
     """Answer ``question`` about ``image`` with SPOT-E, the model frozen.
 
@@ -169,6 +170,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
             ``s3://`` checkpoint, a Hugging Face hub id such as ``"Qwen/Qwen2.5-VL-3B-Instruct"``), or an adapter
             already loaded by ``load_adapter`` (no reload). With ``endpoint``: the model name the server serves.
         revision: a hub id's branch, tag or commit (default ``main``).
+        trust_remote_code: run the Python code the checkpoint ships (its config's ``auto_map``), for a model
+            transformers has no class of its own for; off unless asked (only for code you have read).
         endpoint: base URL of an OpenAI-compatible chat-completions server with log-probabilities
             (``"http://127.0.0.1:8000/v1"``): SPOT-E runs in black-box mode through it. The API key is read from
             ``OPENAI_API_KEY`` (or ``endpoint_options={"api_key_env": "NAME"}``).
@@ -253,20 +256,21 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         name = (str(model) if model is None or endpoint or remote or not os.path.isdir(model)
                 else os.path.realpath(model))
         key = (name if model is not None else None, revision, endpoint, _digest(endpoint_options),
-               _digest(storage_options) if remote else None, cfg.use_relevance)
+               _digest(storage_options) if remote else None, cfg.use_relevance, bool(trust_remote_code))
         with _ADAPTERS_LOCK:
             if key not in _ADAPTERS:
                 _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint,
                                               endpoint_options=endpoint_options, relevance=cfg.use_relevance,
-                                              storage_options=storage_options)
+                                              storage_options=storage_options,
+                                              trust_remote_code=bool(trust_remote_code))
             adapter = _ADAPTERS[key]
     elif isinstance(model, Adapter):  # an adapter load_adapter returned, or any object with its members
         if getattr(model, "joint_decoding", False) and not callable(getattr(model, "generate_agreed", None)):
             raise TypeError(f"model ({type(model).__name__}) says joint_decoding but has no generate_agreed: give it "
                             "one, or set joint_decoding = False")
-        if revision or endpoint or endpoint_options:
-            raise ValueError("revision, endpoint and endpoint_options choose a model to load; model is one already "
-                             "loaded: give them to load_adapter instead")
+        if revision or endpoint or endpoint_options or trust_remote_code:
+            raise ValueError("revision, trust_remote_code, endpoint and endpoint_options choose a model to load; "
+                             "model is one already loaded: give them to load_adapter instead")
         adapter = model
     else:
         members = {m for m in dir(Adapter) if not m.startswith("_")} | set(getattr(Adapter, "__annotations__", {}))

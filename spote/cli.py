@@ -27,6 +27,9 @@ ENDPOINT_OPTIONS_HELP = ('more EndpointConfig fields as JSON, e.g. \'{"max_image
 MODEL_OPTION = typer.Option(None, "--model", help=MODEL_HELP)
 REVISION_OPTION = typer.Option(None, "--revision", help="hub id only: branch, tag or commit (default: main)")
 ENDPOINT_OPTION = typer.Option(None, "--endpoint", help=ENDPOINT_HELP)
+TRUST_REMOTE_CODE_OPTION = typer.Option(False, "--trust-remote-code",
+                                        help="run the Python code a checkpoint ships (its config's auto_map); only "
+                                             "for a model whose code you have read and trust")
 # None when left out, so that api_key_env / concurrency in --endpoint-options are not overridden by a default
 API_KEY_ENV_OPTION = typer.Option(None, "--api-key-env", show_default=False,
                                   help="environment variable holding the endpoint's API key "
@@ -54,7 +57,9 @@ def check_endpoint_flags(endpoint: str | None, options: dict) -> None:
                        f"is not given (they set {sorted(options)})")
     name = options.get("api_key_env")
     if endpoint and name and name != "OPENAI_API_KEY" and not os.environ.get(name):
-        raise AskError(f"--api-key-env {name}: no such environment variable is set (or it is empty)")
+        # the value is not repeated: a key pasted where the variable's name goes would reach the terminal's log
+        raise AskError("--api-key-env names an environment variable that is not set (or is empty); it takes the "
+                       "variable's name (e.g. MY_SERVER_KEY), never the key itself")
 
 
 def unique_keys(pairs: list[tuple]) -> dict:
@@ -234,6 +239,7 @@ def ask(
                                                      "question is open-ended and the model writes the answer"),
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
+    trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,
     api_key_env: Optional[str] = API_KEY_ENV_OPTION,
     endpoint_concurrency: Optional[int] = ENDPOINT_CONCURRENCY_OPTION,
@@ -319,12 +325,12 @@ def ask(
         _fail(str(err))
     try:
         adapter = load_adapter(model, revision=revision, endpoint=endpoint, relevance=cfg.use_relevance,
-                               endpoint_options=ep_options)
+                               endpoint_options=ep_options, trust_remote_code=trust_remote_code)
     except ModelNotFound as err:
         _fail(str(err))
     except Exception as err:  # no config or weights, a broken checkpoint, bad endpoint flags: the model the user named
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        _fail(f"cannot load the model {model or 'spote-tiny'}: {first}")
+        _fail(f"cannot load the model {model if model is not None else 'spote-tiny'!r}: {first}")
     try:
         # given a budget, every search method is held to it, as `spote bench --budget` does; without one each
         # runs at its own defaults (scaffold's two steps, grid's every window, zoomeye's 256 passes)
@@ -368,6 +374,7 @@ def bench(
     out: Path = typer.Option(Path("out/bench.json")),
     model: Optional[str] = MODEL_OPTION,
     revision: Optional[str] = REVISION_OPTION,
+    trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
     endpoint: Optional[str] = ENDPOINT_OPTION,
     api_key_env: Optional[str] = API_KEY_ENV_OPTION,
     endpoint_concurrency: Optional[int] = ENDPOINT_CONCURRENCY_OPTION,
@@ -432,7 +439,8 @@ def bench(
     try:
         run_bench(split=split, n=n, seed=seed, methods=methods.split(","), out=out, model=model, corrupt=corrupt,
                   mode=cfg.mode, plot=plot, cfg=cfg, device=device, dtype=dtype, budget=budget, revision=revision, endpoint=endpoint,
-                  endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts), n_open=open_items)
+                  endpoint_options=endpoint_options(api_key_env, endpoint_concurrency, endpoint_opts), n_open=open_items,
+                  trust_remote_code=trust_remote_code)
     except (ModelNotFound, EndpointError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2 if isinstance(err, (ModelNotFound, ValueError)) else 1)

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -412,7 +413,8 @@ def check_config(config: dict, where: str, trust_remote_code: bool = False) -> N
     if model_type not in CONFIG_MAPPING_NAMES:
         known = "" if model_type is None else f" ({model_type!r})"
         raise OSError(f"config.json {where} names no model_type this transformers knows{known}"
-                      + ("; its auto_map needs trust_remote_code" if "auto_map" in config else ""))
+                      + ("; its auto_map names the checkpoint's own code, which runs only when asked "
+                         "(--trust-remote-code, trust_remote_code=True)" if "auto_map" in config else ""))
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise OSError(f"config.json {where} names model_type {model_type!r}, which transformers does not load as "
                       "an image-text model (AutoModelForImageTextToText): SPOT-E needs a vision-language model")
@@ -476,7 +478,10 @@ def check_folder(folder: Path, trust_remote_code: bool = False) -> None:
 def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
     if revision is not None and not str(revision).strip():  # "" read the hub cache's refs/ folder as a ref
         raise ValueError("--revision is empty: give a branch, tag or commit, or leave it out for main")
-    if path_or_uri is None or str(path_or_uri) in ("", "spote-tiny"):
+    if path_or_uri is not None and not str(path_or_uri).strip():  # "" took the shipped model without a word
+        raise ValueError("the model is an empty name: leave it out (--model, model=) for the shipped spote-tiny, "
+                         "or give a folder, URI or hub id")
+    if path_or_uri is None or str(path_or_uri) == "spote-tiny":
         if revision:
             raise ValueError("a revision (--revision, revision=) applies to hub ids only, not to the shipped spote-tiny")
         return DEFAULT_MODEL
@@ -494,9 +499,12 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
             raise ValueError(f"a revision (--revision, revision=) applies to hub ids only, not to the local folder {p}")
         if not (p / "config.json").is_file():  # transformers would say only that it found no model_type
             gone = (p / "config.json").is_symlink()
+            shadows = is_hub_id(s) and not Path(s).is_absolute()  # the folder is read first, as documented
             raise ModelNotFound(f"model folder {p} has no config.json" + (
                 f" (a link to a file that is gone, {os.readlink(p / 'config.json')})" if gone
-                else ": not a saved transformers checkpoint"))
+                else ": not a saved transformers checkpoint") + (
+                f"; the folder {s} here is read before the hub id {s!r}: run elsewhere to load the hub id"
+                if shadows else ""))
         return p
     tried = f"no folder {p.absolute()}" + (" (a file, not a folder)" if p.exists() else "")
     if s.startswith("file:") or not is_hub_id(s):
@@ -507,10 +515,12 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
         raise ModelNotFound(f"model {s!r} not found: {tried}; {err}") from None
 
 
-def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None) -> str | None:
+def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None,
+                trust_remote_code: bool = False) -> str | None:
     """Fail fast where a job starts: the model can be found, checked without fetching its weights
     (a remote folder is listed and its safetensors headers read, a hub id's ``config.json`` alone is
-    fetched into the cache).
+    fetched into the cache). ``trust_remote_code``: a config whose ``auto_map`` names the checkpoint's own
+    code is accepted (``load_adapter``'s).
 
     Returns:
         For a hub id, the commit (40 hex digits) its revision names now: a branch or tag moves, so a job
@@ -530,7 +540,7 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
                 raise OSError(f"config.json under {s} is not valid JSON") from None
             if not isinstance(config, dict):
                 raise OSError(f"config.json under {s} is not a JSON object")
-            check_config(config, f"under {s}")
+            check_config(config, f"under {s}", trust_remote_code)
             if not any(name in files for name in IMAGE_PROCESSOR_FILES):
                 raise OSError(f"no image processor under {s} (none of {', '.join(IMAGE_PROCESSOR_FILES)})")
         except Exception as err:  # missing bucket, no credentials, unreachable store, not a checkpoint
@@ -539,22 +549,22 @@ def check_model(path_or_uri, storage_options: dict | None = None, revision: str 
         return None
     local = Path(local_path(s)).expanduser()
     if is_remote(s) or s in ("", "spote-tiny") or local.is_dir() or s.startswith("file:") or not is_hub_id(s):
-        resolve(path_or_uri, storage_options, revision)  # no download on these paths
+        resolve(path_or_uri, storage_options, revision, trust_remote_code)  # no download on these paths
         return None
     try:
-        folder = fetch_hub(s, revision, config_only=True)
+        folder = fetch_hub(s, revision, trust_remote_code, config_only=True)
     except ModelNotFound as err:
         raise ModelNotFound(f"model {s!r} not found: no folder {local.absolute()}; {err}") from None
     if hub_offline():  # no download can complete the snapshot: it is what every actor will load, checked whole
         try:
-            check_folder(folder)
+            check_folder(folder, trust_remote_code)
         except OSError as err:
             raise ModelNotFound(f"model {s!r} cannot be loaded from its cached snapshot (HF_HUB_OFFLINE=1, so no "
                                 f"download): {err}") from None
     else:  # only the config is here yet: what it says is known now
         try:
             config = json.loads((folder / "config.json").read_bytes())
-            check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})")
+            check_config(config if isinstance(config, dict) else {}, f"of hub id {s!r} ({folder})", trust_remote_code)
         except (OSError, ValueError) as err:
             raise ModelNotFound(f"model {s!r} cannot be loaded: {_first_line(err).removeprefix('OSError: ')}") from None
     # huggingface_hub keeps a revision's files in snapshots/<commit>/
@@ -741,16 +751,23 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
         ModelNotFound: the model cannot be found (one-line message naming what was tried), or cannot be loaded
             as found: files ``check_folder`` refuses, weights cut short, weights that miss tensors the model
             needs or hold them in the wrong shape, a processor without a chat template, files that load but
-            fail one pass on a blank image (``probe``).
-        ValueError: ``revision`` for something other than a hub id, endpoint options that do not exist, a
-            ``dtype`` or ``device`` that is not one of those above, a CUDA/MPS ``device`` torch does not see,
-            a ``batch_size`` that is not a whole number >= 1.
+            fail one pass on a blank image or give it scores that are not finite (``probe``).
+        ValueError: an empty model name, ``endpoint_options`` that are not a dict or name fields that do not
+            exist, ``revision`` for something other than a hub id, a ``dtype`` or ``device`` that is not one
+            of those above, a CUDA/MPS ``device`` torch does not see, a ``batch_size`` that is not a whole
+            number >= 1.
     """
+    if endpoint_options is not None and not isinstance(endpoint_options, Mapping):
+        raise ValueError(f"endpoint_options must be a dict of EndpointConfig fields, e.g. {{'timeout_s': 30}}, got "
+                         f"{type(endpoint_options).__name__}")
     if endpoint:
         from .adapters.endpoint import open_endpoint
 
         if revision:
             raise ValueError("a revision (--revision, revision=) applies to hub ids; an endpoint serves whatever it serves")
+        if trust_remote_code:
+            raise ValueError("trust_remote_code (--trust-remote-code) applies to a model loaded here; an endpoint's "
+                             "server runs its own code")
         return open_endpoint(endpoint, path_or_uri, **(endpoint_options or {}))
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -797,7 +814,8 @@ def probe(adapter: HFAdapter, name: str, folder) -> None:
     ``forward_passes``.
 
     Raises:
-        ModelNotFound: one line naming the model, its folder and what failed.
+        ModelNotFound: one line naming the model, its folder and what failed; scores of that pass that are
+            NaN or +infinity (broken weights) included.
     """
     from PIL import Image
 
@@ -809,7 +827,9 @@ def probe(adapter: HFAdapter, name: str, folder) -> None:
     side = adapter.input_size or 64
     try:
         before = adapter.forward_passes
-        adapter._forward(adapter.encode([[Image.new("RGB", (side, side), (255, 255, 255))]], [prompt]), last=1)
+        with torch.inference_mode():
+            out = adapter._forward(adapter.encode([[Image.new("RGB", (side, side), (255, 255, 255))]], [prompt]),
+                                   last=1)
         adapter.forward_passes = before
     except PromptTooLong:  # a model that reads little: its questions will say so, each in its own words
         return
@@ -818,6 +838,11 @@ def probe(adapter: HFAdapter, name: str, folder) -> None:
     except Exception as err:
         raise ModelNotFound(f"{where}: one pass on a blank image fails, so its config.json, processor files and "
                             f"chat template disagree: {_first_line(err)}") from None
+    logits = getattr(out, "logits", None)
+    # NaN or +inf (a -inf logit is a token the model never gives, which a sound model may have)
+    if isinstance(logits, torch.Tensor) and (torch.isnan(logits).any() or torch.isposinf(logits).any()):
+        raise ModelNotFound(f"{where}: its scores on a blank image are not finite (NaN or infinity): its weights "
+                            f"(or the dtype {str(logits.dtype).removeprefix('torch.')} they run in) are broken")
 
 
 def weights_checksum(model) -> str:

@@ -196,8 +196,9 @@ def test_answer_refuses_arguments_it_would_ignore(shipped_adapter):
     img = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="^model is an empty name"):
         spote.answer(img, "what ?", ["a", "b"], model="")
-    with pytest.raises(ValueError, match="^revision, endpoint and endpoint_options choose a model to load"):
-        spote.answer(img, "what ?", ["a", "b"], model=shipped_adapter, revision="v1")
+    for given in ({"revision": "v1"}, {"trust_remote_code": True}):
+        with pytest.raises(ValueError, match="^revision, trust_remote_code, endpoint and endpoint_options choose a "):
+            spote.answer(img, "what ?", ["a", "b"], model=shipped_adapter, **given)
     with pytest.raises(ValueError, match="^endpoint_options apply to an endpoint"):
         spote.answer(img, "what ?", ["a", "b"], endpoint_options={"timeout_s": 5})
 

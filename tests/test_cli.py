@@ -62,6 +62,9 @@ def test_ask_bad_inputs_exit_2_with_a_reason(random_tiny_dir, tmp_path):
     assert res.exit_code == 2 and "not a readable image" in res.output
 
 
+PASTED_KEY = "sk-TESTSECRET-abcdef0123456789xyz"
+
+
 def _malformed_cases(tmp: Path) -> dict:
     """name -> (argv after 'ask', what the one error line must say)."""
     (tmp / "garbage.png").write_bytes(b"this is not a png")
@@ -132,7 +135,13 @@ def _malformed_cases(tmp: Path) -> dict:
                              "--trace s3://bucket/t.png: the trace is written to a local file; give a local path"),
         "api key variable unset": ([str(SAMPLE), q, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
                                     "--api-key-env", "SPOTE_TEST_NO_SUCH_KEY"],
-                                   "--api-key-env SPOTE_TEST_NO_SUCH_KEY: no such environment variable is set"),
+                                   "--api-key-env names an environment variable that is not set"),
+        # the key pasted where its variable's name goes, or into another option: said, never printed
+        "api key pasted for its variable": ([str(SAMPLE), q, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
+                                             "--api-key-env", PASTED_KEY], "never the key itself"),
+        "api key pasted as a timeout": ([str(SAMPLE), q, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
+                                         "--endpoint-options", f'{{"timeout_s": "{PASTED_KEY}"}}'],
+                                        "timeout_s must be a number of seconds > 0, got a string of 33 characters"),
         "endpoint flags without an endpoint": ([str(SAMPLE), q, "--endpoint-options", '{"timeout_s": 5}'],
                                                "apply to --endpoint, which is not given (they set ['timeout_s'])"),
         "empty choice": ([str(SAMPLE), q, "--choices", "yes,,no"], "empty choice"),
@@ -146,7 +155,7 @@ def _malformed_cases(tmp: Path) -> dict:
 def _one_error_line(stderr: str, says: str) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "TESTSECRET" not in stderr
 
 
 def test_a_trace_of_a_question_no_font_draws_prints_no_warnings(random_tiny_dir, tmp_path):
@@ -422,7 +431,17 @@ def test_a_model_that_gives_nan_scores_is_one_line_not_an_answer_of_confidence_n
     assert res.exit_code == 2, res.output
     assert "NaN" not in res.stdout and "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]  # beside the load's progress bar
-    assert len(errors) == 1 and "non-finite scores (NaN or infinity)" in errors[0], res.stderr
+    assert len(errors) == 1 and "its scores on a blank image are not finite (NaN or infinity)" in errors[0], res.stderr
+
+
+def test_a_model_that_gives_nan_scores_is_refused_as_it_loads(tmp_path):
+    """docs/models.md: such a model "is refused too", at load (ModelNotFound naming it), not at its first
+    question as a ValueError that names no model."""
+    from spote.loading import ModelNotFound, load_adapter
+
+    folder = _with_nan_weights(tmp_path / "nan")
+    with pytest.raises(ModelNotFound, match=r"cannot be loaded .*scores on a blank image are not finite .*float32"):
+        load_adapter(str(folder))
 
 
 def _bench_model_cases(tmp: Path) -> dict:

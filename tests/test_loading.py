@@ -55,7 +55,26 @@ def hub_cache(tmp_path_factory):
     lay_out_hub_cache(cache, REPO, shipped, V1, refs=("v1",))
     pickled = {"config.json": DEFAULT_MODEL / "config.json", "pytorch_model.bin": DEFAULT_MODEL / "model.safetensors"}
     lay_out_hub_cache(cache, "acme/pickled-only", pickled, MAIN)
+    lay_out_hub_cache(cache, REMOTE_CODE_REPO, _with_its_own_code(tmp_path_factory.mktemp("code"), shipped), MAIN)
     return cache
+
+
+REMOTE_CODE_REPO = "acme/own-code-vlm"
+
+
+def _with_its_own_code(folder: Path, shipped: dict[str, Path]) -> dict[str, Path]:
+    """The shipped model as a checkpoint whose config's ``auto_map`` names its own classes (modeling_acme.py),
+    as models transformers has no class for ship them: a model_type transformers does not know."""
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    config.update(model_type="acme_llava", architectures=["AcmeLlava"],
+                  auto_map={"AutoConfig": "modeling_acme.AcmeConfig",
+                            "AutoModelForImageTextToText": "modeling_acme.AcmeLlava"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_acme.py").write_text(
+        "from transformers import LlavaConfig, LlavaForConditionalGeneration\n\n\n"
+        "class AcmeConfig(LlavaConfig):\n    model_type = 'acme_llava'\n\n\n"
+        "class AcmeLlava(LlavaForConditionalGeneration):\n    config_class = AcmeConfig\n")
+    return {**shipped, "config.json": folder / "config.json", "modeling_acme.py": folder / "modeling_acme.py"}
 
 
 @pytest.fixture
@@ -772,3 +791,76 @@ def test_a_remote_checkpoint_fingerprint_follows_the_store(s3, s3_server):
     assert checkpoint_fingerprint(uri, opts) != first
     s3.pipe_file(f"{uri[5:]}/model.safetensors", data)
     assert checkpoint_fingerprint(uri, opts) == first
+
+
+def test_an_empty_model_name_is_refused_not_taken_for_the_shipped_model():
+    """``--model ""`` (an unset variable in a script) loaded spote-tiny without a word."""
+    with pytest.raises(ValueError, match="the model is an empty name"):
+        load_adapter("  ")
+
+
+def test_endpoint_options_given_as_a_json_string_are_refused_naming_them():
+    with pytest.raises(ValueError, match="endpoint_options must be a dict of EndpointConfig fields.*got str"):
+        load_adapter("m", endpoint="http://127.0.0.1:9/v1", endpoint_options='{"timeout_s": 5}')
+
+
+def test_a_folder_named_as_a_hub_id_says_it_is_read_before_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme" / "tiny").mkdir(parents=True)
+    with pytest.raises(ModelNotFound, match="the folder acme/tiny here is read before the hub id 'acme/tiny'"):
+        load_adapter("acme/tiny")
+
+
+def test_a_checkpoint_with_its_own_code_loads_only_when_asked(offline, tmp_path):
+    """Its code runs only with trust_remote_code; without it the one line says how to ask (--trust-remote-code,
+    which ask, bench and the jobs take), and ask answers with it."""
+    import spote
+
+    with pytest.raises(ModelNotFound, match=r"auto_map names the checkpoint's own code.*--trust-remote-code"):
+        load_adapter(REMOTE_CODE_REPO)
+    adapter = load_adapter(REMOTE_CODE_REPO, trust_remote_code=True)
+    assert type(adapter.model).__name__ == "AcmeLlava" and not adapter.model.training
+    res = spote.answer(SAMPLE, "what letter is in the red box ?", list("ABCDEF"), model=REMOTE_CODE_REPO,
+                       trust_remote_code=True, budget=4)
+    assert res.answer in list("ABCDEF")
+    env = {"HF_HUB_CACHE": str(offline), "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    ask = ["-m", "spote.cli", "ask", str(SAMPLE), "what letter is in the red box ?", "--choices", "A,B,C,D,E,F",
+           "--model", REMOTE_CODE_REPO, "--budget", "4", "--json"]
+    res = _run(ask, env)
+    assert res.returncode == 2 and "--trust-remote-code" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = _run([*ask, "--trust-remote-code"], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["answer"] in list("ABCDEF")
+
+
+def test_a_job_refuses_a_checkpoints_own_code_unless_asked_before_any_work(offline, tmp_path):
+    from pipelines.vqa import app
+
+    out, manifest = tmp_path / "out", ROOT / "pipelines" / "samples" / "vqa" / "manifest.jsonl"
+    res = CliRunner().invoke(app, ["--input", str(manifest), "--output", str(out), "--model", REMOTE_CODE_REPO])
+    assert res.exit_code == 2 and "--trust-remote-code" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["--input", str(manifest), "--output", str(out), "--endpoint",
+                                   "http://127.0.0.1:9/v1", "--model", "m", "--trust-remote-code"])
+    assert res.exit_code == 2 and "--trust-remote-code applies to a model the actors load" in res.output
+
+
+@pytest.mark.slow
+def test_a_job_runs_a_checkpoints_own_code_when_asked(hub_cache, tmp_path):
+    """A real local Ray in a fresh process: every actor loads the checkpoint's own classes."""
+    from spote.bench.scenes import spotbench
+
+    rows = []
+    for item in spotbench("test", 2, 0):
+        item.image.save(tmp_path / f"{item.id}.png")
+        rows.append({"id": item.id, "image_uri": f"{item.id}.png", "question": item.question,
+                     "choices": list(item.choices)})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    res = _run(["-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
+                "--model", REMOTE_CODE_REPO, "--trust-remote-code", "--policy", '{"budget": 4}', "--run-id", "own"],
+               env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "_runs" / "own" / "summary.json").read_text())
+    assert summary["items_ok"] == 2 and summary["items_error"] == 0

@@ -65,7 +65,7 @@ import time
 import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
@@ -112,15 +112,23 @@ class EndpointConfig:
             # bool is an int in Python; JSON's true is no count
             if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most):
                 bound = f"in {least}..{most}" if most else f">= {least}"
-                raise ValueError(f"endpoint option {name} must be an integer {bound}, got {value!r}")
+                raise ValueError(f"endpoint option {name} must be an integer {bound}, got {shown(value)}")
         if (not isinstance(self.timeout_s, (int, float)) or isinstance(self.timeout_s, bool)
                 or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
-            raise ValueError(f"endpoint option timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+            raise ValueError(f"endpoint option timeout_s must be a number of seconds > 0, got {shown(self.timeout_s)}")
         for name in ("api_key_env", "closed_set_instruction"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"endpoint option {name} must be a string, got {getattr(self, name)!r}")
+                raise ValueError(f"endpoint option {name} must be a string, got {shown(getattr(self, name))}")
         if self.image_format not in ("png", "jpeg"):
-            raise ValueError(f"endpoint option image_format must be png or jpeg, got {self.image_format!r}")
+            raise ValueError(f"endpoint option image_format must be png or jpeg, got {shown(self.image_format)}")
+
+
+def shown(value) -> str:
+    """A wrong option value as an error message shows it: a string of more than 16 characters by its length
+    only (an API key pasted into the wrong option must not reach a log), anything else as its repr."""
+    if isinstance(value, str) and len(value) > 16:
+        return f"a string of {len(value)} characters"
+    return repr(value)
 
 
 # integer fields: (name, least, most or None); top_logprobs' 20 is the OpenAI API's limit
@@ -486,6 +494,9 @@ class EndpointAdapter:
             detail = scrub(" ".join(str(getattr(err, "message", "") or "").split()), self._secrets, public)[:300]
             how = f" after {cfg.max_retries} retries" if retried and not why_not else f" ({why_not})" if why_not else ""
             what = f"HTTP {code}{how}: {detail}"
+            if code in (401, 403) and not self._secrets and cfg.api_key_env:
+                # the variable's name is not repeated: a key pasted where its name goes would be printed
+                what += " (no API key was sent: the environment variable api_key_env names is not set, or empty, here)"
             if code == 400 and self.max_images > 1 and "image" in detail.lower():
                 what += " (a server that takes one image per request needs max_images 1)"
         else:
@@ -557,6 +568,10 @@ class EndpointAdapter:
             top = s.top[0] if s.top else []
             if not top and s.tokens:
                 top = [(s.tokens[0], s.logprobs[0])]
+            if not top and not s.text and s.finish_reason == "stop":
+                raise EndpointError(self._describe(ValueError(
+                    "the model ended its answer before any token (finish_reason stop, no text), and the server "
+                    "sends no log-probabilities for that step, so the choices cannot be scored on this view")))
             if not top:
                 raise EndpointError(self._describe(ValueError(NO_LOGPROBS)))
             rows.append(choice_distribution(top, choices))
@@ -644,7 +659,7 @@ def endpoint_options(api_key_env: str | None, concurrency: int | None, options: 
         if value is None:
             continue
         if name in extra and extra[name] != value:
-            raise ValueError(f"--endpoint-options sets {name} to {extra[name]!r} and {flag} sets it to {value!r}; "
+            raise ValueError(f"--endpoint-options sets {name} to {shown(extra[name])} and {flag} sets it to {shown(value)}; "
                              "give one")
         merged[name] = value
     return merged
@@ -672,8 +687,8 @@ LISTING_TIMEOUT_S = 10.0  # the model listing asked once at open: a server that 
 def check_served_model(config: EndpointConfig) -> None:
     """Refuse a model name the server does not serve, before any question: the server lists what it serves
     (``GET /models``, OpenAI's API, answered by vLLM, SGLang and OpenAI) and ``config.model`` is not there.
-    Asked once, without retries; a server that cannot be reached now or does not list its models is not
-    judged here (its first request says why).
+    Asked once, without retries, within ``LISTING_TIMEOUT_S`` in all (``timeout_s`` where less); a server that
+    cannot be reached now or does not list its models in time is not judged here (its first request says why).
 
     Raises:
         spote.loading.ModelNotFound: the listing names other models (one line naming up to eight of them).
@@ -684,8 +699,9 @@ def check_served_model(config: EndpointConfig) -> None:
 
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
     try:
-        with OpenAI(base_url=config.url, api_key=key or "no-key", timeout=min(LISTING_TIMEOUT_S, config.timeout_s),
-                    max_retries=0) as client:
+        listing = replace(config, timeout_s=min(LISTING_TIMEOUT_S, config.timeout_s))  # in all, as every request
+        with OpenAI(base_url=config.url, api_key=key or "no-key", timeout=listing.timeout_s, max_retries=0,
+                    http_client=deadline_http_client(listing)) as client:
             served = [str(m.id) for m in client.models.list()]
     except Exception:  # unreachable, 401, 404 (no listing), an odd body: the completions will say
         return

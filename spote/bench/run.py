@@ -149,7 +149,7 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("ou
               corrupt="none", mode="zoom+context", plot=True, cfg: PolicyConfig | None = None, progress=True,
               device: str | None = None, dtype: str | None = None, budget: int | None = None, adapter=None,
               revision: str | None = None, endpoint: str | None = None, endpoint_options: dict | None = None,
-              n_open: int = 0) -> dict:
+              n_open: int = 0, trust_remote_code: bool = False) -> dict:
     """Every method on the same SpotBench items; with ``budget`` every search method is held to that many
     forward passes per item (matched cost), else each runs at its defaults. ``n_open`` open items follow
     the ``n`` closed ones; each method's closed-set figures cover the closed items only, its ``open``
@@ -163,7 +163,7 @@ def run_bench(split="test", n=600, seed=0, methods=METHODS, out: Path = Path("ou
     if budget is not None:
         cfg = replace(cfg, budget=budget)
     adapter = adapter or _load(model, device=device, dtype=dtype, revision=revision, endpoint=endpoint,
-                               endpoint_options=endpoint_options)
+                               endpoint_options=endpoint_options, trust_remote_code=trust_remote_code)
     rows = {m: [] for m in methods}
     t_start = time.time()
     with GpuMemoryPeak() as gpu:

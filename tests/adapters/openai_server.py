@@ -18,7 +18,9 @@ S3 server. It speaks the subset of the wire format SPOT-E uses:
   NaN / +inf log-probabilities, empty ``top_logprobs`` or ``logprobs.content``, a null ``message.content``,
   no ``finish_reason`` (null, as a server that does not say), an answer past the token cap it was given
   (``ignore-cap``, marked "stop"; ``ignore-cap-bytes``: its tokens spelled as byte-level BPE spells them), a body
-  trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent.
+  trickled one byte every ``interval_s`` (0.5 s), or a 401 echoing parts of the key it was sent; ``ends-at-once``:
+  an empty answer with no log-probabilities, finish "stop" (a model whose first token is its end, which this
+  server leaves out of ``logprobs``); ``trickle-listing``: the next ``GET /v1/models`` trickled.
 
 With ``--require-key-env NAME`` every request must carry ``Authorization: Bearer $NAME`` (else 401).
 
@@ -134,7 +136,9 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return self._error(401, "invalid API key")
         if self.path.rstrip("/") == "/v1/models":
-            return self._send(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
+            listing = {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]}
+            interval = self.server.take_listing_fault()
+            return self._trickle(listing, interval) if interval else self._send(200, listing)
         self._error(404, f"no route {self.path}")
 
     def do_POST(self):
@@ -177,6 +181,8 @@ class Handler(BaseHTTPRequestHandler):
             text, content = misbehave(mode, text, content)
         if mode == "no-finish":
             finish = None
+        if mode == "ends-at-once":
+            finish = "stop"
         if mode in ("ignore-cap", "ignore-cap-bytes"):
             finish = "stop"
         answer = {
@@ -211,7 +217,7 @@ class Handler(BaseHTTPRequestHandler):
 
 # what a broken server sends (faults' "mode"); each maps (text, logprobs content) to the broken pair
 MODES = ("nan-top", "inf-top", "nan-token", "empty-top", "empty-content", "null-message", "no-finish", "trickle",
-         "echo-key", "ignore-cap", "ignore-cap-bytes")
+         "echo-key", "ignore-cap", "ignore-cap-bytes", "ends-at-once", "trickle-listing")
 
 
 def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, list[dict]]:
@@ -226,6 +232,8 @@ def misbehave(mode: str, text: str, content: list[dict]) -> tuple[str | None, li
             c["top_logprobs"] = []
     elif mode == "empty-content":
         content = []
+    elif mode == "ends-at-once":  # the model's first token is its end, which this server leaves out of logprobs
+        text, content = "", []
     elif mode == "null-message":
         text = None
     elif mode == "ignore-cap-bytes":  # tokens as byte-level BPE spells them, not as the text reads
@@ -260,7 +268,16 @@ class FixtureServer(ThreadingHTTPServer):
 
     def take_fault(self) -> tuple[int | None, str | None, float]:
         with self._lock:
+            if self._faults and self._faults[0][1] == "trickle-listing":  # a listing's fault, not a completion's
+                return None, None, 0.0
             return self._faults.pop(0) if self._faults else (None, None, 0.0)
+
+    def take_listing_fault(self) -> float:
+        """The trickle interval of the next ``GET /models`` (0: answered at once)."""
+        with self._lock:
+            if self._faults and self._faults[0][1] == "trickle-listing":
+                return self._faults.pop(0)[2]
+            return 0.0
 
 
 def launch(model: str, served_name: str = "spote-tiny", require_key_env: str | None = None, env: dict | None = None,

@@ -27,6 +27,7 @@ from cluster.local import free_port
 from openai_server import launch
 from spote.adapters.endpoint import (EndpointError, choice_distribution, open_endpoint, safe_url, scrub, topk_entropy)
 from spote.bench.scenes import make_open_item, spotbench
+from spote.loading import ModelNotFound
 from spote.core import PolicyConfig, spote
 from spote.spotlight import ViewRenderer
 
@@ -415,6 +416,44 @@ def test_an_attempt_ends_within_timeout_s_however_slowly_the_server_sends(server
     assert _control(server, "/fixture/stats")["200"] - before.get("200", 0) == 2
     assert KEY not in str(err.value)
     assert remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"]).shape == (1, 2)  # then served
+
+
+def test_the_model_listing_ends_within_timeout_s_however_slowly_the_server_lists(server, key):
+    """The model check at open used a plain client, whose timeout bounds each read alone: a listing trickled a
+    byte every 0.5 s held open_endpoint for a minute with timeout_s 2. It ends within timeout_s in all now, and
+    a listing that does not come in time is not judged (the completions say what is wrong): asked for a model
+    the listing does not name, the open is not refused, as it is when the listing arrives."""
+    opts = {"api_key_env": KEY_ENV, "view_size": INPUT, "timeout_s": 2, "max_retries": 0}
+    _control(server, "/fixture/faults", {"mode": "trickle-listing", "times": 1, "interval_s": 0.5})
+    assert open_endpoint(server, "a-model-not-listed", **opts).config.model == "a-model-not-listed"
+    with pytest.raises(ModelNotFound, match="does not serve a model 'a-model-not-listed'"):
+        open_endpoint(server, "a-model-not-listed", **opts)  # listed at once: judged
+
+
+def test_a_model_that_ends_at_once_is_not_taken_for_a_server_without_logprobs(server, key):
+    """A closed question whose answer ends before any token, on a server that leaves the end token out of
+    logprobs, was refused as "the server returned no logprobs" (blaming the server): it says what happened."""
+    remote = _endpoint(server, max_retries=0)
+    view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
+    _control(server, "/fixture/faults", {"mode": "ends-at-once", "times": 1})
+    with pytest.raises(EndpointError, match="ended its answer before any token") as err:
+        remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+    assert "no logprobs" not in str(err.value)
+    _control(server, "/fixture/faults", {"mode": "empty-content", "times": 1})  # text without tokens: the server's
+    with pytest.raises(EndpointError, match="no logprobs"):
+        remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+
+
+def test_a_401_without_a_key_says_that_no_key_was_sent(server, monkeypatch):
+    """A key variable named in Python but unset sent no key, and the 401 did not say why; it says so now,
+    without naming the variable (a key pasted in its place would be printed)."""
+    monkeypatch.delenv("SPOTE_TEST_UNSET_KEY_VAR", raising=False)
+    remote = open_endpoint(server, "spote-tiny", api_key_env="SPOTE_TEST_UNSET_KEY_VAR", view_size=INPUT, max_retries=0)
+    view = [Image.new("RGB", (INPUT, INPUT), (0, 0, 200))]
+    with pytest.raises(EndpointError, match="HTTP 401") as err:
+        remote.choice_logprobs([view], "is there a boat ?", ["yes", "no"])
+    assert "no API key was sent: the environment variable api_key_env names is not set" in str(err.value)
+    assert "SPOTE_TEST_UNSET_KEY_VAR" not in str(err.value)
 
 
 def test_scrub_hides_pieces_of_the_key():

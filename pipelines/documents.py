@@ -156,7 +156,8 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
     """Item rows of one document (runs in a Ray task): every page x every question.
 
     ``doc``: {"uri", "rel", "fingerprint", "previous"[, "content"]}. Without a listed fingerprint the content
-    is hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows. A listed size
+    is hashed here, and a document whose hash equals ``previous`` (the ledger's) gives no rows. A document
+    that cannot be read gives one error row per question, at page 0, with ``pages`` 0. A listed size
     and modification time is kept with the content's hash (``size-mtime:...|sha256:...``; ``content``: the
     hash the driver computed already, for a file whose time alone changed), and the same content gives no
     rows either.
@@ -188,7 +189,7 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
         for qi, q in enumerate(questions):
             yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "field": q.get("field") or default_field(qi),
                    "document": name, "page": page,
-                   "pages": n_pages, "question_index": qi, "fingerprint": fp, "points_per_pixel": None,
+                   "pages": 0 if err else n_pages, "question_index": qi,  # 0: no page could be counted "fingerprint": fp, "points_per_pixel": None,
                    "evidence_box_pt": None, "status": "error" if err else "", "error": err}
 
 

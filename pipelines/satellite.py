@@ -200,7 +200,7 @@ def other_pages(scenes: list[dict], headers: dict[str, SceneHeader]) -> list[dic
         n = len(pages) + 1
         print(f"[satellite] {s['rel']}: a TIFF of {n} pages; only its first is tiled (the others are named among "
               "skipped sources)")
-        skipped += [{"source": f"{s['uri']}: {desc} of {n}", "reason": "page of a multi-page TIFF (only the first "
+        skipped += [{"source": f"{s['rel']}: {desc} of {n}", "reason": "page of a multi-page TIFF (only the first "
                      "page is tiled)"} for desc in pages]
     return skipped
 

@@ -42,6 +42,11 @@ MANIFEST_EXTS = (".parquet", ".jsonl", ".ndjson", ".json", ".csv", ".jsonl.gz", 
 MANIFEST_SCHEMA = plan_schema(("manifest_fields", pa.string()))
 NEEDED = ("image_uri", "question")
 READ_FIELDS = (*NEEDED, "id", "choices")  # the manifest fields the job reads; any other is carried, as written
+# other spellings of a field the job reads, beside its own in another case ("Choices"): a manifest holding one
+# and not the field itself would have its choices (its ids) carried as data without a word, and every closed
+# question answered as an open one
+SPELLED_OTHERWISE = {"choices": ("choice", "options", "option", "answer_choices", "choises"),
+                     "id": ("item_id", "row_id", "identifier")}
 CSV_FIELD_LIMIT = 64 * 2 ** 20  # characters in one CSV field (the csv module's own limit is 131,072)
 COLUMNS_LOOKAHEAD = 100  # records of a JSON part that show its columns (one lacking a field is that row's error)
 _BAD = "\0unparsable"   # key of a record standing for a line that could not be parsed
@@ -218,10 +223,27 @@ def _json_record(uri: str, line: str, line_no: int) -> dict:
     return rec
 
 
+def _read_otherwise(columns) -> list[tuple[str, str]]:
+    """(column, field): the columns that spell a field the job reads otherwise (``SPELLED_OTHERWISE``, or the
+    field in another case or with spaces), where the field itself is not a column."""
+    columns = [str(c) for c in columns]
+    return [(c, field) for field, others in SPELLED_OTHERWISE.items() if field not in columns
+            for c in columns if c != field and (c.strip().lower() == field or c.strip().lower() in others)]
+
+
+def _check_spelling(uri: str, columns) -> None:
+    """ManifestError naming each column that spells a field the job reads otherwise (``_read_otherwise``)."""
+    if misses := _read_otherwise(columns):
+        said = "; ".join(f"{c!r} is not read: the job reads {f!r}" for c, f in misses)
+        raise ManifestError(f"{uri}: {said} (column names are lower case, as written in the docs): rename "
+                            f"{'it' if len(misses) == 1 else 'them'}")
+
+
 def _check_columns(uri: str, columns) -> None:
     columns = list(columns)
     if _BAD in columns:
         return
+    _check_spelling(uri, columns)
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # a record keeps one value per name: the other column's values would be lost without a word
         raise ManifestError(f"{uri}: the header names {', '.join(repr(c) for c in twice)} more than once; give each "
@@ -231,13 +253,15 @@ def _check_columns(uri: str, columns) -> None:
 
 
 def _check_records(uri: str, records) -> None:
-    """The columns of a JSON part, whose records each have their own keys: refused (ManifestError) only
-    when none of its first ``COLUMNS_LOOKAHEAD`` records has both needed fields (the manifest names them
-    otherwise); a record that lacks one among records that have them is that row's error, not the part's."""
+    """The columns of a JSON part, whose records each have their own keys: refused (ManifestError) when
+    none of its first ``COLUMNS_LOOKAHEAD`` records has both needed fields (the manifest names them
+    otherwise), or one of them spells a field the job reads otherwise (``_check_spelling``); a record that
+    lacks a needed field among records that have them is that row's error, not the part's."""
     first = None
     for _, rec in itertools.islice(records, COLUMNS_LOOKAHEAD):
         if not isinstance(rec, dict) or _BAD in rec:
             continue
+        _check_spelling(uri, rec)
         if all(c in rec for c in NEEDED):
             return
         first = first if first is not None else list(rec)

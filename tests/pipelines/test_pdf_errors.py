@@ -75,7 +75,9 @@ def test_error_rows_of_the_documents_job(tmp_path):
         row = by_doc[f"{i}-{kind}.pdf"]
         assert row["status"] == "error" and row["error"].startswith("unreadable PDF: " + says), row["error"]
         assert not any(s in row["error"] for s in STALE)
+        assert (row["page"], row["pages"]) == (0, 0)  # one row at page 0; no page was counted (was pages 1)
     assert sorted(r["page"] for r in rows if r["document"] == "9-good.pdf") == [0, 1, 2]
+    assert {r["pages"] for r in rows if r["document"] == "9-good.pdf"} == {3}
 
     loader = PageLoader(dpi=36)  # the loader opens the files itself (a file can change after planning)
     for i, (kind, (_, says, _)) in enumerate(KINDS.items()):

@@ -624,6 +624,34 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path, fmt):
         plan_manifest(str(path))
 
 
+def _write_manifest(path: Path, rec: dict) -> Path:
+    """One record as a .jsonl, .csv or .parquet manifest (by ``path``'s suffix)."""
+    if path.suffix == ".jsonl":
+        path.write_text(json.dumps(rec) + "\n")
+    elif path.suffix == ".csv":
+        path.write_text(",".join(rec) + "\n" + ",".join(f'"{v}"' for v in rec.values()) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist([rec]), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("column,field", [("Choices", "choices"), ("choice", "choices"), ("options", "choices"),
+                                          ("ID", "id")])
+def test_a_column_that_spells_a_read_field_otherwise_is_refused_naming_both(tmp_path, fmt, column, field):
+    """``Choices`` (or ``choice``, ``options``) beside no ``choices`` was carried in manifest_fields without a
+    word, and every yes/no question answered as an open one ("" at confidence 0, status ok)."""
+    rec = {"image_uri": "a.png", "question": "is the red box ticked ?", column: "yes,no"}
+    path = _write_manifest(tmp_path / f"m.{fmt}", rec)
+    with pytest.raises(ManifestError, match=f"^{path}: '{column}' is not read: the job reads '{field}' .*rename it"):
+        plan_manifest(str(path))
+    rec[field] = rec.pop(column)   # the field itself is read, and a column that is only data is carried
+    row = read_manifest(str(_write_manifest(path, {**rec, "notes": "options seen"})))[0]
+    assert row["manifest_fields"] == '{"notes": "options seen"}'
+    assert (json.loads(row["choices"]) if field == "choices" else row["id"]) == (["yes", "no"] if field == "choices"
+                                                                               else "yes,no")
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):   # its request lines would land in the test's captured stderr
         pass

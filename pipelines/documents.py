@@ -36,6 +36,7 @@ import typer
 
 from spote.images import DEFAULT_MAX_PIXELS, BadImage
 from spote.images import page_count as image_page_count
+from spote.uris import redact_uri
 
 from .job import (MAX_PIXELS_OPTION, JobOptions, JobRefused, check_max_pixels, group_partitions, init_ray,
                   job_command,
@@ -456,6 +457,7 @@ def run(opts: JobOptions, questions_uri: str | None = None, dpi: int = 100, run_
     check_max_pixels(max_pixels)
     so = parse_storage_options(opts.storage_options)
     questions = load_questions(questions_uri or str(DEFAULT_QUESTIONS), so)
+    opts.check_questions(questions, redact_uri(questions_uri) if questions_uri else "the default questions")
     if run_date is not None and not run_date.strip():  # `--run-date "$NIGHT"` with the variable unset in a cron job
         raise JobRefused("--run-date is empty; give the night as YYYY-MM-DD, or leave the flag out for today (UTC)")
     run_date = run_date or f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"

@@ -509,6 +509,33 @@ class JobOptions:
                 "endpoint_options": self.endpoint_config() if self.endpoint else None, "model_commit": commit,
                 "model_fingerprint": fingerprint}
 
+    def check_questions(self, questions: list[dict], source: str) -> None:
+        """Refuse a question file whose question or choices the model cannot read as written (a choice of
+        words it lacks, one of its markers in the text: ``TextRules.check_text``), before any work: every
+        tile or page would otherwise be an error row for it. Checked where the model's processor is at hand
+        without a download (``spote.loading.text_rules``); elsewhere each row is checked as it is answered.
+
+        Raises:
+            JobRefused: one line naming the file, each question's field and what the model cannot read.
+        """
+        if self.endpoint:
+            return
+        from spote.adapters.base import UnreadableText
+        from spote.loading import text_rules
+
+        rules = text_rules(self.model, self.revision, self.trust_remote_code)
+        if rules is None:
+            return
+        problems = []
+        for q in questions:
+            try:
+                rules.check_text(q["question"], json.loads(q["choices"]) if q.get("choices") else None)
+            except UnreadableText as err:
+                problems.append(f"field {q['field']!r}: {str(err).removeprefix('unreadable question: ')}")
+        if problems:
+            raise JobRefused(f"{source}: the model {self.model_label()} cannot read it as written: "
+                             + "; ".join(problems))
+
     def model_label(self) -> str:
         """The model as runs name it: ``NAME``, ``NAME@REVISION`` or ``NAME @ ENDPOINT`` (no credentials)."""
         from spote.adapters.endpoint import safe_url

@@ -466,6 +466,7 @@ def run(opts: JobOptions, questions_uri: str, tile_size: int = 512, overlap: int
     headers = read_headers(scenes, so, band_sel)
     skipped = skipped + other_pages(scenes, headers)
     questions = load_questions(questions_uri, so)
+    opts.check_questions(questions, redact_uri(questions_uri))
     plan = plan_scenes(opts.input, questions, tile_size, overlap, so, scenes=scenes, skipped=skipped)
     print(f"[satellite] {len(scenes)} scenes under {redact_uri(opts.input)}"
           + (f"; skipped {len(skipped)} sources it does not tile (in the summary)" if skipped else ""))

@@ -515,6 +515,26 @@ def _find(path_or_uri, storage_options, revision, trust_remote_code) -> Path:
         raise ModelNotFound(f"model {s!r} not found: {tried}; {err}") from None
 
 
+def text_rules(path_or_uri=None, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's ``TextRules`` (what it reads as text) from its processor alone, where that costs no
+    download: the shipped model, a local folder, or a hub id's cached snapshot with ``HF_HUB_OFFLINE=1``.
+    None elsewhere (an ``s3://`` checkpoint, a hub id that may be fetched), and where the processor does not
+    load here: the actors then check every question as they answer it, and load what they load.
+    """
+    from transformers import AutoProcessor
+
+    from .adapters.base import TextRules
+
+    s = "" if path_or_uri is None else str(path_or_uri)
+    if is_remote(s) or (is_hub_id(s) and not Path(local_path(s)).expanduser().is_dir() and not hub_offline()):
+        return None
+    try:
+        folder = resolve(path_or_uri, None, revision, trust_remote_code)
+        return TextRules(AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code))
+    except Exception:  # noqa: BLE001  not the check's to judge: the start-up check and the actors say why
+        return None
+
+
 def check_model(path_or_uri, storage_options: dict | None = None, revision: str | None = None,
                 trust_remote_code: bool = False) -> str | None:
     """Fail fast where a job starts: the model can be found, checked without fetching its weights

@@ -208,7 +208,69 @@ def with_continuation(batch: dict, ids: torch.Tensor, model=None) -> dict:
     return grown
 
 
-class HFAdapter:
+class TextRules:
+    """What a model can read as text, from its processor alone (no weights): its markers and its
+    vocabulary. ``HFAdapter`` checks every question with it; a job checks its question file with it before
+    planning (``spote.loading.text_rules``), so that a choice the model cannot read is one line, not an
+    error row per tile or page."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    def markers(self) -> tuple[str, ...]:
+        """The texts this model reads as its own markers, not words: the tokenizer's special tokens and the
+        processor's image placeholders (``<image>``, ``<|image_pad|>``, ...), longest first."""
+        if getattr(self, "_markers", None) is None:
+            found = set(getattr(self.tokenizer, "all_special_tokens", None) or [])
+            found.update(getattr(self.tokenizer, "additional_special_tokens", None) or [])
+            for name in ("image_token", "fake_image_token", "global_image_token", "video_token"):
+                value = getattr(self.processor, name, None)
+                if isinstance(value, str):
+                    found.add(value)
+            self._markers = tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=True))
+        return self._markers
+
+    def check_text(self, question: str, choices=None) -> None:
+        """Raise UnreadableText (a ValueError) where the question or a choice holds one of the model's markers
+        (``markers``): ``<image>`` in a question asks the processor for an image that is not there, and a
+        special token ends or restructures the prompt; or where the model reads the question as unknown tokens
+        only, or a choice with any unknown token (it would be scored as any word the model lacks).
+        Checked once per question: a search builds its prompt at every step."""
+        key = (question, tuple(choices or ()))
+        if key == getattr(self, "_text_checked", None):
+            return
+        for what, text in (("the question", question), *((f"choice {c!r}", c) for c in (choices or ()))):
+            for marker in self.markers():
+                if marker in text:
+                    raise UnreadableText(f"{what} holds {marker!r}, which this model reads as a marker of its own "
+                                         "(a special token), not as text; reword it")
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None:  # a word-piece vocabulary folds what it lacks (a long word, an emoji) into one <unk>
+            def unknown(text: str) -> tuple[int, int]:
+                """(tokens, how many of them are <unk>)"""
+                ids = self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+                return len(ids), sum(i == unk for i in ids)
+
+            outside = "words or characters outside its vocabulary"
+            n, lacking = unknown(question)
+            if n and lacking == n:
+                raise UnreadableText(f"the question reads as nothing this model knows: every token of it is "
+                                     f"{self.tokenizer.unk_token!r} ({outside}); reword it")
+            # a choice is scored as written: one with an <unk> in it scores as any word the model lacks in that
+            # place, not as itself ('No.' against 'yes' lost on every page at 0.99999, whatever the page showed)
+            for choice in choices or ():
+                n, lacking = unknown(choice)
+                if lacking:
+                    hint = (f" ({choice.lower()!r} it reads)" if choice.lower() != choice and not unknown(choice.lower())[1]
+                            else "")
+                    what = "every token of it is" if lacking == n else f"{lacking} of its {n} tokens are"
+                    raise UnreadableText(f"choice {choice!r} is not read as written: {what} "
+                                         f"{self.tokenizer.unk_token!r} ({outside}); reword it{hint}")
+        self._text_checked = key
+
+
+class HFAdapter(TextRules):
     """Black-box adapter for any ``AutoModelForImageTextToText`` with a chat template.
 
     ``supports_relevance`` is a class default; an instance whose model was not loaded with eager
@@ -278,57 +340,6 @@ class HFAdapter:
         return self.default_input_size
 
     # ------------------------------------------------------------------ prompts
-    def markers(self) -> tuple[str, ...]:
-        """The texts this model reads as its own markers, not words: the tokenizer's special tokens and the
-        processor's image placeholders (``<image>``, ``<|image_pad|>``, ...), longest first."""
-        if getattr(self, "_markers", None) is None:
-            found = set(getattr(self.tokenizer, "all_special_tokens", None) or [])
-            found.update(getattr(self.tokenizer, "additional_special_tokens", None) or [])
-            for name in ("image_token", "fake_image_token", "global_image_token", "video_token"):
-                value = getattr(self.processor, name, None)
-                if isinstance(value, str):
-                    found.add(value)
-            self._markers = tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=True))
-        return self._markers
-
-    def check_text(self, question: str, choices=None) -> None:
-        """Raise UnreadableText (a ValueError) where the question or a choice holds one of the model's markers
-        (``markers``): ``<image>`` in a question asks the processor for an image that is not there, and a
-        special token ends or restructures the prompt; or where the model reads the question as unknown tokens
-        only, or a choice with any unknown token (it would be scored as any word the model lacks).
-        Checked once per question: a search builds its prompt at every step."""
-        key = (question, tuple(choices or ()))
-        if key == getattr(self, "_text_checked", None):
-            return
-        for what, text in (("the question", question), *((f"choice {c!r}", c) for c in (choices or ()))):
-            for marker in self.markers():
-                if marker in text:
-                    raise UnreadableText(f"{what} holds {marker!r}, which this model reads as a marker of its own "
-                                         "(a special token), not as text; reword it")
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        if unk is not None:  # a word-piece vocabulary folds what it lacks (a long word, an emoji) into one <unk>
-            def unknown(text: str) -> tuple[int, int]:
-                """(tokens, how many of them are <unk>)"""
-                ids = self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-                return len(ids), sum(i == unk for i in ids)
-
-            outside = "words or characters outside its vocabulary"
-            n, lacking = unknown(question)
-            if n and lacking == n:
-                raise UnreadableText(f"the question reads as nothing this model knows: every token of it is "
-                                     f"{self.tokenizer.unk_token!r} ({outside}); reword it")
-            # a choice is scored as written: one with an <unk> in it scores as any word the model lacks in that
-            # place, not as itself ('No.' against 'yes' lost on every page at 0.99999, whatever the page showed)
-            for choice in choices or ():
-                n, lacking = unknown(choice)
-                if lacking:
-                    hint = (f" ({choice.lower()!r} it reads)" if choice.lower() != choice and not unknown(choice.lower())[1]
-                            else "")
-                    what = "every token of it is" if lacking == n else f"{lacking} of its {n} tokens are"
-                    raise UnreadableText(f"choice {choice!r} is not read as written: {what} "
-                                         f"{self.tokenizer.unk_token!r} ({outside}); reword it{hint}")
-        self._text_checked = key
-
     def prompt_text(self, n_images: int, question: str, choices=None) -> str:
         self.check_text(question, choices)
         content = [{"type": "image"} for _ in range(n_images)]

@@ -283,6 +283,25 @@ def test_empty_inbox_ends_cleanly_with_a_clear_message(tmp_path):
     assert seen == 0 and plan.empty_reason == "the input holds no documents"
 
 
+def test_a_question_file_the_model_cannot_read_is_refused_before_any_run(tmp_path):
+    """A marker of the model's own in a question (``<image>``) or a choice it lacks made every page an error
+    row; the night is refused at once, naming each field, and the default questions pass."""
+    from pipelines.job import JobRefused
+
+    (tmp_path / "in").mkdir()
+    _pdf(tmp_path / "in" / "a.pdf", 1, 0)
+    (tmp_path / "q.json").write_text(json.dumps([
+        {"field": "stamp", "question": "is there a stamp on the <image> ?", "choices": ["yes", "no"]},
+        {"field": "lang", "question": "is it signed ?", "choices": ["oui", "non"]},
+        {"field": "ok", "question": "is the red box ticked ?", "choices": ["yes", "no"]}]))
+    with pytest.raises(JobRefused, match=r"q.json: the model spote-tiny cannot read it as written: field 'stamp': "
+                                         r"the question holds '<image>'.*; field 'lang': choice 'oui' is not read"):
+        run(JobOptions(str(tmp_path / "in"), str(tmp_path / "out")), str(tmp_path / "q.json"), run_date="2026-12-02")
+    assert not (tmp_path / "out").exists()
+    JobOptions(str(tmp_path / "in"), str(tmp_path / "out")).check_questions(load_questions(str(DEFAULT_QUESTIONS)),
+                                                                           "the default questions")
+
+
 def test_a_mistyped_input_folder_is_refused_before_any_run_is_committed(tmp_path):
     """An empty run committed under the night's id would refuse that night's real run (other settings)."""
     with pytest.raises(FileNotFoundError, match=r"--input .*/inbx: no such file or folder"):

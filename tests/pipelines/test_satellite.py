@@ -1062,3 +1062,21 @@ def test_remote_scenes_in_turn_each_read_every_tile(s3, tmp_path, stretch):
             out = loader.load(_row(f"s3://spote/turns-{stretch}/s{k}.tif", c, 0, 64, 64))
             assert out["status"] == "ok", (k, c, out.get("error"))
     loader.forget()
+
+
+def test_a_question_file_the_model_cannot_read_is_one_line_before_any_work(tmp_path):
+    """Choices the shipped model reads only in lower case ("Yes", "No") made every tile an error row, after
+    planning; the job refuses the file at once, naming the field and what to change."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    _write(scenes / "rgb.tif", np.ones((3, 32, 32), np.uint8))
+    (tmp_path / "q.yaml").write_text("- {question: 'is there a boat ?', choices: [yes, no], field: boat}\n"
+                                     "- {question: 'is there a road ?', choices: [Yes, No], field: road}\n")
+    args = ["--input", str(scenes), "--output", str(tmp_path / "out"), "--questions", str(tmp_path / "q.yaml")]
+    res = CliRunner().invoke(app, args)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert lines[0].startswith(f"error: {tmp_path / 'q.yaml'}: the model spote-tiny cannot read it as written: "
+                               "field 'road': choice 'Yes' is not read as written"), lines[0]
+    assert "boat" not in lines[0] and "('yes' it reads)" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -190,7 +190,8 @@ def plan_pages(doc: dict, questions: list[dict], so=None):
         for qi, q in enumerate(questions):
             yield {"id": f"{name}/p{page}/q{qi}", "source": uri, **q, "field": q.get("field") or default_field(qi),
                    "document": name, "page": page,
-                   "pages": 0 if err else n_pages, "question_index": qi,  # 0: no page could be counted "fingerprint": fp, "points_per_pixel": None,
+                   "pages": 0 if err else n_pages,  # 0: no page could be counted
+                   "question_index": qi, "fingerprint": fp, "points_per_pixel": None,
                    "evidence_box_pt": None, "status": "error" if err else "", "error": err}
 
 

@@ -343,6 +343,8 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
         row.update(status="error", error=f"missing image_uri: row {i} of {uri} has none")
     elif "question" not in rec and _BAD not in rec and not bad:
         row.update(status="error", error=f"missing question: row {i} of {uri} has none")
+    if misses := _read_otherwise(rec):  # past the columns the planning checked (a JSON record of its own keys)
+        bad += [f"{c!r} is not read: the job reads {f!r} (column names are lower case): rename it" for c, f in misses]
     if bad:
         row.update(status="error", error=f"bad manifest field: row {i} of {uri}: {'; '.join(bad)}")
     if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name

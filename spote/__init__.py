@@ -203,7 +203,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
 
     Raises:
         BadImage: the image cannot be read (missing, empty, corrupt, over the pixel cap, bad array shape).
-        TypeError: ``question`` is not a ``str``; ``choices`` is not None, a ``str``, a list or a tuple, or one
+        TypeError: ``trust_remote_code`` is not a bool; ``question`` is not a ``str``; ``choices`` is not None, a
+            ``str``, a list or a tuple, or one
             of them is not a ``str``; ``model`` is neither a name nor an adapter.
         ValueError: empty question, fewer than two, empty or duplicate choices, an unknown policy field or
             method, a policy value out of range.
@@ -235,6 +236,8 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
     if method not in ANSWER_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(ANSWER_METHODS)}")
     cfg = PolicyConfig(**policy_overrides)
+    if not isinstance(trust_remote_code, bool):  # "false" is a true value: the checkpoint's code would run
+        raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     if endpoint_options and not endpoint:
         raise ValueError("endpoint_options apply to an endpoint, and no endpoint is given")
     if isinstance(model, str) and not model.strip():
@@ -256,13 +259,13 @@ def answer(image, question: str, choices=None, *, model=None, revision: str | No
         name = (str(model) if model is None or endpoint or remote or not os.path.isdir(model)
                 else os.path.realpath(model))
         key = (name if model is not None else None, revision, endpoint, _digest(endpoint_options),
-               _digest(storage_options) if remote else None, cfg.use_relevance, bool(trust_remote_code))
+               _digest(storage_options) if remote else None, cfg.use_relevance, trust_remote_code)
         with _ADAPTERS_LOCK:
             if key not in _ADAPTERS:
                 _ADAPTERS[key] = load_adapter(model, revision=revision, endpoint=endpoint,
                                               endpoint_options=endpoint_options, relevance=cfg.use_relevance,
                                               storage_options=storage_options,
-                                              trust_remote_code=bool(trust_remote_code))
+                                              trust_remote_code=trust_remote_code)
             adapter = _ADAPTERS[key]
     elif isinstance(model, Adapter):  # an adapter load_adapter returned, or any object with its members
         if getattr(model, "joint_decoding", False) and not callable(getattr(model, "generate_agreed", None)):

@@ -329,10 +329,12 @@ def run_method(name: str, adapter, image, question, choices=None, cfg=PolicyConf
     """Run search method ``name`` (``METHODS``) on ``image`` (any size in pixels, any PIL mode: read as
     ``spote.images.to_rgb`` makes it 8-bit RGB, a 16-bit scan stretched, as ``spote.answer`` reads it); calls
     that share ``adapter`` from several threads run one at a time (``adapter_lock``). Raises ValueError for
-    an unknown method."""
+    an unknown method, TypeError for an image that is no PIL image."""
     if name not in RUNNERS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
-    if isinstance(image, Image.Image):
-        image = to_rgb(image)  # every method crops and resizes 8-bit RGB (Pillow cannot reduce a 16-bit page)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image, got {type(image).__name__}: spote.answer reads paths, URIs, "
+                        "bytes and arrays (spote.images.load_image and array_to_image make a PIL image of them)")
+    image = to_rgb(image)  # every method crops and resizes 8-bit RGB (Pillow cannot reduce a 16-bit page)
     with adapter_lock(adapter):
         return RUNNERS[name](adapter, image, question, choices, cfg, **kw)

@@ -776,7 +776,10 @@ def load_adapter(path_or_uri=None, *, revision: str | None = None, endpoint: str
             exist, ``revision`` for something other than a hub id, a ``dtype`` or ``device`` that is not one
             of those above, a CUDA/MPS ``device`` torch does not see, a ``batch_size`` that is not a whole
             number >= 1.
+        TypeError: ``trust_remote_code`` that is not a bool (``"false"`` would read as true).
     """
+    if not isinstance(trust_remote_code, bool):  # "false" is a true value: the checkpoint's code would run
+        raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     if endpoint_options is not None and not isinstance(endpoint_options, Mapping):
         raise ValueError(f"endpoint_options must be a dict of EndpointConfig fields, e.g. {{'timeout_s': 30}}, got "
                          f"{type(endpoint_options).__name__}")

@@ -255,3 +255,10 @@ def test_every_method_reads_any_pillow_mode_as_spote_answer_does(random_adapter,
     res, same = (run_method(method, random_adapter, im, Q, CHOICES, cfg, **kw) for im in (img, to_rgb(img)))
     assert (res.answer, res.boxes, res.forward_passes, res.confidence) == (
         same.answer, same.boxes, same.forward_passes, same.confidence)
+
+
+def test_run_method_names_an_image_that_is_no_pil_image(random_adapter):
+    """An array or a path failed deep in a method ("Value after * must be an iterable, not int")."""
+    for image in (np.zeros((32, 32, 3), np.uint8), "photo.png"):
+        with pytest.raises(TypeError, match=r"^image must be a PIL image, got (ndarray|str): spote.answer reads"):
+            run_method("baseline", random_adapter, image, Q, CHOICES)

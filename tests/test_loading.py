@@ -864,3 +864,14 @@ def test_a_job_runs_a_checkpoints_own_code_when_asked(hub_cache, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "_runs" / "own" / "summary.json").read_text())
     assert summary["items_ok"] == 2 and summary["items_error"] == 0
+
+
+@pytest.mark.parametrize("value", ["false", "no", 1, None])
+def test_trust_remote_code_must_be_a_bool(value):
+    """``"false"`` is a true value: the checkpoint's own code ran."""
+    import spote
+
+    with pytest.raises(TypeError, match="trust_remote_code must be True or False"):
+        load_adapter(REMOTE_CODE_REPO, trust_remote_code=value)
+    with pytest.raises(TypeError, match="trust_remote_code must be True or False"):
+        spote.answer(SAMPLE, "is it ?", ["yes", "no"], model=REMOTE_CODE_REPO, trust_remote_code=value)

@@ -119,6 +119,11 @@ class EndpointConfig:
         for name in ("api_key_env", "closed_set_instruction"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"endpoint option {name} must be a string, got {shown(getattr(self, name))}")
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # a key pasted where its variable's name goes ("sk-..."): said without repeating it
+            raise ValueError("endpoint option api_key_env (--api-key-env) takes the name of the environment variable "
+                             "holding the key (letters, digits and _, e.g. MY_SERVER_KEY), never the key itself; got "
+                             f"a string of {len(self.api_key_env)} characters that is no such name")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"endpoint option image_format must be png or jpeg, got {shown(self.image_format)}")
 

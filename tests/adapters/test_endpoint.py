@@ -456,6 +456,18 @@ def test_a_401_without_a_key_says_that_no_key_was_sent(server, monkeypatch):
     assert "SPOTE_TEST_UNSET_KEY_VAR" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["sk-TESTSECRET-abcdef0123456789xyz", "Bearer abc", "MY KEY", "1KEY"])
+def test_an_api_key_env_that_is_no_variable_name_is_refused_without_repeating_it(name):
+    """A key pasted into --api-key-env sent every request of a job without a key (ask and bench refused it only
+    because no such variable was set); it is no variable's name, and said so without repeating it."""
+    from spote.adapters.endpoint import endpoint_config
+
+    with pytest.raises(ValueError, match="takes the name of the environment variable holding the key") as err:
+        endpoint_config("http://127.0.0.1:9/v1", "m", api_key_env=name)
+    assert name not in str(err.value)
+    assert endpoint_config("http://127.0.0.1:9/v1", "m", api_key_env="MY_SERVER_KEY_2").api_key_env == "MY_SERVER_KEY_2"
+
+
 def test_scrub_hides_pieces_of_the_key():
     k = "sk-SECRET-abcdef1234567890"
     text = f"key sk-SECRE*********7890 is wrong; tail '{k[-8:]}', middle T-abcd-x, head={k[:6]}; nothing else"

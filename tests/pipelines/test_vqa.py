@@ -652,6 +652,21 @@ def test_a_column_that_spells_a_read_field_otherwise_is_refused_naming_both(tmp_
                                                                                else "yes,no")
 
 
+def test_a_record_past_the_checked_ones_that_spells_choices_otherwise_is_its_own_error_row(tmp_path):
+    """The part's check reads its first records; a ``Choices`` record after them was carried as data and its
+    closed question answered as an open one. It is that row's error, naming the column."""
+    good = [{"id": f"r{i}", "image_uri": "a.png", "question": "q ?", "choices": ["yes", "no"]} for i in range(150)]
+    late = {"id": "late", "image_uri": "a.png", "question": "is it ticked ?", "Choices": ["yes", "no"]}
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [*good, late]) + "\n")
+    plan_manifest(str(path))  # the first records are right: the part is planned
+    rows = {r["id"]: r for r in read_manifest(str(path))}
+    assert rows["late"]["status"] == "error" and rows["late"]["error"] == (
+        f"bad manifest field: row 150 of {path}: 'Choices' is not read: the job reads 'choices' (column names are "
+        "lower case): rename it")
+    assert all(rows[f"r{i}"].get("status") is None for i in range(150))
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):   # its request lines would land in the test's captured stderr
         pass

@@ -231,12 +231,16 @@ def _read_otherwise(columns) -> list[tuple[str, str]]:
             for c in columns if c != field and (c.strip().lower() == field or c.strip().lower() in others)]
 
 
+def _not_read(misses: list[tuple[str, str]]) -> str:
+    """What ``_read_otherwise``'s (column, field) pairs mean, for a part's refusal and a row's error."""
+    return "; ".join(f"{c!r} is not read: the job reads {f!r}" for c, f in misses)
+
+
 def _check_spelling(uri: str, columns) -> None:
     """ManifestError naming each column that spells a field the job reads otherwise (``_read_otherwise``)."""
     if misses := _read_otherwise(columns):
-        said = "; ".join(f"{c!r} is not read: the job reads {f!r}" for c, f in misses)
-        raise ManifestError(f"{uri}: {said} (column names are lower case, as written in the docs): rename "
-                            f"{'it' if len(misses) == 1 else 'them'}")
+        raise ManifestError(f"{uri}: {_not_read(misses)} (column names are lower case, as written in the docs): "
+                            f"rename {'it' if len(misses) == 1 else 'them'}")
 
 
 def _check_columns(uri: str, columns) -> None:
@@ -344,7 +348,7 @@ def _manifest_row(uri: str, base: str, prefix: str, i: int, rec: dict) -> dict:
     elif "question" not in rec and _BAD not in rec and not bad:
         row.update(status="error", error=f"missing question: row {i} of {uri} has none")
     if misses := _read_otherwise(rec):  # past the columns the planning checked (a JSON record of its own keys)
-        bad += [f"{c!r} is not read: the job reads {f!r} (column names are lower case): rename it" for c, f in misses]
+        bad.append(f"{_not_read(misses)} (column names are lower case): rename {'it' if len(misses) == 1 else 'them'}")
     if bad:
         row.update(status="error", error=f"bad manifest field: row {i} of {uri}: {'; '.join(bad)}")
     if _BAD in rec:  # "bad manifest line" before the message, which starts with the manifest's name

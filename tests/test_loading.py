@@ -247,17 +247,23 @@ def test_pipeline_fails_before_any_work(offline, tmp_path):
     assert res.exit_code == 2 and "revision 'v9'" in res.output and not out.exists()
 
 
-@pytest.mark.slow
-def test_pipeline_by_hub_id(hub_cache, tmp_path):
-    """A real local Ray in a fresh process, so its actors see this test's hub cache and offline mode."""
+def _spotbench_manifest(folder: Path) -> Path:
+    """Two SpotBench test items as PNGs in ``folder`` and their vqa manifest, ``folder/m.jsonl``."""
     from spote.bench.scenes import spotbench
 
     rows = []
     for item in spotbench("test", 2, 0):
-        item.image.save(tmp_path / f"{item.id}.png")
+        item.image.save(folder / f"{item.id}.png")
         rows.append({"id": item.id, "image_uri": f"{item.id}.png", "question": item.question,
                      "choices": list(item.choices)})
-    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (folder / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return folder / "m.jsonl"
+
+
+@pytest.mark.slow
+def test_pipeline_by_hub_id(hub_cache, tmp_path):
+    """A real local Ray in a fresh process, so its actors see this test's hub cache and offline mode."""
+    _spotbench_manifest(tmp_path)
     env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     res = _run(["-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
                 "--model", REPO, "--revision", "v1", "--policy", '{"budget": 4, "group_size": 2, "steps": 1}',
@@ -848,14 +854,7 @@ def test_a_job_refuses_a_checkpoints_own_code_unless_asked_before_any_work(offli
 @pytest.mark.slow
 def test_a_job_runs_a_checkpoints_own_code_when_asked(hub_cache, tmp_path):
     """A real local Ray in a fresh process: every actor loads the checkpoint's own classes."""
-    from spote.bench.scenes import spotbench
-
-    rows = []
-    for item in spotbench("test", 2, 0):
-        item.image.save(tmp_path / f"{item.id}.png")
-        rows.append({"id": item.id, "image_uri": f"{item.id}.png", "question": item.question,
-                     "choices": list(item.choices)})
-    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    _spotbench_manifest(tmp_path)
     env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "HF_MODULES_CACHE": str(tmp_path / "modules")}
     res = _run(["-m", "pipelines.vqa", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
